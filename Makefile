@@ -1,0 +1,40 @@
+# The same targets CI runs. `make test` is the README's test command.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: dev test test-rust test-py bench-smoke lint stubs bench demo clean
+
+dev:
+	$(PIP) install --upgrade "maturin>=1.7,<2" pip
+	$(PIP) install -e ".[test]"
+
+test: dev test-rust test-py bench-smoke lint
+
+test-rust:
+	$(CARGO) test -p ferrolab-core --release
+
+test-py:
+	$(PYTHON) -m pytest -q
+
+bench-smoke:
+	$(PYTHON) benches/bench_ops.py --smoke --json bench-results/bench_ops_smoke.json
+
+lint: stubs
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --release --all-targets -- -D warnings
+	$(PYTHON) -m ruff check python tests benches
+	$(PYTHON) tools/check_versions.py
+
+stubs:
+	$(PYTHON) -m mypy.stubtest ferrolab._core --ignore-missing-stub
+
+bench:
+	$(PYTHON) benches/bench_ops.py --json bench-results/bench_ops.json
+
+demo:
+	ferrolab demo
+
+clean:
+	rm -rf target dist bench-results

@@ -1,0 +1,26 @@
+"""ferrolab: native kernels, observability, resilience and backups for scientific pipelines and ops scripts.
+
+>>> import numpy as np, ferrolab as fl
+>>> fl.ops.std(np.array([1.0, 3.0]))
+np.float64(1.0)
+"""
+
+from __future__ import annotations
+
+from . import gpu, ops
+from ._core import DeviceUnavailableError, FerrolabError
+from ._core import __version__ as _core_version
+from .runtime import num_threads, op_stats, simd_level
+
+__version__ = _core_version
+
+__all__ = [
+    "__version__",
+    "ops",
+    "gpu",
+    "FerrolabError",
+    "DeviceUnavailableError",
+    "num_threads",
+    "simd_level",
+    "op_stats",
+]

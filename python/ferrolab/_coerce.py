@@ -1,0 +1,94 @@
+"""Dtype policy of ``fl.ops`` for inputs that are not float64/float32/int64 ndarrays.
+
+The native core computes float64, float32 and int64. Every other input goes once through :func:`prepare`, which
+converts it the way NumPy would for that operation and may return a ``finish`` callable that turns the native
+result into NumPy's result dtype (e.g. ``uint8`` for ``np.min`` of a ``uint8`` array).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+_SIGN = np.int64(-(2**63))
+_FLOAT_KINDS = "biuf"
+
+
+def _as_array(func: str, name: str, v: Any) -> np.ndarray:
+    try:
+        a = np.asarray(v)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{func}(): argument '{name}' is not array-like: {e}") from e
+    if a.dtype.kind not in _FLOAT_KINDS:
+        raise TypeError(
+            f"{func}(): argument '{name}' has dtype {a.dtype}; expected a real numeric dtype "
+            "(float32, float64, an integer or bool)"
+        )
+    return a
+
+
+def _cast(dtype: np.dtype) -> Callable[[Any], Any]:
+    def finish(r: Any) -> Any:
+        return np.asarray(r).astype(dtype)[()]
+
+    return finish
+
+
+def _uint64_order(func: str) -> Callable[[Any], Any] | None:
+    if func in ("min", "max"):
+
+        def finish(r: Any) -> Any:
+            return (np.asarray(r, dtype=np.int64) ^ _SIGN).view(np.uint64)[()]
+
+        return finish
+    return None
+
+
+def prepare(
+    func: str,
+    names: Sequence[str],
+    values: Sequence[Any],
+    kind: str,
+    scalars: Sequence[Any] = (),
+) -> tuple[tuple[np.ndarray, ...], Callable[[Any], Any] | None]:
+    """Convert ``values`` to one native dtype for ``func``; return ``(arrays, finish)``.
+
+    ``kind`` is ``"float"`` (result is floating point), ``"sum"`` (NumPy's sum rules), ``"same"``
+    (type-preserving) or ``"index"`` (argmin/argmax). ``scalars`` take part in the result type (NEP 50: Python
+    scalars are weak).
+    """
+    arrays = [_as_array(func, n, v) for n, v in zip(names, values)]
+    weak = [s for s in scalars if s is not None]
+    for s in weak:
+        if isinstance(s, (complex, np.complexfloating)):
+            raise TypeError(f"{func}(): complex scalars are not supported")
+    rt = np.result_type(*arrays, *weak) if arrays else np.dtype(np.float64)
+    finish: Callable[[Any], Any] | None = None
+    if rt.kind == "f":
+        if rt.itemsize < 4:  # float16: compute in float32, return float16 like NumPy
+            target = np.dtype(np.float32)
+            finish = _cast(rt)
+        elif rt.itemsize == 4:
+            target = np.dtype(np.float32)
+        else:  # float64 and longdouble
+            target = np.dtype(np.float64)
+    elif kind == "float":
+        target = np.dtype(np.float64)
+    else:
+        target = np.dtype(np.int64)
+        if kind == "sum":
+            if rt.kind == "u":
+                finish = _cast(np.dtype(np.uint64))
+        elif kind == "same" and rt != np.int64:
+            finish = _cast(rt)
+        if rt == np.uint64 and kind in ("same", "index"):
+            # order-preserving map of uint64 onto int64 (flip the sign bit) for comparisons
+            order = _uint64_order(func)
+            if kind == "index" or order is not None:
+                converted = tuple(
+                    (np.ascontiguousarray(a, dtype=np.uint64).view(np.int64) ^ _SIGN) for a in arrays
+                )
+                return converted, order
+    converted = tuple(a.astype(target, copy=False) for a in arrays)
+    return converted, finish

@@ -1,0 +1,405 @@
+//! Fused elementwise ops with NumPy broadcasting and an optional `out`: axpy, fma, scale, clip.
+//!
+//! The machinery ([`map_into`]) resolves the broadcast shape, runs the SIMD kernel over contiguous chunks
+//! (in parallel above a threshold) and writes either a new array or the caller's `out`. An input may be the
+//! very same memory as `out` ([`Input::SameAsOut`], e.g. `axpy(a, x, y, out=y)`): each chunk of `out` is then
+//! copied to a scratch buffer before it is overwritten, so no Rust reference ever aliases a mutable one.
+
+use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
+use super::layout::fmt_shape;
+use super::{Real, PAR_ELEMWISE_MIN};
+use crate::error::{CoreError, Result};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
+use rayon::prelude::*;
+use std::borrow::Cow;
+
+/// Elements per chunk of the elementwise driver.
+const CH: usize = 4096;
+
+/// An input of an elementwise op.
+pub enum Input<'a, T> {
+    View(ArrayViewD<'a, T>),
+    /// The input is exactly the `out` array (same memory, shape and strides).
+    SameAsOut,
+}
+
+/// NumPy's broadcast shape of several shapes, or a `ValueError` naming the first argument that does not fit.
+pub fn broadcast_shapes(
+    func: &'static str,
+    shapes: &[(&'static str, &[usize])],
+) -> Result<Vec<usize>> {
+    let nd = shapes.iter().map(|s| s.1.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; nd];
+    for (name, s) in shapes {
+        for (k, &d) in s.iter().enumerate() {
+            let o = &mut out[nd - s.len() + k];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(CoreError::value(
+                    func,
+                    name,
+                    format!(
+                        "has shape {} which does not broadcast with {}",
+                        fmt_shape(s),
+                        fmt_shape(shapes[0].1)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    C,
+    F,
+}
+
+/// Contiguous data of `v` in `order` when `v` has exactly `shape` and is contiguous that way.
+fn contiguous<'a, T>(v: &ArrayViewD<'a, T>, shape: &[usize], order: Order) -> Option<&'a [T]> {
+    if v.shape() != shape {
+        return None;
+    }
+    match order {
+        Order::C => v.to_slice(),
+        Order::F => {
+            if v.t().is_standard_layout() {
+                v.to_slice_memory_order()
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Runs `kernel(inputs, out)` over chunks and returns the result (a new array, or `None` when written to `out`).
+///
+/// `kernel(offset, inputs, out)` receives the element offset of the chunk (in the chosen memory order) and `K`
+/// input chunks of the same length as the output chunk.
+pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
+    func: &'static str,
+    names: [&'static str; K],
+    inputs: [Input<'_, T>; K],
+    out: Option<ArrayViewMutD<'o, T>>,
+    kernel: impl Fn(usize, [&[T]; K], &mut [T]) + Sync,
+) -> Result<Option<ArrayD<T>>> {
+    // shapes
+    let out_shape_given = out.as_ref().map(|o| o.shape().to_vec());
+    let mut shapes: Vec<(&'static str, Vec<usize>)> = Vec::with_capacity(K);
+    for (name, inp) in names.iter().zip(&inputs) {
+        match inp {
+            Input::View(v) => shapes.push((name, v.shape().to_vec())),
+            Input::SameAsOut => shapes.push((name, out_shape_given.clone().expect("out given"))),
+        }
+    }
+    let refs: Vec<(&'static str, &[usize])> =
+        shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
+    let shape = broadcast_shapes(func, &refs)?;
+    if let Some(os) = &out_shape_given {
+        if *os != shape {
+            return Err(CoreError::value(
+                func,
+                "out",
+                format!(
+                    "has shape {}; expected {}",
+                    fmt_shape(os),
+                    fmt_shape(&shape)
+                ),
+            ));
+        }
+    }
+    let size: usize = shape.iter().product();
+
+    // choose the memory order: Fortran only when every array input is Fortran-contiguous (and not C)
+    let views: Vec<Option<&ArrayViewD<T>>> = inputs
+        .iter()
+        .map(|i| match i {
+            Input::View(v) => Some(v),
+            Input::SameAsOut => None,
+        })
+        .collect();
+    let all_f = views
+        .iter()
+        .flatten()
+        .all(|v| contiguous(v, &shape, Order::F).is_some())
+        && views
+            .iter()
+            .flatten()
+            .any(|v| contiguous(v, &shape, Order::C).is_none());
+    let order = if all_f && shape.len() > 1 {
+        Order::F
+    } else {
+        Order::C
+    };
+
+    let mut out = out;
+    let out_is_direct = |o: &ArrayViewMutD<T>| match order {
+        Order::C => o.is_standard_layout(),
+        Order::F => o.t().is_standard_layout(),
+    };
+    let needs_copy = out.as_ref().is_some_and(|o| !out_is_direct(o));
+    // SameAsOut inputs need out's values when the output is not written in place
+    let out_copy: Option<Vec<T>> =
+        if needs_copy && inputs.iter().any(|i| matches!(i, Input::SameAsOut)) {
+            let o = out.as_ref().expect("out given");
+            Some(in_order(&o.view(), order))
+        } else {
+            None
+        };
+    // the output buffer: out's own memory when contiguous in `order`, else a temporary
+    let out_direct = out.as_mut().and_then(|o| {
+        if order == Order::C {
+            o.as_slice_mut()
+        } else if o.t().is_standard_layout() {
+            o.as_slice_memory_order_mut()
+        } else {
+            None
+        }
+    });
+    // inputs as contiguous data in `order` (broadcast or strided ones are materialized once)
+    let mut same: [bool; K] = [false; K];
+    let mut data: Vec<Cow<[T]>> = Vec::with_capacity(K);
+    for (k, inp) in inputs.iter().enumerate() {
+        match inp {
+            Input::View(v) => data.push(match contiguous(v, &shape, order) {
+                Some(s) => Cow::Borrowed(s),
+                None => {
+                    let b = v.broadcast(IxDyn(&shape)).expect("checked broadcast");
+                    Cow::Owned(in_order(&b, order))
+                }
+            }),
+            Input::SameAsOut => match &out_copy {
+                Some(c) => data.push(Cow::Borrowed(c.as_slice())),
+                None => {
+                    same[k] = true;
+                    data.push(Cow::Borrowed(&[]));
+                }
+            },
+        }
+    }
+
+    let any_same = same.iter().any(|&s| s);
+    let run_chunk = |off: usize, o: &mut [T]| {
+        let n = o.len();
+        if any_same {
+            let mut scratch = [T::default(); CH];
+            scratch[..n].copy_from_slice(o);
+            let ins: [&[T]; K] = std::array::from_fn(|k| {
+                if same[k] {
+                    &scratch[..n]
+                } else {
+                    &data[k][off..off + n]
+                }
+            });
+            kernel(off, ins, o);
+        } else {
+            kernel(off, std::array::from_fn(|k| &data[k][off..off + n]), o);
+        }
+    };
+    let fill = |buf: &mut [T]| {
+        maybe_parallel(size, PAR_ELEMWISE_MIN, |par| {
+            if par {
+                buf.par_chunks_mut(CH)
+                    .enumerate()
+                    .for_each(|(i, o)| run_chunk(i * CH, o));
+            } else {
+                for (i, o) in buf.chunks_mut(CH).enumerate() {
+                    run_chunk(i * CH, o);
+                }
+            }
+        })
+    };
+
+    match out_direct {
+        Some(buf) => {
+            fill(buf);
+            Ok(None)
+        }
+        None => {
+            let mut tmp = vec![T::default(); size];
+            fill(&mut tmp);
+            let arr = match order {
+                Order::C => ArrayD::from_shape_vec(IxDyn(&shape), tmp),
+                Order::F => ArrayD::from_shape_vec(IxDyn(&shape).f(), tmp),
+            }
+            .expect("shape");
+            match out {
+                Some(mut o) => {
+                    o.assign(&arr);
+                    Ok(None)
+                }
+                None => Ok(Some(arr)),
+            }
+        }
+    }
+}
+
+fn in_order<T: Clone>(v: &ArrayViewD<T>, order: Order) -> Vec<T> {
+    match order {
+        Order::C => v.iter().cloned().collect(),
+        Order::F => v.t().iter().cloned().collect(),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------
+// kernels
+
+struct Axpy<'a, T> {
+    a: T,
+    x: &'a [T],
+    y: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for Axpy<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for ((o, &x), &y) in self.o.iter_mut().zip(self.x).zip(self.y) {
+            *o = M::madd(self.a, x, y);
+        }
+    }
+}
+
+struct Fma3<'a, T> {
+    x: &'a [T],
+    y: &'a [T],
+    z: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for Fma3<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (((o, &x), &y), &z) in self.o.iter_mut().zip(self.x).zip(self.y).zip(self.z) {
+            *o = M::madd(x, y, z);
+        }
+    }
+}
+
+struct Scale<'a, T> {
+    a: T,
+    x: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for Scale<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (o, &x) in self.o.iter_mut().zip(self.x) {
+            *o = self.a * x;
+        }
+    }
+}
+
+struct Clip<'a, T> {
+    lo: T,
+    hi: T,
+    x: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for Clip<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (o, &x) in self.o.iter_mut().zip(self.x) {
+            // NaN in x stays NaN (both comparisons are false), as np.clip
+            let v = if x < self.lo { self.lo } else { x };
+            *o = if v > self.hi { self.hi } else { v };
+        }
+    }
+}
+
+/// `a * x + y` (broadcasting), into `out` when given.
+pub fn axpy<'a, T: Real>(
+    a: T,
+    x: Input<'a, T>,
+    y: Input<'a, T>,
+    out: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    map_into("axpy", ["x", "y"], [x, y], out, |_, [x, y], o| {
+        dispatch(Axpy { a, x, y, o })
+    })
+}
+
+/// `x * y + z` (broadcasting), into `out` when given.
+pub fn fma<'a, T: Real>(
+    x: Input<'a, T>,
+    y: Input<'a, T>,
+    z: Input<'a, T>,
+    out: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    map_into("fma", ["x", "y", "z"], [x, y, z], out, |_, [x, y, z], o| {
+        dispatch(Fma3 { x, y, z, o })
+    })
+}
+
+/// `a * x`, into `out` when given.
+pub fn scale<T: Real>(
+    x: Input<T>,
+    a: T,
+    out: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    map_into("scale", ["x"], [x], out, |_, [x], o| {
+        dispatch(Scale { a, x, o })
+    })
+}
+
+/// `np.clip(x, lo, hi)`: NaN bounds give NaN, `lo > hi` gives `hi`.
+pub fn clip<T: Real>(
+    x: Input<T>,
+    lo: T,
+    hi: T,
+    out: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    if lo.is_nan() || hi.is_nan() {
+        return map_into("clip", ["x"], [x], out, |_, _, o| o.fill(T::NAN));
+    }
+    map_into("clip", ["x"], [x], out, |_, [x], o| {
+        dispatch(Clip { lo, hi, x, o })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, Array2};
+
+    #[test]
+    fn axpy_broadcasts_and_writes_out_in_place() {
+        let x = Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f64).into_dyn();
+        let y = Array::from_vec(vec![1.0, 2.0, 3.0, 4.0]).into_dyn();
+        let r = axpy(2.0, Input::View(x.view()), Input::View(y.view()), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[[2, 3]], 2.0 * 11.0 + 4.0);
+        let mut o = x.clone();
+        axpy(
+            3.0,
+            Input::View(x.view()),
+            Input::SameAsOut,
+            Some(o.view_mut()),
+        )
+        .unwrap();
+        assert_eq!(o[[1, 1]], 3.0 * 5.0 + 5.0);
+        let bad = Array::from_vec(vec![1.0, 2.0, 3.0]).into_dyn();
+        let e = axpy(1.0, Input::View(x.view()), Input::View(bad.view()), None).unwrap_err();
+        assert!(e.to_string().contains("'y'"));
+    }
+
+    #[test]
+    fn clip_nan_and_fortran_out() {
+        let x = Array::from_vec(vec![-2.0f32, 0.5, f32::NAN, 9.0]).into_dyn();
+        let r = clip(Input::View(x.view()), 0.0, 1.0, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r[[0]], 0.0);
+        assert!(r[[2]].is_nan());
+        assert_eq!(r[[3]], 1.0);
+        let f = Array2::from_shape_fn((5, 3).f(), |(i, j)| (i + 10 * j) as f64).into_dyn();
+        let mut out = Array2::<f64>::zeros((5, 3).f()).into_dyn();
+        scale(Input::View(f.view()), 2.0, Some(out.view_mut())).unwrap();
+        assert_eq!(out[[4, 2]], 2.0 * 24.0);
+    }
+}

@@ -1,0 +1,172 @@
+//! Canonical `(outer, n, inner)` layout of a reduction over one axis, and shape helpers.
+
+use crate::error::{CoreError, Result};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
+use std::borrow::Cow;
+
+/// A view of an n-d array as `outer x n x inner` over one contiguous buffer, reducing over `n`.
+#[derive(Debug)]
+pub struct Canon<'a, T: Clone> {
+    pub data: Cow<'a, [T]>,
+    pub outer: usize,
+    pub n: usize,
+    pub inner: usize,
+    /// Shape of the reduced result (the input shape without `axis`, or `[]` for `axis=None`).
+    pub out_shape: Vec<usize>,
+    /// The buffer is the C-order layout of the *reversed* shape (a Fortran-contiguous input used in place):
+    /// results over `(outer, inner)` must be laid out in Fortran order of `out_shape`.
+    pub reversed: bool,
+}
+
+/// Checks and normalizes `axis` (negative counts from the end) for an array of `ndim` dimensions.
+pub fn normalize_axis(func: &'static str, axis: isize, ndim: usize) -> Result<usize> {
+    let nd = ndim as isize;
+    if axis < -nd || axis >= nd {
+        return Err(CoreError::value(
+            func,
+            "axis",
+            format!("is {axis}, out of bounds for an array of dimension {ndim}"),
+        ));
+    }
+    Ok(if axis < 0 {
+        (axis + nd) as usize
+    } else {
+        axis as usize
+    })
+}
+
+/// A contiguous slice of `x` in C order if it is C-contiguous; otherwise a C-order copy.
+pub fn c_order<'a, T: Clone>(x: &ArrayViewD<'a, T>) -> Cow<'a, [T]> {
+    match x.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().cloned().collect()),
+    }
+}
+
+/// The canonical layout of `x` for a reduction over `axis` (`None` = all elements).
+///
+/// With `c_order_required`, Fortran-contiguous inputs are copied too (for ops whose result depends on the
+/// C-order flattening, like `argmin` with `axis=None`).
+pub fn canon<'a, T: Clone>(
+    func: &'static str,
+    x: &ArrayViewD<'a, T>,
+    axis: Option<isize>,
+    c_order_required: bool,
+) -> Result<Canon<'a, T>> {
+    let shape = x.shape().to_vec();
+    let ndim = shape.len();
+    let axis = match axis {
+        None => None,
+        Some(a) => Some(normalize_axis(
+            func,
+            a,
+            ndim.max(if ndim == 0 { 0 } else { 1 }),
+        )?),
+    };
+    if ndim == 0 && axis.is_some() {
+        return Err(CoreError::value(
+            func,
+            "axis",
+            "must be None for a 0-dimensional array",
+        ));
+    }
+    let (data, reversed) = if let Some(s) = x.to_slice() {
+        (Cow::Borrowed(s), false)
+    } else if !c_order_required && ndim > 1 && x.t().to_slice().is_some() {
+        (
+            Cow::Borrowed(x.to_slice_memory_order().expect("f-contiguous")),
+            true,
+        )
+    } else {
+        (Cow::Owned(x.iter().cloned().collect::<Vec<T>>()), false)
+    };
+    let total: usize = shape.iter().product();
+    let (outer, n, inner, out_shape) = match axis {
+        None => (1, total, 1, vec![]),
+        Some(ax) => {
+            let mut out_shape = shape.clone();
+            out_shape.remove(ax);
+            let (sh, ax2): (Vec<usize>, usize) = if reversed {
+                (shape.iter().rev().cloned().collect(), ndim - 1 - ax)
+            } else {
+                (shape.clone(), ax)
+            };
+            let outer = sh[..ax2].iter().product();
+            let inner = sh[ax2 + 1..].iter().product();
+            (outer, sh[ax2], inner, out_shape)
+        }
+    };
+    Ok(Canon {
+        data,
+        outer,
+        n,
+        inner,
+        out_shape,
+        reversed,
+    })
+}
+
+impl<T: Clone> Canon<'_, T> {
+    /// Wraps per-`(outer, inner)` results (in canonical order) into an array of `out_shape`.
+    pub fn wrap<U>(&self, values: Vec<U>) -> ArrayD<U> {
+        debug_assert_eq!(values.len(), self.outer * self.inner);
+        let shape = IxDyn(&self.out_shape);
+        if self.reversed {
+            ArrayD::from_shape_vec(shape.f(), values).expect("result shape")
+        } else {
+            ArrayD::from_shape_vec(shape, values).expect("result shape")
+        }
+    }
+}
+
+/// Formats a shape the way NumPy prints it: `(3,)`, `(2, 5)`, `()`.
+pub fn fmt_shape(s: &[usize]) -> String {
+    match s.len() {
+        0 => "()".into(),
+        1 => format!("({},)", s[0]),
+        _ => format!(
+            "({})",
+            s.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, ShapeBuilder};
+
+    #[test]
+    fn c_f_and_strided_layouts() {
+        let a = Array::from_shape_vec((2, 3, 4), (0..24).collect::<Vec<i32>>()).unwrap();
+        let c = canon("t", &a.view().into_dyn(), Some(1), false).unwrap();
+        assert_eq!((c.outer, c.n, c.inner), (2, 3, 4));
+        assert!(matches!(c.data, Cow::Borrowed(_)));
+        assert_eq!(c.out_shape, vec![2, 4]);
+
+        let f = Array::from_shape_vec((2, 3, 4).f(), (0..24).collect::<Vec<i32>>()).unwrap();
+        let c = canon("t", &f.view().into_dyn(), Some(0), false).unwrap();
+        assert!(c.reversed);
+        assert_eq!((c.outer, c.n, c.inner), (12, 2, 1));
+        let c = canon("t", &f.view().into_dyn(), Some(0), true).unwrap();
+        assert!(!c.reversed);
+
+        let s = a.slice(ndarray::s![.., ..;2, ..]);
+        let c = canon("t", &s.into_dyn(), None, false).unwrap();
+        assert_eq!(c.n, 16);
+        assert!(matches!(c.data, Cow::Owned(_)));
+    }
+
+    #[test]
+    fn bad_axis_is_a_value_error() {
+        let a = Array::<f64, _>::zeros((2, 3)).into_dyn();
+        let e = canon("sum", &a.view(), Some(2), false).unwrap_err();
+        assert_eq!(e.kind(), "ValueError");
+        assert!(e.to_string().contains("axis"));
+        assert!(canon("sum", &a.view(), Some(-2), false).is_ok());
+        assert_eq!(fmt_shape(&[3]), "(3,)");
+    }
+}

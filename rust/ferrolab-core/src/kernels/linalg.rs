@@ -1,0 +1,137 @@
+//! Matrix product through the `gemm` crate (BLIS-style packed micro-kernels with runtime AVX2/FMA/AVX-512
+//! dispatch), on any strides, into a new array or `out`.
+
+use super::dispatch::{num_threads, pool};
+use super::layout::fmt_shape;
+use super::Real;
+use crate::error::{CoreError, Result};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
+
+/// Element types `gemm` computes.
+pub trait GemmElem: Real {}
+impl GemmElem for f32 {}
+impl GemmElem for f64 {}
+
+fn check_shapes(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
+    let (m, k) = (a[0], a[1]);
+    let (k2, n) = (b[0], b[1]);
+    if k != k2 {
+        return Err(CoreError::value(
+            "matmul",
+            "b",
+            format!(
+                "has shape {}; expected ({k}, n) to match a of shape {}",
+                fmt_shape(b),
+                fmt_shape(a)
+            ),
+        ));
+    }
+    Ok((m, k, n))
+}
+
+/// `a @ b` for 2-D `a` (m x k) and `b` (k x n). Writes into `out` (m x n) when given.
+pub fn matmul<T: GemmElem>(
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+    out: Option<ArrayViewMut2<T>>,
+) -> Result<Option<Array2<T>>> {
+    let (m, k, n) = check_shapes(a.shape(), b.shape())?;
+    let mut owned = None;
+    let mut dst = match out {
+        Some(o) => {
+            if o.shape() != [m, n] {
+                return Err(CoreError::value(
+                    "matmul",
+                    "out",
+                    format!("has shape {}; expected ({m}, {n})", fmt_shape(o.shape())),
+                ));
+            }
+            o
+        }
+        None => {
+            // column-major destination when both operands are column-major keeps gemm transpose-free
+            let f = a.t().is_standard_layout() && b.t().is_standard_layout() && m > 1 && n > 1;
+            owned = Some(if f {
+                Array2::<T>::from_elem((m, n).f(), T::ZERO)
+            } else {
+                Array2::<T>::from_elem((m, n), T::ZERO)
+            });
+            owned.as_mut().expect("just set").view_mut()
+        }
+    };
+    if m > 0 && n > 0 {
+        if k == 0 {
+            dst.fill(T::ZERO);
+        } else {
+            let par = if (m * n * k) >= 64 * 64 * 64 && num_threads() > 1 {
+                gemm::Parallelism::Rayon(num_threads())
+            } else {
+                gemm::Parallelism::None
+            };
+            let (ds, as_, bs) = (dst.strides().to_vec(), a.strides(), b.strides());
+            // raw addresses so the closure can move into the pool
+            let (dptr, aptr, bptr) = (
+                dst.as_mut_ptr() as usize,
+                a.as_ptr() as usize,
+                b.as_ptr() as usize,
+            );
+            let run = || {
+                // SAFETY: the pointers and strides describe live, correctly shaped views; dst does not alias
+                // a or b (the binding copies an `out` that overlaps an input); read_dst = false ignores dst's
+                // old contents.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dptr as *mut T,
+                        ds[1],
+                        ds[0],
+                        false,
+                        aptr as *const T,
+                        as_[1],
+                        as_[0],
+                        bptr as *const T,
+                        bs[1],
+                        bs[0],
+                        T::ZERO,
+                        T::ONE,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                }
+            };
+            if matches!(par, gemm::Parallelism::None) {
+                run();
+            } else {
+                pool().install(run);
+            }
+        }
+    }
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn matmul_matches_naive_for_layouts() {
+        let a = Array2::from_shape_fn((70, 33), |(i, j)| ((i * 31 + j * 7) % 13) as f64 - 6.0);
+        let b = Array2::from_shape_fn((33, 90), |(i, j)| ((i * 17 + j * 3) % 11) as f64 - 5.0);
+        let want = a.dot(&b);
+        let got = matmul(&a.view(), &b.view(), None).unwrap().unwrap();
+        assert_eq!(got, want);
+        let af = a.t().to_owned().reversed_axes(); // same values, Fortran order
+        let got = matmul(&af.view(), &b.t().t(), None).unwrap().unwrap();
+        assert_eq!(got, want);
+        let mut out = Array2::<f64>::zeros((70, 90).f());
+        matmul(&a.view(), &b.view(), Some(out.view_mut())).unwrap();
+        assert_eq!(out, want);
+        let e = matmul(&b.view(), &b.view(), None).unwrap_err();
+        assert!(e.to_string().contains("'b'"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Native kernels on strided n-dimensional views.
+//!
+//! Every kernel takes `ndarray` views (any shape, strides, order) of `f32` or `f64` (`Real`), or `i64` for the
+//! integer paths of the type-preserving ops (`int.rs`), and returns owned arrays. Inner loops are SIMD through
+//! [`dispatch`]; work above a size threshold is split over the [`dispatch::pool`].
+//!
+//! Layout: a reduction over `axis` sees its input as `(outer, n, inner)` over one contiguous buffer
+//! ([`layout::Canon`]): C-contiguous inputs are used in place, Fortran-contiguous ones through their reversed
+//! (C-contiguous) view, anything else is copied once into C order.
+
+pub mod dispatch;
+pub mod distance;
+pub mod elementwise;
+pub mod int;
+pub mod layout;
+pub mod linalg;
+pub mod optim;
+pub mod reduce;
+pub mod simd;
+pub mod stats;
+
+use std::fmt::Debug;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// Floating-point element types computed natively: `f32` and `f64`.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Debug
+    + Default
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NAN: Self;
+    const INFINITY: Self;
+    const NEG_INFINITY: Self;
+    /// NumPy's name of the dtype.
+    const DTYPE: &'static str;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    fn sqrt(self) -> Self;
+    fn abs(self) -> Self;
+    fn floor(self) -> Self;
+    fn is_nan(self) -> bool;
+    /// Truncating conversion (saturating; NaN -> 0), as `astype(intp)` does for in-range values.
+    fn to_isize_trunc(self) -> isize;
+}
+
+macro_rules! impl_real {
+    ($t:ty, $name:literal) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NAN: Self = <$t>::NAN;
+            const INFINITY: Self = <$t>::INFINITY;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const DTYPE: &'static str = $name;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn floor(self) -> Self {
+                <$t>::floor(self)
+            }
+            #[inline(always)]
+            #[allow(clippy::eq_op)]
+            fn is_nan(self) -> bool {
+                self != self
+            }
+            #[inline(always)]
+            fn to_isize_trunc(self) -> isize {
+                self as isize
+            }
+        }
+    };
+}
+impl_real!(f32, "float32");
+impl_real!(f64, "float64");
+
+/// Elements processed per rayon task in reductions (fixed, so results do not depend on the thread count).
+pub const PAR_CHUNK: usize = 1 << 16;
+/// Reductions over fewer elements run on the calling thread.
+pub const PAR_REDUCE_MIN: usize = 1 << 17;
+/// Elementwise ops over fewer elements run on the calling thread.
+pub const PAR_ELEMWISE_MIN: usize = 1 << 16;

@@ -1,0 +1,592 @@
+//! Reductions with `axis`: sum, mean, min, max, argmin, argmax, dot, norm, and the moments behind var/std.
+//!
+//! All of them go through [`drive`], which walks the canonical `(outer, n, inner)` layout: contiguous rows
+//! (`inner == 1`) use the slice kernels of [`super::simd`]; otherwise whole rows are accumulated column-wise
+//! (vectorized across the columns) in bands that the pool processes in parallel.
+
+use super::dispatch::{dispatch, maybe_parallel, num_threads, Kernel, Mode};
+use super::layout::{canon, Canon};
+use super::simd::{ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq};
+use super::{Real, PAR_CHUNK, PAR_REDUCE_MIN};
+use crate::error::{CoreError, Result};
+use ndarray::{ArrayD, ArrayViewD};
+use rayon::prelude::*;
+
+/// Column-wise accumulation over the rows of one `n x inner` slab, restricted to columns `j0..j1`.
+pub(crate) trait ColAcc<T: Real>: Sized {
+    type Out: Send + Copy;
+    fn new(width: usize) -> Self;
+    fn row<M: Mode>(&mut self, i: usize, row: &[T]);
+    fn finish(self, n: usize) -> Vec<Self::Out>;
+}
+
+struct Cols<'a, T, A> {
+    slab: &'a [T],
+    n: usize,
+    inner: usize,
+    j0: usize,
+    j1: usize,
+    _a: std::marker::PhantomData<A>,
+}
+
+impl<T: Real, A: ColAcc<T>> Kernel for Cols<'_, T, A> {
+    type Output = Vec<A::Out>;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> Vec<A::Out> {
+        let mut acc = A::new(self.j1 - self.j0);
+        for i in 0..self.n {
+            let r = &self.slab[i * self.inner + self.j0..i * self.inner + self.j1];
+            acc.row::<M>(i, r);
+        }
+        acc.finish(self.n)
+    }
+}
+
+fn cols<T: Real, A: ColAcc<T>>(
+    slab: &[T],
+    n: usize,
+    inner: usize,
+    j0: usize,
+    j1: usize,
+) -> Vec<A::Out> {
+    dispatch(Cols::<T, A> {
+        slab,
+        n,
+        inner,
+        j0,
+        j1,
+        _a: std::marker::PhantomData,
+    })
+}
+
+/// Walks a canonical layout and returns one value per `(outer, inner)` position, in canonical order.
+///
+/// * `whole(x)`: reduces a contiguous range (used for `inner == 1` rows, split into chunks when large),
+/// * `merge(a, b)`: combines the values of two consecutive ranges of one row,
+/// * `A`: the column accumulator for `inner > 1`.
+pub(crate) fn drive<T, U, A>(
+    c: &Canon<T>,
+    whole: impl Fn(&[T], usize) -> U + Sync,
+    merge: impl Fn(U, U) -> U + Sync,
+) -> Vec<U>
+where
+    T: Real,
+    U: Send + Copy,
+    A: ColAcc<T, Out = U>,
+{
+    let (outer, n, inner) = (c.outer, c.n, c.inner);
+    let data: &[T] = &c.data;
+    let total = outer * n * inner;
+    if inner == 1 {
+        // contiguous rows
+        let row_of = |o: usize| &data[o * n..(o + 1) * n];
+        return maybe_parallel(total, PAR_REDUCE_MIN, |par| {
+            if !par {
+                (0..outer).map(|o| whole(row_of(o), 0)).collect()
+            } else if outer >= 4 * num_threads() || n < PAR_CHUNK {
+                (0..outer)
+                    .into_par_iter()
+                    .map(|o| whole(row_of(o), 0))
+                    .collect()
+            } else {
+                (0..outer)
+                    .map(|o| {
+                        let parts: Vec<U> = row_of(o)
+                            .par_chunks(PAR_CHUNK)
+                            .enumerate()
+                            .map(|(k, ch)| whole(ch, k * PAR_CHUNK))
+                            .collect();
+                        parts.into_iter().reduce(&merge).expect("non-empty row")
+                    })
+                    .collect()
+            }
+        });
+    }
+    // column-wise over slabs of n x inner
+    let slab_of = |o: usize| &data[o * n * inner..(o + 1) * n * inner];
+    maybe_parallel(total, PAR_REDUCE_MIN, |par| {
+        if !par {
+            let mut out = Vec::with_capacity(outer * inner);
+            for o in 0..outer {
+                out.extend(cols::<T, A>(slab_of(o), n, inner, 0, inner));
+            }
+            return out;
+        }
+        let band = (inner / (4 * num_threads())).clamp(256.min(inner), inner);
+        let nb = inner.div_ceil(band);
+        let parts: Vec<Vec<U>> = (0..outer * nb)
+            .into_par_iter()
+            .map(|t| {
+                let (o, b) = (t / nb, t % nb);
+                let j0 = b * band;
+                cols::<T, A>(slab_of(o), n, inner, j0, (j0 + band).min(inner))
+            })
+            .collect();
+        parts.into_iter().flatten().collect()
+    })
+}
+
+// -------------------------------------------------------------------------------------------------------
+// column accumulators
+
+struct SumCols<T> {
+    part: Vec<T>,
+    tot: Vec<f64>,
+}
+impl<T: Real> ColAcc<T> for SumCols<T> {
+    type Out = f64;
+    fn new(w: usize) -> Self {
+        SumCols {
+            part: vec![T::ZERO; w],
+            tot: vec![0.0; w],
+        }
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        for (p, &v) in self.part.iter_mut().zip(r) {
+            *p = *p + v;
+        }
+        if i % 64 == 63 {
+            self.flush();
+        }
+    }
+    fn finish(mut self, _n: usize) -> Vec<f64> {
+        self.flush();
+        self.tot
+    }
+}
+impl<T: Real> SumCols<T> {
+    #[inline(always)]
+    fn flush(&mut self) {
+        for (t, p) in self.tot.iter_mut().zip(self.part.iter_mut()) {
+            *t += p.to_f64();
+            *p = T::ZERO;
+        }
+    }
+}
+
+struct SumSqCols<T>(SumCols<T>);
+impl<T: Real> ColAcc<T> for SumSqCols<T> {
+    type Out = f64;
+    fn new(w: usize) -> Self {
+        SumSqCols(SumCols::new(w))
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        for (p, &v) in self.0.part.iter_mut().zip(r) {
+            *p = M::madd(v, v, *p);
+        }
+        if i % 64 == 63 {
+            self.0.flush();
+        }
+    }
+    fn finish(self, n: usize) -> Vec<f64> {
+        self.0.finish(n)
+    }
+}
+
+/// Welford's update, vectorized across columns (in f64).
+struct MomentCols {
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+impl<T: Real> ColAcc<T> for MomentCols {
+    type Out = Moments;
+    fn new(w: usize) -> Self {
+        MomentCols {
+            mean: vec![0.0; w],
+            m2: vec![0.0; w],
+        }
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        let inv = 1.0 / (i + 1) as f64;
+        for ((mu, q), &v) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(r) {
+            let x = v.to_f64();
+            let d = x - *mu;
+            *mu = M::madd(d, inv, *mu);
+            *q = M::madd(d, x - *mu, *q);
+        }
+    }
+    fn finish(self, n: usize) -> Vec<Moments> {
+        self.mean
+            .into_iter()
+            .zip(self.m2)
+            .map(|(mean, m2)| Moments {
+                n: n as f64,
+                mean,
+                m2,
+            })
+            .collect()
+    }
+}
+
+struct ExtCols<T, const MAX: bool> {
+    best: Vec<T>,
+    nan: Vec<bool>,
+}
+impl<T: Real, const MAX: bool> ColAcc<T> for ExtCols<T, MAX> {
+    type Out = T;
+    fn new(w: usize) -> Self {
+        ExtCols {
+            best: Vec::with_capacity(w),
+            nan: vec![false; w],
+        }
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        if i == 0 {
+            self.best.extend_from_slice(r);
+        }
+        for ((b, f), &v) in self.best.iter_mut().zip(self.nan.iter_mut()).zip(r) {
+            let take = if MAX { v > *b } else { v < *b };
+            *b = if take { v } else { *b };
+            *f |= v.is_nan();
+        }
+    }
+    fn finish(self, _n: usize) -> Vec<T> {
+        self.best
+            .into_iter()
+            .zip(self.nan)
+            .map(|(b, f)| if f { T::NAN } else { b })
+            .collect()
+    }
+}
+
+struct ArgCols<T, const MAX: bool> {
+    best: Vec<T>,
+    idx: Vec<usize>,
+}
+impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
+    type Out = usize;
+    fn new(w: usize) -> Self {
+        ArgCols {
+            best: Vec::with_capacity(w),
+            idx: vec![0; w],
+        }
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        if i == 0 {
+            self.best.extend_from_slice(r);
+            return;
+        }
+        for ((b, k), &v) in self.best.iter_mut().zip(self.idx.iter_mut()).zip(r) {
+            let take = !b.is_nan() && (v.is_nan() || if MAX { v > *b } else { v < *b });
+            if take {
+                *b = v;
+                *k = i;
+            }
+        }
+    }
+    fn finish(self, _n: usize) -> Vec<usize> {
+        self.idx
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------
+// public reductions
+
+fn to_t<T: Real>(v: Vec<f64>) -> Vec<T> {
+    v.into_iter().map(T::from_f64).collect()
+}
+
+fn plus(a: f64, b: f64) -> f64 {
+    let mut n = Neumaier::default();
+    n.add(a);
+    n.add(b);
+    n.value()
+}
+
+/// Sum over `axis` (`None` = all elements); the sum of nothing is 0.
+pub fn sum<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
+    let c = canon("sum", x, axis, false)?;
+    let v = sum_canon(&c);
+    Ok(c.wrap(to_t(v)))
+}
+
+pub(crate) fn sum_canon<T: Real>(c: &Canon<T>) -> Vec<f64> {
+    if c.n == 0 {
+        return vec![0.0; c.outer * c.inner];
+    }
+    drive::<T, f64, SumCols<T>>(c, |s, _| dispatch(Sum(s)), plus)
+}
+
+/// Mean over `axis`; NaN for an empty reduction (the Python layer warns as NumPy does).
+pub fn mean<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
+    let c = canon("mean", x, axis, false)?;
+    let n = c.n as f64;
+    let v = sum_canon(&c)
+        .into_iter()
+        .map(|s| T::from_f64(s / n))
+        .collect();
+    Ok(c.wrap(v))
+}
+
+/// Moments (count, mean, M2) per reduced position.
+pub(crate) fn moments_canon<T: Real>(c: &Canon<T>) -> Vec<Moments> {
+    if c.n == 0 {
+        return vec![Moments::default(); c.outer * c.inner];
+    }
+    drive::<T, Moments, MomentCols>(c, |s, _| dispatch(SliceMoments(s)), Moments::merge)
+}
+
+fn empty_reduction(func: &'static str, op: &str) -> CoreError {
+    CoreError::value(
+        func,
+        "x",
+        format!("is a zero-size array: reduction operation {op} has no identity"),
+    )
+}
+
+fn extreme<T: Real, const MAX: bool>(
+    func: &'static str,
+    x: &ArrayViewD<T>,
+    axis: Option<isize>,
+) -> Result<ArrayD<T>> {
+    let c = canon(func, x, axis, false)?;
+    if c.n == 0 && c.outer * c.inner > 0 || x.is_empty() && axis.is_none() {
+        return Err(empty_reduction(
+            func,
+            if MAX { "maximum" } else { "minimum" },
+        ));
+    }
+    if c.n == 0 {
+        return Ok(c.wrap(vec![]));
+    }
+    let v = drive::<T, T, ExtCols<T, MAX>>(
+        &c,
+        |s, _| dispatch(Extreme::<T, MAX>(s)),
+        |a, b| {
+            if a.is_nan() || b.is_nan() {
+                T::NAN
+            } else if (MAX && b > a) || (!MAX && b < a) {
+                b
+            } else {
+                a
+            }
+        },
+    );
+    Ok(c.wrap(v))
+}
+
+/// Minimum over `axis`, NaN-propagating; an empty reduction is a `ValueError`, as in NumPy.
+pub fn min<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
+    extreme::<T, false>("min", x, axis)
+}
+
+/// Maximum over `axis`, NaN-propagating.
+pub fn max<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
+    extreme::<T, true>("max", x, axis)
+}
+
+fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<T> {
+    if a.nan_at.is_some() {
+        return a;
+    }
+    if b.nan_at.is_some() {
+        return b;
+    }
+    if (MAX && b.best > a.best) || (!MAX && b.best < a.best) {
+        b
+    } else {
+        a
+    }
+}
+
+fn arg_extreme<T: Real, const MAX: bool>(
+    func: &'static str,
+    x: &ArrayViewD<T>,
+    axis: Option<isize>,
+) -> Result<ArrayD<i64>> {
+    // the flat index refers to C order, so Fortran inputs are copied for axis=None
+    let c = canon(func, x, axis, axis.is_none())?;
+    if c.n == 0 && (c.outer * c.inner > 0 || axis.is_none()) {
+        return Err(CoreError::value(
+            func,
+            "x",
+            format!("is empty: attempt to get {func} of an empty sequence"),
+        ));
+    }
+    if c.n == 0 {
+        return Ok(c.wrap(vec![]));
+    }
+    let data: &[T] = &c.data;
+    let base = data.as_ptr() as usize;
+    let parts = drive::<T, ArgPart<T>, ArgColsWrap<T, MAX>>(
+        &c,
+        |s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
+        arg_merge::<T, MAX>,
+    );
+    let out = parts
+        .into_iter()
+        .enumerate()
+        .map(|(pos, p)| {
+            if c.inner > 1 {
+                // column accumulator results carry the index directly
+                return p.block as i64;
+            }
+            let row_start = pos * c.n;
+            if let Some(i) = p.nan_at {
+                return i as i64;
+            }
+            let blk = &data[row_start + p.block..row_start + p.block + p.block_len];
+            let k = blk.iter().position(|&v| v == p.best).unwrap_or(0);
+            let _ = base;
+            (p.block + k) as i64
+        })
+        .collect();
+    Ok(c.wrap(out))
+}
+
+/// Adapts [`ArgCols`] to the `ArgPart` output of [`drive`] (the index travels in `block`).
+struct ArgColsWrap<T, const MAX: bool>(ArgCols<T, MAX>);
+impl<T: Real, const MAX: bool> ColAcc<T> for ArgColsWrap<T, MAX> {
+    type Out = ArgPart<T>;
+    fn new(w: usize) -> Self {
+        ArgColsWrap(ArgCols::new(w))
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        self.0.row::<M>(i, r)
+    }
+    fn finish(self, n: usize) -> Vec<ArgPart<T>> {
+        self.0
+            .finish(n)
+            .into_iter()
+            .map(|k| ArgPart {
+                nan_at: None,
+                best: T::ZERO,
+                block: k,
+                block_len: 0,
+            })
+            .collect()
+    }
+}
+
+/// Index of the first minimum over `axis` (`None`: flat C-order index); a NaN counts as the minimum.
+pub fn argmin<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
+    arg_extreme::<T, false>("argmin", x, axis)
+}
+
+/// Index of the first maximum over `axis`.
+pub fn argmax<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
+    arg_extreme::<T, true>("argmax", x, axis)
+}
+
+/// Inner product of two 1-D arrays of equal length.
+pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
+    if x.ndim() != 1 {
+        return Err(CoreError::value(
+            "dot",
+            "x",
+            format!("must be 1-D, got {} dimensions", x.ndim()),
+        ));
+    }
+    if y.ndim() != 1 {
+        return Err(CoreError::value(
+            "dot",
+            "y",
+            format!("must be 1-D, got {} dimensions", y.ndim()),
+        ));
+    }
+    if x.len() != y.len() {
+        return Err(CoreError::value(
+            "dot",
+            "y",
+            format!(
+                "has length {}; expected {} (the length of x)",
+                y.len(),
+                x.len()
+            ),
+        ));
+    }
+    let a = super::layout::c_order(x);
+    let b = super::layout::c_order(y);
+    let n = a.len();
+    let v = maybe_parallel(n, PAR_REDUCE_MIN, |par| {
+        if par {
+            let parts: Vec<f64> = a
+                .par_chunks(PAR_CHUNK)
+                .zip(b.par_chunks(PAR_CHUNK))
+                .map(|(p, q)| dispatch(Dot(p, q)))
+                .collect();
+            parts.into_iter().fold(0.0, plus)
+        } else {
+            dispatch(Dot(&a, &b))
+        }
+    });
+    Ok(T::from_f64(v))
+}
+
+/// L2 norm over `axis` (`None`: of all elements); 0 for an empty input.
+pub fn norm<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
+    let c = canon("norm", x, axis, false)?;
+    if c.n == 0 {
+        return Ok(c.wrap(vec![T::ZERO; c.outer * c.inner]));
+    }
+    let v = drive::<T, f64, SumSqCols<T>>(&c, |s, _| dispatch(SumSq(s)), plus);
+    Ok(c.wrap(v.into_iter().map(|s| T::from_f64(s.sqrt())).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array, ArrayD, Axis, IxDyn, ShapeBuilder};
+
+    fn arr(shape: &[usize], f: bool) -> ArrayD<f64> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 - 500.0).collect();
+        if f {
+            Array::from_shape_vec(IxDyn(shape).f(), v).unwrap()
+        } else {
+            Array::from_shape_vec(IxDyn(shape), v).unwrap()
+        }
+    }
+
+    #[test]
+    fn sum_matches_ndarray_on_every_axis_and_layout() {
+        for &f in &[false, true] {
+            for shape in [vec![7usize], vec![3, 5], vec![4, 3, 300], vec![2, 70000]] {
+                let a = arr(&shape, f);
+                let total: f64 = a.iter().sum();
+                let s = sum(&a.view(), None).unwrap();
+                assert!((s[[]] - total).abs() < 1e-6);
+                for ax in 0..shape.len() {
+                    let got = sum(&a.view(), Some(ax as isize)).unwrap();
+                    let want = a.sum_axis(Axis(ax));
+                    assert_eq!(got.shape(), want.shape());
+                    for (g, w) in got.iter().zip(want.iter()) {
+                        assert!((g - w).abs() < 1e-6, "{shape:?} {ax} {f}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_first_occurrence_and_nan() {
+        let mut v = vec![1.0f64; 300_000];
+        v[200_001] = 5.0;
+        v[250_000] = 5.0;
+        let a = Array::from_vec(v.clone()).into_dyn();
+        assert_eq!(argmax(&a.view(), None).unwrap()[[]], 200_001);
+        v[260_000] = f64::NAN;
+        let a = Array::from_vec(v).into_dyn();
+        assert_eq!(argmax(&a.view(), None).unwrap()[[]], 260_000);
+        assert_eq!(argmin(&a.view(), None).unwrap()[[]], 260_000);
+        let e: ArrayD<f64> = Array::zeros(IxDyn(&[0]));
+        assert!(argmin(&e.view(), None).is_err());
+        assert!(min(&e.view(), None).is_err());
+        assert_eq!(sum(&e.view(), None).unwrap()[[]], 0.0);
+    }
+
+    #[test]
+    fn dot_and_norm() {
+        let a = Array::from_vec((0..1000).map(|i| i as f32).collect()).into_dyn();
+        let d = dot(&a.view(), &a.view()).unwrap();
+        let n = norm(&a.view(), None).unwrap()[[]];
+        assert!((d as f64 - 332_833_500.0).abs() / 332_833_500.0 < 1e-7);
+        assert!((n * n - d).abs() / d < 1e-6);
+    }
+}

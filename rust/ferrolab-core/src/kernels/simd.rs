@@ -1,0 +1,372 @@
+//! SIMD building blocks over contiguous slices.
+//!
+//! Each loop keeps `L` independent f64 accumulators in a lane array, which LLVM maps onto vector registers (eight
+//! 256-bit registers for f64 under AVX2), so the loops are both vectorized and free of a serial dependency.
+//! Sums run in blocks of `BLOCK` elements; block results are combined in `f64` with Neumaier compensation, so
+//! the error does not grow with the length of the input (it stays at a few ulps of one block).
+
+use super::dispatch::{dispatch, Kernel, Mode};
+use super::Real;
+
+/// Accumulator lanes (8 x 4 f64 or 4 x 8 f32 in AVX2 registers).
+pub const L: usize = 32;
+/// Elements per summation block.
+pub const BLOCK: usize = 512;
+
+#[inline(always)]
+fn tree(mut a: [f64; L]) -> f64 {
+    let mut w = L / 2;
+    while w > 0 {
+        for i in 0..w {
+            a[i] += a[i + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+/// Neumaier-compensated running sum in f64.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Neumaier {
+    s: f64,
+    c: f64,
+}
+
+impl Neumaier {
+    #[inline(always)]
+    pub fn add(&mut self, v: f64) {
+        let t = self.s + v;
+        if self.s.abs() >= v.abs() {
+            self.c += (self.s - t) + v;
+        } else {
+            self.c += (v - t) + self.s;
+        }
+        self.s = t;
+    }
+    #[inline(always)]
+    pub fn value(self) -> f64 {
+        // a non-finite running sum makes the compensation meaningless (inf - inf); keep IEEE semantics
+        if self.s.is_finite() {
+            self.s + self.c
+        } else {
+            self.s
+        }
+    }
+}
+
+// Block sums accumulate in f64 lanes: exact widening for f32 inputs (float32 sums are as accurate as float64
+// ones), and a no-op for f64.
+#[inline(always)]
+fn block_sum<T: Real>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; L];
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for i in 0..L {
+            acc[i] += c[i].to_f64();
+        }
+    }
+    for (i, &v) in it.remainder().iter().enumerate() {
+        acc[i] += v.to_f64();
+    }
+    tree(acc)
+}
+
+#[inline(always)]
+fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
+    let mut acc = [0.0f64; L];
+    let mut ix = x.chunks_exact(L);
+    let mut iy = y.chunks_exact(L);
+    for (a, b) in (&mut ix).zip(&mut iy) {
+        for i in 0..L {
+            acc[i] = M::madd(a[i].to_f64(), b[i].to_f64(), acc[i]);
+        }
+    }
+    for (i, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
+        acc[i] = M::madd(a.to_f64(), b.to_f64(), acc[i]);
+    }
+    tree(acc)
+}
+
+/// Sum of a slice, as a compensated f64.
+pub struct Sum<'a, T>(pub &'a [T]);
+impl<T: Real> Kernel for Sum<'_, T> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> f64 {
+        let mut acc = Neumaier::default();
+        for b in self.0.chunks(BLOCK) {
+            acc.add(block_sum(b));
+        }
+        acc.value()
+    }
+}
+
+/// Dot product of two equal-length slices, as a compensated f64.
+pub struct Dot<'a, T>(pub &'a [T], pub &'a [T]);
+impl<T: Real> Kernel for Dot<'_, T> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> f64 {
+        let mut acc = Neumaier::default();
+        for (a, b) in self.0.chunks(BLOCK).zip(self.1.chunks(BLOCK)) {
+            acc.add(block_dot::<T, M>(a, b));
+        }
+        acc.value()
+    }
+}
+
+/// Sum of squares of a slice, as a compensated f64.
+pub struct SumSq<'a, T>(pub &'a [T]);
+impl<T: Real> Kernel for SumSq<'_, T> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> f64 {
+        let mut acc = Neumaier::default();
+        for b in self.0.chunks(BLOCK) {
+            acc.add(block_dot::<T, M>(b, b));
+        }
+        acc.value()
+    }
+}
+
+/// Count, mean and sum of squared deviations (M2) of a set of values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    pub n: f64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    /// Chan et al.'s parallel merge.
+    #[inline(always)]
+    pub fn merge(self, o: Moments) -> Moments {
+        if o.n == 0.0 {
+            return self;
+        }
+        if self.n == 0.0 {
+            return o;
+        }
+        let n = self.n + o.n;
+        let delta = o.mean - self.mean;
+        let mean = if delta.is_finite() {
+            self.mean + delta * (o.n / n)
+        } else {
+            // inf/nan inputs: follow IEEE arithmetic of the plain formula
+            (self.mean * self.n + o.mean * o.n) / n
+        };
+        let m2 = self.m2 + o.m2 + delta * delta * (self.n * o.n / n);
+        Moments { n, mean, m2 }
+    }
+
+    /// Variance with `ddof` delta degrees of freedom (IEEE division by `max(n - ddof, 0)`, as NumPy).
+    #[inline]
+    pub fn var(self, ddof: f64) -> f64 {
+        let dof = (self.n - ddof).max(0.0);
+        self.m2 / dof
+    }
+}
+
+/// Moments of one block by the corrected two-pass algorithm in f64 (the block stays in L1 between passes).
+#[inline(always)]
+fn block_moments<T: Real, M: Mode>(x: &[T]) -> Moments {
+    let n = x.len();
+    if n == 0 {
+        return Moments::default();
+    }
+    let nf = n as f64;
+    let mb = block_sum(x) / nf;
+    let mut d = [0.0f64; L];
+    let mut q = [0.0f64; L];
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for i in 0..L {
+            let e = c[i].to_f64() - mb;
+            d[i] += e;
+            q[i] = M::madd(e, e, q[i]);
+        }
+    }
+    for (i, &v) in it.remainder().iter().enumerate() {
+        let e = v.to_f64() - mb;
+        d[i] += e;
+        q[i] = M::madd(e, e, q[i]);
+    }
+    let d = tree(d);
+    let q = tree(q);
+    Moments {
+        n: nf,
+        mean: mb + d / nf,
+        m2: q - d * d / nf,
+    }
+}
+
+/// Moments of a slice (one pass over memory, numerically stable).
+pub struct SliceMoments<'a, T>(pub &'a [T]);
+impl<T: Real> Kernel for SliceMoments<'_, T> {
+    type Output = Moments;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> Moments {
+        let mut m = Moments::default();
+        for b in self.0.chunks(BLOCK) {
+            m = m.merge(block_moments::<T, M>(b));
+        }
+        m
+    }
+}
+
+/// Minimum (`MAX = false`) or maximum of a non-empty slice, propagating NaN.
+pub struct Extreme<'a, T, const MAX: bool>(pub &'a [T]);
+impl<T: Real, const MAX: bool> Kernel for Extreme<'_, T, MAX> {
+    type Output = T;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> T {
+        let x = self.0;
+        let mut best = x[0];
+        for b in x.chunks(BLOCK) {
+            let (v, suspicious) = block_extreme::<T, MAX>(b);
+            if suspicious && b.iter().any(|v| v.is_nan()) {
+                return T::NAN;
+            }
+            if better::<T, MAX>(v, best) {
+                best = v;
+            }
+        }
+        best
+    }
+}
+
+#[inline(always)]
+fn better<T: Real, const MAX: bool>(a: T, b: T) -> bool {
+    if MAX {
+        a > b
+    } else {
+        a < b
+    }
+}
+
+/// The extreme of a non-empty block ignoring NaNs, and whether the block may hold a NaN (it holds a NaN or an
+/// infinity: `x * 0` is NaN exactly for those).
+#[inline(always)]
+fn block_extreme<T: Real, const MAX: bool>(x: &[T]) -> (T, bool) {
+    let mut acc = [x[0]; L];
+    let mut z = [T::ZERO; L];
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for i in 0..L {
+            acc[i] = if better::<T, MAX>(c[i], acc[i]) {
+                c[i]
+            } else {
+                acc[i]
+            };
+            z[i] = z[i] + c[i] * T::ZERO;
+        }
+    }
+    for &v in it.remainder() {
+        acc[0] = if better::<T, MAX>(v, acc[0]) {
+            v
+        } else {
+            acc[0]
+        };
+        z[0] = z[0] + v * T::ZERO;
+    }
+    let mut best = acc[0];
+    for &v in &acc[1..] {
+        if better::<T, MAX>(v, best) {
+            best = v;
+        }
+    }
+    (best, z.iter().any(|v| *v != T::ZERO))
+}
+
+/// Partial result of an arg-extreme search over a range.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgPart<T> {
+    /// Index (global) of the first NaN in the range, if any.
+    pub nan_at: Option<usize>,
+    /// Best value (NaN-free) and the global start of the first block that holds it.
+    pub best: T,
+    pub block: usize,
+    pub block_len: usize,
+}
+
+/// First index of the minimum (`MAX = false`) or maximum of a non-empty range starting at global index
+/// `offset`; a NaN wins (NumPy semantics).
+pub struct ArgExtreme<'a, T, const MAX: bool>(pub &'a [T], pub usize);
+impl<T: Real, const MAX: bool> Kernel for ArgExtreme<'_, T, MAX> {
+    type Output = ArgPart<T>;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> ArgPart<T> {
+        let (x, offset) = (self.0, self.1);
+        let mut part = ArgPart {
+            nan_at: None,
+            best: x[0],
+            block: offset,
+            block_len: 0,
+        };
+        let mut first = true;
+        for (bi, b) in x.chunks(BLOCK).enumerate() {
+            let (v, suspicious) = block_extreme::<T, MAX>(b);
+            if suspicious {
+                if let Some(p) = b.iter().position(|v| v.is_nan()) {
+                    part.nan_at = Some(offset + bi * BLOCK + p);
+                    return part;
+                }
+            }
+            if first || better::<T, MAX>(v, part.best) {
+                first = false;
+                part.best = v;
+                part.block = offset + bi * BLOCK;
+                part.block_len = b.len();
+            }
+        }
+        part
+    }
+}
+
+/// Runs a kernel on the best instruction set (re-exported for the reduction drivers).
+#[inline(always)]
+pub fn run<K: Kernel>(k: K) -> K::Output {
+    dispatch(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_are_compensated() {
+        let x = vec![0.1f32; 10_000_000];
+        let s = run(Sum(&x));
+        let exact = 10_000_000.0 * (0.1f32 as f64);
+        assert!((s - exact).abs() / exact < 1e-9, "{s} vs {exact}");
+    }
+
+    #[test]
+    fn moments_match_two_pass_with_offset() {
+        let x: Vec<f64> = (0..100_003)
+            .map(|i| 1e9 + ((i * 7919) % 1000) as f64 * 1e-3)
+            .collect();
+        let m = run(SliceMoments(&x));
+        let mean = x.iter().map(|v| v - 1e9).sum::<f64>() / x.len() as f64 + 1e9;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / x.len() as f64;
+        assert!(
+            (m.var(0.0) - var).abs() / var < 1e-6,
+            "{} vs {}",
+            m.var(0.0),
+            var
+        );
+    }
+
+    #[test]
+    fn extremes_and_nan() {
+        let mut x: Vec<f64> = (0..5000).map(|i| ((i * 37) % 1001) as f64).collect();
+        assert_eq!(run(Extreme::<_, false>(&x)), 0.0);
+        assert_eq!(run(Extreme::<_, true>(&x)), 1000.0);
+        x[4000] = f64::INFINITY;
+        assert_eq!(run(Extreme::<_, true>(&x)), f64::INFINITY);
+        x[3000] = f64::NAN;
+        assert!(run(Extreme::<_, false>(&x)).is_nan());
+        let p = run(ArgExtreme::<_, true>(&x, 10));
+        assert_eq!(p.nan_at, Some(3010));
+    }
+}

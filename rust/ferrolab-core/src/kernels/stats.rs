@@ -1,0 +1,494 @@
+//! Statistics: var, std, standardize, z-score anomalies, quantiles, histograms.
+
+use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
+use super::elementwise::{map_into, Input};
+use super::layout::{c_order, canon};
+use super::reduce::{max, min, moments_canon};
+use super::{Real, PAR_CHUNK, PAR_ELEMWISE_MIN, PAR_REDUCE_MIN};
+use crate::error::{CoreError, Result};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
+use rayon::prelude::*;
+
+fn check_ddof(func: &'static str, ddof: f64) -> Result<()> {
+    if !ddof.is_finite() {
+        return Err(CoreError::value(
+            func,
+            "ddof",
+            format!("must be finite, got {ddof}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Variance over `axis` with `ddof` (one pass over memory, block two-pass + Chan merge).
+pub fn var<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result<ArrayD<T>> {
+    check_ddof("var", ddof)?;
+    let c = canon("var", x, axis, false)?;
+    let v = moments_canon(&c)
+        .into_iter()
+        .map(|m| T::from_f64(m.var(ddof)))
+        .collect();
+    Ok(c.wrap(v))
+}
+
+/// Standard deviation over `axis` with `ddof`.
+pub fn std<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result<ArrayD<T>> {
+    check_ddof("std", ddof)?;
+    let c = canon("std", x, axis, false)?;
+    let v = moments_canon(&c)
+        .into_iter()
+        .map(|m| T::from_f64(m.var(ddof).sqrt()))
+        .collect();
+    Ok(c.wrap(v))
+}
+
+struct Standardize<'a, T> {
+    mean: T,
+    std: T,
+    x: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for Standardize<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (o, &x) in self.o.iter_mut().zip(self.x) {
+            *o = (x - self.mean) / self.std;
+        }
+    }
+}
+
+struct StandardizeCols<'a, T> {
+    mean: &'a [T],
+    std: &'a [T],
+    x: &'a [T],
+    o: &'a mut [T],
+}
+impl<T: Real> Kernel for StandardizeCols<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (((o, &x), &m), &s) in self.o.iter_mut().zip(self.x).zip(self.mean).zip(self.std) {
+            *o = (x - m) / s;
+        }
+    }
+}
+
+/// `(x - mean(x, axis)) / std(x, axis, ddof)`, into `out` when given.
+///
+/// Computed in the input precision like NumPy's expression (mean and std rounded to the dtype first).
+pub fn standardize<T: Real>(
+    x: &ArrayViewD<T>,
+    axis: Option<isize>,
+    ddof: f64,
+    out: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    check_ddof("standardize", ddof)?;
+    let c = canon("standardize", x, axis, false)?;
+    let ms = moments_canon(&c);
+    let mean: Vec<T> = ms.iter().map(|m| T::from_f64(m.mean)).collect();
+    let sd: Vec<T> = ms.iter().map(|m| T::from_f64(m.var(ddof).sqrt())).collect();
+    let (n, inner) = (c.n, c.inner);
+    // the canonical buffer is x in C order (or, for a Fortran input, x's memory order): present it as a
+    // contiguous array of x's shape in that order so the elementwise driver uses it in place
+    let shape = x.shape().to_vec();
+    let data: &[T] = &c.data;
+    let view = if c.reversed {
+        ArrayViewD::from_shape(IxDyn(&shape).f(), data)
+    } else {
+        ArrayViewD::from_shape(IxDyn(&shape), data)
+    }
+    .expect("canonical buffer has x's size");
+    let slab = n * inner;
+    map_into(
+        "standardize",
+        ["x"],
+        [Input::View(view)],
+        out,
+        |start, [xs], o| {
+            standardize_range(start, xs, o, slab, inner, &mean, &sd);
+        },
+    )
+}
+
+fn standardize_range<T: Real>(
+    start: usize,
+    xs: &[T],
+    o: &mut [T],
+    slab: usize,
+    inner: usize,
+    mean: &[T],
+    sd: &[T],
+) {
+    let mut pos = start;
+    let mut done = 0;
+    while done < xs.len() {
+        let outer = pos / slab.max(1);
+        let within = pos % slab.max(1);
+        if inner == 1 {
+            let len = (slab - within).min(xs.len() - done);
+            dispatch(Standardize {
+                mean: mean[outer],
+                std: sd[outer],
+                x: &xs[done..done + len],
+                o: &mut o[done..done + len],
+            });
+            done += len;
+            pos += len;
+        } else {
+            let j = within % inner;
+            let len = (inner - j).min(xs.len() - done);
+            let base = outer * inner + j;
+            dispatch(StandardizeCols {
+                mean: &mean[base..base + len],
+                std: &sd[base..base + len],
+                x: &xs[done..done + len],
+                o: &mut o[done..done + len],
+            });
+            done += len;
+            pos += len;
+        }
+    }
+}
+
+struct Flag<'a, T> {
+    x: &'a [T],
+    mean: T,
+    std: T,
+    thr: T,
+    offset: usize,
+    out: &'a mut Vec<i64>,
+}
+impl<T: Real> Kernel for Flag<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        // test 64 values branch-free, then collect the (rare) hits
+        for (b, c) in self.x.chunks(64).enumerate() {
+            let mut any = false;
+            for &v in c {
+                any |= ((v - self.mean).abs() / self.std) > self.thr;
+            }
+            if any {
+                for (k, &v) in c.iter().enumerate() {
+                    if ((v - self.mean).abs() / self.std) > self.thr {
+                        self.out.push((self.offset + b * 64 + k) as i64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Flat (C-order) indices where `|x - mean| / std > threshold`, as `np.flatnonzero` (int64, ascending).
+pub fn zscore_anomalies<T: Real>(x: &ArrayViewD<T>, threshold: f64) -> Result<Vec<i64>> {
+    if threshold.is_nan() {
+        return Err(CoreError::value(
+            "zscore_anomalies",
+            "threshold",
+            "must not be NaN",
+        ));
+    }
+    let c = canon("zscore_anomalies", x, None, true)?;
+    let data: &[T] = &c.data;
+    if data.is_empty() {
+        return Ok(vec![]);
+    }
+    let m = moments_canon(&c)[0];
+    let (mean, sd, thr) = (
+        T::from_f64(m.mean),
+        T::from_f64(m.var(0.0).sqrt()),
+        T::from_f64(threshold),
+    );
+    Ok(maybe_parallel(data.len(), PAR_REDUCE_MIN, |par| {
+        let scan = |(i, ch): (usize, &[T])| {
+            let mut v = Vec::new();
+            dispatch(Flag {
+                x: ch,
+                mean,
+                std: sd,
+                thr,
+                offset: i * PAR_CHUNK,
+                out: &mut v,
+            });
+            v
+        };
+        if par {
+            let parts: Vec<Vec<i64>> = data.par_chunks(PAR_CHUNK).enumerate().map(scan).collect();
+            parts.concat()
+        } else {
+            data.chunks(PAR_CHUNK).enumerate().flat_map(scan).collect()
+        }
+    }))
+}
+
+// -------------------------------------------------------------------------------------------------------
+// quantiles
+
+/// NumPy's `_lerp`: `a + (b - a) * t`, computed from the upper end for `t >= 0.5`.
+#[inline]
+fn lerp(a: f64, b: f64, t: f64) -> f64 {
+    let d = b - a;
+    if t >= 0.5 {
+        b - d * (1.0 - t)
+    } else {
+        a + d * t
+    }
+}
+
+/// Total order for the selection (NaNs are handled before selecting).
+#[inline]
+fn cmp<T: Real>(a: &T, b: &T) -> std::cmp::Ordering {
+    a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)
+}
+
+/// Quantiles (NumPy's default "linear" method) of one slice, which is reordered in place.
+fn quantiles_of<T: Real>(v: &mut [T], qs: &[f64], out: &mut [f64]) {
+    let n = v.len();
+    if n == 0 {
+        out.iter_mut().for_each(|o| *o = f64::NAN);
+        return;
+    }
+    if v.iter().any(|x| x.is_nan()) {
+        out.iter_mut().for_each(|o| *o = f64::NAN);
+        return;
+    }
+    // positions needed, ascending: select each inside the part right of the previous one
+    let mut need: Vec<(usize, usize, f64)> = qs
+        .iter()
+        .enumerate()
+        .map(|(k, &q)| {
+            let vi = (n - 1) as f64 * q;
+            let lo = (vi.floor() as usize).min(n - 1);
+            (k, lo, vi - lo as f64)
+        })
+        .collect();
+    need.sort_by_key(|e| e.1);
+    let mut lo_bound = 0usize;
+    let mut cache: Option<(usize, T, T)> = None;
+    for &(k, lo, g) in &need {
+        let (a, b) = match cache {
+            Some((p, a, b)) if p == lo => (a, b),
+            _ => {
+                let part = &mut v[lo_bound..];
+                let (_, nth, right) = part.select_nth_unstable_by(lo - lo_bound, cmp::<T>);
+                let a = *nth;
+                let b = if lo + 1 < n {
+                    // the next order statistic is the minimum of the right part
+                    right
+                        .iter()
+                        .copied()
+                        .fold(T::INFINITY, |m, x| if x < m { x } else { m })
+                } else {
+                    a
+                };
+                lo_bound = lo;
+                cache = Some((lo, a, b));
+                (a, b)
+            }
+        };
+        out[k] = lerp(a.to_f64(), b.to_f64(), g);
+    }
+}
+
+/// Quantiles `qs` (each in [0, 1]) over `axis`; result shape `(len(qs),) + reduced shape`.
+pub fn quantile<T: Real>(x: &ArrayViewD<T>, qs: &[f64], axis: Option<isize>) -> Result<ArrayD<T>> {
+    if let Some(q) = qs.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+        return Err(CoreError::value(
+            "quantile",
+            "q",
+            format!("must be in the range [0, 1], got {q}"),
+        ));
+    }
+    let c = canon("quantile", x, axis, false)?;
+    let (outer, n, inner) = (c.outer, c.n, c.inner);
+    let npos = outer * inner;
+    let nq = qs.len();
+    // one task per reduced position: gather its values, select
+    let data: &[T] = &c.data;
+    let job = |p: usize| {
+        let (o, j) = (p / inner, p % inner);
+        let mut v: Vec<T> = if inner == 1 {
+            data[o * n..(o + 1) * n].to_vec()
+        } else {
+            (0..n).map(|i| data[(o * n + i) * inner + j]).collect()
+        };
+        let mut r = vec![0.0; nq];
+        quantiles_of(&mut v, qs, &mut r);
+        r
+    };
+    let per_pos: Vec<Vec<f64>> = maybe_parallel(npos * n, PAR_REDUCE_MIN, |par| {
+        if par && npos > 1 {
+            (0..npos).into_par_iter().map(job).collect()
+        } else {
+            (0..npos).map(job).collect()
+        }
+    });
+    // layout: (q, reduced...) with the reduced part in the canonical order
+    let red = c.wrap(vec![0u8; npos]);
+    let mut shape = vec![nq];
+    shape.extend_from_slice(red.shape());
+    let mut res = ArrayD::<T>::from_elem(IxDyn(&shape), T::ZERO);
+    for k in 0..nq {
+        let mut sub = res.index_axis_mut(ndarray::Axis(0), k);
+        let vals = c.wrap(per_pos.iter().map(|r| T::from_f64(r[k])).collect());
+        sub.assign(&vals);
+    }
+    Ok(res)
+}
+
+// -------------------------------------------------------------------------------------------------------
+// histograms
+
+/// Bin specification resolved by the caller (the edges array comes from NumPy's own `linspace` so the edges are
+/// bit-identical).
+pub struct Bins<'a, T> {
+    pub edges: &'a [T],
+    /// `true` when the edges are uniform (`bins` was an int): index by arithmetic, then correct against the
+    /// edges exactly like NumPy's fast path.
+    pub uniform: bool,
+}
+
+/// `(min, max)` of x for the automatic range, as NumPy computes it (errors on empty input are left to the caller).
+pub fn finite_range<T: Real>(x: &ArrayViewD<T>) -> Result<(T, T)> {
+    if x.is_empty() {
+        return Ok((T::ZERO, T::ONE));
+    }
+    let lo = min(x, None)?[[]];
+    let hi = max(x, None)?[[]];
+    Ok((lo, hi))
+}
+
+fn bin_index<T: Real>(v: T, b: &Bins<T>, first: T, last: T, norm: T, nb: usize) -> Option<usize> {
+    if !(v >= first && v <= last) {
+        return None; // outside the range, or NaN
+    }
+    let e = b.edges;
+    if b.uniform {
+        // numpy: f = (x - first) / (last - first) * n;  i = int(f); i == n -> n - 1; then correct with edges
+        let f = ((v - first) / norm) * T::from_f64(nb as f64);
+        let mut i = (f.to_isize_trunc().max(0) as usize).min(nb);
+        if i == nb {
+            i -= 1;
+        }
+        if v < e[i] {
+            i = i.saturating_sub(1);
+        } else if i != nb - 1 && v >= e[i + 1] {
+            i += 1;
+        }
+        Some(i)
+    } else {
+        // searchsorted(edges, v, 'right') - 1, with the last edge closed
+        let i = e.partition_point(|&ed| ed <= v);
+        Some(if i >= e.len() { nb - 1 } else { i - 1 })
+    }
+}
+
+/// Counts per bin (int64). Values outside `[edges[0], edges[-1]]` and NaNs are not counted; the last bin is
+/// closed on the right.
+pub fn histogram_counts<T: Real>(x: &ArrayViewD<T>, bins: &Bins<T>) -> Result<Vec<i64>> {
+    let e = bins.edges;
+    if e.len() < 2 {
+        return Err(CoreError::value(
+            "histogram",
+            "bins",
+            "needs at least 2 edges",
+        ));
+    }
+    if e.windows(2).any(|w| !(w[0] <= w[1])) {
+        return Err(CoreError::value(
+            "histogram",
+            "bins",
+            "must increase monotonically, when an array",
+        ));
+    }
+    let nb = e.len() - 1;
+    let (first, last) = (e[0], e[nb]);
+    let norm = last - first;
+    let data = c_order(x);
+    let count = |ch: &[T]| {
+        let mut h = vec![0i64; nb];
+        for &v in ch {
+            if let Some(i) = bin_index(v, bins, first, last, norm, nb) {
+                h[i] += 1;
+            }
+        }
+        h
+    };
+    Ok(maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 4, |par| {
+        if par {
+            data.par_chunks(PAR_CHUNK).map(count).reduce(
+                || vec![0i64; nb],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+        } else {
+            count(&data)
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    #[test]
+    fn var_with_large_offset() {
+        let v: Vec<f64> = (0..1_000_000)
+            .map(|i| 1e8 + (i % 7) as f64 * 0.01)
+            .collect();
+        let a = Array::from_vec(v.clone()).into_dyn();
+        let got = var(&a.view(), None, 0.0).unwrap()[[]];
+        let m = v.iter().map(|x| x - 1e8).sum::<f64>() / v.len() as f64;
+        let want = v.iter().map(|x| (x - 1e8 - m).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!((got - want).abs() / want < 1e-9, "{got} {want}");
+        assert!(var(&a.view(), None, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn quantile_linear_matches_definition() {
+        let a = Array::from_vec(vec![4.0f64, 1.0, 3.0, 2.0, 5.0]).into_dyn();
+        let q = quantile(&a.view(), &[0.0, 0.1, 0.5, 1.0], None).unwrap();
+        assert_eq!(q.as_slice().unwrap(), &[1.0, 1.4, 3.0, 5.0]);
+        assert!(quantile(&a.view(), &[1.5], None).is_err());
+    }
+
+    #[test]
+    fn histogram_counts_closed_last_bin() {
+        let a = Array::from_vec(vec![0.0f64, 0.5, 1.0, 1.0, 2.0, f64::NAN, 3.0]).into_dyn();
+        let edges = [0.0, 1.0, 2.0];
+        let h = histogram_counts(
+            &a.view(),
+            &Bins {
+                edges: &edges,
+                uniform: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(h, vec![2, 3]);
+        let h = histogram_counts(
+            &a.view(),
+            &Bins {
+                edges: &edges,
+                uniform: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(h, vec![2, 3]);
+    }
+
+    #[test]
+    fn zscore_finds_outliers() {
+        let mut v = vec![0.0f64; 100_000];
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = ((i * 7919) % 100) as f64 / 100.0;
+        }
+        v[777] = 1e3;
+        v[99_999] = -1e3;
+        let a = Array::from_vec(v).into_dyn();
+        assert_eq!(zscore_anomalies(&a.view(), 3.0).unwrap(), vec![777, 99_999]);
+    }
+}

@@ -1,0 +1,27 @@
+//! # ferrolab-core
+//!
+//! The pure-Rust core of ferrolab (no Python here; `cargo test -p ferrolab-core` runs without it):
+//!
+//! * [`kernels`]: reductions, fused elementwise ops, statistics, GEMM, distances and an Adam step on
+//!   `ndarray` views of any layout, SIMD inside ([`kernels::dispatch`]: AVX2+FMA when the CPU has it, a
+//!   baseline copy otherwise) and multi-core above a size threshold (a bounded, fork-safe rayon pool sized by
+//!   `FERROLAB_NUM_THREADS`);
+//! * [`telemetry::seam`]: the instrumentation seam every op passes through;
+//! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
+//!
+//! ## Feature flags
+//! None yet: the default build is the CPU engine. GPU support (`cuda`, dynamically loaded) will be an opt-in
+//! feature so that the default build needs no CUDA toolkit.
+//!
+//! ## Environment
+//! * `FERROLAB_NUM_THREADS`: worker threads of the pool (default: available cores).
+//! * `FERROLAB_SIMD=baseline`: force the baseline (non-AVX2) kernels.
+
+pub mod error;
+pub mod kernels;
+pub mod telemetry;
+
+pub use error::{CoreError, Result};
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

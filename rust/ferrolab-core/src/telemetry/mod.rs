@@ -1,0 +1,3 @@
+//! Instrumentation: the one seam every native op passes through ([`seam`]).
+
+pub mod seam;

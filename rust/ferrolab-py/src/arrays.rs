@@ -1,0 +1,215 @@
+//! Turning Python objects into typed array views (dtype dispatch) and results back into NumPy objects.
+//!
+//! Fast path: an ndarray of float64, float32 or int64 (native byte order) is borrowed as it is. Anything else
+//! goes once through `ferrolab._coerce.prepare`, which converts it the way NumPy would for that op and may
+//! return a `finish` callable that turns the native result into NumPy's result dtype.
+
+use ndarray::ArrayD;
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+
+/// A borrowed input array of a natively computed dtype.
+pub enum In<'py> {
+    F64(PyReadonlyArrayDyn<'py, f64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    I64(PyReadonlyArrayDyn<'py, i64>),
+}
+
+/// How NumPy types the result of an op (see `_coerce.py`).
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Result is floating point: integers and bool become float64, float16 computes in float32.
+    Float,
+    /// `np.sum` rules: integers accumulate in int64 (uint64 for unsigned), bool counts.
+    Sum,
+    /// Type-preserving arithmetic (min, max, clip, scale, axpy, fma, dot, matmul).
+    Same,
+    /// Order-based selection returning an index (argmin, argmax).
+    Index,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Float => "float",
+            Kind::Sum => "sum",
+            Kind::Same => "same",
+            Kind::Index => "index",
+        }
+    }
+}
+
+fn borrow<'py>(obj: &Bound<'py, PyAny>) -> Option<In<'py>> {
+    if let Ok(a) = obj.cast::<PyArrayDyn<f64>>() {
+        return a.try_readonly().ok().map(In::F64);
+    }
+    if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
+        return a.try_readonly().ok().map(In::F32);
+    }
+    if let Ok(a) = obj.cast::<PyArrayDyn<i64>>() {
+        return a.try_readonly().ok().map(In::I64);
+    }
+    None
+}
+
+static PREPARE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Converted inputs and the optional `finish` callable.
+pub struct Prepared<'py> {
+    pub arrays: Vec<In<'py>>,
+    pub finish: Option<Bound<'py, PyAny>>,
+}
+
+/// Takes the array inputs `values` (named `names`) of `func`. All of them end up with one common native dtype.
+pub fn take<'py>(
+    py: Python<'py>,
+    func: &'static str,
+    names: &[&'static str],
+    values: &[&Bound<'py, PyAny>],
+    kind: Kind,
+) -> PyResult<Prepared<'py>> {
+    // fast path: every input already a native array of one dtype (int64 only where the op keeps integers)
+    let mut fast = Vec::with_capacity(values.len());
+    for v in values {
+        match borrow(v) {
+            Some(a) => fast.push(a),
+            None => break,
+        }
+    }
+    if fast.len() == values.len()
+        && same_dtype(&fast)
+        && !(matches!(kind, Kind::Float) && matches!(fast[0], In::I64(_)))
+    {
+        return Ok(Prepared {
+            arrays: fast,
+            finish: None,
+        });
+    }
+    drop(fast);
+    let prepare = PREPARE.import(py, "ferrolab._coerce", "prepare")?;
+    let res = prepare.call1((
+        func,
+        PyTuple::new(py, names)?,
+        PyTuple::new(py, values)?,
+        kind.as_str(),
+    ))?;
+    let (arrays, finish): (Bound<'py, PyTuple>, Bound<'py, PyAny>) = res.extract()?;
+    let mut out = Vec::with_capacity(values.len());
+    for (a, name) in arrays.iter().zip(names) {
+        match borrow(&a) {
+            Some(x) => out.push(x),
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "{func}(): argument '{name}' could not be converted to a native dtype"
+                )))
+            }
+        }
+    }
+    Ok(Prepared {
+        arrays: out,
+        finish: if finish.is_none() { None } else { Some(finish) },
+    })
+}
+
+fn same_dtype(v: &[In]) -> bool {
+    v.windows(2).all(|w| {
+        matches!(
+            (&w[0], &w[1]),
+            (In::F64(_), In::F64(_)) | (In::F32(_), In::F32(_)) | (In::I64(_), In::I64(_))
+        )
+    })
+}
+
+static SCALARS: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+fn scalar_types(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+    SCALARS.get_or_try_init(py, || {
+        let np = py.import("numpy")?;
+        Ok((
+            np.getattr("float64")?.unbind(),
+            np.getattr("float32")?.unbind(),
+            np.getattr("int64")?.unbind(),
+        ))
+    })
+}
+
+/// Element types that come back to Python as NumPy scalars or arrays.
+pub trait ToNumpy: numpy::Element + Copy {
+    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>>;
+}
+impl ToNumpy for f64 {
+    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
+        scalar_types(py)?.0.bind(py).call1((v,))
+    }
+}
+impl ToNumpy for f32 {
+    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
+        scalar_types(py)?.1.bind(py).call1((v,))
+    }
+}
+impl ToNumpy for i64 {
+    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
+        scalar_types(py)?.2.bind(py).call1((v,))
+    }
+}
+
+/// A result array: a NumPy scalar when 0-dimensional, else an ndarray.
+pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Bound<'py, PyAny>> {
+    if a.ndim() == 0 {
+        T::scalar(py, a[[]])
+    } else {
+        Ok(a.into_pyarray(py).into_any())
+    }
+}
+
+/// Applies `finish` (if any) to a result.
+pub fn finish<'py>(
+    r: Bound<'py, PyAny>,
+    finish: &Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match finish {
+        Some(f) => f.call1((r,)),
+        None => Ok(r),
+    }
+}
+
+/// A writeable `out` array of element type `T`.
+pub fn take_out<'py, T: numpy::Element>(
+    func: &'static str,
+    out: &Bound<'py, PyAny>,
+) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    let a = out.cast::<PyArrayDyn<T>>().map_err(|_| {
+        let got = out
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| out.get_type().to_string());
+        PyTypeError::new_err(format!(
+            "{func}(): argument 'out' must be a numpy.ndarray of dtype {}, got {got}",
+            std::any::type_name::<T>()
+                .replace("f64", "float64")
+                .replace("f32", "float32")
+                .replace("i64", "int64")
+        ))
+    })?;
+    a.try_readwrite().map_err(|e| {
+        PyValueError::new_err(format!(
+            "{func}(): argument 'out' must be a writeable array ({e})"
+        ))
+    })
+}
+
+/// Checks the `device` argument: "cpu" and "auto" run here; "cuda" needs a GPU build.
+pub fn check_device(func: &'static str, device: &str) -> PyResult<()> {
+    match device {
+        "cpu" | "auto" => Ok(()),
+        "cuda" => Err(crate::errors::DeviceUnavailableError::new_err(format!(
+            "{func}(): device 'cuda' is not available: this build of ferrolab has no CUDA backend"
+        ))),
+        other => Err(PyValueError::new_err(format!(
+            "{func}(): argument 'device' is {other:?}; expected 'cpu', 'cuda' or 'auto'"
+        ))),
+    }
+}

@@ -1,0 +1,55 @@
+//! The one error funnel: every `CoreError` becomes exactly one Python exception here.
+
+use ferrolab_core::CoreError;
+use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    ferrolab,
+    FerrolabError,
+    PyException,
+    "Root of all ferrolab errors."
+);
+pyo3::create_exception!(
+    ferrolab,
+    DeviceUnavailableError,
+    FerrolabError,
+    "A device (e.g. 'cuda') was requested that is absent or not compiled in."
+);
+
+/// Maps a core error to its Python exception.
+pub fn to_py(e: CoreError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        CoreError::Type { .. } => PyTypeError::new_err(msg),
+        CoreError::Value { .. } => PyValueError::new_err(msg),
+        CoreError::DeviceUnavailable { .. } => DeviceUnavailableError::new_err(msg),
+        CoreError::Io { source, context } => {
+            // keep the built-in OSError subclass (FileNotFoundError, PermissionError, ...)
+            let errno = source.raw_os_error().unwrap_or(0);
+            PyOSError::new_err((errno, format!("{context}: {source}")))
+        }
+    }
+}
+
+/// `core_result.py()?` converts through the funnel.
+pub trait IntoPyResult<T> {
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for Result<T, CoreError> {
+    #[inline]
+    fn py(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("FerrolabError", py.get_type::<FerrolabError>())?;
+    m.add(
+        "DeviceUnavailableError",
+        py.get_type::<DeviceUnavailableError>(),
+    )?;
+    Ok(())
+}

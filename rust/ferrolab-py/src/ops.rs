@@ -1,0 +1,1095 @@
+//! `ferrolab._core` kernels: thin wrappers that borrow arrays, pick the dtype, and call the core through the funnel.
+
+use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, ToNumpy};
+use crate::errors::IntoPyResult;
+use crate::funnel::run;
+use ferrolab_core::kernels::elementwise::Input;
+use ferrolab_core::kernels::{distance, elementwise, int, linalg, optim, reduce, stats, Real};
+use ferrolab_core::telemetry::seam::Op;
+use ferrolab_core::Result as CoreResult;
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Ix2};
+use numpy::{
+    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt};
+
+/// Native element types of the type-preserving ops, mapped to their core implementations.
+pub trait Native: ToNumpy + Send + Sync + Default + 'static {
+    fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self>;
+    fn from_py(name: &'static str, func: &'static str, v: &Bound<'_, PyAny>) -> PyResult<Self>;
+    fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
+    fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
+    fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
+    fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
+    fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
+    fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self>;
+    fn axpy<'a>(
+        a: Self,
+        x: Input<'a, Self>,
+        y: Input<'a, Self>,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>>;
+    fn fma<'a>(
+        x: Input<'a, Self>,
+        y: Input<'a, Self>,
+        z: Input<'a, Self>,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>>;
+    fn scale(
+        x: Input<Self>,
+        a: Self,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>>;
+    fn clip(
+        x: Input<Self>,
+        lo: Self,
+        hi: Self,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>>;
+}
+
+macro_rules! native_float {
+    ($t:ty, $variant:ident) => {
+        impl Native for $t {
+            fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self> {
+                match a {
+                    In::$variant(a) => a,
+                    _ => unreachable!("inputs share one dtype"),
+                }
+            }
+            fn from_py(
+                name: &'static str,
+                func: &'static str,
+                v: &Bound<'_, PyAny>,
+            ) -> PyResult<Self> {
+                v.extract::<f64>().map(|x| x as $t).map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "{func}(): argument '{name}' must be a real number, got {}",
+                        type_name(v)
+                    ))
+                })
+            }
+            fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+                reduce::sum(x, axis)
+            }
+            fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+                reduce::min(x, axis)
+            }
+            fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+                reduce::max(x, axis)
+            }
+            fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
+                reduce::argmin(x, axis)
+            }
+            fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
+                reduce::argmax(x, axis)
+            }
+            fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self> {
+                reduce::dot(x, y)
+            }
+            fn axpy<'a>(
+                a: Self,
+                x: Input<'a, Self>,
+                y: Input<'a, Self>,
+                o: Option<ArrayViewMutD<Self>>,
+            ) -> CoreResult<Option<ArrayD<Self>>> {
+                elementwise::axpy(a, x, y, o)
+            }
+            fn fma<'a>(
+                x: Input<'a, Self>,
+                y: Input<'a, Self>,
+                z: Input<'a, Self>,
+                o: Option<ArrayViewMutD<Self>>,
+            ) -> CoreResult<Option<ArrayD<Self>>> {
+                elementwise::fma(x, y, z, o)
+            }
+            fn scale(
+                x: Input<Self>,
+                a: Self,
+                o: Option<ArrayViewMutD<Self>>,
+            ) -> CoreResult<Option<ArrayD<Self>>> {
+                elementwise::scale(x, a, o)
+            }
+            fn clip(
+                x: Input<Self>,
+                lo: Self,
+                hi: Self,
+                o: Option<ArrayViewMutD<Self>>,
+            ) -> CoreResult<Option<ArrayD<Self>>> {
+                elementwise::clip(x, lo, hi, o)
+            }
+        }
+    };
+}
+native_float!(f64, F64);
+native_float!(f32, F32);
+
+impl Native for i64 {
+    fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self> {
+        match a {
+            In::I64(a) => a,
+            _ => unreachable!("inputs share one dtype"),
+        }
+    }
+    fn from_py(name: &'static str, func: &'static str, v: &Bound<'_, PyAny>) -> PyResult<Self> {
+        v.extract::<i64>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{func}(): argument '{name}' must be an integer here, got {}",
+                type_name(v)
+            ))
+        })
+    }
+    fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+        int::sum(x, axis)
+    }
+    fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+        int::min(x, axis)
+    }
+    fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
+        int::max(x, axis)
+    }
+    fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
+        int::argmin(x, axis)
+    }
+    fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
+        int::argmax(x, axis)
+    }
+    fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self> {
+        int::dot(x, y)
+    }
+    fn axpy<'a>(
+        a: Self,
+        x: Input<'a, Self>,
+        y: Input<'a, Self>,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>> {
+        int::axpy(a, x, y, o)
+    }
+    fn fma<'a>(
+        x: Input<'a, Self>,
+        y: Input<'a, Self>,
+        z: Input<'a, Self>,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>> {
+        int::fma(x, y, z, o)
+    }
+    fn scale(
+        x: Input<Self>,
+        a: Self,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>> {
+        int::scale(x, a, o)
+    }
+    fn clip(
+        x: Input<Self>,
+        lo: Self,
+        hi: Self,
+        o: Option<ArrayViewMutD<Self>>,
+    ) -> CoreResult<Option<ArrayD<Self>>> {
+        int::clip(x, lo, hi, o)
+    }
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn one<'py>(p: Prepared<'py>) -> (In<'py>, Option<Bound<'py, PyAny>>) {
+    let mut a = p.arrays;
+    (a.remove(0), p.finish)
+}
+
+/// Borrows a view, runs `f` through the funnel and converts the result.
+fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
+    py: Python<'py>,
+    op: Op,
+    a: &PyReadonlyArrayDyn<'py, T>,
+    f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
+) -> PyResult<Bound<'py, PyAny>> {
+    let v = a.as_array();
+    let r = run(py, op, v.len(), || f(v))?;
+    to_py(py, r)
+}
+
+/// One arm per native dtype; `$T` names the element type inside `$body`.
+macro_rules! each_dtype {
+    ($a:expr, $T:ident, $arr:ident => $body:expr) => {
+        match $a {
+            In::F64($arr) => {
+                type $T = f64;
+                $body
+            }
+            In::F32($arr) => {
+                type $T = f32;
+                $body
+            }
+            In::I64($arr) => {
+                type $T = i64;
+                $body
+            }
+        }
+    };
+}
+
+/// Same for the float-only ops (their `Kind::Float` inputs are never int64).
+macro_rules! each_float {
+    ($a:expr, $T:ident, $arr:ident => $body:expr) => {
+        match $a {
+            In::F64($arr) => {
+                type $T = f64;
+                $body
+            }
+            In::F32($arr) => {
+                type $T = f32;
+                $body
+            }
+            In::I64(_) => unreachable!("float ops convert integers first"),
+        }
+    };
+}
+
+macro_rules! preserving_reduction {
+    ($(#[$m:meta])* $name:ident, $op:expr, $kind:expr, $method:ident) => {
+        $(#[$m])*
+        #[pyfunction]
+        #[pyo3(signature = (x, axis=None, device="cpu"))]
+        pub fn $name<'py>(
+            py: Python<'py>,
+            x: &Bound<'py, PyAny>,
+            axis: Option<isize>,
+            device: &str,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            check_device(stringify!($name), device)?;
+            let (a, fin) = one(take(py, stringify!($name), &["x"], &[x], $kind)?);
+            let r = each_dtype!(a, T, a => red(py, $op, &a, |v| <T as Native>::$method(&v, axis)))?;
+            finish(r, &fin)
+        }
+    };
+}
+
+preserving_reduction!(sum, Op::Sum, Kind::Sum, sum);
+preserving_reduction!(min, Op::Min, Kind::Same, min);
+preserving_reduction!(max, Op::Max, Kind::Same, max);
+preserving_reduction!(argmin, Op::Argmin, Kind::Index, argmin);
+preserving_reduction!(argmax, Op::Argmax, Kind::Index, argmax);
+
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, device="cpu"))]
+pub fn mean<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Option<isize>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("mean", device)?;
+    let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
+    let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, device="cpu"))]
+pub fn norm<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Option<isize>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("norm", device)?;
+    let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
+    let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, ddof=0.0, device="cpu"))]
+pub fn var<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Option<isize>,
+    ddof: f64,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("var", device)?;
+    let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
+    let r = each_float!(a, T, a => red(py, Op::Var, &a, |v| stats::var::<T>(&v, axis, ddof)))?;
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, ddof=0.0, device="cpu"))]
+pub fn std<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Option<isize>,
+    ddof: f64,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("std", device)?;
+    let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
+    let r = each_float!(a, T, a => red(py, Op::Std, &a, |v| stats::std::<T>(&v, axis, ddof)))?;
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, y, device="cpu"))]
+pub fn dot<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("dot", device)?;
+    let p = take(py, "dot", &["x", "y"], &[x, y], Kind::Same)?;
+    let fin = p.finish;
+    let mut it = p.arrays.into_iter();
+    let (a, b) = (it.next().expect("x"), it.next().expect("y"));
+    let r = each_dtype!(a, T, a => {
+        let b = <T as Native>::unwrap(b);
+        let (va, vb) = (a.as_array(), b.as_array());
+        let v = run(py, Op::Dot, va.len(), || <T as Native>::dot(&va, &vb))?;
+        <T as ToNumpy>::scalar(py, v)
+    })?;
+    finish(r, &fin)
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// elementwise with out=
+
+/// Byte range `[lo, hi)` that an array's elements occupy.
+fn extent(a: &Bound<'_, PyAny>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
+    let u = a.cast::<numpy::PyUntypedArray>().ok()?;
+    // SAFETY: reading the data pointer of a live array object.
+    let ptr = unsafe { (*u.as_array_ptr()).fields.data } as isize;
+    let item = u.dtype().itemsize() as isize;
+    let shape = u.shape().to_vec();
+    let strides = u.strides().to_vec();
+    if shape.iter().any(|&d| d == 0) {
+        return Some((ptr as usize, ptr as usize, strides, shape));
+    }
+    let (mut lo, mut hi) = (ptr, ptr + item);
+    for (&d, &s) in shape.iter().zip(&strides) {
+        let span = (d as isize - 1) * s;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    Some((lo as usize, hi as usize, strides, shape))
+}
+
+enum Alias {
+    None,
+    Same,
+    Partial,
+}
+
+fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
+    match (extent(out), extent(x)) {
+        (Some(o), Some(v)) => {
+            if o.0 == v.0 && o.2 == v.2 && o.3 == v.3 && o.0 != o.1 {
+                Alias::Same
+            } else if o.0 < v.1 && v.0 < o.1 {
+                Alias::Partial
+            } else {
+                Alias::None
+            }
+        }
+        _ => Alias::None,
+    }
+}
+
+/// Shared driver of axpy/fma/scale/clip: `arrays` are the array operands (named), `scalars` the scalar ones
+/// (they take part in NumPy's result-type rules); `op_fn` runs the core op for the chosen dtype.
+fn elementwise_op<'py>(
+    py: Python<'py>,
+    func: &'static str,
+    op: Op,
+    names: &[&'static str],
+    arrays: &[&Bound<'py, PyAny>],
+    scalars: &[(&'static str, &Bound<'py, PyAny>)],
+    out: Option<&Bound<'py, PyAny>>,
+    call: &dyn Fn(
+        Python<'py>,
+        Vec<In<'py>>,
+        Vec<bool>,
+        Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // integer arrays with a float scalar promote to float: let the slow path decide
+    let int_with_float = scalars.iter().any(|(_, s)| s.is_instance_of::<PyFloat>())
+        && arrays.iter().all(|a| a.cast::<PyArrayDyn<i64>>().is_ok());
+    let scal_ok = scalars
+        .iter()
+        .all(|(_, s)| s.is_instance_of::<PyFloat>() || s.is_instance_of::<PyInt>() || s.is_none());
+    let kind = Kind::Same;
+    // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
+    let mut same = vec![false; arrays.len()];
+    let mut overlap = false;
+    if let Some(o) = out {
+        for (k, a) in arrays.iter().enumerate() {
+            match alias(o, a) {
+                Alias::Same => same[k] = true,
+                Alias::Partial => overlap = true,
+                Alias::None => {}
+            }
+        }
+    }
+    let prepared = if !int_with_float && scal_ok {
+        take(py, func, names, arrays, kind)?
+    } else {
+        let prepare = py.import("ferrolab._coerce")?.getattr("prepare")?;
+        let sc: Vec<Bound<'py, PyAny>> = scalars.iter().map(|(_, s)| (*s).clone()).collect();
+        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), "same", sc))?;
+        let (arrs, fin): (Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>) = res.extract()?;
+        let refs: Vec<&Bound<'py, PyAny>> = arrs.iter().collect();
+        let mut p = take(py, func, names, &refs, kind)?;
+        p.finish = if fin.is_none() { None } else { Some(fin) };
+        // converted copies never alias out
+        same.iter_mut().for_each(|s| *s = false);
+        p
+    };
+    let fin = prepared.finish.clone();
+    let out_dtype_ok = |o: &Bound<'py, PyAny>| -> bool {
+        match &prepared.arrays[0] {
+            In::F64(_) => o.cast::<PyArrayDyn<f64>>().is_ok(),
+            In::F32(_) => o.cast::<PyArrayDyn<f32>>().is_ok(),
+            In::I64(_) => o.cast::<PyArrayDyn<i64>>().is_ok(),
+        }
+    };
+    match out {
+        Some(o) if fin.is_some() || overlap || !out_dtype_ok(o) => {
+            // compute into a fresh array, then copy into out with NumPy's same-kind casting
+            if fin.is_none() && !overlap && o.cast::<numpy::PyUntypedArray>().is_ok() {
+                let want = match &prepared.arrays[0] {
+                    In::F64(_) => "float64",
+                    In::F32(_) => "float32",
+                    In::I64(_) => "int64",
+                };
+                let got = o.getattr("dtype")?.to_string();
+                if !(want == "float32" && got == "float64") {
+                    return Err(PyTypeError::new_err(format!(
+                        "{func}(): argument 'out' has dtype {got}; expected {want}"
+                    )));
+                }
+            }
+            let r =
+                call(py, prepared.arrays, vec![false; arrays.len()], None)?.expect("fresh result");
+            let r = finish(r, &fin)?;
+            let np = py.import("numpy")?;
+            let kw = pyo3::types::PyDict::new(py);
+            kw.set_item("casting", "same_kind")?;
+            np.getattr("copyto")?
+                .call((o, &r), Some(&kw))
+                .map_err(|e| {
+                    PyValueError::new_err(format!(
+                        "{func}(): argument 'out' cannot hold the result: {e}"
+                    ))
+                })?;
+            Ok(o.clone())
+        }
+        Some(o) => {
+            let mut arrs = prepared.arrays;
+            // release the borrows of inputs that are out itself before borrowing out for writing
+            for (k, s) in same.iter().enumerate() {
+                if *s {
+                    arrs[k] = match &arrs[k] {
+                        In::F64(_) => In::F64(
+                            PyArrayDyn::<f64>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
+                        ),
+                        In::F32(_) => In::F32(
+                            PyArrayDyn::<f32>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
+                        ),
+                        In::I64(_) => In::I64(
+                            PyArrayDyn::<i64>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
+                        ),
+                    };
+                }
+            }
+            call(py, arrs, same, Some(o))?;
+            let _ = op;
+            Ok(o.clone())
+        }
+        None => {
+            let r = call(py, prepared.arrays, same, None)?.expect("fresh result");
+            finish(r, &fin)
+        }
+    }
+}
+
+/// Runs a core elementwise op for element type `T` with `Input`s built from `arrs`/`same` and an optional out.
+fn ew_run<'py, T: Native + numpy::Element>(
+    py: Python<'py>,
+    func: &'static str,
+    op: Op,
+    arrs: Vec<In<'py>>,
+    same: Vec<bool>,
+    out: Option<&Bound<'py, PyAny>>,
+    f: impl for<'a> FnOnce(
+            Vec<Input<'a, T>>,
+            Option<ArrayViewMutD<'a, T>>,
+        ) -> CoreResult<Option<ArrayD<T>>>
+        + Send,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let ro: Vec<PyReadonlyArrayDyn<'py, T>> = arrs.into_iter().map(T::unwrap).collect();
+    let mut rw = match out {
+        Some(o) => Some(take_out::<T>(func, o)?),
+        None => None,
+    };
+    let work = ro.iter().map(|a| a.len()).max().unwrap_or(0);
+    let inputs: Vec<Input<'_, T>> = ro
+        .iter()
+        .zip(&same)
+        .map(|(a, &s)| {
+            if s {
+                Input::SameAsOut
+            } else {
+                Input::View(a.as_array())
+            }
+        })
+        .collect();
+    let ov = rw.as_mut().map(|w| w.as_array_mut());
+    let r = run(py, op, work, move || f(inputs, ov))?;
+    Ok(match r {
+        Some(a) => Some(to_py(py, a)?),
+        None => None,
+    })
+}
+
+fn opt_out<'a, 'py>(out: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    out.filter(|o| !o.is_none())
+}
+
+#[pyfunction]
+#[pyo3(signature = (a, x, y, out=None, device="cpu"))]
+pub fn axpy<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("axpy", device)?;
+    let call =
+        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
+            each_dtype!(&arrs[0], T, _unused => {
+                let av = <T as Native>::from_py("a", "axpy", a)?;
+                ew_run::<T>(py, "axpy", Op::Axpy, arrs, same, out, move |mut v, o| {
+                    let y = v.pop().expect("y");
+                    let x = v.pop().expect("x");
+                    <T as Native>::axpy(av, x, y, o)
+                })
+            })
+        };
+    elementwise_op(
+        py,
+        "axpy",
+        Op::Axpy,
+        &["x", "y"],
+        &[x, y],
+        &[("a", a)],
+        opt_out(out),
+        &call,
+    )
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, y, z, out=None, device="cpu"))]
+pub fn fma<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    z: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("fma", device)?;
+    let call =
+        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
+            each_dtype!(&arrs[0], T, _unused => {
+                ew_run::<T>(py, "fma", Op::Fma, arrs, same, out, move |mut v, o| {
+                    let z = v.pop().expect("z");
+                    let y = v.pop().expect("y");
+                    let x = v.pop().expect("x");
+                    <T as Native>::fma(x, y, z, o)
+                })
+            })
+        };
+    elementwise_op(
+        py,
+        "fma",
+        Op::Fma,
+        &["x", "y", "z"],
+        &[x, y, z],
+        &[],
+        opt_out(out),
+        &call,
+    )
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, a, out=None, device="cpu"))]
+pub fn scale<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    a: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("scale", device)?;
+    let call =
+        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
+            each_dtype!(&arrs[0], T, _unused => {
+                let av = <T as Native>::from_py("a", "scale", a)?;
+                ew_run::<T>(py, "scale", Op::Scale, arrs, same, out, move |mut v, o| {
+                    <T as Native>::scale(v.pop().expect("x"), av, o)
+                })
+            })
+        };
+    elementwise_op(
+        py,
+        "scale",
+        Op::Scale,
+        &["x"],
+        &[x],
+        &[("a", a)],
+        opt_out(out),
+        &call,
+    )
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, lo, hi, out=None, device="cpu"))]
+pub fn clip<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    lo: &Bound<'py, PyAny>,
+    hi: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("clip", device)?;
+    if lo.is_none() && hi.is_none() {
+        return Err(PyValueError::new_err(
+            "clip(): arguments 'lo' and 'hi' cannot both be None",
+        ));
+    }
+    let call = |py: Python<'py>,
+                arrs: Vec<In<'py>>,
+                same: Vec<bool>,
+                out: Option<&Bound<'py, PyAny>>| {
+        each_dtype!(&arrs[0], T, _unused => {
+            let l = if lo.is_none() { None } else { Some(<T as Native>::from_py("lo", "clip", lo)?) };
+            let h = if hi.is_none() { None } else { Some(<T as Native>::from_py("hi", "clip", hi)?) };
+            ew_run::<T>(py, "clip", Op::Clip, arrs, same, out, move |mut v, o| {
+                let x = v.pop().expect("x");
+                clip_bounds::<T>(x, l, h, o)
+            })
+        })
+    };
+    elementwise_op(
+        py,
+        "clip",
+        Op::Clip,
+        &["x"],
+        &[x],
+        &[("lo", lo), ("hi", hi)],
+        opt_out(out),
+        &call,
+    )
+}
+
+/// Missing bounds are the type's extremes.
+trait Bounds: Native {
+    const LOWEST: Self;
+    const HIGHEST: Self;
+}
+impl Bounds for f64 {
+    const LOWEST: Self = f64::NEG_INFINITY;
+    const HIGHEST: Self = f64::INFINITY;
+}
+impl Bounds for f32 {
+    const LOWEST: Self = f32::NEG_INFINITY;
+    const HIGHEST: Self = f32::INFINITY;
+}
+impl Bounds for i64 {
+    const LOWEST: Self = i64::MIN;
+    const HIGHEST: Self = i64::MAX;
+}
+fn clip_bounds<T: Bounds>(
+    x: Input<'_, T>,
+    lo: Option<T>,
+    hi: Option<T>,
+    o: Option<ArrayViewMutD<'_, T>>,
+) -> CoreResult<Option<ArrayD<T>>> {
+    T::clip(x, lo.unwrap_or(T::LOWEST), hi.unwrap_or(T::HIGHEST), o)
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// statistics
+
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, ddof=0.0, out=None, device="cpu"))]
+pub fn standardize<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    axis: Option<isize>,
+    ddof: f64,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("standardize", device)?;
+    let out = opt_out(out);
+    if let Some(o) = out {
+        if !matches!(alias(o, x), Alias::None) {
+            // out overlaps x: compute fresh, then copy
+            let r = standardize(py, x, axis, ddof, None, device)?;
+            py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+            return Ok(o.clone());
+        }
+    }
+    let (a, fin) = one(take(py, "standardize", &["x"], &[x], Kind::Float)?);
+    if fin.is_some() && out.is_some() {
+        let r = standardize(py, x, axis, ddof, None, device)?;
+        py.import("numpy")?
+            .getattr("copyto")?
+            .call1((out.expect("out"), r))?;
+        return Ok(out.expect("out").clone());
+    }
+    let r = each_float!(a, T, a => {
+        let v = a.as_array();
+        let mut rw = match out {
+            Some(o) => Some(take_out::<T>("standardize", o)?),
+            None => None,
+        };
+        let ov = rw.as_mut().map(|w| w.as_array_mut());
+        match run(py, Op::Standardize, v.len(), move || stats::standardize::<T>(&v, axis, ddof, ov))? {
+            Some(r) => to_py(py, r)?,
+            None => out.expect("out").clone(),
+        }
+    });
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, threshold=3.0, device="cpu"))]
+pub fn zscore_anomalies<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    threshold: f64,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("zscore_anomalies", device)?;
+    let (a, _fin) = one(take(py, "zscore_anomalies", &["x"], &[x], Kind::Float)?);
+    let idx = each_float!(a, T, a => {
+        let v = a.as_array();
+        run(py, Op::ZscoreAnomalies, v.len(), move || stats::zscore_anomalies::<T>(&v, threshold))?
+    });
+    Ok(numpy::PyArray1::from_vec(py, idx).into_any())
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, q, axis=None, device="cpu"))]
+pub fn quantile<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    q: Vec<f64>,
+    axis: Option<isize>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("quantile", device)?;
+    let (a, fin) = one(take(py, "quantile", &["x"], &[x], Kind::Float)?);
+    let r = each_float!(a, T, a => {
+        let v = a.as_array();
+        let r = run(py, Op::Quantile, v.len(), move || stats::quantile::<T>(&v, &q, axis))?;
+        to_py(py, r)?
+    });
+    finish(r, &fin)
+}
+
+/// Counts for the histogram: `edges` come from NumPy (`_coerce`), `uniform` tells whether they are equal-width.
+#[pyfunction]
+#[pyo3(signature = (x, edges, uniform))]
+pub fn histogram_counts<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    edges: &Bound<'py, PyAny>,
+    uniform: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let p = take(py, "histogram", &["x", "bins"], &[x, edges], Kind::Float)?;
+    let mut it = p.arrays.into_iter();
+    let (a, e) = (it.next().expect("x"), it.next().expect("edges"));
+    let counts = each_float!(a, T, a => {
+        let e = <T as Native>::unwrap(e);
+        let (v, ev) = (a.as_array(), e.as_array());
+        let edges: Vec<T> = ev.iter().copied().collect();
+        run(py, Op::Histogram, v.len(), move || {
+            stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
+        })?
+    });
+    Ok(numpy::PyArray1::from_vec(py, counts).into_any())
+}
+
+/// `(min, max)` of x as NumPy scalars of x's dtype (for the automatic histogram range).
+#[pyfunction]
+pub fn minmax<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
+    each_float!(a, T, a => {
+        let v = a.as_array();
+        let (lo, hi) = run(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
+        Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
+    })
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// linear algebra, distances, optimizer
+
+fn two_d<'a, T>(
+    func: &'static str,
+    name: &'static str,
+    v: ArrayViewD<'a, T>,
+) -> PyResult<ndarray::ArrayView2<'a, T>> {
+    let nd = v.ndim();
+    v.into_dimensionality::<Ix2>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{func}(): argument '{name}' must be 2-D, got {nd} dimensions"
+        ))
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (a, b, out=None, device="cpu"))]
+pub fn matmul<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("matmul", device)?;
+    let out = opt_out(out);
+    if let Some(o) = out {
+        if !matches!(alias(o, a), Alias::None) || !matches!(alias(o, b), Alias::None) {
+            let r = matmul(py, a, b, None, device)?;
+            py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+            return Ok(o.clone());
+        }
+    }
+    let p = take(py, "matmul", &["a", "b"], &[a, b], Kind::Same)?;
+    let fin = p.finish;
+    let mut it = p.arrays.into_iter();
+    let (x, y) = (it.next().expect("a"), it.next().expect("b"));
+    let r = match x {
+        In::F64(x) => mm::<f64>(
+            py,
+            x,
+            f64::unwrap(y),
+            if fin.is_none() { out } else { None },
+        )?,
+        In::F32(x) => mm::<f32>(
+            py,
+            x,
+            f32::unwrap(y),
+            if fin.is_none() { out } else { None },
+        )?,
+        In::I64(x) => {
+            let y = i64::unwrap(y);
+            let va = two_d("matmul", "a", x.as_array())?;
+            let vb = two_d("matmul", "b", y.as_array())?;
+            let r = run(py, Op::Matmul, va.len() * vb.ncols(), move || {
+                int::matmul(&va, &vb)
+            })?;
+            to_py(py, r.into_dyn())?
+        }
+    };
+    let r = finish(r, &fin)?;
+    match out {
+        Some(o) if fin.is_some() || r.as_ptr() != o.as_ptr() => {
+            py.import("numpy")?.getattr("copyto")?.call1((o, &r))?;
+            Ok(o.clone())
+        }
+        _ => Ok(r),
+    }
+}
+
+fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, T>,
+    y: PyReadonlyArrayDyn<'py, T>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let va = two_d("matmul", "a", x.as_array())?;
+    let vb = two_d("matmul", "b", y.as_array())?;
+    let work = va.nrows() * va.ncols() * vb.ncols();
+    match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
+        Some(o) => {
+            let mut rw = take_out::<T>("matmul", o)?;
+            let ov = two_d_mut(rw.as_array_mut())?;
+            run(py, Op::Matmul, work, move || {
+                linalg::matmul(&va, &vb, Some(ov))
+            })?;
+            Ok(o.clone())
+        }
+        None => {
+            let r = run(py, Op::Matmul, work, move || linalg::matmul(&va, &vb, None))?;
+            to_py(py, r.expect("fresh").into_dyn())
+        }
+    }
+}
+
+fn two_d_mut<T>(v: ArrayViewMutD<'_, T>) -> PyResult<ndarray::ArrayViewMut2<'_, T>> {
+    let nd = v.ndim();
+    v.into_dimensionality::<Ix2>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "matmul(): argument 'out' must be 2-D, got {nd} dimensions"
+        ))
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (a, b, metric="euclidean", device="cpu"))]
+pub fn cdist<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    metric: &str,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    check_device("cdist", device)?;
+    let m = distance::Metric::parse(metric).py()?;
+    let p = take(py, "cdist", &["a", "b"], &[a, b], Kind::Float)?;
+    let fin = p.finish;
+    let mut it = p.arrays.into_iter();
+    let (x, y) = (it.next().expect("a"), it.next().expect("b"));
+    let r = each_float!(x, T, x => {
+        let y = <T as Native>::unwrap(y);
+        let va = two_d("cdist", "a", x.as_array())?;
+        let vb = two_d("cdist", "b", y.as_array())?;
+        let work = va.len() * vb.nrows();
+        let r = run(py, Op::Cdist, work, move || distance::cdist(&va, &vb, m))?;
+        to_py(py, r.into_dyn())?
+    });
+    finish(r, &fin)
+}
+
+#[pyfunction]
+#[pyo3(signature = (param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=false, device="cpu"))]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step<'py>(
+    py: Python<'py>,
+    param: &Bound<'py, PyAny>,
+    grad: &Bound<'py, PyAny>,
+    m: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    t: i64,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+    device: &str,
+) -> PyResult<()> {
+    check_device("adam_step", device)?;
+    if t < 1 {
+        return Err(PyValueError::new_err(format!(
+            "adam_step(): argument 't' is {t}; expected the step number, >= 1"
+        )));
+    }
+    let hp = optim::AdamParams {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled,
+        t: t as u64,
+    };
+    if param.cast::<PyArrayDyn<f64>>().is_ok() {
+        adam_t::<f64>(py, param, grad, m, v, hp)
+    } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
+        adam_t::<f32>(py, param, grad, m, v, hp)
+    } else {
+        let got = param
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| type_name(param));
+        Err(PyTypeError::new_err(format!(
+            "adam_step(): argument 'param' must be a float32 or float64 numpy.ndarray (updated in place), got {got}"
+        )))
+    }
+}
+
+fn adam_t<'py, T: Real + numpy::Element>(
+    py: Python<'py>,
+    param: &Bound<'py, PyAny>,
+    grad: &Bound<'py, PyAny>,
+    m: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    hp: optim::AdamParams,
+) -> PyResult<()> {
+    let dt = T::DTYPE;
+    let want = |name: &'static str, o: &Bound<'py, PyAny>| -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+        o.cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
+            let got = o.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| type_name(o));
+            PyTypeError::new_err(format!("adam_step(): argument '{name}' must be a numpy.ndarray of dtype {dt} like param, got {got}"))
+        })
+    };
+    let (pa, ga, ma, va) = (
+        want("param", param)?,
+        want("grad", grad)?,
+        want("m", m)?,
+        want("v", v)?,
+    );
+    for (n1, a1, n2, a2) in [
+        ("param", param, "m", m),
+        ("param", param, "v", v),
+        ("m", m, "v", v),
+    ] {
+        if !matches!(alias(a1, a2), Alias::None) {
+            return Err(PyValueError::new_err(format!(
+                "adam_step(): arguments '{n1}' and '{n2}' must not share memory"
+            )));
+        }
+    }
+    // a gradient that overlaps a state array is copied first
+    let gcopy;
+    let ga = if [param, m, v]
+        .iter()
+        .any(|s| !matches!(alias(s, grad), Alias::None))
+    {
+        gcopy = ga.call_method0("copy")?.cast_into::<PyArrayDyn<T>>()?;
+        gcopy.clone()
+    } else {
+        ga
+    };
+    let rw = |name: &'static str, a: &Bound<'py, PyArrayDyn<T>>| {
+        a.try_readwrite().map_err(|e| {
+            PyValueError::new_err(format!(
+                "adam_step(): argument '{name}' must be a writeable array ({e})"
+            ))
+        })
+    };
+    let (mut p, mut mm_, mut vv) = (rw("param", &pa)?, rw("m", &ma)?, rw("v", &va)?);
+    let g = ga.readonly();
+    let (pv, gv, mv, vvv) = (
+        p.as_array_mut(),
+        g.as_array(),
+        mm_.as_array_mut(),
+        vv.as_array_mut(),
+    );
+    let n = pv.len();
+    run(py, Op::AdamStep, n, move || {
+        optim::adam_step(pv, gv, mv, vvv, hp)
+    })
+}

@@ -1,0 +1,49 @@
+//! Runtime facts and switches: SIMD level, thread pool, instrumentation counters.
+
+use ferrolab_core::kernels::dispatch;
+use ferrolab_core::telemetry::seam;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// The instruction set the kernels use: "avx2+fma" or "baseline".
+#[pyfunction]
+fn simd_level() -> &'static str {
+    dispatch::simd_level().as_str()
+}
+
+/// Worker threads of the kernel pool (`FERROLAB_NUM_THREADS`, default: available cores).
+#[pyfunction]
+fn num_threads() -> usize {
+    dispatch::num_threads()
+}
+
+/// Turns the per-op instrumentation on or off.
+#[pyfunction]
+fn set_instrumentation(enabled: bool) {
+    seam::set_enabled(enabled);
+}
+
+/// Per-(operation, device) counters: list of dicts with calls, errors and seconds.
+#[pyfunction]
+fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    seam::snapshot()
+        .into_iter()
+        .map(|s| {
+            let d = PyDict::new(py);
+            d.set_item("operation", s.operation)?;
+            d.set_item("device", s.device)?;
+            d.set_item("calls", s.calls)?;
+            d.set_item("errors", s.errors)?;
+            d.set_item("seconds", s.seconds)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_instrumentation, m)?)?;
+    m.add_function(wrap_pyfunction!(op_stats, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+"""Shared helpers for the fl.ops tests: hypothesis profile, array layouts, NumPy references and tolerances."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+# Every hypothesis test uses at most 60 examples and no deadline; no example database is written into the repo.
+settings.register_profile(
+    "ferrolab",
+    max_examples=60,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("ferrolab")
+
+FLOATS = [np.dtype(np.float32), np.dtype(np.float64)]
+
+# Relative tolerance of a result compared with NumPy's, by result dtype.
+RTOL = {
+    np.dtype(np.float16): 2e-3,
+    np.dtype(np.float32): 1e-5,
+    np.dtype(np.float64): 1e-12,
+}
+
+LAYOUTS = ["C", "F", "T", "reversed", "strided", "neg_strided", "readonly", "F_readonly"]
+
+
+def eps_of(dtype: Any) -> float:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        return float(np.finfo(np.float64).eps)
+    return float(np.finfo(dt).eps)
+
+
+def finite_scale(x: np.ndarray) -> float:
+    """max |x| over the finite elements (1.0 for an input without any)."""
+    a = np.asarray(x, dtype=np.float64)
+    f = np.abs(a[np.isfinite(a)])
+    return float(f.max()) if f.size else 1.0
+
+
+def layout(a: np.ndarray, how: str) -> np.ndarray:
+    """The same values as ``a`` in another memory layout (views where possible).
+
+    Gaps of the strided views are filled with NaN (or a large sentinel for integers) so that a kernel reading
+    outside the view changes the answer.
+    """
+    if how == "C":
+        return np.ascontiguousarray(a)
+    if how == "F":
+        return np.asfortranarray(a)
+    if how == "T":
+        # a view with permuted strides: transpose of a C-contiguous copy of the swapped array
+        if a.ndim < 2:
+            return a.copy()
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, 0, 1)), 0, 1)
+    if how == "reversed":
+        if a.ndim == 0:
+            return a.copy()
+        base = np.ascontiguousarray(a[..., ::-1])
+        return base[..., ::-1]
+    if how in ("strided", "neg_strided"):
+        if a.ndim == 0:
+            return a.copy()
+        fill = np.nan if a.dtype.kind == "f" else (1 if a.dtype.kind == "b" else 99)
+        base = np.full(tuple(2 * s + 1 for s in a.shape), fill, dtype=a.dtype)
+        if how == "strided":
+            idx = tuple(slice(1, None, 2) for _ in a.shape)
+            base[idx] = a
+            return base[idx]
+        idx = tuple(slice(None, 0, -2) for _ in a.shape)  # negative strides
+        base[idx] = a
+        return base[idx]
+    if how == "readonly":
+        b = a.copy()
+        b.flags.writeable = False
+        return b
+    if how == "F_readonly":
+        b = np.asfortranarray(a).copy(order="F")
+        b.flags.writeable = False
+        return b
+    raise AssertionError(how)
+
+
+def elements(dtype: Any, lo: float = -1e3, hi: float = 1e3, nan: bool = False, inf: bool = False):
+    dt = np.dtype(dtype)
+    base = st.floats(lo, hi, width=8 * dt.itemsize, allow_subnormal=False)
+    extra = []
+    if nan:
+        extra.append(st.just(float("nan")))
+    if inf:
+        extra += [st.just(float("inf")), st.just(float("-inf"))]
+    if extra:
+        return st.one_of(base, *extra) if not nan else st.one_of(base, base, base, *extra)
+    return base
+
+
+@st.composite
+def float_arrays(
+    draw,
+    min_dims: int = 0,
+    max_dims: int = 4,
+    min_side: int = 0,
+    max_side: int = 5,
+    nan: bool = False,
+    inf: bool = False,
+    dtypes=None,
+    lo: float = -1e3,
+    hi: float = 1e3,
+):
+    dtype = draw(st.sampled_from(dtypes or FLOATS))
+    shape = draw(hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side))
+    return draw(hnp.arrays(dtype, shape, elements=elements(dtype, lo, hi, nan=nan, inf=inf)))
+
+
+def axes_for(ndim: int):
+    """None and every axis, negative ones included."""
+    return st.sampled_from([None, *range(-ndim, ndim)])
+
+
+def numpy_call(fn: Callable[[], Any]) -> tuple[str, Any, bool]:
+    """Runs the NumPy reference: ('ok', result, warned) or ('err', exception type, False).
+
+    ``warned`` is True when NumPy issued one of the RuntimeWarnings that ferrolab must reproduce (empty slice,
+    degrees of freedom); floating-point-error warnings (invalid value, overflow) are ignored.
+    """
+    with warnings.catch_warnings(record=True) as rec, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001
+            return "err", type(e), False
+    warned = any(
+        issubclass(w.category, RuntimeWarning)
+        and ("empty slice" in str(w.message) or "Degrees of freedom" in str(w.message))
+        for w in rec
+    )
+    return "ok", r, warned
+
+
+def call_like_numpy(warned: bool, fn: Callable[[], Any]) -> Any:
+    """Calls ferrolab, requiring a RuntimeWarning exactly where NumPy warned."""
+    if warned:
+        with pytest.warns(RuntimeWarning):
+            return fn()
+    return fn()
+
+
+def assert_result(actual: Any, expected: Any, atol: float = 0.0, rtol: float | None = None, exact: bool = False):
+    """Same kind of object (scalar vs array), same dtype and shape, equal values (NaN positions included)."""
+    exp = np.asarray(expected)
+    act = np.asarray(actual)
+    assert act.dtype == exp.dtype, f"dtype {act.dtype} != NumPy's {exp.dtype}"
+    assert act.shape == exp.shape, f"shape {act.shape} != NumPy's {exp.shape}"
+    if isinstance(expected, np.generic):
+        assert isinstance(actual, np.generic), f"expected a NumPy scalar like NumPy, got {type(actual).__name__}"
+    elif isinstance(expected, np.ndarray):
+        assert isinstance(actual, np.ndarray), f"expected an ndarray like NumPy, got {type(actual).__name__}"
+    if exact or exp.dtype.kind not in "fc":
+        np.testing.assert_array_equal(act, exp)
+        return
+    if rtol is None:
+        rtol = RTOL.get(exp.dtype, 1e-12)
+    np.testing.assert_allclose(
+        act.astype(np.float64), exp.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True
+    )
+
+
+def fsum_exact(x: np.ndarray) -> float:
+    return math.fsum(np.asarray(x, dtype=np.float64).ravel().tolist())
