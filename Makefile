@@ -28,7 +28,7 @@ lint: stubs
 	$(PYTHON) tools/check_versions.py
 
 stubs:
-	$(PYTHON) -m mypy.stubtest ferrolab._core --ignore-missing-stub
+	$(PYTHON) -m mypy.stubtest ferrolab._core
 
 bench:
 	$(PYTHON) benches/bench_ops.py --json bench-results/bench_ops.json

@@ -12,6 +12,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+# When a hypothesis test fails, its pytest plugin imports libcst to suggest a patch; with this environment's
+# mypy_extensions that import emits a DeprecationWarning, which filterwarnings=error turns into an INTERNALERROR
+# that hides the real failure. Import it once here with that warning ignored.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except ImportError:  # libcst absent: the plugin skips the patch suggestion
+        pass
+
 # Every hypothesis test uses at most 60 examples and no deadline; no example database is written into the repo.
 settings.register_profile(
     "ferrolab",
@@ -55,10 +65,11 @@ def layout(a: np.ndarray, how: str) -> np.ndarray:
     Gaps of the strided views are filled with NaN (or a large sentinel for integers) so that a kernel reading
     outside the view changes the answer.
     """
+    # (np.ascontiguousarray / np.asfortranarray would turn a 0-d array into shape (1,))
     if how == "C":
-        return np.ascontiguousarray(a)
+        return np.array(a, order="C", copy=True)
     if how == "F":
-        return np.asfortranarray(a)
+        return np.array(a, order="F", copy=True)
     if how == "T":
         # a view with permuted strides: transpose of a C-contiguous copy of the swapped array
         if a.ndim < 2:
@@ -86,7 +97,7 @@ def layout(a: np.ndarray, how: str) -> np.ndarray:
         b.flags.writeable = False
         return b
     if how == "F_readonly":
-        b = np.asfortranarray(a).copy(order="F")
+        b = np.array(a, order="F", copy=True)
         b.flags.writeable = False
         return b
     raise AssertionError(how)

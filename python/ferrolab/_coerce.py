@@ -7,7 +7,8 @@ result into NumPy's result dtype (e.g. ``uint8`` for ``np.min`` of a ``uint8`` a
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def prepare(
     (type-preserving) or ``"index"`` (argmin/argmax). ``scalars`` take part in the result type (NEP 50: Python
     scalars are weak).
     """
-    arrays = [_as_array(func, n, v) for n, v in zip(names, values)]
+    arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=False)]
     weak = [s for s in scalars if s is not None]
     for s in weak:
         if isinstance(s, (complex, np.complexfloating)):

@@ -1,9 +1,41 @@
 # Stubs of the native extension ferrolab._core (checked with `python -m mypy.stubtest ferrolab._core`).
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 __version__: str
+__all__ = [
+    "DeviceUnavailableError",
+    "FerrolabError",
+    "__version__",
+    "adam_step",
+    "argmax",
+    "argmin",
+    "axpy",
+    "cdist",
+    "clip",
+    "dot",
+    "fma",
+    "histogram_counts",
+    "matmul",
+    "max",
+    "mean",
+    "min",
+    "minmax",
+    "norm",
+    "num_threads",
+    "op_stats",
+    "quantile",
+    "scale",
+    "set_instrumentation",
+    "simd_level",
+    "standardize",
+    "std",
+    "sum",
+    "var",
+    "zscore_anomalies",
+]
 
 class FerrolabError(Exception): ...
 class DeviceUnavailableError(FerrolabError): ...

@@ -8,8 +8,9 @@ reference formula, and the timings of ferrolab and NumPy are printed side by sid
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

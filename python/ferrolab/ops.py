@@ -15,8 +15,8 @@ Messages name the function and the argument.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,19 +47,27 @@ __all__ = [
 ]
 
 ArrayLike = Any
-Axis = "int | None"
 
-
-def _reduced_len(x: ArrayLike, axis: int | None) -> int:
-    shape = np.shape(x)
-    if axis is None:
-        n = 1
-        for d in shape:
-            n *= d
-        return n
-    if -len(shape) <= axis < len(shape):
-        return shape[axis]
-    return 1  # let the native call report the bad axis
+_sum = _core.sum
+_mean = _core.mean
+_min = _core.min
+_max = _core.max
+_argmin = _core.argmin
+_argmax = _core.argmax
+_var = _core.var
+_std = _core.std
+_dot = _core.dot
+_norm = _core.norm
+_axpy = _core.axpy
+_fma = _core.fma
+_scale = _core.scale
+_clip = _core.clip
+_standardize = _core.standardize
+_matmul = _core.matmul
+_quantile = _core.quantile
+_zscore_anomalies = _core.zscore_anomalies
+_cdist = _core.cdist
+_adam_step = _core.adam_step
 
 
 def sum(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
@@ -90,7 +98,7 @@ def sum(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  
     >>> fl.ops.sum(np.ones((2, 3), dtype=np.float32), axis=0)
     array([2., 2., 2.], dtype=float32)
     """
-    return _core.sum(x, axis, device)
+    return _sum(x, axis, device)
 
 
 def mean(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
@@ -104,9 +112,7 @@ def mean(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
     >>> fl.ops.mean(np.array([1.0, 2.0, 6.0]))
     np.float64(3.0)
     """
-    if _reduced_len(x, axis) == 0:
-        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=2)
-    return _core.mean(x, axis, device)
+    return _mean(x, axis, device)
 
 
 def min(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
@@ -118,7 +124,7 @@ def min(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  
     >>> fl.ops.min(np.array([[3.0, 1.0], [0.5, 7.0]]), axis=1)
     array([1. , 0.5])
     """
-    return _core.min(x, axis, device)
+    return _min(x, axis, device)
 
 
 def max(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
@@ -130,7 +136,7 @@ def max(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  
     >>> fl.ops.max(np.array([3, 9, 2], dtype=np.int32))
     np.int32(9)
     """
-    return _core.max(x, axis, device)
+    return _max(x, axis, device)
 
 
 def argmin(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
@@ -144,7 +150,7 @@ def argmin(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any
     >>> fl.ops.argmin(np.array([4.0, 1.0, 1.0, 3.0]))
     np.int64(1)
     """
-    return _core.argmin(x, axis, device)
+    return _argmin(x, axis, device)
 
 
 def argmax(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
@@ -156,12 +162,7 @@ def argmax(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any
     >>> fl.ops.argmax(np.array([[1.0, 5.0], [7.0, 2.0]]), axis=0)
     array([1, 0])
     """
-    return _core.argmax(x, axis, device)
-
-
-def _warn_dof(x: ArrayLike, axis: int | None, ddof: float) -> None:
-    if _reduced_len(x, axis) - ddof <= 0:
-        warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=3)
+    return _argmax(x, axis, device)
 
 
 def var(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str = "cpu") -> Any:
@@ -185,8 +186,7 @@ def var(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str =
     >>> fl.ops.var(np.array([1.0, 2.0, 3.0, 4.0]), ddof=1)
     np.float64(1.6666666666666667)
     """
-    _warn_dof(x, axis, ddof)
-    return _core.var(x, axis, float(ddof), device)
+    return _var(x, axis, float(ddof), device)
 
 
 def std(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str = "cpu") -> Any:
@@ -198,8 +198,7 @@ def std(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str =
     >>> fl.ops.std(np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]))
     np.float64(2.0)
     """
-    _warn_dof(x, axis, ddof)
-    return _core.std(x, axis, float(ddof), device)
+    return _std(x, axis, float(ddof), device)
 
 
 def dot(x: ArrayLike, y: ArrayLike, *, device: str = "cpu") -> Any:
@@ -211,7 +210,7 @@ def dot(x: ArrayLike, y: ArrayLike, *, device: str = "cpu") -> Any:
     >>> fl.ops.dot(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]))
     np.float64(32.0)
     """
-    return _core.dot(x, y, device)
+    return _dot(x, y, device)
 
 
 def norm(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
@@ -223,7 +222,7 @@ def norm(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
     >>> fl.ops.norm(np.array([3.0, 4.0]))
     np.float64(5.0)
     """
-    return _core.norm(x, axis, device)
+    return _norm(x, axis, device)
 
 
 def axpy(a: float, x: ArrayLike, y: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
@@ -246,7 +245,7 @@ def axpy(a: float, x: ArrayLike, y: ArrayLike, out: np.ndarray | None = None, *,
     >>> fl.ops.axpy(2.0, np.arange(3.0), y, out=y)
     array([1., 3., 5.])
     """
-    return _core.axpy(a, x, y, out, device)
+    return _axpy(a, x, y, out, device)
 
 
 def fma(x: ArrayLike, y: ArrayLike, z: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
@@ -258,7 +257,7 @@ def fma(x: ArrayLike, y: ArrayLike, z: ArrayLike, out: np.ndarray | None = None,
     >>> fl.ops.fma(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 1.0)
     array([4., 9.])
     """
-    return _core.fma(x, y, z, out, device)
+    return _fma(x, y, z, out, device)
 
 
 def scale(x: ArrayLike, a: float, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
@@ -270,7 +269,7 @@ def scale(x: ArrayLike, a: float, out: np.ndarray | None = None, *, device: str 
     >>> fl.ops.scale(np.array([1.0, -2.0]), 0.5)
     array([ 0.5, -1. ])
     """
-    return _core.scale(x, a, out, device)
+    return _scale(x, a, out, device)
 
 
 def clip(
@@ -284,7 +283,7 @@ def clip(
     >>> fl.ops.clip(np.array([-1.0, 0.5, 3.0]), 0.0, 1.0)
     array([0. , 0.5, 1. ])
     """
-    return _core.clip(x, lo, hi, out, device)
+    return _clip(x, lo, hi, out, device)
 
 
 def standardize(
@@ -303,8 +302,7 @@ def standardize(
     >>> fl.ops.standardize(np.array([1.0, 2.0, 3.0]))
     array([-1.22474487,  0.        ,  1.22474487])
     """
-    _warn_dof(x, axis, ddof)
-    return _core.standardize(x, axis, float(ddof), out, device)
+    return _standardize(x, axis, float(ddof), out, device)
 
 
 def matmul(a: ArrayLike, b: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
@@ -319,7 +317,7 @@ def matmul(a: ArrayLike, b: ArrayLike, out: np.ndarray | None = None, *, device:
     array([[1., 2.],
            [3., 4.]])
     """
-    return _core.matmul(a, b, out, device)
+    return _matmul(a, b, out, device)
 
 
 def histogram(
@@ -344,7 +342,7 @@ def histogram(
     >>> edges
     array([0. , 0.5, 1. ])
     """
-    _core.sum(0.0, None, device)  # validates `device` with the same message as every op
+    _sum(0.0, None, device)  # validates `device` with the same message as every op
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"histogram(): argument 'x' has dtype {a.dtype}; expected a real numeric dtype")
@@ -406,7 +404,7 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     xa = x
     if not scalar_q and isinstance(x, np.ndarray) and x.dtype == np.float32:
         xa = x.astype(np.float64)  # NumPy promotes float32 data with an array of q to float64
-    res = _core.quantile(xa, qa.ravel().tolist(), axis, device)
+    res = _quantile(xa, qa.ravel().tolist(), axis, device)
     if qa.ndim == 0:
         return res[0] if isinstance(res, np.ndarray) and res.ndim > 0 else res
     return np.reshape(res, qa.shape + np.shape(res)[1:])
@@ -424,7 +422,7 @@ def zscore_anomalies(x: ArrayLike, threshold: float = 3.0, *, device: str = "cpu
     >>> fl.ops.zscore_anomalies(x)
     array([42])
     """
-    return _core.zscore_anomalies(x, float(threshold), device)
+    return _zscore_anomalies(x, float(threshold), device)
 
 
 def cdist(a: ArrayLike, b: ArrayLike, metric: str = "euclidean", *, device: str = "cpu") -> np.ndarray:
@@ -440,7 +438,7 @@ def cdist(a: ArrayLike, b: ArrayLike, metric: str = "euclidean", *, device: str 
     >>> fl.ops.cdist(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 1.0]]))
     array([[5., 1.]])
     """
-    return _core.cdist(a, b, metric, device)
+    return _cdist(a, b, metric, device)
 
 
 def adam_step(
@@ -474,4 +472,4 @@ def adam_step(
     >>> p.round(6)
     array([ 0.9, -0.9])
     """
-    _core.adam_step(param, grad, m, v, int(t), lr, beta1, beta2, eps, weight_decay, decoupled, device)
+    _adam_step(param, grad, m, v, int(t), lr, beta1, beta2, eps, weight_decay, decoupled, device)

@@ -5,17 +5,33 @@
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
 use ndarray::ArrayD;
-use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use ndarray::ArrayViewD;
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-/// A borrowed input array of a natively computed dtype.
+/// A read-only input array.
+///
+/// Inputs are read through unregistered views (like NumPy's own kernels, and without the cost of rust-numpy's
+/// dynamic borrow tracking); the one place where an input could alias a mutable array, an `out=` argument,
+/// is resolved explicitly by the callers (`Input::SameAsOut`, or a copy for partial overlaps).
+pub struct Ro<'py, T>(pub Bound<'py, PyArrayDyn<T>>);
+
+impl<'py, T: numpy::Element> Ro<'py, T> {
+    pub fn as_array(&self) -> ArrayViewD<'_, T> {
+        // SAFETY: the array is alive for 'py; no mutable Rust view of the same memory exists while this view
+        // is used (see the type's documentation).
+        unsafe { self.0.as_array() }
+    }
+}
+
+/// An input array of a natively computed dtype.
 pub enum In<'py> {
-    F64(PyReadonlyArrayDyn<'py, f64>),
-    F32(PyReadonlyArrayDyn<'py, f32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
+    F64(Ro<'py, f64>),
+    F32(Ro<'py, f32>),
+    I64(Ro<'py, i64>),
 }
 
 /// How NumPy types the result of an op (see `_coerce.py`).
@@ -44,13 +60,13 @@ impl Kind {
 
 fn borrow<'py>(obj: &Bound<'py, PyAny>) -> Option<In<'py>> {
     if let Ok(a) = obj.cast::<PyArrayDyn<f64>>() {
-        return a.try_readonly().ok().map(In::F64);
+        return Some(In::F64(Ro(a.clone())));
     }
     if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
-        return a.try_readonly().ok().map(In::F32);
+        return Some(In::F32(Ro(a.clone())));
     }
     if let Ok(a) = obj.cast::<PyArrayDyn<i64>>() {
-        return a.try_readonly().ok().map(In::I64);
+        return Some(In::I64(Ro(a.clone())));
     }
     None
 }
@@ -123,38 +139,28 @@ fn same_dtype(v: &[In]) -> bool {
     })
 }
 
-static SCALARS: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
-
-fn scalar_types(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
-    SCALARS.get_or_try_init(py, || {
-        let np = py.import("numpy")?;
-        Ok((
-            np.getattr("float64")?.unbind(),
-            np.getattr("float32")?.unbind(),
-            np.getattr("int64")?.unbind(),
-        ))
-    })
-}
-
 /// Element types that come back to Python as NumPy scalars or arrays.
 pub trait ToNumpy: numpy::Element + Copy {
-    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>>;
-}
-impl ToNumpy for f64 {
+    /// A NumPy scalar (`np.float64`, `np.float32`, `np.int64`) holding `v`.
     fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
-        scalar_types(py)?.0.bind(py).call1((v,))
+        let descr = numpy::dtype::<Self>(py);
+        let mut v = v;
+        // SAFETY: PyArray_Scalar copies `itemsize` bytes from `v`, which is a value of the descriptor's type;
+        // the descriptor is borrowed (not stolen) and stays alive for the call.
+        unsafe {
+            let p = numpy::npyffi::PY_ARRAY_API.PyArray_Scalar(
+                py,
+                (&mut v as *mut Self).cast(),
+                descr.as_ptr().cast(),
+                std::ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(py, p)
+        }
     }
 }
-impl ToNumpy for f32 {
-    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
-        scalar_types(py)?.1.bind(py).call1((v,))
-    }
-}
-impl ToNumpy for i64 {
-    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
-        scalar_types(py)?.2.bind(py).call1((v,))
-    }
-}
+impl ToNumpy for f64 {}
+impl ToNumpy for f32 {}
+impl ToNumpy for i64 {}
 
 /// A result array: a NumPy scalar when 0-dimensional, else an ndarray.
 pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Bound<'py, PyAny>> {

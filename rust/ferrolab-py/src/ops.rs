@@ -1,23 +1,22 @@
 //! `ferrolab._core` kernels: thin wrappers that borrow arrays, pick the dtype, and call the core through the funnel.
 
-use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, ToNumpy};
+use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, Ro, ToNumpy};
 use crate::errors::IntoPyResult;
 use crate::funnel::run;
 use ferrolab_core::kernels::elementwise::Input;
+use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::{distance, elementwise, int, linalg, optim, reduce, stats, Real};
 use ferrolab_core::telemetry::seam::Op;
 use ferrolab_core::Result as CoreResult;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Ix2};
-use numpy::{
-    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
-};
+use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
 /// Native element types of the type-preserving ops, mapped to their core implementations.
 pub trait Native: ToNumpy + Send + Sync + Default + 'static {
-    fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self>;
+    fn unwrap(a: In<'_>) -> Ro<'_, Self>;
     fn from_py(name: &'static str, func: &'static str, v: &Bound<'_, PyAny>) -> PyResult<Self>;
     fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
     fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
@@ -53,7 +52,7 @@ pub trait Native: ToNumpy + Send + Sync + Default + 'static {
 macro_rules! native_float {
     ($t:ty, $variant:ident) => {
         impl Native for $t {
-            fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self> {
+            fn unwrap(a: In<'_>) -> Ro<'_, Self> {
                 match a {
                     In::$variant(a) => a,
                     _ => unreachable!("inputs share one dtype"),
@@ -127,7 +126,7 @@ native_float!(f64, F64);
 native_float!(f32, F32);
 
 impl Native for i64 {
-    fn unwrap(a: In<'_>) -> PyReadonlyArrayDyn<'_, Self> {
+    fn unwrap(a: In<'_>) -> Ro<'_, Self> {
         match a {
             In::I64(a) => a,
             _ => unreachable!("inputs share one dtype"),
@@ -208,12 +207,51 @@ fn one<'py>(p: Prepared<'py>) -> (In<'py>, Option<Bound<'py, PyAny>>) {
 fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
     py: Python<'py>,
     op: Op,
-    a: &PyReadonlyArrayDyn<'py, T>,
+    a: &Ro<'py, T>,
     f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
 ) -> PyResult<Bound<'py, PyAny>> {
     let v = a.as_array();
     let r = run(py, op, v.len(), || f(v))?;
     to_py(py, r)
+}
+
+/// Fast path for `axis=None` on a non-empty contiguous float64/float32 array: no n-d view is built.
+/// `c_only` requires C order (for ops whose result depends on the flattening order).
+fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
+    py: Python<'py>,
+    op: Op,
+    x: &Bound<'py, PyAny>,
+    c_only: bool,
+    f: impl FnOnce(Canon<'_, T>) -> CoreResult<ArrayD<U>> + Send,
+) -> Option<PyResult<Bound<'py, PyAny>>> {
+    let a = x.cast::<PyArrayDyn<T>>().ok()?;
+    if !(if c_only {
+        a.is_c_contiguous()
+    } else {
+        a.is_contiguous()
+    }) {
+        return None;
+    }
+    // SAFETY: contiguous (checked); read-only use while the array is alive (see `Ro`).
+    let s: &[T] = unsafe { a.as_slice() }.ok()?;
+    if s.is_empty() {
+        return None;
+    }
+    Some(run(py, op, s.len(), move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
+}
+
+/// Tries [`flat_run`] for float64 then float32.
+macro_rules! flat_fast {
+    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $f:path $(, $extra:expr)*) => {
+        if $axis.is_none() {
+            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, |c| $f(c $(, $extra)*)) {
+                return r;
+            }
+            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, |c| $f(c $(, $extra)*)) {
+                return r;
+            }
+        }
+    };
 }
 
 /// One arm per native dtype; `$T` names the element type inside `$body`.
@@ -254,7 +292,7 @@ macro_rules! each_float {
 }
 
 macro_rules! preserving_reduction {
-    ($(#[$m:meta])* $name:ident, $op:expr, $kind:expr, $method:ident) => {
+    ($(#[$m:meta])* $name:ident, $op:expr, $kind:expr, $method:ident, $flat:path, $c_only:expr) => {
         $(#[$m])*
         #[pyfunction]
         #[pyo3(signature = (x, axis=None, device="cpu"))]
@@ -265,6 +303,7 @@ macro_rules! preserving_reduction {
             device: &str,
         ) -> PyResult<Bound<'py, PyAny>> {
             check_device(stringify!($name), device)?;
+            flat_fast!(py, x, axis, $op, $c_only, $flat);
             let (a, fin) = one(take(py, stringify!($name), &["x"], &[x], $kind)?);
             let r = each_dtype!(a, T, a => red(py, $op, &a, |v| <T as Native>::$method(&v, axis)))?;
             finish(r, &fin)
@@ -272,11 +311,25 @@ macro_rules! preserving_reduction {
     };
 }
 
-preserving_reduction!(sum, Op::Sum, Kind::Sum, sum);
-preserving_reduction!(min, Op::Min, Kind::Same, min);
-preserving_reduction!(max, Op::Max, Kind::Same, max);
-preserving_reduction!(argmin, Op::Argmin, Kind::Index, argmin);
-preserving_reduction!(argmax, Op::Argmax, Kind::Index, argmax);
+preserving_reduction!(sum, Op::Sum, Kind::Sum, sum, reduce::sum_c, false);
+preserving_reduction!(min, Op::Min, Kind::Same, min, reduce::min_c, false);
+preserving_reduction!(max, Op::Max, Kind::Same, max, reduce::max_c, false);
+preserving_reduction!(
+    argmin,
+    Op::Argmin,
+    Kind::Index,
+    argmin,
+    reduce::argmin_c,
+    true
+);
+preserving_reduction!(
+    argmax,
+    Op::Argmax,
+    Kind::Index,
+    argmax,
+    reduce::argmax_c,
+    true
+);
 
 #[pyfunction]
 #[pyo3(signature = (x, axis=None, device="cpu"))]
@@ -287,7 +340,9 @@ pub fn mean<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("mean", device)?;
+    flat_fast!(py, x, axis, Op::Mean, false, reduce::mean_c);
     let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
+    warn_if(py, reduced_len(&a, axis) == Some(0), c"Mean of empty slice")?;
     let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
     finish(r, &fin)
 }
@@ -301,6 +356,7 @@ pub fn norm<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("norm", device)?;
+    flat_fast!(py, x, axis, Op::Norm, false, reduce::norm_c);
     let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
     let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
     finish(r, &fin)
@@ -316,7 +372,13 @@ pub fn var<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("var", device)?;
+    flat_fast!(py, x, axis, Op::Var, false, stats::var_c, ddof);
     let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
+    warn_if(
+        py,
+        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+        c"Degrees of freedom <= 0 for slice",
+    )?;
     let r = each_float!(a, T, a => red(py, Op::Var, &a, |v| stats::var::<T>(&v, axis, ddof)))?;
     finish(r, &fin)
 }
@@ -331,7 +393,13 @@ pub fn std<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("std", device)?;
+    flat_fast!(py, x, axis, Op::Std, false, stats::std_c, ddof);
     let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
+    warn_if(
+        py,
+        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+        c"Degrees of freedom <= 0 for slice",
+    )?;
     let r = each_float!(a, T, a => red(py, Op::Std, &a, |v| stats::std::<T>(&v, axis, ddof)))?;
     finish(r, &fin)
 }
@@ -369,7 +437,7 @@ fn extent(a: &Bound<'_, PyAny>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)
     let item = u.dtype().itemsize() as isize;
     let shape = u.shape().to_vec();
     let strides = u.strides().to_vec();
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Some((ptr as usize, ptr as usize, strides, shape));
     }
     let (mut lo, mut hi) = (ptr, ptr + item);
@@ -407,20 +475,22 @@ fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
 
 /// Shared driver of axpy/fma/scale/clip: `arrays` are the array operands (named), `scalars` the scalar ones
 /// (they take part in NumPy's result-type rules); `op_fn` runs the core op for the chosen dtype.
+/// Runs the core op for the prepared inputs: `(py, arrays, same_as_out, out) -> new array or None`.
+type EwCall<'a, 'py> = &'a dyn Fn(
+    Python<'py>,
+    Vec<In<'py>>,
+    Vec<bool>,
+    Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>>;
+
 fn elementwise_op<'py>(
     py: Python<'py>,
     func: &'static str,
-    op: Op,
     names: &[&'static str],
     arrays: &[&Bound<'py, PyAny>],
     scalars: &[(&'static str, &Bound<'py, PyAny>)],
     out: Option<&Bound<'py, PyAny>>,
-    call: &dyn Fn(
-        Python<'py>,
-        Vec<In<'py>>,
-        Vec<bool>,
-        Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>>,
+    call: EwCall<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     // integer arrays with a float scalar promote to float: let the slow path decide
     let int_with_float = scalars.iter().any(|(_, s)| s.is_instance_of::<PyFloat>())
@@ -500,20 +570,25 @@ fn elementwise_op<'py>(
             for (k, s) in same.iter().enumerate() {
                 if *s {
                     arrs[k] = match &arrs[k] {
-                        In::F64(_) => In::F64(
-                            PyArrayDyn::<f64>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
-                        ),
-                        In::F32(_) => In::F32(
-                            PyArrayDyn::<f32>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
-                        ),
-                        In::I64(_) => In::I64(
-                            PyArrayDyn::<i64>::zeros(py, ndarray::IxDyn(&[0]), false).readonly(),
-                        ),
+                        In::F64(_) => In::F64(Ro(PyArrayDyn::<f64>::zeros(
+                            py,
+                            ndarray::IxDyn(&[0]),
+                            false,
+                        ))),
+                        In::F32(_) => In::F32(Ro(PyArrayDyn::<f32>::zeros(
+                            py,
+                            ndarray::IxDyn(&[0]),
+                            false,
+                        ))),
+                        In::I64(_) => In::I64(Ro(PyArrayDyn::<i64>::zeros(
+                            py,
+                            ndarray::IxDyn(&[0]),
+                            false,
+                        ))),
                     };
                 }
             }
             call(py, arrs, same, Some(o))?;
-            let _ = op;
             Ok(o.clone())
         }
         None => {
@@ -537,12 +612,12 @@ fn ew_run<'py, T: Native + numpy::Element>(
         ) -> CoreResult<Option<ArrayD<T>>>
         + Send,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let ro: Vec<PyReadonlyArrayDyn<'py, T>> = arrs.into_iter().map(T::unwrap).collect();
+    let ro: Vec<Ro<'py, T>> = arrs.into_iter().map(T::unwrap).collect();
     let mut rw = match out {
         Some(o) => Some(take_out::<T>(func, o)?),
         None => None,
     };
-    let work = ro.iter().map(|a| a.len()).max().unwrap_or(0);
+    let work = ro.iter().map(|a| a.as_array().len()).max().unwrap_or(0);
     let inputs: Vec<Input<'_, T>> = ro
         .iter()
         .zip(&same)
@@ -591,7 +666,6 @@ pub fn axpy<'py>(
     elementwise_op(
         py,
         "axpy",
-        Op::Axpy,
         &["x", "y"],
         &[x, y],
         &[("a", a)],
@@ -625,7 +699,6 @@ pub fn fma<'py>(
     elementwise_op(
         py,
         "fma",
-        Op::Fma,
         &["x", "y", "z"],
         &[x, y, z],
         &[],
@@ -653,16 +726,7 @@ pub fn scale<'py>(
                 })
             })
         };
-    elementwise_op(
-        py,
-        "scale",
-        Op::Scale,
-        &["x"],
-        &[x],
-        &[("a", a)],
-        opt_out(out),
-        &call,
-    )
+    elementwise_op(py, "scale", &["x"], &[x], &[("a", a)], opt_out(out), &call)
 }
 
 #[pyfunction]
@@ -697,7 +761,6 @@ pub fn clip<'py>(
     elementwise_op(
         py,
         "clip",
-        Op::Clip,
         &["x"],
         &[x],
         &[("lo", lo), ("hi", hi)],
@@ -756,12 +819,15 @@ pub fn standardize<'py>(
         }
     }
     let (a, fin) = one(take(py, "standardize", &["x"], &[x], Kind::Float)?);
-    if fin.is_some() && out.is_some() {
+    warn_if(
+        py,
+        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+        c"Degrees of freedom <= 0 for slice",
+    )?;
+    if let (Some(o), Some(_)) = (out, &fin) {
         let r = standardize(py, x, axis, ddof, None, device)?;
-        py.import("numpy")?
-            .getattr("copyto")?
-            .call1((out.expect("out"), r))?;
-        return Ok(out.expect("out").clone());
+        py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+        return Ok(o.clone());
     }
     let r = each_float!(a, T, a => {
         let v = a.as_array();
@@ -924,8 +990,8 @@ pub fn matmul<'py>(
 
 fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
     py: Python<'py>,
-    x: PyReadonlyArrayDyn<'py, T>,
-    y: PyReadonlyArrayDyn<'py, T>,
+    x: Ro<'py, T>,
+    y: Ro<'py, T>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let va = two_d("matmul", "a", x.as_array())?;
@@ -1092,4 +1158,30 @@ fn adam_t<'py, T: Real + numpy::Element>(
     run(py, Op::AdamStep, n, move || {
         optim::adam_step(pv, gv, mv, vvv, hp)
     })
+}
+
+/// Length of the reduced axis (all elements for `None`); `None` when the axis is invalid (the op reports it).
+fn reduced_len(a: &In<'_>, axis: Option<isize>) -> Option<usize> {
+    let shape: Vec<usize> = match a {
+        In::F64(a) => a.0.shape().to_vec(),
+        In::F32(a) => a.0.shape().to_vec(),
+        In::I64(a) => a.0.shape().to_vec(),
+    };
+    match axis {
+        None => Some(shape.iter().product()),
+        Some(ax) => {
+            let nd = shape.len() as isize;
+            let k = if ax < 0 { ax + nd } else { ax };
+            (0..nd).contains(&k).then(|| shape[k as usize])
+        }
+    }
+}
+
+/// Emits a `RuntimeWarning` like NumPy does for degenerate reductions.
+fn warn_if(py: Python<'_>, cond: bool, msg: &::std::ffi::CStr) -> PyResult<()> {
+    if cond {
+        let cat = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+        PyErr::warn(py, cat.as_any(), msg, 1)?;
+    }
+    Ok(())
 }

@@ -242,6 +242,6 @@ mod tests {
             a2.row(0).to_owned().into_dyn(),
             a2.row(1).to_owned().into_dyn(),
         );
-        assert_eq!(dot(&r0.view(), &r1.view()).unwrap(), 5 + 0 - 3 - 4);
+        assert_eq!(dot(&r0.view(), &r1.view()).unwrap(), -2); // (-5)(-1) + (-4)(0) + (-3)(1) + (-2)(2)
     }
 }

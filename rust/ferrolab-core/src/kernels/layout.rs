@@ -106,7 +106,19 @@ pub fn canon<'a, T: Clone>(
     })
 }
 
-impl<T: Clone> Canon<'_, T> {
+impl<'a, T: Clone> Canon<'a, T> {
+    /// All elements of a contiguous buffer, reduced to one value (`axis=None`).
+    pub fn flat(data: &'a [T]) -> Self {
+        Canon {
+            data: Cow::Borrowed(data),
+            outer: 1,
+            n: data.len(),
+            inner: 1,
+            out_shape: Vec::new(),
+            reversed: false,
+        }
+    }
+
     /// Wraps per-`(outer, inner)` results (in canonical order) into an array of `out_shape`.
     pub fn wrap<U>(&self, values: Vec<U>) -> ArrayD<U> {
         debug_assert_eq!(values.len(), self.outer * self.inner);

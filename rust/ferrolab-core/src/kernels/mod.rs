@@ -51,6 +51,9 @@ pub trait Real:
     fn abs(self) -> Self;
     fn floor(self) -> Self;
     fn is_nan(self) -> bool;
+    /// `acc[i] += a[i] * b[i]` over one chunk of `simd::L` elements: the product is formed in the input
+    /// precision and accumulated in f64.
+    fn dot_chunk<M: dispatch::Mode>(a: &[Self], b: &[Self], acc: &mut [f64; simd::L]);
     /// Truncating conversion (saturating; NaN -> 0), as `astype(intp)` does for in-range values.
     fn to_isize_trunc(self) -> isize;
 }
@@ -94,6 +97,10 @@ macro_rules! impl_real {
                 self != self
             }
             #[inline(always)]
+            fn dot_chunk<M: dispatch::Mode>(a: &[Self], b: &[Self], acc: &mut [f64; simd::L]) {
+                <$t as DotAcc>::dot_chunk_impl::<M>(a, b, acc)
+            }
+            #[inline(always)]
             fn to_isize_trunc(self) -> isize {
                 self as isize
             }
@@ -102,6 +109,36 @@ macro_rules! impl_real {
 }
 impl_real!(f32, "float32");
 impl_real!(f64, "float64");
+
+impl DotAcc for f32 {
+    #[inline(always)]
+    fn dot_chunk_impl<M: dispatch::Mode>(a: &[f32], b: &[f32], acc: &mut [f64; simd::L]) {
+        // products first (vmulps), then widen and add (vcvtps2pd + vaddpd): two simple loops vectorize where
+        // one fused expression does not
+        let mut p = [0.0f32; simd::L];
+        for i in 0..simd::L {
+            p[i] = a[i] * b[i];
+        }
+        for i in 0..simd::L {
+            acc[i] += p[i] as f64;
+        }
+    }
+}
+impl DotAcc for f64 {
+    #[inline(always)]
+    fn dot_chunk_impl<M: dispatch::Mode>(a: &[f64], b: &[f64], acc: &mut [f64; simd::L]) {
+        for i in 0..simd::L {
+            acc[i] = M::madd(a[i], b[i], acc[i]);
+        }
+    }
+}
+
+/// Per-type product accumulation used by [`Real::dot_chunk`].
+pub trait DotAcc {
+    fn dot_chunk_impl<M: dispatch::Mode>(a: &[Self], b: &[Self], acc: &mut [f64; simd::L])
+    where
+        Self: Sized;
+}
 
 /// Elements processed per rayon task in reductions (fixed, so results do not depend on the thread count).
 pub const PAR_CHUNK: usize = 1 << 16;

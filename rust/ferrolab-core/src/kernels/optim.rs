@@ -76,12 +76,15 @@ impl<T: Real> Kernel for Step<'_, T> {
     }
 }
 
+/// `(param, m, v, grad)` as contiguous slices in one memory order.
+type Slices<'a, T> = (&'a mut [T], &'a mut [T], &'a mut [T], &'a [T]);
+
 fn slices_same_order<'a, T>(
     p: &'a mut ArrayViewMutD<T>,
     m: &'a mut ArrayViewMutD<T>,
     v: &'a mut ArrayViewMutD<T>,
     g: &'a ArrayViewD<T>,
-) -> Option<(&'a mut [T], &'a mut [T], &'a mut [T], &'a [T])> {
+) -> Option<Slices<'a, T>> {
     let c = p.is_standard_layout()
         && m.is_standard_layout()
         && v.is_standard_layout()
@@ -167,6 +170,7 @@ pub fn adam_step<T: Real>(
     if let Some((p, m, v, g)) = slices_same_order(&mut param, &mut m, &mut v, &grad) {
         const CH: usize = 8192;
         maybe_parallel(n, PAR_ELEMWISE_MIN, |par| {
+            #[allow(clippy::type_complexity)]
             let step = |(((p, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
                 dispatch(Step { c, p, g, m, v })
             };

@@ -300,7 +300,11 @@ fn plus(a: f64, b: f64) -> f64 {
 
 /// Sum over `axis` (`None` = all elements); the sum of nothing is 0.
 pub fn sum<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
-    let c = canon("sum", x, axis, false)?;
+    sum_c(canon("sum", x, axis, false)?)
+}
+
+/// [`sum`] on a canonical layout (e.g. [`Canon::flat`] of a contiguous buffer).
+pub fn sum_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     let v = sum_canon(&c);
     Ok(c.wrap(to_t(v)))
 }
@@ -314,7 +318,11 @@ pub(crate) fn sum_canon<T: Real>(c: &Canon<T>) -> Vec<f64> {
 
 /// Mean over `axis`; NaN for an empty reduction (the Python layer warns as NumPy does).
 pub fn mean<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
-    let c = canon("mean", x, axis, false)?;
+    mean_c(canon("mean", x, axis, false)?)
+}
+
+/// [`mean`] on a canonical layout.
+pub fn mean_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     let n = c.n as f64;
     let v = sum_canon(&c)
         .into_iter()
@@ -339,13 +347,8 @@ fn empty_reduction(func: &'static str, op: &str) -> CoreError {
     )
 }
 
-fn extreme<T: Real, const MAX: bool>(
-    func: &'static str,
-    x: &ArrayViewD<T>,
-    axis: Option<isize>,
-) -> Result<ArrayD<T>> {
-    let c = canon(func, x, axis, false)?;
-    if c.n == 0 && c.outer * c.inner > 0 || x.is_empty() && axis.is_none() {
+fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<T>> {
+    if c.n == 0 && c.outer * c.inner > 0 {
         return Err(empty_reduction(
             func,
             if MAX { "maximum" } else { "minimum" },
@@ -372,12 +375,22 @@ fn extreme<T: Real, const MAX: bool>(
 
 /// Minimum over `axis`, NaN-propagating; an empty reduction is a `ValueError`, as in NumPy.
 pub fn min<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
-    extreme::<T, false>("min", x, axis)
+    min_c(canon("min", x, axis, false)?)
+}
+
+/// [`min`] on a canonical layout.
+pub fn min_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
+    extreme::<T, false>("min", c)
 }
 
 /// Maximum over `axis`, NaN-propagating.
 pub fn max<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
-    extreme::<T, true>("max", x, axis)
+    max_c(canon("max", x, axis, false)?)
+}
+
+/// [`max`] on a canonical layout.
+pub fn max_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
+    extreme::<T, true>("max", c)
 }
 
 fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<T> {
@@ -394,14 +407,8 @@ fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<
     }
 }
 
-fn arg_extreme<T: Real, const MAX: bool>(
-    func: &'static str,
-    x: &ArrayViewD<T>,
-    axis: Option<isize>,
-) -> Result<ArrayD<i64>> {
-    // the flat index refers to C order, so Fortran inputs are copied for axis=None
-    let c = canon(func, x, axis, axis.is_none())?;
-    if c.n == 0 && (c.outer * c.inner > 0 || axis.is_none()) {
+fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<i64>> {
+    if c.n == 0 && c.outer * c.inner > 0 {
         return Err(CoreError::value(
             func,
             "x",
@@ -412,7 +419,6 @@ fn arg_extreme<T: Real, const MAX: bool>(
         return Ok(c.wrap(vec![]));
     }
     let data: &[T] = &c.data;
-    let base = data.as_ptr() as usize;
     let parts = drive::<T, ArgPart<T>, ArgColsWrap<T, MAX>>(
         &c,
         |s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
@@ -432,7 +438,6 @@ fn arg_extreme<T: Real, const MAX: bool>(
             }
             let blk = &data[row_start + p.block..row_start + p.block + p.block_len];
             let k = blk.iter().position(|&v| v == p.best).unwrap_or(0);
-            let _ = base;
             (p.block + k) as i64
         })
         .collect();
@@ -466,12 +471,23 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgColsWrap<T, MAX> {
 
 /// Index of the first minimum over `axis` (`None`: flat C-order index); a NaN counts as the minimum.
 pub fn argmin<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
-    arg_extreme::<T, false>("argmin", x, axis)
+    // the flat index refers to C order, so Fortran inputs are copied for axis=None
+    argmin_c(canon("argmin", x, axis, axis.is_none())?)
+}
+
+/// [`argmin`] on a canonical layout (for `axis=None` the buffer must be in C order).
+pub fn argmin_c<T: Real>(c: Canon<T>) -> Result<ArrayD<i64>> {
+    arg_extreme::<T, false>("argmin", c)
 }
 
 /// Index of the first maximum over `axis`.
 pub fn argmax<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
-    arg_extreme::<T, true>("argmax", x, axis)
+    argmax_c(canon("argmax", x, axis, axis.is_none())?)
+}
+
+/// [`argmax`] on a canonical layout (for `axis=None` the buffer must be in C order).
+pub fn argmax_c<T: Real>(c: Canon<T>) -> Result<ArrayD<i64>> {
+    arg_extreme::<T, true>("argmax", c)
 }
 
 /// Inner product of two 1-D arrays of equal length.
@@ -521,7 +537,11 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
 
 /// L2 norm over `axis` (`None`: of all elements); 0 for an empty input.
 pub fn norm<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>> {
-    let c = canon("norm", x, axis, false)?;
+    norm_c(canon("norm", x, axis, false)?)
+}
+
+/// [`norm`] on a canonical layout.
+pub fn norm_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     if c.n == 0 {
         return Ok(c.wrap(vec![T::ZERO; c.outer * c.inner]));
     }

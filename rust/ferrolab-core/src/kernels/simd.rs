@@ -72,17 +72,29 @@ fn block_sum<T: Real>(x: &[T]) -> f64 {
 }
 
 #[inline(always)]
+fn tree_t<T: Real>(mut a: [T; L]) -> T {
+    let mut w = L / 2;
+    while w > 0 {
+        for i in 0..w {
+            a[i] = a[i] + a[i + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+// Products accumulate in f64 lanes: an f64 FMA for f64 inputs; for f32 inputs the (rounded) f32 product is
+// widened and added in f64, which vectorizes (mul, convert, add) and keeps the sum of products exact to f64.
+#[inline(always)]
 fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
     let mut acc = [0.0f64; L];
     let mut ix = x.chunks_exact(L);
     let mut iy = y.chunks_exact(L);
     for (a, b) in (&mut ix).zip(&mut iy) {
-        for i in 0..L {
-            acc[i] = M::madd(a[i].to_f64(), b[i].to_f64(), acc[i]);
-        }
+        T::dot_chunk::<M>(a, b, &mut acc);
     }
     for (i, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
-        acc[i] = M::madd(a.to_f64(), b.to_f64(), acc[i]);
+        acc[i] += (a * b).to_f64();
     }
     tree(acc)
 }
@@ -167,7 +179,9 @@ impl Moments {
     }
 }
 
-/// Moments of one block by the corrected two-pass algorithm in f64 (the block stays in L1 between passes).
+/// Moments of one block by the corrected two-pass algorithm (the block stays in L1 between the passes): the
+/// block mean comes from an f64 sum, deviations from it are small and accumulate in the input precision, and
+/// the correction term `d` restores the exact block mean.
 #[inline(always)]
 fn block_moments<T: Real, M: Mode>(x: &[T]) -> Moments {
     let n = x.len();
@@ -175,27 +189,27 @@ fn block_moments<T: Real, M: Mode>(x: &[T]) -> Moments {
         return Moments::default();
     }
     let nf = n as f64;
-    let mb = block_sum(x) / nf;
-    let mut d = [0.0f64; L];
-    let mut q = [0.0f64; L];
+    let mb = T::from_f64(block_sum(x) / nf);
+    let mut d = [T::ZERO; L];
+    let mut q = [T::ZERO; L];
     let mut it = x.chunks_exact(L);
     for c in &mut it {
         for i in 0..L {
-            let e = c[i].to_f64() - mb;
-            d[i] += e;
+            let e = c[i] - mb;
+            d[i] = d[i] + e;
             q[i] = M::madd(e, e, q[i]);
         }
     }
     for (i, &v) in it.remainder().iter().enumerate() {
-        let e = v.to_f64() - mb;
-        d[i] += e;
+        let e = v - mb;
+        d[i] = d[i] + e;
         q[i] = M::madd(e, e, q[i]);
     }
-    let d = tree(d);
-    let q = tree(q);
+    let d = tree_t(d).to_f64();
+    let q = tree_t(q).to_f64();
     Moments {
         n: nf,
-        mean: mb + d / nf,
+        mean: mb.to_f64() + d / nf,
         m2: q - d * d / nf,
     }
 }
@@ -223,8 +237,8 @@ impl<T: Real, const MAX: bool> Kernel for Extreme<'_, T, MAX> {
         let x = self.0;
         let mut best = x[0];
         for b in x.chunks(BLOCK) {
-            let (v, suspicious) = block_extreme::<T, MAX>(b);
-            if suspicious && b.iter().any(|v| v.is_nan()) {
+            let v = block_extreme::<T, MAX>(b);
+            if v.is_nan() {
                 return T::NAN;
             }
             if better::<T, MAX>(v, best) {
@@ -244,38 +258,44 @@ fn better<T: Real, const MAX: bool>(a: T, b: T) -> bool {
     }
 }
 
-/// The extreme of a non-empty block ignoring NaNs, and whether the block may hold a NaN (it holds a NaN or an
-/// infinity: `x * 0` is NaN exactly for those).
+/// Lanes of the extreme search (4 AVX2 registers of f64).
+const LE: usize = 16;
+
+/// The extreme of a non-empty block; NaN when the block holds a NaN. Each lane keeps
+/// `if better(v, acc) || v is NaN { v } else { acc }`, which sticks to NaN once it has seen one and compiles to
+/// compare + or + blend.
 #[inline(always)]
-fn block_extreme<T: Real, const MAX: bool>(x: &[T]) -> (T, bool) {
-    let mut acc = [x[0]; L];
-    let mut z = [T::ZERO; L];
-    let mut it = x.chunks_exact(L);
+#[allow(clippy::eq_op)]
+fn block_extreme<T: Real, const MAX: bool>(x: &[T]) -> T {
+    let mut acc = [x[0]; LE];
+    let mut it = x.chunks_exact(LE);
     for c in &mut it {
-        for i in 0..L {
-            acc[i] = if better::<T, MAX>(c[i], acc[i]) {
-                c[i]
+        for i in 0..LE {
+            let v = c[i];
+            acc[i] = if better::<T, MAX>(v, acc[i]) || v != v {
+                v
             } else {
                 acc[i]
             };
-            z[i] = z[i] + c[i] * T::ZERO;
         }
     }
     for &v in it.remainder() {
-        acc[0] = if better::<T, MAX>(v, acc[0]) {
+        acc[0] = if better::<T, MAX>(v, acc[0]) || v != v {
             v
         } else {
             acc[0]
         };
-        z[0] = z[0] + v * T::ZERO;
     }
     let mut best = acc[0];
     for &v in &acc[1..] {
+        if v.is_nan() {
+            return v;
+        }
         if better::<T, MAX>(v, best) {
             best = v;
         }
     }
-    (best, z.iter().any(|v| *v != T::ZERO))
+    best
 }
 
 /// Partial result of an arg-extreme search over a range.
@@ -305,12 +325,11 @@ impl<T: Real, const MAX: bool> Kernel for ArgExtreme<'_, T, MAX> {
         };
         let mut first = true;
         for (bi, b) in x.chunks(BLOCK).enumerate() {
-            let (v, suspicious) = block_extreme::<T, MAX>(b);
-            if suspicious {
-                if let Some(p) = b.iter().position(|v| v.is_nan()) {
-                    part.nan_at = Some(offset + bi * BLOCK + p);
-                    return part;
-                }
+            let v = block_extreme::<T, MAX>(b);
+            if v.is_nan() {
+                let p = b.iter().position(|v| v.is_nan()).unwrap_or(0);
+                part.nan_at = Some(offset + bi * BLOCK + p);
+                return part;
             }
             if first || better::<T, MAX>(v, part.best) {
                 first = false;

@@ -2,7 +2,7 @@
 
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::elementwise::{map_into, Input};
-use super::layout::{c_order, canon};
+use super::layout::{c_order, canon, Canon};
 use super::reduce::{max, min, moments_canon};
 use super::{Real, PAR_CHUNK, PAR_ELEMWISE_MIN, PAR_REDUCE_MIN};
 use crate::error::{CoreError, Result};
@@ -22,8 +22,12 @@ fn check_ddof(func: &'static str, ddof: f64) -> Result<()> {
 
 /// Variance over `axis` with `ddof` (one pass over memory, block two-pass + Chan merge).
 pub fn var<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result<ArrayD<T>> {
+    var_c(canon("var", x, axis, false)?, ddof)
+}
+
+/// [`var`] on a canonical layout.
+pub fn var_c<T: Real>(c: Canon<T>, ddof: f64) -> Result<ArrayD<T>> {
     check_ddof("var", ddof)?;
-    let c = canon("var", x, axis, false)?;
     let v = moments_canon(&c)
         .into_iter()
         .map(|m| T::from_f64(m.var(ddof)))
@@ -33,8 +37,12 @@ pub fn var<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result
 
 /// Standard deviation over `axis` with `ddof`.
 pub fn std<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result<ArrayD<T>> {
+    std_c(canon("std", x, axis, false)?, ddof)
+}
+
+/// [`std`] on a canonical layout.
+pub fn std_c<T: Real>(c: Canon<T>, ddof: f64) -> Result<ArrayD<T>> {
     check_ddof("std", ddof)?;
-    let c = canon("std", x, axis, false)?;
     let v = moments_canon(&c)
         .into_iter()
         .map(|m| T::from_f64(m.var(ddof).sqrt()))
@@ -395,7 +403,9 @@ pub fn histogram_counts<T: Real>(x: &ArrayViewD<T>, bins: &Bins<T>) -> Result<Ve
             "needs at least 2 edges",
         ));
     }
-    if e.windows(2).any(|w| !(w[0] <= w[1])) {
+    if e.windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt()))
+    {
         return Err(CoreError::value(
             "histogram",
             "bins",

@@ -1,0 +1,887 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of ``ferrolab.ops`` against its peers (NumPy, numexpr, bottleneck, SciPy).
+
+Every case runs the peer and ferrolab on the *same* input in one process, interleaved (peer, ferrolab,
+ferrolab, peer, ...), timeit-style: each side gets a loop count chosen so that one repetition lasts at least
+~20 ms (or one call), and the per-call time is the median over ``--repeat`` repetitions. Before timing, the
+ferrolab result is checked against the peer's; a mismatch is printed loudly and makes the exit status 1.
+
+    python benches/bench_ops.py                     # full sizes, table + bench-results/bench_ops.json
+    python benches/bench_ops.py --smoke             # tiny sizes, repeat 1: a few seconds, for CI
+    python benches/bench_ops.py --ops sum,matmul --repeat 11 --json /tmp/b.json
+
+Columns: ``ratio = peer time / ferrolab time`` (> 1 means ferrolab is faster). ``rate`` is what ferrolab
+reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- inputs read once, outputs
+written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 n^3) and ``cdist`` (3 m n k).
+NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, numexpr and the BLAS behind
+``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block).
+
+Peers that are left out on purpose: bottleneck's ``nanmean``/``nanstd``/``nansum`` skip NaN while
+``fl.ops.mean``/``std``/``sum`` propagate it like NumPy, so they do not compute the same function;
+bottleneck's NaN-propagating ``median`` does, and is the peer of ``quantile(x, 0.5)``. The numexpr row of
+``standardize`` takes the mean and std from NumPy and evaluates ``(x - m) / s`` into a preallocated output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    import ferrolab as fl
+except ImportError:  # running from a checkout whose extension was built in place
+    sys.path.insert(0, str(REPO / "python"))
+    import ferrolab as fl
+
+try:
+    import numexpr as ne
+except ImportError:  # optional peer
+    ne = None
+try:
+    import bottleneck as bn
+except ImportError:  # optional peer
+    bn = None
+try:
+    from scipy.spatial.distance import cdist as scipy_cdist
+except ImportError:  # optional peer
+    scipy_cdist = None
+
+ALL_OPS = [
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "argmin",
+    "argmax",
+    "dot",
+    "norm",
+    "var",
+    "std",
+    "axpy",
+    "fma",
+    "scale",
+    "clip",
+    "standardize",
+    "zscore_anomalies",
+    "adam_step",
+    "quantile",
+    "histogram",
+    "matmul",
+    "cdist",
+]
+
+# Bytes a kernel must move per element, in units of the item size (inputs read once, outputs written once;
+# standardize and zscore_anomalies need the moments before the second pass, so they read x twice).
+BYTES = {
+    "sum": 1,
+    "mean": 1,
+    "min": 1,
+    "max": 1,
+    "argmin": 1,
+    "argmax": 1,
+    "dot": 2,
+    "norm": 1,
+    "var": 1,
+    "std": 1,
+    "axpy": 3,
+    "fma": 4,
+    "scale": 2,
+    "clip": 2,
+    "standardize": 3,
+    "zscore_anomalies": 2,
+    "adam_step": 7,  # read param, grad, m, v; write param, m, v
+}
+
+FULL_SIZES = [10**3, 10**5, 10**7]
+FULL_STAT_SIZES = [10**5, 10**7]  # quantile, histogram
+FULL_GEMM = [256, 1024, 2048]
+FULL_CDIST = (2000, 2000, 64)
+SMOKE_SIZES = [10**3]
+SMOKE_STAT_SIZES = [10**3]
+SMOKE_GEMM = [64]
+SMOKE_CDIST = (50, 50, 8)
+DTYPES = [np.float32, np.float64]
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def _loop(fn: Callable[[], Any], number: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - t0
+
+
+def _autorange(fn: Callable[[], Any], min_time: float) -> int:
+    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
+    i = 1
+    while True:
+        for j in (1, 2, 5):
+            number = i * j
+            if _loop(fn, number) >= min_time:
+                return number
+        i *= 10
+
+
+def time_pair(peer: Callable[[], Any], mine: Callable[[], Any], repeat: int, min_time: float) -> dict[str, Any]:
+    """Interleaved timing of two callables; per-call seconds of every repetition for each."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        n_peer = _autorange(peer, min_time)  # also the warm-up
+        n_mine = _autorange(mine, min_time)
+        t_peer: list[float] = []
+        t_mine: list[float] = []
+        for r in range(repeat):
+            if r % 2 == 0:  # alternate who goes first so slow drift hits both sides alike
+                t_peer.append(_loop(peer, n_peer) / n_peer)
+                t_mine.append(_loop(mine, n_mine) / n_mine)
+            else:
+                t_mine.append(_loop(mine, n_mine) / n_mine)
+                t_peer.append(_loop(peer, n_peer) / n_peer)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
+
+
+# ------------------------------------------------------------------------------------------ correctness
+
+
+def _eps(dtype: Any) -> float:
+    return float(np.finfo(dtype).eps)
+
+
+def _rtol(dtype: Any) -> float:
+    return 1e-4 if np.dtype(dtype) == np.float32 else 1e-9
+
+
+@dataclass
+class Check:
+    ok: bool
+    detail: str = ""
+
+
+def check_close(
+    mine: Any,
+    peer: Any,
+    dtype: Any,
+    *,
+    atol: float = 0.0,
+    ref: Any = None,
+    exact: bool = False,
+) -> Check:
+    """``np.allclose(mine, peer)`` at a dtype-dependent rtol plus ``atol``.
+
+    Where both differ from each other only because they round differently (float32 accumulations), ``ref`` --
+    the same quantity computed in float64 -- decides: ferrolab passes if it is no farther from ``ref`` than
+    twice the peer's error (plus ``atol``).
+    """
+    a = np.asarray(mine)
+    b = np.asarray(peer)
+    if a.shape != b.shape:
+        return Check(False, f"shape {a.shape} != peer {b.shape}")
+    if exact:
+        if np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+            return Check(True)
+        bad = int(np.count_nonzero(a != b))
+        return Check(False, f"{bad} of {a.size} elements differ (exact comparison)")
+    rtol = _rtol(dtype)
+    if np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
+        return Check(True)
+    diff = float(np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    if ref is not None:
+        r = np.asarray(ref, dtype=np.float64)
+        err_mine = float(np.nanmax(np.abs(a.astype(np.float64) - r))) if a.size else 0.0
+        err_peer = float(np.nanmax(np.abs(b.astype(np.float64) - r))) if b.size else 0.0
+        if err_mine <= 2.0 * err_peer + atol:
+            return Check(
+                True, f"differs from peer by {diff:.3g}; float64-reference error {err_mine:.3g} vs peer {err_peer:.3g}"
+            )
+        return Check(False, f"max |diff| {diff:.3g}; float64-reference error {err_mine:.3g} vs peer {err_peer:.3g}")
+    return Check(False, f"max |diff| {diff:.3g} (rtol {rtol:g}, atol {atol:.3g})")
+
+
+def check_indices(mine: Any, peer: Any, x: np.ndarray, threshold: float) -> Check:
+    """Anomaly indices: equal, except for points whose float64 z-score sits at the threshold within rounding."""
+    a = np.asarray(mine)
+    b = np.asarray(peer)
+    if a.dtype != np.int64:
+        return Check(False, f"index dtype {a.dtype}, expected int64")
+    if a.shape == b.shape and np.array_equal(a, b):
+        return Check(True)
+    odd = np.setxor1d(a, b)
+    x64 = x.astype(np.float64)
+    z = np.abs(x64[odd] - x64.mean()) / x64.std()
+    slack = 1e-4 if x.dtype == np.float32 else 1e-9
+    if np.all(np.abs(z - threshold) <= slack * threshold):
+        return Check(True, f"{odd.size} index(es) at the threshold within rounding differ")
+    return Check(False, f"{odd.size} indices differ (|mine|={a.size}, |peer|={b.size}); z of those: {z[:5]}")
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Case:
+    op: str
+    variant: str
+    peer_name: str
+    dtype: str
+    size: str
+    elements: int
+    peer: Callable[[], Any]
+    mine: Callable[[], Any]
+    check: Callable[[], Check]
+    rate_unit: str = ""  # "GB/s" or "GFLOP/s"
+    work: float = 0.0  # bytes or flops per call
+    notes: list[str] = field(default_factory=list)
+
+
+def _size_label(n: int) -> str:
+    e = int(round(math.log10(n)))
+    return f"1e{e}" if 10**e == n else str(n)
+
+
+def vector_cases(n: int, dtype: Any, rng: np.random.Generator, ops: set[str]) -> list[Case]:
+    dt = np.dtype(dtype)
+    name = dt.name
+    label = _size_label(n)
+    isz = dt.itemsize
+    eps = _eps(dt)
+    x = rng.standard_normal(n).astype(dt)
+    y = rng.standard_normal(n).astype(dt)
+    z = rng.standard_normal(n).astype(dt)
+    x64 = x.astype(np.float64)
+    abs_sum = float(np.abs(x64).sum())
+    lg = max(1.0, math.log2(n))
+    o_peer = np.empty_like(x)
+    o_mine = np.empty_like(x)
+    a = 0.75  # a Python float, as user code passes it (NumPy keeps float32 with it: a weak scalar)
+    a_ne = dt.type(a)  # numexpr would promote float32 to float64 with a Python float
+    cases: list[Case] = []
+
+    def add(op: str, peer: Callable, mine: Callable, check: Callable, variant: str = "", peer_name: str = "numpy"):
+        if op not in ops:
+            return
+        cases.append(
+            Case(op, variant, peer_name, name, label, n, peer, mine, check, "GB/s", float(BYTES[op] * n * isz))
+        )
+
+    # reductions ---------------------------------------------------------------------------------------
+    sum_tol = eps * lg * abs_sum  # one rounding per level of a pairwise/blocked summation tree
+    add(
+        "sum",
+        lambda: x.sum(),
+        lambda: fl.ops.sum(x),
+        lambda: check_close(fl.ops.sum(x), x.sum(), dt, atol=sum_tol, ref=x64.sum()),
+    )
+    add(
+        "mean",
+        lambda: x.mean(),
+        lambda: fl.ops.mean(x),
+        lambda: check_close(fl.ops.mean(x), x.mean(), dt, atol=sum_tol / n, ref=x64.mean()),
+    )
+    add("min", lambda: x.min(), lambda: fl.ops.min(x), lambda: check_close(fl.ops.min(x), x.min(), dt, exact=True))
+    add("max", lambda: x.max(), lambda: fl.ops.max(x), lambda: check_close(fl.ops.max(x), x.max(), dt, exact=True))
+    add(
+        "argmin",
+        lambda: x.argmin(),
+        lambda: fl.ops.argmin(x),
+        lambda: check_close(fl.ops.argmin(x), x.argmin(), dt, exact=True),
+    )
+    add(
+        "argmax",
+        lambda: x.argmax(),
+        lambda: fl.ops.argmax(x),
+        lambda: check_close(fl.ops.argmax(x), x.argmax(), dt, exact=True),
+    )
+    y64 = y.astype(np.float64)
+    dot_tol = eps * lg * float(np.abs(x64 * y64).sum())
+    add(
+        "dot",
+        lambda: np.dot(x, y),
+        lambda: fl.ops.dot(x, y),
+        lambda: check_close(fl.ops.dot(x, y), np.dot(x, y), dt, atol=dot_tol, ref=np.dot(x64, y64)),
+    )
+    add(
+        "norm",
+        lambda: np.linalg.norm(x),
+        lambda: fl.ops.norm(x),
+        lambda: check_close(fl.ops.norm(x), np.linalg.norm(x), dt, ref=np.linalg.norm(x64)),
+    )
+    add("var", lambda: x.var(), lambda: fl.ops.var(x), lambda: check_close(fl.ops.var(x), x.var(), dt, ref=x64.var()))
+    add("std", lambda: x.std(), lambda: fl.ops.std(x), lambda: check_close(fl.ops.std(x), x.std(), dt, ref=x64.std()))
+
+    # elementwise with out= ----------------------------------------------------------------------------
+    def elementwise(op: str, np_fn: Callable, fl_fn: Callable, ne_expr: str | None, ne_vars: dict) -> None:
+        def chk() -> Check:
+            np_fn()
+            fl_fn()
+            return check_close(o_mine, o_peer, dt, atol=32 * eps)
+
+        add(op, np_fn, fl_fn, chk, "out=")
+        if ne is not None and ne_expr is not None:
+
+            def ne_fn() -> None:
+                ne.evaluate(ne_expr, local_dict=ne_vars, out=o_peer)
+
+            def chk_ne() -> Check:
+                ne_fn()
+                fl_fn()
+                return check_close(o_mine, o_peer, dt, atol=32 * eps)
+
+            add(op, ne_fn, fl_fn, chk_ne, "out=", "numexpr")
+
+    def np_axpy() -> None:  # the best NumPy can do with out=: two passes over memory
+        np.multiply(x, a, out=o_peer)
+        np.add(o_peer, y, out=o_peer)
+
+    elementwise("axpy", np_axpy, lambda: fl.ops.axpy(a, x, y, out=o_mine), "a * x + y", {"a": a_ne, "x": x, "y": y})
+
+    def np_fma() -> None:
+        np.multiply(x, y, out=o_peer)
+        np.add(o_peer, z, out=o_peer)
+
+    elementwise("fma", np_fma, lambda: fl.ops.fma(x, y, z, out=o_mine), "x * y + z", {"x": x, "y": y, "z": z})
+    elementwise(
+        "scale",
+        lambda: np.multiply(x, a, out=o_peer),
+        lambda: fl.ops.scale(x, a, out=o_mine),
+        "a * x",
+        {"a": a_ne, "x": x},
+    )
+    elementwise(
+        "clip", lambda: np.clip(x, -1.0, 1.0, out=o_peer), lambda: fl.ops.clip(x, -1.0, 1.0, out=o_mine), None, {}
+    )
+
+    # standardize: allocating (the NumPy idiom) and with out= against numexpr ---------------------------
+    std_atol = 1e-5 if dt == np.float32 else 1e-12
+    add(
+        "standardize",
+        lambda: (x - x.mean()) / x.std(),
+        lambda: fl.ops.standardize(x),
+        lambda: check_close(
+            fl.ops.standardize(x), (x - x.mean()) / x.std(), dt, atol=std_atol, ref=(x64 - x64.mean()) / x64.std()
+        ),
+        "alloc",
+    )
+    if ne is not None:
+
+        def ne_standardize() -> None:
+            m = x.mean()
+            s = x.std()
+            ne.evaluate("(x - m) / s", local_dict={"x": x, "m": m, "s": s}, out=o_peer)
+
+        def chk_ne_std() -> Check:
+            ne_standardize()
+            fl.ops.standardize(x, out=o_mine)
+            return check_close(o_mine, o_peer, dt, atol=std_atol, ref=(x64 - x64.mean()) / x64.std())
+
+        add("standardize", ne_standardize, lambda: fl.ops.standardize(x, out=o_mine), chk_ne_std, "out=", "numexpr")
+
+    # z-score anomalies: plant a few outliers so the result is not empty ----------------------------------
+    xa = x.copy()
+    k = max(1, n // 10_000)
+    xa[rng.choice(n, size=k, replace=False)] = dt.type(25.0) * rng.choice([-1, 1], size=k).astype(dt)
+    add(
+        "zscore_anomalies",
+        lambda: np.flatnonzero(np.abs(xa - xa.mean()) / xa.std() > 3),
+        lambda: fl.ops.zscore_anomalies(xa, 3.0),
+        lambda: check_indices(
+            fl.ops.zscore_anomalies(xa, 3.0), np.flatnonzero(np.abs(xa - xa.mean()) / xa.std() > 3), xa, 3.0
+        ),
+    )
+
+    # Adam, in place, PyTorch's arithmetic -----------------------------------------------------------------
+    if "adam_step" in ops:
+        lr, b1, b2, eps_a, t = 1e-3, 0.9, 0.999, 1e-8, 10
+        bc1 = 1.0 - b1**t
+        bc2 = 1.0 - b2**t
+        step_size = lr / bc1
+        bc2_sqrt = math.sqrt(bc2)
+        g = (0.1 * rng.standard_normal(n)).astype(dt)
+        p0 = rng.standard_normal(n).astype(dt)
+        m0 = (0.01 * rng.standard_normal(n)).astype(dt)
+        v0 = (1e-4 * np.abs(rng.standard_normal(n))).astype(dt)
+        pp, mp, vp = p0.copy(), m0.copy(), v0.copy()
+        pm, mm, vm = p0.copy(), m0.copy(), v0.copy()
+        tmp = np.empty_like(x)
+
+        def np_adam() -> None:
+            np.subtract(g, mp, out=tmp)  # m += (1 - b1) * (g - m)
+            np.multiply(tmp, 1.0 - b1, out=tmp)
+            np.add(mp, tmp, out=mp)
+            np.multiply(vp, b2, out=vp)  # v = v * b2 + (1 - b2) * g * g
+            np.multiply(g, g, out=tmp)
+            np.multiply(tmp, 1.0 - b2, out=tmp)
+            np.add(vp, tmp, out=vp)
+            np.sqrt(vp, out=tmp)  # p += -(lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+            np.divide(tmp, bc2_sqrt, out=tmp)
+            np.add(tmp, eps_a, out=tmp)
+            np.divide(mp, tmp, out=tmp)
+            np.multiply(tmp, -step_size, out=tmp)
+            np.add(pp, tmp, out=pp)
+
+        def fl_adam() -> None:
+            fl.ops.adam_step(pm, g, mm, vm, t, lr, b1, b2, eps_a)
+
+        def chk_adam() -> Check:
+            for arr, src in ((pp, p0), (mp, m0), (vp, v0), (pm, p0), (mm, m0), (vm, v0)):
+                arr[...] = src
+            np_adam()
+            fl_adam()
+            at = 4 * eps
+            for label_, mine_, peer_ in (("param", pm, pp), ("m", mm, mp), ("v", vm, vp)):
+                c = check_close(mine_, peer_, dt, atol=at * float(np.abs(peer_).max()))
+                if not c.ok:
+                    return Check(False, f"{label_}: {c.detail}")
+            return Check(True)
+
+        add("adam_step", np_adam, fl_adam, chk_adam, f"in place, t={t}")
+    return cases
+
+
+def stat_cases(n: int, dtype: Any, rng: np.random.Generator, ops: set[str]) -> list[Case]:
+    dt = np.dtype(dtype)
+    label = _size_label(n)
+    x = rng.standard_normal(n).astype(dt)
+    cases: list[Case] = []
+    if "quantile" in ops:
+        q = [0.25, 0.5, 0.75]
+        cases.append(
+            Case(
+                "quantile",
+                "q=[.25,.5,.75]",
+                "numpy",
+                dt.name,
+                label,
+                n,
+                lambda: np.quantile(x, q),
+                lambda: fl.ops.quantile(x, q),
+                lambda: check_close(fl.ops.quantile(x, q), np.quantile(x, q), dt),
+            )
+        )
+        if bn is not None:  # bottleneck's median propagates NaN and averages the middle pair: same function
+            cases.append(
+                Case(
+                    "quantile",
+                    "q=0.5 (median)",
+                    "bottleneck",
+                    dt.name,
+                    label,
+                    n,
+                    lambda: bn.median(x),
+                    lambda: fl.ops.quantile(x, 0.5),
+                    lambda: check_close(fl.ops.quantile(x, 0.5), bn.median(x), dt),
+                )
+            )
+    if "histogram" in ops:
+
+        def chk_hist() -> Check:
+            c_mine, e_mine = fl.ops.histogram(x, bins=100)
+            c_peer, e_peer = np.histogram(x, bins=100)
+            c = check_close(c_mine, c_peer, dt, exact=True)
+            if not c.ok:
+                return Check(False, f"counts: {c.detail}")
+            c = check_close(e_mine, e_peer, dt)
+            return c if c.ok else Check(False, f"edges: {c.detail}")
+
+        cases.append(
+            Case(
+                "histogram",
+                "bins=100",
+                "numpy",
+                dt.name,
+                label,
+                n,
+                lambda: np.histogram(x, bins=100),
+                lambda: fl.ops.histogram(x, bins=100),
+                chk_hist,
+                "GB/s",
+                float(n * dt.itemsize),
+            )
+        )
+    return cases
+
+
+def gemm_cases(sizes: list[int], rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for dtype in DTYPES:
+        dt = np.dtype(dtype)
+        for n in sizes:
+            a = rng.standard_normal((n, n)).astype(dt)
+            b = rng.standard_normal((n, n)).astype(dt)
+
+            def chk(a=a, b=b, n=n, dt=dt) -> Check:
+                ref = a.astype(np.float64) @ b.astype(np.float64)
+                return check_close(fl.ops.matmul(a, b), a @ b, dt, atol=_eps(dt) * n, ref=ref)
+
+            cases.append(
+                Case(
+                    "matmul",
+                    "a @ b",
+                    "numpy",
+                    dt.name,
+                    f"n={n}",
+                    n * n,
+                    lambda a=a, b=b: a @ b,
+                    lambda a=a, b=b: fl.ops.matmul(a, b),
+                    chk,
+                    "GFLOP/s",
+                    2.0 * n**3,
+                )
+            )
+    return cases
+
+
+def cdist_cases(shape: tuple[int, int, int], rng: np.random.Generator) -> list[Case]:
+    m, n, k = shape
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((n, k))
+    cases: list[Case] = []
+    if scipy_cdist is None:
+        return cases
+    for metric in ("euclidean", "sqeuclidean"):
+
+        def peer(metric=metric):
+            return scipy_cdist(a, b, metric)
+
+        def mine(metric=metric):
+            return fl.ops.cdist(a, b, metric)
+
+        def chk(metric=metric) -> Check:
+            return check_close(fl.ops.cdist(a, b, metric), scipy_cdist(a, b, metric), np.float64, atol=1e-12)
+
+        cases.append(
+            Case(
+                "cdist",
+                metric,
+                "scipy",
+                "float64",
+                f"{m}x{n}x{k}",
+                m * n * k,
+                peer,
+                mine,
+                chk,
+                "GFLOP/s",
+                3.0 * m * n * k,
+            )
+        )
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in have]
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    blas = None
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg["Build Dependencies"]["blas"]
+        blas = f"{b.get('name')} {b.get('version')}"
+    except Exception:  # noqa: BLE001 - older NumPy: best effort only
+        pass
+    info: dict[str, Any] = {
+        "cpu_model": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "cores_available": affinity,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": blas,
+        "ferrolab": getattr(fl, "__version__", "?"),
+        "ferrolab_path": str(Path(fl.__file__).parent),
+        "simd_level": fl.simd_level(),
+        "num_threads": fl.num_threads(),
+        "numexpr": getattr(ne, "__version__", None),
+        "numexpr_threads": ne.get_num_threads() if ne is not None else None,
+        "bottleneck": getattr(bn, "__version__", None),
+        "loadavg_start": _loadavg(),
+    }
+    try:
+        import scipy
+
+        info["scipy"] = scipy.__version__
+    except ImportError:
+        info["scipy"] = None
+    return info
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def build_cases(args: argparse.Namespace, ops: set[str], rng: np.random.Generator) -> list[Case]:
+    sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
+    stat_sizes = SMOKE_STAT_SIZES if args.smoke else FULL_STAT_SIZES
+    cases: list[Case] = []
+    for n in sizes:
+        for dt in DTYPES:
+            cases += vector_cases(n, dt, rng, ops)
+    for n in stat_sizes:
+        for dt in DTYPES:
+            cases += stat_cases(n, dt, rng, ops)
+    if "matmul" in ops:
+        cases += gemm_cases(SMOKE_GEMM if args.smoke else FULL_GEMM, rng)
+    if "cdist" in ops:
+        cases += cdist_cases(SMOKE_CDIST if args.smoke else FULL_CDIST, rng)
+    return cases
+
+
+def _fmt_rate(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.2g}" if v < 10 else (f"{v:.1f}" if v < 1000 else f"{v:.0f}")
+
+
+def _fmt_ms(s: float) -> str:
+    ms = s * 1e3
+    if ms < 0.01:
+        return f"{ms:.5f}"
+    if ms < 1:
+        return f"{ms:.4f}"
+    if ms < 100:
+        return f"{ms:.2f}"
+    return f"{ms:.1f}"
+
+
+HEADER = ("op", "dtype", "size", "peer", "peer ms", "ferrolab ms", "ratio", "rate", "peer rate", "check")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    lines = []
+    for r in rows:
+        op = r["op"] + (f" [{r['variant']}]" if r["variant"] else "")
+        unit = r["rate_unit"]
+        lines.append(
+            (
+                op,
+                r["dtype"],
+                r["size"],
+                r["peer"],
+                _fmt_ms(r["peer_s"]) if r["peer_s"] is not None else "-",
+                _fmt_ms(r["ferrolab_s"]) if r["ferrolab_s"] is not None else "-",
+                f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
+                f"{_fmt_rate(r['ferrolab_rate'])} {unit}" if r["ferrolab_rate"] is not None else "",
+                f"{_fmt_rate(r['peer_rate'])} {unit}" if r["peer_rate"] is not None else "",
+                r["check"] if r["check"] == "ok" else f"*** {r['check']} ***",
+            )
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(HEADER)]
+    right = {4, 5, 6, 7, 8}
+
+    def fmt(cells):
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    print(fmt(HEADER))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+    sys.stdout.flush()
+
+
+def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "op": c.op,
+        "variant": c.variant,
+        "dtype": c.dtype,
+        "size": c.size,
+        "elements": c.elements,
+        "peer": c.peer_name,
+        "peer_s": None,
+        "ferrolab_s": None,
+        "ratio": None,
+        "rate_unit": c.rate_unit,
+        "work": c.work,
+        "ferrolab_rate": None,
+        "peer_rate": None,
+        "check": "ok",
+        "check_detail": "",
+    }
+    try:
+        chk = c.check()
+    except Exception as exc:  # noqa: BLE001 - a failing op must be reported, not abort the run
+        row["check"] = "ERROR"
+        row["check_detail"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return row
+    if not chk.ok:
+        row["check"] = "MISMATCH"
+    row["check_detail"] = chk.detail
+    t = time_pair(c.peer, c.mine, repeat, min_time)
+    peer_s = statistics.median(t["peer"])
+    mine_s = statistics.median(t["mine"])
+    row.update(
+        peer_s=peer_s,
+        ferrolab_s=mine_s,
+        ratio=peer_s / mine_s if mine_s > 0 else None,
+        peer_times_s=t["peer"],
+        ferrolab_times_s=t["mine"],
+        peer_loops=t["peer_loops"],
+        ferrolab_loops=t["mine_loops"],
+    )
+    if c.rate_unit and c.work:
+        row["ferrolab_rate"] = c.work / mine_s / 1e9
+        row["peer_rate"] = c.work / peer_s / 1e9
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, repeat 1: exercises every op and check quickly")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the JSON (default bench-results/bench_ops.json, "
+        "bench-results/bench_ops_smoke.json with --smoke)",
+    )
+    p.add_argument("--repeat", type=int, default=None, help="repetitions per side (median; default 7, 1 with --smoke)")
+    p.add_argument("--ops", default=None, help=f"comma-separated subset of: {','.join(ALL_OPS)}")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds one repetition must last at least (default 0.02; 0.001 with --smoke)",
+    )
+    p.add_argument("--seed", type=int, default=20240601, help="seed of np.random.default_rng")
+    args = p.parse_args(argv)
+
+    if args.ops:
+        ops = {o.strip() for o in args.ops.split(",") if o.strip()}
+        unknown = ops - set(ALL_OPS)
+        if unknown:
+            p.error(f"unknown op(s) {sorted(unknown)}; choose from {','.join(ALL_OPS)}")
+    else:
+        ops = set(ALL_OPS)
+    repeat = args.repeat if args.repeat is not None else (1 if args.smoke else 7)
+    if repeat < 1:
+        p.error("--repeat must be >= 1")
+    min_time = args.min_time if args.min_time is not None else (0.001 if args.smoke else 0.02)
+    json_path = (
+        Path(args.json)
+        if args.json
+        else REPO / "bench-results" / ("bench_ops_smoke.json" if args.smoke else "bench_ops.json")
+    )
+
+    info = machine_info()
+    print(
+        f"ferrolab {info['ferrolab']} ({info['simd_level']}, {info['num_threads']} threads) vs "
+        f"NumPy {info['numpy']} ({info['numpy_blas']}), numexpr {info['numexpr']} "
+        f"({info['numexpr_threads']} threads), bottleneck {info['bottleneck']}, SciPy {info['scipy']}"
+    )
+    print(
+        f"{info['cpu_model']}, {info['cores_available']} cores available; "
+        f"median of {repeat} repetition(s), each >= {min_time * 1e3:g} ms or one call; "
+        f"ratio = peer / ferrolab (> 1: ferrolab faster)\n"
+    )
+    sys.stdout.flush()
+
+    load = info["loadavg_start"]
+    if load and info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
+        print(
+            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: "
+            "other work competes for the CPU and the timings will be noisy\n"
+        )
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    cases = build_cases(args, ops, rng)
+    rows = []
+    for c in cases:
+        rows.append(run_case(c, repeat, min_time))
+        if not args.smoke:  # progress on stderr for long runs
+            r = rows[-1]
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+            print(
+                f"  {r['op']:<17} {r['variant']:<26} {r['dtype']:<8} {r['size']:<14} {ratio:>8}  {r['check']}",
+                file=sys.stderr,
+                flush=True,
+            )
+    elapsed = time.perf_counter() - t_start
+    info["loadavg_end"] = _loadavg()
+    print_table(rows)
+
+    bad = [r for r in rows if r["check"] != "ok"]
+    slower = [r for r in rows if r["ratio"] is not None and r["ratio"] < 1.0]
+    missing = sorted(ops - {r["op"] for r in rows})
+    print(f"\n{len(rows)} cases in {elapsed:.1f} s; ferrolab slower than the peer in {len(slower)}.")
+    if missing:
+        print(f"not run (peer missing): {', '.join(missing)}")
+    if bad:
+        print(f"\n!!! {len(bad)} case(s) where ferrolab's result does not match the peer:", file=sys.stderr)
+        for r in bad:
+            print(
+                f"!!!   {r['op']} [{r['variant']}] {r['dtype']} {r['size']} vs {r['peer']}: {r['check']} "
+                f"{r['check_detail']}",
+                file=sys.stderr,
+            )
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": "bench_ops",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "smoke": args.smoke,
+        "repeat": repeat,
+        "min_time_s": min_time,
+        "seed": args.seed,
+        "elapsed_s": elapsed,
+        "machine": info,
+        "ratio": "peer_s / ferrolab_s (> 1 means ferrolab is faster)",
+        "rates": "ferrolab_rate/peer_rate = work / time / 1e9: GB/s (bytes the kernel must move) or GFLOP/s "
+        "(matmul 2n^3, cdist 3mnk)",
+        "ops": sorted({r["op"] for r in rows}),
+        "mismatches": len(bad),
+        "rows": rows,
+    }
+    json_path.write_text(json.dumps(doc, indent=1))
+    print(f"JSON: {json_path}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1009 @@
+"""fl.ops edge cases: dtype policy, errors and messages, devices, empty/0-d inputs, out= aliasing, argmin/argmax
+ties, histogram, quantile, zscore_anomalies, cdist, matmul, adam_step and accuracy."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import FLOATS, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
+
+import ferrolab as fl
+
+scipy_distance = pytest.importorskip("scipy.spatial.distance", reason="scipy is needed as the cdist reference")
+
+RNG = np.random.default_rng(20240607)
+
+
+def _f64(n=6, seed=0):
+    return np.random.default_rng(seed).standard_normal(n)
+
+
+# A minimal valid call of every op, parametrized by device.
+OP_CALLS = {
+    "sum": lambda d: fl.ops.sum(_f64(), device=d),
+    "mean": lambda d: fl.ops.mean(_f64(), device=d),
+    "min": lambda d: fl.ops.min(_f64(), device=d),
+    "max": lambda d: fl.ops.max(_f64(), device=d),
+    "argmin": lambda d: fl.ops.argmin(_f64(), device=d),
+    "argmax": lambda d: fl.ops.argmax(_f64(), device=d),
+    "var": lambda d: fl.ops.var(_f64(), device=d),
+    "std": lambda d: fl.ops.std(_f64(), device=d),
+    "dot": lambda d: fl.ops.dot(_f64(), _f64(seed=1), device=d),
+    "norm": lambda d: fl.ops.norm(_f64(), device=d),
+    "axpy": lambda d: fl.ops.axpy(2.0, _f64(), _f64(seed=1), device=d),
+    "fma": lambda d: fl.ops.fma(_f64(), _f64(seed=1), _f64(seed=2), device=d),
+    "scale": lambda d: fl.ops.scale(_f64(), 3.0, device=d),
+    "clip": lambda d: fl.ops.clip(_f64(), -0.5, 0.5, device=d),
+    "standardize": lambda d: fl.ops.standardize(_f64(), device=d),
+    "matmul": lambda d: fl.ops.matmul(_f64().reshape(2, 3), _f64(seed=1).reshape(3, 2), device=d),
+    "histogram": lambda d: fl.ops.histogram(_f64(), device=d),
+    "quantile": lambda d: fl.ops.quantile(_f64(), 0.3, device=d),
+    "zscore_anomalies": lambda d: fl.ops.zscore_anomalies(_f64(), device=d),
+    "cdist": lambda d: fl.ops.cdist(_f64().reshape(2, 3), _f64(seed=1).reshape(2, 3), device=d),
+    "adam_step": lambda d: fl.ops.adam_step(_f64(), _f64(seed=1), np.zeros(6), np.zeros(6), 1, device=d),
+}
+
+
+def test_every_op_is_covered():
+    assert set(OP_CALLS) == set(fl.ops.__all__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# devices
+
+
+@pytest.mark.parametrize("name", sorted(OP_CALLS))
+def test_device_cuda_unavailable(name):
+    assert issubclass(fl.DeviceUnavailableError, fl.FerrolabError)
+    with pytest.raises(fl.DeviceUnavailableError, match=rf"{name}\(\)"):
+        OP_CALLS[name]("cuda")
+
+
+@pytest.mark.parametrize("name", sorted(OP_CALLS))
+def test_device_auto_runs_on_cpu(name):
+    cpu = OP_CALLS[name]("cpu")
+    auto = OP_CALLS[name]("auto")
+    if cpu is None:  # adam_step works in place on fresh arrays
+        assert auto is None
+    elif isinstance(cpu, tuple):
+        for c, a in zip(cpu, auto):
+            np.testing.assert_array_equal(a, c)
+    else:
+        np.testing.assert_array_equal(auto, cpu)
+
+
+@pytest.mark.parametrize("name", sorted(OP_CALLS))
+@pytest.mark.parametrize("device", ["gpu", "CPU", "", "cuda:0x"])
+def test_device_unknown_is_value_error(name, device):
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'device'"):
+        OP_CALLS[name](device)
+
+
+def test_gpu_module_without_cuda():
+    assert fl.gpu.is_available() is False
+    assert fl.gpu.info()["available"] is False
+    with pytest.raises(fl.DeviceUnavailableError):
+        fl.gpu.asarray(np.ones(3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dtype policy: ints, bool, float16, big-endian
+
+
+ODD_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float16", ">f8",
+              ">f4", ">i4", "<f4", ">i8"]
+
+
+def _small(dtype, shape, hi=10, seed=0):
+    r = np.random.default_rng(seed).integers(0, hi, size=shape)
+    if np.dtype(dtype).kind == "b":
+        return (r % 2).astype(dtype)
+    return r.astype(dtype)
+
+
+def _assert_like(actual, expected):
+    exp = np.asarray(expected)
+    if exp.dtype == np.float16:
+        assert_result(actual, expected, rtol=2e-3, atol=2e-3 * max(1.0, float(np.max(np.abs(exp), initial=0))))
+    else:
+        assert_result(actual, expected, atol=1e-12 * max(1.0, float(np.max(np.abs(exp.astype(float)), initial=0))))
+
+
+@pytest.mark.parametrize("dtype", ODD_DTYPES)
+@pytest.mark.parametrize("name", ["sum", "mean", "min", "max", "argmin", "argmax", "var", "std"])
+@pytest.mark.parametrize("axis", [None, 0, -1])
+def test_reductions_odd_dtypes(dtype, name, axis):
+    x = _small(dtype, (7, 5), seed=len(name))
+    expected = getattr(np, name)(x, axis=axis)
+    _assert_like(getattr(fl.ops, name)(x, axis=axis), expected)
+
+
+@pytest.mark.parametrize("dtype", ODD_DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_norm_odd_dtypes(dtype, axis):
+    x = _small(dtype, (7, 5))
+    _assert_like(fl.ops.norm(x, axis=axis), np.linalg.norm(x, axis=axis))
+
+
+@pytest.mark.parametrize("dtype", ODD_DTYPES)
+def test_elementwise_odd_dtypes(dtype):
+    x, y, z = (_small(dtype, (4, 5), seed=s) for s in range(3))
+    _assert_like(fl.ops.dot(x[0], y[0]), np.dot(x[0], y[0]))
+    _assert_like(fl.ops.axpy(2, x, y), 2 * x + y)
+    _assert_like(fl.ops.axpy(2.5, x, y), 2.5 * x + y)
+    _assert_like(fl.ops.fma(x, y, z), x * y + z)
+    _assert_like(fl.ops.scale(x, 3), 3 * x)
+    _assert_like(fl.ops.scale(x, 0.5), 0.5 * x)
+    if np.dtype(dtype).kind != "b":
+        _assert_like(fl.ops.clip(x, 2, 7), np.clip(x, 2, 7))
+        _assert_like(fl.ops.clip(x, 2.5, None), np.clip(x, 2.5, None))
+
+
+@pytest.mark.parametrize("dtype", ODD_DTYPES)
+def test_stats_odd_dtypes(dtype):
+    x = _small(dtype, (6, 5), hi=4 if dtype != "bool" else 2)
+    x[0, 0] = 1  # no constant row/column
+    x[0, 1] = 0
+    with warnings.catch_warnings():  # bool/constant columns may divide 0 by 0 in both
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with np.errstate(all="ignore"):
+            expected = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+        actual = fl.ops.standardize(x, axis=1)
+    _assert_like(actual, expected)
+    if dtype != "bool":  # np.quantile rejects bool
+        _assert_like(fl.ops.quantile(x, 0.3), np.quantile(x, 0.3))
+        _assert_like(fl.ops.quantile(x, [0.3, 0.9], axis=0), np.quantile(x, [0.3, 0.9], axis=0))
+    a = _small(dtype, (3, 4), hi=4)
+    b = _small(dtype, (4, 2), hi=4, seed=5)
+    _assert_like(fl.ops.matmul(a, b), a @ b)
+    _hist_equal(x, bins=4)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool", "float16", ">f8"])
+def test_cdist_odd_dtypes_values(dtype):
+    a = _small(dtype, (4, 3), hi=5)
+    b = _small(dtype, (3, 3), hi=5, seed=9)
+    a[:, 0] = 1  # no zero rows (cosine)
+    b[:, 0] = 1
+    for metric in ["euclidean", "sqeuclidean", "cosine"]:
+        expected = scipy_distance.cdist(a, b, metric)
+        actual = fl.ops.cdist(a, b, metric)
+        rtol = 2e-3 if dtype == "float16" else 1e-12
+        np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=rtol)
+
+
+def test_sum_int_result_dtypes():
+    assert_result(fl.ops.sum(np.arange(10, dtype=np.int32)), np.int64(45))
+    assert_result(fl.ops.sum(np.full(1000, 255, dtype=np.uint8)), np.sum(np.full(1000, 255, dtype=np.uint8)))
+    assert_result(fl.ops.sum(np.ones(7, dtype=bool)), np.int64(7))
+    assert_result(fl.ops.min(np.array([7, 3, 9], dtype=np.uint8)), np.uint8(3))
+    assert_result(fl.ops.max(np.array([True, False])), np.True_)
+    assert_result(fl.ops.mean(np.arange(4, dtype=np.int16)), np.float64(1.5))
+    f16 = np.array([1, 2, 3.5], dtype=np.float16)
+    for name in ["sum", "mean", "min", "max", "var", "std"]:
+        assert np.asarray(getattr(fl.ops, name)(f16)).dtype == np.float16, name
+
+
+def test_int64_sum_wraps_like_numpy():
+    x = np.array([2**62, 2**62, 2**62], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.sum(x)
+    assert_result(fl.ops.sum(x), expected)
+
+
+def test_uint64_extremes():
+    x = np.array([1, 2**63 + 5, 2**64 - 1, 3, 2**63 - 1], dtype=np.uint64)
+    for name in ["min", "max", "argmin", "argmax"]:
+        assert_result(getattr(fl.ops, name)(x), getattr(np, name)(x))
+    y = np.array([np.iinfo(np.int64).min, 0, np.iinfo(np.int64).max, -1], dtype=np.int64)
+    for name in ["min", "max", "argmin", "argmax"]:
+        assert_result(getattr(fl.ops, name)(y), getattr(np, name)(y))
+
+
+def test_python_inputs():
+    assert_result(fl.ops.sum([1, 2, 3]), np.sum([1, 2, 3]))
+    assert_result(fl.ops.sum([1.0, 2.5]), np.sum([1.0, 2.5]))
+    assert_result(fl.ops.mean([1, 2]), np.mean([1, 2]))
+    assert_result(fl.ops.max([[1, 5], [7, 2]], axis=0), np.max([[1, 5], [7, 2]], axis=0))
+    assert_result(fl.ops.dot([1.0, 2.0], [3.0, 4.0]), np.dot([1.0, 2.0], [3.0, 4.0]))
+    assert_result(fl.ops.sum(3.5), np.sum(3.5))
+
+
+def test_nep50_scalars():
+    x = np.arange(5, dtype=np.float32)
+    y = np.ones(5, dtype=np.float32)
+    assert_result(fl.ops.axpy(2.0, x, y), 2.0 * x + y, atol=1e-6)  # Python float is weak: float32
+    assert_result(fl.ops.axpy(np.float64(2.0), x, y), np.float64(2.0) * x + y)  # NumPy scalar is strong
+    assert_result(fl.ops.scale(x, np.float64(0.1)), np.float64(0.1) * x)
+    assert_result(fl.ops.scale(x, 0.1), 0.1 * x, atol=1e-6)
+    assert_result(fl.ops.fma(x, y, 1.0), x * y + 1.0)
+    assert_result(fl.ops.axpy(2.0, x, y.astype(np.float64)), 2.0 * x + y.astype(np.float64))
+    assert_result(fl.ops.dot(x, y.astype(np.float64)), np.dot(x, y.astype(np.float64)))
+    assert_result(fl.ops.matmul(x.reshape(1, 5), y.reshape(5, 1).astype(np.float64)),
+                  x.reshape(1, 5) @ y.reshape(5, 1).astype(np.float64))
+    i8 = np.arange(5, dtype=np.int8)
+    assert_result(fl.ops.scale(i8, 2), 2 * i8)
+    assert_result(fl.ops.scale(i8, 2.5), 2.5 * i8)
+    assert_result(fl.ops.quantile(x, 0.3), np.quantile(x, 0.3))
+    assert_result(fl.ops.quantile(x, np.float64(0.3)), np.quantile(x, np.float64(0.3)))
+    assert_result(fl.ops.quantile(x, np.array([0.3])), np.quantile(x, np.array([0.3])))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# errors
+
+
+X_ONLY = {
+    "sum": lambda x: fl.ops.sum(x),
+    "mean": lambda x: fl.ops.mean(x),
+    "min": lambda x: fl.ops.min(x),
+    "max": lambda x: fl.ops.max(x),
+    "argmin": lambda x: fl.ops.argmin(x),
+    "argmax": lambda x: fl.ops.argmax(x),
+    "var": lambda x: fl.ops.var(x),
+    "std": lambda x: fl.ops.std(x),
+    "norm": lambda x: fl.ops.norm(x),
+    "dot": lambda x: fl.ops.dot(x, np.ones(3)),
+    "axpy": lambda x: fl.ops.axpy(2.0, x, np.ones(3)),
+    "fma": lambda x: fl.ops.fma(x, np.ones(3), np.ones(3)),
+    "scale": lambda x: fl.ops.scale(x, 2.0),
+    "clip": lambda x: fl.ops.clip(x, 0.0, 1.0),
+    "standardize": lambda x: fl.ops.standardize(x),
+    "histogram": lambda x: fl.ops.histogram(x),
+    "quantile": lambda x: fl.ops.quantile(x, 0.5),
+    "zscore_anomalies": lambda x: fl.ops.zscore_anomalies(x),
+}
+
+BAD_DTYPE_INPUTS = {
+    "complex": lambda: np.array([1 + 2j, 3.0, 4.0]),
+    "object": lambda: np.array([1.0, None, 3.0], dtype=object),
+    "str": lambda: np.array(["a", "b", "c"]),
+    "datetime": lambda: np.array(["2024-01-01", "2024-01-02", "2024-01-03"], dtype="datetime64[D]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(X_ONLY))
+@pytest.mark.parametrize("kind", sorted(BAD_DTYPE_INPUTS))
+def test_wrong_dtype_is_type_error(name, kind):
+    with pytest.raises(TypeError, match=rf"{name}\(\).*'x'"):
+        X_ONLY[name](BAD_DTYPE_INPUTS[kind]())
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_DTYPE_INPUTS))
+def test_wrong_dtype_two_d_ops(kind):
+    bad = BAD_DTYPE_INPUTS[kind]().reshape(1, 3)
+    good = np.ones((3, 1))
+    with pytest.raises(TypeError, match=r"matmul\(\).*'a'"):
+        fl.ops.matmul(bad, good)
+    with pytest.raises(TypeError, match=r"matmul\(\).*'b'"):
+        fl.ops.matmul(good.T, bad.T)
+    with pytest.raises(TypeError, match=r"cdist\(\).*'a'"):
+        fl.ops.cdist(bad, np.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"cdist\(\).*'b'"):
+        fl.ops.cdist(np.ones((2, 3)), bad)
+    with pytest.raises(TypeError, match=r"dot\(\).*'y'"):
+        fl.ops.dot(np.ones(3), bad.ravel())
+    with pytest.raises(TypeError, match=r"axpy\(\).*'y'"):
+        fl.ops.axpy(1.0, np.ones(3), bad.ravel())
+    with pytest.raises(TypeError, match=r"fma\(\).*'z'"):
+        fl.ops.fma(np.ones(3), np.ones(3), bad.ravel())
+
+
+def test_complex_scalars_are_type_errors():
+    with pytest.raises(TypeError, match=r"axpy\(\).*'a'"):
+        fl.ops.axpy(1j, np.ones(3), np.ones(3))
+    with pytest.raises(TypeError, match=r"scale\(\).*'a'"):
+        fl.ops.scale(np.ones(3), 2j)
+    with pytest.raises(TypeError, match=r"clip\(\).*'lo'"):
+        fl.ops.clip(np.ones(3), "0", 1.0)
+
+
+AXIS_OPS = {
+    "sum": lambda x, ax: fl.ops.sum(x, axis=ax),
+    "mean": lambda x, ax: fl.ops.mean(x, axis=ax),
+    "min": lambda x, ax: fl.ops.min(x, axis=ax),
+    "max": lambda x, ax: fl.ops.max(x, axis=ax),
+    "argmin": lambda x, ax: fl.ops.argmin(x, axis=ax),
+    "argmax": lambda x, ax: fl.ops.argmax(x, axis=ax),
+    "var": lambda x, ax: fl.ops.var(x, axis=ax),
+    "std": lambda x, ax: fl.ops.std(x, axis=ax),
+    "norm": lambda x, ax: fl.ops.norm(x, axis=ax),
+    "standardize": lambda x, ax: fl.ops.standardize(x, axis=ax),
+    "quantile": lambda x, ax: fl.ops.quantile(x, 0.5, axis=ax),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AXIS_OPS))
+@pytest.mark.parametrize("shape,axis", [((3, 4), 2), ((3, 4), -3), ((5,), 1), ((), 0), ((2, 0), 5)])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int16"])
+def test_bad_axis_is_value_error(name, shape, axis, dtype):
+    x = np.ones(shape, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the empty-slice warning may come before the check
+        with pytest.raises(ValueError, match=rf"{name}\(\).*'axis'"):
+            AXIS_OPS[name](x, axis)
+
+
+def test_ragged_input_is_value_error():
+    with pytest.raises(ValueError, match=r"sum\(\).*'x'"):
+        fl.ops.sum([[1.0, 2.0], [3.0]])
+
+
+@pytest.mark.parametrize("name", ["min", "max", "argmin", "argmax"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "uint8"])
+def test_empty_min_max_is_value_error(name, dtype):
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'x'"):
+        getattr(fl.ops, name)(np.array([], dtype=dtype))
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'x'"):
+        getattr(fl.ops, name)(np.ones((3, 0), dtype=dtype), axis=1)
+    with pytest.raises(ValueError, match=rf"{name}\(\)"):  # NumPy raises even though the result is empty
+        getattr(fl.ops, name)(np.ones((0, 0), dtype=dtype), axis=0)
+    with pytest.raises(ValueError, match=rf"{name}\(\)"):
+        getattr(fl.ops, name)(np.ones((0, 4), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_empty_inputs(dtype):
+    e = np.array([], dtype=dtype)
+    assert_result(fl.ops.sum(e), np.sum(e))
+    assert_result(fl.ops.sum(np.ones((0, 3), dtype), axis=0), np.sum(np.ones((0, 3), dtype), axis=0))
+    assert_result(fl.ops.norm(e), np.linalg.norm(e))
+    assert_result(fl.ops.dot(e, e), np.dot(e, e))
+    for name in ["mean", "var", "std"]:
+        with pytest.warns(RuntimeWarning):
+            r = getattr(fl.ops, name)(e)
+        assert np.isnan(r) and np.asarray(r).dtype == dtype
+        with pytest.warns(RuntimeWarning):
+            r = getattr(fl.ops, name)(np.ones((3, 0), dtype), axis=1)
+        assert r.shape == (3,) and np.isnan(r).all() and r.dtype == dtype
+    for name in ["axpy", "fma"]:
+        args = (1.0, e, e) if name == "axpy" else (e, e, e)
+        r = getattr(fl.ops, name)(*args)
+        assert r.shape == (0,) and r.dtype == dtype
+    assert fl.ops.matmul(np.ones((0, 3), dtype), np.ones((3, 2), dtype)).shape == (0, 2)
+
+
+def test_zscore_anomalies_empty_and_degenerate():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = fl.ops.zscore_anomalies(np.array([], dtype=np.float64))
+        assert isinstance(r, np.ndarray) and r.shape == (0,) and r.dtype == np.int64
+        r = fl.ops.zscore_anomalies(np.full(100, 3.25))  # std 0: 0/0 is NaN, never > threshold
+        assert r.shape == (0,) and r.dtype == np.int64
+        x = np.zeros(100)
+        x[3] = np.nan  # NaN mean/std: no comparison is true
+        assert fl.ops.zscore_anomalies(x).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_zero_d_inputs(dtype):
+    x = np.array(-2.5, dtype=dtype)
+    for name in ["sum", "mean", "min", "max", "argmin", "argmax", "var", "std"]:
+        assert_result(getattr(fl.ops, name)(x), getattr(np, name)(x))
+    assert_result(fl.ops.norm(x), np.linalg.norm(x))
+    assert_result(fl.ops.sum(dtype.type(4.0)), np.sum(dtype.type(4.0)))
+    assert_result(fl.ops.axpy(2.0, x, x), 2.0 * x + x)
+    assert_result(fl.ops.scale(x, 2.0), 2.0 * x)
+    assert_result(fl.ops.clip(x, 0.0, 1.0), np.clip(x, 0.0, 1.0))
+    assert_result(fl.ops.quantile(x, 0.5), np.quantile(x, 0.5))
+
+
+def test_dot_shape_errors():
+    with pytest.raises(ValueError, match=r"dot\(\).*'y'"):
+        fl.ops.dot(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match=r"dot\(\).*'x'"):
+        fl.ops.dot(np.ones((2, 2)), np.ones(2))
+    with pytest.raises(ValueError, match=r"dot\(\).*'y'"):
+        fl.ops.dot(np.ones(2), np.ones((2, 2)))
+
+
+def test_elementwise_shape_errors():
+    with pytest.raises(ValueError, match=r"axpy\(\).*'(x|y)'"):
+        fl.ops.axpy(1.0, np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match=r"fma\(\).*'(x|y|z)'"):
+        fl.ops.fma(np.ones((2, 3)), np.ones(3), np.ones((4, 1, 2)))
+
+
+OUT_OPS = {
+    "axpy": lambda x, out: fl.ops.axpy(2.0, x, x, out=out),
+    "fma": lambda x, out: fl.ops.fma(x, x, x, out=out),
+    "scale": lambda x, out: fl.ops.scale(x, 2.0, out=out),
+    "clip": lambda x, out: fl.ops.clip(x, 0.0, 1.0, out=out),
+    "standardize": lambda x, out: fl.ops.standardize(x, out=out),
+    "matmul": lambda x, out: fl.ops.matmul(x, x.T, out=out),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OPS))
+def test_out_errors(name):
+    x = np.arange(12.0).reshape(3, 4) / 7
+    shape = (3, 3) if name == "matmul" else (3, 4)
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'out'"):
+        OUT_OPS[name](x, np.zeros((4, 3)) if name != "matmul" else np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'out'"):
+        OUT_OPS[name](x, np.zeros(shape[:1]))  # fewer dimensions than the result
+    ro = np.zeros(shape)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=rf"{name}\(\).*'out'"):
+        OUT_OPS[name](x, ro)
+    with pytest.raises(TypeError, match=rf"{name}\(\).*'out'"):
+        OUT_OPS[name](x, np.zeros(shape, dtype=np.int64))
+    with pytest.raises((TypeError, ValueError), match=rf"{name}\(\).*'out'"):
+        OUT_OPS[name](x, np.zeros(shape).tolist())  # not an ndarray (NumPy: TypeError; contract: bad out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# out= aliasing and partial overlap
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_out_is_an_input(dtype):
+    x0 = RNG.standard_normal((5, 6)).astype(dtype)
+    y0 = RNG.standard_normal((5, 6)).astype(dtype)
+    tol = dict(atol=4 * eps_of(dtype) * 10)
+    y = y0.copy()
+    r = fl.ops.axpy(2.0, x0, y, out=y)
+    assert r is y
+    assert_result(y, 2.0 * x0 + y0, **tol)
+    x = x0.copy()
+    fl.ops.axpy(2.0, x, y0, out=x)
+    assert_result(x, 2.0 * x0 + y0, **tol)
+    x = x0.copy()
+    fl.ops.fma(x, x, x, out=x)
+    assert_result(x, x0 * x0 + x0, **tol)
+    x = x0.copy()
+    fl.ops.scale(x, 3.0, out=x)
+    assert_result(x, 3.0 * x0, **tol)
+    x = x0.copy()
+    fl.ops.clip(x, -0.5, 0.5, out=x)
+    assert_result(x, np.clip(x0, -0.5, 0.5), exact=True)
+    x = np.asfortranarray(x0)
+    fl.ops.standardize(x, axis=0, out=x)
+    assert_result(x, (x0 - x0.mean(0)) / x0.std(0), atol=1e-5 if dtype == np.float32 else 1e-12)
+    # broadcasting: y (6,) into out=x (5, 6)
+    x = x0.copy()
+    fl.ops.axpy(2.0, x, y0[0], out=x)
+    assert_result(x, 2.0 * x0 + y0[0], **tol)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(0,), (2, 0), (0, 3, 1)])
+def test_out_is_an_input_zero_size(dtype, shape):
+    x = np.ones(shape, dtype)
+    y = np.ones(shape, dtype)
+    assert fl.ops.axpy(2.0, x, y, out=y) is y
+    assert fl.ops.axpy(2.0, x, y, out=x) is x
+    assert fl.ops.fma(x, y, y, out=x) is x
+    assert fl.ops.scale(x, 2.0, out=x) is x
+    assert fl.ops.clip(x, 0.0, 1.0, out=x) is x
+    assert fl.ops.matmul(np.ones((0, 0), dtype), np.ones((0, 0), dtype), out=np.ones((0, 0), dtype)).shape == (0, 0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shift", [1, 3, -1, -3, 100, -100])
+def test_out_partially_overlapping(dtype, shift):
+    n = 1000
+    buf = (np.arange(n + abs(shift), dtype=dtype) % 17 - 8) / 4
+    orig = buf.copy()
+    if shift > 0:
+        x, out = buf[:n], buf[shift:]
+        x0 = orig[:n]
+    else:
+        x, out = buf[-shift:], buf[:n]
+        x0 = orig[-shift:]
+    y = np.linspace(-1, 1, n).astype(dtype)
+    fl.ops.axpy(0.5, x, y, out=out)
+    assert_result(out, 0.5 * x0 + y, atol=4 * eps_of(dtype) * 4)
+
+    buf[:] = orig
+    fl.ops.scale(x, 2.0, out=out)
+    assert_result(out, 2.0 * x0, exact=True)
+
+    buf[:] = orig
+    fl.ops.fma(x, y, x, out=out)
+    assert_result(out, x0 * y + x0, atol=4 * eps_of(dtype) * 4)
+
+    buf[:] = orig
+    fl.ops.clip(x, -0.5, 0.5, out=out)
+    assert_result(out, np.clip(x0, -0.5, 0.5), exact=True)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_out_reversed_view_of_input(dtype):
+    x0 = np.arange(1001, dtype=dtype) / 3
+    x = x0.copy()
+    fl.ops.scale(x, 2.0, out=x[::-1])
+    assert_result(x[::-1], 2.0 * x0, exact=True)
+    x = x0.copy()
+    fl.ops.axpy(1.0, x, x0, out=x[::-1])
+    assert_result(x[::-1], x0 + x0, exact=True)
+    sq0 = np.arange(31 * 31, dtype=dtype).reshape(31, 31) / 7
+    sq = sq0.copy()
+    fl.ops.clip(sq, 10.0, 100.0, out=sq.T)  # out is the transpose of the input (same memory)
+    assert_result(sq, np.clip(sq0, 10.0, 100.0).T, exact=True)
+    sq = sq0.copy()
+    fl.ops.axpy(2.0, sq, sq0, out=sq.T)
+    assert_result(sq.T, 2.0 * sq0 + sq0, atol=4 * eps_of(dtype) * 500)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matmul_out_is_an_input(dtype):
+    a0 = RNG.standard_normal((37, 37)).astype(dtype)
+    b0 = RNG.standard_normal((37, 37)).astype(dtype)
+    tol = 4 * 38 * eps_of(dtype) * 16
+    a = a0.copy()
+    fl.ops.matmul(a, b0, out=a)
+    assert_result(a, a0 @ b0, atol=tol)
+    b = b0.copy()
+    fl.ops.matmul(a0, b, out=b)
+    assert_result(b, a0 @ b0, atol=tol)
+    a = a0.copy()
+    fl.ops.matmul(a, a, out=a)
+    assert_result(a, a0 @ a0, atol=tol)
+    a = a0.copy()
+    fl.ops.matmul(a.T, b0, out=a)
+    assert_result(a, a0.T @ b0, atol=tol)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argmin / argmax
+
+
+@pytest.mark.parametrize("dtype", [*FLOATS, np.dtype(np.int64), np.dtype(np.int32)])
+def test_argminmax_first_occurrence(dtype):
+    x = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 9, 1], dtype=dtype)
+    assert fl.ops.argmin(x) == 1
+    assert fl.ops.argmax(x) == 5
+    # ties across SIMD lanes and blocks
+    big = np.zeros(100_003, dtype=dtype)
+    big[[70_001, 5, 99_999]] = 7
+    big[[40_000, 17, 80_000]] = -7
+    assert fl.ops.argmax(big) == 5
+    assert fl.ops.argmin(big) == 17
+    big2 = np.full(100_003, 3, dtype=dtype)
+    assert fl.ops.argmax(big2) == 0 and fl.ops.argmin(big2) == 0
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_argminmax_nan_wins(dtype):
+    x = np.array([1.0, -np.inf, np.nan, np.inf, np.nan, 0.0], dtype=dtype)
+    assert fl.ops.argmin(x) == 2
+    assert fl.ops.argmax(x) == 2
+    big = np.arange(200_000, dtype=dtype)
+    big[150_001] = np.nan
+    big[190_000] = np.nan
+    assert fl.ops.argmin(big) == 150_001
+    assert fl.ops.argmax(big) == 150_001
+    assert fl.ops.min(big) is not None and np.isnan(fl.ops.min(big)) and np.isnan(fl.ops.max(big))
+    m = np.array([[1.0, np.nan, 3.0], [np.nan, 0.0, np.nan]], dtype=dtype)
+    for ax in [0, 1, -1]:
+        np.testing.assert_array_equal(fl.ops.argmin(m, axis=ax), np.argmin(m, axis=ax))
+        np.testing.assert_array_equal(fl.ops.argmax(m, axis=ax), np.argmax(m, axis=ax))
+    # signed zeros compare equal: the first one wins
+    z = np.array([0.0, -0.0, 0.0], dtype=dtype)
+    assert fl.ops.argmin(z) == 0 and fl.ops.argmax(z) == 0
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_argminmax_fortran_flat_c_index(dtype):
+    x = np.asfortranarray(RNG.standard_normal((13, 7, 5)).astype(dtype))
+    for name in ["argmin", "argmax"]:
+        assert_result(getattr(fl.ops, name)(x), getattr(np, name)(x))
+        for ax in range(-3, 3):
+            assert_result(getattr(fl.ops, name)(x, axis=ax), getattr(np, name)(x, axis=ax))
+    x = np.zeros((4, 5), dtype=dtype, order="F")
+    x[2, 1] = 9
+    assert fl.ops.argmax(x) == 11  # C-order flat index, not F-order (which would be 6)
+    assert fl.ops.argmax(x.T) == 1 * 4 + 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# histogram
+
+
+def _hist_equal(x, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy: "Converting input from bool to uint8"
+        ec, ee = np.histogram(x, **kw)
+    c, e = fl.ops.histogram(x, **kw)
+    assert isinstance(c, np.ndarray) and isinstance(e, np.ndarray)
+    assert c.dtype == ec.dtype, (c.dtype, ec.dtype)
+    assert e.dtype == ee.dtype, (e.dtype, ee.dtype)
+    np.testing.assert_array_equal(c, ec)
+    np.testing.assert_array_equal(e, ee)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_histogram_values_on_edges(dtype):
+    x = np.linspace(0, 1, 11).astype(dtype)
+    _hist_equal(x, bins=10)
+    _hist_equal(x, bins=10, range=(0, 1))
+    _hist_equal(x, bins=5, range=(0.1, 0.7))
+    for lo, hi, bins in [(0.1, 0.7, 7), (-3.3, 1.1, 13), (1e-3, 2e-3, 9), (0.0, 1.0, 3), (-1.0, 1e8, 17)]:
+        edges = np.linspace(lo, hi, bins + 1)
+        xe = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)]).astype(dtype)
+        _hist_equal(xe, bins=bins, range=(lo, hi))
+        _hist_equal(xe, bins=bins)
+        _hist_equal(xe, bins=edges)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_histogram_large_uniform(dtype):
+    x = RNG.uniform(-3, 7, 1_000_003).astype(dtype)
+    _hist_equal(x, bins=1000)
+    _hist_equal(x, bins=997, range=(-1.0, 5.5))
+    _hist_equal(np.asfortranarray(x[:1_000_000].reshape(1000, 1000)), bins=33)
+    _hist_equal(x[::-3], bins=101)
+
+
+def test_histogram_nan_and_inf():
+    x = np.array([0.5, np.nan, 1.5, 2.5, np.nan, 9.0])
+    _hist_equal(x, bins=4, range=(0, 4))  # NaN is not counted
+    with pytest.raises(ValueError, match=r"histogram\(\)"):
+        fl.ops.histogram(x)  # autodetected range is NaN
+    with pytest.raises(ValueError, match=r"histogram\(\)"):
+        fl.ops.histogram(np.array([1.0, np.inf]))
+    _hist_equal(np.array([1.0, np.inf, -np.inf, 2.0]), bins=3, range=(0, 3))
+    with pytest.raises(ValueError, match=r"histogram\(\).*'range'"):
+        fl.ops.histogram(np.ones(3), bins=3, range=(0, np.nan))
+    with pytest.raises(ValueError, match=r"histogram\(\).*'range'"):
+        fl.ops.histogram(np.ones(3), bins=3, range=(2, 1))
+
+
+@pytest.mark.parametrize("bins", ["auto", "fd", "sturges", "doane", "scott", "rice", "sqrt", "stone"])
+def test_histogram_estimators(bins):
+    x = RNG.standard_normal(5000)
+    _hist_equal(x, bins=bins)
+    _hist_equal(x.astype(np.float32), bins=bins)
+    _hist_equal(x, bins=bins, range=(-1, 2))
+
+
+def test_histogram_misc():
+    _hist_equal(np.array([]), bins=10)
+    _hist_equal(np.full(7, 5.0), bins=4)
+    _hist_equal(np.array([1, 2, 2, 3, 10], dtype=np.int32), bins=3)
+    _hist_equal(np.array([1, 2, 2, 3, 10], dtype=np.uint8), bins=np.int64(4))
+    _hist_equal(np.array([True, False, True]), bins=2)
+    _hist_equal(np.arange(10.0), bins=3, range=(2, 2))
+    _hist_equal(np.arange(10.0).reshape(2, 5), bins=[0, 1, 5, 9])
+    _hist_equal(np.arange(10.0), bins=np.array([0.0, 2.5, 2.5, 9.0]))  # repeated edge: empty bin
+    _hist_equal(np.arange(10.0).astype(np.float16), bins=3)
+    with pytest.raises(ValueError, match=r"histogram\(\).*'bins'"):
+        fl.ops.histogram(np.ones(3), bins=0)
+    with pytest.raises(ValueError, match=r"histogram\(\).*'bins'"):
+        fl.ops.histogram(np.ones(3), bins=np.array([1.0, 0.0, 2.0]))  # not monotonic
+    with pytest.raises(TypeError, match=r"histogram\(\).*'bins'"):
+        fl.ops.histogram(np.ones(3), bins=2.5)
+    with pytest.raises(TypeError, match=r"histogram\(\).*'x'"):
+        fl.ops.histogram(np.array([1j]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quantile
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_quantile_basics(dtype):
+    x = RNG.standard_normal((11, 8)).astype(dtype)
+    for q in [0.0, 0.25, 0.5, 1.0, [0.1, 0.9, 0.5], [[0.1, 0.2], [0.3, 0.99]], np.array(0.75)]:
+        for axis in [None, 0, 1, -1, -2]:
+            assert_result(fl.ops.quantile(x, q, axis=axis), np.quantile(x, q, axis=axis),
+                          atol=8 * eps_of(dtype) * finite_scale(x))
+    assert fl.ops.quantile(x, 0.0) == x.min()
+    assert fl.ops.quantile(x, 1.0) == x.max()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_quantile_large(dtype):
+    x = RNG.standard_normal(1_000_001).astype(dtype)
+    for q in [0.001, 0.5, [0.25, 0.75, 0.999]]:
+        assert_result(fl.ops.quantile(x, q), np.quantile(x, q), atol=8 * eps_of(dtype) * finite_scale(x))
+    m = RNG.standard_normal((301, 1001)).astype(dtype)
+    for axis in [0, 1]:
+        assert_result(fl.ops.quantile(m, [0.3, 0.5], axis=axis), np.quantile(m, [0.3, 0.5], axis=axis),
+                      atol=8 * eps_of(dtype) * finite_scale(m))
+
+
+def test_quantile_nan_slices():
+    x = np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]])
+    assert np.isnan(fl.ops.quantile(x, 0.5))
+    assert_result(fl.ops.quantile(x, 0.5, axis=1), np.quantile(x, 0.5, axis=1))
+    assert_result(fl.ops.quantile(x, [0.0, 1.0], axis=0), np.quantile(x, [0.0, 1.0], axis=0))
+    x = np.array([np.inf, -np.inf, 1.0, 2.0])
+    with np.errstate(invalid="ignore"):
+        expected = np.quantile(x, [0.0, 0.5, 1.0])
+    assert_result(fl.ops.quantile(x, [0.0, 0.5, 1.0]), expected)
+
+
+@pytest.mark.parametrize("q", [-0.1, 1.1, [0.5, 2.0], [[0.5], [-1e-9]], np.nan, [0.2, np.nan]])
+def test_quantile_bad_q(q):
+    with pytest.raises(ValueError, match=r"quantile\(\).*'q'"):
+        fl.ops.quantile(np.arange(5.0), q)
+
+
+def test_quantile_empty_is_value_error():
+    with pytest.raises((ValueError, IndexError), match=r"quantile\(\)"):
+        fl.ops.quantile(np.array([]), 0.5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zscore_anomalies
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_zscore_anomalies_large(dtype):
+    x = RNG.standard_normal((1000, 1003)) * 0.1
+    hits = RNG.choice(x.size, 25, replace=False)
+    x.flat[hits] = 40.0 * RNG.choice([-1.0, 1.0], 25)
+    x = x.astype(dtype)
+    for xx in [x, np.asfortranarray(x), x[:, ::-1]]:
+        expected = np.flatnonzero(np.abs(xx - xx.mean()) / xx.std() > 3.0)
+        np.testing.assert_array_equal(fl.ops.zscore_anomalies(xx), expected)
+        np.testing.assert_array_equal(fl.ops.zscore_anomalies(xx, threshold=6.0),
+                                      np.flatnonzero(np.abs(xx - xx.mean()) / xx.std() > 6.0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cdist
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_cdist_equal_rows_exact_zero(dtype):
+    a = (RNG.standard_normal((6, 33)) * 1e4 + 1e6).astype(dtype)
+    b = a[[4, 0, 2]]
+    for metric in ["euclidean", "sqeuclidean"]:
+        d = fl.ops.cdist(a, b, metric)
+        assert d[4, 0] == 0.0 and d[0, 1] == 0.0 and d[2, 2] == 0.0
+        assert (np.delete(d, [4, 0, 2], axis=0) > 0).all()
+    d = fl.ops.cdist(a, a, "euclidean")
+    np.testing.assert_array_equal(np.diag(d), 0.0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_cdist_large(dtype, metric):
+    a = RNG.standard_normal((203, 67)).astype(dtype)
+    b = RNG.standard_normal((311, 67)).astype(dtype)
+    for aa, bb in [(a, b), (np.asfortranarray(a), b[::-1]), (a[::2, ::3], b[:, ::3])]:
+        expected = scipy_distance.cdist(aa, bb, metric)
+        actual = fl.ops.cdist(aa, bb, metric)
+        assert actual.dtype == dtype
+        np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=64 * eps_of(dtype) * 100)
+
+
+def test_cdist_errors():
+    with pytest.raises(ValueError, match=r"cdist\(\).*'b'"):
+        fl.ops.cdist(np.ones((2, 3)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"cdist\(\).*'metric'"):
+        fl.ops.cdist(np.ones((2, 3)), np.ones((2, 3)), "manhattan")
+    with pytest.raises(ValueError, match=r"cdist\(\).*'a'"):
+        fl.ops.cdist(np.ones(3), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"cdist\(\).*'b'"):
+        fl.ops.cdist(np.ones((2, 3)), np.ones((1, 2, 3)))
+
+
+def test_cdist_default_metric_and_zero_rows():
+    a = np.array([[0.0, 0.0]])
+    b = np.array([[3.0, 4.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(fl.ops.cdist(a, b), [[5.0, 1.0]])
+    assert fl.ops.cdist(np.ones((0, 3)), np.ones((4, 3))).shape == (0, 4)
+    assert fl.ops.cdist(np.ones((2, 3)), np.ones((0, 3)), "cosine").shape == (2, 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# matmul
+
+
+@pytest.mark.parametrize("dtype", [*FLOATS, np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.uint8)])
+def test_matmul_shapes(dtype):
+    r = np.random.default_rng(3)
+    for m, k, n in [(3, 0, 4), (0, 5, 2), (1, 7, 1), (1, 1, 9), (17, 3, 1), (5, 5, 5), (65, 33, 129)]:
+        a = r.integers(0, 4, (m, k)).astype(dtype)
+        b = r.integers(0, 4, (k, n)).astype(dtype)
+        for aa, bb in [(a, b), (np.asfortranarray(a), np.asfortranarray(b)), (a[::-1], b[:, ::-1])]:
+            assert_result(fl.ops.matmul(aa, bb), aa @ bb, atol=0)
+
+
+def test_matmul_errors():
+    with pytest.raises(ValueError, match=r"matmul\(\).*'b'"):
+        fl.ops.matmul(np.ones((2, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"matmul\(\).*'a'"):
+        fl.ops.matmul(np.ones(3), np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"matmul\(\).*'b'"):
+        fl.ops.matmul(np.ones((2, 3)), np.ones((2, 3, 2)))
+    with pytest.raises(ValueError, match=r"matmul\(\).*'out'"):
+        fl.ops.matmul(np.ones((2, 3)), np.ones((3, 2)), out=np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"matmul\(\).*'out'"):
+        fl.ops.matmul(np.ones((2, 3)), np.ones((3, 2)), out=np.zeros((2, 2), dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# adam_step
+
+
+def adam_reference(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """torch.optim.Adam / AdamW (single-tensor, foreach=False) arithmetic in the arrays' dtype."""
+    dt = param.dtype.type
+    g = grad.copy()
+    if weight_decay != 0:
+        if decoupled:
+            param *= dt(1 - lr * weight_decay)
+        else:
+            g = g + dt(weight_decay) * param
+    m += (g - m) * dt(1 - beta1)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+    v *= dt(beta2)
+    v += dt(1 - beta2) * g * g  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bc1 = 1 - beta1**t
+    bc2 = 1 - beta2**t
+    step_size = lr / bc1
+    denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(eps)
+    param += dt(-step_size) * (m / denom)
+
+
+HYPER = [
+    dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0),
+    dict(lr=0.1, beta1=0.8, beta2=0.99, eps=1e-3, weight_decay=0.1),
+    dict(lr=0.05, beta1=0.0, beta2=0.5, eps=0.5, weight_decay=0.01),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("hyper", range(len(HYPER)))
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("how", ["C", "F", "strided", "neg_strided", "T"])
+def test_adam_step_matches_reference(dtype, hyper, decoupled, how):
+    h = HYPER[hyper]
+    r = np.random.default_rng(hyper * 10 + decoupled)
+    shape = (37, 29)
+    p0 = r.standard_normal(shape).astype(dtype)
+    p, m, v = (layout(a, how) for a in (p0.copy(), np.zeros(shape, dtype), np.zeros(shape, dtype)))
+    pr, mr, vr = p0.copy(), np.zeros(shape, dtype), np.zeros(shape, dtype)
+    for t in range(1, 7):
+        g = layout(r.standard_normal(shape).astype(dtype), how)
+        prev = pr.copy()
+        fl.ops.adam_step(p, g, m, v, t, decoupled=decoupled, **h)
+        adam_reference(pr, g, mr, vr, t, decoupled=decoupled, **h)
+        rtol = 2e-6 if dtype == np.float32 else 1e-13
+        e = eps_of(dtype)
+        np.testing.assert_allclose(m, mr, rtol=rtol, atol=8 * e)
+        np.testing.assert_allclose(v, vr, rtol=rtol, atol=8 * e)
+        np.testing.assert_allclose(p, pr, rtol=rtol, atol=8 * e)
+        # the update itself (not only the parameters) to a relative precision
+        step_ref = pr - prev
+        np.testing.assert_allclose(p - prev, step_ref, rtol=1e-3 if dtype == np.float32 else 1e-9,
+                                   atol=16 * e * (np.abs(prev).max() + 1))
+
+
+def test_adam_step_doc_example():
+    p = np.array([1.0, -1.0])
+    g = np.array([0.5, -0.5])
+    m = np.zeros(2)
+    v = np.zeros(2)
+    assert fl.ops.adam_step(p, g, m, v, t=1, lr=0.1) is None
+    np.testing.assert_allclose(p, [0.9, -0.9], rtol=1e-7)
+
+
+def test_adam_step_errors():
+    def fresh(dtype=np.float64, n=4):
+        return [np.ones(n, dtype) for _ in range(4)]
+
+    p, g, m, v = fresh()
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match=r"adam_step\(\).*'param'"):
+        fl.ops.adam_step(p, g, m, v, 1)
+    p, g, m, v = fresh()
+    m.flags.writeable = False
+    with pytest.raises(ValueError, match=r"adam_step\(\).*'m'"):
+        fl.ops.adam_step(p, g, m, v, 1)
+    p, g, m, v = fresh()
+    v.flags.writeable = False
+    with pytest.raises(ValueError, match=r"adam_step\(\).*'v'"):
+        fl.ops.adam_step(p, g, m, v, 1)
+    p, g, m, v = fresh()
+    with pytest.raises(TypeError, match=r"adam_step\(\).*'grad'"):
+        fl.ops.adam_step(p, g.astype(np.float32), m, v, 1)
+    with pytest.raises(TypeError, match=r"adam_step\(\).*'m'"):
+        fl.ops.adam_step(p, g, m.astype(np.float32), v, 1)
+    with pytest.raises(TypeError, match=r"adam_step\(\).*'param'"):
+        fl.ops.adam_step(np.ones(4, dtype=np.int64), g, m, v, 1)
+    with pytest.raises(TypeError, match=r"adam_step\(\).*'param'"):
+        fl.ops.adam_step([1.0, 2.0, 3.0, 4.0], g, m, v, 1)
+    with pytest.raises(ValueError, match=r"adam_step\(\).*'grad'"):
+        fl.ops.adam_step(p, np.ones(5), m, v, 1)
+    with pytest.raises(ValueError, match=r"adam_step\(\).*'v'"):
+        fl.ops.adam_step(p, g, m, np.ones((2, 2)), 1)
+    for bad_t in [0, -3]:
+        with pytest.raises(ValueError, match=r"adam_step\(\).*'t'"):
+            fl.ops.adam_step(p, g, m, v, bad_t)
+    np.testing.assert_array_equal(p, 1.0)  # nothing was touched by the failed calls
+    np.testing.assert_array_equal(m, 1.0)
+
+
+def test_adam_step_matches_torch():
+    torch = pytest.importorskip("torch", reason="torch is optional: the NumPy reference covers the arithmetic")
+    r = np.random.default_rng(0)
+    for decoupled in [False, True]:
+        p0 = r.standard_normal(50).astype(np.float32)
+        tp = torch.nn.Parameter(torch.tensor(p0.copy()))
+        opt_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        opt = opt_cls([tp], lr=0.01, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05, foreach=False)
+        p, m, v = p0.copy(), np.zeros(50, np.float32), np.zeros(50, np.float32)
+        for t in range(1, 6):
+            g = r.standard_normal(50).astype(np.float32)
+            tp.grad = torch.tensor(g.copy())
+            opt.step()
+            fl.ops.adam_step(p, g, m, v, t, 0.01, 0.9, 0.99, 1e-6, 0.05, decoupled=decoupled)
+            np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# accuracy
+
+
+def test_sum_float32_accuracy_not_worse_than_numpy():
+    x = np.full(10_000_000, 0.1, dtype=np.float32)
+    exact = fsum_exact(x)
+    err_fl = abs(float(fl.ops.sum(x)) - exact)
+    err_np = abs(float(np.sum(x)) - exact)
+    assert err_fl <= err_np, (err_fl, err_np)
+    assert np.asarray(fl.ops.sum(x)).dtype == np.float32
+
+
+def test_sum_float64_accuracy():
+    r = np.random.default_rng(1)
+    x = np.concatenate([r.standard_normal(1_000_000) * 1e6, r.standard_normal(1_000_000) * 1e-3, [1e15, -1e15]])
+    r.shuffle(x)
+    exact = fsum_exact(x)
+    err_fl = abs(float(fl.ops.sum(x)) - exact)
+    err_np = abs(float(np.sum(x)) - exact)
+    assert err_fl <= max(err_np, 4 * np.finfo(np.float64).eps * abs(exact)), (err_fl, err_np)
+
+
+def _exact_var(x: np.ndarray) -> Fraction:
+    """The exact population variance of the float64 values of ``x``, with integer arithmetic.
+
+    Every value is an integer multiple of 2**-k (k from the smallest exponent), so with X = x * 2**k,
+    var = sum((n*X_i - S)**2) / (n**3 * 2**(2k)) where S = sum(X_i), all in Python integers.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    _, e = np.frexp(x[x != 0])
+    k = int(53 - e.min())
+    scaled = np.ldexp(x, k)
+    assert np.all(scaled == np.round(scaled)) and np.all(np.abs(scaled) < 2.0**63)
+    ints = scaled.astype(np.int64).tolist()
+    n = len(ints)
+    s = sum(ints)
+    return Fraction(sum((n * v - s) ** 2 for v in ints), n**3 * 2 ** (2 * k))
+
+
+def test_exact_var_reference():
+    x = np.array([1.0, 2.0, 4.0, 0.5])
+    assert _exact_var(x) == Fraction(sum((Fraction(v) - Fraction(75, 40)) ** 2 for v in x.tolist()), 4)
+
+
+@pytest.mark.parametrize("noise", [1.0, 1e-3])
+def test_var_large_offset_not_worse_than_numpy(noise):
+    r = np.random.default_rng(7)
+    x = 1e9 + r.standard_normal(1_000_000) * noise
+    exact = _exact_var(x)
+    err_fl = abs(Fraction(float(fl.ops.var(x))) - exact)
+    err_np = abs(Fraction(float(np.var(x))) - exact)
+    half_ulp = Fraction(float(np.spacing(float(exact)))) / 2  # rounding the exact value to float64
+    assert err_fl <= max(err_np, half_ulp), (float(err_fl / exact), float(err_np / exact))
+    sd = math.sqrt(exact)
+    err_std = abs(float(fl.ops.std(x)) - sd)
+    assert err_std <= max(abs(float(np.std(x)) - sd), 2 * np.spacing(sd)), (err_std, abs(float(np.std(x)) - sd))
+
+
+def test_var_float32_large_offset():
+    r = np.random.default_rng(8)
+    x = (1e4 + r.standard_normal(1_000_000)).astype(np.float32)
+    exact = float(_exact_var(x))
+    err_fl = abs(float(fl.ops.var(x)) - exact)
+    err_np = abs(float(np.var(x)) - exact)
+    assert err_fl <= max(err_np, float(np.spacing(np.float32(exact)))), (err_fl, err_np, exact)
