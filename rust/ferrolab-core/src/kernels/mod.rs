@@ -42,6 +42,7 @@ pub trait Real:
     const NAN: Self;
     const INFINITY: Self;
     const NEG_INFINITY: Self;
+    const EPSILON: Self;
     /// NumPy's name of the dtype.
     const DTYPE: &'static str;
     fn to_f64(self) -> f64;
@@ -56,6 +57,8 @@ pub trait Real:
     fn dot_chunk<M: dispatch::Mode>(a: &[Self], b: &[Self], acc: &mut [f64; simd::L]);
     /// Truncating conversion (saturating; NaN -> 0), as `astype(intp)` does for in-range values.
     fn to_isize_trunc(self) -> isize;
+    /// Truncating conversion to i32 (saturating; NaN -> 0).
+    fn to_i32_trunc(self) -> i32;
 }
 
 macro_rules! impl_real {
@@ -66,6 +69,7 @@ macro_rules! impl_real {
             const NAN: Self = <$t>::NAN;
             const INFINITY: Self = <$t>::INFINITY;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const EPSILON: Self = <$t>::EPSILON;
             const DTYPE: &'static str = $name;
             #[inline(always)]
             fn to_f64(self) -> f64 {
@@ -103,6 +107,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn to_isize_trunc(self) -> isize {
                 self as isize
+            }
+            #[inline(always)]
+            fn to_i32_trunc(self) -> i32 {
+                self as i32
             }
         }
     };
