@@ -52,6 +52,7 @@ def prepare(
     values: Sequence[Any],
     kind: str,
     scalars: Sequence[Any] = (),
+    scalar_names: Sequence[str] = (),
 ) -> tuple[tuple[np.ndarray, ...], Callable[[Any], Any] | None]:
     """Convert ``values`` to one native dtype for ``func``; return ``(arrays, finish)``.
 
@@ -61,15 +62,20 @@ def prepare(
     """
     arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=False)]
     weak = [s for s in scalars if s is not None]
-    for s in weak:
-        if isinstance(s, (complex, np.complexfloating)):
-            raise TypeError(f"{func}(): complex scalars are not supported")
-    rt = np.result_type(*arrays, *weak) if arrays else np.dtype(np.float64)
+    for name, s in zip(scalar_names or ["scalar"] * len(scalars), scalars):
+        if s is None:
+            continue
+        if not isinstance(s, (bool, int, float, np.bool_, np.integer, np.floating)):
+            raise TypeError(f"{func}(): argument '{name}' must be a real number, got {type(s).__name__}")
+    # Python scalars passed where arrays go stay weak (NEP 50), like NumPy's own operators
+    typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays)]
+    rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
     finish: Callable[[Any], Any] | None = None
     if rt.kind == "f":
         if rt.itemsize < 4:  # float16: compute in float32, return float16 like NumPy
             target = np.dtype(np.float32)
-            finish = _cast(rt)
+            if kind != "index":
+                finish = _cast(rt)
         elif rt.itemsize == 4:
             target = np.dtype(np.float32)
         else:  # float64 and longdouble

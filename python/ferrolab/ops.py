@@ -70,6 +70,16 @@ _cdist = _core.cdist
 _adam_step = _core.adam_step
 
 
+def _check_device(func: str, device: str) -> None:
+    if device in ("cpu", "auto"):
+        return
+    if device == "cuda":
+        raise _core.DeviceUnavailableError(
+            f"{func}(): device 'cuda' is not available: this build of ferrolab has no CUDA backend"
+        )
+    raise ValueError(f"{func}(): argument 'device' is {device!r}; expected 'cpu', 'cuda' or 'auto'")
+
+
 def sum(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
     """Sum of array elements over an axis, like :func:`numpy.sum`.
 
@@ -342,12 +352,15 @@ def histogram(
     >>> edges
     array([0. , 0.5, 1. ])
     """
-    _sum(0.0, None, device)  # validates `device` with the same message as every op
+    _check_device("histogram", device)
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"histogram(): argument 'x' has dtype {a.dtype}; expected a real numeric dtype")
     if isinstance(bins, str) or np.ndim(bins) == 1:
-        edges = np.histogram_bin_edges(a, bins=bins, range=range)
+        try:
+            edges = np.histogram_bin_edges(a, bins=bins, range=range)
+        except ValueError as e:
+            raise ValueError(f"histogram(): argument 'bins' is invalid: {e}") from e
         uniform = False
     else:
         if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
@@ -364,6 +377,8 @@ def histogram(
             first, last = 0, 1
         else:
             first, last = _core.minmax(a)
+            if a.dtype.kind == "f":  # NumPy takes min/max in the data's own dtype
+                first, last = a.dtype.type(first), a.dtype.type(last)
             if not (np.isfinite(first) and np.isfinite(last)):
                 raise ValueError(f"histogram(): autodetected range of [{first}, {last}] is not finite")
         if first == last:
@@ -397,17 +412,24 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     >>> fl.ops.quantile(np.arange(11.0), [0.1, 0.5])
     array([1., 5.])
     """
+    _check_device("quantile", device)
     qa = np.asarray(q, dtype=np.float64)
     if np.isnan(qa).any():
         raise ValueError("quantile(): argument 'q' must not contain NaN")
-    scalar_q = qa.ndim == 0 and not isinstance(q, np.ndarray)
-    xa = x
-    if not scalar_q and isinstance(x, np.ndarray) and x.dtype == np.float32:
-        xa = x.astype(np.float64)  # NumPy promotes float32 data with an array of q to float64
-    res = _quantile(xa, qa.ravel().tolist(), axis, device)
+    xa = np.asarray(x)
+    if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
+        raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")
+    # NumPy's result type: Python scalars are weak (NEP 50), NumPy scalars and arrays of q are float64
+    weak = isinstance(q, (int, float)) and not isinstance(q, np.generic)
+    rt = np.result_type(xa, q if weak else qa)
+    if rt.kind != "f":
+        rt = np.dtype(np.float64)
+    work = rt if rt.itemsize >= 4 else np.dtype(np.float32)
+    res = _quantile(xa.astype(work, copy=False), qa.ravel().tolist(), axis, device)
+    res = np.asarray(res).astype(rt, copy=False)
     if qa.ndim == 0:
-        return res[0] if isinstance(res, np.ndarray) and res.ndim > 0 else res
-    return np.reshape(res, qa.shape + np.shape(res)[1:])
+        return res[0][()] if res.ndim > 0 else res[()]
+    return np.reshape(res, qa.shape + res.shape[1:])
 
 
 def zscore_anomalies(x: ArrayLike, threshold: float = 3.0, *, device: str = "cpu") -> np.ndarray:

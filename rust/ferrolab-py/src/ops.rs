@@ -222,6 +222,7 @@ fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
     op: Op,
     x: &Bound<'py, PyAny>,
     c_only: bool,
+    min_len: f64,
     f: impl FnOnce(Canon<'_, T>) -> CoreResult<ArrayD<U>> + Send,
 ) -> Option<PyResult<Bound<'py, PyAny>>> {
     let a = x.cast::<PyArrayDyn<T>>().ok()?;
@@ -234,7 +235,8 @@ fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
     }
     // SAFETY: contiguous (checked); read-only use while the array is alive (see `Ro`).
     let s: &[T] = unsafe { a.as_slice() }.ok()?;
-    if s.is_empty() {
+    // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy
+    if s.is_empty() || (s.len() as f64) <= min_len {
         return None;
     }
     Some(run(py, op, s.len(), move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
@@ -242,12 +244,12 @@ fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
 
 /// Tries [`flat_run`] for float64 then float32.
 macro_rules! flat_fast {
-    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $f:path $(, $extra:expr)*) => {
+    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $min_len:expr; $f:path $(, $extra:expr)*) => {
         if $axis.is_none() {
-            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, |c| $f(c $(, $extra)*)) {
+            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
                 return r;
             }
-            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, |c| $f(c $(, $extra)*)) {
+            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
                 return r;
             }
         }
@@ -303,7 +305,7 @@ macro_rules! preserving_reduction {
             device: &str,
         ) -> PyResult<Bound<'py, PyAny>> {
             check_device(stringify!($name), device)?;
-            flat_fast!(py, x, axis, $op, $c_only, $flat);
+            flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
             let (a, fin) = one(take(py, stringify!($name), &["x"], &[x], $kind)?);
             let r = each_dtype!(a, T, a => red(py, $op, &a, |v| <T as Native>::$method(&v, axis)))?;
             finish(r, &fin)
@@ -340,7 +342,7 @@ pub fn mean<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("mean", device)?;
-    flat_fast!(py, x, axis, Op::Mean, false, reduce::mean_c);
+    flat_fast!(py, x, axis, Op::Mean, false, 0.0; reduce::mean_c);
     let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
     warn_if(py, reduced_len(&a, axis) == Some(0), c"Mean of empty slice")?;
     let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
@@ -356,7 +358,7 @@ pub fn norm<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("norm", device)?;
-    flat_fast!(py, x, axis, Op::Norm, false, reduce::norm_c);
+    flat_fast!(py, x, axis, Op::Norm, false, 0.0; reduce::norm_c);
     let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
     let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
     finish(r, &fin)
@@ -372,7 +374,7 @@ pub fn var<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("var", device)?;
-    flat_fast!(py, x, axis, Op::Var, false, stats::var_c, ddof);
+    flat_fast!(py, x, axis, Op::Var, false, ddof; stats::var_c, ddof);
     let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
     warn_if(
         py,
@@ -393,7 +395,7 @@ pub fn std<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_device("std", device)?;
-    flat_fast!(py, x, axis, Op::Std, false, stats::std_c, ddof);
+    flat_fast!(py, x, axis, Op::Std, false, ddof; stats::std_c, ddof);
     let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
     warn_if(
         py,
@@ -492,12 +494,16 @@ fn elementwise_op<'py>(
     out: Option<&Bound<'py, PyAny>>,
     call: EwCall<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // integer arrays with a float scalar promote to float: let the slow path decide
-    let int_with_float = scalars.iter().any(|(_, s)| s.is_instance_of::<PyFloat>())
-        && arrays.iter().all(|a| a.cast::<PyArrayDyn<i64>>().is_ok());
-    let scal_ok = scalars
-        .iter()
-        .all(|(_, s)| s.is_instance_of::<PyFloat>() || s.is_instance_of::<PyInt>() || s.is_none());
+    // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
+    // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
+    // NumPy's result-type rules in `_coerce.prepare`
+    let all_f64 = arrays.iter().all(|a| a.cast::<PyArrayDyn<f64>>().is_ok());
+    let all_f32 = arrays.iter().all(|a| a.cast::<PyArrayDyn<f32>>().is_ok());
+    let all_i64 = arrays.iter().all(|a| a.cast::<PyArrayDyn<i64>>().is_ok());
+    let plain_int = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyInt>();
+    let plain_num = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
+    let fast = ((all_f64 || all_f32) && scalars.iter().all(|(_, s)| s.is_none() || plain_num(s)))
+        || (all_i64 && scalars.iter().all(|(_, s)| s.is_none() || plain_int(s)));
     let kind = Kind::Same;
     // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
     let mut same = vec![false; arrays.len()];
@@ -511,12 +517,13 @@ fn elementwise_op<'py>(
             }
         }
     }
-    let prepared = if !int_with_float && scal_ok {
+    let prepared = if fast {
         take(py, func, names, arrays, kind)?
     } else {
         let prepare = py.import("ferrolab._coerce")?.getattr("prepare")?;
         let sc: Vec<Bound<'py, PyAny>> = scalars.iter().map(|(_, s)| (*s).clone()).collect();
-        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), "same", sc))?;
+        let sn: Vec<&str> = scalars.iter().map(|(n, _)| *n).collect();
+        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), "same", sc, sn))?;
         let (arrs, fin): (Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>) = res.extract()?;
         let refs: Vec<&Bound<'py, PyAny>> = arrs.iter().collect();
         let mut p = take(py, func, names, &refs, kind)?;
@@ -814,7 +821,7 @@ pub fn standardize<'py>(
         if !matches!(alias(o, x), Alias::None) {
             // out overlaps x: compute fresh, then copy
             let r = standardize(py, x, axis, ddof, None, device)?;
-            py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+            copy_into(py, "standardize", o, &r)?;
             return Ok(o.clone());
         }
     }
@@ -826,7 +833,7 @@ pub fn standardize<'py>(
     )?;
     if let (Some(o), Some(_)) = (out, &fin) {
         let r = standardize(py, x, axis, ddof, None, device)?;
-        py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+        copy_into(py, "standardize", o, &r)?;
         return Ok(o.clone());
     }
     let r = each_float!(a, T, a => {
@@ -947,7 +954,7 @@ pub fn matmul<'py>(
     if let Some(o) = out {
         if !matches!(alias(o, a), Alias::None) || !matches!(alias(o, b), Alias::None) {
             let r = matmul(py, a, b, None, device)?;
-            py.import("numpy")?.getattr("copyto")?.call1((o, r))?;
+            copy_into(py, "matmul", o, &r)?;
             return Ok(o.clone());
         }
     }
@@ -981,7 +988,7 @@ pub fn matmul<'py>(
     let r = finish(r, &fin)?;
     match out {
         Some(o) if fin.is_some() || r.as_ptr() != o.as_ptr() => {
-            py.import("numpy")?.getattr("copyto")?.call1((o, &r))?;
+            copy_into(py, "matmul", o, &r)?;
             Ok(o.clone())
         }
         _ => Ok(r),
@@ -1183,5 +1190,31 @@ fn warn_if(py: Python<'_>, cond: bool, msg: &::std::ffi::CStr) -> PyResult<()> {
         let cat = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
         PyErr::warn(py, cat.as_any(), msg, 1)?;
     }
+    Ok(())
+}
+
+/// `np.copyto(out, r, casting="same_kind")`, with errors that name the function and `out`.
+fn copy_into<'py>(
+    py: Python<'py>,
+    func: &str,
+    out: &Bound<'py, PyAny>,
+    r: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let kw = pyo3::types::PyDict::new(py);
+    kw.set_item("casting", "same_kind")?;
+    py.import("numpy")?
+        .getattr("copyto")?
+        .call((out, r), Some(&kw))
+        .map_err(|e| {
+            let msg = format!(
+                "{func}(): argument 'out' cannot hold the result: {}",
+                e.value(py)
+            );
+            if e.is_instance_of::<PyTypeError>(py) {
+                PyTypeError::new_err(msg)
+            } else {
+                PyValueError::new_err(msg)
+            }
+        })?;
     Ok(())
 }

@@ -17,6 +17,10 @@ fn fold_axis(
 ) -> Result<ArrayD<i64>> {
     let c = canon(func, x, axis, c_order)?;
     let (outer, n, inner) = (c.outer, c.n, c.inner);
+    if n == 0 && func != "sum" {
+        // an empty reduced axis has no minimum/maximum even when the result is empty (NumPy raises too)
+        f(&mut std::iter::empty())?;
+    }
     let d: &[i64] = &c.data;
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {

@@ -61,12 +61,13 @@ fn cols<T: Real, A: ColAcc<T>>(
 
 /// Walks a canonical layout and returns one value per `(outer, inner)` position, in canonical order.
 ///
-/// * `whole(x)`: reduces a contiguous range (used for `inner == 1` rows, split into chunks when large),
+/// * `whole(row, x, offset)`: reduces the contiguous range `x` of row `row` that starts at `offset` in the row
+///   (used for `inner == 1` rows, split into chunks when large),
 /// * `merge(a, b)`: combines the values of two consecutive ranges of one row,
 /// * `A`: the column accumulator for `inner > 1`.
 pub(crate) fn drive<T, U, A>(
     c: &Canon<T>,
-    whole: impl Fn(&[T], usize) -> U + Sync,
+    whole: impl Fn(usize, &[T], usize) -> U + Sync,
     merge: impl Fn(U, U) -> U + Sync,
 ) -> Vec<U>
 where
@@ -82,11 +83,11 @@ where
         let row_of = |o: usize| &data[o * n..(o + 1) * n];
         return maybe_parallel(total, PAR_REDUCE_MIN, |par| {
             if !par {
-                (0..outer).map(|o| whole(row_of(o), 0)).collect()
+                (0..outer).map(|o| whole(o, row_of(o), 0)).collect()
             } else if outer >= 4 * num_threads() || n < PAR_CHUNK {
                 (0..outer)
                     .into_par_iter()
-                    .map(|o| whole(row_of(o), 0))
+                    .map(|o| whole(o, row_of(o), 0))
                     .collect()
             } else {
                 (0..outer)
@@ -94,7 +95,7 @@ where
                         let parts: Vec<U> = row_of(o)
                             .par_chunks(PAR_CHUNK)
                             .enumerate()
-                            .map(|(k, ch)| whole(ch, k * PAR_CHUNK))
+                            .map(|(k, ch)| whole(o, ch, k * PAR_CHUNK))
                             .collect();
                         parts.into_iter().reduce(&merge).expect("non-empty row")
                     })
@@ -185,8 +186,9 @@ impl<T: Real> ColAcc<T> for SumSqCols<T> {
     }
 }
 
-/// Welford's update, vectorized across columns (in f64).
+/// Welford's update, vectorized across columns (in f64), on values shifted by the column's first value.
 struct MomentCols {
+    shift: Vec<f64>,
     mean: Vec<f64>,
     m2: Vec<f64>,
 }
@@ -194,15 +196,31 @@ impl<T: Real> ColAcc<T> for MomentCols {
     type Out = Moments;
     fn new(w: usize) -> Self {
         MomentCols {
+            shift: Vec::with_capacity(w),
             mean: vec![0.0; w],
             m2: vec![0.0; w],
         }
     }
     #[inline(always)]
     fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        if i == 0 {
+            self.shift.extend(r.iter().map(|v| v.to_f64()).map(|k| {
+                if k.is_finite() {
+                    k
+                } else {
+                    0.0
+                }
+            }));
+        }
         let inv = 1.0 / (i + 1) as f64;
-        for ((mu, q), &v) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(r) {
-            let x = v.to_f64();
+        for (((mu, q), &v), &k) in self
+            .mean
+            .iter_mut()
+            .zip(self.m2.iter_mut())
+            .zip(r)
+            .zip(&self.shift)
+        {
+            let x = v.to_f64() - k;
             let d = x - *mu;
             *mu = M::madd(d, inv, *mu);
             *q = M::madd(d, x - *mu, *q);
@@ -212,8 +230,10 @@ impl<T: Real> ColAcc<T> for MomentCols {
         self.mean
             .into_iter()
             .zip(self.m2)
-            .map(|(mean, m2)| Moments {
+            .zip(self.shift)
+            .map(|((mean, m2), shift)| Moments {
                 n: n as f64,
+                shift,
                 mean,
                 m2,
             })
@@ -313,7 +333,7 @@ pub(crate) fn sum_canon<T: Real>(c: &Canon<T>) -> Vec<f64> {
     if c.n == 0 {
         return vec![0.0; c.outer * c.inner];
     }
-    drive::<T, f64, SumCols<T>>(c, |s, _| dispatch(Sum(s)), plus)
+    drive::<T, f64, SumCols<T>>(c, |_, s, _| dispatch(Sum(s)), plus)
 }
 
 /// Mean over `axis`; NaN for an empty reduction (the Python layer warns as NumPy does).
@@ -336,7 +356,14 @@ pub(crate) fn moments_canon<T: Real>(c: &Canon<T>) -> Vec<Moments> {
     if c.n == 0 {
         return vec![Moments::default(); c.outer * c.inner];
     }
-    drive::<T, Moments, MomentCols>(c, |s, _| dispatch(SliceMoments(s)), Moments::merge)
+    let data: &[T] = &c.data;
+    let n = c.n;
+    // every part of a row shares the row's first element as its shift
+    drive::<T, Moments, MomentCols>(
+        c,
+        |row, s, _| dispatch(SliceMoments(s, data[row * n])),
+        Moments::merge,
+    )
 }
 
 fn empty_reduction(func: &'static str, op: &str) -> CoreError {
@@ -348,7 +375,8 @@ fn empty_reduction(func: &'static str, op: &str) -> CoreError {
 }
 
 fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<T>> {
-    if c.n == 0 && c.outer * c.inner > 0 {
+    // NumPy raises for an empty reduced axis even when the result itself is empty
+    if c.n == 0 {
         return Err(empty_reduction(
             func,
             if MAX { "maximum" } else { "minimum" },
@@ -359,7 +387,7 @@ fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<
     }
     let v = drive::<T, T, ExtCols<T, MAX>>(
         &c,
-        |s, _| dispatch(Extreme::<T, MAX>(s)),
+        |_, s, _| dispatch(Extreme::<T, MAX>(s)),
         |a, b| {
             if a.is_nan() || b.is_nan() {
                 T::NAN
@@ -408,7 +436,7 @@ fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<
 }
 
 fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<i64>> {
-    if c.n == 0 && c.outer * c.inner > 0 {
+    if c.n == 0 {
         return Err(CoreError::value(
             func,
             "x",
@@ -421,7 +449,7 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
     let data: &[T] = &c.data;
     let parts = drive::<T, ArgPart<T>, ArgColsWrap<T, MAX>>(
         &c,
-        |s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
+        |_, s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
         arg_merge::<T, MAX>,
     );
     let out = parts
@@ -545,7 +573,7 @@ pub fn norm_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     if c.n == 0 {
         return Ok(c.wrap(vec![T::ZERO; c.outer * c.inner]));
     }
-    let v = drive::<T, f64, SumSqCols<T>>(&c, |s, _| dispatch(SumSq(s)), plus);
+    let v = drive::<T, f64, SumSqCols<T>>(&c, |_, s, _| dispatch(SumSq(s)), plus);
     Ok(c.wrap(v.into_iter().map(|s| T::from_f64(s.sqrt())).collect()))
 }
 

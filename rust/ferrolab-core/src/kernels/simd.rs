@@ -142,14 +142,26 @@ impl<T: Real> Kernel for SumSq<'_, T> {
 }
 
 /// Count, mean and sum of squared deviations (M2) of a set of values.
+///
+/// The mean is kept relative to `shift`, a value of the data (the first element of the row): for data with a
+/// large offset and small spread, the partial means that Chan's merge subtracts are then small numbers with full
+/// relative precision instead of huge ones whose low digits are lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moments {
     pub n: f64,
+    pub shift: f64,
+    /// Mean of `x - shift`.
     pub mean: f64,
     pub m2: f64,
 }
 
 impl Moments {
+    /// The mean of the values.
+    #[inline]
+    pub fn abs_mean(self) -> f64 {
+        self.shift + self.mean
+    }
+
     /// Chan et al.'s parallel merge.
     #[inline(always)]
     pub fn merge(self, o: Moments) -> Moments {
@@ -159,6 +171,13 @@ impl Moments {
         if self.n == 0.0 {
             return o;
         }
+        // bring o into self's frame (a no-op when both share the shift, as all parts of one row do)
+        let o_mean = if o.shift == self.shift {
+            o.mean
+        } else {
+            (o.shift - self.shift) + o.mean
+        };
+        let o = Moments { mean: o_mean, ..o };
         let n = self.n + o.n;
         let delta = o.mean - self.mean;
         let mean = if delta.is_finite() {
@@ -168,7 +187,12 @@ impl Moments {
             (self.mean * self.n + o.mean * o.n) / n
         };
         let m2 = self.m2 + o.m2 + delta * delta * (self.n * o.n / n);
-        Moments { n, mean, m2 }
+        Moments {
+            n,
+            shift: self.shift,
+            mean,
+            m2,
+        }
     }
 
     /// Variance with `ddof` delta degrees of freedom (IEEE division by `max(n - ddof, 0)`, as NumPy).
@@ -179,29 +203,39 @@ impl Moments {
     }
 }
 
-/// Moments of one block by the corrected two-pass algorithm (the block stays in L1 between the passes): the
-/// block mean comes from an f64 sum, deviations from it are small and accumulate in the input precision, and
-/// the correction term `d` restores the exact block mean.
+/// Moments of one block of `x - k` by the corrected two-pass algorithm (the block stays in L1 between the
+/// passes): the block mean comes from an f64 sum, deviations from it are small and accumulate in the input
+/// precision, and the correction term `d` restores the exact block mean.
 #[inline(always)]
-fn block_moments<T: Real, M: Mode>(x: &[T]) -> Moments {
+fn block_moments<T: Real, M: Mode>(x: &[T], k: T) -> Moments {
     let n = x.len();
     if n == 0 {
         return Moments::default();
     }
     let nf = n as f64;
-    let mb = T::from_f64(block_sum(x) / nf);
+    let mut acc = [0.0f64; L];
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for i in 0..L {
+            acc[i] += (c[i] - k).to_f64();
+        }
+    }
+    for (i, &v) in it.remainder().iter().enumerate() {
+        acc[i] += (v - k).to_f64();
+    }
+    let mb = T::from_f64(tree(acc) / nf);
     let mut d = [T::ZERO; L];
     let mut q = [T::ZERO; L];
     let mut it = x.chunks_exact(L);
     for c in &mut it {
         for i in 0..L {
-            let e = c[i] - mb;
+            let e = (c[i] - k) - mb;
             d[i] = d[i] + e;
             q[i] = M::madd(e, e, q[i]);
         }
     }
     for (i, &v) in it.remainder().iter().enumerate() {
-        let e = v - mb;
+        let e = (v - k) - mb;
         d[i] = d[i] + e;
         q[i] = M::madd(e, e, q[i]);
     }
@@ -209,20 +243,28 @@ fn block_moments<T: Real, M: Mode>(x: &[T]) -> Moments {
     let q = tree_t(q).to_f64();
     Moments {
         n: nf,
+        shift: k.to_f64(),
         mean: mb.to_f64() + d / nf,
         m2: q - d * d / nf,
     }
 }
 
-/// Moments of a slice (one pass over memory, numerically stable).
-pub struct SliceMoments<'a, T>(pub &'a [T]);
+/// Moments of a slice (one pass over memory, numerically stable), relative to `shift` (a value of the row;
+/// every part of one row must use the same one).
+pub struct SliceMoments<'a, T>(pub &'a [T], pub T);
 impl<T: Real> Kernel for SliceMoments<'_, T> {
     type Output = Moments;
     #[inline(always)]
     fn run<M: Mode>(self) -> Moments {
+        // a non-finite shift would turn every deviation into NaN: fall back to no shift
+        let k = if (self.1 - self.1) == T::ZERO {
+            self.1
+        } else {
+            T::ZERO
+        };
         let mut m = Moments::default();
         for b in self.0.chunks(BLOCK) {
-            m = m.merge(block_moments::<T, M>(b));
+            m = m.merge(block_moments::<T, M>(b, k));
         }
         m
     }
@@ -365,7 +407,7 @@ mod tests {
         let x: Vec<f64> = (0..100_003)
             .map(|i| 1e9 + ((i * 7919) % 1000) as f64 * 1e-3)
             .collect();
-        let m = run(SliceMoments(&x));
+        let m = run(SliceMoments(&x, x[0]));
         let mean = x.iter().map(|v| v - 1e9).sum::<f64>() / x.len() as f64 + 1e9;
         let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / x.len() as f64;
         assert!(

@@ -94,7 +94,7 @@ pub fn standardize<T: Real>(
     check_ddof("standardize", ddof)?;
     let c = canon("standardize", x, axis, false)?;
     let ms = moments_canon(&c);
-    let mean: Vec<T> = ms.iter().map(|m| T::from_f64(m.mean)).collect();
+    let mean: Vec<T> = ms.iter().map(|m| T::from_f64(m.abs_mean())).collect();
     let sd: Vec<T> = ms.iter().map(|m| T::from_f64(m.var(ddof).sqrt())).collect();
     let (n, inner) = (c.n, c.inner);
     // the canonical buffer is x in C order (or, for a Fortran input, x's memory order): present it as a
@@ -204,7 +204,7 @@ pub fn zscore_anomalies<T: Real>(x: &ArrayViewD<T>, threshold: f64) -> Result<Ve
     }
     let m = moments_canon(&c)[0];
     let (mean, sd, thr) = (
-        T::from_f64(m.mean),
+        T::from_f64(m.abs_mean()),
         T::from_f64(m.var(0.0).sqrt()),
         T::from_f64(threshold),
     );
@@ -351,7 +351,9 @@ fn select_ranks<T: Real>(x: &[T], ranks: &[usize]) -> Option<Vec<T>> {
                     },
                 )
         } else {
-            x.chunks(PAR_CHUNK).map(hist_of).fold((vec![0u64; nbk], false), add)
+            x.chunks(PAR_CHUNK)
+                .map(hist_of)
+                .fold((vec![0u64; nbk], false), add)
         }
     });
     if nan {
@@ -386,7 +388,10 @@ fn select_ranks<T: Real>(x: &[T], ranks: &[usize]) -> Option<Vec<T>> {
     };
     let gathered: Vec<(usize, T)> = maybe_parallel(x.len(), PAR_REDUCE_MIN, |par| {
         if par {
-            x.par_chunks(PAR_CHUNK).map(gather).collect::<Vec<_>>().concat()
+            x.par_chunks(PAR_CHUNK)
+                .map(gather)
+                .collect::<Vec<_>>()
+                .concat()
         } else {
             gather(x)
         }
@@ -417,7 +422,10 @@ fn quantiles_radix<T: Real>(x: &[T], qs: &[f64], out: &mut [f64]) {
             (lo, vi - lo as f64)
         })
         .collect();
-    let mut ranks: Vec<usize> = pos.iter().flat_map(|&(lo, _)| [lo, (lo + 1).min(n - 1)]).collect();
+    let mut ranks: Vec<usize> = pos
+        .iter()
+        .flat_map(|&(lo, _)| [lo, (lo + 1).min(n - 1)])
+        .collect();
     ranks.sort_unstable();
     ranks.dedup();
     match select_ranks(x, &ranks) {
@@ -442,6 +450,13 @@ pub fn quantile<T: Real>(x: &ArrayViewD<T>, qs: &[f64], axis: Option<isize>) -> 
     }
     let c = canon("quantile", x, axis, false)?;
     let (outer, n, inner) = (c.outer, c.n, c.inner);
+    if n == 0 {
+        return Err(CoreError::value(
+            "quantile",
+            "x",
+            "is empty along the reduced axis: quantiles of an empty sequence are undefined",
+        ));
+    }
     let npos = outer * inner;
     let nq = qs.len();
     let data: &[T] = &c.data;
@@ -462,7 +477,9 @@ pub fn quantile<T: Real>(x: &ArrayViewD<T>, qs: &[f64], axis: Option<isize>) -> 
         r
     };
     let per_pos: Vec<Vec<f64>> = if npos > 1 && npos * n >= PAR_REDUCE_MIN {
-        maybe_parallel(npos * n, PAR_REDUCE_MIN, |_| (0..npos).into_par_iter().map(job).collect())
+        maybe_parallel(npos * n, PAR_REDUCE_MIN, |_| {
+            (0..npos).into_par_iter().map(job).collect()
+        })
     } else {
         (0..npos).map(job).collect()
     };
@@ -551,7 +568,16 @@ pub fn histogram_counts<T: Real>(x: &ArrayViewD<T>, bins: &Bins<T>) -> Result<Ve
     let (first, last) = (e[0], e[nb]);
     let norm = last - first;
     let data = c_order(x);
-    let count = |ch: &[T]| dispatch(Count { x: ch, bins, first, last, norm, nb });
+    let count = |ch: &[T]| {
+        dispatch(Count {
+            x: ch,
+            bins,
+            first,
+            last,
+            norm,
+            nb,
+        })
+    };
     Ok(maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 4, |par| {
         if par {
             data.par_chunks(PAR_CHUNK).map(count).reduce(
@@ -589,10 +615,19 @@ impl<T: Real> Kernel for Count<'_, T> {
         let mut since_flush = 0usize;
         for c in self.x.chunks(256) {
             if self.bins.uniform && nb < (1 << 30) {
-                uniform_indices(c, &mut idx, self.bins.edges, self.first, self.last, self.norm, nb);
+                uniform_indices(
+                    c,
+                    &mut idx,
+                    self.bins.edges,
+                    self.first,
+                    self.last,
+                    self.norm,
+                    nb,
+                );
             } else {
                 for (k, &v) in c.iter().enumerate() {
-                    idx[k] = bin_index(v, self.bins, self.first, self.last, self.norm, nb).unwrap_or(nb);
+                    idx[k] =
+                        bin_index(v, self.bins, self.first, self.last, self.norm, nb).unwrap_or(nb);
                 }
             }
             // slot nb of each sub-histogram collects the values that are not counted
@@ -616,7 +651,15 @@ impl<T: Real> Kernel for Count<'_, T> {
 /// The correction can only change the estimate when the scaled position lies within a few ulps of an integer;
 /// the vectorized first loop flags such values and only those take the exact, edge-comparing path.
 #[inline(always)]
-fn uniform_indices<T: Real>(c: &[T], idx: &mut [usize], e: &[T], first: T, last: T, norm: T, nb: usize) {
+fn uniform_indices<T: Real>(
+    c: &[T],
+    idx: &mut [usize],
+    e: &[T],
+    first: T,
+    last: T,
+    norm: T,
+    nb: usize,
+) {
     let nbf = T::from_f64(nb as f64);
     let delta = T::from_f64(nb as f64 * 64.0) * T::EPSILON + T::EPSILON;
     let hi = nb as i32 - 1;
@@ -678,7 +721,9 @@ mod tests {
 
     #[test]
     fn radix_quantiles_match_sorting() {
-        let v: Vec<f64> = (0..200_003).map(|i| (((i * 7919) % 100_003) as f64 - 5e4) * 1e-3).collect();
+        let v: Vec<f64> = (0..200_003)
+            .map(|i| (((i * 7919) % 100_003) as f64 - 5e4) * 1e-3)
+            .collect();
         let mut s = v.clone();
         s.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let qs = [0.0, 0.01, 0.25, 0.5, 0.999, 1.0];
