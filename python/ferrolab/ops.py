@@ -348,7 +348,7 @@ def histogram(
     >>> import numpy as np, ferrolab as fl
     >>> counts, edges = fl.ops.histogram(np.array([0.0, 0.2, 0.4, 1.0]), bins=2)
     >>> counts
-    array([2, 2])
+    array([3, 1])
     >>> edges
     array([0. , 0.5, 1. ])
     """

@@ -319,30 +319,24 @@ fn bucket<T: Real>(v: T) -> usize {
     (key(v) >> (64 - RADIX_BITS)) as usize
 }
 
-/// The values of the given ranks (ascending, each < len) of a NaN-free slice, or `None` when it holds a NaN.
+/// The values of the given ranks (ascending, each < len) of a slice, or `None` when it holds a NaN.
 ///
-/// One pass builds a histogram of the top 16 key bits (in parallel), the prefix sums locate the bucket of every
-/// rank, a second pass gathers only the values of those buckets, and a selection inside each small bucket finishes.
+/// One pass counts the sizes of buckets keyed by the top 16 bits of an order-preserving integer key (in
+/// parallel, one histogram per worker), the prefix sums locate the bucket of every rank, a second pass gathers
+/// only the values of those buckets, and a selection inside each bucket finishes. No copy of the data.
 fn select_ranks<T: Real>(x: &[T], ranks: &[usize]) -> Option<Vec<T>> {
     let nbk = 1usize << RADIX_BITS;
-    let hist_of = |ch: &[T]| {
-        let mut h = vec![0u32; nbk];
-        let mut nan = false;
+    let count = |(mut h, mut nan): (Vec<u64>, bool), ch: &[T]| {
         for &v in ch {
             nan |= v.is_nan();
             h[bucket(v)] += 1;
         }
         (h, nan)
     };
-    let (hist, nan) = maybe_parallel(x.len(), PAR_REDUCE_MIN, |par| {
-        let add = |(mut a, na): (Vec<u64>, bool), (b, nb): (Vec<u32>, bool)| {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y as u64);
-            (a, na || nb)
-        };
+    let (hist, nan): (Vec<u64>, bool) = maybe_parallel(x.len(), PAR_REDUCE_MIN, |par| {
         if par {
             x.par_chunks(PAR_CHUNK)
-                .map(hist_of)
-                .fold(|| (vec![0u64; nbk], false), add)
+                .fold(|| (vec![0u64; nbk], false), count)
                 .reduce(
                     || (vec![0u64; nbk], false),
                     |(mut a, na), (b, nb)| {
@@ -351,62 +345,62 @@ fn select_ranks<T: Real>(x: &[T], ranks: &[usize]) -> Option<Vec<T>> {
                     },
                 )
         } else {
-            x.chunks(PAR_CHUNK)
-                .map(hist_of)
-                .fold((vec![0u64; nbk], false), add)
+            count((vec![0u64; nbk], false), x)
         }
     });
     if nan {
         return None;
     }
     // bucket and start rank of every wanted rank
-    let mut starts = vec![0u64; nbk];
-    let mut acc = 0u64;
+    let mut starts = vec![0usize; nbk];
+    let mut acc = 0usize;
     for (s, &h) in starts.iter_mut().zip(&hist) {
         *s = acc;
-        acc += h;
+        acc += h as usize;
     }
-    let mut want = vec![false; nbk];
+    let mut slot = vec![usize::MAX; nbk];
+    let mut wanted: Vec<usize> = Vec::new();
     let located: Vec<(usize, usize)> = ranks
         .iter()
         .map(|&r| {
-            let b = starts.partition_point(|&s| s <= r as u64) - 1;
-            want[b] = true;
-            (b, r - starts[b] as usize)
+            let b = starts.partition_point(|&s| s <= r) - 1;
+            if slot[b] == usize::MAX {
+                slot[b] = wanted.len();
+                wanted.push(b);
+            }
+            (slot[b], r - starts[b])
         })
         .collect();
     // gather the values of the wanted buckets
-    let gather = |ch: &[T]| {
-        let mut g: Vec<(usize, T)> = Vec::new();
+    let gather = |mut g: Vec<Vec<T>>, ch: &[T]| {
         for &v in ch {
-            let b = bucket(v);
-            if want[b] {
-                g.push((b, v));
+            let s = slot[bucket(v)];
+            if s != usize::MAX {
+                g[s].push(v);
             }
         }
         g
     };
-    let gathered: Vec<(usize, T)> = maybe_parallel(x.len(), PAR_REDUCE_MIN, |par| {
+    let nw = wanted.len();
+    let mut per: Vec<Vec<T>> = maybe_parallel(x.len(), PAR_REDUCE_MIN, |par| {
         if par {
             x.par_chunks(PAR_CHUNK)
-                .map(gather)
-                .collect::<Vec<_>>()
-                .concat()
+                .fold(|| vec![Vec::new(); nw], gather)
+                .reduce(
+                    || vec![Vec::new(); nw],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, mut y)| x.append(&mut y));
+                        a
+                    },
+                )
         } else {
-            gather(x)
+            gather(vec![Vec::new(); nw], x)
         }
     });
-    let mut per: std::collections::HashMap<usize, Vec<T>> = std::collections::HashMap::new();
-    for (b, v) in gathered {
-        per.entry(b).or_default().push(v);
-    }
     Some(
         located
             .into_iter()
-            .map(|(b, r)| {
-                let vals = per.get_mut(&b).expect("gathered bucket");
-                *vals.select_nth_unstable_by(r, cmp::<T>).1
-            })
+            .map(|(s, r)| *per[s].select_nth_unstable_by(r, cmp::<T>).1)
             .collect(),
     )
 }
@@ -734,6 +728,19 @@ mod tests {
             let lo = vi.floor() as usize;
             let hi = (lo + 1).min(s.len() - 1);
             assert_eq!(got[[k]], lerp(s[lo], s[hi], vi - lo as f64), "q={q}");
+        }
+        // infinities switch to key buckets
+        let mut u = v.clone();
+        u[5] = f64::INFINITY;
+        u[9] = f64::NEG_INFINITY;
+        let mut su = u.clone();
+        su.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let a = Array::from_vec(u).into_dyn();
+        let got = quantile(&a.view(), &[0.25, 0.75], None).unwrap();
+        let n1 = (su.len() - 1) as f64;
+        for (k, q) in [0.25f64, 0.75].into_iter().enumerate() {
+            let lo = (n1 * q).floor() as usize;
+            assert_eq!(got[[k]], lerp(su[lo], su[lo + 1], n1 * q - lo as f64));
         }
         let mut w = v;
         w[77] = f64::NAN;
