@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+import ferrolab as fl
 import numpy as np
 import pytest
 from conftest import (
@@ -23,8 +24,6 @@ from conftest import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import ferrolab as fl
 
 scipy_distance = pytest.importorskip("scipy.spatial.distance", reason="scipy is needed as the cdist reference")
 

@@ -7,11 +7,10 @@ import math
 import warnings
 from fractions import Fraction
 
+import ferrolab as fl
 import numpy as np
 import pytest
 from conftest import FLOATS, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
-
-import ferrolab as fl
 
 scipy_distance = pytest.importorskip("scipy.spatial.distance", reason="scipy is needed as the cdist reference")
 
@@ -70,7 +69,7 @@ def test_device_auto_runs_on_cpu(name):
     if cpu is None:  # adam_step works in place on fresh arrays
         assert auto is None
     elif isinstance(cpu, tuple):
-        for c, a in zip(cpu, auto):
+        for c, a in zip(cpu, auto, strict=True):
             np.testing.assert_array_equal(a, c)
     else:
         np.testing.assert_array_equal(auto, cpu)

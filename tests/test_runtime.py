@@ -12,10 +12,9 @@ import threading
 import time
 import warnings
 
+import ferrolab as fl
 import numpy as np
 import pytest
-
-import ferrolab as fl
 
 SUBPROCESS_TIMEOUT = 120
 

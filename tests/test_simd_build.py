@@ -9,9 +9,8 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 import ferrolab
+import pytest
 from ferrolab import _core
 
 

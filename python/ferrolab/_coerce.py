@@ -60,15 +60,15 @@ def prepare(
     (type-preserving) or ``"index"`` (argmin/argmax). ``scalars`` take part in the result type (NEP 50: Python
     scalars are weak).
     """
-    arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=False)]
+    arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=True)]
     weak = [s for s in scalars if s is not None]
-    for name, s in zip(scalar_names or ["scalar"] * len(scalars), scalars):
+    for name, s in zip(scalar_names or ["scalar"] * len(scalars), scalars, strict=True):
         if s is None:
             continue
         if not isinstance(s, (bool, int, float, np.bool_, np.integer, np.floating)):
             raise TypeError(f"{func}(): argument '{name}' must be a real number, got {type(s).__name__}")
     # Python scalars passed where arrays go stay weak (NEP 50), like NumPy's own operators
-    typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays)]
+    typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays, strict=True)]
     rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
     finish: Callable[[Any], Any] | None = None
     if rt.kind == "f":
