@@ -620,7 +620,27 @@ fn ew_run<'py, T: Native + numpy::Element>(
         + Send,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let ro: Vec<Ro<'py, T>> = arrs.into_iter().map(T::unwrap).collect();
-    let mut rw = match out {
+    // a fresh result is allocated by NumPy (its allocator asks for huge pages and skips zero-filling), in
+    // Fortran order when every input is Fortran-contiguous, and then filled in place like an `out=`
+    let fresh = match out {
+        Some(_) => None,
+        None => {
+            let shapes: Vec<(&'static str, Vec<usize>)> =
+                ro.iter().map(|a| ("x", a.0.shape().to_vec())).collect();
+            let refs: Vec<(&'static str, &[usize])> =
+                shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
+            let shape = elementwise::broadcast_shapes(func, &refs).py()?;
+            let fortran = shape.len() > 1
+                && ro.iter().all(|a| {
+                    a.0.is_fortran_contiguous()
+                        && !a.0.is_c_contiguous()
+                        && a.0.shape() == shape.as_slice()
+                });
+            Some(new_array::<T>(py, &shape, fortran))
+        }
+    };
+    let out_any = fresh.as_ref().map(|a| a.as_any()).or(out);
+    let mut rw = match out_any {
         Some(o) => Some(take_out::<T>(func, o)?),
         None => None,
     };
@@ -638,6 +658,15 @@ fn ew_run<'py, T: Native + numpy::Element>(
         .collect();
     let ov = rw.as_mut().map(|w| w.as_array_mut());
     let r = run(py, op, work, move || f(inputs, ov))?;
+    drop(rw);
+    if let Some(a) = fresh {
+        // 0-d results are NumPy scalars, as NumPy returns them
+        return Ok(Some(if a.ndim() == 0 {
+            a.into_any().get_item(pyo3::types::PyTuple::empty(py))?
+        } else {
+            a.into_any()
+        }));
+    }
     Ok(match r {
         Some(a) => Some(to_py(py, a)?),
         None => None,
@@ -838,6 +867,14 @@ pub fn standardize<'py>(
     }
     let r = each_float!(a, T, a => {
         let v = a.as_array();
+        let fresh = match out {
+            Some(_) => None,
+            None => {
+                let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
+                Some(new_array::<T>(py, a.0.shape(), fortran))
+            }
+        };
+        let out = fresh.as_ref().map(|f| f.as_any()).or(out);
         let mut rw = match out {
             Some(o) => Some(take_out::<T>("standardize", o)?),
             None => None,
@@ -845,6 +882,9 @@ pub fn standardize<'py>(
         let ov = rw.as_mut().map(|w| w.as_array_mut());
         match run(py, Op::Standardize, v.len(), move || stats::standardize::<T>(&v, axis, ddof, ov))? {
             Some(r) => to_py(py, r)?,
+            None if fresh.as_ref().is_some_and(|f| f.ndim() == 0) => {
+                out.expect("out").get_item(pyo3::types::PyTuple::empty(py))?
+            }
             None => out.expect("out").clone(),
         }
     });
@@ -1004,20 +1044,23 @@ fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
     let va = two_d("matmul", "a", x.as_array())?;
     let vb = two_d("matmul", "b", y.as_array())?;
     let work = va.nrows() * va.ncols() * vb.ncols();
-    match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
-        Some(o) => {
-            let mut rw = take_out::<T>("matmul", o)?;
-            let ov = two_d_mut(rw.as_array_mut())?;
-            run(py, Op::Matmul, work, move || {
-                linalg::matmul(&va, &vb, Some(ov))
-            })?;
-            Ok(o.clone())
-        }
-        None => {
-            let r = run(py, Op::Matmul, work, move || linalg::matmul(&va, &vb, None))?;
-            to_py(py, r.expect("fresh").into_dyn())
-        }
+    // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
+    let fresh = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
+        Some(_) => None,
+        None => Some(new_array::<T>(py, &[va.nrows(), vb.ncols()], false)),
+    };
+    let o = match &fresh {
+        Some(f) => f.as_any().clone(),
+        None => out.expect("out of dtype T").clone(),
+    };
+    {
+        let mut rw = take_out::<T>("matmul", &o)?;
+        let ov = two_d_mut(rw.as_array_mut())?;
+        run(py, Op::Matmul, work, move || {
+            linalg::matmul(&va, &vb, Some(ov))
+        })?;
     }
+    Ok(o)
 }
 
 fn two_d_mut<T>(v: ArrayViewMutD<'_, T>) -> PyResult<ndarray::ArrayViewMut2<'_, T>> {
@@ -1217,4 +1260,14 @@ fn copy_into<'py>(
             }
         })?;
     Ok(())
+}
+
+/// An uninitialized NumPy array of `shape` (every element is written by the op before Python sees it).
+fn new_array<'py, T: numpy::Element>(
+    py: Python<'py>,
+    shape: &[usize],
+    fortran: bool,
+) -> Bound<'py, PyArrayDyn<T>> {
+    // SAFETY: the caller writes every element before the array is returned to Python.
+    unsafe { PyArrayDyn::<T>::new(py, ndarray::IxDyn(shape), fortran) }
 }

@@ -257,7 +257,7 @@ impl<T: Real> Kernel for SliceMoments<'_, T> {
     #[inline(always)]
     fn run<M: Mode>(self) -> Moments {
         // a non-finite shift would turn every deviation into NaN: fall back to no shift
-        let k = if (self.1 - self.1) == T::ZERO {
+        let k = if self.1.to_f64().is_finite() {
             self.1
         } else {
             T::ZERO
