@@ -49,8 +49,8 @@ pub trait Native: ToNumpy + Send + Sync + Default + 'static {
     ) -> CoreResult<Option<ArrayD<Self>>>;
 }
 
-macro_rules! native_float {
-    ($t:ty, $variant:ident) => {
+macro_rules! native {
+    ($t:ty, $variant:ident, $scalar:ty, $what:literal, $red:ident, $ew:ident) => {
         impl Native for $t {
             fn unwrap(a: In<'_>) -> Ro<'_, Self> {
                 match a {
@@ -58,35 +58,37 @@ macro_rules! native_float {
                     _ => unreachable!("inputs share one dtype"),
                 }
             }
+            #[allow(clippy::unnecessary_cast)]
             fn from_py(
                 name: &'static str,
                 func: &'static str,
                 v: &Bound<'_, PyAny>,
             ) -> PyResult<Self> {
-                v.extract::<f64>().map(|x| x as $t).map_err(|_| {
+                v.extract::<$scalar>().map(|x| x as $t).map_err(|_| {
                     PyTypeError::new_err(format!(
-                        "{func}(): argument '{name}' must be a real number, got {}",
+                        "{func}(): argument '{name}' must be {}, got {}",
+                        $what,
                         type_name(v)
                     ))
                 })
             }
             fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                reduce::sum(x, axis)
+                $red::sum(x, axis)
             }
             fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                reduce::min(x, axis)
+                $red::min(x, axis)
             }
             fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                reduce::max(x, axis)
+                $red::max(x, axis)
             }
             fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-                reduce::argmin(x, axis)
+                $red::argmin(x, axis)
             }
             fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-                reduce::argmax(x, axis)
+                $red::argmax(x, axis)
             }
             fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self> {
-                reduce::dot(x, y)
+                $red::dot(x, y)
             }
             fn axpy<'a>(
                 a: Self,
@@ -94,7 +96,7 @@ macro_rules! native_float {
                 y: Input<'a, Self>,
                 o: Option<ArrayViewMutD<Self>>,
             ) -> CoreResult<Option<ArrayD<Self>>> {
-                elementwise::axpy(a, x, y, o)
+                $ew::axpy(a, x, y, o)
             }
             fn fma<'a>(
                 x: Input<'a, Self>,
@@ -102,14 +104,14 @@ macro_rules! native_float {
                 z: Input<'a, Self>,
                 o: Option<ArrayViewMutD<Self>>,
             ) -> CoreResult<Option<ArrayD<Self>>> {
-                elementwise::fma(x, y, z, o)
+                $ew::fma(x, y, z, o)
             }
             fn scale(
                 x: Input<Self>,
                 a: Self,
                 o: Option<ArrayViewMutD<Self>>,
             ) -> CoreResult<Option<ArrayD<Self>>> {
-                elementwise::scale(x, a, o)
+                $ew::scale(x, a, o)
             }
             fn clip(
                 x: Input<Self>,
@@ -117,79 +119,14 @@ macro_rules! native_float {
                 hi: Self,
                 o: Option<ArrayViewMutD<Self>>,
             ) -> CoreResult<Option<ArrayD<Self>>> {
-                elementwise::clip(x, lo, hi, o)
+                $ew::clip(x, lo, hi, o)
             }
         }
     };
 }
-native_float!(f64, F64);
-native_float!(f32, F32);
-
-impl Native for i64 {
-    fn unwrap(a: In<'_>) -> Ro<'_, Self> {
-        match a {
-            In::I64(a) => a,
-            _ => unreachable!("inputs share one dtype"),
-        }
-    }
-    fn from_py(name: &'static str, func: &'static str, v: &Bound<'_, PyAny>) -> PyResult<Self> {
-        v.extract::<i64>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{func}(): argument '{name}' must be an integer here, got {}",
-                type_name(v)
-            ))
-        })
-    }
-    fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-        int::sum(x, axis)
-    }
-    fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-        int::min(x, axis)
-    }
-    fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-        int::max(x, axis)
-    }
-    fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-        int::argmin(x, axis)
-    }
-    fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-        int::argmax(x, axis)
-    }
-    fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self> {
-        int::dot(x, y)
-    }
-    fn axpy<'a>(
-        a: Self,
-        x: Input<'a, Self>,
-        y: Input<'a, Self>,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>> {
-        int::axpy(a, x, y, o)
-    }
-    fn fma<'a>(
-        x: Input<'a, Self>,
-        y: Input<'a, Self>,
-        z: Input<'a, Self>,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>> {
-        int::fma(x, y, z, o)
-    }
-    fn scale(
-        x: Input<Self>,
-        a: Self,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>> {
-        int::scale(x, a, o)
-    }
-    fn clip(
-        x: Input<Self>,
-        lo: Self,
-        hi: Self,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>> {
-        int::clip(x, lo, hi, o)
-    }
-}
+native!(f64, F64, f64, "a real number", reduce, elementwise);
+native!(f32, F32, f64, "a real number", reduce, elementwise);
+native!(i64, I64, i64, "an integer here", int, int);
 
 fn type_name(v: &Bound<'_, PyAny>) -> String {
     v.get_type()

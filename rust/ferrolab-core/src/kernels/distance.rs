@@ -5,7 +5,7 @@
 
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::layout::fmt_shape;
-use super::simd::L;
+use super::simd::{tree_t, L};
 use super::Real;
 use crate::error::{CoreError, Result};
 use ndarray::{Array2, ArrayView2};
@@ -35,18 +35,6 @@ impl Metric {
 }
 
 #[inline(always)]
-fn tree<T: Real>(mut a: [T; L]) -> T {
-    let mut w = L / 2;
-    while w > 0 {
-        for i in 0..w {
-            a[i] = a[i] + a[i + w];
-        }
-        w /= 2;
-    }
-    a[0]
-}
-
-#[inline(always)]
 fn sqdist<T: Real, M: Mode>(x: &[T], y: &[T]) -> T {
     let mut acc = [T::ZERO; L];
     let mut ix = x.chunks_exact(L);
@@ -57,7 +45,7 @@ fn sqdist<T: Real, M: Mode>(x: &[T], y: &[T]) -> T {
             acc[i] = M::madd(d, d, acc[i]);
         }
     }
-    let mut s = tree(acc);
+    let mut s = tree_t(acc);
     for (&a, &b) in ix.remainder().iter().zip(iy.remainder()) {
         let d = a - b;
         s = M::madd(d, d, s);
@@ -75,7 +63,7 @@ fn dotp<T: Real, M: Mode>(x: &[T], y: &[T]) -> T {
             acc[i] = M::madd(a[i], b[i], acc[i]);
         }
     }
-    let mut s = tree(acc);
+    let mut s = tree_t(acc);
     for (&a, &b) in ix.remainder().iter().zip(iy.remainder()) {
         s = M::madd(a, b, s);
     }

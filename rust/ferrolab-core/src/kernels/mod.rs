@@ -153,4 +153,4 @@ pub const PAR_CHUNK: usize = 1 << 16;
 /// Reductions over fewer elements run on the calling thread.
 pub const PAR_REDUCE_MIN: usize = 1 << 17;
 /// Elementwise ops over fewer elements run on the calling thread.
-pub const PAR_ELEMWISE_MIN: usize = 1 << 16;
+pub const PAR_ELEMWISE_MIN: usize = 1 << 18;

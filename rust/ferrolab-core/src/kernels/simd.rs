@@ -71,8 +71,9 @@ fn block_sum<T: Real>(x: &[T]) -> f64 {
     tree(acc)
 }
 
+/// Pairwise sum of the lanes.
 #[inline(always)]
-fn tree_t<T: Real>(mut a: [T; L]) -> T {
+pub(crate) fn tree_t<T: Real>(mut a: [T; L]) -> T {
     let mut w = L / 2;
     while w > 0 {
         for i in 0..w {

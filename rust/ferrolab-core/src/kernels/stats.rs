@@ -572,7 +572,7 @@ pub fn histogram_counts<T: Real>(x: &ArrayViewD<T>, bins: &Bins<T>) -> Result<Ve
             nb,
         })
     };
-    Ok(maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 4, |par| {
+    Ok(maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 2, |par| {
         if par {
             data.par_chunks(PAR_CHUNK).map(count).reduce(
                 || vec![0i64; nb],
