@@ -7,7 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import gpu, ops
+from . import gpu, metrics, ops
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .runtime import num_threads, op_stats, simd_level
@@ -17,6 +17,7 @@ __version__ = _core_version
 __all__ = [
     "__version__",
     "ops",
+    "metrics",
     "gpu",
     "FerrolabError",
     "DeviceUnavailableError",

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod errors;
 mod funnel;
+mod metrics;
 mod ops;
 mod runtime;
 
@@ -38,5 +39,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::cdist, m)?)?;
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     runtime::register(m)?;
+    metrics::register(m)?;
     Ok(())
 }

@@ -1,3 +1,6 @@
-//! Instrumentation: the one seam every native op passes through ([`seam`]).
+//! Instrumentation: the one seam every native op passes through ([`seam`]), the Prometheus registry and
+//! built-in series ([`metrics`]) and the embedded `/metrics` + `/health` server ([`server`]).
 
+pub mod metrics;
 pub mod seam;
+pub mod server;

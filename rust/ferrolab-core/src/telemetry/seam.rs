@@ -49,17 +49,66 @@ impl Device {
     }
 }
 
+/// Upper bounds (nanoseconds) of the `operation_duration_seconds` histogram buckets; a last `+Inf` bucket follows.
+pub const BUCKET_BOUNDS_NS: [u64; 20] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+];
+const N_BUCKETS: usize = BUCKET_BOUNDS_NS.len() + 1;
+
+/// Error classes counted per operation (the `error_type` label), see [`CoreError::kind`].
+pub const ERROR_KINDS: [&str; 5] = [
+    "TypeError",
+    "ValueError",
+    "DeviceUnavailableError",
+    "OSError",
+    "Other",
+];
+const N_KINDS: usize = ERROR_KINDS.len();
+
+fn kind_index(kind: &str) -> usize {
+    ERROR_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(N_KINDS - 1)
+}
+
 struct Cell {
-    calls: AtomicU64,
-    errors: AtomicU64,
+    /// Timed calls per duration bucket (their sum is the number of timed calls).
+    buckets: [AtomicU64; N_BUCKETS],
     nanos: AtomicU64,
+    /// Failed calls per error class (timed or not).
+    errors: [AtomicU64; N_KINDS],
+    /// Calls that failed before reaching the kernel (argument conversion): counted, not timed.
+    untimed_errors: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
 const CELL: Cell = Cell {
-    calls: AtomicU64::new(0),
-    errors: AtomicU64::new(0),
-    nanos: AtomicU64::new(0),
+    buckets: [ZERO; N_BUCKETS],
+    nanos: ZERO,
+    errors: [ZERO; N_KINDS],
+    untimed_errors: ZERO,
 };
 #[allow(clippy::declare_interior_mutable_const)]
 const ROW: [Cell; 2] = [CELL, CELL];
@@ -76,6 +125,11 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+#[inline]
+fn bucket_of(ns: u64) -> usize {
+    BUCKET_BOUNDS_NS.partition_point(|&b| b < ns)
+}
+
 /// Runs `f` as operation `op` on `device`, recording its count, duration and outcome.
 #[inline]
 pub fn record<R>(op: Op, device: Device, f: impl FnOnce() -> Result<R>) -> Result<R> {
@@ -86,12 +140,28 @@ pub fn record<R>(op: Op, device: Device, f: impl FnOnce() -> Result<R>) -> Resul
     let r = f();
     let dt = t0.elapsed().as_nanos() as u64;
     let c = &CELLS[op as usize][device as usize];
-    c.calls.fetch_add(1, Ordering::Relaxed);
+    c.buckets[bucket_of(dt)].fetch_add(1, Ordering::Relaxed);
     c.nanos.fetch_add(dt, Ordering::Relaxed);
-    if r.is_err() {
-        c.errors.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = &r {
+        c.errors[kind_index(e.kind())].fetch_add(1, Ordering::Relaxed);
     }
     r
+}
+
+/// Counts a call of `op` that failed with error class `kind` before it reached the kernel (e.g. a wrong dtype
+/// found while converting arguments). It counts as a failed call but has no duration.
+pub fn record_untimed_error(op: Op, device: Device, kind: &str) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let c = &CELLS[op as usize][device as usize];
+    c.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+    c.untimed_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Looks an operation up by its name.
+pub fn op_by_name(name: &str) -> Option<Op> {
+    Op::ALL.iter().copied().find(|o| o.name() == name)
 }
 
 /// Counters of one `(operation, device)` pair.
@@ -99,9 +169,22 @@ pub fn record<R>(op: Op, device: Device, f: impl FnOnce() -> Result<R>) -> Resul
 pub struct OpStats {
     pub operation: &'static str,
     pub device: &'static str,
+    /// All calls: successful + failed.
     pub calls: u64,
     pub errors: u64,
+    /// Failed calls per class, in the order of [`ERROR_KINDS`].
+    pub errors_by_kind: [u64; N_KINDS],
+    /// Wall time of the timed calls.
     pub seconds: f64,
+    /// Timed calls per bucket of [`BUCKET_BOUNDS_NS`] (not cumulative; the last is `+Inf`).
+    pub buckets: [u64; N_BUCKETS],
+}
+
+impl OpStats {
+    /// Calls that were timed (the histogram's count).
+    pub fn timed_calls(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// All pairs with at least one call.
@@ -110,16 +193,24 @@ pub fn snapshot() -> Vec<OpStats> {
     for op in Op::ALL {
         for dev in [Device::Cpu, Device::Cuda] {
             let c = &CELLS[*op as usize][dev as usize];
-            let calls = c.calls.load(Ordering::Relaxed);
-            if calls > 0 {
-                v.push(OpStats {
-                    operation: op.name(),
-                    device: dev.name(),
-                    calls,
-                    errors: c.errors.load(Ordering::Relaxed),
-                    seconds: c.nanos.load(Ordering::Relaxed) as f64 * 1e-9,
-                });
+            let buckets: [u64; N_BUCKETS] =
+                std::array::from_fn(|i| c.buckets[i].load(Ordering::Relaxed));
+            let untimed = c.untimed_errors.load(Ordering::Relaxed);
+            let timed: u64 = buckets.iter().sum();
+            if timed + untimed == 0 {
+                continue;
             }
+            let errors_by_kind: [u64; N_KINDS] =
+                std::array::from_fn(|i| c.errors[i].load(Ordering::Relaxed));
+            v.push(OpStats {
+                operation: op.name(),
+                device: dev.name(),
+                calls: timed + untimed,
+                errors: errors_by_kind.iter().sum(),
+                errors_by_kind,
+                seconds: c.nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+                buckets,
+            });
         }
     }
     v
@@ -146,5 +237,29 @@ mod tests {
             .find(|s| s.operation == "cdist")
             .unwrap();
         assert_eq!((s.calls, s.errors), (before.0 + 2, before.1 + 1));
+        assert!(s.errors_by_kind[1] >= 1);
+        assert_eq!(s.timed_calls(), s.calls);
+    }
+
+    #[test]
+    fn buckets_are_upper_inclusive() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(1_000), 0);
+        assert_eq!(bucket_of(1_001), 1);
+        assert_eq!(bucket_of(10_000_000_000), BUCKET_BOUNDS_NS.len() - 1);
+        assert_eq!(bucket_of(u64::MAX), BUCKET_BOUNDS_NS.len());
+    }
+
+    #[test]
+    fn untimed_errors_count_as_failed_calls() {
+        record_untimed_error(Op::Clip, Device::Cpu, "TypeError");
+        let s = snapshot()
+            .into_iter()
+            .find(|s| s.operation == "clip")
+            .unwrap();
+        assert!(s.calls >= 1 && s.errors >= 1);
+        assert!(s.errors_by_kind[0] >= 1);
+        assert_eq!(op_by_name("clip"), Some(Op::Clip));
+        assert_eq!(op_by_name("nope"), None);
     }
 }

@@ -1,0 +1,1028 @@
+//! Bindings of `ferrolab_core::telemetry::{metrics, server}`: prometheus_client-shaped metrics whose values live
+//! in native atomics, the exposition, and the embedded `/metrics` + `/health` server.
+
+use crate::errors::IntoPyResult;
+use ferrolab_core::telemetry::metrics::{self as core, Child, Family, Kind};
+use ferrolab_core::telemetry::seam;
+use ferrolab_core::telemetry::server::{self, Handler, Reply, Route};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::PyClassInitializer;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What a metric's `registry=` argument says.
+pub enum RegistryArg {
+    /// `fl.metrics.REGISTRY` (the default): register.
+    Default,
+    /// `None`: do not register.
+    Unregistered,
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for RegistryArg {
+    type Error = PyErr;
+
+    fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if ob.is_none() {
+            Ok(RegistryArg::Unregistered)
+        } else if ob.cast::<Registry>().is_ok() {
+            Ok(RegistryArg::Default)
+        } else {
+            Err(PyTypeError::new_err(
+                "argument 'registry' must be ferrolab.metrics.REGISTRY or None",
+            ))
+        }
+    }
+}
+
+/// The process-wide metrics registry (``fl.metrics.REGISTRY``).
+///
+/// Every metric created with the default ``registry=REGISTRY`` is registered here, next to the built-in series;
+/// ``registry=None`` creates an unregistered metric.
+#[pyclass(frozen, module = "ferrolab.metrics")]
+pub struct Registry;
+
+#[pymethods]
+impl Registry {
+    /// Removes a metric (created with this registry) from the exposition.
+    ///
+    /// Raises ``KeyError`` when it is not registered.
+    fn unregister(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fam = family_of(metric)?;
+        if fam.unregister() {
+            Ok(())
+        } else {
+            Err(pyo3::exceptions::PyKeyError::new_err(
+                "unregister(): argument 'metric' is not registered",
+            ))
+        }
+    }
+
+    /// The value of one sample, like prometheus_client's ``REGISTRY.get_sample_value``.
+    ///
+    /// ``name`` is the sample name (``requests_total``, ``latency_seconds_bucket``...), ``labels`` a dict of
+    /// label values; returns ``None`` when there is no such sample.
+    #[pyo3(signature = (name, labels=None))]
+    fn get_sample_value(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<f64>> {
+        let mut want: Vec<(String, String)> = Vec::new();
+        if let Some(d) = labels {
+            for (k, v) in d.iter() {
+                want.push((k.extract()?, v.str()?.to_str()?.to_string()));
+            }
+        }
+        want.sort();
+        let samples = py.detach(core::samples);
+        Ok(samples.into_iter().find_map(|(n, mut l, v)| {
+            l.sort();
+            (n == name && l == want).then_some(v)
+        }))
+    }
+
+    fn __repr__(&self) -> &'static str {
+        "<ferrolab.metrics.REGISTRY>"
+    }
+}
+
+fn family_of(metric: &Bound<'_, PyAny>) -> PyResult<Family> {
+    if let Ok(m) = metric.cast::<Metric>() {
+        return Ok(m.get().shared.family.clone());
+    }
+    Err(PyTypeError::new_err(
+        "argument 'metric' must be a ferrolab.metrics Counter, Gauge or Histogram",
+    ))
+}
+
+struct Shared {
+    kind: Kind,
+    family: Family,
+    name: String,
+    documentation: String,
+    labelnames: Vec<String>,
+    labelnames_py: Vec<Py<PyString>>,
+    /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
+    /// the same values returns the same object).
+    children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>>>,
+}
+
+/// FNV-1a over the label values (with a separator), for the child cache.
+fn hash_values(vals: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in vals {
+        for b in v.bytes().chain(std::iter::once(0xff)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The native object behind ``Counter``, ``Gauge`` and ``Histogram`` (one class per kind below).
+#[pyclass(frozen, subclass, module = "ferrolab.metrics")]
+pub struct Metric {
+    shared: Arc<Shared>,
+    child: Option<Child>,
+}
+
+impl Metric {
+    fn create(
+        py: Python<'_>,
+        kind: Kind,
+        name: &str,
+        documentation: &str,
+        labelnames: &Bound<'_, PyAny>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        buckets: Option<Vec<f64>>,
+        registry: RegistryArg,
+    ) -> PyResult<Metric> {
+        let func = kind.class();
+        let labelnames: Vec<String> = if labelnames.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(format!(
+                "{func}(): argument 'labelnames' must be a sequence of str, not a str"
+            )));
+        } else {
+            labelnames.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "{func}(): argument 'labelnames' must be a sequence of str"
+                ))
+            })?
+        };
+        let full = core::full_name(kind, name, namespace, subsystem, unit).py()?;
+        let family =
+            Family::new(kind, &full, documentation, &labelnames, buckets.as_deref()).py()?;
+        if let RegistryArg::Default = registry {
+            family.register(func).py()?;
+        }
+        let child = if labelnames.is_empty() {
+            Some(family.child::<&str>(&[]).py()?)
+        } else {
+            None
+        };
+        let labelnames_py = labelnames
+            .iter()
+            .map(|l| PyString::intern(py, l).unbind())
+            .collect();
+        Ok(Metric {
+            shared: Arc::new(Shared {
+                kind,
+                family,
+                name: full,
+                documentation: documentation.to_string(),
+                labelnames,
+                labelnames_py,
+                children: RwLock::new(HashMap::new()),
+            }),
+            child,
+        })
+    }
+
+    fn child(&self) -> PyResult<&Child> {
+        self.child.as_ref().ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{} metric {:?} is missing label values: call .labels({}) first",
+                self.shared.kind.class().to_lowercase(),
+                self.shared.name,
+                self.shared.labelnames.join(", ")
+            ))
+        })
+    }
+
+    /// The label values of a `labels(...)` call as Python strings, in label-name order.
+    fn label_values<'py>(
+        &self,
+        values: &Bound<'py, PyTuple>,
+        kw: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Vec<Bound<'py, PyString>>> {
+        let sh = &self.shared;
+        if sh.labelnames.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "labels(): metric {:?} has no label names",
+                sh.name
+            )));
+        }
+        if self.child.is_some() {
+            return Err(PyValueError::new_err(
+                "labels(): label values are already set on this child",
+            ));
+        }
+        let n = sh.labelnames.len();
+        let mut out = Vec::with_capacity(n);
+        let text = |v: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyString>> {
+            match v.cast_into::<PyString>() {
+                Ok(s) => Ok(s),
+                Err(e) => e.into_inner().str(),
+            }
+        };
+        match kw {
+            Some(kw) if !kw.is_empty() => {
+                if !values.is_empty() {
+                    return Err(PyValueError::new_err(
+                        "labels(): pass label values either by position or by name, not both",
+                    ));
+                }
+                if kw.len() != n {
+                    return Err(
+                        self.wrong_labels(kw.keys().iter().map(|k| k.to_string()).collect())
+                    );
+                }
+                for name in &sh.labelnames_py {
+                    match kw.get_item(name.bind(values.py()))? {
+                        Some(v) => out.push(text(v)?),
+                        None => {
+                            return Err(self
+                                .wrong_labels(kw.keys().iter().map(|k| k.to_string()).collect()))
+                        }
+                    }
+                }
+            }
+            _ => {
+                if values.len() != n {
+                    return Err(PyValueError::new_err(format!(
+                        "labels(): metric {:?} takes {n} label value(s) ({}), got {}",
+                        sh.name,
+                        sh.labelnames.join(", "),
+                        values.len()
+                    )));
+                }
+                for v in values.iter() {
+                    out.push(text(v)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn wrong_labels(&self, got: Vec<String>) -> PyErr {
+        PyValueError::new_err(format!(
+            "labels(): metric {:?} has label names ({}), got ({})",
+            self.shared.name,
+            self.shared.labelnames.join(", "),
+            got.join(", ")
+        ))
+    }
+
+    /// The child for these label values: the cached Python object, or a new one made by `make`.
+    fn labeled(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyTuple>,
+        kw: Option<&Bound<'_, PyDict>>,
+        make: impl FnOnce(Metric) -> PyResult<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let strs = self.label_values(values, kw)?;
+        let vals: Vec<&str> = strs.iter().map(|s| s.to_str()).collect::<PyResult<_>>()?;
+        let h = hash_values(&vals);
+        let sh = &self.shared;
+        {
+            let cache = sh.children.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(bucket) = cache.get(&h) {
+                if let Some((_, obj)) = bucket
+                    .iter()
+                    .find(|(k, _)| k.iter().map(String::as_str).eq(vals.iter().copied()))
+                {
+                    return Ok(obj.clone_ref(py));
+                }
+            }
+        }
+        let child = sh.family.child(&vals).py()?;
+        let obj = make(Metric {
+            shared: sh.clone(),
+            child: Some(child),
+        })?;
+        let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
+        let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = cache.entry(h).or_default();
+        if let Some((_, existing)) = bucket.iter().find(|(k, _)| **k == *key) {
+            // another thread made it first: hand out one object
+            return Ok(existing.clone_ref(py));
+        }
+        bucket.push((key, obj.clone_ref(py)));
+        Ok(obj)
+    }
+}
+
+#[pymethods]
+impl Metric {
+    /// The metric's full name (for a counter, without the ``_total`` suffix, as prometheus_client).
+    #[getter]
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The help text.
+    #[getter]
+    fn documentation(&self) -> &str {
+        &self.shared.documentation
+    }
+
+    /// The label names.
+    #[getter]
+    fn labelnames<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.shared.labelnames)
+    }
+
+    /// Removes the series with these label values.
+    #[pyo3(signature = (*values))]
+    fn remove(&self, values: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let vals: Vec<String> = values
+            .iter()
+            .map(|v| Ok(v.str()?.to_str()?.to_string()))
+            .collect::<PyResult<_>>()?;
+        if vals.len() != self.shared.labelnames.len() || self.shared.labelnames.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "remove(): metric {:?} takes {} label value(s)",
+                self.shared.name,
+                self.shared.labelnames.len()
+            )));
+        }
+        self.shared.family.remove(&vals).py()?;
+        let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+        let mut cache = self
+            .shared
+            .children
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = cache.get_mut(&hash_values(&refs)) {
+            bucket.retain(|(k, _)| **k != *vals);
+        }
+        Ok(())
+    }
+
+    /// Removes every labelled series.
+    fn clear(&self) {
+        self.shared.family.clear();
+        self.shared
+            .children
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<ferrolab.metrics.{} {:?}>",
+            self.shared.kind.class(),
+            self.shared.name
+        )
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A monotonically increasing counter, shaped like ``prometheus_client.Counter``; the exposed series is
+/// ``<name>_total``.
+///
+/// Parameters
+/// ----------
+/// name : str
+///     Metric name (a trailing ``_total`` is accepted and not doubled).
+/// documentation : str
+///     Help text.
+/// labelnames : sequence of str, optional
+///     Label names; then use ``.labels(...)`` to get a series.
+/// namespace, subsystem, unit : str, optional
+///     Joined into the name as ``namespace_subsystem_name_unit``.
+/// registry : REGISTRY or None, optional
+///     ``None`` creates an unregistered counter.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> jobs = fl.metrics.Counter("doc_jobs", "Jobs processed.", ["queue"])
+/// >>> jobs.labels(queue="fast").inc()
+/// >>> jobs.labels("fast").inc(2)
+/// >>> fl.metrics.REGISTRY.get_sample_value("doc_jobs_total", {"queue": "fast"})
+/// 3.0
+/// >>> fl.metrics.REGISTRY.unregister(jobs)
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Counter;
+
+#[pymethods]
+impl Counter {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Counter,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Counter))
+    }
+
+    /// The series with these label values (by position or by name).
+    #[pyo3(signature = (*values, **labels))]
+    fn labels(
+        slf: &Bound<'_, Self>,
+        values: &Bound<'_, PyTuple>,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        slf.as_super().get().labeled(py, values, labels, |m| {
+            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Counter))?.into_any())
+        })
+    }
+
+    /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
+    #[pyo3(signature = (amount=1.0))]
+    fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        if !(amount >= 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "inc(): argument 'amount' is {amount}; counters can only be incremented by non-negative amounts"
+            )));
+        }
+        match slf.as_super().get().child()? {
+            Child::Counter(c) => c.inc_by(amount),
+            _ => unreachable!("a Counter holds counters"),
+        }
+        Ok(())
+    }
+
+    /// Resets the counter to zero.
+    fn reset(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if let Child::Counter(c) = slf.as_super().get().child()? {
+            c.reset();
+        }
+        Ok(())
+    }
+
+    /// Counts exceptions of type ``exception`` raised in a ``with`` block or a decorated function (they
+    /// propagate).
+    #[pyo3(signature = (exception=None))]
+    fn count_exceptions(
+        slf: &Bound<'_, Self>,
+        exception: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Guard> {
+        slf.as_super().get().child()?;
+        let exc = match exception {
+            Some(e) => e.unbind(),
+            None => slf
+                .py()
+                .get_type::<pyo3::exceptions::PyException>()
+                .into_any()
+                .unbind(),
+        };
+        Ok(Guard::new(slf.as_any(), GuardKind::CountExceptions(exc)))
+    }
+}
+
+/// A value that can go up and down, shaped like ``prometheus_client.Gauge``.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> queue = fl.metrics.Gauge("doc_queue_depth", "Items waiting.")
+/// >>> queue.set(10); queue.inc(2); queue.dec()
+/// >>> fl.metrics.REGISTRY.get_sample_value("doc_queue_depth")
+/// 11.0
+/// >>> with queue.track_inprogress():
+/// ...     fl.metrics.REGISTRY.get_sample_value("doc_queue_depth")
+/// 12.0
+/// >>> fl.metrics.REGISTRY.unregister(queue)
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Gauge;
+
+fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
+    match slf.as_super().get().child()? {
+        Child::Gauge(g) => Ok(g.clone()),
+        _ => unreachable!("a Gauge holds gauges"),
+    }
+}
+
+#[pymethods]
+impl Gauge {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Gauge,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Gauge))
+    }
+
+    /// The series with these label values (by position or by name).
+    #[pyo3(signature = (*values, **labels))]
+    fn labels(
+        slf: &Bound<'_, Self>,
+        values: &Bound<'_, PyTuple>,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        slf.as_super().get().labeled(py, values, labels, |m| {
+            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Gauge))?.into_any())
+        })
+    }
+
+    /// Adds ``amount`` (default 1).
+    #[pyo3(signature = (amount=1.0))]
+    fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        match slf.as_super().get().child()? {
+            Child::Gauge(g) => g.add(amount),
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// Subtracts ``amount`` (default 1).
+    #[pyo3(signature = (amount=1.0))]
+    fn dec(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        match slf.as_super().get().child()? {
+            Child::Gauge(g) => g.sub(amount),
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// Sets the value.
+    fn set(slf: &Bound<'_, Self>, value: f64) -> PyResult<()> {
+        match slf.as_super().get().child()? {
+            Child::Gauge(g) => g.set(value),
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// Sets the value to the current Unix time in seconds.
+    fn set_to_current_time(slf: &Bound<'_, Self>) -> PyResult<()> {
+        gauge(slf)?.set(now_seconds());
+        Ok(())
+    }
+
+    /// Adds 1 while a ``with`` block or decorated function runs.
+    fn track_inprogress(slf: &Bound<'_, Self>) -> PyResult<Guard> {
+        gauge(slf)?;
+        Ok(Guard::new(slf.as_any(), GuardKind::InProgress))
+    }
+
+    /// Sets the gauge to the duration in seconds of a ``with`` block or decorated function.
+    fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
+        gauge(slf)?;
+        Ok(Guard::new(slf.as_any(), GuardKind::SetDuration))
+    }
+}
+
+/// A histogram of observations, shaped like ``prometheus_client.Histogram`` (same default buckets).
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> lat = fl.metrics.Histogram("doc_latency_seconds", "Latency.", buckets=[0.1, 1.0])
+/// >>> lat.observe(0.05); lat.observe(0.5)
+/// >>> fl.metrics.REGISTRY.get_sample_value("doc_latency_seconds_bucket", {"le": "0.1"})
+/// 1.0
+/// >>> with lat.time():
+/// ...     pass
+/// >>> fl.metrics.REGISTRY.get_sample_value("doc_latency_seconds_count")
+/// 3.0
+/// >>> fl.metrics.REGISTRY.unregister(lat)
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Histogram;
+
+#[pymethods]
+impl Histogram {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default, buckets=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+        buckets: Option<Vec<f64>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Histogram,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            buckets,
+            registry,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Histogram))
+    }
+
+    /// The series with these label values (by position or by name).
+    #[pyo3(signature = (*values, **labels))]
+    fn labels(
+        slf: &Bound<'_, Self>,
+        values: &Bound<'_, PyTuple>,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        slf.as_super().get().labeled(py, values, labels, |m| {
+            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any())
+        })
+    }
+
+    /// Records one observation.
+    fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        match slf.as_super().get().child()? {
+            Child::Histogram(h) => h.observe(amount),
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// Observes the duration in seconds of a ``with`` block or decorated function.
+    fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
+        slf.as_super().get().child()?;
+        Ok(Guard::new(slf.as_any(), GuardKind::Observe))
+    }
+}
+
+enum GuardKind {
+    Observe,
+    SetDuration,
+    InProgress,
+    CountExceptions(Py<PyAny>),
+}
+
+/// A context manager / decorator returned by ``time()``, ``track_inprogress()`` and ``count_exceptions()``.
+#[pyclass(module = "ferrolab.metrics")]
+pub struct Guard {
+    metric: Py<PyAny>,
+    child: Option<Child>,
+    kind: GuardKind,
+    start: Option<Instant>,
+}
+
+impl Guard {
+    fn new(metric: &Bound<'_, PyAny>, kind: GuardKind) -> Guard {
+        let child = metric
+            .cast::<Metric>()
+            .ok()
+            .and_then(|m| m.get().child.clone());
+        Guard {
+            metric: metric.clone().unbind(),
+            child,
+            kind,
+            start: None,
+        }
+    }
+}
+
+static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+#[pymethods]
+impl Guard {
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyRefMut<'_, Self> {
+        slf.start = Some(Instant::now());
+        if let (GuardKind::InProgress, Some(Child::Gauge(g))) = (&slf.kind, &slf.child) {
+            g.inc();
+        }
+        slf
+    }
+
+    #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let secs = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        match (&self.kind, &self.child) {
+            (GuardKind::Observe, Some(Child::Histogram(h))) => h.observe(secs),
+            (GuardKind::SetDuration, Some(Child::Gauge(g))) => g.set(secs),
+            (GuardKind::InProgress, Some(Child::Gauge(g))) => g.dec(),
+            (GuardKind::CountExceptions(want), Some(Child::Counter(c))) => {
+                if let Some(t) = exc_type.filter(|t| !t.is_none()) {
+                    let t = t.cast::<pyo3::types::PyType>()?;
+                    let w = want.bind(py);
+                    if t.is_subclass(w).unwrap_or(false) {
+                        c.inc();
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// Decorates ``func`` (sync or async) so that every call runs inside a fresh guard.
+    fn __call__(&self, py: Python<'_>, func: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let decorate = DECORATE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("ferrolab.metrics")?
+                .getattr("_decorate")?
+                .unbind())
+        })?;
+        let m = self.metric.bind(py);
+        let factory = match &self.kind {
+            GuardKind::Observe | GuardKind::SetDuration => m.getattr("time")?,
+            GuardKind::InProgress => m.getattr("track_inprogress")?,
+            GuardKind::CountExceptions(e) => py
+                .import("functools")?
+                .getattr("partial")?
+                .call1((m.getattr("count_exceptions")?, e.bind(py)))?,
+        };
+        Ok(decorate.bind(py).call1((factory, func))?.unbind())
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of every registered metric and the built-in series.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> "# TYPE ferrolab_memory_usage_bytes gauge" in fl.metrics.exposition()
+/// True
+#[pyfunction]
+pub fn exposition(py: Python<'_>) -> PyResult<String> {
+    py.detach(core::exposition).py()
+}
+
+/// Native part of ``fl.metrics.configure``.
+#[pyfunction]
+fn _configure(enabled: bool, prefix: &str) -> PyResult<()> {
+    core::set_prefix(prefix).py()?;
+    seam::set_enabled(enabled);
+    Ok(())
+}
+
+/// Native part of error counting for failures raised before an op reaches the seam.
+#[pyfunction]
+fn _record_error(operation: &str, device: &str, error_type: &str) {
+    if let Some(op) = seam::op_by_name(operation) {
+        let dev = if device == "cuda" {
+            seam::Device::Cuda
+        } else {
+            seam::Device::Cpu
+        };
+        seam::record_untimed_error(op, dev, error_type);
+    }
+}
+
+/// Whether native instrumentation is on, and the built-in series' prefix.
+#[pyfunction]
+fn _settings() -> (bool, String) {
+    (seam::enabled(), core::prefix())
+}
+
+struct PyHandler;
+
+static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl Handler for PyHandler {
+    fn handle(&self, route: Route) -> Reply {
+        match route {
+            Route::Metrics => match core::exposition() {
+                Ok(text) => Reply::new(200, core::TEXT_CONTENT_TYPE, text),
+                Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
+            },
+            Route::Ready => Reply::new(200, "application/json", "{\"status\":\"ready\"}"),
+            Route::Health => {
+                if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+                    return Reply::new(
+                        503,
+                        "application/json",
+                        "{\"status\":\"unhealthy\",\"error\":\"shutting down\"}",
+                    );
+                }
+                Python::attach(|py| {
+                    let r = HEALTH
+                        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+                            Ok(py
+                                .import("ferrolab.health")?
+                                .getattr("_http_response")?
+                                .unbind())
+                        })
+                        .and_then(|f| f.bind(py).call0())
+                        .and_then(|r| r.extract::<(u16, String)>());
+                    match r {
+                        Ok((code, body)) => Reply::new(code, "application/json", body),
+                        Err(e) => {
+                            let msg = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+                            Reply::new(
+                                500,
+                                "application/json",
+                                format!("{{\"status\":\"unhealthy\",\"error\":\"{msg}\"}}"),
+                            )
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// A running ``/metrics`` + ``/health`` server (from ``fl.metrics.serve``); a context manager.
+#[pyclass(frozen, weakref, module = "ferrolab.metrics")]
+pub struct Server {
+    inner: Mutex<Option<server::Server>>,
+    host: String,
+    port: u16,
+    token: bool,
+}
+
+#[pymethods]
+impl Server {
+    /// ``http://host:port``.
+    #[getter]
+    fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+
+    #[getter]
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The bound port (the real one when started with ``port=0``).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server is still running.
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+
+    /// Request counters: requests, rejected (queue full), bad_requests, timeouts, unauthorized.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        if let Some(s) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = s.counters();
+            d.set_item("requests", c.requests.load(Relaxed))?;
+            d.set_item("rejected", c.rejected.load(Relaxed))?;
+            d.set_item("bad_requests", c.bad_requests.load(Relaxed))?;
+            d.set_item("timeouts", c.timeouts.load(Relaxed))?;
+            d.set_item("unauthorized", c.unauthorized.load(Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    /// Stops serving and closes open connections (idempotent).
+    fn stop(&self, py: Python<'_>) {
+        let srv = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut s) = srv {
+            // workers may be waiting for the GIL (a /health request): release it while joining them
+            py.detach(move || s.stop());
+        }
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.stop(py);
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<ferrolab.metrics.Server {} {}{}>",
+            self.url(),
+            if self.running() { "running" } else { "stopped" },
+            if self.token { ", token" } else { "" }
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let srv = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut s) = srv {
+            // dropped by the garbage collector with the GIL held: release it while the workers finish
+            Python::attach(|py| py.detach(move || s.stop()));
+        }
+    }
+}
+
+/// Native part of ``fl.metrics.serve``.
+#[pyfunction]
+#[pyo3(signature = (host, port, token, workers, header_timeout, max_header_bytes))]
+fn _serve(
+    py: Python<'_>,
+    host: &str,
+    port: u16,
+    token: Option<String>,
+    workers: usize,
+    header_timeout: f64,
+    max_header_bytes: usize,
+) -> PyResult<Server> {
+    if !(header_timeout.is_finite() && header_timeout > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "serve(): argument 'header_timeout' is {header_timeout}; expected a positive number of seconds"
+        )));
+    }
+    let cfg = server::Config {
+        host: host.to_string(),
+        port,
+        token: token.clone(),
+        workers,
+        queue: 64.max(workers * 4),
+        header_timeout: Duration::from_secs_f64(header_timeout),
+        write_timeout: Duration::from_secs(10),
+        max_header_bytes,
+    };
+    let s = py
+        .detach(|| server::Server::start(cfg, Arc::new(PyHandler)))
+        .py()?;
+    let addr = s.local_addr();
+    Ok(Server {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        token: token.is_some(),
+        inner: Mutex::new(Some(s)),
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Registry>()?;
+    m.add_class::<Metric>()?;
+    m.add_class::<Counter>()?;
+    m.add_class::<Gauge>()?;
+    m.add_class::<Histogram>()?;
+    m.add_class::<Guard>()?;
+    m.add_class::<Server>()?;
+    m.add("REGISTRY", Py::new(m.py(), Registry)?)?;
+    m.add_function(wrap_pyfunction!(exposition, m)?)?;
+    m.add_function(wrap_pyfunction!(_configure, m)?)?;
+    m.add_function(wrap_pyfunction!(_record_error, m)?)?;
+    m.add_function(wrap_pyfunction!(_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(_serve, m)?)?;
+    Ok(())
+}
