@@ -258,7 +258,9 @@ def pushadd(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = Non
     _send("pushadd", "POST", url, exposition().encode(), timeout)
 
 
-def delete_from_gateway(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0) -> None:
+def delete_from_gateway(
+    gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0
+) -> None:
     """Delete this job's group from a Pushgateway (HTTP DELETE)."""
     url = _gateway_url("delete_from_gateway", gateway, job, grouping_key)
     _send("delete_from_gateway", "DELETE", url, None, timeout)
