@@ -4,13 +4,16 @@ PIP ?= $(PYTHON) -m pip
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test test-rust test-py bench-smoke lint stubs bench demo clean
+.PHONY: dev components test test-rust test-py bench-smoke lint stubs bench demo clean
 
 dev:
 	$(PIP) install --upgrade "maturin>=1.7,<2" pip
 	$(PIP) install -e ".[test]"
 
-test: dev test-rust test-py bench-smoke lint
+components:
+	bash tools/install_components.sh
+
+test: dev components test-rust test-py bench-smoke lint
 
 test-rust:
 	$(CARGO) test -p ferrolab-core --release
