@@ -15,10 +15,11 @@ import ferrolab as fl
 import numpy as np
 import pytest
 import yaml
+from conftest import MISSING
 from ferrolab import cli, health, monitoring
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=MISSING + "promtool (Debian package prometheus)")
 
 SUBPROCESS_TIMEOUT = 120
 
