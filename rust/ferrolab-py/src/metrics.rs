@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::PyClassInitializer;
+use smallvec::SmallVec;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -109,8 +111,29 @@ struct Shared {
     labelnames_py: Vec<Py<PyString>>,
     /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
     /// the same values returns the same object).
-    children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>>>,
+    children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>>,
 }
+
+/// The child cache's keys are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Label values, names or objects of one call: on the stack for up to 8 labels.
+type Few<T> = SmallVec<[T; 8]>;
 
 /// FNV-1a over the label values (with a separator), for the child cache.
 fn hash_values(vals: &[&str]) -> u64 {
@@ -179,7 +202,7 @@ impl Metric {
                 documentation: documentation.to_string(),
                 labelnames,
                 labelnames_py,
-                children: RwLock::new(HashMap::new()),
+                children: RwLock::new(HashMap::default()),
             }),
             child,
         })
@@ -199,9 +222,9 @@ impl Metric {
     /// The label values of a `labels(...)` call as Python strings, in label-name order.
     fn label_values<'py>(
         &self,
-        values: &Bound<'py, PyTuple>,
-        kw: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Vec<Bound<'py, PyString>>> {
+        positional: &[Bound<'py, PyAny>],
+        named: &[(Bound<'py, PyAny>, Bound<'py, PyAny>)],
+    ) -> PyResult<Few<Bound<'py, PyString>>> {
         let sh = &self.shared;
         if sh.labelnames.is_empty() {
             return Err(PyValueError::new_err(format!(
@@ -215,50 +238,49 @@ impl Metric {
             ));
         }
         let n = sh.labelnames.len();
-        let mut out = Vec::with_capacity(n);
-        let text = |v: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyString>> {
-            match v.cast_into::<PyString>() {
-                Ok(s) => Ok(s),
-                Err(e) => e.into_inner().str(),
+        let text = |v: &Bound<'py, PyAny>| -> PyResult<Bound<'py, PyString>> {
+            match v.cast::<PyString>() {
+                Ok(s) => Ok(s.clone()),
+                Err(_) => v.str(),
             }
         };
-        match kw {
-            Some(kw) if !kw.is_empty() => {
-                if !values.is_empty() {
-                    return Err(PyValueError::new_err(
-                        "labels(): pass label values either by position or by name, not both",
-                    ));
-                }
-                if kw.len() != n {
-                    return Err(
-                        self.wrong_labels(kw.keys().iter().map(|k| k.to_string()).collect())
-                    );
-                }
-                for name in &sh.labelnames_py {
-                    match kw.get_item(name.bind(values.py()))? {
-                        Some(v) => out.push(text(v)?),
-                        None => {
-                            return Err(self
-                                .wrong_labels(kw.keys().iter().map(|k| k.to_string()).collect()))
-                        }
-                    }
+        if !named.is_empty() {
+            if !positional.is_empty() {
+                return Err(PyValueError::new_err(
+                    "labels(): pass label values either by position or by name, not both",
+                ));
+            }
+            let got = || named.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+            if named.len() != n {
+                return Err(self.wrong_labels(got()));
+            }
+            let mut slots: Few<Option<Bound<'py, PyString>>> = smallvec::smallvec![None; n];
+            for (k, v) in named {
+                // keyword names are interned: pointer equality is the usual hit
+                let j = sh
+                    .labelnames_py
+                    .iter()
+                    .position(|l| l.as_ptr() == k.as_ptr())
+                    .or_else(|| {
+                        let k = k.cast::<PyString>().ok()?.to_str().ok()?;
+                        sh.labelnames.iter().position(|l| l == k)
+                    });
+                match j {
+                    Some(j) if slots[j].is_none() => slots[j] = Some(text(v)?),
+                    _ => return Err(self.wrong_labels(got())),
                 }
             }
-            _ => {
-                if values.len() != n {
-                    return Err(PyValueError::new_err(format!(
-                        "labels(): metric {:?} takes {n} label value(s) ({}), got {}",
-                        sh.name,
-                        sh.labelnames.join(", "),
-                        values.len()
-                    )));
-                }
-                for v in values.iter() {
-                    out.push(text(v)?);
-                }
-            }
+            return Ok(slots.into_iter().flatten().collect());
         }
-        Ok(out)
+        if positional.len() != n {
+            return Err(PyValueError::new_err(format!(
+                "labels(): metric {:?} takes {n} label value(s) ({}), got {}",
+                sh.name,
+                sh.labelnames.join(", "),
+                positional.len()
+            )));
+        }
+        positional.iter().map(text).collect()
     }
 
     fn wrong_labels(&self, got: Vec<String>) -> PyErr {
@@ -271,15 +293,14 @@ impl Metric {
     }
 
     /// The child for these label values: the cached Python object, or a new one made by `make`.
-    fn labeled(
+    fn labeled<'py>(
         &self,
-        py: Python<'_>,
-        values: &Bound<'_, PyTuple>,
-        kw: Option<&Bound<'_, PyDict>>,
-        make: impl FnOnce(Metric) -> PyResult<Py<PyAny>>,
+        py: Python<'py>,
+        positional: &[Bound<'py, PyAny>],
+        named: &[(Bound<'py, PyAny>, Bound<'py, PyAny>)],
     ) -> PyResult<Py<PyAny>> {
-        let strs = self.label_values(values, kw)?;
-        let vals: Vec<&str> = strs.iter().map(|s| s.to_str()).collect::<PyResult<_>>()?;
+        let strs = self.label_values(positional, named)?;
+        let vals: Few<&str> = strs.iter().map(|s| s.to_str()).collect::<PyResult<_>>()?;
         let h = hash_values(&vals);
         let sh = &self.shared;
         {
@@ -294,10 +315,19 @@ impl Metric {
             }
         }
         let child = sh.family.child(&vals).py()?;
-        let obj = make(Metric {
+        let m = Metric {
             shared: sh.clone(),
             child: Some(child),
-        })?;
+        };
+        let obj = match sh.kind {
+            Kind::Counter => {
+                Py::new(py, PyClassInitializer::from(m).add_subclass(Counter))?.into_any()
+            }
+            Kind::Gauge => Py::new(py, PyClassInitializer::from(m).add_subclass(Gauge))?.into_any(),
+            Kind::Histogram => {
+                Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any()
+            }
+        };
         let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
         let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
         let bucket = cache.entry(h).or_default();
@@ -442,19 +472,6 @@ impl Counter {
         Ok(PyClassInitializer::from(m).add_subclass(Counter))
     }
 
-    /// The series with these label values (by position or by name).
-    #[pyo3(signature = (*values, **labels))]
-    fn labels(
-        slf: &Bound<'_, Self>,
-        values: &Bound<'_, PyTuple>,
-        labels: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        slf.as_super().get().labeled(py, values, labels, |m| {
-            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Counter))?.into_any())
-        })
-    }
-
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
@@ -553,19 +570,6 @@ impl Gauge {
         Ok(PyClassInitializer::from(m).add_subclass(Gauge))
     }
 
-    /// The series with these label values (by position or by name).
-    #[pyo3(signature = (*values, **labels))]
-    fn labels(
-        slf: &Bound<'_, Self>,
-        values: &Bound<'_, PyTuple>,
-        labels: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        slf.as_super().get().labeled(py, values, labels, |m| {
-            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Gauge))?.into_any())
-        })
-    }
-
     /// Adds ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
@@ -662,19 +666,6 @@ impl Histogram {
             registry,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Histogram))
-    }
-
-    /// The series with these label values (by position or by name).
-    #[pyo3(signature = (*values, **labels))]
-    fn labels(
-        slf: &Bound<'_, Self>,
-        values: &Bound<'_, PyTuple>,
-        labels: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        slf.as_super().get().labeled(py, values, labels, |m| {
-            Ok(Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any())
-        })
     }
 
     /// Records one observation.
@@ -1010,12 +1001,91 @@ fn _serve(
     })
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// `labels(*values, **labels)` as a METH_FASTCALL | METH_KEYWORDS method: it reads the keyword names and values
+// straight from the vectorcall arguments instead of building a kwargs dict (that dict was most of its cost).
+
+const LABELS_DOC: &std::ffi::CStr = c"labels($self, /, *values, **labels)
+--
+
+The series with these label values, by position (in label-name order) or by name; the same values always give
+the same object. Raises ValueError when the count or the names do not match the metric's label names.";
+
+unsafe extern "C" fn labels_fast(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    let call = std::panic::AssertUnwindSafe(|| {
+        // SAFETY: CPython calls a method with the GIL held; the pointers are borrowed for the call
+        let py = unsafe { Python::assume_attached() };
+        let res = (|| -> PyResult<Py<PyAny>> {
+            let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+            let metric = slf
+                .cast::<Metric>()
+                .map_err(|_| PyTypeError::new_err("labels(): not called on a ferrolab metric"))?;
+            let arg = |i: isize| unsafe { Bound::from_borrowed_ptr(py, *args.offset(i)) };
+            let positional: Few<Bound<'_, PyAny>> = (0..nargs).map(arg).collect();
+            let named: Few<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = if kwnames.is_null() {
+                Few::new()
+            } else {
+                let names =
+                    unsafe { Bound::from_borrowed_ptr(py, kwnames) }.cast_into::<PyTuple>()?;
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k, arg(nargs + i as isize)))
+                    .collect()
+            };
+            metric.get().labeled(py, &positional, &named)
+        })();
+        match res {
+            Ok(o) => o.into_ptr(),
+            Err(e) => {
+                e.restore(py);
+                std::ptr::null_mut()
+            }
+        }
+    });
+    std::panic::catch_unwind(call).unwrap_or_else(|_| {
+        let py = unsafe { Python::assume_attached() };
+        pyo3::exceptions::PySystemError::new_err("labels(): internal panic").restore(py);
+        std::ptr::null_mut()
+    })
+}
+
+fn install_labels(ty: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+    use pyo3::ffi;
+    // one definition per class, alive for the life of the process (the descriptor points to it)
+    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"labels".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: labels_fast,
+        },
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_doc: LABELS_DOC.as_ptr(),
+    }));
+    // SAFETY: `ty` is a live type object and `def` outlives it
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(
+            ty.py(),
+            ffi::PyDescr_NewMethod(ty.as_ptr().cast::<ffi::PyTypeObject>(), def),
+        )
+    }?;
+    ty.setattr("labels", descr)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Registry>()?;
     m.add_class::<Metric>()?;
     m.add_class::<Counter>()?;
     m.add_class::<Gauge>()?;
     m.add_class::<Histogram>()?;
+    let py = m.py();
+    install_labels(&py.get_type::<Counter>())?;
+    install_labels(&py.get_type::<Gauge>())?;
+    install_labels(&py.get_type::<Histogram>())?;
     m.add_class::<Guard>()?;
     m.add_class::<Server>()?;
     m.add("REGISTRY", Py::new(m.py(), Registry)?)?;
