@@ -95,6 +95,45 @@ def _cmd_monitoring(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from . import metrics
+
+    if args.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported the same way
+            print(f"ferrolab serve: cannot import {module!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        print(f"ferrolab serve: environment variable {args.token_env} is empty or unset", file=sys.stderr)
+        return 2
+    try:
+        server = metrics.serve(args.host, args.port, token=token)
+    except OSError as exc:
+        print(f"ferrolab serve: {exc}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        done.set()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"serving {server.url}/metrics, /health and /ready (Ctrl-C stops)", flush=True)
+        done.wait(args.duration)
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrolab", description="ferrolab: native kernels and ops tooling")
     p.add_argument("--version", action="version", version=f"ferrolab {__version__}")
@@ -130,6 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("directory", metavar="DIR", help="target directory")
     m.add_argument("--force", action="store_true", help="overwrite files that exist")
     m.set_defaults(func=_cmd_monitoring)
+    s = sub.add_parser(
+        "serve",
+        help="serve /metrics, /health and /ready until interrupted",
+        description="Serve the Prometheus exposition (/metrics), the health report (/health: 200 or 503) and /ready "
+        "from native threads until SIGINT/SIGTERM (or --duration seconds).",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=9464, help="port (default 9464; 0 picks a free one)")
+    s.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="require 'Authorization: Bearer <token>' with the token read from environment variable VAR",
+    )
+    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    s.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (its metrics and health checks are then served; repeatable)",
+    )
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

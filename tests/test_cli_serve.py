@@ -1,0 +1,81 @@
+"""`ferrolab serve`: serves /metrics, /health and /ready until SIGTERM/SIGINT, then exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+
+def _start(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferrolab", "serve", "--port", "0", "--duration", "120", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"(http://127\.0\.0\.1:\d+)/metrics", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    return proc, m.group(1)
+
+
+def test_serve_answers_and_stops_on_sigterm() -> None:
+    proc, url = _start()
+    try:
+        with urllib.request.urlopen(url + "/ready", timeout=30) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+            assert "ferrolab_memory_usage_bytes" in r.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_token_from_environment() -> None:
+    proc, url = _start("--token-env", "FL_TEST_TOKEN", env={"FL_TEST_TOKEN": "abc123"})
+    try:
+        req = urllib.request.Request(url + "/ready")
+        try:
+            urllib.request.urlopen(req, timeout=30)
+            raise AssertionError("a request without the token was served")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+        req = urllib.request.Request(url + "/ready", headers={"Authorization": "Bearer abc123"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_usage_errors_exit_2() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrolab", "serve", "--token-env", "FL_SURELY_UNSET_VAR", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "FL_SURELY_UNSET_VAR"},
+        timeout=120,
+    )
+    assert r.returncode == 2 and "FL_SURELY_UNSET_VAR" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "ferrolab", "serve", "--import", "no_such_module_xyz", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "no_such_module_xyz" in r.stderr
