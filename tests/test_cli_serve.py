@@ -36,11 +36,12 @@ def test_serve_answers_and_stops_on_sigterm() -> None:
         with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
             assert "ferrolab_memory_usage_bytes" in r.read().decode()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate(timeout=60)  # reaps it and closes the pipes
 
 
 def test_serve_token_from_environment() -> None:
@@ -56,11 +57,12 @@ def test_serve_token_from_environment() -> None:
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate(timeout=60)  # reaps it and closes the pipes
 
 
 def test_serve_usage_errors_exit_2() -> None:
