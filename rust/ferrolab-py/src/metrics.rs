@@ -1077,6 +1077,7 @@ fn install_labels(ty: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    seam::warm_up();
     m.add_class::<Registry>()?;
     m.add_class::<Metric>()?;
     m.add_class::<Counter>()?;
