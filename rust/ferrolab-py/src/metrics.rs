@@ -111,6 +111,7 @@ struct Shared {
     labelnames_py: Vec<Py<PyString>>,
     /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
     /// the same values returns the same object).
+    #[allow(clippy::type_complexity)]
     children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>>,
 }
 
@@ -155,6 +156,7 @@ pub struct Metric {
 }
 
 impl Metric {
+    #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
         kind: Kind,
@@ -475,6 +477,7 @@ impl Counter {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(amount >= 0.0) {
             return Err(PyValueError::new_err(format!(
                 "inc(): argument 'amount' is {amount}; counters can only be incremented by non-negative amounts"

@@ -107,6 +107,7 @@ pub fn exposition() -> Result<String> {
 }
 
 /// All samples as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
+#[allow(clippy::type_complexity)]
 pub fn samples() -> Vec<(String, Vec<(String, String)>, f64)> {
     let mut out = Vec::new();
     for mf in REGISTRY.gather() {
