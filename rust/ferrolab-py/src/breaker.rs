@@ -1790,14 +1790,7 @@ fn register_py(obj: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
 }
 
 /// The named breakers alive now, by name (a breaker created with the name of an earlier one replaces it here and
-/// in the metrics).
-///
-/// Examples
-/// --------
-/// >>> import ferrolab as fl
-/// >>> db = fl.CircuitBreaker("doc_registry_db")
-/// >>> fl.breakers()["doc_registry_db"] is db
-/// True
+/// in the metrics); ``fl.breakers()`` documents it.
 #[pyfunction]
 fn breakers(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let refs: Vec<(String, Bound<'_, PyAny>)> = {
