@@ -17,11 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import ferrolab as fl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import ferrolab as fl
 
 OUTCOMES = ["success", "failure", "unrecorded", "ignored", "cancelled"]
 
