@@ -822,10 +822,9 @@ def test_registry_lists_named_breakers_and_a_new_one_replaces_the_old() -> None:
     assert list(fl.breakers()) == sorted(fl.breakers())
 
 
-def test_breakers_in_reference_cycles_are_collected() -> None:
+def _cyclic_breaker() -> weakref.ref[fl.CircuitBreaker]:
     br = make()
-    holder = [br]
-    br.add_listener(lambda *a: holder)  # the breaker refers to itself through its listener
+    br.add_listener(lambda *a: br)  # the breaker refers to itself through its listener
 
     @br
     def f() -> None:
@@ -834,8 +833,11 @@ def test_breakers_in_reference_cycles_are_collected() -> None:
     with pytest.raises(Boom):
         f()
     f.breaker_ref = br  # type: ignore[attr-defined]
-    ref = weakref.ref(br)
-    del br, f, holder
+    return weakref.ref(br)
+
+
+def test_breakers_in_reference_cycles_are_collected() -> None:
+    ref = _cyclic_breaker()
     gc.collect()
     assert ref() is None
 
