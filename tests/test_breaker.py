@@ -497,19 +497,88 @@ def test_exit_without_enter_is_an_error() -> None:
     br = make()
     with pytest.raises(RuntimeError, match="without a matching __enter__"):
         br.__exit__(None, None, None)
+    assert br.__exit__(GeneratorExit, GeneratorExit(), None) is False  # a coroutine closed by the collector
 
 
-def test_with_entry_dropped_without_exit_gives_the_permit_back() -> None:
+def test_a_thread_ending_inside_a_block_gives_the_permit_back() -> None:
     clock = Clock()
     br = make(clock, failure_threshold=1, reset_timeout=0)
     run(br, boom)
-    ctx = contextvars.copy_context()
-    ctx.run(br.__enter__)  # the only trial, never exited
-    assert run(br, ok) == "rejected"
-    del ctx
-    gc.collect()
+    t = threading.Thread(target=br.__enter__)  # the only trial; the thread ends without __exit__
+    t.start()
+    t.join()
     assert br.stats()["half_open_calls"] == 0
     assert run(br, ok) == "ok" and br.state == "closed"
+
+
+def test_a_task_ending_inside_a_block_gives_the_permit_back() -> None:
+    clock = Clock()
+    br = make(clock, failure_threshold=1, reset_timeout=0)
+    run(br, boom)
+
+    async def leaves_the_block_open() -> None:
+        br.__enter__()  # in a coroutine: the permit is kept in the task's context, which ends with the task
+
+    async def main() -> None:
+        await asyncio.create_task(leaves_the_block_open())
+        gc.collect()
+
+    asyncio.run(main())
+    assert br.stats()["half_open_calls"] == 0
+    assert run(br, ok) == "ok" and br.state == "closed"
+
+
+def test_a_coroutine_collected_inside_async_with_gives_the_permit_back() -> None:
+    clock = Clock()
+    br = make(clock, failure_threshold=1, reset_timeout=0)
+    run(br, boom)
+
+    class Once:
+        def __await__(self):  # noqa: ANN204
+            yield
+
+    async def block() -> None:
+        async with br:
+            await Once()
+
+    ctx = contextvars.copy_context()
+    coro = block()
+    ctx.run(coro.send, None)  # inside the block, holding the only permit
+    assert run(br, ok) == "rejected"
+    del coro  # closed by the collector outside its context: no error, and ...
+    gc.collect()
+    del ctx  # ... the permit goes back with the context
+    gc.collect()
+    assert run(br, ok) == "ok" and br.state == "closed"
+
+
+def test_with_in_a_coroutine_keeps_permits_per_task() -> None:
+    clock = Clock()
+    br = make(clock, failure_threshold=1, reset_timeout=0, half_open_max_calls=2, success_threshold=2)
+    run(br, boom)
+
+    async def task(fail: bool, gate: asyncio.Event) -> str:
+        try:
+            with br:  # a plain with whose block awaits: interleaved with the other task's
+                await gate.wait()
+                if fail:
+                    raise Boom("x")
+        except Boom:
+            return "fail"
+        return "ok"
+
+    async def main() -> list[str]:
+        gate = asyncio.Event()
+        a = asyncio.create_task(task(False, gate))
+        b = asyncio.create_task(task(True, gate))
+        await asyncio.sleep(0)
+        gate.set()
+        return [await b, await a]
+
+    assert asyncio.run(main()) == ["fail", "ok"]
+    assert br.state == "open"  # the failed trial reopened it; the other one's success came too late
+    s = br.stats()
+    assert (s["success"], s["failure"]) == (1, 2)
 
 
 def test_async_with() -> None:

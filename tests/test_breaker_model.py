@@ -1,9 +1,12 @@
 """Property test: fl.CircuitBreaker against a small pure-Python reference model of its state machine.
 
 Hypothesis draws a configuration and a sequence of operations -- immediate calls through ``call()``, calls left in
-flight (an awaitable suspended at an ``await``, or a ``with`` block entered in its own context) and finished later,
-clock advances, ``force_open``/``disable``/``reset`` -- and after every operation the breaker's state, admission
-decisions and ``stats()`` must equal the model's. The clock is injected, so nothing sleeps.
+flight and finished later in any order (an ``acall`` awaitable suspended at an ``await``, an ``async with`` block in
+a coroutine driven in its own context, a ``with`` block held open by its own thread), clock advances,
+``force_open``/``disable``/``reset`` -- and after every operation the breaker's state, admission decisions and
+``stats()`` must equal the model's. At the end the calls still in flight are abandoned (the awaitable and the
+context dropped, the thread ended inside its block): their permits must come back. The clock is injected, so
+nothing sleeps.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import contextvars
 import gc
 import itertools
 import math
+import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,12 +244,116 @@ class Suspend:
         yield "suspended"
 
 
-@dataclass
 class Pending:
-    via: str  # "await" | "with"
-    ticket: Ticket
-    cell: dict[str, Any]
-    handle: Any  # the BreakerCall, or the Context of the with block
+    """A call in flight: started (admitted or rejected), finished later with an outcome, or abandoned."""
+
+    def __init__(self, br: fl.CircuitBreaker, via: str, body: Callable[[dict[str, Any]], str]) -> None:
+        self.br, self.via, self.body = br, via, body
+        self.cell: dict[str, Any] = {"outcome": "success", "duration": 0.0}
+        self.ticket: Ticket | None = None
+        self.handle: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """True when admitted."""
+        br, cell, body = self.br, self.cell, self.body
+        if self.via == "await":
+
+            async def job() -> str:
+                await Suspend()
+                return body(cell)
+
+            aw = br.acall(job)
+            try:
+                assert aw.send(None) == "suspended"
+            except fl.CircuitOpenError:
+                return False
+            self.handle = aw
+            return True
+        if self.via == "async with":
+
+            async def block() -> str:
+                async with br:
+                    await Suspend()
+                    return body(cell)
+
+            ctx = contextvars.copy_context()
+            coro = block()
+            try:
+                assert ctx.run(coro.send, None) == "suspended"
+            except fl.CircuitOpenError:
+                return False
+            self.handle = (ctx, coro)
+            return True
+        # a with block held open by its own thread; the steps run one at a time
+        admitted: list[bool] = []
+        go, started = threading.Event(), threading.Event()
+        finish: dict[str, Any] = {}
+
+        def worker() -> None:
+            try:
+                br.__enter__()
+            except fl.CircuitOpenError:
+                admitted.append(False)
+                started.set()
+                return
+            admitted.append(True)
+            started.set()
+            go.wait()
+            if finish.get("abandon"):
+                return  # the thread ends inside the block
+            exc = None
+            try:
+                body(cell)
+            except BaseException as e:  # noqa: BLE001 - handed to __exit__ like a with statement does
+                exc = e
+            finish["result"] = br.__exit__(type(exc) if exc else None, exc, None)
+
+        self.thread = threading.Thread(target=worker)
+        self.thread.start()
+        started.wait()
+        self.handle = (go, finish)
+        return admitted[0]
+
+    def finish(self, outcome: str, duration: float, throw: bool) -> None:
+        self.cell.update(outcome=outcome, duration=duration)
+        errors = (StopIteration, Recorded, Unrecorded, Ignored, Abort)
+        if self.via == "await":
+            if outcome == "cancelled" and throw:
+                # cancel the other way: throw a CancelledError into the suspended call
+                with pytest.raises(asyncio.CancelledError):
+                    self.handle.throw(asyncio.CancelledError)
+            else:
+                with pytest.raises(errors):
+                    self.handle.send(None)
+        elif self.via == "async with":
+            ctx, coro = self.handle
+            if outcome == "cancelled" and throw:
+                with pytest.raises(asyncio.CancelledError):
+                    ctx.run(coro.throw, asyncio.CancelledError)
+            else:
+                with pytest.raises(errors):
+                    ctx.run(coro.send, None)
+        else:
+            go, result = self.handle
+            go.set()
+            assert self.thread is not None
+            self.thread.join()
+            assert result["result"] is False
+        self.handle = None
+
+    def abandon(self) -> None:
+        if self.via == "with":
+            go, result = self.handle
+            result["abandon"] = True
+            go.set()
+            assert self.thread is not None
+            self.thread.join()
+        elif self.via == "async with":
+            ctx, coro = self.handle
+            # closing the coroutine runs __aexit__(GeneratorExit) in the block's context: the permit goes back
+            ctx.run(coro.close)
+        self.handle = None
 
 
 _names = itertools.count()
@@ -272,7 +381,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
 
 ops = st.one_of(
     st.tuples(st.just("call"), st.sampled_from(OUTCOMES), st.sampled_from([0.0, 0.25, 0.75, 1.5])),
-    st.tuples(st.just("start"), st.sampled_from(["await", "with"])),
+    st.tuples(st.just("start"), st.sampled_from(["await", "async with", "with"])),
     st.tuples(st.just("finish"), st.integers(0, 7), st.sampled_from(OUTCOMES), st.sampled_from([0.0, 0.5, 2.0])),
     st.tuples(st.just("advance"), st.sampled_from([0.25, 0.5, 1.0, 3.0, 7.0])),
     st.tuples(st.just("force"), st.sampled_from(["forced_open", "disabled", "closed"])),
@@ -308,27 +417,6 @@ def test_breaker_matches_the_reference_model(cfg: dict[str, Any], steps: list[tu
             raise exc("boom")
         return "ok"
 
-    async def coro(cell: dict[str, Any]) -> str:
-        await Suspend()
-        return body(cell)
-
-    def start(via: str) -> Pending | None:
-        """Starts a call that stays in flight; None when rejected (a function, so no local keeps it alive)."""
-        cell = {"outcome": "success", "duration": 0.0}
-        if via == "await":
-            aw = br.acall(coro, cell)
-            try:
-                assert aw.send(None) == "suspended"
-            except fl.CircuitOpenError:
-                return None
-            return Pending("await", Ticket(-1, "", 0.0), cell, aw)
-        ctx = contextvars.copy_context()
-        try:
-            ctx.run(br.__enter__)
-        except fl.CircuitOpenError:
-            return None
-        return Pending("with", Ticket(-1, "", 0.0), cell, ctx)
-
     for i, op in enumerate(steps):
         where = f"step {i} {op} cfg={cfg}"
         kind = op[0]
@@ -348,33 +436,22 @@ def test_breaker_matches_the_reference_model(cfg: dict[str, Any], steps: list[tu
                 model.complete(tk, outcome, clock.t)
         elif kind == "start":
             tk = model.acquire(clock.t)
-            started = start(op[1])
-            assert (started is not None) == (tk is not None), where
-            if started is not None and tk is not None:
+            started = Pending(br, op[1], body)
+            assert started.start() == (tk is not None), where
+            if tk is not None:
                 started.ticket = tk
                 pending.append(started)
+            started = None
         elif kind == "finish":
             if not pending:
                 continue
             p = pending.pop(op[1] % len(pending))
-            p.cell.update(outcome=op[2], duration=op[3])
-            if p.via == "await":
-                if op[2] == "cancelled" and op[1] % 2:
-                    # cancel the other way: throw a CancelledError into the suspended call
-                    clock.t += op[3]
-                    with pytest.raises(asyncio.CancelledError):
-                        p.handle.throw(asyncio.CancelledError)
-                else:
-                    with pytest.raises((StopIteration, Recorded, Unrecorded, Ignored, Abort)):
-                        p.handle.send(None)
-            else:
-                exc_obj = None
-                try:
-                    body(p.cell)
-                except BaseException as e:  # noqa: BLE001 - handed to __exit__ like a with statement does
-                    exc_obj = e
-                assert p.handle.run(br.__exit__, type(exc_obj) if exc_obj else None, exc_obj, None) is False
+            if op[2] == "cancelled" and op[1] % 2 and p.via != "with":
+                clock.t += op[3]  # a throw() runs no body: the time passes here
+            p.finish(op[2], op[3], throw=bool(op[1] % 2))
+            assert p.ticket is not None
             model.complete(p.ticket, op[2], clock.t)
+            p = None
         elif kind == "advance":
             clock.t += op[1]
         else:
@@ -383,6 +460,8 @@ def test_breaker_matches_the_reference_model(cfg: dict[str, Any], steps: list[tu
         check(br, model, clock, where)
     # calls still in flight are abandoned: their permits go back like a cancellation's
     for left in pending:
+        left.abandon()
+        assert left.ticket is not None
         model.complete(left.ticket, "cancelled", clock.t)
     pending.clear()
     left = started = p = None  # noqa: F841 - no local may keep one alive

@@ -45,6 +45,8 @@ struct Refs {
     clock: Option<Py<PyAny>>,
     listeners: Vec<Py<PyAny>>,
     last_failure: Option<Py<PyAny>>,
+    /// What `__aenter__` returns: an awaitable that completes with the breaker, reusable.
+    aenter: Option<Py<PyAny>>,
 }
 
 /// Everything a breaker's Python objects share (the `CircuitBreaker`, its decorated functions, its awaitables).
@@ -652,6 +654,8 @@ const RUNNING: u8 = 1;
 const FALLBACK: u8 = 2;
 const VALUE: u8 = 3;
 const DONE: u8 = 4;
+/// Completes with its value every time it is awaited (the results of __aenter__ and __aexit__).
+const CONST: u8 = 5;
 
 #[repr(C)]
 struct CallObj {
@@ -869,6 +873,14 @@ unsafe fn call_send_impl(py: Python<'_>, o: Obj, arg: Obj, out: *mut Obj) -> ffi
                 *out = if v.is_null() { py_none() } else { v };
                 ffi::PySendResult::PYGEN_RETURN
             }
+            CONST => {
+                *out = if c.value.is_null() {
+                    py_none()
+                } else {
+                    incref(c.value)
+                };
+                ffi::PySendResult::PYGEN_RETURN
+            }
             _ => {
                 PyRuntimeError::new_err("cannot reuse an already awaited circuit breaker call")
                     .restore(py);
@@ -998,6 +1010,9 @@ unsafe extern "C" fn call_throw(o: Obj, args: Obj) -> Obj {
                 ptr::null_mut()
             };
             raise_thrown(py, typ, val);
+            if c.phase == CONST {
+                return ptr::null_mut(); // shared: stays usable
+            }
             c.phase = DONE;
             clear(&mut c.iter);
             if let Some(t) = c.ticket.take() {
@@ -1012,6 +1027,9 @@ unsafe extern "C" fn call_close(o: Obj, _a: Obj) -> Obj {
     unsafe {
         trap(ptr::null_mut(), |py| {
             let c = &mut *(o as *mut CallObj);
+            if c.phase == CONST {
+                return py_none(); // shared: stays usable
+            }
             if (c.phase == RUNNING || c.phase == FALLBACK) && !c.iter.is_null() {
                 let meth = ffi::PyObject_GetAttrString(c.iter, c"close".as_ptr());
                 if meth.is_null() {
@@ -1262,13 +1280,98 @@ fn create_types(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyType
 
 // ---------------------------------------------------------------------------------------------------------------
 // `with` entries
+//
+// `with breaker:` calls `__exit__` on the breaker itself, so the permit of each entered block is kept aside:
+// * for a `with` statement in a plain function, on a stack of this thread (such blocks of one thread nest; a thread
+//   that ends inside a block gives its permits back);
+// * for a `with` statement in a coroutine (its block may `await`) and for every `async with`, in a context
+//   variable, so that interleaved asyncio tasks keep their own permits. The variable holds a chain of entries; leaving a block marks its entry done
+//   instead of setting the variable again (setting it costs a copy-on-write of the context), and the next block
+//   entered in the context skips the done entries. A context that is dropped drops its entries, and an entry
+//   dropped while still live gives its permit back.
 
-/// One entered ``with breaker:`` block: its permit, and the entry it shadows (a stack per context).
+/// The permits of the `with` blocks entered in this thread outside an event loop, innermost last.
+struct ThreadBlocks(Vec<(Arc<Breaker>, Ticket)>);
+
+impl Drop for ThreadBlocks {
+    fn drop(&mut self) {
+        // the thread ends inside blocks it never left: their permits go back
+        for (b, t) in self.0.drain(..) {
+            b.complete(t, Outcome::Cancelled, None);
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_BLOCKS: std::cell::RefCell<ThreadBlocks> = const { std::cell::RefCell::new(ThreadBlocks(Vec::new())) };
+}
+
+fn thread_push(core: &Arc<Breaker>, t: Ticket) -> bool {
+    THREAD_BLOCKS
+        .try_with(|s| s.borrow_mut().0.push((core.clone(), t)))
+        .is_ok()
+}
+
+fn thread_pop(core: &Arc<Breaker>) -> Option<Ticket> {
+    THREAD_BLOCKS
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s.0.iter().rposition(|(b, _)| Arc::ptr_eq(b, core))?;
+            Some(s.0.remove(i).1)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether the `with` statement runs in a coroutine or an async generator: only there can the block `await`, and
+/// so interleave with other blocks of the same thread.
+fn frame_is_async(py: Python<'_>) -> Result<bool, Raised> {
+    const CO_COROUTINE: std::ffi::c_long = 0x0080;
+    const CO_ITERABLE_COROUTINE: std::ffi::c_long = 0x0100;
+    const CO_ASYNC_GENERATOR: std::ffi::c_long = 0x0200;
+    unsafe {
+        let frame = ffi::PyEval_GetFrame();
+        if frame.is_null() {
+            return Ok(false);
+        }
+        let code = ffi::PyFrame_GetCode(frame);
+        if code.is_null() {
+            return Err(Raised);
+        }
+        let flags = ffi::PyObject_GetAttr(code.cast(), intern!(py, "co_flags").as_ptr());
+        ffi::Py_DECREF(code.cast());
+        if flags.is_null() {
+            return Err(Raised);
+        }
+        let f = ffi::PyLong_AsLong(flags);
+        ffi::Py_DECREF(flags);
+        if f == -1 && !ffi::PyErr_Occurred().is_null() {
+            return Err(Raised);
+        }
+        Ok(f & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0)
+    }
+}
+
+/// One ``with breaker:`` block entered in a context: its permit (taken when the block is left), and the entry of
+/// the enclosing block.
 #[pyclass(frozen, module = "ferrolab.breaker", name = "_Entry")]
 struct Entry {
-    inner: Arc<Inner>,
+    core: Arc<Breaker>,
     ticket: Mutex<Option<Ticket>>,
     prev: Option<Py<PyAny>>,
+}
+
+impl Entry {
+    fn take(&self) -> Option<Ticket> {
+        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn live(&self) -> bool {
+        self.ticket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }
 
 #[pymethods]
@@ -1290,45 +1393,53 @@ impl Drop for Entry {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(t) = t {
-            self.inner.core.complete(t, Outcome::Cancelled, None);
+            self.core.complete(t, Outcome::Cancelled, None);
         }
     }
 }
 
-unsafe fn enter(py: Python<'_>, slf: Obj, inner: &Arc<Inner>) -> Result<(), Raised> {
+/// The innermost live entry of this context, starting at `o` (the variable's value).
+fn live_entry<'py>(mut o: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
+    loop {
+        let e = o.cast_into::<Entry>().ok()?;
+        if e.get().live() {
+            return Some(e);
+        }
+        o = e.get().prev.as_ref()?.bind(e.py()).clone();
+    }
+}
+
+fn var_get<'py>(py: Python<'py>, inner: &Inner) -> Result<Bound<'py, PyAny>, Raised> {
     unsafe {
-        let t = match inner.admit(py, slf)? {
-            Admission::Admitted(t) => t,
-            Admission::Rejected(r) => {
-                inner.raise_open(py, r);
-                return Err(Raised);
-            }
-        };
-        let guard = TicketGuard {
-            inner,
-            ticket: Some(t),
-        };
-        let prev = ffi::PyObject_Call(
+        let o = ffi::PyObject_Call(
             inner.var_get.as_ptr(),
             inner.none_args.as_ptr(),
             ptr::null_mut(),
         );
-        if prev.is_null() {
-            return Err(Raised);
+        if o.is_null() {
+            Err(Raised)
+        } else {
+            Ok(Bound::from_owned_ptr(py, o))
         }
-        let prev = Bound::from_owned_ptr(py, prev);
-        let entry = Entry {
-            inner: inner.clone(),
-            ticket: Mutex::new(Some(guard.defuse())),
-            prev: (!prev.is_none()).then(|| prev.unbind()),
-        };
-        let entry = match Bound::new(py, entry) {
-            Ok(e) => e,
-            Err(e) => {
-                e.restore(py);
-                return Err(Raised);
-            }
-        };
+    }
+}
+
+fn context_push(py: Python<'_>, inner: &Inner, t: Ticket) -> Result<(), Raised> {
+    let guard = TicketGuard {
+        inner,
+        ticket: Some(t),
+    };
+    let top = var_get(py, inner)?;
+    let entry = Entry {
+        core: inner.core.clone(),
+        ticket: Mutex::new(Some(guard.defuse())),
+        prev: live_entry(top).map(|e| e.into_any().unbind()),
+    };
+    let entry = Bound::new(py, entry).map_err(|e| {
+        e.restore(py);
+        Raised
+    })?;
+    unsafe {
         let tok = ffi::PyObject_CallFunctionObjArgs(
             inner.var_set.as_ptr(),
             entry.as_ptr(),
@@ -1338,8 +1449,41 @@ unsafe fn enter(py: Python<'_>, slf: Obj, inner: &Arc<Inner>) -> Result<(), Rais
             return Err(Raised);
         }
         ffi::Py_DECREF(tok);
-        Ok(())
     }
+    Ok(())
+}
+
+fn context_pop(py: Python<'_>, inner: &Inner) -> Result<Option<Ticket>, Raised> {
+    let top = var_get(py, inner)?;
+    Ok(live_entry(top).and_then(|e| e.get().take()))
+}
+
+unsafe fn enter(
+    py: Python<'_>,
+    slf: Obj,
+    inner: &Inner,
+    force_context: bool,
+) -> Result<(), Raised> {
+    let t = match inner.admit(py, slf)? {
+        Admission::Admitted(t) => t,
+        Admission::Rejected(r) => {
+            inner.raise_open(py, r);
+            return Err(Raised);
+        }
+    };
+    let in_context = force_context || {
+        let guard = TicketGuard {
+            inner,
+            ticket: Some(t),
+        };
+        let running = frame_is_async(py)?;
+        guard.defuse();
+        running
+    };
+    if in_context || !thread_push(&inner.core, t) {
+        context_push(py, inner, t)?;
+    }
+    Ok(())
 }
 
 unsafe fn exit(
@@ -1348,38 +1492,36 @@ unsafe fn exit(
     inner: &Inner,
     exc_type: Obj,
     exc: Obj,
+    force_context: bool,
 ) -> Result<(), Raised> {
     unsafe {
-        let top = ffi::PyObject_Call(
-            inner.var_get.as_ptr(),
-            inner.none_args.as_ptr(),
-            ptr::null_mut(),
-        );
-        if top.is_null() {
-            return Err(Raised);
-        }
-        let top = Bound::from_owned_ptr(py, top);
-        let Ok(entry) = top.cast::<Entry>() else {
+        let in_context = force_context || frame_is_async(py)?;
+        let ticket = if in_context {
+            match context_pop(py, inner)? {
+                Some(t) => Some(t),
+                None => thread_pop(&inner.core),
+            }
+        } else {
+            match thread_pop(&inner.core) {
+                Some(t) => Some(t),
+                None => context_pop(py, inner)?,
+            }
+        };
+        let Some(t) = ticket else {
+            if !exc_type.is_null()
+                && ffi::PyErr_GivenExceptionMatches(exc_type, ffi::PyExc_GeneratorExit) != 0
+            {
+                // a coroutine closed by the garbage collector outside the context it entered the block in: the
+                // permit goes back when that context goes away
+                return Ok(());
+            }
             PyRuntimeError::new_err(format!(
-                "circuit breaker '{}': __exit__ without a matching __enter__ in this context",
+                "circuit breaker '{}': __exit__ without a matching __enter__ in this thread or context",
                 inner.core.name()
             ))
             .restore(py);
             return Err(Raised);
         };
-        let e = entry.get();
-        let prev = e.prev.as_ref().map_or(ffi::Py_None(), |p| p.as_ptr());
-        let tok = ffi::PyObject_CallFunctionObjArgs(
-            inner.var_set.as_ptr(),
-            prev,
-            ptr::null_mut::<ffi::PyObject>(),
-        );
-        if tok.is_null() {
-            return Err(Raised);
-        }
-        ffi::Py_DECREF(tok);
-        let ticket = e.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(t) = ticket else { return Ok(()) };
         let no_exc = exc_type.is_null() || exc_type == ffi::Py_None();
         let outcome = if no_exc {
             Outcome::Success
@@ -1525,7 +1667,7 @@ unsafe extern "C" fn meth_enter(slf: Obj, _a: Obj) -> Obj {
             let Some(inner) = inner_of(py, slf) else {
                 return ptr::null_mut();
             };
-            match enter(py, slf, inner) {
+            match enter(py, slf, inner, false) {
                 Ok(()) => incref(slf),
                 Err(Raised) => ptr::null_mut(),
             }
@@ -1556,7 +1698,7 @@ unsafe extern "C" fn meth_exit(slf: Obj, args: *mut Obj, nargs: ffi::Py_ssize_t)
                 return ptr::null_mut();
             }
             let (t, v) = exit_args(args, nargs);
-            match exit(py, slf, inner, t, v) {
+            match exit(py, slf, inner, t, v, false) {
                 Ok(()) => incref(ffi::Py_False()),
                 Err(Raised) => ptr::null_mut(),
             }
@@ -1564,16 +1706,39 @@ unsafe extern "C" fn meth_exit(slf: Obj, args: *mut Obj, nargs: ffi::Py_ssize_t)
     }
 }
 
+/// An awaitable that completes with `value` every time.
+unsafe fn const_call(py: Python<'_>, value: Obj) -> Obj {
+    unsafe {
+        let c = done_call(py, value);
+        if !c.is_null() {
+            (*c.cast::<CallObj>()).phase = CONST;
+        }
+        c
+    }
+}
+
+static AWAIT_FALSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 unsafe extern "C" fn meth_aenter(slf: Obj, _a: Obj) -> Obj {
     unsafe {
         trap(ptr::null_mut(), |py| {
             let Some(inner) = inner_of(py, slf) else {
                 return ptr::null_mut();
             };
-            match enter(py, slf, inner) {
-                Ok(()) => done_call(py, slf),
-                Err(Raised) => ptr::null_mut(),
+            if enter(py, slf, inner, true).is_err() {
+                return ptr::null_mut();
             }
+            let cached = inner.lock().aenter.as_ref().map(|a| a.as_ptr());
+            if let Some(a) = cached {
+                return incref(a);
+            }
+            let a = const_call(py, slf);
+            if !a.is_null() {
+                let keep = Bound::from_borrowed_ptr(py, a).unbind();
+                let old = inner.lock().aenter.replace(keep);
+                drop(old.map(|o| o.into_bound(py)));
+            }
+            a
         })
     }
 }
@@ -1589,9 +1754,17 @@ unsafe extern "C" fn meth_aexit(slf: Obj, args: *mut Obj, nargs: ffi::Py_ssize_t
                 return ptr::null_mut();
             }
             let (t, v) = exit_args(args, nargs);
-            match exit(py, slf, inner, t, v) {
-                Ok(()) => done_call(py, ffi::Py_False()),
-                Err(Raised) => ptr::null_mut(),
+            if exit(py, slf, inner, t, v, true).is_err() {
+                return ptr::null_mut();
+            }
+            match AWAIT_FALSE.get_or_try_init(py, || {
+                Bound::from_owned_ptr_or_err(py, const_call(py, ffi::Py_False())).map(Bound::unbind)
+            }) {
+                Ok(a) => incref(a.as_ptr()),
+                Err(e) => {
+                    e.restore(py);
+                    ptr::null_mut()
+                }
             }
         })
     }
@@ -2014,6 +2187,7 @@ impl CircuitBreaker {
                 clock,
                 listeners: Vec::new(),
                 last_failure: None,
+                aenter: None,
             }),
             var_get: var.getattr("get")?.unbind(),
             var_set: var.getattr("set")?.unbind(),
@@ -2203,7 +2377,7 @@ impl CircuitBreaker {
         visit.call(&i.var_set)?;
         // never block the collector: a held lock means a call is in progress (the objects are reachable)
         if let Ok(r) = i.refs.try_lock() {
-            for o in [&r.fallback, &r.clock, &r.last_failure]
+            for o in [&r.fallback, &r.clock, &r.last_failure, &r.aenter]
                 .into_iter()
                 .flatten()
             {
