@@ -8,9 +8,11 @@ import contextvars
 import gc
 import inspect
 import math
+import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +46,15 @@ def boom() -> None:
 
 def ok() -> str:
     return "ok"
+
+
+def wait_until_thread_gone(t: threading.Thread) -> None:
+    """join() returns before the OS thread has run its thread-local destructors: wait for those too (Linux)."""
+    task = f"/proc/self/task/{t.native_id}"
+    for _ in range(10_000):
+        if not os.path.exists(task):
+            return
+        time.sleep(0.001)
 
 
 def make(clock: Clock | None = None, **kw: Any) -> fl.CircuitBreaker:
@@ -507,6 +518,7 @@ def test_a_thread_ending_inside_a_block_gives_the_permit_back() -> None:
     t = threading.Thread(target=br.__enter__)  # the only trial; the thread ends without __exit__
     t.start()
     t.join()
+    wait_until_thread_gone(t)
     assert br.stats()["half_open_calls"] == 0
     assert run(br, ok) == "ok" and br.state == "closed"
 

@@ -16,7 +16,9 @@ import contextvars
 import gc
 import itertools
 import math
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -349,6 +351,12 @@ class Pending:
             go.set()
             assert self.thread is not None
             self.thread.join()
+            # join() returns before the OS thread runs its thread-local destructors (which give the permit back)
+            task = f"/proc/self/task/{self.thread.native_id}"
+            for _ in range(10_000):
+                if not os.path.exists(task):
+                    break
+                time.sleep(0.001)
         elif self.via == "async with":
             ctx, coro = self.handle
             # closing the coroutine runs __aexit__(GeneratorExit) in the block's context: the permit goes back
