@@ -402,6 +402,51 @@ def test_decorated_function_is_native_and_keeps_its_identity() -> None:
         type(add)()
 
 
+def test_call_forwards_bound_methods_and_splats() -> None:
+    br = make()
+
+    class Acc:
+        def __init__(self) -> None:
+            self.total = 0
+
+        def add(self, k: int, *, times: int = 1) -> int:
+            self.total += k * times
+            return self.total
+
+    a = Acc()
+    assert br.call(a.add, 2) == 2
+    assert br.call(Acc.add, a, 3, times=2) == 8
+    args, kwargs = (1,), {"times": 3}
+    assert br.call(a.add, *args, **kwargs) == 11
+    g = br(a.add)
+    assert g(1) == 12 and g(k=1, times=2) == 14 and g(*args, **kwargs) == 17
+    assert br.stats()["success"] == 6
+
+
+def test_the_tuple_path_without_vectorcall_forwarding(tmp_path: Any) -> None:
+    """Where PyObject_Vectorcall cannot be found (Windows with 3.11) calls take the tuple path: same results."""
+    import subprocess
+
+    code = """
+import asyncio, ferrolab as fl
+b = fl.CircuitBreaker("novc", failure_threshold=1, fallback=lambda *a, **k: ("fb", a, k))
+f = b(lambda x, *, y=0: x + y)
+assert f(1) == 1 and f(1, y=2) == 3 and b.call(f.__wrapped__, 2, y=3) == 5
+async def co(x, y=0):
+    return x * y
+assert asyncio.run(b.acall(co, 2, y=4)) == 8
+try:
+    b.call(lambda: 1 / 0)
+except ZeroDivisionError:
+    pass
+assert f(1, y=2) == ("fb", (1,), {"y": 2})
+print("ok")
+"""
+    env = {**os.environ, "FERROLAB_BREAKER_NO_VECTORCALL": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 def test_decorated_methods_bind() -> None:
     br = make()
 

@@ -247,9 +247,9 @@ impl Inner {
 
     /// A rejected call: the fallback's result, or NULL with CircuitOpenError set.
     #[cold]
-    unsafe fn reject(&self, py: Python<'_>, r: Rejection, args: Obj, kwargs: Obj) -> Obj {
+    unsafe fn reject(&self, py: Python<'_>, r: Rejection, call: impl FnOnce(Obj) -> Obj) -> Obj {
         match self.fallback(py) {
-            Some(fb) => unsafe { ffi::PyObject_Call(fb.as_ptr(), args, kwargs) },
+            Some(fb) => call(fb.as_ptr()),
             None => {
                 self.raise_open(py, r);
                 ptr::null_mut()
@@ -316,20 +316,19 @@ impl Inner {
     }
 }
 
-/// Guards one synchronous call: `func(*args, **kwargs)` under the breaker.
+/// Guards one synchronous call: `call(func)` (or `call(fallback)` when rejected) under the breaker.
 #[inline]
-unsafe fn guarded_call(
+unsafe fn guarded(
     py: Python<'_>,
     inner: &Inner,
     breaker: Obj,
     func: Obj,
-    args: Obj,
-    kwargs: Obj,
+    call: impl Fn(Obj) -> Obj,
 ) -> Obj {
     unsafe {
         let ticket = match inner.admit(py, breaker) {
             Ok(Admission::Admitted(t)) => t,
-            Ok(Admission::Rejected(r)) => return inner.reject(py, r, args, kwargs),
+            Ok(Admission::Rejected(r)) => return inner.reject(py, r, call),
             Err(Raised) => return ptr::null_mut(),
         };
         // a panic below (there is none by design) would still give the permit back
@@ -337,7 +336,7 @@ unsafe fn guarded_call(
             inner,
             ticket: Some(ticket),
         };
-        let res = ffi::PyObject_Call(func, args, kwargs);
+        let res = call(func);
         let ticket = guard.defuse();
         if !res.is_null() {
             if inner.finish_ok(py, breaker, ticket).is_err() {
@@ -348,6 +347,70 @@ unsafe fn guarded_call(
         }
         inner.finish_error(py, breaker, ticket);
         ptr::null_mut()
+    }
+}
+
+/// `guarded` for `func(*args, **kwargs)` given as a tuple and a dict.
+#[inline]
+unsafe fn guarded_call(
+    py: Python<'_>,
+    inner: &Inner,
+    breaker: Obj,
+    func: Obj,
+    args: Obj,
+    kwargs: Obj,
+) -> Obj {
+    unsafe {
+        guarded(py, inner, breaker, func, |c| {
+            ffi::PyObject_Call(c, args, kwargs)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Vectorcall: the arguments of the caller go to the guarded function as they came (no tuple, no dict)
+
+type VectorcallFn = unsafe extern "C" fn(Obj, *const Obj, usize, Obj) -> Obj;
+const VECTORCALL_ARGUMENTS_OFFSET: usize = 1 << (usize::BITS - 1);
+/// `Py_TPFLAGS_HAVE_VECTORCALL` (the same bit since 3.8; in the limited API from 3.12).
+const TPFLAGS_HAVE_VECTORCALL: u64 = 1 << 11;
+
+/// `PyObject_Vectorcall`: in the stable ABI only from Python 3.12, but exported by 3.11 too, so it is looked up at
+/// run time. Without it (Windows with 3.11) calls take the tuple path.
+static PY_VECTORCALL: std::sync::OnceLock<Option<VectorcallFn>> = std::sync::OnceLock::new();
+
+fn find_vectorcall() -> Option<VectorcallFn> {
+    if std::env::var_os("FERROLAB_BREAKER_NO_VECTORCALL").is_some_and(|v| v == "1") {
+        return None; // the fallback path, for tests
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: dlsym with a NUL-terminated name; the symbol, when present, has this signature
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"PyObject_Vectorcall".as_ptr()) };
+        if !p.is_null() {
+            return Some(unsafe { std::mem::transmute::<*mut c_void, VectorcallFn>(p) });
+        }
+    }
+    None
+}
+
+/// `func(*args[..nargs], **dict(zip(kwnames, args[nargs..])))`.
+#[inline]
+unsafe fn call_vector(func: Obj, args: *const Obj, nargsf: usize, kwnames: Obj) -> Obj {
+    unsafe {
+        if let Some(Some(vc)) = PY_VECTORCALL.get() {
+            return vc(func, args, nargsf, kwnames);
+        }
+        let nargs = (nargsf & !VECTORCALL_ARGUMENTS_OFFSET) as isize;
+        let Some((t, d)) = pack(args, 0, nargs, kwnames) else {
+            return ptr::null_mut();
+        };
+        let r = ffi::PyObject_Call(func, t, d);
+        ffi::Py_DECREF(t);
+        if !d.is_null() {
+            ffi::Py_DECREF(d);
+        }
+        r
     }
 }
 
@@ -497,6 +560,8 @@ unsafe fn free_instance(o: Obj) {
 #[repr(C)]
 struct FnObj {
     ob_base: ffi::PyObject,
+    /// Where CPython finds this object's vectorcall function (`__vectorcalloffset__`).
+    vectorcall: Option<VectorcallFn>,
     dict: Obj,
     weaklist: Obj,
     breaker: Obj,
@@ -523,6 +588,7 @@ unsafe fn new_fn<'py>(
         }
         let f = o.cast::<FnObj>();
         let inner = Arc::into_raw(breaker.get().inner.clone());
+        ptr::addr_of_mut!((*f).vectorcall).write(Some(fn_vectorcall as VectorcallFn));
         ptr::addr_of_mut!((*f).dict).write(ptr::null_mut());
         ptr::addr_of_mut!((*f).weaklist).write(ptr::null_mut());
         ptr::addr_of_mut!((*f).breaker).write(incref(breaker.as_ptr()));
@@ -545,6 +611,28 @@ unsafe extern "C" fn fn_call(o: Obj, args: Obj, kwargs: Obj) -> Obj {
                 return new_call(py, f.inner, f.breaker, f.func, args, kwargs);
             }
             guarded_call(py, &*f.inner, f.breaker, f.func, args, kwargs)
+        })
+    }
+}
+
+unsafe extern "C" fn fn_vectorcall(o: Obj, args: *const Obj, nargsf: usize, kwnames: Obj) -> Obj {
+    unsafe {
+        trap(ptr::null_mut(), |py| {
+            let f = &*(o as *const FnObj);
+            if f.func.is_null() {
+                PyRuntimeError::new_err("circuit breaker function was cleared").restore(py);
+                return ptr::null_mut();
+            }
+            if f.is_async {
+                let nargs = (nargsf & !VECTORCALL_ARGUMENTS_OFFSET) as isize;
+                let Some((t, d)) = pack(args, 0, nargs, kwnames) else {
+                    return ptr::null_mut();
+                };
+                return new_call_owned(py, f.inner, f.breaker, f.func, t, d);
+            }
+            guarded(py, &*f.inner, f.breaker, f.func, |c| {
+                call_vector(c, args, nargsf, kwnames)
+            })
         })
     }
 }
@@ -694,7 +782,7 @@ unsafe fn alloc_call(py: Python<'_>) -> *mut CallObj {
     }
 }
 
-/// A not-yet-started guarded call of `func(*args, **kwargs)`.
+/// A not-yet-started guarded call of `func(*args, **kwargs)` (`kwargs` may still be changed by the caller: copied).
 unsafe fn new_call(
     py: Python<'_>,
     inner: *const Inner,
@@ -704,7 +792,6 @@ unsafe fn new_call(
     kwargs: Obj,
 ) -> Obj {
     unsafe {
-        // the caller may still change a dict it passed: keep a copy
         let kw = if kwargs.is_null() {
             ptr::null_mut()
         } else {
@@ -714,18 +801,33 @@ unsafe fn new_call(
             }
             d
         };
+        new_call_owned(py, inner, breaker, func, incref(args), kw)
+    }
+}
+
+/// A not-yet-started guarded call; takes over the references to `args` and `kwargs`.
+unsafe fn new_call_owned(
+    py: Python<'_>,
+    inner: *const Inner,
+    breaker: Obj,
+    func: Obj,
+    args: Obj,
+    kwargs: Obj,
+) -> Obj {
+    unsafe {
         let c = alloc_call(py);
         if c.is_null() {
-            let mut kw = kw;
-            clear(&mut kw);
+            let (mut a, mut k) = (args, kwargs);
+            clear(&mut a);
+            clear(&mut k);
             return ptr::null_mut();
         }
         Arc::increment_strong_count(inner);
         (*c).inner = inner;
         (*c).breaker = incref(breaker);
         (*c).func = incref(func);
-        (*c).args = incref(args);
-        (*c).kwargs = kw;
+        (*c).args = args;
+        (*c).kwargs = kwargs;
         c.cast()
     }
 }
@@ -1179,6 +1281,13 @@ fn create_types(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyType
         | ffi::Py_TPFLAGS_IMMUTABLETYPE;
     let members = leak(vec![
         ffi::PyMemberDef {
+            name: c"__vectorcalloffset__".as_ptr(),
+            type_code: ffi::Py_T_PYSSIZET,
+            offset: std::mem::offset_of!(FnObj, vectorcall) as ffi::Py_ssize_t,
+            flags: ffi::Py_READONLY,
+            doc: ptr::null(),
+        },
+        ffi::PyMemberDef {
             name: c"__dictoffset__".as_ptr(),
             type_code: ffi::Py_T_PYSSIZET,
             offset: std::mem::offset_of!(FnObj, dict) as ffi::Py_ssize_t,
@@ -1224,7 +1333,7 @@ fn create_types(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyType
         py,
         c"ferrolab.breaker.BreakerFunction",
         std::mem::size_of::<FnObj>(),
-        base | ffi::Py_TPFLAGS_METHOD_DESCRIPTOR,
+        base | ffi::Py_TPFLAGS_METHOD_DESCRIPTOR | TPFLAGS_HAVE_VECTORCALL,
         vec![
             slot(ffi::Py_tp_call, fn_call as *mut c_void),
             slot(ffi::Py_tp_descr_get, fn_descr_get as *mut c_void),
@@ -1632,14 +1741,22 @@ unsafe extern "C" fn meth_call(
     kwnames: Obj,
 ) -> Obj {
     unsafe {
-        call_like(
-            slf,
-            args,
-            nargs,
-            kwnames,
-            "call",
-            |py, inner, func, t, d| guarded_call(py, inner, slf, func, t, d),
-        )
+        trap(ptr::null_mut(), |py| {
+            let Some(inner) = inner_of(py, slf) else {
+                return ptr::null_mut();
+            };
+            if nargs < 1 {
+                PyTypeError::new_err("call() missing its required argument 'fn'").restore(py);
+                return ptr::null_mut();
+            }
+            let func = *args;
+            // the rest of the vector goes on as it is; args[0] (already read) may be borrowed by the callee
+            let rest = args.offset(1);
+            let nargsf = (nargs - 1) as usize | VECTORCALL_ARGUMENTS_OFFSET;
+            guarded(py, inner, slf, func, |c| {
+                call_vector(c, rest, nargsf, kwnames)
+            })
+        })
     }
 }
 
@@ -2509,6 +2626,7 @@ fn install_open_error(py: Python<'_>) -> PyResult<()> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    PY_VECTORCALL.get_or_init(find_vectorcall);
     install_open_error(py)?;
     let (fn_type, call_type) = create_types(py)?;
     FN_TYPE.store(fn_type.as_ptr().cast(), Ordering::Release);
