@@ -886,6 +886,20 @@ def test_listeners_see_every_transition_outside_any_lock() -> None:
     with pytest.raises(TypeError):
         br.add_listener(3)
 
+    class Watcher:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_change(self, _b: fl.CircuitBreaker, _old: str, new: str) -> None:
+            self.seen.append(new)
+
+    w = Watcher()
+    br.add_listener(w.on_change)
+    br.reset()
+    br.remove_listener(w.on_change)  # an equal bound method, not the same object
+    br.force_open()
+    assert w.seen == ["closed"]
+
 
 def test_a_failing_listener_is_reported_and_does_not_break_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     reported: list[Any] = []

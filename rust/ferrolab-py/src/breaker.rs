@@ -2457,13 +2457,26 @@ impl CircuitBreaker {
     /// Removes a listener added with ``add_listener`` (ValueError when it is not there).
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
-        let removed = {
+        // compared with == outside the lock (a bound method is a new object at every access, and __eq__ is Python)
+        let ls: Vec<Bound<'_, PyAny>> = self
+            .inner
+            .lock()
+            .listeners
+            .iter()
+            .map(|l| l.bind(py).clone())
+            .collect();
+        let mut found = None;
+        for l in ls {
+            if l.is(listener) || l.eq(listener)? {
+                found = Some(l);
+                break;
+            }
+        }
+        let removed = found.and_then(|f| {
             let mut r = self.inner.lock();
-            r.listeners
-                .iter()
-                .position(|l| l.bind(py).is(listener))
-                .map(|i| r.listeners.remove(i))
-        };
+            let i = r.listeners.iter().position(|l| l.as_ptr() == f.as_ptr())?;
+            Some(r.listeners.remove(i))
+        });
         match removed {
             Some(l) => {
                 drop(l.into_bound(py));
