@@ -826,6 +826,21 @@ def test_breaker_call_protocol_send_throw_close() -> None:
     assert br.stats()["failure"] == 1
 
 
+def test_a_call_never_awaited_warns_like_a_coroutine() -> None:
+    br = make()
+
+    async def job() -> None:
+        pass
+
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        br.acall(job)
+        gc.collect()
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        br(job)()
+        gc.collect()
+    assert br.stats() == {**br.stats(), "success": 0, "ignored": 0}  # nothing ran
+
+
 def test_acall_of_a_non_async_function_is_a_type_error() -> None:
     br = make(failure_threshold=1)
 

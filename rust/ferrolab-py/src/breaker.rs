@@ -1208,10 +1208,40 @@ unsafe extern "C" fn call_clear(o: Obj) -> c_int {
     }
 }
 
+/// Warns like a coroutine that was never awaited (the call never started: nothing ran, nothing was admitted).
+unsafe fn warn_never_awaited(c: &CallObj) {
+    unsafe {
+        let py = Python::assume_attached();
+        // a deallocation may happen while an exception is being raised: keep it
+        let (mut t, mut v, mut tb) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+        ffi::PyErr_Fetch(&mut t, &mut v, &mut tb);
+        let what = Bound::from_borrowed_ptr(py, c.func)
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "a function".into());
+        let name = if c.inner.is_null() {
+            ""
+        } else {
+            (*c.inner).core.name()
+        };
+        let msg = format!("circuit breaker '{name}' call of {what} was never awaited");
+        if let Ok(msg) = std::ffi::CString::new(msg) {
+            if ffi::PyErr_WarnEx(ffi::PyExc_RuntimeWarning, msg.as_ptr(), 1) < 0 {
+                ffi::PyErr_WriteUnraisable(c.func);
+            }
+        }
+        ffi::PyErr_Clear();
+        ffi::PyErr_Restore(t, v, tb);
+    }
+}
+
 unsafe extern "C" fn call_dealloc(o: Obj) {
     unsafe {
         ffi::PyObject_GC_UnTrack(o.cast());
         let c = &mut *(o as *mut CallObj);
+        if c.phase == NEW && !c.func.is_null() {
+            warn_never_awaited(c);
+        }
         if let Some(t) = c.ticket.take() {
             // abandoned mid-flight: the permit goes back
             (*c.inner).core.complete(t, Outcome::Cancelled, None);
@@ -2161,6 +2191,11 @@ static UPDATE_WRAPPER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// back. A call admitted before a state change is counted in the metrics but does not move the new state.
 /// Listeners are called as ``listener(breaker, old_state, new_state)`` after the change, outside any lock; an
 /// exception in a listener goes to ``sys.unraisablehook``.
+///
+/// One breaker may guard any number of concurrent calls and blocks, from threads and asyncio tasks; nothing is
+/// locked while they run. Each ``with`` block keeps its own permit: per thread for a ``with`` statement in a plain
+/// function, per asyncio task (context) for one in a coroutine and for ``async with``. A thread or task that ends
+/// inside a block, or an awaitable dropped before it finished, gives its half-open permit back.
 ///
 /// Examples
 /// --------
