@@ -312,7 +312,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     lines = []
     for r in rows:
         if r["case"] == "instrumentation":
-            ratio = f"+{r['overhead_pct']:.1f}%" if r["overhead_pct"] is not None else "-"
+            ratio = f"{r['overhead_pct']:+.1f}%" if r["overhead_pct"] is not None else "-"
             target = f"<= {r['target']:g}%"
         else:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
