@@ -471,20 +471,11 @@ def test_remove_on_an_unlabelled_metric_is_a_value_error(make) -> None:
         c.remove()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: remove() of a label set that does not exist raises ValueError; prometheus_client ignores it",
-)
 def test_remove_of_an_absent_label_set(make) -> None:
     c = make(M.Counter, unique("removable"), "Remove.", ["route"])
     c.remove("never-created")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: clear() on an unlabelled metric removes its only series for good (later updates are invisible); "
-    "prometheus_client's clear() leaves an unlabelled metric alone",
-)
 @pytest.mark.parametrize("cls", [M.Counter, M.Gauge, M.Histogram])
 def test_clear_on_an_unlabelled_metric_keeps_its_series(make, cls) -> None:
     name = unique("plain")
@@ -519,12 +510,6 @@ def test_unregister_and_recreate(make) -> None:
     assert value(f"{name}_total", {"route": "a"}) == 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after REGISTRY.unregister(m) a metric of the same name can only be re-created with the very same "
-    "label names and help (the prometheus crate keeps the name's dimensions for the process lifetime); "
-    "prometheus_client accepts any",
-)
 @pytest.mark.parametrize("change", ["labelnames", "documentation"])
 def test_recreate_after_unregister_with_other_labels_or_help(change) -> None:
     name = unique("registered")
@@ -537,12 +522,6 @@ def test_recreate_after_unregister_with_other_labels_or_help(change) -> None:
     drop(again)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a metric whose name equals another's derived series (histogram _count/_sum/_bucket) is accepted, "
-    "and the exposition then fails `promtool check metrics` (second HELP line); prometheus_client raises "
-    "ValueError('Duplicated timeseries')",
-)
 def test_colliding_series_names_are_rejected(make) -> None:
     name = unique("latency_seconds")
     make(M.Histogram, name, "Histogram.")

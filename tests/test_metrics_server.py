@@ -340,11 +340,6 @@ def test_dripping_client_gets_408_at_the_head_deadline() -> None:
         assert sent < len(head), "the whole head was dripped in without a timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after answering, the server drains a declared request body with a 200 ms timeout per read but no "
-    "overall deadline (up to 1 MiB): a client that drips its body holds a worker indefinitely",
-)
 def test_dripping_body_does_not_hold_a_worker() -> None:
     """With one worker, a client dripping a POST body must not keep another client from being served.
 
@@ -403,11 +398,6 @@ def test_queue_full_is_503_and_stop_closes_queued_connections() -> None:
     assert not srv.running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the health handler raises, /health answers 500 with a hand-built JSON body that escapes only "
-    "quotes and backslashes: a message with a newline or tab makes the body invalid JSON",
-)
 def test_health_error_body_is_valid_json(tmp_path) -> None:
     pytest.importorskip("ferrolab.health")
     # /health caches the handler on its first call, so the failing handler is installed in a fresh interpreter
@@ -523,11 +513,6 @@ def test_serve_bad_arguments(kwargs, exc) -> None:
         srv.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a finite header_timeout too large for a Duration (e.g. 1e20 s) panics in Rust "
-    "(pyo3 PanicException, a BaseException, plus a backtrace on stderr) instead of a ValueError",
-)
 def test_huge_header_timeout_is_a_value_error_not_a_panic() -> None:
     try:
         srv = M.serve(port=0, header_timeout=1e20)

@@ -374,7 +374,7 @@ impl Metric {
                 self.shared.labelnames.len()
             )));
         }
-        self.shared.family.remove(&vals).py()?;
+        self.shared.family.remove(&vals);
         let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
         let mut cache = self
             .shared
@@ -504,7 +504,23 @@ impl Counter {
     ) -> PyResult<Guard> {
         slf.as_super().get().child()?;
         let exc = match exception {
-            Some(e) => e.unbind(),
+            Some(e) => {
+                let base = slf.py().get_type::<pyo3::exceptions::PyBaseException>();
+                let ok = |t: &Bound<'_, PyAny>| {
+                    t.cast::<pyo3::types::PyType>()
+                        .is_ok_and(|t| t.is_subclass(&base).unwrap_or(false))
+                };
+                let valid = match e.cast::<PyTuple>() {
+                    Ok(t) => t.iter().all(|x| ok(&x)),
+                    Err(_) => ok(&e),
+                };
+                if !valid {
+                    return Err(PyTypeError::new_err(
+                        "count_exceptions(): argument 'exception' must be an exception class or a tuple of them",
+                    ));
+                }
+                e.unbind()
+            }
             None => slf
                 .py()
                 .get_type::<pyo3::exceptions::PyException>()
@@ -814,6 +830,27 @@ fn _settings() -> (bool, String) {
     (seam::enabled(), core::prefix())
 }
 
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 struct PyHandler;
 
 static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -846,14 +883,14 @@ impl Handler for PyHandler {
                         .and_then(|r| r.extract::<(u16, String)>());
                     match r {
                         Ok((code, body)) => Reply::new(code, "application/json", body),
-                        Err(e) => {
-                            let msg = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
-                            Reply::new(
-                                500,
-                                "application/json",
-                                format!("{{\"status\":\"unhealthy\",\"error\":\"{msg}\"}}"),
-                            )
-                        }
+                        Err(e) => Reply::new(
+                            500,
+                            "application/json",
+                            format!(
+                                "{{\"status\":\"unhealthy\",\"error\":{}}}",
+                                json_string(&e.to_string())
+                            ),
+                        ),
                     }
                 })
             }
@@ -974,9 +1011,9 @@ fn _serve(
     header_timeout: f64,
     max_header_bytes: usize,
 ) -> PyResult<Server> {
-    if !(header_timeout.is_finite() && header_timeout > 0.0) {
+    if !(header_timeout > 0.0 && header_timeout <= 3600.0) {
         return Err(PyValueError::new_err(format!(
-            "serve(): argument 'header_timeout' is {header_timeout}; expected a positive number of seconds"
+            "serve(): argument 'header_timeout' is {header_timeout}; expected seconds in (0, 3600]"
         )));
     }
     let cfg = server::Config {
