@@ -402,8 +402,8 @@ def test_push_without_scheme_and_with_trailing_slash(pushgateway, pushed_metrics
 
 
 def test_gateway_errors_are_os_errors(pushgateway) -> None:
-    with pytest.raises(OSError, match="400"):
-        M.push(pushgateway, unique("job"), {"__name__": "reserved"})  # the gateway answers 400
+    with pytest.raises(OSError, match="404"):
+        M.push(pushgateway.rstrip("/") + "/no/such/prefix", unique("job"))  # the gateway answers 404
 
 
 @pytest.mark.parametrize("func", [M.push, M.pushadd, M.delete_from_gateway])
@@ -422,6 +422,8 @@ def test_push_to_a_closed_port_is_an_os_error(func) -> None:
         (("http://127.0.0.1:1", "job", "instance=x"), TypeError),
         (("http://127.0.0.1:1", "job", {"1abc": "x"}), ValueError),
         (("http://127.0.0.1:1", "job", {"has-dash": "x"}), ValueError),
+        (("http://127.0.0.1:1", "job", {"__name__": "reserved"}), ValueError),
+        (("http://127.0.0.1:1", "job", {"\u00fc": "x"}), ValueError),
     ],
 )
 def test_push_bad_arguments(args, exc) -> None:
