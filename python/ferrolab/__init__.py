@@ -7,7 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import gpu, ops
+from . import gpu, ops, tracing
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .runtime import num_threads, op_stats, simd_level
@@ -18,6 +18,7 @@ __all__ = [
     "__version__",
     "ops",
     "gpu",
+    "tracing",
     "FerrolabError",
     "DeviceUnavailableError",
     "num_threads",

@@ -10,6 +10,7 @@ mod errors;
 mod funnel;
 mod ops;
 mod runtime;
+mod tracing;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -38,5 +39,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::cdist, m)?)?;
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     runtime::register(m)?;
+    tracing::register(m)?;
     Ok(())
 }
