@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of ``fl.tracing`` spans against the opentelemetry-python SDK.
 
-Cases, each timed in one process, interleaved (peer, ferrolab, ferrolab, peer, ...), timeit-style (a loop count
-per side so that one repetition lasts at least ``--min-time``; per-call time = median over ``--repeat``
-repetitions, garbage collector off while timing):
+Cases, each timed in one process, interleaved (peer, ferrolab, ferrolab, peer, ...) with :mod:`timeit` (the
+statement is compiled into the timing loop, garbage collector off; a loop count per side so that one repetition
+lasts at least ``--min-time``; per-execution time = median over ``--repeat`` repetitions):
 
 * ``span sampled``: ``with fl.tracing.span("x", k=1): pass`` (in-memory pipeline, ratio 1.0) vs the SDK's
   ``with tracer.start_as_current_span("x", attributes={"k": 1}): pass`` with a ``SimpleSpanProcessor`` and an
@@ -27,13 +27,13 @@ Other benchmark files can ``from bench_tracing import run`` (``run(smoke) -> lis
 from __future__ import annotations
 
 import argparse
-import gc
+import contextvars
 import json
 import os
 import platform
 import statistics
 import sys
-import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,50 +56,46 @@ TARGETS = {"span sampled": 10.0, "span unsampled": 20.0}
 OP_SIZE = 1000
 
 
-def _loop(fn: Callable[[], Any], number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return time.perf_counter() - t0
-
-
-def _autorange(fn: Callable[[], Any], min_time: float, reset: Callable[[], Any]) -> int:
+def _autorange(timer: timeit.Timer, min_time: float, reset: Callable[[], Any], ctx: contextvars.Context) -> int:
     """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
     i = 1
     while True:
         for j in (1, 2, 5):
             number = i * j
             reset()
-            if _loop(fn, number) >= min_time:
+            if ctx.run(timer.timeit, number) >= min_time:
                 return number
         i *= 10
 
 
 def time_pair(
-    peer: Callable[[], Any],
-    mine: Callable[[], Any],
+    peer: timeit.Timer,
+    mine: timeit.Timer,
     repeat: int,
     min_time: float,
     reset: Callable[[], Any] = lambda: None,
+    peer_ctx: contextvars.Context | None = None,
+    mine_ctx: contextvars.Context | None = None,
 ) -> dict[str, Any]:
-    """Interleaved timing of two callables; per-call seconds of every repetition for each."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        n_peer = _autorange(peer, min_time, reset)  # also the warm-up
-        n_mine = _autorange(mine, min_time, reset)
-        t_peer: list[float] = []
-        t_mine: list[float] = []
-        for r in range(repeat):
-            for side in ("peer", "mine") if r % 2 == 0 else ("mine", "peer"):
-                reset()
-                if side == "peer":
-                    t_peer.append(_loop(peer, n_peer) / n_peer)
-                else:
-                    t_mine.append(_loop(mine, n_mine) / n_mine)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    """Interleaved timing of two statements (timeit: compiled into the timing loop, garbage collector off);
+    per-execution seconds of every repetition for each.
+
+    Each side's loops run in its own context (default: a copy of the caller's), so that a span can be open on
+    one side only. ``reset`` runs before every repetition, outside the timing.
+    """
+    pctx = peer_ctx if peer_ctx is not None else contextvars.copy_context()
+    mctx = mine_ctx if mine_ctx is not None else contextvars.copy_context()
+    n_peer = _autorange(peer, min_time, reset, pctx)  # also the warm-up
+    n_mine = _autorange(mine, min_time, reset, mctx)
+    t_peer: list[float] = []
+    t_mine: list[float] = []
+    for r in range(repeat):
+        for side in ("peer", "mine") if r % 2 == 0 else ("mine", "peer"):
+            reset()
+            if side == "peer":
+                t_peer.append(pctx.run(peer.timeit, n_peer) / n_peer)
+            else:
+                t_mine.append(mctx.run(mine.timeit, n_mine) / n_mine)
     return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
 
 
@@ -131,19 +127,16 @@ def _row(case: str, peer: str, size: str, t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SDK_SPAN = 'with tracer.start_as_current_span("x", attributes={"k": 1}):\n    pass'
+FL_SPAN = 'with span("x", k=1):\n    pass'
+
+
 def span_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
     ratio = 1.0 if sampled else 0.0
     fl.tracing.configure("bench", sample_ratio=ratio)
     tracer, exporter = _sdk_tracer(None if sampled else 0.0)
-    fl_span = fl.tracing.span
-
-    def peer() -> None:
-        with tracer.start_as_current_span("x", attributes={"k": 1}):
-            pass
-
-    def mine() -> None:
-        with fl_span("x", k=1):
-            pass
+    peer = timeit.Timer(SDK_SPAN, globals={"tracer": tracer})
+    mine = timeit.Timer(FL_SPAN, globals={"span": fl.tracing.span})
 
     def reset() -> None:
         exporter.clear()
@@ -151,8 +144,8 @@ def span_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
 
     # both sides record (or drop) what they should
     reset()
-    peer()
-    mine()
+    peer.timeit(1)
+    mine.timeit(1)
     assert len(exporter.get_finished_spans()) == (1 if sampled else 0)
     assert len(fl.tracing.finished_spans()) == (1 if sampled else 0)
     t = time_pair(peer, mine, repeat, min_time, reset)
@@ -165,24 +158,24 @@ def span_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
 def op_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
     fl.tracing.configure("bench", sample_ratio=1.0 if sampled else 0.0)
     x = np.random.default_rng(1).standard_normal(OP_SIZE)
-    fsum = fl.ops.sum
-
-    def no_span() -> None:
-        fsum(x)
+    call = timeit.Timer("fsum(x)", globals={"fsum": fl.ops.sum, "x": x})
 
     def reset() -> None:
         fl.tracing.finished_spans(clear=True)
 
-    with fl.tracing.span("enclosing") as s:
-        assert s.is_recording == sampled
-
-        def in_span() -> None:
-            fsum(x)
-
-        reset()
-        in_span()
-        assert len(fl.tracing.finished_spans()) == (1 if sampled else 0)
-        t = time_pair(no_span, in_span, repeat, min_time, reset)
+    outside = contextvars.copy_context()
+    inside = contextvars.copy_context()
+    enclosing = fl.tracing.span("enclosing")
+    inside.run(enclosing.__enter__)  # the span is open, and current in `inside` only
+    assert enclosing.is_recording == sampled
+    reset()
+    inside.run(call.timeit, 1)
+    assert len(fl.tracing.finished_spans()) == (1 if sampled else 0)
+    reset()
+    outside.run(call.timeit, 1)
+    assert fl.tracing.finished_spans() == []
+    t = time_pair(call, call, repeat, min_time, reset, peer_ctx=outside, mine_ctx=inside)
+    inside.run(enclosing.__exit__, None, None, None)
     reset()
     case = f"ops.sum(1e3) in {'sampled' if sampled else 'unsampled'} span"
     return _row(case, "fl.ops.sum, no span open", f"{OP_SIZE} float64", t)

@@ -67,13 +67,22 @@ impl<'a> Meta<'a> {
     }
 
     fn shape_strings(&self) -> Vec<StringValue> {
+        // NumPy's notation: (), (n,), (m, n)
         let fmt = |s: &[usize]| -> StringValue {
-            let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
-            match s.len() {
-                1 => format!("({},)", inner[0]),
-                _ => format!("({})", inner.join(", ")),
+            use std::fmt::Write;
+            let mut out = String::with_capacity(2 + 8 * s.len());
+            out.push('(');
+            for (i, d) in s.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let _ = write!(out, "{d}");
             }
-            .into()
+            if s.len() == 1 {
+                out.push(',');
+            }
+            out.push(')');
+            out.into()
         };
         match self.shapes {
             Shapes::One(a) => vec![fmt(a)],
@@ -113,6 +122,17 @@ fn execute<R: Send>(
     }
 }
 
+/// `ferrolab.<op>`, built once per op.
+fn span_name(op: Op) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        Op::ALL
+            .iter()
+            .map(|o| &*Box::leak(format!("ferrolab.{}", o.name()).into_boxed_str()))
+            .collect()
+    })[op as usize]
+}
+
 /// [`run`] with a child span `ferrolab.<op>` (attributes `ferrolab.op`, `ferrolab.shapes`, `ferrolab.dtype`,
 /// `ferrolab.device`; status `ERROR` and an `exception` event when the op fails).
 #[cold]
@@ -133,7 +153,7 @@ fn run_traced<R: Send>(
         Recording::start(
             ctx,
             Some(&parent),
-            format!("ferrolab.{}", op.name()),
+            span_name(op),
             vec![
                 KeyValue::new("ferrolab.op", op.name()),
                 KeyValue::new(

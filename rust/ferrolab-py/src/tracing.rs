@@ -12,41 +12,82 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 // ----------------------------------------------------------------------------------------------------------
 // the context variable
 
-/// The `ContextVar` holding the current [`Span`] and its bound `get`/`set`/`reset` methods.
-struct Cv {
-    get: Py<PyAny>,
-    set: Py<PyAny>,
-    reset: Py<PyAny>,
+/// The context-variable C API (CPython >= 3.7). It is public API but outside the limited API, so pyo3-ffi does
+/// not declare it for abi3 builds; the symbols are exported by every CPython and their signatures have not
+/// changed since 3.7. Calling them directly instead of the `ContextVar` methods keeps a span's enter/exit
+/// free of argument tuples and bound-method calls.
+mod cvar {
+    use pyo3::ffi::PyObject;
+    use std::os::raw::c_int;
+
+    extern "C" {
+        pub fn PyContextVar_Get(
+            var: *mut PyObject,
+            default_value: *mut PyObject,
+            value: *mut *mut PyObject,
+        ) -> c_int;
+        pub fn PyContextVar_Set(var: *mut PyObject, value: *mut PyObject) -> *mut PyObject;
+        pub fn PyContextVar_Reset(var: *mut PyObject, token: *mut PyObject) -> c_int;
+    }
 }
 
-static CV: PyOnceLock<Cv> = PyOnceLock::new();
+/// Value of a `contextvars.ContextVar` in the current context (`None`: unset and no default).
+fn cv_get<'py>(py: Python<'py>, var: &Py<PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let mut out: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: `var` is a ContextVar (checked when it was obtained); `out` receives a new reference or NULL.
+    let rc = unsafe { cvar::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut out) };
+    if rc < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new (owned) reference when not NULL
+    Ok(unsafe { Bound::from_owned_ptr_or_opt(py, out) })
+}
 
-fn cv(py: Python<'_>) -> PyResult<&Cv> {
+/// `var.set(value)`: the reset token.
+fn cv_set<'py>(
+    py: Python<'py>,
+    var: &Py<PyAny>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `var` is a ContextVar; returns a new reference to the token, or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(py, cvar::PyContextVar_Set(var.as_ptr(), value.as_ptr()))
+    }
+}
+
+/// `var.reset(token)`; false (and no exception) when the token belongs to another context.
+fn cv_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> bool {
+    // SAFETY: `var` is a ContextVar and `token` a token it returned.
+    let rc = unsafe { cvar::PyContextVar_Reset(var.as_ptr(), token.as_ptr()) };
+    if rc < 0 {
+        drop(PyErr::take(py));
+        return false;
+    }
+    true
+}
+
+/// The `ContextVar` holding the current [`Span`] (no default: unset means no span).
+static CV: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn cv(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     CV.get_or_try_init(py, || {
-        let kw = PyDict::new(py);
-        kw.set_item("default", py.None())?;
         let var = py
             .import("contextvars")?
             .getattr("ContextVar")?
-            .call(("ferrolab_current_span",), Some(&kw))?;
-        Ok::<_, PyErr>(Cv {
-            get: var.getattr("get")?.unbind(),
-            set: var.getattr("set")?.unbind(),
-            reset: var.getattr("reset")?.unbind(),
-        })
+            .call1(("ferrolab_current_span",))?;
+        Ok::<_, PyErr>(var.unbind())
     })
 }
 
 /// The current ferrolab span object of this context, if any.
 fn current_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-    let cur = cv(py)?.get.bind(py).call0()?;
-    Ok(cur.cast_into::<Span>().ok())
+    Ok(cv_get(py, cv(py)?)?.and_then(|c| c.cast_into::<Span>().ok()))
 }
 
 /// The identity of the current ferrolab span when it is open and sampled (for the op seam's child spans).
@@ -56,8 +97,7 @@ pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
     if !s.open.load(Ordering::Relaxed) {
         return None;
     }
-    let (c, _) = s.ctx.get()?;
-    c.sampled.then_some(*c)
+    s.ctx.sampled.then_some(s.ctx)
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -66,7 +106,7 @@ pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
 /// How to read the current opentelemetry-python span.
 enum OtelPy {
     /// Its runtime context is the default contextvars one: read the `ContextVar` and the span key directly.
-    Fast { get: Py<PyAny>, key: Py<PyAny> },
+    Fast { var: Py<PyAny>, key: Py<PyAny> },
     /// Anything else: `opentelemetry.trace.get_current_span()`.
     Slow { get_current_span: Py<PyAny> },
 }
@@ -95,7 +135,7 @@ fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
             ));
         }
         Ok(OtelPy::Fast {
-            get: var.getattr("get")?.unbind(),
+            var: var.unbind(),
             key: key.unbind(),
         })
     };
@@ -111,9 +151,12 @@ fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
 }
 
 fn otel_loaded(py: Python<'_>) -> bool {
-    py.import(intern!(py, "sys"))
-        .and_then(|s| s.getattr(intern!(py, "modules")))
-        .and_then(|m| m.contains(intern!(py, "opentelemetry.trace")))
+    // SAFETY: the interpreter's module dict (a borrowed reference, alive as long as the interpreter)
+    let modules = unsafe { Bound::from_borrowed_ptr(py, pyo3::ffi::PyImport_GetModuleDict()) };
+    modules
+        .cast_into::<PyDict>()
+        .ok()
+        .and_then(|m| m.contains(intern!(py, "opentelemetry.trace")).ok())
         .unwrap_or(false)
 }
 
@@ -130,8 +173,8 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
         }
     };
     let span = match o {
-        OtelPy::Fast { get, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
-            let ctx = get.bind(py).call0().ok()?;
+        OtelPy::Fast { var, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
+            let ctx = cv_get(py, var).ok()??;
             let ctx = ctx.cast::<PyDict>().ok()?;
             ctx.get_item(key.bind(py)).ok()??
         }
@@ -162,9 +205,7 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
 /// The parent of a span opened now: the current ferrolab span, else the current opentelemetry-python span.
 fn parent_ctx(py: Python<'_>) -> PyResult<Option<SpanCtx>> {
     if let Some(s) = current_object(py)? {
-        if let Some((c, _)) = s.get().ctx.get() {
-            return Ok(Some(*c));
-        }
+        return Ok(Some(s.get().ctx));
     }
     Ok(otel_parent(py))
 }
@@ -361,17 +402,17 @@ fn mapping_arg<'py>(
 
 /// A ferrolab span: use it as a context manager (``with fl.tracing.span("name", key=value):``).
 ///
-/// Created by :func:`ferrolab.tracing.span`; entered once. While it is open it is the current span of its
+/// Created by :func:`ferrolab.tracing.span`, which starts it (as a child of the span current at that moment,
+/// like OpenTelemetry's ``start_as_current_span``); entered once. While it is open it is the current span of its
 /// thread or asyncio task: spans opened inside it, and ``fl.ops`` calls made inside it, become its children.
 /// An exception leaving the block sets status ``ERROR``, adds an ``exception`` event, and propagates.
 #[pyclass(module = "ferrolab.tracing", name = "Span", frozen)]
 pub struct Span {
     name: Py<PyString>,
-    attrs: Option<Py<PyDict>>,
+    ctx: SpanCtx,
+    parent: Option<SpanCtx>,
     entered: AtomicBool,
     open: AtomicBool,
-    /// (this span, its parent), fixed when entered.
-    ctx: OnceLock<(SpanCtx, Option<SpanCtx>)>,
     inner: Mutex<Inner>,
 }
 
@@ -438,24 +479,8 @@ impl Span {
                 "span(): a span can be entered only once; call fl.tracing.span() again for a new one",
             ));
         }
-        let parent = parent_ctx(py)?;
-        let ctx = core_tr::new_span(parent.as_ref());
-        let attrs = this.attrs.as_ref().map(|a| a.bind(py));
-        let rec = if ctx.sampled {
-            let attributes = attrs_of("span()", attrs, true)?;
-            let name = this.name.bind(py).to_str()?.to_owned();
-            Some(Recording::start(ctx, parent.as_ref(), name, attributes))
-        } else {
-            attrs_of("span()", attrs, false)?;
-            None
-        };
-        let _ = this.ctx.set((ctx, parent));
-        let token = cv(py)?.set.bind(py).call1((slf,))?;
-        {
-            let mut i = this.inner();
-            i.token = Some(token.unbind());
-            i.rec = rec;
-        }
+        let token = cv_set(py, cv(py)?, slf.as_any())?;
+        this.inner().token = Some(token.unbind());
         this.open.store(true, Ordering::Relaxed);
         Ok(slf.clone())
     }
@@ -479,7 +504,7 @@ impl Span {
         if let Some(t) = token {
             // a span exited in another context than it was entered in (e.g. across tasks) cannot reset the
             // variable there; the span still ends
-            let _ = cv(py)?.reset.bind(py).call1((t,));
+            cv_reset(py, cv(py)?, &t);
         }
         if let Some(mut rec) = rec {
             if let Some(et) = exc_type.filter(|e| !e.is_none()) {
@@ -586,103 +611,222 @@ impl Span {
         self.name.clone_ref(py)
     }
 
-    /// Trace id (32 hex digits), ``None`` before the span is entered.
+    /// Trace id (32 hex digits).
     #[getter]
-    fn trace_id(&self) -> Option<String> {
-        self.ctx.get().map(|(c, _)| hex_trace(c.trace_id))
+    fn trace_id(&self) -> String {
+        hex_trace(self.ctx.trace_id)
     }
 
-    /// Span id (16 hex digits), ``None`` before the span is entered.
+    /// Span id (16 hex digits).
     #[getter]
-    fn span_id(&self) -> Option<String> {
-        self.ctx.get().map(|(c, _)| hex_span(c.span_id))
+    fn span_id(&self) -> String {
+        hex_span(self.ctx.span_id)
     }
 
-    /// Parent span id (16 hex digits), ``None`` for a root span or before the span is entered.
+    /// Parent span id (16 hex digits), ``None`` for a root span.
     #[getter]
     fn parent_span_id(&self) -> Option<String> {
-        self.ctx
-            .get()
-            .and_then(|(_, p)| p.map(|p| hex_span(p.span_id)))
+        self.parent.map(|p| hex_span(p.span_id))
     }
 
     /// Whether the span is sampled (its data is recorded and exported).
     #[getter]
     fn is_recording(&self) -> bool {
-        self.ctx.get().is_some_and(|(c, _)| c.sampled)
+        self.ctx.sampled
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = self.name.bind(py).to_string();
-        match self.ctx.get() {
-            None => format!("<Span {name:?} (not entered)>"),
-            Some((c, _)) => format!(
-                "<Span {name:?} trace_id={} span_id={}{}{}>",
-                hex_trace(c.trace_id),
-                hex_span(c.span_id),
-                if c.sampled { "" } else { " unsampled" },
-                if self.open.load(Ordering::Relaxed) {
-                    " open"
-                } else {
-                    ""
-                },
-            ),
-        }
+        let c = &self.ctx;
+        format!(
+            "<Span {name:?} trace_id={} span_id={}{}{}>",
+            hex_trace(c.trace_id),
+            hex_span(c.span_id),
+            if c.sampled { "" } else { " unsampled" },
+            if self.open.load(Ordering::Relaxed) {
+                " open"
+            } else {
+                ""
+            },
+        )
     }
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // module functions
 
-/// A new span named ``name`` with the given attributes, used as a context manager.
-///
-/// Parameters
-/// ----------
-/// name : str
-///     The span name (keep it low-cardinality: put values in attributes).
-/// **attributes : str, bool, int, float or a sequence of one of those
-///     Span attributes (NumPy scalars and 1-d arrays are converted).
-///
-/// Returns
-/// -------
-/// Span
-///     Enter it once with ``with``. While open it is the current span of the thread or task: spans opened
-///     inside, and ``fl.ops`` calls made inside, become its children. An exception leaving the block sets
-///     status ``ERROR``, adds an ``exception`` event and propagates.
-///
-/// Raises
-/// ------
-/// TypeError
-///     ``name`` is not a str, or an attribute value has an unsupported type (raised when the span is entered).
-///
-/// Examples
-/// --------
-/// >>> import ferrolab as fl
-/// >>> fl.tracing.configure("demo")
-/// >>> with fl.tracing.span("outer", user="ada") as outer:
-/// ...     with fl.tracing.span("inner", n=2) as inner:
-/// ...         inner.set_attribute("done", True)
-/// >>> inner.parent_span_id == outer.span_id and inner.trace_id == outer.trace_id
-/// True
-/// >>> [(d["name"], d["attributes"]) for d in fl.tracing.finished_spans()]
-/// [('inner', {'n': 2, 'done': True}), ('outer', {'user': 'ada'})]
-#[pyfunction]
-#[pyo3(name = "tracing_span", signature = (name, /, **attributes))]
-fn span(name: &Bound<'_, PyAny>, attributes: Option<&Bound<'_, PyDict>>) -> PyResult<Span> {
+/// Docstring of `tracing_span` (its first lines give CPython the text signature).
+const SPAN_DOC: &std::ffi::CStr = cr#"tracing_span(name, /, **attributes)
+--
+
+A new span named ``name`` with the given attributes, used as a context manager.
+
+The span starts now, as a child of the current span (the current ferrolab span, else the current
+opentelemetry-python span), and ends when its ``with`` block exits.
+
+Parameters
+----------
+name : str
+    The span name (keep it low-cardinality: put values in attributes).
+**attributes : str, bool, int, float or a sequence of one of those
+    Span attributes (NumPy scalars and 1-d arrays are converted).
+
+Returns
+-------
+Span
+    Enter it once with ``with``. While open it is the current span of the thread or task: spans opened
+    inside, and ``fl.ops`` calls made inside, become its children. An exception leaving the block sets
+    status ``ERROR``, adds an ``exception`` event and propagates.
+
+Raises
+------
+TypeError
+    ``name`` is not a str, or an attribute value has an unsupported type (an unsampled span does not
+    look at its attributes).
+
+Examples
+--------
+>>> import ferrolab as fl
+>>> fl.tracing.configure("demo")
+>>> with fl.tracing.span("outer", user="ada") as outer:
+...     with fl.tracing.span("inner", n=2) as inner:
+...         inner.set_attribute("done", True)
+>>> inner.parent_span_id == outer.span_id and inner.trace_id == outer.trace_id
+True
+>>> [(d["name"], d["attributes"]) for d in fl.tracing.finished_spans()]
+[('inner', {'n': 2, 'done': True}), ('outer', {'user': 'ada'})]
+"#;
+
+/// Builds a span named `name` (any object: checked here); `attributes` is called only for a sampled span.
+fn new_span_object<'py>(
+    name: &Bound<'py, PyAny>,
+    attributes: impl FnOnce() -> PyResult<Vec<KeyValue>>,
+) -> PyResult<Span> {
+    let py = name.py();
     let name = name.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "span(): argument 'name' must be str, got {}",
             type_name(name)
         ))
     })?;
+    // the span starts now, as a child of the current span (like `start_as_current_span`)
+    let parent = parent_ctx(py)?;
+    let ctx = core_tr::new_span(parent.as_ref());
+    // an unsampled span does not look at its attributes (like OpenTelemetry's non-recording spans)
+    let rec = if ctx.sampled {
+        Some(Recording::start(
+            ctx,
+            parent.as_ref(),
+            name.to_str()?.to_owned(),
+            attributes()?,
+        ))
+    } else {
+        None
+    };
     Ok(Span {
         name: name.clone().unbind(),
-        attrs: attributes.map(|a| a.clone().unbind()),
+        ctx,
+        parent,
         entered: AtomicBool::new(false),
         open: AtomicBool::new(false),
-        ctx: OnceLock::new(),
-        inner: Mutex::new(Inner::default()),
+        inner: Mutex::new(Inner { token: None, rec }),
     })
+}
+
+/// `tracing_span(name, /, **attributes)`, the hot constructor, as a raw `METH_FASTCALL | METH_KEYWORDS`
+/// builtin: keyword arguments arrive as a tuple of names and an array of values, so no dict is built for them
+/// (pyo3's `**kwargs` builds one), and an unsampled span never touches them.
+///
+/// # Safety
+/// Called by CPython with the GIL held, `args` holding `nargs` positional then `len(kwnames)` keyword values.
+unsafe extern "C" fn span_fastcall(
+    _module: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls builtins with the GIL held
+    let py = unsafe { Python::assume_attached() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: forwarded from CPython's call (see above)
+        unsafe { span_from_vector(py, args, nargs, kwnames) }
+    }));
+    match result {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            PyRuntimeError::new_err("span(): internal error (a panic in ferrolab)").restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// See [`span_fastcall`].
+unsafe fn span_from_vector<'py>(
+    py: Python<'py>,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> PyResult<Bound<'py, Span>> {
+    if nargs != 1 {
+        return Err(PyTypeError::new_err(format!(
+            "span() takes 1 positional argument (the name) but {nargs} were given"
+        )));
+    }
+    // SAFETY: args[0] is a borrowed reference held by the caller for the duration of the call
+    let name = unsafe { Bound::from_borrowed_ptr(py, *args) };
+    let names = if kwnames.is_null() {
+        None
+    } else {
+        // SAFETY: kwnames is a tuple of str (CPython's vectorcall protocol)
+        Some(unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() })
+    };
+    let span = new_span_object(&name, || {
+        let Some(names) = &names else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for (i, key) in names.iter().enumerate() {
+            // SAFETY: the keyword values follow the positional ones in `args`
+            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(1 + i)) };
+            let key = key
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err("span(): attribute names must be str"))?;
+            let k = key.to_str()?;
+            if let Some(v) = attr_value("span()", k, &value, true)? {
+                out.push(KeyValue::new(k.to_owned(), v));
+            }
+        }
+        Ok(out)
+    })?;
+    Bound::new(py, span)
+}
+
+/// Registers [`span_fastcall`] as `tracing_span`.
+fn add_span_function(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // CPython keeps a pointer to the definition for the function's lifetime: it lives as long as the process
+    let def: &'static mut pyo3::ffi::PyMethodDef = Box::leak(Box::new(pyo3::ffi::PyMethodDef {
+        ml_name: c"tracing_span".as_ptr(),
+        ml_meth: pyo3::ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: span_fastcall,
+        },
+        ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
+        ml_doc: SPAN_DOC.as_ptr(),
+    }));
+    let module_name = m.name()?;
+    // SAFETY: `def` is valid for the process lifetime; `module_name` is a str (the function's __module__)
+    let f = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyCFunction_NewEx(def, std::ptr::null_mut(), module_name.as_ptr()),
+        )?
+    };
+    m.add("tracing_span", f)
 }
 
 /// The current ferrolab span of this thread or task, or ``None``.
@@ -853,7 +997,7 @@ fn otel_path(py: Python<'_>, force_public: Option<bool>) -> &'static str {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Span>()?;
-    m.add_function(wrap_pyfunction!(span, m)?)?;
+    add_span_function(m)?;
     m.add_function(wrap_pyfunction!(current_span, m)?)?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;

@@ -33,7 +33,6 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, RwLock};
 use std::time::{Duration, SystemTime};
@@ -127,7 +126,8 @@ static OPEN_RECORDING: AtomicUsize = AtomicUsize::new(0);
 static FORK_GEN: AtomicU64 = AtomicU64::new(0);
 static PIPELINE: RwLock<Option<Arc<Pipeline>>> = RwLock::new(None);
 static MEMORY: Mutex<Memory> = Mutex::new(Memory {
-    spans: VecDeque::new(),
+    spans: Vec::new(),
+    head: 0,
     capacity: 0,
 });
 
@@ -138,9 +138,45 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 static EXPORT_FAILURES: AtomicU64 = AtomicU64::new(0);
 static EVICTED: AtomicU64 = AtomicU64::new(0);
 
+/// A ring of the newest `capacity` spans: once full, a new span overwrites the oldest in place.
 struct Memory {
-    spans: VecDeque<SpanData>,
+    spans: Vec<SpanData>,
+    /// Index of the oldest span once the ring is full.
+    head: usize,
     capacity: usize,
+}
+
+impl Memory {
+    fn push(&mut self, data: SpanData) {
+        if self.capacity == 0 {
+            EVICTED.fetch_add(1, Ordering::Relaxed);
+        } else if self.spans.len() < self.capacity {
+            self.spans.push(data);
+        } else {
+            self.spans[self.head] = data;
+            self.head = (self.head + 1) % self.spans.len();
+            EVICTED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reset(&mut self, capacity: usize) {
+        self.spans = Vec::new();
+        self.head = 0;
+        self.capacity = capacity;
+    }
+
+    /// Oldest first.
+    fn take(&mut self) -> Vec<SpanData> {
+        let mut v = std::mem::take(&mut self.spans);
+        v.rotate_left(self.head);
+        self.head = 0;
+        v
+    }
+
+    fn snapshot(&self) -> Vec<SpanData> {
+        let (new, old) = self.spans.split_at(self.head);
+        old.iter().chain(new).cloned().collect()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,38 +224,50 @@ mod ids {
         h.finish()
     }
 
-    /// wyrand: 64 uniformly distributed bits.
+    /// `N` draws of wyrand (64 uniformly distributed bits each), with one thread-local access.
     #[inline]
-    pub fn next_u64() -> u64 {
+    pub fn draw<const N: usize>() -> [u64; N] {
         RNG.with(|c| {
             let gen = FORK_GEN.load(Ordering::Relaxed) + 1;
             let (g, mut s) = c.get();
             if g != gen {
                 s = seed();
             }
-            s = s.wrapping_add(0xa076_1d64_78bd_642f);
+            let mut out = [0u64; N];
+            for o in out.iter_mut() {
+                s = s.wrapping_add(0xa076_1d64_78bd_642f);
+                let t = (s as u128).wrapping_mul((s ^ 0xe703_7ed1_a0b4_28db) as u128);
+                *o = ((t >> 64) as u64) ^ (t as u64);
+            }
             c.set((gen, s));
-            let t = (s as u128).wrapping_mul((s ^ 0xe703_7ed1_a0b4_28db) as u128);
-            ((t >> 64) as u64) ^ (t as u64)
+            out
         })
     }
 
+    /// A non-zero span id.
     pub fn span_id() -> u64 {
         loop {
-            let v = next_u64();
+            let [v] = draw::<1>();
             if v != 0 {
                 return v;
             }
         }
     }
 
-    pub fn trace_id() -> u128 {
+    /// A non-zero trace id and a non-zero span id.
+    pub fn trace_and_span_id() -> (u128, u64) {
         loop {
-            let v = ((next_u64() as u128) << 64) | next_u64() as u128;
-            if v != 0 {
-                return v;
+            let [hi, lo, s] = draw::<3>();
+            let t = ((hi as u128) << 64) | lo as u128;
+            if t != 0 && s != 0 {
+                return (t, s);
             }
         }
+    }
+
+    #[cfg(test)]
+    pub fn trace_id() -> u128 {
+        trace_and_span_id().0
     }
 }
 
@@ -246,19 +294,19 @@ fn sample_root(trace_id: TraceId) -> bool {
 /// delegates: sampled parent -> sampled, unsampled parent -> dropped, local or remote alike); a root gets a
 /// new trace id and the ratio decision.
 pub fn new_span(parent: Option<&SpanCtx>) -> SpanCtx {
-    let span_id = SpanId::from(ids::span_id());
     match parent {
         Some(p) if p.trace_id != TraceId::INVALID => SpanCtx {
             trace_id: p.trace_id,
-            span_id,
+            span_id: SpanId::from(ids::span_id()),
             sampled: p.sampled && configured(),
             remote: false,
         },
         _ => {
-            let trace_id = TraceId::from(ids::trace_id());
+            let (t, s) = ids::trace_and_span_id();
+            let trace_id = TraceId::from(t);
             SpanCtx {
                 trace_id,
-                span_id,
+                span_id: SpanId::from(s),
                 sampled: sample_root(trace_id),
                 remote: false,
             }
@@ -440,16 +488,7 @@ impl Pipeline {
     fn submit(&self, data: SpanData) {
         match &self.otlp {
             None => {
-                let mut m = lock(&MEMORY);
-                if m.capacity == 0 {
-                    EVICTED.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                while m.spans.len() >= m.capacity {
-                    m.spans.pop_front();
-                    EVICTED.fetch_add(1, Ordering::Relaxed);
-                }
-                m.spans.push_back(data);
+                lock(&MEMORY).push(data);
             }
             Some(o) => {
                 if o.closed.load(Ordering::Relaxed) {
@@ -503,9 +542,11 @@ impl Otlp {
             .with_timeout(config.export_timeout)
             .with_http_client(client)
             .with_retry_policy(
+                // one quick retry: a collector that is down costs each batch ~0.1 s, not seconds
                 RetryPolicy::recommended()
-                    .with_max_retries(2)
-                    .with_max_delay(Duration::from_millis(800)),
+                    .with_max_retries(1)
+                    .with_initial_delay(Duration::from_millis(50))
+                    .with_max_jitter(Duration::from_millis(50)),
             )
             .build()
             .map_err(|e| CoreError::value("configure", "endpoint", e))?;
@@ -740,9 +781,7 @@ pub fn configure(config: Config) -> Result<()> {
     install_fork_handler();
     let pipeline = Arc::new(Pipeline::build(config)?);
     {
-        let mut m = lock(&MEMORY);
-        m.spans.clear();
-        m.capacity = pipeline.config.memory_capacity;
+        lock(&MEMORY).reset(pipeline.config.memory_capacity);
     }
     let old = {
         let mut w = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
@@ -783,9 +822,9 @@ pub fn shutdown(timeout: Duration) -> bool {
 pub fn finished_spans(clear: bool) -> Vec<SpanData> {
     let mut m = lock(&MEMORY);
     if clear {
-        m.spans.drain(..).collect()
+        m.take()
     } else {
-        m.spans.iter().cloned().collect()
+        m.snapshot()
     }
 }
 
@@ -989,7 +1028,11 @@ mod tests {
         assert_eq!(after.mode, "memory");
         assert_eq!(after.evicted - before.evicted, 2);
         assert_eq!(after.ended - before.ended, 5);
-        assert_eq!(finished_spans(true).len(), 3);
+        let taken = finished_spans(true);
+        assert_eq!(
+            taken.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>(),
+            ["child2", "child3", "root"]
+        );
         assert!(finished_spans(false).is_empty());
         shutdown(Duration::from_secs(1));
         assert_eq!(stats().mode, "off");
