@@ -277,6 +277,13 @@ fn sample_root(trace_id: TraceId) -> bool {
         return false;
     }
     let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Relaxed));
+    // the SDK's decision at the two ends, without the call (AlwaysOn / AlwaysOff)
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
     let r = Sampler::TraceIdRatioBased(ratio).should_sample(
         None,
         trace_id,
