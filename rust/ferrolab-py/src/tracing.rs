@@ -406,7 +406,7 @@ fn mapping_arg<'py>(
 /// like OpenTelemetry's ``start_as_current_span``); entered once. While it is open it is the current span of its
 /// thread or asyncio task: spans opened inside it, and ``fl.ops`` calls made inside it, become its children.
 /// An exception leaving the block sets status ``ERROR``, adds an ``exception`` event, and propagates.
-#[pyclass(module = "ferrolab.tracing", name = "Span", frozen)]
+#[pyclass(module = "ferrolab.tracing", name = "Span", frozen, freelist = 64)]
 pub struct Span {
     name: Py<PyString>,
     ctx: SpanCtx,
