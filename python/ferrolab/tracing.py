@@ -6,7 +6,8 @@ thread or asyncio task records a child span ``ferrolab.<op>`` (for example ``fer
 attributes ``ferrolab.op``, ``ferrolab.shapes`` (the input shapes, e.g. ``("(1000,)",)``), ``ferrolab.dtype``
 (the dtype the op computes in) and ``ferrolab.device``; an op that fails gets status ``ERROR``.
 
-Spans are recorded and exported natively: the ``with`` block costs well under a microsecond, and finished
+Spans are recorded and exported natively (a ``with`` block costs a few percent of an opentelemetry-python SDK
+span; see ``benches/bench_tracing.py``), and finished
 spans go either to an in-memory buffer (``endpoint=None``, read with :func:`finished_spans`) or to an
 OTLP/HTTP (protobuf) collector through a bounded queue and a background thread, so that a slow or unreachable
 collector never blocks the caller: spans that do not fit in the queue, or whose export fails, are dropped and
