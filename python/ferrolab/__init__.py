@@ -7,7 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import gpu, health, metrics, monitoring, ops
+from . import gpu, health, metrics, monitoring, ops, tracing
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .runtime import num_threads, op_stats, simd_level
@@ -21,6 +21,7 @@ __all__ = [
     "health",
     "monitoring",
     "gpu",
+    "tracing",
     "FerrolabError",
     "DeviceUnavailableError",
     "num_threads",

@@ -11,6 +11,7 @@ mod funnel;
 mod metrics;
 mod ops;
 mod runtime;
+mod tracing;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -40,5 +41,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     runtime::register(m)?;
     metrics::register(m)?;
+    tracing::register(m)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, Ro, ToNumpy};
 use crate::errors::IntoPyResult;
-use crate::funnel::run;
+use crate::funnel::{run, Meta};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::{distance, elementwise, int, linalg, optim, reduce, stats, Real};
@@ -148,7 +148,7 @@ fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
     f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
 ) -> PyResult<Bound<'py, PyAny>> {
     let v = a.as_array();
-    let r = run(py, op, v.len(), || f(v))?;
+    let r = run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))?;
     to_py(py, r)
 }
 
@@ -176,7 +176,12 @@ fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
     if s.is_empty() || (s.len() as f64) <= min_len {
         return None;
     }
-    Some(run(py, op, s.len(), move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
+    Some(
+        run(py, op, s.len(), Meta::one::<T>(a.shape()), move || {
+            f(Canon::flat(s))
+        })
+        .and_then(|r| to_py(py, r)),
+    )
 }
 
 /// Tries [`flat_run`] for float64 then float32.
@@ -359,7 +364,8 @@ pub fn dot<'py>(
     let r = each_dtype!(a, T, a => {
         let b = <T as Native>::unwrap(b);
         let (va, vb) = (a.as_array(), b.as_array());
-        let v = run(py, Op::Dot, va.len(), || <T as Native>::dot(&va, &vb))?;
+        let meta = Meta::two::<T>(a.0.shape(), b.0.shape());
+        let v = run(py, Op::Dot, va.len(), meta, || <T as Native>::dot(&va, &vb))?;
         <T as ToNumpy>::scalar(py, v)
     })?;
     finish(r, &fin)
@@ -594,7 +600,21 @@ fn ew_run<'py, T: Native + numpy::Element>(
         })
         .collect();
     let ov = rw.as_mut().map(|w| w.as_array_mut());
-    let r = run(py, op, work, move || f(inputs, ov))?;
+    let shapes = || -> Vec<Vec<usize>> {
+        let out_shape = out_any
+            .and_then(|o| o.cast::<numpy::PyUntypedArray>().ok())
+            .map(|u| u.shape().to_vec());
+        ro.iter()
+            .zip(&same)
+            .map(|(a, &s)| match (&out_shape, s) {
+                (Some(o), true) => o.clone(),
+                _ => a.0.shape().to_vec(),
+            })
+            .collect()
+    };
+    let r = run(py, op, work, Meta::lazy::<T>(&shapes), move || {
+        f(inputs, ov)
+    })?;
     drop(rw);
     if let Some(a) = fresh {
         // 0-d results are NumPy scalars, as NumPy returns them
@@ -817,7 +837,8 @@ pub fn standardize<'py>(
             None => None,
         };
         let ov = rw.as_mut().map(|w| w.as_array_mut());
-        match run(py, Op::Standardize, v.len(), move || stats::standardize::<T>(&v, axis, ddof, ov))? {
+        let meta = Meta::one::<T>(a.0.shape());
+        match run(py, Op::Standardize, v.len(), meta, move || stats::standardize::<T>(&v, axis, ddof, ov))? {
             Some(r) => to_py(py, r)?,
             None if fresh.as_ref().is_some_and(|f| f.ndim() == 0) => {
                 out.expect("out").get_item(pyo3::types::PyTuple::empty(py))?
@@ -840,7 +861,8 @@ pub fn zscore_anomalies<'py>(
     let (a, _fin) = one(take(py, "zscore_anomalies", &["x"], &[x], Kind::Float)?);
     let idx = each_float!(a, T, a => {
         let v = a.as_array();
-        run(py, Op::ZscoreAnomalies, v.len(), move || stats::zscore_anomalies::<T>(&v, threshold))?
+        let meta = Meta::one::<T>(a.0.shape());
+        run(py, Op::ZscoreAnomalies, v.len(), meta, move || stats::zscore_anomalies::<T>(&v, threshold))?
     });
     Ok(numpy::PyArray1::from_vec(py, idx).into_any())
 }
@@ -858,7 +880,8 @@ pub fn quantile<'py>(
     let (a, fin) = one(take(py, "quantile", &["x"], &[x], Kind::Float)?);
     let r = each_float!(a, T, a => {
         let v = a.as_array();
-        let r = run(py, Op::Quantile, v.len(), move || stats::quantile::<T>(&v, &q, axis))?;
+        let meta = Meta::one::<T>(a.0.shape());
+        let r = run(py, Op::Quantile, v.len(), meta, move || stats::quantile::<T>(&v, &q, axis))?;
         to_py(py, r)?
     });
     finish(r, &fin)
@@ -880,7 +903,7 @@ pub fn histogram_counts<'py>(
         let e = <T as Native>::unwrap(e);
         let (v, ev) = (a.as_array(), e.as_array());
         let edges: Vec<T> = ev.iter().copied().collect();
-        run(py, Op::Histogram, v.len(), move || {
+        run(py, Op::Histogram, v.len(), Meta::two::<T>(a.0.shape(), e.0.shape()), move || {
             stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
         })?
     });
@@ -896,7 +919,8 @@ pub fn minmax<'py>(
     let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
     each_float!(a, T, a => {
         let v = a.as_array();
-        let (lo, hi) = run(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
+        let meta = Meta::one::<T>(a.0.shape());
+        let (lo, hi) = run(py, Op::Histogram, v.len(), meta, move || stats::finite_range::<T>(&v))?;
         Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
     })
 }
@@ -956,7 +980,8 @@ pub fn matmul<'py>(
             let y = i64::unwrap(y);
             let va = two_d("matmul", "a", x.as_array())?;
             let vb = two_d("matmul", "b", y.as_array())?;
-            let r = run(py, Op::Matmul, va.len() * vb.ncols(), move || {
+            let meta = Meta::two::<i64>(x.0.shape(), y.0.shape());
+            let r = run(py, Op::Matmul, va.len() * vb.ncols(), meta, move || {
                 int::matmul(&va, &vb)
             })?;
             to_py(py, r.into_dyn())?
@@ -993,9 +1018,13 @@ fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
     {
         let mut rw = take_out::<T>("matmul", &o)?;
         let ov = two_d_mut(rw.as_array_mut())?;
-        run(py, Op::Matmul, work, move || {
-            linalg::matmul(&va, &vb, Some(ov))
-        })?;
+        run(
+            py,
+            Op::Matmul,
+            work,
+            Meta::two::<T>(x.0.shape(), y.0.shape()),
+            move || linalg::matmul(&va, &vb, Some(ov)),
+        )?;
     }
     Ok(o)
 }
@@ -1029,7 +1058,8 @@ pub fn cdist<'py>(
         let va = two_d("cdist", "a", x.as_array())?;
         let vb = two_d("cdist", "b", y.as_array())?;
         let work = va.len() * vb.nrows();
-        let r = run(py, Op::Cdist, work, move || distance::cdist(&va, &vb, m))?;
+        let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
+        let r = run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?;
         to_py(py, r.into_dyn())?
     });
     finish(r, &fin)
@@ -1142,7 +1172,15 @@ fn adam_t<'py, T: Real + numpy::Element>(
         vv.as_array_mut(),
     );
     let n = pv.len();
-    run(py, Op::AdamStep, n, move || {
+    let shapes = || {
+        vec![
+            pa.shape().to_vec(),
+            ga.shape().to_vec(),
+            ma.shape().to_vec(),
+            va.shape().to_vec(),
+        ]
+    };
+    run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
         optim::adam_step(pv, gv, mv, vvv, hp)
     })
 }
