@@ -939,30 +939,35 @@ def test_builtin_series_for_another_op_and_dot_shape_error(builtin_settings) -> 
     assert value(f"{p}_operations_total", _op_labels("dot", "success")) == before_ok + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: errors raised before the kernel (wrong dtype -> TypeError, device='cuda' -> "
-    "DeviceUnavailableError, bad device -> ValueError) are not counted in operations_total{status='error'} "
-    "nor errors_total; the native _record_error hook exists but fl.ops never calls it",
-)
 @pytest.mark.parametrize(
-    ("call", "exc", "error_type"),
+    ("call", "exc", "error_type", "op", "device"),
     [
-        (lambda: fl.ops.sum(np.array(["a", "b"])), TypeError, "TypeError"),
-        (lambda: fl.ops.sum(np.array([1 + 2j])), TypeError, "TypeError"),
-        (lambda: fl.ops.sum(np.ones(3), device="cuda"), fl.DeviceUnavailableError, "DeviceUnavailableError"),
-        (lambda: fl.ops.sum(np.ones(3), device="tpu"), ValueError, "ValueError"),
+        (lambda: fl.ops.sum(np.array(["a", "b"])), TypeError, "TypeError", "sum", "cpu"),
+        (lambda: fl.ops.sum(np.array([1 + 2j])), TypeError, "TypeError", "sum", "cpu"),
+        (
+            lambda: fl.ops.sum(np.ones(3), device="cuda"),
+            fl.DeviceUnavailableError,
+            "DeviceUnavailableError",
+            "sum",
+            "cuda",
+        ),
+        (lambda: fl.ops.sum(np.ones(3), device="tpu"), ValueError, "ValueError", "sum", "cpu"),
+        (lambda: fl.ops.histogram(np.ones(3), bins=0), ValueError, "ValueError", "histogram", "cpu"),
+        (lambda: fl.ops.quantile(np.ones(3), [float("nan")]), ValueError, "ValueError", "quantile", "cpu"),
+        (lambda: fl.ops.quantile(np.ones(3), [2.0]), ValueError, "ValueError", "quantile", "cpu"),
     ],
-    ids=["str-dtype", "complex-dtype", "cuda", "bad-device"],
+    ids=["str-dtype", "complex-dtype", "cuda", "bad-device", "histogram-bins", "quantile-nan", "quantile-native"],
 )
-def test_errors_before_the_kernel_are_counted(builtin_settings, call, exc, error_type) -> None:
+def test_errors_before_the_kernel_are_counted(builtin_settings, call, exc, error_type, op, device) -> None:
+    """Every failing call is counted once: as a failed call and under its error class, on the device asked for."""
     p = builtin_settings["prefix"]
-    before = value(f"{p}_operations_total", _op_labels("sum", "error"))
-    before_kind = value(f"{p}_errors_total", {"operation": "sum", "error_type": error_type})
+    labels = {"operation": op, "device": device, "status": "error"}
+    before = value(f"{p}_operations_total", labels) or 0.0
+    before_kind = value(f"{p}_errors_total", {"operation": op, "error_type": error_type}) or 0.0
     with pytest.raises(exc):
         call()
-    assert value(f"{p}_operations_total", _op_labels("sum", "error")) == before + 1
-    assert value(f"{p}_errors_total", {"operation": "sum", "error_type": error_type}) == before_kind + 1
+    assert value(f"{p}_operations_total", labels) == before + 1
+    assert value(f"{p}_errors_total", {"operation": op, "error_type": error_type}) == before_kind + 1
 
 
 def _vmrss() -> int | None:

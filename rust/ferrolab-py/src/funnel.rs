@@ -174,3 +174,37 @@ fn run_traced<R: Send>(
     }
     r.py()
 }
+
+/// The boundary of every op call: a failure the seam did not count (raised while converting or checking the
+/// arguments, before the kernel ran) is counted here, untimed, under its Python error class. The exception is
+/// marked (`__ferrolab_counted__`) so that a Python wrapper around the call does not count it again.
+#[inline]
+pub fn counted<R>(op: Op, device: &str, r: PyResult<R>) -> PyResult<R> {
+    if let Err(e) = &r {
+        Python::attach(|py| {
+            let _ = e.value(py).setattr("__ferrolab_counted__", true);
+        });
+        if !ferrolab_core::telemetry::seam::take_counted() {
+            let kind = Python::attach(|py| {
+                if e.is_instance_of::<crate::errors::DeviceUnavailableError>(py) {
+                    "DeviceUnavailableError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
+                    "TypeError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {
+                    "ValueError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
+                    "OSError"
+                } else {
+                    "Other"
+                }
+            });
+            let dev = if device == "cuda" {
+                Device::Cuda
+            } else {
+                Device::Cpu
+            };
+            ferrolab_core::telemetry::seam::record_untimed_error(op, dev, kind);
+        }
+    }
+    r
+}
