@@ -111,8 +111,11 @@ struct Shared {
     labelnames_py: Vec<Py<PyString>>,
     /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
     /// the same values returns the same object).
-    children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>>,
+    children: RwLock<ChildCache>,
 }
+
+/// Python child objects by the hash of their label values.
+type ChildCache = HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>;
 
 /// The child cache's keys are already hashes.
 #[derive(Default)]
@@ -155,6 +158,7 @@ pub struct Metric {
 }
 
 impl Metric {
+    #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
         kind: Kind,
@@ -475,7 +479,7 @@ impl Counter {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        if !(amount >= 0.0) {
+        if amount.is_nan() || amount < 0.0 {
             return Err(PyValueError::new_err(format!(
                 "inc(): argument 'amount' is {amount}; counters can only be incremented by non-negative amounts"
             )));

@@ -231,8 +231,11 @@ pub fn exposition() -> Result<String> {
     Ok(buf)
 }
 
+/// One sample: `(name, labels, value)`.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
 /// All samples as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
-pub fn samples() -> Vec<(String, Vec<(String, String)>, f64)> {
+pub fn samples() -> Vec<Sample> {
     let mut out = Vec::new();
     for mf in REGISTRY.gather() {
         let name = mf.name();
