@@ -95,10 +95,13 @@ fn kind_index(kind: &str) -> usize {
         .unwrap_or(N_KINDS - 1)
 }
 
+/// One `(operation, device)` pair's counters. `nanos` comes first so that it shares a cache line with the buckets
+/// of short calls: a timed call then touches one line.
+#[repr(C, align(64))]
 struct Cell {
+    nanos: AtomicU64,
     /// Timed calls per duration bucket (their sum is the number of timed calls).
     buckets: [AtomicU64; N_BUCKETS],
-    nanos: AtomicU64,
     /// Failed calls per error class (timed or not).
     errors: [AtomicU64; N_KINDS],
     /// Calls that failed before reaching the kernel (argument conversion): counted, not timed.
