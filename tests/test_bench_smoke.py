@@ -43,3 +43,50 @@ def test_bench_ops_smoke(tmp_path: Path) -> None:
         assert machine.get(key) is not None, key
     assert machine["simd_level"] == fl.simd_level()
     assert machine["num_threads"] == fl.num_threads()
+
+
+BENCH_METRICS = REPO / "benches" / "bench_metrics.py"
+
+
+def test_bench_metrics_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_METRICS), "--smoke", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"bench_metrics.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "bench_metrics"
+    assert doc["smoke"] is True
+    assert doc["failures"] == 0
+    for key in ("created", "repeat", "min_time_s", "series", "elapsed_s", "machine", "ratio", "targets_missed"):
+        assert key in doc, key
+    assert "tracing_rows" in doc and "tracing_error" in doc
+    assert doc["tracing_error"] is None, doc["tracing_error"]
+    expected = [
+        "Counter.inc()",
+        "labels(method=, code=).inc()",
+        'labels("GET", "200").inc()',
+        "Histogram.observe()",
+        "Gauge.set()",
+        "exposition",
+        "instrumentation",
+    ]
+    assert doc["cases"] == expected
+    rows = {r["case"]: r for r in doc["rows"]}
+    assert list(rows) == expected
+    for name, r in rows.items():
+        assert r["check"] == "ok", f"{name}: {r['check']} {r['check_detail']}"
+        assert r["peer_s"] > 0 and r["ferrolab_s"] > 0, name
+        assert r["ratio"] == r["peer_s"] / r["ferrolab_s"], name
+        assert len(r["peer_times_s"]) == len(r["ferrolab_times_s"]) == doc["repeat"], name
+        assert set(r) >= {"target", "met", "size", "peer", "peer_loops", "ferrolab_loops"}, name
+    inst = rows["instrumentation"]
+    assert inst["overhead_pct"] == (inst["ferrolab_s"] / inst["peer_s"] - 1.0) * 100.0
+    assert rows["exposition"]["size"].startswith(f"{doc['series']:,}")
+    for key in ("cpu_model", "cores", "python", "ferrolab", "prometheus_client", "loadavg_start", "loadavg_end"):
+        assert key in doc["machine"], key
+    assert "instrumentation" in proc.stdout and "targets missed" in proc.stdout

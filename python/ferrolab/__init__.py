@@ -7,7 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import breaker, gpu, health, metrics, monitoring, ops
+from . import breaker, gpu, health, metrics, monitoring, ops, tracing
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
@@ -22,6 +22,7 @@ __all__ = [
     "health",
     "monitoring",
     "gpu",
+    "tracing",
     "FerrolabError",
     "DeviceUnavailableError",
     "breaker",

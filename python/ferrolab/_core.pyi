@@ -1,5 +1,6 @@
 # Stubs of the native extension ferrolab._core (checked with `python -m mypy.stubtest ferrolab._core`).
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
 import numpy as np
@@ -27,6 +28,8 @@ __all__ = [
     "exposition",
     "DeviceUnavailableError",
     "FerrolabError",
+    "Span",
+    "_tracing_otel_path",
     "__version__",
     "adam_step",
     "argmax",
@@ -52,6 +55,14 @@ __all__ = [
     "standardize",
     "std",
     "sum",
+    "tracing_configure",
+    "tracing_current_span",
+    "tracing_finished_spans",
+    "tracing_flush",
+    "tracing_resource",
+    "tracing_shutdown",
+    "tracing_span",
+    "tracing_stats",
     "var",
     "zscore_anomalies",
 ]
@@ -279,3 +290,43 @@ class CircuitBreaker:
     def remove_listener(self, listener: Callable[[CircuitBreaker, str, str], object]) -> None: ...
 
 def breakers() -> dict[str, CircuitBreaker]: ...
+# tracing (ferrolab.tracing)
+@final
+class Span:
+    def __enter__(self) -> Span: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> bool: ...
+    def set_attribute(self, key: str, value: Any) -> None: ...
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None: ...
+    def record_exception(self, exception: BaseException) -> None: ...
+    def set_status(self, status: str, description: str | None = None) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def span_id(self) -> str: ...
+    @property
+    def parent_span_id(self) -> str | None: ...
+    @property
+    def is_recording(self) -> bool: ...
+
+def tracing_span(name: str, /, **attributes: Any) -> Span: ...
+def tracing_current_span() -> Span | None: ...
+def tracing_configure(
+    service_name: str,
+    service_version: str | None = None,
+    environment: str | None = None,
+    endpoint: str | None = None,
+    sample_ratio: float = 1.0,
+) -> None: ...
+def tracing_flush() -> bool: ...
+def tracing_shutdown(timeout: float = 5.0) -> bool: ...
+def tracing_finished_spans(clear: bool = False) -> list[dict[str, Any]]: ...
+def tracing_stats() -> dict[str, Any]: ...
+def tracing_resource() -> dict[str, str]: ...
+def _tracing_otel_path(force_public: bool | None = None) -> str: ...

@@ -28,6 +28,7 @@ import atexit
 import base64
 import functools
 import inspect
+import re
 import threading
 import urllib.error
 import urllib.parse
@@ -60,6 +61,7 @@ Server = _core.Server
 REGISTRY = _core.REGISTRY
 exposition = _core.exposition
 
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -149,6 +151,8 @@ def serve(
         raise TypeError(f"serve(): argument 'token' must be a str or None, got {type(token).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ValueError(f"serve(): argument 'workers' is {workers!r}; expected an int in 1..256")
+    if isinstance(header_timeout, bool) or not isinstance(header_timeout, (int, float)):
+        raise TypeError(f"serve(): argument 'header_timeout' must be a number, got {type(header_timeout).__name__}")
     if isinstance(max_header_bytes, bool) or not isinstance(max_header_bytes, int) or max_header_bytes < 256:
         raise ValueError(f"serve(): argument 'max_header_bytes' is {max_header_bytes!r}; expected an int >= 256")
     server = _core._serve(host, port, token, workers, float(header_timeout), max_header_bytes)
@@ -209,7 +213,7 @@ def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, A
         gateway = "http://" + gateway
     url = gateway.rstrip("/") + "/metrics" + _escape("job", job)
     for k, v in (grouping_key or {}).items():
-        if not isinstance(k, str) or not k.isidentifier():
+        if not isinstance(k, str) or not _LABEL_NAME.fullmatch(k) or k.startswith("__"):
             raise ValueError(f"{func}(): argument 'grouping_key' has the invalid label name {k!r}")
         url += _escape(k, v)
     return url

@@ -15,6 +15,7 @@ Messages name the function and the argument.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +69,25 @@ _quantile = _core.quantile
 _zscore_anomalies = _core.zscore_anomalies
 _cdist = _core.cdist
 _adam_step = _core.adam_step
+
+
+def _counted(func: Any) -> Any:
+    """Count a failure raised in a Python-level op wrapper (native failures are counted natively)."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as e:
+            if not getattr(e, "__ferrolab_counted__", False):
+                kind = type(e).__name__
+                if kind not in ("TypeError", "ValueError", "DeviceUnavailableError", "OSError"):
+                    kind = "Other"
+                _core._record_error(name, "cuda" if kwargs.get("device") == "cuda" else "cpu", kind)
+            raise
+
+    return wrapper
 
 
 def _check_device(func: str, device: str) -> None:
@@ -330,6 +350,7 @@ def matmul(a: ArrayLike, b: ArrayLike, out: np.ndarray | None = None, *, device:
     return _matmul(a, b, out, device)
 
 
+@_counted
 def histogram(
     x: ArrayLike,
     bins: int | Sequence[float] | str = 10,
@@ -392,6 +413,7 @@ def histogram(
     return counts, edges
 
 
+@_counted
 def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
     """Quantiles with NumPy's default ``"linear"`` method, like :func:`numpy.quantile`.
 

@@ -7,6 +7,8 @@
 //!   baseline copy otherwise) and multi-core above a size threshold (a bounded, fork-safe rayon pool sized by
 //!   `FERROLAB_NUM_THREADS`);
 //! * [`telemetry::seam`]: the instrumentation seam every op passes through;
+//! * [`telemetry::tracing`]: OpenTelemetry spans, kept in memory or exported over OTLP/HTTP (protobuf) from a
+//!   background thread (no async runtime);
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
 //!
 //! ## Feature flags

@@ -1,27 +1,210 @@
 //! The one GIL funnel and the instrumentation seam around every op.
 //!
 //! Arguments are converted with the GIL held; [`run`] then executes the work through the seam, releasing the GIL
-//! (`py.detach`) when the work is large enough for that to pay off.
+//! (`py.detach`) when the work is large enough for that to pay off. When a sampled `fl.tracing` span is open in
+//! the calling context, the op also becomes a child span named `ferrolab.<op>` (see [`Meta`]).
 
 use crate::errors::IntoPyResult;
 use ferrolab_core::telemetry::seam::{record, Device, Op};
+use ferrolab_core::telemetry::tracing::{self as tr, otel::*, Recording};
 use ferrolab_core::Result;
 use pyo3::prelude::*;
 
 /// Work (elements) below which the GIL is kept: releasing and re-taking it costs more than the work.
 const DETACH_MIN: usize = 1 << 14;
 
-/// Runs `f` as `op` through the seam; detaches from the interpreter when `work` is large.
+/// Input shapes of an op, read only when a span records the op.
+#[derive(Clone, Copy)]
+pub enum Shapes<'a> {
+    One(&'a [usize]),
+    Two(&'a [usize], &'a [usize]),
+    Lazy(&'a dyn Fn() -> Vec<Vec<usize>>),
+}
+
+/// What an op span records about the op's inputs: their shapes and the dtype the op computes in.
+/// Building one costs nothing (borrowed slices and a static name); it is read only when tracing is active.
+#[derive(Clone, Copy)]
+pub struct Meta<'a> {
+    dtype: &'static str,
+    shapes: Shapes<'a>,
+}
+
+impl<'a> Meta<'a> {
+    /// One input of element type `T`.
+    #[inline]
+    pub fn one<T>(shape: &'a [usize]) -> Self {
+        Meta {
+            dtype: std::any::type_name::<T>(),
+            shapes: Shapes::One(shape),
+        }
+    }
+
+    /// Two inputs of element type `T`.
+    #[inline]
+    pub fn two<T>(a: &'a [usize], b: &'a [usize]) -> Self {
+        Meta {
+            dtype: std::any::type_name::<T>(),
+            shapes: Shapes::Two(a, b),
+        }
+    }
+
+    /// Inputs of element type `T` whose shapes `f` lists.
+    #[inline]
+    pub fn lazy<T>(f: &'a dyn Fn() -> Vec<Vec<usize>>) -> Self {
+        Meta {
+            dtype: std::any::type_name::<T>(),
+            shapes: Shapes::Lazy(f),
+        }
+    }
+
+    fn dtype(&self) -> &'static str {
+        match self.dtype {
+            "f64" => "float64",
+            "f32" => "float32",
+            "i64" => "int64",
+            other => other,
+        }
+    }
+
+    fn shape_strings(&self) -> Vec<StringValue> {
+        // NumPy's notation: (), (n,), (m, n)
+        let fmt = |s: &[usize]| -> StringValue {
+            use std::fmt::Write;
+            let mut out = String::with_capacity(2 + 8 * s.len());
+            out.push('(');
+            for (i, d) in s.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                let _ = write!(out, "{d}");
+            }
+            if s.len() == 1 {
+                out.push(',');
+            }
+            out.push(')');
+            out.into()
+        };
+        match self.shapes {
+            Shapes::One(a) => vec![fmt(a)],
+            Shapes::Two(a, b) => vec![fmt(a), fmt(b)],
+            Shapes::Lazy(f) => f().iter().map(|s| fmt(s)).collect(),
+        }
+    }
+}
+
+/// Runs `f` as `op` through the seam; detaches from the interpreter when `work` is large. When a sampled span is
+/// open anywhere (one relaxed load otherwise), the op is recorded as a child of the current context's span.
 #[inline]
 pub fn run<R: Send>(
     py: Python<'_>,
     op: Op,
     work: usize,
+    meta: Meta<'_>,
     f: impl FnOnce() -> Result<R> + Send,
 ) -> PyResult<R> {
-    if work < DETACH_MIN {
-        record(op, Device::Cpu, f).py()
-    } else {
-        py.detach(|| record(op, Device::Cpu, f)).py()
+    if tr::active() {
+        return run_traced(py, op, work, meta, f);
     }
+    execute(py, op, work, f).py()
+}
+
+#[inline]
+fn execute<R: Send>(
+    py: Python<'_>,
+    op: Op,
+    work: usize,
+    f: impl FnOnce() -> Result<R> + Send,
+) -> Result<R> {
+    if work < DETACH_MIN {
+        record(op, Device::Cpu, f)
+    } else {
+        py.detach(|| record(op, Device::Cpu, f))
+    }
+}
+
+/// `ferrolab.<op>`, built once per op.
+fn span_name(op: Op) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        Op::ALL
+            .iter()
+            .map(|o| &*Box::leak(format!("ferrolab.{}", o.name()).into_boxed_str()))
+            .collect()
+    })[op as usize]
+}
+
+/// [`run`] with a child span `ferrolab.<op>` (attributes `ferrolab.op`, `ferrolab.shapes`, `ferrolab.dtype`,
+/// `ferrolab.device`; status `ERROR` and an `exception` event when the op fails).
+#[cold]
+#[inline(never)]
+fn run_traced<R: Send>(
+    py: Python<'_>,
+    op: Op,
+    work: usize,
+    meta: Meta<'_>,
+    f: impl FnOnce() -> Result<R> + Send,
+) -> PyResult<R> {
+    let Some(parent) = crate::tracing::current_recording(py) else {
+        return execute(py, op, work, f).py();
+    };
+    let ctx = tr::new_span(Some(&parent));
+    let device = Device::Cpu;
+    let rec = ctx.sampled.then(|| {
+        Recording::start(
+            ctx,
+            Some(&parent),
+            span_name(op),
+            vec![
+                KeyValue::new("ferrolab.op", op.name()),
+                KeyValue::new(
+                    "ferrolab.shapes",
+                    Value::Array(Array::String(meta.shape_strings())),
+                ),
+                KeyValue::new("ferrolab.dtype", meta.dtype()),
+                KeyValue::new("ferrolab.device", device.name()),
+            ],
+        )
+    });
+    let r = execute(py, op, work, f);
+    if let Some(mut rec) = rec {
+        if let Err(e) = &r {
+            rec.record_error(e.kind().to_string(), e.to_string(), None);
+        }
+        rec.end();
+    }
+    r.py()
+}
+
+/// The boundary of every op call: a failure the seam did not count (raised while converting or checking the
+/// arguments, before the kernel ran) is counted here, untimed, under its Python error class. The exception is
+/// marked (`__ferrolab_counted__`) so that a Python wrapper around the call does not count it again.
+#[inline]
+pub fn counted<R>(op: Op, device: &str, r: PyResult<R>) -> PyResult<R> {
+    if let Err(e) = &r {
+        Python::attach(|py| {
+            let _ = e.value(py).setattr("__ferrolab_counted__", true);
+        });
+        if !ferrolab_core::telemetry::seam::take_counted() {
+            let kind = Python::attach(|py| {
+                if e.is_instance_of::<crate::errors::DeviceUnavailableError>(py) {
+                    "DeviceUnavailableError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
+                    "TypeError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {
+                    "ValueError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
+                    "OSError"
+                } else {
+                    "Other"
+                }
+            });
+            let dev = if device == "cuda" {
+                Device::Cuda
+            } else {
+                Device::Cpu
+            };
+            ferrolab_core::telemetry::seam::record_untimed_error(op, dev, kind);
+        }
+    }
+    r
 }

@@ -12,6 +12,7 @@ mod funnel;
 mod metrics;
 mod ops;
 mod runtime;
+mod tracing;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -42,5 +43,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     runtime::register(m)?;
     metrics::register(m)?;
     breaker::register(m)?;
+    tracing::register(m)?;
     Ok(())
 }

@@ -111,9 +111,11 @@ struct Shared {
     labelnames_py: Vec<Py<PyString>>,
     /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
     /// the same values returns the same object).
-    #[allow(clippy::type_complexity)]
-    children: RwLock<HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>>,
+    children: RwLock<ChildCache>,
 }
+
+/// Python child objects by the hash of their label values.
+type ChildCache = HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>;
 
 /// The child cache's keys are already hashes.
 #[derive(Default)]
@@ -376,7 +378,7 @@ impl Metric {
                 self.shared.labelnames.len()
             )));
         }
-        self.shared.family.remove(&vals).py()?;
+        self.shared.family.remove(&vals);
         let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
         let mut cache = self
             .shared
@@ -477,8 +479,7 @@ impl Counter {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !(amount >= 0.0) {
+        if amount.is_nan() || amount < 0.0 {
             return Err(PyValueError::new_err(format!(
                 "inc(): argument 'amount' is {amount}; counters can only be incremented by non-negative amounts"
             )));
@@ -507,7 +508,23 @@ impl Counter {
     ) -> PyResult<Guard> {
         slf.as_super().get().child()?;
         let exc = match exception {
-            Some(e) => e.unbind(),
+            Some(e) => {
+                let base = slf.py().get_type::<pyo3::exceptions::PyBaseException>();
+                let ok = |t: &Bound<'_, PyAny>| {
+                    t.cast::<pyo3::types::PyType>()
+                        .is_ok_and(|t| t.is_subclass(&base).unwrap_or(false))
+                };
+                let valid = match e.cast::<PyTuple>() {
+                    Ok(t) => t.iter().all(|x| ok(&x)),
+                    Err(_) => ok(&e),
+                };
+                if !valid {
+                    return Err(PyTypeError::new_err(
+                        "count_exceptions(): argument 'exception' must be an exception class or a tuple of them",
+                    ));
+                }
+                e.unbind()
+            }
             None => slf
                 .py()
                 .get_type::<pyo3::exceptions::PyException>()
@@ -817,6 +834,27 @@ fn _settings() -> (bool, String) {
     (seam::enabled(), core::prefix())
 }
 
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 struct PyHandler;
 
 static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -849,14 +887,14 @@ impl Handler for PyHandler {
                         .and_then(|r| r.extract::<(u16, String)>());
                     match r {
                         Ok((code, body)) => Reply::new(code, "application/json", body),
-                        Err(e) => {
-                            let msg = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
-                            Reply::new(
-                                500,
-                                "application/json",
-                                format!("{{\"status\":\"unhealthy\",\"error\":\"{msg}\"}}"),
-                            )
-                        }
+                        Err(e) => Reply::new(
+                            500,
+                            "application/json",
+                            format!(
+                                "{{\"status\":\"unhealthy\",\"error\":{}}}",
+                                json_string(&e.to_string())
+                            ),
+                        ),
                     }
                 })
             }
@@ -977,9 +1015,9 @@ fn _serve(
     header_timeout: f64,
     max_header_bytes: usize,
 ) -> PyResult<Server> {
-    if !(header_timeout.is_finite() && header_timeout > 0.0) {
+    if !(header_timeout > 0.0 && header_timeout <= 3600.0) {
         return Err(PyValueError::new_err(format!(
-            "serve(): argument 'header_timeout' is {header_timeout}; expected a positive number of seconds"
+            "serve(): argument 'header_timeout' is {header_timeout}; expected seconds in (0, 3600]"
         )));
     }
     let cfg = server::Config {

@@ -2,7 +2,7 @@
 
 use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, Ro, ToNumpy};
 use crate::errors::IntoPyResult;
-use crate::funnel::run;
+use crate::funnel::{counted, run, Meta};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::{distance, elementwise, int, linalg, optim, reduce, stats, Real};
@@ -148,7 +148,7 @@ fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
     f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
 ) -> PyResult<Bound<'py, PyAny>> {
     let v = a.as_array();
-    let r = run(py, op, v.len(), || f(v))?;
+    let r = run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))?;
     to_py(py, r)
 }
 
@@ -176,7 +176,12 @@ fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
     if s.is_empty() || (s.len() as f64) <= min_len {
         return None;
     }
-    Some(run(py, op, s.len(), move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
+    Some(
+        run(py, op, s.len(), Meta::one::<T>(a.shape()), move || {
+            f(Canon::flat(s))
+        })
+        .and_then(|r| to_py(py, r)),
+    )
 }
 
 /// Tries [`flat_run`] for float64 then float32.
@@ -241,11 +246,13 @@ macro_rules! preserving_reduction {
             axis: Option<isize>,
             device: &str,
         ) -> PyResult<Bound<'py, PyAny>> {
+            counted($op, device, (|| -> PyResult<Bound<'py, PyAny>> {
             check_device(stringify!($name), device)?;
             flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
             let (a, fin) = one(take(py, stringify!($name), &["x"], &[x], $kind)?);
             let r = each_dtype!(a, T, a => red(py, $op, &a, |v| <T as Native>::$method(&v, axis)))?;
             finish(r, &fin)
+                    })())
         }
     };
 }
@@ -278,12 +285,18 @@ pub fn mean<'py>(
     axis: Option<isize>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("mean", device)?;
-    flat_fast!(py, x, axis, Op::Mean, false, 0.0; reduce::mean_c);
-    let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
-    warn_if(py, reduced_len(&a, axis) == Some(0), c"Mean of empty slice")?;
-    let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
-    finish(r, &fin)
+    counted(
+        Op::Mean,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("mean", device)?;
+            flat_fast!(py, x, axis, Op::Mean, false, 0.0; reduce::mean_c);
+            let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
+            warn_if(py, reduced_len(&a, axis) == Some(0), c"Mean of empty slice")?;
+            let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -294,11 +307,17 @@ pub fn norm<'py>(
     axis: Option<isize>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("norm", device)?;
-    flat_fast!(py, x, axis, Op::Norm, false, 0.0; reduce::norm_c);
-    let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
-    let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
-    finish(r, &fin)
+    counted(
+        Op::Norm,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("norm", device)?;
+            flat_fast!(py, x, axis, Op::Norm, false, 0.0; reduce::norm_c);
+            let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
+            let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -310,16 +329,23 @@ pub fn var<'py>(
     ddof: f64,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("var", device)?;
-    flat_fast!(py, x, axis, Op::Var, false, ddof; stats::var_c, ddof);
-    let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
-    warn_if(
-        py,
-        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-        c"Degrees of freedom <= 0 for slice",
-    )?;
-    let r = each_float!(a, T, a => red(py, Op::Var, &a, |v| stats::var::<T>(&v, axis, ddof)))?;
-    finish(r, &fin)
+    counted(
+        Op::Var,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("var", device)?;
+            flat_fast!(py, x, axis, Op::Var, false, ddof; stats::var_c, ddof);
+            let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
+            warn_if(
+                py,
+                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+                c"Degrees of freedom <= 0 for slice",
+            )?;
+            let r =
+                each_float!(a, T, a => red(py, Op::Var, &a, |v| stats::var::<T>(&v, axis, ddof)))?;
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -331,16 +357,23 @@ pub fn std<'py>(
     ddof: f64,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("std", device)?;
-    flat_fast!(py, x, axis, Op::Std, false, ddof; stats::std_c, ddof);
-    let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
-    warn_if(
-        py,
-        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-        c"Degrees of freedom <= 0 for slice",
-    )?;
-    let r = each_float!(a, T, a => red(py, Op::Std, &a, |v| stats::std::<T>(&v, axis, ddof)))?;
-    finish(r, &fin)
+    counted(
+        Op::Std,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("std", device)?;
+            flat_fast!(py, x, axis, Op::Std, false, ddof; stats::std_c, ddof);
+            let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
+            warn_if(
+                py,
+                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+                c"Degrees of freedom <= 0 for slice",
+            )?;
+            let r =
+                each_float!(a, T, a => red(py, Op::Std, &a, |v| stats::std::<T>(&v, axis, ddof)))?;
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -351,18 +384,25 @@ pub fn dot<'py>(
     y: &Bound<'py, PyAny>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("dot", device)?;
-    let p = take(py, "dot", &["x", "y"], &[x, y], Kind::Same)?;
-    let fin = p.finish;
-    let mut it = p.arrays.into_iter();
-    let (a, b) = (it.next().expect("x"), it.next().expect("y"));
-    let r = each_dtype!(a, T, a => {
-        let b = <T as Native>::unwrap(b);
-        let (va, vb) = (a.as_array(), b.as_array());
-        let v = run(py, Op::Dot, va.len(), || <T as Native>::dot(&va, &vb))?;
-        <T as ToNumpy>::scalar(py, v)
-    })?;
-    finish(r, &fin)
+    counted(
+        Op::Dot,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("dot", device)?;
+            let p = take(py, "dot", &["x", "y"], &[x, y], Kind::Same)?;
+            let fin = p.finish;
+            let mut it = p.arrays.into_iter();
+            let (a, b) = (it.next().expect("x"), it.next().expect("y"));
+            let r = each_dtype!(a, T, a => {
+                let b = <T as Native>::unwrap(b);
+                let (va, vb) = (a.as_array(), b.as_array());
+                let meta = Meta::two::<T>(a.0.shape(), b.0.shape());
+                let v = run(py, Op::Dot, va.len(), meta, || <T as Native>::dot(&va, &vb))?;
+                <T as ToNumpy>::scalar(py, v)
+            })?;
+            finish(r, &fin)
+        })(),
+    )
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -594,7 +634,21 @@ fn ew_run<'py, T: Native + numpy::Element>(
         })
         .collect();
     let ov = rw.as_mut().map(|w| w.as_array_mut());
-    let r = run(py, op, work, move || f(inputs, ov))?;
+    let shapes = || -> Vec<Vec<usize>> {
+        let out_shape = out_any
+            .and_then(|o| o.cast::<numpy::PyUntypedArray>().ok())
+            .map(|u| u.shape().to_vec());
+        ro.iter()
+            .zip(&same)
+            .map(|(a, &s)| match (&out_shape, s) {
+                (Some(o), true) => o.clone(),
+                _ => a.0.shape().to_vec(),
+            })
+            .collect()
+    };
+    let r = run(py, op, work, Meta::lazy::<T>(&shapes), move || {
+        f(inputs, ov)
+    })?;
     drop(rw);
     if let Some(a) = fresh {
         // 0-d results are NumPy scalars, as NumPy returns them
@@ -624,26 +678,34 @@ pub fn axpy<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("axpy", device)?;
-    let call =
-        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
-            each_dtype!(&arrs[0], T, _unused => {
-                let av = <T as Native>::from_py("a", "axpy", a)?;
-                ew_run::<T>(py, "axpy", Op::Axpy, arrs, same, out, move |mut v, o| {
-                    let y = v.pop().expect("y");
-                    let x = v.pop().expect("x");
-                    <T as Native>::axpy(av, x, y, o)
+    counted(
+        Op::Axpy,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("axpy", device)?;
+            let call = |py: Python<'py>,
+                        arrs: Vec<In<'py>>,
+                        same: Vec<bool>,
+                        out: Option<&Bound<'py, PyAny>>| {
+                each_dtype!(&arrs[0], T, _unused => {
+                    let av = <T as Native>::from_py("a", "axpy", a)?;
+                    ew_run::<T>(py, "axpy", Op::Axpy, arrs, same, out, move |mut v, o| {
+                        let y = v.pop().expect("y");
+                        let x = v.pop().expect("x");
+                        <T as Native>::axpy(av, x, y, o)
+                    })
                 })
-            })
-        };
-    elementwise_op(
-        py,
-        "axpy",
-        &["x", "y"],
-        &[x, y],
-        &[("a", a)],
-        opt_out(out),
-        &call,
+            };
+            elementwise_op(
+                py,
+                "axpy",
+                &["x", "y"],
+                &[x, y],
+                &[("a", a)],
+                opt_out(out),
+                &call,
+            )
+        })(),
     )
 }
 
@@ -657,26 +719,34 @@ pub fn fma<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("fma", device)?;
-    let call =
-        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
-            each_dtype!(&arrs[0], T, _unused => {
-                ew_run::<T>(py, "fma", Op::Fma, arrs, same, out, move |mut v, o| {
-                    let z = v.pop().expect("z");
-                    let y = v.pop().expect("y");
-                    let x = v.pop().expect("x");
-                    <T as Native>::fma(x, y, z, o)
+    counted(
+        Op::Fma,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("fma", device)?;
+            let call = |py: Python<'py>,
+                        arrs: Vec<In<'py>>,
+                        same: Vec<bool>,
+                        out: Option<&Bound<'py, PyAny>>| {
+                each_dtype!(&arrs[0], T, _unused => {
+                    ew_run::<T>(py, "fma", Op::Fma, arrs, same, out, move |mut v, o| {
+                        let z = v.pop().expect("z");
+                        let y = v.pop().expect("y");
+                        let x = v.pop().expect("x");
+                        <T as Native>::fma(x, y, z, o)
+                    })
                 })
-            })
-        };
-    elementwise_op(
-        py,
-        "fma",
-        &["x", "y", "z"],
-        &[x, y, z],
-        &[],
-        opt_out(out),
-        &call,
+            };
+            elementwise_op(
+                py,
+                "fma",
+                &["x", "y", "z"],
+                &[x, y, z],
+                &[],
+                opt_out(out),
+                &call,
+            )
+        })(),
     )
 }
 
@@ -689,17 +759,25 @@ pub fn scale<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("scale", device)?;
-    let call =
-        |py: Python<'py>, arrs: Vec<In<'py>>, same: Vec<bool>, out: Option<&Bound<'py, PyAny>>| {
-            each_dtype!(&arrs[0], T, _unused => {
-                let av = <T as Native>::from_py("a", "scale", a)?;
-                ew_run::<T>(py, "scale", Op::Scale, arrs, same, out, move |mut v, o| {
-                    <T as Native>::scale(v.pop().expect("x"), av, o)
+    counted(
+        Op::Scale,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("scale", device)?;
+            let call = |py: Python<'py>,
+                        arrs: Vec<In<'py>>,
+                        same: Vec<bool>,
+                        out: Option<&Bound<'py, PyAny>>| {
+                each_dtype!(&arrs[0], T, _unused => {
+                    let av = <T as Native>::from_py("a", "scale", a)?;
+                    ew_run::<T>(py, "scale", Op::Scale, arrs, same, out, move |mut v, o| {
+                        <T as Native>::scale(v.pop().expect("x"), av, o)
+                    })
                 })
-            })
-        };
-    elementwise_op(py, "scale", &["x"], &[x], &[("a", a)], opt_out(out), &call)
+            };
+            elementwise_op(py, "scale", &["x"], &[x], &[("a", a)], opt_out(out), &call)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -712,33 +790,39 @@ pub fn clip<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("clip", device)?;
-    if lo.is_none() && hi.is_none() {
-        return Err(PyValueError::new_err(
-            "clip(): arguments 'lo' and 'hi' cannot both be None",
-        ));
-    }
-    let call = |py: Python<'py>,
-                arrs: Vec<In<'py>>,
-                same: Vec<bool>,
-                out: Option<&Bound<'py, PyAny>>| {
-        each_dtype!(&arrs[0], T, _unused => {
-            let l = if lo.is_none() { None } else { Some(<T as Native>::from_py("lo", "clip", lo)?) };
-            let h = if hi.is_none() { None } else { Some(<T as Native>::from_py("hi", "clip", hi)?) };
-            ew_run::<T>(py, "clip", Op::Clip, arrs, same, out, move |mut v, o| {
-                let x = v.pop().expect("x");
-                clip_bounds::<T>(x, l, h, o)
-            })
-        })
-    };
-    elementwise_op(
-        py,
-        "clip",
-        &["x"],
-        &[x],
-        &[("lo", lo), ("hi", hi)],
-        opt_out(out),
-        &call,
+    counted(
+        Op::Clip,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("clip", device)?;
+            if lo.is_none() && hi.is_none() {
+                return Err(PyValueError::new_err(
+                    "clip(): arguments 'lo' and 'hi' cannot both be None",
+                ));
+            }
+            let call = |py: Python<'py>,
+                        arrs: Vec<In<'py>>,
+                        same: Vec<bool>,
+                        out: Option<&Bound<'py, PyAny>>| {
+                each_dtype!(&arrs[0], T, _unused => {
+                    let l = if lo.is_none() { None } else { Some(<T as Native>::from_py("lo", "clip", lo)?) };
+                    let h = if hi.is_none() { None } else { Some(<T as Native>::from_py("hi", "clip", hi)?) };
+                    ew_run::<T>(py, "clip", Op::Clip, arrs, same, out, move |mut v, o| {
+                        let x = v.pop().expect("x");
+                        clip_bounds::<T>(x, l, h, o)
+                    })
+                })
+            };
+            elementwise_op(
+                py,
+                "clip",
+                &["x"],
+                &[x],
+                &[("lo", lo), ("hi", hi)],
+                opt_out(out),
+                &call,
+            )
+        })(),
     )
 }
 
@@ -781,51 +865,58 @@ pub fn standardize<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("standardize", device)?;
-    let out = opt_out(out);
-    if let Some(o) = out {
-        if !matches!(alias(o, x), Alias::None) {
-            // out overlaps x: compute fresh, then copy
-            let r = standardize(py, x, axis, ddof, None, device)?;
-            copy_into(py, "standardize", o, &r)?;
-            return Ok(o.clone());
-        }
-    }
-    let (a, fin) = one(take(py, "standardize", &["x"], &[x], Kind::Float)?);
-    warn_if(
-        py,
-        reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-        c"Degrees of freedom <= 0 for slice",
-    )?;
-    if let (Some(o), Some(_)) = (out, &fin) {
-        let r = standardize(py, x, axis, ddof, None, device)?;
-        copy_into(py, "standardize", o, &r)?;
-        return Ok(o.clone());
-    }
-    let r = each_float!(a, T, a => {
-        let v = a.as_array();
-        let fresh = match out {
-            Some(_) => None,
-            None => {
-                let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
-                Some(new_array::<T>(py, a.0.shape(), fortran))
+    counted(
+        Op::Standardize,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("standardize", device)?;
+            let out = opt_out(out);
+            if let Some(o) = out {
+                if !matches!(alias(o, x), Alias::None) {
+                    // out overlaps x: compute fresh, then copy
+                    let r = standardize(py, x, axis, ddof, None, device)?;
+                    copy_into(py, "standardize", o, &r)?;
+                    return Ok(o.clone());
+                }
             }
-        };
-        let out = fresh.as_ref().map(|f| f.as_any()).or(out);
-        let mut rw = match out {
-            Some(o) => Some(take_out::<T>("standardize", o)?),
-            None => None,
-        };
-        let ov = rw.as_mut().map(|w| w.as_array_mut());
-        match run(py, Op::Standardize, v.len(), move || stats::standardize::<T>(&v, axis, ddof, ov))? {
-            Some(r) => to_py(py, r)?,
-            None if fresh.as_ref().is_some_and(|f| f.ndim() == 0) => {
-                out.expect("out").get_item(pyo3::types::PyTuple::empty(py))?
+            let (a, fin) = one(take(py, "standardize", &["x"], &[x], Kind::Float)?);
+            warn_if(
+                py,
+                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
+                c"Degrees of freedom <= 0 for slice",
+            )?;
+            if let (Some(o), Some(_)) = (out, &fin) {
+                let r = standardize(py, x, axis, ddof, None, device)?;
+                copy_into(py, "standardize", o, &r)?;
+                return Ok(o.clone());
             }
-            None => out.expect("out").clone(),
-        }
-    });
-    finish(r, &fin)
+            let r = each_float!(a, T, a => {
+                let v = a.as_array();
+                let fresh = match out {
+                    Some(_) => None,
+                    None => {
+                        let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
+                        Some(new_array::<T>(py, a.0.shape(), fortran))
+                    }
+                };
+                let out = fresh.as_ref().map(|f| f.as_any()).or(out);
+                let mut rw = match out {
+                    Some(o) => Some(take_out::<T>("standardize", o)?),
+                    None => None,
+                };
+                let ov = rw.as_mut().map(|w| w.as_array_mut());
+                let meta = Meta::one::<T>(a.0.shape());
+                match run(py, Op::Standardize, v.len(), meta, move || stats::standardize::<T>(&v, axis, ddof, ov))? {
+                    Some(r) => to_py(py, r)?,
+                    None if fresh.as_ref().is_some_and(|f| f.ndim() == 0) => {
+                        out.expect("out").get_item(pyo3::types::PyTuple::empty(py))?
+                    }
+                    None => out.expect("out").clone(),
+                }
+            });
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -836,13 +927,20 @@ pub fn zscore_anomalies<'py>(
     threshold: f64,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("zscore_anomalies", device)?;
-    let (a, _fin) = one(take(py, "zscore_anomalies", &["x"], &[x], Kind::Float)?);
-    let idx = each_float!(a, T, a => {
-        let v = a.as_array();
-        run(py, Op::ZscoreAnomalies, v.len(), move || stats::zscore_anomalies::<T>(&v, threshold))?
-    });
-    Ok(numpy::PyArray1::from_vec(py, idx).into_any())
+    counted(
+        Op::ZscoreAnomalies,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("zscore_anomalies", device)?;
+            let (a, _fin) = one(take(py, "zscore_anomalies", &["x"], &[x], Kind::Float)?);
+            let idx = each_float!(a, T, a => {
+                let v = a.as_array();
+                let meta = Meta::one::<T>(a.0.shape());
+                run(py, Op::ZscoreAnomalies, v.len(), meta, move || stats::zscore_anomalies::<T>(&v, threshold))?
+            });
+            Ok(numpy::PyArray1::from_vec(py, idx).into_any())
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -854,14 +952,21 @@ pub fn quantile<'py>(
     axis: Option<isize>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("quantile", device)?;
-    let (a, fin) = one(take(py, "quantile", &["x"], &[x], Kind::Float)?);
-    let r = each_float!(a, T, a => {
-        let v = a.as_array();
-        let r = run(py, Op::Quantile, v.len(), move || stats::quantile::<T>(&v, &q, axis))?;
-        to_py(py, r)?
-    });
-    finish(r, &fin)
+    counted(
+        Op::Quantile,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("quantile", device)?;
+            let (a, fin) = one(take(py, "quantile", &["x"], &[x], Kind::Float)?);
+            let r = each_float!(a, T, a => {
+                let v = a.as_array();
+                let meta = Meta::one::<T>(a.0.shape());
+                let r = run(py, Op::Quantile, v.len(), meta, move || stats::quantile::<T>(&v, &q, axis))?;
+                to_py(py, r)?
+            });
+            finish(r, &fin)
+        })(),
+    )
 }
 
 /// Counts for the histogram: `edges` come from NumPy (`_coerce`), `uniform` tells whether they are equal-width.
@@ -873,18 +978,24 @@ pub fn histogram_counts<'py>(
     edges: &Bound<'py, PyAny>,
     uniform: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let p = take(py, "histogram", &["x", "bins"], &[x, edges], Kind::Float)?;
-    let mut it = p.arrays.into_iter();
-    let (a, e) = (it.next().expect("x"), it.next().expect("edges"));
-    let counts = each_float!(a, T, a => {
-        let e = <T as Native>::unwrap(e);
-        let (v, ev) = (a.as_array(), e.as_array());
-        let edges: Vec<T> = ev.iter().copied().collect();
-        run(py, Op::Histogram, v.len(), move || {
-            stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
-        })?
-    });
-    Ok(numpy::PyArray1::from_vec(py, counts).into_any())
+    counted(
+        Op::Histogram,
+        "cpu",
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            let p = take(py, "histogram", &["x", "bins"], &[x, edges], Kind::Float)?;
+            let mut it = p.arrays.into_iter();
+            let (a, e) = (it.next().expect("x"), it.next().expect("edges"));
+            let counts = each_float!(a, T, a => {
+                let e = <T as Native>::unwrap(e);
+                let (v, ev) = (a.as_array(), e.as_array());
+                let edges: Vec<T> = ev.iter().copied().collect();
+                run(py, Op::Histogram, v.len(), Meta::two::<T>(a.0.shape(), e.0.shape()), move || {
+                    stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
+                })?
+            });
+            Ok(numpy::PyArray1::from_vec(py, counts).into_any())
+        })(),
+    )
 }
 
 /// `(min, max)` of x as NumPy scalars of x's dtype (for the automatic histogram range).
@@ -893,12 +1004,19 @@ pub fn minmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
-    each_float!(a, T, a => {
-        let v = a.as_array();
-        let (lo, hi) = run(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
-        Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
-    })
+    counted(
+        Op::Histogram,
+        "cpu",
+        (|| -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+            let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
+            each_float!(a, T, a => {
+                let v = a.as_array();
+                let meta = Meta::one::<T>(a.0.shape());
+                let (lo, hi) = run(py, Op::Histogram, v.len(), meta, move || stats::finite_range::<T>(&v))?;
+                Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
+            })
+        })(),
+    )
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -926,50 +1044,57 @@ pub fn matmul<'py>(
     out: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("matmul", device)?;
-    let out = opt_out(out);
-    if let Some(o) = out {
-        if !matches!(alias(o, a), Alias::None) || !matches!(alias(o, b), Alias::None) {
-            let r = matmul(py, a, b, None, device)?;
-            copy_into(py, "matmul", o, &r)?;
-            return Ok(o.clone());
-        }
-    }
-    let p = take(py, "matmul", &["a", "b"], &[a, b], Kind::Same)?;
-    let fin = p.finish;
-    let mut it = p.arrays.into_iter();
-    let (x, y) = (it.next().expect("a"), it.next().expect("b"));
-    let r = match x {
-        In::F64(x) => mm::<f64>(
-            py,
-            x,
-            f64::unwrap(y),
-            if fin.is_none() { out } else { None },
-        )?,
-        In::F32(x) => mm::<f32>(
-            py,
-            x,
-            f32::unwrap(y),
-            if fin.is_none() { out } else { None },
-        )?,
-        In::I64(x) => {
-            let y = i64::unwrap(y);
-            let va = two_d("matmul", "a", x.as_array())?;
-            let vb = two_d("matmul", "b", y.as_array())?;
-            let r = run(py, Op::Matmul, va.len() * vb.ncols(), move || {
-                int::matmul(&va, &vb)
-            })?;
-            to_py(py, r.into_dyn())?
-        }
-    };
-    let r = finish(r, &fin)?;
-    match out {
-        Some(o) if fin.is_some() || r.as_ptr() != o.as_ptr() => {
-            copy_into(py, "matmul", o, &r)?;
-            Ok(o.clone())
-        }
-        _ => Ok(r),
-    }
+    counted(
+        Op::Matmul,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("matmul", device)?;
+            let out = opt_out(out);
+            if let Some(o) = out {
+                if !matches!(alias(o, a), Alias::None) || !matches!(alias(o, b), Alias::None) {
+                    let r = matmul(py, a, b, None, device)?;
+                    copy_into(py, "matmul", o, &r)?;
+                    return Ok(o.clone());
+                }
+            }
+            let p = take(py, "matmul", &["a", "b"], &[a, b], Kind::Same)?;
+            let fin = p.finish;
+            let mut it = p.arrays.into_iter();
+            let (x, y) = (it.next().expect("a"), it.next().expect("b"));
+            let r = match x {
+                In::F64(x) => mm::<f64>(
+                    py,
+                    x,
+                    f64::unwrap(y),
+                    if fin.is_none() { out } else { None },
+                )?,
+                In::F32(x) => mm::<f32>(
+                    py,
+                    x,
+                    f32::unwrap(y),
+                    if fin.is_none() { out } else { None },
+                )?,
+                In::I64(x) => {
+                    let y = i64::unwrap(y);
+                    let va = two_d("matmul", "a", x.as_array())?;
+                    let vb = two_d("matmul", "b", y.as_array())?;
+                    let meta = Meta::two::<i64>(x.0.shape(), y.0.shape());
+                    let r = run(py, Op::Matmul, va.len() * vb.ncols(), meta, move || {
+                        int::matmul(&va, &vb)
+                    })?;
+                    to_py(py, r.into_dyn())?
+                }
+            };
+            let r = finish(r, &fin)?;
+            match out {
+                Some(o) if fin.is_some() || r.as_ptr() != o.as_ptr() => {
+                    copy_into(py, "matmul", o, &r)?;
+                    Ok(o.clone())
+                }
+                _ => Ok(r),
+            }
+        })(),
+    )
 }
 
 fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
@@ -993,9 +1118,13 @@ fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
     {
         let mut rw = take_out::<T>("matmul", &o)?;
         let ov = two_d_mut(rw.as_array_mut())?;
-        run(py, Op::Matmul, work, move || {
-            linalg::matmul(&va, &vb, Some(ov))
-        })?;
+        run(
+            py,
+            Op::Matmul,
+            work,
+            Meta::two::<T>(x.0.shape(), y.0.shape()),
+            move || linalg::matmul(&va, &vb, Some(ov)),
+        )?;
     }
     Ok(o)
 }
@@ -1018,21 +1147,28 @@ pub fn cdist<'py>(
     metric: &str,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    check_device("cdist", device)?;
-    let m = distance::Metric::parse(metric).py()?;
-    let p = take(py, "cdist", &["a", "b"], &[a, b], Kind::Float)?;
-    let fin = p.finish;
-    let mut it = p.arrays.into_iter();
-    let (x, y) = (it.next().expect("a"), it.next().expect("b"));
-    let r = each_float!(x, T, x => {
-        let y = <T as Native>::unwrap(y);
-        let va = two_d("cdist", "a", x.as_array())?;
-        let vb = two_d("cdist", "b", y.as_array())?;
-        let work = va.len() * vb.nrows();
-        let r = run(py, Op::Cdist, work, move || distance::cdist(&va, &vb, m))?;
-        to_py(py, r.into_dyn())?
-    });
-    finish(r, &fin)
+    counted(
+        Op::Cdist,
+        device,
+        (|| -> PyResult<Bound<'py, PyAny>> {
+            check_device("cdist", device)?;
+            let m = distance::Metric::parse(metric).py()?;
+            let p = take(py, "cdist", &["a", "b"], &[a, b], Kind::Float)?;
+            let fin = p.finish;
+            let mut it = p.arrays.into_iter();
+            let (x, y) = (it.next().expect("a"), it.next().expect("b"));
+            let r = each_float!(x, T, x => {
+                let y = <T as Native>::unwrap(y);
+                let va = two_d("cdist", "a", x.as_array())?;
+                let vb = two_d("cdist", "b", y.as_array())?;
+                let work = va.len() * vb.nrows();
+                let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
+                let r = run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?;
+                to_py(py, r.into_dyn())?
+            });
+            finish(r, &fin)
+        })(),
+    )
 }
 
 #[pyfunction]
@@ -1053,34 +1189,40 @@ pub fn adam_step<'py>(
     decoupled: bool,
     device: &str,
 ) -> PyResult<()> {
-    check_device("adam_step", device)?;
-    if t < 1 {
-        return Err(PyValueError::new_err(format!(
-            "adam_step(): argument 't' is {t}; expected the step number, >= 1"
-        )));
-    }
-    let hp = optim::AdamParams {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        decoupled,
-        t: t as u64,
-    };
-    if param.cast::<PyArrayDyn<f64>>().is_ok() {
-        adam_t::<f64>(py, param, grad, m, v, hp)
-    } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
-        adam_t::<f32>(py, param, grad, m, v, hp)
-    } else {
-        let got = param
-            .getattr("dtype")
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| type_name(param));
-        Err(PyTypeError::new_err(format!(
+    counted(
+        Op::AdamStep,
+        device,
+        (|| -> PyResult<()> {
+            check_device("adam_step", device)?;
+            if t < 1 {
+                return Err(PyValueError::new_err(format!(
+                    "adam_step(): argument 't' is {t}; expected the step number, >= 1"
+                )));
+            }
+            let hp = optim::AdamParams {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+                t: t as u64,
+            };
+            if param.cast::<PyArrayDyn<f64>>().is_ok() {
+                adam_t::<f64>(py, param, grad, m, v, hp)
+            } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
+                adam_t::<f32>(py, param, grad, m, v, hp)
+            } else {
+                let got = param
+                    .getattr("dtype")
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|_| type_name(param));
+                Err(PyTypeError::new_err(format!(
             "adam_step(): argument 'param' must be a float32 or float64 numpy.ndarray (updated in place), got {got}"
         )))
-    }
+            }
+        })(),
+    )
 }
 
 fn adam_t<'py, T: Real + numpy::Element>(
@@ -1142,7 +1284,15 @@ fn adam_t<'py, T: Real + numpy::Element>(
         vv.as_array_mut(),
     );
     let n = pv.len();
-    run(py, Op::AdamStep, n, move || {
+    let shapes = || {
+        vec![
+            pa.shape().to_vec(),
+            ga.shape().to_vec(),
+            ma.shape().to_vec(),
+            va.shape().to_vec(),
+        ]
+    };
+    run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
         optim::adam_step(pv, gv, mv, vvv, hp)
     })
 }

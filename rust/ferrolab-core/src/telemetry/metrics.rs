@@ -13,8 +13,9 @@ use super::seam;
 use crate::error::{CoreError, Result};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry};
+use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, RwLock};
 
 /// prometheus_client's default histogram buckets.
@@ -25,14 +26,133 @@ pub const DEFAULT_BUCKETS: [f64; 14] = [
 /// The content type of [`exposition`].
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The process-wide registry of collectors.
+///
+/// Unlike the `prometheus` crate's registry it reserves every sample name a family exposes (a histogram `h`
+/// reserves `h`, `h_bucket`, `h_sum`, `h_count`, `h_created`; a counter `c` reserves `c`, `c_total`,
+/// `c_created`), as prometheus_client does, so two metrics can never write the same series; and an unregistered
+/// name is free again whatever labels or help text it comes back with.
+pub struct Registry {
+    entries: RwLock<Vec<Entry>>,
+}
+
+struct Entry {
+    /// A [`Family`]'s id, or the hash of a foreign collector's descriptor ids.
+    key: u64,
+    names: Vec<String>,
+    collector: Box<dyn Collector>,
+}
+
+fn desc_key(c: &dyn Collector) -> u64 {
+    c.desc().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, d| {
+        (h ^ d.id).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Registry {
+    fn new() -> Registry {
+        Registry {
+            entries: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Registers a collector; the names of its descriptors are reserved. `Err(AlreadyReg)` on a clash.
+    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        let names = c.desc().iter().map(|d| d.fq_name.clone()).collect();
+        let key = desc_key(c.as_ref());
+        self.insert(key, names, c)
+    }
+
+    /// Removes a collector registered with [`Registry::register`] (found by its descriptors).
+    pub fn unregister(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        if self.remove(desc_key(c.as_ref())) {
+            Ok(())
+        } else {
+            Err(prometheus::Error::Msg("collector is not registered".into()))
+        }
+    }
+
+    fn insert(
+        &self,
+        key: u64,
+        names: Vec<String>,
+        collector: Box<dyn Collector>,
+    ) -> prometheus::Result<()> {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        for e in entries.iter() {
+            if e.key == key || e.names.iter().any(|n| names.contains(n)) {
+                return Err(prometheus::Error::AlreadyReg);
+            }
+        }
+        entries.push(Entry {
+            key,
+            names,
+            collector,
+        });
+        Ok(())
+    }
+
+    fn remove(&self, key: u64) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|e| e.key != key);
+        entries.len() != before
+    }
+
+    /// The sample names already taken among `names`.
+    fn taken(&self, names: &[String]) -> Vec<String> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = entries
+            .iter()
+            .flat_map(|e| e.names.iter())
+            .filter(|n| names.contains(n))
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Collects every family, sorted by name (the series of a family are in no particular order: Prometheus does
+    /// not need one, and sorting 10,000 series would cost a third of the exposition).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        let mut mfs: Vec<MetricFamily> = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries.iter().flat_map(|e| e.collector.collect()).collect()
+        };
+        mfs.retain(|mf| !mf.get_metric().is_empty());
+        mfs.sort_by(|a, b| a.name().cmp(b.name()));
+        mfs
+    }
+}
+
+/// The sample names a family of `kind` named `name` (its full name, `_total` included for counters) reserves.
+fn reserved_names(kind: Kind, name: &str) -> Vec<String> {
+    match kind {
+        Kind::Counter => {
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            vec![
+                base.into(),
+                format!("{base}_total"),
+                format!("{base}_created"),
+            ]
+        }
+        Kind::Gauge => vec![name.into()],
+        Kind::Histogram => ["", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .map(|sfx| format!("{name}{sfx}"))
+            .collect(),
+    }
+}
+
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let r = Registry::new();
-    r.register(Box::new(
-        Builtin::new("ferrolab").expect("valid built-in names"),
-    ))
-    .expect("built-in series register once");
+    let b = Builtin::new("ferrolab").expect("valid built-in names");
+    r.insert(BUILTIN_KEY, b.names(), Box::new(b))
+        .expect("built-in series register once");
     r
 });
+const BUILTIN_KEY: u64 = 0;
 static PREFIX: LazyLock<RwLock<String>> = LazyLock::new(|| RwLock::new("ferrolab".to_string()));
 
 /// The process-wide registry (the built-in collector is registered in it).
@@ -59,17 +179,15 @@ pub fn set_prefix(prefix: &str) -> Result<()> {
         return Ok(());
     }
     let new = Builtin::new(prefix)?;
-    // unregister by descriptor ids: a fresh collector with the old names has the same ids
-    REGISTRY
-        .unregister(Box::new(Builtin::new(&cur)?))
-        .map_err(|e| CoreError::value("configure", "prefix", e))?;
-    if let Err(e) = REGISTRY.register(Box::new(new)) {
+    let old = Builtin::new(&cur)?;
+    REGISTRY.remove(BUILTIN_KEY);
+    if let Err(e) = REGISTRY.insert(BUILTIN_KEY, new.names(), Box::new(new)) {
         // put the old one back so the registry stays complete
-        let _ = REGISTRY.register(Box::new(Builtin::new(&cur)?));
+        let _ = REGISTRY.insert(BUILTIN_KEY, old.names(), Box::new(old));
         return Err(CoreError::value(
             "configure",
             "prefix",
-            format!("is {prefix:?}: {e}"),
+            format!("is {prefix:?}: its series clash with registered metrics ({e})"),
         ));
     }
     *cur = prefix.to_string();
@@ -98,17 +216,22 @@ pub fn valid_label(s: &str) -> bool {
 
 /// Renders all registered metrics in the Prometheus text format 0.0.4.
 pub fn exposition() -> Result<String> {
+    // the previous exposition's size: one allocation instead of a chain of doublings and copies
+    static LAST_LEN: AtomicU64 = AtomicU64::new(64 * 1024);
     let mfs = REGISTRY.gather();
-    let mut buf = String::with_capacity(64 * 1024);
+    let mut buf = String::with_capacity(LAST_LEN.load(Ordering::Relaxed) as usize + 4096);
     prometheus::TextEncoder::new()
         .encode_utf8(&mfs, &mut buf)
         .map_err(|e| CoreError::value("exposition", "registry", e))?;
+    LAST_LEN.store(buf.len() as u64, Ordering::Relaxed);
     Ok(buf)
 }
 
+/// One sample: `(name, labels, value)`.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
 /// All samples as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
-#[allow(clippy::type_complexity)]
-pub fn samples() -> Vec<(String, Vec<(String, String)>, f64)> {
+pub fn samples() -> Vec<Sample> {
     let mut out = Vec::new();
     for mf in REGISTRY.gather() {
         let name = mf.name();
@@ -180,11 +303,21 @@ impl Kind {
 
 /// A labelled family of one kind (an unlabelled metric is a family with no label names).
 #[derive(Clone)]
-pub enum Family {
+pub struct Family {
+    id: u64,
+    kind: Kind,
+    name: String,
+    vec: Vecs,
+}
+
+#[derive(Clone)]
+enum Vecs {
     Counter(CounterVec),
     Gauge(GaugeVec),
     Histogram(HistogramVec),
 }
+
+static NEXT_FAMILY: AtomicU64 = AtomicU64::new(1);
 
 /// One time series of a family.
 #[derive(Clone)]
@@ -261,86 +394,107 @@ impl Family {
         let help = if help.is_empty() { name } else { help };
         let names: Vec<&str> = labels.iter().map(String::as_str).collect();
         let err = |e: prometheus::Error| CoreError::value(func, "name", e);
-        Ok(match kind {
-            Kind::Counter => Family::Counter(
+        let vec = match kind {
+            Kind::Counter => Vecs::Counter(
                 CounterVec::new(Opts::new(format!("{name}_total"), help), &names).map_err(err)?,
             ),
-            Kind::Gauge => {
-                Family::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?)
-            }
+            Kind::Gauge => Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?),
             Kind::Histogram => {
                 let b = match buckets {
                     None => DEFAULT_BUCKETS.to_vec(),
                     Some(b) => check_buckets(b)?,
                 };
-                Family::Histogram(
+                Vecs::Histogram(
                     HistogramVec::new(HistogramOpts::new(name, help).buckets(b), &names)
                         .map_err(err)?,
                 )
             }
+        };
+        let full = if kind == Kind::Counter {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        Ok(Family {
+            id: NEXT_FAMILY.fetch_add(1, Ordering::Relaxed),
+            kind,
+            name: full,
+            vec,
         })
     }
 
     fn collector(&self) -> Box<dyn Collector> {
-        match self {
-            Family::Counter(v) => Box::new(v.clone()),
-            Family::Gauge(v) => Box::new(v.clone()),
-            Family::Histogram(v) => Box::new(v.clone()),
+        match &self.vec {
+            Vecs::Counter(v) => Box::new(v.clone()),
+            Vecs::Gauge(v) => Box::new(v.clone()),
+            Vecs::Histogram(v) => Box::new(v.clone()),
         }
     }
 
-    /// Registers the family in the process-wide registry.
+    /// Registers the family in the process-wide registry; a `ValueError`-class error names the series that are
+    /// already taken.
     pub fn register(&self, func: &'static str) -> Result<()> {
-        REGISTRY.register(self.collector()).map_err(|e| {
-            CoreError::value(
-                func,
-                "name",
-                match e {
-                    prometheus::Error::AlreadyReg => {
-                        "is already registered: a metric with this name exists (unregister it first)".to_string()
-                    }
-                    e => e.to_string(),
-                },
-            )
-        })
+        let names = reserved_names(self.kind, &self.name);
+        REGISTRY
+            .insert(self.id, names.clone(), self.collector())
+            .map_err(|_| {
+                let taken = REGISTRY.taken(&names);
+                CoreError::value(
+                    func,
+                    "name",
+                    format!(
+                        "clashes with registered series {taken:?}: duplicated timeseries (unregister the other \
+                         metric first)"
+                    ),
+                )
+            })
     }
 
     /// Removes the family from the process-wide registry; `false` when it was not registered.
     pub fn unregister(&self) -> bool {
-        REGISTRY.unregister(self.collector()).is_ok()
+        REGISTRY.remove(self.id)
     }
 
     /// The series for `values` (created on first use).
     pub fn child<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) -> Result<Child> {
         let err = |e: prometheus::Error| CoreError::value("labels", "labelvalues", e);
-        Ok(match self {
-            Family::Counter(v) => {
+        Ok(match &self.vec {
+            Vecs::Counter(v) => {
                 Child::Counter(v.get_metric_with_label_values(values).map_err(err)?)
             }
-            Family::Gauge(v) => Child::Gauge(v.get_metric_with_label_values(values).map_err(err)?),
-            Family::Histogram(v) => {
+            Vecs::Gauge(v) => Child::Gauge(v.get_metric_with_label_values(values).map_err(err)?),
+            Vecs::Histogram(v) => {
                 Child::Histogram(v.get_metric_with_label_values(values).map_err(err)?)
             }
         })
     }
 
-    /// Removes the series for `values`.
-    pub fn remove<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) -> Result<()> {
-        let err = |e: prometheus::Error| CoreError::value("remove", "labelvalues", e);
-        match self {
-            Family::Counter(v) => v.remove_label_values(values).map_err(err),
-            Family::Gauge(v) => v.remove_label_values(values).map_err(err),
-            Family::Histogram(v) => v.remove_label_values(values).map_err(err),
+    /// Removes the series for `values` (nothing happens when there is none, as in prometheus_client).
+    pub fn remove<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) {
+        let _ = match &self.vec {
+            Vecs::Counter(v) => v.remove_label_values(values),
+            Vecs::Gauge(v) => v.remove_label_values(values),
+            Vecs::Histogram(v) => v.remove_label_values(values),
+        };
+    }
+
+    /// Removes every series of a labelled family (an unlabelled one keeps its single series, as in
+    /// prometheus_client).
+    pub fn clear(&self) {
+        if self.labelled() {
+            match &self.vec {
+                Vecs::Counter(v) => v.reset(),
+                Vecs::Gauge(v) => v.reset(),
+                Vecs::Histogram(v) => v.reset(),
+            }
         }
     }
 
-    /// Removes every series.
-    pub fn clear(&self) {
-        match self {
-            Family::Counter(v) => v.reset(),
-            Family::Gauge(v) => v.reset(),
-            Family::Histogram(v) => v.reset(),
-        }
+    fn labelled(&self) -> bool {
+        let c = self.collector();
+        c.desc()
+            .first()
+            .is_some_and(|d| !d.variable_labels.is_empty())
     }
 }
 
@@ -417,6 +571,25 @@ impl Builtin {
                 )?,
             ],
         })
+    }
+
+    /// Every sample name the built-in series may use.
+    fn names(&self) -> Vec<String> {
+        let p = &self.prefix;
+        let mut v = reserved_names(Kind::Counter, &format!("{p}_operations_total"));
+        v.extend(reserved_names(
+            Kind::Histogram,
+            &format!("{p}_operation_duration_seconds"),
+        ));
+        v.extend(reserved_names(Kind::Counter, &format!("{p}_errors_total")));
+        for g in [
+            "memory_usage_bytes",
+            "memory_total_bytes",
+            "cpu_usage_percent",
+        ] {
+            v.push(format!("{p}_{g}"));
+        }
+        v
     }
 
     fn family(
@@ -602,6 +775,9 @@ mod tests {
         let f = Family::new(Kind::Counter, &name, "Jobs.", &["kind".to_string()], None).unwrap();
         f.register("Counter").unwrap();
         assert!(f.register("Counter").is_err());
+        // a gauge may not take a name the counter's series use
+        let g = Family::new(Kind::Gauge, "core_jobs_created", "", &[], None).unwrap();
+        assert!(g.register("Gauge").is_err());
         match f.child(&["a"]).unwrap() {
             Child::Counter(c) => c.inc_by(2.5),
             _ => unreachable!(),
@@ -617,6 +793,17 @@ mod tests {
         assert!(f.child(&["a", "b"]).is_err());
         assert!(f.unregister());
         assert!(!f.unregister());
+        // the name is free again, with other labels and help
+        let f2 = Family::new(
+            Kind::Counter,
+            &name,
+            "Other.",
+            &["a".into(), "b".into()],
+            None,
+        )
+        .unwrap();
+        f2.register("Counter").unwrap();
+        assert!(f2.unregister());
     }
 
     #[test]

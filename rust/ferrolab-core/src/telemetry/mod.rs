@@ -4,3 +4,4 @@
 pub mod metrics;
 pub mod seam;
 pub mod server;
+pub mod tracing;

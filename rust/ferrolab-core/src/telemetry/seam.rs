@@ -95,10 +95,13 @@ fn kind_index(kind: &str) -> usize {
         .unwrap_or(N_KINDS - 1)
 }
 
+/// One `(operation, device)` pair's counters. `nanos` comes first so that it shares a cache line with the buckets
+/// of short calls: a timed call then touches one line.
+#[repr(C, align(64))]
 struct Cell {
+    nanos: AtomicU64,
     /// Timed calls per duration bucket (their sum is the number of timed calls).
     buckets: [AtomicU64; N_BUCKETS],
-    nanos: AtomicU64,
     /// Failed calls per error class (timed or not).
     errors: [AtomicU64; N_KINDS],
     /// Calls that failed before reaching the kernel (argument conversion): counted, not timed.
@@ -154,8 +157,22 @@ pub fn record<R>(op: Op, device: Device, f: impl FnOnce() -> Result<R>) -> Resul
     c.nanos.fetch_add(dt, Ordering::Relaxed);
     if let Err(e) = &r {
         c.errors[kind_index(e.kind())].fetch_add(1, Ordering::Relaxed);
+        COUNTED.with(|f| f.set(true));
     }
     r
+}
+
+thread_local! {
+    /// Set when [`record`] counted a failure on this thread, so that the binding's boundary does not count the
+    /// same failure again (see [`take_counted`]).
+    static COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the last failure on this thread was already counted by [`record`] (and clears the mark). The binding
+/// calls this when an op call fails: a failure the seam did not see (e.g. a wrong dtype found while converting
+/// arguments) is then counted with [`record_untimed_error`].
+pub fn take_counted() -> bool {
+    COUNTED.with(|f| f.replace(false))
 }
 
 /// Counts a call of `op` that failed with error class `kind` before it reached the kernel (e.g. a wrong dtype

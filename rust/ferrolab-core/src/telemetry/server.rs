@@ -468,16 +468,21 @@ fn serve_conn(s: &mut TcpStream, cfg: &Config, handler: &dyn Handler, counters: 
 }
 
 /// Reads (and drops) what a client still sends so that closing does not reset the connection before it has
-/// read the reply.
+/// read the reply: at most 1 MiB and one second, so a slow sender cannot hold a worker.
 fn drain(s: &mut TcpStream, pending: bool) {
     if !pending {
         return;
     }
     let _ = s.shutdown(Shutdown::Write);
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
     let mut total = 0usize;
     while total < 1 << 20 {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let _ = s.set_read_timeout(Some((deadline - now).min(Duration::from_millis(200))));
         match s.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => total += n,

@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of ``ferrolab.metrics`` against ``prometheus_client``, and the cost of op instrumentation.
+
+Both sides run in one process on metrics of the same shape. Each case times the *same statement* (``c.inc()``,
+``c.labels("GET", "200").inc()``, ``f()``...) through ``timeit.Timer`` with the ferrolab object or the
+prometheus_client object bound to the same name, so the timing loop costs both sides the same. Each side gets a
+loop count for which one repetition lasts at least ``--min-time``; repetitions alternate between the sides and the
+per-call time is the median over ``--repeat`` repetitions.
+
+    python benches/bench_metrics.py                  # table + bench-results/bench_metrics.json
+    python benches/bench_metrics.py --smoke          # tiny repetition counts, a few seconds, for CI
+    python benches/bench_metrics.py --repeat 11 --json /tmp/m.json
+
+Columns: ``ratio = prometheus_client time / ferrolab time`` (> 1 means ferrolab is faster), next to the target.
+``exposition`` renders a registry holding one counter family with 10,000 label values (1,000 with ``--smoke``):
+``prometheus_client.generate_latest(registry)`` (bytes) against ``fl.metrics.exposition()`` (str; it also renders the
+handful of built-in ``ferrolab_*`` series). ``instrumentation`` times ``fl.ops.sum`` on 1,000 float64 with
+``fl.metrics.configure(enabled=True)`` against ``enabled=False`` and reports the time it adds in percent.
+
+When ``benches/bench_tracing.py`` exists and has ``run(smoke)``, its rows are printed after these and stored under
+``tracing_rows`` in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import timeit
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import prometheus_client as pc
+
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    import ferrolab as fl
+except ImportError:  # running from a checkout whose extension was built in place
+    sys.path.insert(0, str(REPO / "python"))
+    import ferrolab as fl
+
+FULL_SERIES = 10_000
+SMOKE_SERIES = 1_000
+
+# case -> the ratio ferrolab should reach (None: no target)
+TARGETS = {
+    "Counter.inc()": 5.0,
+    "labels(method=, code=).inc()": 10.0,
+    'labels("GET", "200").inc()': 10.0,
+    "Histogram.observe()": 8.0,
+    "Gauge.set()": None,
+    "exposition": 20.0,
+}
+INSTRUMENTATION_TARGET_PCT = 5.0
+ALL_CASES = [*TARGETS, "instrumentation"]
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def _autorange(timer: timeit.Timer, min_time: float) -> int:
+    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
+    i = 1
+    while True:
+        for j in (1, 2, 5):
+            number = i * j
+            if timer.timeit(number) >= min_time:
+                return number
+        i *= 10
+
+
+@dataclass
+class Side:
+    stmt: str
+    env: dict[str, Any]
+    before: Callable[[], None] = lambda: None  # runs before each of this side's repetitions (not timed)
+
+
+def time_pair(peer: Side, mine: Side, repeat: int, min_time: float) -> dict[str, Any]:
+    """Interleaved timing of the same statement shape on both sides; per-call seconds of every repetition."""
+    t_peer_timer = timeit.Timer(peer.stmt, globals=peer.env)
+    t_mine_timer = timeit.Timer(mine.stmt, globals=mine.env)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        peer.before()
+        n_peer = _autorange(t_peer_timer, min_time)  # also the warm-up
+        mine.before()
+        n_mine = _autorange(t_mine_timer, min_time)
+        t_peer: list[float] = []
+        t_mine: list[float] = []
+        for r in range(repeat):
+            order = [(peer, t_peer_timer, n_peer, t_peer), (mine, t_mine_timer, n_mine, t_mine)]
+            if r % 2:  # alternate who goes first so slow drift hits both sides alike
+                order.reverse()
+            for side, timer, n, out in order:
+                side.before()
+                out.append(timer.timeit(n) / n)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+_seq = iter(range(10**9))
+
+
+def _name(word: str) -> str:
+    return f"bench_{word}_{next(_seq)}"
+
+
+@dataclass
+class Case:
+    name: str
+    peer: Side
+    mine: Side
+    check: Callable[[], str]  # "" when fine, else what differs
+    size: str = ""
+    peer_name: str = "prometheus_client"
+    cleanup: list[Any] = field(default_factory=list)
+
+
+def build_cases(series: int) -> list[Case]:
+    cases: list[Case] = []
+
+    def pair(kind: str, labelnames: tuple[str, ...] = ()) -> tuple[Any, Any, pc.CollectorRegistry]:
+        name = _name(kind.lower())
+        registry = pc.CollectorRegistry()
+        peer = getattr(pc, kind)(name, "Benchmark.", labelnames, registry=registry)
+        mine = getattr(fl.metrics, kind)(name, "Benchmark.", labelnames)
+        return peer, mine, registry
+
+    def same_value(sample: str, labels: dict[str, str], registry: pc.CollectorRegistry) -> Callable[[], str]:
+        def check() -> str:
+            a = registry.get_sample_value(sample, labels)
+            b = fl.metrics.REGISTRY.get_sample_value(sample, labels)
+            return "" if a is not None and b is not None and a > 0 and b > 0 else f"{sample}: {a} vs {b}"
+
+        return check
+
+    def add(name: str, stmt: str, peer: Any, mine: Any, check: Callable[[], str]) -> None:
+        var = stmt.split(".", 1)[0]
+        cases.append(Case(name, Side(stmt, {var: peer}), Side(stmt, {var: mine}), check, cleanup=[mine]))
+
+    p, m, r = pair("Counter")
+    add("Counter.inc()", "c.inc()", p, m, same_value(f"{p._name}_total", {}, r))
+
+    p, m, r = pair("Counter", ("method", "code"))
+    get_200 = {"method": "GET", "code": "200"}
+    add(
+        "labels(method=, code=).inc()",
+        "c.labels(method='GET', code='200').inc()",
+        p,
+        m,
+        same_value(f"{p._name}_total", get_200, r),
+    )
+
+    p, m, r = pair("Counter", ("method", "code"))
+    add('labels("GET", "200").inc()', 'c.labels("GET", "200").inc()', p, m, same_value(f"{p._name}_total", get_200, r))
+
+    p, m, r = pair("Histogram")
+    add("Histogram.observe()", "h.observe(0.3)", p, m, same_value(f"{p._name}_count", {}, r))
+
+    p, m, r = pair("Gauge")
+
+    def gauge_check(p=p, m=m, r=r) -> str:
+        a, b = r.get_sample_value(p._name), fl.metrics.REGISTRY.get_sample_value(m.name)
+        return "" if a == b == 12.5 else f"{a} vs {b}"
+
+    add("Gauge.set()", "g.set(12.5)", p, m, gauge_check)
+
+    # exposition of one counter family with `series` label values
+    p, m, r = pair("Counter", ("route",))
+    for i in range(series):
+        p.labels(f"/api/v1/item/{i}").inc(i)
+        m.labels(f"/api/v1/item/{i}").inc(i)
+
+    def expo_check(p=p, r=r) -> str:
+        prefix = f"{p._name}_total{{"
+        a = sum(1 for line in pc.generate_latest(r).decode().splitlines() if line.startswith(prefix))
+        b = sum(1 for line in fl.metrics.exposition().splitlines() if line.startswith(prefix))
+        return "" if a == b == series else f"{a} vs {b} series lines (expected {series})"
+
+    cases.append(
+        Case(
+            "exposition",
+            Side("f()", {"f": lambda r=r: pc.generate_latest(r)}),
+            Side("f()", {"f": fl.metrics.exposition}),
+            expo_check,
+            size=f"{series:,} series",
+            cleanup=[m],
+        )
+    )
+    return cases
+
+
+def instrumentation_case() -> Case:
+    x = np.random.default_rng(1).standard_normal(1000)
+    on = Side("f(x)", {"f": fl.ops.sum, "x": x}, lambda: fl.metrics.configure(enabled=True, prefix=_prefix()))
+    off = Side("f(x)", {"f": fl.ops.sum, "x": x}, lambda: fl.metrics.configure(enabled=False, prefix=_prefix()))
+
+    def check() -> str:
+        return "" if np.isclose(fl.ops.sum(x), x.sum(), rtol=1e-12, atol=1e-12) else "fl.ops.sum differs from NumPy"
+
+    # "peer" = instrumentation off, "mine" = on: ratio = off / on, overhead = on / off - 1
+    return Case("instrumentation", off, on, check, size="fl.ops.sum 1e3 f64", peer_name="enabled=False")
+
+
+def _prefix() -> str:
+    return fl.metrics.settings()["prefix"]
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count()
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "cores_available": affinity,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "ferrolab": getattr(fl, "__version__", "?"),
+        "prometheus_client": getattr(pc, "__version__", None) or _dist_version("prometheus_client"),
+        "loadavg_start": _loadavg(),
+    }
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - best effort only
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ tracing
+
+
+def tracing_rows(smoke: bool) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Rows of benches/bench_tracing.py's ``run(smoke)`` when that file exists (it lives in another branch)."""
+    path = Path(__file__).resolve().parent / "bench_tracing.py"
+    if not path.exists():
+        return None, None
+    try:
+        spec = importlib.util.spec_from_file_location("bench_tracing", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        run = getattr(mod, "run", None)
+        if not callable(run):
+            return None, "bench_tracing.py has no run(smoke)"
+        rows = run(smoke)
+        return [dict(r) for r in rows], None
+    except Exception as exc:  # noqa: BLE001 - a broken neighbour must not break this benchmark
+        traceback.print_exc()
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-6:
+        return f"{s * 1e9:.0f} ns"
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} us"
+    return f"{s * 1e3:.2f} ms"
+
+
+HEADER = ("case", "size", "peer", "peer time", "ferrolab time", "ratio", "target", "met", "check")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    lines = []
+    for r in rows:
+        if r["case"] == "instrumentation":
+            ratio = f"{r['overhead_pct']:+.1f}%" if r["overhead_pct"] is not None else "-"
+            target = f"<= {r['target']:g}%"
+        else:
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+            target = f">= {r['target']:g}x" if r["target"] is not None else "-"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        peer_label = r["peer"]
+        lines.append(
+            (
+                r["case"],
+                r["size"],
+                peer_label,
+                _fmt_time(r["peer_s"]),
+                _fmt_time(r["ferrolab_s"]),
+                ratio,
+                target,
+                met,
+                r["check"] if r["check"] == "ok" else f"*** {r['check']} ***",
+            )
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(HEADER)]
+    right = {3, 4, 5, 6}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    print(fmt(HEADER))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+    sys.stdout.flush()
+
+
+def print_tracing(rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and not isinstance(r[k], list | dict)]
+    cells = [[str(r.get(k, "")) if not isinstance(r.get(k), float) else f"{r[k]:.4g}" for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "case": c.name,
+        "size": c.size,
+        "peer": c.peer_name,
+        "peer_s": None,
+        "ferrolab_s": None,
+        "ratio": None,
+        "overhead_pct": None,
+        "target": INSTRUMENTATION_TARGET_PCT if c.name == "instrumentation" else TARGETS.get(c.name),
+        "met": None,
+        "check": "ok",
+        "check_detail": "",
+    }
+    try:
+        t = time_pair(c.peer, c.mine, repeat, min_time)
+        detail = c.check()  # after the loops: the statements must have had their effect on both sides
+    except Exception as exc:  # noqa: BLE001 - a failing case must be reported, not abort the run
+        row["check"] = "ERROR"
+        row["check_detail"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return row
+    if detail:
+        row["check"] = "MISMATCH"
+        row["check_detail"] = detail
+    peer_s = statistics.median(t["peer"])
+    mine_s = statistics.median(t["mine"])
+    row.update(
+        peer_s=peer_s,
+        ferrolab_s=mine_s,
+        ratio=peer_s / mine_s if mine_s > 0 else None,
+        peer_times_s=t["peer"],
+        ferrolab_times_s=t["mine"],
+        peer_loops=t["peer_loops"],
+        ferrolab_loops=t["mine_loops"],
+    )
+    if c.name == "instrumentation":
+        row["overhead_pct"] = (mine_s / peer_s - 1.0) * 100.0 if peer_s > 0 else None
+        if row["overhead_pct"] is not None:
+            row["met"] = row["overhead_pct"] <= INSTRUMENTATION_TARGET_PCT
+    elif row["target"] is not None and row["ratio"] is not None:
+        row["met"] = row["ratio"] >= row["target"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny repetition counts and 1,000 series: a few seconds")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the JSON (default bench-results/bench_metrics.json, "
+        "bench-results/bench_metrics_smoke.json with --smoke)",
+    )
+    p.add_argument("--repeat", type=int, default=None, help="repetitions per side (median; default 9, 3 with --smoke)")
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds one repetition must last at least (default 0.1; 0.002 with --smoke)",
+    )
+    p.add_argument("--cases", default=None, help=f"comma-separated subset of: {','.join(ALL_CASES)}")
+    args = p.parse_args(argv)
+    if args.cases:
+        wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = set(wanted) - set(ALL_CASES)
+        if unknown:
+            p.error(f"unknown case(s) {sorted(unknown)}; choose from {','.join(ALL_CASES)}")
+    else:
+        wanted = list(ALL_CASES)
+    repeat = args.repeat if args.repeat is not None else (3 if args.smoke else 9)
+    if repeat < 1:
+        p.error("--repeat must be >= 1")
+    min_time = args.min_time if args.min_time is not None else (0.002 if args.smoke else 0.1)
+    json_path = (
+        Path(args.json)
+        if args.json
+        else REPO / "bench-results" / ("bench_metrics_smoke.json" if args.smoke else "bench_metrics.json")
+    )
+    series = SMOKE_SERIES if args.smoke else FULL_SERIES
+
+    info = machine_info()
+    settings_before = fl.metrics.settings()
+    print(f"ferrolab {info['ferrolab']} vs prometheus_client {info['prometheus_client']}, Python {info['python']}")
+    print(
+        f"{info['cpu_model']}, {info['cores_available']} cores available; median of {repeat} repetition(s), each "
+        f">= {min_time * 1e3:g} ms or one call; ratio = prometheus_client / ferrolab (> 1: ferrolab faster)\n"
+    )
+    load = info["loadavg_start"]
+    if load and info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
+        print(
+            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: "
+            "other work competes for the CPU and the timings will be noisy\n"
+        )
+    sys.stdout.flush()
+
+    t_start = time.perf_counter()
+    built = build_cases(series) + [instrumentation_case()]
+    cases = [c for c in built if c.name in wanted]
+    rows = []
+    try:
+        for c in cases:
+            rows.append(run_case(c, repeat, min_time))
+            if not args.smoke:
+                r = rows[-1]
+                shown = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+                print(f"  {r['case']:<32} {shown:>9}  {r['check']}", file=sys.stderr, flush=True)
+    finally:
+        fl.metrics.configure(**settings_before)
+        for c in built:
+            for m in c.cleanup:
+                try:
+                    fl.metrics.REGISTRY.unregister(m)
+                except KeyError:
+                    pass
+    trace_rows, trace_error = tracing_rows(args.smoke)
+    elapsed = time.perf_counter() - t_start
+    info["loadavg_end"] = _loadavg()
+
+    print_table(rows)
+    if trace_rows is not None:
+        print("\nbench_tracing.py:")
+        print_tracing(trace_rows)
+    elif trace_error:
+        print(f"\nbench_tracing.py failed: {trace_error}")
+    bad = [r for r in rows if r["check"] != "ok"]
+    missed = [r["case"] for r in rows if r["met"] is False]
+    print(f"\n{len(rows)} cases in {elapsed:.1f} s; targets missed: {', '.join(missed) if missed else 'none'}.")
+    if bad:
+        print(f"\n!!! {len(bad)} case(s) failed their check:", file=sys.stderr)
+        for r in bad:
+            print(f"!!!   {r['case']}: {r['check']} {r['check_detail']}", file=sys.stderr)
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": "bench_metrics",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "smoke": args.smoke,
+        "repeat": repeat,
+        "min_time_s": min_time,
+        "series": series,
+        "elapsed_s": elapsed,
+        "machine": info,
+        "ratio": "peer_s / ferrolab_s (> 1 means ferrolab is faster); instrumentation: overhead_pct = "
+        "(enabled / disabled - 1) * 100",
+        "cases": [r["case"] for r in rows],
+        "failures": len(bad),
+        "targets_missed": missed,
+        "rows": rows,
+        "tracing_rows": trace_rows,
+        "tracing_error": trace_error,
+    }
+    json_path.write_text(json.dumps(doc, indent=1))
+    print(f"JSON: {json_path}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

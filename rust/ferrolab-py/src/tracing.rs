@@ -1,0 +1,1010 @@
+//! `fl.tracing`: native spans (context managers) over the core's OpenTelemetry pipeline.
+//!
+//! The current ferrolab span lives in one `contextvars.ContextVar` (so threads and asyncio tasks each see
+//! their own), set by `Span.__enter__` and reset by `Span.__exit__`. A span opened with no current ferrolab
+//! span takes the current opentelemetry-python span as its (remote) parent when `opentelemetry.trace` is
+//! already imported. [`current_recording`] is what the op seam (`funnel::run`) asks for its child spans.
+
+use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+// ----------------------------------------------------------------------------------------------------------
+// the context variable
+
+/// The context-variable C API (CPython >= 3.7). It is public API but outside the limited API, so pyo3-ffi does
+/// not declare it for abi3 builds; the symbols are exported by every CPython and their signatures have not
+/// changed since 3.7. Calling them directly instead of the `ContextVar` methods keeps a span's enter/exit
+/// free of argument tuples and bound-method calls.
+mod cvar {
+    use pyo3::ffi::PyObject;
+    use std::os::raw::c_int;
+
+    extern "C" {
+        pub fn PyContextVar_Get(
+            var: *mut PyObject,
+            default_value: *mut PyObject,
+            value: *mut *mut PyObject,
+        ) -> c_int;
+        pub fn PyContextVar_Set(var: *mut PyObject, value: *mut PyObject) -> *mut PyObject;
+        pub fn PyContextVar_Reset(var: *mut PyObject, token: *mut PyObject) -> c_int;
+    }
+}
+
+/// Value of a `contextvars.ContextVar` in the current context (`None`: unset and no default).
+fn cv_get<'py>(py: Python<'py>, var: &Py<PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let mut out: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: `var` is a ContextVar (checked when it was obtained); `out` receives a new reference or NULL.
+    let rc = unsafe { cvar::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut out) };
+    if rc < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new (owned) reference when not NULL
+    Ok(unsafe { Bound::from_owned_ptr_or_opt(py, out) })
+}
+
+/// `var.set(value)`: the reset token.
+fn cv_set<'py>(
+    py: Python<'py>,
+    var: &Py<PyAny>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `var` is a ContextVar; returns a new reference to the token, or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(py, cvar::PyContextVar_Set(var.as_ptr(), value.as_ptr()))
+    }
+}
+
+/// `var.reset(token)`; false (and no exception) when the token belongs to another context.
+fn cv_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> bool {
+    // SAFETY: `var` is a ContextVar and `token` a token it returned.
+    let rc = unsafe { cvar::PyContextVar_Reset(var.as_ptr(), token.as_ptr()) };
+    if rc < 0 {
+        drop(PyErr::take(py));
+        return false;
+    }
+    true
+}
+
+/// The `ContextVar` holding the current [`Span`] (no default: unset means no span).
+static CV: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn cv(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    CV.get_or_try_init(py, || {
+        let var = py
+            .import("contextvars")?
+            .getattr("ContextVar")?
+            .call1(("ferrolab_current_span",))?;
+        Ok::<_, PyErr>(var.unbind())
+    })
+}
+
+/// The current ferrolab span object of this context, if any.
+fn current_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
+    Ok(cv_get(py, cv(py)?)?.and_then(|c| c.cast_into::<Span>().ok()))
+}
+
+/// The identity of the current ferrolab span when it is open and sampled (for the op seam's child spans).
+pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
+    let s = current_object(py).ok()??;
+    let s = s.get();
+    if !s.open.load(Ordering::Relaxed) {
+        return None;
+    }
+    s.ctx.sampled.then_some(s.ctx)
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// opentelemetry-python parents
+
+/// How to read the current opentelemetry-python span.
+enum OtelPy {
+    /// Its runtime context is the default contextvars one: read the `ContextVar` and the span key directly.
+    Fast { var: Py<PyAny>, key: Py<PyAny> },
+    /// Anything else: `opentelemetry.trace.get_current_span()`.
+    Slow { get_current_span: Py<PyAny> },
+}
+
+static OTEL: PyOnceLock<OtelPy> = PyOnceLock::new();
+/// Test hook: force the public-API path.
+static OTEL_SLOW: AtomicBool = AtomicBool::new(false);
+
+fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
+    let modules = py.import("sys")?.getattr("modules")?;
+    let fast = || -> PyResult<OtelPy> {
+        let rc = modules
+            .get_item("opentelemetry.context")?
+            .getattr("_RUNTIME_CONTEXT")?;
+        let var = rc.getattr("_current_context")?;
+        let cv_type = py.import("contextvars")?.getattr("ContextVar")?;
+        let key = modules
+            .get_item("opentelemetry.trace.propagation")?
+            .getattr("_SPAN_KEY")?;
+        if rc.get_type().name()? != "ContextVarsRuntimeContext"
+            || !var.is_instance(&cv_type)?
+            || !key.is_instance_of::<PyString>()
+        {
+            return Err(PyRuntimeError::new_err(
+                "not the contextvars runtime context",
+            ));
+        }
+        Ok(OtelPy::Fast {
+            var: var.unbind(),
+            key: key.unbind(),
+        })
+    };
+    match fast() {
+        Ok(f) => Ok(f),
+        Err(_) => Ok(OtelPy::Slow {
+            get_current_span: modules
+                .get_item("opentelemetry.trace")?
+                .getattr("get_current_span")?
+                .unbind(),
+        }),
+    }
+}
+
+fn otel_loaded(py: Python<'_>) -> bool {
+    // SAFETY: the interpreter's module dict (a borrowed reference, alive as long as the interpreter)
+    let modules = unsafe { Bound::from_borrowed_ptr(py, pyo3::ffi::PyImport_GetModuleDict()) };
+    modules
+        .cast_into::<PyDict>()
+        .ok()
+        .and_then(|m| m.contains(intern!(py, "opentelemetry.trace")).ok())
+        .unwrap_or(false)
+}
+
+/// The current opentelemetry-python span as a remote parent, when that package is imported and a valid span
+/// is current. Never imports it and never fails (errors read as "no parent").
+fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
+    let o = match OTEL.get(py) {
+        Some(o) => o,
+        None => {
+            if !otel_loaded(py) {
+                return None;
+            }
+            OTEL.get_or_try_init(py, || resolve_otel(py)).ok()?
+        }
+    };
+    let span = match o {
+        OtelPy::Fast { var, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
+            let ctx = cv_get(py, var).ok()??;
+            let ctx = ctx.cast::<PyDict>().ok()?;
+            ctx.get_item(key.bind(py)).ok()??
+        }
+        OtelPy::Fast { .. } => {
+            let f = py
+                .import("opentelemetry.trace")
+                .ok()?
+                .getattr("get_current_span")
+                .ok()?;
+            f.call0().ok()?
+        }
+        OtelPy::Slow { get_current_span } => get_current_span.bind(py).call0().ok()?,
+    };
+    let sc = span.call_method0(intern!(py, "get_span_context")).ok()?;
+    if !sc.getattr(intern!(py, "is_valid")).ok()?.is_truthy().ok()? {
+        return None;
+    }
+    let trace_id: u128 = sc.getattr(intern!(py, "trace_id")).ok()?.extract().ok()?;
+    let span_id: u64 = sc.getattr(intern!(py, "span_id")).ok()?.extract().ok()?;
+    let flags: u8 = sc
+        .getattr(intern!(py, "trace_flags"))
+        .ok()?
+        .extract()
+        .ok()?;
+    SpanCtx::remote(trace_id, span_id, flags & 1 == 1)
+}
+
+/// The parent of a span opened now: the current ferrolab span, else the current opentelemetry-python span.
+fn parent_ctx(py: Python<'_>) -> PyResult<Option<SpanCtx>> {
+    if let Some(s) = current_object(py)? {
+        return Ok(Some(s.get().ctx));
+    }
+    Ok(otel_parent(py))
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// attributes
+
+const ATTR_TYPES: &str = "str, bool, int, float or a sequence of those";
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scalar {
+    Str,
+    Bool,
+    Int,
+    Float,
+}
+
+fn scalar_kind(v: &Bound<'_, PyAny>) -> Option<Scalar> {
+    if v.is_instance_of::<PyString>() {
+        Some(Scalar::Str)
+    } else if v.is_instance_of::<PyBool>() {
+        Some(Scalar::Bool)
+    } else if v.is_instance_of::<PyInt>() {
+        Some(Scalar::Int)
+    } else if v.is_instance_of::<PyFloat>() {
+        Some(Scalar::Float)
+    } else {
+        None
+    }
+}
+
+fn is_numpy(v: &Bound<'_, PyAny>) -> bool {
+    v.get_type()
+        .module()
+        .map(|m| m.to_str().is_ok_and(|m| m == "numpy"))
+        .unwrap_or(false)
+}
+
+fn int_of(func: &str, key: &str, v: &Bound<'_, PyAny>) -> PyResult<i64> {
+    v.extract::<i64>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{func}: attribute '{key}' is {v}, outside the int64 range of OpenTelemetry attributes"
+        ))
+    })
+}
+
+/// One attribute value; `convert == false` only validates (returns `None`).
+fn attr_value(
+    func: &str,
+    key: &str,
+    v: &Bound<'_, PyAny>,
+    convert: bool,
+) -> PyResult<Option<Value>> {
+    if let Some(k) = scalar_kind(v) {
+        return Ok(match k {
+            Scalar::Str => convert.then(|| Value::from(v.to_string())),
+            Scalar::Bool => convert.then(|| Value::Bool(v.is_truthy().unwrap_or(false))),
+            Scalar::Int => {
+                let i = int_of(func, key, v)?;
+                convert.then_some(Value::I64(i))
+            }
+            Scalar::Float => convert.then(|| Value::F64(v.extract::<f64>().unwrap_or(f64::NAN))),
+        });
+    }
+    // NumPy scalars and 1-d arrays become their Python equivalents
+    if is_numpy(v) {
+        if let Ok(ndim) = v.getattr("ndim").and_then(|n| n.extract::<usize>()) {
+            let py_value = if ndim == 0 {
+                v.call_method0("item")?
+            } else {
+                v.call_method0("tolist")?
+            };
+            if scalar_kind(&py_value).is_some() || py_value.is_instance_of::<PyList>() {
+                return attr_value(func, key, &py_value, convert);
+            }
+        }
+    }
+    if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = v.try_iter()?.collect::<PyResult<_>>()?;
+        let mut kind = None;
+        for it in &items {
+            let k = scalar_kind(it).ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "{func}: attribute '{key}' must be {ATTR_TYPES}, got a sequence holding {}",
+                    type_name(it)
+                ))
+            })?;
+            match kind {
+                None => kind = Some(k),
+                Some(k0) if k0 != k => {
+                    return Err(PyTypeError::new_err(format!(
+                        "{func}: attribute '{key}' must be a sequence of one type (str, bool, int or float), \
+                         got {} and {} mixed",
+                        type_name(&items[0]),
+                        type_name(it)
+                    )))
+                }
+                _ => {}
+            }
+            if k == Scalar::Int {
+                int_of(func, key, it)?;
+            }
+        }
+        if !convert {
+            return Ok(None);
+        }
+        let arr = match kind.unwrap_or(Scalar::Str) {
+            Scalar::Str => Array::String(
+                items
+                    .iter()
+                    .map(|i| StringValue::from(i.to_string()))
+                    .collect(),
+            ),
+            Scalar::Bool => Array::Bool(
+                items
+                    .iter()
+                    .map(|i| i.is_truthy().unwrap_or(false))
+                    .collect(),
+            ),
+            Scalar::Int => Array::I64(items.iter().map(|i| i.extract().unwrap_or(0)).collect()),
+            Scalar::Float => Array::F64(
+                items
+                    .iter()
+                    .map(|i| i.extract().unwrap_or(f64::NAN))
+                    .collect(),
+            ),
+        };
+        return Ok(Some(Value::Array(arr)));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{func}: attribute '{key}' must be {ATTR_TYPES}, got {}",
+        type_name(v)
+    )))
+}
+
+/// Converts (or only validates) a mapping of attributes.
+fn attrs_of(
+    func: &str,
+    attrs: Option<&Bound<'_, PyDict>>,
+    convert: bool,
+) -> PyResult<Vec<KeyValue>> {
+    let Some(d) = attrs else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(if convert { d.len() } else { 0 });
+    for (k, v) in d.iter() {
+        let k = k.cast_into::<PyString>().map_err(|e| {
+            PyTypeError::new_err(format!(
+                "{func}: attribute names must be str, got {}",
+                type_name(e.into_inner().as_any())
+            ))
+        })?;
+        let key = k.to_str()?;
+        if let Some(val) = attr_value(func, key, &v, convert)? {
+            out.push(KeyValue::new(key.to_owned(), val));
+        }
+    }
+    Ok(out)
+}
+
+fn mapping_arg<'py>(
+    func: &str,
+    arg: &str,
+    v: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => match v.cast::<PyDict>() {
+            Ok(d) => Ok(Some(d.clone())),
+            Err(_) => {
+                let d = PyDict::new(v.py());
+                d.update(v.cast::<pyo3::types::PyMapping>().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "{func}: argument '{arg}' must be a mapping of attributes, got {}",
+                        type_name(v)
+                    ))
+                })?)?;
+                Ok(Some(d))
+            }
+        },
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// the span object
+
+/// A ferrolab span: use it as a context manager (``with fl.tracing.span("name", key=value):``).
+///
+/// Created by :func:`ferrolab.tracing.span`, which starts it (as a child of the span current at that moment,
+/// like OpenTelemetry's ``start_as_current_span``); entered once. While it is open it is the current span of its
+/// thread or asyncio task: spans opened inside it, and ``fl.ops`` calls made inside it, become its children.
+/// An exception leaving the block sets status ``ERROR``, adds an ``exception`` event, and propagates.
+#[pyclass(module = "ferrolab.tracing", name = "Span", frozen, freelist = 64)]
+pub struct Span {
+    name: Py<PyString>,
+    ctx: SpanCtx,
+    parent: Option<SpanCtx>,
+    entered: AtomicBool,
+    open: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    token: Option<Py<PyAny>>,
+    rec: Option<Recording>,
+}
+
+impl Span {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_rec(&self, f: impl FnOnce(&mut Recording)) {
+        if let Some(r) = self.inner().rec.as_mut() {
+            f(r);
+        }
+    }
+}
+
+fn hex_trace(t: TraceId) -> String {
+    format!("{t}")
+}
+
+fn hex_span(s: SpanId) -> String {
+    format!("{s}")
+}
+
+fn exception_attrs(
+    py: Python<'_>,
+    exc_type: &Bound<'_, PyAny>,
+    exc: &Bound<'_, PyAny>,
+    tb: &Bound<'_, PyAny>,
+) -> (String, String, Option<String>) {
+    let kind = exc_type
+        .getattr(intern!(py, "__name__"))
+        .and_then(|n| n.extract::<String>())
+        .unwrap_or_else(|_| type_name(exc));
+    let message = if exc.is_none() {
+        String::new()
+    } else {
+        exc.str().map(|s| s.to_string()).unwrap_or_default()
+    };
+    static FORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let stack = FORMAT
+        .import(py, "traceback", "format_exception")
+        .and_then(|f| f.call1((exc_type, exc, tb)))
+        .and_then(|lines| {
+            let lines: Vec<String> = lines.extract()?;
+            Ok(lines.concat())
+        })
+        .ok();
+    (kind, message, stack)
+}
+
+#[pymethods]
+impl Span {
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.entered.swap(true, Ordering::Relaxed) {
+            return Err(PyRuntimeError::new_err(
+                "span(): a span can be entered only once; call fl.tracing.span() again for a new one",
+            ));
+        }
+        let token = cv_set(py, cv(py)?, slf.as_any())?;
+        this.inner().token = Some(token.unbind());
+        this.open.store(true, Ordering::Relaxed);
+        Ok(slf.clone())
+    }
+
+    #[pyo3(signature = (exc_type=None, exc_value=None, traceback=None))]
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.open.swap(false, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (token, rec) = {
+            let mut i = this.inner();
+            (i.token.take(), i.rec.take())
+        };
+        if let Some(t) = token {
+            // a span exited in another context than it was entered in (e.g. across tasks) cannot reset the
+            // variable there; the span still ends
+            cv_reset(py, cv(py)?, &t);
+        }
+        if let Some(mut rec) = rec {
+            if let Some(et) = exc_type.filter(|e| !e.is_none()) {
+                let none = py.None().into_bound(py);
+                let (kind, message, stack) = exception_attrs(
+                    py,
+                    et,
+                    exc_value.unwrap_or(&none),
+                    traceback.unwrap_or(&none),
+                );
+                rec.record_error(kind, message, stack);
+            }
+            rec.end();
+        }
+        Ok(false)
+    }
+
+    /// Sets one attribute (``str``, ``bool``, ``int``, ``float`` or a sequence of one of those).
+    fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let key = key.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "Span.set_attribute(): argument 'key' must be str, got {}",
+                type_name(key)
+            ))
+        })?;
+        let k = key.to_str()?;
+        let recording = self.inner().rec.is_some();
+        if let Some(v) = attr_value("Span.set_attribute()", k, value, recording)? {
+            let kv = KeyValue::new(k.to_owned(), v);
+            self.with_rec(|r| r.set_attribute(kv));
+        }
+        Ok(())
+    }
+
+    /// Adds an event named ``name`` with optional ``attributes`` (a mapping) at the current time.
+    #[pyo3(signature = (name, attributes=None))]
+    fn add_event(
+        &self,
+        name: &Bound<'_, PyAny>,
+        attributes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let name = name.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "Span.add_event(): argument 'name' must be str, got {}",
+                type_name(name)
+            ))
+        })?;
+        let attrs = mapping_arg("Span.add_event()", "attributes", attributes)?;
+        let recording = self.inner().rec.is_some();
+        let attrs = attrs_of("Span.add_event()", attrs.as_ref(), recording)?;
+        if recording {
+            let n = name.to_str()?.to_owned();
+            self.with_rec(|r| r.add_event(n, attrs));
+        }
+        Ok(())
+    }
+
+    /// Adds an ``exception`` event for ``exception`` (the status is not changed).
+    fn record_exception(&self, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = exception.py();
+        if !exception.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            return Err(PyTypeError::new_err(format!(
+                "Span.record_exception(): argument 'exception' must be an exception, got {}",
+                type_name(exception)
+            )));
+        }
+        if self.inner().rec.is_none() {
+            return Ok(());
+        }
+        let tb = exception.getattr(intern!(py, "__traceback__"))?;
+        let (kind, message, stack) =
+            exception_attrs(py, exception.get_type().as_any(), exception, &tb);
+        let mut attrs = vec![
+            KeyValue::new("exception.type", kind),
+            KeyValue::new("exception.message", message),
+        ];
+        if let Some(s) = stack {
+            attrs.push(KeyValue::new("exception.stacktrace", s));
+        }
+        self.with_rec(|r| r.add_event("exception", attrs));
+        Ok(())
+    }
+
+    /// Sets the status: ``"ok"``, ``"error"`` (with an optional ``description``) or ``"unset"``.
+    #[pyo3(signature = (status, description=None))]
+    fn set_status(&self, status: &str, description: Option<String>) -> PyResult<()> {
+        let s = match status.to_ascii_lowercase().as_str() {
+            "ok" => Status::Ok,
+            "unset" => Status::Unset,
+            "error" => Status::error(description.unwrap_or_default()),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "Span.set_status(): argument 'status' is {status:?}; expected 'ok', 'error' or 'unset'"
+                )))
+            }
+        };
+        self.with_rec(|r| r.set_status(s));
+        Ok(())
+    }
+
+    /// The span name.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+
+    /// Trace id (32 hex digits).
+    #[getter]
+    fn trace_id(&self) -> String {
+        hex_trace(self.ctx.trace_id)
+    }
+
+    /// Span id (16 hex digits).
+    #[getter]
+    fn span_id(&self) -> String {
+        hex_span(self.ctx.span_id)
+    }
+
+    /// Parent span id (16 hex digits), ``None`` for a root span.
+    #[getter]
+    fn parent_span_id(&self) -> Option<String> {
+        self.parent.map(|p| hex_span(p.span_id))
+    }
+
+    /// Whether the span is sampled (its data is recorded and exported).
+    #[getter]
+    fn is_recording(&self) -> bool {
+        self.ctx.sampled
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = self.name.bind(py).to_string();
+        let c = &self.ctx;
+        format!(
+            "<Span {name:?} trace_id={} span_id={}{}{}>",
+            hex_trace(c.trace_id),
+            hex_span(c.span_id),
+            if c.sampled { "" } else { " unsampled" },
+            if self.open.load(Ordering::Relaxed) {
+                " open"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// module functions
+
+/// Docstring of `tracing_span` (its first lines give CPython the text signature).
+const SPAN_DOC: &std::ffi::CStr = cr#"tracing_span(name, /, **attributes)
+--
+
+A new span named ``name`` with the given attributes, used as a context manager.
+
+The span starts now, as a child of the current span (the current ferrolab span, else the current
+opentelemetry-python span), and ends when its ``with`` block exits.
+
+Parameters
+----------
+name : str
+    The span name (keep it low-cardinality: put values in attributes).
+**attributes : str, bool, int, float or a sequence of one of those
+    Span attributes (NumPy scalars and 1-d arrays are converted).
+
+Returns
+-------
+Span
+    Enter it once with ``with``. While open it is the current span of the thread or task: spans opened
+    inside, and ``fl.ops`` calls made inside, become its children. An exception leaving the block sets
+    status ``ERROR``, adds an ``exception`` event and propagates.
+
+Raises
+------
+TypeError
+    ``name`` is not a str, or an attribute value has an unsupported type (an unsampled span does not
+    look at its attributes).
+
+Examples
+--------
+>>> import ferrolab as fl
+>>> fl.tracing.configure("demo")
+>>> with fl.tracing.span("outer", user="ada") as outer:
+...     with fl.tracing.span("inner", n=2) as inner:
+...         inner.set_attribute("done", True)
+>>> inner.parent_span_id == outer.span_id and inner.trace_id == outer.trace_id
+True
+>>> [(d["name"], d["attributes"]) for d in fl.tracing.finished_spans()]
+[('inner', {'n': 2, 'done': True}), ('outer', {'user': 'ada'})]
+"#;
+
+/// Builds a span named `name` (any object: checked here); `attributes` is called only for a sampled span.
+fn new_span_object<'py>(
+    name: &Bound<'py, PyAny>,
+    attributes: impl FnOnce() -> PyResult<Vec<KeyValue>>,
+) -> PyResult<Span> {
+    let py = name.py();
+    let name = name.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "span(): argument 'name' must be str, got {}",
+            type_name(name)
+        ))
+    })?;
+    // the span starts now, as a child of the current span (like `start_as_current_span`)
+    let parent = parent_ctx(py)?;
+    let ctx = core_tr::new_span(parent.as_ref());
+    // an unsampled span does not look at its attributes (like OpenTelemetry's non-recording spans)
+    let rec = if ctx.sampled {
+        Some(Recording::start(
+            ctx,
+            parent.as_ref(),
+            name.to_str()?.to_owned(),
+            attributes()?,
+        ))
+    } else {
+        None
+    };
+    Ok(Span {
+        name: name.clone().unbind(),
+        ctx,
+        parent,
+        entered: AtomicBool::new(false),
+        open: AtomicBool::new(false),
+        inner: Mutex::new(Inner { token: None, rec }),
+    })
+}
+
+/// `tracing_span(name, /, **attributes)`, the hot constructor, as a raw `METH_FASTCALL | METH_KEYWORDS`
+/// builtin: keyword arguments arrive as a tuple of names and an array of values, so no dict is built for them
+/// (pyo3's `**kwargs` builds one), and an unsampled span never touches them.
+///
+/// # Safety
+/// Called by CPython with the GIL held, `args` holding `nargs` positional then `len(kwnames)` keyword values.
+unsafe extern "C" fn span_fastcall(
+    _module: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls builtins with the GIL held
+    let py = unsafe { Python::assume_attached() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: forwarded from CPython's call (see above)
+        unsafe { span_from_vector(py, args, nargs, kwnames) }
+    }));
+    match result {
+        Ok(Ok(obj)) => obj.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            PyRuntimeError::new_err("span(): internal error (a panic in ferrolab)").restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// See [`span_fastcall`].
+unsafe fn span_from_vector<'py>(
+    py: Python<'py>,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> PyResult<Bound<'py, Span>> {
+    if nargs != 1 {
+        return Err(PyTypeError::new_err(format!(
+            "span() takes 1 positional argument (the name) but {nargs} were given"
+        )));
+    }
+    // SAFETY: args[0] is a borrowed reference held by the caller for the duration of the call
+    let name = unsafe { Bound::from_borrowed_ptr(py, *args) };
+    let names = if kwnames.is_null() {
+        None
+    } else {
+        // SAFETY: kwnames is a tuple of str (CPython's vectorcall protocol)
+        Some(unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() })
+    };
+    let span = new_span_object(&name, || {
+        let Some(names) = &names else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for (i, key) in names.iter().enumerate() {
+            // SAFETY: the keyword values follow the positional ones in `args`
+            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(1 + i)) };
+            let key = key
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err("span(): attribute names must be str"))?;
+            let k = key.to_str()?;
+            if let Some(v) = attr_value("span()", k, &value, true)? {
+                out.push(KeyValue::new(k.to_owned(), v));
+            }
+        }
+        Ok(out)
+    })?;
+    Bound::new(py, span)
+}
+
+/// Registers [`span_fastcall`] as `tracing_span`.
+fn add_span_function(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // CPython keeps a pointer to the definition for the function's lifetime: it lives as long as the process
+    let def: &'static mut pyo3::ffi::PyMethodDef = Box::leak(Box::new(pyo3::ffi::PyMethodDef {
+        ml_name: c"tracing_span".as_ptr(),
+        ml_meth: pyo3::ffi::PyMethodDefPointer {
+            PyCFunctionFastWithKeywords: span_fastcall,
+        },
+        ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
+        ml_doc: SPAN_DOC.as_ptr(),
+    }));
+    let module_name = m.name()?;
+    // SAFETY: `def` is valid for the process lifetime; `module_name` is a str (the function's __module__)
+    let f = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyCFunction_NewEx(def, std::ptr::null_mut(), module_name.as_ptr()),
+        )?
+    };
+    m.add("tracing_span", f)
+}
+
+/// The current ferrolab span of this thread or task, or ``None``.
+#[pyfunction]
+#[pyo3(name = "tracing_current_span")]
+fn current_span(py: Python<'_>) -> PyResult<Option<Bound<'_, Span>>> {
+    current_object(py)
+}
+
+/// Installs the pipeline (arguments are validated by `ferrolab.tracing.configure`).
+#[pyfunction]
+#[pyo3(name = "tracing_configure", signature = (service_name, service_version=None, environment=None, endpoint=None, sample_ratio=1.0))]
+fn configure(
+    py: Python<'_>,
+    service_name: String,
+    service_version: Option<String>,
+    environment: Option<String>,
+    endpoint: Option<String>,
+    sample_ratio: f64,
+) -> PyResult<()> {
+    use crate::errors::IntoPyResult;
+    let config = Config {
+        service_version,
+        environment,
+        endpoint,
+        sample_ratio,
+        ..Config::new(service_name)
+    };
+    py.detach(|| core_tr::configure(config)).py()
+}
+
+/// Exports what has finished (waits at most about 5 s); True when everything was delivered.
+#[pyfunction]
+#[pyo3(name = "tracing_flush")]
+fn flush(py: Python<'_>) -> bool {
+    py.detach(core_tr::flush)
+}
+
+/// Flushes and stops the pipeline (waits at most ``timeout`` seconds); True when everything was delivered.
+#[pyfunction]
+#[pyo3(name = "tracing_shutdown", signature = (timeout=5.0))]
+fn shutdown(py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    if !(timeout.is_finite() && timeout >= 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "shutdown(): argument 'timeout' is {timeout}; expected seconds >= 0"
+        )));
+    }
+    Ok(py.detach(|| core_tr::shutdown(Duration::from_secs_f64(timeout))))
+}
+
+fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Bool(b) => b.into_bound_py_any(py)?,
+        Value::I64(i) => i.into_bound_py_any(py)?,
+        Value::F64(f) => f.into_bound_py_any(py)?,
+        Value::String(s) => s.as_str().into_bound_py_any(py)?,
+        Value::Array(a) => match a {
+            Array::Bool(v) => PyTuple::new(py, v)?.into_any(),
+            Array::I64(v) => PyTuple::new(py, v)?.into_any(),
+            Array::F64(v) => PyTuple::new(py, v)?.into_any(),
+            Array::String(v) => PyTuple::new(py, v.iter().map(|s| s.as_str()))?.into_any(),
+            _ => a.to_string().into_bound_py_any(py)?,
+        },
+        _ => v.to_string().into_bound_py_any(py)?,
+    })
+}
+
+fn attrs_to_py<'py>(py: Python<'py>, attrs: &[KeyValue]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for kv in attrs {
+        d.set_item(kv.key.as_str(), value_to_py(py, &kv.value)?)?;
+    }
+    Ok(d)
+}
+
+fn ns(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The spans kept in memory (``endpoint=None``), oldest first, as dicts.
+#[pyfunction]
+#[pyo3(name = "tracing_finished_spans", signature = (clear=false))]
+fn finished_spans(py: Python<'_>, clear: bool) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let spans = core_tr::finished_spans(clear);
+    spans
+        .iter()
+        .map(|s| {
+            let d = PyDict::new(py);
+            d.set_item("name", s.name.as_ref())?;
+            d.set_item("trace_id", hex_trace(s.span_context.trace_id()))?;
+            d.set_item("span_id", hex_span(s.span_context.span_id()))?;
+            d.set_item(
+                "parent_span_id",
+                (s.parent_span_id != SpanId::INVALID).then(|| hex_span(s.parent_span_id)),
+            )?;
+            d.set_item("parent_is_remote", s.parent_span_is_remote)?;
+            d.set_item("start_time_ns", ns(s.start_time))?;
+            d.set_item("end_time_ns", ns(s.end_time))?;
+            d.set_item("attributes", attrs_to_py(py, &s.attributes)?)?;
+            let (status, description) = match &s.status {
+                Status::Unset => ("UNSET", None),
+                Status::Ok => ("OK", None),
+                Status::Error { description } => ("ERROR", Some(description.to_string())),
+            };
+            d.set_item("status", status)?;
+            d.set_item("status_description", description)?;
+            let events = PyList::empty(py);
+            for e in s.events.iter() {
+                let ed = PyDict::new(py);
+                ed.set_item("name", e.name.as_ref())?;
+                ed.set_item("time_ns", ns(e.timestamp))?;
+                ed.set_item("attributes", attrs_to_py(py, &e.attributes)?)?;
+                events.append(ed)?;
+            }
+            d.set_item("events", events)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// Counters and state of the pipeline.
+#[pyfunction]
+#[pyo3(name = "tracing_stats")]
+fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let s = core_tr::stats();
+    let d = PyDict::new(py);
+    d.set_item("mode", s.mode)?;
+    d.set_item("endpoint", s.endpoint)?;
+    d.set_item("sample_ratio", s.sample_ratio)?;
+    d.set_item("started", s.started)?;
+    d.set_item("ended", s.ended)?;
+    d.set_item("exported", s.exported)?;
+    d.set_item("dropped", s.dropped)?;
+    d.set_item("export_failures", s.export_failures)?;
+    d.set_item("evicted", s.evicted)?;
+    d.set_item("queued", s.queued)?;
+    d.set_item("open", s.open)?;
+    Ok(d)
+}
+
+/// Resource attributes of the current pipeline (``{}`` when not configured).
+#[pyfunction]
+#[pyo3(name = "tracing_resource")]
+fn resource(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in core_tr::resource_attributes() {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
+/// Test hook: read opentelemetry-python's current span through its public API instead of the fast path;
+/// returns which path is in use ("fast", "public" or "unresolved").
+#[pyfunction]
+#[pyo3(name = "_tracing_otel_path", signature = (force_public=None))]
+fn otel_path(py: Python<'_>, force_public: Option<bool>) -> &'static str {
+    if let Some(f) = force_public {
+        OTEL_SLOW.store(f, Ordering::Relaxed);
+    }
+    match OTEL.get(py) {
+        None => "unresolved",
+        Some(OtelPy::Fast { .. }) if !OTEL_SLOW.load(Ordering::Relaxed) => "fast",
+        Some(_) => "public",
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Span>()?;
+    add_span_function(m)?;
+    m.add_function(wrap_pyfunction!(current_span, m)?)?;
+    m.add_function(wrap_pyfunction!(configure, m)?)?;
+    m.add_function(wrap_pyfunction!(flush, m)?)?;
+    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(finished_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(resource, m)?)?;
+    m.add_function(wrap_pyfunction!(otel_path, m)?)?;
+    Ok(())
+}

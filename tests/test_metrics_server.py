@@ -1,0 +1,606 @@
+"""fl.metrics.serve(): routes, methods, bearer token, malformed and slow clients, limits, stop(), a bounded load test.
+
+Every server binds 127.0.0.1 on a free port and is stopped by its test. Raw sockets are used where the exact bytes
+matter (malformed requests, half-sent heads); waits are polls with deadlines, never sleeps; nothing asserts on
+wall time.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import itertools
+import json
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ferrolab as fl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+M = fl.metrics
+
+_seq = itertools.count()
+
+# Bound on any single wait (a socket read, a thread join); never reached when the server is right.
+WAIT = 30.0
+
+
+def unique(word: str) -> str:
+    return f"fltest_server_{word}_{next(_seq)}"
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    srv = M.serve(port=0)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# --- clients ---------------------------------------------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        head, sep, self.body = raw.partition(b"\r\n\r\n")
+        assert sep, f"no end of head in {raw[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        version, code, *_ = lines[0].split(" ", 2)
+        assert version == "HTTP/1.1", lines[0]
+        self.status = int(code)
+        self.headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def complete(self) -> bool:
+        return int(self.headers["content-length"]) == len(self.body)
+
+
+def read_all(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def raw(port: int, data: bytes, timeout: float = WAIT) -> Response:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return Response(read_all(s, timeout))
+
+
+def get(srv: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    for k, v in (headers or {}).items():
+        head += f"{k}: {v}\r\n"
+    return raw(srv.port, (head + "\r\n").encode())
+
+
+def http_get(srv: Any, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request through http.client (which checks Content-Length: a short body raises IncompleteRead)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def port_is_closed(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return False
+    except OSError:
+        return True
+
+
+# --- routes -----------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_route(server) -> None:
+    name = unique("requests")
+    c = M.Counter(name, "Served.", ["route"])
+    try:
+        c.labels("/x").inc(3)
+        r = get(server, "/metrics")
+        assert r.status == 200
+        assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert r.headers["connection"] == "close"
+        assert r.complete()
+        fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+        assert fams[name].samples[0].labels == {"route": "/x"}
+        assert fams[name].samples[0].value == 3.0
+        prefix = M.settings()["prefix"]
+        assert f"{prefix}_memory_usage_bytes" in fams
+        status, headers, body = http_get(server, "/metrics?name[]=ignored")
+        assert status == 200 and name.encode() in body
+    finally:
+        M.REGISTRY.unregister(c)
+
+
+def test_health_route(server) -> None:
+    r = get(server, "/health")
+    doc = json.loads(r.body)
+    assert r.headers["content-type"] == "application/json"
+    assert r.complete()
+    assert r.status in (200, 503)
+    assert isinstance(doc, dict) and "status" in doc
+    assert (r.status == 503) == (doc["status"] == "unhealthy")
+    assert get(server, "/healthz").status == r.status
+
+
+def test_health_route_follows_the_default_registry(server) -> None:
+    health = pytest.importorskip("ferrolab.health")
+    if not hasattr(health, "register"):
+        pytest.skip("ferrolab.health has no register() yet")
+    name = unique("check")
+    health.register(name, lambda: (health.Status.UNHEALTHY, "the database is gone"))
+    try:
+        r = get(server, "/health")
+        doc = json.loads(r.body)
+        assert r.status == 503
+        assert doc["status"] == "unhealthy"
+        assert name in json.dumps(doc)
+    finally:
+        health.unregister(name)
+    name = unique("check")
+    health.register(name, lambda: (health.Status.WARNING, "slow disk"))
+    try:
+        r = get(server, "/health")
+        assert r.status in (200, 503)  # another test's check may be unhealthy; ours alone is a warning
+        if json.loads(r.body)["status"] == "warning":
+            assert r.status == 200
+    finally:
+        health.unregister(name)
+
+
+def test_ready_route(server) -> None:
+    r = get(server, "/ready")
+    assert r.status == 200
+    assert r.headers["content-type"] == "application/json"
+    assert json.loads(r.body) == {"status": "ready"}
+    assert get(server, "/readyz").status == 200
+
+
+@pytest.mark.parametrize("path", ["/nope", "/metricsx", "/metrics/extra", "/METRICS", "/favicon.ico"])
+def test_unknown_paths_are_404(server, path) -> None:
+    r = get(server, path)
+    assert r.status == 404
+    assert r.complete()
+
+
+def test_head_has_headers_but_no_body(server) -> None:
+    full = get(server, "/metrics")
+    r = get(server, "/metrics", method="HEAD")
+    assert r.status == 200
+    assert r.body == b""
+    assert r.headers["content-type"] == full.headers["content-type"]
+    assert int(r.headers["content-length"]) > 0
+    assert get(server, "/ready", method="HEAD").body == b""
+    assert get(server, "/nope", method="HEAD").status == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_other_methods_are_405(server, method) -> None:
+    r = raw(server.port, f"{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".encode())
+    assert r.status == 405
+    assert r.headers["allow"] == "GET, HEAD"
+    assert r.complete()
+
+
+def test_post_with_http_client(server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT)
+    try:
+        conn.request("POST", "/metrics", body=b"x" * 10_000)
+        r = conn.getresponse()
+        assert r.status == 405
+        r.read()
+    finally:
+        conn.close()
+
+
+# --- bearer token -----------------------------------------------------------------------------------------------------
+
+
+def test_bearer_token() -> None:
+    with M.serve(port=0, token="s3cr3t-t0ken") as srv:
+        assert "s3cr3t" not in repr(srv)
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Bearer s3cr3t-t0ke"},  # a prefix
+            {"Authorization": "Bearer s3cr3t-t0ken-and-more"},
+            {"Authorization": "Basic czNjcjN0LXQwa2Vu"},
+            {"Authorization": "s3cr3t-t0ken"},
+            {"Authorization": "Bearer"},
+        ):
+            r = get(srv, "/metrics", headers=headers)
+            assert r.status == 401, headers
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert b"ferrolab_" not in r.body
+        for path in ("/health", "/ready", "/nope"):
+            assert get(srv, path).status == 401
+        assert get(srv, "/metrics", method="HEAD").status == 401
+        ok = {"Authorization": "Bearer s3cr3t-t0ken"}
+        r = get(srv, "/metrics", headers=ok)
+        assert r.status == 200 and r.complete()
+        assert get(srv, "/metrics", headers={"authorization": "bearer   s3cr3t-t0ken  "}).status == 200
+        assert get(srv, "/ready", headers=ok).status == 200
+        assert get(srv, "/nope", headers=ok).status == 404
+        status, _, body = http_get(srv, "/metrics", headers=ok)
+        assert status == 200 and body
+        assert srv.stats()["unauthorized"] >= 10
+
+
+# --- malformed, oversized and slow clients ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\x01\x02\x03 garbage\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /metrics HTTP/9.9\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET /me trics HTTP/1.1 extra\r\n\r\n",
+        "GÉT /metrics HTTP/1.1\r\n\r\n".encode(),
+        b"\r\n\r\n\r\n\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+    ],
+    ids=["binary", "no-path", "bad-version", "header-without-colon", "space-in-path", "non-ascii-method", "tls"],
+)
+def test_malformed_requests_are_400(server, data) -> None:
+    r = raw(server.port, data)
+    assert r.status == 400, r.raw[:100]
+    assert r.complete()
+    assert get(server, "/ready").status == 200  # still serving
+
+
+def test_oversized_heads_are_431(server) -> None:
+    r = raw(server.port, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    assert r.status == 431
+    many = b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(100)) + b"\r\n"
+    assert raw(server.port, many).status == 431
+    assert server.stats()["bad_requests"] >= 2
+    assert get(server, "/ready").status == 200
+
+
+def test_max_header_bytes_is_configurable() -> None:
+    with M.serve(port=0, max_header_bytes=1024) as srv:
+        assert raw(srv.port, b"GET /ready HTTP/1.1\r\nX-A: " + b"a" * 800 + b"\r\n\r\n").status == 200
+        assert raw(srv.port, b"GET /ready HTTP/1.1\r\nX-A: " + b"a" * 2000 + b"\r\n\r\n").status == 431
+
+
+def test_slow_client_gets_408_while_others_are_served() -> None:
+    """A client that sends half a head holds one worker until header_timeout; the other worker serves meanwhile.
+
+    "Meanwhile" is shown by order, not by the clock: the other requests are answered while the slow client has
+    received nothing yet. On a very slow machine the slow client may be answered first; the timeout is then doubled
+    and the round repeated (a server that serves nobody while a slow client holds it fails every round).
+    """
+    for header_timeout in (0.3, 0.6, 1.2, 2.4, 4.8, 9.6):
+        with M.serve(port=0, workers=2, header_timeout=header_timeout) as srv:
+            slow = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+            try:
+                slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: the head never ends
+                others = [get(srv, p).status for p in ("/ready", "/metrics", "/health", "/ready", "/nope")]
+                pending = not select.select([slow], [], [], 0)[0]
+                answer = Response(read_all(slow, header_timeout + WAIT))
+            finally:
+                slow.close()
+            assert others[:2] == [200, 200] and others[3:] == [200, 404] and others[2] in (200, 503)
+            assert answer.status == 408
+            assert answer.complete()
+            assert srv.stats()["timeouts"] == 1
+            if pending:
+                return
+    pytest.fail("the other clients were never served while the slow client was waiting")
+
+
+def test_dripping_client_gets_408_at_the_head_deadline() -> None:
+    """The header timeout bounds the whole head, not the gap between bytes (a slow-loris drip is cut off)."""
+    with M.serve(port=0, header_timeout=0.5) as srv:
+        head = b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 5000
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        try:
+            deadline = time.monotonic() + 120
+            sent = 0
+            while sent < len(head) and time.monotonic() < deadline:
+                if select.select([s], [], [], 0.02)[0]:
+                    break  # the server answered
+                try:
+                    s.send(head[sent : sent + 1])
+                except OSError:
+                    break
+                sent += 1
+            answer = Response(read_all(s))
+        finally:
+            s.close()
+        assert answer.status == 408
+        assert sent < len(head), "the whole head was dripped in without a timeout"
+
+
+def test_dripping_body_does_not_hold_a_worker() -> None:
+    """With one worker, a client dripping a POST body must not keep another client from being served.
+
+    Decided by order: the other client must be answered before the dripper has sent 500 bytes (one every 10 ms,
+    far longer than the 0.3 s header timeout).
+    """
+    with M.serve(port=0, workers=1, header_timeout=0.3) as srv:
+        dripper = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        other = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        try:
+            dripper.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+            assert Response(dripper.recv(4096)).status == 405  # answered, now the body is being drained
+            other.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            sent = 0
+            while sent < 500 and not select.select([other], [], [], 0.01)[0]:
+                try:
+                    dripper.send(b"x")
+                except OSError:
+                    break  # the server cut the dripper off
+                sent += 1
+            answered = bool(select.select([other], [], [], 0)[0])
+        finally:
+            dripper.close()
+        try:
+            assert Response(read_all(other)).status == 200
+        finally:
+            other.close()
+        assert answered, f"the other client waited while the dripper sent {sent} body bytes"
+
+
+def test_queue_full_is_503_and_stop_closes_queued_connections() -> None:
+    srv = M.serve(port=0, workers=1, header_timeout=60)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(100):  # one worker and a queue of 64: the rest are turned away
+            idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT))
+        answered: dict[socket.socket, bytes] = {}
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and len(answered) < len(idle) - 65:
+            ready, _, _ = select.select([s for s in idle if s not in answered], [], [], 0.5)
+            for s in ready:
+                answered[s] = read_all(s)
+        rejected = [Response(b) for b in answered.values()]
+        assert len(rejected) >= len(idle) - 65
+        assert all(r.status == 503 and r.headers["retry-after"] == "1" for r in rejected)
+        # 1 connection in the worker + 64 queued (or 64 queued before the worker took the first one)
+        assert srv.stats()["rejected"] in (len(idle) - 65, len(idle) - 64)
+    finally:
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        stopper.join(WAIT)
+        alive = stopper.is_alive()
+        for s in idle:
+            s.close()
+    assert not alive, "stop() hung with queued connections"
+    assert not srv.running
+
+
+def test_health_error_body_is_valid_json(tmp_path) -> None:
+    pytest.importorskip("ferrolab.health")
+    # /health caches the handler on its first call, so the failing handler is installed in a fresh interpreter
+    script = tmp_path / "health_error.py"
+    script.write_text(
+        "import json, sys, urllib.error, urllib.request\n"
+        "import ferrolab as fl, ferrolab.health as health\n"
+        "def boom():\n"
+        "    raise RuntimeError('first line\\nsecond line\\t\"quoted\" back\\\\slash')\n"
+        "health._http_response = boom\n"
+        "with fl.metrics.serve(port=0) as srv:\n"
+        "    try:\n"
+        "        r = urllib.request.urlopen(srv.url + '/health', timeout=30)\n"
+        "        code, body = r.status, r.read()\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        code, body = e.code, e.read()\n"
+        "sys.stdout.write(json.dumps({'code': code, 'body': body.decode()}))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["code"] == 500
+    doc = json.loads(out["body"])
+    assert doc["status"] == "unhealthy"
+    assert "first line" in doc["error"]
+
+
+# --- lifecycle -------------------------------------------------------------------------------------------------------
+
+
+def test_stop_is_idempotent_and_closes_the_port() -> None:
+    srv = M.serve(port=0)
+    port = srv.port
+    assert srv.running and 0 < port < 65536
+    assert srv.url == f"http://127.0.0.1:{port}"
+    assert srv.host == "127.0.0.1"
+    assert "running" in repr(srv)
+    assert get(srv, "/ready").status == 200
+    idle = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    idle.sendall(b"GET /met")  # an open connection with half a head
+    try:
+        srv.stop()
+        assert not srv.running
+        srv.stop()
+        assert "stopped" in repr(srv)
+        assert read_all(idle) == b""  # closed by stop() without an answer (read_all raises on its timeout)
+    finally:
+        idle.close()
+    assert port_is_closed(port)
+
+
+def test_open_connection_is_closed_by_stop() -> None:
+    srv = M.serve(port=0, header_timeout=60)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "stop() hung on an open connection"
+        s.settimeout(WAIT)
+        try:
+            assert s.recv(1024) == b""  # EOF, long before the 60 s header timeout
+        except ConnectionResetError:
+            pass
+    finally:
+        s.close()
+
+
+def test_context_manager() -> None:
+    with M.serve(port=0) as srv:
+        port = srv.port
+        assert srv.running
+        assert get(srv, "/ready").status == 200
+    assert not srv.running
+    assert port_is_closed(port)
+    with pytest.raises(RuntimeError):
+        with M.serve(port=0) as srv2:
+            port = srv2.port
+            raise RuntimeError("the block fails")
+    assert not srv2.running and port_is_closed(port)
+
+
+def test_port_in_use_is_an_os_error(server) -> None:
+    with pytest.raises(OSError):
+        M.serve(port=server.port)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"port": -1}, ValueError),
+        ({"port": 65536}, ValueError),
+        ({"port": "9464"}, TypeError),
+        ({"port": True}, TypeError),
+        ({"host": 127}, TypeError),
+        ({"token": ""}, ValueError),
+        ({"token": "has space"}, ValueError),
+        ({"token": 1234}, TypeError),
+        ({"workers": 0}, ValueError),
+        ({"workers": 1000}, ValueError),
+        ({"header_timeout": 0}, ValueError),
+        ({"header_timeout": -1.0}, ValueError),
+        ({"header_timeout": float("nan")}, ValueError),
+        ({"header_timeout": float("inf")}, ValueError),
+        ({"max_header_bytes": 10}, ValueError),
+        ({"host": "no-such-host.invalid"}, ValueError),
+    ],
+)
+def test_serve_bad_arguments(kwargs, exc) -> None:
+    with pytest.raises(exc):
+        srv = M.serve(**{"port": 0, **kwargs})
+        srv.stop()
+
+
+def test_huge_header_timeout_is_a_value_error_not_a_panic() -> None:
+    try:
+        srv = M.serve(port=0, header_timeout=1e20)
+    except ValueError:
+        return
+    except BaseException as e:  # noqa: BLE001 - PanicException derives from BaseException
+        pytest.fail(f"{type(e).__name__}: {e}")
+    srv.stop()  # clamping to a usable timeout would be fine too
+
+
+# --- load -------------------------------------------------------------------------------------------------------------
+
+
+def _vmrss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def _load_round(srv: Any, threads: int, per_thread: int, deadline: float) -> list[str]:
+    errors: list[str] = []
+    done = [0] * threads
+
+    def client(i: int) -> None:
+        for k in range(per_thread):
+            if time.monotonic() > deadline:
+                errors.append(f"thread {i}: overall cap reached after {k} requests")
+                return
+            path = "/metrics" if (i + k) % 2 == 0 else "/health"
+            try:
+                status, headers, body = http_get(srv, path)
+            except Exception as e:  # noqa: BLE001 - every failure is collected
+                errors.append(f"thread {i} request {k} {path}: {type(e).__name__}: {e}")
+                continue
+            if path == "/metrics":
+                if status != 200 or not body.endswith(b"\n") or b"# TYPE " not in body:
+                    errors.append(f"thread {i} request {k} /metrics: {status} {body[-80:]!r}")
+            else:
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    errors.append(f"thread {i} request {k} /health: not JSON: {body[:80]!r}")
+                    continue
+                if status not in (200, 503) or (status == 503) != (doc.get("status") == "unhealthy"):
+                    errors.append(f"thread {i} request {k} /health: {status} {doc}")
+            if int(headers["content-length"]) != len(body):
+                errors.append(f"thread {i} request {k} {path}: {len(body)} of {headers['content-length']} bytes")
+            done[i] += 1
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(max(1.0, deadline - time.monotonic() + WAIT))
+    if any(t.is_alive() for t in ts):
+        errors.append("a client thread did not finish")
+    if sum(done) != threads * per_thread:
+        errors.append(f"{sum(done)} of {threads * per_thread} requests completed")
+    return errors
+
+
+def test_load_8_threads_x_150_requests_no_errors_bounded_memory() -> None:
+    pytest.importorskip("ferrolab.health")
+    try:
+        _vmrss()
+    except (OSError, AssertionError):
+        pytest.skip("no /proc/self/status VmRSS on this platform")
+    name = unique("load")
+    c = M.Counter(name, "Load.", ["series"])
+    for i in range(200):  # a few hundred series make /metrics non-trivial
+        c.labels(f"s{i}").inc(i)
+    deadline = time.monotonic() + 120  # a generous cap on the whole test, not a timing assertion
+    try:
+        with M.serve(port=0) as srv:
+            errors = _load_round(srv, 8, 30, deadline)  # warm-up: thread stacks, buffers, caches
+            assert not errors, errors[:10]
+            gc.collect()
+            rss_warm = _vmrss()
+            errors = _load_round(srv, 8, 150, deadline)
+            assert not errors, errors[:10]
+            gc.collect()
+            rss_after = _vmrss()
+            stats = srv.stats()
+        assert stats["rejected"] == 0 and stats["bad_requests"] == 0 and stats["timeouts"] == 0
+        assert stats["requests"] == 8 * 30 + 8 * 150
+        growth = rss_after - rss_warm
+        assert growth < 20 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 1,200 requests"
+    finally:
+        M.REGISTRY.unregister(c)
