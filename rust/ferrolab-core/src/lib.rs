@@ -9,6 +9,8 @@
 //! * [`telemetry::seam`]: the instrumentation seam every op passes through;
 //! * [`telemetry::tracing`]: OpenTelemetry spans, kept in memory or exported over OTLP/HTTP (protobuf) from a
 //!   background thread (no async runtime);
+//! * [`breaker`]: the circuit-breaker state machine (one atomic word, sliding windows, permits) and its
+//!   Prometheus collector;
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
 //!
 //! ## Feature flags
