@@ -96,7 +96,7 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// The `outcome` label values of `circuit_breaker_calls_total`, in the order of [`Counts`].
+/// The `outcome` label values of `circuit_breaker_calls_total`, in the order of [`Stats::counts`].
 pub const OUTCOMES: [&str; 5] = ["success", "failure", "rejected", "ignored", "slow"];
 const C_SUCCESS: usize = 0;
 const C_FAILURE: usize = 1;
