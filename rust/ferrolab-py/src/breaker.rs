@@ -53,8 +53,8 @@ struct Refs {
 pub struct Inner {
     core: Arc<Breaker>,
     name: Py<PyString>,
-    /// "circuit breaker '<name>' is "
-    msg_prefix: String,
+    /// The messages of a rejection while open, half-open and forced open.
+    msgs: [Py<PyString>; 3],
     /// Exception classes recorded as failures (a tuple) and whether it is exactly `(Exception,)`.
     record: Py<PyAny>,
     record_all: bool,
@@ -200,20 +200,13 @@ impl Inner {
     }
 
     fn open_error(&self, py: Python<'_>, r: Rejection) -> PyResult<()> {
-        use std::fmt::Write;
-        // integer formatting: a float's is a third of the cost of the whole rejection
-        let mut msg = String::with_capacity(self.msg_prefix.len() + 48);
-        msg.push_str(&self.msg_prefix);
-        match (r.state, r.retry_after) {
-            (State::Open, Some(t)) => {
-                let ms = (t * 1000.0).round().clamp(0.0, u64::MAX as f64) as u64;
-                let _ = write!(msg, "open; retry after {}.{:03} s", ms / 1000, ms % 1000);
-            }
-            (State::HalfOpen, _) => msg.push_str("half-open and its trial calls are in flight"),
-            _ => msg.push_str("forced open"),
-        }
+        // a message made once per breaker: `__str__` adds the retry time when the exception is printed
+        let msg = match r.state {
+            State::Open => self.msgs[0].bind(py),
+            State::HalfOpen => self.msgs[1].bind(py),
+            _ => self.msgs[2].bind(py),
+        };
         let ty = py.get_type::<CircuitOpenError>();
-        let msg = PyString::new(py, &msg);
         let retry = match r.retry_after {
             Some(t) => PyFloat::new(py, t).into_any(),
             None => py.None().into_bound(py),
@@ -2328,7 +2321,17 @@ impl CircuitBreaker {
             .call1((format!("ferrolab.breaker.{name_s}"),))?;
         let inner = Inner {
             name: name.clone().unbind(),
-            msg_prefix: format!("circuit breaker '{name_s}' is "),
+            msgs: [
+                PyString::new(py, &format!("circuit breaker '{name_s}' is open")).unbind(),
+                PyString::new(
+                    py,
+                    &format!(
+                        "circuit breaker '{name_s}' is half-open and its trial calls are in flight"
+                    ),
+                )
+                .unbind(),
+                PyString::new(py, &format!("circuit breaker '{name_s}' is forced open")).unbind(),
+            ],
             record: record.into_any().unbind(),
             record_all,
             ignore: ignore.map(|t| t.into_any().unbind()),
@@ -2620,17 +2623,35 @@ unsafe extern "C" fn open_error_last(o: Obj, _c: *mut c_void) -> Obj {
 
 unsafe extern "C" fn open_error_str(o: Obj, _a: Obj) -> Obj {
     unsafe {
-        let args = exc_args(o);
-        if args.is_null() {
-            return ptr::null_mut();
-        }
-        let r = if ffi::PyTuple_Check(args) != 0 && ffi::PyTuple_Size(args) > 0 {
-            ffi::PyObject_Str(ffi::PyTuple_GetItem(args, 0))
-        } else {
-            ffi::PyUnicode_FromStringAndSize(c"".as_ptr(), 0)
-        };
-        ffi::Py_DECREF(args);
-        r
+        trap(ptr::null_mut(), |py| {
+            let args = exc_args(o);
+            if args.is_null() {
+                return ptr::null_mut();
+            }
+            let args = Bound::from_owned_ptr(py, args);
+            let Ok(t) = args.cast::<PyTuple>() else {
+                return ffi::PyObject_Str(args.as_ptr());
+            };
+            if t.is_empty() {
+                return PyString::new(py, "").into_ptr();
+            }
+            let msg = match t.get_item(0).and_then(|m| m.str()) {
+                Ok(m) => m,
+                Err(e) => {
+                    e.restore(py);
+                    return ptr::null_mut();
+                }
+            };
+            // a breaker's rejection (message, name, retry_after, last_failure): the retry time, if any
+            let retry = (t.len() == 4)
+                .then(|| t.get_item(2).ok()?.extract::<f64>().ok())
+                .flatten()
+                .filter(|r| *r > 0.0);
+            match retry {
+                Some(r) => PyString::new(py, &format!("{msg}; retry after {r:.3} s")).into_ptr(),
+                None => msg.into_ptr(),
+            }
+        })
     }
 }
 
