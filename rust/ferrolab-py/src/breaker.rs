@@ -2092,13 +2092,37 @@ static PY_REGISTRY: LazyLock<Mutex<HashMap<String, Py<PyAny>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn register_py(obj: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
+    let py = obj.py();
     let wr = PyWeakrefReference::new(obj)?;
     let name = obj.get().inner.core.name().to_string();
-    let old = {
+    let dropped: Vec<Py<PyAny>> = {
         let mut reg = PY_REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        reg.insert(name, wr.into_any().unbind())
+        let mut dropped: Vec<Py<PyAny>> = reg
+            .insert(name, wr.into_any().unbind())
+            .into_iter()
+            .collect();
+        // forget the names whose breaker is gone (dereferencing a weak reference runs no Python code)
+        let dead: Vec<String> = reg
+            .iter()
+            .filter(|(_, w)| {
+                w.bind(py)
+                    .cast::<PyWeakrefReference>()
+                    .map_or(true, |w| w.upgrade().is_none())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in dead {
+            dropped.extend(reg.remove(&k));
+        }
+        dropped
     };
-    drop(old.map(|o| o.into_bound(obj.py())));
+    // released outside the lock
+    drop(
+        dropped
+            .into_iter()
+            .map(|o| o.into_bound(py))
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }
 
