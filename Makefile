@@ -23,6 +23,7 @@ test-py:
 
 bench-smoke:
 	$(PYTHON) benches/bench_ops.py --smoke --json bench-results/bench_ops_smoke.json
+	$(PYTHON) benches/bench_breaker.py --smoke --json bench-results/bench_breaker_smoke.json
 
 lint: stubs
 	$(CARGO) fmt --all -- --check
@@ -35,6 +36,7 @@ stubs:
 
 bench:
 	$(PYTHON) benches/bench_ops.py --json bench-results/bench_ops.json
+	$(PYTHON) benches/bench_breaker.py --json bench-results/bench_breaker.json
 
 demo:
 	ferrolab demo

@@ -7,9 +7,10 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import gpu, health, metrics, monitoring, ops, tracing
+from . import breaker, gpu, health, metrics, monitoring, ops, tracing
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
+from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
 
 __version__ = _core_version
@@ -24,6 +25,10 @@ __all__ = [
     "tracing",
     "FerrolabError",
     "DeviceUnavailableError",
+    "breaker",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "breakers",
     "num_threads",
     "simd_level",
     "op_stats",

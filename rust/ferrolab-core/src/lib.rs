@@ -9,6 +9,8 @@
 //! * [`telemetry::seam`]: the instrumentation seam every op passes through;
 //! * [`telemetry::tracing`]: OpenTelemetry spans, kept in memory or exported over OTLP/HTTP (protobuf) from a
 //!   background thread (no async runtime);
+//! * [`breaker`]: the circuit-breaker state machine (one atomic word, sliding windows, permits) and its
+//!   Prometheus collector;
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
 //!
 //! ## Feature flags
@@ -19,6 +21,7 @@
 //! * `FERROLAB_NUM_THREADS`: worker threads of the pool (default: available cores).
 //! * `FERROLAB_SIMD=baseline`: force the baseline (non-AVX2) kernels.
 
+pub mod breaker;
 pub mod error;
 pub mod kernels;
 pub mod telemetry;

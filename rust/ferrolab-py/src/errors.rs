@@ -17,6 +17,15 @@ pyo3::create_exception!(
     "A device (e.g. 'cuda') was requested that is absent or not compiled in."
 );
 
+pyo3::create_exception!(
+    ferrolab,
+    CircuitOpenError,
+    FerrolabError,
+    "A circuit breaker rejected the call: it is open, forced open, or half-open with every trial call in flight.\n\n\
+     ``name`` is the breaker's name, ``retry_after`` the seconds until it admits calls again (None when forced open)\n\
+     and ``last_failure`` the exception that last counted as a failure (also the ``__cause__``), or None."
+);
+
 /// Maps a core error to its Python exception.
 pub fn to_py(e: CoreError) -> PyErr {
     let msg = e.to_string();
@@ -51,5 +60,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DeviceUnavailableError",
         py.get_type::<DeviceUnavailableError>(),
     )?;
+    m.add("CircuitOpenError", py.get_type::<CircuitOpenError>())?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod breaker;
 mod errors;
 mod funnel;
 mod metrics;
@@ -41,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     runtime::register(m)?;
     metrics::register(m)?;
+    breaker::register(m)?;
     tracing::register(m)?;
     Ok(())
 }
