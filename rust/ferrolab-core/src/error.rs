@@ -30,6 +30,9 @@ pub enum CoreError {
         device: String,
         reason: String,
     },
+    /// A backup repository failure (see [`BackupErrorKind`]); the message names the repository item.
+    #[error("{msg}")]
+    Backup { kind: BackupErrorKind, msg: String },
     /// An operating-system I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -64,7 +67,52 @@ impl CoreError {
             CoreError::Type { .. } => "TypeError",
             CoreError::Value { .. } => "ValueError",
             CoreError::DeviceUnavailable { .. } => "DeviceUnavailableError",
+            CoreError::Backup { kind, .. } => kind.name(),
             CoreError::Io { .. } => "OSError",
+        }
+    }
+
+    /// A backup error of the given kind.
+    pub fn backup(kind: BackupErrorKind, msg: impl fmt::Display) -> Self {
+        CoreError::Backup {
+            kind,
+            msg: msg.to_string(),
+        }
+    }
+
+    /// An I/O error with context (what was being done, to which path).
+    pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
+        CoreError::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+}
+
+/// The classes of backup errors; each maps to one Python exception (`ferrolab.BackupError` and subclasses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupErrorKind {
+    /// Any other repository failure (bad format, unsupported version, S3 failure, ...).
+    Other,
+    /// No repository at the URL (no `config` object).
+    RepositoryNotFound,
+    /// No key of the repository opens with the given password or key file.
+    WrongPassword,
+    /// Stored data failed authentication, a hash check or decoding; the message names the item.
+    Corruption,
+    /// An exclusive lock held by another live process blocks the operation.
+    Locked,
+}
+
+impl BackupErrorKind {
+    /// The Python exception class name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupErrorKind::Other => "BackupError",
+            BackupErrorKind::RepositoryNotFound => "RepositoryNotFound",
+            BackupErrorKind::WrongPassword => "WrongPassword",
+            BackupErrorKind::Corruption => "CorruptionError",
+            BackupErrorKind::Locked => "LockedError",
         }
     }
 }

@@ -21,6 +21,7 @@
 //! * `FERROLAB_NUM_THREADS`: worker threads of the pool (default: available cores).
 //! * `FERROLAB_SIMD=baseline`: force the baseline (non-AVX2) kernels.
 
+pub mod backup;
 pub mod breaker;
 pub mod error;
 pub mod kernels;

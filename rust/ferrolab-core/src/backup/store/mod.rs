@@ -1,0 +1,57 @@
+//! Where a repository's objects live: a local directory ([`local::LocalStore`]) or an S3 bucket
+//! ([`s3::S3Store`]).
+//!
+//! A store holds named, immutable objects addressed by slash-separated keys relative to the repository root
+//! (`config`, `keys/<id>`, `data/<2 hex>/<id>`, `index/<id>`, `snapshots/<id>`, `locks/<id>`). Its contract,
+//! on which the crash safety of the repository rests:
+//!
+//! * [`Store::put`] is atomic: a reader sees either no object or the whole object, never a prefix, also when
+//!   the writing process is killed (local: write to a temporary name, fsync, rename; S3: a single PUT);
+//! * [`Store::put`] may replace an existing object only with identical bytes (objects are content-addressed
+//!   or carry random names), so a retried or concurrent put of the same key is harmless;
+//! * [`Store::list`] returns complete objects only (temporary files are not listed).
+
+pub mod local;
+pub mod s3;
+
+use crate::backup::BResult;
+
+/// One listed object: its key relative to the listed directory and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A repository's object store (see the module docs for the contract).
+pub trait Store: Send + Sync {
+    /// The URL the store was opened with (for messages and metric labels).
+    fn url(&self) -> &str;
+
+    /// Creates the store's root if needed (called by `init`); fails if `config` already exists there.
+    fn create(&self) -> BResult<()>;
+
+    /// Stores `data` under `key` atomically (see the module docs).
+    fn put(&self, key: &str, data: &[u8]) -> BResult<()>;
+
+    /// Reads a whole object. A missing object is an `Io` error of kind `NotFound`.
+    fn get(&self, key: &str) -> BResult<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset` of an object; fewer bytes than asked is an error.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>>;
+
+    /// Lists the objects under directory `dir` (recursively), with keys relative to `dir`.
+    /// A missing directory lists as empty.
+    fn list(&self, dir: &str) -> BResult<Vec<Entry>>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    fn delete(&self, key: &str) -> BResult<()>;
+
+    /// Whether an object exists.
+    fn exists(&self, key: &str) -> BResult<bool>;
+
+    /// Makes every completed `put` durable (local: fsync the directories written to). A no-op on S3.
+    fn sync(&self) -> BResult<()> {
+        Ok(())
+    }
+}
