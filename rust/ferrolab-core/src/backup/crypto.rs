@@ -123,8 +123,9 @@ impl MasterKey {
         *blake3::keyed_hash(&self.id, plaintext).as_bytes()
     }
 
-    /// Seals `plain` into `out` (cleared first): nonce || ciphertext || tag.
-    pub fn seal_into(&self, plain: &[u8], out: &mut Vec<u8>) {
+    /// Seals `plain` into `out` (cleared first): nonce || ciphertext || tag; `aad` (e.g. the blob id) is
+    /// authenticated but not stored.
+    pub fn seal_into(&self, plain: &[u8], aad: &[u8], out: &mut Vec<u8>) {
         out.clear();
         out.reserve(plain.len() + SEAL_OVERHEAD);
         let mut nonce = [0u8; 24];
@@ -133,21 +134,21 @@ impl MasterKey {
         out.extend_from_slice(plain);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), &[], (&mut out[24..]).into())
+            .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[24..]).into())
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         out.extend_from_slice(tag.as_slice());
     }
 
     /// Seals `plain` into a new buffer.
-    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        self.seal_into(plain, &mut out);
+        self.seal_into(plain, aad, &mut out);
         out
     }
 
     /// Opens a sealed object; `what` names it in the error ("index abc..", "blob 12.. in pack 34..").
-    pub fn open(&self, sealed: &[u8], what: &dyn std::fmt::Display) -> BResult<Vec<u8>> {
-        open_with(&self.cipher, sealed).ok_or_else(|| {
+    pub fn open(&self, sealed: &[u8], aad: &[u8], what: &dyn std::fmt::Display) -> BResult<Vec<u8>> {
+        open_with(&self.cipher, sealed, aad).ok_or_else(|| {
             CoreError::backup(
                 BackupErrorKind::Corruption,
                 format!("{what}: authentication failed (the data was modified or damaged)"),
@@ -156,7 +157,7 @@ impl MasterKey {
     }
 }
 
-fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
+fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < SEAL_OVERHEAD {
         return None;
     }
@@ -166,7 +167,7 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
     cipher
         .decrypt_inout_detached(
             &XNonce::try_from(nonce).ok()?,
-            &[],
+            aad,
             (&mut buf[..]).into(),
             tag.try_into().ok()?,
         )
@@ -283,7 +284,7 @@ impl KeyFile {
         let mut out = nonce.to_vec();
         out.extend_from_slice(&json);
         let tag = cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), &[], (&mut out[24..]).into())
+            .encrypt_inout_detached(&XNonce::from(nonce), b"key", (&mut out[24..]).into())
             .expect("in-memory encryption");
         out.extend_from_slice(tag.as_slice());
         Ok(KeyFile {
@@ -303,7 +304,7 @@ impl KeyFile {
         let sealed = unhex_vec(&self.data).ok_or_else(|| {
             CoreError::backup(BackupErrorKind::Corruption, "key: data is not hex")
         })?;
-        let Some(plain) = open_with(&cipher, &sealed) else {
+        let Some(plain) = open_with(&cipher, &sealed, b"key") else {
             return Ok(None);
         };
         let mk: MasterKeyJson = serde_json::from_slice(&plain).map_err(|e| {
@@ -329,15 +330,16 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_tamper() {
         let k = MasterKey::generate();
-        let s = k.seal(b"hello");
+        let s = k.seal(b"hello", b"ad");
         assert_eq!(s.len(), 5 + SEAL_OVERHEAD);
-        assert_eq!(k.open(&s, &"x").unwrap(), b"hello");
+        assert_eq!(k.open(&s, b"ad", &"x").unwrap(), b"hello");
+        assert!(k.open(&s, b"other", &"x").is_err());
         for i in 0..s.len() {
             let mut t = s.clone();
             t[i] ^= 1;
-            assert!(k.open(&t, &"x").is_err(), "flip at {i} accepted");
+            assert!(k.open(&t, b"ad", &"x").is_err(), "flip at {i} accepted");
         }
-        assert!(k.open(&s[..10], &"x").is_err());
+        assert!(k.open(&s[..10], b"ad", &"x").is_err());
     }
 
     #[test]

@@ -172,6 +172,10 @@ impl Store for LocalStore {
         }
     }
 
+    fn kind(&self) -> super::StoreKind {
+        super::StoreKind::Local(self.root.to_string_lossy().into_owned())
+    }
+
     fn sync(&self) -> BResult<()> {
         if !self.fsync {
             return Ok(());

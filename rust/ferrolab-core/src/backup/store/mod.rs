@@ -23,6 +23,13 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// Store kinds.
+pub enum StoreKind {
+    /// A local directory (its root path).
+    Local(String),
+    Other,
+}
+
 /// A repository's object store (see the module docs for the contract).
 pub trait Store: Send + Sync {
     /// The URL the store was opened with (for messages and metric labels).
@@ -50,8 +57,35 @@ pub trait Store: Send + Sync {
     /// Whether an object exists.
     fn exists(&self, key: &str) -> BResult<bool>;
 
+    /// What kind of store this is (for store-specific housekeeping).
+    fn kind(&self) -> StoreKind {
+        StoreKind::Other
+    }
+
     /// Makes every completed `put` durable (local: fsync the directories written to). A no-op on S3.
     fn sync(&self) -> BResult<()> {
         Ok(())
     }
+}
+
+/// S3 connection settings (missing fields fall back to the AWS_* environment variables).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+/// Opens the store for `url`: `s3://bucket/prefix` or a local path (optionally `file://`).
+pub fn open_store(url: &str, _s3: Option<&S3Options>) -> BResult<Box<dyn Store>> {
+    if url.starts_with("s3://") {
+        return Err(crate::error::CoreError::backup(
+            crate::error::BackupErrorKind::Other,
+            "S3 repositories are not available in this build yet",
+        ));
+    }
+    Ok(Box::new(local::LocalStore::new(url.strip_prefix("file://").unwrap_or(url))))
 }

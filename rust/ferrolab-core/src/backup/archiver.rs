@@ -1,0 +1,687 @@
+//! `backup`: walk the paths, chunk what changed, store new blobs in packs, write the snapshot last.
+//!
+//! Pipeline (bounded channels, so memory is bounded by the index, not by the data):
+//! reader thread (files → content-defined chunks) → workers (keyed hash, dedup, shuffle+zstd, seal) →
+//! packer (16 MiB packs) → writer (atomic put of each pack, then an index object every few packs).
+//! The snapshot is written after every pack and index it needs is durable, so a process killed at any
+//! moment leaves earlier snapshots intact; packs written by a killed run are picked up from their headers
+//! by the next run (no data is stored twice) and removed by `prune` if nothing uses them.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::backup::chunker::{choose_filter, Chunker, Encoder, Filter, DATA_CHUNKS, TREE_CHUNKS};
+use crate::backup::crypto::random_id;
+use crate::backup::index::{self, Index};
+use crate::backup::lock::{hostname, now, Lock};
+use crate::backup::pack::{pack_key, BlobType, Id, PackBuilder, PackedBlob};
+use crate::backup::repo::{ProgressFn, ProgressInfo, Repository};
+use crate::backup::snapshot::{encode_items, Item, Kind, Snapshot};
+use crate::backup::BResult;
+use crate::error::CoreError;
+
+/// Target size of a pack.
+pub const PACK_SIZE: usize = 16 * 1024 * 1024;
+/// An index object is written after this many packs (and at the end).
+const INDEX_EVERY: usize = 8;
+
+/// What to back up.
+pub struct BackupOptions<'a> {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub exclude: Vec<String>,
+    pub host: Option<String>,
+    pub time: Option<f64>,
+    pub progress: Option<ProgressFn<'a>>,
+}
+
+struct Job {
+    item: u32,
+    seq: u32,
+    offset: u64,
+    data: Vec<u8>,
+    filter: Filter,
+}
+
+enum Res {
+    Chunk { item: u32, seq: u32, id: Id, raw: u64 },
+    FileDone { item: u32, chunks: u32, bytes: u64 },
+    FileFailed { item: u32, msg: String },
+}
+
+struct Sealed {
+    ty: BlobType,
+    id: Id,
+    data: Vec<u8>,
+    raw_len: u32,
+}
+
+/// Shell-style pattern match: `*` and `?` do not match `/`, `**` matches anything, `[...]` a class.
+pub fn glob_match(pat: &[u8], text: &[u8]) -> bool {
+    fn m(p: &[u8], t: &[u8]) -> bool {
+        if p.is_empty() {
+            return t.is_empty();
+        }
+        match p[0] {
+            b'*' if p.get(1) == Some(&b'*') => {
+                let rest = &p[2..];
+                (0..=t.len()).any(|i| m(rest, &t[i..]))
+            }
+            b'*' => {
+                let rest = &p[1..];
+                for i in 0..=t.len() {
+                    if m(rest, &t[i..]) {
+                        return true;
+                    }
+                    if i < t.len() && t[i] == b'/' {
+                        break;
+                    }
+                }
+                false
+            }
+            b'?' => !t.is_empty() && t[0] != b'/' && m(&p[1..], &t[1..]),
+            b'[' => {
+                let Some(close) = p.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
+                    return !t.is_empty() && t[0] == b'[' && m(&p[1..], &t[1..]);
+                };
+                if t.is_empty() || t[0] == b'/' {
+                    return false;
+                }
+                let mut class = &p[1..close];
+                let neg = matches!(class.first(), Some(b'!') | Some(b'^'));
+                if neg {
+                    class = &class[1..];
+                }
+                let c = t[0];
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == b'-' {
+                        hit |= class[i] <= c && c <= class[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= class[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != neg && m(&p[close + 1..], &t[1..])
+            }
+            c => !t.is_empty() && t[0] == c && m(&p[1..], &t[1..]),
+        }
+    }
+    m(pat, text)
+}
+
+fn excluded(exclude: &[String], path: &Path) -> bool {
+    let full = path.as_os_str().as_bytes();
+    let base = path.file_name().map_or(full, |n| n.as_bytes());
+    exclude.iter().any(|p| {
+        let pb = p.as_bytes();
+        if pb.contains(&b'/') {
+            glob_match(pb, full)
+        } else {
+            glob_match(pb, base)
+        }
+    })
+}
+
+fn item_from(path: &Path, md: &std::fs::Metadata) -> Item {
+    let kind = if md.file_type().is_dir() {
+        Kind::Dir
+    } else if md.file_type().is_symlink() {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
+    let rel = path.as_os_str().as_bytes();
+    let rel = rel.strip_prefix(b"/").unwrap_or(rel).to_vec();
+    Item {
+        path: rel,
+        kind,
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        inode: md.ino(),
+        size: if kind == Kind::File { md.len() } else { 0 },
+        target: Vec::new(),
+        chunks: Vec::new(),
+    }
+}
+
+/// Normalizes a root: absolute, `.`/`..` resolved in the parent (the last component is kept, so a symlink
+/// given as a root is stored as a symlink).
+pub fn normalize_root(p: &Path) -> BResult<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| CoreError::io(format!("backup: path {}", p.display()), e))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = parent
+                .canonicalize()
+                .map_err(|e| CoreError::io(format!("backup: path {}", p.display()), e))?;
+            Ok(parent.join(name))
+        }
+        _ => abs
+            .canonicalize()
+            .map_err(|e| CoreError::io(format!("backup: path {}", p.display()), e)),
+    }
+}
+
+fn walk(
+    root: &Path,
+    exclude: &[String],
+    items: &mut Vec<Item>,
+    abs_paths: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+) -> BResult<()> {
+    let md = std::fs::symlink_metadata(root)
+        .map_err(|e| CoreError::io(format!("backup: path {}", root.display()), e))?;
+    let mut stack: Vec<(PathBuf, std::fs::Metadata)> = vec![(root.to_path_buf(), md)];
+    while let Some((path, md)) = stack.pop() {
+        let mut it = item_from(&path, &md);
+        if it.kind == Kind::Symlink {
+            match std::fs::read_link(&path) {
+                Ok(t) => it.target = t.as_os_str().as_bytes().to_vec(),
+                Err(e) => {
+                    warnings.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            }
+        }
+        let is_dir = it.kind == Kind::Dir;
+        items.push(it);
+        abs_paths.push(path.clone());
+        if is_dir {
+            let rd = match std::fs::read_dir(&path) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    warnings.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let mut children = Vec::new();
+            for ent in rd {
+                match ent {
+                    Ok(ent) => children.push(ent.path()),
+                    Err(e) => warnings.push(format!("{}: {e}", path.display())),
+                }
+            }
+            children.sort_by(|a, b| b.as_os_str().as_bytes().cmp(a.as_os_str().as_bytes()));
+            for c in children {
+                if excluded(exclude, &c) {
+                    continue;
+                }
+                match std::fs::symlink_metadata(&c) {
+                    Ok(m) => stack.push((c, m)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warnings.push(format!("{}: {e}", c.display())),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Shared<'a> {
+    repo: &'a Repository,
+    idx: &'a Index,
+    pending: Mutex<HashSet<Id>>,
+    abort: AtomicBool,
+    err: Mutex<Option<CoreError>>,
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: CoreError) {
+        let mut g = self.err.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+    /// True when `id` is new to the repository and this run (and claims it).
+    fn claim(&self, id: &Id) -> bool {
+        !self.idx.contains(id) && self.pending.lock().unwrap().insert(*id)
+    }
+}
+
+fn reader(
+    sh: &Shared<'_>,
+    files: &[(u32, PathBuf)],
+    jobs: SyncSender<Job>,
+    results: SyncSender<Res>,
+) {
+    let chunker = Chunker::new(DATA_CHUNKS, sh.repo.key.chunker_seed);
+    let mut trial = Encoder::new(1);
+    for (item, path) in files {
+        if sh.abort.load(Ordering::Relaxed) {
+            return;
+        }
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = results.send(Res::FileFailed {
+                    item: *item,
+                    msg: format!("{}: {e}", path.display()),
+                });
+                continue;
+            }
+        };
+        let mut seq = 0u32;
+        let mut bytes = 0u64;
+        let mut filter = Filter::None;
+        let r = chunker.stream(std::io::BufReader::with_capacity(0, f), |offset, data| {
+            if seq == 0 {
+                filter = choose_filter(&data, &mut trial);
+            }
+            bytes += data.len() as u64;
+            let ok = jobs
+                .send(Job {
+                    item: *item,
+                    seq,
+                    offset,
+                    data,
+                    filter,
+                })
+                .is_ok();
+            seq += 1;
+            ok && !sh.abort.load(Ordering::Relaxed)
+        });
+        let msg = match r {
+            Ok(()) => Res::FileDone {
+                item: *item,
+                chunks: seq,
+                bytes,
+            },
+            Err(e) => Res::FileFailed {
+                item: *item,
+                msg: format!("{}: {e}", path.display()),
+            },
+        };
+        if results.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn worker(sh: &Shared<'_>, jobs: &Mutex<Receiver<Job>>, results: SyncSender<Res>, sealed: SyncSender<Sealed>) {
+    let mut enc = Encoder::new(sh.repo.config.compression);
+    let mut payload = Vec::new();
+    loop {
+        let job = { jobs.lock().unwrap().recv() };
+        let Ok(job) = job else { return };
+        if sh.abort.load(Ordering::Relaxed) {
+            continue; // drain so the reader is not blocked
+        }
+        let id = sh.repo.key.blob_id(&job.data);
+        if sh.claim(&id) {
+            enc.encode(&job.data, job.offset, job.filter, &mut payload);
+            let mut out = Vec::new();
+            sh.repo.key.seal_into(&payload, &id, &mut out);
+            if sealed
+                .send(Sealed {
+                    ty: BlobType::Data,
+                    id,
+                    data: out,
+                    raw_len: job.data.len() as u32,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        let raw = job.data.len() as u64;
+        drop(job.data);
+        if results
+            .send(Res::Chunk {
+                item: job.item,
+                seq: job.seq,
+                id,
+                raw,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn packer(sh: &Shared<'_>, sealed: Receiver<Sealed>, packs: SyncSender<(Id, Vec<u8>, Vec<PackedBlob>)>) {
+    let mut pb = PackBuilder::default();
+    for s in sealed {
+        pb.add(s.ty, s.id, &s.data, s.raw_len);
+        if pb.len() >= PACK_SIZE {
+            let full = std::mem::take(&mut pb);
+            if packs.send(full.finish(&sh.repo.key)).is_err() {
+                return;
+            }
+        }
+    }
+    if !pb.is_empty() && !sh.abort.load(Ordering::Relaxed) {
+        let _ = packs.send(pb.finish(&sh.repo.key));
+    }
+}
+
+/// Writes packs, then index objects for them; returns the bytes written.
+fn writer(sh: &Shared<'_>, packs: Receiver<(Id, Vec<u8>, Vec<PackedBlob>)>) -> u64 {
+    let store = &*sh.repo.store;
+    let mut unindexed: Vec<(Id, Vec<PackedBlob>)> = Vec::new();
+    let mut written = 0u64;
+    let flush = |unindexed: &mut Vec<(Id, Vec<PackedBlob>)>| -> BResult<u64> {
+        if unindexed.is_empty() {
+            return Ok(0);
+        }
+        store.sync()?; // packs durable before the index that names them
+        let obj = index::encode(&sh.repo.key, unindexed);
+        store.put(&format!("index/{}", random_id()), &obj)?;
+        unindexed.clear();
+        Ok(obj.len() as u64)
+    };
+    for (id, data, blobs) in packs {
+        if sh.abort.load(Ordering::Relaxed) {
+            continue;
+        }
+        let r = store.put(&pack_key(&id), &data).and_then(|()| {
+            written += data.len() as u64;
+            unindexed.push((id, blobs));
+            if unindexed.len() >= INDEX_EVERY {
+                flush(&mut unindexed).map(|n| written += n)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            sh.fail(e);
+        }
+    }
+    if !sh.abort.load(Ordering::Relaxed) {
+        match flush(&mut unindexed) {
+            Ok(n) => written += n,
+            Err(e) => sh.fail(e),
+        }
+    }
+    written
+}
+
+/// Runs a backup and writes its snapshot.
+pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> {
+    let t0 = Instant::now();
+    let mut lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
+    if let crate::backup::store::StoreKind::Local(root) = repo.store.kind() {
+        crate::backup::store::local::clean_tmp(Path::new(&root), Duration::from_secs(3600));
+    }
+    let progress = |info: ProgressInfo| {
+        if let Some(p) = opts.progress {
+            p(&info)
+        }
+    };
+    // roots
+    if opts.paths.is_empty() {
+        return Err(CoreError::value("backup", "paths", "is empty"));
+    }
+    let mut roots = Vec::new();
+    for p in &opts.paths {
+        let r = normalize_root(p)?;
+        if !roots.contains(&r) {
+            roots.push(r);
+        }
+    }
+    roots.sort();
+    let root_strs: Vec<String> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
+    let host = opts.host.clone().unwrap_or_else(hostname);
+
+    // index (+ packs of interrupted runs)
+    let (idx, _bad, recovered) = repo.load_index()?;
+    if !recovered.is_empty() {
+        repo.store
+            .put(&format!("index/{}", random_id()), &index::encode(&repo.key, &recovered))?;
+    }
+
+    // parent snapshot: the newest one of the same paths on the same host
+    let (snaps, _) = repo.load_snapshots()?;
+    let parent = snaps
+        .iter()
+        .rev()
+        .find(|s| s.hostname == host && s.paths == root_strs);
+    let parent_items: HashMap<Vec<u8>, Item> = match parent {
+        Some(p) => match repo.load_items(p, &idx) {
+            Ok(items) => items
+                .into_iter()
+                .filter(|i| i.kind == Kind::File)
+                .map(|i| (i.path.clone(), i))
+                .collect(),
+            Err(_) => HashMap::new(), // a damaged parent only costs re-reading
+        },
+        None => HashMap::new(),
+    };
+
+    // walk
+    progress(ProgressInfo {
+        phase: "scan",
+        ..Default::default()
+    });
+    let mut items = Vec::new();
+    let mut abs = Vec::new();
+    let mut warnings = Vec::new();
+    for r in &roots {
+        walk(r, &opts.exclude, &mut items, &mut abs, &mut warnings)?;
+    }
+    let mut to_read: Vec<(u32, PathBuf)> = Vec::new();
+    let mut total_bytes = 0u64;
+    let mut done_bytes = 0u64;
+    let mut total_files = 0u64;
+    for (i, it) in items.iter_mut().enumerate() {
+        if it.kind != Kind::File {
+            continue;
+        }
+        total_files += 1;
+        total_bytes += it.size;
+        if let Some(p) = parent_items.get(&it.path) {
+            if p.size == it.size
+                && p.mtime_ns == it.mtime_ns
+                && p.ctime_ns == it.ctime_ns
+                && p.inode == it.inode
+                && p.chunks.iter().all(|c| idx.contains(c))
+            {
+                it.chunks = p.chunks.clone();
+                done_bytes += it.size;
+                continue;
+            }
+        }
+        if it.size == 0 {
+            continue;
+        }
+        to_read.push((i as u32, abs[i].clone()));
+    }
+    drop(abs);
+    let mut done_files = total_files - to_read.len() as u64;
+
+    let sh = Shared {
+        repo,
+        idx: &idx,
+        pending: Mutex::new(HashSet::new()),
+        abort: AtomicBool::new(false),
+        err: Mutex::new(None),
+    };
+    let nworkers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let mut failed: Vec<(u32, String)> = Vec::new();
+    let mut chunk_ids: HashMap<u32, Vec<Option<Id>>> = HashMap::new();
+    let mut sizes: HashMap<u32, u64> = HashMap::new();
+    let mut added = 0u64;
+    let mut tree_ids: Vec<Id> = Vec::new();
+    let mut tree_stream = Vec::new();
+    let (job_tx, job_rx) = sync_channel::<Job>(2 * nworkers);
+    let job_rx = Mutex::new(job_rx);
+    std::thread::scope(|s| {
+        let (res_tx, res_rx) = sync_channel::<Res>(256);
+        let (seal_tx, seal_rx) = sync_channel::<Sealed>(2 * nworkers);
+        let (pack_tx, pack_rx) = sync_channel(1);
+        let shr = &sh;
+        let writer_h = s.spawn(move || writer(shr, pack_rx));
+        s.spawn(move || packer(shr, seal_rx, pack_tx));
+        {
+            let res_tx = res_tx.clone();
+            let to_read = &to_read;
+            s.spawn(move || reader(shr, to_read, job_tx, res_tx));
+        }
+        let job_rx = &job_rx;
+        for _ in 0..nworkers {
+            let res_tx = res_tx.clone();
+            let seal_tx = seal_tx.clone();
+            s.spawn(move || worker(shr, job_rx, res_tx, seal_tx));
+        }
+        drop(res_tx);
+        let mut last = Instant::now();
+        loop {
+            match res_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Res::Chunk { item, seq, id, raw }) => {
+                    let v = chunk_ids.entry(item).or_default();
+                    if v.len() <= seq as usize {
+                        v.resize(seq as usize + 1, None);
+                    }
+                    v[seq as usize] = Some(id);
+                    done_bytes += raw;
+                }
+                Ok(Res::FileDone { item, chunks, bytes }) => {
+                    chunk_ids.entry(item).or_default().resize(chunks as usize, None);
+                    sizes.insert(item, bytes);
+                    done_files += 1;
+                }
+                Ok(Res::FileFailed { item, msg }) => {
+                    failed.push((item, msg));
+                    done_files += 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last.elapsed() >= Duration::from_millis(100) {
+                last = Instant::now();
+                progress(ProgressInfo {
+                    phase: "backup",
+                    done_bytes,
+                    total_bytes,
+                    done_files,
+                    total_files,
+                });
+                if let Err(e) = lock.refresh_if_due() {
+                    sh.fail(e);
+                }
+            }
+        }
+        // all data chunks are in: assemble the items and store the item stream as tree blobs
+        if !sh.abort.load(Ordering::SeqCst) {
+            let failed_set: HashSet<u32> = failed.iter().map(|f| f.0).collect();
+            let mut final_items = Vec::with_capacity(items.len());
+            for (i, mut it) in std::mem::take(&mut items).into_iter().enumerate() {
+                let i = i as u32;
+                if failed_set.contains(&i) {
+                    continue;
+                }
+                if let Some(ids) = chunk_ids.remove(&i) {
+                    match ids.into_iter().collect::<Option<Vec<Id>>>() {
+                        Some(ids) => it.chunks = ids,
+                        None => {
+                            sh.fail(CoreError::backup(
+                                crate::error::BackupErrorKind::Other,
+                                format!("backup: internal error: missing chunk of {}", it.display()),
+                            ));
+                            break;
+                        }
+                    }
+                    if let Some(&b) = sizes.get(&i) {
+                        it.size = b;
+                    }
+                }
+                final_items.push(it);
+            }
+            items = final_items;
+            tree_stream = encode_items(&items);
+            let tc = Chunker::new(TREE_CHUNKS, repo.key.chunker_seed);
+            let mut enc = Encoder::new(repo.config.compression);
+            let mut payload = Vec::new();
+            for part in tc.split(&tree_stream) {
+                let id = repo.key.blob_id(part);
+                tree_ids.push(id);
+                if sh.claim(&id) {
+                    enc.encode(part, 0, Filter::None, &mut payload);
+                    let data = repo.key.seal(&payload, &id);
+                    if seal_tx
+                        .send(Sealed {
+                            ty: BlobType::Tree,
+                            id,
+                            data,
+                            raw_len: part.len() as u32,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(seal_tx);
+        added = writer_h.join().expect("writer thread");
+    });
+    if let Some(e) = sh.err.into_inner().unwrap() {
+        return Err(e);
+    }
+    drop(tree_stream);
+    for (_, msg) in &failed {
+        warnings.push(msg.clone());
+    }
+    let files = items.iter().filter(|i| i.kind == Kind::File).count() as u64;
+    let dirs = items.iter().filter(|i| i.kind == Kind::Dir).count() as u64;
+    let bytes = items.iter().filter(|i| i.kind == Kind::File).map(|i| i.size).sum();
+    let snap = Snapshot {
+        version: 1,
+        time: opts.time.unwrap_or_else(now),
+        hostname: host,
+        paths: root_strs,
+        tags: opts.tags.clone(),
+        parent: parent.map(|p| p.id.clone()),
+        tree: tree_ids.iter().map(|t| crate::backup::crypto::hex(t)).collect(),
+        files,
+        dirs,
+        bytes,
+        added_bytes: added,
+        duration: t0.elapsed().as_secs_f64(),
+        warnings,
+        id: random_id(),
+    };
+    repo.store.sync()?;
+    repo.store
+        .put(&format!("snapshots/{}", snap.id), &snap.encode(&repo.key))?;
+    repo.store.sync()?;
+    progress(ProgressInfo {
+        phase: "backup",
+        done_bytes: total_bytes,
+        total_bytes,
+        done_files: total_files,
+        total_files,
+    });
+    drop(lock);
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"*.tmp", b"a.tmp"));
+        assert!(!glob_match(b"*.tmp", b"a/b.tmp"));
+        assert!(glob_match(b"/data/**/*.tmp", b"/data/x/y/z.tmp"));
+        assert!(glob_match(b"/data/*/z.tmp", b"/data/x/z.tmp"));
+        assert!(!glob_match(b"/data/*/z.tmp", b"/data/x/y/z.tmp"));
+        assert!(glob_match(b"f?[0-9]", b"fa7"));
+        assert!(!glob_match(b"f?[!0-9]", b"fa7"));
+        assert!(glob_match(b"cache", b"cache"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Repository locks: `locks/<random id>` objects (sealed JSON).
+//!
+//! Backups, restores and verifies take shared locks, which never block each other; prune takes an
+//! exclusive lock. A lock is stale (removed by the next locker) when its process is gone from this host or
+//! it was not refreshed for [`STALE_AFTER`]; holders refresh their lock every [`REFRESH_EVERY`]. Taking a
+//! lock writes it first and then lists the others, so two conflicting lockers cannot both succeed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::crypto::{random_id, MasterKey};
+use crate::backup::store::Store;
+use crate::backup::BResult;
+use crate::error::{BackupErrorKind, CoreError};
+
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub exclusive: bool,
+    pub hostname: String,
+    pub pid: u32,
+    /// seconds since the epoch when the lock was written (refreshed)
+    pub time: f64,
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success (we also bound it).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+impl LockInfo {
+    pub fn is_stale(&self, host: &str) -> bool {
+        (self.hostname == host && !pid_alive(self.pid))
+            || now() - self.time > STALE_AFTER.as_secs_f64()
+    }
+}
+
+/// A held lock; released (deleted) on drop.
+pub struct Lock {
+    store: Arc<dyn Store>,
+    key: Arc<MasterKey>,
+    name: String,
+    info: LockInfo,
+    refreshed: Instant,
+}
+
+fn decode(key: &MasterKey, data: &[u8]) -> Option<LockInfo> {
+    let plain = key.open(data, b"lock", &"lock").ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+impl Lock {
+    /// Takes a shared or exclusive lock, removing stale locks on the way.
+    pub fn acquire(store: Arc<dyn Store>, key: Arc<MasterKey>, exclusive: bool) -> BResult<Lock> {
+        let host = hostname();
+        let info = LockInfo {
+            exclusive,
+            hostname: host.clone(),
+            pid: std::process::id(),
+            time: now(),
+        };
+        let name = random_id();
+        store.put(
+            &format!("locks/{name}"),
+            &key.seal(&serde_json::to_vec(&info).expect("json"), b"lock"),
+        )?;
+        let lock = Lock {
+            store: store.clone(),
+            key: key.clone(),
+            name: name.clone(),
+            info,
+            refreshed: Instant::now(),
+        };
+        for e in store.list("locks")? {
+            if e.name == name {
+                continue;
+            }
+            let Ok(data) = store.get(&format!("locks/{}", e.name)) else {
+                continue; // released meanwhile
+            };
+            let Some(other) = decode(&key, &data) else {
+                continue; // not ours to judge (another key) or damaged: ignored
+            };
+            if other.is_stale(&host) {
+                let _ = store.delete(&format!("locks/{}", e.name));
+                continue;
+            }
+            if exclusive || other.exclusive {
+                let age = now() - other.time;
+                return Err(CoreError::backup(
+                    BackupErrorKind::Locked,
+                    format!(
+                        "repository {} is locked{} by pid {} on host {} (lock {}, written {:.0} s ago)",
+                        store.url(),
+                        if other.exclusive { " exclusively" } else { "" },
+                        other.pid,
+                        other.hostname,
+                        &e.name[..12.min(e.name.len())],
+                        age
+                    ),
+                ));
+                // `lock` is dropped here, deleting our own lock object
+            }
+        }
+        Ok(lock)
+    }
+
+    /// Rewrites the lock with a fresh time if it is due.
+    pub fn refresh_if_due(&mut self) -> BResult<()> {
+        if self.refreshed.elapsed() < REFRESH_EVERY {
+            return Ok(());
+        }
+        self.info.time = now();
+        self.store.put(
+            &format!("locks/{}", self.name),
+            &self
+                .key
+                .seal(&serde_json::to_vec(&self.info).expect("json"), b"lock"),
+        )?;
+        self.refreshed = Instant::now();
+        Ok(())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.store.delete(&format!("locks/{}", self.name));
+    }
+}
+
+/// Removes stale locks; returns how many.
+pub fn remove_stale(store: &dyn Store, key: &MasterKey) -> BResult<usize> {
+    let host = hostname();
+    let mut n = 0;
+    for e in store.list("locks")? {
+        let Ok(data) = store.get(&format!("locks/{}", e.name)) else {
+            continue;
+        };
+        if decode(key, &data).is_some_and(|l| l.is_stale(&host)) {
+            store.delete(&format!("locks/{}", e.name))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

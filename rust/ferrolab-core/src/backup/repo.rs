@@ -1,0 +1,294 @@
+//! Opening and creating repositories; loading snapshots; reading blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::crypto::{hex, random_id, unhex, KeyFile, MasterKey, Secret};
+use crate::backup::index::{self, Index};
+use crate::backup::pack::{self, pack_key, Id, PackedBlob};
+use crate::backup::snapshot::{decode_items, Item, Snapshot};
+use crate::backup::store::{open_store, S3Options, Store};
+use crate::backup::{chunker, BResult};
+use crate::error::{BackupErrorKind, CoreError};
+
+/// The `config` object (sealed JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    pub id: String,
+    pub compression: i32,
+    pub created: f64,
+}
+
+/// An open repository.
+pub struct Repository {
+    pub store: Arc<dyn Store>,
+    pub key: Arc<MasterKey>,
+    pub config: Config,
+}
+
+/// What progress callbacks receive.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressInfo {
+    pub phase: &'static str,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub done_files: u64,
+    pub total_files: u64,
+}
+
+/// A progress sink (called at most about 10 times a second, from the calling thread).
+pub type ProgressFn<'a> = &'a (dyn Fn(&ProgressInfo) + Sync);
+
+pub(crate) fn corrupt(msg: impl std::fmt::Display) -> CoreError {
+    CoreError::backup(BackupErrorKind::Corruption, msg)
+}
+
+fn is_not_found(e: &CoreError) -> bool {
+    matches!(e, CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+impl Repository {
+    /// Creates a repository at `url` with a fresh master key wrapped by `secret`.
+    pub fn init(url: &str, secret: Secret<'_>, compression: i32, s3: Option<&S3Options>) -> BResult<Self> {
+        if !(1..=22).contains(&compression) {
+            return Err(CoreError::value(
+                "Repository.init",
+                "compression",
+                format!("must be a zstd level in 1..22, got {compression}"),
+            ));
+        }
+        let store: Arc<dyn Store> = Arc::from(open_store(url, s3)?);
+        store.create()?;
+        let key = MasterKey::generate();
+        let kf = KeyFile::wrap(&key, &secret, format!("{:.3}", crate::backup::lock::now()))?;
+        store.put(
+            &format!("keys/{}", random_id()),
+            &serde_json::to_vec_pretty(&kf).expect("json"),
+        )?;
+        let config = Config {
+            version: 1,
+            id: random_id(),
+            compression,
+            created: crate::backup::lock::now(),
+        };
+        store.put("config", &key.seal(&serde_json::to_vec(&config).expect("json"), b"config"))?;
+        store.sync()?;
+        Ok(Repository {
+            store,
+            key: Arc::new(key),
+            config,
+        })
+    }
+
+    /// Opens the repository at `url` with `secret`.
+    pub fn open(url: &str, secret: Secret<'_>, s3: Option<&S3Options>) -> BResult<Self> {
+        let store: Arc<dyn Store> = Arc::from(open_store(url, s3)?);
+        let sealed_config = match store.get("config") {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => {
+                return Err(CoreError::backup(
+                    BackupErrorKind::RepositoryNotFound,
+                    format!("no repository at {url} (no config object)"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut damaged = Vec::new();
+        let mut key = None;
+        for e in store.list("keys")? {
+            let data = store.get(&format!("keys/{}", e.name))?;
+            let kf: KeyFile = match serde_json::from_slice(&data) {
+                Ok(k) => k,
+                Err(err) => {
+                    damaged.push(format!("keys/{}: {err}", e.name));
+                    continue;
+                }
+            };
+            match kf.unwrap_key(&secret) {
+                Ok(Some(k)) => {
+                    key = Some(k);
+                    break;
+                }
+                Ok(None) => {}
+                Err(err) => damaged.push(format!("keys/{}: {err}", e.name)),
+            }
+        }
+        let Some(key) = key else {
+            if !damaged.is_empty() {
+                return Err(corrupt(format!(
+                    "repository {url}: no key opened and some keys are damaged: {}",
+                    damaged.join("; ")
+                )));
+            }
+            return Err(CoreError::backup(
+                BackupErrorKind::WrongPassword,
+                format!(
+                    "repository {url}: wrong {} (no key of the repository opens with it)",
+                    match secret {
+                        Secret::Password(_) => "password",
+                        Secret::KeyFile(_) => "key file",
+                    }
+                ),
+            ));
+        };
+        let plain = key.open(&sealed_config, b"config", &"config")?;
+        let config: Config = serde_json::from_slice(&plain).map_err(|e| corrupt(format!("config: {e}")))?;
+        if config.version != 1 {
+            return Err(CoreError::backup(
+                BackupErrorKind::Other,
+                format!("repository {url}: unsupported format version {}", config.version),
+            ));
+        }
+        Ok(Repository {
+            store,
+            key: Arc::new(key),
+            config,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    /// All snapshots that decode, sorted by time; damaged ones are returned separately.
+    pub fn load_snapshots(&self) -> BResult<(Vec<Snapshot>, Vec<(String, CoreError)>)> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for e in self.store.list("snapshots")? {
+            let data = match self.store.get(&format!("snapshots/{}", e.name)) {
+                Ok(d) => d,
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => return Err(err),
+            };
+            match Snapshot::decode(&self.key, &e.name, &data) {
+                Ok(s) => out.push(s),
+                Err(err) => bad.push((e.name, err)),
+            }
+        }
+        out.sort_by(|a, b| a.time.total_cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok((out, bad))
+    }
+
+    /// One snapshot by full id.
+    pub fn load_snapshot(&self, id: &str) -> BResult<Snapshot> {
+        if unhex::<32>(id).is_none() {
+            return Err(CoreError::value("restore", "snapshot", format!("'{id}' is not a snapshot id")));
+        }
+        let data = match self.store.get(&format!("snapshots/{id}")) {
+            Ok(d) => d,
+            Err(e) if is_not_found(&e) => {
+                return Err(CoreError::value("restore", "snapshot", format!("no snapshot {id}")))
+            }
+            Err(e) => return Err(e),
+        };
+        Snapshot::decode(&self.key, id, &data)
+    }
+
+    /// Loads the index, adding packs that no index lists (left by an interrupted backup) from their headers.
+    /// Returns the index, the damaged index objects, and the packs that were recovered.
+    pub fn load_index(&self) -> BResult<(Index, Vec<(String, CoreError)>, Vec<(Id, Vec<PackedBlob>)>)> {
+        let (mut idx, bad) = index::load_all(&*self.store, &self.key)?;
+        let mut recovered = Vec::new();
+        for e in self.store.list("data")? {
+            let Some(id) = pack_id_from_name(&e.name) else {
+                continue;
+            };
+            if idx.has_pack(&id) {
+                continue;
+            }
+            if let Ok(blobs) = self.read_pack_header(&id, e.size) {
+                idx.add_pack(&id, &blobs);
+                recovered.push((id, blobs));
+            }
+        }
+        Ok((idx, bad, recovered))
+    }
+
+    /// Reads and parses a pack's header with two range reads.
+    pub fn read_pack_header(&self, id: &Id, size: u64) -> BResult<Vec<PackedBlob>> {
+        let key = pack_key(id);
+        if size < 4 {
+            return Err(corrupt(format!("pack {}: truncated", hex(id))));
+        }
+        let tail = self.store.get_range(&key, size - 4, 4)?;
+        let hl = u32::from_le_bytes(tail[..4].try_into().unwrap()) as u64;
+        if hl + 4 > size {
+            return Err(corrupt(format!("pack {}: bad header length", hex(id))));
+        }
+        let h = self.store.get_range(&key, size - 4 - hl, hl)?;
+        let blobs = pack::parse_header(&self.key, &h, id)?;
+        let end = blobs.last().map_or(0, |b| b.offset as u64 + b.length as u64);
+        if end != size - 4 - hl {
+            return Err(corrupt(format!("pack {}: header does not describe the blob area", hex(id))));
+        }
+        Ok(blobs)
+    }
+
+    /// Reads, opens, decodes and checks one blob.
+    pub fn read_blob(
+        &self,
+        idx: &Index,
+        id: &Id,
+        dctx: &mut zstd::bulk::Decompressor<'static>,
+        what: &dyn Fn() -> String,
+    ) -> BResult<Vec<u8>> {
+        let (pack, loc) = idx
+            .get(id)
+            .ok_or_else(|| corrupt(format!("{}: chunk {} is missing from the repository", what(), hex(id))))?;
+        let sealed = self
+            .store
+            .get_range(&pack_key(&pack), loc.offset as u64, loc.length as u64)?;
+        decode_blob(&self.key, id, &sealed, loc.raw_len as usize, dctx).map_err(|m| {
+            corrupt(format!("{}: chunk {} in pack {}: {m}", what(), hex(id), hex(&pack)))
+        })
+    }
+
+    /// The items of a snapshot (its tree blobs, concatenated and decoded).
+    pub fn load_items(&self, snap: &Snapshot, idx: &Index) -> BResult<Vec<Item>> {
+        let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
+        let mut stream = Vec::new();
+        for t in snap.tree_ids()? {
+            let what = || format!("snapshot {} (metadata)", snap.id);
+            stream.extend_from_slice(&self.read_blob(idx, &t, &mut dctx, &what)?);
+        }
+        decode_items(&stream, &format!("snapshot {}", snap.id))
+    }
+
+    /// Chunk ids referenced by snapshots → (blob, item path) for naming damaged data in reports.
+    pub fn blob_owners(items: &[Item]) -> HashMap<Id, usize> {
+        let mut m = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            for c in &it.chunks {
+                m.entry(*c).or_insert(i);
+            }
+        }
+        m
+    }
+}
+
+/// Opens a sealed blob, decodes it and checks its id.
+pub fn decode_blob(
+    key: &MasterKey,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: usize,
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<Vec<u8>, String> {
+    let payload = key
+        .open(sealed, id, &"blob")
+        .map_err(|_| "authentication failed (the data was modified or damaged)".to_string())?;
+    let plain = chunker::decode(&payload, raw_len, dctx)?;
+    if key.blob_id(&plain) != *id {
+        return Err("content does not match its id".into());
+    }
+    Ok(plain)
+}
+
+/// `ab/<64 hex>` → id.
+pub fn pack_id_from_name(name: &str) -> Option<Id> {
+    let file = name.rsplit('/').next()?;
+    unhex::<32>(file)
+}

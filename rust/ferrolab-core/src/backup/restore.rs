@@ -1,0 +1,339 @@
+//! `restore`: files, directories and symlinks of a snapshot into a target directory.
+//!
+//! Every item lands at `target/<its absolute path without the leading slash>` (as restic does). Paths are
+//! checked before anything is written: an item path that is absolute, empty, or has `.`/`..` components is
+//! refused even if the repository was crafted to contain one; while writing, a parent that is a symlink is
+//! refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are created last.
+//! Every chunk is authenticated and its id re-checked before it is written.
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::backup::lock::Lock;
+use crate::backup::repo::{ProgressFn, ProgressInfo, Repository};
+use crate::backup::snapshot::{Item, Kind};
+use crate::backup::BResult;
+use crate::error::{BackupErrorKind, CoreError};
+
+/// Counts of what was restored.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+fn refuse(msg: String) -> CoreError {
+    CoreError::backup(BackupErrorKind::Other, msg)
+}
+
+/// Checks that an item path is relative and has only normal components.
+pub fn check_item_path(p: &[u8]) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(p);
+    if p.is_empty() {
+        return Err("an empty path".into());
+    }
+    if p.contains(&0) {
+        return Err(format!("'{shown}' contains a NUL byte"));
+    }
+    if p[0] == b'/' {
+        return Err(format!("'{shown}' is absolute"));
+    }
+    for c in p.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." || c == b".." {
+            return Err(format!("'{shown}' has a '{}' component that could escape the target", String::from_utf8_lossy(c)));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the parents of `target/rel` (not the last component), refusing symlinks and non-directories.
+fn ensure_parents(target: &Path, rel: &[u8]) -> BResult<PathBuf> {
+    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    let mut cur = target.to_path_buf();
+    for c in &parts[..parts.len() - 1] {
+        cur.push(OsStr::from_bytes(c));
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(refuse(format!(
+                    "restore: refusing to write through {}: it is a symlink",
+                    cur.display()
+                )))
+            }
+            Ok(_) => {
+                return Err(refuse(format!(
+                    "restore: {} exists and is not a directory",
+                    cur.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&cur).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists && cur.is_dir() && !cur.is_symlink() {
+                        Ok(())
+                    } else {
+                        Err(CoreError::io(format!("restore: create {}", cur.display()), e))
+                    }
+                })?;
+            }
+            Err(e) => return Err(CoreError::io(format!("restore: stat {}", cur.display()), e)),
+        }
+    }
+    cur.push(OsStr::from_bytes(parts[parts.len() - 1]));
+    Ok(cur)
+}
+
+fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let ts = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+    };
+    let times = [ts, ts];
+    // SAFETY: valid NUL-terminated path and a 2-element timespec array.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn set_owner(path: &Path, it: &Item) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: valid NUL-terminated path; failure is ignored (best effort, like restic).
+        unsafe { libc::lchown(c.as_ptr(), it.uid, it.gid) };
+    }
+}
+
+/// Selects the items under `include` paths (relative to `/`); None selects all.
+pub fn select<'a>(items: &'a [Item], include: Option<&[Vec<u8>]>) -> Vec<&'a Item> {
+    match include {
+        None => items.iter().collect(),
+        Some(inc) => items
+            .iter()
+            .filter(|it| {
+                inc.iter().any(|p| {
+                    it.path == *p || (it.path.starts_with(p) && it.path.get(p.len()) == Some(&b'/'))
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Restores snapshot `snapshot_id` into `target`.
+pub fn restore(
+    repo: &Repository,
+    snapshot_id: &str,
+    target: &Path,
+    include: Option<&[Vec<u8>]>,
+    progress: Option<ProgressFn<'_>>,
+) -> BResult<RestoreStats> {
+    let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
+    let snap = repo.load_snapshot(snapshot_id)?;
+    let (idx, _, _) = repo.load_index()?;
+    let all = repo.load_items(&snap, &idx)?;
+    let items = select(&all, include);
+    if let Some(inc) = include {
+        if items.is_empty() {
+            let shown: Vec<String> = inc.iter().map(|p| format!("/{}", String::from_utf8_lossy(p))).collect();
+            return Err(CoreError::value(
+                "restore",
+                "include",
+                format!("matches nothing in snapshot {}: {}", &snap.id[..8], shown.join(", ")),
+            ));
+        }
+    }
+    for it in &items {
+        check_item_path(&it.path)
+            .map_err(|m| refuse(format!("restore: refusing item {m} (snapshot {})", snap.id)))?;
+    }
+    fs::create_dir_all(target).map_err(|e| CoreError::io(format!("restore: create {}", target.display()), e))?;
+    let target = target
+        .canonicalize()
+        .map_err(|e| CoreError::io(format!("restore: target {}", target.display()), e))?;
+
+    let mut stats = RestoreStats::default();
+    // 1. directories and empty files; 2. file data in parallel; 3. symlinks; 4. metadata, dirs last
+    let mut units: Vec<(usize, usize, usize, u64)> = Vec::new(); // (item, first chunk, end chunk, offset)
+    let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
+    let mut total_bytes = 0u64;
+    for (i, it) in items.iter().enumerate() {
+        let dest = ensure_parents(&target, &it.path)?;
+        match it.kind {
+            Kind::Dir => {
+                match fs::symlink_metadata(&dest) {
+                    Ok(m) if m.file_type().is_dir() => {}
+                    Ok(_) => {
+                        return Err(refuse(format!(
+                            "restore: {} exists and is not a directory",
+                            dest.display()
+                        )))
+                    }
+                    Err(_) => fs::create_dir(&dest)
+                        .map_err(|e| CoreError::io(format!("restore: create {}", dest.display()), e))?,
+                }
+                stats.dirs += 1;
+            }
+            Kind::File => {
+                if let Ok(m) = fs::symlink_metadata(&dest) {
+                    if m.file_type().is_symlink() {
+                        fs::remove_file(&dest)
+                            .map_err(|e| CoreError::io(format!("restore: replace {}", dest.display()), e))?;
+                    } else if m.file_type().is_dir() {
+                        return Err(refuse(format!("restore: {} exists and is a directory", dest.display())));
+                    }
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&dest)
+                    .map_err(|e| CoreError::io(format!("restore: create {}", dest.display()), e))?;
+                f.set_len(it.size)
+                    .map_err(|e| CoreError::io(format!("restore: size {}", dest.display()), e))?;
+                let mut off = 0u64;
+                let mut start = 0usize;
+                let mut unit_bytes = 0u64;
+                for (c, id) in it.chunks.iter().enumerate() {
+                    let len = idx.get(id).map_or(0, |(_, l)| l.raw_len as u64);
+                    unit_bytes += len;
+                    if unit_bytes >= 8 << 20 || c + 1 == it.chunks.len() {
+                        units.push((i, start, c + 1, off));
+                        off += unit_bytes;
+                        start = c + 1;
+                        unit_bytes = 0;
+                    }
+                }
+                total_bytes += it.size;
+                stats.files += 1;
+            }
+            Kind::Symlink => stats.symlinks += 1,
+        }
+        dests.push(dest);
+    }
+
+    // data
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let err: Mutex<Option<CoreError>> = Mutex::new(None);
+    let nthreads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    std::thread::scope(|s| {
+        for _ in 0..nthreads {
+            s.spawn(|| {
+                let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
+                loop {
+                    let u = next.fetch_add(1, Ordering::Relaxed);
+                    if u >= units.len() || abort.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (i, a, b, mut off) = units[u];
+                    let it = items[i];
+                    let r = (|| -> BResult<()> {
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(&dests[i])
+                            .map_err(|e| CoreError::io(format!("restore: open {}", dests[i].display()), e))?;
+                        for id in &it.chunks[a..b] {
+                            let what = || format!("file {} (snapshot {})", it.display(), &snap.id[..8]);
+                            let data = repo.read_blob(&idx, id, &mut dctx, &what)?;
+                            f.write_all_at(&data, off)
+                                .map_err(|e| CoreError::io(format!("restore: write {}", dests[i].display()), e))?;
+                            off += data.len() as u64;
+                            done.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = r {
+                        abort.store(true, Ordering::SeqCst);
+                        err.lock().unwrap().get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+        if let Some(p) = progress {
+            let mut last = Instant::now();
+            while next.load(Ordering::Relaxed) < units.len() && !abort.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                if last.elapsed() >= Duration::from_millis(100) {
+                    last = Instant::now();
+                    p(&ProgressInfo {
+                        phase: "restore",
+                        done_bytes: done.load(Ordering::Relaxed),
+                        total_bytes,
+                        done_files: 0,
+                        total_files: stats.files,
+                    });
+                }
+            }
+        }
+    });
+    if let Some(e) = err.into_inner().unwrap() {
+        return Err(e);
+    }
+    stats.bytes = done.load(Ordering::Relaxed);
+
+    // symlinks, then metadata (directories in reverse so their mtimes stick)
+    for (i, it) in items.iter().enumerate() {
+        if it.kind == Kind::Symlink {
+            let dest = ensure_parents(&target, &it.path)?;
+            if let Ok(m) = fs::symlink_metadata(&dest) {
+                if m.file_type().is_dir() {
+                    return Err(refuse(format!("restore: {} exists and is a directory", dest.display())));
+                }
+                fs::remove_file(&dest).map_err(|e| CoreError::io(format!("restore: replace {}", dest.display()), e))?;
+            }
+            std::os::unix::fs::symlink(OsStr::from_bytes(&it.target), &dest)
+                .map_err(|e| CoreError::io(format!("restore: symlink {}", dest.display()), e))?;
+            dests[i] = dest;
+        }
+    }
+    for (i, it) in items.iter().enumerate().rev() {
+        let dest = &dests[i];
+        set_owner(dest, it);
+        if it.kind != Kind::Symlink {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dest, fs::Permissions::from_mode(it.mode & 0o7777))
+                .map_err(|e| CoreError::io(format!("restore: chmod {}", dest.display()), e))?;
+        }
+        set_times(dest, it.mtime_ns).map_err(|e| CoreError::io(format!("restore: set times of {}", dest.display()), e))?;
+    }
+    if let Some(p) = progress {
+        p(&ProgressInfo {
+            phase: "restore",
+            done_bytes: stats.bytes,
+            total_bytes,
+            done_files: stats.files,
+            total_files: stats.files,
+        });
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_item_path;
+
+    #[test]
+    fn item_paths() {
+        assert!(check_item_path(b"a/b").is_ok());
+        for bad in [&b""[..], b"/etc/passwd", b"a/../../x", b"..", b"a//b", b"a/./b", b"a/b/", b"a\0b"] {
+            assert!(check_item_path(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
