@@ -26,6 +26,37 @@ pyo3::create_exception!(
      and ``last_failure`` the exception that last counted as a failure (also the ``__cause__``), or None."
 );
 
+pyo3::create_exception!(
+    ferrolab,
+    BackupError,
+    FerrolabError,
+    "A backup repository operation failed (root of the backup errors)."
+);
+pyo3::create_exception!(
+    ferrolab,
+    RepositoryNotFound,
+    BackupError,
+    "There is no backup repository at the given URL."
+);
+pyo3::create_exception!(
+    ferrolab,
+    WrongPassword,
+    BackupError,
+    "No key of the repository opens with the given password or key file."
+);
+pyo3::create_exception!(
+    ferrolab,
+    CorruptionError,
+    BackupError,
+    "Stored data failed authentication, a hash check or decoding; the message names the damaged item."
+);
+pyo3::create_exception!(
+    ferrolab,
+    LockedError,
+    BackupError,
+    "Another live process holds a lock that conflicts with this operation (e.g. a running prune)."
+);
+
 /// Maps a core error to its Python exception.
 pub fn to_py(e: CoreError) -> PyErr {
     let msg = e.to_string();
@@ -33,6 +64,16 @@ pub fn to_py(e: CoreError) -> PyErr {
         CoreError::Type { .. } => PyTypeError::new_err(msg),
         CoreError::Value { .. } => PyValueError::new_err(msg),
         CoreError::DeviceUnavailable { .. } => DeviceUnavailableError::new_err(msg),
+        CoreError::Backup { kind, .. } => {
+            use ferrolab_core::error::BackupErrorKind as K;
+            match kind {
+                K::Other => BackupError::new_err(msg),
+                K::RepositoryNotFound => RepositoryNotFound::new_err(msg),
+                K::WrongPassword => WrongPassword::new_err(msg),
+                K::Corruption => CorruptionError::new_err(msg),
+                K::Locked => LockedError::new_err(msg),
+            }
+        }
         CoreError::Io { source, context } => {
             // keep the built-in OSError subclass (FileNotFoundError, PermissionError, ...)
             let errno = source.raw_os_error().unwrap_or(0);
@@ -61,5 +102,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<DeviceUnavailableError>(),
     )?;
     m.add("CircuitOpenError", py.get_type::<CircuitOpenError>())?;
+    m.add("BackupError", py.get_type::<BackupError>())?;
+    m.add("RepositoryNotFound", py.get_type::<RepositoryNotFound>())?;
+    m.add("WrongPassword", py.get_type::<WrongPassword>())?;
+    m.add("CorruptionError", py.get_type::<CorruptionError>())?;
+    m.add("LockedError", py.get_type::<LockedError>())?;
     Ok(())
 }

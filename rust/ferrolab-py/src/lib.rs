@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod backup;
 mod breaker;
 mod errors;
 mod funnel;
@@ -44,5 +45,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     metrics::register(m)?;
     breaker::register(m)?;
     tracing::register(m)?;
+    backup::register(m)?;
     Ok(())
 }

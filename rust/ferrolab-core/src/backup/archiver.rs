@@ -51,9 +51,21 @@ struct Job {
 }
 
 enum Res {
-    Chunk { item: u32, seq: u32, id: Id, raw: u64 },
-    FileDone { item: u32, chunks: u32, bytes: u64 },
-    FileFailed { item: u32, msg: String },
+    Chunk {
+        item: u32,
+        seq: u32,
+        id: Id,
+        raw: u64,
+    },
+    FileDone {
+        item: u32,
+        chunks: u32,
+        bytes: u64,
+    },
+    FileFailed {
+        item: u32,
+        msg: String,
+    },
 }
 
 struct Sealed {
@@ -160,7 +172,8 @@ fn item_from(path: &Path, md: &std::fs::Metadata) -> Item {
 /// Normalizes a root: absolute, `.`/`..` resolved in the parent (the last component is kept, so a symlink
 /// given as a root is stored as a symlink).
 pub fn normalize_root(p: &Path) -> BResult<PathBuf> {
-    let abs = std::path::absolute(p).map_err(|e| CoreError::io(format!("backup: path {}", p.display()), e))?;
+    let abs = std::path::absolute(p)
+        .map_err(|e| CoreError::io(format!("backup: path {}", p.display()), e))?;
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => {
             let parent = parent
@@ -310,7 +323,12 @@ fn reader(
     }
 }
 
-fn worker(sh: &Shared<'_>, jobs: &Mutex<Receiver<Job>>, results: SyncSender<Res>, sealed: SyncSender<Sealed>) {
+fn worker(
+    sh: &Shared<'_>,
+    jobs: &Mutex<Receiver<Job>>,
+    results: SyncSender<Res>,
+    sealed: SyncSender<Sealed>,
+) {
     let mut enc = Encoder::new(sh.repo.config.compression);
     let mut payload = Vec::new();
     loop {
@@ -352,7 +370,11 @@ fn worker(sh: &Shared<'_>, jobs: &Mutex<Receiver<Job>>, results: SyncSender<Res>
     }
 }
 
-fn packer(sh: &Shared<'_>, sealed: Receiver<Sealed>, packs: SyncSender<(Id, Vec<u8>, Vec<PackedBlob>)>) {
+fn packer(
+    sh: &Shared<'_>,
+    sealed: Receiver<Sealed>,
+    packs: SyncSender<(Id, Vec<u8>, Vec<PackedBlob>)>,
+) {
     let mut pb = PackBuilder::default();
     for s in sealed {
         pb.add(s.ty, s.id, &s.data, s.raw_len);
@@ -433,14 +455,19 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         }
     }
     roots.sort();
-    let root_strs: Vec<String> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
+    let root_strs: Vec<String> = roots
+        .iter()
+        .map(|r| r.to_string_lossy().into_owned())
+        .collect();
     let host = opts.host.clone().unwrap_or_else(hostname);
 
     // index (+ packs of interrupted runs)
     let (idx, _bad, recovered) = repo.load_index()?;
     if !recovered.is_empty() {
-        repo.store
-            .put(&format!("index/{}", random_id()), &index::encode(&repo.key, &recovered))?;
+        repo.store.put(
+            &format!("index/{}", random_id()),
+            &index::encode(&repo.key, &recovered),
+        )?;
     }
 
     // parent snapshot: the newest one of the same paths on the same host
@@ -509,7 +536,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         abort: AtomicBool::new(false),
         err: Mutex::new(None),
     };
-    let nworkers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let nworkers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     let mut failed: Vec<(u32, String)> = Vec::new();
     let mut chunk_ids: HashMap<u32, Vec<Option<Id>>> = HashMap::new();
     let mut sizes: HashMap<u32, u64> = HashMap::new();
@@ -548,8 +577,15 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
                     v[seq as usize] = Some(id);
                     done_bytes += raw;
                 }
-                Ok(Res::FileDone { item, chunks, bytes }) => {
-                    chunk_ids.entry(item).or_default().resize(chunks as usize, None);
+                Ok(Res::FileDone {
+                    item,
+                    chunks,
+                    bytes,
+                }) => {
+                    chunk_ids
+                        .entry(item)
+                        .or_default()
+                        .resize(chunks as usize, None);
                     sizes.insert(item, bytes);
                     done_files += 1;
                 }
@@ -589,7 +625,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
                         None => {
                             sh.fail(CoreError::backup(
                                 crate::error::BackupErrorKind::Other,
-                                format!("backup: internal error: missing chunk of {}", it.display()),
+                                format!(
+                                    "backup: internal error: missing chunk of {}",
+                                    it.display()
+                                ),
                             ));
                             break;
                         }
@@ -637,7 +676,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     }
     let files = items.iter().filter(|i| i.kind == Kind::File).count() as u64;
     let dirs = items.iter().filter(|i| i.kind == Kind::Dir).count() as u64;
-    let bytes = items.iter().filter(|i| i.kind == Kind::File).map(|i| i.size).sum();
+    let bytes = items
+        .iter()
+        .filter(|i| i.kind == Kind::File)
+        .map(|i| i.size)
+        .sum();
     let snap = Snapshot {
         version: 1,
         time: opts.time.unwrap_or_else(now),
@@ -645,7 +688,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         paths: root_strs,
         tags: opts.tags.clone(),
         parent: parent.map(|p| p.id.clone()),
-        tree: tree_ids.iter().map(|t| crate::backup::crypto::hex(t)).collect(),
+        tree: tree_ids
+            .iter()
+            .map(|t| crate::backup::crypto::hex(t))
+            .collect(),
         files,
         dirs,
         bytes,

@@ -436,7 +436,12 @@ mod tests {
         let mut b = Vec::new();
         enc.encode(&smooth, 0, Filter::None, &mut a);
         enc.encode(&smooth, 0, Filter::Shuffle { elem: 8, phase: 0 }, &mut b);
-        assert!(b.len() < a.len(), "shuffle {} vs plain {}", b.len(), a.len());
+        assert!(
+            b.len() < a.len(),
+            "shuffle {} vs plain {}",
+            b.len(),
+            a.len()
+        );
         assert!(decode(&[9, 1], 1, &mut d).is_err());
         assert!(decode(&a[..a.len() / 2], smooth.len(), &mut d).is_err());
     }
@@ -461,6 +466,9 @@ mod tests {
             choose_filter(&f, &mut enc),
             Filter::Shuffle { elem: 8, phase: 0 }
         );
-        assert_eq!(choose_filter(&rand_bytes(70_000, 2), &mut enc), Filter::None);
+        assert_eq!(
+            choose_filter(&rand_bytes(70_000, 2), &mut enc),
+            Filter::None
+        );
     }
 }

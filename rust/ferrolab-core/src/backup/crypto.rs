@@ -147,7 +147,12 @@ impl MasterKey {
     }
 
     /// Opens a sealed object; `what` names it in the error ("index abc..", "blob 12.. in pack 34..").
-    pub fn open(&self, sealed: &[u8], aad: &[u8], what: &dyn std::fmt::Display) -> BResult<Vec<u8>> {
+    pub fn open(
+        &self,
+        sealed: &[u8],
+        aad: &[u8],
+        what: &dyn std::fmt::Display,
+    ) -> BResult<Vec<u8>> {
         open_with(&self.cipher, sealed, aad).ok_or_else(|| {
             CoreError::backup(
                 BackupErrorKind::Corruption,

@@ -87,7 +87,9 @@ impl Index {
     }
 
     pub fn get(&self, id: &Id) -> Option<(Id, Location)> {
-        self.blobs.get(id).map(|l| (self.packs[l.pack as usize], *l))
+        self.blobs
+            .get(id)
+            .map(|l| (self.packs[l.pack as usize], *l))
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -95,7 +97,12 @@ impl Index {
     }
 
     /// Decodes one index object and adds it.
-    pub fn load_object(&mut self, key: &MasterKey, name: &str, sealed: &[u8]) -> BResult<Vec<(Id, Vec<PackedBlob>)>> {
+    pub fn load_object(
+        &mut self,
+        key: &MasterKey,
+        name: &str,
+        sealed: &[u8],
+    ) -> BResult<Vec<(Id, Vec<PackedBlob>)>> {
         let packs = decode(key, name, sealed)?;
         for (id, blobs) in &packs {
             self.add_pack(id, blobs);
@@ -130,7 +137,8 @@ pub fn decode(key: &MasterKey, name: &str, sealed: &[u8]) -> BResult<Vec<(Id, Ve
     let what = format!("index {name}");
     let z = key.open(sealed, b"index", &what)?;
     let json = zstd::stream::decode_all(&z[..]).map_err(|e| corrupt(format!("{what}: {e}")))?;
-    let j: IndexJson = serde_json::from_slice(&json).map_err(|e| corrupt(format!("{what}: {e}")))?;
+    let j: IndexJson =
+        serde_json::from_slice(&json).map_err(|e| corrupt(format!("{what}: {e}")))?;
     if j.version != 1 {
         return Err(CoreError::backup(
             BackupErrorKind::Other,
@@ -144,7 +152,8 @@ pub fn decode(key: &MasterKey, name: &str, sealed: &[u8]) -> BResult<Vec<(Id, Ve
         for (bid, ty, offset, length, raw_len) in p.blobs {
             blobs.push(PackedBlob {
                 id: unhex::<32>(&bid).ok_or_else(|| corrupt(format!("{what}: bad blob id")))?,
-                ty: BlobType::from_u8(ty).ok_or_else(|| corrupt(format!("{what}: bad blob type")))?,
+                ty: BlobType::from_u8(ty)
+                    .ok_or_else(|| corrupt(format!("{what}: bad blob type")))?,
                 offset,
                 length,
                 raw_len,
@@ -162,7 +171,9 @@ pub fn load_all(store: &dyn Store, key: &MasterKey) -> BResult<(Index, Vec<(Stri
     for e in store.list("index")? {
         let data = match store.get(&format!("index/{}", e.name)) {
             Ok(d) => d,
-            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
             Err(err) => return Err(err),
         };
         if let Err(err) = idx.load_object(key, &e.name, &data) {

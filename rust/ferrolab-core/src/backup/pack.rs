@@ -112,12 +112,15 @@ pub fn parse_header(key: &MasterKey, sealed: &[u8], pack: &Id) -> BResult<Vec<Pa
     }
     let n = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
     if h.len() != 8 + n * ENTRY {
-        return Err(corrupt(format!("{name}: header length does not match its {n} entries")));
+        return Err(corrupt(format!(
+            "{name}: header length does not match its {n} entries"
+        )));
     }
     let mut out = Vec::with_capacity(n);
     let mut off = 0u64;
     for e in h[8..].chunks_exact(ENTRY) {
-        let ty = BlobType::from_u8(e[0]).ok_or_else(|| corrupt(format!("{name}: bad blob type {}", e[0])))?;
+        let ty = BlobType::from_u8(e[0])
+            .ok_or_else(|| corrupt(format!("{name}: bad blob type {}", e[0])))?;
         let id: Id = e[1..33].try_into().unwrap();
         let length = u32::from_le_bytes(e[33..37].try_into().unwrap());
         let raw_len = u32::from_le_bytes(e[37..41].try_into().unwrap());
@@ -144,13 +147,20 @@ pub fn parse_pack(key: &MasterKey, data: &[u8], pack: &Id) -> BResult<Vec<Packed
     }
     let hl = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap()) as usize;
     if hl + 4 > data.len() {
-        return Err(corrupt(format!("{name}: header length {hl} exceeds the pack size {}", data.len())));
+        return Err(corrupt(format!(
+            "{name}: header length {hl} exceeds the pack size {}",
+            data.len()
+        )));
     }
     let hstart = data.len() - 4 - hl;
     let blobs = parse_header(key, &data[hstart..data.len() - 4], pack)?;
-    let end = blobs.last().map_or(0, |b| b.offset as usize + b.length as usize);
+    let end = blobs
+        .last()
+        .map_or(0, |b| b.offset as usize + b.length as usize);
     if end != hstart {
-        return Err(corrupt(format!("{name}: header does not describe the blob area ({end} != {hstart} bytes)")));
+        return Err(corrupt(format!(
+            "{name}: header does not describe the blob area ({end} != {hstart} bytes)"
+        )));
     }
     Ok(blobs)
 }

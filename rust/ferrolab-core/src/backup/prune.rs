@@ -32,7 +32,11 @@ const INDEX_PACKS_PER_OBJECT: usize = 1000;
 pub fn forget(repo: &Repository, ids: &[String]) -> BResult<()> {
     for id in ids {
         if unhex::<32>(id).is_none() {
-            return Err(CoreError::value("forget", "ids", format!("'{id}' is not a snapshot id")));
+            return Err(CoreError::value(
+                "forget",
+                "ids",
+                format!("'{id}' is not a snapshot id"),
+            ));
         }
     }
     let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
@@ -55,9 +59,12 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     let mut used: HashSet<Id> = HashSet::new();
     for s in &snaps {
         used.extend(s.tree_ids()?);
-        let items = repo
-            .load_items(s, &idx)
-            .map_err(|e| corrupt(format!("prune refused: snapshot {} cannot be read: {e}", s.id)))?;
+        let items = repo.load_items(s, &idx).map_err(|e| {
+            corrupt(format!(
+                "prune refused: snapshot {} cannot be read: {e}",
+                s.id
+            ))
+        })?;
         for it in items {
             used.extend(it.chunks);
         }
@@ -95,7 +102,9 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         stats.blobs_removed += (blobs.len() - live.len()) as u64;
         if live.is_empty() {
             delete.push((*pid, *size));
-        } else if live.len() == blobs.len() || (all_bytes - live_bytes) as f64 <= REWRITE_UNUSED * all_bytes as f64 {
+        } else if live.len() == blobs.len()
+            || (all_bytes - live_bytes) as f64 <= REWRITE_UNUSED * all_bytes as f64
+        {
             keep.push((*pid, blobs.clone()));
         } else {
             rewrite.push((*pid, live));
@@ -114,7 +123,13 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         for b in live {
             let sealed = data
                 .get(b.offset as usize..b.offset as usize + b.length as usize)
-                .ok_or_else(|| corrupt(format!("pack {}: blob {} out of range", hex(pid), hex(&b.id))))?;
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "pack {}: blob {} out of range",
+                        hex(pid),
+                        hex(&b.id)
+                    ))
+                })?;
             pb.add(b.ty, b.id, sealed, b.raw_len);
             if pb.len() >= crate::backup::archiver::PACK_SIZE {
                 let (id, bytes, blobs) = std::mem::take(&mut pb).finish(&repo.key);
@@ -145,8 +160,10 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     // new index objects for everything kept
     keep.extend(new_packs);
     for part in keep.chunks(INDEX_PACKS_PER_OBJECT) {
-        repo.store
-            .put(&format!("index/{}", random_id()), &index::encode(&repo.key, part))?;
+        repo.store.put(
+            &format!("index/{}", random_id()),
+            &index::encode(&repo.key, part),
+        )?;
     }
     repo.store.sync()?;
     for name in &idx.files {
@@ -165,4 +182,3 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     repo.store.sync()?;
     Ok(stats)
 }
-

@@ -52,7 +52,12 @@ fn is_not_found(e: &CoreError) -> bool {
 
 impl Repository {
     /// Creates a repository at `url` with a fresh master key wrapped by `secret`.
-    pub fn init(url: &str, secret: Secret<'_>, compression: i32, s3: Option<&S3Options>) -> BResult<Self> {
+    pub fn init(
+        url: &str,
+        secret: Secret<'_>,
+        compression: i32,
+        s3: Option<&S3Options>,
+    ) -> BResult<Self> {
         if !(1..=22).contains(&compression) {
             return Err(CoreError::value(
                 "Repository.init",
@@ -74,7 +79,10 @@ impl Repository {
             compression,
             created: crate::backup::lock::now(),
         };
-        store.put("config", &key.seal(&serde_json::to_vec(&config).expect("json"), b"config"))?;
+        store.put(
+            "config",
+            &key.seal(&serde_json::to_vec(&config).expect("json"), b"config"),
+        )?;
         store.sync()?;
         Ok(Repository {
             store,
@@ -135,11 +143,15 @@ impl Repository {
             ));
         };
         let plain = key.open(&sealed_config, b"config", &"config")?;
-        let config: Config = serde_json::from_slice(&plain).map_err(|e| corrupt(format!("config: {e}")))?;
+        let config: Config =
+            serde_json::from_slice(&plain).map_err(|e| corrupt(format!("config: {e}")))?;
         if config.version != 1 {
             return Err(CoreError::backup(
                 BackupErrorKind::Other,
-                format!("repository {url}: unsupported format version {}", config.version),
+                format!(
+                    "repository {url}: unsupported format version {}",
+                    config.version
+                ),
             ));
         }
         Ok(Repository {
@@ -175,12 +187,20 @@ impl Repository {
     /// One snapshot by full id.
     pub fn load_snapshot(&self, id: &str) -> BResult<Snapshot> {
         if unhex::<32>(id).is_none() {
-            return Err(CoreError::value("restore", "snapshot", format!("'{id}' is not a snapshot id")));
+            return Err(CoreError::value(
+                "restore",
+                "snapshot",
+                format!("'{id}' is not a snapshot id"),
+            ));
         }
         let data = match self.store.get(&format!("snapshots/{id}")) {
             Ok(d) => d,
             Err(e) if is_not_found(&e) => {
-                return Err(CoreError::value("restore", "snapshot", format!("no snapshot {id}")))
+                return Err(CoreError::value(
+                    "restore",
+                    "snapshot",
+                    format!("no snapshot {id}"),
+                ))
             }
             Err(e) => return Err(e),
         };
@@ -189,7 +209,9 @@ impl Repository {
 
     /// Loads the index, adding packs that no index lists (left by an interrupted backup) from their headers.
     /// Returns the index, the damaged index objects, and the packs that were recovered.
-    pub fn load_index(&self) -> BResult<(Index, Vec<(String, CoreError)>, Vec<(Id, Vec<PackedBlob>)>)> {
+    pub fn load_index(
+        &self,
+    ) -> BResult<(Index, Vec<(String, CoreError)>, Vec<(Id, Vec<PackedBlob>)>)> {
         let (mut idx, bad) = index::load_all(&*self.store, &self.key)?;
         let mut recovered = Vec::new();
         for e in self.store.list("data")? {
@@ -220,9 +242,14 @@ impl Repository {
         }
         let h = self.store.get_range(&key, size - 4 - hl, hl)?;
         let blobs = pack::parse_header(&self.key, &h, id)?;
-        let end = blobs.last().map_or(0, |b| b.offset as u64 + b.length as u64);
+        let end = blobs
+            .last()
+            .map_or(0, |b| b.offset as u64 + b.length as u64);
         if end != size - 4 - hl {
-            return Err(corrupt(format!("pack {}: header does not describe the blob area", hex(id))));
+            return Err(corrupt(format!(
+                "pack {}: header does not describe the blob area",
+                hex(id)
+            )));
         }
         Ok(blobs)
     }
@@ -235,14 +262,23 @@ impl Repository {
         dctx: &mut zstd::bulk::Decompressor<'static>,
         what: &dyn Fn() -> String,
     ) -> BResult<Vec<u8>> {
-        let (pack, loc) = idx
-            .get(id)
-            .ok_or_else(|| corrupt(format!("{}: chunk {} is missing from the repository", what(), hex(id))))?;
-        let sealed = self
-            .store
-            .get_range(&pack_key(&pack), loc.offset as u64, loc.length as u64)?;
+        let (pack, loc) = idx.get(id).ok_or_else(|| {
+            corrupt(format!(
+                "{}: chunk {} is missing from the repository",
+                what(),
+                hex(id)
+            ))
+        })?;
+        let sealed =
+            self.store
+                .get_range(&pack_key(&pack), loc.offset as u64, loc.length as u64)?;
         decode_blob(&self.key, id, &sealed, loc.raw_len as usize, dctx).map_err(|m| {
-            corrupt(format!("{}: chunk {} in pack {}: {m}", what(), hex(id), hex(&pack)))
+            corrupt(format!(
+                "{}: chunk {} in pack {}: {m}",
+                what(),
+                hex(id),
+                hex(&pack)
+            ))
         })
     }
 

@@ -48,7 +48,10 @@ pub fn check_item_path(p: &[u8]) -> Result<(), String> {
     }
     for c in p.split(|&b| b == b'/') {
         if c.is_empty() || c == b"." || c == b".." {
-            return Err(format!("'{shown}' has a '{}' component that could escape the target", String::from_utf8_lossy(c)));
+            return Err(format!(
+                "'{shown}' has a '{}' component that could escape the target",
+                String::from_utf8_lossy(c)
+            ));
         }
     }
     Ok(())
@@ -76,10 +79,16 @@ fn ensure_parents(target: &Path, rel: &[u8]) -> BResult<PathBuf> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir(&cur).or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::AlreadyExists && cur.is_dir() && !cur.is_symlink() {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && cur.is_dir()
+                        && !cur.is_symlink()
+                    {
                         Ok(())
                     } else {
-                        Err(CoreError::io(format!("restore: create {}", cur.display()), e))
+                        Err(CoreError::io(
+                            format!("restore: create {}", cur.display()),
+                            e,
+                        ))
                     }
                 })?;
             }
@@ -98,7 +107,14 @@ fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
     };
     let times = [ts, ts];
     // SAFETY: valid NUL-terminated path and a 2-element timespec array.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -147,11 +163,18 @@ pub fn restore(
     let items = select(&all, include);
     if let Some(inc) = include {
         if items.is_empty() {
-            let shown: Vec<String> = inc.iter().map(|p| format!("/{}", String::from_utf8_lossy(p))).collect();
+            let shown: Vec<String> = inc
+                .iter()
+                .map(|p| format!("/{}", String::from_utf8_lossy(p)))
+                .collect();
             return Err(CoreError::value(
                 "restore",
                 "include",
-                format!("matches nothing in snapshot {}: {}", &snap.id[..8], shown.join(", ")),
+                format!(
+                    "matches nothing in snapshot {}: {}",
+                    &snap.id[..8],
+                    shown.join(", ")
+                ),
             ));
         }
     }
@@ -159,7 +182,8 @@ pub fn restore(
         check_item_path(&it.path)
             .map_err(|m| refuse(format!("restore: refusing item {m} (snapshot {})", snap.id)))?;
     }
-    fs::create_dir_all(target).map_err(|e| CoreError::io(format!("restore: create {}", target.display()), e))?;
+    fs::create_dir_all(target)
+        .map_err(|e| CoreError::io(format!("restore: create {}", target.display()), e))?;
     let target = target
         .canonicalize()
         .map_err(|e| CoreError::io(format!("restore: target {}", target.display()), e))?;
@@ -181,18 +205,23 @@ pub fn restore(
                             dest.display()
                         )))
                     }
-                    Err(_) => fs::create_dir(&dest)
-                        .map_err(|e| CoreError::io(format!("restore: create {}", dest.display()), e))?,
+                    Err(_) => fs::create_dir(&dest).map_err(|e| {
+                        CoreError::io(format!("restore: create {}", dest.display()), e)
+                    })?,
                 }
                 stats.dirs += 1;
             }
             Kind::File => {
                 if let Ok(m) = fs::symlink_metadata(&dest) {
                     if m.file_type().is_symlink() {
-                        fs::remove_file(&dest)
-                            .map_err(|e| CoreError::io(format!("restore: replace {}", dest.display()), e))?;
+                        fs::remove_file(&dest).map_err(|e| {
+                            CoreError::io(format!("restore: replace {}", dest.display()), e)
+                        })?;
                     } else if m.file_type().is_dir() {
-                        return Err(refuse(format!("restore: {} exists and is a directory", dest.display())));
+                        return Err(refuse(format!(
+                            "restore: {} exists and is a directory",
+                            dest.display()
+                        )));
                     }
                 }
                 let f = OpenOptions::new()
@@ -230,7 +259,9 @@ pub fn restore(
     let done = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
     let err: Mutex<Option<CoreError>> = Mutex::new(None);
-    let nthreads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let nthreads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8);
     std::thread::scope(|s| {
         for _ in 0..nthreads {
             s.spawn(|| {
@@ -247,12 +278,16 @@ pub fn restore(
                             .write(true)
                             .custom_flags(libc::O_NOFOLLOW)
                             .open(&dests[i])
-                            .map_err(|e| CoreError::io(format!("restore: open {}", dests[i].display()), e))?;
+                            .map_err(|e| {
+                                CoreError::io(format!("restore: open {}", dests[i].display()), e)
+                            })?;
                         for id in &it.chunks[a..b] {
-                            let what = || format!("file {} (snapshot {})", it.display(), &snap.id[..8]);
+                            let what =
+                                || format!("file {} (snapshot {})", it.display(), &snap.id[..8]);
                             let data = repo.read_blob(&idx, id, &mut dctx, &what)?;
-                            f.write_all_at(&data, off)
-                                .map_err(|e| CoreError::io(format!("restore: write {}", dests[i].display()), e))?;
+                            f.write_all_at(&data, off).map_err(|e| {
+                                CoreError::io(format!("restore: write {}", dests[i].display()), e)
+                            })?;
                             off += data.len() as u64;
                             done.fetch_add(data.len() as u64, Ordering::Relaxed);
                         }
@@ -294,9 +329,14 @@ pub fn restore(
             let dest = ensure_parents(&target, &it.path)?;
             if let Ok(m) = fs::symlink_metadata(&dest) {
                 if m.file_type().is_dir() {
-                    return Err(refuse(format!("restore: {} exists and is a directory", dest.display())));
+                    return Err(refuse(format!(
+                        "restore: {} exists and is a directory",
+                        dest.display()
+                    )));
                 }
-                fs::remove_file(&dest).map_err(|e| CoreError::io(format!("restore: replace {}", dest.display()), e))?;
+                fs::remove_file(&dest).map_err(|e| {
+                    CoreError::io(format!("restore: replace {}", dest.display()), e)
+                })?;
             }
             std::os::unix::fs::symlink(OsStr::from_bytes(&it.target), &dest)
                 .map_err(|e| CoreError::io(format!("restore: symlink {}", dest.display()), e))?;
@@ -311,7 +351,8 @@ pub fn restore(
             fs::set_permissions(dest, fs::Permissions::from_mode(it.mode & 0o7777))
                 .map_err(|e| CoreError::io(format!("restore: chmod {}", dest.display()), e))?;
         }
-        set_times(dest, it.mtime_ns).map_err(|e| CoreError::io(format!("restore: set times of {}", dest.display()), e))?;
+        set_times(dest, it.mtime_ns)
+            .map_err(|e| CoreError::io(format!("restore: set times of {}", dest.display()), e))?;
     }
     if let Some(p) = progress {
         p(&ProgressInfo {
@@ -332,8 +373,21 @@ mod tests {
     #[test]
     fn item_paths() {
         assert!(check_item_path(b"a/b").is_ok());
-        for bad in [&b""[..], b"/etc/passwd", b"a/../../x", b"..", b"a//b", b"a/./b", b"a/b/", b"a\0b"] {
-            assert!(check_item_path(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"a/../../x",
+            b"..",
+            b"a//b",
+            b"a/./b",
+            b"a/b/",
+            b"a\0b",
+        ] {
+            assert!(
+                check_item_path(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

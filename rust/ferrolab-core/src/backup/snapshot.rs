@@ -122,21 +122,31 @@ pub fn decode_items(data: &[u8], what: &str) -> BResult<Vec<Item>> {
         if line.is_empty() {
             continue;
         }
-        let j: ItemJson = serde_json::from_slice(line)
-            .map_err(|e| corrupt(format!("{what}: item {n}: {e}")))?;
+        let j: ItemJson =
+            serde_json::from_slice(line).map_err(|e| corrupt(format!("{what}: item {n}: {e}")))?;
         let path = match (j.path, j.path_hex) {
             (Some(p), None) => p.into_bytes(),
-            (None, Some(h)) => unhex_vec(&h).ok_or_else(|| corrupt(format!("{what}: item {n}: bad path_hex")))?,
-            _ => return Err(corrupt(format!("{what}: item {n}: needs exactly one of path, path_hex"))),
+            (None, Some(h)) => {
+                unhex_vec(&h).ok_or_else(|| corrupt(format!("{what}: item {n}: bad path_hex")))?
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "{what}: item {n}: needs exactly one of path, path_hex"
+                )))
+            }
         };
         let target = match (j.target, j.target_hex) {
             (Some(t), None) => t.into_bytes(),
-            (None, Some(h)) => unhex_vec(&h).ok_or_else(|| corrupt(format!("{what}: item {n}: bad target_hex")))?,
+            (None, Some(h)) => {
+                unhex_vec(&h).ok_or_else(|| corrupt(format!("{what}: item {n}: bad target_hex")))?
+            }
             _ => Vec::new(),
         };
         let mut chunks = Vec::with_capacity(j.chunks.len());
         for c in &j.chunks {
-            chunks.push(unhex::<32>(c).ok_or_else(|| corrupt(format!("{what}: item {n}: bad chunk id")))?);
+            chunks.push(
+                unhex::<32>(c).ok_or_else(|| corrupt(format!("{what}: item {n}: bad chunk id")))?,
+            );
         }
         out.push(Item {
             path,
@@ -181,7 +191,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        key.seal(&serde_json::to_vec(self).expect("serializable"), b"snapshot")
+        key.seal(
+            &serde_json::to_vec(self).expect("serializable"),
+            b"snapshot",
+        )
     }
 
     pub fn decode(key: &MasterKey, id: &str, sealed: &[u8]) -> BResult<Self> {
@@ -202,7 +215,9 @@ impl Snapshot {
     pub fn tree_ids(&self) -> BResult<Vec<Id>> {
         self.tree
             .iter()
-            .map(|t| unhex::<32>(t).ok_or_else(|| corrupt(format!("snapshot {}: bad tree id", self.id))))
+            .map(|t| {
+                unhex::<32>(t).ok_or_else(|| corrupt(format!("snapshot {}: bad tree id", self.id)))
+            })
             .collect()
     }
 }

@@ -43,7 +43,11 @@ impl VerifyReport {
 }
 
 /// Checks the repository.
-pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_>>) -> BResult<VerifyReport> {
+pub fn verify(
+    repo: &Repository,
+    read_data: bool,
+    progress: Option<ProgressFn<'_>>,
+) -> BResult<VerifyReport> {
     let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
     let mut rep = VerifyReport::default();
     let (idx_raw, bad_idx) = crate::backup::index::load_all(&*repo.store, &repo.key)?;
@@ -102,7 +106,10 @@ pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_
     for s in &snaps {
         let short = &s.id[..8];
         for t in s.tree_ids().unwrap_or_default() {
-            owners.entry(t).or_default().push(format!("snapshot {short} (metadata)"));
+            owners
+                .entry(t)
+                .or_default()
+                .push(format!("snapshot {short} (metadata)"));
         }
         let items = match repo.load_items(s, &idx) {
             Ok(items) => items,
@@ -155,7 +162,9 @@ pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_
     let next = AtomicUsize::new(0);
     let read = AtomicU64::new(0);
     let errors = Mutex::new(Vec::new());
-    let nthreads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let nthreads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     let name_of = |id: &Id| -> String {
         owners
             .get(id)
@@ -167,7 +176,9 @@ pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_
                 let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(slot, pid)) = packs.get(k) else { return };
+                    let Some(&(slot, pid)) = packs.get(k) else {
+                        return;
+                    };
                     let mut errs = Vec::new();
                     match repo.store.get(&pack_key(&pid)) {
                         Err(e) => errs.push(VerifyError {
@@ -184,7 +195,8 @@ pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_
                                     message: "content does not match its name (BLAKE3)".into(),
                                 });
                             }
-                            if let Err(e) = crate::backup::pack::parse_pack(&repo.key, &data, &pid) {
+                            if let Err(e) = crate::backup::pack::parse_pack(&repo.key, &data, &pid)
+                            {
                                 errs.push(VerifyError {
                                     item: format!("pack {}", hex(&pid)),
                                     kind: "pack",
@@ -197,7 +209,13 @@ pub fn verify(repo: &Repository, read_data: bool, progress: Option<ProgressFn<'_
                                     .get(o..o + l)
                                     .ok_or_else(|| "extends past the end of the pack".to_string())
                                     .and_then(|sealed| {
-                                        decode_blob(&repo.key, &b.id, sealed, b.raw_len as usize, &mut dctx)
+                                        decode_blob(
+                                            &repo.key,
+                                            &b.id,
+                                            sealed,
+                                            b.raw_len as usize,
+                                            &mut dctx,
+                                        )
                                     });
                                 if let Err(m) = r {
                                     errs.push(VerifyError {

@@ -87,5 +87,7 @@ pub fn open_store(url: &str, _s3: Option<&S3Options>) -> BResult<Box<dyn Store>>
             "S3 repositories are not available in this build yet",
         ));
     }
-    Ok(Box::new(local::LocalStore::new(url.strip_prefix("file://").unwrap_or(url))))
+    Ok(Box::new(local::LocalStore::new(
+        url.strip_prefix("file://").unwrap_or(url),
+    )))
 }
