@@ -21,7 +21,7 @@ use crate::backup::chunker::{choose_filter, Chunker, Encoder, Filter, DATA_CHUNK
 use crate::backup::crypto::random_id;
 use crate::backup::index::{self, Index};
 use crate::backup::lock::{hostname, now, Lock};
-use crate::backup::pack::{pack_key, BlobType, Id, PackBuilder, PackedBlob};
+use crate::backup::pack::{pack_key, BlobType, FinishedPack, Id, PackBuilder, PackedBlob};
 use crate::backup::repo::{ProgressFn, ProgressInfo, Repository};
 use crate::backup::snapshot::{encode_items, Item, Kind, Snapshot};
 use crate::backup::BResult;
@@ -272,6 +272,7 @@ fn reader(
 ) {
     let chunker = Chunker::new(DATA_CHUNKS, sh.repo.key.chunker_seed);
     let mut trial = Encoder::new(1);
+    let mut buf = Vec::new();
     for (item, path) in files {
         if sh.abort.load(Ordering::Relaxed) {
             return;
@@ -289,7 +290,7 @@ fn reader(
         let mut seq = 0u32;
         let mut bytes = 0u64;
         let mut filter = Filter::None;
-        let r = chunker.stream(std::io::BufReader::with_capacity(0, f), |offset, data| {
+        let r = chunker.stream(f, &mut buf, |offset, data| {
             if seq == 0 {
                 filter = choose_filter(&data, &mut trial);
             }
@@ -330,7 +331,6 @@ fn worker(
     sealed: SyncSender<Sealed>,
 ) {
     let mut enc = Encoder::new(sh.repo.config.compression);
-    let mut payload = Vec::new();
     loop {
         let job = { jobs.lock().unwrap().recv() };
         let Ok(job) = job else { return };
@@ -339,9 +339,11 @@ fn worker(
         }
         let id = sh.repo.key.blob_id(&job.data);
         if sh.claim(&id) {
-            enc.encode(&job.data, job.offset, job.filter, &mut payload);
+            let (hdr, body) = enc.encode_parts(&job.data, job.offset, job.filter);
             let mut out = Vec::new();
-            sh.repo.key.seal_into(&payload, &id, &mut out);
+            sh.repo
+                .key
+                .seal_parts_into(&[hdr.as_slice(), body], &id, &mut out);
             if sealed
                 .send(Sealed {
                     ty: BlobType::Data,
@@ -370,14 +372,10 @@ fn worker(
     }
 }
 
-fn packer(
-    sh: &Shared<'_>,
-    sealed: Receiver<Sealed>,
-    packs: SyncSender<(Id, Vec<u8>, Vec<PackedBlob>)>,
-) {
+fn packer(sh: &Shared<'_>, sealed: Receiver<Sealed>, packs: SyncSender<FinishedPack>) {
     let mut pb = PackBuilder::default();
     for s in sealed {
-        pb.add(s.ty, s.id, &s.data, s.raw_len);
+        pb.add_owned(s.ty, s.id, s.data, s.raw_len);
         if pb.len() >= PACK_SIZE {
             let full = std::mem::take(&mut pb);
             if packs.send(full.finish(&sh.repo.key)).is_err() {
@@ -391,7 +389,7 @@ fn packer(
 }
 
 /// Writes packs, then index objects for them; returns the bytes written.
-fn writer(sh: &Shared<'_>, packs: Receiver<(Id, Vec<u8>, Vec<PackedBlob>)>) -> u64 {
+fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
     let store = &*sh.repo.store;
     let mut unindexed: Vec<(Id, Vec<PackedBlob>)> = Vec::new();
     let mut written = 0u64;
@@ -405,19 +403,21 @@ fn writer(sh: &Shared<'_>, packs: Receiver<(Id, Vec<u8>, Vec<PackedBlob>)>) -> u
         unindexed.clear();
         Ok(obj.len() as u64)
     };
-    for (id, data, blobs) in packs {
+    for fp in packs {
         if sh.abort.load(Ordering::Relaxed) {
             continue;
         }
-        let r = store.put(&pack_key(&id), &data).and_then(|()| {
-            written += data.len() as u64;
-            unindexed.push((id, blobs));
-            if unindexed.len() >= INDEX_EVERY {
-                flush(&mut unindexed).map(|n| written += n)
-            } else {
-                Ok(())
-            }
-        });
+        let r = store
+            .put_parts(&pack_key(&fp.id), &fp.slices())
+            .and_then(|()| {
+                written += fp.len() as u64;
+                unindexed.push((fp.id, fp.blobs));
+                if unindexed.len() >= INDEX_EVERY {
+                    flush(&mut unindexed).map(|n| written += n)
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = r {
             sh.fail(e);
         }

@@ -86,48 +86,48 @@ impl Chunker {
         out
     }
 
-    /// Streams `reader` through the chunker, calling `f(offset, chunk)` for each chunk (in order). Holds at
-    /// most `2 * max` bytes. `f` returns false to stop early.
+    /// Streams `reader` through the chunker, calling `f(offset, chunk)` for each chunk (in order). Holds a
+    /// buffer of `max(4 * max, 8 MiB)` bytes. `f` returns false to stop early.
     pub fn stream<R: Read>(
         &self,
         mut reader: R,
+        buf: &mut Vec<u8>,
         mut f: impl FnMut(u64, Vec<u8>) -> bool,
     ) -> std::io::Result<()> {
         let max = self.params.max;
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * max);
+        let cap = (4 * max).max(8 << 20);
+        if buf.len() < cap {
+            buf.resize(cap, 0); // once per reader: the buffer is reused across files
+        }
+        let cap = buf.len();
+        let (mut start, mut end) = (0usize, 0usize);
         let mut offset = 0u64;
         let mut eof = false;
         loop {
-            // fill to at least `max` bytes (or EOF)
-            while !eof && buf.len() < max {
-                let start = buf.len();
-                buf.resize(2 * max, 0);
-                let n = loop {
-                    match reader.read(&mut buf[start..]) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            buf.truncate(start);
-                            return Err(e);
-                        }
+            if !eof && end - start < max {
+                // compact (moves less than `max` bytes once per `cap - max` bytes consumed), then fill
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                while !eof && end < cap {
+                    match reader.read(&mut buf[end..]) {
+                        Ok(0) => eof = true,
+                        Ok(n) => end += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
                     }
-                };
-                buf.truncate(start + n);
-                if n == 0 {
-                    eof = true;
                 }
             }
-            if buf.is_empty() {
+            if start == end {
                 return Ok(());
             }
-            let n = self.cut(&buf);
-            let chunk = buf[..n].to_vec();
-            buf.drain(..n);
-            let len = chunk.len() as u64;
+            let n = self.cut(&buf[start..end]);
+            let chunk = buf[start..start + n].to_vec();
+            start += n;
             if !f(offset, chunk) {
                 return Ok(());
             }
-            offset += len;
+            offset += n as u64;
         }
     }
 }
@@ -148,6 +148,74 @@ const ENC_RAW: u8 = 0;
 const ENC_ZSTD: u8 = 1;
 const ENC_ZSTD_SHUFFLE: u8 = 2;
 
+/// Transposes an 8x8 byte matrix held in 8 little-endian u64 rows.
+#[inline(always)]
+fn transpose8(r: &mut [u64; 8]) {
+    // three rounds of block swaps: 4x4 blocks of bytes, 2x2, 1x1
+    for (j, m, s) in [
+        (4usize, 0x0000_0000_ffff_ffffu64, 32u32),
+        (2, 0x0000_ffff_0000_ffff, 16),
+        (1, 0x00ff_00ff_00ff_00ff, 8),
+    ] {
+        let mut k = 0;
+        while k < 8 {
+            for i in k..k + j {
+                let a = r[i];
+                let b = r[i + j];
+                r[i] = (a & m) | ((b & m) << s);
+                r[i + j] = ((a >> s) & m) | (b & !m);
+            }
+            k += 2 * j;
+        }
+    }
+}
+
+/// Byte lanes of 8-byte elements: `dst[k*n + i] = src[i*8 + k]` for `n = src.len() / 8`.
+fn shuffle8(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 8;
+    let blocks = n / 8;
+    for bi in 0..blocks {
+        let mut r = [0u64; 8];
+        for (j, v) in r.iter_mut().enumerate() {
+            let o = (bi * 8 + j) * 8;
+            *v = u64::from_le_bytes(src[o..o + 8].try_into().unwrap());
+        }
+        transpose8(&mut r);
+        for (k, v) in r.iter().enumerate() {
+            let o = k * n + bi * 8;
+            dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    for i in blocks * 8..n {
+        for k in 0..8 {
+            dst[k * n + i] = src[i * 8 + k];
+        }
+    }
+}
+
+/// Inverse of [`shuffle8`].
+fn unshuffle8(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / 8;
+    let blocks = n / 8;
+    for bi in 0..blocks {
+        let mut r = [0u64; 8];
+        for (k, v) in r.iter_mut().enumerate() {
+            let o = k * n + bi * 8;
+            *v = u64::from_le_bytes(src[o..o + 8].try_into().unwrap());
+        }
+        transpose8(&mut r);
+        for (j, v) in r.iter().enumerate() {
+            let o = (bi * 8 + j) * 8;
+            dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    for i in blocks * 8..n {
+        for k in 0..8 {
+            dst[i * 8 + k] = src[k * n + i];
+        }
+    }
+}
+
 /// Shuffles `data[head..head + n*elem]` into `out` (the head and the tail stay in place).
 fn shuffle(data: &[u8], elem: usize, head: usize, out: &mut Vec<u8>) {
     out.clear();
@@ -159,10 +227,14 @@ fn shuffle(data: &[u8], elem: usize, head: usize, out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + n * elem, 0);
     let dst = &mut out[start..];
-    for k in 0..elem {
-        let lane = &mut dst[k * n..(k + 1) * n];
-        for (i, d) in lane.iter_mut().enumerate() {
-            *d = body[i * elem + k];
+    if elem == 8 {
+        shuffle8(body, dst);
+    } else {
+        for k in 0..elem {
+            let lane = &mut dst[k * n..(k + 1) * n];
+            for (i, d) in lane.iter_mut().enumerate() {
+                *d = body[i * elem + k];
+            }
         }
     }
     out.extend_from_slice(&data[head + n * elem..]);
@@ -178,10 +250,14 @@ fn unshuffle(data: &[u8], elem: usize, head: usize, out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + n * elem, 0);
     let dst = &mut out[start..];
-    for k in 0..elem {
-        let lane = &body[k * n..(k + 1) * n];
-        for (i, s) in lane.iter().enumerate() {
-            dst[i * elem + k] = *s;
+    if elem == 8 {
+        unshuffle8(body, dst);
+    } else {
+        for k in 0..elem {
+            let lane = &body[k * n..(k + 1) * n];
+            for (i, s) in lane.iter().enumerate() {
+                dst[i * elem + k] = *s;
+            }
         }
     }
     out.extend_from_slice(&data[head + n * elem..]);
@@ -198,6 +274,7 @@ fn head_len(offset: u64, elem: u8, phase: u8) -> usize {
 pub struct Encoder {
     cctx: zstd::bulk::Compressor<'static>,
     tmp: Vec<u8>,
+    z: Vec<u8>,
 }
 
 impl Encoder {
@@ -205,43 +282,77 @@ impl Encoder {
         Encoder {
             cctx: zstd::bulk::Compressor::new(level).expect("zstd level in range"),
             tmp: Vec::new(),
+            z: Vec::new(),
         }
     }
 
-    /// Encodes a chunk at file `offset` into `out` (cleared first): tag byte, filter bytes, payload.
-    pub fn encode(&mut self, data: &[u8], offset: u64, filter: Filter, out: &mut Vec<u8>) {
-        out.clear();
-        let src: &[u8] = match filter {
+    /// Encodes a chunk at file `offset`: returns the payload as (header bytes, body) without copying the body
+    /// (it lives in this encoder or is `data` itself).
+    pub fn encode_parts<'a>(
+        &'a mut self,
+        data: &'a [u8],
+        offset: u64,
+        filter: Filter,
+    ) -> (smallvec_hdr::Hdr, &'a [u8]) {
+        let (hdr, src): (smallvec_hdr::Hdr, &[u8]) = match filter {
             Filter::Shuffle { elem, phase } if data.len() >= 4 * elem as usize => {
                 let head = head_len(offset, elem, phase);
                 shuffle(data, elem as usize, head, &mut self.tmp);
-                out.extend_from_slice(&[ENC_ZSTD_SHUFFLE, elem, head as u8]);
-                &self.tmp
+                (
+                    smallvec_hdr::Hdr::new(&[ENC_ZSTD_SHUFFLE, elem, head as u8]),
+                    &self.tmp,
+                )
             }
-            _ => {
-                out.push(ENC_ZSTD);
-                data
-            }
+            _ => (smallvec_hdr::Hdr::new(&[ENC_ZSTD]), data),
         };
-        let hdr = out.len();
         let bound = zstd::zstd_safe::compress_bound(src.len());
-        out.resize(hdr + bound, 0);
-        match self.cctx.compress_to_buffer(src, &mut out[hdr..]) {
-            Ok(n) if n + hdr < data.len() + 1 => out.truncate(hdr + n),
-            _ => {
-                // incompressible (or a zstd failure): store raw
-                out.clear();
-                out.push(ENC_RAW);
-                out.extend_from_slice(data);
-            }
+        if self.z.capacity() < bound {
+            self.z.reserve(bound - self.z.len());
         }
+        match self.cctx.compress_to_buffer(src, &mut self.z) {
+            Ok(n) if n + hdr.len() < data.len() + 1 => (hdr, &self.z[..n]),
+            _ => (smallvec_hdr::Hdr::new(&[ENC_RAW]), data), // incompressible: stored raw
+        }
+    }
+
+    /// Encodes a chunk into `out` (cleared first): tag byte, filter bytes, payload.
+    pub fn encode(&mut self, data: &[u8], offset: u64, filter: Filter, out: &mut Vec<u8>) {
+        let (hdr, body) = self.encode_parts(data, offset, filter);
+        out.clear();
+        out.extend_from_slice(hdr.as_slice());
+        out.extend_from_slice(body);
     }
 
     /// Compressed size of `data` under `filter` (for choosing a file's filter on a sample).
     pub fn trial_size(&mut self, data: &[u8], filter: Filter) -> usize {
-        let mut out = Vec::new();
-        self.encode(data, 0, filter, &mut out);
-        out.len()
+        let (hdr, body) = self.encode_parts(data, 0, filter);
+        hdr.len() + body.len()
+    }
+}
+
+/// The (at most 3-byte) payload header, kept on the stack.
+pub mod smallvec_hdr {
+    #[derive(Clone, Copy)]
+    pub struct Hdr {
+        b: [u8; 3],
+        n: u8,
+    }
+    impl Hdr {
+        pub fn new(s: &[u8]) -> Self {
+            let mut b = [0u8; 3];
+            b[..s.len()].copy_from_slice(s);
+            Hdr {
+                b,
+                n: s.len() as u8,
+            }
+        }
+        pub fn as_slice(&self) -> &[u8] {
+            &self.b[..self.n as usize]
+        }
+        #[allow(clippy::len_without_is_empty)]
+        pub fn len(&self) -> usize {
+            self.n as usize
+        }
     }
 }
 
@@ -387,7 +498,7 @@ mod tests {
                 Ok(n)
             }
         }
-        c.stream(Short(&data), |_, ch| {
+        c.stream(Short(&data), &mut Vec::new(), |_, ch| {
             streamed.push(ch);
             true
         })
@@ -447,6 +558,23 @@ mod tests {
     }
 
     #[test]
+    fn shuffle8_matches_the_scalar_definition() {
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000] {
+            let src = rand_bytes(n * 8, n as u64 + 1);
+            let mut dst = vec![0u8; n * 8];
+            shuffle8(&src, &mut dst);
+            for i in 0..n {
+                for k in 0..8 {
+                    assert_eq!(dst[k * n + i], src[i * 8 + k]);
+                }
+            }
+            let mut back = vec![0u8; n * 8];
+            unshuffle8(&dst, &mut back);
+            assert_eq!(back, src);
+        }
+    }
+
+    #[test]
     fn npy_header_and_filter_choice() {
         let mut f = b"\x93NUMPY\x01\x00".to_vec();
         let h = "{'descr': '<f8', 'fortran_order': False, 'shape': (1000,), }";
@@ -457,7 +585,8 @@ mod tests {
         h.push('\n');
         f.extend_from_slice(&(h.len() as u16).to_le_bytes());
         f.extend_from_slice(h.as_bytes());
-        assert_eq!(npy_layout(&f), Some((8, 64)));
+        assert_eq!(npy_layout(&f), Some((8, 10 + h.len())));
+        assert_eq!((10 + h.len()) % 64, 0);
         for i in 0..20_000 {
             f.extend_from_slice(&((i as f64) * 1e-3).sin().to_le_bytes());
         }

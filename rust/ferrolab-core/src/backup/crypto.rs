@@ -139,6 +139,24 @@ impl MasterKey {
         out.extend_from_slice(tag.as_slice());
     }
 
+    /// Seals the concatenation of `parts` into `out` (cleared first), copying each part once.
+    pub fn seal_parts_into(&self, parts: &[&[u8]], aad: &[u8], out: &mut Vec<u8>) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        out.clear();
+        out.reserve(len + SEAL_OVERHEAD);
+        let mut nonce = [0u8; 24];
+        random_bytes(&mut nonce);
+        out.extend_from_slice(&nonce);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[24..]).into())
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        out.extend_from_slice(tag.as_slice());
+    }
+
     /// Seals `plain` into a new buffer.
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -54,33 +54,58 @@ pub fn pack_key(id: &Id) -> String {
     format!("data/{}/{}", &h[..2], h)
 }
 
-/// Builds a pack in memory.
+/// Builds a pack in memory (the sealed blobs are kept as they come; nothing is copied).
 #[derive(Default)]
 pub struct PackBuilder {
-    pub buf: Vec<u8>,
+    pub parts: Vec<Vec<u8>>,
     pub blobs: Vec<PackedBlob>,
+    len: usize,
+}
+
+/// A finished pack: its id, its parts in order (blobs, sealed header, header length) and its blobs.
+pub struct FinishedPack {
+    pub id: Id,
+    pub parts: Vec<Vec<u8>>,
+    pub blobs: Vec<PackedBlob>,
+}
+
+impl FinishedPack {
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn slices(&self) -> Vec<&[u8]> {
+        self.parts.iter().map(|p| &p[..]).collect()
+    }
 }
 
 impl PackBuilder {
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()
     }
-    /// Appends an already sealed blob.
-    pub fn add(&mut self, ty: BlobType, id: Id, sealed: &[u8], raw_len: u32) {
+    /// Appends an already sealed blob (taking ownership).
+    pub fn add_owned(&mut self, ty: BlobType, id: Id, sealed: Vec<u8>, raw_len: u32) {
         self.blobs.push(PackedBlob {
             ty,
             id,
-            offset: self.buf.len() as u32,
+            offset: self.len as u32,
             length: sealed.len() as u32,
             raw_len,
         });
-        self.buf.extend_from_slice(sealed);
+        self.len += sealed.len();
+        self.parts.push(sealed);
     }
-    /// Appends the sealed header; returns (pack id, bytes, blobs).
-    pub fn finish(mut self, key: &MasterKey) -> (Id, Vec<u8>, Vec<PackedBlob>) {
+    /// Appends an already sealed blob (copying it).
+    pub fn add(&mut self, ty: BlobType, id: Id, sealed: &[u8], raw_len: u32) {
+        self.add_owned(ty, id, sealed.to_vec(), raw_len)
+    }
+    /// Appends the sealed header and computes the pack id.
+    pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
         let mut h = Vec::with_capacity(8 + self.blobs.len() * ENTRY);
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
@@ -91,11 +116,18 @@ impl PackBuilder {
             h.extend_from_slice(&b.raw_len.to_le_bytes());
         }
         let sealed = key.seal(&h, b"pack header");
-        self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        let id = *blake3::hash(&self.buf).as_bytes();
-        (id, self.buf, self.blobs)
+        let hl = (sealed.len() as u32).to_le_bytes().to_vec();
+        self.parts.push(sealed);
+        self.parts.push(hl);
+        let mut hasher = blake3::Hasher::new();
+        for p in &self.parts {
+            hasher.update(p);
+        }
+        FinishedPack {
+            id: *hasher.finalize().as_bytes(),
+            parts: self.parts,
+            blobs: self.blobs,
+        }
     }
 }
 
@@ -177,7 +209,8 @@ mod tests {
             let sealed = k.seal(&[i; 100], &[i; 32]);
             b.add(BlobType::Data, [i; 32], &sealed, 100);
         }
-        let (id, data, blobs) = b.finish(&k);
+        let fp = b.finish(&k);
+        let (id, data, blobs) = (fp.id, fp.parts.concat(), fp.blobs);
         assert_eq!(id, *blake3::hash(&data).as_bytes());
         let parsed = parse_pack(&k, &data, &id).unwrap();
         assert_eq!(parsed, blobs);

@@ -132,9 +132,9 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
                 })?;
             pb.add(b.ty, b.id, sealed, b.raw_len);
             if pb.len() >= crate::backup::archiver::PACK_SIZE {
-                let (id, bytes, blobs) = std::mem::take(&mut pb).finish(&repo.key);
-                repo.store.put(&pack_key(&id), &bytes)?;
-                new_packs.push((id, blobs));
+                let fp = std::mem::take(&mut pb).finish(&repo.key);
+                repo.store.put_parts(&pack_key(&fp.id), &fp.slices())?;
+                new_packs.push((fp.id, fp.blobs));
             }
         }
         stats.packs_rewritten += 1;
@@ -149,9 +149,9 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         }
     }
     if !pb.is_empty() {
-        let (id, bytes, blobs) = pb.finish(&repo.key);
-        repo.store.put(&pack_key(&id), &bytes)?;
-        new_packs.push((id, blobs));
+        let fp = pb.finish(&repo.key);
+        repo.store.put_parts(&pack_key(&fp.id), &fp.slices())?;
+        new_packs.push((fp.id, fp.blobs));
     }
     if delete.is_empty() && new_packs.is_empty() && idx.files.len() <= 1 {
         return Ok(stats);

@@ -19,6 +19,9 @@ pub struct LocalStore {
     url: String,
     /// directories that received a rename since the last [`Store::sync`] (fsynced there)
     dirty_dirs: Mutex<HashSet<PathBuf>>,
+    /// objects written since the last [`Store::sync`] (their data is fsynced there; writeback was started
+    /// when they were written, so the fsync mostly finds it done)
+    dirty_files: Mutex<Vec<PathBuf>>,
     /// fsync every object before its rename (on by default; `FERROLAB_BACKUP_FSYNC=0` turns it off)
     fsync: bool,
 }
@@ -31,6 +34,7 @@ impl LocalStore {
             root: PathBuf::from(path),
             url: path.to_string(),
             dirty_dirs: Mutex::new(HashSet::new()),
+            dirty_files: Mutex::new(Vec::new()),
             fsync,
         }
     }
@@ -79,6 +83,10 @@ impl Store for LocalStore {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> BResult<()> {
+        self.put_parts(key, &[data])
+    }
+
+    fn put_parts(&self, key: &str, parts: &[&[u8]]) -> BResult<()> {
         let dest = self.path(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         let tmp_dir = self.root.join(TMP_DIR);
@@ -86,9 +94,11 @@ impl Store for LocalStore {
         let tmp = tmp_dir.join(tmp_name());
         let res = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            for data in parts {
+                f.write_all(data)?;
+            }
             if self.fsync {
-                f.sync_data()?;
+                start_writeback(&f);
             }
             drop(f);
             match fs::rename(&tmp, &dest) {
@@ -103,7 +113,10 @@ impl Store for LocalStore {
             let _ = fs::remove_file(&tmp);
             return Err(self.io("write", key, e));
         }
-        self.dirty_dirs.lock().unwrap().insert(dir);
+        if self.fsync {
+            self.dirty_files.lock().unwrap().push(dest);
+            self.dirty_dirs.lock().unwrap().insert(dir);
+        }
         Ok(())
     }
 
@@ -180,6 +193,16 @@ impl Store for LocalStore {
         if !self.fsync {
             return Ok(());
         }
+        let files: Vec<PathBuf> = std::mem::take(&mut *self.dirty_files.lock().unwrap());
+        for p in files {
+            match File::open(&p) {
+                Ok(f) => f
+                    .sync_data()
+                    .map_err(|e| CoreError::io(format!("fsync {}", p.display()), e))?,
+                Err(e) if e.kind() == ErrorKind::NotFound => {} // deleted meanwhile (a released lock)
+                Err(e) => return Err(CoreError::io(format!("fsync {}", p.display()), e)),
+            }
+        }
         let dirs: Vec<PathBuf> = self.dirty_dirs.lock().unwrap().drain().collect();
         for d in dirs {
             if let Ok(f) = File::open(&d) {
@@ -188,6 +211,15 @@ impl Store for LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Starts writing a file's dirty pages back to disk without waiting (Linux `sync_file_range`).
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback and does not block on it.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -41,6 +41,11 @@ pub trait Store: Send + Sync {
     /// Stores `data` under `key` atomically (see the module docs).
     fn put(&self, key: &str, data: &[u8]) -> BResult<()>;
 
+    /// Stores the concatenation of `parts` under `key` (same contract as [`Store::put`]).
+    fn put_parts(&self, key: &str, parts: &[&[u8]]) -> BResult<()> {
+        self.put(key, &parts.concat())
+    }
+
     /// Reads a whole object. A missing object is an `Io` error of kind `NotFound`.
     fn get(&self, key: &str) -> BResult<Vec<u8>>;
 
