@@ -7,7 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import breaker, gpu, health, metrics, monitoring, ops, tracing
+from . import backup, breaker, gpu, health, metrics, monitoring, ops, tracing
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
@@ -32,4 +32,12 @@ __all__ = [
     "num_threads",
     "simd_level",
     "op_stats",
+    "backup",
 ]
+
+try:  # the backup errors come with the native backup core
+    from ._core import BackupError, CorruptionError, LockedError, RepositoryNotFound, WrongPassword
+except ImportError:  # pragma: no cover - only while the native part is being written
+    pass
+else:
+    __all__ += ["BackupError", "RepositoryNotFound", "WrongPassword", "CorruptionError", "LockedError"]
