@@ -218,3 +218,45 @@ def test_exit_code_of_the_real_command(tmp_path) -> None:
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 2
     assert "no password" in proc.stderr and proc.stdout == ""
+
+
+def test_the_backup_command_does_not_import_numpy_asyncio_or_urllib() -> None:
+    # start-up time: `ferrolab backup` runs often (cron, CI) and needs none of them
+    code = (
+        "import sys, ferrolab.cli\n"
+        "try:\n"
+        "    ferrolab.cli.main(['backup', '-r', 'nowhere', 'list'])\n"
+        "finally:\n"
+        "    heavy = sorted(m for m in ('numpy', 'asyncio', 'urllib.request', 'ferrolab.ops', 'ferrolab.health')\n"
+        "                   if m in sys.modules)\n"
+        "    print('heavy:', heavy)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROLAB_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert "no password" in proc.stderr
+    assert "heavy: []" in proc.stdout, proc.stdout
+
+
+def test_submodules_load_on_first_use() -> None:
+    code = (
+        "import sys, ferrolab as fl\n"
+        "assert 'ferrolab.ops' not in sys.modules and 'numpy' not in sys.modules\n"
+        "assert {'ops', 'health', 'metrics', 'backup', 'tracing', 'gpu', 'monitoring'} <= set(dir(fl))\n"
+        "import numpy as np\n"
+        "assert float(fl.ops.sum(np.ones(3))) == 3.0 and fl.ops is sys.modules['ferrolab.ops']\n"
+        "from ferrolab import health\n"
+        "assert health is fl.health is sys.modules['ferrolab.health']\n"
+        "ns = {}\n"
+        "exec('from ferrolab import *', ns)\n"
+        "assert all(name in ns for name in fl.__all__)\n"
+        "try:\n"
+        "    fl.nonexistent\n"
+        "except AttributeError as e:\n"
+        "    assert \"'nonexistent'\" in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
