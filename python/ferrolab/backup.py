@@ -1240,14 +1240,14 @@ class Repository:
         if not isinstance(target, str | os.PathLike):
             raise TypeError(f"restore(): argument 'target' must be a path, got {_type_name(target)}")
         target_path = os.path.abspath(os.fspath(target))
+        if isinstance(snapshot, Snapshot) and at is None:
+            snap = snapshot  # already resolved: no need to list the snapshots again
+        else:
+            snap = _select_snapshot("restore", self.snapshots(), snapshot, at)
+        wanted = _include_paths("restore", snap, include)
         callback, close = _progress("restore", progress)
         try:
             with _Timed("restore"):
-                if isinstance(snapshot, Snapshot) and at is None:
-                    snap = snapshot  # already resolved: no need to list the snapshots again
-                else:
-                    snap = _select_snapshot("restore", self.snapshots(), snapshot, at)
-                wanted = _include_paths("restore", snap, include)
                 counts = dict(self._native.restore(snap.id, target_path, include=wanted, progress=callback))
         finally:
             close()
