@@ -36,10 +36,9 @@ SERIES = {
     "ferrolab_circuit_breaker_calls_total",
     "ferrolab_circuit_breaker_transitions_total",
     "ferrolab_backup_last_success_timestamp_seconds",
-    "ferrolab_backup_duration_seconds",
     "ferrolab_backup_bytes_total",
 }
-HISTOGRAMS = {"ferrolab_operation_duration_seconds"}
+HISTOGRAMS = {"ferrolab_operation_duration_seconds", "ferrolab_backup_duration_seconds"}
 ALLOWED = SERIES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 ALERTS = {

@@ -7,13 +7,35 @@ np.float64(1.0)
 
 from __future__ import annotations
 
-from . import breaker, gpu, health, metrics, monitoring, ops, tracing
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import breaker
 from ._core import DeviceUnavailableError, FerrolabError
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
 
+if TYPE_CHECKING:
+    from . import backup, gpu, health, metrics, monitoring, ops, tracing
+
 __version__ = _core_version
+
+# Submodules imported on first use (``fl.ops``, ``import ferrolab.ops`` and ``from ferrolab import ops`` all work):
+# they bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not
+# need, so that ``import ferrolab`` stays cheap.
+_SUBMODULES = frozenset({"backup", "gpu", "health", "metrics", "monitoring", "ops", "tracing"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it here: the next access is direct
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)
+
 
 __all__ = [
     "__version__",
@@ -32,4 +54,12 @@ __all__ = [
     "num_threads",
     "simd_level",
     "op_stats",
+    "backup",
 ]
+
+try:  # the backup errors come with the native backup core
+    from ._core import BackupError, CorruptionError, LockedError, RepositoryNotFound, WrongPassword
+except ImportError:  # pragma: no cover - only while the native part is being written
+    pass
+else:
+    __all__ += ["BackupError", "RepositoryNotFound", "WrongPassword", "CorruptionError", "LockedError"]

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 
@@ -134,6 +134,381 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- ferrolab backup -------------------------------------------------------------------------------------------
+class _UsageError(Exception):
+    """A bad command line: printed, exit status 2."""
+
+
+def _backup_repo_url(args: argparse.Namespace) -> str:
+    url = args.repo or os.environ.get("FERROLAB_REPOSITORY")
+    if not url:
+        raise _UsageError("no repository: give -r/--repo URL or set FERROLAB_REPOSITORY")
+    return url
+
+
+def _backup_credentials(args: argparse.Namespace, confirm: bool = False) -> tuple[bytes | str | None, str | None]:
+    """``(password, key_file)`` for the library: from the options, the environment or a prompt."""
+    from .backup import _read_first_line
+
+    if args.password_file and args.key_file:
+        raise _UsageError("give either --password-file or --key-file, not both")
+    if args.key_file:
+        if not os.path.isfile(args.key_file):
+            raise _UsageError(f"--key-file: no such file: {args.key_file!r}")
+        return None, args.key_file
+    source = None
+    if args.password_file:
+        source = ("--password-file", args.password_file)
+    elif os.environ.get("FERROLAB_PASSWORD"):
+        return None, None  # the library reads it
+    elif os.environ.get("FERROLAB_PASSWORD_FILE"):
+        source = ("FERROLAB_PASSWORD_FILE", os.environ["FERROLAB_PASSWORD_FILE"])
+    if source is not None:
+        try:
+            secret = _read_first_line(source[1])
+        except OSError as exc:
+            raise _UsageError(f"{source[0]}: cannot read {source[1]!r}: {exc.strerror or exc}") from None
+        if not secret:
+            raise _UsageError(f"{source[0]}: the first line of {source[1]!r} is empty")
+        return secret, None
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("enter password for repository: ")
+        if not password:
+            raise _UsageError("the password is empty")
+        if confirm and getpass.getpass("enter password again: ") != password:
+            raise _UsageError("the passwords do not match")
+        return password, None
+    raise _UsageError(
+        "no password: give --password-file or --key-file, set FERROLAB_PASSWORD or FERROLAB_PASSWORD_FILE, "
+        "or run in a terminal to be asked"
+    )
+
+
+def _backup_open(args: argparse.Namespace) -> Any:
+    from .backup import Repository
+
+    url = _backup_repo_url(args)
+    password, key_file = _backup_credentials(args)
+    return Repository.open(url, password=password, key_file=key_file)
+
+
+def _backup_progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _split_tags(values: Sequence[str]) -> list[str]:
+    """``--tag a,b --tag c`` -> ``["a", "b", "c"]`` (commas separate tags, as in restic)."""
+    return [t for v in values for t in (x.strip() for x in v.split(",")) if t]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _local_time(snapshot: Any) -> str:
+    return snapshot.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _snapshot_rows(snapshots: Sequence[Any], reasons: dict[str, list[str]] | None = None) -> str:
+    from .backup import _format_bytes
+
+    header = ["ID", "TIME", "HOST", "TAGS", "FILES", "SIZE", "PATHS"]
+    if reasons is not None:
+        header.append("REASONS")
+    rows = []
+    for s in snapshots:
+        row = [s.short_id, _local_time(s), s.hostname, ",".join(s.tags), str(s.files), _format_bytes(s.bytes),
+               ",".join(s.paths)]
+        if reasons is not None:
+            row.append(", ".join(reasons.get(s.id, ())))
+        rows.append(row)
+    return _table(header, rows, right=(4, 5))
+
+
+def _backup_init(args: argparse.Namespace) -> int:
+    from .backup import Repository
+
+    if not 1 <= args.compression <= 22:
+        raise _UsageError(f"--compression is {args.compression}; expected a zstd level in 1..22")
+    url = _backup_repo_url(args)
+    password, key_file = _backup_credentials(args, confirm=True)
+    repo = Repository.init(url, password=password, key_file=key_file, compression=args.compression)
+    print(f"created repository {repo.id[:8]} at {repo.url}")
+    return 0
+
+
+def _backup_create(args: argparse.Namespace) -> int:
+    from .backup import _format_bytes
+
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if missing:
+        raise _UsageError(f"no such file or directory: {', '.join(map(repr, missing))}")
+    repo = _backup_open(args)
+    snap = repo.backup(args.paths, tags=_split_tags(args.tag), exclude=args.exclude, progress=_backup_progress(args),
+                       host=args.host)
+    if args.json:
+        print(json.dumps(snap.to_dict(), indent=2))
+    else:
+        print(f"snapshot {snap.short_id} saved: {snap.files} files, {snap.dirs} directories, "
+              f"{_format_bytes(snap.bytes)} ({_format_bytes(snap.added_bytes)} added to the repository) "
+              f"in {snap.duration:.2f} s")
+    return 0
+
+
+def _backup_list(args: argparse.Namespace) -> int:
+    repo = _backup_open(args)
+    snaps = repo.snapshots(_split_tags(args.tag) or None)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in snaps], indent=2))
+        return 0
+    if snaps:
+        print(_snapshot_rows(snaps))
+    print(f"{len(snaps)} snapshot{'' if len(snaps) == 1 else 's'}")
+    return 0
+
+
+def _backup_restore(args: argparse.Namespace) -> int:
+    from .backup import _format_bytes, _parse_at, _select_snapshot
+
+    if args.snapshot is not None and args.at is not None:
+        raise _UsageError("give either SNAPSHOT or --at, not both")
+    if args.at is not None:
+        _parse_at("restore", args.at)  # a bad time is a usage error before any password is asked
+    repo = _backup_open(args)
+    snap = _select_snapshot("restore", repo.snapshots(), args.snapshot or "latest", args.at)
+    counts = repo.restore(snap, target=args.target, include=args.include or None, progress=_backup_progress(args))
+    print(f"restored snapshot {snap.short_id} ({_local_time(snap)}) into {os.path.abspath(args.target)}: "
+          f"{counts.get('files', 0)} files, {counts.get('dirs', 0)} directories, {counts.get('symlinks', 0)} "
+          f"symlinks, {_format_bytes(counts.get('bytes', 0))}")
+    return 0
+
+
+def _backup_verify(args: argparse.Namespace) -> int:
+    repo = _backup_open(args)
+    report = repo.verify(read_data=not args.metadata_only, progress=_backup_progress(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+_KEEP_OPTIONS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+
+
+def _print_prune(result: dict[str, int]) -> None:
+    from .backup import _format_bytes
+
+    print(f"pruned: {result.get('packs_deleted', 0)} packs deleted, {result.get('packs_rewritten', 0)} rewritten, "
+          f"{result.get('blobs_removed', 0)} blobs removed, {_format_bytes(result.get('bytes_freed', 0))} freed")
+
+
+def _backup_forget(args: argparse.Namespace) -> int:
+    from .backup import _group_by, _group_key, _make_policy
+
+    policy = {k: getattr(args, k) for k in _KEEP_OPTIONS}
+    if not _make_policy("forget", **policy, keep_within=args.keep_within):  # bad values: ValueError, exit 2
+        raise _UsageError("no policy: give at least one --keep-* option (forgetting every snapshot is refused)")
+    keys = _group_by("forget", args.group_by)
+    repo = _backup_open(args)
+    result = repo.forget(**policy, keep_within=args.keep_within, dry_run=args.dry_run,
+                         tags=_split_tags(args.tag) or None, group_by=keys)
+    run_prune = args.prune and bool(result.remove) and not args.dry_run
+    if args.json:
+        pruned = repo.prune(progress=_backup_progress(args)) if run_prune else None
+        print(json.dumps({"keep": [s.to_dict() for s in result.keep], "remove": [s.to_dict() for s in result.remove],
+                          "reasons": result.reasons, "dry_run": result.dry_run, "prune": pruned}, indent=2))
+    else:
+        groups: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+        for s in result.keep:
+            groups.setdefault(_group_key(s, keys), ([], []))[0].append(s)
+        for s in result.remove:
+            groups.setdefault(_group_key(s, keys), ([], []))[1].append(s)
+        for key, (keep, remove) in groups.items():
+            if keys:
+                described = ", ".join(f"{k} {','.join(v) if isinstance(v, tuple) else v}"
+                                      for k, v in zip(keys, key, strict=True))
+                print(f"snapshots for {described}:")
+            print(f"keep {len(keep)} snapshot{'' if len(keep) == 1 else 's'}:")
+            if keep:
+                print(_snapshot_rows(keep, result.reasons))
+            verb = "would remove" if args.dry_run else "remove"
+            print(f"{verb} {len(remove)} snapshot{'' if len(remove) == 1 else 's'}:")
+            if remove:
+                print(_snapshot_rows(remove))
+            print()
+        n = len(result.remove)
+        if args.dry_run:
+            print(f"dry run: {n} snapshot{'' if n == 1 else 's'} would be removed, nothing was deleted")
+        else:
+            print(f"{n} snapshot{'' if n == 1 else 's'} removed")
+        if run_prune:
+            _print_prune(repo.prune(progress=_backup_progress(args)))
+    return 0
+
+
+def _backup_prune(args: argparse.Namespace) -> int:
+    repo = _backup_open(args)
+    _print_prune(repo.prune(progress=_backup_progress(args)))
+    return 0
+
+
+def _backup_unlock(args: argparse.Namespace) -> int:
+    repo = _backup_open(args)
+    n = repo.unlock()
+    print(f"removed {n} stale lock{'' if n == 1 else 's'}")
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from . import FerrolabError
+
+    func = getattr(args, "backup_func", None)
+    if func is None:
+        args.backup_parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except _UsageError as exc:
+        print(f"ferrolab backup {args.backup_command}: {exc}", file=sys.stderr)
+        return 2
+    except FerrolabError as exc:  # BackupError and its subclasses (RepositoryNotFound, WrongPassword, ...)
+        print(f"ferrolab backup: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as exc:  # bad arguments found by the library
+        print(f"ferrolab backup {args.backup_command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ferrolab backup {args.backup_command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ferrolab backup: interrupted", file=sys.stderr)
+        return 130
+
+
+_BACKUP_DESCRIPTION = """\
+Encrypted, deduplicated, compressed snapshots of directories (ferrolab.backup), with restic's retention rules.
+
+The repository is a local directory or s3://bucket/prefix (credentials from the AWS_* variables); give it with
+-r/--repo or FERROLAB_REPOSITORY. The password comes from --password-file (its first line), --key-file (a file
+whose bytes are the key), FERROLAB_PASSWORD, FERROLAB_PASSWORD_FILE, or is asked for when stdin is a terminal.
+Options before the command apply to it as well (ferrolab backup -r DIR list == ferrolab backup list -r DIR).
+
+exit status: 0 ok, 1 failed (verify found damage; a repository error such as WrongPassword or LockedError),
+2 usage error (bad arguments, no repository or password)."""
+
+_BACKUP_EPILOG = """\
+examples:
+  export FERROLAB_REPOSITORY=/srv/backups FERROLAB_PASSWORD_FILE=/etc/ferrolab/password
+  ferrolab backup init
+  ferrolab backup create /srv/data --tag nightly --exclude '*.tmp'
+  ferrolab backup list --tag nightly
+  ferrolab backup restore latest --target restored --include runs/42
+  ferrolab backup restore --at 2024-05-01T18:00 --target restored
+  ferrolab backup forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+  ferrolab backup verify"""
+
+
+def _backup_common(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """The repository/password/progress options, on ``backup`` and (without defaults) on each command."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    p.add_argument("-r", "--repo", metavar="URL", default=default,
+                   help="repository: a directory or s3://bucket/prefix (default: $FERROLAB_REPOSITORY)")
+    p.add_argument("--password-file", metavar="PATH", default=default,
+                   help="read the password from the first line of PATH")
+    p.add_argument("--key-file", metavar="PATH", default=default,
+                   help="use the bytes of PATH as the key instead of a password")
+    p.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                   help="no progress bars (they are drawn on stderr only when it is a terminal)")
+
+
+def _add_backup_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "backup",
+        help="encrypted, deduplicated snapshots of directories (init, create, list, restore, verify, forget, ...)",
+        description=_BACKUP_DESCRIPTION,
+        epilog=_BACKUP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _backup_common(b, suppress=False)
+    b.set_defaults(func=_cmd_backup, backup_parser=b, backup_command="")
+    bsub = b.add_subparsers(dest="backup_command", metavar="COMMAND")
+
+    def command(name: str, func: Any, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        c = bsub.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".")
+        _backup_common(c, suppress=True)
+        c.set_defaults(backup_func=func)
+        return c
+
+    c = command("init", _backup_init, "create a new repository (asks for the password twice when prompting)")
+    c.add_argument("--compression", type=int, default=3, metavar="N",
+                   help="zstd level, 1 (fastest) to 22 (smallest); default 3")
+    c = command("create", _backup_create, "back up files and directories into a new snapshot",
+                "Back up PATHs into a new snapshot. Unchanged files (size, mtime, inode) are not read again; "
+                "new data is deduplicated against the whole repository.")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to back up")
+    c.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="tag the snapshot (repeatable; commas separate tags)")
+    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out paths matching GLOB, e.g. '*.tmp' or '**/__pycache__' (repeatable)")
+    c.add_argument("--host", help="host name to record (default: this machine's)")
+    c.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    c = command("list", _backup_list, "list the snapshots, oldest first")
+    c.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="only snapshots that have all of these tags (repeatable; commas separate tags)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c = command("restore", _backup_restore, "restore a snapshot (or part of it) into a directory")
+    c.add_argument("snapshot", nargs="?", metavar="SNAPSHOT",
+                   help="'latest' (default), a snapshot id or a unique prefix of at least 4 hex digits")
+    c.add_argument("--target", required=True, metavar="DIR", help="directory to restore into (created if needed)")
+    c.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="restore only this file or subtree: an original absolute path, or one relative to the "
+                   "backed-up directory (repeatable)")
+    c.add_argument("--at", metavar="TIME",
+                   help="restore the newest snapshot taken at or before TIME (ISO 8601, e.g. 2024-05-01T18:00; "
+                   "local time unless it has an offset)")
+    c = command("verify", _backup_verify, "check that the repository is intact (exit 1 when it is damaged)",
+                "Check the repository's structure and, unless --metadata-only, read and authenticate all data. "
+                "Every damaged item is printed; the exit status is 1 when anything is damaged.")
+    c.add_argument("--metadata-only", action="store_true", help="skip reading the data packs (much faster)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c = command("forget", _backup_forget, "remove snapshots by a retention policy (restic's --keep-* rules)",
+                "Remove the snapshots that the policy does not keep, with restic's rules: snapshots are grouped "
+                "(--group-by), and in each group --keep-last N keeps the N newest, --keep-hourly/daily/weekly/"
+                "monthly/yearly N the newest of each of the last N hours/days/ISO weeks/months/years (local time) "
+                "that have snapshots, --keep-within D all within D of the newest. A snapshot is kept when any rule "
+                "keeps it. Only snapshot objects are deleted: use --prune (or 'prune') to free the space.")
+    keep_help = {
+        "keep_last": "keep the N newest snapshots",
+        "keep_hourly": "keep the newest snapshot of each of the last N hours that have snapshots",
+        "keep_daily": "keep the newest snapshot of each of the last N days that have snapshots",
+        "keep_weekly": "keep the newest snapshot of each of the last N ISO weeks that have snapshots",
+        "keep_monthly": "keep the newest snapshot of each of the last N months that have snapshots",
+        "keep_yearly": "keep the newest snapshot of each of the last N years that have snapshots",
+    }
+    for option in _KEEP_OPTIONS:
+        c.add_argument("--" + option.replace("_", "-"), type=int, metavar="N", dest=option, help=keep_help[option])
+    c.add_argument("--keep-within", metavar="DURATION",
+                   help="keep every snapshot within DURATION of the newest, e.g. 2y5m7d3h (years, months, days, hours)")
+    c.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="consider only snapshots with all of these tags (repeatable)")
+    c.add_argument("--group-by", default="host,paths", metavar="KEYS",
+                   help="group snapshots by some of host,paths,tags before applying the policy (default host,paths; "
+                   "'' for one group)")
+    c.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+    c.add_argument("--prune", action="store_true", help="run prune afterwards when snapshots were removed")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    command("prune", _backup_prune, "delete data that no snapshot references any more")
+    command("unlock", _backup_unlock, "remove stale locks left by processes that died")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrolab", description="ferrolab: native kernels and ops tooling")
     p.add_argument("--version", action="version", version=f"ferrolab {__version__}")
@@ -192,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first (its metrics and health checks are then served; repeatable)",
     )
     s.set_defaults(func=_cmd_serve)
+    _add_backup_parser(sub)
     return p
 
 

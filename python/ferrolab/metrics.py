@@ -30,9 +30,6 @@ import functools
 import inspect
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -199,6 +196,8 @@ def _escape(name: str, value: str) -> str:
     if "/" in value:
         enc = base64.urlsafe_b64encode(value.encode()).decode()
         return f"/{name}@base64/{enc}"
+    import urllib.parse  # imported here: most processes never push
+
     return f"/{name}/{urllib.parse.quote(value, safe='')}"
 
 
@@ -220,6 +219,9 @@ def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, A
 
 
 def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) -> None:
+    import urllib.error  # imported here: most processes never push
+    import urllib.request
+
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", CONTENT_TYPE_LATEST)
