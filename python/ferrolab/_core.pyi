@@ -1,5 +1,6 @@
 # Stubs of the native extension ferrolab._core (checked with `python -m mypy.stubtest ferrolab._core`).
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+import os
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
@@ -8,6 +9,12 @@ from typing_extensions import disjoint_base
 
 __version__: str
 __all__ = [
+    "BackupError",
+    "BackupRepository",
+    "CorruptionError",
+    "LockedError",
+    "RepositoryNotFound",
+    "WrongPassword",
     "BreakerCall",
     "BreakerFunction",
     "CircuitBreaker",
@@ -69,6 +76,11 @@ __all__ = [
 
 class FerrolabError(Exception): ...
 class DeviceUnavailableError(FerrolabError): ...
+class BackupError(FerrolabError): ...
+class RepositoryNotFound(BackupError): ...
+class WrongPassword(BackupError): ...
+class CorruptionError(BackupError): ...
+class LockedError(BackupError): ...
 
 class CircuitOpenError(FerrolabError):
     @property
@@ -330,3 +342,54 @@ def tracing_finished_spans(clear: bool = False) -> list[dict[str, Any]]: ...
 def tracing_stats() -> dict[str, Any]: ...
 def tracing_resource() -> dict[str, str]: ...
 def _tracing_otel_path(force_public: bool | None = None) -> str: ...
+
+@final
+class BackupRepository:
+    @staticmethod
+    def init(
+        url: str,
+        *,
+        password: bytes | None = None,
+        key_file: bytes | None = None,
+        compression: int = 3,
+        s3: dict[str, Any] | None = None,
+    ) -> BackupRepository: ...
+    @staticmethod
+    def open(
+        url: str,
+        *,
+        password: bytes | None = None,
+        key_file: bytes | None = None,
+        s3: dict[str, Any] | None = None,
+    ) -> BackupRepository: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def compression(self) -> int: ...
+    def backup(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        tags: Sequence[str] = ...,
+        exclude: Sequence[str] = ...,
+        host: str | None = None,
+        time: float | None = None,
+        progress: Callable[[dict[str, Any]], object] | None = None,
+    ) -> dict[str, Any]: ...
+    def snapshots(self) -> list[dict[str, Any]]: ...
+    def restore(
+        self,
+        snapshot_id: str,
+        target: str | os.PathLike[str],
+        *,
+        include: Sequence[str | os.PathLike[str]] | None = None,
+        progress: Callable[[dict[str, Any]], object] | None = None,
+    ) -> dict[str, int]: ...
+    def verify(
+        self, *, read_data: bool = True, progress: Callable[[dict[str, Any]], object] | None = None
+    ) -> dict[str, Any]: ...
+    def forget(self, ids: Sequence[str]) -> None: ...
+    def prune(self, *, progress: Callable[[dict[str, Any]], object] | None = None) -> dict[str, int]: ...
+    def unlock(self) -> int: ...

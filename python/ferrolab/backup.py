@@ -25,7 +25,7 @@ Errors: :class:`BackupError` (a :class:`ferrolab.FerrolabError`) and its subclas
 Examples
 --------
 >>> import pathlib, tempfile, ferrolab as fl
->>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+>>> with tempfile.TemporaryDirectory() as tmp:
 ...     data = pathlib.Path(tmp, "data")
 ...     data.mkdir()
 ...     _ = (data / "results.csv").write_text("x,y\\n1,2\\n")
@@ -956,7 +956,7 @@ class Repository:
     Examples
     --------
     >>> import pathlib, tempfile, ferrolab as fl
-    >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+    >>> with tempfile.TemporaryDirectory() as tmp:
     ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="s3cret pass")
     ...     again = fl.backup.Repository.open(pathlib.Path(tmp, "repo"), password="s3cret pass")
     ...     print(again.id == repo.id, len(repo.id), repo.snapshots())
@@ -1015,7 +1015,7 @@ class Repository:
         Examples
         --------
         >>> import os, pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     key = pathlib.Path(tmp, "backup.key")
         ...     _ = key.write_bytes(os.urandom(32))
         ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), key_file=key, compression=9)
@@ -1053,7 +1053,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="right one")
         ...     try:
         ...         fl.backup.Repository.open(pathlib.Path(tmp, "repo"), password="wrong one")
@@ -1121,7 +1121,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "data")
         ...     (data / "logs").mkdir(parents=True)
         ...     _ = (data / "model.bin").write_bytes(bytes(range(256)) * 4096)
@@ -1168,7 +1168,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "notes.txt")
         ...     _ = data.write_text("v1")
         ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="pw for docs")
@@ -1222,7 +1222,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "data")
         ...     (data / "a").mkdir(parents=True)
         ...     _ = (data / "a" / "keep.txt").write_text("v1")
@@ -1272,7 +1272,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "notes.txt")
         ...     _ = data.write_text("important")
         ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="pw for docs")
@@ -1350,7 +1350,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "notes.txt")
         ...     _ = data.write_text("v1")
         ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="pw for docs")
@@ -1403,7 +1403,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     data = pathlib.Path(tmp, "data")
         ...     data.mkdir()
         ...     _ = (data / "big.bin").write_bytes(bytes(range(256)) * 40_000)
@@ -1429,7 +1429,7 @@ class Repository:
         Examples
         --------
         >>> import pathlib, tempfile, ferrolab as fl
-        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
         ...     repo = fl.backup.Repository.init(pathlib.Path(tmp, "repo"), password="pw for docs")
         ...     print(repo.unlock())
         0

@@ -218,9 +218,20 @@ impl BackupRepository {
         py: Python<'py>,
         snapshot_id: String,
         target: PathBuf,
-        include: Option<Vec<Vec<u8>>>,
+        include: Option<Vec<PathBuf>>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        use std::os::unix::ffi::OsStrExt;
+        // absolute original paths -> item paths (relative to '/', no trailing slash)
+        let include: Option<Vec<Vec<u8>>> = include.map(|v| {
+            v.iter()
+                .map(|p| {
+                    let b = p.as_os_str().as_bytes();
+                    let b = b.strip_prefix(b"/").unwrap_or(b);
+                    b.strip_suffix(b"/").unwrap_or(b).to_vec()
+                })
+                .collect()
+        });
         let st = with_progress(py, progress, |p| {
             core::restore::restore(&self.repo, &snapshot_id, &target, include.as_deref(), p)
         })?;
