@@ -15,6 +15,8 @@ pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod verify;
 
 pub use archiver::{backup, BackupOptions};
