@@ -70,21 +70,23 @@ fn s3_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<Option<S3Options>> {
     Ok(Some(o))
 }
 
-/// Runs `f` detached, giving it a progress sink that calls `cb` (if any) with a dict.
+/// Runs `f` detached with a progress sink that re-attaches about 10 times a second: it checks for signals
+/// (Ctrl-C cancels the operation and raises `KeyboardInterrupt`) and calls `cb` (if any) with a dict; an
+/// exception from `cb` cancels the operation too and is raised.
 fn with_progress<R: Send>(
     py: Python<'_>,
     cb: Option<Py<PyAny>>,
     f: impl FnOnce(Option<core::ProgressFn<'_>>) -> ferrolab_core::Result<R> + Send,
 ) -> PyResult<R> {
     let cb_err: Mutex<Option<PyErr>> = Mutex::new(None);
-    let sink = |info: &ProgressInfo| {
-        let Some(cb) = &cb else { return };
+    let sink = |info: &ProgressInfo| -> bool {
         Python::attach(|py| {
             if cb_err.lock().unwrap().is_some() {
-                return;
+                return false;
             }
-            let d = PyDict::new(py);
-            let r = (|| -> PyResult<()> {
+            let r = py.check_signals().and_then(|()| {
+                let Some(cb) = &cb else { return Ok(()) };
+                let d = PyDict::new(py);
                 d.set_item("phase", info.phase)?;
                 d.set_item("done_bytes", info.done_bytes)?;
                 d.set_item("total_bytes", info.total_bytes)?;
@@ -92,19 +94,21 @@ fn with_progress<R: Send>(
                 d.set_item("total_files", info.total_files)?;
                 cb.call1(py, (d,))?;
                 Ok(())
-            })();
-            if let Err(e) = r {
-                *cb_err.lock().unwrap() = Some(e);
+            });
+            match r {
+                Ok(()) => true,
+                Err(e) => {
+                    *cb_err.lock().unwrap() = Some(e);
+                    false
+                }
             }
         })
     };
-    let has_cb = cb.is_some();
-    let r = py.detach(|| f(if has_cb { Some(&sink) } else { None }));
-    let r = r.py()?;
+    let r = py.detach(|| f(Some(&sink)));
     if let Some(e) = cb_err.into_inner().unwrap() {
         return Err(e);
     }
-    Ok(r)
+    r.py()
 }
 
 fn snapshot_dict<'py>(

@@ -438,11 +438,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     if let crate::backup::store::StoreKind::Local(root) = repo.store.kind() {
         crate::backup::store::local::clean_tmp(Path::new(&root), Duration::from_secs(3600));
     }
-    let progress = |info: ProgressInfo| {
-        if let Some(p) = opts.progress {
-            p(&info)
-        }
-    };
+    let progress = |info: ProgressInfo| -> bool { opts.progress.is_none_or(|p| p(&info)) };
     // roots
     if opts.paths.is_empty() {
         return Err(CoreError::value("backup", "paths", "is empty"));
@@ -489,10 +485,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     };
 
     // walk
-    progress(ProgressInfo {
+    if !progress(ProgressInfo {
         phase: "scan",
         ..Default::default()
-    });
+    }) {
+        return Err(crate::backup::repo::cancelled("backup"));
+    }
     let mut items = Vec::new();
     let mut abs = Vec::new();
     let mut warnings = Vec::new();
@@ -598,13 +596,15 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
             }
             if last.elapsed() >= Duration::from_millis(100) {
                 last = Instant::now();
-                progress(ProgressInfo {
+                if !progress(ProgressInfo {
                     phase: "backup",
                     done_bytes,
                     total_bytes,
                     done_files,
                     total_files,
-                });
+                }) {
+                    sh.fail(crate::backup::repo::cancelled("backup"));
+                }
                 if let Err(e) = lock.refresh_if_due() {
                     sh.fail(e);
                 }
@@ -704,7 +704,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     repo.store
         .put(&format!("snapshots/{}", snap.id), &snap.encode(&repo.key))?;
     repo.store.sync()?;
-    progress(ProgressInfo {
+    let _ = progress(ProgressInfo {
         phase: "backup",
         done_bytes: total_bytes,
         total_bytes,

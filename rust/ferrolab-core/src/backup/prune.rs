@@ -139,7 +139,7 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         }
         stats.packs_rewritten += 1;
         if let Some(p) = progress {
-            p(&ProgressInfo {
+            let _ = p(&ProgressInfo {
                 phase: "prune",
                 done_bytes: 0,
                 total_bytes: 0,

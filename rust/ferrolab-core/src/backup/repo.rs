@@ -39,8 +39,15 @@ pub struct ProgressInfo {
     pub total_files: u64,
 }
 
-/// A progress sink (called at most about 10 times a second, from the calling thread).
-pub type ProgressFn<'a> = &'a (dyn Fn(&ProgressInfo) + Sync);
+/// A progress sink (called at most about 10 times a second, from the calling thread). Returning `false`
+/// cancels the operation: it stops as soon as it safely can and returns [`cancelled`]'s error; what it
+/// wrote is as after a crash (complete objects only).
+pub type ProgressFn<'a> = &'a (dyn Fn(&ProgressInfo) -> bool + Sync);
+
+/// The error of a cancelled operation.
+pub fn cancelled(op: &str) -> CoreError {
+    CoreError::backup(BackupErrorKind::Other, format!("{op} was cancelled"))
+}
 
 pub(crate) fn corrupt(msg: impl std::fmt::Display) -> CoreError {
     CoreError::backup(BackupErrorKind::Corruption, msg)

@@ -307,13 +307,18 @@ pub fn restore(
                 std::thread::sleep(Duration::from_millis(20));
                 if last.elapsed() >= Duration::from_millis(100) {
                     last = Instant::now();
-                    p(&ProgressInfo {
+                    if !p(&ProgressInfo {
                         phase: "restore",
                         done_bytes: done.load(Ordering::Relaxed),
                         total_bytes,
                         done_files: 0,
                         total_files: stats.files,
-                    });
+                    }) {
+                        abort.store(true, Ordering::SeqCst);
+                        err.lock()
+                            .unwrap()
+                            .get_or_insert(crate::backup::repo::cancelled("restore"));
+                    }
                 }
             }
         }
@@ -355,7 +360,7 @@ pub fn restore(
             .map_err(|e| CoreError::io(format!("restore: set times of {}", dest.display()), e))?;
     }
     if let Some(p) = progress {
-        p(&ProgressInfo {
+        let _ = p(&ProgressInfo {
             phase: "restore",
             done_bytes: stats.bytes,
             total_bytes,

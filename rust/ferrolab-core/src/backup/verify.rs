@@ -160,6 +160,7 @@ pub fn verify(
         .collect();
     let total: u64 = packs.iter().map(|(_, p)| listed[p]).sum();
     let next = AtomicUsize::new(0);
+    let cancel = std::sync::atomic::AtomicBool::new(false);
     let read = AtomicU64::new(0);
     let errors = Mutex::new(Vec::new());
     let nthreads = std::thread::available_parallelism()
@@ -175,6 +176,9 @@ pub fn verify(
             s.spawn(|| {
                 let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
                 loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(slot, pid)) = packs.get(k) else {
                         return;
@@ -244,17 +248,24 @@ pub fn verify(
                 std::thread::sleep(Duration::from_millis(20));
                 if last.elapsed() >= Duration::from_millis(100) {
                     last = Instant::now();
-                    p(&ProgressInfo {
+                    let go_on = p(&ProgressInfo {
                         phase: "verify",
                         done_bytes: read.load(Ordering::Relaxed),
                         total_bytes: total,
                         done_files: next.load(Ordering::Relaxed).min(packs.len()) as u64,
                         total_files: packs.len() as u64,
                     });
+                    if !go_on {
+                        cancel.store(true, Ordering::SeqCst);
+                        break;
+                    }
                 }
             }
         }
     });
+    if cancel.load(Ordering::SeqCst) {
+        return Err(crate::backup::repo::cancelled("verify"));
+    }
     rep.bytes_read = read.load(Ordering::Relaxed);
     let mut errs = errors.into_inner().unwrap();
     errs.sort_by(|a, b| a.item.cmp(&b.item).then(a.message.cmp(&b.message)));
