@@ -24,6 +24,7 @@ test-py:
 bench-smoke:
 	$(PYTHON) benches/bench_ops.py --smoke --json bench-results/bench_ops_smoke.json
 	$(PYTHON) benches/bench_breaker.py --smoke --json bench-results/bench_breaker_smoke.json
+	$(PYTHON) benches/bench_backup.py --smoke --json bench-results/bench_backup_smoke.json
 
 lint: stubs
 	$(CARGO) fmt --all -- --check
@@ -37,6 +38,7 @@ stubs:
 bench:
 	$(PYTHON) benches/bench_ops.py --json bench-results/bench_ops.json
 	$(PYTHON) benches/bench_breaker.py --json bench-results/bench_breaker.json
+	$(PYTHON) benches/bench_backup.py --json bench-results/bench_backup.json
 
 demo:
 	ferrolab demo

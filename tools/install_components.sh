@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Installs the real components the integration tests start on 127.0.0.1 (Debian packages):
-# Prometheus (with promtool) and the Prometheus Pushgateway. Idempotent; without root or apt-get it only
-# reports what is missing (those tests then skip with a reason, except under CI=true where they fail).
+# Prometheus (with promtool) and the Prometheus Pushgateway; and restic, the peer of benches/bench_backup.py.
+# Idempotent; without root or apt-get it only reports what is missing (those tests then skip with a reason, and
+# the backup benchmark's smoke runs ferrolab alone, except under CI=true where they fail).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
+command -v restic >/dev/null 2>&1 || need+=(restic)
 if [ ${#need[@]} -eq 0 ]; then
     echo "components: all present"
     exit 0
 fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "components: missing ${need[*]} and no apt-get here; their integration tests will skip" >&2
+    echo "components: missing ${need[*]} and no apt-get here; their integration tests (or benchmark peers) will skip" >&2
     exit 0
 fi
 SUDO=""
