@@ -34,7 +34,7 @@ Commands (cwd: WORK/src, which holds the fresh copy ``data`` of the data set; RE
     restic -r REPO check [--read-data]
     python -m ferrolab backup -r REPO init
     python -m ferrolab backup -r REPO create --no-progress data
-    python -m ferrolab backup -r REPO restore latest --target DIR [--include data/large/field_05.npy] --no-progress
+    python -m ferrolab backup -r REPO restore latest --target DIR [--include large/field_05.npy] --no-progress
     python -m ferrolab backup -r REPO verify [--metadata-only] --no-progress
 
 The passwords come from RESTIC_PASSWORD / FERROLAB_PASSWORD. Each tool's XDG_CACHE_HOME and TMPDIR point into the
@@ -376,7 +376,7 @@ def tool_commands(tool: str, repo: Path, target: Path, target_one: Path) -> dict
             "--target",
             str(target_one),
             "--include",
-            f"data/{ONE}",
+            ONE,  # relative to the snapshot's root (WORK/src/data)
             "--no-progress",
         ],
         "check": [*f, "verify", "--metadata-only", "--no-progress"],
