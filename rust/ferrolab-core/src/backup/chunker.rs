@@ -14,19 +14,20 @@ pub struct ChunkParams {
     pub max: usize,
 }
 
-/// File data: 64 KiB / 256 KiB / 1 MiB (small enough that an edit re-stores little, large enough that the
-/// index stays small: about 4,000 entries per GB).
+/// File data: 32 KiB / 128 KiB / 512 KiB (small enough that an edit re-stores little, large enough that the
+/// index stays small: about 8,000 entries per GB).
 pub const DATA_CHUNKS: ChunkParams = ChunkParams {
-    min: 64 * 1024,
-    avg: 256 * 1024,
-    max: 1024 * 1024,
+    min: 32 * 1024,
+    avg: 128 * 1024,
+    max: 512 * 1024,
 };
 
-/// Snapshot item streams (metadata): 16 KiB / 64 KiB / 256 KiB.
+/// Snapshot item streams (metadata): 2 KiB / 8 KiB / 32 KiB, so a few changed files re-store only the few
+/// kilobytes of metadata around them.
 pub const TREE_CHUNKS: ChunkParams = ChunkParams {
-    min: 16 * 1024,
-    avg: 64 * 1024,
-    max: 256 * 1024,
+    min: 2 * 1024,
+    avg: 8 * 1024,
+    max: 32 * 1024,
 };
 
 /// A chunker with its (secret) gear tables.

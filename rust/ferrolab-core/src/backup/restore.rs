@@ -259,9 +259,12 @@ pub fn restore(
     let done = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
     let err: Mutex<Option<CoreError>> = Mutex::new(None);
-    let nthreads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8);
+    // twice the cores: half of a restore is waiting on the file system (creating and writing files)
+    let nthreads = std::env::var("FERROLAB_RESTORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 16);
     std::thread::scope(|s| {
         for _ in 0..nthreads {
             s.spawn(|| {
