@@ -14,6 +14,8 @@
 pub mod local;
 pub mod s3;
 
+pub use s3::S3Options;
+
 use crate::backup::BResult;
 
 /// One listed object: its key relative to the listed directory and its size in bytes.
@@ -53,5 +55,17 @@ pub trait Store: Send + Sync {
     /// Makes every completed `put` durable (local: fsync the directories written to). A no-op on S3.
     fn sync(&self) -> BResult<()> {
         Ok(())
+    }
+}
+
+/// Opens the store for `url`: `s3://bucket/optional/prefix` is an S3 bucket (configured by `s3`, else by the
+/// `AWS_*` environment variables), `file:///path` or a plain path a local directory.
+pub fn open_store(url: &str, s3: Option<&S3Options>) -> BResult<Box<dyn Store>> {
+    if url.starts_with("s3://") {
+        let default = S3Options::default();
+        Ok(Box::new(s3::S3Store::new(url, s3.unwrap_or(&default))?))
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Ok(Box::new(local::LocalStore::new(path)))
     }
 }
