@@ -48,7 +48,8 @@ pub struct S3Store {
     /// key prefix without leading or trailing slash ("" for the bucket root)
     prefix: String,
     store: AmazonS3,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 /// Splits `s3://bucket/optional/prefix` into the bucket and the prefix (without surrounding slashes).
@@ -223,7 +224,7 @@ impl S3Store {
             bucket,
             prefix,
             store,
-            rt,
+            rt: Some(rt),
         })
     }
 
@@ -284,15 +285,26 @@ impl S3Store {
         F: Future + Send,
         F::Output: Send,
     {
+        let rt = self.rt.as_ref().expect("S3Store used while dropped");
         if tokio::runtime::Handle::try_current().is_ok() {
             // inside some other tokio runtime blocking in place would panic: block a helper thread instead
             std::thread::scope(|s| {
-                s.spawn(|| self.rt.block_on(fut))
+                s.spawn(|| rt.block_on(fut))
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p))
             })
         } else {
-            self.rt.block_on(fut)
+            rt.block_on(fut)
+        }
+    }
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        // no request is in flight (drop has the only reference): just let go of idle connections, without
+        // waiting for the workers (a plain drop would panic when done inside some other tokio runtime)
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -897,6 +909,17 @@ mod tests {
         );
         assert!(!e.contains("<?xml"), "{e}");
         assert!(nob.list("data").is_err());
+
+        // called (and dropped) from inside some other tokio runtime
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        outer.block_on(async {
+            let inner = S3Store::new(&url, &opts).unwrap();
+            assert!(inner.exists("config").unwrap());
+            drop(inner);
+        });
 
         // four threads putting and reading at once through one store
         let s = Arc::new(s);
