@@ -76,7 +76,20 @@ pub fn to_py(e: CoreError) -> PyErr {
         }
         CoreError::Io { source, context } => {
             // keep the built-in OSError subclass (FileNotFoundError, PermissionError, ...)
-            let errno = source.raw_os_error().unwrap_or(0);
+            // errors without an errno (e.g. from the S3 store) get the errno of their kind, so that Python
+            // still raises FileNotFoundError, PermissionError, ...
+            let errno = source.raw_os_error().unwrap_or(match source.kind() {
+                std::io::ErrorKind::NotFound => libc::ENOENT,
+                std::io::ErrorKind::PermissionDenied => libc::EACCES,
+                std::io::ErrorKind::AlreadyExists => libc::EEXIST,
+                std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+                std::io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+                std::io::ErrorKind::ConnectionReset => libc::ECONNRESET,
+                std::io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
+                std::io::ErrorKind::NotConnected => libc::ENOTCONN,
+                std::io::ErrorKind::Interrupted => libc::EINTR,
+                _ => 0,
+            });
             PyOSError::new_err((errno, format!("{context}: {source}")))
         }
     }

@@ -14,6 +14,8 @@
 pub mod local;
 pub mod s3;
 
+pub use s3::S3Options;
+
 use crate::backup::BResult;
 
 /// One listed object: its key relative to the listed directory and its size in bytes.
@@ -73,26 +75,14 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// S3 connection settings (missing fields fall back to the AWS_* environment variables).
-#[derive(Debug, Clone, Default)]
-pub struct S3Options {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
-    pub allow_http: Option<bool>,
-}
-
-/// Opens the store for `url`: `s3://bucket/prefix` or a local path (optionally `file://`).
-pub fn open_store(url: &str, _s3: Option<&S3Options>) -> BResult<Box<dyn Store>> {
+/// Opens the store for `url`: `s3://bucket/optional/prefix` is an S3 bucket (configured by `s3`, else by the
+/// `AWS_*` environment variables), `file:///path` or a plain path a local directory.
+pub fn open_store(url: &str, s3: Option<&S3Options>) -> BResult<Box<dyn Store>> {
     if url.starts_with("s3://") {
-        return Err(crate::error::CoreError::backup(
-            crate::error::BackupErrorKind::Other,
-            "S3 repositories are not available in this build yet",
-        ));
+        let default = S3Options::default();
+        Ok(Box::new(s3::S3Store::new(url, s3.unwrap_or(&default))?))
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Ok(Box::new(local::LocalStore::new(path)))
     }
-    Ok(Box::new(local::LocalStore::new(
-        url.strip_prefix("file://").unwrap_or(url),
-    )))
 }
