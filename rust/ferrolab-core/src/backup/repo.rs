@@ -22,6 +22,11 @@ pub struct Config {
     pub created: f64,
 }
 
+/// Objects that failed to load: (object name, why).
+pub type Damaged = Vec<(String, CoreError)>;
+/// Packs with their blobs.
+pub type PackList = Vec<(Id, Vec<PackedBlob>)>;
+
 /// An open repository.
 pub struct Repository {
     pub store: Arc<dyn Store>,
@@ -173,7 +178,7 @@ impl Repository {
     }
 
     /// All snapshots that decode, sorted by time; damaged ones are returned separately.
-    pub fn load_snapshots(&self) -> BResult<(Vec<Snapshot>, Vec<(String, CoreError)>)> {
+    pub fn load_snapshots(&self) -> BResult<(Vec<Snapshot>, Damaged)> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for e in self.store.list("snapshots")? {
@@ -218,7 +223,7 @@ impl Repository {
     /// Returns the index, the damaged index objects, and the packs that were recovered.
     pub fn load_index(
         &self,
-    ) -> BResult<(Index, Vec<(String, CoreError)>, Vec<(Id, Vec<PackedBlob>)>)> {
+    ) -> BResult<(Index, Damaged, PackList)> {
         let (mut idx, bad) = index::load_all(&*self.store, &self.key)?;
         let mut recovered = Vec::new();
         for e in self.store.list("data")? {
