@@ -221,9 +221,7 @@ impl Repository {
 
     /// Loads the index, adding packs that no index lists (left by an interrupted backup) from their headers.
     /// Returns the index, the damaged index objects, and the packs that were recovered.
-    pub fn load_index(
-        &self,
-    ) -> BResult<(Index, Damaged, PackList)> {
+    pub fn load_index(&self) -> BResult<(Index, Damaged, PackList)> {
         let (mut idx, bad) = index::load_all(&*self.store, &self.key)?;
         let mut recovered = Vec::new();
         for e in self.store.list("data")? {
