@@ -1,6 +1,6 @@
 # Stubs of the native extension ferrolab._core (checked with `python -m mypy.stubtest ferrolab._core`).
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 import os
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, final
 
