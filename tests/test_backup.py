@@ -301,9 +301,6 @@ def test_a_root_whose_name_is_not_utf8_round_trips(tmp_path) -> None:
     assert got == expected, diff(expected, got)
 
 
-@pytest.mark.xfail(strict=True, reason="Snapshot.paths of a root whose path is not UTF-8 is lossy: archiver.rs records "
-                   "the roots with to_string_lossy(), so b'data-\\xff' becomes 'data-\\ufffd' (not os.fsdecode's "
-                   "'data-\\udcff'), and restore(include='sub'), resolved against that root, matches nothing")
 def test_a_root_whose_name_is_not_utf8_keeps_its_path(tmp_path) -> None:
     root = os.path.join(os.fsencode(tmp_path), b"data-\xff")
     write(os.path.join(root, b"sub", b"a.txt"), b"hello")
@@ -456,9 +453,6 @@ def test_init_on_an_existing_repository_fails_and_leaves_it_intact(tmp_path) -> 
     assert again.id == repo.id and [s.id for s in again.snapshots()] == [snap.id]
 
 
-@pytest.mark.xfail(strict=True, reason="Repository.init documents that a local directory 'must not exist or be "
-                   "empty', but LocalStore::create only refuses a directory that has a `config`: init into a non-empty "
-                   "directory succeeds and mixes the repository with the files already there")
 def test_init_refuses_a_non_empty_directory(tmp_path) -> None:
     (tmp_path / "dir").mkdir()
     write(tmp_path / "dir" / "someone-elses-file", b"x")
@@ -651,10 +645,6 @@ def test_a_missing_pack_is_found_without_reading_data(three: Damaged) -> None:
     three.repo.restore(three.snaps[2], target=three.path.parent / "ok", include=three.files[1:])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="restore of a file whose pack is missing raises "
-                   "FileNotFoundError naming only the pack's path in the repository ('read N bytes at offset 0 of "
-                   "REPO/data/xx/<pack>'), not a CorruptionError naming the file: Repository::read_blob (repo.rs) "
-                   "propagates the store's NotFound error without the file context that it adds to damaged blobs")
 def test_restore_of_a_file_whose_pack_is_missing_names_the_file(three: Damaged) -> None:
     os.remove(pack_file(three, three.packs[0][0]))
     try:
@@ -905,9 +895,6 @@ def test_progress_true_draws_bars_on_stderr(tmp_path, capsys) -> None:
     assert "backup" in err and "restore" in err
 
 
-@pytest.mark.xfail(strict=True, reason="verify() reports progress only from its 100 ms polling loop, which ends as "
-                   "soon as every pack has been claimed by a reader thread (verify.rs), and never sends a final "
-                   "report: a short verify reports nothing at all, a long one never reports done_bytes == total_bytes")
 def test_verify_progress_ends_with_everything_done(tmp_path) -> None:
     src = tmp_path / "src"
     write(src / "a.bin", rand(2 * MiB, 1))

@@ -118,7 +118,16 @@ fn snapshot_dict<'py>(
     let d = PyDict::new(py);
     d.set_item("id", &s.id)?;
     d.set_item("time", s.time)?;
-    d.set_item("paths", PyList::new(py, &s.paths)?)?;
+    // lossless: non-UTF-8 roots come back as os.fsdecode() would give them
+    let roots: Vec<std::ffi::OsString> = s
+        .root_bytes()
+        .into_iter()
+        .map(|b| {
+            use std::os::unix::ffi::OsStringExt;
+            std::ffi::OsString::from_vec(b)
+        })
+        .collect();
+    d.set_item("paths", PyList::new(py, roots)?)?;
     d.set_item("tags", PyList::new(py, &s.tags)?)?;
     d.set_item("hostname", &s.hostname)?;
     d.set_item("files", s.files)?;

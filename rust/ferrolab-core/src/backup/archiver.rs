@@ -451,10 +451,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         }
     }
     roots.sort();
-    let root_strs: Vec<String> = roots
+    let root_bytes: Vec<Vec<u8>> = roots
         .iter()
-        .map(|r| r.to_string_lossy().into_owned())
+        .map(|r| r.as_os_str().as_bytes().to_vec())
         .collect();
+    let (root_strs, root_hex) = Snapshot::encode_roots(&root_bytes);
     let host = opts.host.clone().unwrap_or_else(hostname);
 
     // index (+ packs of interrupted runs)
@@ -471,7 +472,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     let parent = snaps
         .iter()
         .rev()
-        .find(|s| s.hostname == host && s.paths == root_strs);
+        .find(|s| s.hostname == host && s.root_bytes() == root_bytes);
     let parent_items: HashMap<Vec<u8>, Item> = match parent {
         Some(p) => match repo.load_items(p, &idx) {
             Ok(items) => items
@@ -686,6 +687,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         time: opts.time.unwrap_or_else(now),
         hostname: host,
         paths: root_strs,
+        paths_hex: root_hex,
         tags: opts.tags.clone(),
         parent: parent.map(|p| p.id.clone()),
         tree: tree_ids

@@ -279,9 +279,26 @@ impl Repository {
                 hex(id)
             ))
         })?;
-        let sealed =
-            self.store
-                .get_range(&pack_key(&pack), loc.offset as u64, loc.length as u64)?;
+        let sealed = match self
+            .store
+            .get_range(&pack_key(&pack), loc.offset as u64, loc.length as u64)
+        {
+            Ok(s) => s,
+            Err(CoreError::Io { source, context })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(corrupt(format!(
+                    "{}: chunk {} in pack {}: the pack is missing or truncated ({context}: {source})",
+                    what(),
+                    hex(id),
+                    hex(&pack)
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         decode_blob(&self.key, id, &sealed, loc.raw_len as usize, dctx).map_err(|m| {
             corrupt(format!(
                 "{}: chunk {} in pack {}: {m}",

@@ -172,7 +172,11 @@ pub struct Snapshot {
     /// seconds since the epoch (UTC)
     pub time: f64,
     pub hostname: String,
+    /// the roots, for display (lossy when a root is not UTF-8; see `paths_hex`)
     pub paths: Vec<String>,
+    /// the roots as hex bytes, present when some root is not UTF-8
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths_hex: Vec<String>,
     pub tags: Vec<String>,
     pub parent: Option<String>,
     /// tree blob ids (hex) holding the item stream
@@ -210,6 +214,35 @@ impl Snapshot {
         }
         s.id = id.to_string();
         Ok(s)
+    }
+
+    /// The roots as raw bytes (lossless).
+    pub fn root_bytes(&self) -> Vec<Vec<u8>> {
+        if self.paths_hex.len() == self.paths.len() {
+            if let Some(v) = self
+                .paths_hex
+                .iter()
+                .map(|h| unhex_vec(h))
+                .collect::<Option<Vec<_>>>()
+            {
+                return v;
+            }
+        }
+        self.paths.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    /// Display and hex forms of raw root paths.
+    pub fn encode_roots(roots: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+        let shown = roots
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        let hexed = if roots.iter().all(|r| std::str::from_utf8(r).is_ok()) {
+            Vec::new()
+        } else {
+            roots.iter().map(|r| hex(r)).collect()
+        };
+        (shown, hexed)
     }
 
     pub fn tree_ids(&self) -> BResult<Vec<Id>> {

@@ -79,6 +79,7 @@ fn craft(repo: &Repository, items: &mut [Item], data: &[u8]) -> String {
         time: 1.0,
         hostname: "h".into(),
         paths: vec!["/x".into()],
+        paths_hex: vec![],
         tags: vec![],
         parent: None,
         tree: vec![hex(&tid)],

@@ -266,6 +266,15 @@ pub fn verify(
     if cancel.load(Ordering::SeqCst) {
         return Err(crate::backup::repo::cancelled("verify"));
     }
+    if let Some(p) = progress {
+        let _ = p(&ProgressInfo {
+            phase: "verify",
+            done_bytes: read.load(Ordering::Relaxed),
+            total_bytes: total,
+            done_files: packs.len() as u64,
+            total_files: packs.len() as u64,
+        });
+    }
     rep.bytes_read = read.load(Ordering::Relaxed);
     let mut errs = errors.into_inner().unwrap();
     errs.sort_by(|a, b| a.item.cmp(&b.item).then(a.message.cmp(&b.message)));

@@ -70,6 +70,17 @@ impl Store for LocalStore {
                 format!("a repository already exists at {}", self.url),
             ));
         }
+        if let Ok(mut rd) = fs::read_dir(&self.root) {
+            if rd.next().is_some() {
+                return Err(CoreError::backup(
+                    crate::error::BackupErrorKind::Other,
+                    format!(
+                        "cannot create a repository at {}: the directory is not empty",
+                        self.url
+                    ),
+                ));
+            }
+        }
         if self.root.exists() && !self.root.is_dir() {
             return Err(CoreError::io(
                 format!("create repository {}", self.url),
