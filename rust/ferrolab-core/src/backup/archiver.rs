@@ -388,47 +388,56 @@ fn packer(sh: &Shared<'_>, sealed: Receiver<Sealed>, packs: SyncSender<FinishedP
     }
 }
 
-/// Writes packs, then index objects for them; returns the bytes written.
+/// Writes packs; an indexer thread makes each batch of packs durable and then writes the index object naming
+/// them (so the fsyncs overlap with writing the next packs). Returns the bytes written.
 fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
     let store = &*sh.repo.store;
-    let mut unindexed: Vec<(Id, Vec<PackedBlob>)> = Vec::new();
-    let mut written = 0u64;
-    let flush = |unindexed: &mut Vec<(Id, Vec<PackedBlob>)>| -> BResult<u64> {
-        if unindexed.is_empty() {
-            return Ok(0);
-        }
-        store.sync()?; // packs durable before the index that names them
-        let obj = index::encode(&sh.repo.key, unindexed);
-        store.put(&format!("index/{}", random_id()), &obj)?;
-        unindexed.clear();
-        Ok(obj.len() as u64)
-    };
-    for fp in packs {
-        if sh.abort.load(Ordering::Relaxed) {
-            continue;
-        }
-        let r = store
-            .put_parts(&pack_key(&fp.id), &fp.slices())
-            .and_then(|()| {
-                written += fp.len() as u64;
-                unindexed.push((fp.id, fp.blobs));
-                if unindexed.len() >= INDEX_EVERY {
-                    flush(&mut unindexed).map(|n| written += n)
-                } else {
-                    Ok(())
+    let (batch_tx, batch_rx) = sync_channel::<Vec<(Id, Vec<PackedBlob>)>>(4);
+    std::thread::scope(|s| {
+        let indexer = s.spawn(move || -> u64 {
+            let mut n = 0u64;
+            for batch in batch_rx {
+                if sh.abort.load(Ordering::Relaxed) {
+                    continue;
                 }
-            });
-        if let Err(e) = r {
-            sh.fail(e);
+                // packs durable before the index that names them
+                let r = store.sync().and_then(|()| {
+                    let obj = index::encode(&sh.repo.key, &batch);
+                    store.put(&format!("index/{}", random_id()), &obj)?;
+                    Ok(obj.len() as u64)
+                });
+                match r {
+                    Ok(k) => n += k,
+                    Err(e) => sh.fail(e),
+                }
+            }
+            n
+        });
+        let mut unindexed: Vec<(Id, Vec<PackedBlob>)> = Vec::new();
+        let mut written = 0u64;
+        for fp in packs {
+            if sh.abort.load(Ordering::Relaxed) {
+                continue;
+            }
+            match store.put_parts(&pack_key(&fp.id), &fp.slices()) {
+                Ok(()) => {
+                    written += fp.len() as u64;
+                    unindexed.push((fp.id, fp.blobs));
+                    if unindexed.len() >= INDEX_EVERY
+                        && batch_tx.send(std::mem::take(&mut unindexed)).is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => sh.fail(e),
+            }
         }
-    }
-    if !sh.abort.load(Ordering::Relaxed) {
-        match flush(&mut unindexed) {
-            Ok(n) => written += n,
-            Err(e) => sh.fail(e),
+        if !sh.abort.load(Ordering::Relaxed) && !unindexed.is_empty() {
+            let _ = batch_tx.send(unindexed);
         }
-    }
-    written
+        drop(batch_tx);
+        written + indexer.join().expect("indexer thread")
+    })
 }
 
 /// Runs a backup and writes its snapshot.

@@ -447,7 +447,8 @@ pub fn choose_filter(sample: &[u8], enc: &mut Encoder) -> Filter {
         }
         return Filter::None;
     }
-    if sample.len() < 16 * 1024 {
+    if sample.len() < 256 * 1024 {
+        // small files (text, configs) are never worth the trial compressions
         return Filter::None;
     }
     let body = &sample[..sample.len().min(64 * 1024)];
