@@ -6,6 +6,7 @@
 //! refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are created last.
 //! Every chunk is authenticated and its id re-checked before it is written.
 
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -58,11 +59,16 @@ pub fn check_item_path(p: &[u8]) -> Result<(), String> {
 }
 
 /// Creates the parents of `target/rel` (not the last component), refusing symlinks and non-directories.
-fn ensure_parents(target: &Path, rel: &[u8]) -> BResult<PathBuf> {
+/// `checked` holds directories already verified (or created) by this restore, so each is checked once.
+fn ensure_parents(target: &Path, rel: &[u8], checked: &mut HashSet<PathBuf>) -> BResult<PathBuf> {
     let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
     let mut cur = target.to_path_buf();
     for c in &parts[..parts.len() - 1] {
         cur.push(OsStr::from_bytes(c));
+        if checked.contains(&cur) {
+            continue;
+        }
+        checked.insert(cur.clone());
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_dir() => {}
             Ok(m) if m.file_type().is_symlink() => {
@@ -193,8 +199,10 @@ pub fn restore(
     let mut units: Vec<(usize, usize, usize, u64)> = Vec::new(); // (item, first chunk, end chunk, offset)
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut total_bytes = 0u64;
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    let mut to_create: Vec<usize> = Vec::new();
     for (i, it) in items.iter().enumerate() {
-        let dest = ensure_parents(&target, &it.path)?;
+        let dest = ensure_parents(&target, &it.path, &mut checked)?;
         match it.kind {
             Kind::Dir => {
                 match fs::symlink_metadata(&dest) {
@@ -224,15 +232,7 @@ pub fn restore(
                         )));
                     }
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&dest)
-                    .map_err(|e| CoreError::io(format!("restore: create {}", dest.display()), e))?;
-                f.set_len(it.size)
-                    .map_err(|e| CoreError::io(format!("restore: size {}", dest.display()), e))?;
+                to_create.push(i);
                 let mut off = 0u64;
                 let mut start = 0usize;
                 let mut unit_bytes = 0u64;
@@ -252,6 +252,40 @@ pub fn restore(
             Kind::Symlink => stats.symlinks += 1,
         }
         dests.push(dest);
+    }
+
+    // create the files (in parallel: creating many files is mostly waiting on the file system)
+    let ncreate = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+        * 2;
+    let next_create = AtomicUsize::new(0);
+    let create_err: Mutex<Option<CoreError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..ncreate {
+            s.spawn(|| loop {
+                let k = next_create.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = to_create.get(k) else { return };
+                let dest = &dests[i];
+                let r = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(dest)
+                    .and_then(|f| f.set_len(items[i].size));
+                if let Err(e) = r {
+                    create_err.lock().unwrap().get_or_insert(CoreError::io(
+                        format!("restore: create {}", dest.display()),
+                        e,
+                    ));
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = create_err.into_inner().unwrap() {
+        return Err(e);
     }
 
     // data
@@ -334,7 +368,7 @@ pub fn restore(
     // symlinks, then metadata (directories in reverse so their mtimes stick)
     for (i, it) in items.iter().enumerate() {
         if it.kind == Kind::Symlink {
-            let dest = ensure_parents(&target, &it.path)?;
+            let dest = ensure_parents(&target, &it.path, &mut checked)?;
             if let Ok(m) = fs::symlink_metadata(&dest) {
                 if m.file_type().is_dir() {
                     return Err(refuse(format!(
