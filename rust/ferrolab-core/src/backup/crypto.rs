@@ -126,17 +126,7 @@ impl MasterKey {
     /// Seals `plain` into `out` (cleared first): nonce || ciphertext || tag; `aad` (e.g. the blob id) is
     /// authenticated but not stored.
     pub fn seal_into(&self, plain: &[u8], aad: &[u8], out: &mut Vec<u8>) {
-        out.clear();
-        out.reserve(plain.len() + SEAL_OVERHEAD);
-        let mut nonce = [0u8; 24];
-        random_bytes(&mut nonce);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[24..]).into())
-            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        out.extend_from_slice(tag.as_slice());
+        self.seal_parts_into(&[plain], aad, out)
     }
 
     /// Seals the concatenation of `parts` into `out` (cleared first), copying each part once.
