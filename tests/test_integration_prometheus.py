@@ -64,8 +64,15 @@ def wait_for(what: str, probe: Callable[[], T | None], deadline_s: float, log: P
 
 
 def fetch(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        # an HTTPError holds the open response: close it here (a caller that keeps polling would otherwise
+        # leave its socket to the garbage collector, and filterwarnings=error turns that into a failure)
+        body = e.read()[:500]
+        e.close()
+        raise RuntimeError(f"GET {url}: HTTP {e.code}: {body!r}") from None
 
 
 def fetch_json(url: str) -> Any:
