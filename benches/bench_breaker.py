@@ -10,7 +10,7 @@ that slow drift hits all alike), timeit-style: each side loops long enough that 
 
     python benches/bench_breaker.py                 # full run, table + bench-results/bench_breaker.json
     python benches/bench_breaker.py --smoke         # a few seconds, for CI: every scenario and check runs once
-    python benches/bench_breaker.py --repeat 21 --json /tmp/b.json
+    python benches/bench_breaker.py --repeat 21 --json bench-results/bench_breaker.json
     python benches/bench_breaker.py --timer wall     # wall-clock time instead of the thread's CPU time
 
 The default timer is the thread's CPU time (``time.thread_time``): every timed loop runs in one thread, so it is

@@ -9,7 +9,7 @@ per-call time is the median over ``--repeat`` repetitions.
 
     python benches/bench_metrics.py                  # table + bench-results/bench_metrics.json
     python benches/bench_metrics.py --smoke          # tiny repetition counts, a few seconds, for CI
-    python benches/bench_metrics.py --repeat 11 --json /tmp/m.json
+    python benches/bench_metrics.py --repeat 11 --json bench-results/bench_metrics.json
 
 Columns: ``ratio = prometheus_client time / ferrolab time`` (> 1 means ferrolab is faster), next to the target.
 ``exposition`` renders a registry holding one counter family with 10,000 label values (1,000 with ``--smoke``):

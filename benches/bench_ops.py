@@ -8,7 +8,7 @@ ferrolab result is checked against the peer's; a mismatch is printed loudly and 
 
     python benches/bench_ops.py                     # full sizes, table + bench-results/bench_ops.json
     python benches/bench_ops.py --smoke             # tiny sizes, repeat 1: a few seconds, for CI
-    python benches/bench_ops.py --ops sum,matmul --repeat 11 --json /tmp/b.json
+    python benches/bench_ops.py --ops sum,matmul --repeat 11 --json bench-results/bench_ops.json
 
 Columns: ``ratio = peer time / ferrolab time`` (> 1 means ferrolab is faster). ``rate`` is what ferrolab
 reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- inputs read once, outputs

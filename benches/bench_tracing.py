@@ -15,7 +15,7 @@ lasts at least ``--min-time``; per-execution time = median over ``--repeat`` rep
 
     python benches/bench_tracing.py                 # table + bench-results/bench_tracing.json
     python benches/bench_tracing.py --smoke         # quick run for CI
-    python benches/bench_tracing.py --json /tmp/t.json --repeat 11
+    python benches/bench_tracing.py --json bench-results/bench_tracing.json --repeat 11
 
 Columns: ``ratio = peer time / ferrolab time`` (> 1: ferrolab is faster). Targets: sampled >= 10x,
 unsampled >= 20x; the op-span rows show the overhead (ratio < 1). opentelemetry-python is imported, so every
