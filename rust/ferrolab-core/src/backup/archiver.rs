@@ -552,7 +552,6 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     let mut sizes: HashMap<u32, u64> = HashMap::new();
     let mut added = 0u64;
     let mut tree_ids: Vec<Id> = Vec::new();
-    let mut tree_stream = Vec::new();
     let (job_tx, job_rx) = sync_channel::<Job>(2 * nworkers);
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
@@ -650,7 +649,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
                 final_items.push(it);
             }
             items = final_items;
-            tree_stream = encode_items(&items);
+            let tree_stream = encode_items(&items);
             let tc = Chunker::new(TREE_CHUNKS, repo.key.chunker_seed);
             let mut enc = Encoder::new(repo.config.compression);
             let mut payload = Vec::new();
@@ -680,7 +679,6 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     if let Some(e) = sh.err.into_inner().unwrap() {
         return Err(e);
     }
-    drop(tree_stream);
     for (_, msg) in &failed {
         warnings.push(msg.clone());
     }

@@ -65,6 +65,11 @@ impl Index {
         p
     }
 
+    /// The slot of a known pack.
+    pub fn slot(&self, id: &Id) -> Option<usize> {
+        self.pack_pos.get(id).map(|&p| p as usize)
+    }
+
     pub fn has_pack(&self, id: &Id) -> bool {
         self.pack_pos.contains_key(id)
     }

@@ -86,11 +86,10 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     let mut rewrite: Vec<(Id, Vec<PackedBlob>)> = Vec::new(); // blobs to copy
     let mut delete: Vec<(Id, u64)> = Vec::new();
     for (pid, size) in &listed {
-        if !idx.has_pack(pid) {
+        let Some(slot) = idx.slot(pid) else {
             delete.push((*pid, *size)); // unreadable leftovers
             continue;
-        }
-        let slot = idx.packs.iter().position(|p| p == pid).expect("has_pack");
+        };
         let blobs = &idx.pack_blobs[slot];
         let live: Vec<PackedBlob> = blobs
             .iter()

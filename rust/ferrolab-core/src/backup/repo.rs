@@ -49,6 +49,26 @@ pub struct ProgressInfo {
 /// wrote is as after a crash (complete objects only).
 pub type ProgressFn<'a> = &'a (dyn Fn(&ProgressInfo) -> bool + Sync);
 
+/// Reports progress every 100 ms from the calling thread while `running()` holds; returns false as soon as
+/// `p` asks to cancel (the worker threads are left to the caller to stop).
+pub(crate) fn poll_progress(
+    p: ProgressFn<'_>,
+    running: impl Fn() -> bool,
+    info: impl Fn() -> ProgressInfo,
+) -> bool {
+    let mut last = std::time::Instant::now();
+    while running() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if last.elapsed() >= std::time::Duration::from_millis(100) {
+            last = std::time::Instant::now();
+            if !p(&info()) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// The error of a cancelled operation.
 pub fn cancelled(op: &str) -> CoreError {
     CoreError::backup(BackupErrorKind::Other, format!("{op} was cancelled"))

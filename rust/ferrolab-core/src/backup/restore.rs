@@ -14,10 +14,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use crate::backup::lock::Lock;
-use crate::backup::repo::{ProgressFn, ProgressInfo, Repository};
+use crate::backup::repo::{poll_progress, ProgressFn, ProgressInfo, Repository};
 use crate::backup::snapshot::{Item, Kind};
 use crate::backup::BResult;
 use crate::error::{BackupErrorKind, CoreError};
@@ -339,24 +338,22 @@ pub fn restore(
             });
         }
         if let Some(p) = progress {
-            let mut last = Instant::now();
-            while next.load(Ordering::Relaxed) < units.len() && !abort.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-                if last.elapsed() >= Duration::from_millis(100) {
-                    last = Instant::now();
-                    if !p(&ProgressInfo {
-                        phase: "restore",
-                        done_bytes: done.load(Ordering::Relaxed),
-                        total_bytes,
-                        done_files: 0,
-                        total_files: stats.files,
-                    }) {
-                        abort.store(true, Ordering::SeqCst);
-                        err.lock()
-                            .unwrap()
-                            .get_or_insert(crate::backup::repo::cancelled("restore"));
-                    }
-                }
+            let go_on = poll_progress(
+                p,
+                || next.load(Ordering::Relaxed) < units.len() && !abort.load(Ordering::Relaxed),
+                || ProgressInfo {
+                    phase: "restore",
+                    done_bytes: done.load(Ordering::Relaxed),
+                    total_bytes,
+                    done_files: 0,
+                    total_files: stats.files,
+                },
+            );
+            if !go_on {
+                abort.store(true, Ordering::SeqCst);
+                err.lock()
+                    .unwrap()
+                    .get_or_insert(crate::backup::repo::cancelled("restore"));
             }
         }
     });

@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use crate::backup::crypto::hex;
 use crate::backup::lock::Lock;
 use crate::backup::pack::{pack_key, Id};
-use crate::backup::repo::{decode_blob, pack_id_from_name, ProgressFn, ProgressInfo, Repository};
+use crate::backup::repo::{
+    decode_blob, pack_id_from_name, poll_progress, ProgressFn, ProgressInfo, Repository,
+};
 use crate::backup::BResult;
 
 /// One damaged item.
@@ -50,8 +51,8 @@ pub fn verify(
 ) -> BResult<VerifyReport> {
     let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
     let mut rep = VerifyReport::default();
-    let (idx_raw, bad_idx) = crate::backup::index::load_all(&*repo.store, &repo.key)?;
-    drop(idx_raw);
+    // the index, with packs no index lists recovered from their headers; damaged index objects are errors
+    let (idx, bad_idx, _) = repo.load_index()?;
     for (name, e) in bad_idx {
         rep.errors.push(VerifyError {
             item: format!("index {name}"),
@@ -59,8 +60,6 @@ pub fn verify(
             message: e.to_string(),
         });
     }
-    // the index with unindexed packs recovered from their headers
-    let (idx, _, _) = repo.load_index()?;
     let listed: HashMap<Id, u64> = repo
         .store
         .list("data")?
@@ -243,23 +242,19 @@ pub fn verify(
             });
         }
         if let Some(p) = progress {
-            let mut last = Instant::now();
-            while next.load(Ordering::Relaxed) < packs.len() {
-                std::thread::sleep(Duration::from_millis(20));
-                if last.elapsed() >= Duration::from_millis(100) {
-                    last = Instant::now();
-                    let go_on = p(&ProgressInfo {
-                        phase: "verify",
-                        done_bytes: read.load(Ordering::Relaxed),
-                        total_bytes: total,
-                        done_files: next.load(Ordering::Relaxed).min(packs.len()) as u64,
-                        total_files: packs.len() as u64,
-                    });
-                    if !go_on {
-                        cancel.store(true, Ordering::SeqCst);
-                        break;
-                    }
-                }
+            let go_on = poll_progress(
+                p,
+                || next.load(Ordering::Relaxed) < packs.len(),
+                || ProgressInfo {
+                    phase: "verify",
+                    done_bytes: read.load(Ordering::Relaxed),
+                    total_bytes: total,
+                    done_files: next.load(Ordering::Relaxed).min(packs.len()) as u64,
+                    total_files: packs.len() as u64,
+                },
+            );
+            if !go_on {
+                cancel.store(true, Ordering::SeqCst);
             }
         }
     });
