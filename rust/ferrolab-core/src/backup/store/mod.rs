@@ -8,7 +8,8 @@
 //! * [`Store::put`] is atomic: a reader sees either no object or the whole object, never a prefix, also when
 //!   the writing process is killed (local: write to a temporary name, fsync, rename; S3: a single PUT);
 //! * [`Store::put`] may replace an existing object only with identical bytes (objects are content-addressed
-//!   or carry random names), so a retried or concurrent put of the same key is harmless;
+//!   or carry random names), so a retried or concurrent put of the same key is harmless; the one exception is
+//!   a lock refreshing its own object;
 //! * [`Store::list`] returns complete objects only (temporary files are not listed).
 
 pub mod local;
