@@ -1255,18 +1255,29 @@ class Repository:
         return counts
 
     def verify(
-        self, read_data: bool = True, progress: bool | Callable[[dict[str, Any]], None] = False
+        self,
+        read_data: bool = True,
+        progress: bool | Callable[[dict[str, Any]], None] = False,
+        expect_latest: str | None = None,
     ) -> VerifyReport:
         """Check the repository: its structure, and with ``read_data`` every byte of every pack.
 
-        Damage does not raise: it is listed in the report (``bool(report)`` is False).
+        Damage does not raise: it is listed in the report (``bool(report)`` is False). Nothing is deleted or
+        repaired.
 
         Parameters
         ----------
         read_data : bool, default True
             Read and authenticate all data; ``False`` checks only the metadata (snapshots, indexes, that every
-            referenced blob is indexed and every pack exists), which is much faster.
+            referenced blob is indexed and every pack exists with the size its index gives), which is much
+            faster.
         progress : bool or callable, optional
+            As in :meth:`backup`.
+        expect_latest : str, optional
+            The full id of the snapshot you recorded as the newest (e.g. after the last backup). The report
+            names it as damaged when it is missing or another snapshot is newer: someone who can write the
+            repository but has no key cannot forge snapshots, but can delete the newest ones or roll the
+            repository back, and only a list kept elsewhere shows that.
             As in :meth:`backup`.
 
         Examples
@@ -1283,10 +1294,16 @@ class Repository:
         """
         if not isinstance(read_data, bool):
             raise TypeError(f"verify(): argument 'read_data' must be a bool, got {_type_name(read_data)}")
+        if expect_latest is not None:
+            if not isinstance(expect_latest, str):
+                raise TypeError(f"verify(): argument 'expect_latest' must be a str, got {_type_name(expect_latest)}")
+            if len(expect_latest) != 64 or any(c not in "0123456789abcdef" for c in expect_latest):
+                raise ValueError(f"verify(): argument 'expect_latest' is {expect_latest!r}; expected a full "
+                                 "snapshot id (64 lower-case hex digits)")
         callback, close = _progress("verify", progress)
         try:
             with _Timed("verify"):
-                raw = self._native.verify(read_data=read_data, progress=callback)
+                raw = self._native.verify(read_data=read_data, expect_latest=expect_latest, progress=callback)
         finally:
             close()
         errors = [VerifyError(str(e.get("item", "")), str(e.get("kind", "")), str(e.get("message", "")))

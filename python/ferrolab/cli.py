@@ -292,7 +292,8 @@ def _backup_restore(args: argparse.Namespace) -> int:
 
 def _backup_verify(args: argparse.Namespace) -> int:
     repo = _backup_open(args)
-    report = repo.verify(read_data=not args.metadata_only, progress=_backup_progress(args))
+    report = repo.verify(read_data=not args.metadata_only, progress=_backup_progress(args),
+                         expect_latest=args.expect_latest)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -478,6 +479,9 @@ def _add_backup_parser(sub: Any) -> None:
                 "Check the repository's structure and, unless --metadata-only, read and authenticate all data. "
                 "Every damaged item is printed; the exit status is 1 when anything is damaged.")
     c.add_argument("--metadata-only", action="store_true", help="skip reading the data packs (much faster)")
+    c.add_argument("--expect-latest", metavar="ID",
+                   help="full id of the snapshot recorded as the newest: report it as damaged when it is missing "
+                   "or another snapshot is newer (finds deleted snapshots and a rolled-back repository)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c = command("forget", _backup_forget, "remove snapshots by a retention policy (restic's --keep-* rules)",
                 "Remove the snapshots that the policy does not keep, with restic's rules: snapshots are grouped "

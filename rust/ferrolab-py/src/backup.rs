@@ -256,15 +256,16 @@ impl BackupRepository {
         Ok(d)
     }
 
-    #[pyo3(signature = (*, read_data=true, progress=None))]
+    #[pyo3(signature = (*, read_data=true, expect_latest=None, progress=None))]
     fn verify<'py>(
         &self,
         py: Python<'py>,
         read_data: bool,
+        expect_latest: Option<String>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let rep = with_progress(py, progress, |p| {
-            core::verify::verify(&self.repo, read_data, p)
+            core::verify::verify(&self.repo, read_data, expect_latest.as_deref(), p)
         })?;
         let d = PyDict::new(py);
         d.set_item("ok", rep.ok())?;

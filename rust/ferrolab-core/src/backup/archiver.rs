@@ -270,7 +270,7 @@ fn reader(
     jobs: SyncSender<Job>,
     results: SyncSender<Res>,
 ) {
-    let chunker = Chunker::new(DATA_CHUNKS, sh.repo.key.chunker_seed);
+    let chunker = Chunker::new(DATA_CHUNKS, &sh.repo.key);
     let mut trial = Encoder::new(1);
     let mut buf = Vec::new();
     for (item, path) in files {
@@ -401,11 +401,9 @@ fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
                     continue;
                 }
                 // packs durable before the index that names them
-                let r = store.sync().and_then(|()| {
-                    let obj = index::encode(&sh.repo.key, &batch);
-                    store.put(&format!("index/{}", random_id()), &obj)?;
-                    Ok(obj.len() as u64)
-                });
+                let r = store
+                    .sync()
+                    .and_then(|()| index::put(store, &sh.repo.key, &batch));
                 match r {
                     Ok(k) => n += k,
                     Err(e) => sh.fail(e),
@@ -444,9 +442,7 @@ fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
 pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> {
     let t0 = Instant::now();
     let mut lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
-    if let crate::backup::store::StoreKind::Local(root) = repo.store.kind() {
-        crate::backup::store::local::clean_tmp(Path::new(&root), Duration::from_secs(3600));
-    }
+    repo.store.clean_tmp(Duration::from_secs(3600))?;
     let progress = |info: ProgressInfo| -> bool { opts.progress.is_none_or(|p| p(&info)) };
     // roots
     if opts.paths.is_empty() {
@@ -470,10 +466,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     // index (+ packs of interrupted runs)
     let (idx, _bad, recovered) = repo.load_index()?;
     if !recovered.is_empty() {
-        repo.store.put(
-            &format!("index/{}", random_id()),
-            &index::encode(&repo.key, &recovered),
-        )?;
+        index::put(&*repo.store, &repo.key, &recovered)?;
     }
 
     // parent snapshot: the newest one of the same paths on the same host
@@ -650,7 +643,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
             }
             items = final_items;
             let tree_stream = encode_items(&items);
-            let tc = Chunker::new(TREE_CHUNKS, repo.key.chunker_seed);
+            let tc = Chunker::new(TREE_CHUNKS, &repo.key);
             let mut enc = Encoder::new(repo.config.compression);
             let mut payload = Vec::new();
             for part in tc.split(&tree_stream) {

@@ -1,10 +1,10 @@
-//! Content-defined chunking (FastCDC 2020 with a secret gear seed) and the blob encoding
+//! Content-defined chunking (FastCDC 2020 with a secret gear table) and the blob encoding
 //! (optional byte shuffle, zstd).
 
 use std::borrow::Cow;
 use std::io::Read;
 
-use fastcdc::v2020::{cut_gear, get_gear_with_seed, select_masks, Normalization};
+use fastcdc::v2020::{cut_gear, select_masks, Normalization};
 
 /// Chunk size bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,20 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    pub fn new(params: ChunkParams, seed: u64) -> Self {
-        let (gear, gear_ls) = get_gear_with_seed(seed);
+    /// A chunker with the gear table of `key` (see [`crate::backup::crypto::MasterKey::gear`]).
+    pub fn new(params: ChunkParams, key: &crate::backup::crypto::MasterKey) -> Self {
+        let (gear, gear_ls) = key.gear();
+        Chunker {
+            params,
+            masks: select_masks(params.avg, Normalization::Level1),
+            gear: Cow::Owned(gear),
+            gear_ls: Cow::Owned(gear_ls),
+        }
+    }
+
+    /// A chunker with FastCDC's public gear table XORed with `seed` (tests and benchmarks).
+    pub fn with_seed(params: ChunkParams, seed: u64) -> Self {
+        let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(seed);
         Chunker {
             params,
             masks: select_masks(params.avg, Normalization::Level1),
@@ -486,7 +498,7 @@ mod tests {
 
     #[test]
     fn stream_equals_split_and_respects_bounds() {
-        let c = Chunker::new(DATA_CHUNKS, 42);
+        let c = Chunker::with_seed(DATA_CHUNKS, 42);
         let data = rand_bytes(5 * 1024 * 1024 + 123, 7);
         let split: Vec<Vec<u8>> = c.split(&data).into_iter().map(|s| s.to_vec()).collect();
         let mut streamed = Vec::new();
@@ -514,7 +526,7 @@ mod tests {
 
     #[test]
     fn insertion_changes_few_chunks() {
-        let c = Chunker::new(DATA_CHUNKS, 1);
+        let c = Chunker::with_seed(DATA_CHUNKS, 1);
         let data = rand_bytes(8 * 1024 * 1024, 3);
         let mut changed = rand_bytes(1000, 9);
         changed.extend_from_slice(&data);

@@ -71,15 +71,23 @@ pub fn unhex_vec(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The repository's secrets.
+/// The repository format this build writes (see docs/backup-format.md): version 2 binds every sealed object
+/// to its name and derives the whole chunker gear table from the key; version 1 repositories still open and
+/// are written in their own format.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The repository's secrets, and the format version of the repository they were opened for (which decides
+/// how objects are bound to their names and how the chunker's gear table is made).
 #[derive(Clone)]
 pub struct MasterKey {
     /// XChaCha20-Poly1305 key for every object.
     pub data: [u8; 32],
     /// BLAKE3 key of blob ids.
     pub id: [u8; 32],
-    /// Seed of the chunker's gear table (keeps chunk boundaries secret).
+    /// Seed of the version 1 chunker's gear table (XORed into FastCDC's public table).
     pub chunker_seed: u64,
+    /// the repository's format version (1 or 2)
+    pub format: u32,
     cipher: XChaCha20Poly1305,
 }
 
@@ -97,7 +105,7 @@ struct MasterKeyJson {
 }
 
 impl MasterKey {
-    /// A fresh random master key.
+    /// A fresh random master key (for the current format).
     pub fn generate() -> Self {
         let mut data = [0u8; 32];
         let mut id = [0u8; 32];
@@ -114,8 +122,55 @@ impl MasterKey {
             data,
             id,
             chunker_seed,
+            format: FORMAT_VERSION,
             cipher,
         }
+    }
+
+    /// The associated data that binds a sealed object to its role and (format 2) its name, so an object
+    /// cannot be swapped for another, moved, or replayed under another name.
+    pub fn object_aad(&self, role: &str, name: &str) -> Vec<u8> {
+        if self.format >= 2 {
+            format!("ferrolab v2 {role}/{name}").into_bytes()
+        } else {
+            role.as_bytes().to_vec()
+        }
+    }
+
+    /// The chunker's gear table and its left-shifted twin. Format 2: all 256 entries from BLAKE3's key
+    /// derivation keyed by the id key (no public structure to recover from chunk lengths); format 1:
+    /// FastCDC's public table XORed with the 64-bit seed.
+    pub fn gear(&self) -> (Vec<u64>, Vec<u64>) {
+        if self.format >= 2 {
+            let mut h =
+                blake3::Hasher::new_derive_key("ferrolab 2026-12 backup chunker gear table v2");
+            h.update(&self.id);
+            let mut bytes = [0u8; 256 * 8];
+            h.finalize_xof().fill(&mut bytes);
+            let gear: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let gear_ls = gear.iter().map(|g| g << 1).collect();
+            (gear, gear_ls)
+        } else {
+            let (g, ls) = fastcdc::v2020::get_gear_with_seed(self.chunker_seed);
+            (g.into_owned(), ls.into_owned())
+        }
+    }
+
+    /// Seals an object named `name` in its role (`"index"`, `"snapshot"`, `"lock"`...).
+    pub fn seal_object(&self, role: &str, name: &str, plain: &[u8]) -> Vec<u8> {
+        self.seal(plain, &self.object_aad(role, name))
+    }
+
+    /// Opens an object sealed by [`MasterKey::seal_object`].
+    pub fn open_object(&self, role: &str, name: &str, sealed: &[u8]) -> BResult<Vec<u8>> {
+        self.open(
+            sealed,
+            &self.object_aad(role, name),
+            &format_args!("{role} {name}"),
+        )
     }
 
     /// The keyed BLAKE3 id of a blob's plaintext.
@@ -208,6 +263,14 @@ pub const ARGON2_M_KIB: u32 = 32 * 1024;
 pub const ARGON2_T: u32 = 2;
 pub const ARGON2_P: u32 = 1;
 
+/// Argon2id parameters a key object may ask for: memory 8 KiB..1 GiB, 1..10 passes, 1..16 lanes, and memory x
+/// passes at most 4 GiB (a few seconds). A planted key object with larger costs is refused (named in the
+/// error) instead of making every open hang or exhaust memory.
+pub const ARGON2_MAX_M_KIB: u32 = 1 << 20;
+pub const ARGON2_MAX_T: u32 = 10;
+pub const ARGON2_MAX_P: u32 = 16;
+pub const ARGON2_MAX_WORK_KIB: u64 = 4 << 20;
+
 /// The secret a key is opened with.
 #[derive(Clone, Copy)]
 pub enum Secret<'a> {
@@ -229,6 +292,47 @@ impl Kdf {
                 salt,
             },
             Secret::KeyFile(_) => Kdf::Keyfile { salt },
+        }
+    }
+
+    /// Refuses parameters outside the bounds above (and salts that are not 16..64 bytes of hex).
+    pub fn check(&self) -> BResult<()> {
+        let bad = |m: String| CoreError::backup(BackupErrorKind::Corruption, m);
+        let salt = match self {
+            Kdf::Argon2id { salt, .. } | Kdf::Keyfile { salt } => salt,
+        };
+        if !(32..=128).contains(&salt.len()) || unhex_vec(salt).is_none() {
+            return Err(bad("salt is not 16 to 64 bytes of hex".into()));
+        }
+        if let Kdf::Argon2id {
+            m_cost_kib,
+            t_cost,
+            p_cost,
+            ..
+        } = *self
+        {
+            let ok = (1..=ARGON2_MAX_P).contains(&p_cost)
+                && (8 * p_cost..=ARGON2_MAX_M_KIB).contains(&m_cost_kib)
+                && (1..=ARGON2_MAX_T).contains(&t_cost)
+                && m_cost_kib as u64 * t_cost as u64 <= ARGON2_MAX_WORK_KIB;
+            if !ok {
+                return Err(bad(format!(
+                    "Argon2id parameters out of range (m_cost_kib={m_cost_kib}, t_cost={t_cost}, \
+                     p_cost={p_cost}; allowed: p_cost 1..{ARGON2_MAX_P}, m_cost_kib 8*p_cost..{ARGON2_MAX_M_KIB}, \
+                     t_cost 1..{ARGON2_MAX_T}, m_cost_kib*t_cost <= {ARGON2_MAX_WORK_KIB})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The work of deriving with these parameters, in KiB-passes (0 for a key file).
+    pub fn cost(&self) -> u64 {
+        match self {
+            Kdf::Argon2id {
+                m_cost_kib, t_cost, ..
+            } => *m_cost_kib as u64 * *t_cost as u64,
+            Kdf::Keyfile { .. } => 0,
         }
     }
 
@@ -310,6 +414,7 @@ impl KeyFile {
 
     /// Unwraps the master key: Ok(None) when `secret` does not open this key.
     pub fn unwrap_key(&self, secret: &Secret<'_>) -> BResult<Option<MasterKey>> {
+        self.kdf.check()?;
         let Some(kek) = self.kdf.derive(secret)? else {
             return Ok(None);
         };

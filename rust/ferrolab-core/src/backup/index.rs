@@ -117,8 +117,12 @@ impl Index {
     }
 }
 
-/// Encodes an index object listing `packs`.
-pub fn encode(key: &MasterKey, packs: &[(Id, Vec<PackedBlob>)]) -> Vec<u8> {
+/// The most a decoded index object may hold (a planted one cannot exhaust memory): 256 MiB of JSON, about
+/// 1.5 million blobs.
+const MAX_JSON: u64 = 256 << 20;
+
+/// Encodes the index object `index/<name>` listing `packs`.
+pub fn encode(key: &MasterKey, name: &str, packs: &[(Id, Vec<PackedBlob>)]) -> Vec<u8> {
     let j = IndexJson {
         version: 1,
         packs: packs
@@ -134,14 +138,35 @@ pub fn encode(key: &MasterKey, packs: &[(Id, Vec<PackedBlob>)]) -> Vec<u8> {
     };
     let json = serde_json::to_vec(&j).expect("serializable");
     let z = zstd::bulk::compress(&json, 3).expect("zstd compress");
-    key.seal(&z, b"index")
+    key.seal_object("index", name, &z)
+}
+
+/// Writes a new index object (random name) listing `packs`; returns its size in bytes.
+pub fn put(store: &dyn Store, key: &MasterKey, packs: &[(Id, Vec<PackedBlob>)]) -> BResult<u64> {
+    let name = crate::backup::crypto::random_id();
+    let obj = encode(key, &name, packs);
+    store.put(&format!("index/{name}"), &obj)?;
+    Ok(obj.len() as u64)
 }
 
 /// Decodes an index object.
 pub fn decode(key: &MasterKey, name: &str, sealed: &[u8]) -> BResult<Vec<(Id, Vec<PackedBlob>)>> {
     let what = format!("index {name}");
-    let z = key.open(sealed, b"index", &what)?;
-    let json = zstd::stream::decode_all(&z[..]).map_err(|e| corrupt(format!("{what}: {e}")))?;
+    let z = key.open_object("index", name, sealed)?;
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            zstd::stream::Decoder::new(&z[..]).map_err(|e| corrupt(format!("{what}: {e}")))?,
+            MAX_JSON + 1,
+        ),
+        &mut json,
+    )
+    .map_err(|e| corrupt(format!("{what}: {e}")))?;
+    if json.len() as u64 > MAX_JSON {
+        return Err(corrupt(format!(
+            "{what}: decompresses to more than {MAX_JSON} bytes"
+        )));
+    }
     let j: IndexJson =
         serde_json::from_slice(&json).map_err(|e| corrupt(format!("{what}: {e}")))?;
     if j.version != 1 {

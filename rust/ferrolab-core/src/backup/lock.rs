@@ -66,8 +66,8 @@ pub struct Lock {
     refreshed: Instant,
 }
 
-fn decode(key: &MasterKey, data: &[u8]) -> Option<LockInfo> {
-    let plain = key.open(data, b"lock", &"lock").ok()?;
+fn decode(key: &MasterKey, name: &str, data: &[u8]) -> Option<LockInfo> {
+    let plain = key.open_object("lock", name, data).ok()?;
     serde_json::from_slice(&plain).ok()
 }
 
@@ -84,7 +84,7 @@ impl Lock {
         let name = random_id();
         store.put(
             &format!("locks/{name}"),
-            &key.seal(&serde_json::to_vec(&info).expect("json"), b"lock"),
+            &key.seal_object("lock", &name, &serde_json::to_vec(&info).expect("json")),
         )?;
         let lock = Lock {
             store: store.clone(),
@@ -100,7 +100,7 @@ impl Lock {
             let Ok(data) = store.get(&format!("locks/{}", e.name)) else {
                 continue; // released meanwhile
             };
-            let Some(other) = decode(&key, &data) else {
+            let Some(other) = decode(&key, &e.name, &data) else {
                 continue; // not ours to judge (another key) or damaged: ignored
             };
             if other.is_stale(&host) {
@@ -135,9 +135,11 @@ impl Lock {
         self.info.time = now();
         self.store.put(
             &format!("locks/{}", self.name),
-            &self
-                .key
-                .seal(&serde_json::to_vec(&self.info).expect("json"), b"lock"),
+            &self.key.seal_object(
+                "lock",
+                &self.name,
+                &serde_json::to_vec(&self.info).expect("json"),
+            ),
         )?;
         self.refreshed = Instant::now();
         Ok(())
@@ -158,7 +160,7 @@ pub fn remove_stale(store: &dyn Store, key: &MasterKey) -> BResult<usize> {
         let Ok(data) = store.get(&format!("locks/{}", e.name)) else {
             continue;
         };
-        if decode(key, &data).is_some_and(|l| l.is_stale(&host)) {
+        if decode(key, &e.name, &data).is_some_and(|l| l.is_stale(&host)) {
             store.delete(&format!("locks/{}", e.name))?;
             n += 1;
         }

@@ -7,6 +7,7 @@
 pub mod archiver;
 pub mod chunker;
 pub mod crypto;
+pub mod fsat;
 pub mod index;
 pub mod lock;
 pub mod pack;

@@ -48,6 +48,12 @@ pub struct PackedBlob {
 const MAGIC: &[u8; 4] = b"FLP1";
 const ENTRY: usize = 1 + 32 + 4 + 4;
 
+/// The size in bytes of a pack holding exactly `blobs` (blob area, sealed header, length).
+pub fn pack_size(blobs: &[PackedBlob]) -> u64 {
+    blobs.iter().map(|b| b.length as u64).sum::<u64>()
+        + (8 + blobs.len() * ENTRY + crate::backup::crypto::SEAL_OVERHEAD + 4) as u64
+}
+
 /// The object key of a pack.
 pub fn pack_key(id: &Id) -> String {
     let h = hex(id);
@@ -214,6 +220,7 @@ mod tests {
         assert_eq!(id, *blake3::hash(&data).as_bytes());
         let parsed = parse_pack(&k, &data, &id).unwrap();
         assert_eq!(parsed, blobs);
+        assert_eq!(pack_size(&blobs), data.len() as u64);
         let mut bad = data.clone();
         let n = bad.len();
         bad[n - 10] ^= 1;

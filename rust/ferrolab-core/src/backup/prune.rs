@@ -4,10 +4,15 @@
 //! know what is still needed). Crash-safe order: new packs (copies of the still-used blobs of mostly-unused
 //! packs) → new index objects covering every kept pack → delete the old index objects → delete the unused
 //! and rewritten packs. A crash at any step leaves every snapshot restorable.
+//!
+//! Prune deletes only what it can prove is the repository's own: packs whose header or index entry
+//! authenticates under the key, index objects that decode, and packs it read back whole with a matching
+//! BLAKE3 name before copying from them. Anything that does not decode (a damaged or planted object) is left
+//! where it is for `verify` to report.
 
 use std::collections::HashSet;
 
-use crate::backup::crypto::{hex, random_id, unhex};
+use crate::backup::crypto::{hex, unhex};
 use crate::backup::index;
 use crate::backup::lock::Lock;
 use crate::backup::pack::{pack_key, Id, PackBuilder, PackedBlob};
@@ -87,8 +92,7 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     let mut delete: Vec<(Id, u64)> = Vec::new();
     for (pid, size) in &listed {
         let Some(slot) = idx.slot(pid) else {
-            delete.push((*pid, *size)); // unreadable leftovers
-            continue;
+            continue; // its header does not decode: not provably ours, left for verify to report
         };
         let blobs = &idx.pack_blobs[slot];
         let live: Vec<PackedBlob> = blobs
@@ -119,6 +123,12 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     let total = rewrite.len() as u64;
     for (n, (pid, live)) in rewrite.iter().enumerate() {
         let data = repo.store.get(&pack_key(pid))?;
+        if *blake3::hash(&data).as_bytes() != *pid {
+            return Err(corrupt(format!(
+                "prune refused: pack {} does not match its name (BLAKE3); run verify",
+                hex(pid)
+            )));
+        }
         for b in live {
             let sealed = data
                 .get(b.offset as usize..b.offset as usize + b.length as usize)
@@ -152,24 +162,19 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         repo.store.put_parts(&pack_key(&fp.id), &fp.slices())?;
         new_packs.push((fp.id, fp.blobs));
     }
-    if delete.is_empty() && new_packs.is_empty() && idx.files.len() <= 1 {
+    if delete.is_empty() && new_packs.is_empty() && idx.files.len() <= 1 && bad_idx.is_empty() {
         return Ok(stats);
     }
     repo.store.sync()?;
     // new index objects for everything kept
     keep.extend(new_packs);
     for part in keep.chunks(INDEX_PACKS_PER_OBJECT) {
-        repo.store.put(
-            &format!("index/{}", random_id()),
-            &index::encode(&repo.key, part),
-        )?;
+        index::put(&*repo.store, &repo.key, part)?;
     }
     repo.store.sync()?;
+    // only index objects that decoded are replaced; damaged ones stay for verify to report (their packs were
+    // recovered from the pack headers and are in the new index)
     for name in &idx.files {
-        repo.store.delete(&format!("index/{name}"))?;
-    }
-    // damaged index objects: their packs were recovered from headers and are in the new index
-    for (name, _) in &bad_idx {
         repo.store.delete(&format!("index/{name}"))?;
     }
     repo.store.sync()?;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::crypto::{hex, random_id, unhex, KeyFile, MasterKey, Secret};
+use crate::backup::crypto::{
+    hex, random_id, unhex, KeyFile, MasterKey, Secret, ARGON2_MAX_WORK_KIB, FORMAT_VERSION,
+};
 use crate::backup::index::{self, Index};
 use crate::backup::pack::{self, pack_key, Id, PackedBlob};
 use crate::backup::snapshot::{decode_items, Item, Snapshot};
@@ -90,6 +92,18 @@ impl Repository {
         compression: i32,
         s3: Option<&S3Options>,
     ) -> BResult<Self> {
+        Self::init_version(url, secret, compression, s3, FORMAT_VERSION)
+    }
+
+    /// [`Repository::init`] in format `version` (1 or 2; tests make version 1 repositories with it).
+    pub fn init_version(
+        url: &str,
+        secret: Secret<'_>,
+        compression: i32,
+        s3: Option<&S3Options>,
+        version: u32,
+    ) -> BResult<Self> {
+        assert!((1..=FORMAT_VERSION).contains(&version));
         if !(1..=22).contains(&compression) {
             return Err(CoreError::value(
                 "Repository.init",
@@ -99,14 +113,15 @@ impl Repository {
         }
         let store: Arc<dyn Store> = Arc::from(open_store(url, s3)?);
         store.create()?;
-        let key = MasterKey::generate();
+        let mut key = MasterKey::generate();
+        key.format = version;
         let kf = KeyFile::wrap(&key, &secret, format!("{:.3}", crate::backup::lock::now()))?;
         store.put(
             &format!("keys/{}", random_id()),
             &serde_json::to_vec_pretty(&kf).expect("json"),
         )?;
         let config = Config {
-            version: 1,
+            version,
             id: random_id(),
             compression,
             created: crate::backup::lock::now(),
@@ -136,24 +151,42 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        // keys are tried cheapest first, within a total Argon2 budget, so planted keys with costly (but
+        // in-range) parameters cannot make an open take long; out-of-range ones are refused unread
         let mut damaged = Vec::new();
         let mut key = None;
+        let mut keys = Vec::new();
         for e in store.list("keys")? {
-            let data = store.get(&format!("keys/{}", e.name))?;
-            let kf: KeyFile = match serde_json::from_slice(&data) {
-                Ok(k) => k,
-                Err(err) => {
-                    damaged.push(format!("keys/{}: {err}", e.name));
-                    continue;
-                }
+            let kf = match store.get(&format!("keys/{}", e.name)) {
+                Ok(data) => serde_json::from_slice::<KeyFile>(&data).map_err(|e| e.to_string()),
+                Err(err) if is_not_found(&err) => continue,
+                Err(err) => Err(err.to_string()),
             };
+            match kf {
+                Ok(kf) => match kf.kdf.check() {
+                    Ok(()) => keys.push((e.name, kf)),
+                    Err(err) => damaged.push(format!("keys/{}: {err}", e.name)),
+                },
+                Err(err) => damaged.push(format!("keys/{}: {err}", e.name)),
+            }
+        }
+        keys.sort_by_key(|(_, kf)| kf.kdf.cost());
+        let mut work = 0u64;
+        for (name, kf) in keys {
+            work += kf.kdf.cost();
+            if work > 2 * ARGON2_MAX_WORK_KIB {
+                damaged.push(format!(
+                    "keys/{name}: not tried (the keys tried before it used up the key derivation budget)"
+                ));
+                continue;
+            }
             match kf.unwrap_key(&secret) {
                 Ok(Some(k)) => {
                     key = Some(k);
                     break;
                 }
                 Ok(None) => {}
-                Err(err) => damaged.push(format!("keys/{}: {err}", e.name)),
+                Err(err) => damaged.push(format!("keys/{name}: {err}")),
             }
         }
         let Some(key) = key else {
@@ -177,7 +210,9 @@ impl Repository {
         let plain = key.open(&sealed_config, b"config", &"config")?;
         let config: Config =
             serde_json::from_slice(&plain).map_err(|e| corrupt(format!("config: {e}")))?;
-        if config.version != 1 {
+        let mut key = key;
+        key.format = config.version;
+        if !(1..=FORMAT_VERSION).contains(&config.version) {
             return Err(CoreError::backup(
                 BackupErrorKind::Other,
                 format!(

@@ -3,12 +3,15 @@
 //! Every item lands at `target/<its absolute path without the leading slash>` (as restic does). Paths are
 //! checked before anything is written: an item path that is absolute, empty, or has `.`/`..` components is
 //! refused even if the repository was crafted to contain one; while writing, a parent that is a symlink is
-//! refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are created last.
-//! Every chunk is authenticated and its id re-checked before it is written.
+//! refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are created last; a
+//! snapshot naming one path twice is refused. Owners, modes and times are applied through the descriptor of
+//! what was written (or without following a symlink), never through a path that could lead elsewhere.
+//! Every chunk is authenticated and its id re-checked before it is written, and a file gets its name only
+//! once it is complete.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -127,6 +130,7 @@ fn set_times(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
     }
 }
 
+/// Owner of a symlink (when root), by path without following it.
 fn set_owner(path: &Path, it: &Item) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -153,7 +157,74 @@ pub fn select<'a>(items: &'a [Item], include: Option<&[Vec<u8>]>) -> Vec<&'a Ite
     }
 }
 
+/// A temporary name for a file being restored, in the file's own folder (renamed to the file's name once all
+/// its data is written and checked).
+fn temp_name() -> String {
+    let mut b = [0u8; 8];
+    crate::backup::crypto::random_bytes(&mut b);
+    format!(".fl-{}.tmp", crate::backup::crypto::hex(&b))
+}
+
+/// Applies owner (when root), permission bits and times through an open descriptor (never by path, so
+/// nothing can redirect them), in that order: chown clears setuid bits, so chmod comes after it.
+fn apply_meta(f: &File, it: &Item) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = std::os::unix::fs::fchown(f, Some(it.uid), Some(it.gid)); // best effort, like restic
+    }
+    f.set_permissions(fs::Permissions::from_mode(it.mode & 0o7777))?;
+    let t = if it.mtime_ns >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(it.mtime_ns as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_nanos(it.mtime_ns.unsigned_abs())
+    };
+    f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+}
+
+/// Checks a snapshot's items before anything is written: safe paths, each path once, file sizes that match
+/// their chunks.
+fn check_items(items: &[&Item], idx: &crate::backup::index::Index, snap: &str) -> BResult<()> {
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(items.len());
+    for it in items {
+        check_item_path(&it.path)
+            .map_err(|m| refuse(format!("restore: refusing item {m} (snapshot {snap})")))?;
+        if !seen.insert(&it.path) {
+            return Err(crate::backup::repo::corrupt(format!(
+                "restore: snapshot {snap} lists {} more than once (a crafted or damaged snapshot)",
+                it.display()
+            )));
+        }
+        if it.kind == Kind::File {
+            let sum: Option<u64> = it
+                .chunks
+                .iter()
+                .map(|c| idx.get(c).map(|(_, l)| l.raw_len as u64))
+                .sum();
+            if sum.is_some_and(|n| n != it.size) {
+                return Err(crate::backup::repo::corrupt(format!(
+                    "restore: snapshot {snap}: {} has {} bytes of chunks but a size of {} bytes",
+                    it.display(),
+                    sum.unwrap_or(0),
+                    it.size
+                )));
+            }
+        } else if !it.chunks.is_empty() {
+            return Err(crate::backup::repo::corrupt(format!(
+                "restore: snapshot {snap}: {} is not a file but has data",
+                it.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Restores snapshot `snapshot_id` into `target`.
+///
+/// Each file is written under a temporary name in its folder, gets its owner, mode and times through its
+/// descriptor, and is renamed to its name only when all its data was written and checked: a failed,
+/// cancelled or killed restore leaves no file that looks complete (temporary files are removed on failure;
+/// a killed process leaves `.fl-*.tmp` files).
 pub fn restore(
     repo: &Repository,
     snapshot_id: &str,
@@ -183,10 +254,7 @@ pub fn restore(
             ));
         }
     }
-    for it in &items {
-        check_item_path(&it.path)
-            .map_err(|m| refuse(format!("restore: refusing item {m} (snapshot {})", snap.id)))?;
-    }
+    check_items(&items, &idx, &snap.id)?;
     fs::create_dir_all(target)
         .map_err(|e| CoreError::io(format!("restore: create {}", target.display()), e))?;
     let target = target
@@ -194,9 +262,12 @@ pub fn restore(
         .map_err(|e| CoreError::io(format!("restore: target {}", target.display()), e))?;
 
     let mut stats = RestoreStats::default();
-    // 1. directories and empty files; 2. file data in parallel; 3. symlinks; 4. metadata, dirs last
+    // 1. directories, temporary files; 2. file data in parallel, each file renamed into place when complete;
+    // 3. symlinks; 4. directory and symlink metadata, deepest first
     let mut units: Vec<(usize, usize, usize, u64)> = Vec::new(); // (item, first chunk, end chunk, offset)
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
+    let mut temps: Vec<PathBuf> = vec![PathBuf::new(); items.len()];
+    let remaining: Vec<AtomicUsize> = (0..items.len()).map(|_| AtomicUsize::new(0)).collect();
     let mut total_bytes = 0u64;
     let mut checked: HashSet<PathBuf> = HashSet::new();
     let mut to_create: Vec<usize> = Vec::new();
@@ -219,19 +290,14 @@ pub fn restore(
                 stats.dirs += 1;
             }
             Kind::File => {
-                if let Ok(m) = fs::symlink_metadata(&dest) {
-                    if m.file_type().is_symlink() {
-                        fs::remove_file(&dest).map_err(|e| {
-                            CoreError::io(format!("restore: replace {}", dest.display()), e)
-                        })?;
-                    } else if m.file_type().is_dir() {
-                        return Err(refuse(format!(
-                            "restore: {} exists and is a directory",
-                            dest.display()
-                        )));
-                    }
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_dir()) {
+                    return Err(refuse(format!(
+                        "restore: {} exists and is a directory",
+                        dest.display()
+                    )));
                 }
                 to_create.push(i);
+                temps[i] = dest.with_file_name(temp_name());
                 let mut off = 0u64;
                 let mut start = 0usize;
                 let mut unit_bytes = 0u64;
@@ -240,6 +306,7 @@ pub fn restore(
                     unit_bytes += len;
                     if unit_bytes >= 8 << 20 || c + 1 == it.chunks.len() {
                         units.push((i, start, c + 1, off));
+                        remaining[i].fetch_add(1, Ordering::Relaxed);
                         off += unit_bytes;
                         start = c + 1;
                         unit_bytes = 0;
@@ -253,7 +320,29 @@ pub fn restore(
         dests.push(dest);
     }
 
-    // create the files (in parallel: creating many files is mostly waiting on the file system)
+    // a file is complete: metadata through its descriptor, then its temporary name becomes its name
+    let finish = |i: usize, f: &File| -> BResult<()> {
+        apply_meta(f, items[i]).map_err(|e| {
+            CoreError::io(
+                format!("restore: set metadata of {}", dests[i].display()),
+                e,
+            )
+        })?;
+        fs::rename(&temps[i], &dests[i])
+            .map_err(|e| CoreError::io(format!("restore: rename into {}", dests[i].display()), e))
+    };
+    let renamed: Vec<AtomicBool> = (0..items.len()).map(|_| AtomicBool::new(false)).collect();
+    let created: Vec<AtomicBool> = (0..items.len()).map(|_| AtomicBool::new(false)).collect();
+    let cleanup = || {
+        for &i in &to_create {
+            if created[i].load(Ordering::SeqCst) && !renamed[i].load(Ordering::SeqCst) {
+                let _ = fs::remove_file(&temps[i]);
+            }
+        }
+    };
+
+    // create the temporary files (in parallel: creating many files is mostly waiting on the file system);
+    // files without data are complete right away
     let ncreate = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 8)
@@ -265,25 +354,36 @@ pub fn restore(
             s.spawn(|| loop {
                 let k = next_create.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = to_create.get(k) else { return };
-                let dest = &dests[i];
                 let r = OpenOptions::new()
                     .write(true)
-                    .create(true)
-                    .truncate(true)
+                    .create_new(true)
+                    .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .open(dest)
-                    .and_then(|f| f.set_len(items[i].size));
+                    .open(&temps[i])
+                    .map_err(|e| {
+                        CoreError::io(format!("restore: create {}", dests[i].display()), e)
+                    })
+                    .and_then(|f| {
+                        created[i].store(true, Ordering::SeqCst);
+                        if items[i].chunks.is_empty() {
+                            finish(i, &f)?;
+                            renamed[i].store(true, Ordering::SeqCst);
+                            Ok(())
+                        } else {
+                            f.set_len(items[i].size).map_err(|e| {
+                                CoreError::io(format!("restore: create {}", dests[i].display()), e)
+                            })
+                        }
+                    });
                 if let Err(e) = r {
-                    create_err.lock().unwrap().get_or_insert(CoreError::io(
-                        format!("restore: create {}", dest.display()),
-                        e,
-                    ));
+                    create_err.lock().unwrap().get_or_insert(e);
                     return;
                 }
             });
         }
     });
     if let Some(e) = create_err.into_inner().unwrap() {
+        cleanup();
         return Err(e);
     }
 
@@ -313,7 +413,7 @@ pub fn restore(
                         let f = OpenOptions::new()
                             .write(true)
                             .custom_flags(libc::O_NOFOLLOW)
-                            .open(&dests[i])
+                            .open(&temps[i])
                             .map_err(|e| {
                                 CoreError::io(format!("restore: open {}", dests[i].display()), e)
                             })?;
@@ -326,6 +426,11 @@ pub fn restore(
                             })?;
                             off += data.len() as u64;
                             done.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        // the last unit of a file to finish completes it
+                        if remaining[i].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            finish(i, &f)?;
+                            renamed[i].store(true, Ordering::SeqCst);
                         }
                         Ok(())
                     })();
@@ -358,11 +463,12 @@ pub fn restore(
         }
     });
     if let Some(e) = err.into_inner().unwrap() {
+        cleanup();
         return Err(e);
     }
     stats.bytes = done.load(Ordering::Relaxed);
 
-    // symlinks, then metadata (directories in reverse so their mtimes stick)
+    // symlinks, then metadata of directories and symlinks (deepest first so directory mtimes stick)
     for (i, it) in items.iter().enumerate() {
         if it.kind == Kind::Symlink {
             let dest = ensure_parents(&target, &it.path, &mut checked)?;
@@ -384,14 +490,25 @@ pub fn restore(
     }
     for (i, it) in items.iter().enumerate().rev() {
         let dest = &dests[i];
-        set_owner(dest, it);
-        if it.kind != Kind::Symlink {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dest, fs::Permissions::from_mode(it.mode & 0o7777))
-                .map_err(|e| CoreError::io(format!("restore: chmod {}", dest.display()), e))?;
+        match it.kind {
+            Kind::File => {}
+            Kind::Dir => {
+                let d = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(dest)
+                    .and_then(|d| apply_meta(&d, it));
+                d.map_err(|e| {
+                    CoreError::io(format!("restore: set metadata of {}", dest.display()), e)
+                })?;
+            }
+            Kind::Symlink => {
+                set_owner(dest, it);
+                set_times(dest, it.mtime_ns).map_err(|e| {
+                    CoreError::io(format!("restore: set times of {}", dest.display()), e)
+                })?;
+            }
         }
-        set_times(dest, it.mtime_ns)
-            .map_err(|e| CoreError::io(format!("restore: set times of {}", dest.display()), e))?;
     }
     if let Some(p) = progress {
         let _ = p(&ProgressInfo {

@@ -195,15 +195,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn encode(&self, key: &MasterKey) -> Vec<u8> {
-        key.seal(
+        key.seal_object(
+            "snapshot",
+            &self.id,
             &serde_json::to_vec(self).expect("serializable"),
-            b"snapshot",
         )
     }
 
     pub fn decode(key: &MasterKey, id: &str, sealed: &[u8]) -> BResult<Self> {
         let what = format!("snapshot {id}");
-        let plain = key.open(sealed, b"snapshot", &what)?;
+        let plain = key.open_object("snapshot", id, sealed)?;
         let mut s: Snapshot =
             serde_json::from_slice(&plain).map_err(|e| corrupt(format!("{what}: {e}")))?;
         if s.version != 1 {

@@ -68,12 +68,7 @@ fn craft(repo: &Repository, items: &mut [Item], data: &[u8]) -> String {
     repo.store
         .put_parts(&pack_key(&fp.id), &fp.slices())
         .unwrap();
-    repo.store
-        .put(
-            &format!("index/{}", random_id()),
-            &index::encode(&repo.key, &[(fp.id, fp.blobs)]),
-        )
-        .unwrap();
+    index::put(&*repo.store, &repo.key, &[(fp.id, fp.blobs)]).unwrap();
     let snap = Snapshot {
         version: 1,
         time: 1.0,
@@ -246,6 +241,6 @@ fn backup_restore_round_trip_and_dedup() {
         Path::new("a/b/small.txt")
     );
     assert!(!root.join("x.skip").exists());
-    let rep = crate::backup::verify::verify(&repo, true, None).unwrap();
+    let rep = crate::backup::verify::verify(&repo, true, None, None).unwrap();
     assert!(rep.ok(), "{:?}", rep.errors);
 }

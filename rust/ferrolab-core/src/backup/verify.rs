@@ -1,9 +1,12 @@
 //! `verify`: proves every snapshot can be restored, and (with `read_data`) that every stored byte is intact.
 //!
-//! Checks: every index object, snapshot and tree decodes; every chunk a snapshot needs is in the index and
-//! its pack exists; with `read_data`, every pack is read whole, its BLAKE3 name is recomputed, and every blob
-//! is authenticated, decompressed and re-hashed. Every damaged item is listed (not only the first), naming the
-//! file(s) and chunk a damaged blob belongs to.
+//! Checks: every index object, snapshot and tree decodes (each sealed object is bound to its name, so a swapped
+//! or replayed object fails here); every pack has the size its index entries add up to; every chunk a snapshot
+//! needs is in the index and its pack exists; with `expect_latest`, that snapshot exists and is the newest (a
+//! deleted newest snapshot or a rolled-back repository is found); with `read_data`, every pack is read whole,
+//! its BLAKE3 name is recomputed, and every blob is authenticated, decompressed and re-hashed. Every damaged
+//! item is listed (not only the first), naming the file(s) and chunk a damaged blob belongs to. Nothing is
+//! deleted or repaired.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 
 use crate::backup::crypto::hex;
 use crate::backup::lock::Lock;
-use crate::backup::pack::{pack_key, Id};
+use crate::backup::pack::{pack_key, pack_size, Id};
 use crate::backup::repo::{
     decode_blob, pack_id_from_name, poll_progress, ProgressFn, ProgressInfo, Repository,
 };
@@ -47,8 +50,18 @@ impl VerifyReport {
 pub fn verify(
     repo: &Repository,
     read_data: bool,
+    expect_latest: Option<&str>,
     progress: Option<ProgressFn<'_>>,
 ) -> BResult<VerifyReport> {
+    if let Some(id) = expect_latest {
+        if crate::backup::crypto::unhex::<32>(id).is_none() {
+            return Err(crate::error::CoreError::value(
+                "verify",
+                "expect_latest",
+                format!("'{id}' is not a full snapshot id (64 hex digits)"),
+            ));
+        }
+    }
     let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), false)?;
     let mut rep = VerifyReport::default();
     // the index, with packs no index lists recovered from their headers; damaged index objects are errors
@@ -80,14 +93,29 @@ pub fn verify(
         }
     }
     let mut missing_packs = std::collections::HashSet::new();
-    for p in &idx.packs {
-        if !listed.contains_key(p) {
-            missing_packs.insert(*p);
-            rep.errors.push(VerifyError {
-                item: format!("pack {}", hex(p)),
-                kind: "missing pack",
-                message: "listed in the index but not in the repository".into(),
-            });
+    for (slot, p) in idx.packs.iter().enumerate() {
+        match listed.get(p) {
+            None => {
+                missing_packs.insert(*p);
+                rep.errors.push(VerifyError {
+                    item: format!("pack {}", hex(p)),
+                    kind: "missing pack",
+                    message: "listed in the index but not in the repository".into(),
+                });
+            }
+            Some(&size) => {
+                let want = pack_size(&idx.pack_blobs[slot]);
+                if size != want {
+                    rep.errors.push(VerifyError {
+                        item: format!("pack {}", hex(p)),
+                        kind: "pack",
+                        message: format!(
+                            "pack size is {size} bytes, but its index entries add up to {want} bytes \
+                             (truncated or extended)"
+                        ),
+                    });
+                }
+            }
         }
     }
 
@@ -101,6 +129,29 @@ pub fn verify(
         });
     }
     rep.snapshots = snaps.len() as u64;
+    if let Some(id) = expect_latest {
+        let newest = snaps.last();
+        let problem = match newest {
+            Some(s) if s.id == id => None,
+            _ if !snaps.iter().any(|s| s.id == id) => Some(
+                "expected as the latest snapshot, but it is not in the repository (deleted, or the \
+                 repository was rolled back)"
+                    .to_string(),
+            ),
+            Some(s) => Some(format!(
+                "expected as the latest snapshot, but snapshot {} is newer",
+                s.id
+            )),
+            None => None,
+        };
+        if let Some(message) = problem {
+            rep.errors.push(VerifyError {
+                item: format!("snapshot {id}"),
+                kind: "snapshot",
+                message,
+            });
+        }
+    }
     let mut owners: HashMap<Id, Vec<String>> = HashMap::new();
     for s in &snaps {
         let short = &s.id[..8];

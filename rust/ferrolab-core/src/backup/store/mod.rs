@@ -26,11 +26,15 @@ pub struct Entry {
     pub size: u64,
 }
 
-/// Store kinds.
-pub enum StoreKind {
-    /// A local directory (its root path).
-    Local(String),
-    Other,
+/// The largest object of each kind a store reads (larger ones are reported as damaged, so a planted object
+/// cannot exhaust memory): 1 MiB for `config`, keys and locks, 64 MiB for snapshots, 256 MiB for index objects
+/// and packs (packs are about 16 MiB).
+pub fn max_object_size(key: &str) -> u64 {
+    match key.split('/').next().unwrap_or("") {
+        "config" | "keys" | "locks" => 1 << 20,
+        "snapshots" => 64 << 20,
+        _ => 256 << 20,
+    }
 }
 
 /// A repository's object store (see the module docs for the contract).
@@ -49,7 +53,8 @@ pub trait Store: Send + Sync {
         self.put(key, &parts.concat())
     }
 
-    /// Reads a whole object. A missing object is an `Io` error of kind `NotFound`.
+    /// Reads a whole object. A missing object is an `Io` error of kind `NotFound`; an object larger than
+    /// [`max_object_size`] is a `Corruption` error.
     fn get(&self, key: &str) -> BResult<Vec<u8>>;
 
     /// Reads `len` bytes at `offset` of an object; fewer bytes than asked is an error.
@@ -65,9 +70,10 @@ pub trait Store: Send + Sync {
     /// Whether an object exists.
     fn exists(&self, key: &str) -> BResult<bool>;
 
-    /// What kind of store this is (for store-specific housekeeping).
-    fn kind(&self) -> StoreKind {
-        StoreKind::Other
+    /// Removes temporary objects that killed writers left behind, older than `min_age` (local stores; S3
+    /// puts are single requests and leave none).
+    fn clean_tmp(&self, _min_age: std::time::Duration) -> BResult<()> {
+        Ok(())
     }
 
     /// Makes every completed `put` durable (local: fsync the directories written to). A no-op on S3.

@@ -254,6 +254,17 @@ impl S3Store {
 
     /// A failure of `what` on `key`: missing objects, access denials and transport failures are `Io` errors of
     /// the matching kind, anything else (bad responses, invalid requests) a `BackupError`.
+    fn too_large(&self, key: &str, size: u64, max: u64) -> CoreError {
+        CoreError::backup(
+            BackupErrorKind::Corruption,
+            format!(
+                "{}: {size} bytes, more than the {max} such an object can have (the repository was modified \
+                 by something else); refusing to read it",
+                self.obj_url(key)
+            ),
+        )
+    }
+
     fn err(&self, what: &str, key: &str, e: object_store::Error) -> CoreError {
         let context = format!("{what} {}", self.obj_url(key));
         match &e {
@@ -340,12 +351,21 @@ impl Store for S3Store {
 
     fn get(&self, key: &str) -> BResult<Vec<u8>> {
         let path = self.path(key)?;
-        self.block_on(async {
-            let res = self.store.get(&path).await?;
-            res.bytes().await
-        })
-        .map(Vec::from)
-        .map_err(|e| self.err("read", key, e))
+        let max = super::max_object_size(key);
+        let body = self
+            .block_on(async {
+                let res = self.store.get(&path).await?;
+                if res.meta.size > max {
+                    return Ok(Err(res.meta.size));
+                }
+                res.bytes().await.map(Ok)
+            })
+            .map_err(|e| self.err("read", key, e))?;
+        match body {
+            Ok(b) if b.len() as u64 <= max => Ok(Vec::from(b)),
+            Ok(b) => Err(self.too_large(key, b.len() as u64, max)),
+            Err(size) => Err(self.too_large(key, size, max)),
+        }
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
