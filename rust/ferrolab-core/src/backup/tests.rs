@@ -36,7 +36,8 @@ fn repo_at(dir: &Path) -> Repository {
     .unwrap()
 }
 
-/// Stores `items` (with `data` as the content of every file item) as a snapshot, bypassing the archiver.
+/// Stores `items` (with `data` as the content of every file item, and its length as the size of those whose
+/// size is 0) as a snapshot, bypassing the archiver.
 fn craft(repo: &Repository, items: &mut [Item], data: &[u8]) -> String {
     let mut pb = PackBuilder::default();
     let mut enc = Encoder::new(3);
@@ -52,7 +53,9 @@ fn craft(repo: &Repository, items: &mut [Item], data: &[u8]) -> String {
     for it in items.iter_mut() {
         if it.kind == Kind::File {
             it.chunks = vec![did];
-            it.size = data.len() as u64;
+            if it.size == 0 {
+                it.size = data.len() as u64;
+            }
         }
     }
     let stream = encode_items(items);
@@ -243,4 +246,276 @@ fn backup_restore_round_trip_and_dedup() {
     assert!(!root.join("x.skip").exists());
     let rep = crate::backup::verify::verify(&repo, true, None, None).unwrap();
     assert!(rep.ok(), "{:?}", rep.errors);
+}
+
+fn is_corruption(e: &CoreError) -> bool {
+    matches!(
+        e,
+        CoreError::Backup {
+            kind: BackupErrorKind::Corruption,
+            ..
+        }
+    )
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().mode()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn repo_path(dir: &Path) -> PathBuf {
+    dir.join("repo")
+}
+
+#[test]
+fn crafted_duplicate_paths_are_refused_in_every_order() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let outside = t.0.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    chmod(&victim, 0o644);
+    let link = victim.as_os_str().as_encoded_bytes().to_vec();
+    let kinds = [Kind::File, Kind::Symlink, Kind::Dir];
+    for (n, (a, b)) in kinds
+        .iter()
+        .flat_map(|a| kinds.iter().map(move |b| (*a, *b)))
+        .enumerate()
+    {
+        let target = t.0.join(format!("target{n}"));
+        let mut items = vec![
+            item(b"b", Kind::Dir, b""),
+            item(b"b/f", a, &link),
+            item(b"b/f", b, &link),
+        ];
+        for it in items.iter_mut().skip(1) {
+            if it.kind == Kind::File {
+                it.mode = 0o104755; // setuid: must never land on the victim
+            }
+        }
+        let id = craft(&repo, &mut items, b"evil");
+        let e = restore(&repo, &id, &target, None, None).unwrap_err();
+        assert!(is_corruption(&e), "{a:?} then {b:?}: {e}");
+        assert!(e.to_string().contains("more than once"), "{e}");
+        assert!(
+            !target.join("b").exists(),
+            "nothing is written before the check"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(mode_of(&victim) & 0o7777, 0o644, "{a:?} then {b:?}");
+    }
+}
+
+#[test]
+fn crafted_links_and_files_never_touch_what_a_link_points_to() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let outside = t.0.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    chmod(&victim, 0o644);
+    chmod(&outside, 0o755);
+    let to_victim = victim.as_os_str().as_encoded_bytes().to_vec();
+    let to_outside = outside.as_os_str().as_encoded_bytes().to_vec();
+    // a link to a file beside a setuid file, a link to a directory with a file or a directory "inside" it, in
+    // both orders
+    let cases: Vec<Vec<Item>> = vec![
+        vec![
+            item(b"l", Kind::Symlink, &to_victim),
+            item(b"m", Kind::File, b""),
+        ],
+        vec![
+            item(b"m", Kind::File, b""),
+            item(b"l", Kind::Symlink, &to_victim),
+        ],
+        vec![
+            item(b"l", Kind::Symlink, &to_outside),
+            item(b"l/f", Kind::File, b""),
+        ],
+        vec![
+            item(b"l/f", Kind::File, b""),
+            item(b"l", Kind::Symlink, &to_outside),
+        ],
+        vec![
+            item(b"l", Kind::Symlink, &to_outside),
+            item(b"l/d", Kind::Dir, b""),
+        ],
+        vec![
+            item(b"l/d", Kind::Dir, b""),
+            item(b"l", Kind::Symlink, &to_outside),
+        ],
+    ];
+    for (n, mut items) in cases.into_iter().enumerate() {
+        for it in items.iter_mut() {
+            it.mode = match it.kind {
+                Kind::File => 0o106777,
+                Kind::Dir => 0o42777,
+                Kind::Symlink => 0o120777,
+            };
+        }
+        let target = t.0.join(format!("target{n}"));
+        let id = craft(&repo, &mut items, b"evil");
+        let _ = restore(&repo, &id, &target, None, None);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep", "case {n}");
+        assert_eq!(mode_of(&victim) & 0o7777, 0o644, "case {n}");
+        assert_eq!(mode_of(&outside) & 0o7777, 0o755, "case {n}");
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "case {n}: something was created outside"
+        );
+    }
+}
+
+#[test]
+fn restore_keeps_setuid_bits_and_names_files_only_when_complete() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let mut items = vec![item(b"d", Kind::Dir, b""), item(b"d/s", Kind::File, b"")];
+    items[1].mode = 0o104750;
+    let id = craft(&repo, &mut items, b"setuid program");
+    let target = t.0.join("target");
+    restore(&repo, &id, &target, None, None).unwrap();
+    assert_eq!(mode_of(&target.join("d/s")) & 0o7777, 0o4750);
+    assert_eq!(fs::read(target.join("d/s")).unwrap(), b"setuid program");
+    let names: Vec<_> = fs::read_dir(target.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("s")],
+        "no temp files left"
+    );
+
+    // a file whose size does not match its chunks: refused before anything is written
+    let mut items = vec![item(b"f", Kind::File, b"")];
+    items[0].size = 99;
+    let id = craft(&repo, &mut items, b"data");
+    let target2 = t.0.join("target2");
+    let e = restore(&repo, &id, &target2, None, None).unwrap_err();
+    assert!(is_corruption(&e) && e.to_string().contains("size"), "{e}");
+    assert!(!target2.join("f").exists());
+
+    // a file whose chunk is damaged: no file that looks complete is left behind
+    let mut lost = vec![item(b"g", Kind::File, b"")];
+    let id3 = craft(&repo, &mut lost, b"data that will be damaged");
+    let snap3 = repo.load_snapshot(&id3).unwrap();
+    let (idx3, _, _) = repo.load_index().unwrap();
+    let chunk = repo.load_items(&snap3, &idx3).unwrap()[0].chunks[0];
+    let (pack, loc) = idx3.get(&chunk).unwrap();
+    let pack_file = repo_path(&t.0).join(pack_key(&pack));
+    let mut damaged = fs::read(&pack_file).unwrap();
+    damaged[loc.offset as usize + 30] ^= 1; // inside the data blob's ciphertext; the tree blob stays intact
+    fs::write(&pack_file, &damaged).unwrap();
+    let target3 = t.0.join("target3");
+    let e = restore(&repo, &id3, &target3, None, None).unwrap_err();
+    assert!(is_corruption(&e), "{e}");
+    let left: Vec<_> = fs::read_dir(&target3)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a damaged file got its name, or temp files were left: {left:?}"
+    );
+}
+
+#[test]
+fn objects_are_bound_to_their_names() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let mut a = vec![item(b"a", Kind::File, b"")];
+    let mut b = vec![item(b"b", Kind::File, b"")];
+    let ida = craft(&repo, &mut a, b"first");
+    let idb = craft(&repo, &mut b, b"second");
+    let snaps = repo_path(&t.0).join("snapshots");
+    let (pa, pb) = (snaps.join(&ida), snaps.join(&idb));
+    let (da, db) = (fs::read(&pa).unwrap(), fs::read(&pb).unwrap());
+    fs::write(&pa, &db).unwrap();
+    fs::write(&pb, &da).unwrap();
+    for id in [&ida, &idb] {
+        let e = repo.load_snapshot(id).unwrap_err();
+        assert!(is_corruption(&e), "{e}");
+        assert!(e.to_string().contains(id.as_str()), "{e}");
+    }
+    let rep = crate::backup::verify::verify(&repo, false, None, None).unwrap();
+    let named: Vec<&str> = rep.errors.iter().map(|e| e.item.as_str()).collect();
+    assert!(
+        named.contains(&format!("snapshot {ida}").as_str()),
+        "{named:?}"
+    );
+    assert!(
+        named.contains(&format!("snapshot {idb}").as_str()),
+        "{named:?}"
+    );
+}
+
+#[test]
+fn format_1_repositories_still_open_and_work() {
+    let t = TempDir::new();
+    let url = repo_path(&t.0);
+    let repo = Repository::init_version(url.to_str().unwrap(), Secret::Password(b"pw"), 3, None, 1)
+        .unwrap();
+    assert_eq!(repo.key.format, 1);
+    let src = t.0.join("src");
+    fs::create_dir_all(&src).unwrap();
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.join("f"), &data).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        tags: vec![],
+        exclude: vec![],
+        host: Some("h".into()),
+        time: None,
+        progress: None,
+    };
+    let s1 = backup(&repo, &opts).unwrap();
+    drop(repo);
+    let repo = Repository::open(url.to_str().unwrap(), Secret::Password(b"pw"), None).unwrap();
+    assert_eq!((repo.config.version, repo.key.format), (1, 1));
+    fs::write(src.join("g"), &data).unwrap();
+    let s2 = backup(&repo, &opts).unwrap();
+    assert!(
+        s2.added_bytes < 10_000,
+        "the format 1 chunker still deduplicates: added {}",
+        s2.added_bytes
+    );
+    let out = t.0.join("out");
+    restore(&repo, &s1.id, &out, None, None).unwrap();
+    assert_eq!(
+        fs::read(out.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        data
+    );
+    assert!(crate::backup::verify::verify(&repo, true, None, None)
+        .unwrap()
+        .ok());
+    // a new repository is format 2
+    let repo2 = repo_at(&t.0.join("new"));
+    assert_eq!((repo2.config.version, repo2.key.format), (2, 2));
+}
+
+#[test]
+fn the_gear_table_comes_from_the_key() {
+    use crate::backup::crypto::MasterKey;
+    let (k1, k2) = (MasterKey::generate(), MasterKey::generate());
+    let (g1, ls1) = k1.gear();
+    let (g2, _) = k2.gear();
+    assert_eq!(g1.len(), 256);
+    assert_ne!(g1, g2);
+    assert!(ls1.iter().zip(&g1).all(|(l, g)| *l == g << 1));
+    // no structure shared with the public table: the XOR with it is not one constant (format 1's seed)
+    let (public, _) = fastcdc::v2020::get_gear_with_seed(0);
+    let xors: std::collections::HashSet<u64> =
+        g1.iter().zip(public.iter()).map(|(a, b)| a ^ b).collect();
+    assert!(xors.len() > 250);
+    // the same key gives the same table (chunk boundaries are stable across runs)
+    assert_eq!(k1.gear().0, g1);
 }
