@@ -65,7 +65,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -75,7 +74,19 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import (
+    REPO,
+    cores_available,
+    cpu_model,
+    doc_header,
+    json_path,
+    loadavg,
+    median_or_none,
+    print_table,
+    warn_if_loaded,
+    write_json,
+)
+
 GEN = Path(__file__).resolve().parent / "gen_dataset.py"
 
 TOOLS = ("restic", "ferrolab")
@@ -537,11 +548,6 @@ def run_sequence(tool: str, rep: int, work: Path, args: argparse.Namespace, v2_m
 # ------------------------------------------------------------------------------------------------ summary
 
 
-def _median(xs: list[float | int | None]) -> float | None:
-    vals = [x for x in xs if x is not None]
-    return statistics.median(vals) if vals else None
-
-
 def summarize(runs: list[Run], tools: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for tool in tools:
@@ -551,14 +557,14 @@ def summarize(runs: list[Run], tools: list[str]) -> dict[str, Any]:
             res = [r.steps[step] for r in mine if step in r.steps and r.steps[step].ok()]
             steps[step] = {
                 "ok_reps": len(res),
-                "wall_s": _median([x.wall_s for x in res]),
-                "user_s": _median([x.user_s for x in res]),
-                "sys_s": _median([x.sys_s for x in res]),
-                "maxrss_mib": _median([x.maxrss_mib for x in res]),
+                "wall_s": median_or_none([x.wall_s for x in res]),
+                "user_s": median_or_none([x.user_s for x in res]),
+                "sys_s": median_or_none([x.sys_s for x in res]),
+                "maxrss_mib": median_or_none([x.maxrss_mib for x in res]),
                 "maxrss_mib_max": max((x.maxrss_mib for x in res if x.maxrss_mib is not None), default=None),
-                "repo_bytes": _median([x.repo_bytes for x in res]),
+                "repo_bytes": median_or_none([x.repo_bytes for x in res]),
             }
-        summary[tool] = {"steps": steps, "growth_bytes": _median([r.growth_bytes() for r in mine])}
+        summary[tool] = {"steps": steps, "growth_bytes": median_or_none([r.growth_bytes() for r in mine])}
     return summary
 
 
@@ -621,19 +627,6 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
     fl = summary.get("ferrolab", {}).get("steps", {})
     by_step = {t["target"].split(" ")[0]: t for t in targets if "time ratio" in t["target"]}
 
-    def table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]) -> None:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-        def fmt(cells: tuple[str, ...]) -> str:
-            return "  ".join(
-                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
-
-        print(fmt(header))
-        print("  ".join("-" * w for w in widths))
-        for r in rows:
-            print(fmt(r))
-
     rows = []
     for step in STEPS:
         a = rs.get(step, {}).get("wall_s")
@@ -649,10 +642,11 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
                 _verdict(by_step.get(step)),
             )
         )
-    table(
+    print_table(
         ("step", "restic s", "ferrolab s", "restic/ferrolab", "restic RSS MiB", "ferrolab RSS MiB", "ferrolab target"),
         rows,
         {1, 2, 3, 4, 5},
+        rstrip=True,
     )
     print()
     rows = []
@@ -681,7 +675,9 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
             _verdict(growth_t),
         )
     )
-    table(("size", "restic MB", "ferrolab MB", "ferrolab/restic", "ferrolab target"), rows, {1, 2, 3})
+    print_table(
+        ("size", "restic MB", "ferrolab MB", "ferrolab/restic", "ferrolab target"), rows, {1, 2, 3}, rstrip=True
+    )
     rss_t = next(t for t in targets if t["target"].startswith("peak RSS"))
     if fl:
         peaks = {s: v["maxrss_mib_max"] for s, v in fl.items() if v["maxrss_mib_max"] is not None}
@@ -691,14 +687,8 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
 
 
 def machine_info(work: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
     mem = None
     try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemTotal"):
@@ -706,10 +696,6 @@ def machine_info(work: Path) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
     fs = None
     try:
         fs = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True, timeout=10).stdout.split("\n")[1]
@@ -717,15 +703,15 @@ def machine_info(work: Path) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError, IndexError):
         pass
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_available": affinity,
+        "cores_available": cores_available(),
         "memory_bytes": mem,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "work_filesystem": fs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        "loadavg_start": loadavg(),
     }
 
 
@@ -771,11 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         else REPO / "bench-results" / ("backup-work-smoke" if args.smoke else "backup-work")
     )
     work = work.resolve()
-    json_path = (
-        Path(args.json)
-        if args.json
-        else REPO / "bench-results" / ("bench_backup_smoke.json" if args.smoke else "bench_backup.json")
-    )
+    out_path = json_path(args.json, "bench_backup", args.smoke)
 
     skipped: dict[str, str] = {}
     if "restic" in tools and shutil.which("restic") is None:
@@ -816,12 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         "times: ratio = restic / ferrolab (> 1: ferrolab faster); sizes: ratio = ferrolab / restic",
         flush=True,
     )
-    load = info["loadavg_start"]
-    if info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
-        print(
-            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: other work "
-            "competes for the CPU and the disk, and the timings will be inflated and noisy"
-        )
+    warn_if_loaded(
+        info["loadavg_start"],
+        info["cores_available"],
+        "other work competes for the CPU and the disk, and the timings will be inflated and noisy",
+        end="",
+    )
     if "ferrolab" in tools and versions["ferrolab"].get("version") is None:
         print(f"warning: ferrolab is not importable by {sys.executable}: {versions['ferrolab'].get('error')}")
     dataset = prepare_dataset(work, args.smoke)
@@ -834,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_sequence(tool, rep, work, args, v2_manifest))
     shutil.rmtree(work / "src", ignore_errors=True)
     elapsed = time.perf_counter() - t_start
-    info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    info["loadavg_end"] = loadavg()
 
     summary = summarize(runs, tools)
     targets = evaluate_targets(summary)
@@ -858,12 +840,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; skipped: {', '.join(skipped)}" if skipped else "")
     )
 
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "benchmark": "bench_backup",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "smoke": args.smoke,
+        **doc_header("bench_backup", argv, args.smoke),
         "repeat": args.repeat,
         "tools": tools,
         "skipped_tools": skipped,
@@ -882,8 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_steps": failed,
         "restore_mismatches": unverified,
     }
-    json_path.write_text(json.dumps(doc, indent=1))
-    print(f"JSON: {json_path}")
+    write_json(out_path, doc)
     if unverified:
         print(f"FAILED: restored data does not match the source: {', '.join(unverified)}", file=sys.stderr)
     return 1 if (failed or unverified) else 0

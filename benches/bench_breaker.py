@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
 import statistics
@@ -48,15 +47,23 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    autorange,
+    cores_available,
+    cpu_model,
+    dist_version,
+    doc_header,
+    import_ferrolab,
+    json_path,
+    loadavg,
+    print_table,
+    warn_if_loaded,
+    write_json,
+)
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads (through ferrolab): see the docstring
 
-REPO = Path(__file__).resolve().parent.parent
-
-try:
-    import ferrolab as fl
-except ImportError:  # running from a checkout whose extension was built in place
-    sys.path.insert(0, str(REPO / "python"))
-    import ferrolab as fl
+fl = import_ferrolab()
 
 try:
     import pybreaker
@@ -113,12 +120,7 @@ _name.n = 0  # type: ignore[attr-defined]
 def version(mod: Any) -> str | None:
     if mod is None:
         return None
-    try:
-        from importlib.metadata import version as v
-
-        return v(mod.__name__)
-    except Exception:  # noqa: BLE001 - best effort
-        return getattr(mod, "__version__", "?")
+    return dist_version(mod.__name__) or getattr(mod, "__version__", "?")
 
 
 # ------------------------------------------------------------------------------------------------ loops
@@ -376,18 +378,9 @@ def _time(loop: Callable[[int], None], n: int) -> float:
     return _timer() - t0
 
 
-def _autorange(loop: Callable[[int], None], min_time: float) -> int:
-    n = 1
-    while True:
-        for k in (1, 2, 5):
-            if _time(loop, n * k) >= min_time:
-                return n * k
-        n *= 10
-
-
 def run_scenario(s: Scenario, repeat: int, min_time: float) -> list[dict[str, Any]]:
     sides = {"direct": s.direct, **s.impls}
-    loops = {k: _autorange(v, min_time) for k, v in sides.items()}  # also the warm-up
+    loops = {k: autorange(lambda n, v=v: _time(v, n), min_time) for k, v in sides.items()}  # also the warm-up
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
     gc_was = gc.isenabled()
@@ -426,7 +419,12 @@ def run_scenario(s: Scenario, repeat: int, min_time: float) -> list[dict[str, An
 
 
 def half_open_threads(smoke: bool) -> list[dict[str, Any]]:
-    """How many of 8 threads a half-open breaker admits while its trial is in flight."""
+    """How many of 8 threads a half-open breaker admits while its trial is in flight.
+
+    The count is read once every caller has been admitted or rejected, or, for a breaker that makes callers wait
+    (a lock held around the trial), once ``window`` has passed and at least one was admitted: a loaded machine that
+    starts the threads late delays the reading instead of reading 0 (the trials are held until then either way).
+    """
     window = 0.05 if smoke else 0.3
     out = []
     impls: dict[str, Callable[[Callable[[], Any]], Any]] = {}
@@ -450,6 +448,7 @@ def half_open_threads(smoke: bool) -> list[dict[str, Any]]:
     for impl, call in impls.items():
         release = threading.Event()
         admitted = [0]
+        rejected = [0]
         lock = threading.Lock()
 
         def trial(release: threading.Event = release, admitted: list[int] = admitted, lock: Any = lock) -> None:
@@ -457,16 +456,28 @@ def half_open_threads(smoke: bool) -> list[dict[str, Any]]:
                 admitted[0] += 1
             release.wait(5)
 
-        def worker(call: Callable[[Callable[[], Any]], Any] = call, trial: Callable[[], None] = trial) -> None:
+        def worker(
+            call: Callable[[Callable[[], Any]], Any] = call,
+            trial: Callable[[], None] = trial,
+            rejected: list[int] = rejected,
+            lock: Any = lock,
+        ) -> None:
             try:
                 call(trial)
             except Exception:  # noqa: BLE001 - a rejection
-                pass
+                with lock:
+                    rejected[0] += 1
 
         ts = [threading.Thread(target=worker) for _ in range(8)]
+        start = time.monotonic()
         for t in ts:
             t.start()
-        time.sleep(window)
+        while time.monotonic() - start < 4.0:  # below the trials' own 5 s limit
+            with lock:
+                resolved, n = admitted[0] + rejected[0], admitted[0]
+            if resolved == len(ts) or (n >= 1 and time.monotonic() - start >= window):
+                break
+            time.sleep(0.001)
         n = admitted[0]
         release.set()
         for t in ts:
@@ -589,31 +600,11 @@ def io_throughput(smoke: bool, repeat: int) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_available": affinity,
+        "cores_available": cores_available(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "ferrolab": getattr(fl, "__version__", "?"),
@@ -624,7 +615,7 @@ def machine_info() -> dict[str, Any]:
             "aiobreaker": version(aiobreaker),
             "purgatory": version(purgatory),
         },
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
     }
 
 
@@ -632,7 +623,7 @@ def _ns(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f}"
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_rows(rows: list[dict[str, Any]]) -> None:
     header = ("scenario", "breaker", "per call ns", "overhead ns", "peer/ferrolab", "ferrolab target")
     lines = []
     last = None
@@ -651,18 +642,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
         )
         last = r["scenario"]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    right = {2, 3, 4}
-
-    def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
+    print_table(header, lines, right={2, 3, 4}, rstrip=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -693,11 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     if repeat < 1:
         p.error("--repeat must be >= 1")
     min_time = args.min_time if args.min_time is not None else (0.001 if args.smoke else 0.05)
-    json_path = (
-        Path(args.json)
-        if args.json
-        else REPO / "bench-results" / ("bench_breaker_smoke.json" if args.smoke else "bench_breaker.json")
-    )
+    out_path = json_path(args.json, "bench_breaker", args.smoke)
 
     info = machine_info()
     peers = ", ".join(f"{k} {v}" for k, v in info["peers"].items() if v) or "no peers installed"
@@ -708,12 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         f"overhead = guarded - direct per call; "
         f"ratio = peer overhead / ferrolab overhead (> 1: ferrolab cheaper)\n"
     )
-    load = info["loadavg_start"]
-    if load and info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
-        print(
-            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: "
-            "other work competes for the CPU and the timings will be noisy\n"
-        )
+    warn_if_loaded(info["loadavg_start"], info["cores_available"])
     sys.stdout.flush()
     t_start = time.perf_counter()
     runner = AsyncRunner()
@@ -729,9 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     half_open = half_open_threads(args.smoke) + half_open_tasks(args.smoke)
     tput = io_throughput(args.smoke, repeat)
     elapsed = time.perf_counter() - t_start
-    info["loadavg_end"] = _loadavg()
+    info["loadavg_end"] = loadavg()
 
-    print_table(rows)
+    print_rows(rows)
     print("\nHalf-open with 8 concurrent callers: calls admitted while the trial call is in flight")
     for h in half_open:
         print(f"  {h['kind']:<14} {h['impl']:<34} {h['admitted_while_trial_in_flight']} of {h['callers']}")
@@ -745,12 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['loadavg_start']} -> {info['loadavg_end']}"
     )
 
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "benchmark": "bench_breaker",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "smoke": args.smoke,
+        **doc_header("bench_breaker", argv, args.smoke),
         "repeat": repeat,
         "min_time_s": min_time,
         "timer": args.timer,
@@ -763,8 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         "half_open": half_open,
         "io_throughput": tput,
     }
-    json_path.write_text(json.dumps(doc, indent=1))
-    print(f"JSON: {json_path}")
+    write_json(out_path, doc)
     return 0
 
 

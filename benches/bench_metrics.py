@@ -24,12 +24,9 @@ When ``benches/bench_tracing.py`` exists and has ``run(smoke)``, its rows are pr
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 import timeit
@@ -41,14 +38,22 @@ from typing import Any
 
 import numpy as np
 import prometheus_client as pc
+from _common import (
+    cores_available,
+    cpu_model,
+    dist_version,
+    doc_header,
+    import_ferrolab,
+    json_path,
+    loadavg,
+    pair_stats,
+    print_table,
+    time_pair,
+    warn_if_loaded,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-
-try:
-    import ferrolab as fl
-except ImportError:  # running from a checkout whose extension was built in place
-    sys.path.insert(0, str(REPO / "python"))
-    import ferrolab as fl
+fl = import_ferrolab()
 
 FULL_SERIES = 10_000
 SMOKE_SERIES = 1_000
@@ -69,17 +74,6 @@ ALL_CASES = [*TARGETS, "instrumentation"]
 # ----------------------------------------------------------------------------------------------- timing
 
 
-def _autorange(timer: timeit.Timer, min_time: float) -> int:
-    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
-    i = 1
-    while True:
-        for j in (1, 2, 5):
-            number = i * j
-            if timer.timeit(number) >= min_time:
-                return number
-        i *= 10
-
-
 @dataclass
 class Side:
     stmt: str
@@ -87,30 +81,16 @@ class Side:
     before: Callable[[], None] = lambda: None  # runs before each of this side's repetitions (not timed)
 
 
-def time_pair(peer: Side, mine: Side, repeat: int, min_time: float) -> dict[str, Any]:
+def time_sides(peer: Side, mine: Side, repeat: int, min_time: float) -> dict[str, Any]:
     """Interleaved timing of the same statement shape on both sides; per-call seconds of every repetition."""
-    t_peer_timer = timeit.Timer(peer.stmt, globals=peer.env)
-    t_mine_timer = timeit.Timer(mine.stmt, globals=mine.env)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        peer.before()
-        n_peer = _autorange(t_peer_timer, min_time)  # also the warm-up
-        mine.before()
-        n_mine = _autorange(t_mine_timer, min_time)
-        t_peer: list[float] = []
-        t_mine: list[float] = []
-        for r in range(repeat):
-            order = [(peer, t_peer_timer, n_peer, t_peer), (mine, t_mine_timer, n_mine, t_mine)]
-            if r % 2:  # alternate who goes first so slow drift hits both sides alike
-                order.reverse()
-            for side, timer, n, out in order:
-                side.before()
-                out.append(timer.timeit(n) / n)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
+    return time_pair(
+        timeit.Timer(peer.stmt, globals=peer.env).timeit,
+        timeit.Timer(mine.stmt, globals=mine.env).timeit,
+        repeat,
+        min_time,
+        before_peer=peer.before,
+        before_mine=mine.before,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -226,47 +206,18 @@ def _prefix() -> str:
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_available": affinity,
+        "cores_available": cores_available(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "ferrolab": getattr(fl, "__version__", "?"),
-        "prometheus_client": getattr(pc, "__version__", None) or _dist_version("prometheus_client"),
-        "loadavg_start": _loadavg(),
+        "prometheus_client": getattr(pc, "__version__", None) or dist_version("prometheus_client"),
+        "loadavg_start": loadavg(),
     }
-
-
-def _dist_version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:  # noqa: BLE001 - best effort only
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ tracing
@@ -308,7 +259,7 @@ def _fmt_time(s: float | None) -> str:
 HEADER = ("case", "size", "peer", "peer time", "ferrolab time", "ratio", "target", "met", "check")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_rows(rows: list[dict[str, Any]]) -> None:
     lines = []
     for r in rows:
         if r["case"] == "instrumentation":
@@ -332,19 +283,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 r["check"] if r["check"] == "ok" else f"*** {r['check']} ***",
             )
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(HEADER)]
-    right = {3, 4, 5, 6}
-
-    def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(fmt(HEADER))
-    print("  ".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
-    sys.stdout.flush()
+    print_table(HEADER, lines, right={3, 4, 5, 6})
 
 
 def print_tracing(rows: list[dict[str, Any]]) -> None:
@@ -352,11 +291,7 @@ def print_tracing(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         keys += [k for k in r if k not in keys and not isinstance(r[k], list | dict)]
     cells = [[str(r.get(k, "")) if not isinstance(r.get(k), float) else f"{r[k]:.4g}" for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+    print_table(keys, cells)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -377,7 +312,7 @@ def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
         "check_detail": "",
     }
     try:
-        t = time_pair(c.peer, c.mine, repeat, min_time)
+        t = time_sides(c.peer, c.mine, repeat, min_time)
         detail = c.check()  # after the loops: the statements must have had their effect on both sides
     except Exception as exc:  # noqa: BLE001 - a failing case must be reported, not abort the run
         row["check"] = "ERROR"
@@ -387,17 +322,8 @@ def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
     if detail:
         row["check"] = "MISMATCH"
         row["check_detail"] = detail
-    peer_s = statistics.median(t["peer"])
-    mine_s = statistics.median(t["mine"])
-    row.update(
-        peer_s=peer_s,
-        ferrolab_s=mine_s,
-        ratio=peer_s / mine_s if mine_s > 0 else None,
-        peer_times_s=t["peer"],
-        ferrolab_times_s=t["mine"],
-        peer_loops=t["peer_loops"],
-        ferrolab_loops=t["mine_loops"],
-    )
+    row.update(pair_stats(t))
+    peer_s, mine_s = row["peer_s"], row["ferrolab_s"]
     if c.name == "instrumentation":
         row["overhead_pct"] = (mine_s / peer_s - 1.0) * 100.0 if peer_s > 0 else None
         if row["overhead_pct"] is not None:
@@ -438,11 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if repeat < 1:
         p.error("--repeat must be >= 1")
     min_time = args.min_time if args.min_time is not None else (0.002 if args.smoke else 0.1)
-    json_path = (
-        Path(args.json)
-        if args.json
-        else REPO / "bench-results" / ("bench_metrics_smoke.json" if args.smoke else "bench_metrics.json")
-    )
+    out_path = json_path(args.json, "bench_metrics", args.smoke)
     series = SMOKE_SERIES if args.smoke else FULL_SERIES
 
     info = machine_info()
@@ -452,12 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['cpu_model']}, {info['cores_available']} cores available; median of {repeat} repetition(s), each "
         f">= {min_time * 1e3:g} ms or one call; ratio = prometheus_client / ferrolab (> 1: ferrolab faster)\n"
     )
-    load = info["loadavg_start"]
-    if load and info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
-        print(
-            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: "
-            "other work competes for the CPU and the timings will be noisy\n"
-        )
+    warn_if_loaded(info["loadavg_start"], info["cores_available"])
     sys.stdout.flush()
 
     t_start = time.perf_counter()
@@ -481,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                     pass
     trace_rows, trace_error = tracing_rows(args.smoke)
     elapsed = time.perf_counter() - t_start
-    info["loadavg_end"] = _loadavg()
+    info["loadavg_end"] = loadavg()
 
-    print_table(rows)
+    print_rows(rows)
     if trace_rows is not None:
         print("\nbench_tracing.py:")
         print_tracing(trace_rows)
@@ -497,12 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in bad:
             print(f"!!!   {r['case']}: {r['check']} {r['check_detail']}", file=sys.stderr)
 
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "benchmark": "bench_metrics",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "smoke": args.smoke,
+        **doc_header("bench_metrics", argv, args.smoke),
         "repeat": repeat,
         "min_time_s": min_time,
         "series": series,
@@ -517,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracing_rows": trace_rows,
         "tracing_error": trace_error,
     }
-    json_path.write_text(json.dumps(doc, indent=1))
-    print(f"JSON: {json_path}")
+    write_json(out_path, doc)
     return 1 if bad else 0
 
 

@@ -25,12 +25,9 @@ bottleneck's NaN-propagating ``median`` does, and is the peer of ``quantile(x, 0
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -40,14 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (
+    cores_available,
+    cpu_flags,
+    cpu_model,
+    doc_header,
+    import_ferrolab,
+    json_path,
+    loadavg,
+    looped,
+    pair_stats,
+    print_table,
+    time_pair,
+    warn_if_loaded,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-
-try:
-    import ferrolab as fl
-except ImportError:  # running from a checkout whose extension was built in place
-    sys.path.insert(0, str(REPO / "python"))
-    import ferrolab as fl
+fl = import_ferrolab()
 
 try:
     import numexpr as ne
@@ -117,49 +123,6 @@ SMOKE_STAT_SIZES = [10**3]
 SMOKE_GEMM = [64]
 SMOKE_CDIST = (50, 50, 8)
 DTYPES = [np.float32, np.float64]
-
-
-# ----------------------------------------------------------------------------------------------- timing
-
-
-def _loop(fn: Callable[[], Any], number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return time.perf_counter() - t0
-
-
-def _autorange(fn: Callable[[], Any], min_time: float) -> int:
-    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
-    i = 1
-    while True:
-        for j in (1, 2, 5):
-            number = i * j
-            if _loop(fn, number) >= min_time:
-                return number
-        i *= 10
-
-
-def time_pair(peer: Callable[[], Any], mine: Callable[[], Any], repeat: int, min_time: float) -> dict[str, Any]:
-    """Interleaved timing of two callables; per-call seconds of every repetition for each."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        n_peer = _autorange(peer, min_time)  # also the warm-up
-        n_mine = _autorange(mine, min_time)
-        t_peer: list[float] = []
-        t_mine: list[float] = []
-        for r in range(repeat):
-            if r % 2 == 0:  # alternate who goes first so slow drift hits both sides alike
-                t_peer.append(_loop(peer, n_peer) / n_peer)
-                t_mine.append(_loop(mine, n_mine) / n_mine)
-            else:
-                t_mine.append(_loop(mine, n_mine) / n_mine)
-                t_peer.append(_loop(peer, n_peer) / n_peer)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
 
 
 # ------------------------------------------------------------------------------------------ correctness
@@ -591,30 +554,7 @@ def cdist_cases(shape: tuple[int, int, int], rng: np.random.Generator) -> list[C
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in have]
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count()
     blas = None
     try:
         cfg = np.show_config(mode="dicts")
@@ -623,10 +563,10 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - older NumPy: best effort only
         pass
     info: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cpu_flags": flags,
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(("sse4_2", "avx", "avx2", "fma", "avx512f")),
         "cores": os.cpu_count(),
-        "cores_available": affinity,
+        "cores_available": cores_available(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -638,7 +578,7 @@ def machine_info() -> dict[str, Any]:
         "numexpr": getattr(ne, "__version__", None),
         "numexpr_threads": ne.get_num_threads() if ne is not None else None,
         "bottleneck": getattr(bn, "__version__", None),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
     }
     try:
         import scipy
@@ -689,7 +629,7 @@ def _fmt_ms(s: float) -> str:
 HEADER = ("op", "dtype", "size", "peer", "peer ms", "ferrolab ms", "ratio", "rate", "peer rate", "check")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_rows(rows: list[dict[str, Any]]) -> None:
     lines = []
     for r in rows:
         op = r["op"] + (f" [{r['variant']}]" if r["variant"] else "")
@@ -708,19 +648,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 r["check"] if r["check"] == "ok" else f"*** {r['check']} ***",
             )
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(HEADER)]
-    right = {4, 5, 6, 7, 8}
-
-    def fmt(cells):
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(fmt(HEADER))
-    print("  ".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
-    sys.stdout.flush()
+    print_table(HEADER, lines, right={4, 5, 6, 7, 8})
 
 
 def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
@@ -751,21 +679,10 @@ def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
     if not chk.ok:
         row["check"] = "MISMATCH"
     row["check_detail"] = chk.detail
-    t = time_pair(c.peer, c.mine, repeat, min_time)
-    peer_s = statistics.median(t["peer"])
-    mine_s = statistics.median(t["mine"])
-    row.update(
-        peer_s=peer_s,
-        ferrolab_s=mine_s,
-        ratio=peer_s / mine_s if mine_s > 0 else None,
-        peer_times_s=t["peer"],
-        ferrolab_times_s=t["mine"],
-        peer_loops=t["peer_loops"],
-        ferrolab_loops=t["mine_loops"],
-    )
+    row.update(pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time)))
     if c.rate_unit and c.work:
-        row["ferrolab_rate"] = c.work / mine_s / 1e9
-        row["peer_rate"] = c.work / peer_s / 1e9
+        row["ferrolab_rate"] = c.work / row["ferrolab_s"] / 1e9
+        row["peer_rate"] = c.work / row["peer_s"] / 1e9
     return row
 
 
@@ -802,11 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     if repeat < 1:
         p.error("--repeat must be >= 1")
     min_time = args.min_time if args.min_time is not None else (0.001 if args.smoke else 0.02)
-    json_path = (
-        Path(args.json)
-        if args.json
-        else REPO / "bench-results" / ("bench_ops_smoke.json" if args.smoke else "bench_ops.json")
-    )
+    out_path = json_path(args.json, "bench_ops", args.smoke)
 
     info = machine_info()
     print(
@@ -821,12 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sys.stdout.flush()
 
-    load = info["loadavg_start"]
-    if load and info["cores_available"] and load[0] > 0.5 * info["cores_available"]:
-        print(
-            f"warning: load average {load[0]:.2f} on {info['cores_available']} cores before the run: "
-            "other work competes for the CPU and the timings will be noisy\n"
-        )
+    warn_if_loaded(info["loadavg_start"], info["cores_available"])
     t_start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     cases = build_cases(args, ops, rng)
@@ -842,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     elapsed = time.perf_counter() - t_start
-    info["loadavg_end"] = _loadavg()
-    print_table(rows)
+    info["loadavg_end"] = loadavg()
+    print_rows(rows)
 
     bad = [r for r in rows if r["check"] != "ok"]
     slower = [r for r in rows if r["ratio"] is not None and r["ratio"] < 1.0]
@@ -860,12 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
 
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "benchmark": "bench_ops",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "smoke": args.smoke,
+        **doc_header("bench_ops", argv, args.smoke),
         "repeat": repeat,
         "min_time_s": min_time,
         "seed": args.seed,
@@ -878,8 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         "mismatches": len(bad),
         "rows": rows,
     }
-    json_path.write_text(json.dumps(doc, indent=1))
-    print(f"JSON: {json_path}")
+    write_json(out_path, doc)
     return 1 if bad else 0
 
 

@@ -28,47 +28,27 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import json
 import os
 import platform
-import statistics
 import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import import_ferrolab, json_path, loadavg, pair_stats, print_table, time_pair, write_json
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-REPO = Path(__file__).resolve().parent.parent
-
-try:
-    import ferrolab as fl
-except ImportError:  # running from a checkout whose extension was built in place
-    sys.path.insert(0, str(REPO / "python"))
-    import ferrolab as fl
+fl = import_ferrolab()
 
 TARGETS = {"span sampled": 10.0, "span unsampled": 20.0}
 OP_SIZE = 1000
 
 
-def _autorange(timer: timeit.Timer, min_time: float, reset: Callable[[], Any], ctx: contextvars.Context) -> int:
-    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
-    i = 1
-    while True:
-        for j in (1, 2, 5):
-            number = i * j
-            reset()
-            if ctx.run(timer.timeit, number) >= min_time:
-                return number
-        i *= 10
-
-
-def time_pair(
+def time_timers(
     peer: timeit.Timer,
     mine: timeit.Timer,
     repeat: int,
@@ -85,18 +65,16 @@ def time_pair(
     """
     pctx = peer_ctx if peer_ctx is not None else contextvars.copy_context()
     mctx = mine_ctx if mine_ctx is not None else contextvars.copy_context()
-    n_peer = _autorange(peer, min_time, reset, pctx)  # also the warm-up
-    n_mine = _autorange(mine, min_time, reset, mctx)
-    t_peer: list[float] = []
-    t_mine: list[float] = []
-    for r in range(repeat):
-        for side in ("peer", "mine") if r % 2 == 0 else ("mine", "peer"):
+
+    def in_context(timer: timeit.Timer, ctx: contextvars.Context) -> Callable[[int], float]:
+        def run(number: int) -> float:
             reset()
-            if side == "peer":
-                t_peer.append(pctx.run(peer.timeit, n_peer) / n_peer)
-            else:
-                t_mine.append(mctx.run(mine.timeit, n_mine) / n_mine)
-    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
+            return ctx.run(timer.timeit, number)
+
+        return run
+
+    # timeit turns the garbage collector off during its loops
+    return time_pair(in_context(peer, pctx), in_context(mine, mctx), repeat, min_time, disable_gc=False)
 
 
 def _sdk_tracer(ratio: float | None) -> tuple[Any, InMemorySpanExporter]:
@@ -107,23 +85,22 @@ def _sdk_tracer(ratio: float | None) -> tuple[Any, InMemorySpanExporter]:
 
 
 def _row(case: str, peer: str, size: str, t: dict[str, Any]) -> dict[str, Any]:
-    peer_s = statistics.median(t["peer"])
-    mine_s = statistics.median(t["mine"])
+    s = pair_stats(t)
     target = TARGETS.get(case)
-    ratio = peer_s / mine_s
+    ratio = s["ratio"]
     return {
         "case": case,
         "peer": peer,
         "size": size,
-        "peer_s": peer_s,
-        "ferrolab_s": mine_s,
+        "peer_s": s["peer_s"],
+        "ferrolab_s": s["ferrolab_s"],
         "ratio": ratio,
         "target": target,
-        "meets_target": None if target is None else ratio >= target,
-        "peer_times_s": t["peer"],
-        "ferrolab_times_s": t["mine"],
-        "peer_loops": t["peer_loops"],
-        "ferrolab_loops": t["mine_loops"],
+        "meets_target": None if target is None or ratio is None else ratio >= target,
+        "peer_times_s": s["peer_times_s"],
+        "ferrolab_times_s": s["ferrolab_times_s"],
+        "peer_loops": s["peer_loops"],
+        "ferrolab_loops": s["ferrolab_loops"],
     }
 
 
@@ -148,7 +125,7 @@ def span_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
     mine.timeit(1)
     assert len(exporter.get_finished_spans()) == (1 if sampled else 0)
     assert len(fl.tracing.finished_spans()) == (1 if sampled else 0)
-    t = time_pair(peer, mine, repeat, min_time, reset)
+    t = time_timers(peer, mine, repeat, min_time, reset)
     reset()
     case = "span sampled" if sampled else "span unsampled"
     peer_name = "opentelemetry-sdk " + ("(always on)" if sampled else "TraceIdRatioBased(0.0)")
@@ -174,7 +151,7 @@ def op_case(sampled: bool, repeat: int, min_time: float) -> dict[str, Any]:
     reset()
     outside.run(call.timeit, 1)
     assert fl.tracing.finished_spans() == []
-    t = time_pair(call, call, repeat, min_time, reset, peer_ctx=outside, mine_ctx=inside)
+    t = time_timers(call, call, repeat, min_time, reset, peer_ctx=outside, mine_ctx=inside)
     inside.run(enclosing.__exit__, None, None, None)
     reset()
     case = f"ops.sum(1e3) in {'sampled' if sampled else 'unsampled'} span"
@@ -199,7 +176,7 @@ def _fmt_t(s: float) -> str:
     return f"{s * 1e9:,.0f} ns" if s < 1e-5 else f"{s * 1e6:,.1f} us"
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_rows(rows: list[dict[str, Any]]) -> None:
     header = ("case", "size", "peer", "peer", "ferrolab", "ratio", "target")
     lines = [
         (
@@ -213,28 +190,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    right = {3, 4, 5}
-
-    def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for line in lines:
-        print(fmt(line))
-    sys.stdout.flush()
+    print_table(header, lines, right={3, 4, 5})
 
 
 def machine_info() -> dict[str, Any]:
     import opentelemetry.sdk.version as sdk_version
 
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
     return {
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
@@ -242,7 +203,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "ferrolab": fl.__version__,
         "opentelemetry_sdk": sdk_version.__version__,
-        "loadavg": load,
+        "loadavg": loadavg(),
     }
 
 
@@ -255,12 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     machine = machine_info()
     rows = run(args.smoke, args.repeat, args.min_time)
-    print_table(rows)
-    path = Path(args.json) if args.json else REPO / "bench-results" / "bench_tracing.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    print_rows(rows)
     doc = {"smoke": args.smoke, "machine": machine, "rows": rows}
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"\nJSON: {path}")
+    write_json(json_path(args.json, "bench_tracing", smoke=False), doc, indent=2, prefix="\n")  # one default name
     return 0
 
 

@@ -193,17 +193,66 @@ def fsum_exact(x: np.ndarray) -> float:
     return math.fsum(np.asarray(x, dtype=np.float64).ravel().tolist())
 
 
-# Under CI (CI=true) the components are installed (tools/install_components.sh), so a test that skips because one
-# is missing is a failure there, not a silent gap. Tests signal that case with `pytest.skip(MISSING + "...")`.
+# --- skips under CI --------------------------------------------------------------------------------------------------
+# Under CI (CI=true, 1 or yes; .ci/run exports CI=true) everything the tests use is installed -- the [test] extra
+# (pip install -e ".[test]") and the components of tools/install_components.sh (Prometheus, promtool, the Pushgateway,
+# restic; binutils' objdump) -- so a skip there is a silent gap, and it is turned into a failure: a skip in a test, a
+# fixture or a skipif mark (pytest_runtest_makereport below) and one while a module is collected, such as a
+# module-level `pytest.importorskip` or `pytest.skip(allow_module_level=True)` (pytest_make_collect_report below,
+# which bypasses the runtest hooks; it stops the run as a collection error).
+#
+# The explicit exceptions, for what CI legitimately lacks or what does not apply to its platform:
+#   * tests with a marker in CI_SKIP_MARKERS: `gpu` (CI has no CUDA device);
+#   * skips whose reason starts with OPTIONAL: an optional package that is in no extra CI installs (torch);
+#   * skips whose reason starts with PLATFORM: the test does not apply to this operating system (no fork, no tzset).
+# Any other skip fails under CI. A test that skips because a component is missing says so with MISSING, so that the
+# failure names what to install; an expected failure (xfail) is not a skip and is left alone. Locally (CI unset)
+# every skip stays a skip.
 MISSING = "missing component: "
+OPTIONAL = "optional: "
+PLATFORM = "platform: "
+CI_SKIP_MARKERS = frozenset({"gpu"})
+CI_SKIP_REASONS = (OPTIONAL, PLATFORM)
+
+
+def is_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _skip_reason(longrepr: Any) -> str:
+    reason = str(longrepr[-1]) if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _ci_failure(reason: str, markers: set[str]) -> str | None:
+    """The failure message for a skip that CI does not allow, None for an allowed one."""
+    if markers & CI_SKIP_MARKERS or reason.startswith(CI_SKIP_REASONS):
+        return None
+    if reason.startswith(MISSING):
+        return f"CI=true but {reason} (install it: pip install -e '.[test]', tools/install_components.sh)"
+    return (
+        f"CI=true forbids this skip ({reason}): under CI only tests marked {', '.join(sorted(CI_SKIP_MARKERS))} and "
+        f"skips whose reason starts with one of {CI_SKIP_REASONS} may skip (tests/conftest.py)"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        if MISSING in reason:
+    if report.skipped and not hasattr(report, "wasxfail") and is_ci():
+        message = _ci_failure(_skip_reason(report.longrepr), {m.name for m in item.iter_markers()})
+        if message is not None:
             report.outcome = "failed"
-            report.longrepr = f"CI=true but a component is missing ({reason}); run tools/install_components.sh"
+            report.longrepr = message
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    report = yield
+    if report.skipped and is_ci():
+        message = _ci_failure(_skip_reason(report.longrepr), {m.name for m in collector.iter_markers()})
+        if message is not None:
+            report.outcome = "failed"
+            report.longrepr = f"{collector.nodeid}: {message}"
+    return report

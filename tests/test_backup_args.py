@@ -345,7 +345,6 @@ def test_progress_argument() -> None:
 
 
 def test_progress_bar_draws_each_phase_on_stderr(capsys) -> None:
-    pytest.importorskip("tqdm")
     bar, close = B._progress("backup", True)
     assert bar is not None
     bar({"phase": "scan", "done_bytes": 0, "total_bytes": 0, "done_files": 10, "total_files": 0})

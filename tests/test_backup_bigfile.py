@@ -52,6 +52,7 @@ def all_zeros(path: object, size: int) -> bool:
     return seen == size
 
 
+@pytest.mark.slow
 def test_backup_and_restore_of_a_2_gib_file_stay_within_200_mib(tmp_path) -> None:
     free = shutil.disk_usage(tmp_path).free
     if free < 6 * GiB:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from conftest import PLATFORM
 from ferrolab.backup import (
     _PRIVATE,
     ForgetResult,
@@ -146,7 +147,7 @@ def local_zone(monkeypatch):
     import time
 
     if not hasattr(time, "tzset"):
-        pytest.skip("time.tzset is POSIX only")
+        pytest.skip(PLATFORM + "time.tzset is POSIX only")
 
     def set_zone(name: str) -> None:
         monkeypatch.setenv("TZ", name)

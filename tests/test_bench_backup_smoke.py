@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benches" / "bench_backup.py"
 

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import ferrolab as fl
+import pytest
+
+pytestmark = pytest.mark.bench
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benches" / "bench_ops.py"

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import ferrolab as fl
 import numpy as np
 import pytest
+from conftest import MISSING
 
 M = fl.metrics
 
@@ -107,7 +108,7 @@ class Component:
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (Debian package {name}); this integration test needs the real binary")
+        pytest.skip(f"{MISSING}{name} (Debian package {name}); this integration test needs the real binary")
     return path
 
 

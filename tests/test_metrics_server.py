@@ -22,6 +22,8 @@ from typing import Any
 
 import ferrolab as fl
 import pytest
+from conftest import PLATFORM
+from ferrolab import health
 from prometheus_client.parser import text_string_to_metric_families
 
 M = fl.metrics
@@ -151,9 +153,6 @@ def test_health_route(server) -> None:
 
 
 def test_health_route_follows_the_default_registry(server) -> None:
-    health = pytest.importorskip("ferrolab.health")
-    if not hasattr(health, "register"):
-        pytest.skip("ferrolab.health has no register() yet")
     name = unique("check")
     health.register(name, lambda: (health.Status.UNHEALTHY, "the database is gone"))
     try:
@@ -399,7 +398,6 @@ def test_queue_full_is_503_and_stop_closes_queued_connections() -> None:
 
 
 def test_health_error_body_is_valid_json(tmp_path) -> None:
-    pytest.importorskip("ferrolab.health")
     # /health caches the handler on its first call, so the failing handler is installed in a fresh interpreter
     script = tmp_path / "health_error.py"
     script.write_text(
@@ -577,11 +575,10 @@ def _load_round(srv: Any, threads: int, per_thread: int, deadline: float) -> lis
 
 
 def test_load_8_threads_x_150_requests_no_errors_bounded_memory() -> None:
-    pytest.importorskip("ferrolab.health")
     try:
         _vmrss()
     except (OSError, AssertionError):
-        pytest.skip("no /proc/self/status VmRSS on this platform")
+        pytest.skip(PLATFORM + "no /proc/self/status VmRSS")
     name = unique("load")
     c = M.Counter(name, "Load.", ["series"])
     for i in range(200):  # a few hundred series make /metrics non-trivial

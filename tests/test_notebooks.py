@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import MISSING
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -25,7 +26,7 @@ def _jupyter_modules():
             import nbclient
             import nbformat
     except ImportError as exc:
-        pytest.skip(f"executing notebooks needs nbclient, nbformat and ipykernel: {exc}")
+        pytest.skip(f"{MISSING}executing notebooks needs nbclient, nbformat and ipykernel: {exc}")
     return nbclient, nbformat
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import (
     FLOATS,
     LAYOUTS,
+    MISSING,
     RTOL,
     assert_result,
     axes_for,
@@ -25,7 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-scipy_distance = pytest.importorskip("scipy.spatial.distance", reason="scipy is needed as the cdist reference")
+scipy_distance = pytest.importorskip("scipy.spatial.distance", reason=MISSING + "scipy (the cdist reference)")
 
 # ----------------------------------------------------------------------------------------------------------------
 # reductions

@@ -10,9 +10,9 @@ from fractions import Fraction
 import ferrolab as fl
 import numpy as np
 import pytest
-from conftest import FLOATS, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
+from conftest import FLOATS, MISSING, OPTIONAL, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
 
-scipy_distance = pytest.importorskip("scipy.spatial.distance", reason="scipy is needed as the cdist reference")
+scipy_distance = pytest.importorskip("scipy.spatial.distance", reason=MISSING + "scipy (the cdist reference)")
 
 RNG = np.random.default_rng(20240607)
 
@@ -924,7 +924,7 @@ def test_adam_step_errors():
 
 
 def test_adam_step_matches_torch():
-    torch = pytest.importorskip("torch", reason="torch is optional: the NumPy reference covers the arithmetic")
+    torch = pytest.importorskip("torch", reason=OPTIONAL + "torch (the NumPy reference covers the arithmetic)")
     r = np.random.default_rng(0)
     for decoupled in [False, True]:
         p0 = r.standard_normal(50).astype(np.float32)

@@ -20,6 +20,7 @@ from typing import Any
 import ferrolab as fl
 import numpy as np
 import pytest
+from conftest import PLATFORM
 from ferrolab import _core
 from opentelemetry import trace as otel_trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -645,7 +646,7 @@ def test_collector_error_status_counts_failures() -> None:
     assert after["export_failures"] - before["export_failures"] >= 1
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason=PLATFORM + "needs fork")
 def test_forked_child_exports_through_its_own_pipeline() -> None:
     with Receiver() as rcv:
         fl.tracing.configure("forked", endpoint=rcv.url)
@@ -681,6 +682,7 @@ def test_no_span_left_open() -> None:
         fl.tracing.shutdown()
 
 
+@pytest.mark.bench
 def test_bench_tracing_smoke(tmp_path: Path) -> None:
     """The side-by-side benchmark runs in its smoke mode, so it cannot rot (no timing is asserted)."""
     bench = Path(__file__).resolve().parent.parent / "benches" / "bench_tracing.py"

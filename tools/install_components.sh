@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real components the integration tests start on 127.0.0.1 (Debian packages):
-# Prometheus (with promtool) and the Prometheus Pushgateway; and restic, the peer of benches/bench_backup.py.
+# Prometheus (with promtool) and the Prometheus Pushgateway; restic, the peer of benches/bench_backup.py; and
+# binutils, whose objdump the SIMD disassembly check (tests/test_simd_build.py) reads the extension with.
 # Idempotent; without root or apt-get it only reports what is missing (those tests then skip with a reason, and
 # the backup benchmark's smoke runs ferrolab alone, except under CI=true where they fail).
 set -euo pipefail
@@ -9,6 +10,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v objdump >/dev/null 2>&1 || need+=(binutils)
 if [ ${#need[@]} -eq 0 ]; then
     echo "components: all present"
     exit 0

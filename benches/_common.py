@@ -1,0 +1,249 @@
+"""What the benchmark scripts in benches/ share: importing ferrolab from a checkout, the machine block, the
+interleaved timeit-style timing with medians, the text table and the JSON file.
+
+The scripts run as ``python benches/bench_*.py``, so this directory is first on ``sys.path`` and they import this
+module as ``_common``. It imports the standard library only (bench_breaker.py sets ``OPENBLAS_NUM_THREADS`` before
+NumPy loads). ``gen_dataset.py`` is a verbatim copy of a shared generator and does not use it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def import_ferrolab() -> ModuleType:
+    """``import ferrolab``, falling back to the checkout's python/ (an extension built in place)."""
+    try:
+        import ferrolab
+    except ImportError:  # running from a checkout whose extension was built in place
+        sys.path.insert(0, str(REPO / "python"))
+        import ferrolab
+    return ferrolab
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, rounded (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_model() -> str:
+    """The first ``model name`` of /proc/cpuinfo, else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(wanted: Sequence[str]) -> list[str]:
+    """Those of ``wanted`` that the first ``flags`` line of /proc/cpuinfo lists, in the order of ``wanted``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def cores_available() -> int | None:
+    """The cores this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def dist_version(dist: str) -> str | None:
+    """The installed version of a distribution, None when unknown."""
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001 - best effort only
+        return None
+
+
+def warn_if_loaded(
+    load: Sequence[float] | None,
+    cores: int | None,
+    consequence: str = "other work competes for the CPU and the timings will be noisy",
+    end: str = "\n",
+) -> None:
+    """Prints a warning when the 1-minute load average exceeds half the available cores."""
+    if load and cores and load[0] > 0.5 * cores:
+        print(f"warning: load average {load[0]:.2f} on {cores} cores before the run: {consequence}{end}")
+
+
+# ----------------------------------------------------------------------------------------------------- timing
+# A *run* is a callable run(number) -> seconds that executes a statement `number` times and returns how long that
+# took (timeit.Timer.timeit has this shape).
+
+
+def looped(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> Callable[[int], float]:
+    """A run that calls ``fn`` in a plain Python loop."""
+
+    def run(number: int) -> float:
+        t0 = clock()
+        for _ in range(number):
+            fn()
+        return clock() - t0
+
+    return run
+
+
+def autorange(run: Callable[[int], float], min_time: float) -> int:
+    """Loop count (1, 2, 5, 10, 20, ...) for which one repetition lasts at least ``min_time``."""
+    i = 1
+    while True:
+        for j in (1, 2, 5):
+            number = i * j
+            if run(number) >= min_time:
+                return number
+        i *= 10
+
+
+def time_pair(
+    peer: Callable[[int], float],
+    mine: Callable[[int], float],
+    repeat: int,
+    min_time: float,
+    *,
+    before_peer: Callable[[], Any] | None = None,
+    before_mine: Callable[[], Any] | None = None,
+    disable_gc: bool = True,
+) -> dict[str, Any]:
+    """Interleaved timing of two runs; per-call seconds of every repetition for each.
+
+    Each side gets a loop count from :func:`autorange` (also the warm-up); the repetitions alternate who goes first,
+    so that slow drift hits both sides alike. ``before_*`` runs (untimed) before that side's autorange and before
+    each of its repetitions. The garbage collector is off throughout unless ``disable_gc`` is False.
+    """
+    gc_was_enabled = gc.isenabled()
+    if disable_gc:
+        gc.disable()
+    try:
+        if before_peer is not None:
+            before_peer()
+        n_peer = autorange(peer, min_time)
+        if before_mine is not None:
+            before_mine()
+        n_mine = autorange(mine, min_time)
+        t_peer: list[float] = []
+        t_mine: list[float] = []
+        for r in range(repeat):
+            order = [(peer, before_peer, n_peer, t_peer), (mine, before_mine, n_mine, t_mine)]
+            if r % 2:
+                order.reverse()
+            for run, before, n, out in order:
+                if before is not None:
+                    before()
+                out.append(run(n) / n)
+    finally:
+        if disable_gc and gc_was_enabled:
+            gc.enable()
+    return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
+
+
+def pair_stats(t: dict[str, Any]) -> dict[str, Any]:
+    """The row fields of a :func:`time_pair` result: medians, ``ratio = peer / ferrolab``, every repetition."""
+    peer_s = statistics.median(t["peer"])
+    mine_s = statistics.median(t["mine"])
+    return {
+        "peer_s": peer_s,
+        "ferrolab_s": mine_s,
+        "ratio": peer_s / mine_s if mine_s > 0 else None,
+        "peer_times_s": t["peer"],
+        "ferrolab_times_s": t["mine"],
+        "peer_loops": t["peer_loops"],
+        "ferrolab_loops": t["mine_loops"],
+    }
+
+
+def median_or_none(xs: Sequence[float | int | None]) -> float | None:
+    """The median of the values that are not None, None when there are none."""
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------------------------------- output
+
+
+def format_table(
+    header: Sequence[str],
+    lines: Sequence[Sequence[str]],
+    right: Collection[int] = (),
+    *,
+    rstrip: bool = False,
+) -> list[str]:
+    """A text table: the header, a rule of dashes, the lines; columns two spaces apart, those in ``right``
+    right-aligned; ``rstrip`` drops trailing blanks of the header and the lines."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        text = "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return text.rstrip() if rstrip else text
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(line) for line in lines)]
+
+
+def print_table(
+    header: Sequence[str],
+    lines: Sequence[Sequence[str]],
+    right: Collection[int] = (),
+    *,
+    rstrip: bool = False,
+) -> None:
+    """Prints :func:`format_table` and flushes stdout."""
+    for line in format_table(header, lines, right, rstrip=rstrip):
+        print(line)
+    sys.stdout.flush()
+
+
+def json_path(arg: str | None, name: str, smoke: bool) -> Path:
+    """``--json`` when given, else bench-results/NAME.json (NAME_smoke.json with ``--smoke``)."""
+    if arg:
+        return Path(arg)
+    return REPO / "bench-results" / (f"{name}_smoke.json" if smoke else f"{name}.json")
+
+
+def doc_header(name: str, argv: list[str] | None, smoke: bool) -> dict[str, Any]:
+    """The first keys of a benchmark's JSON: its name, when, the arguments and whether it was a smoke run."""
+    return {
+        "benchmark": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "smoke": smoke,
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any], *, indent: int = 1, prefix: str = "") -> None:
+    """Writes ``doc`` to ``path`` (creating its directory) and prints where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=indent))
+    print(f"{prefix}JSON: {path}")
