@@ -2,7 +2,7 @@
 import os
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, final
+from typing import Any, ParamSpec, TypedDict, TypeVar, final
 
 import numpy as np
 from typing_extensions import disjoint_base
@@ -343,6 +343,15 @@ def tracing_stats() -> dict[str, Any]: ...
 def tracing_resource() -> dict[str, str]: ...
 def _tracing_otel_path(force_public: bool | None = None) -> str: ...
 
+class _S3Options(TypedDict):
+    # every key present, None where unset: ferrolab.backup checks the user's dict and fills it (_native_s3)
+    endpoint: str | None
+    region: str | None
+    access_key_id: str | None
+    secret_access_key: str | None
+    session_token: str | None
+    allow_http: bool | None
+
 @final
 class BackupRepository:
     @staticmethod
@@ -352,7 +361,7 @@ class BackupRepository:
         password: bytes | None = None,
         key_file: bytes | None = None,
         compression: int = 3,
-        s3: dict[str, Any] | None = None,
+        s3: _S3Options | None = None,
     ) -> BackupRepository: ...
     @staticmethod
     def open(
@@ -360,7 +369,7 @@ class BackupRepository:
         *,
         password: bytes | None = None,
         key_file: bytes | None = None,
-        s3: dict[str, Any] | None = None,
+        s3: _S3Options | None = None,
     ) -> BackupRepository: ...
     @property
     def url(self) -> str: ...

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use ferrolab_core::backup::crypto::Secret;
 use ferrolab_core::backup::store::S3Options;
 use ferrolab_core::backup::{self as core, ProgressInfo, Repository};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -33,41 +33,30 @@ fn secret<'a>(
     }
 }
 
-fn s3_options(d: Option<&Bound<'_, PyDict>>) -> PyResult<Option<S3Options>> {
-    let Some(d) = d else { return Ok(None) };
-    let mut o = S3Options::default();
-    for (k, v) in d.iter() {
-        let k: String = k.extract()?;
-        let s = || -> PyResult<Option<String>> {
-            if v.is_none() {
-                Ok(None)
-            } else {
-                v.extract::<String>().map(Some).map_err(|_| {
-                    PyTypeError::new_err(format!("Repository(): s3['{k}'] must be a str"))
-                })
-            }
-        };
-        match k.as_str() {
-            "endpoint" => o.endpoint = s()?,
-            "region" => o.region = s()?,
-            "access_key_id" => o.access_key_id = s()?,
-            "secret_access_key" => o.secret_access_key = s()?,
-            "session_token" => o.session_token = s()?,
-            "allow_http" => {
-                o.allow_http = if v.is_none() {
-                    None
-                } else {
-                    Some(v.extract()?)
-                }
-            }
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "Repository(): unknown s3 setting '{other}'"
-                )))
-            }
+/// The `s3={...}` argument as `ferrolab.backup` passes it: checked there (the messages users see), with every
+/// key present and None where unset; here only converted, field by field.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct S3Args {
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    allow_http: Option<bool>,
+}
+
+impl From<S3Args> for S3Options {
+    fn from(a: S3Args) -> Self {
+        S3Options {
+            endpoint: a.endpoint,
+            region: a.region,
+            access_key_id: a.access_key_id,
+            secret_access_key: a.secret_access_key,
+            session_token: a.session_token,
+            allow_http: a.allow_http,
         }
     }
-    Ok(Some(o))
 }
 
 /// Runs `f` detached with a progress sink that re-attaches about 10 times a second: it checks for signals
@@ -150,9 +139,9 @@ impl BackupRepository {
         password: Option<Vec<u8>>,
         key_file: Option<Vec<u8>>,
         compression: i32,
-        s3: Option<&Bound<'_, PyDict>>,
+        s3: Option<S3Args>,
     ) -> PyResult<Self> {
-        let s3 = s3_options(s3)?;
+        let s3 = s3.map(S3Options::from);
         let sec = secret("Repository.init", &password, &key_file)?;
         let repo = py
             .detach(|| Repository::init(&url, sec, compression, s3.as_ref()))
@@ -167,9 +156,9 @@ impl BackupRepository {
         url: String,
         password: Option<Vec<u8>>,
         key_file: Option<Vec<u8>>,
-        s3: Option<&Bound<'_, PyDict>>,
+        s3: Option<S3Args>,
     ) -> PyResult<Self> {
-        let s3 = s3_options(s3)?;
+        let s3 = s3.map(S3Options::from);
         let sec = secret("Repository.open", &password, &key_file)?;
         let repo = py
             .detach(|| Repository::open(&url, sec, s3.as_ref()))

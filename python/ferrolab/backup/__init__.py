@@ -41,37 +41,56 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import math
-import operator
 import os
-import re
-import sys
-import threading
-import time as _time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from . import _core
+from .. import _core
+
+# The checks, the retention policy, the progress bars and the metrics live in private modules; the helpers that
+# the CLI, the tests and the doctests use are re-exported here (``from ferrolab.backup import _parse_at``):
+# ``_args`` (argument checks), ``_policy`` (retention), ``_bars`` (progress bars), ``_series`` (metrics).
+from ._args import S3_KEYS as S3_KEYS
+from ._args import _credentials as _credentials
+from ._args import _include_paths as _include_paths
+from ._args import _local_url as _local_url
+from ._args import _native_s3 as _native_s3
+from ._args import _parse_at as _parse_at
+from ._args import _paths as _paths
+from ._args import _read_first_line as _read_first_line
+from ._args import _redact_url as _redact_url
+from ._args import _s3_options as _s3_options
+from ._args import _select_snapshot as _select_snapshot
+from ._args import _str_list as _str_list
+from ._args import _tags as _tags
+from ._args import _timestamp as _timestamp
+from ._args import _type_name as _type_name
+from ._bars import _Bar as _Bar
+from ._bars import _progress as _progress
+from ._policy import GROUP_BY_KEYS as GROUP_BY_KEYS
+from ._policy import _apply_policy as _apply_policy
+from ._policy import _Duration as _Duration
+from ._policy import _group_by as _group_by
+from ._policy import _group_key as _group_key
+from ._policy import _make_policy as _make_policy
+from ._policy import _parse_duration as _parse_duration
+from ._policy import _Policy as _Policy
+from ._policy import _require_policy as _require_policy
+from ._series import _last_success as _last_success
+from ._series import _metrics as _metrics
+from ._series import _record_backup as _record_backup
+from ._series import _Timed as _Timed
 
 __all__ = ["ForgetResult", "Repository", "Snapshot", "VerifyError", "VerifyReport"]
 
 try:  # the native backup errors (absent from builds made before the backup core)
-    from ._core import BackupError, CorruptionError, LockedError, RepositoryNotFound, WrongPassword
+    from .._core import BackupError, CorruptionError, LockedError, RepositoryNotFound, WrongPassword
 except ImportError:  # pragma: no cover - only while the native part is being written
     pass
 else:
     __all__ += ["BackupError", "CorruptionError", "LockedError", "RepositoryNotFound", "WrongPassword"]
 
-#: Keys accepted in ``s3={...}`` (values are str, ``allow_http`` a bool); missing ones come from ``AWS_*``.
-S3_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token", "allow_http")
-
-#: What ``group_by`` of :meth:`Repository.forget` may contain.
-GROUP_BY_KEYS = ("host", "paths", "tags")
-
-_HEX = re.compile(r"[0-9a-f]+")
-_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
-_DURATION_PART = re.compile(r"(\d+)([ymdh])")
 _PRIVATE = object()
 
 
@@ -270,677 +289,6 @@ def _format_bytes(n: float) -> str:
         n /= 1024
     raise AssertionError  # pragma: no cover
 
-
-# --- argument checks -------------------------------------------------------------------------------------------
-def _type_name(x: Any) -> str:
-    return type(x).__name__
-
-
-def _local_url(func: str, url: Any) -> str:
-    """``url`` as a str: URLs with a scheme unchanged, local paths made absolute."""
-    if isinstance(url, os.PathLike):
-        url = os.fspath(url)
-    if not isinstance(url, str):
-        raise TypeError(f"{func}(): argument 'url' must be a str or os.PathLike, got {_type_name(url)}")
-    if not url:
-        raise ValueError(f"{func}(): argument 'url' is empty")
-    if _SCHEME.match(url):
-        return url
-    return os.path.abspath(url)
-
-
-def _redact_url(url: str) -> str:
-    """``url`` without credentials, query or fragment (for metric labels and reprs).
-
-    Examples
-    --------
-    >>> from ferrolab.backup import _redact_url
-    >>> _redact_url("s3://AKIA:secret@bucket/prefix?token=x"), _redact_url("/srv/backups")
-    ('s3://bucket/prefix', '/srv/backups')
-    """
-    if not _SCHEME.match(url):
-        return url
-    scheme, rest = url.split("://", 1)
-    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
-
-
-def _read_first_line(path: str | os.PathLike[str]) -> bytes:
-    with open(path, "rb") as f:
-        line = f.readline()
-    return line.rstrip(b"\n").rstrip(b"\r")
-
-
-def _credentials(func: str, password: Any, key_file: Any) -> tuple[bytes | None, bytes | None]:
-    """``(password bytes, key file bytes)``, exactly one of them set; see :meth:`Repository.init`."""
-    if password is not None and key_file is not None:
-        raise ValueError(f"{func}(): give either argument 'password' or argument 'key_file', not both")
-    if key_file is not None:
-        if not isinstance(key_file, str | os.PathLike):
-            raise TypeError(f"{func}(): argument 'key_file' must be a path (str or os.PathLike), got "
-                            f"{_type_name(key_file)}")
-        with open(key_file, "rb") as f:
-            key = f.read()
-        if not key:
-            raise ValueError(f"{func}(): argument 'key_file': {os.fspath(key_file)!r} is empty")
-        return None, key
-    if password is not None:
-        if isinstance(password, str):
-            secret = password.encode("utf-8")
-        elif isinstance(password, bytes | bytearray | memoryview):
-            secret = bytes(password)
-        else:
-            raise TypeError(f"{func}(): argument 'password' must be a str or bytes, got {_type_name(password)}")
-        if not secret:
-            raise ValueError(f"{func}(): argument 'password' is empty")
-        return secret, None
-    env = os.environ.get("FERROLAB_PASSWORD")
-    if env:
-        return os.fsencode(env), None
-    env_file = os.environ.get("FERROLAB_PASSWORD_FILE")
-    if env_file:
-        secret = _read_first_line(env_file)
-        if not secret:
-            raise ValueError(f"{func}(): the first line of FERROLAB_PASSWORD_FILE ({env_file!r}) is empty")
-        return secret, None
-    raise ValueError(
-        f"{func}(): argument 'password' or 'key_file' is required (or set FERROLAB_PASSWORD or "
-        "FERROLAB_PASSWORD_FILE)"
-    )
-
-
-def _s3_options(func: str, s3: Any, url: str) -> dict[str, Any] | None:
-    if s3 is None:
-        return None
-    if not isinstance(s3, Mapping):
-        raise TypeError(f"{func}(): argument 's3' must be a dict, got {_type_name(s3)}")
-    if not url.startswith("s3://"):
-        raise ValueError(f"{func}(): argument 's3' is only for s3:// URLs, and url is {_redact_url(url)!r}")
-    out: dict[str, Any] = {}
-    for key, value in s3.items():
-        if key not in S3_KEYS:
-            raise ValueError(f"{func}(): argument 's3' has the unknown key {key!r}; expected some of {S3_KEYS}")
-        if value is None:
-            continue
-        if key == "allow_http":
-            if not isinstance(value, bool):
-                raise TypeError(f"{func}(): s3['allow_http'] must be a bool, got {_type_name(value)}")
-        elif not isinstance(value, str):
-            raise TypeError(f"{func}(): s3[{key!r}] must be a str, got {_type_name(value)}")
-        out[key] = value
-    return out
-
-
-def _str_list(func: str, arg: str, value: Any) -> list[str]:
-    """A str or an iterable of str as a list (a single str is one item, not its characters)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, bytes | bytearray) or not isinstance(value, Iterable):
-        raise TypeError(f"{func}(): argument '{arg}' must be a str or an iterable of str, got {_type_name(value)}")
-    items = list(value)
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f"{func}(): argument '{arg}' must contain only str, got {_type_name(item)}")
-    return items
-
-
-def _tags(func: str, value: Any) -> list[str]:
-    out: list[str] = []
-    for tag in _str_list(func, "tags", value):
-        if not tag.strip() or "," in tag:
-            raise ValueError(f"{func}(): argument 'tags' has the invalid tag {tag!r} (empty, or with a comma)")
-        if tag not in out:
-            out.append(tag)
-    return out
-
-
-def _paths(func: str, paths: Any) -> list[str]:
-    """Absolute, de-duplicated paths; FileNotFoundError for one that does not exist."""
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    if isinstance(paths, bytes | bytearray) or not isinstance(paths, Iterable):
-        raise TypeError(f"{func}(): argument 'paths' must be a path or an iterable of paths, got {_type_name(paths)}")
-    out: list[str] = []
-    for p in paths:
-        if not isinstance(p, str | os.PathLike):
-            raise TypeError(f"{func}(): argument 'paths' must contain str or os.PathLike, got {_type_name(p)}")
-        s = os.fspath(p)
-        if isinstance(s, bytes):
-            s = os.fsdecode(s)
-        if not s:
-            raise ValueError(f"{func}(): argument 'paths' contains an empty path")
-        a = os.path.abspath(s)
-        if not os.path.lexists(a):
-            raise FileNotFoundError(2, f"{func}(): path does not exist", a)
-        if a not in out:
-            out.append(a)
-    if not out:
-        raise ValueError(f"{func}(): argument 'paths' is empty")
-    return out
-
-
-def _timestamp(func: str, arg: str, value: Any) -> float:
-    """Seconds since the epoch from a datetime (naive = local time) or a number."""
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{func}(): argument '{arg}' must be a datetime or a number, got {_type_name(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"{func}(): argument '{arg}' is {value!r}; expected a finite number")
-    return float(value)
-
-
-def _parse_at(func: str, at: Any) -> datetime:
-    """``at`` as an aware datetime: ISO 8601 text, a date or a datetime; naive values are local time.
-
-    Examples
-    --------
-    >>> from ferrolab.backup import _parse_at
-    >>> _parse_at("restore", "2024-05-01T12:30:00Z")
-    datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
-    """
-    if isinstance(at, str):
-        try:
-            at = datetime.fromisoformat(at.strip())
-        except ValueError:
-            raise ValueError(f"{func}(): argument 'at' is {at!r}; expected an ISO 8601 time such as "
-                             "'2024-05-01T12:00:00' or '2024-05-01 12:00+02:00'") from None
-    elif isinstance(at, date) and not isinstance(at, datetime):
-        at = datetime(at.year, at.month, at.day)
-    if not isinstance(at, datetime):
-        raise TypeError(f"{func}(): argument 'at' must be an ISO 8601 str or a datetime, got {_type_name(at)}")
-    return at.astimezone() if at.tzinfo is None else at
-
-
-def _select_snapshot(func: str, snapshots: Sequence[Snapshot], spec: Any = "latest", at: Any = None) -> Snapshot:
-    """The snapshot that ``spec`` (``"latest"``, an id, a unique id prefix or a Snapshot) or ``at`` names.
-
-    Examples
-    --------
-    >>> from datetime import UTC, datetime
-    >>> from ferrolab.backup import Snapshot, _select_snapshot
-    >>> snaps = [Snapshot(c * 64, datetime(2024, 5, d, tzinfo=UTC)) for c, d in (("a", 1), ("b", 2))]
-    >>> _select_snapshot("restore", snaps).short_id
-    'bbbbbbbb'
-    >>> _select_snapshot("restore", snaps, "aaaa").short_id
-    'aaaaaaaa'
-    >>> _select_snapshot("restore", snaps, at="2024-05-01T12:00:00+00:00").short_id
-    'aaaaaaaa'
-    """
-    ordered = sorted(snapshots, key=lambda s: (s.time, s.id))
-    if at is not None:
-        if not (spec is None or spec == "latest"):
-            raise ValueError(f"{func}(): give either argument 'snapshot' or argument 'at', not both")
-        when = _parse_at(func, at)
-        before = [s for s in ordered if s.time <= when]
-        if not before:
-            first = f"; the oldest is from {ordered[0].time.astimezone().isoformat()}" if ordered else ""
-            raise ValueError(f"{func}(): argument 'at' is {when.isoformat()}: no snapshot at or before it{first}")
-        return before[-1]
-    if spec is None or spec == "latest":
-        if not ordered:
-            raise ValueError(f"{func}(): the repository has no snapshots")
-        return ordered[-1]
-    if isinstance(spec, Snapshot):
-        spec = spec.id
-    if not isinstance(spec, str):
-        raise TypeError(f"{func}(): argument 'snapshot' must be 'latest', an id or a Snapshot, got {_type_name(spec)}")
-    key = spec.strip().lower()
-    if len(key) < 4 or len(key) > 64 or not _HEX.fullmatch(key):
-        raise ValueError(f"{func}(): argument 'snapshot' is {spec!r}; expected 'latest', a snapshot id or a prefix "
-                         "of at least 4 hex digits")
-    found = [s for s in ordered if s.id.startswith(key)]
-    if not found:
-        raise ValueError(f"{func}(): argument 'snapshot': no snapshot {spec!r} in the repository")
-    if len(found) > 1:
-        ids = ", ".join(s.short_id for s in found[:5]) + (", ..." if len(found) > 5 else "")
-        raise ValueError(f"{func}(): argument 'snapshot': the prefix {spec!r} is ambiguous ({len(found)} snapshots: "
-                         f"{ids})")
-    return found[0]
-
-
-def _snapshot_root(snapshot: Snapshot) -> str:
-    """The directory that relative ``include`` paths start from: the common directory of the snapshot's paths."""
-    if not snapshot.paths:
-        return os.sep
-    return os.path.commonpath(list(snapshot.paths))
-
-
-def _include_paths(func: str, snapshot: Snapshot, include: Any) -> list[str] | None:
-    """``include`` as absolute original paths (relative ones are taken from the snapshot's root).
-
-    Examples
-    --------
-    >>> from datetime import UTC, datetime
-    >>> from ferrolab.backup import Snapshot, _include_paths
-    >>> s = Snapshot("c" * 64, datetime(2024, 5, 1, tzinfo=UTC), ("/srv/data",))
-    >>> _include_paths("restore", s, ["runs/7", "/srv/data/config.yml"])
-    ['/srv/data/runs/7', '/srv/data/config.yml']
-    """
-    if include is None:
-        return None
-    if isinstance(include, str | os.PathLike):
-        include = [include]
-    if isinstance(include, bytes | bytearray) or not isinstance(include, Iterable):
-        raise TypeError(f"{func}(): argument 'include' must be a path or an iterable of paths, got "
-                        f"{_type_name(include)}")
-    names = _str_list(func, "include", [os.fspath(p) if isinstance(p, os.PathLike) else p for p in include])
-    if not names:
-        raise ValueError(f"{func}(): argument 'include' is empty (pass None to restore everything)")
-    root = _snapshot_root(snapshot)
-    out = []
-    for name in names:
-        if not name:
-            raise ValueError(f"{func}(): argument 'include' contains an empty path")
-        p = name if os.path.isabs(name) else os.path.join(root, name)
-        p = os.path.normpath(p)
-        if p not in out:
-            out.append(p)
-    return out
-
-
-# --- retention policy (restic's rules) -------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Duration:
-    """restic's calendar duration ``"2y5m7d3h"``."""
-
-    years: int = 0
-    months: int = 0
-    days: int = 0
-    hours: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.years or self.months or self.days or self.hours)
-
-    def __str__(self) -> str:
-        return "".join(f"{n}{u}" for n, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"),
-                                               (self.hours, "h")) if n)
-
-
-def _parse_duration(func: str, text: str) -> _Duration:
-    """Parse restic's duration syntax: numbers followed by ``y``, ``m`` (months), ``d`` or ``h``.
-
-    Examples
-    --------
-    >>> from ferrolab.backup import _parse_duration
-    >>> _parse_duration("forget", "2y5m7d3h")
-    _Duration(years=2, months=5, days=7, hours=3)
-    """
-    s = text.strip()
-    fields: dict[str, int] = {}
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if not m:
-            raise ValueError(f"{func}(): argument 'keep_within' is {text!r}; expected a duration such as '2y5m7d3h' "
-                             "(numbers followed by y, m, d or h)")
-        unit = {"y": "years", "m": "months", "d": "days", "h": "hours"}[m.group(2)]
-        if unit in fields:
-            raise ValueError(f"{func}(): argument 'keep_within' is {text!r}: the unit {m.group(2)!r} appears twice")
-        fields[unit] = int(m.group(1))
-        pos = m.end()
-    if not fields:
-        raise ValueError(f"{func}(): argument 'keep_within' is empty; expected a duration such as '7d'")
-    return _Duration(**fields)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Policy:
-    last: int = 0
-    hourly: int = 0
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
-    yearly: int = 0
-    within: _Duration | timedelta | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.last or self.hourly or self.daily or self.weekly or self.monthly or self.yearly
-                    or self.within)
-
-
-_COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-
-
-def _make_policy(func: str = "forget", **kwargs: Any) -> _Policy:
-    """Validate the ``keep_*`` arguments of :meth:`Repository.forget` (``keep_last=...`` etc.)."""
-    counts: dict[str, int] = {}
-    within: _Duration | timedelta | None = None
-    for arg, value in kwargs.items():
-        rule = arg.removeprefix("keep_")
-        if rule in _COUNT_RULES and arg.startswith("keep_"):
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                raise TypeError(f"{func}(): argument '{arg}' must be an int, got bool")
-            try:
-                value = operator.index(value)  # int, NumPy integers
-            except TypeError:
-                raise TypeError(f"{func}(): argument '{arg}' must be an int, got {_type_name(value)}") from None
-            if value < 0:
-                raise ValueError(f"{func}(): argument '{arg}' is {value}; expected a count >= 0")
-            counts[rule] = int(value)
-        elif arg == "keep_within":
-            if value is None:
-                continue
-            if isinstance(value, str):
-                within = _parse_duration(func, value)
-            elif isinstance(value, timedelta):
-                if value < timedelta(0):
-                    raise ValueError(f"{func}(): argument 'keep_within' is {value!r}; expected a duration >= 0")
-                within = value
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                if not math.isfinite(value) or value < 0:
-                    raise ValueError(f"{func}(): argument 'keep_within' is {value!r}; expected seconds >= 0")
-                within = timedelta(seconds=value)
-            else:
-                raise TypeError(f"{func}(): argument 'keep_within' must be a timedelta, seconds or a duration str "
-                                f"such as '2y5m7d3h', got {_type_name(value)}")
-        else:
-            raise TypeError(f"{func}(): unexpected argument {arg!r}")
-    return _Policy(**counts, within=within)
-
-
-def _bucket(rule: str, t: datetime) -> tuple[int, ...]:
-    if rule == "hourly":
-        return (t.year, t.month, t.day, t.hour)
-    if rule == "daily":
-        return (t.year, t.month, t.day)
-    if rule == "weekly":
-        iso = t.isocalendar()
-        return (iso.year, iso.week)
-    if rule == "monthly":
-        return (t.year, t.month)
-    return (t.year,)
-
-
-def _cutoff(latest: datetime, within: _Duration | timedelta, tz: tzinfo | None) -> datetime | None:
-    """``latest`` minus ``within`` (calendar arithmetic in local time for a restic duration, like Go's AddDate);
-    None when that is before year 1 (every snapshot is then within)."""
-    if isinstance(within, timedelta):
-        try:
-            return latest.astimezone(UTC) - within
-        except OverflowError:
-            return None
-    local = latest.astimezone(tz)
-    carry, month0 = divmod(local.month - 1 - within.months, 12)
-    try:
-        wall = datetime(local.year - within.years + carry, month0 + 1, 1, local.hour, local.minute, local.second,
-                        local.microsecond)
-        wall += timedelta(days=local.day - 1 - within.days)
-        moved = wall.astimezone() if tz is None else wall.replace(tzinfo=tz)
-        return moved.astimezone(UTC) - timedelta(hours=within.hours)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _require_policy(policy: _Policy) -> None:
-    if not policy:
-        raise ValueError(
-            "forget(): no policy given: pass at least one of keep_last, keep_hourly, keep_daily, keep_weekly, "
-            "keep_monthly, keep_yearly (> 0) or keep_within (> 0); restic refuses to forget every snapshot"
-        )
-
-
-class _PolicyResult(NamedTuple):
-    keep: list[Any]
-    remove: list[Any]
-    reasons: dict[str, list[str]]
-
-
-def _apply_policy(
-    snapshots: Iterable[Any],
-    policy: _Policy | Mapping[str, Any],
-    now: datetime | None = None,
-    *,
-    tz: tzinfo | None = None,
-) -> _PolicyResult:
-    """Which snapshots a retention policy keeps, with restic's rules (``restic forget``, one group).
-
-    The snapshots are sorted newest first (ties keep their given order). Then, for each snapshot in turn:
-
-    * ``keep_within`` keeps it when its time is after the newest snapshot's time (ignoring snapshots after ``now``)
-      minus the duration; a restic duration (``"1y2m"``) is calendar arithmetic in local time;
-    * ``keep_last`` keeps it while fewer than N were kept by that rule;
-    * ``keep_hourly``/``daily``/``weekly``/``monthly``/``yearly`` keep it when it is the newest of its bucket
-      (the hour, day, ISO week, month or year in local time, or in ``tz``) and fewer than N buckets were used, so
-      each rule keeps the newest snapshot of each of the last N buckets that have snapshots; a rule that still has
-      counts left when it reaches the oldest snapshot keeps that one too (restic >= 0.16).
-
-    A snapshot is kept when any rule keeps it; ``reasons`` maps the id of each kept snapshot to the rules that kept
-    it. An empty policy raises ValueError (restic refuses to forget without one).
-
-    Parameters
-    ----------
-    snapshots : iterable of Snapshot
-        Anything with ``.id`` and ``.time`` (an aware datetime).
-    policy : _Policy or mapping
-        ``{"keep_last": 3, "keep_daily": 7, ...}`` or a validated :class:`_Policy`.
-    now : datetime, optional
-        The present (default: now); snapshots after it are not "the newest" for ``keep_within``.
-    tz : tzinfo, optional
-        Time zone of the buckets (default: the local time zone).
-
-    Returns
-    -------
-    _PolicyResult
-        ``(keep, remove, reasons)``; ``keep`` and ``remove`` newest first.
-
-    Examples
-    --------
-    >>> from datetime import UTC, datetime, timedelta
-    >>> from ferrolab.backup import Snapshot, _apply_policy
-    >>> t0 = datetime(2024, 5, 1, 22, tzinfo=UTC)
-    >>> snaps = [Snapshot(f"{i:064x}", t0 + timedelta(hours=6 * i)) for i in range(6)]  # 4 per day
-    >>> keep, remove, reasons = _apply_policy(snaps, {"keep_last": 1, "keep_daily": 2}, tz=UTC)
-    >>> [s.time.strftime("%d %H:%M") for s in keep], len(remove)
-    (['03 04:00', '02 22:00'], 4)
-    >>> reasons[keep[0].id], reasons[keep[1].id]
-    (['last snapshot', 'daily snapshot'], ['daily snapshot'])
-    """
-    if not isinstance(policy, _Policy):
-        if not isinstance(policy, Mapping):
-            raise TypeError(f"_apply_policy(): argument 'policy' must be a mapping, got {_type_name(policy)}")
-        policy = _make_policy("forget", **policy)
-    _require_policy(policy)
-    ordered = sorted(snapshots, key=lambda s: s.time, reverse=True)  # stable: ties keep their order
-    if not ordered:
-        return _PolicyResult([], [], {})
-    now = datetime.now(UTC) if now is None else now
-    if now.tzinfo is None:
-        now = now.astimezone()
-    past = [s.time for s in ordered if s.time < now]
-    cutoff = None
-    if policy.within:
-        cutoff = _cutoff(max(past), policy.within, tz) if past else None
-    within_reason = f"within {policy.within}"
-    left = {rule: getattr(policy, rule) for rule in _COUNT_RULES}
-    last_bucket: dict[str, Any] = dict.fromkeys(_COUNT_RULES)
-    keep: list[Any] = []
-    remove: list[Any] = []
-    reasons: dict[str, list[str]] = {}
-    oldest = len(ordered) - 1
-    for nr, snap in enumerate(ordered):
-        why: list[str] = []
-        if policy.within and (cutoff is None or snap.time > cutoff):
-            why.append(within_reason)
-        local = snap.time.astimezone(tz)
-        for rule in _COUNT_RULES:
-            if left[rule] <= 0:
-                continue
-            val = nr if rule == "last" else _bucket(rule, local)
-            if val != last_bucket[rule] or nr == oldest:
-                last_bucket[rule] = val
-                left[rule] -= 1
-                why.append("last snapshot" if rule == "last" else f"{rule} snapshot")
-        if why:
-            keep.append(snap)
-            reasons[snap.id] = why
-        else:
-            remove.append(snap)
-    return _PolicyResult(keep, remove, reasons)
-
-
-def _group_by(func: str, group_by: Any) -> tuple[str, ...]:
-    if group_by is None:
-        return ()
-    if isinstance(group_by, str):
-        group_by = [g for g in (x.strip() for x in group_by.split(",")) if g]
-    keys = _str_list(func, "group_by", group_by)
-    for k in keys:
-        if k not in GROUP_BY_KEYS:
-            raise ValueError(f"{func}(): argument 'group_by' has {k!r}; expected some of {GROUP_BY_KEYS}")
-    return tuple(dict.fromkeys(keys))
-
-
-def _group_key(snapshot: Snapshot, keys: Sequence[str]) -> tuple[Any, ...]:
-    parts: list[Any] = []
-    for k in keys:
-        if k == "host":
-            parts.append(snapshot.hostname)
-        elif k == "paths":
-            parts.append(tuple(sorted(snapshot.paths)))
-        else:
-            parts.append(tuple(sorted(snapshot.tags)))
-    return tuple(parts)
-
-
-# --- progress and metrics --------------------------------------------------------------------------------------
-class _Bar:
-    """A tqdm bar per phase, fed with the native progress dicts."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._phase: str | None = None
-
-    def __call__(self, info: Mapping[str, Any]) -> None:
-        phase = str(info.get("phase") or "")
-        done = int(info.get("done_bytes") or 0)
-        total = int(info.get("total_bytes") or 0)
-        if self._bar is None or phase != self._phase:
-            self.close()
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=max(total, done) or None, desc=phase, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, dynamic_ncols=True, disable=False,
-            )
-            self._phase = phase
-        bar = self._bar
-        if total and bar.total != max(total, done):
-            bar.total = max(total, done)
-        if done >= bar.n:
-            bar.update(done - bar.n)
-        else:
-            bar.n = done
-            bar.refresh()
-        done_files = int(info.get("done_files") or 0)
-        total_files = int(info.get("total_files") or 0)
-        bar.set_postfix_str(f"{done_files}/{total_files} files" if total_files else f"{done_files} files")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _progress(func: str, progress: Any) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], None]]:
-    """``(callback for the native call, close)`` for ``progress=False | True | callable``."""
-    if progress is None or progress is False:
-        return None, lambda: None
-    if progress is True:
-        bar = _Bar()
-        return bar, bar.close
-    if callable(progress):
-        return progress, lambda: None
-    raise TypeError(f"{func}(): argument 'progress' must be a bool or a callable, got {_type_name(progress)}")
-
-
-_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
-
-
-class _Series(NamedTuple):
-    prefix: str
-    last_success: Any
-    duration: Any
-    bytes: Any
-
-
-_series: _Series | None = None
-_series_lock = threading.Lock()
-_last_success: dict[str, float] = {}
-
-
-def _register(cls: Any, name: str, documentation: str, labelnames: list[str], **kwargs: Any) -> Any:
-    """A metric on the default registry; when its name is taken, an unexposed one (with a warning) so that
-    recording a backup's metrics can never fail the backup."""
-    try:
-        return cls(name, documentation, labelnames, **kwargs)
-    except ValueError as exc:
-        import warnings
-
-        warnings.warn(f"ferrolab.backup: cannot register {name!r} ({exc}); backup metrics will not be exposed",
-                      RuntimeWarning, stacklevel=4)
-        return cls(name, documentation, labelnames, registry=None, **kwargs)
-
-
-def _metrics() -> _Series:
-    """The backup series, created once (again if ``fl.metrics.configure(prefix=...)`` renamed the built-ins)."""
-    global _series
-    prefix = _core._settings()[1]
-    current = _series
-    if current is not None and current.prefix == prefix:
-        return current
-    from . import metrics
-
-    with _series_lock:
-        current = _series
-        if current is not None and current.prefix == prefix:
-            return current
-        if current is not None:
-            for m in current[1:]:
-                try:
-                    metrics.REGISTRY.unregister(m)
-                except KeyError:  # pragma: no cover - unregistered by the user
-                    pass
-        created = _Series(
-            prefix,
-            _register(metrics.Gauge, f"{prefix}_backup_last_success_timestamp_seconds",
-                      "Time of the newest successful ferrolab backup (seconds since the epoch).", ["repository"]),
-            _register(metrics.Histogram, f"{prefix}_backup_duration_seconds",
-                      "Duration of ferrolab backup operations (backup, restore, verify, prune).", ["operation"],
-                      buckets=_DURATION_BUCKETS),
-            _register(metrics.Counter, f"{prefix}_backup_bytes",
-                      "Bytes handled by ferrolab backups: read (file bytes scanned), added (stored in the "
-                      "repository), restored.", ["kind"]),
-        )
-        for kind in ("read", "added", "restored"):  # every series exists from the start, at 0
-            created.bytes.labels(kind=kind)
-        for operation in ("backup", "restore", "verify", "prune"):
-            created.duration.labels(operation=operation)
-        for repository, value in _last_success.items():  # carried over a prefix change
-            created.last_success.labels(repository=repository).set(value)
-        _series = created
-        return created
-
-
-class _Timed:
-    """Observes ``ferrolab_backup_duration_seconds{operation}`` when the block ends, failed or not."""
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-
-    def __enter__(self) -> _Timed:
-        self.start = _time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _metrics().duration.labels(operation=self.operation).observe(_time.perf_counter() - self.start)
-
-
 def _native_class() -> Any:
     cls = getattr(_core, "BackupRepository", None)
     if cls is None:  # pragma: no cover - only while the native part is being written
@@ -1027,7 +375,7 @@ class Repository:
             raise TypeError(f"init(): argument 'compression' must be an int, got {_type_name(compression)}")
         if not 1 <= compression <= 22:
             raise ValueError(f"init(): argument 'compression' is {compression}; expected a zstd level in 1..22")
-        s3_opts = _s3_options("init", s3, target)
+        s3_opts = _native_s3(_s3_options("init", s3, target))
         secret, key = _credentials("init", password, key_file)
         native = _native_class().init(target, password=secret, key_file=key, compression=compression, s3=s3_opts)
         return cls(native, _token=_PRIVATE)
@@ -1062,7 +410,7 @@ class Repository:
         WrongPassword True
         """
         target = _local_url("open", url)
-        s3_opts = _s3_options("open", s3, target)
+        s3_opts = _native_s3(_s3_options("open", s3, target))
         secret, key = _credentials("open", password, key_file)
         native = _native_class().open(target, password=secret, key_file=key, s3=s3_opts)
         return cls(native, _token=_PRIVATE)
@@ -1148,13 +496,7 @@ class Repository:
         finally:
             close()
         snap = Snapshot._from_native(raw)
-        series = _metrics()
-        series.bytes.labels(kind="read").inc(snap.bytes)
-        series.bytes.labels(kind="added").inc(snap.added_bytes)
-        with _series_lock:
-            value = max(_last_success.get(self._label, -math.inf), snap.time.timestamp())
-            _last_success[self._label] = value
-        series.last_success.labels(repository=self._label).set(value)
+        _record_backup(self._label, snap.bytes, snap.added_bytes, snap.time.timestamp())
         return snap
 
     def snapshots(self, tags: str | Iterable[str] | None = None) -> list[Snapshot]:

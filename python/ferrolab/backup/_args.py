@@ -1,0 +1,313 @@
+"""Argument checks of :mod:`ferrolab.backup`: credentials, URLs, ``s3`` options, paths, tags, timestamps, ``at``,
+snapshot selection and ``include`` paths.
+
+Every check raises :class:`TypeError` or :class:`ValueError` (:class:`FileNotFoundError` for a missing path) with a
+message that starts with the public function's name (``"restore(): argument 'at' ..."``), before anything native
+runs. The helpers are re-exported by :mod:`ferrolab.backup` (tests, doctests and the CLI use them from there).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Snapshot
+
+#: Keys accepted in ``s3={...}`` (values are str, ``allow_http`` a bool); missing ones come from ``AWS_*``.
+S3_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token", "allow_http")
+
+_HEX = re.compile(r"[0-9a-f]+")
+_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _type_name(x: Any) -> str:
+    return type(x).__name__
+
+
+def _local_url(func: str, url: Any) -> str:
+    """``url`` as a str: URLs with a scheme unchanged, local paths made absolute."""
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str):
+        raise TypeError(f"{func}(): argument 'url' must be a str or os.PathLike, got {_type_name(url)}")
+    if not url:
+        raise ValueError(f"{func}(): argument 'url' is empty")
+    if _SCHEME.match(url):
+        return url
+    return os.path.abspath(url)
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without credentials, query or fragment (for metric labels and reprs).
+
+    Examples
+    --------
+    >>> from ferrolab.backup import _redact_url
+    >>> _redact_url("s3://AKIA:secret@bucket/prefix?token=x"), _redact_url("/srv/backups")
+    ('s3://bucket/prefix', '/srv/backups')
+    """
+    if not _SCHEME.match(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def _read_first_line(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as f:
+        line = f.readline()
+    return line.rstrip(b"\n").rstrip(b"\r")
+
+
+def _credentials(func: str, password: Any, key_file: Any) -> tuple[bytes | None, bytes | None]:
+    """``(password bytes, key file bytes)``, exactly one of them set; see :meth:`Repository.init`."""
+    if password is not None and key_file is not None:
+        raise ValueError(f"{func}(): give either argument 'password' or argument 'key_file', not both")
+    if key_file is not None:
+        if not isinstance(key_file, str | os.PathLike):
+            raise TypeError(f"{func}(): argument 'key_file' must be a path (str or os.PathLike), got "
+                            f"{_type_name(key_file)}")
+        with open(key_file, "rb") as f:
+            key = f.read()
+        if not key:
+            raise ValueError(f"{func}(): argument 'key_file': {os.fspath(key_file)!r} is empty")
+        return None, key
+    if password is not None:
+        if isinstance(password, str):
+            secret = password.encode("utf-8")
+        elif isinstance(password, bytes | bytearray | memoryview):
+            secret = bytes(password)
+        else:
+            raise TypeError(f"{func}(): argument 'password' must be a str or bytes, got {_type_name(password)}")
+        if not secret:
+            raise ValueError(f"{func}(): argument 'password' is empty")
+        return secret, None
+    env = os.environ.get("FERROLAB_PASSWORD")
+    if env:
+        return os.fsencode(env), None
+    env_file = os.environ.get("FERROLAB_PASSWORD_FILE")
+    if env_file:
+        secret = _read_first_line(env_file)
+        if not secret:
+            raise ValueError(f"{func}(): the first line of FERROLAB_PASSWORD_FILE ({env_file!r}) is empty")
+        return secret, None
+    raise ValueError(
+        f"{func}(): argument 'password' or 'key_file' is required (or set FERROLAB_PASSWORD or "
+        "FERROLAB_PASSWORD_FILE)"
+    )
+
+
+def _s3_options(func: str, s3: Any, url: str) -> dict[str, Any] | None:
+    if s3 is None:
+        return None
+    if not isinstance(s3, Mapping):
+        raise TypeError(f"{func}(): argument 's3' must be a dict, got {_type_name(s3)}")
+    if not url.startswith("s3://"):
+        raise ValueError(f"{func}(): argument 's3' is only for s3:// URLs, and url is {_redact_url(url)!r}")
+    out: dict[str, Any] = {}
+    for key, value in s3.items():
+        if key not in S3_KEYS:
+            raise ValueError(f"{func}(): argument 's3' has the unknown key {key!r}; expected some of {S3_KEYS}")
+        if value is None:
+            continue
+        if key == "allow_http":
+            if not isinstance(value, bool):
+                raise TypeError(f"{func}(): s3['allow_http'] must be a bool, got {_type_name(value)}")
+        elif not isinstance(value, str):
+            raise TypeError(f"{func}(): s3[{key!r}] must be a str, got {_type_name(value)}")
+        out[key] = value
+    return out
+
+
+def _native_s3(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Checked ``s3`` options (from :func:`_s3_options`) as the native side takes them: every key of
+    :data:`S3_KEYS`, None where unset (it converts them field by field and checks nothing itself).
+
+    Examples
+    --------
+    >>> from ferrolab.backup import _native_s3
+    >>> _native_s3({"endpoint": "http://127.0.0.1:8333"})["region"] is None, _native_s3(None)
+    (True, None)
+    """
+    if options is None:
+        return None
+    return {key: options.get(key) for key in S3_KEYS}
+
+
+def _str_list(func: str, arg: str, value: Any) -> list[str]:
+    """A str or an iterable of str as a list (a single str is one item, not its characters)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes | bytearray) or not isinstance(value, Iterable):
+        raise TypeError(f"{func}(): argument '{arg}' must be a str or an iterable of str, got {_type_name(value)}")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{func}(): argument '{arg}' must contain only str, got {_type_name(item)}")
+    return items
+
+
+def _tags(func: str, value: Any) -> list[str]:
+    out: list[str] = []
+    for tag in _str_list(func, "tags", value):
+        if not tag.strip() or "," in tag:
+            raise ValueError(f"{func}(): argument 'tags' has the invalid tag {tag!r} (empty, or with a comma)")
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def _paths(func: str, paths: Any) -> list[str]:
+    """Absolute, de-duplicated paths; FileNotFoundError for one that does not exist."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if isinstance(paths, bytes | bytearray) or not isinstance(paths, Iterable):
+        raise TypeError(f"{func}(): argument 'paths' must be a path or an iterable of paths, got {_type_name(paths)}")
+    out: list[str] = []
+    for p in paths:
+        if not isinstance(p, str | os.PathLike):
+            raise TypeError(f"{func}(): argument 'paths' must contain str or os.PathLike, got {_type_name(p)}")
+        s = os.fspath(p)
+        if isinstance(s, bytes):
+            s = os.fsdecode(s)
+        if not s:
+            raise ValueError(f"{func}(): argument 'paths' contains an empty path")
+        a = os.path.abspath(s)
+        if not os.path.lexists(a):
+            raise FileNotFoundError(2, f"{func}(): path does not exist", a)
+        if a not in out:
+            out.append(a)
+    if not out:
+        raise ValueError(f"{func}(): argument 'paths' is empty")
+    return out
+
+
+def _timestamp(func: str, arg: str, value: Any) -> float:
+    """Seconds since the epoch from a datetime (naive = local time) or a number."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{func}(): argument '{arg}' must be a datetime or a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{func}(): argument '{arg}' is {value!r}; expected a finite number")
+    return float(value)
+
+
+def _parse_at(func: str, at: Any) -> datetime:
+    """``at`` as an aware datetime: ISO 8601 text, a date or a datetime; naive values are local time.
+
+    Examples
+    --------
+    >>> from ferrolab.backup import _parse_at
+    >>> _parse_at("restore", "2024-05-01T12:30:00Z")
+    datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    """
+    if isinstance(at, str):
+        try:
+            at = datetime.fromisoformat(at.strip())
+        except ValueError:
+            raise ValueError(f"{func}(): argument 'at' is {at!r}; expected an ISO 8601 time such as "
+                             "'2024-05-01T12:00:00' or '2024-05-01 12:00+02:00'") from None
+    elif isinstance(at, date) and not isinstance(at, datetime):
+        at = datetime(at.year, at.month, at.day)
+    if not isinstance(at, datetime):
+        raise TypeError(f"{func}(): argument 'at' must be an ISO 8601 str or a datetime, got {_type_name(at)}")
+    return at.astimezone() if at.tzinfo is None else at
+
+
+def _select_snapshot(func: str, snapshots: Sequence[Snapshot], spec: Any = "latest", at: Any = None) -> Snapshot:
+    """The snapshot that ``spec`` (``"latest"``, an id, a unique id prefix or a Snapshot) or ``at`` names.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> from ferrolab.backup import Snapshot, _select_snapshot
+    >>> snaps = [Snapshot(c * 64, datetime(2024, 5, d, tzinfo=UTC)) for c, d in (("a", 1), ("b", 2))]
+    >>> _select_snapshot("restore", snaps).short_id
+    'bbbbbbbb'
+    >>> _select_snapshot("restore", snaps, "aaaa").short_id
+    'aaaaaaaa'
+    >>> _select_snapshot("restore", snaps, at="2024-05-01T12:00:00+00:00").short_id
+    'aaaaaaaa'
+    """
+    from . import Snapshot  # at call time: the package has finished loading
+
+    ordered = sorted(snapshots, key=lambda s: (s.time, s.id))
+    if at is not None:
+        if not (spec is None or spec == "latest"):
+            raise ValueError(f"{func}(): give either argument 'snapshot' or argument 'at', not both")
+        when = _parse_at(func, at)
+        before = [s for s in ordered if s.time <= when]
+        if not before:
+            first = f"; the oldest is from {ordered[0].time.astimezone().isoformat()}" if ordered else ""
+            raise ValueError(f"{func}(): argument 'at' is {when.isoformat()}: no snapshot at or before it{first}")
+        return before[-1]
+    if spec is None or spec == "latest":
+        if not ordered:
+            raise ValueError(f"{func}(): the repository has no snapshots")
+        return ordered[-1]
+    if isinstance(spec, Snapshot):
+        spec = spec.id
+    if not isinstance(spec, str):
+        raise TypeError(f"{func}(): argument 'snapshot' must be 'latest', an id or a Snapshot, got {_type_name(spec)}")
+    key = spec.strip().lower()
+    if len(key) < 4 or len(key) > 64 or not _HEX.fullmatch(key):
+        raise ValueError(f"{func}(): argument 'snapshot' is {spec!r}; expected 'latest', a snapshot id or a prefix "
+                         "of at least 4 hex digits")
+    found = [s for s in ordered if s.id.startswith(key)]
+    if not found:
+        raise ValueError(f"{func}(): argument 'snapshot': no snapshot {spec!r} in the repository")
+    if len(found) > 1:
+        ids = ", ".join(s.short_id for s in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(f"{func}(): argument 'snapshot': the prefix {spec!r} is ambiguous ({len(found)} snapshots: "
+                         f"{ids})")
+    return found[0]
+
+
+def _snapshot_root(snapshot: Snapshot) -> str:
+    """The directory that relative ``include`` paths start from: the common directory of the snapshot's paths."""
+    if not snapshot.paths:
+        return os.sep
+    return os.path.commonpath(list(snapshot.paths))
+
+
+def _include_paths(func: str, snapshot: Snapshot, include: Any) -> list[str] | None:
+    """``include`` as absolute original paths (relative ones are taken from the snapshot's root).
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> from ferrolab.backup import Snapshot, _include_paths
+    >>> s = Snapshot("c" * 64, datetime(2024, 5, 1, tzinfo=UTC), ("/srv/data",))
+    >>> _include_paths("restore", s, ["runs/7", "/srv/data/config.yml"])
+    ['/srv/data/runs/7', '/srv/data/config.yml']
+    """
+    if include is None:
+        return None
+    if isinstance(include, str | os.PathLike):
+        include = [include]
+    if isinstance(include, bytes | bytearray) or not isinstance(include, Iterable):
+        raise TypeError(f"{func}(): argument 'include' must be a path or an iterable of paths, got "
+                        f"{_type_name(include)}")
+    names = _str_list(func, "include", [os.fspath(p) if isinstance(p, os.PathLike) else p for p in include])
+    if not names:
+        raise ValueError(f"{func}(): argument 'include' is empty (pass None to restore everything)")
+    root = _snapshot_root(snapshot)
+    out = []
+    for name in names:
+        if not name:
+            raise ValueError(f"{func}(): argument 'include' contains an empty path")
+        p = name if os.path.isabs(name) else os.path.join(root, name)
+        p = os.path.normpath(p)
+        if p not in out:
+            out.append(p)
+    return out
+
