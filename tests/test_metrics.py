@@ -929,6 +929,29 @@ def test_builtin_operation_series(builtin_settings) -> None:
     assert labels == {("device", "operation", "status")}
 
 
+def test_histogram_with_automatic_range_counts_once(builtin_settings) -> None:
+    """The min/max pass of an automatic-range histogram is part of the histogram call, not a call of its own."""
+    p = builtin_settings["prefix"]
+    ok, err = _op_labels("histogram", "success"), _op_labels("histogram", "error")
+    before_ok, before_err = value(f"{p}_operations_total", ok), value(f"{p}_operations_total", err)
+    before_count = value(f"{p}_operation_duration_seconds_count", _op_labels("histogram"))
+    mem = {"operation": "histogram", "error_type": "MemoryError"}
+    before_mem = value(f"{p}_errors_total", mem)
+    x = np.random.default_rng(0).standard_normal(100_000)  # above the size at which the GIL is released
+    fl.ops.histogram(x)  # automatic range
+    fl.ops.histogram(x[:10])
+    fl.ops.histogram(x, bins=4, range=(-1.0, 1.0))
+    fl.ops.histogram(x, bins="auto")
+    assert value(f"{p}_operations_total", ok) == before_ok + 4
+    assert value(f"{p}_operation_duration_seconds_count", _op_labels("histogram")) == before_count + 4
+    # a failure of the range pass is one failed call, under its class
+    with pytest.raises(MemoryError, match=r"histogram\(\): cannot allocate"):
+        fl.ops.histogram(np.broadcast_to(np.ones(1), (10**8, 10**8)))
+    assert value(f"{p}_operations_total", err) == before_err + 1
+    assert value(f"{p}_errors_total", mem) == before_mem + 1
+    assert value(f"{p}_operations_total", ok) == before_ok + 4
+
+
 def test_builtin_series_for_another_op_and_dot_shape_error(builtin_settings) -> None:
     p = builtin_settings["prefix"]
     err = _op_labels("dot", "error")

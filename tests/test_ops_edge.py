@@ -11,6 +11,9 @@ import ferrolab as fl
 import numpy as np
 import pytest
 from conftest import FLOATS, MISSING, OPTIONAL, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 scipy_distance = pytest.importorskip("scipy.spatial.distance", reason=MISSING + "scipy (the cdist reference)")
 
@@ -202,6 +205,74 @@ def test_uint64_extremes():
     y = np.array([np.iinfo(np.int64).min, 0, np.iinfo(np.int64).max, -1], dtype=np.int64)
     for name in ["min", "max", "argmin", "argmax"]:
         assert_result(getattr(fl.ops, name)(y), getattr(np, name)(y))
+
+
+# --- integer clip: values >= 2**63 in uint64, bounds beyond the dtype, as np.clip (NumPy >= 2.1) --------------------
+
+U64_VALUES = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 2, 2**64 - 1]),
+)
+
+
+def _clip_like_numpy(x, lo, hi):
+    """fl.ops.clip gives np.clip's values and dtype, or raises the exception class np.clip raises."""
+    try:
+        expected = np.clip(x, lo, hi)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            fl.ops.clip(x, lo, hi)
+        return
+    got = fl.ops.clip(x, lo, hi)
+    assert type(got) is type(expected)
+    assert np.asarray(got).dtype == np.asarray(expected).dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_clip_uint64_above_2_63():
+    x = np.array([2**63, 2**64 - 1], dtype=np.uint64)
+    r = fl.ops.clip(x, 0, 3)
+    assert r.dtype == np.uint64 and r.tolist() == [3, 3]
+    assert fl.ops.clip(x, 2**63 + 1, None).tolist() == [2**63 + 1, 2**64 - 1]
+    assert fl.ops.clip(x, None, np.uint64(2**63)).tolist() == [2**63, 2**63]
+    assert fl.ops.clip(x, -1, 2**64).tolist() == x.tolist()  # both bounds beyond uint64: nothing to clip
+    out = np.zeros(2, dtype=np.uint64)
+    assert fl.ops.clip(x, 5, 2**63 + 7, out=out) is out and out.tolist() == [2**63, 2**63 + 7]
+    # a Python-int bound below a uint64 array's range is ignored when it is the lower bound, an error otherwise
+    assert fl.ops.clip(x, -1, 3).tolist() == [3, 3]
+    for lo, hi in [(0, -1), (None, -1), (-5, -1), (2**64, None)]:
+        _clip_like_numpy(x, lo, hi)
+        with pytest.raises(OverflowError):
+            fl.ops.clip(x, lo, hi)
+
+
+@given(
+    x=hnp.arrays(np.uint64, hnp.array_shapes(min_dims=0, max_dims=2, max_side=6), elements=U64_VALUES),
+    lo=st.one_of(st.none(), st.integers(-(2**65), 2**65), U64_VALUES, U64_VALUES.map(np.uint64)),
+    hi=st.one_of(st.none(), st.integers(-(2**65), 2**65), U64_VALUES, U64_VALUES.map(np.uint64)),
+    strided=st.booleans(),
+)
+def test_clip_uint64_matches_numpy(x, lo, hi, strided):
+    assume(lo is not None or hi is not None)
+    if strided and x.ndim > 0:
+        x = np.repeat(x, 2, axis=-1)[..., ::2]
+    _clip_like_numpy(x, lo, hi)
+
+
+@given(data=st.data())
+def test_clip_integer_bounds_beyond_the_dtype_match_numpy(data):
+    dtype = np.dtype(data.draw(st.sampled_from([np.int8, np.uint8, np.int16, np.uint32, np.int64, np.uint64])))
+    info = np.iinfo(dtype)
+    x = data.draw(hnp.arrays(dtype, hnp.array_shapes(max_dims=2, max_side=5)), label="x")
+    bound = st.one_of(
+        st.none(),
+        st.integers(info.min - 3, info.max + 3),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([info.min - 1, info.min, info.max, info.max + 1]),
+    )
+    lo, hi = data.draw(bound, label="lo"), data.draw(bound, label="hi")
+    assume(lo is not None or hi is not None)
+    _clip_like_numpy(x, lo, hi)
 
 
 def test_python_inputs():

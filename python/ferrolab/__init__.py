@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import breaker
-from ._core import DeviceUnavailableError, FerrolabError
+from ._core import DeviceUnavailableError, FerrolabError, InternalError
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
@@ -47,6 +47,7 @@ __all__ = [
     "tracing",
     "FerrolabError",
     "DeviceUnavailableError",
+    "InternalError",
     "breaker",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -7,6 +7,7 @@ result into NumPy's result dtype (e.g. ``uint8`` for ``np.min`` of a ``uint8`` a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ _FLOAT_KINDS = "biuf"
 def _as_array(func: str, name: str, v: Any) -> np.ndarray:
     try:
         a = np.asarray(v)
+    except MemoryError:
+        raise
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{func}(): argument '{name}' is not array-like: {e}") from e
     if a.dtype.kind not in _FLOAT_KINDS:
@@ -29,6 +32,12 @@ def _as_array(func: str, name: str, v: Any) -> np.ndarray:
     return a
 
 
+@functools.lru_cache(maxsize=32)
+def _int_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
 def _cast(dtype: np.dtype) -> Callable[[Any], Any]:
     def finish(r: Any) -> Any:
         return np.asarray(r).astype(dtype)[()]
@@ -37,7 +46,7 @@ def _cast(dtype: np.dtype) -> Callable[[Any], Any]:
 
 
 def _uint64_order(func: str) -> Callable[[Any], Any] | None:
-    if func in ("min", "max"):
+    if func in ("min", "max", "clip"):
 
         def finish(r: Any) -> Any:
             return (np.asarray(r, dtype=np.int64) ^ _SIGN).view(np.uint64)[()]
@@ -61,8 +70,49 @@ def prepare(
     scalars are weak).
     """
     arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=True)]
+    converted, finish, _ = _prepare(func, arrays, values, kind, list(scalars), scalar_names)
+    return converted, finish
+
+
+def prepare_elementwise(
+    func: str,
+    names: Sequence[str],
+    values: Sequence[Any],
+    scalars: Sequence[Any],
+    scalar_names: Sequence[str],
+) -> tuple[tuple[np.ndarray, ...], Callable[[Any], Any] | None, list[Any]]:
+    """:func:`prepare` for the type-preserving elementwise ops (axpy, fma, scale, clip).
+
+    Returns ``(arrays, finish, scalars)``: the scalars as the native kernel must use them (``None`` where absent).
+    Like NumPy, a Python int operand of an integer result must fit that dtype (``OverflowError`` otherwise), and
+    ``clip`` ignores a Python-int bound beyond the range of the data's integer dtype. uint64 data computes in int64:
+    operands are wrapped to int64 (modular arithmetic gives the same bits), and ``clip`` maps values and bounds
+    with an order-preserving flip of the sign bit.
+    """
+    arrays = [_as_array(func, n, v) for n, v in zip(names, values, strict=True)]
+    sc = list(scalars)
+    if func == "clip" and arrays[0].dtype.kind in "iu" and (type(sc[0]) is int or type(sc[1]) is int):
+        # np.clip (NumPy >= 2.1): a Python-int bound at or beyond the dtype's range leaves that side open
+        dmin, dmax = _int_range(arrays[0].dtype)
+        lo, hi = sc
+        if type(lo) is int and lo <= dmin:
+            sc[0] = None
+        if type(hi) is int and hi >= dmax:
+            sc[1] = None
+    return _prepare(func, arrays, values, "same", sc, scalar_names)
+
+
+def _prepare(
+    func: str,
+    arrays: list[np.ndarray],
+    values: Sequence[Any],
+    kind: str,
+    scalars: list[Any],
+    scalar_names: Sequence[str],
+) -> tuple[tuple[np.ndarray, ...], Callable[[Any], Any] | None, list[Any]]:
     weak = [s for s in scalars if s is not None]
-    for name, s in zip(scalar_names or ["scalar"] * len(scalars), scalars, strict=True):
+    names = list(scalar_names or ["scalar"] * len(scalars))
+    for name, s in zip(names, scalars, strict=True):
         if s is None:
             continue
         if not isinstance(s, (bool, int, float, np.bool_, np.integer, np.floating)):
@@ -71,6 +121,12 @@ def prepare(
     typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays, strict=True)]
     rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
     finish: Callable[[Any], Any] | None = None
+    if rt.kind in "iu" and any(type(s) is int for s in scalars):
+        # a weak Python int must fit the integer result dtype, as in NumPy (`np.int8(1) * 1000` raises)
+        rmin, rmax = _int_range(rt)
+        for name, s in zip(names, scalars, strict=True):
+            if type(s) is int and not (rmin <= s <= rmax):
+                raise OverflowError(f"{func}(): argument '{name}' is {s}: Python integer {s} out of bounds for {rt}")
     if rt.kind == "f":
         if rt.itemsize < 4:  # float16: compute in float32, return float16 like NumPy
             target = np.dtype(np.float32)
@@ -93,9 +149,12 @@ def prepare(
             # order-preserving map of uint64 onto int64 (flip the sign bit) for comparisons
             order = _uint64_order(func)
             if kind == "index" or order is not None:
-                converted = tuple(
-                    (np.ascontiguousarray(a, dtype=np.uint64).view(np.int64) ^ _SIGN) for a in arrays
-                )
-                return converted, order
+                # (np.asarray, not np.ascontiguousarray: that one turns a 0-d array into shape (1,))
+                converted = tuple((np.asarray(a, dtype=np.uint64, order="C").view(np.int64) ^ _SIGN) for a in arrays)
+                # clip's bounds go through the same map: v ^ 2**63 as int64 is v - 2**63
+                scalars = [None if s is None else int(s) - 2**63 for s in scalars]
+                return converted, order, scalars
+            # uint64 arithmetic in int64: the same bits modulo 2**64
+            scalars = [None if s is None else int(np.array(s, dtype=np.uint64).view(np.int64)) for s in scalars]
     converted = tuple(a.astype(target, copy=False) for a in arrays)
-    return converted, finish
+    return converted, finish, scalars

@@ -9,8 +9,10 @@ inputs run on a bounded thread pool (``FERROLAB_NUM_THREADS``), and heavy calls 
 Each function takes ``device="cpu"`` (default), ``"cuda"`` or ``"auto"``. This build has no CUDA backend:
 ``"auto"`` runs on the CPU and ``"cuda"`` raises :class:`ferrolab.DeviceUnavailableError`.
 
-Errors: a wrong dtype raises ``TypeError``; a shape mismatch, bad ``axis`` or bad ``out`` raises ``ValueError``.
-Messages name the function and the argument.
+Errors: a wrong dtype raises ``TypeError``; a shape mismatch, bad ``axis`` or bad ``out`` raises ``ValueError``; a
+result (or a copy of a strided or broadcast input) too large to allocate raises ``MemoryError``. Messages name the
+function and the argument (or the size that could not be allocated). No input crashes the interpreter: a bug that
+makes a kernel panic raises :class:`ferrolab.InternalError`.
 """
 
 from __future__ import annotations
@@ -82,7 +84,14 @@ def _counted(func: Any) -> Any:
         except Exception as e:
             if not getattr(e, "__ferrolab_counted__", False):
                 kind = type(e).__name__
-                if kind not in ("TypeError", "ValueError", "DeviceUnavailableError", "OSError"):
+                if kind not in (
+                    "TypeError",
+                    "ValueError",
+                    "DeviceUnavailableError",
+                    "OSError",
+                    "MemoryError",
+                    "InternalError",
+                ):
                     kind = "Other"
                 _core._record_error(name, "cuda" if kwargs.get("device") == "cuda" else "cpu", kind)
             raise

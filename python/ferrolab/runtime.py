@@ -24,6 +24,9 @@ def simd_level() -> str:
 def num_threads() -> int:
     """Worker threads of the kernel pool (``FERROLAB_NUM_THREADS``, default: the available cores).
 
+    1 when the process cannot start threads (e.g. at its ``RLIMIT_NPROC``): the kernels then run on the calling
+    thread, with the same results.
+
     Examples
     --------
     >>> import ferrolab as fl

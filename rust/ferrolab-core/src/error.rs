@@ -2,7 +2,8 @@
 //!
 //! Every fallible core function returns [`Result`]. The binding crate maps each variant to exactly one
 //! Python exception (see `ferrolab-py/src/errors.rs`): `Type` -> `TypeError`, `Value` -> `ValueError`,
-//! `DeviceUnavailable` -> `ferrolab.DeviceUnavailableError`, `Io` -> the matching built-in `OSError` subclass.
+//! `DeviceUnavailable` -> `ferrolab.DeviceUnavailableError`, `Io` -> the matching built-in `OSError` subclass,
+//! `Memory` -> `MemoryError`, `Internal` -> `ferrolab.InternalError`.
 
 use std::fmt;
 
@@ -40,6 +41,18 @@ pub enum CoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A buffer (a result, a copy of an input, an intermediate) of `bytes` bytes could not be allocated; `bytes` is
+    /// `None` when the size does not even fit in 64 bits. `detail` names the buffer, its shape and its dtype:
+    /// `result (100000 x 100000 float64)`. (Kept small: every `Result` of the crate carries this enum.)
+    #[error("{}", memory_message(.func, .bytes, .detail))]
+    Memory {
+        func: &'static str,
+        bytes: Option<u64>,
+        detail: Box<str>,
+    },
+    /// A bug: a kernel panicked. The message is the panic's.
+    #[error("{func}(): internal error: {msg}")]
+    Internal { func: &'static str, msg: String },
 }
 
 impl CoreError {
@@ -69,6 +82,44 @@ impl CoreError {
             CoreError::DeviceUnavailable { .. } => "DeviceUnavailableError",
             CoreError::Backup { kind, .. } => kind.name(),
             CoreError::Io { .. } => "OSError",
+            CoreError::Memory { .. } => "MemoryError",
+            CoreError::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// A `MemoryError`-class error: `func` cannot allocate `what` (e.g. "result"), `shape` elements of `dtype`
+    /// of `item_bytes` bytes each.
+    pub fn memory(
+        func: &'static str,
+        what: impl fmt::Display,
+        shape: &[usize],
+        dtype: &'static str,
+        item_bytes: usize,
+    ) -> Self {
+        let bytes = shape
+            .iter()
+            .try_fold(item_bytes as u64, |acc, &d| acc.checked_mul(d as u64));
+        let dims = if shape.is_empty() {
+            "0-d".to_string()
+        } else {
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" x ")
+        };
+        CoreError::Memory {
+            func,
+            bytes,
+            detail: format!("{what} ({dims} {dtype})").into_boxed_str(),
+        }
+    }
+
+    /// An `InternalError` (a panic caught at the op boundary) of `func` with the panic's message.
+    pub fn internal(func: &'static str, msg: impl fmt::Display) -> Self {
+        CoreError::Internal {
+            func,
+            msg: msg.to_string(),
         }
     }
 
@@ -87,6 +138,31 @@ impl CoreError {
             source,
         }
     }
+}
+
+/// `cdist(): cannot allocate the 80.0 GB result (100000 x 100000 float64)`.
+fn memory_message(func: &str, bytes: &Option<u64>, detail: &str) -> String {
+    match bytes {
+        Some(b) => format!("{func}(): cannot allocate the {} {detail}", fmt_bytes(*b)),
+        None => {
+            format!("{func}(): cannot allocate the {detail}: its size overflows the address space")
+        }
+    }
+}
+
+/// A byte count in decimal units: `512 bytes`, `80.0 GB`, `8.0 TB`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 9] = ["bytes", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    if b < 1000 {
+        return format!("{b} bytes");
+    }
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 999.95 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
 }
 
 /// The classes of backup errors; each maps to one Python exception (`ferrolab.BackupError` and subclasses).
@@ -135,5 +211,29 @@ mod tests {
         let e = CoreError::type_err("sum", "x", "has dtype complex128");
         assert_eq!(e.kind(), "TypeError");
         assert!(e.to_string().starts_with("sum(): argument 'x'"));
+    }
+
+    #[test]
+    fn memory_and_internal_messages() {
+        let e = CoreError::memory("cdist", "result", &[100_000, 100_000], "float64", 8);
+        assert_eq!(
+            e.to_string(),
+            "cdist(): cannot allocate the 80.0 GB result (100000 x 100000 float64)"
+        );
+        assert_eq!(e.kind(), "MemoryError");
+        let e = CoreError::memory("sum", "copy of 'x'", &[usize::MAX; 9], "float64", 8);
+        assert!(e
+            .to_string()
+            .ends_with("its size overflows the address space"));
+        assert_eq!(fmt_bytes(999), "999 bytes");
+        assert_eq!(fmt_bytes(1000), "1.0 kB");
+        assert_eq!(fmt_bytes(999_999), "1.0 MB");
+        assert_eq!(fmt_bytes(8 * 10u64.pow(12)), "8.0 TB");
+        assert_eq!(fmt_bytes(u64::MAX), "18.4 EB");
+        // every Result of the crate carries the enum: the new variants must not make it larger
+        assert!(std::mem::size_of::<CoreError>() <= 72);
+        let e = CoreError::internal("sum", "index out of bounds");
+        assert_eq!(e.to_string(), "sum(): internal error: index out of bounds");
+        assert_eq!(e.kind(), "InternalError");
     }
 }

@@ -5,7 +5,9 @@
 //! * [`kernels`]: reductions, fused elementwise ops, statistics, GEMM, distances and an Adam step on
 //!   `ndarray` views of any layout, SIMD inside ([`kernels::dispatch`]: AVX2+FMA when the CPU has it, a
 //!   baseline copy otherwise) and multi-core above a size threshold (a bounded, fork-safe rayon pool sized by
-//!   `FERROLAB_NUM_THREADS`);
+//!   `FERROLAB_NUM_THREADS`; serial on the calling thread where no thread can be started). Every buffer whose
+//!   size the input decides is allocated fallibly ([`kernels::alloc`]): an impossible size is an error, not an
+//!   abort;
 //! * [`telemetry::seam`]: the instrumentation seam every op passes through;
 //! * [`telemetry::tracing`]: OpenTelemetry spans, kept in memory or exported over OTLP/HTTP (protobuf) from a
 //!   background thread (no async runtime);

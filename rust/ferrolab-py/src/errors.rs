@@ -1,7 +1,7 @@
 //! The one error funnel: every `CoreError` becomes exactly one Python exception here.
 
 use ferrolab_core::CoreError;
-use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 pyo3::create_exception!(
@@ -15,6 +15,14 @@ pyo3::create_exception!(
     DeviceUnavailableError,
     FerrolabError,
     "A device (e.g. 'cuda') was requested that is absent or not compiled in."
+);
+
+pyo3::create_exception!(
+    ferrolab,
+    InternalError,
+    FerrolabError,
+    "A bug in ferrolab: an operation failed in a way it never should (a Rust panic, caught at the op boundary).\n\n\
+     The message names the operation and carries the panic's message; please report it."
 );
 
 pyo3::create_exception!(
@@ -64,6 +72,8 @@ pub fn to_py(e: CoreError) -> PyErr {
         CoreError::Type { .. } => PyTypeError::new_err(msg),
         CoreError::Value { .. } => PyValueError::new_err(msg),
         CoreError::DeviceUnavailable { .. } => DeviceUnavailableError::new_err(msg),
+        CoreError::Memory { .. } => PyMemoryError::new_err(msg),
+        CoreError::Internal { .. } => InternalError::new_err(msg),
         CoreError::Backup { kind, .. } => {
             use ferrolab_core::error::BackupErrorKind as K;
             match kind {
@@ -114,6 +124,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DeviceUnavailableError",
         py.get_type::<DeviceUnavailableError>(),
     )?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
     m.add("CircuitOpenError", py.get_type::<CircuitOpenError>())?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("RepositoryNotFound", py.get_type::<RepositoryNotFound>())?;

@@ -3,12 +3,17 @@
 //! Arguments are converted with the GIL held; [`run`] then executes the work through the seam, releasing the GIL
 //! (`py.detach`) when the work is large enough for that to pay off. When a sampled `fl.tracing` span is open in
 //! the calling context, the op also becomes a child span named `ferrolab.<op>` (see [`Meta`]).
+//!
+//! A panic in the work (a bug) is caught here ([`guarded`]) and becomes `ferrolab.InternalError` with the panic's
+//! message, counted as a failed call: never pyo3's `PanicException`, never an abort.
 
 use crate::errors::IntoPyResult;
 use ferrolab_core::telemetry::seam::{record, Device, Op};
 use ferrolab_core::telemetry::tracing::{self as tr, otel::*, Recording};
-use ferrolab_core::Result;
+use ferrolab_core::{CoreError, Result};
 use pyo3::prelude::*;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Work (elements) below which the GIL is kept: releasing and re-taking it costs more than the work.
 const DETACH_MIN: usize = 1 << 14;
@@ -116,10 +121,55 @@ fn execute<R: Send>(
     f: impl FnOnce() -> Result<R> + Send,
 ) -> Result<R> {
     if work < DETACH_MIN {
-        record(op, Device::Cpu, f)
+        record(op, Device::Cpu, || guarded(op, f))
     } else {
-        py.detach(|| record(op, Device::Cpu, f))
+        py.detach(|| record(op, Device::Cpu, || guarded(op, f)))
     }
+}
+
+/// [`run`] for a helper pass of an op whose call is counted by another call (the automatic range of
+/// `histogram`, which the histogram call itself counts): not recorded by the seam and no span of its own, but
+/// detached and panic-safe like every op. Its errors are counted by the caller's boundary.
+#[inline]
+pub fn run_helper<R: Send>(
+    py: Python<'_>,
+    op: Op,
+    work: usize,
+    f: impl FnOnce() -> Result<R> + Send,
+) -> PyResult<R> {
+    if work < DETACH_MIN {
+        guarded(op, f).py()
+    } else {
+        py.detach(|| guarded(op, f)).py()
+    }
+}
+
+/// Runs `f`, turning a panic into `CoreError::Internal` (`ferrolab.InternalError`) that names `op`.
+///
+/// A panic on a pool thread reaches here too: rayon resumes it on the thread that waits for the parallel work.
+/// `AssertUnwindSafe`: after a panic nothing of the work is used again except what Python owns — a fresh result
+/// array is dropped, an `out=` array may hold partial results (as after any failed op).
+#[inline(always)]
+fn guarded<R>(op: Op, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(internal_error(op, payload)),
+    }
+}
+
+/// The `InternalError` of a panic in `op`, with the panic's message (`panic!("...")` carries a `&str` or a
+/// `String`). Out of line: the path of every op call stays as short as without the guard.
+#[cold]
+#[inline(never)]
+fn internal_error(op: Op, payload: Box<dyn Any + Send>) -> CoreError {
+    let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    };
+    CoreError::internal(op.name(), msg)
 }
 
 /// `ferrolab.<op>`, built once per op.
@@ -188,6 +238,10 @@ pub fn counted<R>(op: Op, device: &str, r: PyResult<R>) -> PyResult<R> {
             let kind = Python::attach(|py| {
                 if e.is_instance_of::<crate::errors::DeviceUnavailableError>(py) {
                     "DeviceUnavailableError"
+                } else if e.is_instance_of::<crate::errors::InternalError>(py) {
+                    "InternalError"
+                } else if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
+                    "MemoryError"
                 } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
                     "TypeError"
                 } else if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {

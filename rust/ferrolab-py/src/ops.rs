@@ -2,10 +2,12 @@
 
 use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, Ro, ToNumpy};
 use crate::errors::IntoPyResult;
-use crate::funnel::{counted, run, Meta};
+use crate::funnel::{counted, run, run_helper, Meta};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
-use ferrolab_core::kernels::{distance, elementwise, int, linalg, optim, reduce, stats, Real};
+use ferrolab_core::kernels::{
+    alloc, distance, elementwise, int, linalg, optim, reduce, stats, Real,
+};
 use ferrolab_core::telemetry::seam::Op;
 use ferrolab_core::Result as CoreResult;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Ix2};
@@ -453,13 +455,16 @@ fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
 }
 
 /// Shared driver of axpy/fma/scale/clip: `arrays` are the array operands (named), `scalars` the scalar ones
-/// (they take part in NumPy's result-type rules); `op_fn` runs the core op for the chosen dtype.
-/// Runs the core op for the prepared inputs: `(py, arrays, same_as_out, out) -> new array or None`.
+/// (they take part in NumPy's result-type rules); `call` runs the core op for the chosen dtype.
+/// Runs the core op for the prepared inputs: `(py, arrays, same_as_out, out, scalars) -> new array or None`;
+/// `scalars` are the scalar operands in the order given, as converted for the computation (see
+/// `_coerce.prepare_elementwise`: e.g. `clip`'s bounds on uint64 data), `None` where absent.
 type EwCall<'a, 'py> = &'a dyn Fn(
     Python<'py>,
     Vec<In<'py>>,
     Vec<bool>,
     Option<&Bound<'py, PyAny>>,
+    &[&Bound<'py, PyAny>],
 ) -> PyResult<Option<Bound<'py, PyAny>>>;
 
 fn elementwise_op<'py>(
@@ -479,8 +484,12 @@ fn elementwise_op<'py>(
     let all_i64 = arrays.iter().all(|a| a.cast::<PyArrayDyn<i64>>().is_ok());
     let plain_int = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyInt>();
     let plain_num = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
+    // (an int beyond int64 takes NumPy's rules: out-of-range clip bounds are ignored or raise OverflowError)
     let fast = ((all_f64 || all_f32) && scalars.iter().all(|(_, s)| s.is_none() || plain_num(s)))
-        || (all_i64 && scalars.iter().all(|(_, s)| s.is_none() || plain_int(s)));
+        || (all_i64
+            && scalars
+                .iter()
+                .all(|(_, s)| s.is_none() || (plain_int(s) && s.extract::<i64>().is_ok())));
     let kind = Kind::Same;
     // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
     let mut same = vec![false; arrays.len()];
@@ -494,21 +503,43 @@ fn elementwise_op<'py>(
             }
         }
     }
+    // the scalars as the kernel uses them: as given on the fast path, as converted by prepare_elementwise else
+    // (at most two: clip's bounds; a stack array, no allocation on the fast path)
+    debug_assert!(scalars.len() <= 2);
+    let mut converted: Vec<Bound<'py, PyAny>> = Vec::new();
     let prepared = if fast {
         take(py, func, names, arrays, kind)?
     } else {
-        let prepare = py.import("ferrolab._coerce")?.getattr("prepare")?;
-        let sc: Vec<Bound<'py, PyAny>> = scalars.iter().map(|(_, s)| (*s).clone()).collect();
+        let prepare = py
+            .import("ferrolab._coerce")?
+            .getattr("prepare_elementwise")?;
+        let sc: Vec<&Bound<'py, PyAny>> = scalars.iter().map(|(_, s)| *s).collect();
         let sn: Vec<&str> = scalars.iter().map(|(n, _)| *n).collect();
-        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), "same", sc, sn))?;
-        let (arrs, fin): (Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>) = res.extract()?;
+        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), sc, sn))?;
+        #[allow(clippy::type_complexity)]
+        let (arrs, fin, sc): (
+            Vec<Bound<'py, PyAny>>,
+            Bound<'py, PyAny>,
+            Vec<Bound<'py, PyAny>>,
+        ) = res.extract()?;
         let refs: Vec<&Bound<'py, PyAny>> = arrs.iter().collect();
         let mut p = take(py, func, names, &refs, kind)?;
         p.finish = if fin.is_none() { None } else { Some(fin) };
         // converted copies never alias out
         same.iter_mut().for_each(|s| *s = false);
+        converted = sc;
         p
     };
+    let none = py.None().into_bound(py);
+    let pick = |k: usize| -> &Bound<'py, PyAny> {
+        if fast {
+            scalars.get(k).map_or(&none, |s| s.1)
+        } else {
+            converted.get(k).unwrap_or(&none)
+        }
+    };
+    let sc_buf = [pick(0), pick(1)];
+    let sc = &sc_buf[..scalars.len().min(2)];
     let fin = prepared.finish.clone();
     let out_dtype_ok = |o: &Bound<'py, PyAny>| -> bool {
         match &prepared.arrays[0] {
@@ -533,8 +564,8 @@ fn elementwise_op<'py>(
                     )));
                 }
             }
-            let r =
-                call(py, prepared.arrays, vec![false; arrays.len()], None)?.expect("fresh result");
+            let r = call(py, prepared.arrays, vec![false; arrays.len()], None, sc)?
+                .expect("fresh result");
             let r = finish(r, &fin)?;
             let np = py.import("numpy")?;
             let kw = pyo3::types::PyDict::new(py);
@@ -572,11 +603,11 @@ fn elementwise_op<'py>(
                     };
                 }
             }
-            call(py, arrs, same, Some(o))?;
+            call(py, arrs, same, Some(o), sc)?;
             Ok(o.clone())
         }
         None => {
-            let r = call(py, prepared.arrays, same, None)?.expect("fresh result");
+            let r = call(py, prepared.arrays, same, None, sc)?.expect("fresh result");
             finish(r, &fin)
         }
     }
@@ -613,7 +644,7 @@ fn ew_run<'py, T: Native + numpy::Element>(
                         && !a.0.is_c_contiguous()
                         && a.0.shape() == shape.as_slice()
                 });
-            Some(new_array::<T>(py, &shape, fortran))
+            Some(new_array::<T>(py, func, &shape, fortran)?)
         }
     };
     let out_any = fresh.as_ref().map(|a| a.as_any()).or(out);
@@ -686,9 +717,10 @@ pub fn axpy<'py>(
             let call = |py: Python<'py>,
                         arrs: Vec<In<'py>>,
                         same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>| {
+                        out: Option<&Bound<'py, PyAny>>,
+                        sc: &[&Bound<'py, PyAny>]| {
                 each_dtype!(&arrs[0], T, _unused => {
-                    let av = <T as Native>::from_py("a", "axpy", a)?;
+                    let av = <T as Native>::from_py("a", "axpy", sc[0])?;
                     ew_run::<T>(py, "axpy", Op::Axpy, arrs, same, out, move |mut v, o| {
                         let y = v.pop().expect("y");
                         let x = v.pop().expect("x");
@@ -727,7 +759,8 @@ pub fn fma<'py>(
             let call = |py: Python<'py>,
                         arrs: Vec<In<'py>>,
                         same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>| {
+                        out: Option<&Bound<'py, PyAny>>,
+                        _sc: &[&Bound<'py, PyAny>]| {
                 each_dtype!(&arrs[0], T, _unused => {
                     ew_run::<T>(py, "fma", Op::Fma, arrs, same, out, move |mut v, o| {
                         let z = v.pop().expect("z");
@@ -767,9 +800,10 @@ pub fn scale<'py>(
             let call = |py: Python<'py>,
                         arrs: Vec<In<'py>>,
                         same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>| {
+                        out: Option<&Bound<'py, PyAny>>,
+                        sc: &[&Bound<'py, PyAny>]| {
                 each_dtype!(&arrs[0], T, _unused => {
-                    let av = <T as Native>::from_py("a", "scale", a)?;
+                    let av = <T as Native>::from_py("a", "scale", sc[0])?;
                     ew_run::<T>(py, "scale", Op::Scale, arrs, same, out, move |mut v, o| {
                         <T as Native>::scale(v.pop().expect("x"), av, o)
                     })
@@ -803,7 +837,9 @@ pub fn clip<'py>(
             let call = |py: Python<'py>,
                         arrs: Vec<In<'py>>,
                         same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>| {
+                        out: Option<&Bound<'py, PyAny>>,
+                        sc: &[&Bound<'py, PyAny>]| {
+                let (lo, hi) = (sc[0], sc[1]);
                 each_dtype!(&arrs[0], T, _unused => {
                     let l = if lo.is_none() { None } else { Some(<T as Native>::from_py("lo", "clip", lo)?) };
                     let h = if hi.is_none() { None } else { Some(<T as Native>::from_py("hi", "clip", hi)?) };
@@ -896,7 +932,7 @@ pub fn standardize<'py>(
                     Some(_) => None,
                     None => {
                         let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
-                        Some(new_array::<T>(py, a.0.shape(), fortran))
+                        Some(new_array::<T>(py, "standardize", a.0.shape(), fortran)?)
                     }
                 };
                 let out = fresh.as_ref().map(|f| f.as_any()).or(out);
@@ -988,7 +1024,7 @@ pub fn histogram_counts<'py>(
             let counts = each_float!(a, T, a => {
                 let e = <T as Native>::unwrap(e);
                 let (v, ev) = (a.as_array(), e.as_array());
-                let edges: Vec<T> = ev.iter().copied().collect();
+                let edges: Vec<T> = alloc::collect("histogram", "copy of the bin edges", ev.shape(), ev.iter().copied()).py()?;
                 run(py, Op::Histogram, v.len(), Meta::two::<T>(a.0.shape(), e.0.shape()), move || {
                     stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
                 })?
@@ -999,23 +1035,35 @@ pub fn histogram_counts<'py>(
 }
 
 /// `(min, max)` of x as NumPy scalars of x's dtype (for the automatic histogram range).
+///
+/// A helper pass of `fl.ops.histogram`, not an op of its own: it is not counted (the histogram call is, once,
+/// by `histogram_counts` or, when this pass fails, by the Python wrapper).
 #[pyfunction]
 pub fn minmax<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
+    each_float!(a, T, a => {
+        let v = a.as_array();
+        let (lo, hi) = run_helper(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
+        Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
+    })
+}
+
+/// Test hook, not API: panics inside the GIL funnel as op `sum` (on a pool thread when `parallel`), so that the
+/// tests can check that a panic in a kernel becomes `ferrolab.InternalError`, counted as a failed call.
+#[pyfunction]
+#[pyo3(signature = (message, parallel=false))]
+pub fn _panic_in_kernel(py: Python<'_>, message: String, parallel: bool) -> PyResult<()> {
+    let meta = Meta::one::<f64>(&[]);
     counted(
-        Op::Histogram,
+        Op::Sum,
         "cpu",
-        (|| -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-            let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
-            each_float!(a, T, a => {
-                let v = a.as_array();
-                let meta = Meta::one::<T>(a.0.shape());
-                let (lo, hi) = run(py, Op::Histogram, v.len(), meta, move || stats::finite_range::<T>(&v))?;
-                Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
-            })
-        })(),
+        run(py, Op::Sum, 0, meta, move || {
+            ferrolab_core::kernels::dispatch::panic_for_tests(&message, parallel);
+            Ok(())
+        }),
     )
 }
 
@@ -1079,9 +1127,13 @@ pub fn matmul<'py>(
                     let va = two_d("matmul", "a", x.as_array())?;
                     let vb = two_d("matmul", "b", y.as_array())?;
                     let meta = Meta::two::<i64>(x.0.shape(), y.0.shape());
-                    let r = run(py, Op::Matmul, va.len() * vb.ncols(), meta, move || {
-                        int::matmul(&va, &vb)
-                    })?;
+                    let r = run(
+                        py,
+                        Op::Matmul,
+                        va.len().saturating_mul(vb.ncols()),
+                        meta,
+                        move || int::matmul(&va, &vb),
+                    )?;
                     to_py(py, r.into_dyn())?
                 }
             };
@@ -1105,11 +1157,16 @@ fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let va = two_d("matmul", "a", x.as_array())?;
     let vb = two_d("matmul", "b", y.as_array())?;
-    let work = va.nrows() * va.ncols() * vb.ncols();
+    let work = va.len().saturating_mul(vb.ncols());
     // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
     let fresh = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
         Some(_) => None,
-        None => Some(new_array::<T>(py, &[va.nrows(), vb.ncols()], false)),
+        None => Some(new_array::<T>(
+            py,
+            "matmul",
+            &[va.nrows(), vb.ncols()],
+            false,
+        )?),
     };
     let o = match &fresh {
         Some(f) => f.as_any().clone(),
@@ -1161,7 +1218,7 @@ pub fn cdist<'py>(
                 let y = <T as Native>::unwrap(y);
                 let va = two_d("cdist", "a", x.as_array())?;
                 let vb = two_d("cdist", "b", y.as_array())?;
-                let work = va.len() * vb.nrows();
+                let work = va.len().saturating_mul(vb.nrows());
                 let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
                 let r = run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?;
                 to_py(py, r.into_dyn())?
@@ -1349,12 +1406,64 @@ fn copy_into<'py>(
     Ok(())
 }
 
-/// An uninitialized NumPy array of `shape` (every element is written by the op before Python sees it).
+/// An uninitialized NumPy array of `shape` for the result of `func` (every element is written by the op before
+/// Python sees it), or a `MemoryError` that names `func` and the size when it cannot be allocated.
+///
+/// rust-numpy's `PyArray::new` panics when NumPy returns NULL (`PanicException: PyObject pointer is null`); this
+/// calls the same constructor, `PyArray_NewFromDescr`, and checks for NULL.
 fn new_array<'py, T: numpy::Element>(
     py: Python<'py>,
+    func: &'static str,
     shape: &[usize],
     fortran: bool,
-) -> Bound<'py, PyArrayDyn<T>> {
-    // SAFETY: the caller writes every element before the array is returned to Python.
-    unsafe { PyArrayDyn::<T>::new(py, ndarray::IxDyn(shape), fortran) }
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
+    let memory_error = || {
+        let dtype = alloc::dtype_name::<T>();
+        crate::errors::to_py(ferrolab_core::CoreError::memory(
+            func,
+            "result",
+            shape,
+            dtype,
+            ::std::mem::size_of::<T>(),
+        ))
+    };
+    // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
+    let bytes = shape
+        .iter()
+        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d));
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(memory_error());
+    }
+    let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
+        shape.iter().map(|&d| d as npy_intp).collect();
+    // SAFETY: the type object and the descriptor come from NumPy's API table (the descriptor's new reference is
+    // stolen by the call); `dims` holds `ndim` extents, each <= isize::MAX (their product fits, checked above);
+    // null strides and data ask NumPy for a fresh C- or Fortran-ordered (uninitialized) buffer. The call returns a
+    // new reference, or NULL with a Python exception set.
+    let ptr = unsafe {
+        PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            T::get_dtype(py).into_dtype_ptr(),
+            dims.len() as ::std::ffi::c_int,
+            dims.as_mut_ptr(),
+            ::std::ptr::null_mut(),
+            ::std::ptr::null_mut(),
+            ::std::ffi::c_int::from(fortran),
+            ::std::ptr::null_mut(),
+        )
+    };
+    if ptr.is_null() {
+        let numpy_err = PyErr::fetch(py);
+        if numpy_err.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
+            let e = memory_error();
+            e.set_cause(py, Some(numpy_err));
+            return Err(e);
+        }
+        return Err(numpy_err);
+    }
+    // SAFETY: a non-null result of PyArray_NewFromDescr with PyArray_Type is a new reference to an ndarray of
+    // T's dtype and `shape.len()` dimensions.
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() })
 }

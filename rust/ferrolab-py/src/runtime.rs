@@ -11,7 +11,8 @@ fn simd_level() -> &'static str {
     dispatch::simd_level().as_str()
 }
 
-/// Worker threads of the kernel pool (`FERROLAB_NUM_THREADS`, default: available cores).
+/// Worker threads of the kernel pool (`FERROLAB_NUM_THREADS`, default: available cores); 1 when no thread can be
+/// started (the kernels then run on the calling thread).
 #[pyfunction]
 fn num_threads() -> usize {
     dispatch::num_threads()

@@ -12,9 +12,14 @@
 //! when set (>= 1), else the number of available cores. After `fork()` the pool's threads do not exist in the
 //! child; a `pthread_atfork` child handler bumps a generation counter and the child lazily builds a fresh pool
 //! instead of waiting forever on the parent's.
+//!
+//! A process that cannot start threads (at its `RLIMIT_NPROC`, a container's pids limit, out of memory for the
+//! stacks) gets no pool: the work then runs on the calling thread, serially, with the same results, and the pool is
+//! tried again after [`POOL_RETRY`]. Nothing here panics for want of threads.
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
 
 /// How the multiply-add of a kernel is evaluated.
 pub trait Mode {
@@ -123,8 +128,12 @@ pub fn dispatch<K: Kernel>(k: K) -> K::Output {
 static POOL: AtomicPtr<rayon::ThreadPool> = AtomicPtr::new(std::ptr::null_mut());
 static POOL_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
 static FORK_GEN: AtomicU64 = AtomicU64::new(0);
-static POOL_INIT: Mutex<()> = Mutex::new(());
+/// Guards building the pool; holds the generation and time of the last failed attempt.
+static POOL_INIT: Mutex<Option<(u64, Instant)>> = Mutex::new(None);
 static ATFORK: Once = Once::new();
+
+/// After a failed attempt to start the pool, how long the work runs serially before the next attempt.
+pub const POOL_RETRY: Duration = Duration::from_secs(1);
 
 extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Ordering::SeqCst);
@@ -144,18 +153,19 @@ pub fn configured_threads() -> usize {
         })
 }
 
-/// The pool (built on first use, rebuilt in a forked child).
-pub fn pool() -> &'static rayon::ThreadPool {
+/// The pool (built on first use, rebuilt in a forked child), or `None` when its threads cannot be started: the
+/// caller then runs the work on its own thread.
+pub fn pool() -> Option<&'static rayon::ThreadPool> {
     let p = POOL.load(Ordering::Acquire);
     if !p.is_null() && POOL_GEN.load(Ordering::Acquire) == FORK_GEN.load(Ordering::Acquire) {
         // SAFETY: pools are leaked, never freed.
-        return unsafe { &*p };
+        return Some(unsafe { &*p });
     }
     build_pool()
 }
 
 #[cold]
-fn build_pool() -> &'static rayon::ThreadPool {
+fn build_pool() -> Option<&'static rayon::ThreadPool> {
     ATFORK.call_once(|| {
         // SAFETY: registering a plain extern "C" function without captured state.
         #[cfg(unix)]
@@ -165,33 +175,47 @@ fn build_pool() -> &'static rayon::ThreadPool {
     });
     // In a forked child the parent's lock may be held by a thread that no longer exists: recover from poison
     // and never block on it for long.
-    let _g = POOL_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failed = POOL_INIT.lock().unwrap_or_else(|e| e.into_inner());
     let gen = FORK_GEN.load(Ordering::Acquire);
     let p = POOL.load(Ordering::Acquire);
     if !p.is_null() && POOL_GEN.load(Ordering::Acquire) == gen {
         // SAFETY: see pool().
-        return unsafe { &*p };
+        return Some(unsafe { &*p });
+    }
+    if let Some((g, at)) = *failed {
+        if g == gen && at.elapsed() < POOL_RETRY {
+            return None;
+        }
     }
     let n = configured_threads();
-    let pool = rayon::ThreadPoolBuilder::new()
+    let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("ferrolab-{i}"))
         .build()
-        .expect("ferrolab: cannot start worker threads");
+    {
+        Ok(pool) => pool,
+        Err(_) => {
+            // no threads (rayon has already stopped the ones it started): run serially for a while
+            *failed = Some((gen, Instant::now()));
+            return None;
+        }
+    };
+    *failed = None;
     // The parent's pool (if any) is leaked on purpose: its threads do not exist in this process.
     let leaked: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
     POOL.store(leaked as *const _ as *mut _, Ordering::Release);
     POOL_GEN.store(gen, Ordering::Release);
-    leaked
+    Some(leaked)
 }
 
-/// Threads of the current pool.
+/// Threads of the current pool (1 when there is none: the work runs on the calling thread).
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    pool().map_or(1, |p| p.current_num_threads())
 }
 
 /// Runs `f` inside the pool when `work` (elements) is at least `threshold` and the pool has more than one
-/// thread; otherwise runs it on the calling thread with `parallel = false`.
+/// thread; otherwise (also when the pool's threads cannot be started) runs it on the calling thread with
+/// `parallel = false`.
 #[inline]
 pub fn maybe_parallel<R: Send>(
     work: usize,
@@ -199,12 +223,21 @@ pub fn maybe_parallel<R: Send>(
     f: impl FnOnce(bool) -> R + Send,
 ) -> R {
     if work >= threshold {
-        let p = pool();
-        if p.current_num_threads() > 1 {
-            return p.install(|| f(true));
+        if let Some(p) = pool() {
+            if p.current_num_threads() > 1 {
+                return p.install(|| f(true));
+            }
         }
     }
     f(false)
+}
+
+/// Panics with `message` — on a pool thread when `parallel` and the pool runs (rayon hands the panic back to the
+/// waiting thread). The binding's test hook for its panic boundary; not for any other use.
+#[doc(hidden)]
+pub fn panic_for_tests(message: &str, parallel: bool) {
+    let threshold = if parallel { 0 } else { usize::MAX };
+    maybe_parallel(1, threshold, |_| panic!("{message}"))
 }
 
 #[cfg(test)]
@@ -231,11 +264,23 @@ mod tests {
 
     #[test]
     fn pool_is_reused_and_bounded() {
-        let a = pool() as *const _;
-        let b = pool() as *const _;
+        let a = pool().expect("threads start in the tests") as *const _;
+        let b = pool().expect("threads start in the tests") as *const _;
         assert_eq!(a, b);
         assert!(num_threads() >= 1);
         let r = maybe_parallel(10, 5, |par| par || num_threads() == 1);
         assert!(r);
+    }
+
+    #[test]
+    fn a_panic_on_a_pool_thread_reaches_the_caller() {
+        for parallel in [false, true] {
+            let r = std::panic::catch_unwind(|| panic_for_tests("boom", parallel));
+            let payload = r.expect_err("panicked");
+            assert_eq!(
+                payload.downcast_ref::<String>().map(String::as_str),
+                Some("boom")
+            );
+        }
     }
 }

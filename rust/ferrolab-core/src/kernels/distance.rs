@@ -3,12 +3,13 @@
 //! Computed directly per pair (not through `|a|^2 + |b|^2 - 2ab`), so distances between close or equal
 //! points have no cancellation error; SIMD runs over the features, rows of `a` run in parallel.
 
+use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::layout::fmt_shape;
 use super::simd::{tree_t, L};
 use super::Real;
 use crate::error::{CoreError, Result};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Ix2};
 use rayon::prelude::*;
 
 /// Supported metrics.
@@ -122,29 +123,33 @@ pub fn cdist<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, metric: Metric) -> R
         ));
     }
     let (m, n, k) = (a.nrows(), b.nrows(), a.ncols());
-    let a = a.as_standard_layout();
-    let b = b.as_standard_layout();
-    let (ad, bd) = (
-        a.as_slice().expect("C order"),
-        b.as_slice().expect("C order"),
-    );
-    let norms = |d: &[T], rows: usize| -> Vec<T> {
-        if metric != Metric::Cosine {
-            return vec![];
-        }
-        (0..rows)
-            .map(|i| {
-                let r = &d[i * k..(i + 1) * k];
-                r.iter().fold(T::ZERO, |s, &v| s + v * v).sqrt()
-            })
-            .collect()
-    };
-    let an = norms(ad, m);
-    let bn = norms(bd, n);
-    let mut out = Array2::<T>::from_elem((m, n), T::ZERO);
+    // the result first: it is the large allocation
+    let mut out = alloc::zeros_array::<T>("cdist", "result", &[m, n], false)?
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
     if m == 0 || n == 0 {
         return Ok(out);
     }
+    let ad = alloc::c_order("cdist", "a", &a.view().into_dyn())?;
+    let bd = alloc::c_order("cdist", "b", &b.view().into_dyn())?;
+    let (ad, bd): (&[T], &[T]) = (&ad, &bd);
+    let norms = |d: &[T], rows: usize, name: &str| -> Result<Vec<T>> {
+        if metric != Metric::Cosine {
+            return Ok(vec![]);
+        }
+        let norm = |i: usize| {
+            let r = &d[i * k..(i + 1) * k];
+            r.iter().fold(T::ZERO, |s, &v| s + v * v).sqrt()
+        };
+        alloc::collect(
+            "cdist",
+            &format!("row norms of '{name}'"),
+            &[rows],
+            (0..rows).map(norm),
+        )
+    };
+    let an = norms(ad, m, "a")?;
+    let bn = norms(bd, n, "b")?;
     let buf = out.as_slice_mut().expect("fresh C array");
     let row = |(i, o): (usize, &mut [T])| {
         dispatch(Row {
@@ -157,13 +162,17 @@ pub fn cdist<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, metric: Metric) -> R
             out: o,
         })
     };
-    maybe_parallel(m * n * k.max(1), 1 << 16, |par| {
-        if par {
-            buf.par_chunks_mut(n).enumerate().for_each(row);
-        } else {
-            buf.chunks_mut(n).enumerate().for_each(row);
-        }
-    });
+    maybe_parallel(
+        m.saturating_mul(n).saturating_mul(k.max(1)),
+        1 << 16,
+        |par| {
+            if par {
+                buf.par_chunks_mut(n).enumerate().for_each(row);
+            } else {
+                buf.chunks_mut(n).enumerate().for_each(row);
+            }
+        },
+    );
     Ok(out)
 }
 
@@ -185,5 +194,17 @@ mod tests {
         assert!((d[[1, 2]] - (1.0 - 1.0 / 2f64.sqrt())).abs() < 1e-12);
         assert!(d[[0, 1]].is_nan());
         assert!(Metric::parse("manhattan").is_err());
+    }
+
+    #[test]
+    fn huge_result_is_a_memory_error() {
+        // 2^25 x 2^25 distances between points without features: 9 PB
+        let a = Array2::<f64>::zeros((1 << 25, 0));
+        let e = cdist(&a.view(), &a.view(), Metric::Cosine).unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        assert_eq!(
+            e.to_string(),
+            "cdist(): cannot allocate the 9.0 PB result (33554432 x 33554432 float64)"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! very same memory as `out` ([`Input::SameAsOut`], e.g. `axpy(a, x, y, out=y)`): each chunk of `out` is then
 //! copied to a scratch buffer before it is overwritten, so no Rust reference ever aliases a mutable one.
 
+use super::alloc::{self, Zeroable};
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::layout::fmt_shape;
 use super::{Real, PAR_ELEMWISE_MIN};
@@ -78,7 +79,7 @@ fn contiguous<'a, T>(v: &ArrayViewD<'a, T>, shape: &[usize], order: Order) -> Op
 ///
 /// `kernel(offset, inputs, out)` receives the element offset of the chunk (in the chosen memory order) and `K`
 /// input chunks of the same length as the output chunk.
-pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
+pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usize>(
     func: &'static str,
     names: [&'static str; K],
     inputs: [Input<'_, T>; K],
@@ -110,7 +111,11 @@ pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
             ));
         }
     }
-    let size: usize = shape.iter().product();
+    // (broadcasting makes the result larger than any input: its size may not even fit in a usize)
+    let size = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| alloc::memory_error::<T>(func, "result", &shape))?;
 
     // choose the memory order: Fortran only when every array input is Fortran-contiguous (and not C)
     let views: Vec<Option<&ArrayViewD<T>>> = inputs
@@ -144,7 +149,7 @@ pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
     let out_copy: Option<Vec<T>> =
         if needs_copy && inputs.iter().any(|i| matches!(i, Input::SameAsOut)) {
             let o = out.as_ref().expect("out given");
-            Some(in_order(&o.view(), order))
+            Some(in_order(func, "out", &o.view(), order)?)
         } else {
             None
         };
@@ -167,7 +172,7 @@ pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
                 Some(s) => Cow::Borrowed(s),
                 None => {
                     let b = v.broadcast(IxDyn(&shape)).expect("checked broadcast");
-                    Cow::Owned(in_order(&b, order))
+                    Cow::Owned(in_order(func, names[k], &b, order)?)
                 }
             }),
             Input::SameAsOut => match &out_copy {
@@ -218,7 +223,7 @@ pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
             Ok(None)
         }
         None => {
-            let mut tmp = vec![T::default(); size];
+            let mut tmp = alloc::zeroed::<T>(func, "result", &shape)?;
             fill(&mut tmp);
             let arr = match order {
                 Order::C => ArrayD::from_shape_vec(IxDyn(&shape), tmp),
@@ -236,10 +241,17 @@ pub fn map_into<'o, T: Copy + Default + Send + Sync + 'static, const K: usize>(
     }
 }
 
-fn in_order<T: Clone>(v: &ArrayViewD<T>, order: Order) -> Vec<T> {
+/// A copy of `v` (input `name`, possibly broadcast to the result's shape) in `order`.
+fn in_order<T: Clone>(
+    func: &'static str,
+    name: &str,
+    v: &ArrayViewD<T>,
+    order: Order,
+) -> Result<Vec<T>> {
+    let what = format!("copy of '{name}'");
     match order {
-        Order::C => v.iter().cloned().collect(),
-        Order::F => v.t().iter().cloned().collect(),
+        Order::C => alloc::collect(func, &what, v.shape(), v.iter().cloned()),
+        Order::F => alloc::collect(func, &what, v.shape(), v.t().iter().cloned()),
     }
 }
 
@@ -386,6 +398,40 @@ mod tests {
         let bad = Array::from_vec(vec![1.0, 2.0, 3.0]).into_dyn();
         let e = axpy(1.0, Input::View(x.view()), Input::View(bad.view()), None).unwrap_err();
         assert!(e.to_string().contains("'y'"));
+    }
+
+    #[test]
+    fn huge_broadcast_result_is_a_memory_error() {
+        let col = Array::from_vec(vec![1.0f64])
+            .into_shape_with_order((1, 1))
+            .unwrap()
+            .into_dyn();
+        let x = col.broadcast(IxDyn(&[1 << 20, 1])).unwrap();
+        let y = col.broadcast(IxDyn(&[1, 1 << 30])).unwrap();
+        // 8 PB
+        let e = axpy(2.0, Input::View(x.view()), Input::View(y.view()), None).unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        assert!(e.to_string().contains("axpy(): cannot allocate"), "{e}");
+        // a copy of a broadcast input larger than the address space (1 PB)
+        let x = col.broadcast(IxDyn(&[1 << 47, 1])).unwrap();
+        let e = scale(Input::View(x.view()), 2.0, None).unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        // a result whose size overflows a usize
+        let x = col.broadcast(IxDyn(&[1 << 40, 1])).unwrap();
+        let y = col.broadcast(IxDyn(&[1, 1 << 40])).unwrap();
+        assert_eq!(e.kind(), "MemoryError");
+        let e = fma(
+            Input::View(x.view()),
+            Input::View(y.view()),
+            Input::View(x.view()),
+            None,
+        );
+        let e = e.unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        assert!(
+            e.to_string().starts_with("fma(): cannot allocate the "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! argmin, argmax, dot, matmul, axpy, fma, scale, clip. Narrower integer dtypes are widened to `i64` by the
 //! binding and cast back, which gives NumPy's modular results for `+` and `*`.
 
+use super::alloc;
+use super::dispatch::maybe_parallel;
 use super::elementwise::{map_into, Input};
 use super::layout::{canon, fmt_shape};
 use crate::error::{CoreError, Result};
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, ArrayViewMutD};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, ArrayViewMutD, Ix2};
 use rayon::prelude::*;
 
 fn fold_axis(
@@ -22,7 +24,7 @@ fn fold_axis(
         f(&mut std::iter::empty())?;
     }
     let d: &[i64] = &c.data;
-    let mut out = Vec::with_capacity(outer * inner);
+    let mut out = alloc::with_capacity(func, "result", &c.out_shape)?;
     for o in 0..outer {
         for j in 0..inner {
             let mut it = (0..n).map(|i| d[(o * n + i) * inner + j]);
@@ -147,23 +149,34 @@ pub fn matmul(a: &ArrayView2<i64>, b: &ArrayView2<i64>) -> Result<Array2<i64>> {
             ),
         ));
     }
-    let b = b.as_standard_layout();
-    let mut out = Array2::<i64>::zeros((m, n));
-    if n == 0 {
+    let mut out = alloc::zeros_array::<i64>("matmul", "result", &[m, n], false)?
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
+    if n == 0 || m == 0 {
         return Ok(out);
     }
-    out.as_slice_mut()
-        .expect("fresh")
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(i, row)| {
-            for p in 0..k {
-                let av = a[[i, p]];
-                for (o, &bv) in row.iter_mut().zip(b.row(p)) {
-                    *o = o.wrapping_add(av.wrapping_mul(bv));
-                }
+    let bd = alloc::c_order("matmul", "b", &b.view().into_dyn())?;
+    let b = ArrayView2::from_shape((k, n), &bd).expect("b's shape");
+    let row = |(i, row): (usize, &mut [i64])| {
+        for p in 0..k {
+            let av = a[[i, p]];
+            for (o, &bv) in row.iter_mut().zip(b.row(p)) {
+                *o = o.wrapping_add(av.wrapping_mul(bv));
             }
-        });
+        }
+    };
+    let buf = out.as_slice_mut().expect("fresh C array");
+    maybe_parallel(
+        m.saturating_mul(n).saturating_mul(k.max(1)),
+        1 << 16,
+        |par| {
+            if par {
+                buf.par_chunks_mut(n).enumerate().for_each(row);
+            } else {
+                buf.chunks_mut(n).enumerate().for_each(row);
+            }
+        },
+    );
     Ok(out)
 }
 

@@ -35,14 +35,6 @@ pub fn normalize_axis(func: &'static str, axis: isize, ndim: usize) -> Result<us
     })
 }
 
-/// A contiguous slice of `x` in C order if it is C-contiguous; otherwise a C-order copy.
-pub fn c_order<'a, T: Clone>(x: &ArrayViewD<'a, T>) -> Cow<'a, [T]> {
-    match x.to_slice() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(x.iter().cloned().collect()),
-    }
-}
-
 /// The canonical layout of `x` for a reduction over `axis` (`None` = all elements).
 ///
 /// With `c_order_required`, Fortran-contiguous inputs are copied too (for ops whose result depends on the
@@ -78,7 +70,15 @@ pub fn canon<'a, T: Clone>(
             true,
         )
     } else {
-        (Cow::Owned(x.iter().cloned().collect::<Vec<T>>()), false)
+        (
+            Cow::Owned(super::alloc::collect(
+                func,
+                "C-order copy of 'x'",
+                &shape,
+                x.iter().cloned(),
+            )?),
+            false,
+        )
     };
     let total: usize = shape.iter().product();
     let (outer, n, inner, out_shape) = match axis {

@@ -1,11 +1,12 @@
 //! Matrix product through the `gemm` crate (BLIS-style packed micro-kernels with runtime AVX2/FMA/AVX-512
 //! dispatch), on any strides, into a new array or `out`.
 
-use super::dispatch::{num_threads, pool};
+use super::alloc;
+use super::dispatch::pool;
 use super::layout::fmt_shape;
 use super::Real;
 use crate::error::{CoreError, Result};
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Ix2};
 
 /// Element types `gemm` computes.
 pub trait GemmElem: Real {}
@@ -51,11 +52,8 @@ pub fn matmul<T: GemmElem>(
         None => {
             // column-major destination when both operands are column-major keeps gemm transpose-free
             let f = a.t().is_standard_layout() && b.t().is_standard_layout() && m > 1 && n > 1;
-            owned = Some(if f {
-                Array2::<T>::from_elem((m, n).f(), T::ZERO)
-            } else {
-                Array2::<T>::from_elem((m, n), T::ZERO)
-            });
+            let r = alloc::zeros_array::<T>("matmul", "result", &[m, n], f)?;
+            owned = Some(r.into_dimensionality::<Ix2>().expect("2-D"));
             owned.as_mut().expect("just set").view_mut()
         }
     };
@@ -63,10 +61,15 @@ pub fn matmul<T: GemmElem>(
         if k == 0 {
             dst.fill(T::ZERO);
         } else {
-            let par = if (m * n * k) >= 64 * 64 * 64 && num_threads() > 1 {
-                gemm::Parallelism::Rayon(num_threads())
+            // the pool, when the product is large enough and the pool's threads could be started
+            let pool = if m.saturating_mul(n).saturating_mul(k) >= 64 * 64 * 64 {
+                pool().filter(|p| p.current_num_threads() > 1)
             } else {
-                gemm::Parallelism::None
+                None
+            };
+            let par = match pool {
+                Some(p) => gemm::Parallelism::Rayon(p.current_num_threads()),
+                None => gemm::Parallelism::None,
             };
             let (ds, as_, bs) = (dst.strides().to_vec(), a.strides(), b.strides());
             // raw addresses so the closure can move into the pool
@@ -103,10 +106,9 @@ pub fn matmul<T: GemmElem>(
                     )
                 }
             };
-            if matches!(par, gemm::Parallelism::None) {
-                run();
-            } else {
-                pool().install(run);
+            match pool {
+                Some(p) => p.install(run),
+                None => run(),
             }
         }
     }
@@ -116,7 +118,7 @@ pub fn matmul<T: GemmElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array2;
+    use ndarray::{Array2, ShapeBuilder};
 
     #[test]
     fn matmul_matches_naive_for_layouts() {
@@ -133,5 +135,18 @@ mod tests {
         assert_eq!(out, want);
         let e = matmul(&b.view(), &b.view(), None).unwrap_err();
         assert!(e.to_string().contains("'b'"));
+    }
+
+    #[test]
+    fn huge_result_is_a_memory_error() {
+        // zero-size operands, an impossible (2^40 x 2^40) result
+        let a = Array2::<f64>::zeros((1 << 40, 0));
+        let b = Array2::<f64>::zeros((0, 1 << 40));
+        let e = matmul(&a.view(), &b.view(), None).unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        assert!(
+            e.to_string().starts_with("matmul(): cannot allocate the"),
+            "{e}"
+        );
     }
 }

@@ -7,7 +7,11 @@
 //! Layout: a reduction over `axis` sees its input as `(outer, n, inner)` over one contiguous buffer
 //! ([`layout::Canon`]): C-contiguous inputs are used in place, Fortran-contiguous ones through their reversed
 //! (C-contiguous) view, anything else is copied once into C order.
+//!
+//! Memory: every buffer whose size the input decides (results, copies, per-position intermediates) is allocated
+//! through [`alloc`], so an impossible size is a `CoreError::Memory` (`MemoryError`), never an abort.
 
+pub mod alloc;
 pub mod dispatch;
 pub mod distance;
 pub mod elementwise;
@@ -25,6 +29,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 /// Floating-point element types computed natively: `f32` and `f64`.
 pub trait Real:
     Copy
+    + alloc::Zeroable
     + Send
     + Sync
     + PartialOrd

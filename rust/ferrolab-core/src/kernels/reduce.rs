@@ -4,6 +4,7 @@
 //! (`inner == 1`) use the slice kernels of [`super::simd`]; otherwise whole rows are accumulated column-wise
 //! (vectorized across the columns) in bands that the pool processes in parallel.
 
+use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, num_threads, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq};
@@ -65,14 +66,17 @@ fn cols<T: Real, A: ColAcc<T>>(
 ///   (used for `inner == 1` rows, split into chunks when large),
 /// * `merge(a, b)`: combines the values of two consecutive ranges of one row,
 /// * `A`: the column accumulator for `inner > 1`.
+///
+/// The result vector is allocated first, fallibly (`func` names the op in a `MemoryError`).
 pub(crate) fn drive<T, U, A>(
+    func: &'static str,
     c: &Canon<T>,
     whole: impl Fn(usize, &[T], usize) -> U + Sync,
     merge: impl Fn(U, U) -> U + Sync,
-) -> Vec<U>
+) -> Result<Vec<U>>
 where
     T: Real,
-    U: Send + Copy,
+    U: Send + Copy + Default,
     A: ColAcc<T, Out = U>,
 {
     let (outer, n, inner) = (c.outer, c.n, c.inner);
@@ -81,50 +85,61 @@ where
     if inner == 1 {
         // contiguous rows
         let row_of = |o: usize| &data[o * n..(o + 1) * n];
-        return maybe_parallel(total, PAR_REDUCE_MIN, |par| {
+        let mut out = alloc::with_capacity::<U>(func, "result", &c.out_shape)?;
+        maybe_parallel(total, PAR_REDUCE_MIN, |par| {
             if !par {
-                (0..outer).map(|o| whole(o, row_of(o), 0)).collect()
+                out.extend((0..outer).map(|o| whole(o, row_of(o), 0)));
             } else if outer >= 4 * num_threads() || n < PAR_CHUNK {
                 (0..outer)
                     .into_par_iter()
                     .map(|o| whole(o, row_of(o), 0))
-                    .collect()
+                    .collect_into_vec(&mut out);
             } else {
-                (0..outer)
-                    .map(|o| {
-                        let parts: Vec<U> = row_of(o)
-                            .par_chunks(PAR_CHUNK)
-                            .enumerate()
-                            .map(|(k, ch)| whole(o, ch, k * PAR_CHUNK))
-                            .collect();
-                        parts.into_iter().reduce(&merge).expect("non-empty row")
-                    })
-                    .collect()
+                // few long rows (fewer than 4 per thread): split each row
+                out.extend((0..outer).map(|o| {
+                    let parts: Vec<U> = row_of(o)
+                        .par_chunks(PAR_CHUNK)
+                        .enumerate()
+                        .map(|(k, ch)| whole(o, ch, k * PAR_CHUNK))
+                        .collect();
+                    parts.into_iter().reduce(&merge).expect("non-empty row")
+                }));
             }
         });
+        return Ok(out);
     }
-    // column-wise over slabs of n x inner
+    // column-wise over slabs of n x inner, written in place band by band (a band's accumulators are the only
+    // other buffer)
+    let mut out = alloc::filled::<U>(func, "result", &c.out_shape, U::default())?;
+    if out.is_empty() {
+        return Ok(out);
+    }
     let slab_of = |o: usize| &data[o * n * inner..(o + 1) * n * inner];
     maybe_parallel(total, PAR_REDUCE_MIN, |par| {
-        if !par {
-            let mut out = Vec::with_capacity(outer * inner);
-            for o in 0..outer {
-                out.extend(cols::<T, A>(slab_of(o), n, inner, 0, inner));
+        let band = if par {
+            (inner / (4 * num_threads())).clamp(256.min(inner), inner)
+        } else {
+            inner.min(1 << 16)
+        };
+        let fill = |o: usize, b: usize, ch: &mut [U]| {
+            let j0 = b * band;
+            ch.copy_from_slice(&cols::<T, A>(slab_of(o), n, inner, j0, j0 + ch.len()));
+        };
+        if par {
+            out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+                row.par_chunks_mut(band)
+                    .enumerate()
+                    .for_each(|(b, ch)| fill(o, b, ch))
+            });
+        } else {
+            for (o, row) in out.chunks_mut(inner).enumerate() {
+                for (b, ch) in row.chunks_mut(band).enumerate() {
+                    fill(o, b, ch);
+                }
             }
-            return out;
         }
-        let band = (inner / (4 * num_threads())).clamp(256.min(inner), inner);
-        let nb = inner.div_ceil(band);
-        let parts: Vec<Vec<U>> = (0..outer * nb)
-            .into_par_iter()
-            .map(|t| {
-                let (o, b) = (t / nb, t % nb);
-                let j0 = b * band;
-                cols::<T, A>(slab_of(o), n, inner, j0, (j0 + band).min(inner))
-            })
-            .collect();
-        parts.into_iter().flatten().collect()
-    })
+    });
+    Ok(out)
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -307,8 +322,25 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
 // -------------------------------------------------------------------------------------------------------
 // public reductions
 
-fn to_t<T: Real>(v: Vec<f64>) -> Vec<T> {
-    v.into_iter().map(T::from_f64).collect()
+/// `f` of the f64 results `v`, in the result dtype: in place for float64, else in a new (fallibly allocated)
+/// buffer.
+fn map_to_t<T: Real>(
+    func: &'static str,
+    mut v: Vec<f64>,
+    f: impl Fn(f64) -> f64,
+) -> Result<Vec<T>> {
+    if let Some(same) = (&mut v as &mut dyn std::any::Any).downcast_mut::<Vec<T>>() {
+        // T is f64
+        same.iter_mut()
+            .for_each(|x| *x = T::from_f64(f(x.to_f64())));
+        return Ok(std::mem::take(same));
+    }
+    alloc::collect(
+        func,
+        "result",
+        &[v.len()],
+        v.into_iter().map(|x| T::from_f64(f(x))),
+    )
 }
 
 fn plus(a: f64, b: f64) -> f64 {
@@ -325,15 +357,15 @@ pub fn sum<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>>
 
 /// [`sum`] on a canonical layout (e.g. [`Canon::flat`] of a contiguous buffer).
 pub fn sum_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
-    let v = sum_canon(&c);
-    Ok(c.wrap(to_t(v)))
+    let v = sum_canon("sum", &c)?;
+    Ok(c.wrap(map_to_t("sum", v, |s| s)?))
 }
 
-pub(crate) fn sum_canon<T: Real>(c: &Canon<T>) -> Vec<f64> {
+pub(crate) fn sum_canon<T: Real>(func: &'static str, c: &Canon<T>) -> Result<Vec<f64>> {
     if c.n == 0 {
-        return vec![0.0; c.outer * c.inner];
+        return alloc::zeroed(func, "result", &c.out_shape);
     }
-    drive::<T, f64, SumCols<T>>(c, |_, s, _| dispatch(Sum(s)), plus)
+    drive::<T, f64, SumCols<T>>(func, c, |_, s, _| dispatch(Sum(s)), plus)
 }
 
 /// Mean over `axis`; NaN for an empty reduction (the Python layer warns as NumPy does).
@@ -344,26 +376,34 @@ pub fn mean<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>
 /// [`mean`] on a canonical layout.
 pub fn mean_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     let n = c.n as f64;
-    let v = sum_canon(&c)
-        .into_iter()
-        .map(|s| T::from_f64(s / n))
-        .collect();
-    Ok(c.wrap(v))
+    let s = sum_canon("mean", &c)?;
+    Ok(c.wrap(map_to_t("mean", s, |s| s / n)?))
 }
 
 /// Moments (count, mean, M2) per reduced position.
-pub(crate) fn moments_canon<T: Real>(c: &Canon<T>) -> Vec<Moments> {
-    if c.n == 0 {
-        return vec![Moments::default(); c.outer * c.inner];
-    }
-    let data: &[T] = &c.data;
-    let n = c.n;
-    // every part of a row shares the row's first element as its shift
-    drive::<T, Moments, MomentCols>(
-        c,
-        |row, s, _| dispatch(SliceMoments(s, data[row * n])),
-        Moments::merge,
-    )
+pub(crate) fn moments_canon<T: Real>(func: &'static str, c: &Canon<T>) -> Result<Vec<Moments>> {
+    let r = if c.n == 0 {
+        alloc::filled(func, "result", &c.out_shape, Moments::default())
+    } else {
+        let data: &[T] = &c.data;
+        let n = c.n;
+        // every part of a row shares the row's first element as its shift
+        drive::<T, Moments, MomentCols>(
+            func,
+            c,
+            |row, s, _| dispatch(SliceMoments(s, data[row * n])),
+            Moments::merge,
+        )
+    };
+    r.map_err(|e| match e {
+        // name the buffer in NumPy's terms: 4 float64 per position
+        CoreError::Memory { .. } => {
+            let mut shape = c.out_shape.clone();
+            shape.push(4);
+            CoreError::memory(func, "intermediate moments", &shape, "float64", 8)
+        }
+        e => e,
+    })
 }
 
 fn empty_reduction(func: &'static str, op: &str) -> CoreError {
@@ -374,7 +414,7 @@ fn empty_reduction(func: &'static str, op: &str) -> CoreError {
     )
 }
 
-fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<T>> {
+fn extreme<T: Real, const MAX: bool>(func: &'static str, c: &Canon<T>) -> Result<ArrayD<T>> {
     // NumPy raises for an empty reduced axis even when the result itself is empty
     if c.n == 0 {
         return Err(empty_reduction(
@@ -382,11 +422,9 @@ fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<
             if MAX { "maximum" } else { "minimum" },
         ));
     }
-    if c.n == 0 {
-        return Ok(c.wrap(vec![]));
-    }
     let v = drive::<T, T, ExtCols<T, MAX>>(
-        &c,
+        func,
+        c,
         |_, s, _| dispatch(Extreme::<T, MAX>(s)),
         |a, b| {
             if a.is_nan() || b.is_nan() {
@@ -397,7 +435,7 @@ fn extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<
                 a
             }
         },
-    );
+    )?;
     Ok(c.wrap(v))
 }
 
@@ -408,7 +446,7 @@ pub fn min<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>>
 
 /// [`min`] on a canonical layout.
 pub fn min_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
-    extreme::<T, false>("min", c)
+    extreme::<T, false>("min", &c)
 }
 
 /// Maximum over `axis`, NaN-propagating.
@@ -418,7 +456,16 @@ pub fn max<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>>
 
 /// [`max`] on a canonical layout.
 pub fn max_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
-    extreme::<T, true>("max", c)
+    extreme::<T, true>("max", &c)
+}
+
+/// Minimum and maximum of all elements of a non-empty `x` for `func` (NaN-propagating), from one canonical
+/// layout (at most one C-order copy of a strided input).
+pub(crate) fn min_max_all<T: Real>(func: &'static str, x: &ArrayViewD<T>) -> Result<(T, T)> {
+    let c = canon(func, x, None, false)?;
+    let lo = extreme::<T, false>(func, &c)?;
+    let hi = extreme::<T, true>(func, &c)?;
+    Ok((lo[[]], hi[[]]))
 }
 
 fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<T> {
@@ -443,32 +490,27 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
             format!("is empty: attempt to get {func} of an empty sequence"),
         ));
     }
-    if c.n == 0 {
-        return Ok(c.wrap(vec![]));
-    }
     let data: &[T] = &c.data;
     let parts = drive::<T, ArgPart<T>, ArgColsWrap<T, MAX>>(
+        func,
         &c,
         |_, s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
         arg_merge::<T, MAX>,
-    );
-    let out = parts
-        .into_iter()
-        .enumerate()
-        .map(|(pos, p)| {
-            if c.inner > 1 {
-                // column accumulator results carry the index directly
-                return p.block as i64;
-            }
-            let row_start = pos * c.n;
-            if let Some(i) = p.nan_at {
-                return i as i64;
-            }
-            let blk = &data[row_start + p.block..row_start + p.block + p.block_len];
-            let k = blk.iter().position(|&v| v == p.best).unwrap_or(0);
-            (p.block + k) as i64
-        })
-        .collect();
+    )?;
+    let idx = parts.into_iter().enumerate().map(|(pos, p)| {
+        if c.inner > 1 {
+            // column accumulator results carry the index directly
+            return p.block as i64;
+        }
+        let row_start = pos * c.n;
+        if let Some(i) = p.nan_at {
+            return i as i64;
+        }
+        let blk = &data[row_start + p.block..row_start + p.block + p.block_len];
+        let k = blk.iter().position(|&v| v == p.best).unwrap_or(0);
+        (p.block + k) as i64
+    });
+    let out = alloc::collect(func, "result", &c.out_shape, idx)?;
     Ok(c.wrap(out))
 }
 
@@ -545,8 +587,8 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
             ),
         ));
     }
-    let a = super::layout::c_order(x);
-    let b = super::layout::c_order(y);
+    let a = alloc::c_order("dot", "x", x)?;
+    let b = alloc::c_order("dot", "y", y)?;
     let n = a.len();
     let v = maybe_parallel(n, PAR_REDUCE_MIN, |par| {
         if par {
@@ -571,10 +613,10 @@ pub fn norm<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<T>
 /// [`norm`] on a canonical layout.
 pub fn norm_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
     if c.n == 0 {
-        return Ok(c.wrap(vec![T::ZERO; c.outer * c.inner]));
+        return Ok(c.wrap(alloc::zeroed("norm", "result", &c.out_shape)?));
     }
-    let v = drive::<T, f64, SumSqCols<T>>(&c, |_, s, _| dispatch(SumSq(s)), plus);
-    Ok(c.wrap(v.into_iter().map(|s| T::from_f64(s.sqrt())).collect()))
+    let v = drive::<T, f64, SumSqCols<T>>("norm", &c, |_, s, _| dispatch(SumSq(s)), plus)?;
+    Ok(c.wrap(map_to_t("norm", v, f64::sqrt)?))
 }
 
 #[cfg(test)]

@@ -342,7 +342,7 @@ fn block_extreme<T: Real, const MAX: bool>(x: &[T]) -> T {
 }
 
 /// Partial result of an arg-extreme search over a range.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ArgPart<T> {
     /// Index (global) of the first NaN in the range, if any.
     pub nan_at: Option<usize>,

@@ -1,9 +1,10 @@
 //! Statistics: var, std, standardize, z-score anomalies, quantiles, histograms.
 
+use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::elementwise::{map_into, Input};
-use super::layout::{c_order, canon, Canon};
-use super::reduce::{max, min, moments_canon};
+use super::layout::{canon, Canon};
+use super::reduce::{min_max_all, moments_canon};
 use super::{Real, PAR_CHUNK, PAR_ELEMWISE_MIN, PAR_REDUCE_MIN};
 use crate::error::{CoreError, Result};
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
@@ -28,10 +29,13 @@ pub fn var<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result
 /// [`var`] on a canonical layout.
 pub fn var_c<T: Real>(c: Canon<T>, ddof: f64) -> Result<ArrayD<T>> {
     check_ddof("var", ddof)?;
-    let v = moments_canon(&c)
-        .into_iter()
-        .map(|m| T::from_f64(m.var(ddof)))
-        .collect();
+    let ms = moments_canon("var", &c)?;
+    let v = alloc::collect(
+        "var",
+        "result",
+        &c.out_shape,
+        ms.into_iter().map(|m| T::from_f64(m.var(ddof))),
+    )?;
     Ok(c.wrap(v))
 }
 
@@ -43,10 +47,13 @@ pub fn std<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>, ddof: f64) -> Result
 /// [`std`] on a canonical layout.
 pub fn std_c<T: Real>(c: Canon<T>, ddof: f64) -> Result<ArrayD<T>> {
     check_ddof("std", ddof)?;
-    let v = moments_canon(&c)
-        .into_iter()
-        .map(|m| T::from_f64(m.var(ddof).sqrt()))
-        .collect();
+    let ms = moments_canon("std", &c)?;
+    let v = alloc::collect(
+        "std",
+        "result",
+        &c.out_shape,
+        ms.into_iter().map(|m| T::from_f64(m.var(ddof).sqrt())),
+    )?;
     Ok(c.wrap(v))
 }
 
@@ -93,9 +100,31 @@ pub fn standardize<T: Real>(
 ) -> Result<Option<ArrayD<T>>> {
     check_ddof("standardize", ddof)?;
     let c = canon("standardize", x, axis, false)?;
-    let ms = moments_canon(&c);
-    let mean: Vec<T> = ms.iter().map(|m| T::from_f64(m.abs_mean())).collect();
-    let sd: Vec<T> = ms.iter().map(|m| T::from_f64(m.var(ddof).sqrt())).collect();
+    if x.is_empty() {
+        // nothing to standardize: no statistics (their count, the reduced size, may be huge: shape (0, 10**17))
+        return map_into(
+            "standardize",
+            ["x"],
+            [Input::View(x.view())],
+            out,
+            |_, _, _| {},
+        );
+    }
+    let ms = moments_canon("standardize", &c)?;
+    let (f, np) = ("standardize", [ms.len()]);
+    let mean = alloc::collect(
+        f,
+        "means",
+        &np,
+        ms.iter().map(|m| T::from_f64(m.abs_mean())),
+    )?;
+    let sd = alloc::collect(
+        f,
+        "deviations",
+        &np,
+        ms.iter().map(|m| T::from_f64(m.var(ddof).sqrt())),
+    )?;
+    drop(ms);
     let (n, inner) = (c.n, c.inner);
     // the canonical buffer is x in C order (or, for a Fortran input, x's memory order): present it as a
     // contiguous array of x's shape in that order so the elementwise driver uses it in place
@@ -202,13 +231,18 @@ pub fn zscore_anomalies<T: Real>(x: &ArrayViewD<T>, threshold: f64) -> Result<Ve
     if data.is_empty() {
         return Ok(vec![]);
     }
-    let m = moments_canon(&c)[0];
+    let m = moments_canon("zscore_anomalies", &c)?[0];
     let (mean, sd, thr) = (
         T::from_f64(m.abs_mean()),
         T::from_f64(m.var(0.0).sqrt()),
         T::from_f64(threshold),
     );
-    Ok(maybe_parallel(data.len(), PAR_REDUCE_MIN, |par| {
+    let func = "zscore_anomalies";
+    let grow = |out: &mut Vec<i64>, more: usize| {
+        out.try_reserve(more)
+            .map_err(|_| alloc::memory_error::<i64>(func, "result", &[out.len() + more]))
+    };
+    maybe_parallel(data.len(), PAR_REDUCE_MIN, |par| {
         let scan = |(i, ch): (usize, &[T])| {
             let mut v = Vec::new();
             dispatch(Flag {
@@ -221,13 +255,23 @@ pub fn zscore_anomalies<T: Real>(x: &ArrayViewD<T>, threshold: f64) -> Result<Ve
             });
             v
         };
+        let mut out = Vec::new();
         if par {
+            // the hits of each chunk, then one (fallible) result buffer
             let parts: Vec<Vec<i64>> = data.par_chunks(PAR_CHUNK).enumerate().map(scan).collect();
-            parts.concat()
+            grow(&mut out, parts.iter().map(Vec::len).sum())?;
+            for p in parts {
+                out.extend(p);
+            }
         } else {
-            data.chunks(PAR_CHUNK).enumerate().flat_map(scan).collect()
+            for (i, ch) in data.chunks(PAR_CHUNK).enumerate() {
+                let hits = scan((i, ch));
+                grow(&mut out, hits.len())?;
+                out.extend(hits);
+            }
         }
-    }))
+        Ok(out)
+    })
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -454,12 +498,20 @@ pub fn quantile<T: Real>(x: &ArrayViewD<T>, qs: &[f64], axis: Option<isize>) -> 
     let npos = outer * inner;
     let nq = qs.len();
     let data: &[T] = &c.data;
-    let job = |p: usize| {
+    // result: (q, reduced...), allocated before the work
+    let mut shape = vec![nq];
+    shape.extend_from_slice(&c.out_shape);
+    let mut res = alloc::zeros_array::<T>("quantile", "result", &shape, false)?;
+    if res.is_empty() {
+        return Ok(res);
+    }
+    // the quantiles of each position, nq per position, in canonical order
+    let mut per_pos = alloc::zeroed::<f64>("quantile", "intermediate result", &[npos, nq])?;
+    let job = |(p, r): (usize, &mut [f64])| {
         let (o, j) = (p / inner, p % inner);
-        let mut r = vec![0.0; nq];
         if inner == 1 && n >= RADIX_MIN {
-            quantiles_radix(&data[o * n..(o + 1) * n], qs, &mut r);
-            return r;
+            quantiles_radix(&data[o * n..(o + 1) * n], qs, r);
+            return;
         }
         // short or strided slices: gather a copy and select in it
         let mut v: Vec<T> = if inner == 1 {
@@ -467,25 +519,27 @@ pub fn quantile<T: Real>(x: &ArrayViewD<T>, qs: &[f64], axis: Option<isize>) -> 
         } else {
             (0..n).map(|i| data[(o * n + i) * inner + j]).collect()
         };
-        quantiles_of(&mut v, qs, &mut r);
-        r
+        quantiles_of(&mut v, qs, r);
     };
-    let per_pos: Vec<Vec<f64>> = if npos > 1 && npos * n >= PAR_REDUCE_MIN {
-        maybe_parallel(npos * n, PAR_REDUCE_MIN, |_| {
-            (0..npos).into_par_iter().map(job).collect()
-        })
+    if npos > 1 && npos * n >= PAR_REDUCE_MIN {
+        maybe_parallel(npos * n, PAR_REDUCE_MIN, |par| {
+            if par {
+                per_pos.par_chunks_mut(nq).enumerate().for_each(job);
+            } else {
+                per_pos.chunks_mut(nq).enumerate().for_each(job);
+            }
+        });
     } else {
-        (0..npos).map(job).collect()
-    };
-    // layout: (q, reduced...) with the reduced part in the canonical order
-    let red = c.wrap(vec![0u8; npos]);
-    let mut shape = vec![nq];
-    shape.extend_from_slice(red.shape());
-    let mut res = ArrayD::<T>::from_elem(IxDyn(&shape), T::ZERO);
+        per_pos.chunks_mut(nq).enumerate().for_each(job);
+    }
+    // position p of the canonical order is the p-th element of the reduced shape in C order, or in Fortran order
+    // for a reversed (Fortran-contiguous) input
     for k in 0..nq {
-        let mut sub = res.index_axis_mut(ndarray::Axis(0), k);
-        let vals = c.wrap(per_pos.iter().map(|r| T::from_f64(r[k])).collect());
-        sub.assign(&vals);
+        let sub = res.index_axis_mut(ndarray::Axis(0), k);
+        let sub = if c.reversed { sub.reversed_axes() } else { sub };
+        for (o, r) in sub.into_iter().zip(per_pos.chunks(nq)) {
+            *o = T::from_f64(r[k]);
+        }
     }
     Ok(res)
 }
@@ -507,9 +561,7 @@ pub fn finite_range<T: Real>(x: &ArrayViewD<T>) -> Result<(T, T)> {
     if x.is_empty() {
         return Ok((T::ZERO, T::ONE));
     }
-    let lo = min(x, None)?[[]];
-    let hi = max(x, None)?[[]];
-    Ok((lo, hi))
+    min_max_all("histogram", x)
 }
 
 #[inline(always)]
@@ -561,30 +613,35 @@ pub fn histogram_counts<T: Real>(x: &ArrayViewD<T>, bins: &Bins<T>) -> Result<Ve
     let nb = e.len() - 1;
     let (first, last) = (e[0], e[nb]);
     let norm = last - first;
-    let data = c_order(x);
+    let data = alloc::c_order("histogram", "x", x)?;
     let count = |ch: &[T]| {
-        dispatch(Count {
+        // the counters of one chunk: 4 sub-histograms of nb + 1 slots and the totals
+        let h = alloc::zeroed::<u32>("histogram", "bin counters", &[4 * (nb + 1)])?;
+        let out = alloc::zeroed::<i64>("histogram", "result", &[nb])?;
+        Ok(dispatch(Count {
             x: ch,
             bins,
             first,
             last,
             norm,
             nb,
-        })
+            h,
+            out,
+        }))
     };
-    Ok(maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 2, |par| {
+    maybe_parallel(data.len(), PAR_ELEMWISE_MIN * 2, |par| {
         if par {
-            data.par_chunks(PAR_CHUNK).map(count).reduce(
-                || vec![0i64; nb],
-                |mut a, b| {
+            data.par_chunks(PAR_CHUNK)
+                .map(count)
+                .try_reduce_with(|mut a, b| {
                     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
+                    Ok(a)
+                })
+                .expect("non-empty input")
         } else {
             count(&data)
         }
-    }))
+    })
 }
 
 /// Counting kernel: bin indices of 256 values at a time (the arithmetic vectorizes), then increments spread
@@ -596,6 +653,10 @@ struct Count<'a, T> {
     last: T,
     norm: T,
     nb: usize,
+    /// Zeroed counters: 4 sub-histograms of `nb + 1` slots (the last one of each collects the values not counted).
+    h: Vec<u32>,
+    /// Zeroed totals, the result.
+    out: Vec<i64>,
 }
 
 impl<T: Real> Kernel for Count<'_, T> {
@@ -603,8 +664,7 @@ impl<T: Real> Kernel for Count<'_, T> {
     #[inline(always)]
     fn run<M: Mode>(self) -> Vec<i64> {
         let nb = self.nb;
-        let mut h = vec![0u32; 4 * nb + 4];
-        let mut out = vec![0i64; nb];
+        let (mut h, mut out) = (self.h, self.out);
         let mut idx = [0usize; 256];
         let mut since_flush = 0usize;
         for c in self.x.chunks(256) {

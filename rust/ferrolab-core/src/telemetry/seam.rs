@@ -79,11 +79,13 @@ pub const BUCKET_BOUNDS_NS: [u64; 20] = [
 const N_BUCKETS: usize = BUCKET_BOUNDS_NS.len() + 1;
 
 /// Error classes counted per operation (the `error_type` label), see [`CoreError::kind`].
-pub const ERROR_KINDS: [&str; 5] = [
+pub const ERROR_KINDS: [&str; 7] = [
     "TypeError",
     "ValueError",
     "DeviceUnavailableError",
     "OSError",
+    "MemoryError",
+    "InternalError",
     "Other",
 ];
 const N_KINDS: usize = ERROR_KINDS.len();

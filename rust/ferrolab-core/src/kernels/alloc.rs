@@ -1,0 +1,190 @@
+//! Fallible allocation of every buffer whose size the caller's input decides: results, C-order copies of
+//! strided or broadcast inputs, per-position intermediates.
+//!
+//! Rust's infallible allocations (`vec![..; n]`, `Array::zeros`, `collect`) abort the whole process when the
+//! allocator says no ("memory allocation of N bytes failed"). Here the element count is computed with checked
+//! arithmetic and the memory is reserved with [`Vec::try_reserve_exact`] (or a zeroed allocation), so a request
+//! that cannot be satisfied is a [`CoreError::Memory`] that names the function, the buffer, its shape and size —
+//! `MemoryError` in Python.
+
+use crate::error::{CoreError, Result};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
+use std::alloc::Layout;
+use std::borrow::Cow;
+
+/// Element types whose all-zero bit pattern is a valid value (`0`, `0.0`, `false`), so that a zeroed allocation
+/// (fresh pages from the allocator, no writes: what `vec![0.0; n]` does) is an initialized buffer.
+///
+/// # Safety
+/// Implement only for types for which a value with every bit zero is valid.
+pub unsafe trait Zeroable: Copy {}
+// SAFETY: plain integers, floats and bool: all-zero bits are 0, 0.0 and false.
+unsafe impl Zeroable for f32 {}
+// SAFETY: see above.
+unsafe impl Zeroable for f64 {}
+// SAFETY: see above.
+unsafe impl Zeroable for i64 {}
+// SAFETY: see above.
+unsafe impl Zeroable for u64 {}
+// SAFETY: see above.
+unsafe impl Zeroable for u32 {}
+// SAFETY: see above.
+unsafe impl Zeroable for usize {}
+// SAFETY: see above.
+unsafe impl Zeroable for u8 {}
+// SAFETY: see above.
+unsafe impl Zeroable for bool {}
+
+/// NumPy's name of an element type (`float64`, `int64`, ...), or the Rust type's own name.
+pub fn dtype_name<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "f64" => "float64",
+        "f32" => "float32",
+        "i64" => "int64",
+        "u64" => "uint64",
+        "u32" => "uint32",
+        "u8" => "uint8",
+        "bool" => "bool",
+        "usize" => "uintp",
+        other => other.rsplit("::").next().unwrap_or(other),
+    }
+}
+
+/// The `MemoryError` for `shape` elements of `T`.
+pub fn memory_error<T>(func: &'static str, what: &str, shape: &[usize]) -> CoreError {
+    CoreError::memory(
+        func,
+        what,
+        shape,
+        dtype_name::<T>(),
+        std::mem::size_of::<T>(),
+    )
+}
+
+/// The number of elements of `shape`, when the buffer of `T`s fits in the address space (`isize::MAX` bytes).
+fn count<T>(shape: &[usize]) -> Option<usize> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    Layout::array::<T>(n).ok()?;
+    Some(n)
+}
+
+/// An empty `Vec` with room for exactly the elements of `shape`.
+pub fn with_capacity<T>(func: &'static str, what: &str, shape: &[usize]) -> Result<Vec<T>> {
+    let n = count::<T>(shape).ok_or_else(|| memory_error::<T>(func, what, shape))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| memory_error::<T>(func, what, shape))?;
+    Ok(v)
+}
+
+/// The elements of `shape`, all `value`.
+pub fn filled<T: Clone>(
+    func: &'static str,
+    what: &str,
+    shape: &[usize],
+    value: T,
+) -> Result<Vec<T>> {
+    let mut v = with_capacity::<T>(func, what, shape)?;
+    v.resize(v.capacity(), value);
+    Ok(v)
+}
+
+/// The elements of `shape`, all zero, from a zeroed allocation (no page is written, like `vec![0.0; n]`).
+pub fn zeroed<T: Zeroable>(func: &'static str, what: &str, shape: &[usize]) -> Result<Vec<T>> {
+    let err = || memory_error::<T>(func, what, shape);
+    let n = count::<T>(shape).ok_or_else(err)?;
+    let layout = Layout::array::<T>(n).map_err(|_| err())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if p.is_null() {
+        return Err(err());
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of `[T; n]`, which is the layout a `Vec<T>` of
+    // capacity `n` uses; all `n` elements are initialized because an all-zero `T` is valid (`Zeroable`).
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
+/// An array of `shape`, all zero, in C or Fortran order.
+pub fn zeros_array<T: Zeroable>(
+    func: &'static str,
+    what: &str,
+    shape: &[usize],
+    fortran: bool,
+) -> Result<ArrayD<T>> {
+    let v = zeroed::<T>(func, what, shape)?;
+    let a = if fortran {
+        ArrayD::from_shape_vec(IxDyn(shape).f(), v)
+    } else {
+        ArrayD::from_shape_vec(IxDyn(shape), v)
+    };
+    Ok(a.expect("the buffer has the shape's size"))
+}
+
+/// The items of `it` (at most the elements of `shape`: the capacity reserved up front).
+pub fn collect<T>(
+    func: &'static str,
+    what: &str,
+    shape: &[usize],
+    it: impl IntoIterator<Item = T>,
+) -> Result<Vec<T>> {
+    let mut v = with_capacity::<T>(func, what, shape)?;
+    let cap = v.capacity();
+    v.extend(it.into_iter().take(cap));
+    Ok(v)
+}
+
+/// The elements of `x` in C order: borrowed when `x` is C-contiguous, else a copy (`arg` names the input).
+pub fn c_order<'a, T: Clone>(
+    func: &'static str,
+    arg: &str,
+    x: &ArrayViewD<'a, T>,
+) -> Result<Cow<'a, [T]>> {
+    match x.to_slice() {
+        Some(s) => Ok(Cow::Borrowed(s)),
+        None => Ok(Cow::Owned(collect(
+            func,
+            &format!("C-order copy of '{arg}'"),
+            x.shape(),
+            x.iter().cloned(),
+        )?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_sizes_are_memory_errors() {
+        // 9 PB: more than any machine has and more than the 128 TB of x86-64 user address space
+        let e = zeroed::<f64>("cdist", "result", &[1 << 20, 1 << 30]).unwrap_err();
+        assert_eq!(e.kind(), "MemoryError");
+        assert_eq!(
+            e.to_string(),
+            "cdist(): cannot allocate the 9.0 PB result (1048576 x 1073741824 float64)"
+        );
+        assert!(filled::<u8>("f", "result", &[usize::MAX, 2], 0).is_err());
+        assert!(with_capacity::<f32>("f", "result", &[usize::MAX / 2]).is_err());
+        assert!(zeros_array::<i64>("f", "result", &[1 << 40, 1 << 20], true).is_err());
+        let one = [1.0f64];
+        let one = ndarray::ArrayView1::from(&one[..]);
+        let big = one.broadcast(IxDyn(&[1 << 31, 1 << 31])).unwrap();
+        let e = c_order("sum", "x", &big).unwrap_err();
+        assert!(e.to_string().contains("C-order copy of 'x'"), "{e}");
+    }
+
+    #[test]
+    fn small_buffers() {
+        let z = zeroed::<f64>("f", "result", &[3, 2]).unwrap();
+        assert_eq!(z, vec![0.0; 6]);
+        assert!(zeroed::<f64>("f", "result", &[0, 5]).unwrap().is_empty());
+        assert_eq!(filled("f", "r", &[3], 7u32).unwrap(), vec![7, 7, 7]);
+        let a = zeros_array::<f32>("f", "r", &[2, 3], true).unwrap();
+        assert!(a.t().is_standard_layout());
+        assert_eq!(collect("f", "r", &[2], [1, 2]).unwrap(), vec![1, 2]);
+        assert_eq!(dtype_name::<f32>(), "float32");
+    }
+}
