@@ -9,9 +9,8 @@ import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import pytest
-
 import ferrolab as fl
+import pytest
 
 
 class Boom(Exception):

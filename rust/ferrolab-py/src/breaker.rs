@@ -99,8 +99,10 @@ pub struct Inner {
     has_fallback: bool,
     /// The Python objects the garbage collector may have to clear (they can refer back to the breaker).
     refs: Mutex<Refs>,
-    /// `contextvars.ContextVar` of the `with` entries.
+    /// `contextvars.ContextVar` of the `with` entries, its bound `get` and `set`.
     var: Py<PyAny>,
+    var_get: Py<PyAny>,
+    var_set: Py<PyAny>,
 }
 
 fn state_str(py: Python<'_>, s: State) -> Bound<'_, PyString> {
@@ -458,12 +460,13 @@ fn is_awaitable(obj: &Bound<'_, PyAny>) -> bool {
     is_coroutine(obj) || obj.hasattr(intern!(obj.py(), "__await__")).unwrap_or(false)
 }
 
-/// `StopIteration(value)` (a tuple or an exception is wrapped, as generators do).
+/// `StopIteration(value)`, made as an instance: on Python 3.11 PyO3 normalizes a lazily built error when it raises
+/// it (a fetch and a normalization per completed call), and the awaiting frame reads an instance's value directly.
 fn stop_iteration(value: Bound<'_, PyAny>) -> PyErr {
-    if value.is_instance_of::<PyTuple>() || value.is_instance_of::<PyBaseException>() {
-        PyStopIteration::new_err((value.unbind(),))
-    } else {
-        PyStopIteration::new_err(value.unbind())
+    let py = value.py();
+    match py.get_type::<PyStopIteration>().call1((value,)) {
+        Ok(e) => PyErr::from_value(e),
+        Err(e) => e,
     }
 }
 
@@ -659,38 +662,32 @@ impl BreakerCall {
 
     /// Admits and starts the call: Running (the coroutine to drive), Fallback (the fallback's awaitable), Value
     /// (the fallback's plain result) or an error (Done).
-    fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (inner, breaker, func, args, kwargs) = {
-            let mut s = slf.borrow_mut();
-            s.phase = Phase::Done;
-            match (&s.inner, &s.breaker, &s.func) {
-                (Some(i), Some(b), Some(f)) => (
-                    i.clone(),
-                    b.clone_ref(py).into_bound(py),
-                    f.clone_ref(py).into_bound(py),
-                    s.args
-                        .as_ref()
-                        .map(|a| a.clone_ref(py).into_bound(py))
-                        .unwrap_or_else(|| PyTuple::empty(py)),
-                    s.kwargs.as_ref().map(|k| k.clone_ref(py).into_bound(py)),
-                ),
-                _ => return Err(PyRuntimeError::new_err("circuit breaker call was cleared")),
-            }
+    fn start(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.phase = Phase::Done;
+        let (Some(inner), Some(breaker), Some(func)) = (&self.inner, &self.breaker, &self.func)
+        else {
+            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
         };
+        let inner = inner.clone();
+        let breaker = breaker.bind(py).clone();
+        let func = func.bind(py).clone();
+        let args = match &self.args {
+            Some(a) => a.bind(py).clone(),
+            None => PyTuple::empty(py),
+        };
+        let kwargs = self.kwargs.as_ref().map(|k| k.bind(py).clone());
         match inner.admit(py, &breaker)? {
             Admission::Rejected(r) => {
                 let Some(fb) = inner.fallback(py) else {
                     return Err(inner.open_error(py, r));
                 };
                 let res = fb.call(&args, kwargs.as_ref())?;
-                let mut s = slf.borrow_mut();
                 if is_awaitable(&res) {
-                    s.iter = Some(await_iter(&res)?.unbind());
-                    s.phase = Phase::Fallback;
+                    self.iter = Some(await_iter(&res)?.unbind());
+                    self.phase = Phase::Fallback;
                 } else {
-                    s.value = Some(res.unbind());
-                    s.phase = Phase::Value;
+                    self.value = Some(res.unbind());
+                    self.phase = Phase::Value;
                 }
                 Ok(())
             }
@@ -707,10 +704,9 @@ impl BreakerCall {
                 };
                 match await_iter(&res) {
                     Ok(it) => {
-                        let mut s = slf.borrow_mut();
-                        s.iter = Some(it.unbind());
-                        s.ticket = Some(t);
-                        s.phase = Phase::Running;
+                        self.iter = Some(it.unbind());
+                        self.ticket = Some(t);
+                        self.phase = Phase::Running;
                         Ok(())
                     }
                     Err(e) => {
@@ -722,102 +718,75 @@ impl BreakerCall {
         }
     }
 
-    /// Ends the call (Done) and takes what is needed to report it.
-    #[allow(clippy::type_complexity)]
-    fn end<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> (
-        Option<Ticket>,
-        Option<Arc<Inner>>,
-        Option<Bound<'py, PyAny>>,
-    ) {
-        let py = slf.py();
-        let mut s = slf.borrow_mut();
-        if s.phase != Phase::Const {
-            s.phase = Phase::Done;
-            s.iter = None;
-        }
-        let t = s.ticket.take();
-        (
-            t,
-            s.inner.clone(),
-            s.breaker.as_ref().map(|b| b.clone_ref(py).into_bound(py)),
-        )
-    }
-
     /// Reports the end of the awaited call: `res` is how the last step ended.
-    fn report<'py>(slf: &Bound<'py, Self>, res: PyResult<Sent<'py>>) -> PyResult<Sent<'py>> {
-        let py = slf.py();
+    fn report<'py>(&mut self, py: Python<'py>, res: PyResult<Sent<'py>>) -> PyResult<Sent<'py>> {
         if let Ok(Sent::Yielded(_)) = res {
             return res;
         }
-        let (t, inner, breaker) = Self::end(slf);
-        let (Some(t), Some(inner), Some(breaker)) = (t, inner, breaker) else {
+        if self.phase != Phase::Const {
+            self.phase = Phase::Done;
+            self.iter = None;
+        }
+        let (Some(t), Some(inner), Some(breaker)) =
+            (self.ticket.take(), &self.inner, &self.breaker)
+        else {
             return res;
         };
+        let breaker = breaker.bind(py);
         match res {
             Ok(Sent::Returned(v)) => {
-                inner.finish_ok(py, &breaker, t)?;
+                inner.finish_ok(py, breaker, t)?;
                 Ok(Sent::Returned(v))
             }
-            Err(e) => Err(inner.finish_error(py, &breaker, t, e)),
+            Err(e) => Err(inner.finish_error(py, breaker, t, e)),
             Ok(y) => Ok(y),
         }
     }
 
     /// Sends `arg` into the running awaitable and accounts for its end.
-    fn drive<'py>(slf: &Bound<'py, Self>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-        let py = slf.py();
-        let iter = slf.borrow().iter.as_ref().map(|i| i.clone_ref(py));
-        let Some(iter) = iter else {
+    fn drive<'py>(&mut self, py: Python<'py>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
+        let Some(iter) = &self.iter else {
             return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
         };
         let res = ffi::send(iter.bind(py), arg);
-        Self::report(slf, res)
+        self.report(py, res)
     }
 
-    fn step<'py>(slf: &Bound<'py, Self>, arg: Option<&Bound<'py, PyAny>>) -> PyResult<Sent<'py>> {
-        let py = slf.py();
-        let none = py.None().into_bound(py);
-        let phase = slf.borrow().phase;
-        match phase {
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        arg: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Sent<'py>> {
+        let none = || py.None().into_bound(py);
+        match self.phase {
             Phase::New => {
                 if arg.is_some_and(|a| !a.is_none()) {
-                    slf.borrow_mut().phase = Phase::Done;
+                    self.phase = Phase::Done;
                     return Err(PyTypeError::new_err(
                         "can't send non-None value to a just-started circuit breaker call",
                     ));
                 }
-                Self::start(slf)?;
-                let value = {
-                    let mut s = slf.borrow_mut();
-                    if s.phase == Phase::Value {
-                        s.phase = Phase::Done;
-                        Some(s.value.take())
-                    } else {
-                        None
-                    }
-                };
-                match value {
-                    Some(v) => Ok(Sent::Returned(v.map(|v| v.into_bound(py)).unwrap_or(none))),
-                    None => Self::drive(slf, &none),
+                self.start(py)?;
+                if self.phase == Phase::Value {
+                    self.phase = Phase::Done;
+                    let v = self.value.take().map(|v| v.into_bound(py));
+                    return Ok(Sent::Returned(v.unwrap_or_else(none)));
                 }
+                self.drive(py, &none())
             }
-            Phase::Running | Phase::Fallback => Self::drive(slf, arg.unwrap_or(&none)),
+            Phase::Running | Phase::Fallback => match arg {
+                Some(a) => self.drive(py, a),
+                None => self.drive(py, &none()),
+            },
             Phase::Value => {
-                let mut s = slf.borrow_mut();
-                s.phase = Phase::Done;
-                Ok(Sent::Returned(
-                    s.value.take().map(|v| v.into_bound(py)).unwrap_or(none),
-                ))
+                self.phase = Phase::Done;
+                let v = self.value.take().map(|v| v.into_bound(py));
+                Ok(Sent::Returned(v.unwrap_or_else(none)))
             }
-            Phase::Const => Ok(Sent::Returned(
-                slf.borrow()
-                    .value
-                    .as_ref()
-                    .map(|v| v.clone_ref(py).into_bound(py))
-                    .unwrap_or(none),
-            )),
+            Phase::Const => {
+                let v = self.value.as_ref().map(|v| v.bind(py).clone());
+                Ok(Sent::Returned(v.unwrap_or_else(none)))
+            }
             Phase::Done => Err(PyRuntimeError::new_err(
                 "cannot reuse an already awaited circuit breaker call",
             )),
@@ -853,16 +822,16 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
 
 #[pymethods]
 impl BreakerCall {
-    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
 
-    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
 
-    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match Self::step(slf, None)? {
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.step(py, None)? {
             Sent::Yielded(v) => Ok(Some(v)),
             Sent::Returned(v) if v.is_none() => Ok(None),
             Sent::Returned(v) => Err(stop_iteration(v)),
@@ -871,8 +840,12 @@ impl BreakerCall {
 
     /// Sends a value into the awaited call (coroutine protocol).
     #[pyo3(signature = (value, /))]
-    fn send<'py>(slf: &Bound<'py, Self>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        match Self::step(slf, Some(value))? {
+    fn send<'py>(
+        &mut self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.step(py, Some(value))? {
             Sent::Yielded(v) => Ok(v),
             Sent::Returned(v) => Err(stop_iteration(v)),
         }
@@ -881,20 +854,14 @@ impl BreakerCall {
     /// Raises an exception in the awaited call (coroutine protocol); a cancellation gives a half-open permit back.
     #[pyo3(signature = (typ, val = None, tb = None, /))]
     fn throw<'py>(
-        slf: &Bound<'py, Self>,
+        &mut self,
+        py: Python<'py>,
         typ: &Bound<'py, PyAny>,
         val: Option<&Bound<'py, PyAny>>,
         tb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let (phase, iter) = {
-            let s = slf.borrow();
-            (
-                s.phase,
-                s.iter.as_ref().map(|i| i.clone_ref(py).into_bound(py)),
-            )
-        };
-        if let (Phase::Running | Phase::Fallback, Some(iter)) = (phase, iter) {
+        let iter = self.iter.as_ref().map(|i| i.bind(py).clone());
+        if let (Phase::Running | Phase::Fallback, Some(iter)) = (self.phase, iter) {
             if let Ok(meth) = iter.getattr(intern!(py, "throw")) {
                 let none = py.None().into_bound(py);
                 let r = match (val, tb) {
@@ -907,13 +874,10 @@ impl BreakerCall {
                     Ok(v) => Ok(v),
                     Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
                         // it caught it and returned
-                        let (t, inner, breaker) = Self::end(slf);
-                        if let (Some(t), Some(inner), Some(breaker)) = (t, inner, breaker) {
-                            inner.finish_ok(py, &breaker, t)?;
-                        }
+                        self.report(py, Ok(Sent::Returned(none)))?;
                         Err(e)
                     }
-                    Err(e) => match Self::report(slf, Err(e)) {
+                    Err(e) => match self.report(py, Err(e)) {
                         Ok(Sent::Yielded(v) | Sent::Returned(v)) => Ok(v),
                         Err(e) => Err(e),
                     },
@@ -922,40 +886,31 @@ impl BreakerCall {
         }
         // not started, finished, or an awaitable without throw(): raise it at this await
         let err = thrown(typ, val);
-        match Self::report(slf, Err(err)) {
+        match self.report(py, Err(err)) {
             Ok(Sent::Yielded(v) | Sent::Returned(v)) => Ok(v),
             Err(e) => Err(e),
         }
     }
 
     /// Closes the awaited call; its half-open permit goes back.
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (phase, iter) = {
-            let s = slf.borrow();
-            (
-                s.phase,
-                s.iter.as_ref().map(|i| i.clone_ref(py).into_bound(py)),
-            )
-        };
-        if phase == Phase::Const {
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.phase == Phase::Const {
             return Ok(()); // shared: stays usable
         }
-        if let (Phase::Running | Phase::Fallback, Some(iter)) = (phase, iter) {
+        let iter = self.iter.as_ref().map(|i| i.bind(py).clone());
+        if let (Phase::Running | Phase::Fallback, Some(iter)) = (self.phase, iter) {
             if let Ok(meth) = iter.getattr(intern!(py, "close")) {
                 if let Err(e) = meth.call0() {
-                    return match Self::report(slf, Err(e)) {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e),
-                    };
+                    return self.report(py, Err(e)).map(|_| ());
                 }
             }
         }
-        let (t, inner, _) = Self::end(slf);
-        if let (Some(t), Some(inner)) = (t, inner) {
+        self.phase = Phase::Done;
+        self.iter = None;
+        self.value = None;
+        if let (Some(t), Some(inner)) = (self.ticket.take(), &self.inner) {
             inner.core.complete(t, Outcome::Cancelled, None);
         }
-        slf.borrow_mut().value = None;
         Ok(())
     }
 
@@ -1174,10 +1129,7 @@ fn live_entry<'py>(mut o: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
 }
 
 fn var_get<'py>(py: Python<'py>, inner: &Inner) -> PyResult<Bound<'py, PyAny>> {
-    inner
-        .var
-        .bind(py)
-        .call_method1(intern!(py, "get"), (py.None(),))
+    inner.var_get.bind(py).call1((py.None(),))
 }
 
 fn enter(py: Python<'_>, slf: &Bound<'_, PyAny>, inner: &Inner) -> PyResult<()> {
@@ -1196,10 +1148,7 @@ fn enter(py: Python<'_>, slf: &Bound<'_, PyAny>, inner: &Inner) -> PyResult<()> 
         prev: live_entry(top).map(|e| e.into_any().unbind()),
     };
     let entry = Bound::new(py, entry)?;
-    inner
-        .var
-        .bind(py)
-        .call_method1(intern!(py, "set"), (entry,))?;
+    inner.var_set.bind(py).call1((entry,))?;
     Ok(())
 }
 
@@ -1626,6 +1575,8 @@ impl CircuitBreaker {
                 clock,
                 ..Refs::default()
             }),
+            var_get: var.getattr("get")?.unbind(),
+            var_set: var.getattr("set")?.unbind(),
             var: var.unbind(),
             core: core.clone(),
         };
@@ -1956,6 +1907,8 @@ impl CircuitBreaker {
             visit.call(ig)?;
         }
         visit.call(&i.var)?;
+        visit.call(&i.var_get)?;
+        visit.call(&i.var_set)?;
         // never block the collector: a held lock means a call is in progress (the objects are reachable)
         if let Ok(r) = i.refs.try_lock() {
             for o in [&r.fallback, &r.clock, &r.last_failure, &r.aenter]
