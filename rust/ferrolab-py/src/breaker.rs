@@ -664,11 +664,19 @@ impl BreakerCall {
     /// (the fallback's plain result) or an error (Done).
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
         self.phase = Phase::Done;
-        let (Some(inner), Some(breaker), Some(func)) = (&self.inner, &self.breaker, &self.func)
-        else {
+        // taken for the call and put back (no reference count traffic on the Arc)
+        let Some(inner) = self.inner.take() else {
             return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
         };
-        let inner = inner.clone();
+        let r = self.start_with(py, &inner);
+        self.inner = Some(inner);
+        r
+    }
+
+    fn start_with(&mut self, py: Python<'_>, inner: &Arc<Inner>) -> PyResult<()> {
+        let (Some(breaker), Some(func)) = (&self.breaker, &self.func) else {
+            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+        };
         let breaker = breaker.bind(py).clone();
         let func = func.bind(py).clone();
         let args = match &self.args {
@@ -693,7 +701,7 @@ impl BreakerCall {
             }
             Admission::Admitted(t) => {
                 let guard = TicketGuard {
-                    inner: &inner,
+                    inner,
                     ticket: Some(t),
                 };
                 let res = func.call(&args, kwargs.as_ref());
@@ -725,7 +733,11 @@ impl BreakerCall {
         }
         if self.phase != Phase::Const {
             self.phase = Phase::Done;
-            self.iter = None;
+            // released as Bound (a plain decref; dropping a Py first checks the thread's attachment)
+            drop(self.iter.take().map(|o| o.into_bound(py)));
+            drop(self.func.take().map(|o| o.into_bound(py)));
+            drop(self.args.take().map(|o| o.into_bound(py)));
+            drop(self.kwargs.take().map(|o| o.into_bound(py)));
         }
         let (Some(t), Some(inner), Some(breaker)) =
             (self.ticket.take(), &self.inner, &self.breaker)
@@ -822,11 +834,11 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
 
 #[pymethods]
 impl BreakerCall {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
 
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
 
