@@ -10,6 +10,29 @@ relaxed increments around the call itself, no lock is held while the guarded fun
 (threads or asyncio tasks) are never serialized. A decorated function is a native callable (no Python wrapper frame);
 an async call is a native awaitable (no extra coroutine layer).
 
+What is guarded is decided from what the decorated callable is, when it is decorated, and from what a call returns:
+
+* a function: the call; a coroutine that a plain callable returns is guarded until it has been awaited to its end;
+* an ``async def``: the awaitable the call returns (admitted when it is first awaited);
+* a generator function or an async generator function: the whole iteration. The call is admitted when the
+  iteration starts (the first ``next()``/``__anext__()``: creating the generator admits nothing, so in half-open it
+  cannot close the breaker); an exception raised while iterating counts as a failure, the end of the iteration as a
+  success, and a generator closed or dropped before its end gives its permit back.
+
+``inspect.iscoroutinefunction``, ``inspect.isgeneratorfunction`` and ``inspect.isasyncgenfunction`` report a
+decorated function as the kind it wraps (Python 3.11 and later), and ``__name__``, ``__qualname__``, ``__doc__``,
+``__module__``, ``__wrapped__`` and ``inspect.signature`` are those of the wrapped function.
+
+Differences from pybreaker (and circuitbreaker, aiobreaker):
+
+* the call that trips the breaker re-raises its own exception (pybreaker raises ``CircuitBreakerError`` from that
+  call); the calls rejected afterwards raise :class:`CircuitOpenError`, whose ``__cause__`` and ``last_failure``
+  are that exception;
+* an exception in ``ignore=`` counts neither as a failure nor as a success (pybreaker's ``exclude`` counts it as a
+  success and resets the failure count); in half-open its permit goes back;
+* ``stats()["consecutive_failures"]`` counts the failures of the closed state only: a failed half-open trial reopens
+  the breaker but is not added to it (the peers' failure counters include it).
+
 States: ``"closed"``, ``"open"``, ``"half_open"``, ``"forced_open"`` (:meth:`CircuitBreaker.force_open`) and
 ``"disabled"`` (:meth:`CircuitBreaker.disable`); :meth:`CircuitBreaker.reset` closes it again.
 
@@ -80,6 +103,11 @@ Coroutines and ``async with`` blocks:
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
+
 from . import _core
 
 __all__ = [
@@ -118,3 +146,59 @@ def breakers() -> dict[str, CircuitBreaker]:
     True
     """
     return _core.breakers()
+
+
+def _guard_generator_function(breaker: CircuitBreaker, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``@breaker`` for a generator or async generator function: a function of the same kind, guarded for the whole
+    iteration (``CircuitBreaker.__call__`` sends these here)."""
+    if inspect.isasyncgenfunction(func):
+
+        @functools.wraps(func)
+        async def guarded_async_generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            permit = breaker._admit()
+            agen = (func if permit.admitted else permit.fallback)(*args, **kwargs)
+            try:
+                try:
+                    item = await agen.__anext__()
+                except StopAsyncIteration:
+                    permit.success()
+                    return
+                while True:
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        await agen.aclose()
+                        raise
+                    except BaseException as e:  # noqa: BLE001 - thrown in: passed on, as yield from does
+                        try:
+                            item = await agen.athrow(e)
+                        except StopAsyncIteration:
+                            break
+                    else:
+                        try:
+                            item = await agen.asend(sent)
+                        except StopAsyncIteration:
+                            break
+            except BaseException as e:
+                permit.error(e)
+                raise
+            permit.success()
+
+        guarded_async_generator.breaker = breaker  # type: ignore[attr-defined]
+        return guarded_async_generator
+
+    @functools.wraps(func)
+    def guarded_generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        permit = breaker._admit()
+        if not permit.admitted:
+            return (yield from permit.fallback(*args, **kwargs))
+        try:
+            result = yield from func(*args, **kwargs)
+        except BaseException as e:
+            permit.error(e)
+            raise
+        permit.success()
+        return result
+
+    guarded_generator.breaker = breaker  # type: ignore[attr-defined]
+    return guarded_generator

@@ -27,15 +27,6 @@ pyo3::create_exception!(
 
 pyo3::create_exception!(
     ferrolab,
-    CircuitOpenError,
-    FerrolabError,
-    "A circuit breaker rejected the call: it is open, forced open, or half-open with every trial call in flight.\n\n\
-     ``name`` is the breaker's name, ``retry_after`` the seconds until it admits calls again (None when forced open)\n\
-     and ``last_failure`` the exception that last counted as a failure (also the ``__cause__``), or None."
-);
-
-pyo3::create_exception!(
-    ferrolab,
     BackupError,
     FerrolabError,
     "A backup repository operation failed (root of the backup errors)."
@@ -125,7 +116,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<DeviceUnavailableError>(),
     )?;
     m.add("InternalError", py.get_type::<InternalError>())?;
-    m.add("CircuitOpenError", py.get_type::<CircuitOpenError>())?;
+    // CircuitOpenError (a subclass of FerrolabError with properties) is defined in breaker.rs
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("RepositoryNotFound", py.get_type::<RepositoryNotFound>())?;
     m.add("WrongPassword", py.get_type::<WrongPassword>())?;
