@@ -11,7 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import breaker
-from ._core import DeviceUnavailableError, FerrolabError, InternalError
+from ._core import (
+    BackupError,
+    CorruptionError,
+    DeviceUnavailableError,
+    FerrolabError,
+    InternalError,
+    LockedError,
+    RepositoryNotFound,
+    WrongPassword,
+)
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
@@ -56,11 +65,10 @@ __all__ = [
     "simd_level",
     "op_stats",
     "backup",
+    "BackupError",
+    "RepositoryNotFound",
+    "WrongPassword",
+    "CorruptionError",
+    "LockedError",
 ]
 
-try:  # the backup errors come with the native backup core
-    from ._core import BackupError, CorruptionError, LockedError, RepositoryNotFound, WrongPassword
-except ImportError:  # pragma: no cover - only while the native part is being written
-    pass
-else:
-    __all__ += ["BackupError", "RepositoryNotFound", "WrongPassword", "CorruptionError", "LockedError"]
