@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._core import DeviceUnavailableError
+from . import _core
 
 __all__ = ["is_available", "info", "asarray", "from_dlpack"]
-
-_REASON = "this build of ferrolab has no CUDA backend"
-
 
 def is_available() -> bool:
     """Whether a CUDA device can run ferrolab ops.
@@ -24,7 +21,7 @@ def is_available() -> bool:
     >>> isinstance(fl.gpu.is_available(), bool)
     True
     """
-    return False
+    return _core.gpu_unavailable_reason() is None
 
 
 def info() -> dict[str, Any]:
@@ -36,14 +33,17 @@ def info() -> dict[str, Any]:
     >>> sorted(fl.gpu.info())
     ['available', 'devices', 'reason']
     """
-    return {"available": False, "reason": _REASON, "devices": []}
+    reason = _core.gpu_unavailable_reason()
+    return {"available": reason is None, "reason": reason or "", "devices": []}
 
 
 def asarray(x: Any) -> Any:
     """Copy an array to the GPU (raises :class:`ferrolab.DeviceUnavailableError` in this build)."""
-    raise DeviceUnavailableError(f"asarray(): device 'cuda' is not available: {_REASON}")
+    _core.check_device("asarray", "cuda")
+    raise NotImplementedError("asarray(): device arrays are not implemented yet")
 
 
 def from_dlpack(obj: Any) -> Any:
     """Wrap a CuPy/PyTorch GPU tensor without a copy (raises :class:`ferrolab.DeviceUnavailableError` here)."""
-    raise DeviceUnavailableError(f"from_dlpack(): device 'cuda' is not available: {_REASON}")
+    _core.check_device("from_dlpack", "cuda")
+    raise NotImplementedError("from_dlpack(): device arrays are not implemented yet")

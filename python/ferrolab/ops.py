@@ -84,14 +84,7 @@ def _counted(func: Any) -> Any:
         except Exception as e:
             if not getattr(e, "__ferrolab_counted__", False):
                 kind = type(e).__name__
-                if kind not in (
-                    "TypeError",
-                    "ValueError",
-                    "DeviceUnavailableError",
-                    "OSError",
-                    "MemoryError",
-                    "InternalError",
-                ):
+                if kind not in _core.ERROR_KINDS:
                     kind = "Other"
                 _core._record_error(name, "cuda" if kwargs.get("device") == "cuda" else "cpu", kind)
             raise
@@ -100,13 +93,7 @@ def _counted(func: Any) -> Any:
 
 
 def _check_device(func: str, device: str) -> None:
-    if device in ("cpu", "auto"):
-        return
-    if device == "cuda":
-        raise _core.DeviceUnavailableError(
-            f"{func}(): device 'cuda' is not available: this build of ferrolab has no CUDA backend"
-        )
-    raise ValueError(f"{func}(): argument 'device' is {device!r}; expected 'cpu', 'cuda' or 'auto'")
+    _core.check_device(func, device)
 
 
 def sum(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001

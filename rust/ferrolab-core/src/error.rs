@@ -27,7 +27,7 @@ pub enum CoreError {
     /// A device was requested that is not present or not compiled in.
     #[error("{func}(): device '{device}' is not available: {reason}")]
     DeviceUnavailable {
-        func: &'static str,
+        func: Box<str>,
         device: String,
         reason: String,
     },

@@ -13,6 +13,7 @@
 //!   background thread (no async runtime);
 //! * [`breaker`]: the circuit-breaker state machine (one atomic word, sliding windows, permits) and its
 //!   Prometheus collector;
+//! * [`device`]: the one device check (`device=` arguments, why a GPU cannot run);
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
 //!
 //! ## Feature flags
@@ -25,6 +26,7 @@
 
 pub mod backup;
 pub mod breaker;
+pub mod device;
 pub mod error;
 pub mod kernels;
 pub mod telemetry;

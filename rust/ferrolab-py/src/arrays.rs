@@ -4,6 +4,7 @@
 //! goes once through `ferrolab._coerce.prepare`, which converts it the way NumPy would for that op and may
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
+use crate::errors::IntoPyResult;
 use ndarray::ArrayD;
 use ndarray::ArrayViewD;
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn};
@@ -207,15 +208,7 @@ pub fn take_out<'py, T: numpy::Element>(
     })
 }
 
-/// Checks the `device` argument: "cpu" and "auto" run here; "cuda" needs a GPU build.
+/// Checks the `device` argument through the one device check ([`ferrolab_core::device::select`]).
 pub fn check_device(func: &'static str, device: &str) -> PyResult<()> {
-    match device {
-        "cpu" | "auto" => Ok(()),
-        "cuda" => Err(crate::errors::DeviceUnavailableError::new_err(format!(
-            "{func}(): device 'cuda' is not available: this build of ferrolab has no CUDA backend"
-        ))),
-        other => Err(PyValueError::new_err(format!(
-            "{func}(): argument 'device' is {other:?}; expected 'cpu', 'cuda' or 'auto'"
-        ))),
-    }
+    ferrolab_core::device::select(func, device).map(|_| ()).py()
 }

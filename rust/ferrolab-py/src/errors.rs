@@ -1,8 +1,18 @@
-//! The one error funnel: every `CoreError` becomes exactly one Python exception here.
+//! The one error funnel: every exception the bindings raise is built here.
+//!
+//! A `CoreError` becomes exactly one Python exception in [`to_py`]. Errors found by the bindings themselves
+//! (argument conversion, protocol misuse) are built by the constructors below ([`arg_type`], [`arg_value`],
+//! [`type_error`], ...): no other file calls `new_err`. [`error_kind`] names an exception's class for the
+//! `error_type` metric label from the one list of kinds, `ferrolab_core::telemetry::seam::ERROR_KINDS`.
 
+use ferrolab_core::telemetry::seam::ERROR_KINDS;
 use ferrolab_core::CoreError;
-use pyo3::exceptions::{PyException, PyMemoryError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyException, PyKeyError, PyMemoryError, PyOSError, PyRuntimeError, PySystemError, PyTypeError,
+    PyValueError,
+};
 use pyo3::prelude::*;
+use std::fmt::Display;
 
 pyo3::create_exception!(
     ferrolab,
@@ -96,6 +106,91 @@ pub fn to_py(e: CoreError) -> PyErr {
     }
 }
 
+/// `TypeError`: argument `arg` of `func` has the wrong type (`"{func}(): argument '{arg}' {msg}"`).
+#[cold]
+pub fn arg_type(func: &'static str, arg: &'static str, msg: impl Display) -> PyErr {
+    to_py(CoreError::type_err(func, arg, msg))
+}
+
+/// `ValueError`: argument `arg` of `func` has a wrong value or shape (`"{func}(): argument '{arg}' {msg}"`).
+#[cold]
+pub fn arg_value(func: &'static str, arg: &'static str, msg: impl Display) -> PyErr {
+    to_py(CoreError::value(func, arg, msg))
+}
+
+/// `TypeError` with a message that is not about one argument (e.g. a protocol a returned object breaks).
+#[cold]
+pub fn type_error(msg: impl Display) -> PyErr {
+    PyTypeError::new_err(msg.to_string())
+}
+
+/// `ValueError` with a message that is not about one argument.
+#[cold]
+pub fn value_error(msg: impl Display) -> PyErr {
+    PyValueError::new_err(msg.to_string())
+}
+
+/// `KeyError` (a mapping-like lookup of a name that is not there).
+#[cold]
+pub fn key_error(msg: impl Display) -> PyErr {
+    PyKeyError::new_err(msg.to_string())
+}
+
+/// `RuntimeError`: an object used in a state that does not allow the call (e.g. a finished span).
+#[cold]
+pub fn runtime_error(msg: impl Display) -> PyErr {
+    PyRuntimeError::new_err(msg.to_string())
+}
+
+/// `SystemError`: the exception a raw C-API entry point sets when it must fail without a better one.
+#[cold]
+pub fn system_error(msg: impl Display) -> PyErr {
+    PySystemError::new_err(msg.to_string())
+}
+
+/// `ferrolab.InternalError` of `func`: a bug (a panic caught at a boundary), with the panic's message.
+#[cold]
+pub fn internal(func: &'static str, msg: impl Display) -> PyErr {
+    to_py(CoreError::internal(func, msg))
+}
+
+/// The message of a caught panic's payload (`panic!("...")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// The `error_type` label of a Python exception: the first entry of `ERROR_KINDS` whose class it is an
+/// instance of (subclasses before their bases), `"Other"` when none.
+pub fn error_kind(py: Python<'_>, e: &PyErr) -> &'static str {
+    let classes: [(&str, Bound<'_, pyo3::types::PyType>); 6] = [
+        (
+            "DeviceUnavailableError",
+            py.get_type::<DeviceUnavailableError>(),
+        ),
+        ("InternalError", py.get_type::<InternalError>()),
+        ("MemoryError", py.get_type::<PyMemoryError>()),
+        ("TypeError", py.get_type::<PyTypeError>()),
+        ("ValueError", py.get_type::<PyValueError>()),
+        ("OSError", py.get_type::<PyOSError>()),
+    ];
+    for (name, class) in classes {
+        if e.is_instance(py, &class) {
+            return ERROR_KINDS
+                .iter()
+                .copied()
+                .find(|k| *k == name)
+                .unwrap_or("Other");
+        }
+    }
+    "Other"
+}
+
 /// `core_result.py()?` converts through the funnel.
 pub trait IntoPyResult<T> {
     fn py(self) -> PyResult<T>;
@@ -122,5 +217,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WrongPassword", py.get_type::<WrongPassword>())?;
     m.add("CorruptionError", py.get_type::<CorruptionError>())?;
     m.add("LockedError", py.get_type::<LockedError>())?;
+    m.add("ERROR_KINDS", pyo3::types::PyTuple::new(py, ERROR_KINDS)?)?;
     Ok(())
 }

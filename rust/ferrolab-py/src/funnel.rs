@@ -157,19 +157,12 @@ fn guarded<R>(op: Op, f: impl FnOnce() -> Result<R>) -> Result<R> {
     }
 }
 
-/// The `InternalError` of a panic in `op`, with the panic's message (`panic!("...")` carries a `&str` or a
-/// `String`). Out of line: the path of every op call stays as short as without the guard.
+/// The `InternalError` of a panic in `op`, with the panic's message. Out of line: the path of every op call
+/// stays as short as without the guard.
 #[cold]
 #[inline(never)]
 fn internal_error(op: Op, payload: Box<dyn Any + Send>) -> CoreError {
-    let msg = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    };
-    CoreError::internal(op.name(), msg)
+    CoreError::internal(op.name(), crate::errors::panic_message(&*payload))
 }
 
 /// `ferrolab.<op>`, built once per op.
@@ -235,23 +228,7 @@ pub fn counted<R>(op: Op, device: &str, r: PyResult<R>) -> PyResult<R> {
             let _ = e.value(py).setattr("__ferrolab_counted__", true);
         });
         if !ferrolab_core::telemetry::seam::take_counted() {
-            let kind = Python::attach(|py| {
-                if e.is_instance_of::<crate::errors::DeviceUnavailableError>(py) {
-                    "DeviceUnavailableError"
-                } else if e.is_instance_of::<crate::errors::InternalError>(py) {
-                    "InternalError"
-                } else if e.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
-                    "MemoryError"
-                } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
-                    "TypeError"
-                } else if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {
-                    "ValueError"
-                } else if e.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
-                    "OSError"
-                } else {
-                    "Other"
-                }
-            });
+            let kind = Python::attach(|py| crate::errors::error_kind(py, e));
             let dev = if device == "cuda" {
                 Device::Cuda
             } else {

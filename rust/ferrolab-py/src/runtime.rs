@@ -1,5 +1,6 @@
 //! Runtime facts and switches: SIMD level, thread pool, instrumentation counters.
 
+use crate::errors::IntoPyResult;
 use ferrolab_core::kernels::dispatch;
 use ferrolab_core::telemetry::seam;
 use pyo3::prelude::*;
@@ -41,7 +42,24 @@ fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
         .collect()
 }
 
+/// Checks `device` for `func` (the one device check): returns the device that runs it ("cpu" or "cuda"); raises
+/// `DeviceUnavailableError` with the reason for a GPU that cannot run, `ValueError` for an unknown device.
+#[pyfunction]
+fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
+    ferrolab_core::device::select(func, device)
+        .map(|d| d.name())
+        .py()
+}
+
+/// Why no GPU can run ferrolab ops in this process (`None` when one can).
+#[pyfunction]
+fn gpu_unavailable_reason() -> Option<&'static str> {
+    ferrolab_core::device::gpu_unavailable_reason()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(check_device, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu_unavailable_reason, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_instrumentation, m)?)?;
