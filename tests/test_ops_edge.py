@@ -85,13 +85,6 @@ def test_device_unknown_is_value_error(name, device):
         OP_CALLS[name](device)
 
 
-def test_gpu_module_without_cuda():
-    assert fl.gpu.is_available() is False
-    assert fl.gpu.info()["available"] is False
-    with pytest.raises(fl.DeviceUnavailableError):
-        fl.gpu.asarray(np.ones(3))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # dtype policy: ints, bool, float16, big-endian
 

@@ -8,9 +8,18 @@ use crate::{CoreError, Result};
 
 /// Why no CUDA device can run ferrolab ops in this process, or `None` when one can.
 ///
-/// This build has no CUDA backend compiled in, so there is always a reason.
-pub fn gpu_unavailable_reason() -> Option<&'static str> {
-    Some("this build of ferrolab has no CUDA backend")
+/// The GPU probe's reason ([`crate::gpu::status`]) where there is no usable GPU. Where there is one, the ops
+/// still run only on the CPU: their GPU path is not built yet, and a `device="cuda"` call says so rather than
+/// running on the CPU behind the caller's back.
+pub fn gpu_unavailable_reason() -> Option<String> {
+    match crate::gpu::status() {
+        Err(reason) => Some(reason),
+        Ok(gpu) => Some(format!(
+            "found {} CUDA device(s) ({}), but ferrolab's ops do not run on the GPU yet",
+            gpu.devices.len(),
+            gpu.devices.first().map(|d| d.name.as_str()).unwrap_or("")
+        )),
+    }
 }
 
 /// The device that `device` (`"cpu"`, `"auto"`, `"cuda"` or `"cuda:N"`) selects for `func`.
@@ -24,7 +33,7 @@ pub fn select(func: &str, device: &str) -> Result<Device> {
             Some(reason) => Err(CoreError::DeviceUnavailable {
                 func: func.into(),
                 device: d.to_string(),
-                reason: reason.to_string(),
+                reason,
             }),
             None => Ok(Device::Cuda),
         },
@@ -65,7 +74,10 @@ mod tests {
         assert_eq!(e.kind(), "DeviceUnavailableError");
         assert_eq!(
             e.to_string(),
-            "sum(): device 'cuda:1' is not available: this build of ferrolab has no CUDA backend"
+            format!(
+                "sum(): device 'cuda:1' is not available: {}",
+                gpu_unavailable_reason().unwrap()
+            )
         );
         for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
             let e = select("sum", bad).unwrap_err();

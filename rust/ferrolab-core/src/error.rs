@@ -165,6 +165,17 @@ pub fn fmt_bytes(b: u64) -> String {
     format!("{v:.1} {}", UNITS[i])
 }
 
+/// The message of a caught panic's payload (`panic!("...")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
 /// The classes of backup errors; each maps to one Python exception (`ferrolab.BackupError` and subclasses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackupErrorKind {

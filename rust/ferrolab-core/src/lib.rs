@@ -14,11 +14,12 @@
 //! * [`breaker`]: the circuit-breaker state machine (one atomic word, sliding windows, permits) and its
 //!   Prometheus collector;
 //! * [`device`]: the one device check (`device=` arguments, why a GPU cannot run);
+//! * [`gpu`]: the GPU backend (CUDA loaded at run time; probe, NVRTC-compiled kernels);
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
 //!
 //! ## Feature flags
-//! None yet: the default build is the CPU engine. GPU support (`cuda`, dynamically loaded) will be an opt-in
-//! feature so that the default build needs no CUDA toolkit.
+//! None: every build has the CPU engine and the GPU code; CUDA is loaded at run time when present, so building
+//! and importing need no CUDA toolkit.
 //!
 //! ## Environment
 //! * `FERROLAB_NUM_THREADS`: worker threads of the pool (default: available cores).
@@ -28,6 +29,7 @@ pub mod backup;
 pub mod breaker;
 pub mod device;
 pub mod error;
+pub mod gpu;
 pub mod kernels;
 pub mod telemetry;
 

@@ -154,16 +154,7 @@ pub fn internal(func: &'static str, msg: impl Display) -> PyErr {
     to_py(CoreError::internal(func, msg))
 }
 
-/// The message of a caught panic's payload (`panic!("...")` carries a `&str` or a `String`).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    }
-}
+pub use ferrolab_core::error::panic_message;
 
 /// The `error_type` label of a Python exception: the first entry of `ERROR_KINDS` whose class it is an
 /// instance of (subclasses before their bases), `"Other"` when none.

@@ -10,6 +10,7 @@ mod backup;
 mod breaker;
 mod errors;
 mod funnel;
+mod gpu;
 mod metrics;
 mod ops;
 mod runtime;
@@ -43,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     m.add_function(wrap_pyfunction!(ops::_panic_in_kernel, m)?)?;
     runtime::register(m)?;
+    gpu::register(m)?;
     metrics::register(m)?;
     breaker::register(m)?;
     tracing::register(m)?;

@@ -51,15 +51,8 @@ fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
         .py()
 }
 
-/// Why no GPU can run ferrolab ops in this process (`None` when one can).
-#[pyfunction]
-fn gpu_unavailable_reason() -> Option<&'static str> {
-    ferrolab_core::device::gpu_unavailable_reason()
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_device, m)?)?;
-    m.add_function(wrap_pyfunction!(gpu_unavailable_reason, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_instrumentation, m)?)?;
