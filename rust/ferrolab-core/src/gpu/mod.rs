@@ -12,6 +12,7 @@
 //! Kernels are CUDA C ([`kernels.cu`](nvrtc::KERNELS)) compiled by NVRTC at first use for the device's architecture
 //! ([`nvrtc`]).
 
+pub mod exec;
 pub mod nvrtc;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
