@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from types import BuiltinFunctionType
 from typing import Any
 
 import numpy as np
@@ -51,26 +52,29 @@ __all__ = [
 
 ArrayLike = Any
 
-_sum = _core.sum
-_mean = _core.mean
-_min = _core.min
-_max = _core.max
-_argmin = _core.argmin
-_argmax = _core.argmax
-_var = _core.var
-_std = _core.std
-_dot = _core.dot
-_norm = _core.norm
-_axpy = _core.axpy
-_fma = _core.fma
-_scale = _core.scale
-_clip = _core.clip
-_standardize = _core.standardize
-_matmul = _core.matmul
+# The ops whose native function takes the same arguments are exported as they are (signature, docstring and
+# failure counting are the native function's).
+sum = _core.sum  # noqa: A001
+mean = _core.mean
+min = _core.min  # noqa: A001
+max = _core.max  # noqa: A001
+argmin = _core.argmin
+argmax = _core.argmax
+var = _core.var
+std = _core.std
+dot = _core.dot
+norm = _core.norm
+axpy = _core.axpy
+fma = _core.fma
+scale = _core.scale
+clip = _core.clip
+standardize = _core.standardize
+matmul = _core.matmul
+zscore_anomalies = _core.zscore_anomalies
+cdist = _core.cdist
+adam_step = _core.adam_step
+
 _quantile = _core.quantile
-_zscore_anomalies = _core.zscore_anomalies
-_cdist = _core.cdist
-_adam_step = _core.adam_step
 
 
 def _counted(func: Any) -> Any:
@@ -94,256 +98,6 @@ def _counted(func: Any) -> Any:
 
 def _check_device(func: str, device: str) -> None:
     _core.check_device(func, device)
-
-
-def sum(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
-    """Sum of array elements over an axis, like :func:`numpy.sum`.
-
-    Blocked SIMD summation with compensated combination: the error does not grow with the input length
-    (``float32`` inputs are accumulated in ``float64``).
-
-    Parameters
-    ----------
-    x : array_like
-        Input data.
-    axis : int, optional
-        Axis to sum over; ``None`` (default) sums all elements.
-    device : {"cpu", "cuda", "auto"}, optional
-        Where to compute.
-
-    Returns
-    -------
-    numpy scalar or ndarray
-        The sum; 0 for an empty input.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.sum(np.arange(5.0))
-    np.float64(10.0)
-    >>> fl.ops.sum(np.ones((2, 3), dtype=np.float32), axis=0)
-    array([2., 2., 2.], dtype=float32)
-    """
-    return _sum(x, axis, device)
-
-
-def mean(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
-    """Arithmetic mean over an axis, like :func:`numpy.mean`.
-
-    An empty reduction returns NaN and warns ``RuntimeWarning: Mean of empty slice`` as NumPy does.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.mean(np.array([1.0, 2.0, 6.0]))
-    np.float64(3.0)
-    """
-    return _mean(x, axis, device)
-
-
-def min(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
-    """Minimum over an axis, like :func:`numpy.min` (NaN propagates; empty input is a ``ValueError``).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.min(np.array([[3.0, 1.0], [0.5, 7.0]]), axis=1)
-    array([1. , 0.5])
-    """
-    return _min(x, axis, device)
-
-
-def max(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:  # noqa: A001
-    """Maximum over an axis, like :func:`numpy.max` (NaN propagates; empty input is a ``ValueError``).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.max(np.array([3, 9, 2], dtype=np.int32))
-    np.int32(9)
-    """
-    return _max(x, axis, device)
-
-
-def argmin(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
-    """Index of the first minimum, like :func:`numpy.argmin` (a NaN counts as the minimum).
-
-    With ``axis=None`` the index refers to the C-order flattened array.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.argmin(np.array([4.0, 1.0, 1.0, 3.0]))
-    np.int64(1)
-    """
-    return _argmin(x, axis, device)
-
-
-def argmax(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
-    """Index of the first maximum, like :func:`numpy.argmax` (a NaN counts as the maximum).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.argmax(np.array([[1.0, 5.0], [7.0, 2.0]]), axis=0)
-    array([1, 0])
-    """
-    return _argmax(x, axis, device)
-
-
-def var(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str = "cpu") -> Any:
-    """Variance over an axis, like :func:`numpy.var`.
-
-    One pass over memory, numerically stable (per-block corrected two-pass moments merged with Chan's
-    formula), so a large offset plus small noise keeps its precision.
-
-    Parameters
-    ----------
-    x : array_like
-        Input data.
-    axis : int, optional
-        Axis to reduce; ``None`` (default) uses all elements.
-    ddof : float, optional
-        Delta degrees of freedom: the divisor is ``N - ddof``.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.var(np.array([1.0, 2.0, 3.0, 4.0]), ddof=1)
-    np.float64(1.6666666666666667)
-    """
-    return _var(x, axis, float(ddof), device)
-
-
-def std(x: ArrayLike, axis: int | None = None, ddof: float = 0, *, device: str = "cpu") -> Any:
-    """Standard deviation over an axis, like :func:`numpy.std` (see :func:`var`).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.std(np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]))
-    np.float64(2.0)
-    """
-    return _std(x, axis, float(ddof), device)
-
-
-def dot(x: ArrayLike, y: ArrayLike, *, device: str = "cpu") -> Any:
-    """Inner product of two 1-D arrays of equal length, like :func:`numpy.dot`.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.dot(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]))
-    np.float64(32.0)
-    """
-    return _dot(x, y, device)
-
-
-def norm(x: ArrayLike, axis: int | None = None, *, device: str = "cpu") -> Any:
-    """L2 norm, like :func:`numpy.linalg.norm` (of all elements for ``axis=None``, else along ``axis``).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.norm(np.array([3.0, 4.0]))
-    np.float64(5.0)
-    """
-    return _norm(x, axis, device)
-
-
-def axpy(a: float, x: ArrayLike, y: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
-    """``a * x + y`` in one pass (fused multiply-add), broadcasting like NumPy.
-
-    Parameters
-    ----------
-    a : float
-        Scalar factor.
-    x, y : array_like
-        Operands (broadcast together).
-    out : ndarray, optional
-        Where to write the result; may be ``x`` or ``y`` itself (computed in place). Reusing an output array
-        avoids the page faults of a fresh allocation on large inputs.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> y = np.ones(3)
-    >>> fl.ops.axpy(2.0, np.arange(3.0), y, out=y)
-    array([1., 3., 5.])
-    """
-    return _axpy(a, x, y, out, device)
-
-
-def fma(x: ArrayLike, y: ArrayLike, z: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
-    """``x * y + z`` in one pass (fused multiply-add), broadcasting like NumPy.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.fma(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 1.0)
-    array([4., 9.])
-    """
-    return _fma(x, y, z, out, device)
-
-
-def scale(x: ArrayLike, a: float, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
-    """``a * x``.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.scale(np.array([1.0, -2.0]), 0.5)
-    array([ 0.5, -1. ])
-    """
-    return _scale(x, a, out, device)
-
-
-def clip(
-    x: ArrayLike, lo: float | None, hi: float | None, out: np.ndarray | None = None, *, device: str = "cpu"
-) -> Any:
-    """Limit values to ``[lo, hi]``, like :func:`numpy.clip` (NaN stays NaN; ``None`` leaves a side open).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.clip(np.array([-1.0, 0.5, 3.0]), 0.0, 1.0)
-    array([0. , 0.5, 1. ])
-    """
-    return _clip(x, lo, hi, out, device)
-
-
-def standardize(
-    x: ArrayLike,
-    axis: int | None = None,
-    ddof: float = 0,
-    out: np.ndarray | None = None,
-    *,
-    device: str = "cpu",
-) -> Any:
-    """``(x - x.mean(axis)) / x.std(axis, ddof=ddof)`` with the statistics broadcast back, in two passes.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.standardize(np.array([1.0, 2.0, 3.0]))
-    array([-1.22474487,  0.        ,  1.22474487])
-    """
-    return _standardize(x, axis, float(ddof), out, device)
-
-
-def matmul(a: ArrayLike, b: ArrayLike, out: np.ndarray | None = None, *, device: str = "cpu") -> Any:
-    """Matrix product of two 2-D arrays, like ``a @ b`` (GEMM from the ``gemm`` crate, multi-threaded).
-
-    Any strides or memory order are used without copying; ``out`` may be Fortran-ordered.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.matmul(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]]))
-    array([[1., 2.],
-           [3., 4.]])
-    """
-    return _matmul(a, b, out, device)
 
 
 @_counted
@@ -450,66 +204,5 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     return np.reshape(res, qa.shape + res.shape[1:])
 
 
-def zscore_anomalies(x: ArrayLike, threshold: float = 3.0, *, device: str = "cpu") -> np.ndarray:
-    """Flat indices where ``|x - mean| / std > threshold``, like ``np.flatnonzero(abs(x - x.mean()) / x.std() > t)``.
-
-    Two passes: the moments, then a branch-free scan that collects the few hits.
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> x = np.zeros(100); x[42] = 50.0
-    >>> fl.ops.zscore_anomalies(x)
-    array([42])
-    """
-    return _zscore_anomalies(x, float(threshold), device)
-
-
-def cdist(a: ArrayLike, b: ArrayLike, metric: str = "euclidean", *, device: str = "cpu") -> np.ndarray:
-    """Distances between every row of ``a`` and every row of ``b``, like :func:`scipy.spatial.distance.cdist`.
-
-    ``metric`` is ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``. Computed directly per pair (no
-    ``|a|^2 + |b|^2 - 2ab`` cancellation), so equal points are exactly 0 apart. ``float32`` inputs give a
-    ``float32`` result (SciPy always returns ``float64``).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> fl.ops.cdist(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 1.0]]))
-    array([[5., 1.]])
-    """
-    return _cdist(a, b, metric, device)
-
-
-def adam_step(
-    param: np.ndarray,
-    grad: np.ndarray,
-    m: np.ndarray,
-    v: np.ndarray,
-    t: int,
-    lr: float = 1e-3,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    *,
-    decoupled: bool = False,
-    device: str = "cpu",
-) -> None:
-    """One in-place Adam step with the arithmetic of PyTorch's ``torch.optim.Adam``.
-
-    ``param``, ``m`` and ``v`` are updated in place (they must be writeable float32/float64 arrays of one dtype
-    and shape; ``grad`` the same dtype and shape). ``t`` is the step number, from 1. With ``weight_decay``,
-    ``decoupled=False`` adds ``weight_decay * param`` to the gradient (``Adam``); ``decoupled=True`` decays
-    the parameters directly (``AdamW``).
-
-    Examples
-    --------
-    >>> import numpy as np, ferrolab as fl
-    >>> p = np.array([1.0, -1.0]); g = np.array([0.5, -0.5])
-    >>> m = np.zeros(2); v = np.zeros(2)
-    >>> fl.ops.adam_step(p, g, m, v, t=1, lr=0.1)
-    >>> p.round(6)
-    array([ 0.9, -0.9])
-    """
-    _adam_step(param, grad, m, v, int(t), lr, beta1, beta2, eps, weight_decay, decoupled, device)
+# doctest does not look into builtins' docstrings: run the native ops' examples from here
+__test__ = {name: op.__doc__ for name in __all__ if isinstance(op := globals()[name], BuiltinFunctionType)}

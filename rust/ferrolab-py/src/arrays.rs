@@ -4,14 +4,23 @@
 //! goes once through `ferrolab._coerce.prepare`, which converts it the way NumPy would for that op and may
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
-use crate::errors::IntoPyResult;
-use ndarray::ArrayD;
-use ndarray::ArrayViewD;
-use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use crate::errors::{arg_type, arg_value, IntoPyResult};
+use ferrolab_core::kernels::alloc;
+use ndarray::{ArrayD, ArrayViewD};
+use numpy::{
+    IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn,
+    PyUntypedArray, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
+
+/// NumPy's name of the dtype of element type `T` (`f64` -> `"float64"`, ...): the one mapping, the core's.
+#[inline]
+pub fn type_name<T>() -> &'static str {
+    alloc::dtype_name::<T>()
+}
 
 /// A read-only input array.
 ///
@@ -33,6 +42,34 @@ pub enum In<'py> {
     F64(Ro<'py, f64>),
     F32(Ro<'py, f32>),
     I64(Ro<'py, i64>),
+}
+
+impl In<'_> {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            In::F64(a) => a.0.shape(),
+            In::F32(a) => a.0.shape(),
+            In::I64(a) => a.0.shape(),
+        }
+    }
+
+    /// NumPy's name of the input's dtype.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            In::F64(_) => type_name::<f64>(),
+            In::F32(_) => type_name::<f32>(),
+            In::I64(_) => type_name::<i64>(),
+        }
+    }
+
+    /// Whether `o` is an ndarray of this input's dtype.
+    pub fn same_dtype_as(&self, o: &Bound<'_, PyAny>) -> bool {
+        match self {
+            In::F64(_) => o.cast::<PyArrayDyn<f64>>().is_ok(),
+            In::F32(_) => o.cast::<PyArrayDyn<f32>>().is_ok(),
+            In::I64(_) => o.cast::<PyArrayDyn<i64>>().is_ok(),
+        }
+    }
 }
 
 /// How NumPy types the result of an op (see `_coerce.py`).
@@ -119,9 +156,11 @@ pub fn take<'py>(
         match borrow(&a) {
             Some(x) => out.push(x),
             None => {
-                return Err(PyTypeError::new_err(format!(
-                    "{func}(): argument '{name}' could not be converted to a native dtype"
-                )))
+                return Err(arg_type(
+                    func,
+                    name,
+                    "could not be converted to a native dtype",
+                ))
             }
         }
     }
@@ -193,19 +232,146 @@ pub fn take_out<'py, T: numpy::Element>(
             .getattr("dtype")
             .map(|d| d.to_string())
             .unwrap_or_else(|_| out.get_type().to_string());
-        PyTypeError::new_err(format!(
-            "{func}(): argument 'out' must be a numpy.ndarray of dtype {}, got {got}",
-            std::any::type_name::<T>()
-                .replace("f64", "float64")
-                .replace("f32", "float32")
-                .replace("i64", "int64")
-        ))
+        let want = type_name::<T>();
+        arg_type(
+            func,
+            "out",
+            format!("must be a numpy.ndarray of dtype {want}, got {got}"),
+        )
     })?;
-    a.try_readwrite().map_err(|e| {
-        PyValueError::new_err(format!(
-            "{func}(): argument 'out' must be a writeable array ({e})"
-        ))
-    })
+    a.try_readwrite()
+        .map_err(|e| arg_value(func, "out", format!("must be a writeable array ({e})")))
+}
+
+/// `out` given and not None.
+pub fn opt_out<'a, 'py>(out: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    out.filter(|o| !o.is_none())
+}
+
+static COPYTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `np.copyto(out, r, casting="same_kind")` for a result computed apart from `out` (`out` overlaps an input
+/// partially, or has another dtype than the computation), then `out`. Errors name `func` and `out`: a casting
+/// failure stays a `TypeError` (as NumPy raises it), anything else (a shape that does not broadcast, a
+/// read-only `out`) is a `ValueError`.
+pub fn copy_into<'py>(
+    py: Python<'py>,
+    func: &'static str,
+    out: &Bound<'py, PyAny>,
+    r: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kw = PyDict::new(py);
+    kw.set_item(pyo3::intern!(py, "casting"), pyo3::intern!(py, "same_kind"))?;
+    match COPYTO
+        .import(py, "numpy", "copyto")?
+        .call((out, r), Some(&kw))
+    {
+        Ok(_) => Ok(out.clone()),
+        Err(e) => {
+            let msg = format!("cannot hold the result: {}", e.value(py));
+            Err(if e.is_instance_of::<PyTypeError>(py) {
+                arg_type(func, "out", msg)
+            } else {
+                arg_value(func, "out", msg)
+            })
+        }
+    }
+}
+
+/// How `out` shares memory with an input `x`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Alias {
+    None,
+    /// The same elements (same start, strides and shape): the op can run in place.
+    Same,
+    Partial,
+}
+
+/// Start address, end address (exclusive), strides and shape of an array's elements.
+fn extent(a: &Bound<'_, PyAny>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
+    let u = a.cast::<PyUntypedArray>().ok()?;
+    // SAFETY: reading the data pointer of a live array object.
+    let ptr = unsafe { (*u.as_array_ptr()).fields.data } as isize;
+    let item = u.dtype().itemsize() as isize;
+    let (shape, strides) = (u.shape().to_vec(), u.strides().to_vec());
+    if shape.contains(&0) {
+        return Some((ptr as usize, ptr as usize, strides, shape));
+    }
+    let (mut lo, mut hi) = (ptr, ptr + item);
+    for (&d, &s) in shape.iter().zip(&strides) {
+        let span = (d as isize - 1) * s;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    Some((lo as usize, hi as usize, strides, shape))
+}
+
+pub fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
+    match (extent(out), extent(x)) {
+        (Some(o), Some(v)) if o.0 == v.0 && o.2 == v.2 && o.3 == v.3 && o.0 != o.1 => Alias::Same,
+        (Some(o), Some(v)) if o.0 < v.1 && v.0 < o.1 => Alias::Partial,
+        _ => Alias::None,
+    }
+}
+
+/// An uninitialized NumPy array of `shape` for the result of `func` (every element is written by the op before
+/// Python sees it), or a `MemoryError` that names `func` and the size when it cannot be allocated.
+///
+/// rust-numpy's `PyArray::new` panics when NumPy returns NULL (`PanicException: PyObject pointer is null`); this
+/// calls the same constructor, `PyArray_NewFromDescr`, and checks for NULL.
+pub fn new_array<'py, T: numpy::Element>(
+    py: Python<'py>,
+    func: &'static str,
+    shape: &[usize],
+    fortran: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
+    let memory_error = || {
+        let size = ::std::mem::size_of::<T>();
+        let e = ferrolab_core::CoreError::memory(func, "result", shape, type_name::<T>(), size);
+        crate::errors::to_py(e)
+    };
+    // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
+    let bytes = shape
+        .iter()
+        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d));
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(memory_error());
+    }
+    let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
+        shape.iter().map(|&d| d as npy_intp).collect();
+    // SAFETY: the type object and the descriptor come from NumPy's API table (the descriptor's new reference is
+    // stolen by the call); `dims` holds `ndim` extents, each <= isize::MAX (their product fits, checked above);
+    // null strides and data ask NumPy for a fresh C- or Fortran-ordered (uninitialized) buffer. The call returns a
+    // new reference, or NULL with a Python exception set.
+    let ptr = unsafe {
+        PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            T::get_dtype(py).into_dtype_ptr(),
+            dims.len() as ::std::ffi::c_int,
+            dims.as_mut_ptr(),
+            ::std::ptr::null_mut(),
+            ::std::ptr::null_mut(),
+            ::std::ffi::c_int::from(fortran),
+            ::std::ptr::null_mut(),
+        )
+    };
+    if ptr.is_null() {
+        let numpy_err = PyErr::fetch(py);
+        if numpy_err.is_instance_of::<PyMemoryError>(py) {
+            let e = memory_error();
+            e.set_cause(py, Some(numpy_err));
+            return Err(e);
+        }
+        return Err(numpy_err);
+    }
+    // SAFETY: a non-null result of PyArray_NewFromDescr with PyArray_Type is a new reference to an ndarray of
+    // T's dtype and `shape.len()` dimensions.
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() })
 }
 
 /// Checks the `device` argument through the one device check ([`ferrolab_core::device::select`]).

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use ferrolab_core::backup::crypto::Secret;
 use ferrolab_core::backup::store::S3Options;
 use ferrolab_core::backup::{self as core, ProgressInfo, Repository};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -27,7 +26,7 @@ fn secret<'a>(
     match (password, key_file) {
         (Some(p), None) => Ok(Secret::Password(p)),
         (None, Some(k)) => Ok(Secret::KeyFile(k)),
-        _ => Err(PyValueError::new_err(format!(
+        _ => Err(crate::errors::value_error(format!(
             "{func}(): give exactly one of 'password' and 'key_file'"
         ))),
     }

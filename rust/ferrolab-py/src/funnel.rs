@@ -39,7 +39,7 @@ impl<'a> Meta<'a> {
     #[inline]
     pub fn one<T>(shape: &'a [usize]) -> Self {
         Meta {
-            dtype: std::any::type_name::<T>(),
+            dtype: crate::arrays::type_name::<T>(),
             shapes: Shapes::One(shape),
         }
     }
@@ -48,7 +48,7 @@ impl<'a> Meta<'a> {
     #[inline]
     pub fn two<T>(a: &'a [usize], b: &'a [usize]) -> Self {
         Meta {
-            dtype: std::any::type_name::<T>(),
+            dtype: crate::arrays::type_name::<T>(),
             shapes: Shapes::Two(a, b),
         }
     }
@@ -57,17 +57,8 @@ impl<'a> Meta<'a> {
     #[inline]
     pub fn lazy<T>(f: &'a dyn Fn() -> Vec<Vec<usize>>) -> Self {
         Meta {
-            dtype: std::any::type_name::<T>(),
+            dtype: crate::arrays::type_name::<T>(),
             shapes: Shapes::Lazy(f),
-        }
-    }
-
-    fn dtype(&self) -> &'static str {
-        match self.dtype {
-            "f64" => "float64",
-            "f32" => "float32",
-            "i64" => "int64",
-            other => other,
         }
     }
 
@@ -203,7 +194,7 @@ fn run_traced<R: Send>(
                     "ferrolab.shapes",
                     Value::Array(Array::String(meta.shape_strings())),
                 ),
-                KeyValue::new("ferrolab.dtype", meta.dtype()),
+                KeyValue::new("ferrolab.dtype", meta.dtype),
                 KeyValue::new("ferrolab.device", device.name()),
             ],
         )

@@ -1,7 +1,14 @@
 //! `ferrolab._core` kernels: thin wrappers that borrow arrays, pick the dtype, and call the core through the funnel.
+//!
+//! Each op reads as conversion + dispatch inside [`boundary`] (the device check and the failure count of every
+//! call). The functions that `fl.ops` exports as they are carry its documentation (numpydoc, with examples that
+//! the test suite runs through `ferrolab.ops.__test__`).
 
-use crate::arrays::{check_device, finish, take, take_out, to_py, In, Kind, Prepared, Ro, ToNumpy};
-use crate::errors::IntoPyResult;
+use crate::arrays::{
+    alias, check_device, copy_into, finish, new_array, opt_out, take, take_out, to_py, Alias, In,
+    Kind, Prepared, Ro, ToNumpy,
+};
+use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
@@ -10,50 +17,58 @@ use ferrolab_core::kernels::{
 };
 use ferrolab_core::telemetry::seam::Op;
 use ferrolab_core::Result as CoreResult;
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Ix2};
-use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use ndarray::{ArrayBase, ArrayD, ArrayViewD, ArrayViewMutD, Ix2, IxDyn, RawData};
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
+
+/// A Python object argument or result.
+type Obj<'py> = Bound<'py, PyAny>;
+
+/// The boundary of every op call: the one device check, then `body`; a failure is counted once ([`counted`]).
+#[inline]
+fn boundary<R>(op: Op, device: &str, body: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    counted(
+        op,
+        device,
+        check_device(op.name(), device).and_then(|()| body()),
+    )
+}
 
 /// Native element types of the type-preserving ops, mapped to their core implementations.
 pub trait Native: ToNumpy + Send + Sync + Default + 'static {
+    /// Missing `clip` bounds are the type's extremes.
+    const LOWEST: Self;
+    const HIGHEST: Self;
     fn unwrap(a: In<'_>) -> Ro<'_, Self>;
-    fn from_py(name: &'static str, func: &'static str, v: &Bound<'_, PyAny>) -> PyResult<Self>;
+    fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self>;
     fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
     fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
     fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
     fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
     fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
     fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self>;
-    fn axpy<'a>(
-        a: Self,
-        x: Input<'a, Self>,
-        y: Input<'a, Self>,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>>;
+    fn axpy<'a>(a: Self, x: Input<'a, Self>, y: Input<'a, Self>, o: Out<'a, Self>) -> Fresh<Self>;
     fn fma<'a>(
         x: Input<'a, Self>,
         y: Input<'a, Self>,
         z: Input<'a, Self>,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>>;
-    fn scale(
-        x: Input<Self>,
-        a: Self,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>>;
-    fn clip(
-        x: Input<Self>,
-        lo: Self,
-        hi: Self,
-        o: Option<ArrayViewMutD<Self>>,
-    ) -> CoreResult<Option<ArrayD<Self>>>;
+        o: Out<'a, Self>,
+    ) -> Fresh<Self>;
+    fn scale<'a>(x: Input<'a, Self>, a: Self, o: Out<'a, Self>) -> Fresh<Self>;
+    fn clip<'a>(x: Input<'a, Self>, lo: Self, hi: Self, o: Out<'a, Self>) -> Fresh<Self>;
 }
 
+/// The `out` view of an elementwise kernel, and its result (a new array when there was no `out`).
+type Out<'a, T> = Option<ArrayViewMutD<'a, T>>;
+type Fresh<T> = CoreResult<Option<ArrayD<T>>>;
+
 macro_rules! native {
-    ($t:ty, $variant:ident, $scalar:ty, $what:literal, $red:ident, $ew:ident) => {
+    ($t:ty, $variant:ident, $scalar:ty, $what:literal, $lo:expr, $hi:expr, $red:ident, $ew:ident) => {
         impl Native for $t {
+            const LOWEST: Self = $lo;
+            const HIGHEST: Self = $hi;
             fn unwrap(a: In<'_>) -> Ro<'_, Self> {
                 match a {
                     In::$variant(a) => a,
@@ -61,17 +76,13 @@ macro_rules! native {
                 }
             }
             #[allow(clippy::unnecessary_cast)]
-            fn from_py(
-                name: &'static str,
-                func: &'static str,
-                v: &Bound<'_, PyAny>,
-            ) -> PyResult<Self> {
+            fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self> {
                 v.extract::<$scalar>().map(|x| x as $t).map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "{func}(): argument '{name}' must be {}, got {}",
-                        $what,
-                        type_name(v)
-                    ))
+                    arg_type(
+                        func,
+                        name,
+                        format!("must be {}, got {}", $what, class_name(v)),
+                    )
                 })
             }
             fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
@@ -96,108 +107,89 @@ macro_rules! native {
                 a: Self,
                 x: Input<'a, Self>,
                 y: Input<'a, Self>,
-                o: Option<ArrayViewMutD<Self>>,
-            ) -> CoreResult<Option<ArrayD<Self>>> {
+                o: Out<'a, Self>,
+            ) -> Fresh<Self> {
                 $ew::axpy(a, x, y, o)
             }
             fn fma<'a>(
                 x: Input<'a, Self>,
                 y: Input<'a, Self>,
                 z: Input<'a, Self>,
-                o: Option<ArrayViewMutD<Self>>,
-            ) -> CoreResult<Option<ArrayD<Self>>> {
+                o: Out<'a, Self>,
+            ) -> Fresh<Self> {
                 $ew::fma(x, y, z, o)
             }
-            fn scale(
-                x: Input<Self>,
-                a: Self,
-                o: Option<ArrayViewMutD<Self>>,
-            ) -> CoreResult<Option<ArrayD<Self>>> {
+            fn scale<'a>(x: Input<'a, Self>, a: Self, o: Out<'a, Self>) -> Fresh<Self> {
                 $ew::scale(x, a, o)
             }
-            fn clip(
-                x: Input<Self>,
-                lo: Self,
-                hi: Self,
-                o: Option<ArrayViewMutD<Self>>,
-            ) -> CoreResult<Option<ArrayD<Self>>> {
+            fn clip<'a>(x: Input<'a, Self>, lo: Self, hi: Self, o: Out<'a, Self>) -> Fresh<Self> {
                 $ew::clip(x, lo, hi, o)
             }
         }
     };
 }
-native!(f64, F64, f64, "a real number", reduce, elementwise);
-native!(f32, F32, f64, "a real number", reduce, elementwise);
-native!(i64, I64, i64, "an integer here", int, int);
+native!(
+    f64,
+    F64,
+    f64,
+    "a real number",
+    f64::NEG_INFINITY,
+    f64::INFINITY,
+    reduce,
+    elementwise
+);
+native!(
+    f32,
+    F32,
+    f64,
+    "a real number",
+    f32::NEG_INFINITY,
+    f32::INFINITY,
+    reduce,
+    elementwise
+);
+native!(
+    i64,
+    I64,
+    i64,
+    "an integer here",
+    i64::MIN,
+    i64::MAX,
+    int,
+    int
+);
 
-fn type_name(v: &Bound<'_, PyAny>) -> String {
+/// The class name of a Python object, for messages.
+fn class_name(v: &Obj<'_>) -> String {
     v.get_type()
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into())
 }
 
-fn one<'py>(p: Prepared<'py>) -> (In<'py>, Option<Bound<'py, PyAny>>) {
-    let mut a = p.arrays;
-    (a.remove(0), p.finish)
-}
-
-/// Borrows a view, runs `f` through the funnel and converts the result.
-fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
+/// The one array input `x` of `op`, converted, and the optional `finish` callable.
+fn take_one<'py>(
     py: Python<'py>,
     op: Op,
-    a: &Ro<'py, T>,
-    f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
-) -> PyResult<Bound<'py, PyAny>> {
-    let v = a.as_array();
-    let r = run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))?;
-    to_py(py, r)
+    x: &Obj<'py>,
+    kind: Kind,
+) -> PyResult<(In<'py>, Option<Obj<'py>>)> {
+    let Prepared { mut arrays, finish } = take(py, op.name(), &["x"], &[x], kind)?;
+    Ok((arrays.remove(0), finish))
 }
 
-/// Fast path for `axis=None` on a non-empty contiguous float64/float32 array: no n-d view is built.
-/// `c_only` requires C order (for ops whose result depends on the flattening order).
-fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
+/// The two array inputs of `op`, converted to one dtype, and the optional `finish` callable.
+fn take_two<'py>(
     py: Python<'py>,
     op: Op,
-    x: &Bound<'py, PyAny>,
-    c_only: bool,
-    min_len: f64,
-    f: impl FnOnce(Canon<'_, T>) -> CoreResult<ArrayD<U>> + Send,
-) -> Option<PyResult<Bound<'py, PyAny>>> {
-    let a = x.cast::<PyArrayDyn<T>>().ok()?;
-    if !(if c_only {
-        a.is_c_contiguous()
-    } else {
-        a.is_contiguous()
-    }) {
-        return None;
-    }
-    // SAFETY: contiguous (checked); read-only use while the array is alive (see `Ro`).
-    let s: &[T] = unsafe { a.as_slice() }.ok()?;
-    // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy
-    if s.is_empty() || (s.len() as f64) <= min_len {
-        return None;
-    }
-    Some(
-        run(py, op, s.len(), Meta::one::<T>(a.shape()), move || {
-            f(Canon::flat(s))
-        })
-        .and_then(|r| to_py(py, r)),
-    )
-}
-
-/// Tries [`flat_run`] for float64 then float32.
-macro_rules! flat_fast {
-    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $min_len:expr; $f:path $(, $extra:expr)*) => {
-        if $axis.is_none() {
-            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
-                return r;
-            }
-            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
-                return r;
-            }
-        }
-    };
+    names: [&'static str; 2],
+    a: &Obj<'py>,
+    b: &Obj<'py>,
+    kind: Kind,
+) -> PyResult<(In<'py>, In<'py>, Option<Obj<'py>>)> {
+    let Prepared { arrays, finish } = take(py, op.name(), &names, &[a, b], kind)?;
+    let [x, y] = <[In<'py>; 2]>::try_from(arrays).unwrap_or_else(|_| unreachable!("two inputs"));
+    Ok((x, y, finish))
 }
 
 /// One arm per native dtype; `$T` names the element type inside `$body`.
@@ -237,1130 +229,66 @@ macro_rules! each_float {
     };
 }
 
-macro_rules! preserving_reduction {
-    ($(#[$m:meta])* $name:ident, $op:expr, $kind:expr, $method:ident, $flat:path, $c_only:expr) => {
-        $(#[$m])*
-        #[pyfunction]
-        #[pyo3(signature = (x, axis=None, device="cpu"))]
-        pub fn $name<'py>(
-            py: Python<'py>,
-            x: &Bound<'py, PyAny>,
-            axis: Option<isize>,
-            device: &str,
-        ) -> PyResult<Bound<'py, PyAny>> {
-            counted($op, device, (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device(stringify!($name), device)?;
-            flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
-            let (a, fin) = one(take(py, stringify!($name), &["x"], &[x], $kind)?);
-            let r = each_dtype!(a, T, a => red(py, $op, &a, |v| <T as Native>::$method(&v, axis)))?;
-            finish(r, &fin)
-                    })())
-        }
-    };
-}
-
-preserving_reduction!(sum, Op::Sum, Kind::Sum, sum, reduce::sum_c, false);
-preserving_reduction!(min, Op::Min, Kind::Same, min, reduce::min_c, false);
-preserving_reduction!(max, Op::Max, Kind::Same, max, reduce::max_c, false);
-preserving_reduction!(
-    argmin,
-    Op::Argmin,
-    Kind::Index,
-    argmin,
-    reduce::argmin_c,
-    true
-);
-preserving_reduction!(
-    argmax,
-    Op::Argmax,
-    Kind::Index,
-    argmax,
-    reduce::argmax_c,
-    true
-);
-
-#[pyfunction]
-#[pyo3(signature = (x, axis=None, device="cpu"))]
-pub fn mean<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    axis: Option<isize>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Mean,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("mean", device)?;
-            flat_fast!(py, x, axis, Op::Mean, false, 0.0; reduce::mean_c);
-            let (a, fin) = one(take(py, "mean", &["x"], &[x], Kind::Float)?);
-            warn_if(py, reduced_len(&a, axis) == Some(0), c"Mean of empty slice")?;
-            let r = each_float!(a, T, a => red(py, Op::Mean, &a, |v| reduce::mean::<T>(&v, axis)))?;
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, axis=None, device="cpu"))]
-pub fn norm<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    axis: Option<isize>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Norm,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("norm", device)?;
-            flat_fast!(py, x, axis, Op::Norm, false, 0.0; reduce::norm_c);
-            let (a, fin) = one(take(py, "norm", &["x"], &[x], Kind::Float)?);
-            let r = each_float!(a, T, a => red(py, Op::Norm, &a, |v| reduce::norm::<T>(&v, axis)))?;
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, axis=None, ddof=0.0, device="cpu"))]
-pub fn var<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    axis: Option<isize>,
-    ddof: f64,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Var,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("var", device)?;
-            flat_fast!(py, x, axis, Op::Var, false, ddof; stats::var_c, ddof);
-            let (a, fin) = one(take(py, "var", &["x"], &[x], Kind::Float)?);
-            warn_if(
-                py,
-                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-                c"Degrees of freedom <= 0 for slice",
-            )?;
-            let r =
-                each_float!(a, T, a => red(py, Op::Var, &a, |v| stats::var::<T>(&v, axis, ddof)))?;
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, axis=None, ddof=0.0, device="cpu"))]
-pub fn std<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    axis: Option<isize>,
-    ddof: f64,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Std,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("std", device)?;
-            flat_fast!(py, x, axis, Op::Std, false, ddof; stats::std_c, ddof);
-            let (a, fin) = one(take(py, "std", &["x"], &[x], Kind::Float)?);
-            warn_if(
-                py,
-                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-                c"Degrees of freedom <= 0 for slice",
-            )?;
-            let r =
-                each_float!(a, T, a => red(py, Op::Std, &a, |v| stats::std::<T>(&v, axis, ddof)))?;
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, y, device="cpu"))]
-pub fn dot<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    y: &Bound<'py, PyAny>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Dot,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("dot", device)?;
-            let p = take(py, "dot", &["x", "y"], &[x, y], Kind::Same)?;
-            let fin = p.finish;
-            let mut it = p.arrays.into_iter();
-            let (a, b) = (it.next().expect("x"), it.next().expect("y"));
-            let r = each_dtype!(a, T, a => {
-                let b = <T as Native>::unwrap(b);
-                let (va, vb) = (a.as_array(), b.as_array());
-                let meta = Meta::two::<T>(a.0.shape(), b.0.shape());
-                let v = run(py, Op::Dot, va.len(), meta, || <T as Native>::dot(&va, &vb))?;
-                <T as ToNumpy>::scalar(py, v)
-            })?;
-            finish(r, &fin)
-        })(),
-    )
-}
-
 // ----------------------------------------------------------------------------------------------------------
-// elementwise with out=
+// reductions
 
-/// Byte range `[lo, hi)` that an array's elements occupy.
-fn extent(a: &Bound<'_, PyAny>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
-    let u = a.cast::<numpy::PyUntypedArray>().ok()?;
-    // SAFETY: reading the data pointer of a live array object.
-    let ptr = unsafe { (*u.as_array_ptr()).fields.data } as isize;
-    let item = u.dtype().itemsize() as isize;
-    let shape = u.shape().to_vec();
-    let strides = u.strides().to_vec();
-    if shape.contains(&0) {
-        return Some((ptr as usize, ptr as usize, strides, shape));
-    }
-    let (mut lo, mut hi) = (ptr, ptr + item);
-    for (&d, &s) in shape.iter().zip(&strides) {
-        let span = (d as isize - 1) * s;
-        if span < 0 {
-            lo += span;
-        } else {
-            hi += span;
-        }
-    }
-    Some((lo as usize, hi as usize, strides, shape))
-}
-
-enum Alias {
-    None,
-    Same,
-    Partial,
-}
-
-fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
-    match (extent(out), extent(x)) {
-        (Some(o), Some(v)) => {
-            if o.0 == v.0 && o.2 == v.2 && o.3 == v.3 && o.0 != o.1 {
-                Alias::Same
-            } else if o.0 < v.1 && v.0 < o.1 {
-                Alias::Partial
-            } else {
-                Alias::None
-            }
-        }
-        _ => Alias::None,
-    }
-}
-
-/// Shared driver of axpy/fma/scale/clip: `arrays` are the array operands (named), `scalars` the scalar ones
-/// (they take part in NumPy's result-type rules); `call` runs the core op for the chosen dtype.
-/// Runs the core op for the prepared inputs: `(py, arrays, same_as_out, out, scalars) -> new array or None`;
-/// `scalars` are the scalar operands in the order given, as converted for the computation (see
-/// `_coerce.prepare_elementwise`: e.g. `clip`'s bounds on uint64 data), `None` where absent.
-type EwCall<'a, 'py> = &'a dyn Fn(
-    Python<'py>,
-    Vec<In<'py>>,
-    Vec<bool>,
-    Option<&Bound<'py, PyAny>>,
-    &[&Bound<'py, PyAny>],
-) -> PyResult<Option<Bound<'py, PyAny>>>;
-
-fn elementwise_op<'py>(
+/// Borrows a view, runs `f` through the funnel and converts the result.
+fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
     py: Python<'py>,
-    func: &'static str,
-    names: &[&'static str],
-    arrays: &[&Bound<'py, PyAny>],
-    scalars: &[(&'static str, &Bound<'py, PyAny>)],
-    out: Option<&Bound<'py, PyAny>>,
-    call: EwCall<'_, 'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
-    // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
-    // NumPy's result-type rules in `_coerce.prepare`
-    let all_f64 = arrays.iter().all(|a| a.cast::<PyArrayDyn<f64>>().is_ok());
-    let all_f32 = arrays.iter().all(|a| a.cast::<PyArrayDyn<f32>>().is_ok());
-    let all_i64 = arrays.iter().all(|a| a.cast::<PyArrayDyn<i64>>().is_ok());
-    let plain_int = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyInt>();
-    let plain_num = |s: &Bound<'py, PyAny>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
-    // (an int beyond int64 takes NumPy's rules: out-of-range clip bounds are ignored or raise OverflowError)
-    let fast = ((all_f64 || all_f32) && scalars.iter().all(|(_, s)| s.is_none() || plain_num(s)))
-        || (all_i64
-            && scalars
-                .iter()
-                .all(|(_, s)| s.is_none() || (plain_int(s) && s.extract::<i64>().is_ok())));
-    let kind = Kind::Same;
-    // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
-    let mut same = vec![false; arrays.len()];
-    let mut overlap = false;
-    if let Some(o) = out {
-        for (k, a) in arrays.iter().enumerate() {
-            match alias(o, a) {
-                Alias::Same => same[k] = true,
-                Alias::Partial => overlap = true,
-                Alias::None => {}
-            }
-        }
-    }
-    // the scalars as the kernel uses them: as given on the fast path, as converted by prepare_elementwise else
-    // (at most two: clip's bounds; a stack array, no allocation on the fast path)
-    debug_assert!(scalars.len() <= 2);
-    let mut converted: Vec<Bound<'py, PyAny>> = Vec::new();
-    let prepared = if fast {
-        take(py, func, names, arrays, kind)?
-    } else {
-        let prepare = py
-            .import("ferrolab._coerce")?
-            .getattr("prepare_elementwise")?;
-        let sc: Vec<&Bound<'py, PyAny>> = scalars.iter().map(|(_, s)| *s).collect();
-        let sn: Vec<&str> = scalars.iter().map(|(n, _)| *n).collect();
-        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), sc, sn))?;
-        #[allow(clippy::type_complexity)]
-        let (arrs, fin, sc): (
-            Vec<Bound<'py, PyAny>>,
-            Bound<'py, PyAny>,
-            Vec<Bound<'py, PyAny>>,
-        ) = res.extract()?;
-        let refs: Vec<&Bound<'py, PyAny>> = arrs.iter().collect();
-        let mut p = take(py, func, names, &refs, kind)?;
-        p.finish = if fin.is_none() { None } else { Some(fin) };
-        // converted copies never alias out
-        same.iter_mut().for_each(|s| *s = false);
-        converted = sc;
-        p
-    };
-    let none = py.None().into_bound(py);
-    let pick = |k: usize| -> &Bound<'py, PyAny> {
-        if fast {
-            scalars.get(k).map_or(&none, |s| s.1)
-        } else {
-            converted.get(k).unwrap_or(&none)
-        }
-    };
-    let sc_buf = [pick(0), pick(1)];
-    let sc = &sc_buf[..scalars.len().min(2)];
-    let fin = prepared.finish.clone();
-    let out_dtype_ok = |o: &Bound<'py, PyAny>| -> bool {
-        match &prepared.arrays[0] {
-            In::F64(_) => o.cast::<PyArrayDyn<f64>>().is_ok(),
-            In::F32(_) => o.cast::<PyArrayDyn<f32>>().is_ok(),
-            In::I64(_) => o.cast::<PyArrayDyn<i64>>().is_ok(),
-        }
-    };
-    match out {
-        Some(o) if fin.is_some() || overlap || !out_dtype_ok(o) => {
-            // compute into a fresh array, then copy into out with NumPy's same-kind casting
-            if fin.is_none() && !overlap && o.cast::<numpy::PyUntypedArray>().is_ok() {
-                let want = match &prepared.arrays[0] {
-                    In::F64(_) => "float64",
-                    In::F32(_) => "float32",
-                    In::I64(_) => "int64",
-                };
-                let got = o.getattr("dtype")?.to_string();
-                if !(want == "float32" && got == "float64") {
-                    return Err(PyTypeError::new_err(format!(
-                        "{func}(): argument 'out' has dtype {got}; expected {want}"
-                    )));
-                }
-            }
-            let r = call(py, prepared.arrays, vec![false; arrays.len()], None, sc)?
-                .expect("fresh result");
-            let r = finish(r, &fin)?;
-            let np = py.import("numpy")?;
-            let kw = pyo3::types::PyDict::new(py);
-            kw.set_item("casting", "same_kind")?;
-            np.getattr("copyto")?
-                .call((o, &r), Some(&kw))
-                .map_err(|e| {
-                    PyValueError::new_err(format!(
-                        "{func}(): argument 'out' cannot hold the result: {e}"
-                    ))
-                })?;
-            Ok(o.clone())
-        }
-        Some(o) => {
-            let mut arrs = prepared.arrays;
-            // release the borrows of inputs that are out itself before borrowing out for writing
-            for (k, s) in same.iter().enumerate() {
-                if *s {
-                    arrs[k] = match &arrs[k] {
-                        In::F64(_) => In::F64(Ro(PyArrayDyn::<f64>::zeros(
-                            py,
-                            ndarray::IxDyn(&[0]),
-                            false,
-                        ))),
-                        In::F32(_) => In::F32(Ro(PyArrayDyn::<f32>::zeros(
-                            py,
-                            ndarray::IxDyn(&[0]),
-                            false,
-                        ))),
-                        In::I64(_) => In::I64(Ro(PyArrayDyn::<i64>::zeros(
-                            py,
-                            ndarray::IxDyn(&[0]),
-                            false,
-                        ))),
-                    };
-                }
-            }
-            call(py, arrs, same, Some(o), sc)?;
-            Ok(o.clone())
-        }
-        None => {
-            let r = call(py, prepared.arrays, same, None, sc)?.expect("fresh result");
-            finish(r, &fin)
-        }
-    }
-}
-
-/// Runs a core elementwise op for element type `T` with `Input`s built from `arrs`/`same` and an optional out.
-fn ew_run<'py, T: Native + numpy::Element>(
-    py: Python<'py>,
-    func: &'static str,
     op: Op,
-    arrs: Vec<In<'py>>,
-    same: Vec<bool>,
-    out: Option<&Bound<'py, PyAny>>,
-    f: impl for<'a> FnOnce(
-            Vec<Input<'a, T>>,
-            Option<ArrayViewMutD<'a, T>>,
-        ) -> CoreResult<Option<ArrayD<T>>>
-        + Send,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let ro: Vec<Ro<'py, T>> = arrs.into_iter().map(T::unwrap).collect();
-    // a fresh result is allocated by NumPy (its allocator asks for huge pages and skips zero-filling), in
-    // Fortran order when every input is Fortran-contiguous, and then filled in place like an `out=`
-    let fresh = match out {
-        Some(_) => None,
-        None => {
-            let shapes: Vec<(&'static str, Vec<usize>)> =
-                ro.iter().map(|a| ("x", a.0.shape().to_vec())).collect();
-            let refs: Vec<(&'static str, &[usize])> =
-                shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
-            let shape = elementwise::broadcast_shapes(func, &refs).py()?;
-            let fortran = shape.len() > 1
-                && ro.iter().all(|a| {
-                    a.0.is_fortran_contiguous()
-                        && !a.0.is_c_contiguous()
-                        && a.0.shape() == shape.as_slice()
-                });
-            Some(new_array::<T>(py, func, &shape, fortran)?)
-        }
-    };
-    let out_any = fresh.as_ref().map(|a| a.as_any()).or(out);
-    let mut rw = match out_any {
-        Some(o) => Some(take_out::<T>(func, o)?),
-        None => None,
-    };
-    let work = ro.iter().map(|a| a.as_array().len()).max().unwrap_or(0);
-    let inputs: Vec<Input<'_, T>> = ro
-        .iter()
-        .zip(&same)
-        .map(|(a, &s)| {
-            if s {
-                Input::SameAsOut
-            } else {
-                Input::View(a.as_array())
-            }
-        })
-        .collect();
-    let ov = rw.as_mut().map(|w| w.as_array_mut());
-    let shapes = || -> Vec<Vec<usize>> {
-        let out_shape = out_any
-            .and_then(|o| o.cast::<numpy::PyUntypedArray>().ok())
-            .map(|u| u.shape().to_vec());
-        ro.iter()
-            .zip(&same)
-            .map(|(a, &s)| match (&out_shape, s) {
-                (Some(o), true) => o.clone(),
-                _ => a.0.shape().to_vec(),
-            })
-            .collect()
-    };
-    let r = run(py, op, work, Meta::lazy::<T>(&shapes), move || {
-        f(inputs, ov)
-    })?;
-    drop(rw);
-    if let Some(a) = fresh {
-        // 0-d results are NumPy scalars, as NumPy returns them
-        return Ok(Some(if a.ndim() == 0 {
-            a.into_any().get_item(pyo3::types::PyTuple::empty(py))?
-        } else {
-            a.into_any()
-        }));
-    }
-    Ok(match r {
-        Some(a) => Some(to_py(py, a)?),
-        None => None,
-    })
+    a: &Ro<'py, T>,
+    f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
+) -> PyResult<Obj<'py>> {
+    let v = a.as_array();
+    let r = run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))?;
+    to_py(py, r)
 }
 
-fn opt_out<'a, 'py>(out: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
-    out.filter(|o| !o.is_none())
-}
-
-#[pyfunction]
-#[pyo3(signature = (a, x, y, out=None, device="cpu"))]
-pub fn axpy<'py>(
+/// Fast path for `axis=None` on a non-empty contiguous float64/float32 array: no n-d view is built.
+/// `c_only` requires C order (for ops whose result depends on the flattening order).
+fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
     py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    x: &Bound<'py, PyAny>,
-    y: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Axpy,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("axpy", device)?;
-            let call = |py: Python<'py>,
-                        arrs: Vec<In<'py>>,
-                        same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>,
-                        sc: &[&Bound<'py, PyAny>]| {
-                each_dtype!(&arrs[0], T, _unused => {
-                    let av = <T as Native>::from_py("a", "axpy", sc[0])?;
-                    ew_run::<T>(py, "axpy", Op::Axpy, arrs, same, out, move |mut v, o| {
-                        let y = v.pop().expect("y");
-                        let x = v.pop().expect("x");
-                        <T as Native>::axpy(av, x, y, o)
-                    })
-                })
-            };
-            elementwise_op(
-                py,
-                "axpy",
-                &["x", "y"],
-                &[x, y],
-                &[("a", a)],
-                opt_out(out),
-                &call,
-            )
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, y, z, out=None, device="cpu"))]
-pub fn fma<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    y: &Bound<'py, PyAny>,
-    z: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Fma,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("fma", device)?;
-            let call = |py: Python<'py>,
-                        arrs: Vec<In<'py>>,
-                        same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>,
-                        _sc: &[&Bound<'py, PyAny>]| {
-                each_dtype!(&arrs[0], T, _unused => {
-                    ew_run::<T>(py, "fma", Op::Fma, arrs, same, out, move |mut v, o| {
-                        let z = v.pop().expect("z");
-                        let y = v.pop().expect("y");
-                        let x = v.pop().expect("x");
-                        <T as Native>::fma(x, y, z, o)
-                    })
-                })
-            };
-            elementwise_op(
-                py,
-                "fma",
-                &["x", "y", "z"],
-                &[x, y, z],
-                &[],
-                opt_out(out),
-                &call,
-            )
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, a, out=None, device="cpu"))]
-pub fn scale<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    a: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Scale,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("scale", device)?;
-            let call = |py: Python<'py>,
-                        arrs: Vec<In<'py>>,
-                        same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>,
-                        sc: &[&Bound<'py, PyAny>]| {
-                each_dtype!(&arrs[0], T, _unused => {
-                    let av = <T as Native>::from_py("a", "scale", sc[0])?;
-                    ew_run::<T>(py, "scale", Op::Scale, arrs, same, out, move |mut v, o| {
-                        <T as Native>::scale(v.pop().expect("x"), av, o)
-                    })
-                })
-            };
-            elementwise_op(py, "scale", &["x"], &[x], &[("a", a)], opt_out(out), &call)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, lo, hi, out=None, device="cpu"))]
-pub fn clip<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    lo: &Bound<'py, PyAny>,
-    hi: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Clip,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("clip", device)?;
-            if lo.is_none() && hi.is_none() {
-                return Err(PyValueError::new_err(
-                    "clip(): arguments 'lo' and 'hi' cannot both be None",
-                ));
-            }
-            let call = |py: Python<'py>,
-                        arrs: Vec<In<'py>>,
-                        same: Vec<bool>,
-                        out: Option<&Bound<'py, PyAny>>,
-                        sc: &[&Bound<'py, PyAny>]| {
-                let (lo, hi) = (sc[0], sc[1]);
-                each_dtype!(&arrs[0], T, _unused => {
-                    let l = if lo.is_none() { None } else { Some(<T as Native>::from_py("lo", "clip", lo)?) };
-                    let h = if hi.is_none() { None } else { Some(<T as Native>::from_py("hi", "clip", hi)?) };
-                    ew_run::<T>(py, "clip", Op::Clip, arrs, same, out, move |mut v, o| {
-                        let x = v.pop().expect("x");
-                        clip_bounds::<T>(x, l, h, o)
-                    })
-                })
-            };
-            elementwise_op(
-                py,
-                "clip",
-                &["x"],
-                &[x],
-                &[("lo", lo), ("hi", hi)],
-                opt_out(out),
-                &call,
-            )
-        })(),
-    )
-}
-
-/// Missing bounds are the type's extremes.
-trait Bounds: Native {
-    const LOWEST: Self;
-    const HIGHEST: Self;
-}
-impl Bounds for f64 {
-    const LOWEST: Self = f64::NEG_INFINITY;
-    const HIGHEST: Self = f64::INFINITY;
-}
-impl Bounds for f32 {
-    const LOWEST: Self = f32::NEG_INFINITY;
-    const HIGHEST: Self = f32::INFINITY;
-}
-impl Bounds for i64 {
-    const LOWEST: Self = i64::MIN;
-    const HIGHEST: Self = i64::MAX;
-}
-fn clip_bounds<T: Bounds>(
-    x: Input<'_, T>,
-    lo: Option<T>,
-    hi: Option<T>,
-    o: Option<ArrayViewMutD<'_, T>>,
-) -> CoreResult<Option<ArrayD<T>>> {
-    T::clip(x, lo.unwrap_or(T::LOWEST), hi.unwrap_or(T::HIGHEST), o)
-}
-
-// ----------------------------------------------------------------------------------------------------------
-// statistics
-
-#[pyfunction]
-#[pyo3(signature = (x, axis=None, ddof=0.0, out=None, device="cpu"))]
-pub fn standardize<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    axis: Option<isize>,
-    ddof: f64,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Standardize,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("standardize", device)?;
-            let out = opt_out(out);
-            if let Some(o) = out {
-                if !matches!(alias(o, x), Alias::None) {
-                    // out overlaps x: compute fresh, then copy
-                    let r = standardize(py, x, axis, ddof, None, device)?;
-                    copy_into(py, "standardize", o, &r)?;
-                    return Ok(o.clone());
-                }
-            }
-            let (a, fin) = one(take(py, "standardize", &["x"], &[x], Kind::Float)?);
-            warn_if(
-                py,
-                reduced_len(&a, axis).is_some_and(|n| n as f64 - ddof <= 0.0),
-                c"Degrees of freedom <= 0 for slice",
-            )?;
-            if let (Some(o), Some(_)) = (out, &fin) {
-                let r = standardize(py, x, axis, ddof, None, device)?;
-                copy_into(py, "standardize", o, &r)?;
-                return Ok(o.clone());
-            }
-            let r = each_float!(a, T, a => {
-                let v = a.as_array();
-                let fresh = match out {
-                    Some(_) => None,
-                    None => {
-                        let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
-                        Some(new_array::<T>(py, "standardize", a.0.shape(), fortran)?)
-                    }
-                };
-                let out = fresh.as_ref().map(|f| f.as_any()).or(out);
-                let mut rw = match out {
-                    Some(o) => Some(take_out::<T>("standardize", o)?),
-                    None => None,
-                };
-                let ov = rw.as_mut().map(|w| w.as_array_mut());
-                let meta = Meta::one::<T>(a.0.shape());
-                match run(py, Op::Standardize, v.len(), meta, move || stats::standardize::<T>(&v, axis, ddof, ov))? {
-                    Some(r) => to_py(py, r)?,
-                    None if fresh.as_ref().is_some_and(|f| f.ndim() == 0) => {
-                        out.expect("out").get_item(pyo3::types::PyTuple::empty(py))?
-                    }
-                    None => out.expect("out").clone(),
-                }
-            });
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, threshold=3.0, device="cpu"))]
-pub fn zscore_anomalies<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    threshold: f64,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::ZscoreAnomalies,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("zscore_anomalies", device)?;
-            let (a, _fin) = one(take(py, "zscore_anomalies", &["x"], &[x], Kind::Float)?);
-            let idx = each_float!(a, T, a => {
-                let v = a.as_array();
-                let meta = Meta::one::<T>(a.0.shape());
-                run(py, Op::ZscoreAnomalies, v.len(), meta, move || stats::zscore_anomalies::<T>(&v, threshold))?
-            });
-            Ok(numpy::PyArray1::from_vec(py, idx).into_any())
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (x, q, axis=None, device="cpu"))]
-pub fn quantile<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    q: Vec<f64>,
-    axis: Option<isize>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Quantile,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("quantile", device)?;
-            let (a, fin) = one(take(py, "quantile", &["x"], &[x], Kind::Float)?);
-            let r = each_float!(a, T, a => {
-                let v = a.as_array();
-                let meta = Meta::one::<T>(a.0.shape());
-                let r = run(py, Op::Quantile, v.len(), meta, move || stats::quantile::<T>(&v, &q, axis))?;
-                to_py(py, r)?
-            });
-            finish(r, &fin)
-        })(),
-    )
-}
-
-/// Counts for the histogram: `edges` come from NumPy (`_coerce`), `uniform` tells whether they are equal-width.
-#[pyfunction]
-#[pyo3(signature = (x, edges, uniform))]
-pub fn histogram_counts<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-    edges: &Bound<'py, PyAny>,
-    uniform: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Histogram,
-        "cpu",
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            let p = take(py, "histogram", &["x", "bins"], &[x, edges], Kind::Float)?;
-            let mut it = p.arrays.into_iter();
-            let (a, e) = (it.next().expect("x"), it.next().expect("edges"));
-            let counts = each_float!(a, T, a => {
-                let e = <T as Native>::unwrap(e);
-                let (v, ev) = (a.as_array(), e.as_array());
-                let edges: Vec<T> = alloc::collect("histogram", "copy of the bin edges", ev.shape(), ev.iter().copied()).py()?;
-                run(py, Op::Histogram, v.len(), Meta::two::<T>(a.0.shape(), e.0.shape()), move || {
-                    stats::histogram_counts::<T>(&v, &stats::Bins { edges: &edges, uniform })
-                })?
-            });
-            Ok(numpy::PyArray1::from_vec(py, counts).into_any())
-        })(),
-    )
-}
-
-/// `(min, max)` of x as NumPy scalars of x's dtype (for the automatic histogram range).
-///
-/// A helper pass of `fl.ops.histogram`, not an op of its own: it is not counted (the histogram call is, once,
-/// by `histogram_counts` or, when this pass fails, by the Python wrapper).
-#[pyfunction]
-pub fn minmax<'py>(
-    py: Python<'py>,
-    x: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let (a, _) = one(take(py, "histogram", &["x"], &[x], Kind::Float)?);
-    each_float!(a, T, a => {
-        let v = a.as_array();
-        let (lo, hi) = run_helper(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
-        Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
-    })
-}
-
-/// Test hook, not API: panics inside the GIL funnel as op `sum` (on a pool thread when `parallel`), so that the
-/// tests can check that a panic in a kernel becomes `ferrolab.InternalError`, counted as a failed call.
-#[pyfunction]
-#[pyo3(signature = (message, parallel=false))]
-pub fn _panic_in_kernel(py: Python<'_>, message: String, parallel: bool) -> PyResult<()> {
-    let meta = Meta::one::<f64>(&[]);
-    counted(
-        Op::Sum,
-        "cpu",
-        run(py, Op::Sum, 0, meta, move || {
-            ferrolab_core::kernels::dispatch::panic_for_tests(&message, parallel);
-            Ok(())
-        }),
-    )
-}
-
-// ----------------------------------------------------------------------------------------------------------
-// linear algebra, distances, optimizer
-
-fn two_d<'a, T>(
-    func: &'static str,
-    name: &'static str,
-    v: ArrayViewD<'a, T>,
-) -> PyResult<ndarray::ArrayView2<'a, T>> {
-    let nd = v.ndim();
-    v.into_dimensionality::<Ix2>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{func}(): argument '{name}' must be 2-D, got {nd} dimensions"
-        ))
-    })
-}
-
-#[pyfunction]
-#[pyo3(signature = (a, b, out=None, device="cpu"))]
-pub fn matmul<'py>(
-    py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
-    out: Option<&Bound<'py, PyAny>>,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Matmul,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("matmul", device)?;
-            let out = opt_out(out);
-            if let Some(o) = out {
-                if !matches!(alias(o, a), Alias::None) || !matches!(alias(o, b), Alias::None) {
-                    let r = matmul(py, a, b, None, device)?;
-                    copy_into(py, "matmul", o, &r)?;
-                    return Ok(o.clone());
-                }
-            }
-            let p = take(py, "matmul", &["a", "b"], &[a, b], Kind::Same)?;
-            let fin = p.finish;
-            let mut it = p.arrays.into_iter();
-            let (x, y) = (it.next().expect("a"), it.next().expect("b"));
-            let r = match x {
-                In::F64(x) => mm::<f64>(
-                    py,
-                    x,
-                    f64::unwrap(y),
-                    if fin.is_none() { out } else { None },
-                )?,
-                In::F32(x) => mm::<f32>(
-                    py,
-                    x,
-                    f32::unwrap(y),
-                    if fin.is_none() { out } else { None },
-                )?,
-                In::I64(x) => {
-                    let y = i64::unwrap(y);
-                    let va = two_d("matmul", "a", x.as_array())?;
-                    let vb = two_d("matmul", "b", y.as_array())?;
-                    let meta = Meta::two::<i64>(x.0.shape(), y.0.shape());
-                    let r = run(
-                        py,
-                        Op::Matmul,
-                        va.len().saturating_mul(vb.ncols()),
-                        meta,
-                        move || int::matmul(&va, &vb),
-                    )?;
-                    to_py(py, r.into_dyn())?
-                }
-            };
-            let r = finish(r, &fin)?;
-            match out {
-                Some(o) if fin.is_some() || r.as_ptr() != o.as_ptr() => {
-                    copy_into(py, "matmul", o, &r)?;
-                    Ok(o.clone())
-                }
-                _ => Ok(r),
-            }
-        })(),
-    )
-}
-
-fn mm<'py, T: linalg::GemmElem + Native + numpy::Element>(
-    py: Python<'py>,
-    x: Ro<'py, T>,
-    y: Ro<'py, T>,
-    out: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let va = two_d("matmul", "a", x.as_array())?;
-    let vb = two_d("matmul", "b", y.as_array())?;
-    let work = va.len().saturating_mul(vb.ncols());
-    // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
-    let fresh = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
-        Some(_) => None,
-        None => Some(new_array::<T>(
-            py,
-            "matmul",
-            &[va.nrows(), vb.ncols()],
-            false,
-        )?),
-    };
-    let o = match &fresh {
-        Some(f) => f.as_any().clone(),
-        None => out.expect("out of dtype T").clone(),
-    };
-    {
-        let mut rw = take_out::<T>("matmul", &o)?;
-        let ov = two_d_mut(rw.as_array_mut())?;
-        run(
-            py,
-            Op::Matmul,
-            work,
-            Meta::two::<T>(x.0.shape(), y.0.shape()),
-            move || linalg::matmul(&va, &vb, Some(ov)),
-        )?;
-    }
-    Ok(o)
-}
-
-fn two_d_mut<T>(v: ArrayViewMutD<'_, T>) -> PyResult<ndarray::ArrayViewMut2<'_, T>> {
-    let nd = v.ndim();
-    v.into_dimensionality::<Ix2>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "matmul(): argument 'out' must be 2-D, got {nd} dimensions"
-        ))
-    })
-}
-
-#[pyfunction]
-#[pyo3(signature = (a, b, metric="euclidean", device="cpu"))]
-pub fn cdist<'py>(
-    py: Python<'py>,
-    a: &Bound<'py, PyAny>,
-    b: &Bound<'py, PyAny>,
-    metric: &str,
-    device: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    counted(
-        Op::Cdist,
-        device,
-        (|| -> PyResult<Bound<'py, PyAny>> {
-            check_device("cdist", device)?;
-            let m = distance::Metric::parse(metric).py()?;
-            let p = take(py, "cdist", &["a", "b"], &[a, b], Kind::Float)?;
-            let fin = p.finish;
-            let mut it = p.arrays.into_iter();
-            let (x, y) = (it.next().expect("a"), it.next().expect("b"));
-            let r = each_float!(x, T, x => {
-                let y = <T as Native>::unwrap(y);
-                let va = two_d("cdist", "a", x.as_array())?;
-                let vb = two_d("cdist", "b", y.as_array())?;
-                let work = va.len().saturating_mul(vb.nrows());
-                let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
-                let r = run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?;
-                to_py(py, r.into_dyn())?
-            });
-            finish(r, &fin)
-        })(),
-    )
-}
-
-#[pyfunction]
-#[pyo3(signature = (param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=false, device="cpu"))]
-#[allow(clippy::too_many_arguments)]
-pub fn adam_step<'py>(
-    py: Python<'py>,
-    param: &Bound<'py, PyAny>,
-    grad: &Bound<'py, PyAny>,
-    m: &Bound<'py, PyAny>,
-    v: &Bound<'py, PyAny>,
-    t: i64,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    decoupled: bool,
-    device: &str,
-) -> PyResult<()> {
-    counted(
-        Op::AdamStep,
-        device,
-        (|| -> PyResult<()> {
-            check_device("adam_step", device)?;
-            if t < 1 {
-                return Err(PyValueError::new_err(format!(
-                    "adam_step(): argument 't' is {t}; expected the step number, >= 1"
-                )));
-            }
-            let hp = optim::AdamParams {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                decoupled,
-                t: t as u64,
-            };
-            if param.cast::<PyArrayDyn<f64>>().is_ok() {
-                adam_t::<f64>(py, param, grad, m, v, hp)
-            } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
-                adam_t::<f32>(py, param, grad, m, v, hp)
-            } else {
-                let got = param
-                    .getattr("dtype")
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|_| type_name(param));
-                Err(PyTypeError::new_err(format!(
-            "adam_step(): argument 'param' must be a float32 or float64 numpy.ndarray (updated in place), got {got}"
-        )))
-            }
-        })(),
-    )
-}
-
-fn adam_t<'py, T: Real + numpy::Element>(
-    py: Python<'py>,
-    param: &Bound<'py, PyAny>,
-    grad: &Bound<'py, PyAny>,
-    m: &Bound<'py, PyAny>,
-    v: &Bound<'py, PyAny>,
-    hp: optim::AdamParams,
-) -> PyResult<()> {
-    let dt = T::DTYPE;
-    let want = |name: &'static str, o: &Bound<'py, PyAny>| -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-        o.cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
-            let got = o.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| type_name(o));
-            PyTypeError::new_err(format!("adam_step(): argument '{name}' must be a numpy.ndarray of dtype {dt} like param, got {got}"))
-        })
-    };
-    let (pa, ga, ma, va) = (
-        want("param", param)?,
-        want("grad", grad)?,
-        want("m", m)?,
-        want("v", v)?,
-    );
-    for (n1, a1, n2, a2) in [
-        ("param", param, "m", m),
-        ("param", param, "v", v),
-        ("m", m, "v", v),
-    ] {
-        if !matches!(alias(a1, a2), Alias::None) {
-            return Err(PyValueError::new_err(format!(
-                "adam_step(): arguments '{n1}' and '{n2}' must not share memory"
-            )));
-        }
-    }
-    // a gradient that overlaps a state array is copied first
-    let gcopy;
-    let ga = if [param, m, v]
-        .iter()
-        .any(|s| !matches!(alias(s, grad), Alias::None))
-    {
-        gcopy = ga.call_method0("copy")?.cast_into::<PyArrayDyn<T>>()?;
-        gcopy.clone()
+    op: Op,
+    x: &Obj<'py>,
+    c_only: bool,
+    min_len: f64,
+    f: impl FnOnce(Canon<'_, T>) -> CoreResult<ArrayD<U>> + Send,
+) -> Option<PyResult<Obj<'py>>> {
+    let a = x.cast::<PyArrayDyn<T>>().ok()?;
+    if !(if c_only {
+        a.is_c_contiguous()
     } else {
-        ga
+        a.is_contiguous()
+    }) {
+        return None;
+    }
+    // SAFETY: contiguous (checked); read-only use while the array is alive (see `Ro`).
+    let s: &[T] = unsafe { a.as_slice() }.ok()?;
+    // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy
+    if s.is_empty() || (s.len() as f64) <= min_len {
+        return None;
+    }
+    let meta = Meta::one::<T>(a.shape());
+    Some(run(py, op, s.len(), meta, move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
+}
+
+/// Tries [`flat_run`] for float64 then float32 (returns from the enclosing closure when it applies).
+macro_rules! flat_fast {
+    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $min_len:expr; $f:path $(, $extra:expr)*) => {
+        if $axis.is_none() {
+            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
+                return r;
+            }
+            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
+                return r;
+            }
+        }
     };
-    let rw = |name: &'static str, a: &Bound<'py, PyArrayDyn<T>>| {
-        a.try_readwrite().map_err(|e| {
-            PyValueError::new_err(format!(
-                "adam_step(): argument '{name}' must be a writeable array ({e})"
-            ))
-        })
-    };
-    let (mut p, mut mm_, mut vv) = (rw("param", &pa)?, rw("m", &ma)?, rw("v", &va)?);
-    let g = ga.readonly();
-    let (pv, gv, mv, vvv) = (
-        p.as_array_mut(),
-        g.as_array(),
-        mm_.as_array_mut(),
-        vv.as_array_mut(),
-    );
-    let n = pv.len();
-    let shapes = || {
-        vec![
-            pa.shape().to_vec(),
-            ga.shape().to_vec(),
-            ma.shape().to_vec(),
-            va.shape().to_vec(),
-        ]
-    };
-    run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
-        optim::adam_step(pv, gv, mv, vvv, hp)
-    })
 }
 
 /// Length of the reduced axis (all elements for `None`); `None` when the axis is invalid (the op reports it).
 fn reduced_len(a: &In<'_>, axis: Option<isize>) -> Option<usize> {
-    let shape: Vec<usize> = match a {
-        In::F64(a) => a.0.shape().to_vec(),
-        In::F32(a) => a.0.shape().to_vec(),
-        In::I64(a) => a.0.shape().to_vec(),
-    };
+    let shape = a.shape();
     match axis {
         None => Some(shape.iter().product()),
         Some(ax) => {
@@ -1380,90 +308,1021 @@ fn warn_if(py: Python<'_>, cond: bool, msg: &::std::ffi::CStr) -> PyResult<()> {
     Ok(())
 }
 
-/// `np.copyto(out, r, casting="same_kind")`, with errors that name the function and `out`.
-fn copy_into<'py>(
-    py: Python<'py>,
-    func: &str,
-    out: &Bound<'py, PyAny>,
-    r: &Bound<'py, PyAny>,
-) -> PyResult<()> {
-    let kw = pyo3::types::PyDict::new(py);
-    kw.set_item("casting", "same_kind")?;
-    py.import("numpy")?
-        .getattr("copyto")?
-        .call((out, r), Some(&kw))
-        .map_err(|e| {
-            let msg = format!(
-                "{func}(): argument 'out' cannot hold the result: {}",
-                e.value(py)
-            );
-            if e.is_instance_of::<PyTypeError>(py) {
-                PyTypeError::new_err(msg)
-            } else {
-                PyValueError::new_err(msg)
-            }
-        })?;
-    Ok(())
+/// NumPy's warning when `ddof` leaves no degrees of freedom.
+fn warn_ddof(py: Python<'_>, a: &In<'_>, axis: Option<isize>, ddof: f64) -> PyResult<()> {
+    let none_left = reduced_len(a, axis).is_some_and(|n| n as f64 - ddof <= 0.0);
+    warn_if(py, none_left, c"Degrees of freedom <= 0 for slice")
 }
 
-/// An uninitialized NumPy array of `shape` for the result of `func` (every element is written by the op before
-/// Python sees it), or a `MemoryError` that names `func` and the size when it cannot be allocated.
-///
-/// rust-numpy's `PyArray::new` panics when NumPy returns NULL (`PanicException: PyObject pointer is null`); this
-/// calls the same constructor, `PyArray_NewFromDescr`, and checks for NULL.
-fn new_array<'py, T: numpy::Element>(
-    py: Python<'py>,
-    func: &'static str,
-    shape: &[usize],
-    fortran: bool,
-) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
-    let memory_error = || {
-        let dtype = alloc::dtype_name::<T>();
-        crate::errors::to_py(ferrolab_core::CoreError::memory(
-            func,
-            "result",
-            shape,
-            dtype,
-            ::std::mem::size_of::<T>(),
-        ))
-    };
-    // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
-    let bytes = shape
-        .iter()
-        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d));
-    if bytes.is_none_or(|b| b > isize::MAX as usize) {
-        return Err(memory_error());
-    }
-    let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
-        shape.iter().map(|&d| d as npy_intp).collect();
-    // SAFETY: the type object and the descriptor come from NumPy's API table (the descriptor's new reference is
-    // stolen by the call); `dims` holds `ndim` extents, each <= isize::MAX (their product fits, checked above);
-    // null strides and data ask NumPy for a fresh C- or Fortran-ordered (uninitialized) buffer. The call returns a
-    // new reference, or NULL with a Python exception set.
-    let ptr = unsafe {
-        PY_ARRAY_API.PyArray_NewFromDescr(
-            py,
-            get_type_object(py, NpyTypes::PyArray_Type),
-            T::get_dtype(py).into_dtype_ptr(),
-            dims.len() as ::std::ffi::c_int,
-            dims.as_mut_ptr(),
-            ::std::ptr::null_mut(),
-            ::std::ptr::null_mut(),
-            ::std::ffi::c_int::from(fortran),
-            ::std::ptr::null_mut(),
-        )
-    };
-    if ptr.is_null() {
-        let numpy_err = PyErr::fetch(py);
-        if numpy_err.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
-            let e = memory_error();
-            e.set_cause(py, Some(numpy_err));
-            return Err(e);
+/// `name(x, axis=None, *, device="cpu")`: the flat fast path `$flat`, else `$kernel` on the n-d view `$v` of
+/// element type `$T`, for each dtype that `$each` (`each_dtype` or `each_float`) admits.
+macro_rules! reduction {
+    ($(#[$doc:meta])* $name:ident: $op:expr, $kind:expr, $each:ident, c_only = $c_only:expr,
+     $flat:path, |$v:ident: $T:ident, $axis:ident| $kernel:expr $(, warn_empty = $msg:literal)?) => {
+        $(#[$doc])*
+        #[pyfunction]
+        #[pyo3(signature = (x, axis=None, *, device="cpu"))]
+        pub fn $name<'py>(
+            py: Python<'py>,
+            x: &Obj<'py>,
+            axis: Option<isize>,
+            device: &str,
+        ) -> PyResult<Obj<'py>> {
+            boundary($op, device, || {
+                flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
+                let (a, fin) = take_one(py, $op, x, $kind)?;
+                $(warn_if(py, reduced_len(&a, axis) == Some(0), $msg)?;)?
+                let $axis = axis;
+                let r = $each!(a, $T, a => red(py, $op, &a, |$v| $kernel))?;
+                finish(r, &fin)
+            })
         }
-        return Err(numpy_err);
+    };
+}
+
+reduction! {
+    /// Sum of array elements over an axis, like :func:`numpy.sum`.
+    ///
+    /// Blocked SIMD summation with compensated combination: the error does not grow with the input length
+    /// (``float32`` inputs are accumulated in ``float64``).
+    ///
+    /// Parameters
+    /// ----------
+    /// x : array_like
+    ///     Input data.
+    /// axis : int, optional
+    ///     Axis to sum over; ``None`` (default) sums all elements.
+    /// device : {"cpu", "cuda", "auto"}, optional
+    ///     Where to compute.
+    ///
+    /// Returns
+    /// -------
+    /// numpy scalar or ndarray
+    ///     The sum; 0 for an empty input.
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.sum(np.arange(5.0))
+    /// np.float64(10.0)
+    /// >>> fl.ops.sum(np.ones((2, 3), dtype=np.float32), axis=0)
+    /// array([2., 2., 2.], dtype=float32)
+    sum: Op::Sum, Kind::Sum, each_dtype, c_only = false, reduce::sum_c,
+    |v: T, axis| <T as Native>::sum(&v, axis)
+}
+
+reduction! {
+    /// Arithmetic mean over an axis, like :func:`numpy.mean`.
+    ///
+    /// An empty reduction returns NaN and warns ``RuntimeWarning: Mean of empty slice`` as NumPy does.
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.mean(np.array([1.0, 2.0, 6.0]))
+    /// np.float64(3.0)
+    mean: Op::Mean, Kind::Float, each_float, c_only = false, reduce::mean_c,
+    |v: T, axis| reduce::mean::<T>(&v, axis), warn_empty = c"Mean of empty slice"
+}
+
+reduction! {
+    /// Minimum over an axis, like :func:`numpy.min` (NaN propagates; empty input is a ``ValueError``).
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.min(np.array([[3.0, 1.0], [0.5, 7.0]]), axis=1)
+    /// array([1. , 0.5])
+    min: Op::Min, Kind::Same, each_dtype, c_only = false, reduce::min_c,
+    |v: T, axis| <T as Native>::min(&v, axis)
+}
+
+reduction! {
+    /// Maximum over an axis, like :func:`numpy.max` (NaN propagates; empty input is a ``ValueError``).
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.max(np.array([3, 9, 2], dtype=np.int32))
+    /// np.int32(9)
+    max: Op::Max, Kind::Same, each_dtype, c_only = false, reduce::max_c,
+    |v: T, axis| <T as Native>::max(&v, axis)
+}
+
+reduction! {
+    /// Index of the first minimum, like :func:`numpy.argmin` (a NaN counts as the minimum).
+    ///
+    /// With ``axis=None`` the index refers to the C-order flattened array.
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.argmin(np.array([4.0, 1.0, 1.0, 3.0]))
+    /// np.int64(1)
+    argmin: Op::Argmin, Kind::Index, each_dtype, c_only = true, reduce::argmin_c,
+    |v: T, axis| <T as Native>::argmin(&v, axis)
+}
+
+reduction! {
+    /// Index of the first maximum, like :func:`numpy.argmax` (a NaN counts as the maximum).
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.argmax(np.array([[1.0, 5.0], [7.0, 2.0]]), axis=0)
+    /// array([1, 0])
+    argmax: Op::Argmax, Kind::Index, each_dtype, c_only = true, reduce::argmax_c,
+    |v: T, axis| <T as Native>::argmax(&v, axis)
+}
+
+reduction! {
+    /// L2 norm, like :func:`numpy.linalg.norm` (of all elements for ``axis=None``, else along ``axis``).
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.norm(np.array([3.0, 4.0]))
+    /// np.float64(5.0)
+    norm: Op::Norm, Kind::Float, each_float, c_only = false, reduce::norm_c,
+    |v: T, axis| reduce::norm::<T>(&v, axis)
+}
+
+/// `name(x, axis=None, ddof=0.0, *, device="cpu")`: variance or standard deviation.
+macro_rules! moment {
+    ($(#[$doc:meta])* $name:ident: $op:expr, $flat:ident, $kernel:ident) => {
+        $(#[$doc])*
+        #[pyfunction]
+        #[pyo3(signature = (x, axis=None, ddof=0.0, *, device="cpu"))]
+        pub fn $name<'py>(
+            py: Python<'py>,
+            x: &Obj<'py>,
+            axis: Option<isize>,
+            ddof: f64,
+            device: &str,
+        ) -> PyResult<Obj<'py>> {
+            boundary($op, device, || {
+                flat_fast!(py, x, axis, $op, false, ddof; stats::$flat, ddof);
+                let (a, fin) = take_one(py, $op, x, Kind::Float)?;
+                warn_ddof(py, &a, axis, ddof)?;
+                let r = each_float!(a, T, a => red(py, $op, &a, |v| stats::$kernel::<T>(&v, axis, ddof)))?;
+                finish(r, &fin)
+            })
+        }
+    };
+}
+
+moment! {
+    /// Variance over an axis, like :func:`numpy.var`.
+    ///
+    /// One pass over memory, numerically stable (per-block corrected two-pass moments merged with Chan's
+    /// formula), so a large offset plus small noise keeps its precision.
+    ///
+    /// Parameters
+    /// ----------
+    /// x : array_like
+    ///     Input data.
+    /// axis : int, optional
+    ///     Axis to reduce; ``None`` (default) uses all elements.
+    /// ddof : float, optional
+    ///     Delta degrees of freedom: the divisor is ``N - ddof``.
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.var(np.array([1.0, 2.0, 3.0, 4.0]), ddof=1)
+    /// np.float64(1.6666666666666667)
+    var: Op::Var, var_c, var
+}
+
+moment! {
+    /// Standard deviation over an axis, like :func:`numpy.std` (see :func:`var`).
+    ///
+    /// Examples
+    /// --------
+    /// >>> import numpy as np, ferrolab as fl
+    /// >>> fl.ops.std(np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]))
+    /// np.float64(2.0)
+    std: Op::Std, std_c, std
+}
+
+/// Inner product of two 1-D arrays of equal length, like :func:`numpy.dot`.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.dot(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]))
+/// np.float64(32.0)
+#[pyfunction]
+#[pyo3(signature = (x, y, *, device="cpu"))]
+pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> PyResult<Obj<'py>> {
+    boundary(Op::Dot, device, || {
+        let (a, b, fin) = take_two(py, Op::Dot, ["x", "y"], x, y, Kind::Same)?;
+        let r = each_dtype!(a, T, a => {
+            let b = <T as Native>::unwrap(b);
+            let (va, vb) = (a.as_array(), b.as_array());
+            let meta = Meta::two::<T>(a.0.shape(), b.0.shape());
+            let v = run(py, Op::Dot, va.len(), meta, || <T as Native>::dot(&va, &vb))?;
+            <T as ToNumpy>::scalar(py, v)
+        })?;
+        finish(r, &fin)
+    })
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// elementwise with out=
+
+/// The operands of an elementwise call as prepared by [`elementwise`], ready to run for their element type.
+struct Ew<'a, 'py> {
+    py: Python<'py>,
+    op: Op,
+    arrays: Vec<In<'py>>,
+    /// Which inputs are `out` itself (computed in place: `Input::SameAsOut`).
+    same: Vec<bool>,
+    out: Option<&'a Obj<'py>>,
+}
+
+/// Runs an [`Ew`] for its element type; `scalars` are the scalar operands as the kernel uses them (None where
+/// absent). Returns the new result, or `None` when it was written into `out`.
+type EwCall<'f, 'py> = &'f dyn Fn(Ew<'_, 'py>, &[&Obj<'py>]) -> PyResult<Option<Obj<'py>>>;
+
+static PREPARE_ELEMENTWISE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Shared driver of axpy/fma/scale/clip: `arrays` are the array operands (named), `scalars` the scalar ones
+/// (they take part in NumPy's result-type rules); `call` runs the core op for the chosen dtype.
+fn elementwise<'py>(
+    py: Python<'py>,
+    op: Op,
+    names: &[&'static str],
+    arrays: &[&Obj<'py>],
+    scalars: &[(&'static str, &Obj<'py>)],
+    out: Option<&Obj<'py>>,
+    call: EwCall<'_, 'py>,
+) -> PyResult<Obj<'py>> {
+    let func = op.name();
+    let out = opt_out(out);
+    // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
+    // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
+    // NumPy's result-type rules in `_coerce.prepare_elementwise`
+    let all = |f: fn(&Obj<'py>) -> bool| arrays.iter().all(|a| f(a));
+    let plain_int = |s: &Obj<'py>| s.is_exact_instance_of::<PyInt>();
+    let plain_num = |s: &Obj<'py>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
+    // (an int beyond int64 takes NumPy's rules: out-of-range clip bounds are ignored or raise OverflowError)
+    let fast = if all(|a| a.cast::<PyArrayDyn<f64>>().is_ok())
+        || all(|a| a.cast::<PyArrayDyn<f32>>().is_ok())
+    {
+        scalars.iter().all(|(_, s)| s.is_none() || plain_num(s))
+    } else {
+        all(|a| a.cast::<PyArrayDyn<i64>>().is_ok())
+            && scalars
+                .iter()
+                .all(|(_, s)| s.is_none() || (plain_int(s) && s.extract::<i64>().is_ok()))
+    };
+    // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
+    let mut same = vec![false; arrays.len()];
+    let mut overlap = false;
+    if let Some(o) = out {
+        for (k, a) in arrays.iter().enumerate() {
+            match alias(o, a) {
+                Alias::Same => same[k] = true,
+                Alias::Partial => overlap = true,
+                Alias::None => {}
+            }
+        }
     }
-    // SAFETY: a non-null result of PyArray_NewFromDescr with PyArray_Type is a new reference to an ndarray of
-    // T's dtype and `shape.len()` dimensions.
-    Ok(unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() })
+    // the scalars as the kernel uses them: as given on the fast path, as converted by prepare_elementwise else
+    let none = py.None().into_bound(py);
+    let mut converted: Vec<Obj<'py>> = Vec::new();
+    let prepared = if fast {
+        take(py, func, names, arrays, Kind::Same)?
+    } else {
+        let prepare = PREPARE_ELEMENTWISE.import(py, "ferrolab._coerce", "prepare_elementwise")?;
+        let sc: Vec<&Obj<'py>> = scalars.iter().map(|(_, s)| *s).collect();
+        let sn: Vec<&str> = scalars.iter().map(|(n, _)| *n).collect();
+        let res = prepare.call1((func, names.to_vec(), arrays.to_vec(), sc, sn))?;
+        let (arrs, fin, sc): (Vec<Obj<'py>>, Obj<'py>, Vec<Obj<'py>>) = res.extract()?;
+        let refs: Vec<&Obj<'py>> = arrs.iter().collect();
+        let mut p = take(py, func, names, &refs, Kind::Same)?;
+        p.finish = (!fin.is_none()).then_some(fin);
+        same.fill(false); // converted copies never alias out
+        converted = sc;
+        p
+    };
+    // (at most two scalars: clip's bounds; a stack array, no allocation on the fast path)
+    let pick = |k: usize| match fast {
+        true => scalars.get(k).map_or(&none, |s| s.1),
+        false => converted.get(k).unwrap_or(&none),
+    };
+    let sc_buf = [pick(0), pick(1)];
+    let sc = &sc_buf[..scalars.len().min(2)];
+    let Prepared {
+        arrays: arrs,
+        finish: fin,
+    } = prepared;
+    match out {
+        Some(o) if fin.is_some() || overlap || !arrs[0].same_dtype_as(o) => {
+            // compute into a fresh array, then copy into out with NumPy's same-kind casting
+            if fin.is_none() && !overlap && o.cast::<PyUntypedArray>().is_ok() {
+                let want = arrs[0].dtype();
+                let got = o.getattr("dtype")?.to_string();
+                if !(want == "float32" && got == "float64") {
+                    return Err(arg_type(
+                        func,
+                        "out",
+                        format!("has dtype {got}; expected {want}"),
+                    ));
+                }
+            }
+            let same = vec![false; arrs.len()];
+            let ew = Ew {
+                py,
+                op,
+                arrays: arrs,
+                same,
+                out: None,
+            };
+            let r = call(ew, sc)?.expect("fresh result");
+            copy_into(py, func, o, &finish(r, &fin)?)
+        }
+        Some(o) => {
+            call(
+                Ew {
+                    py,
+                    op,
+                    arrays: arrs,
+                    same,
+                    out: Some(o),
+                },
+                sc,
+            )?;
+            Ok(o.clone())
+        }
+        None => {
+            let r = call(
+                Ew {
+                    py,
+                    op,
+                    arrays: arrs,
+                    same,
+                    out: None,
+                },
+                sc,
+            )?
+            .expect("fresh result");
+            finish(r, &fin)
+        }
+    }
+}
+
+impl<'py> Ew<'_, 'py> {
+    /// Runs the core elementwise kernel `f` for element type `T` on `Input`s built from the arrays (in order),
+    /// into `out` or into a fresh array.
+    fn run<T: Native>(
+        self,
+        f: impl for<'a> FnOnce(Vec<Input<'a, T>>, Out<'a, T>) -> Fresh<T> + Send,
+    ) -> PyResult<Option<Obj<'py>>> {
+        let Ew {
+            py,
+            op,
+            arrays,
+            same,
+            out,
+        } = self;
+        let func = op.name();
+        let ro: Vec<Ro<'py, T>> = arrays.into_iter().map(T::unwrap).collect();
+        // a fresh result is allocated by NumPy (its allocator asks for huge pages and skips zero-filling), in
+        // Fortran order when every input is Fortran-contiguous, and then filled in place like an `out=`
+        let fresh = match out {
+            Some(_) => None,
+            None => {
+                let refs: Vec<(&'static str, &[usize])> =
+                    ro.iter().map(|a| ("x", a.0.shape())).collect();
+                let shape = elementwise::broadcast_shapes(func, &refs).py()?;
+                let fortran = shape.len() > 1
+                    && ro.iter().all(|a| {
+                        a.0.is_fortran_contiguous()
+                            && !a.0.is_c_contiguous()
+                            && a.0.shape() == shape.as_slice()
+                    });
+                Some(new_array::<T>(py, func, &shape, fortran)?)
+            }
+        };
+        let out = fresh
+            .as_ref()
+            .map(|a| a.as_any())
+            .or(out)
+            .expect("fresh or out");
+        let mut rw = take_out::<T>(func, out)?;
+        let work = ro.iter().map(|a| a.0.len()).max().unwrap_or(0);
+        let inputs: Vec<Input<'_, T>> = ro
+            .iter()
+            .zip(&same)
+            .map(|(a, &s)| {
+                if s {
+                    Input::SameAsOut
+                } else {
+                    Input::View(a.as_array())
+                }
+            })
+            .collect();
+        let ov = rw.as_array_mut();
+        let out_shape = ov.shape().to_vec();
+        let shapes = || -> Vec<Vec<usize>> {
+            let shape = |(a, &s): (&Ro<'py, T>, &bool)| {
+                if s {
+                    out_shape.clone()
+                } else {
+                    a.0.shape().to_vec()
+                }
+            };
+            ro.iter().zip(&same).map(shape).collect()
+        };
+        let r = run(py, op, work, Meta::lazy::<T>(&shapes), move || {
+            f(inputs, Some(ov))
+        })?;
+        drop(rw);
+        debug_assert!(r.is_none(), "a kernel with an out writes into it");
+        match fresh {
+            // 0-d results are NumPy scalars, as NumPy returns them
+            Some(a) if a.ndim() == 0 => Ok(Some(a.into_any().get_item(PyTuple::empty(py))?)),
+            Some(a) => Ok(Some(a.into_any())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// ``a * x + y`` in one pass (fused multiply-add), broadcasting like NumPy.
+///
+/// Parameters
+/// ----------
+/// a : float
+///     Scalar factor.
+/// x, y : array_like
+///     Operands (broadcast together).
+/// out : ndarray, optional
+///     Where to write the result; may be ``x`` or ``y`` itself (computed in place). Reusing an output array
+///     avoids the page faults of a fresh allocation on large inputs.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> y = np.ones(3)
+/// >>> fl.ops.axpy(2.0, np.arange(3.0), y, out=y)
+/// array([1., 3., 5.])
+#[pyfunction]
+#[pyo3(signature = (a, x, y, out=None, *, device="cpu"))]
+pub fn axpy<'py>(
+    py: Python<'py>,
+    a: &Obj<'py>,
+    x: &Obj<'py>,
+    y: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Axpy, device, || {
+        let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
+            each_dtype!(&ew.arrays[0], T, _a => {
+                let a = <T as Native>::from_py("a", "axpy", sc[0])?;
+                ew.run::<T>(move |mut v, o| {
+                    let y = v.pop().expect("y");
+                    <T as Native>::axpy(a, v.pop().expect("x"), y, o)
+                })
+            })
+        };
+        elementwise(py, Op::Axpy, &["x", "y"], &[x, y], &[("a", a)], out, &call)
+    })
+}
+
+/// ``x * y + z`` in one pass (fused multiply-add), broadcasting like NumPy.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.fma(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 1.0)
+/// array([4., 9.])
+#[pyfunction]
+#[pyo3(signature = (x, y, z, out=None, *, device="cpu"))]
+pub fn fma<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    y: &Obj<'py>,
+    z: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Fma, device, || {
+        let call = |ew: Ew<'_, 'py>, _: &[&Obj<'py>]| {
+            each_dtype!(&ew.arrays[0], T, _a => ew.run::<T>(|mut v, o| {
+                let (z, y) = (v.pop().expect("z"), v.pop().expect("y"));
+                <T as Native>::fma(v.pop().expect("x"), y, z, o)
+            }))
+        };
+        elementwise(py, Op::Fma, &["x", "y", "z"], &[x, y, z], &[], out, &call)
+    })
+}
+
+/// ``a * x``.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.scale(np.array([1.0, -2.0]), 0.5)
+/// array([ 0.5, -1. ])
+#[pyfunction]
+#[pyo3(signature = (x, a, out=None, *, device="cpu"))]
+pub fn scale<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    a: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Scale, device, || {
+        let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
+            each_dtype!(&ew.arrays[0], T, _a => {
+                let a = <T as Native>::from_py("a", "scale", sc[0])?;
+                ew.run::<T>(move |mut v, o| <T as Native>::scale(v.pop().expect("x"), a, o))
+            })
+        };
+        elementwise(py, Op::Scale, &["x"], &[x], &[("a", a)], out, &call)
+    })
+}
+
+/// Limit values to ``[lo, hi]``, like :func:`numpy.clip` (NaN stays NaN; ``None`` leaves a side open).
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.clip(np.array([-1.0, 0.5, 3.0]), 0.0, 1.0)
+/// array([0. , 0.5, 1. ])
+#[pyfunction]
+#[pyo3(signature = (x, lo, hi, out=None, *, device="cpu"))]
+pub fn clip<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    lo: &Obj<'py>,
+    hi: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Clip, device, || {
+        if lo.is_none() && hi.is_none() {
+            return Err(value_error(
+                "clip(): arguments 'lo' and 'hi' cannot both be None",
+            ));
+        }
+        let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
+            each_dtype!(&ew.arrays[0], T, _a => {
+                let bound = |name, v: &Obj<'py>, missing: T| match v.is_none() {
+                    true => Ok(missing),
+                    false => <T as Native>::from_py(name, "clip", v),
+                };
+                let lo = bound("lo", sc[0], <T as Native>::LOWEST)?;
+                let hi = bound("hi", sc[1], <T as Native>::HIGHEST)?;
+                ew.run::<T>(move |mut v, o| <T as Native>::clip(v.pop().expect("x"), lo, hi, o))
+            })
+        };
+        elementwise(
+            py,
+            Op::Clip,
+            &["x"],
+            &[x],
+            &[("lo", lo), ("hi", hi)],
+            out,
+            &call,
+        )
+    })
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// statistics
+
+/// ``(x - x.mean(axis)) / x.std(axis, ddof=ddof)`` with the statistics broadcast back, in two passes.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.standardize(np.array([1.0, 2.0, 3.0]))
+/// array([-1.22474487,  0.        ,  1.22474487])
+#[pyfunction]
+#[pyo3(signature = (x, axis=None, ddof=0.0, out=None, *, device="cpu"))]
+pub fn standardize<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    axis: Option<isize>,
+    ddof: f64,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Standardize, device, || {
+        standardize_into(py, x, axis, ddof, opt_out(out))
+    })
+}
+
+fn standardize_into<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    axis: Option<isize>,
+    ddof: f64,
+    out: Option<&Obj<'py>>,
+) -> PyResult<Obj<'py>> {
+    if let Some(o) = out.filter(|o| alias(o, x) != Alias::None) {
+        // out overlaps x: compute fresh, then copy
+        let r = standardize_into(py, x, axis, ddof, None)?;
+        return copy_into(py, "standardize", o, &r);
+    }
+    let (a, fin) = take_one(py, Op::Standardize, x, Kind::Float)?;
+    if let (Some(o), Some(_)) = (out, &fin) {
+        // x converted (another dtype than out's): compute fresh, then copy
+        let r = standardize_into(py, x, axis, ddof, None)?;
+        return copy_into(py, "standardize", o, &r);
+    }
+    warn_ddof(py, &a, axis, ddof)?;
+    let r = each_float!(a, T, a => {
+        let v = a.as_array();
+        let fresh = match out {
+            Some(_) => None,
+            None => {
+                let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
+                Some(new_array::<T>(py, "standardize", a.0.shape(), fortran)?)
+            }
+        };
+        let out = fresh.as_ref().map(|f| f.as_any()).or(out).expect("fresh or out");
+        let mut rw = take_out::<T>("standardize", out)?;
+        let ov = rw.as_array_mut();
+        let meta = Meta::one::<T>(a.0.shape());
+        run(py, Op::Standardize, v.len(), meta, move || stats::standardize::<T>(&v, axis, ddof, Some(ov)))?;
+        drop(rw);
+        match &fresh {
+            Some(f) if f.ndim() == 0 => f.as_any().get_item(PyTuple::empty(py))?,
+            _ => out.clone(),
+        }
+    });
+    finish(r, &fin)
+}
+
+/// Flat indices where ``|x - mean| / std > threshold``, like ``np.flatnonzero(abs(x - x.mean()) / x.std() > t)``.
+///
+/// Two passes: the moments, then a branch-free scan that collects the few hits.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> x = np.zeros(100); x[42] = 50.0
+/// >>> fl.ops.zscore_anomalies(x)
+/// array([42])
+#[pyfunction]
+#[pyo3(signature = (x, threshold=3.0, *, device="cpu"))]
+pub fn zscore_anomalies<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    threshold: f64,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::ZscoreAnomalies, device, || {
+        let (a, _) = take_one(py, Op::ZscoreAnomalies, x, Kind::Float)?;
+        let idx = each_float!(a, T, a => {
+            let (v, meta) = (a.as_array(), Meta::one::<T>(a.0.shape()));
+            run(py, Op::ZscoreAnomalies, v.len(), meta, move || stats::zscore_anomalies::<T>(&v, threshold))?
+        });
+        Ok(numpy::PyArray1::from_vec(py, idx).into_any())
+    })
+}
+
+/// Quantiles of `x` (converted to float32/float64 by `fl.ops.quantile`) for the flat list `q`.
+#[pyfunction]
+#[pyo3(signature = (x, q, axis=None, device="cpu"))]
+pub fn quantile<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    q: Vec<f64>,
+    axis: Option<isize>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Quantile, device, || {
+        let (a, fin) = take_one(py, Op::Quantile, x, Kind::Float)?;
+        let r = each_float!(a, T, a => {
+            let (v, meta) = (a.as_array(), Meta::one::<T>(a.0.shape()));
+            to_py(py, run(py, Op::Quantile, v.len(), meta, move || stats::quantile::<T>(&v, &q, axis))?)?
+        });
+        finish(r, &fin)
+    })
+}
+
+/// Counts for the histogram: `edges` come from NumPy (`_coerce`), `uniform` tells whether they are equal-width.
+#[pyfunction]
+#[pyo3(signature = (x, edges, uniform))]
+pub fn histogram_counts<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    edges: &Obj<'py>,
+    uniform: bool,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Histogram, "cpu", || {
+        let (a, e, _) = take_two(py, Op::Histogram, ["x", "bins"], x, edges, Kind::Float)?;
+        let counts = each_float!(a, T, a => {
+            let e = <T as Native>::unwrap(e);
+            let (v, ev) = (a.as_array(), e.as_array());
+            let what = "copy of the bin edges";
+            let edges: Vec<T> = alloc::collect("histogram", what, ev.shape(), ev.iter().copied()).py()?;
+            let bins = stats::Bins { edges: &edges, uniform };
+            let meta = Meta::two::<T>(a.0.shape(), e.0.shape());
+            run(py, Op::Histogram, v.len(), meta, move || stats::histogram_counts::<T>(&v, &bins))?
+        });
+        Ok(numpy::PyArray1::from_vec(py, counts).into_any())
+    })
+}
+
+/// `(min, max)` of x as NumPy scalars of x's dtype (for the automatic histogram range).
+///
+/// A helper pass of `fl.ops.histogram`, not an op of its own: it is not counted (the histogram call is, once,
+/// by `histogram_counts` or, when this pass fails, by the Python wrapper).
+#[pyfunction]
+pub fn minmax<'py>(py: Python<'py>, x: &Obj<'py>) -> PyResult<(Obj<'py>, Obj<'py>)> {
+    let (a, _) = take_one(py, Op::Histogram, x, Kind::Float)?;
+    each_float!(a, T, a => {
+        let v = a.as_array();
+        let (lo, hi) = run_helper(py, Op::Histogram, v.len(), move || stats::finite_range::<T>(&v))?;
+        Ok((<T as ToNumpy>::scalar(py, lo)?, <T as ToNumpy>::scalar(py, hi)?))
+    })
+}
+
+/// Test hook, not API: panics inside the GIL funnel as op `sum` (on a pool thread when `parallel`), so that the
+/// tests can check that a panic in a kernel becomes `ferrolab.InternalError`, counted as a failed call.
+#[pyfunction]
+#[pyo3(signature = (message, parallel=false))]
+pub fn _panic_in_kernel(py: Python<'_>, message: String, parallel: bool) -> PyResult<()> {
+    boundary(Op::Sum, "cpu", || {
+        run(py, Op::Sum, 0, Meta::one::<f64>(&[]), move || {
+            ferrolab_core::kernels::dispatch::panic_for_tests(&message, parallel);
+            Ok(())
+        })
+    })
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// linear algebra, distances, optimizer
+
+/// A 2-D view (read-only or mutable) of argument `name` of `func`.
+fn two_d<S: RawData>(
+    func: &'static str,
+    name: &'static str,
+    v: ArrayBase<S, IxDyn>,
+) -> PyResult<ArrayBase<S, Ix2>> {
+    let nd = v.ndim();
+    v.into_dimensionality::<Ix2>()
+        .map_err(|_| arg_value(func, name, format!("must be 2-D, got {nd} dimensions")))
+}
+
+/// Matrix product of two 2-D arrays, like ``a @ b`` (GEMM from the ``gemm`` crate, multi-threaded).
+///
+/// Any strides or memory order are used without copying; ``out`` may be Fortran-ordered.
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.matmul(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]]))
+/// array([[1., 2.],
+///        [3., 4.]])
+#[pyfunction]
+#[pyo3(signature = (a, b, out=None, *, device="cpu"))]
+pub fn matmul<'py>(
+    py: Python<'py>,
+    a: &Obj<'py>,
+    b: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Matmul, device, || matmul_into(py, a, b, opt_out(out)))
+}
+
+fn matmul_into<'py>(
+    py: Python<'py>,
+    a: &Obj<'py>,
+    b: &Obj<'py>,
+    out: Option<&Obj<'py>>,
+) -> PyResult<Obj<'py>> {
+    if let Some(o) = out.filter(|o| alias(o, a) != Alias::None || alias(o, b) != Alias::None) {
+        let r = matmul_into(py, a, b, None)?;
+        return copy_into(py, "matmul", o, &r);
+    }
+    let (x, y, fin) = take_two(py, Op::Matmul, ["a", "b"], a, b, Kind::Same)?;
+    let direct_out = out.filter(|_| fin.is_none());
+    let r = match x {
+        In::F64(x) => gemm::<f64>(py, x, f64::unwrap(y), direct_out)?,
+        In::F32(x) => gemm::<f32>(py, x, f32::unwrap(y), direct_out)?,
+        In::I64(x) => {
+            let y = i64::unwrap(y);
+            let va = two_d("matmul", "a", x.as_array())?;
+            let vb = two_d("matmul", "b", y.as_array())?;
+            let (work, meta) = (
+                va.len().saturating_mul(vb.ncols()),
+                Meta::two::<i64>(x.0.shape(), y.0.shape()),
+            );
+            to_py(
+                py,
+                run(py, Op::Matmul, work, meta, move || int::matmul(&va, &vb))?.into_dyn(),
+            )?
+        }
+    };
+    let r = finish(r, &fin)?;
+    match out {
+        Some(o) if !r.is(o) => copy_into(py, "matmul", o, &r),
+        _ => Ok(r),
+    }
+}
+
+/// Float GEMM into `out` when it has dtype `T`, else into a fresh array (the caller copies it into `out`).
+fn gemm<'py, T: linalg::GemmElem + Native>(
+    py: Python<'py>,
+    x: Ro<'py, T>,
+    y: Ro<'py, T>,
+    out: Option<&Obj<'py>>,
+) -> PyResult<Obj<'py>> {
+    let va = two_d("matmul", "a", x.as_array())?;
+    let vb = two_d("matmul", "b", y.as_array())?;
+    let work = va.len().saturating_mul(vb.ncols());
+    let o = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
+        Some(o) => o.clone(),
+        // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
+        None => new_array::<T>(py, "matmul", &[va.nrows(), vb.ncols()], false)?.into_any(),
+    };
+    let mut rw = take_out::<T>("matmul", &o)?;
+    let ov = two_d("matmul", "out", rw.as_array_mut())?;
+    let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
+    run(py, Op::Matmul, work, meta, move || {
+        linalg::matmul(&va, &vb, Some(ov))
+    })?;
+    drop(rw);
+    Ok(o)
+}
+
+/// Distances between every row of ``a`` and every row of ``b``, like :func:`scipy.spatial.distance.cdist`.
+///
+/// ``metric`` is ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``. Computed directly per pair (no
+/// ``|a|^2 + |b|^2 - 2ab`` cancellation), so equal points are exactly 0 apart. ``float32`` inputs give a
+/// ``float32`` result (SciPy always returns ``float64``).
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> fl.ops.cdist(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 1.0]]))
+/// array([[5., 1.]])
+#[pyfunction]
+#[pyo3(signature = (a, b, metric="euclidean", *, device="cpu"))]
+pub fn cdist<'py>(
+    py: Python<'py>,
+    a: &Obj<'py>,
+    b: &Obj<'py>,
+    metric: &str,
+    device: &str,
+) -> PyResult<Obj<'py>> {
+    boundary(Op::Cdist, device, || {
+        let m = distance::Metric::parse(metric).py()?;
+        let (x, y, fin) = take_two(py, Op::Cdist, ["a", "b"], a, b, Kind::Float)?;
+        let r = each_float!(x, T, x => {
+            let y = <T as Native>::unwrap(y);
+            let va = two_d("cdist", "a", x.as_array())?;
+            let vb = two_d("cdist", "b", y.as_array())?;
+            let work = va.len().saturating_mul(vb.nrows());
+            let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
+            to_py(py, run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?.into_dyn())?
+        });
+        finish(r, &fin)
+    })
+}
+
+/// One in-place Adam step with the arithmetic of PyTorch's ``torch.optim.Adam``.
+///
+/// ``param``, ``m`` and ``v`` are updated in place (they must be writeable float32/float64 arrays of one dtype
+/// and shape; ``grad`` the same dtype and shape). ``t`` is the step number, from 1. With ``weight_decay``,
+/// ``decoupled=False`` adds ``weight_decay * param`` to the gradient (``Adam``); ``decoupled=True`` decays
+/// the parameters directly (``AdamW``).
+///
+/// Examples
+/// --------
+/// >>> import numpy as np, ferrolab as fl
+/// >>> p = np.array([1.0, -1.0]); g = np.array([0.5, -0.5])
+/// >>> m = np.zeros(2); v = np.zeros(2)
+/// >>> fl.ops.adam_step(p, g, m, v, t=1, lr=0.1)
+/// >>> p.round(6)
+/// array([ 0.9, -0.9])
+#[pyfunction]
+#[pyo3(signature = (param, grad, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, *, decoupled=false, device="cpu"))]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step<'py>(
+    py: Python<'py>,
+    param: &Obj<'py>,
+    grad: &Obj<'py>,
+    m: &Obj<'py>,
+    v: &Obj<'py>,
+    t: i64,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+    device: &str,
+) -> PyResult<()> {
+    boundary(Op::AdamStep, device, || {
+        if t < 1 {
+            return Err(arg_value(
+                "adam_step",
+                "t",
+                format!("is {t}; expected the step number, >= 1"),
+            ));
+        }
+        let hp = optim::AdamParams {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+            t: t as u64,
+        };
+        if param.cast::<PyArrayDyn<f64>>().is_ok() {
+            adam_t::<f64>(py, [param, grad, m, v], hp)
+        } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
+            adam_t::<f32>(py, [param, grad, m, v], hp)
+        } else {
+            let what = "must be a float32 or float64 numpy.ndarray (updated in place)";
+            Err(arg_type(
+                "adam_step",
+                "param",
+                format!("{what}, got {}", dtype_or_class(param)),
+            ))
+        }
+    })
+}
+
+/// `dtype` of an array, else the class name (for messages).
+fn dtype_or_class(o: &Obj<'_>) -> String {
+    o.getattr("dtype")
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| class_name(o))
+}
+
+fn adam_t<'py, T: Real + numpy::Element>(
+    py: Python<'py>,
+    args: [&Obj<'py>; 4],
+    hp: optim::AdamParams,
+) -> PyResult<()> {
+    const NAMES: [&str; 4] = ["param", "grad", "m", "v"];
+    let [param, grad, m, v] = args;
+    let want = |k: usize| -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+        args[k].cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
+            let (dt, got) = (T::DTYPE, dtype_or_class(args[k]));
+            arg_type(
+                "adam_step",
+                NAMES[k],
+                format!("must be a numpy.ndarray of dtype {dt} like param, got {got}"),
+            )
+        })
+    };
+    let (pa, ga, ma, va) = (want(0)?, want(1)?, want(2)?, want(3)?);
+    for (n1, a1, n2, a2) in [
+        ("param", param, "m", m),
+        ("param", param, "v", v),
+        ("m", m, "v", v),
+    ] {
+        if alias(a1, a2) != Alias::None {
+            return Err(value_error(format!(
+                "adam_step(): arguments '{n1}' and '{n2}' must not share memory"
+            )));
+        }
+    }
+    // a gradient that overlaps a state array is copied first
+    let ga = if [param, m, v].iter().any(|s| alias(s, grad) != Alias::None) {
+        ga.call_method0("copy")?.cast_into::<PyArrayDyn<T>>()?
+    } else {
+        ga
+    };
+    let rw = |name: &'static str, a: &Bound<'py, PyArrayDyn<T>>| {
+        a.try_readwrite().map_err(|e| {
+            arg_value(
+                "adam_step",
+                name,
+                format!("must be a writeable array ({e})"),
+            )
+        })
+    };
+    let (mut p, mut mm, mut vv) = (rw("param", &pa)?, rw("m", &ma)?, rw("v", &va)?);
+    let g = ga.readonly();
+    let (pv, gv, mv, vvv) = (
+        p.as_array_mut(),
+        g.as_array(),
+        mm.as_array_mut(),
+        vv.as_array_mut(),
+    );
+    let n = pv.len();
+    let shapes = || -> Vec<Vec<usize>> {
+        [&pa, &ga, &ma, &va]
+            .iter()
+            .map(|a| a.shape().to_vec())
+            .collect()
+    };
+    run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
+        optim::adam_step(pv, gv, mv, vvv, hp)
+    })
 }
