@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import ferrolab as fl
@@ -464,4 +465,8 @@ def test_cdist_matches_scipy(metric, data):
     s = max(finite_scale(a), finite_scale(b))
     atol = {"euclidean": 8 * (k + 1) * e * s, "sqeuclidean": 16 * (k + 1) * e * s * s, "cosine": 16 * (k + 1) * e}[
         metric]
+    # ferrolab computes in the input's precision, as NumPy's own arithmetic does, where SciPy upcasts to float64: a
+    # squared difference below the dtype's smallest normal number underflows (float32: |a - b| < ~1.1e-19)
+    tiny = float(np.finfo(dtype).tiny)
+    atol += {"euclidean": math.sqrt(4 * (k + 1) * tiny), "sqeuclidean": 4 * (k + 1) * tiny, "cosine": 0.0}[metric]
     np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=RTOL[dtype], atol=atol)
