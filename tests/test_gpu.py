@@ -47,6 +47,14 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int dev) {
 CUresult cuDeviceTotalMem_v2(size_t* b, int dev) { *b = (size_t)80 << 30; return 0; }
 #endif
 """
+# every other driver function ferrolab calls: present, answering CUDA_ERROR_NOT_SUPPORTED (801)
+IMPLEMENTED = {"cuInit", "cuDriverGetVersion", "cuGetErrorName", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetName",
+               "cuDeviceGetAttribute", "cuDeviceTotalMem_v2"}
+STUB_C += "".join(
+    f"CUresult {name}(void) {{ return 801; }}\n"
+    for name in fl._core._gpu_probe()["driver_symbols"]
+    if name not in IMPLEMENTED
+)
 
 PROBE = r"""
 import json, os, sys
@@ -59,6 +67,7 @@ try:
     out["cuda"] = "ran"
 except fl.DeviceUnavailableError as e:
     out["cuda"] = str(e)
+    out["cause"] = str(e.__cause__) if e.__cause__ else None
 out["auto"] = float(fl.ops.sum(np.arange(4.0), device="auto"))
 if os.environ.get("PROBE_FORK"):
     r, w = os.pipe()
@@ -119,7 +128,7 @@ def assert_unavailable(out: dict, reason: str) -> None:
 
 def test_no_gpu_contract_in_this_process() -> None:
     info = fl.gpu.info()
-    assert sorted(info) == ["available", "devices", "driver_version", "reason"]
+    assert sorted(info) == ["available", "breaker", "devices", "driver_version", "reason"]
     # no op runs on a GPU yet, so this holds on every machine
     assert fl.gpu.is_available() is False and info["available"] is False
     assert info["reason"]
@@ -174,8 +183,13 @@ def test_stub_device_found_but_ops_refuse(stubs: dict[str, Path]) -> None:
             "multiprocessors": 132,
         }
     ]
-    # a GPU is there, but the ops have no GPU path yet: said, never run on the CPU instead
-    assert_unavailable(out, r"found 1 CUDA device\(s\) \(Stub GPU\), but ferrolab's ops do not run on the GPU yet")
+    # a GPU is there: is_available() says so
+    assert info["available"] is True and info["reason"] == ""
+    # the stub cannot make a context: the call fails with the CUDA error as its cause, and never runs on the CPU
+    assert out["cuda"].startswith("sum(): device 'cuda' is not available: the GPU failed: "), out["cuda"]
+    assert "cuDevicePrimaryCtxRetain failed: CUDA_ERROR_NOT_SUPPORTED" in out["cuda"], out["cuda"]
+    assert out["cause"] == "CUDA_ERROR_NOT_SUPPORTED"
+    assert out["auto"] == 6.0
 
 
 def test_disabled_by_environment(stubs: dict[str, Path]) -> None:

@@ -4,11 +4,21 @@ CUDA is loaded at run time, so this module imports and every CPU feature works o
 GPU: :func:`is_available` is then ``False`` and ``info()["reason"]`` says why ("no NVIDIA driver: ...", "no CUDA
 device ...", "the NVIDIA driver supports CUDA 12.4; ..."). ``FERROLAB_DISABLE_GPU=1`` turns the backend off.
 
-What works today: the probe (:func:`info` lists the devices the driver reports) and the compilation of every GPU
-kernel with NVRTC (:func:`compile_kernels`; NVRTC comes from ``pip install nvidia-cuda-nvrtc``, a system CUDA or
-PyTorch's wheels). The ops do not run on the GPU yet: ``device="cuda"`` raises
-:class:`ferrolab.DeviceUnavailableError` saying so (never a silent CPU run), ``device="auto"`` runs on the CPU, and
-:func:`asarray` / :func:`from_dlpack` raise the same error.
+What runs on a GPU: whole-array reductions (``axis=None``) of contiguous float32/float64 NumPy arrays — ``sum``,
+``mean``, ``min``, ``max``, ``argmin``, ``argmax``, ``norm``, ``var``, ``std`` — with ``device="cuda"`` (or
+``"cuda:N"``): the data is copied to the device, reduced there by kernels compiled with NVRTC at first use
+(``pip install nvidia-cuda-nvrtc``, a system CUDA or PyTorch's wheels provide it; compiled kernels are cached under
+``~/.cache/ferrolab/kernels``), and the result comes back as NumPy's scalar. Other ops and inputs with
+``device="cuda"`` raise :class:`ferrolab.DeviceUnavailableError` saying so — never a silent CPU run. These GPU paths
+have not yet been run on a real GPU (``tools/gpu_check.sh`` runs them where one is at hand).
+
+``device="auto"`` keeps O(n) ops on NumPy data on the CPU (the copy over PCIe costs more than the op);
+``FERROLAB_AUTO_DEVICE=cuda`` sends them to the GPU, ``=cpu`` keeps everything on the CPU. An ``auto`` call whose GPU
+attempt fails is rerun on the CPU and counted as ``ferrolab_operations_total{device="cuda",status="fallback"}``;
+three consecutive GPU failures open the circuit breaker ``gpu`` (``info()["breaker"]``) for 60 s; a sticky CUDA
+error (illegal address, launch failure, ECC) turns the backend off for the process. :func:`set_strict` (or
+``FERROLAB_GPU_STRICT=1``) makes every fallback an error. Device arrays (:func:`asarray`, :func:`from_dlpack`) are
+not built yet.
 """
 
 from __future__ import annotations
@@ -20,7 +30,10 @@ from typing import Any
 
 from . import _core
 
-__all__ = ["is_available", "info", "asarray", "from_dlpack", "compile_kernels"]
+__all__ = ["is_available", "info", "asarray", "from_dlpack", "compile_kernels", "set_strict", "is_strict"]
+
+set_strict = _core.set_strict
+is_strict = _core.is_strict
 
 
 def is_available() -> bool:
@@ -42,14 +55,15 @@ def info() -> dict[str, Any]:
     -------
     dict
         ``available`` (bool), ``reason`` (why not, ``""`` when available), ``driver_version`` (e.g. 13000 for
-        CUDA 13.0; ``None`` without a driver) and ``devices``: one dict per device the driver reports (``index``,
-        ``name``, ``compute_capability``, ``total_memory`` in bytes, ``multiprocessors``).
+        CUDA 13.0; ``None`` without a driver), ``devices``: one dict per device the driver reports (``index``,
+        ``name``, ``compute_capability``, ``total_memory`` in bytes, ``multiprocessors``), and ``breaker``: the
+        state of the circuit breaker ``gpu`` ("closed", "open", "half_open").
 
     Examples
     --------
     >>> import ferrolab as fl
     >>> sorted(fl.gpu.info())
-    ['available', 'devices', 'driver_version', 'reason']
+    ['available', 'breaker', 'devices', 'driver_version', 'reason']
     """
     probe = _core._gpu_probe()
     reason = _core.gpu_unavailable_reason()
@@ -58,6 +72,7 @@ def info() -> dict[str, Any]:
         "reason": reason or "",
         "driver_version": probe["driver_version"],
         "devices": probe["devices"],
+        "breaker": _core._gpu_breaker_state(),
     }
 
 
@@ -122,3 +137,6 @@ def from_dlpack(obj: Any) -> Any:
     :class:`ferrolab.DeviceUnavailableError`)."""
     _core.check_device("from_dlpack", "cuda")
     raise NotImplementedError("from_dlpack(): device arrays are not implemented yet")
+
+
+_core._gpu_set_nvrtc_dirs(_nvrtc_dirs())

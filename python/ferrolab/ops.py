@@ -6,8 +6,10 @@ bools are converted the way NumPy converts them for that operation. Results equa
 tolerance, including NaN/inf handling and empty inputs. Inner loops use AVX2/FMA when the CPU has them, large
 inputs run on a bounded thread pool (``FERROLAB_NUM_THREADS``), and heavy calls release the GIL.
 
-Each function takes ``device="cpu"`` (default), ``"cuda"`` or ``"auto"``. This build has no CUDA backend:
-``"auto"`` runs on the CPU and ``"cuda"`` raises :class:`ferrolab.DeviceUnavailableError`.
+Each function takes ``device="cpu"`` (default), ``"cuda"`` (``"cuda:N"``) or ``"auto"``. On a GPU (see
+:mod:`ferrolab.gpu`) whole-array reductions run with ``"cuda"``; other calls with ``"cuda"`` raise
+:class:`ferrolab.DeviceUnavailableError` with the reason, never run on the CPU instead. ``"auto"`` runs these O(n)
+ops on NumPy data on the CPU.
 
 Errors: a wrong dtype raises ``TypeError``; a shape mismatch, bad ``axis`` or bad ``out`` raises ``ValueError``; a
 result (or a copy of a strided or broadcast input) too large to allocate raises ``MemoryError``. Messages name the
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from . import gpu as _gpu  # noqa: F401  (tells the native GPU backend where NVRTC is)
 
 __all__ = [
     "sum",

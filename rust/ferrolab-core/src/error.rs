@@ -28,8 +28,10 @@ pub enum CoreError {
     #[error("{func}(): device '{device}' is not available: {reason}")]
     DeviceUnavailable {
         func: Box<str>,
-        device: String,
+        device: Box<str>,
         reason: String,
+        /// The CUDA error behind it, when a GPU call failed (`__cause__` of the Python exception).
+        cause: Option<Box<str>>,
     },
     /// A backup repository failure (see [`BackupErrorKind`]); the message names the repository item.
     #[error("{msg}")]

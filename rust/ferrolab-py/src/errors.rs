@@ -72,7 +72,15 @@ pub fn to_py(e: CoreError) -> PyErr {
     match e {
         CoreError::Type { .. } => PyTypeError::new_err(msg),
         CoreError::Value { .. } => PyValueError::new_err(msg),
-        CoreError::DeviceUnavailable { .. } => DeviceUnavailableError::new_err(msg),
+        CoreError::DeviceUnavailable { cause, .. } => {
+            let e = DeviceUnavailableError::new_err(msg);
+            if let Some(cause) = cause {
+                Python::attach(|py| {
+                    e.set_cause(py, Some(PyRuntimeError::new_err(cause.to_string())))
+                });
+            }
+            e
+        }
         CoreError::Memory { .. } => PyMemoryError::new_err(msg),
         CoreError::Internal { .. } => InternalError::new_err(msg),
         CoreError::Backup { kind, .. } => {

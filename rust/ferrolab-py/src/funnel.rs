@@ -141,7 +141,7 @@ pub fn run_helper<R: Send>(
 /// `AssertUnwindSafe`: after a panic nothing of the work is used again except what Python owns — a fresh result
 /// array is dropped, an `out=` array may hold partial results (as after any failed op).
 #[inline(always)]
-fn guarded<R>(op: Op, f: impl FnOnce() -> Result<R>) -> Result<R> {
+pub(crate) fn guarded<R>(op: Op, f: impl FnOnce() -> Result<R>) -> Result<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => Err(internal_error(op, payload)),

@@ -12,7 +12,8 @@ fn gpu_unavailable_reason() -> Option<String> {
     ferrolab_core::device::gpu_unavailable_reason()
 }
 
-/// The GPU probe: `{"driver_version": int | None, "devices": [...], "probe_error": str | None}`.
+/// The GPU probe: `{"driver_version": int | None, "devices": [...], "probe_error": str | None,
+/// "driver_symbols": [...]}` (the driver functions ferrolab calls, all checked by the probe).
 #[pyfunction]
 fn _gpu_probe(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -37,6 +38,7 @@ fn _gpu_probe(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         }
     }
     d.set_item("devices", devices)?;
+    d.set_item("driver_symbols", gpu::DRIVER_SYMBOLS)?;
     Ok(d)
 }
 
@@ -80,7 +82,68 @@ fn _gpu_compile<'py>(py: Python<'py>, arch: &str) -> PyResult<Bound<'py, PyDict>
     Ok(d)
 }
 
+/// Folders where NVRTC may be found (the Python layer passes them at import).
+#[pyfunction]
+fn _gpu_set_nvrtc_dirs(dirs: Vec<PathBuf>) {
+    gpu::exec::set_nvrtc_dirs(dirs);
+}
+
+/// Installs the fake GPU of the tests (computes on the CPU under the `cuda` labels) failing its next `times`
+/// attempts with `error` (a CUDA error name; `sticky` poisons the backend for the process), or removes it
+/// (`enabled=False`).
+#[pyfunction]
+#[pyo3(signature = (enabled, error=None, sticky=false, times=0))]
+fn _gpu_set_fake(enabled: bool, error: Option<String>, sticky: bool, times: u32) {
+    use gpu::dispatch::{set_fake, Fake};
+    set_fake(enabled.then(|| Fake {
+        failure: error.map(|error| gpu::exec::GpuFailure {
+            during: "a kernel launch on the fake GPU".to_string(),
+            error,
+            sticky,
+        }),
+        times,
+        attempts: 0,
+    }));
+}
+
+/// GPU attempts the fake GPU has seen (`None` without the fake).
+#[pyfunction]
+fn _gpu_fake_attempts() -> Option<u64> {
+    gpu::dispatch::fake().map(|f| f.attempts)
+}
+
+/// Closes the `gpu` breaker (tests).
+#[pyfunction]
+fn _gpu_reset_breaker() {
+    gpu::dispatch::breaker().reset();
+}
+
+/// The `gpu` breaker's state ("closed", "open", "half_open", ...).
+#[pyfunction]
+fn _gpu_breaker_state() -> &'static str {
+    gpu::dispatch::breaker().state().name()
+}
+
+/// Makes every fallback from the GPU to the CPU an error (`True`), or allows fallbacks again (`False`).
+#[pyfunction]
+fn set_strict(strict: bool) {
+    gpu::dispatch::set_strict(strict);
+}
+
+/// Whether fallbacks are errors (`set_strict`, `FERROLAB_GPU_STRICT=1`).
+#[pyfunction]
+fn is_strict() -> bool {
+    gpu::dispatch::strict()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_gpu_set_nvrtc_dirs, m)?)?;
+    m.add_function(wrap_pyfunction!(_gpu_set_fake, m)?)?;
+    m.add_function(wrap_pyfunction!(_gpu_fake_attempts, m)?)?;
+    m.add_function(wrap_pyfunction!(_gpu_reset_breaker, m)?)?;
+    m.add_function(wrap_pyfunction!(_gpu_breaker_state, m)?)?;
+    m.add_function(wrap_pyfunction!(set_strict, m)?)?;
+    m.add_function(wrap_pyfunction!(is_strict, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_unavailable_reason, m)?)?;
     m.add_function(wrap_pyfunction!(_gpu_probe, m)?)?;
     m.add_function(wrap_pyfunction!(_gpu_load_nvrtc, m)?)?;

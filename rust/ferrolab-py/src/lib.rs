@@ -11,6 +11,7 @@ mod breaker;
 mod errors;
 mod funnel;
 mod gpu;
+mod gpu_ops;
 mod metrics;
 mod ops;
 mod runtime;

@@ -10,6 +10,7 @@ use crate::arrays::{
 };
 use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
+use ferrolab_core::gpu::dispatch::{self, Requested};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::{
@@ -34,6 +35,28 @@ fn boundary<R>(op: Op, device: &str, body: impl FnOnce() -> PyResult<R>) -> PyRe
         device,
         check_device(op.name(), device).and_then(|()| body()),
     )
+}
+
+/// [`boundary`] of an op with a GPU path ([`crate::gpu_ops`]): `"cpu"` runs `body`; `"cuda"` runs `gpu` (an error
+/// when these inputs have no GPU path); `"auto"` runs `body` unless the cost model sends the call to the GPU (for
+/// these O(n) ops on NumPy data only `FERROLAB_AUTO_DEVICE=cuda` does), and `body` again where `gpu` has no path.
+#[inline]
+fn boundary_gpu<'py>(
+    op: Op,
+    device: &str,
+    gpu: impl FnOnce(Requested) -> Option<PyResult<Obj<'py>>>,
+    body: impl FnOnce() -> PyResult<Obj<'py>>,
+) -> PyResult<Obj<'py>> {
+    let r = (|| match dispatch::parse(op.name(), device).py()? {
+        Requested::Cpu => body(),
+        Requested::Auto if !dispatch::auto_prefers_gpu(false, 0.0, 0.0) => body(),
+        req => match gpu(req) {
+            Some(r) => r,
+            None if req == Requested::Auto => body(),
+            None => Err(crate::gpu_ops::no_gpu_path(op, device)),
+        },
+    })();
+    counted(op, device, r)
 }
 
 /// Native element types of the type-preserving ops, mapped to their core implementations.
@@ -328,7 +351,7 @@ macro_rules! reduction {
             axis: Option<isize>,
             device: &str,
         ) -> PyResult<Obj<'py>> {
-            boundary($op, device, || {
+            boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, 0.0, req), || {
                 flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
                 let (a, fin) = take_one(py, $op, x, $kind)?;
                 $(warn_if(py, reduced_len(&a, axis) == Some(0), $msg)?;)?
@@ -460,7 +483,7 @@ macro_rules! moment {
             ddof: f64,
             device: &str,
         ) -> PyResult<Obj<'py>> {
-            boundary($op, device, || {
+            boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, ddof, req), || {
                 flat_fast!(py, x, axis, $op, false, ddof; stats::$flat, ddof);
                 let (a, fin) = take_one(py, $op, x, Kind::Float)?;
                 warn_ddof(py, &a, axis, ddof)?;

@@ -36,6 +36,7 @@ fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
             d.set_item("device", s.device)?;
             d.set_item("calls", s.calls)?;
             d.set_item("errors", s.errors)?;
+            d.set_item("fallbacks", s.fallbacks)?;
             d.set_item("seconds", s.seconds)?;
             Ok(d)
         })

@@ -69,12 +69,17 @@ fn fail(during: impl Into<String>, e: DriverError) -> GpuFailure {
         error: format!("{:?}", e.0),
         sticky: is_sticky(e.0),
     };
+    mark_dead_if_sticky(&f);
+    f
+}
+
+/// Turns the backend off for the process when `f` is sticky (its context is poisoned).
+pub fn mark_dead_if_sticky(f: &GpuFailure) {
     if f.sticky {
         let _ = DEAD.set(format!(
             "the GPU backend hit a sticky CUDA error ({f}) and is off for the rest of this process"
         ));
     }
-    f
 }
 
 fn other(during: impl Into<String>, error: impl Into<String>) -> GpuFailure {
@@ -202,12 +207,20 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub trait GpuFloat: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
     /// The kernel name suffix: "f32" or "f64".
     const SUFFIX: &'static str;
+    /// The nearest value of this type.
+    fn from_f64(v: f64) -> Self;
 }
 impl GpuFloat for f32 {
     const SUFFIX: &'static str = "f32";
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
 }
 impl GpuFloat for f64 {
     const SUFFIX: &'static str = "f64";
+    fn from_f64(v: f64) -> Self {
+        v
+    }
 }
 
 impl Device {

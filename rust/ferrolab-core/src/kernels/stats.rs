@@ -10,7 +10,7 @@ use crate::error::{CoreError, Result};
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 use rayon::prelude::*;
 
-fn check_ddof(func: &'static str, ddof: f64) -> Result<()> {
+pub fn check_ddof(func: &'static str, ddof: f64) -> Result<()> {
     if !ddof.is_finite() {
         return Err(CoreError::value(
             func,

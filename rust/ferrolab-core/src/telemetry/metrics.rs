@@ -664,8 +664,14 @@ impl Collector for Builtin {
             let (op, dev) = (s.operation, s.device);
             ops.push(counter_metric(
                 &[("operation", op), ("device", dev), ("status", "success")],
-                (s.calls - s.errors) as f64,
+                (s.calls - s.errors - s.fallbacks) as f64,
             ));
+            if dev == "cuda" {
+                ops.push(counter_metric(
+                    &[("operation", op), ("device", dev), ("status", "fallback")],
+                    s.fallbacks as f64,
+                ));
+            }
             ops.push(counter_metric(
                 &[("operation", op), ("device", dev), ("status", "error")],
                 s.errors as f64,

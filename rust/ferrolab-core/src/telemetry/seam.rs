@@ -108,6 +108,8 @@ struct Cell {
     errors: [AtomicU64; N_KINDS],
     /// Calls that failed before reaching the kernel (argument conversion): counted, not timed.
     untimed_errors: AtomicU64,
+    /// Calls whose GPU attempt failed and that were rerun on the CPU (`device="cuda"` cells only).
+    fallbacks: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -118,6 +120,7 @@ const CELL: Cell = Cell {
     nanos: ZERO,
     errors: [ZERO; N_KINDS],
     untimed_errors: ZERO,
+    fallbacks: ZERO,
 };
 #[allow(clippy::declare_interior_mutable_const)]
 const ROW: [Cell; 2] = [CELL, CELL];
@@ -177,6 +180,42 @@ pub fn take_counted() -> bool {
     COUNTED.with(|f| f.replace(false))
 }
 
+/// Times `f` with the seam's clock: its result and its duration in nanoseconds (0 while instrumentation is off).
+#[inline]
+pub fn timed<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return (f(), 0);
+    }
+    let clock = &*CLOCK;
+    let t0 = clock.raw();
+    let r = f();
+    (r, clock.delta_as_nanos(t0, clock.raw()))
+}
+
+/// Records a call of `op` on `device` that [`timed`] measured: a success, or a failure of error class `kind`.
+pub fn record_timed(op: Op, device: Device, nanos: u64, error_kind: Option<&str>) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let c = &CELLS[op as usize][device as usize];
+    c.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+    c.nanos.fetch_add(nanos, Ordering::Relaxed);
+    if let Some(kind) = error_kind {
+        c.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+        COUNTED.with(|f| f.set(true));
+    }
+}
+
+/// Counts a call of `op` whose GPU attempt failed and that was rerun on the CPU (the rerun is recorded as a CPU
+/// call of its own): `ferrolab_operations_total{device="cuda",status="fallback"}`.
+pub fn record_fallback(op: Op) {
+    if ENABLED.load(Ordering::Relaxed) {
+        CELLS[op as usize][Device::Cuda as usize]
+            .fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts a call of `op` that failed with error class `kind` before it reached the kernel (e.g. a wrong dtype
 /// found while converting arguments). It counts as a failed call but has no duration.
 pub fn record_untimed_error(op: Op, device: Device, kind: &str) {
@@ -198,9 +237,11 @@ pub fn op_by_name(name: &str) -> Option<Op> {
 pub struct OpStats {
     pub operation: &'static str,
     pub device: &'static str,
-    /// All calls: successful + failed.
+    /// All calls: successful + failed + fallen back.
     pub calls: u64,
     pub errors: u64,
+    /// Calls rerun on the CPU after their GPU attempt failed.
+    pub fallbacks: u64,
     /// Failed calls per class, in the order of [`ERROR_KINDS`].
     pub errors_by_kind: [u64; N_KINDS],
     /// Wall time of the timed calls.
@@ -225,8 +266,9 @@ pub fn snapshot() -> Vec<OpStats> {
             let buckets: [u64; N_BUCKETS] =
                 std::array::from_fn(|i| c.buckets[i].load(Ordering::Relaxed));
             let untimed = c.untimed_errors.load(Ordering::Relaxed);
+            let fallbacks = c.fallbacks.load(Ordering::Relaxed);
             let timed: u64 = buckets.iter().sum();
-            if timed + untimed == 0 {
+            if timed + untimed + fallbacks == 0 {
                 continue;
             }
             let errors_by_kind: [u64; N_KINDS] =
@@ -234,8 +276,9 @@ pub fn snapshot() -> Vec<OpStats> {
             v.push(OpStats {
                 operation: op.name(),
                 device: dev.name(),
-                calls: timed + untimed,
+                calls: timed + untimed + fallbacks,
                 errors: errors_by_kind.iter().sum(),
+                fallbacks,
                 errors_by_kind,
                 seconds: c.nanos.load(Ordering::Relaxed) as f64 * 1e-9,
                 buckets,

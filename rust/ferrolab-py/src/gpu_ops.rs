@@ -1,0 +1,163 @@
+//! The GPU path of the ops that have one: whole-array reductions (`axis=None`) of contiguous float32/float64
+//! NumPy arrays — sum, mean, min, max, argmin, argmax, norm, var, std. The input is copied to the device, reduced
+//! there, and the result returned as NumPy's scalar. Placement, fallback and the `gpu` breaker are
+//! `ferrolab_core::gpu::dispatch`'s.
+
+use crate::arrays::{to_py, ToNumpy};
+use crate::errors::IntoPyResult;
+use crate::funnel::guarded;
+use ferrolab_core::gpu::dispatch::{self, Requested};
+use ferrolab_core::gpu::exec::{Device, GpuFailure, GpuFloat};
+use ferrolab_core::kernels::layout::Canon;
+use ferrolab_core::kernels::{reduce, stats, Real};
+use ferrolab_core::telemetry::seam::Op;
+use ferrolab_core::{CoreError, Result as CoreResult};
+use ndarray::{ArrayD, IxDyn};
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+type Obj<'py> = Bound<'py, PyAny>;
+
+/// Runs a whole-array reduction `op` of `x` as `requested` (`Cuda`, or `Auto` that the cost model sends to the
+/// GPU). `None` when these inputs have no GPU path (an axis, another dtype or layout, an empty array): the
+/// caller then runs the CPU path for `Auto` and reports the device unavailable for `Cuda` ([`no_gpu_path`]).
+pub fn reduction<'py>(
+    py: Python<'py>,
+    op: Op,
+    x: &Obj<'py>,
+    axis: Option<isize>,
+    ddof: f64,
+    requested: Requested,
+) -> Option<PyResult<Obj<'py>>> {
+    if axis.is_some() {
+        return None;
+    }
+    if let Some(r) = typed::<f64>(py, op, x, ddof, requested) {
+        return Some(r);
+    }
+    typed::<f32>(py, op, x, ddof, requested)
+}
+
+/// The error of a `device="cuda"` call whose inputs have no GPU path.
+pub fn no_gpu_path(op: Op, device: &str) -> PyErr {
+    crate::errors::to_py(CoreError::DeviceUnavailable {
+        func: op.name().into(),
+        device: device.into(),
+        reason: dispatch::unavailable_reason().unwrap_or_else(|| {
+            format!(
+                "{}() runs on the GPU only over all elements (axis=None) of a contiguous float32/float64 array",
+                op.name()
+            )
+        }),
+        cause: None,
+    })
+}
+
+fn typed<'py, T>(
+    py: Python<'py>,
+    op: Op,
+    x: &Obj<'py>,
+    ddof: f64,
+    requested: Requested,
+) -> Option<PyResult<Obj<'py>>>
+where
+    T: GpuFloat + Real + numpy::Element + ToNumpy + Sync,
+{
+    let a = x.cast::<PyArrayDyn<T>>().ok()?;
+    let contiguous = if matches!(op, Op::Argmin | Op::Argmax) {
+        a.is_c_contiguous()
+    } else {
+        a.is_contiguous()
+    };
+    if !contiguous {
+        return None;
+    }
+    // SAFETY: contiguous (checked); only read, while `a` (and so the array) is alive; the GIL is released below
+    // but the array cannot be freed while this borrow holds a reference to it.
+    let s: &[T] = unsafe { a.as_slice() }.ok()?;
+    if s.is_empty() || (matches!(op, Op::Var | Op::Std) && s.len() as f64 <= ddof) {
+        return None; // the CPU path raises or warns like NumPy
+    }
+    if matches!(op, Op::Var | Op::Std) {
+        if let Err(e) = stats::check_ddof(op.name(), ddof) {
+            return Some(Err(crate::errors::to_py(e)));
+        }
+    }
+    let n = s.len();
+    Some(if matches!(op, Op::Argmin | Op::Argmax) {
+        let max = op == Op::Argmax;
+        let cpu = || -> CoreResult<ArrayD<i64>> {
+            if max {
+                reduce::argmax_c(Canon::flat(s))
+            } else {
+                reduce::argmin_c(Canon::flat(s))
+            }
+        };
+        let gpu = |d: &Device| -> Result<ArrayD<i64>, GpuFailure> {
+            let buf = d.upload(s)?;
+            Ok(scalar(d.arg_extreme(&buf, n, max)?))
+        };
+        run(py, op, requested, &gpu, &cpu).and_then(|r| to_py(py, r))
+    } else {
+        let cpu = || -> CoreResult<ArrayD<T>> {
+            let c = Canon::flat(s);
+            match op {
+                Op::Sum => reduce::sum_c(c),
+                Op::Mean => reduce::mean_c(c),
+                Op::Min => reduce::min_c(c),
+                Op::Max => reduce::max_c(c),
+                Op::Norm => reduce::norm_c(c),
+                Op::Var => stats::var_c(c, ddof),
+                _ => stats::std_c(c, ddof),
+            }
+        };
+        let gpu = |d: &Device| -> Result<ArrayD<T>, GpuFailure> {
+            let buf = d.upload(s)?;
+            let v = match op {
+                Op::Sum => d.sum(&buf, n)?,
+                Op::Mean => d.sum(&buf, n)? / n as f64,
+                Op::Min => d.minmax(&buf, n)?.0,
+                Op::Max => d.minmax(&buf, n)?.1,
+                Op::Norm => d.sumsq(&buf, n)?.sqrt(),
+                _ => {
+                    let (count, _, m2) = d.moments(&buf, n)?;
+                    let var = m2 / (count - ddof);
+                    if op == Op::Var {
+                        var
+                    } else {
+                        var.sqrt()
+                    }
+                }
+            };
+            Ok(scalar(<T as GpuFloat>::from_f64(v)))
+        };
+        run(py, op, requested, &gpu, &cpu).and_then(|r| to_py(py, r))
+    })
+}
+
+fn scalar<U: Clone>(v: U) -> ArrayD<U> {
+    ArrayD::from_elem(IxDyn(&[]), v)
+}
+
+/// [`dispatch::run`] without the GIL, with panics turned into `InternalError`.
+fn run<R: Send>(
+    py: Python<'_>,
+    op: Op,
+    requested: Requested,
+    gpu: &(dyn Fn(&Device) -> Result<R, GpuFailure> + Sync),
+    cpu: &(dyn Fn() -> CoreResult<R> + Sync),
+) -> PyResult<R> {
+    py.detach(|| {
+        guarded(op, || {
+            dispatch::run(
+                op,
+                requested,
+                true,
+                Some(&|d: &Device| gpu(d)),
+                &|| cpu(),
+                &|| String::new(),
+            )
+        })
+    })
+    .py()
+}
