@@ -93,3 +93,32 @@ def test_bench_metrics_smoke(tmp_path: Path) -> None:
     for key in ("cpu_model", "cores", "python", "ferrolab", "prometheus_client", "loadavg_start", "loadavg_end"):
         assert key in doc["machine"], key
     assert "instrumentation" in proc.stdout and "targets missed" in proc.stdout
+
+
+BENCH_GPU = REPO / "benches" / "bench_gpu.py"
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_bench_gpu_smoke(tmp_path: Path, fake: bool) -> None:
+    """Without a GPU the script says why and exits 0; with the fake GPU of the tests (computing on the CPU under the
+    cuda labels) its rows and checks run, so the GPU benchmark cannot rot on machines without a GPU."""
+    out = tmp_path / "g.json"
+    code = (
+        "import runpy, sys\n"
+        + ("from ferrolab import _core\n_core._gpu_set_fake(True)\n" if fake else "")
+        + f"sys.argv = ['bench_gpu.py', '--smoke', '--json', {str(out)!r}]\n"
+        + f"sys.path.insert(0, {str(BENCH_GPU.parent)!r})\n"
+        + f"runpy.run_path({str(BENCH_GPU)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True and doc["benchmark"] == "bench_gpu"
+    if not fake and not fl.gpu.is_available():
+        assert doc["rows"] == [] and doc["gpu"]["reason"]
+        assert "no usable GPU" in proc.stdout
+        return
+    assert {r["op"] for r in doc["rows"]} == {"sum", "mean", "var", "norm", "argmax"}
+    for r in doc["rows"]:
+        assert r["check"] == "ok", r
+        assert r["ferrolab_s"] > 0 and r["ferrolab_gbps"] > 0

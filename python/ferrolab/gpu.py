@@ -76,11 +76,16 @@ def info() -> dict[str, Any]:
     }
 
 
+# where NVIDIA's wheels put NVRTC: nvidia-cuda-nvrtc 13 (nvidia/cu13/lib), the CUDA 12 layout PyTorch wheels use
+# (nvidia/cuda_nvrtc/lib)
+_WHEEL_DIRS = (("nvidia", "cu13", "lib"), ("nvidia", "cuda_nvrtc", "lib"))
+
+
 def _nvrtc_dirs() -> list[str]:
-    """Folders that may hold NVRTC, in the order PyTorch and CuPy search them: the ``nvidia-cuda-nvrtc`` wheel
-    (``site-packages/nvidia/cu13/lib``) on ``sys.path``, then ``$CUDA_HOME``/``$CUDA_PATH``, then
+    """Folders that may hold NVRTC, in the order PyTorch and CuPy search them: NVIDIA's wheels on ``sys.path``
+    (``nvidia-cuda-nvrtc``, or those PyTorch installed), then ``$CUDA_HOME``/``$CUDA_PATH``, then
     ``/usr/local/cuda``."""
-    dirs = [os.path.join(p, "nvidia", "cu13", "lib") for p in sys.path if p]
+    dirs = [os.path.join(p, *sub) for sub in _WHEEL_DIRS for p in sys.path if p]
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             dirs.append(os.path.join(os.environ[var], "lib64"))

@@ -135,6 +135,27 @@ pub fn device(ordinal: usize) -> Result<Arc<Device>, GpuFailure> {
         .clone()
 }
 
+/// `(ordinal, used bytes, total bytes)` of every device this process has set up (none is set up by asking).
+pub fn memory() -> Vec<(usize, u64, u64)> {
+    let Some(slots) = DEVICES.get() else {
+        return Vec::new();
+    };
+    if super::status().is_err() || dead_reason().is_some() {
+        return Vec::new();
+    }
+    slots
+        .iter()
+        .filter_map(|slot| slot.get()?.as_ref().ok().cloned())
+        .filter_map(|d| {
+            guarded("cuMemGetInfo", || {
+                d.ctx.mem_get_info().map_err(|e| fail("cuMemGetInfo", e))
+            })
+            .ok()
+            .map(|(free, total)| (d.ordinal, (total - free.min(total)) as u64, total as u64))
+        })
+        .collect()
+}
+
 fn set_up(ordinal: usize) -> Result<Arc<Device>, GpuFailure> {
     let info = &super::status()
         .map_err(|r| other("probing the GPU", r))?

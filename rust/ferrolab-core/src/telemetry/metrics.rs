@@ -6,7 +6,8 @@
 //! Built-in series (prefix `ferrolab` by default, see [`set_prefix`]):
 //! `<p>_operations_total{operation,device,status}`, `<p>_operation_duration_seconds{operation,device}`
 //! (histogram), `<p>_errors_total{operation,error_type}` from the seam, and `<p>_memory_usage_bytes` (process
-//! resident memory), `<p>_memory_total_bytes` (the machine's memory), `<p>_cpu_usage_percent` (the process's
+//! resident memory), `<p>_memory_total_bytes` (the machine's memory), `<p>_gpu_memory_usage_bytes{device}` and
+//! `<p>_gpu_memory_total_bytes{device}` (GPUs the process computes on), `<p>_cpu_usage_percent` (the process's
 //! CPU use since the previous scrape, 100 = one core fully used).
 
 use super::seam;
@@ -569,6 +570,16 @@ impl Builtin {
                     "CPU use of this process since the previous scrape (100 = one core).",
                     &[],
                 )?,
+                d(
+                    "gpu_memory_usage_bytes",
+                    "Memory in use on a GPU this process computes on (all processes' use, as the driver reports it).",
+                    &["device"],
+                )?,
+                d(
+                    "gpu_memory_total_bytes",
+                    "Memory of a GPU this process computes on.",
+                    &["device"],
+                )?,
             ],
         })
     }
@@ -586,6 +597,8 @@ impl Builtin {
             "memory_usage_bytes",
             "memory_total_bytes",
             "cpu_usage_percent",
+            "gpu_memory_usage_bytes",
+            "gpu_memory_total_bytes",
         ] {
             v.push(format!("{p}_{g}"));
         }
@@ -745,6 +758,32 @@ impl Collector for Builtin {
                 "CPU use of this process since the previous scrape (100 = one core).",
                 MetricType::GAUGE,
                 vec![gauge_metric(cpu)],
+            ));
+        }
+        // GPUs this process has set up (a scrape never initialises CUDA)
+        let gpus = crate::gpu::exec::memory();
+        if !gpus.is_empty() {
+            let (mut used, mut total) = (Vec::new(), Vec::new());
+            for (ordinal, u, t) in gpus {
+                let dev = format!("cuda:{ordinal}");
+                let mut m = gauge_metric(u as f64);
+                m.set_label(labels(&[("device", &dev)]));
+                used.push(m);
+                let mut m = gauge_metric(t as f64);
+                m.set_label(labels(&[("device", &dev)]));
+                total.push(m);
+            }
+            out.push(self.family(
+                "gpu_memory_usage_bytes",
+                "Memory in use on a GPU this process computes on (all processes' use, as the driver reports it).",
+                MetricType::GAUGE,
+                used,
+            ));
+            out.push(self.family(
+                "gpu_memory_total_bytes",
+                "Memory of a GPU this process computes on.",
+                MetricType::GAUGE,
+                total,
             ));
         }
         out
