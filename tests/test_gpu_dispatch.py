@@ -175,3 +175,19 @@ def test_a_sticky_error_turns_the_backend_off_for_the_process() -> None:
     assert "rest of this process" in out["reason"]
     assert out["second"] == "sum(): device 'cuda' is not available: " + out["reason"]
     assert out["auto"] == 4.0
+
+
+def test_errors_on_both_devices_are_one_series_per_error_type() -> None:
+    # DeviceUnavailableError on the cuda cell (no GPU here, or the fake is off) and on the cpu cell (a bad device
+    # is checked before any device is chosen): one ferrolab_errors_total series, the sum
+    with pytest.raises((fl.DeviceUnavailableError, ValueError)):
+        fl.ops.mean(np.ones(3), device="cuda:7")
+    with pytest.raises(TypeError):
+        fl.ops.mean(np.array(["x"]))
+    lines = [
+        x
+        for x in fl.metrics.exposition().splitlines()
+        if x.startswith("ferrolab_errors_total{") and 'operation="mean"' in x
+    ]
+    kinds = [x.split('error_type="')[1].split('"')[0] for x in lines]
+    assert len(kinds) == len(set(kinds)), lines

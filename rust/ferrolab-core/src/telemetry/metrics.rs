@@ -672,7 +672,7 @@ impl Collector for Builtin {
         let stats = seam::snapshot();
         let mut ops = Vec::new();
         let mut durs = Vec::new();
-        let mut errs = Vec::new();
+        let mut errs_by: Vec<(&str, &str, u64)> = Vec::new();
         for s in &stats {
             let (op, dev) = (s.operation, s.device);
             ops.push(counter_metric(
@@ -689,12 +689,13 @@ impl Collector for Builtin {
                 &[("operation", op), ("device", dev), ("status", "error")],
                 s.errors as f64,
             ));
+            // one series per (operation, error_type): the devices' counts add up
             for (kind, n) in seam::ERROR_KINDS.iter().zip(s.errors_by_kind) {
                 if n > 0 {
-                    errs.push(counter_metric(
-                        &[("operation", op), ("error_type", kind)],
-                        n as f64,
-                    ));
+                    match errs_by.iter_mut().find(|(o, k, _)| *o == op && k == kind) {
+                        Some((_, _, total)) => *total += n,
+                        None => errs_by.push((op, *kind, n)),
+                    }
                 }
             }
             let mut h = proto::Histogram::default();
@@ -717,6 +718,12 @@ impl Collector for Builtin {
             m.set_histogram(h);
             durs.push(m);
         }
+        let errs: Vec<proto::Metric> = errs_by
+            .into_iter()
+            .map(|(op, kind, n)| {
+                counter_metric(&[("operation", op), ("error_type", kind)], n as f64)
+            })
+            .collect();
         let mut out = Vec::new();
         if !ops.is_empty() {
             out.push(self.family(
