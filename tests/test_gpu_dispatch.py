@@ -177,17 +177,26 @@ def test_a_sticky_error_turns_the_backend_off_for_the_process() -> None:
     assert out["auto"] == 4.0
 
 
-def test_errors_on_both_devices_are_one_series_per_error_type() -> None:
-    # DeviceUnavailableError on the cuda cell (no GPU here, or the fake is off) and on the cpu cell (a bad device
-    # is checked before any device is chosen): one ferrolab_errors_total series, the sum
-    with pytest.raises((fl.DeviceUnavailableError, ValueError)):
-        fl.ops.mean(np.ones(3), device="cuda:7")
-    with pytest.raises(TypeError):
-        fl.ops.mean(np.array(["x"]))
+def test_errors_on_both_devices_are_one_series_per_error_type(fake: None) -> None:
+    # the same error class on the cuda cell and on the cpu cell of one op: one ferrolab_errors_total series
+    def errors() -> float:
+        line = next(
+            x
+            for x in fl.metrics.exposition().splitlines()
+            if x.startswith('ferrolab_errors_total{operation="var",error_type="ValueError"}')
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    with pytest.raises(ValueError, match=r"var\(\): argument 'ddof' must be finite"):
+        fl.ops.var(X, ddof=float("nan"), device="cuda")
+    before = errors()
+    with pytest.raises(ValueError, match=r"var\(\): argument 'ddof' must be finite"):
+        fl.ops.var(X, ddof=float("nan"))
+    assert errors() == before + 1
+    cuda, cpu = stats("var", "cuda"), stats("var", "cpu")
+    assert cuda["errors"] >= 1 and cpu["errors"] >= 1
     lines = [
-        x
-        for x in fl.metrics.exposition().splitlines()
-        if x.startswith("ferrolab_errors_total{") and 'operation="mean"' in x
+        x for x in fl.metrics.exposition().splitlines() if x.startswith('ferrolab_errors_total{operation="var",')
     ]
     kinds = [x.split('error_type="')[1].split('"')[0] for x in lines]
     assert len(kinds) == len(set(kinds)), lines
