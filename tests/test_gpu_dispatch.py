@@ -200,3 +200,19 @@ def test_errors_on_both_devices_are_one_series_per_error_type(fake: None) -> Non
     ]
     kinds = [x.split('error_type="')[1].split('"')[0] for x in lines]
     assert len(kinds) == len(set(kinds)), lines
+
+
+def test_gpu_op_spans_say_cuda(fake: None) -> None:
+    fl.tracing.configure("gpu-test", endpoint=None)
+    try:
+        fl.tracing.finished_spans(clear=True)
+        with fl.tracing.span("pipeline") as parent:
+            fl.ops.sum(X.astype(np.float32), device="cuda")
+            fl.ops.sum(X)
+        ops = [s for s in fl.tracing.finished_spans() if s["name"] == "ferrolab.sum"]
+        assert [s["attributes"]["ferrolab.device"] for s in ops] == ["cuda", "cpu"]
+        assert ops[0]["attributes"]["ferrolab.dtype"] == "float32"
+        assert ops[0]["attributes"]["ferrolab.shapes"] == ("(10,)",)
+        assert all(s["parent_span_id"] == parent.span_id for s in ops)
+    finally:
+        fl.tracing.shutdown()

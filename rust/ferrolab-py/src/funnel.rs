@@ -99,9 +99,25 @@ pub fn run<R: Send>(
     f: impl FnOnce() -> Result<R> + Send,
 ) -> PyResult<R> {
     if tr::active() {
-        return run_traced(py, op, work, meta, f);
+        return run_traced(py, op, Device::Cpu, meta, |py| execute(py, op, work, f));
     }
     execute(py, op, work, f).py()
+}
+
+/// [`run`] for work that records itself through the seam under the device it ran on (the GPU dispatch of
+/// `ferrolab_core::gpu::dispatch`): always detached (device transfers and synchronisation wait), panic-safe, and
+/// a child span with `ferrolab.device = "cuda"` when one is open.
+pub fn run_dispatched<R: Send>(
+    py: Python<'_>,
+    op: Op,
+    meta: Meta<'_>,
+    f: impl FnOnce() -> Result<R> + Send,
+) -> PyResult<R> {
+    let exec = |py: Python<'_>| py.detach(|| guarded(op, f));
+    if tr::active() {
+        return run_traced(py, op, Device::Cuda, meta, exec);
+    }
+    exec(py).py()
 }
 
 #[inline]
@@ -171,18 +187,17 @@ fn span_name(op: Op) -> &'static str {
 /// `ferrolab.device`; status `ERROR` and an `exception` event when the op fails).
 #[cold]
 #[inline(never)]
-fn run_traced<R: Send>(
-    py: Python<'_>,
+fn run_traced<'py, R: Send>(
+    py: Python<'py>,
     op: Op,
-    work: usize,
+    device: Device,
     meta: Meta<'_>,
-    f: impl FnOnce() -> Result<R> + Send,
+    exec: impl FnOnce(Python<'py>) -> Result<R>,
 ) -> PyResult<R> {
     let Some(parent) = crate::tracing::current_recording(py) else {
-        return execute(py, op, work, f).py();
+        return exec(py).py();
     };
     let ctx = tr::new_span(Some(&parent));
-    let device = Device::Cpu;
     let rec = ctx.sampled.then(|| {
         Recording::start(
             ctx,
@@ -199,7 +214,7 @@ fn run_traced<R: Send>(
             ],
         )
     });
-    let r = execute(py, op, work, f);
+    let r = exec(py);
     if let Some(mut rec) = rec {
         if let Err(e) = &r {
             rec.record_error(e.kind().to_string(), e.to_string(), None);

@@ -4,8 +4,7 @@
 //! `ferrolab_core::gpu::dispatch`'s.
 
 use crate::arrays::{to_py, ToNumpy};
-use crate::errors::IntoPyResult;
-use crate::funnel::guarded;
+use crate::funnel::{run_dispatched, Meta};
 use ferrolab_core::gpu::dispatch::{self, Requested};
 use ferrolab_core::gpu::exec::{Device, GpuFailure, GpuFloat};
 use ferrolab_core::kernels::layout::Canon;
@@ -84,6 +83,7 @@ where
         }
     }
     let n = s.len();
+    let meta = Meta::one::<T>(a.shape());
     Some(if matches!(op, Op::Argmin | Op::Argmax) {
         let max = op == Op::Argmax;
         let cpu = || -> CoreResult<ArrayD<i64>> {
@@ -97,7 +97,7 @@ where
             let buf = d.upload(s)?;
             Ok(scalar(d.arg_extreme(&buf, n, max)?))
         };
-        run(py, op, requested, &gpu, &cpu).and_then(|r| to_py(py, r))
+        run(py, op, requested, meta, &gpu, &cpu).and_then(|r| to_py(py, r))
     } else {
         let cpu = || -> CoreResult<ArrayD<T>> {
             let c = Canon::flat(s);
@@ -131,7 +131,7 @@ where
             };
             Ok(scalar(<T as GpuFloat>::from_f64(v)))
         };
-        run(py, op, requested, &gpu, &cpu).and_then(|r| to_py(py, r))
+        run(py, op, requested, meta, &gpu, &cpu).and_then(|r| to_py(py, r))
     })
 }
 
@@ -139,25 +139,23 @@ fn scalar<U: Clone>(v: U) -> ArrayD<U> {
     ArrayD::from_elem(IxDyn(&[]), v)
 }
 
-/// [`dispatch::run`] without the GIL, with panics turned into `InternalError`.
+/// [`dispatch::run`] through the funnel (without the GIL, panics as `InternalError`, a `cuda` op span).
 fn run<R: Send>(
     py: Python<'_>,
     op: Op,
     requested: Requested,
+    meta: Meta<'_>,
     gpu: &(dyn Fn(&Device) -> Result<R, GpuFailure> + Sync),
     cpu: &(dyn Fn() -> CoreResult<R> + Sync),
 ) -> PyResult<R> {
-    py.detach(|| {
-        guarded(op, || {
-            dispatch::run(
-                op,
-                requested,
-                true,
-                Some(&|d: &Device| gpu(d)),
-                &|| cpu(),
-                &|| String::new(),
-            )
-        })
+    run_dispatched(py, op, meta, || {
+        dispatch::run(
+            op,
+            requested,
+            true,
+            Some(&|d: &Device| gpu(d)),
+            &|| cpu(),
+            &String::new,
+        )
     })
-    .py()
 }
