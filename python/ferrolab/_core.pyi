@@ -68,6 +68,7 @@ __all__ = [
     "set_instrumentation",
     "simd_level",
     "standardize",
+    "system_snapshot",
     "std",
     "sum",
     "tracing_configure",
@@ -151,6 +152,9 @@ ERROR_KINDS: tuple[str, ...]
 def num_threads() -> int: ...
 def set_instrumentation(enabled: bool) -> None: ...
 def op_stats() -> list[dict[str, Any]]: ...
+
+# --- system ----------------------------------------------------------------------------------------------------
+def system_snapshot() -> dict[str, Any]: ...
 
 # --- metrics ---------------------------------------------------------------------------------------------------
 @final

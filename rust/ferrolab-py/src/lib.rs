@@ -14,6 +14,7 @@ mod gpu;
 mod metrics;
 mod ops;
 mod runtime;
+mod system;
 mod tracing;
 
 #[pymodule]
@@ -49,5 +50,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     breaker::register(m)?;
     tracing::register(m)?;
     backup::register(m)?;
+    system::register(m)?;
     Ok(())
 }
