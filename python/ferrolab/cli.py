@@ -39,21 +39,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _health_table(report: HealthReport) -> str:
-    rows = [
-        (name, r.status.value, f"{r.duration_seconds:.3f}s", " ".join(r.message.split()))
-        for name, r in report.checks.items()
-    ]
-    lines = []
-    if rows:
-        header = ("CHECK", "STATUS", "TIME", "MESSAGE")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-        for row in [header, *rows]:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
-    else:
-        lines.append("no health checks registered")
-    n = len(rows)
-    lines.append(f"overall: {report.status.value} ({n} check{'' if n == 1 else 's'}, {report.duration_seconds:.3f}s)")
-    return "\n".join(line.rstrip() for line in lines)
+    return str(report)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -67,7 +53,21 @@ def _cmd_health(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported the same way
             print(f"ferrolab health: cannot import {module!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-    report = health.run()
+    registry = health.default_registry()
+    if args.config:
+        try:
+            health.load_config(args.config, registry)
+        except health.ConfigError as exc:
+            print(f"ferrolab health: bad configuration: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"ferrolab health: cannot read {args.config!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    elif len(registry) == 0:
+        # nothing registered and nothing configured: the machine checks
+        for name, check in health.default_checks().items():
+            registry.register(name, check)
+    report = registry.run()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -526,10 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser(
         "health",
         help="run the health checks of the default registry (exit 1 when unhealthy)",
-        description="Run the checks of ferrolab.health.default_registry() and print the report. "
-        "Exit status: 0 healthy or warning, 1 unhealthy, 2 usage error.",
+        description="Run the checks of ferrolab.health.default_registry() (those that --import modules register) "
+        "and those declared by --config, and print the report. With neither, the machine checks memory, disk (/) "
+        "and cpu run. Exit status: 0 healthy or warning, 1 unhealthy, 2 usage error or bad configuration.",
     )
     h.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    h.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of [[check]] tables (name, kind, parameters, severity, timeout); see "
+        "ferrolab.health.load_config",
+    )
     h.add_argument(
         "--import",
         dest="imports",
