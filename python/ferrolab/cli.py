@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,64 @@ def _cmd_health(args: argparse.Namespace) -> int:
     else:
         print(_health_table(report))
     return 0 if report.ok else 1
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _system_table(s: dict[str, Any]) -> str:
+    m, p, n = s["memory"], s["process"], s["network"]
+    load = " ".join(f"{v:.2f}" for v in s["load_avg"])
+    rows = [
+        ("cpu", f"{s['cpu_percent']:.1f}% of {s['cpu_count']} cores, load {load}"),
+        ("memory", f"{m['percent']:.1f}% used, {_size(m['available'])} of {_size(m['total'])} available"),
+    ]
+    for d in s["disks"]:
+        rows.append((f"disk {d['mount']}", f"{d['percent']:.1f}% full, {_size(d['free'])} of {_size(d['total'])} free"))
+    rows.append(("network", f"sent {_size(n['bytes_sent'])} ({n['packets_sent']} packets), "
+                            f"received {_size(n['bytes_recv'])} ({n['packets_recv']} packets)"))
+    rows.append(("process", f"rss {_size(p['rss'])}, cpu {p['cpu_percent']:.1f}%, {p['threads']} threads"))
+    for i, g in enumerate(s["gpus"]):
+        rows.append((f"gpu {i}", f"{g['name']}, {_size(g['memory_total'])}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _system_line(s: dict[str, Any]) -> str:
+    disks = " ".join(f"{d['mount']}={d['percent']:.0f}%" for d in s["disks"])
+    return (f"{time.strftime('%H:%M:%S')} cpu={s['cpu_percent']:.1f}% load1={s['load_avg'][0]:.2f} "
+            f"mem={s['memory']['percent']:.1f}% {disks} rss={_size(s['process']['rss'])}")
+
+
+def _cmd_system(args: argparse.Namespace) -> int:
+    from . import system
+
+    if args.watch is None:
+        s = system.snapshot()
+        print(json.dumps(s, indent=2) if args.json else _system_table(s))
+        return 0
+    if not (args.watch > 0):
+        print("ferrolab system: --watch needs a positive number of seconds", file=sys.stderr)
+        return 2
+    tty = sys.stdout.isatty() and not args.json
+    system.snapshot()  # the first CPU figure is then the usage over the first interval
+    try:
+        while True:
+            time.sleep(args.watch)
+            s = system.snapshot()
+            if args.json:
+                print(json.dumps(s), flush=True)
+            elif tty:
+                print("\033[H\033[J" + _system_table(s), flush=True)
+            else:
+                print(_system_line(s), flush=True)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _cmd_monitoring(args: argparse.Namespace) -> int:
@@ -546,6 +605,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first, so that the checks it registers run (repeatable)",
     )
     h.set_defaults(func=_cmd_health)
+    sy = sub.add_parser(
+        "system",
+        help="print a snapshot of the machine (CPU, load, memory, disks, network, this process, GPUs)",
+        description="Print ferrolab.system.snapshot() as a table or JSON. With --watch S, print one every S seconds "
+        "(a refreshed table on a terminal, one line per snapshot otherwise, one JSON object per line with --json) "
+        "until Ctrl-C, then exit 0.",
+    )
+    sy.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sy.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS")
+    sy.set_defaults(func=_cmd_system)
     m = sub.add_parser(
         "monitoring",
         help="write the Prometheus alert rules, their promtool tests and the Grafana dashboard into DIR",
