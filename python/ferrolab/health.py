@@ -12,6 +12,11 @@ A check never breaks the report: one that raises, returns anything else or runs 
 :func:`default_registry` is the process-wide registry that ``GET /health`` of :func:`ferrolab.metrics.serve` and
 ``ferrolab health`` run.
 
+Built-in checks (each call builds a check to register; see their docstrings for the warning bands):
+:func:`memory`, :func:`disk`, :func:`cpu`, :func:`load`, :func:`breaker`, :func:`backup_fresh`, :func:`gpu`,
+:func:`http`, :func:`process`. :func:`load_config` registers the checks a TOML file declares (``ferrolab health
+--config FILE``); :func:`default_checks` are the machine checks ``ferrolab health`` runs when nothing is registered.
+
 Examples
 --------
 >>> from ferrolab.health import HealthRegistry, Status
