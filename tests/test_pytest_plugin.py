@@ -51,7 +51,7 @@ def test_not_ops():
 def test_fixtures_marker_and_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_ops=TESTS)
     out = pytester.path / "reports" / "ops.json"
-    result = pytester.runpytest(*_plugin_args(), "--strict-markers", "-W", "error", f"--ops-report={out}")
+    result = pytester.runpytest(*_plugin_args(), "--strict-markers", f"--ops-report={out}")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     doc = json.loads(out.read_text())
     assert doc["version"] == 1
