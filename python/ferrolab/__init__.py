@@ -26,14 +26,14 @@ from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
 
 if TYPE_CHECKING:
-    from . import backup, gpu, health, metrics, monitoring, ops, tracing
+    from . import backup, gpu, health, metrics, monitoring, ops, system, tracing
 
 __version__ = _core_version
 
 # Submodules imported on first use (``fl.ops``, ``import ferrolab.ops`` and ``from ferrolab import ops`` all work):
 # they bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not
 # need, so that ``import ferrolab`` stays cheap.
-_SUBMODULES = frozenset({"backup", "gpu", "health", "metrics", "monitoring", "ops", "tracing"})
+_SUBMODULES = frozenset({"backup", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"})
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +52,7 @@ __all__ = [
     "metrics",
     "health",
     "monitoring",
+    "system",
     "gpu",
     "tracing",
     "FerrolabError",

@@ -75,6 +75,7 @@ __all__ = [
     "set_instrumentation",
     "simd_level",
     "standardize",
+    "system_snapshot",
     "std",
     "sum",
     "tracing_configure",
@@ -165,6 +166,9 @@ ERROR_KINDS: tuple[str, ...]
 def num_threads() -> int: ...
 def set_instrumentation(enabled: bool) -> None: ...
 def op_stats() -> list[dict[str, Any]]: ...
+
+# --- system ----------------------------------------------------------------------------------------------------
+def system_snapshot() -> dict[str, Any]: ...
 
 # --- metrics ---------------------------------------------------------------------------------------------------
 @final

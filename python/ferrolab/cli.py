@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,21 +40,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _health_table(report: HealthReport) -> str:
-    rows = [
-        (name, r.status.value, f"{r.duration_seconds:.3f}s", " ".join(r.message.split()))
-        for name, r in report.checks.items()
-    ]
-    lines = []
-    if rows:
-        header = ("CHECK", "STATUS", "TIME", "MESSAGE")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-        for row in [header, *rows]:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
-    else:
-        lines.append("no health checks registered")
-    n = len(rows)
-    lines.append(f"overall: {report.status.value} ({n} check{'' if n == 1 else 's'}, {report.duration_seconds:.3f}s)")
-    return "\n".join(line.rstrip() for line in lines)
+    return str(report)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -67,12 +54,84 @@ def _cmd_health(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported the same way
             print(f"ferrolab health: cannot import {module!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-    report = health.run()
+    registry = health.default_registry()
+    if args.config:
+        try:
+            health.load_config(args.config, registry)
+        except health.ConfigError as exc:
+            print(f"ferrolab health: bad configuration: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"ferrolab health: cannot read {args.config!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    elif len(registry) == 0:
+        # nothing registered and nothing configured: the machine checks
+        for name, check in health.default_checks().items():
+            registry.register(name, check)
+    report = registry.run()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(_health_table(report))
     return 0 if report.ok else 1
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _system_table(s: dict[str, Any]) -> str:
+    m, p, n = s["memory"], s["process"], s["network"]
+    load = " ".join(f"{v:.2f}" for v in s["load_avg"])
+    rows = [
+        ("cpu", f"{s['cpu_percent']:.1f}% of {s['cpu_count']} cores, load {load}"),
+        ("memory", f"{m['percent']:.1f}% used, {_size(m['available'])} of {_size(m['total'])} available"),
+    ]
+    for d in s["disks"]:
+        rows.append((f"disk {d['mount']}", f"{d['percent']:.1f}% full, {_size(d['free'])} of {_size(d['total'])} free"))
+    rows.append(("network", f"sent {_size(n['bytes_sent'])} ({n['packets_sent']} packets), "
+                            f"received {_size(n['bytes_recv'])} ({n['packets_recv']} packets)"))
+    rows.append(("process", f"rss {_size(p['rss'])}, cpu {p['cpu_percent']:.1f}%, {p['threads']} threads"))
+    for i, g in enumerate(s["gpus"]):
+        rows.append((f"gpu {i}", f"{g['name']}, {_size(g['memory_total'])}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _system_line(s: dict[str, Any]) -> str:
+    disks = " ".join(f"{d['mount']}={d['percent']:.0f}%" for d in s["disks"])
+    return (f"{time.strftime('%H:%M:%S')} cpu={s['cpu_percent']:.1f}% load1={s['load_avg'][0]:.2f} "
+            f"mem={s['memory']['percent']:.1f}% {disks} rss={_size(s['process']['rss'])}")
+
+
+def _cmd_system(args: argparse.Namespace) -> int:
+    from . import system
+
+    if args.watch is None:
+        s = system.snapshot()
+        print(json.dumps(s, indent=2) if args.json else _system_table(s))
+        return 0
+    if not (args.watch > 0):
+        print("ferrolab system: --watch needs a positive number of seconds", file=sys.stderr)
+        return 2
+    tty = sys.stdout.isatty() and not args.json
+    system.snapshot()  # the first CPU figure is then the usage over the first interval
+    try:
+        while True:
+            time.sleep(args.watch)
+            s = system.snapshot()
+            if args.json:
+                print(json.dumps(s), flush=True)
+            elif tty:
+                print("\033[H\033[J" + _system_table(s), flush=True)
+            else:
+                print(_system_line(s), flush=True)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _cmd_monitoring(args: argparse.Namespace) -> int:
@@ -526,10 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser(
         "health",
         help="run the health checks of the default registry (exit 1 when unhealthy)",
-        description="Run the checks of ferrolab.health.default_registry() and print the report. "
-        "Exit status: 0 healthy or warning, 1 unhealthy, 2 usage error.",
+        description="Run the checks of ferrolab.health.default_registry() (those that --import modules register) "
+        "and those declared by --config, and print the report. With neither, the machine checks memory, disk (/) "
+        "and cpu run. Exit status: 0 healthy or warning, 1 unhealthy, 2 usage error or bad configuration.",
     )
     h.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    h.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of [[check]] tables (name, kind, parameters, severity, timeout); see "
+        "ferrolab.health.load_config",
+    )
     h.add_argument(
         "--import",
         dest="imports",
@@ -539,6 +605,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first, so that the checks it registers run (repeatable)",
     )
     h.set_defaults(func=_cmd_health)
+    sy = sub.add_parser(
+        "system",
+        help="print a snapshot of the machine (CPU, load, memory, disks, network, this process, GPUs)",
+        description="Print ferrolab.system.snapshot() as a table or JSON. With --watch S, print one every S seconds "
+        "(a refreshed table on a terminal, one line per snapshot otherwise, one JSON object per line with --json) "
+        "until Ctrl-C, then exit 0.",
+    )
+    sy.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sy.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS")
+    sy.set_defaults(func=_cmd_system)
     m = sub.add_parser(
         "monitoring",
         help="write the Prometheus alert rules, their promtool tests and the Grafana dashboard into DIR",

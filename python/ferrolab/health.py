@@ -12,6 +12,11 @@ A check never breaks the report: one that raises, returns anything else or runs 
 :func:`default_registry` is the process-wide registry that ``GET /health`` of :func:`ferrolab.metrics.serve` and
 ``ferrolab health`` run.
 
+Built-in checks (each call builds a check to register; see their docstrings for the warning bands):
+:func:`memory`, :func:`disk`, :func:`cpu`, :func:`load`, :func:`breaker`, :func:`backup_fresh`, :func:`gpu`,
+:func:`http`, :func:`process`. :func:`load_config` registers the checks a TOML file declares (``ferrolab health
+--config FILE``); :func:`default_checks` are the machine checks ``ferrolab health`` runs when nothing is registered.
+
 Examples
 --------
 >>> from ferrolab.health import HealthRegistry, Status
@@ -40,6 +45,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import reprlib
 import threading
 import time
@@ -55,6 +61,18 @@ __all__ = [
     "register",
     "unregister",
     "run",
+    "memory",
+    "disk",
+    "cpu",
+    "load",
+    "breaker",
+    "backup_fresh",
+    "gpu",
+    "http",
+    "process",
+    "default_checks",
+    "load_config",
+    "ConfigError",
 ]
 
 _log = logging.getLogger(__name__)
@@ -230,6 +248,47 @@ class HealthReport:
     def ok(self) -> bool:
         """True unless the status is unhealthy (warnings are ok, as for ``GET /health``)."""
         return self.status is not Status.UNHEALTHY
+
+    def __str__(self) -> str:
+        """A text table: one line per check (name, status, time, message), then the overall status."""
+        rows = [
+            (name, r.status.value, f"{r.duration_seconds:.3f}s", " ".join(r.message.split()))
+            for name, r in self.checks.items()
+        ]
+        lines = []
+        if rows:
+            header = ("CHECK", "STATUS", "TIME", "MESSAGE")
+            widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+            for row in [header, *rows]:
+                lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        else:
+            lines.append("no health checks registered")
+        n = len(rows)
+        lines.append(
+            f"overall: {self.status.value} ({n} check{'' if n == 1 else 's'}, {self.duration_seconds:.3f}s)"
+        )
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _repr_html_(self) -> str:
+        """An HTML table for notebooks (statuses coloured)."""
+        import html
+
+        colour = {Status.HEALTHY: "#1a7f37", Status.WARNING: "#9a6700", Status.UNHEALTHY: "#cf222e"}
+
+        def cell(status: Status) -> str:
+            return f'<td style="color:{colour[status]};font-weight:bold">{status.value}</td>'
+
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td>{cell(r.status)}<td>{r.duration_seconds:.3f}s</td>"
+            f"<td style=\"text-align:left\">{html.escape(r.message)}</td></tr>"
+            for name, r in self.checks.items()
+        )
+        n = len(self.checks)
+        return (
+            "<table><thead><tr><th>check</th><th>status</th><th>time</th><th>message</th></tr></thead>"
+            f"<tbody>{rows}</tbody><tfoot><tr><td>overall</td>{cell(self.status)}"
+            f"<td>{self.duration_seconds:.3f}s</td><td>{n} check{'' if n == 1 else 's'}</td></tr></tfoot></table>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict: ``status``, ``ok``, ``timestamp``, ``duration_seconds``, ``checks``."""
@@ -580,3 +639,145 @@ def _http_response(registry: HealthRegistry | None = None) -> tuple[int, str]:
         _log.warning("health report failed", exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
         return 500, _dumps({"status": Status.UNHEALTHY.value, "ok": False, "error": error})
+
+
+# --- built-in checks and configuration files ------------------------------------------------------------------
+from ._checks import backup_fresh, breaker, cpu, disk, gpu, http, load, memory, process  # noqa: E402
+
+#: The built-in checks a configuration file may name as ``kind``.
+KINDS: dict[str, Callable[..., Callable[[], CheckResult]]] = {
+    "memory": memory,
+    "disk": disk,
+    "cpu": cpu,
+    "load": load,
+    "breaker": breaker,
+    "backup_fresh": backup_fresh,
+    "gpu": gpu,
+    "http": http,
+    "process": process,
+}
+
+SEVERITIES = ("critical", "warning")
+
+
+class ConfigError(ValueError):
+    """A health-check configuration file that cannot be used; the message names the file and the entry."""
+
+
+def default_checks() -> dict[str, Callable[[], CheckResult]]:
+    """The machine checks ``ferrolab health`` runs when nothing else is configured: memory, disk (/) and cpu.
+
+    Examples
+    --------
+    >>> from ferrolab import health
+    >>> registry = health.HealthRegistry()
+    >>> for name, check in health.default_checks().items():
+    ...     registry.register(name, check)
+    >>> registry.names()
+    ['memory', 'disk:/', 'cpu']
+    """
+    return {"memory": memory(), "disk:/": disk("/"), "cpu": cpu()}
+
+
+def _capped(check: Callable[[], CheckResult]) -> Callable[[], CheckResult]:
+    """``check`` with an unhealthy result reported as a warning (severity "warning")."""
+
+    def capped() -> CheckResult:
+        r = check()
+        if r.status is Status.UNHEALTHY:
+            return dataclasses.replace(r, status=Status.WARNING, message=f"{r.message} (severity: warning)")
+        return r
+
+    return capped
+
+
+def load_config(path: str | os.PathLike[str], registry: HealthRegistry | None = None) -> HealthRegistry:
+    """Register the checks a TOML file declares (into ``registry``, a new one by default) and return the registry.
+
+    Each ``[[check]]`` table has ``name`` (unique), ``kind`` (one of :data:`KINDS`), optionally ``parameters`` (a
+    table of the keyword arguments of that built-in), ``severity`` (``"critical"``, the default, keeps unhealthy
+    results; ``"warning"`` caps them at warning) and ``timeout`` (seconds).
+
+    Raises
+    ------
+    ConfigError
+        The file is not valid TOML (the message has the line and column), or an entry is wrong (named by its
+        position and name).
+    OSError
+        The file cannot be read.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from ferrolab import health
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp, "checks.toml")
+    ...     _ = path.write_text('''
+    ... [[check]]
+    ... name = "root disk"
+    ... kind = "disk"
+    ... severity = "warning"
+    ... parameters = { path = "/", min_free_percent = 0 }
+    ... ''')
+    ...     registry = health.load_config(path)
+    >>> registry.names()
+    ['root disk']
+    >>> registry.run().checks["root disk"].status
+    <Status.HEALTHY: 'healthy'>
+    """
+    import tomllib
+
+    where = os.fspath(path)
+    with open(where, "rb") as f:
+        raw = f.read()
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    unknown = set(doc) - {"check"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; expected [[check]] tables")
+    entries = doc.get("check", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{where}: 'check' must be an array of tables ([[check]])")
+    reg = HealthRegistry() if registry is None else registry
+    seen: set[str] = set()
+    built = []
+    for i, entry in enumerate(entries, start=1):
+        label = f"{where}: [[check]] #{i}"
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{label}: 'name' must be a non-empty string")
+        label += f" ({name!r})"
+        extra = set(entry) - {"name", "kind", "parameters", "severity", "timeout"}
+        if extra:
+            raise ConfigError(f"{label}: unknown key(s) {sorted(extra)}; allowed: name, kind, parameters, "
+                              "severity, timeout")
+        if name in seen or name in reg:
+            raise ConfigError(f"{label}: a check named {name!r} is already declared")
+        seen.add(name)
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise ConfigError(f"{label}: unknown kind {kind!r}; one of {', '.join(KINDS)}")
+        params = entry.get("parameters", {})
+        if not isinstance(params, dict):
+            raise ConfigError(f"{label}: 'parameters' must be a table")
+        severity = entry.get("severity", "critical")
+        if severity not in SEVERITIES:
+            raise ConfigError(f"{label}: 'severity' must be one of {SEVERITIES}, got {severity!r}")
+        factory = KINDS[kind]
+        try:
+            inspect.signature(factory).bind(**params)
+            check = factory(**params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{label}: kind {kind!r}: {exc}") from None
+        timeout = entry.get("timeout")
+        if timeout is not None:
+            try:
+                timeout = _check_timeout("timeout", timeout)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{label}: {exc}") from None
+        built.append((name, _capped(check) if severity == "warning" else check, timeout))
+    for name, check, timeout in built:
+        reg.register(name, check, timeout=timeout)
+    return reg

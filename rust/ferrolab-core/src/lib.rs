@@ -13,6 +13,7 @@
 //!   background thread (no async runtime);
 //! * [`breaker`]: the circuit-breaker state machine (one atomic word, sliding windows, permits) and its
 //!   Prometheus collector;
+//! * [`system`]: a snapshot of the machine and this process (`sysinfo`), CPU usage since the previous one;
 //! * [`device`]: the one device check (`device=` arguments, why a GPU cannot run);
 //! * [`gpu`]: the GPU backend (CUDA loaded at run time; probe, NVRTC-compiled kernels);
 //! * [`error`]: the one error enum, mapped to Python exceptions by the binding crate.
@@ -31,6 +32,7 @@ pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod system;
 pub mod telemetry;
 
 pub use error::{CoreError, Result};

@@ -15,6 +15,7 @@ mod gpu_ops;
 mod metrics;
 mod ops;
 mod runtime;
+mod system;
 mod tracing;
 
 #[pymodule]
@@ -50,5 +51,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     breaker::register(m)?;
     tracing::register(m)?;
     backup::register(m)?;
+    system::register(m)?;
     Ok(())
 }

@@ -1,0 +1,39 @@
+"""benches/bench_system.py runs in its smoke mode, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MISSING
+
+pytestmark = pytest.mark.bench
+pytest.importorskip("psutil", reason=MISSING + "psutil (the [test] extra)")
+
+BENCH = Path(__file__).resolve().parent.parent / "benches" / "bench_system.py"
+
+
+def test_bench_system_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"bench_system.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "bench_system" and doc["smoke"] is True
+    assert doc["failures"] == 0
+    (row,) = doc["rows"]
+    assert row["check"] == "ok", row["check_detail"]
+    assert row["peer_s"] > 0 and row["ferrolab_s"] > 0
+    assert row["ratio"] == row["peer_s"] / row["ferrolab_s"]
+    assert len(row["peer_times_s"]) == len(row["ferrolab_times_s"]) == doc["repeat"]
+    for key in ("cpu_model", "cores", "python", "ferrolab", "psutil", "partitions", "loadavg_end"):
+        assert key in doc["machine"], key
+    assert "targets missed" in proc.stdout
