@@ -1,7 +1,7 @@
 //! Bindings of `ferrolab_core::breaker`: ``fl.CircuitBreaker``, the functions it decorates and its awaitables.
 //!
 //! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures); the one raw CPython
-//! call left is `PyIter_Send` in the [`ffi`] module, which drives an awaited coroutine without raising and catching
+//! call left is `PyIter_Send` ([`ffi::send`]), which drives an awaited coroutine without raising and catching
 //! a `StopIteration` per step (see its docs for the benchmark that keeps it).
 //!
 //! * a decorated function is a [`BreakerFunction`]: calling it admits the call with one atomic load, calls the
@@ -18,14 +18,13 @@
 //! KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context entry dropped) gives its permit
 //! back.
 
-use crate::errors::{FerrolabError, IntoPyResult};
+use crate::errors::{self, FerrolabError, IntoPyResult};
 use ferrolab_core::breaker::{
     self as core, Admission, Breaker, Config, MetricsMode, Outcome, Rejection, State, Ticket,
     Transition,
 };
 use pyo3::exceptions::{
-    PyBaseException, PyException, PyGeneratorExit, PyRuntimeError, PyRuntimeWarning,
-    PyStopIteration, PyTypeError, PyValueError,
+    PyBaseException, PyException, PyGeneratorExit, PyRuntimeWarning, PyStopIteration,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -34,43 +33,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-/// The raw CPython calls this module keeps, each with the reason it is not PyO3's.
-mod ffi {
-    use pyo3::ffi as sys;
-    use pyo3::prelude::*;
-
-    /// What one step of an awaited object gave.
-    pub enum Sent<'py> {
-        Yielded(Bound<'py, PyAny>),
-        Returned(Bound<'py, PyAny>),
-    }
-
-    /// Sends `value` into `iter` (a coroutine, a generator, an `__await__` iterator) with `PyIter_Send` (stable
-    /// ABI since 3.10): a coroutine's return value comes back as a value, not as a raised and caught
-    /// `StopIteration`. PyO3's `PyIterator::send` is the same call but takes only iterators, and a coroutine is
-    /// not one; calling its `send` method instead costs a `StopIteration` per completed call (the asyncio rows of
-    /// `benches/bench_breaker.py`).
-    pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-        let py = iter.py();
-        let mut out: *mut sys::PyObject = std::ptr::null_mut();
-        // SAFETY: `py` proves the thread is attached; `iter` and `value` are live references for the whole call;
-        // `out` is a valid place for the one new reference (or NULL) that PyIter_Send writes.
-        let r = unsafe { sys::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut out) };
-        match r {
-            sys::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
-            // SAFETY: on NEXT and RETURN `out` is a new, non-NULL reference that we now own.
-            sys::PySendResult::PYGEN_NEXT => {
-                Ok(Sent::Yielded(unsafe { Bound::from_owned_ptr(py, out) }))
-            }
-            // SAFETY: as above.
-            sys::PySendResult::PYGEN_RETURN => {
-                Ok(Sent::Returned(unsafe { Bound::from_owned_ptr(py, out) }))
-            }
-        }
-    }
-}
-
-use ffi::Sent;
+use crate::ffi::{self, Sent};
 
 // ---------------------------------------------------------------------------------------------------------------
 // The shared state of one breaker
@@ -167,7 +130,7 @@ impl Inner {
         if t.is_finite() {
             Ok(t)
         } else {
-            Err(PyValueError::new_err(format!(
+            Err(errors::value_error(format!(
                 "CircuitBreaker '{}': clock() returned {t}; expected a finite number of seconds",
                 self.core.name()
             )))
@@ -256,9 +219,7 @@ impl Inner {
             let lf = self.last_failure(py);
             let ty = OPEN_ERROR
                 .get(py)
-                .ok_or_else(|| {
-                    PyRuntimeError::new_err("ferrolab: CircuitOpenError not initialized")
-                })?
+                .ok_or_else(|| errors::runtime_error("ferrolab: CircuitOpenError not initialized"))?
                 .bind(py);
             // (message, name, retry_after, last_failure): the properties read the args
             let exc = ty.call1((msg, self.name.bind(py), retry, lf.clone()))?;
@@ -443,7 +404,7 @@ fn await_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     }
     let py = obj.py();
     let Ok(aw) = obj.getattr(intern!(py, "__await__")) else {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "circuit breaker: the guarded function returned a '{}' object, which can't be awaited \
              (use call() or a plain decorator for synchronous functions)",
             type_name(obj)
@@ -451,7 +412,7 @@ fn await_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     };
     let it = aw.call0()?;
     if !it.hasattr(intern!(py, "__next__"))? {
-        return Err(PyTypeError::new_err("__await__() returned a non-iterator"));
+        return Err(errors::type_error("__await__() returned a non-iterator"));
     }
     Ok(it)
 }
@@ -666,7 +627,7 @@ impl BreakerCall {
         self.phase = Phase::Done;
         // taken for the call and put back (no reference count traffic on the Arc)
         let Some(inner) = self.inner.take() else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let r = self.start_with(py, &inner);
         self.inner = Some(inner);
@@ -675,7 +636,7 @@ impl BreakerCall {
 
     fn start_with(&mut self, py: Python<'_>, inner: &Arc<Inner>) -> PyResult<()> {
         let (Some(breaker), Some(func)) = (&self.breaker, &self.func) else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let breaker = breaker.bind(py).clone();
         let func = func.bind(py).clone();
@@ -758,7 +719,7 @@ impl BreakerCall {
     /// Sends `arg` into the running awaitable and accounts for its end.
     fn drive<'py>(&mut self, py: Python<'py>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
         let Some(iter) = &self.iter else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let res = ffi::send(iter.bind(py), arg);
         self.report(py, res)
@@ -774,7 +735,7 @@ impl BreakerCall {
             Phase::New => {
                 if arg.is_some_and(|a| !a.is_none()) {
                     self.phase = Phase::Done;
-                    return Err(PyTypeError::new_err(
+                    return Err(errors::type_error(
                         "can't send non-None value to a just-started circuit breaker call",
                     ));
                 }
@@ -799,7 +760,7 @@ impl BreakerCall {
                 let v = self.value.as_ref().map(|v| v.bind(py).clone());
                 Ok(Sent::Returned(v.unwrap_or_else(none)))
             }
-            Phase::Done => Err(PyRuntimeError::new_err(
+            Phase::Done => Err(errors::runtime_error(
                 "cannot reuse an already awaited circuit breaker call",
             )),
         }
@@ -811,7 +772,7 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
     let no_val = val.is_none_or(|v| v.is_none());
     if typ.is_instance_of::<PyBaseException>() {
         if !no_val {
-            return PyTypeError::new_err("instance exception may not have a separate value");
+            return errors::type_error("instance exception may not have a separate value");
         }
         return PyErr::from_value(typ.clone());
     }
@@ -829,7 +790,7 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
             };
         }
     }
-    PyTypeError::new_err("exceptions must be classes or instances deriving from BaseException")
+    errors::type_error("exceptions must be classes or instances deriving from BaseException")
 }
 
 #[pymethods]
@@ -1182,7 +1143,7 @@ fn exit(
             // permit goes back when that context goes away
             return Ok(());
         }
-        return Err(PyRuntimeError::new_err(format!(
+        return Err(errors::runtime_error(format!(
             "circuit breaker '{}': __exit__ without a matching __enter__ in this thread or context",
             inner.core.name()
         )));
@@ -1210,7 +1171,7 @@ fn int_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<u3
     let is_int =
         o.is_instance_of::<pyo3::types::PyInt>() && !o.is_instance_of::<pyo3::types::PyBool>();
     if !is_int {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be an int{}, got {}",
             if none_ok { " or None" } else { "" },
             type_name(o)
@@ -1219,7 +1180,7 @@ fn int_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<u3
     let v: i64 = o.extract().unwrap_or(i64::MAX);
     if v < 0 || v > u32::MAX as i64 {
         // the core checks the real range; this one only has to fit
-        return Err(PyValueError::new_err(format!(
+        return Err(errors::value_error(format!(
             "{NEW_FUNC}: argument '{arg}' is {v}; expected a positive int"
         )));
     }
@@ -1234,7 +1195,7 @@ fn float_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<
         || o.is_instance_of::<pyo3::types::PyInt>())
         && !o.is_instance_of::<pyo3::types::PyBool>();
     if !num {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be a number{}, got {}",
             if none_ok { " or None" } else { "" },
             type_name(o)
@@ -1258,7 +1219,7 @@ fn classes_arg<'py>(arg: &str, o: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyT
             .cast::<PyType>()
             .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false));
         if !is_exc {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "{NEW_FUNC}: argument '{arg}' must be an exception class or a tuple of exception classes, got {}",
                 it.repr().map(|r| r.to_string()).unwrap_or_else(|_| type_name(it))
             )));
@@ -1272,7 +1233,7 @@ fn callable_arg(arg: &str, o: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> 
         return Ok(None);
     }
     if !o.is_callable() {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be callable or None, got {}",
             type_name(o)
         )));
@@ -1489,7 +1450,7 @@ impl CircuitBreaker {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let name = name.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!(
+            errors::type_error(format!(
                 "{NEW_FUNC}: argument 'name' must be a str, got {}",
                 type_name(name)
             ))
@@ -1537,7 +1498,7 @@ impl CircuitBreaker {
                                 MetricsMode::Off
                             }
                         } else {
-                            return Err(PyTypeError::new_err(format!(
+                            return Err(errors::type_error(format!(
                                 "{NEW_FUNC}: argument 'metrics' must be a bool or None, got {}",
                                 type_name(&v)
                             )));
@@ -1549,7 +1510,7 @@ impl CircuitBreaker {
                         } else {
                             ""
                         };
-                        return Err(PyTypeError::new_err(format!(
+                        return Err(errors::type_error(format!(
                             "{NEW_FUNC} got an unexpected keyword argument '{k}'{hint}"
                         )));
                     }
@@ -1619,7 +1580,7 @@ impl CircuitBreaker {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if !func.is_callable() {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "CircuitBreaker '{}': the decorated object must be callable, got {}",
                 slf.get().inner.core.name(),
                 type_name(func)
@@ -1861,7 +1822,7 @@ impl CircuitBreaker {
     /// Calls ``listener(breaker, old_state, new_state)`` after every state change.
     fn add_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         if !listener.is_callable() {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "add_listener(): argument 'listener' must be callable, got {}",
                 type_name(listener)
             )));
@@ -1898,9 +1859,7 @@ impl CircuitBreaker {
                 drop(l.into_bound(py));
                 Ok(())
             }
-            None => Err(PyValueError::new_err(
-                "remove_listener(): listener not found",
-            )),
+            None => Err(errors::value_error("remove_listener(): listener not found")),
         }
     }
 

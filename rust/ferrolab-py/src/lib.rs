@@ -9,6 +9,7 @@ mod arrays;
 mod backup;
 mod breaker;
 mod errors;
+mod ffi;
 mod funnel;
 mod metrics;
 mod ops;
