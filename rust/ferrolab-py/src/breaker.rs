@@ -1050,7 +1050,9 @@ impl Drop for Permit {
 struct Entry {
     core: Arc<Breaker>,
     ticket: Mutex<Option<Ticket>>,
-    prev: Option<Py<PyAny>>,
+    /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. The lock is held
+    /// only to read or swap it, never while Python code runs (a reference it replaces is dropped after).
+    prev: Mutex<Option<Py<Entry>>>,
 }
 
 impl Entry {
@@ -1064,13 +1066,24 @@ impl Entry {
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
     }
+
+    fn prev<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Entry>> {
+        self.prev_slot().as_ref().map(|p| p.bind(py).clone())
+    }
+
+    fn prev_slot(&self) -> MutexGuard<'_, Option<Py<Entry>>> {
+        self.prev.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[pymethods]
 impl Entry {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(p) = &self.prev {
-            visit.call(p)?;
+        // never waits: the lock is not held while Python code (and so the collector) runs
+        if let Ok(p) = self.prev.try_lock() {
+            if let Some(p) = &*p {
+                visit.call(p)?;
+            }
         }
         Ok(())
     }
@@ -1087,18 +1100,53 @@ impl Drop for Entry {
         if let Some(t) = t {
             self.core.complete(t, Outcome::Cancelled, None);
         }
+        // The enclosing entries that only this one holds are freed one at a time: dropping the chain whole would
+        // recurse once per entry, and a context holding many blocks that were never left (e.g. a million
+        // abandoned `async with breaker:` coroutines) would overflow the stack.
+        let mut next = self.prev.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if next.is_none() {
+            return;
+        }
+        // an entry is dropped by its tp_dealloc, with the thread attached
+        Python::attach(|py| {
+            while let Some(p) = next.take() {
+                let p = p.into_bound(py);
+                if ffi::sole_reference(p.as_any()) {
+                    next = p.get().prev_slot().take();
+                }
+                drop(p);
+            }
+        });
     }
 }
 
-/// The innermost live entry of this context, starting at `o` (the variable's value).
-fn live_entry<'py>(mut o: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
-    loop {
-        let e = o.cast_into::<Entry>().ok()?;
-        if e.get().live() {
-            return Some(e);
-        }
-        o = e.get().prev.as_ref()?.bind(e.py()).clone();
+/// The innermost live entry of this context, starting at `top` (the variable's value).
+///
+/// Entries that are done stay in the chain (leaving a block does not set the variable); the ones walked past
+/// here are cut out of it by linking `top` straight to the entry found, so blocks left in any order (or
+/// abandoned and closed later) cost one step each, not a walk over all the done entries per exit.
+fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
+    let top = top.cast_into::<Entry>().ok()?;
+    if top.get().live() {
+        return Some(top);
     }
+    let py = top.py();
+    let mut found = top.get().prev(py);
+    let mut steps = 0usize;
+    while let Some(e) = &found {
+        if e.get().live() {
+            break;
+        }
+        found = e.get().prev(py);
+        steps += 1;
+    }
+    if steps > 0 {
+        let link = found.as_ref().map(|e| e.clone().unbind());
+        // the cut-out entries are dropped after the lock is released
+        let cut = std::mem::replace(&mut *top.get().prev_slot(), link);
+        drop(cut);
+    }
+    found
 }
 
 fn var_get<'py>(py: Python<'py>, inner: &Inner) -> PyResult<Bound<'py, PyAny>> {
@@ -1118,7 +1166,7 @@ fn enter(py: Python<'_>, slf: &Bound<'_, PyAny>, inner: &Inner) -> PyResult<()> 
     let entry = Entry {
         core: inner.core.clone(),
         ticket: Mutex::new(Some(guard.defuse())),
-        prev: live_entry(top).map(|e| e.into_any().unbind()),
+        prev: Mutex::new(live_entry(top).map(Bound::unbind)),
     };
     let entry = Bound::new(py, entry)?;
     inner.var_set.bind(py).call1((entry,))?;

@@ -272,3 +272,10 @@ pub fn interpreter_alive() -> bool {
     // SAFETY: Py_IsInitialized only reads a flag of the runtime; it may be called without an attached thread
     unsafe { sys::Py_IsInitialized() != 0 }
 }
+
+/// Whether the caller holds the only reference to `obj` (dropping it frees it). Lets a chain of objects be
+/// freed one link at a time instead of by a recursion as deep as the chain.
+pub fn sole_reference(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object and the thread is attached (`Bound`); Py_REFCNT only reads its count
+    unsafe { sys::Py_REFCNT(obj.as_ptr()) == 1 }
+}
