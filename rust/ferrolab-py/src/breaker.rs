@@ -1103,7 +1103,11 @@ impl Drop for Entry {
         // The enclosing entries that only this one holds are freed one at a time: dropping the chain whole would
         // recurse once per entry, and a context holding many blocks that were never left (e.g. a million
         // abandoned `async with breaker:` coroutines) would overflow the stack.
-        let mut next = self.prev.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let mut next = self
+            .prev
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if next.is_none() {
             return;
         }
