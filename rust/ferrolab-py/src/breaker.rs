@@ -1,8 +1,11 @@
 //! Bindings of `ferrolab_core::breaker`: ``fl.CircuitBreaker``, the functions it decorates and its awaitables.
 //!
-//! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures); the one raw CPython
-//! call left is `PyIter_Send` ([`ffi::send`]), which drives an awaited coroutine without raising and catching
-//! a `StopIteration` per step (see its docs for the benchmark that keeps it).
+//! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures) and no `unsafe`: the
+//! raw CPython calls it needs are the safe wrappers of [`crate::ffi`], `PyIter_Send` ([`ffi::send`]), which drives
+//! an awaited coroutine without raising and catching a `StopIteration` per step (see its docs for the benchmark
+//! that keeps it), and [`ffi::sole_reference`], which frees a chain of `with` entries without a recursion. Errors
+//! are built by [`crate::errors`]; `CircuitOpenError` is a Python class (see `OPEN_ERROR_SRC`) raised as an
+//! instance of it.
 //!
 //! * a decorated function is a [`BreakerFunction`]: calling it admits the call with one atomic load, calls the
 //!   wrapped function with the caller's argument tuple and dict, and reports the outcome. A decorated ``async def``

@@ -7,11 +7,13 @@
 //!   `**kwargs` builds one; that dict was most of the cost of `labels(...)` and `span(...)`). Its one C entry
 //!   point, [`trampoline`], runs the Rust side under [`guard`], the one `catch_unwind` of the raw entry points;
 //! * [`send`]: `PyIter_Send`, which drives an awaited coroutine without a raised and caught `StopIteration`;
-//! * [`modules`]: the interpreter's module dict without an import, and [`interpreter_alive`] for threads that
-//!   must not attach to a finalized interpreter.
+//! * [`modules`]: the interpreter's module dict without an import, [`interpreter_alive`] for threads that must
+//!   not attach to a finalized interpreter, and [`sole_reference`] (a reference count of 1).
 //!
 //! Only the stable ABI (abi3, Python >= 3.11) is used: `PyIter_Send` (3.10), `METH_FASTCALL` (3.10),
-//! `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`.
+//! `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`, `Py_REFCNT`. The
+//! context-variable C API (`PyContextVar_Get/Set/Reset`) is not part of it: spans call the `ContextVar`'s
+//! methods instead.
 
 use crate::errors;
 use pyo3::ffi as sys;
