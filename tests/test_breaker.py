@@ -1123,3 +1123,63 @@ def test_repr_and_state_names() -> None:
     br = make()
     assert repr(br) == f"<ferrolab.CircuitBreaker '{br.name}' closed>"
     assert fl.breaker.STATES == ("closed", "open", "half_open", "forced_open", "disabled")
+
+
+# `async with breaker:` / `with breaker:` blocks entered and never left keep a chain of entries in their context;
+# a long chain must be freed at interpreter exit without a recursion per entry (a stack overflow before) and the
+# abandoned coroutines closed at exit must not walk the whole chain each (quadratic before).
+_ABANDONED = r"""
+import sys
+import ferrolab as fl
+
+n, how = int(sys.argv[1]), sys.argv[2]
+b = fl.CircuitBreaker("abandoned")
+
+
+class Suspend:
+    def __await__(self):
+        yield
+
+
+async def hold():
+    async with b:
+        await Suspend()
+
+
+kept = []
+for _ in range(n):
+    if how == "sync":
+        b.__enter__()
+    else:
+        c = hold()
+        c.send(None)
+        kept.append(c)
+if how == "dropped":
+    del kept  # each coroutine is closed now: GeneratorExit through __aexit__
+print("entered", n)
+"""
+
+
+def _run_abandoned(n: int, how: str) -> None:
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-c", _ABANDONED, str(n), how],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip() == f"entered {n}"
+
+
+@pytest.mark.parametrize("how", ["kept", "dropped", "sync"])
+def test_many_abandoned_with_blocks_exit_cleanly(how: str) -> None:
+    _run_abandoned(200_000, how)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["kept", "dropped", "sync"])
+def test_a_million_abandoned_with_blocks_exit_cleanly(how: str) -> None:
+    _run_abandoned(1_000_000, how)

@@ -1,8 +1,11 @@
 //! Bindings of `ferrolab_core::breaker`: ``fl.CircuitBreaker``, the functions it decorates and its awaitables.
 //!
-//! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures); the one raw CPython
-//! call left is `PyIter_Send` in the [`ffi`] module, which drives an awaited coroutine without raising and catching
-//! a `StopIteration` per step (see its docs for the benchmark that keeps it).
+//! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures) and no `unsafe`: the
+//! raw CPython calls it needs are the safe wrappers of [`crate::ffi`], `PyIter_Send` ([`ffi::send`]), which drives
+//! an awaited coroutine without raising and catching a `StopIteration` per step (see its docs for the benchmark
+//! that keeps it), and [`ffi::sole_reference`], which frees a chain of `with` entries without a recursion. Errors
+//! are built by [`crate::errors`]; `CircuitOpenError` is a Python class (see `OPEN_ERROR_SRC`) raised as an
+//! instance of it.
 //!
 //! * a decorated function is a [`BreakerFunction`]: calling it admits the call with one atomic load, calls the
 //!   wrapped function with the caller's argument tuple and dict, and reports the outcome. A decorated ``async def``
@@ -18,14 +21,13 @@
 //! KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context entry dropped) gives its permit
 //! back.
 
-use crate::errors::{FerrolabError, IntoPyResult};
+use crate::errors::{self, FerrolabError, IntoPyResult};
 use ferrolab_core::breaker::{
     self as core, Admission, Breaker, Config, MetricsMode, Outcome, Rejection, State, Ticket,
     Transition,
 };
 use pyo3::exceptions::{
-    PyBaseException, PyException, PyGeneratorExit, PyRuntimeError, PyRuntimeWarning,
-    PyStopIteration, PyTypeError, PyValueError,
+    PyBaseException, PyException, PyGeneratorExit, PyRuntimeWarning, PyStopIteration,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -34,43 +36,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-/// The raw CPython calls this module keeps, each with the reason it is not PyO3's.
-mod ffi {
-    use pyo3::ffi as sys;
-    use pyo3::prelude::*;
-
-    /// What one step of an awaited object gave.
-    pub enum Sent<'py> {
-        Yielded(Bound<'py, PyAny>),
-        Returned(Bound<'py, PyAny>),
-    }
-
-    /// Sends `value` into `iter` (a coroutine, a generator, an `__await__` iterator) with `PyIter_Send` (stable
-    /// ABI since 3.10): a coroutine's return value comes back as a value, not as a raised and caught
-    /// `StopIteration`. PyO3's `PyIterator::send` is the same call but takes only iterators, and a coroutine is
-    /// not one; calling its `send` method instead costs a `StopIteration` per completed call (the asyncio rows of
-    /// `benches/bench_breaker.py`).
-    pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-        let py = iter.py();
-        let mut out: *mut sys::PyObject = std::ptr::null_mut();
-        // SAFETY: `py` proves the thread is attached; `iter` and `value` are live references for the whole call;
-        // `out` is a valid place for the one new reference (or NULL) that PyIter_Send writes.
-        let r = unsafe { sys::PyIter_Send(iter.as_ptr(), value.as_ptr(), &mut out) };
-        match r {
-            sys::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
-            // SAFETY: on NEXT and RETURN `out` is a new, non-NULL reference that we now own.
-            sys::PySendResult::PYGEN_NEXT => {
-                Ok(Sent::Yielded(unsafe { Bound::from_owned_ptr(py, out) }))
-            }
-            // SAFETY: as above.
-            sys::PySendResult::PYGEN_RETURN => {
-                Ok(Sent::Returned(unsafe { Bound::from_owned_ptr(py, out) }))
-            }
-        }
-    }
-}
-
-use ffi::Sent;
+use crate::ffi::{self, Sent};
 
 // ---------------------------------------------------------------------------------------------------------------
 // The shared state of one breaker
@@ -167,7 +133,7 @@ impl Inner {
         if t.is_finite() {
             Ok(t)
         } else {
-            Err(PyValueError::new_err(format!(
+            Err(errors::value_error(format!(
                 "CircuitBreaker '{}': clock() returned {t}; expected a finite number of seconds",
                 self.core.name()
             )))
@@ -256,9 +222,7 @@ impl Inner {
             let lf = self.last_failure(py);
             let ty = OPEN_ERROR
                 .get(py)
-                .ok_or_else(|| {
-                    PyRuntimeError::new_err("ferrolab: CircuitOpenError not initialized")
-                })?
+                .ok_or_else(|| errors::runtime_error("ferrolab: CircuitOpenError not initialized"))?
                 .bind(py);
             // (message, name, retry_after, last_failure): the properties read the args
             let exc = ty.call1((msg, self.name.bind(py), retry, lf.clone()))?;
@@ -443,7 +407,7 @@ fn await_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     }
     let py = obj.py();
     let Ok(aw) = obj.getattr(intern!(py, "__await__")) else {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "circuit breaker: the guarded function returned a '{}' object, which can't be awaited \
              (use call() or a plain decorator for synchronous functions)",
             type_name(obj)
@@ -451,7 +415,7 @@ fn await_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     };
     let it = aw.call0()?;
     if !it.hasattr(intern!(py, "__next__"))? {
-        return Err(PyTypeError::new_err("__await__() returned a non-iterator"));
+        return Err(errors::type_error("__await__() returned a non-iterator"));
     }
     Ok(it)
 }
@@ -666,7 +630,7 @@ impl BreakerCall {
         self.phase = Phase::Done;
         // taken for the call and put back (no reference count traffic on the Arc)
         let Some(inner) = self.inner.take() else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let r = self.start_with(py, &inner);
         self.inner = Some(inner);
@@ -675,7 +639,7 @@ impl BreakerCall {
 
     fn start_with(&mut self, py: Python<'_>, inner: &Arc<Inner>) -> PyResult<()> {
         let (Some(breaker), Some(func)) = (&self.breaker, &self.func) else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let breaker = breaker.bind(py).clone();
         let func = func.bind(py).clone();
@@ -758,7 +722,7 @@ impl BreakerCall {
     /// Sends `arg` into the running awaitable and accounts for its end.
     fn drive<'py>(&mut self, py: Python<'py>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
         let Some(iter) = &self.iter else {
-            return Err(PyRuntimeError::new_err("circuit breaker call was cleared"));
+            return Err(errors::runtime_error("circuit breaker call was cleared"));
         };
         let res = ffi::send(iter.bind(py), arg);
         self.report(py, res)
@@ -774,7 +738,7 @@ impl BreakerCall {
             Phase::New => {
                 if arg.is_some_and(|a| !a.is_none()) {
                     self.phase = Phase::Done;
-                    return Err(PyTypeError::new_err(
+                    return Err(errors::type_error(
                         "can't send non-None value to a just-started circuit breaker call",
                     ));
                 }
@@ -799,7 +763,7 @@ impl BreakerCall {
                 let v = self.value.as_ref().map(|v| v.bind(py).clone());
                 Ok(Sent::Returned(v.unwrap_or_else(none)))
             }
-            Phase::Done => Err(PyRuntimeError::new_err(
+            Phase::Done => Err(errors::runtime_error(
                 "cannot reuse an already awaited circuit breaker call",
             )),
         }
@@ -811,7 +775,7 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
     let no_val = val.is_none_or(|v| v.is_none());
     if typ.is_instance_of::<PyBaseException>() {
         if !no_val {
-            return PyTypeError::new_err("instance exception may not have a separate value");
+            return errors::type_error("instance exception may not have a separate value");
         }
         return PyErr::from_value(typ.clone());
     }
@@ -829,7 +793,7 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
             };
         }
     }
-    PyTypeError::new_err("exceptions must be classes or instances deriving from BaseException")
+    errors::type_error("exceptions must be classes or instances deriving from BaseException")
 }
 
 #[pymethods]
@@ -1089,7 +1053,9 @@ impl Drop for Permit {
 struct Entry {
     core: Arc<Breaker>,
     ticket: Mutex<Option<Ticket>>,
-    prev: Option<Py<PyAny>>,
+    /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. The lock is held
+    /// only to read or swap it, never while Python code runs (a reference it replaces is dropped after).
+    prev: Mutex<Option<Py<Entry>>>,
 }
 
 impl Entry {
@@ -1103,13 +1069,24 @@ impl Entry {
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
     }
+
+    fn prev<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Entry>> {
+        self.prev_slot().as_ref().map(|p| p.bind(py).clone())
+    }
+
+    fn prev_slot(&self) -> MutexGuard<'_, Option<Py<Entry>>> {
+        self.prev.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[pymethods]
 impl Entry {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(p) = &self.prev {
-            visit.call(p)?;
+        // never waits: the lock is not held while Python code (and so the collector) runs
+        if let Ok(p) = self.prev.try_lock() {
+            if let Some(p) = &*p {
+                visit.call(p)?;
+            }
         }
         Ok(())
     }
@@ -1126,18 +1103,57 @@ impl Drop for Entry {
         if let Some(t) = t {
             self.core.complete(t, Outcome::Cancelled, None);
         }
+        // The enclosing entries that only this one holds are freed one at a time: dropping the chain whole would
+        // recurse once per entry, and a context holding many blocks that were never left (e.g. a million
+        // abandoned `async with breaker:` coroutines) would overflow the stack.
+        let mut next = self
+            .prev
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if next.is_none() {
+            return;
+        }
+        // an entry is dropped by its tp_dealloc, with the thread attached
+        Python::attach(|py| {
+            while let Some(p) = next.take() {
+                let p = p.into_bound(py);
+                if ffi::sole_reference(p.as_any()) {
+                    next = p.get().prev_slot().take();
+                }
+                drop(p);
+            }
+        });
     }
 }
 
-/// The innermost live entry of this context, starting at `o` (the variable's value).
-fn live_entry<'py>(mut o: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
-    loop {
-        let e = o.cast_into::<Entry>().ok()?;
-        if e.get().live() {
-            return Some(e);
-        }
-        o = e.get().prev.as_ref()?.bind(e.py()).clone();
+/// The innermost live entry of this context, starting at `top` (the variable's value).
+///
+/// Entries that are done stay in the chain (leaving a block does not set the variable); the ones walked past
+/// here are cut out of it by linking `top` straight to the entry found, so blocks left in any order (or
+/// abandoned and closed later) cost one step each, not a walk over all the done entries per exit.
+fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
+    let top = top.cast_into::<Entry>().ok()?;
+    if top.get().live() {
+        return Some(top);
     }
+    let py = top.py();
+    let mut found = top.get().prev(py);
+    let mut steps = 0usize;
+    while let Some(e) = &found {
+        if e.get().live() {
+            break;
+        }
+        found = e.get().prev(py);
+        steps += 1;
+    }
+    if steps > 0 {
+        let link = found.as_ref().map(|e| e.clone().unbind());
+        // the cut-out entries are dropped after the lock is released
+        let cut = std::mem::replace(&mut *top.get().prev_slot(), link);
+        drop(cut);
+    }
+    found
 }
 
 fn var_get<'py>(py: Python<'py>, inner: &Inner) -> PyResult<Bound<'py, PyAny>> {
@@ -1157,7 +1173,7 @@ fn enter(py: Python<'_>, slf: &Bound<'_, PyAny>, inner: &Inner) -> PyResult<()> 
     let entry = Entry {
         core: inner.core.clone(),
         ticket: Mutex::new(Some(guard.defuse())),
-        prev: live_entry(top).map(|e| e.into_any().unbind()),
+        prev: Mutex::new(live_entry(top).map(Bound::unbind)),
     };
     let entry = Bound::new(py, entry)?;
     inner.var_set.bind(py).call1((entry,))?;
@@ -1182,7 +1198,7 @@ fn exit(
             // permit goes back when that context goes away
             return Ok(());
         }
-        return Err(PyRuntimeError::new_err(format!(
+        return Err(errors::runtime_error(format!(
             "circuit breaker '{}': __exit__ without a matching __enter__ in this thread or context",
             inner.core.name()
         )));
@@ -1210,7 +1226,7 @@ fn int_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<u3
     let is_int =
         o.is_instance_of::<pyo3::types::PyInt>() && !o.is_instance_of::<pyo3::types::PyBool>();
     if !is_int {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be an int{}, got {}",
             if none_ok { " or None" } else { "" },
             type_name(o)
@@ -1219,7 +1235,7 @@ fn int_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<u3
     let v: i64 = o.extract().unwrap_or(i64::MAX);
     if v < 0 || v > u32::MAX as i64 {
         // the core checks the real range; this one only has to fit
-        return Err(PyValueError::new_err(format!(
+        return Err(errors::value_error(format!(
             "{NEW_FUNC}: argument '{arg}' is {v}; expected a positive int"
         )));
     }
@@ -1234,7 +1250,7 @@ fn float_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<
         || o.is_instance_of::<pyo3::types::PyInt>())
         && !o.is_instance_of::<pyo3::types::PyBool>();
     if !num {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be a number{}, got {}",
             if none_ok { " or None" } else { "" },
             type_name(o)
@@ -1258,7 +1274,7 @@ fn classes_arg<'py>(arg: &str, o: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyT
             .cast::<PyType>()
             .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false));
         if !is_exc {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "{NEW_FUNC}: argument '{arg}' must be an exception class or a tuple of exception classes, got {}",
                 it.repr().map(|r| r.to_string()).unwrap_or_else(|_| type_name(it))
             )));
@@ -1272,7 +1288,7 @@ fn callable_arg(arg: &str, o: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> 
         return Ok(None);
     }
     if !o.is_callable() {
-        return Err(PyTypeError::new_err(format!(
+        return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be callable or None, got {}",
             type_name(o)
         )));
@@ -1489,7 +1505,7 @@ impl CircuitBreaker {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let name = name.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!(
+            errors::type_error(format!(
                 "{NEW_FUNC}: argument 'name' must be a str, got {}",
                 type_name(name)
             ))
@@ -1537,7 +1553,7 @@ impl CircuitBreaker {
                                 MetricsMode::Off
                             }
                         } else {
-                            return Err(PyTypeError::new_err(format!(
+                            return Err(errors::type_error(format!(
                                 "{NEW_FUNC}: argument 'metrics' must be a bool or None, got {}",
                                 type_name(&v)
                             )));
@@ -1549,7 +1565,7 @@ impl CircuitBreaker {
                         } else {
                             ""
                         };
-                        return Err(PyTypeError::new_err(format!(
+                        return Err(errors::type_error(format!(
                             "{NEW_FUNC} got an unexpected keyword argument '{k}'{hint}"
                         )));
                     }
@@ -1619,7 +1635,7 @@ impl CircuitBreaker {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if !func.is_callable() {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "CircuitBreaker '{}': the decorated object must be callable, got {}",
                 slf.get().inner.core.name(),
                 type_name(func)
@@ -1861,7 +1877,7 @@ impl CircuitBreaker {
     /// Calls ``listener(breaker, old_state, new_state)`` after every state change.
     fn add_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         if !listener.is_callable() {
-            return Err(PyTypeError::new_err(format!(
+            return Err(errors::type_error(format!(
                 "add_listener(): argument 'listener' must be callable, got {}",
                 type_name(listener)
             )));
@@ -1898,9 +1914,7 @@ impl CircuitBreaker {
                 drop(l.into_bound(py));
                 Ok(())
             }
-            None => Err(PyValueError::new_err(
-                "remove_listener(): listener not found",
-            )),
+            None => Err(errors::value_error("remove_listener(): listener not found")),
         }
     }
 

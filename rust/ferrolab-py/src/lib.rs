@@ -9,6 +9,7 @@ mod arrays;
 mod backup;
 mod breaker;
 mod errors;
+mod ffi;
 mod funnel;
 mod gpu;
 mod gpu_ops;

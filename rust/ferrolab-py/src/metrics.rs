@@ -1,11 +1,11 @@
 //! Bindings of `ferrolab_core::telemetry::{metrics, server}`: prometheus_client-shaped metrics whose values live
 //! in native atomics, the exposition, and the embedded `/metrics` + `/health` server.
 
-use crate::errors::IntoPyResult;
+use crate::errors::{self, IntoPyResult};
+use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::telemetry::metrics::{self as core, Child, Family, Kind};
 use ferrolab_core::telemetry::seam;
 use ferrolab_core::telemetry::server::{self, Handler, Reply, Route};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -33,7 +33,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for RegistryArg {
         } else if ob.cast::<Registry>().is_ok() {
             Ok(RegistryArg::Default)
         } else {
-            Err(PyTypeError::new_err(
+            Err(errors::type_error(
                 "argument 'registry' must be ferrolab.metrics.REGISTRY or None",
             ))
         }
@@ -57,7 +57,7 @@ impl Registry {
         if fam.unregister() {
             Ok(())
         } else {
-            Err(pyo3::exceptions::PyKeyError::new_err(
+            Err(errors::key_error(
                 "unregister(): argument 'metric' is not registered",
             ))
         }
@@ -97,7 +97,7 @@ fn family_of(metric: &Bound<'_, PyAny>) -> PyResult<Family> {
     if let Ok(m) = metric.cast::<Metric>() {
         return Ok(m.get().shared.family.clone());
     }
-    Err(PyTypeError::new_err(
+    Err(errors::type_error(
         "argument 'metric' must be a ferrolab.metrics Counter, Gauge or Histogram",
     ))
 }
@@ -173,15 +173,15 @@ impl Metric {
     ) -> PyResult<Metric> {
         let func = kind.class();
         let labelnames: Vec<String> = if labelnames.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err(format!(
-                "{func}(): argument 'labelnames' must be a sequence of str, not a str"
-            )));
+            return Err(errors::arg_type(
+                func,
+                "labelnames",
+                "must be a sequence of str, not a str",
+            ));
         } else {
-            labelnames.extract().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "{func}(): argument 'labelnames' must be a sequence of str"
-                ))
-            })?
+            labelnames
+                .extract()
+                .map_err(|_| errors::arg_type(func, "labelnames", "must be a sequence of str"))?
         };
         let full = core::full_name(kind, name, namespace, subsystem, unit).py()?;
         let family =
@@ -214,7 +214,7 @@ impl Metric {
 
     fn child(&self) -> PyResult<&Child> {
         self.child.as_ref().ok_or_else(|| {
-            PyValueError::new_err(format!(
+            errors::value_error(format!(
                 "{} metric {:?} is missing label values: call .labels({}) first",
                 self.shared.kind.class().to_lowercase(),
                 self.shared.name,
@@ -231,13 +231,13 @@ impl Metric {
     ) -> PyResult<Few<Bound<'py, PyString>>> {
         let sh = &self.shared;
         if sh.labelnames.is_empty() {
-            return Err(PyValueError::new_err(format!(
+            return Err(errors::value_error(format!(
                 "labels(): metric {:?} has no label names",
                 sh.name
             )));
         }
         if self.child.is_some() {
-            return Err(PyValueError::new_err(
+            return Err(errors::value_error(
                 "labels(): label values are already set on this child",
             ));
         }
@@ -250,7 +250,7 @@ impl Metric {
         };
         if !named.is_empty() {
             if !positional.is_empty() {
-                return Err(PyValueError::new_err(
+                return Err(errors::value_error(
                     "labels(): pass label values either by position or by name, not both",
                 ));
             }
@@ -277,7 +277,7 @@ impl Metric {
             return Ok(slots.into_iter().flatten().collect());
         }
         if positional.len() != n {
-            return Err(PyValueError::new_err(format!(
+            return Err(errors::value_error(format!(
                 "labels(): metric {:?} takes {n} label value(s) ({}), got {}",
                 sh.name,
                 sh.labelnames.join(", "),
@@ -288,7 +288,7 @@ impl Metric {
     }
 
     fn wrong_labels(&self, got: Vec<String>) -> PyErr {
-        PyValueError::new_err(format!(
+        errors::value_error(format!(
             "labels(): metric {:?} has label names ({}), got ({})",
             self.shared.name,
             self.shared.labelnames.join(", "),
@@ -372,7 +372,7 @@ impl Metric {
             .map(|v| Ok(v.str()?.to_str()?.to_string()))
             .collect::<PyResult<_>>()?;
         if vals.len() != self.shared.labelnames.len() || self.shared.labelnames.is_empty() {
-            return Err(PyValueError::new_err(format!(
+            return Err(errors::value_error(format!(
                 "remove(): metric {:?} takes {} label value(s)",
                 self.shared.name,
                 self.shared.labelnames.len()
@@ -480,9 +480,11 @@ impl Counter {
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
         if amount.is_nan() || amount < 0.0 {
-            return Err(PyValueError::new_err(format!(
-                "inc(): argument 'amount' is {amount}; counters can only be incremented by non-negative amounts"
-            )));
+            return Err(errors::arg_value(
+                "inc",
+                "amount",
+                format!("is {amount}; counters can only be incremented by non-negative amounts"),
+            ));
         }
         match slf.as_super().get().child()? {
             Child::Counter(c) => c.inc_by(amount),
@@ -519,8 +521,10 @@ impl Counter {
                     Err(_) => ok(&e),
                 };
                 if !valid {
-                    return Err(PyTypeError::new_err(
-                        "count_exceptions(): argument 'exception' must be an exception class or a tuple of them",
+                    return Err(errors::arg_type(
+                        "count_exceptions",
+                        "exception",
+                        "must be an exception class or a tuple of them",
                     ));
                 }
                 e.unbind()
@@ -868,7 +872,7 @@ impl Handler for PyHandler {
             },
             Route::Ready => Reply::new(200, "application/json", "{\"status\":\"ready\"}"),
             Route::Health => {
-                if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+                if !ffi::interpreter_alive() {
                     return Reply::new(
                         503,
                         "application/json",
@@ -1016,9 +1020,11 @@ fn _serve(
     max_header_bytes: usize,
 ) -> PyResult<Server> {
     if !(header_timeout > 0.0 && header_timeout <= 3600.0) {
-        return Err(PyValueError::new_err(format!(
-            "serve(): argument 'header_timeout' is {header_timeout}; expected seconds in (0, 3600]"
-        )));
+        return Err(errors::arg_value(
+            "serve",
+            "header_timeout",
+            format!("is {header_timeout}; expected seconds in (0, 3600]"),
+        ));
     }
     let cfg = server::Config {
         host: host.to_string(),
@@ -1046,75 +1052,37 @@ fn _serve(
 // `labels(*values, **labels)` as a METH_FASTCALL | METH_KEYWORDS method: it reads the keyword names and values
 // straight from the vectorcall arguments instead of building a kwargs dict (that dict was most of its cost).
 
-const LABELS_DOC: &std::ffi::CStr = c"labels($self, /, *values, **labels)
+/// `labels` of `Counter`, `Gauge` and `Histogram`.
+struct Labels;
+
+impl FastCall for Labels {
+    const NAME: &'static std::ffi::CStr = c"labels";
+    const FUNC: &'static str = "labels";
+    const DOC: &'static std::ffi::CStr = c"labels($self, /, *values, **labels)
 --
 
 The series with these label values, by position (in label-name order) or by name; the same values always give
 the same object. Raises ValueError when the count or the names do not match the metric's label names.";
 
-unsafe extern "C" fn labels_fast(
-    slf: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    let call = std::panic::AssertUnwindSafe(|| {
-        // SAFETY: CPython calls a method with the GIL held; the pointers are borrowed for the call
-        let py = unsafe { Python::assume_attached() };
-        let res = (|| -> PyResult<Py<PyAny>> {
-            let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-            let metric = slf
-                .cast::<Metric>()
-                .map_err(|_| PyTypeError::new_err("labels(): not called on a ferrolab metric"))?;
-            let arg = |i: isize| unsafe { Bound::from_borrowed_ptr(py, *args.offset(i)) };
-            let positional: Few<Bound<'_, PyAny>> = (0..nargs).map(arg).collect();
-            let named: Few<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = if kwnames.is_null() {
-                Few::new()
-            } else {
-                let names =
-                    unsafe { Bound::from_borrowed_ptr(py, kwnames) }.cast_into::<PyTuple>()?;
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| (k, arg(nargs + i as isize)))
-                    .collect()
-            };
-            metric.get().labeled(py, &positional, &named)
-        })();
-        match res {
-            Ok(o) => o.into_ptr(),
-            Err(e) => {
-                e.restore(py);
-                std::ptr::null_mut()
-            }
-        }
-    });
-    std::panic::catch_unwind(call).unwrap_or_else(|_| {
-        let py = unsafe { Python::assume_attached() };
-        pyo3::exceptions::PySystemError::new_err("labels(): internal panic").restore(py);
-        std::ptr::null_mut()
-    })
-}
-
-fn install_labels(ty: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
-    use pyo3::ffi;
-    // one definition per class, alive for the life of the process (the descriptor points to it)
-    let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"labels".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: labels_fast,
-        },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: LABELS_DOC.as_ptr(),
-    }));
-    // SAFETY: `ty` is a live type object and `def` outlives it
-    let descr = unsafe {
-        Bound::from_owned_ptr_or_err(
-            ty.py(),
-            ffi::PyDescr_NewMethod(ty.as_ptr().cast::<ffi::PyTypeObject>(), def),
-        )
-    }?;
-    ty.setattr("labels", descr)
+    fn call<'py>(
+        py: Python<'py>,
+        slf: Option<Borrowed<'_, 'py, PyAny>>,
+        args: &FastArgs<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let metric = slf
+            .and_then(|s| s.cast::<Metric>().ok())
+            .ok_or_else(|| errors::type_error("labels(): not called on a ferrolab metric"))?;
+        let positional: Few<Bound<'py, PyAny>> =
+            args.positional().map(Borrowed::to_owned).collect();
+        let named: Few<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = args
+            .keywords()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(metric
+            .get()
+            .labeled(py, &positional, &named)?
+            .into_bound(py))
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1125,9 +1093,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Gauge>()?;
     m.add_class::<Histogram>()?;
     let py = m.py();
-    install_labels(&py.get_type::<Counter>())?;
-    install_labels(&py.get_type::<Gauge>())?;
-    install_labels(&py.get_type::<Histogram>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Counter>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Gauge>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Histogram>())?;
     m.add_class::<Guard>()?;
     m.add_class::<Server>()?;
     m.add("REGISTRY", Py::new(m.py(), Registry)?)?;

@@ -5,8 +5,9 @@
 //! span takes the current opentelemetry-python span as its (remote) parent when `opentelemetry.trace` is
 //! already imported. [`current_recording`] is what the op seam (`funnel::run`) asks for its child spans.
 
+use crate::errors;
+use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -18,76 +19,52 @@ use std::time::{Duration, SystemTime};
 // ----------------------------------------------------------------------------------------------------------
 // the context variable
 
-/// The context-variable C API (CPython >= 3.7). It is public API but outside the limited API, so pyo3-ffi does
-/// not declare it for abi3 builds; the symbols are exported by every CPython and their signatures have not
-/// changed since 3.7. Calling them directly instead of the `ContextVar` methods keeps a span's enter/exit
-/// free of argument tuples and bound-method calls.
-mod cvar {
-    use pyo3::ffi::PyObject;
-    use std::os::raw::c_int;
-
-    extern "C" {
-        pub fn PyContextVar_Get(
-            var: *mut PyObject,
-            default_value: *mut PyObject,
-            value: *mut *mut PyObject,
-        ) -> c_int;
-        pub fn PyContextVar_Set(var: *mut PyObject, value: *mut PyObject) -> *mut PyObject;
-        pub fn PyContextVar_Reset(var: *mut PyObject, token: *mut PyObject) -> c_int;
-    }
+/// The `ContextVar` holding the current [`Span`] (no default: unset means no span), with its bound `get`, `set`
+/// and `reset` (called through vectorcall: no argument tuple, no method lookup per span).
+struct Cv {
+    get: Py<PyAny>,
+    set: Py<PyAny>,
+    reset: Py<PyAny>,
 }
 
-/// Value of a `contextvars.ContextVar` in the current context (`None`: unset and no default).
-fn cv_get<'py>(py: Python<'py>, var: &Py<PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let mut out: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
-    // SAFETY: `var` is a ContextVar (checked when it was obtained); `out` receives a new reference or NULL.
-    let rc = unsafe { cvar::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut out) };
-    if rc < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: a new (owned) reference when not NULL
-    Ok(unsafe { Bound::from_owned_ptr_or_opt(py, out) })
-}
+static CV: PyOnceLock<Cv> = PyOnceLock::new();
 
-/// `var.set(value)`: the reset token.
-fn cv_set<'py>(
-    py: Python<'py>,
-    var: &Py<PyAny>,
-    value: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: `var` is a ContextVar; returns a new reference to the token, or NULL with an exception set.
-    unsafe {
-        Bound::from_owned_ptr_or_err(py, cvar::PyContextVar_Set(var.as_ptr(), value.as_ptr()))
-    }
-}
-
-/// `var.reset(token)`; false (and no exception) when the token belongs to another context.
-fn cv_reset(py: Python<'_>, var: &Py<PyAny>, token: &Py<PyAny>) -> bool {
-    // SAFETY: `var` is a ContextVar and `token` a token it returned.
-    let rc = unsafe { cvar::PyContextVar_Reset(var.as_ptr(), token.as_ptr()) };
-    if rc < 0 {
-        drop(PyErr::take(py));
-        return false;
-    }
-    true
-}
-
-/// The `ContextVar` holding the current [`Span`] (no default: unset means no span).
-static CV: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn cv(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+fn cv(py: Python<'_>) -> PyResult<&Cv> {
     CV.get_or_try_init(py, || {
         let var = py
             .import("contextvars")?
             .getattr("ContextVar")?
             .call1(("ferrolab_current_span",))?;
-        Ok::<_, PyErr>(var.unbind())
+        Ok::<_, PyErr>(Cv {
+            get: var.getattr("get")?.unbind(),
+            set: var.getattr("set")?.unbind(),
+            reset: var.getattr("reset")?.unbind(),
+        })
     })
+}
+
+/// Value of the span variable in the current context (`None`: unset).
+fn cv_get(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    let v = cv(py)?.get.bind(py).call1((py.None(),))?;
+    Ok((!v.is_none()).then_some(v))
+}
+
+/// `var.set(value)`: the reset token.
+fn cv_set<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    cv(py)?.set.bind(py).call1((value,))
+}
+
+/// `var.reset(token)`; false (and no exception) when the token belongs to another context.
+fn cv_reset(py: Python<'_>, token: &Py<PyAny>) -> bool {
+    match cv(py) {
+        Ok(cv) => cv.reset.bind(py).call1((token,)).is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// The current ferrolab span object of this context, if any.
 fn current_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-    Ok(cv_get(py, cv(py)?)?.and_then(|c| c.cast_into::<Span>().ok()))
+    Ok(cv_get(py)?.and_then(|c| c.cast_into::<Span>().ok()))
 }
 
 /// The identity of the current ferrolab span when it is open and sampled (for the op seam's child spans).
@@ -106,7 +83,11 @@ pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
 /// How to read the current opentelemetry-python span.
 enum OtelPy {
     /// Its runtime context is the default contextvars one: read the `ContextVar` and the span key directly.
-    Fast { var: Py<PyAny>, key: Py<PyAny> },
+    Fast {
+        /// The bound `get` of the runtime context's `ContextVar`.
+        var_get: Py<PyAny>,
+        key: Py<PyAny>,
+    },
     /// Anything else: `opentelemetry.trace.get_current_span()`.
     Slow { get_current_span: Py<PyAny> },
 }
@@ -130,12 +111,10 @@ fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
             || !var.is_instance(&cv_type)?
             || !key.is_instance_of::<PyString>()
         {
-            return Err(PyRuntimeError::new_err(
-                "not the contextvars runtime context",
-            ));
+            return Err(errors::runtime_error("not the contextvars runtime context"));
         }
         Ok(OtelPy::Fast {
-            var: var.unbind(),
+            var_get: var.getattr("get")?.unbind(),
             key: key.unbind(),
         })
     };
@@ -151,10 +130,7 @@ fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
 }
 
 fn otel_loaded(py: Python<'_>) -> bool {
-    // SAFETY: the interpreter's module dict (a borrowed reference, alive as long as the interpreter)
-    let modules = unsafe { Bound::from_borrowed_ptr(py, pyo3::ffi::PyImport_GetModuleDict()) };
-    modules
-        .cast_into::<PyDict>()
+    ffi::modules(py)
         .ok()
         .and_then(|m| m.contains(intern!(py, "opentelemetry.trace")).ok())
         .unwrap_or(false)
@@ -173,8 +149,9 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
         }
     };
     let span = match o {
-        OtelPy::Fast { var, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
-            let ctx = cv_get(py, var).ok()??;
+        OtelPy::Fast { var_get, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
+            // the variable's own default (an empty context) when it is not set
+            let ctx = var_get.bind(py).call0().ok()?;
             let ctx = ctx.cast::<PyDict>().ok()?;
             ctx.get_item(key.bind(py)).ok()??
         }
@@ -253,7 +230,7 @@ fn is_numpy(v: &Bound<'_, PyAny>) -> bool {
 
 fn int_of(func: &str, key: &str, v: &Bound<'_, PyAny>) -> PyResult<i64> {
     v.extract::<i64>().map_err(|_| {
-        PyValueError::new_err(format!(
+        errors::value_error(format!(
             "{func}: attribute '{key}' is {v}, outside the int64 range of OpenTelemetry attributes"
         ))
     })
@@ -295,7 +272,7 @@ fn attr_value(
         let mut kind = None;
         for it in &items {
             let k = scalar_kind(it).ok_or_else(|| {
-                PyTypeError::new_err(format!(
+                errors::type_error(format!(
                     "{func}: attribute '{key}' must be {ATTR_TYPES}, got a sequence holding {}",
                     type_name(it)
                 ))
@@ -303,7 +280,7 @@ fn attr_value(
             match kind {
                 None => kind = Some(k),
                 Some(k0) if k0 != k => {
-                    return Err(PyTypeError::new_err(format!(
+                    return Err(errors::type_error(format!(
                         "{func}: attribute '{key}' must be a sequence of one type (str, bool, int or float), \
                          got {} and {} mixed",
                         type_name(&items[0]),
@@ -342,7 +319,7 @@ fn attr_value(
         };
         return Ok(Some(Value::Array(arr)));
     }
-    Err(PyTypeError::new_err(format!(
+    Err(errors::type_error(format!(
         "{func}: attribute '{key}' must be {ATTR_TYPES}, got {}",
         type_name(v)
     )))
@@ -360,7 +337,7 @@ fn attrs_of(
     let mut out = Vec::with_capacity(if convert { d.len() } else { 0 });
     for (k, v) in d.iter() {
         let k = k.cast_into::<PyString>().map_err(|e| {
-            PyTypeError::new_err(format!(
+            errors::type_error(format!(
                 "{func}: attribute names must be str, got {}",
                 type_name(e.into_inner().as_any())
             ))
@@ -386,7 +363,7 @@ fn mapping_arg<'py>(
             Err(_) => {
                 let d = PyDict::new(v.py());
                 d.update(v.cast::<pyo3::types::PyMapping>().map_err(|_| {
-                    PyTypeError::new_err(format!(
+                    errors::type_error(format!(
                         "{func}: argument '{arg}' must be a mapping of attributes, got {}",
                         type_name(v)
                     ))
@@ -475,11 +452,11 @@ impl Span {
         let py = slf.py();
         let this = slf.get();
         if this.entered.swap(true, Ordering::Relaxed) {
-            return Err(PyRuntimeError::new_err(
+            return Err(errors::runtime_error(
                 "span(): a span can be entered only once; call fl.tracing.span() again for a new one",
             ));
         }
-        let token = cv_set(py, cv(py)?, slf.as_any())?;
+        let token = cv_set(py, slf.as_any())?;
         this.inner().token = Some(token.unbind());
         this.open.store(true, Ordering::Relaxed);
         Ok(slf.clone())
@@ -504,7 +481,7 @@ impl Span {
         if let Some(t) = token {
             // a span exited in another context than it was entered in (e.g. across tasks) cannot reset the
             // variable there; the span still ends
-            cv_reset(py, cv(py)?, &t);
+            cv_reset(py, &t);
         }
         if let Some(mut rec) = rec {
             if let Some(et) = exc_type.filter(|e| !e.is_none()) {
@@ -525,10 +502,11 @@ impl Span {
     /// Sets one attribute (``str``, ``bool``, ``int``, ``float`` or a sequence of one of those).
     fn set_attribute(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let key = key.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "Span.set_attribute(): argument 'key' must be str, got {}",
-                type_name(key)
-            ))
+            errors::arg_type(
+                "Span.set_attribute",
+                "key",
+                format!("must be str, got {}", type_name(key)),
+            )
         })?;
         let k = key.to_str()?;
         let recording = self.inner().rec.is_some();
@@ -547,10 +525,11 @@ impl Span {
         attributes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let name = name.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "Span.add_event(): argument 'name' must be str, got {}",
-                type_name(name)
-            ))
+            errors::arg_type(
+                "Span.add_event",
+                "name",
+                format!("must be str, got {}", type_name(name)),
+            )
         })?;
         let attrs = mapping_arg("Span.add_event()", "attributes", attributes)?;
         let recording = self.inner().rec.is_some();
@@ -566,10 +545,11 @@ impl Span {
     fn record_exception(&self, exception: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = exception.py();
         if !exception.is_instance_of::<pyo3::exceptions::PyBaseException>() {
-            return Err(PyTypeError::new_err(format!(
-                "Span.record_exception(): argument 'exception' must be an exception, got {}",
-                type_name(exception)
-            )));
+            return Err(errors::arg_type(
+                "Span.record_exception",
+                "exception",
+                format!("must be an exception, got {}", type_name(exception)),
+            ));
         }
         if self.inner().rec.is_none() {
             return Ok(());
@@ -596,9 +576,11 @@ impl Span {
             "unset" => Status::Unset,
             "error" => Status::error(description.unwrap_or_default()),
             _ => {
-                return Err(PyValueError::new_err(format!(
-                    "Span.set_status(): argument 'status' is {status:?}; expected 'ok', 'error' or 'unset'"
-                )))
+                return Err(errors::arg_value(
+                    "Span.set_status",
+                    "status",
+                    format!("is {status:?}; expected 'ok', 'error' or 'unset'"),
+                ))
             }
         };
         self.with_rec(|r| r.set_status(s));
@@ -655,8 +637,53 @@ impl Span {
 // ----------------------------------------------------------------------------------------------------------
 // module functions
 
-/// Docstring of `tracing_span` (its first lines give CPython the text signature).
-const SPAN_DOC: &std::ffi::CStr = cr#"tracing_span(name, /, **attributes)
+/// Builds a span named `name` (any object: checked here); `attributes` is called only for a sampled span.
+fn new_span_object<'py>(
+    name: &Bound<'py, PyAny>,
+    attributes: impl FnOnce() -> PyResult<Vec<KeyValue>>,
+) -> PyResult<Span> {
+    let py = name.py();
+    let name = name.cast::<PyString>().map_err(|_| {
+        errors::arg_type(
+            "span",
+            "name",
+            format!("must be str, got {}", type_name(name)),
+        )
+    })?;
+    // the span starts now, as a child of the current span (like `start_as_current_span`)
+    let parent = parent_ctx(py)?;
+    let ctx = core_tr::new_span(parent.as_ref());
+    // an unsampled span does not look at its attributes (like OpenTelemetry's non-recording spans)
+    let rec = if ctx.sampled {
+        Some(Recording::start(
+            ctx,
+            parent.as_ref(),
+            name.to_str()?.to_owned(),
+            attributes()?,
+        ))
+    } else {
+        None
+    };
+    Ok(Span {
+        name: name.clone().unbind(),
+        ctx,
+        parent,
+        entered: AtomicBool::new(false),
+        open: AtomicBool::new(false),
+        inner: Mutex::new(Inner { token: None, rec }),
+    })
+}
+
+/// `tracing_span(name, /, **attributes)`, the hot constructor, as a `METH_FASTCALL | METH_KEYWORDS` builtin:
+/// keyword arguments arrive as a tuple of names and an array of values, so no dict is built for them (pyo3's
+/// `**kwargs` builds one), and an unsampled span never touches them.
+struct SpanFn;
+
+impl FastCall for SpanFn {
+    const NAME: &'static std::ffi::CStr = c"tracing_span";
+    const FUNC: &'static str = "span";
+    /// The docstring (its first lines give CPython the text signature).
+    const DOC: &'static std::ffi::CStr = cr#"tracing_span(name, /, **attributes)
 --
 
 A new span named ``name`` with the given attributes, used as a context manager.
@@ -697,136 +724,32 @@ True
 [('inner', {'n': 2, 'done': True}), ('outer', {'user': 'ada'})]
 "#;
 
-/// Builds a span named `name` (any object: checked here); `attributes` is called only for a sampled span.
-fn new_span_object<'py>(
-    name: &Bound<'py, PyAny>,
-    attributes: impl FnOnce() -> PyResult<Vec<KeyValue>>,
-) -> PyResult<Span> {
-    let py = name.py();
-    let name = name.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "span(): argument 'name' must be str, got {}",
-            type_name(name)
-        ))
-    })?;
-    // the span starts now, as a child of the current span (like `start_as_current_span`)
-    let parent = parent_ctx(py)?;
-    let ctx = core_tr::new_span(parent.as_ref());
-    // an unsampled span does not look at its attributes (like OpenTelemetry's non-recording spans)
-    let rec = if ctx.sampled {
-        Some(Recording::start(
-            ctx,
-            parent.as_ref(),
-            name.to_str()?.to_owned(),
-            attributes()?,
-        ))
-    } else {
-        None
-    };
-    Ok(Span {
-        name: name.clone().unbind(),
-        ctx,
-        parent,
-        entered: AtomicBool::new(false),
-        open: AtomicBool::new(false),
-        inner: Mutex::new(Inner { token: None, rec }),
-    })
-}
-
-/// `tracing_span(name, /, **attributes)`, the hot constructor, as a raw `METH_FASTCALL | METH_KEYWORDS`
-/// builtin: keyword arguments arrive as a tuple of names and an array of values, so no dict is built for them
-/// (pyo3's `**kwargs` builds one), and an unsampled span never touches them.
-///
-/// # Safety
-/// Called by CPython with the GIL held, `args` holding `nargs` positional then `len(kwnames)` keyword values.
-unsafe extern "C" fn span_fastcall(
-    _module: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls builtins with the GIL held
-    let py = unsafe { Python::assume_attached() };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: forwarded from CPython's call (see above)
-        unsafe { span_from_vector(py, args, nargs, kwnames) }
-    }));
-    match result {
-        Ok(Ok(obj)) => obj.into_ptr(),
-        Ok(Err(e)) => {
-            e.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            PyRuntimeError::new_err("span(): internal error (a panic in ferrolab)").restore(py);
-            std::ptr::null_mut()
-        }
-    }
-}
-
-/// # Safety
-/// See [`span_fastcall`].
-unsafe fn span_from_vector<'py>(
-    py: Python<'py>,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> PyResult<Bound<'py, Span>> {
-    if nargs != 1 {
-        return Err(PyTypeError::new_err(format!(
-            "span() takes 1 positional argument (the name) but {nargs} were given"
-        )));
-    }
-    // SAFETY: args[0] is a borrowed reference held by the caller for the duration of the call
-    let name = unsafe { Bound::from_borrowed_ptr(py, *args) };
-    let names = if kwnames.is_null() {
-        None
-    } else {
-        // SAFETY: kwnames is a tuple of str (CPython's vectorcall protocol)
-        Some(unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() })
-    };
-    let span = new_span_object(&name, || {
-        let Some(names) = &names else {
-            return Ok(Vec::new());
+    fn call<'py>(
+        py: Python<'py>,
+        _module: Option<Borrowed<'_, 'py, PyAny>>,
+        args: &FastArgs<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let nargs = args.nargs();
+        let Some(name) = args.positional().next().filter(|_| nargs == 1) else {
+            return Err(errors::type_error(format!(
+                "span() takes 1 positional argument (the name) but {nargs} were given"
+            )));
         };
-        let mut out = Vec::with_capacity(names.len());
-        for (i, key) in names.iter().enumerate() {
-            // SAFETY: the keyword values follow the positional ones in `args`
-            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(1 + i)) };
-            let key = key
-                .cast_into::<PyString>()
-                .map_err(|_| PyTypeError::new_err("span(): attribute names must be str"))?;
-            let k = key.to_str()?;
-            if let Some(v) = attr_value("span()", k, &value, true)? {
-                out.push(KeyValue::new(k.to_owned(), v));
+        let span = new_span_object(&name, || {
+            let mut out = Vec::with_capacity(args.nkeywords());
+            for (key, value) in args.keywords() {
+                let key = key
+                    .cast::<PyString>()
+                    .map_err(|_| errors::type_error("span(): attribute names must be str"))?;
+                let k = key.to_str()?;
+                if let Some(v) = attr_value("span()", k, &value, true)? {
+                    out.push(KeyValue::new(k.to_owned(), v));
+                }
             }
-        }
-        Ok(out)
-    })?;
-    Bound::new(py, span)
-}
-
-/// Registers [`span_fastcall`] as `tracing_span`.
-fn add_span_function(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    // CPython keeps a pointer to the definition for the function's lifetime: it lives as long as the process
-    let def: &'static mut pyo3::ffi::PyMethodDef = Box::leak(Box::new(pyo3::ffi::PyMethodDef {
-        ml_name: c"tracing_span".as_ptr(),
-        ml_meth: pyo3::ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: span_fastcall,
-        },
-        ml_flags: pyo3::ffi::METH_FASTCALL | pyo3::ffi::METH_KEYWORDS,
-        ml_doc: SPAN_DOC.as_ptr(),
-    }));
-    let module_name = m.name()?;
-    // SAFETY: `def` is valid for the process lifetime; `module_name` is a str (the function's __module__)
-    let f = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyCFunction_NewEx(def, std::ptr::null_mut(), module_name.as_ptr()),
-        )?
-    };
-    m.add("tracing_span", f)
+            Ok(out)
+        })?;
+        Ok(Bound::new(py, span)?.into_any())
+    }
 }
 
 /// The current ferrolab span of this thread or task, or ``None``.
@@ -870,9 +793,11 @@ fn flush(py: Python<'_>) -> bool {
 #[pyo3(name = "tracing_shutdown", signature = (timeout=5.0))]
 fn shutdown(py: Python<'_>, timeout: f64) -> PyResult<bool> {
     if !(timeout.is_finite() && timeout >= 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "shutdown(): argument 'timeout' is {timeout}; expected seconds >= 0"
-        )));
+        return Err(errors::arg_value(
+            "shutdown",
+            "timeout",
+            format!("is {timeout}; expected seconds >= 0"),
+        ));
     }
     Ok(py.detach(|| core_tr::shutdown(Duration::from_secs_f64(timeout))))
 }
@@ -997,7 +922,7 @@ fn otel_path(py: Python<'_>, force_public: Option<bool>) -> &'static str {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Span>()?;
-    add_span_function(m)?;
+    ffi::add_function::<SpanFn>(m)?;
     m.add_function(wrap_pyfunction!(current_span, m)?)?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;
     m.add_function(wrap_pyfunction!(flush, m)?)?;
