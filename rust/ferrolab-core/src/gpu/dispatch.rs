@@ -143,12 +143,8 @@ pub const AUTO_MIN_INTENSITY: f64 = 64.0;
 /// Flops below which a NumPy-input call stays on the CPU under `auto` (launch and copy latency dominate).
 pub const AUTO_MIN_FLOPS: f64 = 1e9;
 
-/// What a GPU attempt runs on.
-pub enum Backend {
-    Real(Arc<exec::Device>),
-    /// The fake GPU: the attempt computes on the CPU (the caller's CPU closure).
-    Fake,
-}
+/// The GPU path of a call: the work on a set-up device.
+pub type GpuPath<'a, R> = &'a dyn Fn(&exec::Device) -> std::result::Result<R, GpuFailure>;
 
 /// Runs `op` where `requested` and `prefers_gpu` (the cost model's verdict for `auto`) say, recording it through
 /// the seam under the device it ran on. `gpu` is the GPU path (`None` when the op or these inputs have none);
@@ -158,7 +154,7 @@ pub fn run<R>(
     op: Op,
     requested: Requested,
     prefers_gpu: bool,
-    gpu: Option<&dyn Fn(&exec::Device) -> std::result::Result<R, GpuFailure>>,
+    gpu: Option<GpuPath<'_, R>>,
     cpu: &dyn Fn() -> Result<R>,
     no_gpu_path: &dyn Fn() -> String,
 ) -> Result<R> {
