@@ -49,7 +49,7 @@ def test_not_ops():
 
 
 def test_fixtures_marker_and_report(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_ops=TESTS)
+    pytester.makepyfile(test_inner_ops_checks=TESTS)
     out = pytester.path / "reports" / "ops.json"
     result = pytester.runpytest(*_plugin_args(), "--strict-markers", f"--ops-report={out}")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
