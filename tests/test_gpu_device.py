@@ -102,3 +102,22 @@ def test_eight_threads_at_once() -> None:
         got = list(ex.map(lambda x: fl.ops.sum(x, device="cuda"), xs))
     for g, x in zip(got, xs, strict=True):
         np.testing.assert_allclose(g, x.astype(np.float64).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 255, 257, (1 << 20) + 5])
+def test_elementwise_matches_the_cpu(n: int, dtype: str) -> None:
+    x, y, z = data(n, dtype, 1), data(n, dtype, 2), data(n, dtype, 3)
+    x[0] = np.nan
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    for f in (
+        lambda d: fl.ops.axpy(2.5, x, y, device=d),
+        lambda d: fl.ops.fma(x, y, z, device=d),
+        lambda d: fl.ops.scale(x, -3.0, device=d),
+        lambda d: fl.ops.clip(x, -1.0, 2.0, device=d),
+    ):
+        np.testing.assert_allclose(f("cuda"), f("cpu"), rtol=rtol, equal_nan=True)
+    if n > 1:
+        np.testing.assert_allclose(
+            fl.ops.standardize(y, device="cuda"), fl.ops.standardize(y), rtol=1e-5 if dtype == "float32" else 1e-12
+        )

@@ -216,3 +216,38 @@ def test_gpu_op_spans_say_cuda(fake: None) -> None:
         assert all(s["parent_span_id"] == parent.span_id for s in ops)
     finally:
         fl.tracing.shutdown()
+
+
+M = np.arange(12.0).reshape(3, 4) - 4.5
+ELEMENTWISE = {
+    "axpy": lambda d, m=M: fl.ops.axpy(2.0, m, m * 0.5, device=d),
+    "fma": lambda d, m=M: fl.ops.fma(m, m, m, device=d),
+    "scale": lambda d, m=M: fl.ops.scale(m, 3, device=d),
+    "clip": lambda d, m=M: fl.ops.clip(m, -1.0, None, device=d),
+    "standardize": lambda d, m=M: fl.ops.standardize(m.astype(np.float32), device=d),
+}
+
+
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE))
+def test_elementwise_cuda_matches_cpu(fake: None, op: str) -> None:
+    before = stats(op, "cuda")["calls"]
+    got, want = ELEMENTWISE[op]("cuda"), ELEMENTWISE[op]("cpu")
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert stats(op, "cuda")["calls"] == before + 1
+
+
+def test_elementwise_cuda_writes_out_and_refuses_what_it_cannot_run(fake: None) -> None:
+    out = np.empty_like(M)
+    assert fl.ops.axpy(2.0, M, M, out=out, device="cuda") is out
+    np.testing.assert_array_equal(out, 3 * M)
+    f_order = np.asfortranarray(M)
+    for call in (
+        lambda: fl.ops.axpy(np.float32(2.0), M, M, device="cuda"),  # a NumPy scalar takes part in the dtype
+        lambda: fl.ops.axpy(2.0, M, np.ones(4), device="cuda"),  # broadcasting
+        lambda: fl.ops.scale(f_order, 2.0, device="cuda"),  # not C-contiguous
+        lambda: fl.ops.fma(M, M.astype(np.float32), M, device="cuda"),  # mixed dtypes
+        lambda: fl.ops.standardize(M, axis=0, device="cuda"),
+    ):
+        with pytest.raises(fl.DeviceUnavailableError, match=r"runs on the GPU only"):
+            call()

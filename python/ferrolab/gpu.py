@@ -1,16 +1,18 @@
-"""GPU backend: device discovery, kernel compilation and (to come) device arrays.
+"""GPU backend: device discovery, kernel compilation, the GPU paths of the ops (device arrays to come).
 
 CUDA is loaded at run time, so this module imports and every CPU feature works on machines without a driver or a
 GPU: :func:`is_available` is then ``False`` and ``info()["reason"]`` says why ("no NVIDIA driver: ...", "no CUDA
 device ...", "the NVIDIA driver supports CUDA 12.4; ..."). ``FERROLAB_DISABLE_GPU=1`` turns the backend off.
 
-What runs on a GPU: whole-array reductions (``axis=None``) of contiguous float32/float64 NumPy arrays — ``sum``,
-``mean``, ``min``, ``max``, ``argmin``, ``argmax``, ``norm``, ``var``, ``std`` — with ``device="cuda"`` (or
-``"cuda:N"``): the data is copied to the device, reduced there by kernels compiled with NVRTC at first use
-(``pip install nvidia-cuda-nvrtc``, a system CUDA or PyTorch's wheels provide it; compiled kernels are cached under
-``~/.cache/ferrolab/kernels``), and the result comes back as NumPy's scalar. Other ops and inputs with
-``device="cuda"`` raise :class:`ferrolab.DeviceUnavailableError` saying so — never a silent CPU run. These GPU paths
-have not yet been run on a real GPU (``tools/gpu_check.sh`` runs them where one is at hand).
+What runs on a GPU with ``device="cuda"`` (or ``"cuda:N"``): whole-array reductions (``axis=None``) of contiguous
+float32/float64 NumPy arrays — ``sum``, ``mean``, ``min``, ``max``, ``argmin``, ``argmax``, ``norm``, ``var``,
+``std`` — and ``axpy``, ``fma``, ``scale``, ``clip`` and ``standardize`` (``axis=None``) on C-contiguous float
+arrays of one dtype and shape with Python-number scalars: the data is copied to the device, computed there by
+kernels compiled with NVRTC at first use (``pip install nvidia-cuda-nvrtc``, a system CUDA or PyTorch's wheels
+provide it; compiled kernels are cached under ``~/.cache/ferrolab/kernels``), and the result comes back as NumPy's
+(``out=`` is filled from it). Other ops and inputs with ``device="cuda"`` raise
+:class:`ferrolab.DeviceUnavailableError` saying so — never a silent CPU run. These GPU paths have not yet been run
+on a real GPU (``tools/gpu_check.sh`` runs them where one is at hand).
 
 ``device="auto"`` keeps O(n) ops on NumPy data on the CPU (the copy over PCIe costs more than the op);
 ``FERROLAB_AUTO_DEVICE=cuda`` sends them to the GPU, ``=cpu`` keeps everything on the CPU. An ``auto`` call whose GPU

@@ -7,9 +7,9 @@ tolerance, including NaN/inf handling and empty inputs. Inner loops use AVX2/FMA
 inputs run on a bounded thread pool (``FERROLAB_NUM_THREADS``), and heavy calls release the GIL.
 
 Each function takes ``device="cpu"`` (default), ``"cuda"`` (``"cuda:N"``) or ``"auto"``. On a GPU (see
-:mod:`ferrolab.gpu`) whole-array reductions run with ``"cuda"``; other calls with ``"cuda"`` raise
-:class:`ferrolab.DeviceUnavailableError` with the reason, never run on the CPU instead. ``"auto"`` runs these O(n)
-ops on NumPy data on the CPU.
+:mod:`ferrolab.gpu`) whole-array reductions and the elementwise ops run with ``"cuda"``; other calls with ``"cuda"``
+raise :class:`ferrolab.DeviceUnavailableError` with the reason, never run on the CPU instead. ``"auto"`` runs these
+O(n) ops on NumPy data on the CPU.
 
 Errors: a wrong dtype raises ``TypeError``; a shape mismatch, bad ``axis`` or bad ``out`` raises ``ValueError``; a
 result (or a copy of a strided or broadcast input) too large to allocate raises ``MemoryError``. Messages name the

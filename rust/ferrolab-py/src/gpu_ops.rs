@@ -37,19 +37,33 @@ pub fn reduction<'py>(
     typed::<f32>(py, op, x, ddof, requested)
 }
 
-/// The error of a `device="cuda"` call whose inputs have no GPU path.
+/// The error of a `device="cuda"` call whose inputs have no GPU path: the reason no GPU is usable, else what the
+/// GPU path of `op` takes.
 pub fn no_gpu_path(op: Op, device: &str) -> PyErr {
+    let takes = match op {
+        Op::Axpy | Op::Fma | Op::Scale | Op::Clip => {
+            "on C-contiguous float32/float64 arrays of one dtype and one shape (no broadcasting) with Python-number \
+             scalars"
+        }
+        Op::Standardize => "over all elements (axis=None) of a C-contiguous float32/float64 array",
+        _ => "over all elements (axis=None) of a contiguous float32/float64 array",
+    };
     crate::errors::to_py(CoreError::DeviceUnavailable {
         func: op.name().into(),
         device: device.into(),
-        reason: dispatch::unavailable_reason().unwrap_or_else(|| {
-            format!(
-                "{}() runs on the GPU only over all elements (axis=None) of a contiguous float32/float64 array",
-                op.name()
-            )
-        }),
+        reason: dispatch::unavailable_reason()
+            .unwrap_or_else(|| format!("{}() runs on the GPU only {takes}", op.name())),
         cause: None,
     })
+}
+
+/// A Python int or float (not a NumPy scalar, whose dtype takes part in the result type) as f64.
+pub fn plain_number(v: &Obj<'_>) -> Option<f64> {
+    if v.is_instance_of::<pyo3::types::PyFloat>() || v.is_instance_of::<pyo3::types::PyInt>() {
+        v.extract::<f64>().ok()
+    } else {
+        None
+    }
 }
 
 fn typed<'py, T>(
@@ -158,4 +172,124 @@ fn run<R: Send>(
             &String::new,
         )
     })
+}
+
+/// The scalar operands of an elementwise op (as f64; converted to the arrays' type on the device).
+pub enum Scalars {
+    Axpy(f64),
+    Fma,
+    Scale(f64),
+    Clip(Option<f64>, Option<f64>),
+    Standardize(f64),
+}
+
+/// The GPU path of axpy, fma, scale, clip and standardize (`axis=None`): float32/float64 arrays of one dtype, C-
+/// contiguous, of one shape (no broadcasting), scalars that are Python numbers. The result is computed on the
+/// device and returned as a new array (copied into `out` by the caller). `None` when these inputs have no GPU
+/// path.
+pub fn elementwise<'py>(
+    py: Python<'py>,
+    op: Op,
+    arrays: &[&Obj<'py>],
+    scalars: Scalars,
+    requested: Requested,
+) -> Option<PyResult<Obj<'py>>> {
+    if let Some(r) = elementwise_typed::<f64>(py, op, arrays, &scalars, requested) {
+        return Some(r);
+    }
+    elementwise_typed::<f32>(py, op, arrays, &scalars, requested)
+}
+
+fn elementwise_typed<'py, T>(
+    py: Python<'py>,
+    op: Op,
+    arrays: &[&Obj<'py>],
+    scalars: &Scalars,
+    requested: Requested,
+) -> Option<PyResult<Obj<'py>>>
+where
+    T: GpuFloat + Real + numpy::Element + Sync,
+{
+    let mut typed = Vec::with_capacity(arrays.len());
+    for x in arrays {
+        let a = x.cast::<PyArrayDyn<T>>().ok()?;
+        if !a.is_c_contiguous() {
+            return None;
+        }
+        typed.push(a.clone());
+    }
+    let shape: Vec<usize> = typed[0].shape().to_vec();
+    if typed.iter().any(|a| a.shape() != shape.as_slice()) || shape.iter().product::<usize>() == 0 {
+        return None;
+    }
+    if let Scalars::Standardize(ddof) = scalars {
+        if let Err(e) = stats::check_ddof("standardize", *ddof) {
+            return Some(Err(crate::errors::to_py(e)));
+        }
+        if shape.iter().product::<usize>() as f64 <= *ddof {
+            return None; // the CPU path warns like NumPy
+        }
+    }
+    // SAFETY: C-contiguous (checked); only read, while the arrays are alive (held by `typed`).
+    let slices: Vec<&[T]> = typed
+        .iter()
+        .map(|a| unsafe { a.as_slice() })
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let n = slices[0].len();
+    let t = <T as GpuFloat>::from_f64;
+    let cpu = || -> CoreResult<ArrayD<T>> {
+        use ferrolab_core::kernels::elementwise::{self as ew, Input};
+        let view = |i: usize| {
+            ndarray::ArrayViewD::from_shape(IxDyn(&shape), slices[i]).expect("shape of the slice")
+        };
+        let fresh =
+            |r: CoreResult<Option<ArrayD<T>>>| r.map(|o| o.expect("a fresh result without out"));
+        match scalars {
+            Scalars::Axpy(a) => fresh(ew::axpy(
+                t(*a),
+                Input::View(view(0)),
+                Input::View(view(1)),
+                None,
+            )),
+            Scalars::Fma => fresh(ew::fma(
+                Input::View(view(0)),
+                Input::View(view(1)),
+                Input::View(view(2)),
+                None,
+            )),
+            Scalars::Scale(a) => fresh(ew::scale(Input::View(view(0)), t(*a), None)),
+            Scalars::Clip(lo, hi) => fresh(ew::clip(
+                Input::View(view(0)),
+                lo.map(t).unwrap_or(T::NEG_INFINITY),
+                hi.map(t).unwrap_or(T::INFINITY),
+                None,
+            )),
+            Scalars::Standardize(ddof) => fresh(stats::standardize(&view(0), None, *ddof, None)),
+        }
+    };
+    let gpu = |d: &Device| -> Result<ArrayD<T>, GpuFailure> {
+        let bufs: Vec<_> = slices
+            .iter()
+            .map(|s| d.upload(s))
+            .collect::<Result<_, _>>()?;
+        let mut out = d.alloc_out::<T>(n)?;
+        match scalars {
+            Scalars::Axpy(a) => d.axpy(t(*a), &bufs[0], &bufs[1], &mut out, n)?,
+            Scalars::Fma => d.fma(&bufs[0], &bufs[1], &bufs[2], &mut out, n)?,
+            Scalars::Scale(a) => d.scale(t(*a), &bufs[0], &mut out, n)?,
+            Scalars::Clip(lo, hi) => d.clip(&bufs[0], lo.map(t), hi.map(t), &mut out, n)?,
+            Scalars::Standardize(ddof) => {
+                let (count, mean, m2) = d.moments(&bufs[0], n)?;
+                d.standardize(&bufs[0], mean, (m2 / (count - ddof)).sqrt(), &mut out, n)?
+            }
+        }
+        let host = d.download(&out, n)?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&shape), host).expect("n elements of the shape"))
+    };
+    let meta = Meta::one::<T>(&shape);
+    Some(
+        run(py, op, requested, meta, &gpu, &cpu)
+            .map(|r| numpy::IntoPyArray::into_pyarray(r, py).into_any()),
+    )
 }

@@ -59,6 +59,22 @@ fn boundary_gpu<'py>(
     counted(op, device, r)
 }
 
+/// The GPU path of an elementwise op ([`crate::gpu_ops::elementwise`]), its result copied into `out` when given.
+fn gpu_elementwise<'py>(
+    py: Python<'py>,
+    op: Op,
+    arrays: &[&Obj<'py>],
+    scalars: Option<crate::gpu_ops::Scalars>,
+    out: Option<&Obj<'py>>,
+    req: Requested,
+) -> Option<PyResult<Obj<'py>>> {
+    let r = crate::gpu_ops::elementwise(py, op, arrays, scalars?, req)?;
+    Some(r.and_then(|res| match opt_out(out) {
+        Some(o) => copy_into(py, op.name(), o, &res),
+        None => Ok(res),
+    }))
+}
+
 /// Native element types of the type-preserving ops, mapped to their core implementations.
 pub trait Native: ToNumpy + Send + Sync + Default + 'static {
     /// Missing `clip` bounds are the type's extremes.
@@ -801,7 +817,11 @@ pub fn axpy<'py>(
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
-    boundary(Op::Axpy, device, || {
+    let gpu = |req| {
+        let a = crate::gpu_ops::plain_number(a).map(crate::gpu_ops::Scalars::Axpy);
+        gpu_elementwise(py, Op::Axpy, &[x, y], a, out, req)
+    };
+    boundary_gpu(Op::Axpy, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
             each_dtype!(&ew.arrays[0], T, _a => {
                 let a = <T as Native>::from_py("a", "axpy", sc[0])?;
@@ -832,7 +852,11 @@ pub fn fma<'py>(
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
-    boundary(Op::Fma, device, || {
+    let gpu = |req| {
+        let s = Some(crate::gpu_ops::Scalars::Fma);
+        gpu_elementwise(py, Op::Fma, &[x, y, z], s, out, req)
+    };
+    boundary_gpu(Op::Fma, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, _: &[&Obj<'py>]| {
             each_dtype!(&ew.arrays[0], T, _a => ew.run::<T>(|mut v, o| {
                 let (z, y) = (v.pop().expect("z"), v.pop().expect("y"));
@@ -859,7 +883,11 @@ pub fn scale<'py>(
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
-    boundary(Op::Scale, device, || {
+    let gpu = |req| {
+        let a = crate::gpu_ops::plain_number(a).map(crate::gpu_ops::Scalars::Scale);
+        gpu_elementwise(py, Op::Scale, &[x], a, out, req)
+    };
+    boundary_gpu(Op::Scale, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
             each_dtype!(&ew.arrays[0], T, _a => {
                 let a = <T as Native>::from_py("a", "scale", sc[0])?;
@@ -887,7 +915,22 @@ pub fn clip<'py>(
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
-    boundary(Op::Clip, device, || {
+    let gpu = |req| {
+        let bound = |v: &Obj<'py>| match v.is_none() {
+            true => Some(None),
+            false => crate::gpu_ops::plain_number(v)
+                .filter(|b| !b.is_nan())
+                .map(Some),
+        };
+        let s = match (bound(lo), bound(hi)) {
+            (Some(l), Some(h)) if l.is_some() || h.is_some() => {
+                Some(crate::gpu_ops::Scalars::Clip(l, h))
+            }
+            _ => None,
+        };
+        gpu_elementwise(py, Op::Clip, &[x], s, out, req)
+    };
+    boundary_gpu(Op::Clip, device, gpu, || {
         if lo.is_none() && hi.is_none() {
             return Err(value_error(
                 "clip(): arguments 'lo' and 'hi' cannot both be None",
@@ -936,7 +979,13 @@ pub fn standardize<'py>(
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
-    boundary(Op::Standardize, device, || {
+    let gpu = |req| {
+        let s = axis
+            .is_none()
+            .then_some(crate::gpu_ops::Scalars::Standardize(ddof));
+        gpu_elementwise(py, Op::Standardize, &[x], s, out, req)
+    };
+    boundary_gpu(Op::Standardize, device, gpu, || {
         standardize_into(py, x, axis, ddof, opt_out(out))
     })
 }

@@ -505,6 +505,61 @@ impl Device {
         })
     }
 
+    /// `out = x * y + z` (fused).
+    pub fn fma<T: GpuFloat>(
+        &self,
+        x: &CudaSlice<T>,
+        y: &CudaSlice<T>,
+        z: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        n: usize,
+    ) -> Result<(), GpuFailure> {
+        guarded("fl_fma", || {
+            let f = self.typed::<T>("fl_fma")?;
+            let n64 = n as u64;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(x).arg(y).arg(z).arg(out).arg(&n64);
+            // SAFETY: `(const T*, const T*, const T*, T*, u64)`, every buffer at least `n` long.
+            unsafe { l.launch(self.elementwise_cfg(n)) }
+                .map_err(|e| fail("launching fl_fma", e))?;
+            Ok(())
+        })
+    }
+
+    /// `out = clip(x, lo, hi)` like `np.clip` (NaN stays NaN); `None` leaves a side open.
+    pub fn clip<T: GpuFloat>(
+        &self,
+        x: &CudaSlice<T>,
+        lo: Option<T>,
+        hi: Option<T>,
+        out: &mut CudaSlice<T>,
+        n: usize,
+    ) -> Result<(), GpuFailure> {
+        guarded("fl_clip", || {
+            let f = self.typed::<T>("fl_clip")?;
+            let n64 = n as u64;
+            let (has_lo, has_hi) = (lo.is_some() as i32, hi.is_some() as i32);
+            let (lo, hi) = (lo.unwrap_or_default(), hi.unwrap_or_default());
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(x)
+                .arg(&lo)
+                .arg(&hi)
+                .arg(&has_lo)
+                .arg(&has_hi)
+                .arg(out)
+                .arg(&n64);
+            // SAFETY: `(const T*, T, T, int, int, T*, u64)`, both buffers at least `n` long.
+            unsafe { l.launch(self.elementwise_cfg(n)) }
+                .map_err(|e| fail("launching fl_clip", e))?;
+            Ok(())
+        })
+    }
+
+    /// Allocates a device buffer of `n` elements for a result.
+    pub fn alloc_out<T: GpuFloat>(&self, n: usize) -> Result<CudaSlice<T>, GpuFailure> {
+        guarded("cuMemAlloc", || self.alloc::<T>(n))
+    }
+
     /// `out = (x - mean) / sd`.
     pub fn standardize<T: GpuFloat>(
         &self,
