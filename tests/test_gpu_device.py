@@ -121,3 +121,28 @@ def test_elementwise_matches_the_cpu(n: int, dtype: str) -> None:
         np.testing.assert_allclose(
             fl.ops.standardize(y, device="cuda"), fl.ops.standardize(y), rtol=1e-5 if dtype == "float32" else 1e-12
         )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_step_matches_the_cpu_and_torch(dtype: str) -> None:
+    r = np.random.default_rng(3)
+    state = [r.standard_normal(10_001).astype(dtype) for _ in range(2)]
+    p_cpu, g = state[0].copy(), state[1]
+    p_gpu = p_cpu.copy()
+    m_cpu, v_cpu, m_gpu, v_gpu = (np.zeros(10_001, dtype) for _ in range(4))
+    for t in range(1, 6):
+        fl.ops.adam_step(p_cpu, g, m_cpu, v_cpu, t, lr=1e-2)
+        fl.ops.adam_step(p_gpu, g, m_gpu, v_gpu, t, lr=1e-2, device="cuda")
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(p_gpu, p_cpu, rtol=rtol)
+    np.testing.assert_allclose(v_gpu, v_cpu, rtol=rtol)
+    torch = pytest.importorskip("torch", reason="optional: torch")
+    tp = torch.nn.Parameter(torch.from_numpy(state[0].copy()))
+    opt = torch.optim.Adam([tp], lr=1e-2)
+    p_ref = state[0].copy()
+    m_ref, v_ref = np.zeros_like(p_ref), np.zeros_like(p_ref)
+    for t in range(1, 6):
+        tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+        fl.ops.adam_step(p_ref, g, m_ref, v_ref, t, lr=1e-2, device="cuda")
+    np.testing.assert_allclose(p_ref, tp.detach().numpy(), rtol=1e-5 if dtype == "float32" else 1e-10)

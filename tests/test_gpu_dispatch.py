@@ -251,3 +251,37 @@ def test_elementwise_cuda_writes_out_and_refuses_what_it_cannot_run(fake: None) 
     ):
         with pytest.raises(fl.DeviceUnavailableError, match=r"runs on the GPU only"):
             call()
+
+
+def _adam_state(dtype: str = "float64", shape: tuple[int, ...] = (3, 4)) -> list[np.ndarray]:
+    r = np.random.default_rng(5)
+    return [r.standard_normal(shape).astype(dtype) for _ in range(2)] + [
+        np.zeros(shape, dtype),
+        np.zeros(shape, dtype),
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_step_cuda_updates_in_place_like_the_cpu(fake: None, dtype: str) -> None:
+    cpu, gpu = _adam_state(dtype), _adam_state(dtype)
+    for t in (1, 2, 3):
+        fl.ops.adam_step(*cpu, t, lr=0.01, weight_decay=0.1, decoupled=True)
+        assert fl.ops.adam_step(*gpu, t, lr=0.01, weight_decay=0.1, decoupled=True, device="cuda") is None
+    for a, b in zip(cpu, gpu, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert stats("adam_step", "cuda")["calls"] >= 3
+
+
+def test_adam_step_cuda_refuses_what_it_cannot_run_and_checks_arguments(fake: None) -> None:
+    p, g, m, v = _adam_state()
+    with pytest.raises(fl.DeviceUnavailableError, match=r"adam_step\(\) runs on the GPU only"):
+        fl.ops.adam_step(np.asfortranarray(p), g, m, v, 1, device="cuda")
+    with pytest.raises(ValueError, match=r"adam_step\(\): argument 'beta1' is 1.5"):
+        fl.ops.adam_step(p, g, m, v, 1, beta1=1.5, device="cuda")
+    # a failure injected into the GPU attempt leaves the arrays as they were and raises
+    _core._gpu_set_fake(True, error="CUDA_ERROR_OUT_OF_MEMORY", times=1)
+    before = [a.copy() for a in (p, m, v)]
+    with pytest.raises(fl.DeviceUnavailableError, match="CUDA_ERROR_OUT_OF_MEMORY"):
+        fl.ops.adam_step(p, g, m, v, 1, device="cuda")
+    for a, b in zip((p, m, v), before, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -6,11 +6,11 @@ device ...", "the NVIDIA driver supports CUDA 12.4; ..."). ``FERROLAB_DISABLE_GP
 
 What runs on a GPU with ``device="cuda"`` (or ``"cuda:N"``): whole-array reductions (``axis=None``) of contiguous
 float32/float64 NumPy arrays — ``sum``, ``mean``, ``min``, ``max``, ``argmin``, ``argmax``, ``norm``, ``var``,
-``std`` — and ``axpy``, ``fma``, ``scale``, ``clip`` and ``standardize`` (``axis=None``) on C-contiguous float
-arrays of one dtype and shape with Python-number scalars: the data is copied to the device, computed there by
-kernels compiled with NVRTC at first use (``pip install nvidia-cuda-nvrtc``, a system CUDA or PyTorch's wheels
-provide it; compiled kernels are cached under ``~/.cache/ferrolab/kernels``), and the result comes back as NumPy's
-(``out=`` is filled from it). Other ops and inputs with ``device="cuda"`` raise
+``std`` — and ``axpy``, ``fma``, ``scale``, ``clip``, ``standardize`` (``axis=None``) and ``adam_step`` (in place)
+on C-contiguous float arrays of one dtype and shape with Python-number scalars: the data is copied to the device,
+computed there by kernels compiled with NVRTC at first use (``pip install nvidia-cuda-nvrtc``, a system CUDA or
+PyTorch's wheels provide it; compiled kernels are cached under ``~/.cache/ferrolab/kernels``), and the result comes
+back as NumPy's (``out=`` is filled from it). Other ops and inputs with ``device="cuda"`` raise
 :class:`ferrolab.DeviceUnavailableError` saying so — never a silent CPU run. These GPU paths have not yet been run
 on a real GPU (``tools/gpu_check.sh`` runs them where one is at hand).
 

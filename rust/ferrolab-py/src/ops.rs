@@ -11,6 +11,7 @@ use crate::arrays::{
 use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
 use ferrolab_core::gpu::dispatch::{self, Requested};
+use ferrolab_core::gpu::exec::GpuFloat;
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::{
@@ -1296,7 +1297,11 @@ pub fn adam_step<'py>(
     decoupled: bool,
     device: &str,
 ) -> PyResult<()> {
-    boundary(Op::AdamStep, device, || {
+    let body = || {
+        let req = match dispatch::parse("adam_step", device).py()? {
+            Requested::Auto if !dispatch::auto_prefers_gpu(false, 0.0, 0.0) => Requested::Cpu,
+            r => r,
+        };
         if t < 1 {
             return Err(arg_value(
                 "adam_step",
@@ -1314,9 +1319,9 @@ pub fn adam_step<'py>(
             t: t as u64,
         };
         if param.cast::<PyArrayDyn<f64>>().is_ok() {
-            adam_t::<f64>(py, [param, grad, m, v], hp)
+            adam_t::<f64>(py, [param, grad, m, v], hp, req, device)
         } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
-            adam_t::<f32>(py, [param, grad, m, v], hp)
+            adam_t::<f32>(py, [param, grad, m, v], hp, req, device)
         } else {
             let what = "must be a float32 or float64 numpy.ndarray (updated in place)";
             Err(arg_type(
@@ -1325,7 +1330,8 @@ pub fn adam_step<'py>(
                 format!("{what}, got {}", dtype_or_class(param)),
             ))
         }
-    })
+    };
+    counted(Op::AdamStep, device, body())
 }
 
 /// `dtype` of an array, else the class name (for messages).
@@ -1335,10 +1341,12 @@ fn dtype_or_class(o: &Obj<'_>) -> String {
         .unwrap_or_else(|_| class_name(o))
 }
 
-fn adam_t<'py, T: Real + numpy::Element>(
+fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
     py: Python<'py>,
     args: [&Obj<'py>; 4],
     hp: optim::AdamParams,
+    req: Requested,
+    device: &str,
 ) -> PyResult<()> {
     const NAMES: [&str; 4] = ["param", "grad", "m", "v"];
     let [param, grad, m, v] = args;
@@ -1394,7 +1402,66 @@ fn adam_t<'py, T: Real + numpy::Element>(
             .map(|a| a.shape().to_vec())
             .collect()
     };
-    run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
+    if req == Requested::Cpu {
+        return run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
+            optim::adam_step(pv, gv, mv, vvv, hp)
+        });
+    }
+    // the GPU path: four C-contiguous arrays of one shape, updated in place through a device copy
+    let same = [&gv.shape(), &mv.shape(), &vvv.shape()]
+        .iter()
+        .all(|s| **s == pv.shape());
+    let contiguous = pv.is_standard_layout()
+        && gv.is_standard_layout()
+        && mv.is_standard_layout()
+        && vvv.is_standard_layout();
+    if !(same && contiguous && n > 0) {
+        return if req == Requested::Auto {
+            run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
+                optim::adam_step(pv, gv, mv, vvv, hp)
+            })
+        } else {
+            Err(crate::gpu_ops::no_gpu_path(Op::AdamStep, device))
+        };
+    }
+    let c = hp.consts::<T>().py()?;
+    let views = ::std::sync::Mutex::new(Some((pv, gv, mv, vvv)));
+    let take = || {
+        views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                ferrolab_core::CoreError::internal("adam_step", "the arrays were used twice")
+            })
+    };
+    let cpu = || -> CoreResult<()> {
+        let (pv, gv, mv, vvv) = take()?;
         optim::adam_step(pv, gv, mv, vvv, hp)
+    };
+    let gpu =
+        |d: &ferrolab_core::gpu::exec::Device| -> Result<(), ferrolab_core::gpu::exec::GpuFailure> {
+            let (mut pv, gv, mut mv, mut vvv) =
+                take().map_err(|e| ferrolab_core::gpu::exec::GpuFailure {
+                    during: "adam_step".into(),
+                    error: e.to_string(),
+                    sticky: false,
+                })?;
+            let ps: &mut [T] = pv.as_slice_mut().expect("C-contiguous");
+            let gs: &[T] = gv.as_slice().expect("C-contiguous");
+            let ms: &mut [T] = mv.as_slice_mut().expect("C-contiguous");
+            let vs: &mut [T] = vvv.as_slice_mut().expect("C-contiguous");
+            let (mut dp, dg) = (d.upload(&*ps)?, d.upload(gs)?);
+            let (mut dm, mut dv) = (d.upload(&*ms)?, d.upload(&*vs)?);
+            let k = [
+                c.b1w, c.b2, c.one_b2, c.wd, c.decay, c.neg_step, c.bc2s, c.eps,
+            ];
+            d.adam(&mut dp, &dg, &mut dm, &mut dv, n, k, c.lerp_hi)?;
+            d.download_into(&dp, ps)?;
+            d.download_into(&dm, ms)?;
+            d.download_into(&dv, vs)
+        };
+    crate::funnel::run_dispatched(py, Op::AdamStep, Meta::lazy::<T>(&shapes), || {
+        dispatch::run(Op::AdamStep, req, true, Some(&gpu), &cpu, &String::new)
     })
 }

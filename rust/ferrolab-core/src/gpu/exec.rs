@@ -555,6 +555,54 @@ impl Device {
         })
     }
 
+    /// One Adam/AdamW step in place on `p`, `m`, `v` for gradient `g`; `c` = `[b1w, b2, one_b2, wd, decay,
+    /// neg_step, bc2s, eps]` and `lerp_hi` as `ferrolab_core::kernels::optim::Consts` (PyTorch's arithmetic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam<T: GpuFloat>(
+        &self,
+        p: &mut CudaSlice<T>,
+        g: &CudaSlice<T>,
+        m: &mut CudaSlice<T>,
+        v: &mut CudaSlice<T>,
+        n: usize,
+        c: [T; 8],
+        lerp_hi: bool,
+    ) -> Result<(), GpuFailure> {
+        guarded("fl_adam", || {
+            let f = self.typed::<T>("fl_adam")?;
+            let n64 = n as u64;
+            let hi = lerp_hi as i32;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(p).arg(g).arg(m).arg(v).arg(&n64);
+            for x in &c {
+                l.arg(x);
+            }
+            l.arg(&hi);
+            // SAFETY: `(T*, const T*, T*, T*, u64, T x 8, int)` as fl_adam_*; every buffer at least `n` long.
+            unsafe { l.launch(self.elementwise_cfg(n)) }
+                .map_err(|e| fail("launching fl_adam", e))?;
+            Ok(())
+        })
+    }
+
+    /// Copies a device buffer into a host slice of the same length (and waits for it).
+    pub fn download_into<T: GpuFloat>(
+        &self,
+        d: &CudaSlice<T>,
+        host: &mut [T],
+    ) -> Result<(), GpuFailure> {
+        guarded("cuMemcpyDtoH", || {
+            if !host.is_empty() {
+                self.stream
+                    .memcpy_dtoh(&d.slice(..host.len()), host)
+                    .map_err(|e| fail("cuMemcpyDtoHAsync", e))?;
+            }
+            self.stream
+                .synchronize()
+                .map_err(|e| fail("cuStreamSynchronize", e))
+        })
+    }
+
     /// Allocates a device buffer of `n` elements for a result.
     pub fn alloc_out<T: GpuFloat>(&self, n: usize) -> Result<CudaSlice<T>, GpuFailure> {
         guarded("cuMemAlloc", || self.alloc::<T>(n))

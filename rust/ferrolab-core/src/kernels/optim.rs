@@ -21,17 +21,72 @@ pub struct AdamParams {
     pub t: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Consts<T> {
-    b1w: T,      // 1 - beta1 (lerp weight)
-    b2: T,       // beta2
-    one_b2: T,   // 1 - beta2
-    wd: T,       // L2 weight decay (0 when decoupled)
-    decay: T,    // 1 - lr * wd for AdamW, else 1
-    neg_step: T, // -lr / (1 - beta1^t)
-    bc2s: T,     // sqrt(1 - beta2^t)
-    eps: T,
-    lerp_hi: bool,
+/// The constants of one step in the parameters' type (shared by the CPU kernel and the GPU one).
+#[derive(Debug, Clone, Copy)]
+pub struct Consts<T> {
+    /// 1 - beta1 (the lerp weight)
+    pub b1w: T,
+    /// beta2
+    pub b2: T,
+    /// 1 - beta2
+    pub one_b2: T,
+    /// L2 weight decay (0 when decoupled)
+    pub wd: T,
+    /// 1 - lr * weight_decay for AdamW, else 1
+    pub decay: T,
+    /// -lr / (1 - beta1^t)
+    pub neg_step: T,
+    /// sqrt(1 - beta2^t)
+    pub bc2s: T,
+    pub eps: T,
+    /// Which of torch's two lerp formulas applies (weight >= 0.5).
+    pub lerp_hi: bool,
+}
+
+impl AdamParams {
+    /// Checks the hyper-parameters (a `ValueError` naming the one out of range) and computes the step's constants.
+    pub fn consts<T: Real>(&self) -> Result<Consts<T>> {
+        let (f, hp) = ("adam_step", self);
+        if hp.t == 0 {
+            return Err(CoreError::value(
+                f,
+                "t",
+                "must be >= 1 (the step number, counted from 1)",
+            ));
+        }
+        for (name, val, lo, hi) in [
+            ("lr", hp.lr, 0.0, f64::INFINITY),
+            ("beta1", hp.beta1, 0.0, 1.0),
+            ("beta2", hp.beta2, 0.0, 1.0),
+            ("eps", hp.eps, 0.0, f64::INFINITY),
+            ("weight_decay", hp.weight_decay, 0.0, f64::INFINITY),
+        ] {
+            if !(val >= lo && (val < hi || (hi.is_infinite() && val.is_finite()))) {
+                return Err(CoreError::value(
+                    f,
+                    name,
+                    format!("is {val}; expected a value in [{lo}, {hi})"),
+                ));
+            }
+        }
+        let bc1 = 1.0 - hp.beta1.powi(hp.t.min(i32::MAX as u64) as i32);
+        let bc2 = 1.0 - hp.beta2.powi(hp.t.min(i32::MAX as u64) as i32);
+        Ok(Consts {
+            b1w: T::from_f64(1.0 - hp.beta1),
+            b2: T::from_f64(hp.beta2),
+            one_b2: T::from_f64(1.0 - hp.beta2),
+            wd: T::from_f64(if hp.decoupled { 0.0 } else { hp.weight_decay }),
+            decay: T::from_f64(if hp.decoupled {
+                1.0 - hp.lr * hp.weight_decay
+            } else {
+                1.0
+            }),
+            neg_step: T::from_f64(-(hp.lr / bc1)),
+            bc2s: T::from_f64(bc2.sqrt()),
+            eps: T::from_f64(hp.eps),
+            lerp_hi: (1.0 - hp.beta1) >= 0.5,
+        })
+    }
 }
 
 #[inline(always)]
@@ -127,45 +182,7 @@ pub fn adam_step<T: Real>(
             ));
         }
     }
-    if hp.t == 0 {
-        return Err(CoreError::value(
-            f,
-            "t",
-            "must be >= 1 (the step number, counted from 1)",
-        ));
-    }
-    for (name, val, lo, hi) in [
-        ("lr", hp.lr, 0.0, f64::INFINITY),
-        ("beta1", hp.beta1, 0.0, 1.0),
-        ("beta2", hp.beta2, 0.0, 1.0),
-        ("eps", hp.eps, 0.0, f64::INFINITY),
-        ("weight_decay", hp.weight_decay, 0.0, f64::INFINITY),
-    ] {
-        if !(val >= lo && (val < hi || (hi.is_infinite() && val.is_finite()))) {
-            return Err(CoreError::value(
-                f,
-                name,
-                format!("is {val}; expected a value in [{lo}, {hi})"),
-            ));
-        }
-    }
-    let bc1 = 1.0 - hp.beta1.powi(hp.t.min(i32::MAX as u64) as i32);
-    let bc2 = 1.0 - hp.beta2.powi(hp.t.min(i32::MAX as u64) as i32);
-    let c = Consts {
-        b1w: T::from_f64(1.0 - hp.beta1),
-        b2: T::from_f64(hp.beta2),
-        one_b2: T::from_f64(1.0 - hp.beta2),
-        wd: T::from_f64(if hp.decoupled { 0.0 } else { hp.weight_decay }),
-        decay: T::from_f64(if hp.decoupled {
-            1.0 - hp.lr * hp.weight_decay
-        } else {
-            1.0
-        }),
-        neg_step: T::from_f64(-(hp.lr / bc1)),
-        bc2s: T::from_f64(bc2.sqrt()),
-        eps: T::from_f64(hp.eps),
-        lerp_hi: (1.0 - hp.beta1) >= 0.5,
-    };
+    let c = hp.consts::<T>()?;
     let n = param.len();
     if let Some((p, m, v, g)) = slices_same_order(&mut param, &mut m, &mut v, &grad) {
         const CH: usize = 8192;
