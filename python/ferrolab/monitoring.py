@@ -51,7 +51,7 @@ def alert_rules() -> str:
     >>> import yaml, ferrolab.monitoring as monitoring
     >>> groups = yaml.safe_load(monitoring.alert_rules())["groups"]
     >>> [g["name"] for g in groups]
-    ['ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup']
+    ['ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup', 'ferrolab-ops-checks']
     """
     return _asset(ALERT_RULES_FILE)
 
