@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from ferrolab import cli
+from ferrolab import cli, health
 
 COMMANDS = ["demo", "info", "health", "system", "monitoring", "serve", "bench", "backup"]
 BACKUP_COMMANDS = ["init", "create", "list", "restore", "verify", "forget", "prune", "unlock"]
@@ -67,12 +67,13 @@ def test_usage_errors_exit_2(argv: list[str], monkeypatch) -> None:
     assert proc.stderr.strip(), "a usage error says what is wrong"
 
 
-def test_ok_and_failed_exit_statuses(tmp_path, capsys) -> None:
+def test_ok_and_failed_exit_statuses(tmp_path, capsys, monkeypatch) -> None:
     assert cli.main(["info"]) == 0
     assert cli.main(["monitoring", str(tmp_path)]) == 0
     assert cli.main(["monitoring", str(tmp_path)]) == 1  # the files exist
-    unhealthy = tmp_path / "unhealthy.toml"
-    unhealthy.write_text('[[check]]\nname = "full"\nkind = "disk"\npath = "/"\nmax_percent = 0\n')
-    code = cli.main(["health", "--config", str(unhealthy)])
-    capsys.readouterr()
-    assert code in (1, 2)
+    for name, min_free, code in (("healthy", 0, 0), ("unhealthy", 100, 1)):
+        monkeypatch.setattr(health, "_DEFAULT", health.HealthRegistry())  # --config adds to the default registry
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[[check]]\nname = "root"\nkind = "disk"\nparameters = {{ path = "/", '
+                          f"min_free_percent = {min_free} }}\n")
+        assert cli.main(["health", "--config", str(config)]) == code, capsys.readouterr()
