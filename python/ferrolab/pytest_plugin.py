@@ -182,27 +182,33 @@ def push_text(records: list[dict[str, Any]], timestamp: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+_PUSH_RESULT = pytest.StashKey[tuple[bool, str]]()
+
+
 def _push(session: pytest.Session, gateway: str, records: list[dict[str, Any]]) -> None:
+    """Push the results; the outcome is shown in the terminal summary, a failure makes the exit status 1."""
     from . import metrics
 
     job = session.config.getoption("--ops-push-job") or DEFAULT_PUSH_JOB
-    instance = socket.gethostname()
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
     try:
-        url = metrics._gateway_url("push", gateway, job, {"instance": instance})
+        url = metrics._gateway_url("push", gateway, job, {"instance": socket.gethostname()})
         metrics._send("push", "PUT", url, push_text(records, time.time()).encode(), 30.0)
     except (OSError, TypeError, ValueError) as exc:
-        line = f"ferrolab --ops-push: {exc}"
-        if tr is not None:
-            tr.write_line(line, red=True, bold=True)
-        else:
-            print(line, file=sys.stderr)
-        if session.exitstatus == pytest.ExitCode.OK or session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.config.stash[_PUSH_RESULT] = (False, f"ferrolab --ops-push: {exc}")
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.config.pluginmanager.get_plugin("terminalreporter") is None:
+            print(f"ferrolab --ops-push: {exc}", file=sys.stderr)
         return
     n = sum(1 for r in records if r["outcome"] in _SUCCESS)
-    if tr is not None:
-        tr.write_line(f"ferrolab --ops-push: {n} check result(s) pushed to {url}")
+    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {url}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    result = config.stash.get(_PUSH_RESULT, None)
+    if result is not None:
+        ok, line = result
+        terminalreporter.write_line(line, red=not ok, bold=not ok)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
