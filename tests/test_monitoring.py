@@ -37,6 +37,9 @@ SERIES = {
     "ferrolab_circuit_breaker_transitions_total",
     "ferrolab_backup_last_success_timestamp_seconds",
     "ferrolab_backup_bytes_total",
+    # pushed by the pytest plugin's --ops-push (not in the process's own exposition)
+    "ferrolab_ops_check_success",
+    "ferrolab_ops_last_run_timestamp_seconds",
 }
 HISTOGRAMS = {"ferrolab_operation_duration_seconds", "ferrolab_backup_duration_seconds"}
 ALLOWED = SERIES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
@@ -51,6 +54,8 @@ ALERTS = {
     "FerrolabCircuitBreakerFlapping",
     "FerrolabBackupStale",
     "FerrolabBackupMetricsMissing",
+    "FerrolabOpsCheckFailed",
+    "FerrolabOpsChecksNotRunning",
 }
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
@@ -183,6 +188,8 @@ def test_rule_thresholds():
     assert "> 26 * 3600" in by_name["FerrolabBackupStale"]["expr"]
     assert by_name["FerrolabGPUMemoryHigh"]["expr"].endswith("> 0.9")
     assert by_name["FerrolabProcessMemoryHigh"]["expr"].endswith("> 0.9")
+    assert by_name["FerrolabOpsCheckFailed"]["expr"].strip() == "ferrolab_ops_check_success == 0"
+    assert "> 2 * 3600" in by_name["FerrolabOpsChecksNotRunning"]["expr"]
 
 
 def seconds(duration: str) -> float:

@@ -476,6 +476,23 @@ examples:
   ferrolab backup verify"""
 
 
+_BACKUP_EXIT = ("exit status: 0 ok, 1 failed (verify found damage; a repository error such as WrongPassword or "
+                "LockedError), 2 usage error.")
+
+_BACKUP_EXAMPLES = {
+    "init": ["ferrolab backup -r /srv/backups --password-file /etc/ferrolab/password init"],
+    "create": ["ferrolab backup -r /srv/backups create /srv/data --tag nightly --exclude '*.tmp'"],
+    "list": ["ferrolab backup -r /srv/backups list", "ferrolab backup -r /srv/backups list --tag nightly --json"],
+    "restore": ["ferrolab backup -r /srv/backups restore latest --target restored",
+                "ferrolab backup -r /srv/backups restore --at 2024-05-01T18:00 --target restored --include runs/42"],
+    "verify": ["ferrolab backup -r /srv/backups verify", "ferrolab backup -r /srv/backups verify --metadata-only"],
+    "forget": ["ferrolab backup -r /srv/backups forget --keep-daily 7 --keep-weekly 4 --dry-run",
+               "ferrolab backup -r /srv/backups forget --keep-last 10 --prune"],
+    "prune": ["ferrolab backup -r /srv/backups prune"],
+    "unlock": ["ferrolab backup -r /srv/backups unlock"],
+}
+
+
 def _backup_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     """The repository/password/progress options, on ``backup`` and (without defaults) on each command."""
     default: Any = argparse.SUPPRESS if suppress else None
@@ -502,7 +519,13 @@ def _add_backup_parser(sub: Any) -> None:
     bsub = b.add_subparsers(dest="backup_command", metavar="COMMAND")
 
     def command(name: str, func: Any, summary: str, description: str | None = None) -> argparse.ArgumentParser:
-        c = bsub.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".")
+        c = bsub.add_parser(
+            name,
+            help=summary,
+            description=description or summary[:1].upper() + summary[1:] + ".",
+            epilog="examples:\n" + "\n".join("  " + e for e in _BACKUP_EXAMPLES[name]) + "\n\n" + _BACKUP_EXIT,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _backup_common(c, suppress=True)
         c.set_defaults(backup_func=func)
         return c
@@ -572,17 +595,100 @@ def _add_backup_parser(sub: Any) -> None:
     command("unlock", _backup_unlock, "remove stale locks left by processes that died")
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    return bench.main(mode, json_path=args.json, seed=args.seed)
+
+
+# --- argument types: a bad value is a usage error (exit status 2) -----------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
+_EXIT = "exit status: 0 ok, 1 {failed}, 2 usage error."
+
+_EPILOGS = {
+    "demo": "examples:\n  ferrolab demo\n  ferrolab demo --size 100000 --repeat 1\n\n"
+    + _EXIT.format(failed="a result differs from NumPy's"),
+    "info": "examples:\n  ferrolab info\n"
+    "  ferrolab info | python -c 'import json, sys; print(json.load(sys.stdin)[\"simd\"])'\n\n"
+    "exit status: 0 ok, 2 usage error.",
+    "health": "examples:\n  ferrolab health\n  ferrolab health --config /etc/ferrolab/health.toml --json\n"
+    "  ferrolab health --import myapp.checks\n\n"
+    "exit status: 0 healthy or warning, 1 unhealthy, 2 usage error, bad configuration or a module that cannot be "
+    "imported.",
+    "system": "examples:\n  ferrolab system\n  ferrolab system --json\n  ferrolab system --watch 2\n\n"
+    + "exit status: 0 ok (also after Ctrl-C ends --watch), 2 usage error.",
+    "monitoring": "examples:\n  ferrolab monitoring /etc/prometheus/ferrolab\n"
+    "  cd /etc/prometheus/ferrolab && promtool test rules ferrolab-alerts.test.yml\n\n"
+    + _EXIT.format(failed="a file exists (without --force) or cannot be written"),
+    "serve": "examples:\n  ferrolab serve --port 9464\n"
+    "  FL_TOKEN=s3cret ferrolab serve --host 0.0.0.0 --token-env FL_TOKEN\n"
+    "  ferrolab serve --import myapp.metrics --duration 60\n\n"
+    + _EXIT.format(failed="the port cannot be bound")
+    + " A module that cannot be imported or an unset --token-env variable is a usage error.",
+    "bench": "examples:\n  ferrolab bench --quick\n  ferrolab bench --json bench.json\n\n"
+    + _EXIT.format(failed="a ferrolab result does not match NumPy's"),
+}
+
+
+def _parser(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser with its example epilog (kept as written)."""
+    return sub.add_parser(name, epilog=_EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferrolab", description="ferrolab: native kernels and ops tooling")
+    p = argparse.ArgumentParser(
+        prog="ferrolab",
+        description="ferrolab: native kernels and ops tooling",
+        epilog="examples:\n  ferrolab demo\n  ferrolab health --json\n  ferrolab bench --quick\n"
+        "  ferrolab COMMAND --help\n\n"
+        "exit status: 0 ok, 1 a check failed (unhealthy, mismatch, damaged backup), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"ferrolab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    d = sub.add_parser("demo", help="run a small instrumented pipeline and compare it with NumPy")
-    d.add_argument("--size", type=int, default=2_000_000, help="number of sensor readings (default 2,000,000)")
-    d.add_argument("--repeat", type=int, default=3, help="timing repetitions per step (best is shown)")
+    d = _parser(sub, "demo", help="run a small instrumented pipeline and compare it with NumPy",
+                description="Run a small instrumented pipeline with ferrolab and NumPy, check that the results "
+                "match and print the timings.")
+    d.add_argument("--size", type=_positive_int, default=2_000_000,
+                   help="number of sensor readings (default 2,000,000)")
+    d.add_argument("--repeat", type=_positive_int, default=3, help="timing repetitions per step (best is shown)")
     d.set_defaults(func=_cmd_demo)
-    i = sub.add_parser("info", help="print version, SIMD level, threads and GPU availability as JSON")
+    i = _parser(sub, "info", help="print version, SIMD level, threads and GPU availability as JSON",
+                description="Print the version, the SIMD level the kernels run with, the thread count and the GPU "
+                "availability as JSON.")
     i.set_defaults(func=_cmd_info)
-    h = sub.add_parser(
+    h = _parser(
+        sub,
         "health",
         help="run the health checks of the default registry (exit 1 when unhealthy)",
         description="Run the checks of ferrolab.health.default_registry() (those that --import modules register) "
@@ -605,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first, so that the checks it registers run (repeatable)",
     )
     h.set_defaults(func=_cmd_health)
-    sy = sub.add_parser(
+    sy = _parser(
+        sub,
         "system",
         help="print a snapshot of the machine (CPU, load, memory, disks, network, this process, GPUs)",
         description="Print ferrolab.system.snapshot() as a table or JSON. With --watch S, print one every S seconds "
@@ -615,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sy.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh every SECONDS")
     sy.set_defaults(func=_cmd_system)
-    m = sub.add_parser(
+    m = _parser(
+        sub,
         "monitoring",
         help="write the Prometheus alert rules, their promtool tests and the Grafana dashboard into DIR",
         description="Write ferrolab-alerts.yml, ferrolab-alerts.test.yml and ferrolab-dashboard.json into DIR "
@@ -624,20 +732,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("directory", metavar="DIR", help="target directory")
     m.add_argument("--force", action="store_true", help="overwrite files that exist")
     m.set_defaults(func=_cmd_monitoring)
-    s = sub.add_parser(
+    s = _parser(
+        sub,
         "serve",
         help="serve /metrics, /health and /ready until interrupted",
         description="Serve the Prometheus exposition (/metrics), the health report (/health: 200 or 503) and /ready "
         "from native threads until SIGINT/SIGTERM (or --duration seconds).",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=9464, help="port (default 9464; 0 picks a free one)")
+    s.add_argument("--port", type=_port, default=9464, help="port (default 9464; 0 picks a free one)")
     s.add_argument(
         "--token-env",
         metavar="VAR",
         help="require 'Authorization: Bearer <token>' with the token read from environment variable VAR",
     )
-    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--duration", type=_positive_float, default=None, help="stop after this many seconds")
     s.add_argument(
         "--import",
         dest="imports",
@@ -648,6 +757,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_serve)
     _add_backup_parser(sub)
+    bn = _parser(
+        sub,
+        "bench",
+        help="benchmark ferrolab's kernels against NumPy on this machine",
+        description="Check that ferrolab's results match NumPy's, then time sum, mean, var, dot, axpy (out=), "
+        "standardize, quantile, matmul, cdist and adam_step against NumPy on the same inputs (interleaved "
+        "repetitions, medians) and print the speed-ups (numpy time / ferrolab time). The default run uses two "
+        "sizes per op (about a minute); --quick one size (10-20 s).",
+    )
+    bn.add_argument("--quick", action="store_true", help="one size per op, about 10-20 s")
+    bn.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny inputs: for tests only
+    bn.add_argument("--json", metavar="PATH", help="also write the machine, the settings and every row as JSON")
+    bn.add_argument("--seed", type=int, default=20240601, help="seed of the random inputs")
+    bn.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -657,8 +780,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    if getattr(args, "size", 1) < 1 or getattr(args, "repeat", 1) < 1:
-        parser.error("--size and --repeat must be positive")
     return int(args.func(args))
 
 

@@ -1,9 +1,11 @@
 """Monitoring assets shipped with ferrolab: Prometheus alerting rules, their unit tests, a Grafana dashboard.
 
-The files are package data (``ferrolab/assets``) and use only the series that :mod:`ferrolab.metrics` exports:
+The files are package data (``ferrolab/assets``) and use only the series that :mod:`ferrolab.metrics` exports
+and those that the pytest plugin's ``--ops-push`` pushes:
 
 * ``ferrolab-alerts.yml``: alerting rules (error rate, p95 latency, process and GPU memory, circuit breakers,
-  stale or missing backups), each with a ``severity`` label and ``summary``/``description`` annotations;
+  stale or missing backups, failed ops checks and ops checks that stopped running), each with a ``severity``
+  label and ``summary``/``description`` annotations;
 * ``ferrolab-alerts.test.yml``: ``promtool test rules`` unit tests of those rules;
 * ``ferrolab-dashboard.json``: a Grafana dashboard with a ``datasource`` variable and ``job``/``instance`` filters.
 
@@ -51,7 +53,7 @@ def alert_rules() -> str:
     >>> import yaml, ferrolab.monitoring as monitoring
     >>> groups = yaml.safe_load(monitoring.alert_rules())["groups"]
     >>> [g["name"] for g in groups]
-    ['ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup']
+    ['ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup', 'ferrolab-ops-checks']
     """
     return _asset(ALERT_RULES_FILE)
 

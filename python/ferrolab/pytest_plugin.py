@@ -9,6 +9,12 @@ Options
     ``--ops-report PATH``: write a JSON report of every ``ops``-marked test: ``name``, ``outcome`` (passed, failed,
     skipped, error), ``duration`` (seconds, all phases), ``message`` (the failure or skip reason, "" when it passed)
     and ``health`` (the report's ``to_dict()`` when the test used ``fl_health``, else None).
+    ``--ops-push GATEWAY``: after the session, replace the group ``job=<--ops-push-job>, instance=<host name>`` on
+    a Prometheus Pushgateway (HTTP PUT) with ``ferrolab_ops_check_success{check="<test node id>"}`` (1 passed or
+    xfailed, 0 failed or error; a skipped check is left out) and ``ferrolab_ops_last_run_timestamp_seconds``.
+    The shipped alert rules ``FerrolabOpsCheckFailed`` and ``FerrolabOpsChecksNotRunning`` fire on them. A push
+    that fails is reported and makes the exit status 1 (a cron job then notices it).
+    ``--ops-push-job NAME``: the ``job`` label of the pushed group (default ``ferrolab_ops``).
 
 Examples
 --------
@@ -21,7 +27,7 @@ A test module of ops checks::
         assert fl_health.ok, str(fl_health)
         assert fl_system["memory"]["percent"] < 95
 
-run as ``pytest --ops-report ops.json``.
+run as ``pytest --ops-report ops.json`` or, from cron, ``pytest --ops-push http://pushgateway:9091``.
 
 >>> from ferrolab import pytest_plugin
 >>> pytest_plugin.REPORT_VERSION
@@ -31,7 +37,10 @@ run as ``pytest --ops-report ops.json``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,12 @@ __all__ = ["fl_health", "fl_system"]
 
 #: ``version`` of the JSON that ``--ops-report`` writes.
 REPORT_VERSION = 1
+
+#: ``job`` label of the group that ``--ops-push`` replaces, unless ``--ops-push-job`` names another.
+DEFAULT_PUSH_JOB = "ferrolab_ops"
+
+#: Outcome -> value of ``ferrolab_ops_check_success`` (outcomes not listed, i.e. skipped, are not pushed).
+_SUCCESS = {"passed": 1, "xfailed": 1, "failed": 0, "error": 0}
 
 _HEALTH = pytest.StashKey[Any]()
 _RECORDS = pytest.StashKey[dict[str, dict[str, Any]]]()
@@ -54,6 +69,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         default=None,
         help="write a JSON report of the tests marked ops (name, outcome, duration, message, health report)",
+    )
+    group.addoption(
+        "--ops-push",
+        metavar="GATEWAY",
+        default=None,
+        help="after the session, push ferrolab_ops_check_success{check} (1/0 per ops test) and "
+        "ferrolab_ops_last_run_timestamp_seconds to the Pushgateway at GATEWAY (e.g. http://127.0.0.1:9091)",
+    )
+    group.addoption(
+        "--ops-push-job",
+        metavar="NAME",
+        default=DEFAULT_PUSH_JOB,
+        help=f"job label of the pushed group (default {DEFAULT_PUSH_JOB}; the instance label is the host name)",
     )
 
 
@@ -118,11 +146,79 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def push_text(records: list[dict[str, Any]], timestamp: float) -> str:
+    """The text exposition that ``--ops-push`` sends for ``records`` (the ``tests`` of the JSON report).
+
+    >>> print(push_text([{"name": "t.py::test_a", "outcome": "passed"},
+    ...                  {"name": "t.py::test_b", "outcome": "failed"},
+    ...                  {"name": "t.py::test_c", "outcome": "skipped"}], 1700000000.0), end="")
+    # HELP ferrolab_ops_check_success 1 when the ops check passed in the last run, 0 when it failed.
+    # TYPE ferrolab_ops_check_success gauge
+    ferrolab_ops_check_success{check="t.py::test_a"} 1
+    ferrolab_ops_check_success{check="t.py::test_b"} 0
+    # HELP ferrolab_ops_last_run_timestamp_seconds Unix time at which the last run of the ops checks finished.
+    # TYPE ferrolab_ops_last_run_timestamp_seconds gauge
+    ferrolab_ops_last_run_timestamp_seconds 1700000000.000
+    """
+    lines = [
+        "# HELP ferrolab_ops_check_success 1 when the ops check passed in the last run, 0 when it failed.",
+        "# TYPE ferrolab_ops_check_success gauge",
+    ]
+    for r in records:
+        value = _SUCCESS.get(r["outcome"])
+        if value is not None:
+            lines.append(f'ferrolab_ops_check_success{{check="{_label_value(r["name"])}"}} {value}')
+    if not math.isfinite(timestamp):
+        raise ValueError(f"push_text(): the timestamp must be finite, got {timestamp!r}")
+    lines += [
+        "# HELP ferrolab_ops_last_run_timestamp_seconds Unix time at which the last run of the ops checks finished.",
+        "# TYPE ferrolab_ops_last_run_timestamp_seconds gauge",
+        f"ferrolab_ops_last_run_timestamp_seconds {timestamp:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_PUSH_RESULT = pytest.StashKey[tuple[bool, str]]()
+
+
+def _push(session: pytest.Session, gateway: str, records: list[dict[str, Any]]) -> None:
+    """Push the results; the outcome is shown in the terminal summary, a failure makes the exit status 1."""
+    from . import metrics
+
+    job = session.config.getoption("--ops-push-job") or DEFAULT_PUSH_JOB
+    try:
+        url = metrics._gateway_url("push", gateway, job, {"instance": socket.gethostname()})
+        metrics._send("push", "PUT", url, push_text(records, time.time()).encode(), 30.0)
+    except (OSError, TypeError, ValueError) as exc:
+        session.config.stash[_PUSH_RESULT] = (False, f"ferrolab --ops-push: {exc}")
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.config.pluginmanager.get_plugin("terminalreporter") is None:
+            print(f"ferrolab --ops-push: {exc}", file=sys.stderr)
+        return
+    n = sum(1 for r in records if r["outcome"] in _SUCCESS)
+    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {url}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    result = config.stash.get(_PUSH_RESULT, None)
+    if result is not None:
+        ok, line = result
+        terminalreporter.write_line(line, red=not ok, bold=not ok)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    records = list(session.config.stash.get(_RECORDS, {}).values())
+    gateway = session.config.getoption("--ops-push", None)
+    if gateway:
+        _push(session, gateway, records)
     path = session.config.getoption("--ops-report", None)
     if not path:
         return
-    records = list(session.config.stash.get(_RECORDS, {}).values())
     counts: dict[str, int] = {}
     for r in records:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
