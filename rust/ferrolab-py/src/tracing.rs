@@ -10,6 +10,7 @@ use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::IntoPyDict;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +20,8 @@ use std::time::{Duration, SystemTime};
 // ----------------------------------------------------------------------------------------------------------
 // the context variable
 
-/// The `ContextVar` holding the current [`Span`] (no default: unset means no span), with its bound `get`, `set`
-/// and `reset` (called through vectorcall: no argument tuple, no method lookup per span).
+/// The `ContextVar` holding the current [`Span`] (default `None`: no span), with its bound `get`, `set` and
+/// `reset` (no method lookup per span; `get` takes no argument, `set`/`reset` go through [`ffi::call_one`]).
 struct Cv {
     get: Py<PyAny>,
     set: Py<PyAny>,
@@ -31,10 +32,10 @@ static CV: PyOnceLock<Cv> = PyOnceLock::new();
 
 fn cv(py: Python<'_>) -> PyResult<&Cv> {
     CV.get_or_try_init(py, || {
-        let var = py
-            .import("contextvars")?
-            .getattr("ContextVar")?
-            .call1(("ferrolab_current_span",))?;
+        let var = py.import("contextvars")?.getattr("ContextVar")?.call(
+            ("ferrolab_current_span",),
+            Some(&[("default", py.None())].into_py_dict(py)?),
+        )?;
         Ok::<_, PyErr>(Cv {
             get: var.getattr("get")?.unbind(),
             set: var.getattr("set")?.unbind(),
@@ -45,19 +46,19 @@ fn cv(py: Python<'_>) -> PyResult<&Cv> {
 
 /// Value of the span variable in the current context (`None`: unset).
 fn cv_get(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
-    let v = cv(py)?.get.bind(py).call1((py.None(),))?;
+    let v = cv(py)?.get.bind(py).call0()?;
     Ok((!v.is_none()).then_some(v))
 }
 
 /// `var.set(value)`: the reset token.
 fn cv_set<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    cv(py)?.set.bind(py).call1((value,))
+    ffi::call_one(cv(py)?.set.bind(py), value)
 }
 
 /// `var.reset(token)`; false (and no exception) when the token belongs to another context.
 fn cv_reset(py: Python<'_>, token: &Py<PyAny>) -> bool {
     match cv(py) {
-        Ok(cv) => cv.reset.bind(py).call1((token,)).is_ok(),
+        Ok(cv) => ffi::call_one(cv.reset.bind(py), token.bind(py)).is_ok(),
         Err(_) => false,
     }
 }
@@ -179,10 +180,17 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
     SpanCtx::remote(trace_id, span_id, flags & 1 == 1)
 }
 
+/// Spans entered and not yet exited, in every thread and context. While it is 0 no context can have an open
+/// ferrolab span, so a new span skips the context-variable lookup of its parent (a span that is never exited
+/// keeps it above 0: the lookup then always runs).
+static OPEN_SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The parent of a span opened now: the current ferrolab span, else the current opentelemetry-python span.
 fn parent_ctx(py: Python<'_>) -> PyResult<Option<SpanCtx>> {
-    if let Some(s) = current_object(py)? {
-        return Ok(Some(s.get().ctx));
+    if OPEN_SPANS.load(Ordering::Relaxed) > 0 {
+        if let Some(s) = current_object(py)? {
+            return Ok(Some(s.get().ctx));
+        }
     }
     Ok(otel_parent(py))
 }
@@ -390,12 +398,14 @@ pub struct Span {
     parent: Option<SpanCtx>,
     entered: AtomicBool,
     open: AtomicBool,
+    /// The context variable's reset token, set once on entry (no lock on the path of every span).
+    token: std::sync::OnceLock<Py<PyAny>>,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    token: Option<Py<PyAny>>,
+    /// The recording of a sampled span (`None` for an unsampled one, and after the span ended).
     rec: Option<Recording>,
 }
 
@@ -457,7 +467,8 @@ impl Span {
             ));
         }
         let token = cv_set(py, slf.as_any())?;
-        this.inner().token = Some(token.unbind());
+        let _ = this.token.set(token.unbind());
+        OPEN_SPANS.fetch_add(1, Ordering::Relaxed);
         this.open.store(true, Ordering::Relaxed);
         Ok(slf.clone())
     }
@@ -474,14 +485,17 @@ impl Span {
         if !this.open.swap(false, Ordering::Relaxed) {
             return Ok(false);
         }
-        let (token, rec) = {
-            let mut i = this.inner();
-            (i.token.take(), i.rec.take())
+        OPEN_SPANS.fetch_sub(1, Ordering::Relaxed);
+        // an unsampled span has no recording: no lock on its path
+        let rec = if this.ctx.sampled {
+            this.inner().rec.take()
+        } else {
+            None
         };
-        if let Some(t) = token {
+        if let Some(t) = this.token.get() {
             // a span exited in another context than it was entered in (e.g. across tasks) cannot reset the
             // variable there; the span still ends
-            cv_reset(py, &t);
+            cv_reset(py, t);
         }
         if let Some(mut rec) = rec {
             if let Some(et) = exc_type.filter(|e| !e.is_none()) {
@@ -670,7 +684,8 @@ fn new_span_object<'py>(
         parent,
         entered: AtomicBool::new(false),
         open: AtomicBool::new(false),
-        inner: Mutex::new(Inner { token: None, rec }),
+        token: std::sync::OnceLock::new(),
+        inner: Mutex::new(Inner { rec }),
     })
 }
 
