@@ -75,6 +75,7 @@ __all__ = [
     "set_instrumentation",
     "simd_level",
     "standardize",
+    "_Monitor",
     "system_register_metrics",
     "system_snapshot",
     "std",

@@ -218,6 +218,7 @@ class Monitor:
         self._core = _core._Monitor(float(interval), int(window))
         self._thresholds: list[_Threshold] = []
         self._lock = threading.Lock()
+        self._dispatch_lock = threading.RLock()  # one evaluation of the thresholds at a time
         self._dispatcher: threading.Thread | None = None
         self._stopping = False
         _MONITORS.add(self)
@@ -265,6 +266,7 @@ class Monitor:
     def _forked(self) -> None:
         # the child has neither the sampler nor the dispatcher thread
         self._lock = threading.Lock()
+        self._dispatch_lock = threading.RLock()
         self._dispatcher = None
         self._stopping = False
 
@@ -395,19 +397,23 @@ class Monitor:
         """Evaluates the thresholds on the samples not seen yet (the callback thread's step; also a test hook)."""
         with self._lock:
             ths = list(self._thresholds)
-        for th in ths:
-            th.count, new = self._core.since(th.metric, th.count)
-            for t, v in new:
-                lvl = th.level_of(v)
-                if lvl > th.level:
-                    for fire in range(th.level + 1, lvl + 1):
-                        last = th.last_fired.get(fire)
-                        if fire == lvl and (last is None or t - last >= th.cooldown):
-                            th.last_fired[fire] = t
-                            name = "critical" if fire == 2 else "warning"
-                            bound = th.critical if fire == 2 else th.warning
-                            self._fire(th, ThresholdEvent(th.metric, name, v, float(bound), t))  # type: ignore[arg-type]
-                th.level = lvl
+        with self._dispatch_lock:
+            for th in ths:
+                self._dispatch_one(th)
+
+    def _dispatch_one(self, th: _Threshold) -> None:
+        th.count, new = self._core.since(th.metric, th.count)
+        for t, v in new:
+            lvl = th.level_of(v)
+            # an upward crossing fires the level reached, unless that level fired less than `cooldown` ago
+            if lvl > th.level:
+                last = th.last_fired.get(lvl)
+                if last is None or t - last >= th.cooldown:
+                    th.last_fired[lvl] = t
+                    name, bound = ("critical", th.critical) if lvl == 2 else ("warning", th.warning)
+                    assert bound is not None
+                    self._fire(th, ThresholdEvent(th.metric, name, v, float(bound), t))
+            th.level = lvl
 
     def _fire(self, th: _Threshold, event: ThresholdEvent) -> None:
         if th.callback is None:

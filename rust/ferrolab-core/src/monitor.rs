@@ -106,6 +106,7 @@ impl Inner {
 /// What the sampler remembers between two samples (for the rates).
 #[derive(Default)]
 struct Prev {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     cpu: Option<(f64, f64)>,
     net: Option<(Instant, u64, u64)>,
 }

@@ -288,6 +288,7 @@ pub fn net_dev() -> Option<Vec<(String, u64, u64)>> {
 }
 
 /// Undoes the octal escapes (`\040` for a space, ...) of `/proc/*/mounts`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn unescape_mount(s: &str) -> String {
     if !s.contains('\\') {
         return s.to_string();
