@@ -240,13 +240,32 @@ class Monitor:
         return self._core.running
 
     def start(self) -> Monitor:
-        """Starts sampling (no-op when running); returns the monitor."""
+        """Starts sampling (no-op when running); returns the monitor.
+
+        Examples
+        --------
+        >>> import ferrolab as fl
+        >>> m = fl.system.Monitor(interval=0.05).start()
+        >>> m.running
+        True
+        >>> m.stop(); m.running
+        False
+        """
         self._core.start()
         self._start_dispatcher()
         return self
 
     def stop(self) -> None:
-        """Stops sampling and the callback thread, and waits for both."""
+        """Stops sampling and the callback thread, and waits for both (no-op when stopped).
+
+        Examples
+        --------
+        >>> import ferrolab as fl
+        >>> m = fl.system.Monitor(interval=0.05)
+        >>> m.stop()
+        >>> m.running
+        False
+        """
         self._core.stop()
         with self._lock:
             d, self._dispatcher = self._dispatcher, None
@@ -531,6 +550,18 @@ class Monitor:
         ------
         ImportError
             matplotlib is not installed.
+
+        Examples
+        --------
+        >>> import ferrolab as fl
+        >>> m = fl.system.Monitor()
+        >>> for i in range(5): m._feed("cpu_percent", float(i), 10.0 * i)
+        >>> try:
+        ...     import matplotlib
+        ...     matplotlib.use("Agg")
+        ...     fig = m.plot()
+        ... except ImportError as e:  # matplotlib is optional
+        ...     assert "matplotlib" in str(e)
         """
         try:
             import matplotlib.pyplot as plt

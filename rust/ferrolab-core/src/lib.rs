@@ -32,8 +32,6 @@ pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
-pub mod monitor;
-pub mod node;
 pub mod system;
 pub mod telemetry;
 

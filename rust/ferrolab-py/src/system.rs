@@ -2,7 +2,8 @@
 //! `ferrolab_core::system`, run with the GIL released).
 
 use crate::errors;
-use ferrolab_core::{monitor, node, system};
+use ferrolab_core::system;
+use ferrolab_core::system::{monitor, node};
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};

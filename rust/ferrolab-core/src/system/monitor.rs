@@ -1,7 +1,7 @@
 //! A background sampler of the machine: one native thread fills ring buffers of `window` samples per metric.
 //!
 //! Metrics: `cpu_percent` (whole machine, 0-100), `memory_percent`, `load1`, `disk_percent:<mount>` for each
-//! mount node_exporter reports ([`crate::node::mounts`]), `net_recv_bytes_per_second` and
+//! mount node_exporter reports ([`super::node::mounts`]), `net_recv_bytes_per_second` and
 //! `net_sent_bytes_per_second` (all interfaces) and `process_rss` (bytes). The rates need two samples: they start
 //! with the second one. Timestamps are Unix seconds.
 //!
@@ -113,7 +113,7 @@ struct Prev {
 
 #[cfg(target_os = "linux")]
 fn sample(prev: &mut Prev) -> Vec<(String, f64)> {
-    use crate::node;
+    use super::node;
     let mut out = Vec::with_capacity(12);
     if let Some((_, (busy, total))) = node::cpu_times() {
         if let Some((b0, t0)) = prev.cpu.replace((busy, total)) {
@@ -183,7 +183,7 @@ fn sample(prev: &mut Prev) -> Vec<(String, f64)> {
 #[cfg(not(target_os = "linux"))]
 fn sample(prev: &mut Prev) -> Vec<(String, f64)> {
     // sysinfo through the snapshot (its CPU percentage is shared with fl.system.snapshot())
-    let s = crate::system::snapshot();
+    let s = super::snapshot();
     let mut out = vec![
         ("cpu_percent".to_string(), s.cpu_percent),
         ("memory_percent".to_string(), s.memory.percent),
