@@ -70,6 +70,8 @@ def test_bad_arguments() -> None:
         Monitor(interval=0)
     with pytest.raises(ValueError, match="window"):
         Monitor(window=0)
+    with pytest.raises(ValueError, match="window"):
+        Monitor(window=-5)
     with pytest.raises(KeyError, match="nope"):
         Monitor().history("nope")
     with pytest.raises(ValueError):

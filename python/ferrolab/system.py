@@ -215,6 +215,8 @@ class Monitor:
     """
 
     def __init__(self, interval: float = 1.0, window: int = 3600) -> None:
+        if int(window) < 1:
+            raise ValueError(f"Monitor(): argument 'window' is {window!r}; expected at least 1 sample")
         self._core = _core._Monitor(float(interval), int(window))
         self._thresholds: list[_Threshold] = []
         self._lock = threading.Lock()
