@@ -1,6 +1,9 @@
 """The machine and this process at a glance: CPU, load, memory, disks, network, GPUs.
 
 :func:`snapshot` reads everything natively (``sysinfo``) in one call, with the GIL released while it samples.
+:func:`register_metrics` adds node_exporter-compatible series of the machine to ferrolab's ``/metrics``, and
+:class:`Monitor` samples the machine in a native background thread and keeps a history (summaries, anomalies,
+thresholds with callbacks, linear trends).
 
 CPU percentages are rates, so they need two samples. A process-wide sampler keeps the previous one: each snapshot
 reports the usage *since the previous snapshot* taken anywhere in the process, like psutil's
