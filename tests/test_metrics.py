@@ -13,6 +13,7 @@ import inspect
 import itertools
 import math
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -835,6 +836,9 @@ def test_exposition_escapes_odd_label_values_and_help(make) -> None:
     assert fam.documentation == 'Help with "quotes", back\\slash and a\nnewline.'
 
 
+NODE_EXPORTER_CAMEL_CASE = r"node_memory_\w+ metric names should be written in 'snake_case' not 'camelCase'"
+
+
 def test_exposition_passes_promtool_with_many_series(make) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -855,8 +859,17 @@ def test_exposition_passes_promtool_with_many_series(make) -> None:
     g.labels("not a number").set(float("nan"))
     text = M.exposition()
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"promtool check metrics: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert proc.stdout.strip() == "" and proc.stderr.strip() == ""
+    # node_exporter's own names (node_memory_MemTotal_bytes, ...) are not snake_case: promtool's lint (exit code 3)
+    # flags them when an earlier test of this process called fl.system.register_metrics(); nothing else may be found
+    findings = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and not re.fullmatch(NODE_EXPORTER_CAMEL_CASE, line)
+    ]
+    assert proc.returncode == 0 or (proc.returncode == 3 and not findings), (
+        f"promtool check metrics: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
+    assert not findings, findings
     # every line is HELP, TYPE or a sample; the text ends with a newline
     assert text.endswith("\n")
     for line in text.splitlines():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components the integration tests start on 127.0.0.1 (Debian packages):
-# Prometheus (with promtool) and the Prometheus Pushgateway; restic, the peer of benches/bench_backup.py; and
-# binutils, whose objdump the SIMD disassembly check (tests/test_simd_build.py) reads the extension with.
+# Prometheus (with promtool), the Prometheus Pushgateway and node_exporter (tests/test_node_exporter.py);
+# restic, the peer of benches/bench_backup.py; and binutils, whose objdump the SIMD disassembly check
+# (tests/test_simd_build.py) reads the extension with.
 # Idempotent; without root or apt-get it only reports what is missing (those tests then skip with a reason, and
 # the backup benchmark's smoke runs ferrolab alone, except under CI=true where they fail).
 set -euo pipefail
@@ -9,6 +10,7 @@ need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
+command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
 command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v objdump >/dev/null 2>&1 || need+=(binutils)
 if [ ${#need[@]} -eq 0 ]; then

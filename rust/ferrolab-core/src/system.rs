@@ -10,6 +10,11 @@
 //! On Linux the process's numbers (one read of `/proc/self/stat`) and the network counters (one read of
 //! `/proc/net/dev`) are read directly: sysinfo would scan every process of `/proc` to refresh one, and read several
 //! sysfs files per interface. Everything else, and all of it on other platforms, comes from `sysinfo`.
+//!
+//! Submodules: [`node`], the node_exporter-compatible Prometheus series; [`monitor`], the background sampler.
+
+pub mod monitor;
+pub mod node;
 
 use std::sync::{LazyLock, Mutex};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, System};
