@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
 
 # Notebooks whose plots must come out as PNG images.
-MUST_PLOT = {"01_kernels.ipynb"}
+MUST_PLOT = {"01_kernels.ipynb", "02_ops.ipynb"}
 
 
 def _jupyter_modules():
