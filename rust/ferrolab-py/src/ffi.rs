@@ -7,15 +7,15 @@
 //!   `**kwargs` builds one; that dict was most of the cost of `labels(...)` and `span(...)`). Its one C entry
 //!   point, [`trampoline`], runs the Rust side under [`guard`], the one `catch_unwind` of the raw entry points;
 //! * [`send`]: `PyIter_Send`, which drives an awaited coroutine without a raised and caught `StopIteration`;
-//! * [`call_one`]: a call with one positional argument through a reused argument tuple (the stable ABI of 3.11
-//!   has no vectorcall, so PyO3 builds a new tuple per call; the three context-variable calls of a span are
-//!   most of its cost);
+//! * [`call_one`]: a call with one positional argument without an argument tuple (the stable ABI of 3.11 has no
+//!   `PyObject_Vectorcall`, so PyO3 builds a tuple per call; the context-variable calls of a span are most of its
+//!   cost);
 //! * [`modules`]: the interpreter's module dict without an import, [`interpreter_alive`] for threads that must
 //!   not attach to a finalized interpreter, and [`sole_reference`] (a reference count of 1).
 //!
 //! Only the stable ABI (abi3, Python >= 3.11) is used: `PyIter_Send` (3.10), `METH_FASTCALL` (3.10),
 //! `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`, `Py_REFCNT`,
-//! `PyTuple_SetItem` (on a tuple nobody else holds). The
+//! `PyObject_CallFunctionObjArgs`. The
 //! context-variable C API (`PyContextVar_Get/Set/Reset`) is not part of it: spans call the `ContextVar`'s
 //! methods instead.
 
@@ -262,40 +262,24 @@ pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResul
 // ---------------------------------------------------------------------------------------------------------------
 // calling
 
-thread_local! {
-    /// This thread's reusable one-item argument tuple (taken out while a call uses it).
-    static ONE_ARG: std::cell::RefCell<Option<Py<PyTuple>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// `callable(arg)` through this thread's reused one-item argument tuple instead of a new one. The tuple is used
-/// again only while this thread holds its only reference (a callee that keeps its arguments gets to keep them;
-/// a re-entrant call gets a fresh tuple), and its item is set back to `None` after the call so that `arg` is not
-/// kept alive.
+/// `callable(arg)` without an argument tuple: `PyObject_CallFunctionObjArgs` (stable ABI) collects its arguments
+/// on the C stack and makes a vectorcall, where PyO3's `call1` on the 3.11 stable ABI (no `PyObject_Vectorcall`
+/// before 3.12) builds a tuple per call.
 pub fn call_one<'py>(
     callable: &Bound<'py, PyAny>,
     arg: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
-    let reused = ONE_ARG
-        .try_with(|c| c.borrow_mut().take())
-        .ok()
-        .flatten()
-        .map(|t| t.into_bound(py))
-        .filter(|t| sole_reference(t.as_any()));
-    let args = match reused {
-        Some(t) => t,
-        None => PyTuple::new(py, [py.None()])?,
-    };
-    // SAFETY: `args` is a 1-tuple whose only reference we hold (checked above, or just created), so setting its
-    // item is allowed; PyTuple_SetItem steals the new reference made for it and releases the previous item
-    unsafe { sys::PyTuple_SetItem(args.as_ptr(), 0, arg.clone().into_ptr()) };
-    let r = callable.call1(&args);
-    if sole_reference(args.as_any()) {
-        // SAFETY: as above: still only ours; the item goes back to None (a new reference, stolen)
-        unsafe { sys::PyTuple_SetItem(args.as_ptr(), 0, py.None().into_ptr()) };
-        let _ = ONE_ARG.try_with(|c| *c.borrow_mut() = Some(args.unbind()));
+    // SAFETY: the thread is attached (`py`); `callable` and `arg` are live for the call; the argument list ends
+    // with the NULL the variadic function requires; the result is a new reference or NULL with an exception set
+    unsafe {
+        let r = sys::PyObject_CallFunctionObjArgs(
+            callable.as_ptr(),
+            arg.as_ptr(),
+            null_mut::<sys::PyObject>(),
+        );
+        Bound::from_owned_ptr_or_err(py, r)
     }
-    r
 }
 
 // ---------------------------------------------------------------------------------------------------------------
