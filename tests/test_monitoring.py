@@ -42,9 +42,13 @@ SERIES = {
     "ferrolab_ops_last_run_timestamp_seconds",
 }
 HISTOGRAMS = {"ferrolab_operation_duration_seconds", "ferrolab_backup_duration_seconds"}
-ALLOWED = SERIES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+# Prometheus's own per-target series, used by the target-down alerts
+PROMETHEUS_SERIES = {"up"}
+ALLOWED = SERIES | PROMETHEUS_SERIES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 ALERTS = {
+    "FerrolabTargetDown",
+    "FerrolabTargetsMissing",
     "FerrolabHighErrorRate",
     "FerrolabHighLatencyP95",
     "FerrolabProcessMemoryHigh",
