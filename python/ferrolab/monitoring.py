@@ -52,8 +52,9 @@ def alert_rules() -> str:
     --------
     >>> import yaml, ferrolab.monitoring as monitoring
     >>> groups = yaml.safe_load(monitoring.alert_rules())["groups"]
-    >>> [g["name"] for g in groups]
-    ['ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup', 'ferrolab-ops-checks']
+    >>> [g["name"] for g in groups]  # doctest: +NORMALIZE_WHITESPACE
+    ['ferrolab-targets', 'ferrolab-operations', 'ferrolab-resources', 'ferrolab-resilience', 'ferrolab-backup',
+     'ferrolab-ops-checks']
     """
     return _asset(ALERT_RULES_FILE)
 
