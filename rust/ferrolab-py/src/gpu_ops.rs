@@ -163,14 +163,7 @@ fn run<R: Send>(
     cpu: &(dyn Fn() -> CoreResult<R> + Sync),
 ) -> PyResult<R> {
     run_dispatched(py, op, meta, || {
-        dispatch::run(
-            op,
-            requested,
-            true,
-            Some(&|d: &Device| gpu(d)),
-            &|| cpu(),
-            &String::new,
-        )
+        dispatch::run(op, requested, true, &|d: &Device| gpu(d), &|| cpu())
     })
 }
 

@@ -1402,27 +1402,22 @@ fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
             .map(|a| a.shape().to_vec())
             .collect()
     };
-    if req == Requested::Cpu {
+    // the GPU path: four C-contiguous arrays of one shape, updated in place through a device copy
+    let gpu_path = [&gv.shape(), &mv.shape(), &vvv.shape()]
+        .iter()
+        .all(|s| **s == pv.shape())
+        && pv.is_standard_layout()
+        && gv.is_standard_layout()
+        && mv.is_standard_layout()
+        && vvv.is_standard_layout()
+        && n > 0;
+    if req == Requested::Cpu || (req == Requested::Auto && !gpu_path) {
         return run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
             optim::adam_step(pv, gv, mv, vvv, hp)
         });
     }
-    // the GPU path: four C-contiguous arrays of one shape, updated in place through a device copy
-    let same = [&gv.shape(), &mv.shape(), &vvv.shape()]
-        .iter()
-        .all(|s| **s == pv.shape());
-    let contiguous = pv.is_standard_layout()
-        && gv.is_standard_layout()
-        && mv.is_standard_layout()
-        && vvv.is_standard_layout();
-    if !(same && contiguous && n > 0) {
-        return if req == Requested::Auto {
-            run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
-                optim::adam_step(pv, gv, mv, vvv, hp)
-            })
-        } else {
-            Err(crate::gpu_ops::no_gpu_path(Op::AdamStep, device))
-        };
+    if !gpu_path {
+        return Err(crate::gpu_ops::no_gpu_path(Op::AdamStep, device));
     }
     let c = hp.consts::<T>().py()?;
     let views = ::std::sync::Mutex::new(Some((pv, gv, mv, vvv)));
@@ -1462,6 +1457,6 @@ fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
             d.download_into(&dv, vs)
         };
     crate::funnel::run_dispatched(py, Op::AdamStep, Meta::lazy::<T>(&shapes), || {
-        dispatch::run(Op::AdamStep, req, true, Some(&gpu), &cpu, &String::new)
+        dispatch::run(Op::AdamStep, req, true, &gpu, &cpu)
     })
 }

@@ -147,21 +147,20 @@ pub const AUTO_MIN_FLOPS: f64 = 1e9;
 pub type GpuPath<'a, R> = &'a dyn Fn(&exec::Device) -> std::result::Result<R, GpuFailure>;
 
 /// Runs `op` where `requested` and `prefers_gpu` (the cost model's verdict for `auto`) say, recording it through
-/// the seam under the device it ran on. `gpu` is the GPU path (`None` when the op or these inputs have none);
-/// `cpu` the CPU path, used for `cpu`, for `auto` when the GPU does not pay off or is unavailable, and for the
-/// fallback.
+/// the seam under the device it ran on. `gpu` is the GPU path (callers decide beforehand whether the inputs have
+/// one); `cpu` the CPU path, used for `cpu`, for `auto` when the GPU does not pay off or is unavailable, and for
+/// the fallback.
 pub fn run<R>(
     op: Op,
     requested: Requested,
     prefers_gpu: bool,
-    gpu: Option<GpuPath<'_, R>>,
+    gpu: GpuPath<'_, R>,
     cpu: &dyn Fn() -> Result<R>,
-    no_gpu_path: &dyn Fn() -> String,
 ) -> Result<R> {
     let ordinal = match requested {
         Requested::Cpu => return seam::record(op, Device::Cpu, cpu),
         Requested::Auto => {
-            if !prefers_gpu || gpu.is_none() || unavailable_reason().is_some() {
+            if !prefers_gpu || unavailable_reason().is_some() {
                 return seam::record(op, Device::Cpu, cpu);
             }
             0
@@ -169,9 +168,6 @@ pub fn run<R>(
         Requested::Cuda(i) => {
             if let Some(reason) = unavailable_reason() {
                 return Err(unavailable(op, i, reason, None));
-            }
-            if gpu.is_none() {
-                return Err(unavailable(op, i, no_gpu_path(), None));
             }
             i
         }
@@ -215,7 +211,6 @@ pub fn run<R>(
             }),
             None => {
                 let dev = exec::device(ordinal)?;
-                let gpu = gpu.expect("checked above");
                 match gpu(&dev) {
                     Err(f) if f.error == "CUDA_ERROR_OUT_OF_MEMORY" => {
                         // give cached blocks back once, then retry

@@ -244,6 +244,25 @@ impl GpuFloat for f64 {
     }
 }
 
+/// Launches the elementwise kernel `$name` of element type `$T` over `n` elements, with `$n64` (the count as the
+/// kernel's `u64`) bound for the argument list `[$arg, ...]`. Each call site states the kernel's C signature, which
+/// its argument list follows.
+macro_rules! launch_elementwise {
+    ($dev:expr, $T:ty, $name:literal, $n:expr, |$n64:ident| [$($arg:expr),* $(,)?]) => {
+        guarded($name, || {
+            let f = $dev.typed::<$T>($name)?;
+            let $n64 = $n as u64;
+            let mut l = $dev.stream.launch_builder(&f);
+            $(l.arg($arg);)*
+            // SAFETY: the arguments follow the kernel's C signature (stated at the call site) in order and type,
+            // and every buffer holds at least `n` elements
+            unsafe { l.launch($dev.elementwise_cfg($n)) }
+                .map_err(|e| fail(concat!("launching ", $name), e))?;
+            Ok(())
+        })
+    };
+}
+
 impl Device {
     fn function(&self, name: &'static str) -> Result<CudaFunction, GpuFailure> {
         let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
@@ -299,18 +318,9 @@ impl Device {
 
     /// Copies the first `n` elements of a device buffer to the host.
     pub fn download<T: GpuFloat>(&self, d: &CudaSlice<T>, n: usize) -> Result<Vec<T>, GpuFailure> {
-        guarded("cuMemcpyDtoH", || {
-            let mut out = vec![T::default(); n];
-            if n > 0 {
-                self.stream
-                    .memcpy_dtoh(&d.slice(..n), &mut out)
-                    .map_err(|e| fail("cuMemcpyDtoHAsync", e))?;
-            }
-            self.stream
-                .synchronize()
-                .map_err(|e| fail("cuStreamSynchronize", e))?;
-            Ok(out)
-        })
+        let mut out = vec![T::default(); n];
+        self.download_into(d, &mut out)?;
+        Ok(out)
     }
 
     fn grid(&self, n: usize) -> u32 {
@@ -473,16 +483,8 @@ impl Device {
         out: &mut CudaSlice<T>,
         n: usize,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_axpy", || {
-            let f = self.typed::<T>("fl_axpy")?;
-            let n64 = n as u64;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&a).arg(x).arg(y).arg(out).arg(&n64);
-            // SAFETY: `(T, const T*, const T*, T*, u64)`, every buffer at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_axpy", e))?;
-            Ok(())
-        })
+        // fl_axpy(T a, const T* x, const T* y, T* out, u64 n)
+        launch_elementwise!(self, T, "fl_axpy", n, |n64| [&a, x, y, out, &n64])
     }
 
     /// `out = a * x`.
@@ -493,16 +495,8 @@ impl Device {
         out: &mut CudaSlice<T>,
         n: usize,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_scale", || {
-            let f = self.typed::<T>("fl_scale")?;
-            let n64 = n as u64;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&a).arg(x).arg(out).arg(&n64);
-            // SAFETY: `(T, const T*, T*, u64)`, both buffers at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_scale", e))?;
-            Ok(())
-        })
+        // fl_scale(T a, const T* x, T* out, u64 n)
+        launch_elementwise!(self, T, "fl_scale", n, |n64| [&a, x, out, &n64])
     }
 
     /// `out = x * y + z` (fused).
@@ -514,16 +508,8 @@ impl Device {
         out: &mut CudaSlice<T>,
         n: usize,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_fma", || {
-            let f = self.typed::<T>("fl_fma")?;
-            let n64 = n as u64;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(x).arg(y).arg(z).arg(out).arg(&n64);
-            // SAFETY: `(const T*, const T*, const T*, T*, u64)`, every buffer at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_fma", e))?;
-            Ok(())
-        })
+        // fl_fma(const T* x, const T* y, const T* z, T* out, u64 n)
+        launch_elementwise!(self, T, "fl_fma", n, |n64| [x, y, z, out, &n64])
     }
 
     /// `out = clip(x, lo, hi)` like `np.clip` (NaN stays NaN); `None` leaves a side open.
@@ -535,24 +521,12 @@ impl Device {
         out: &mut CudaSlice<T>,
         n: usize,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_clip", || {
-            let f = self.typed::<T>("fl_clip")?;
-            let n64 = n as u64;
-            let (has_lo, has_hi) = (lo.is_some() as i32, hi.is_some() as i32);
-            let (lo, hi) = (lo.unwrap_or_default(), hi.unwrap_or_default());
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(x)
-                .arg(&lo)
-                .arg(&hi)
-                .arg(&has_lo)
-                .arg(&has_hi)
-                .arg(out)
-                .arg(&n64);
-            // SAFETY: `(const T*, T, T, int, int, T*, u64)`, both buffers at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_clip", e))?;
-            Ok(())
-        })
+        let (has_lo, has_hi) = (lo.is_some() as i32, hi.is_some() as i32);
+        let (lo, hi) = (lo.unwrap_or_default(), hi.unwrap_or_default());
+        // fl_clip(const T* x, T lo, T hi, int has_lo, int has_hi, T* out, u64 n)
+        launch_elementwise!(self, T, "fl_clip", n, |n64| [
+            x, &lo, &hi, &has_lo, &has_hi, out, &n64
+        ])
     }
 
     /// One Adam/AdamW step in place on `p`, `m`, `v` for gradient `g`; `c` = `[b1w, b2, one_b2, wd, decay,
@@ -568,21 +542,13 @@ impl Device {
         c: [T; 8],
         lerp_hi: bool,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_adam", || {
-            let f = self.typed::<T>("fl_adam")?;
-            let n64 = n as u64;
-            let hi = lerp_hi as i32;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(p).arg(g).arg(m).arg(v).arg(&n64);
-            for x in &c {
-                l.arg(x);
-            }
-            l.arg(&hi);
-            // SAFETY: `(T*, const T*, T*, T*, u64, T x 8, int)` as fl_adam_*; every buffer at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_adam", e))?;
-            Ok(())
-        })
+        let hi = lerp_hi as i32;
+        let [b1w, b2, one_b2, wd, decay, neg_step, bc2s, eps] = &c;
+        // fl_adam(T* p, const T* g, T* m, T* v, u64 n, T b1w, T b2, T one_b2, T wd, T decay, T neg_step, T bc2s,
+        //         T eps, int lerp_hi)
+        launch_elementwise!(self, T, "fl_adam", n, |n64| [
+            p, g, m, v, &n64, b1w, b2, one_b2, wd, decay, neg_step, bc2s, eps, &hi
+        ])
     }
 
     /// Copies a device buffer into a host slice of the same length (and waits for it).
@@ -617,16 +583,10 @@ impl Device {
         out: &mut CudaSlice<T>,
         n: usize,
     ) -> Result<(), GpuFailure> {
-        guarded("fl_standardize", || {
-            let f = self.typed::<T>("fl_standardize")?;
-            let n64 = n as u64;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(x).arg(&mean).arg(&sd).arg(out).arg(&n64);
-            // SAFETY: `(const T*, double, double, T*, u64)`, both buffers at least `n` long.
-            unsafe { l.launch(self.elementwise_cfg(n)) }
-                .map_err(|e| fail("launching fl_standardize", e))?;
-            Ok(())
-        })
+        // fl_standardize(const T* x, double mean, double sd, T* out, u64 n)
+        launch_elementwise!(self, T, "fl_standardize", n, |n64| [
+            x, &mean, &sd, out, &n64
+        ])
     }
 }
 

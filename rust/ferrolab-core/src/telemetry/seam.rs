@@ -153,17 +153,8 @@ pub fn record<R>(op: Op, device: Device, f: impl FnOnce() -> Result<R>) -> Resul
     if !ENABLED.load(Ordering::Relaxed) {
         return f();
     }
-    let clock = &*CLOCK;
-    let t0 = clock.raw();
-    let r = f();
-    let dt = clock.delta_as_nanos(t0, clock.raw());
-    let c = &CELLS[op as usize][device as usize];
-    c.buckets[bucket_of(dt)].fetch_add(1, Ordering::Relaxed);
-    c.nanos.fetch_add(dt, Ordering::Relaxed);
-    if let Err(e) = &r {
-        c.errors[kind_index(e.kind())].fetch_add(1, Ordering::Relaxed);
-        COUNTED.with(|f| f.set(true));
-    }
+    let (r, nanos) = timed(f);
+    record_timed(op, device, nanos, r.as_ref().err().map(|e| e.kind()));
     r
 }
 
