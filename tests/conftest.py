@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,3 +260,22 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
             report.outcome = "failed"
             report.longrepr = f"{collector.nodeid}: {message}"
     return report
+
+
+# --- benchmark smoke runs --------------------------------------------------------------------------------------------
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+
+def run_bench_smoke(script: str, tmp_path: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Runs ``benches/<script> --smoke --json`` in ``tmp_path``, checks that it exited 0, and returns the process
+    and its JSON document."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHES / script), "--smoke", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{script} --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc, json.loads(out.read_text())

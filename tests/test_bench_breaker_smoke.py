@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_smoke
 
 pytestmark = pytest.mark.bench
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "benches" / "bench_breaker.py"
 
 SCENARIOS = {
     "success (decorator, metrics off)",
@@ -30,17 +26,8 @@ SCENARIOS = {
 
 
 def test_bench_breaker_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "b.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"bench_breaker.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    proc, doc = run_bench_smoke("bench_breaker.py", tmp_path)
     assert "peer/ferrolab" in proc.stdout
-    doc = json.loads(out.read_text())
     assert doc["smoke"] is True and doc["timer"] == "cpu"
     rows = doc["rows"]
     assert {r["scenario"] for r in rows} == SCENARIOS

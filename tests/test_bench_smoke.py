@@ -9,24 +9,15 @@ from pathlib import Path
 
 import ferrolab as fl
 import pytest
+from conftest import run_bench_smoke
 
 pytestmark = pytest.mark.bench
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "benches" / "bench_ops.py"
 
 
 def test_bench_ops_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "b.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"bench_ops.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    doc = json.loads(out.read_text())
+    proc, doc = run_bench_smoke("bench_ops.py", tmp_path)
     rows = doc["rows"]
     assert doc["smoke"] is True
     assert doc["mismatches"] == 0
@@ -48,20 +39,10 @@ def test_bench_ops_smoke(tmp_path: Path) -> None:
     assert machine["num_threads"] == fl.num_threads()
 
 
-BENCH_METRICS = REPO / "benches" / "bench_metrics.py"
 
 
 def test_bench_metrics_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "m.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_METRICS), "--smoke", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"bench_metrics.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    doc = json.loads(out.read_text())
+    proc, doc = run_bench_smoke("bench_metrics.py", tmp_path)
     assert doc["benchmark"] == "bench_metrics"
     assert doc["smoke"] is True
     assert doc["failures"] == 0

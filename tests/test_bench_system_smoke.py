@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import MISSING
+from conftest import MISSING, run_bench_smoke
 
 pytestmark = pytest.mark.bench
 pytest.importorskip("psutil", reason=MISSING + "psutil (the [test] extra)")
 
-BENCH = Path(__file__).resolve().parent.parent / "benches" / "bench_system.py"
 
 
 def test_bench_system_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "s.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"bench_system.py --smoke exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    doc = json.loads(out.read_text())
+    proc, doc = run_bench_smoke("bench_system.py", tmp_path)
     assert doc["benchmark"] == "bench_system" and doc["smoke"] is True
     assert doc["failures"] == 0
     (row,) = doc["rows"]
