@@ -26,6 +26,7 @@ use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 // ---------------------------------------------------------------------------------------------------------------
 // the one guard of the raw entry points
@@ -307,4 +308,45 @@ pub fn interpreter_alive() -> bool {
 pub fn sole_reference(obj: &Bound<'_, PyAny>) -> bool {
     // SAFETY: `obj` is a live object and the thread is attached (`Bound`); Py_REFCNT only reads its count
     unsafe { sys::Py_REFCNT(obj.as_ptr()) == 1 }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// a lock-free object slot
+
+/// At most one owned object reference, kept in a `frozen` pyclass and used only by attached threads. The
+/// interpreter serializes attached threads (the stable ABI has no free-threaded build) and nothing between a
+/// read and the write after it can run Python code, so a plain load and store suffice: no lock and no
+/// read-modify-write on the path of every span.
+pub struct Slot(AtomicPtr<sys::PyObject>);
+
+impl Slot {
+    pub const fn new() -> Self {
+        Slot(AtomicPtr::new(null_mut()))
+    }
+
+    /// Stores `obj`, releasing what the slot held.
+    pub fn put(&self, obj: Bound<'_, PyAny>) {
+        let py = obj.py();
+        drop(self.take(py));
+        self.0.store(obj.into_ptr(), Ordering::Relaxed);
+    }
+
+    /// Takes the object out, leaving the slot empty.
+    pub fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let p = self.0.load(Ordering::Relaxed);
+        self.0.store(null_mut(), Ordering::Relaxed);
+        // SAFETY: a non-null pointer in the slot is a strong reference `put` gave up (`into_ptr`); taking it out
+        // clears the slot, so the reference is owned by exactly one `Bound`
+        unsafe { Bound::from_owned_ptr_or_opt(py, p) }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let p = *self.0.get_mut();
+        if !p.is_null() {
+            // a pyclass is dropped by its deallocator, on an attached thread; `attach` then only checks that
+            Python::attach(|py| drop(self.take(py)));
+        }
+    }
 }

@@ -56,9 +56,9 @@ fn cv_set<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py
 }
 
 /// `var.reset(token)`; false (and no exception) when the token belongs to another context.
-fn cv_reset(py: Python<'_>, token: &Py<PyAny>) -> bool {
+fn cv_reset(py: Python<'_>, token: &Bound<'_, PyAny>) -> bool {
     match cv(py) {
-        Ok(cv) => ffi::call_one(cv.reset.bind(py), token.bind(py)).is_ok(),
+        Ok(cv) => ffi::call_one(cv.reset.bind(py), token).is_ok(),
         Err(_) => false,
     }
 }
@@ -398,15 +398,15 @@ pub struct Span {
     parent: Option<SpanCtx>,
     entered: AtomicBool,
     open: AtomicBool,
-    /// The context variable's reset token, set once on entry (no lock on the path of every span).
-    token: std::sync::OnceLock<Py<PyAny>>,
+    /// The context variable's reset token while the span is open.
+    token: ffi::Slot,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// The recording of a sampled span (`None` for an unsampled one, and after the span ended).
-    rec: Option<Recording>,
+    rec: Option<Box<Recording>>,
 }
 
 impl Span {
@@ -461,14 +461,16 @@ impl Span {
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
         let py = slf.py();
         let this = slf.get();
-        if this.entered.swap(true, Ordering::Relaxed) {
+        // attached threads are serialized and nothing here runs Python code between a flag's read and its write:
+        // plain loads and stores (see `ffi::Slot`)
+        if this.entered.load(Ordering::Relaxed) {
             return Err(errors::runtime_error(
                 "span(): a span can be entered only once; call fl.tracing.span() again for a new one",
             ));
         }
-        let token = cv_set(py, slf.as_any())?;
-        let _ = this.token.set(token.unbind());
-        OPEN_SPANS.fetch_add(1, Ordering::Relaxed);
+        this.entered.store(true, Ordering::Relaxed);
+        this.token.put(cv_set(py, slf.as_any())?);
+        OPEN_SPANS.store(OPEN_SPANS.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         this.open.store(true, Ordering::Relaxed);
         Ok(slf.clone())
     }
@@ -482,20 +484,21 @@ impl Span {
     ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        if !this.open.swap(false, Ordering::Relaxed) {
+        if !this.open.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        OPEN_SPANS.fetch_sub(1, Ordering::Relaxed);
+        this.open.store(false, Ordering::Relaxed);
+        OPEN_SPANS.store(OPEN_SPANS.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
         // an unsampled span has no recording: no lock on its path
         let rec = if this.ctx.sampled {
             this.inner().rec.take()
         } else {
             None
         };
-        if let Some(t) = this.token.get() {
+        if let Some(t) = this.token.take(py) {
             // a span exited in another context than it was entered in (e.g. across tasks) cannot reset the
             // variable there; the span still ends
-            cv_reset(py, t);
+            cv_reset(py, &t);
         }
         if let Some(mut rec) = rec {
             if let Some(et) = exc_type.filter(|e| !e.is_none()) {
@@ -669,12 +672,12 @@ fn new_span_object<'py>(
     let ctx = core_tr::new_span(parent.as_ref());
     // an unsampled span does not look at its attributes (like OpenTelemetry's non-recording spans)
     let rec = if ctx.sampled {
-        Some(Recording::start(
+        Some(Box::new(Recording::start(
             ctx,
             parent.as_ref(),
             name.to_str()?.to_owned(),
             attributes()?,
-        ))
+        )))
     } else {
         None
     };
@@ -684,7 +687,7 @@ fn new_span_object<'py>(
         parent,
         entered: AtomicBool::new(false),
         open: AtomicBool::new(false),
-        token: std::sync::OnceLock::new(),
+        token: ffi::Slot::new(),
         inner: Mutex::new(Inner { rec }),
     })
 }
