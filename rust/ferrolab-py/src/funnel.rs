@@ -8,7 +8,7 @@
 //! message, counted as a failed call: never pyo3's `PanicException`, never an abort.
 
 use crate::errors::IntoPyResult;
-use ferrolab_core::telemetry::seam::{record, Device, Op};
+use ferrolab_core::telemetry::seam::{self, record, Device, Op};
 use ferrolab_core::telemetry::tracing::{self as tr, otel::*, Recording};
 use ferrolab_core::{CoreError, Result};
 use pyo3::prelude::*;
@@ -214,7 +214,15 @@ fn run_traced<'py, R: Send>(
             ],
         )
     });
-    let r = exec(py);
+    // the op's duration bucket gets the span as its exemplar
+    let r = match &rec {
+        Some(_) => seam::in_span(
+            u128::from_be_bytes(ctx.trace_id.to_bytes()),
+            u64::from_be_bytes(ctx.span_id.to_bytes()),
+            || exec(py),
+        ),
+        None => exec(py),
+    };
     if let Some(mut rec) = rec {
         if let Err(e) = &r {
             rec.record_error(e.kind().to_string(), e.to_string(), None);

@@ -4,8 +4,10 @@
 use crate::errors::{self, IntoPyResult};
 use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::telemetry::metrics::{self as core, Child, Family, Kind};
+use ferrolab_core::telemetry::openmetrics;
 use ferrolab_core::telemetry::seam;
 use ferrolab_core::telemetry::server::{self, Handler, Reply, Route};
+use ferrolab_core::telemetry::tracing as tr;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -155,6 +157,8 @@ fn hash_values(vals: &[&str]) -> u64 {
 pub struct Metric {
     shared: Arc<Shared>,
     child: Option<Child>,
+    /// A child's label values, in label-name order (empty for an unlabelled metric and a labelled parent).
+    values: Box<[String]>,
 }
 
 impl Metric {
@@ -209,7 +213,63 @@ impl Metric {
                 children: RwLock::new(HashMap::default()),
             }),
             child,
+            values: Box::default(),
         })
+    }
+
+    /// Attaches an exemplar to the observation or increment of `value` just made: the `exemplar` labels given,
+    /// else the current sampled `fl.tracing` span's `trace_id` and `span_id` (nothing outside one).
+    #[cold]
+    #[inline(never)]
+    fn exemplar(
+        &self,
+        py: Python<'_>,
+        func: &'static str,
+        value: f64,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let ex = match labels {
+            Some(d) => {
+                let mut pairs = Vec::with_capacity(d.len());
+                for (k, v) in d.iter() {
+                    let (Ok(k), Ok(v)) = (k.extract::<String>(), v.extract::<String>()) else {
+                        return Err(errors::arg_type(
+                            func,
+                            "exemplar",
+                            "must map str label names to str values",
+                        ));
+                    };
+                    if !core::valid_label(&k) {
+                        return Err(errors::arg_value(
+                            func,
+                            "exemplar",
+                            format!("has the invalid label name {k:?}"),
+                        ));
+                    }
+                    pairs.push((k, v));
+                }
+                openmetrics::Exemplar::new(pairs, value).ok_or_else(|| {
+                    errors::arg_value(
+                        func,
+                        "exemplar",
+                        format!(
+                            "exceeds {} characters of label names and values (OpenMetrics' limit)",
+                            openmetrics::MAX_EXEMPLAR_LABEL_CHARS
+                        ),
+                    )
+                })?
+            }
+            None => match crate::tracing::current_recording(py) {
+                Some(ctx) => openmetrics::Exemplar::of_span(
+                    u128::from_be_bytes(ctx.trace_id.to_bytes()),
+                    u64::from_be_bytes(ctx.span_id.to_bytes()),
+                    value,
+                ),
+                None => return Ok(()),
+            },
+        };
+        self.shared.family.exemplar(&self.values, value, ex);
+        Ok(())
     }
 
     fn child(&self) -> PyResult<&Child> {
@@ -319,9 +379,11 @@ impl Metric {
             }
         }
         let child = sh.family.child(&vals).py()?;
+        let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
         let m = Metric {
             shared: sh.clone(),
             child: Some(child),
+            values: key.clone(),
         };
         let obj = match sh.kind {
             Kind::Counter => {
@@ -332,7 +394,6 @@ impl Metric {
                 Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any()
             }
         };
-        let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
         let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
         let bucket = cache.entry(h).or_default();
         if let Some((_, existing)) = bucket.iter().find(|(k, _)| **k == *key) {
@@ -476,9 +537,15 @@ impl Counter {
         Ok(PyClassInitializer::from(m).add_subclass(Counter))
     }
 
-    /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``.
-    #[pyo3(signature = (amount=1.0))]
-    fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+    /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``. ``exemplar`` (a dict of str labels,
+    /// e.g. ``{"trace_id": "..."}``) is attached to the increment; inside a sampled ``fl.tracing`` span the span's
+    /// ids are attached without it.
+    #[pyo3(signature = (amount=1.0, exemplar=None))]
+    fn inc(
+        slf: &Bound<'_, Self>,
+        amount: f64,
+        exemplar: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         if amount.is_nan() || amount < 0.0 {
             return Err(errors::arg_value(
                 "inc",
@@ -486,9 +553,13 @@ impl Counter {
                 format!("is {amount}; counters can only be incremented by non-negative amounts"),
             ));
         }
-        match slf.as_super().get().child()? {
+        let m = slf.as_super().get();
+        match m.child()? {
             Child::Counter(c) => c.inc_by(amount),
             _ => unreachable!("a Counter holds counters"),
+        }
+        if exemplar.is_some() || tr::active() {
+            m.exemplar(slf.py(), "inc", amount, exemplar)?;
         }
         Ok(())
     }
@@ -692,11 +763,21 @@ impl Histogram {
         Ok(PyClassInitializer::from(m).add_subclass(Histogram))
     }
 
-    /// Records one observation.
-    fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        match slf.as_super().get().child()? {
+    /// Records one observation. ``exemplar`` (a dict of str labels) is attached to its bucket; inside a sampled
+    /// ``fl.tracing`` span the span's ``trace_id`` and ``span_id`` are attached without it.
+    #[pyo3(signature = (amount, exemplar=None))]
+    fn observe(
+        slf: &Bound<'_, Self>,
+        amount: f64,
+        exemplar: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let m = slf.as_super().get();
+        match m.child()? {
             Child::Histogram(h) => h.observe(amount),
             _ => unreachable!(),
+        }
+        if exemplar.is_some() || tr::active() {
+            m.exemplar(slf.py(), "observe", amount, exemplar)?;
         }
         Ok(())
     }
@@ -761,7 +842,14 @@ impl Guard {
     ) -> PyResult<bool> {
         let secs = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
         match (&self.kind, &self.child) {
-            (GuardKind::Observe, Some(Child::Histogram(h))) => h.observe(secs),
+            (GuardKind::Observe, Some(Child::Histogram(h))) => {
+                h.observe(secs);
+                if tr::active() {
+                    if let Ok(m) = self.metric.bind(py).cast::<Metric>() {
+                        m.get().exemplar(py, "time", secs, None)?;
+                    }
+                }
+            }
             (GuardKind::SetDuration, Some(Child::Gauge(g))) => g.set(secs),
             (GuardKind::InProgress, Some(Child::Gauge(g))) => g.dec(),
             (GuardKind::CountExceptions(want), Some(Child::Counter(c))) => {
@@ -799,16 +887,24 @@ impl Guard {
     }
 }
 
-/// The Prometheus text exposition (format 0.0.4) of every registered metric and the built-in series.
+/// The exposition of every registered metric and the built-in series: the Prometheus text format 0.0.4, or
+/// with ``openmetrics=True`` OpenMetrics 1.0 with exemplars (what Prometheus asks for with exemplar storage on).
 ///
 /// Examples
 /// --------
 /// >>> import ferrolab as fl
 /// >>> "# TYPE ferrolab_memory_usage_bytes gauge" in fl.metrics.exposition()
 /// True
+/// >>> fl.metrics.exposition(openmetrics=True).endswith("# EOF\n")
+/// True
 #[pyfunction]
-pub fn exposition(py: Python<'_>) -> PyResult<String> {
-    py.detach(core::exposition).py()
+#[pyo3(signature = (openmetrics=false))]
+pub fn exposition(py: Python<'_>, openmetrics: bool) -> PyResult<String> {
+    if openmetrics {
+        py.detach(openmetrics::exposition).py()
+    } else {
+        py.detach(core::exposition).py()
+    }
 }
 
 /// Native part of ``fl.metrics.configure``.

@@ -10,7 +10,7 @@
 //! `<p>_gpu_memory_total_bytes{device}` (GPUs the process computes on), `<p>_cpu_usage_percent` (the process's
 //! CPU use since the previous scrape, 100 = one core fully used).
 
-use super::seam;
+use super::{openmetrics, seam};
 use crate::error::{CoreError, Result};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -308,6 +308,9 @@ pub struct Family {
     id: u64,
     kind: Kind,
     name: String,
+    labels: Vec<String>,
+    /// A histogram's finite bucket bounds (the exemplar slot of an observation).
+    bounds: Vec<f64>,
     vec: Vecs,
 }
 
@@ -395,6 +398,7 @@ impl Family {
         let help = if help.is_empty() { name } else { help };
         let names: Vec<&str> = labels.iter().map(String::as_str).collect();
         let err = |e: prometheus::Error| CoreError::value(func, "name", e);
+        let mut bounds = Vec::new();
         let vec = match kind {
             Kind::Counter => Vecs::Counter(
                 CounterVec::new(Opts::new(format!("{name}_total"), help), &names).map_err(err)?,
@@ -405,6 +409,7 @@ impl Family {
                     None => DEFAULT_BUCKETS.to_vec(),
                     Some(b) => check_buckets(b)?,
                 };
+                bounds = b.clone();
                 Vecs::Histogram(
                     HistogramVec::new(HistogramOpts::new(name, help).buckets(b), &names)
                         .map_err(err)?,
@@ -420,8 +425,32 @@ impl Family {
             id: NEXT_FAMILY.fetch_add(1, Ordering::Relaxed),
             kind,
             name: full,
+            labels: labels.to_vec(),
+            bounds,
             vec,
         })
+    }
+
+    /// The family's current series (whether it is registered or not).
+    pub fn collect_families(&self) -> Vec<MetricFamily> {
+        self.collector().collect()
+    }
+
+    /// Stores `ex` as the exemplar of the series `values` for an observation (histogram) or increment (counter)
+    /// of `value`; gauges have none.
+    pub fn exemplar<V: AsRef<str>>(&self, values: &[V], value: f64, ex: openmetrics::Exemplar) {
+        let slot = match self.kind {
+            Kind::Gauge => return,
+            Kind::Counter => 0,
+            Kind::Histogram => self.bounds.partition_point(|b| *b < value),
+        };
+        let key = openmetrics::series_key(
+            self.labels
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(AsRef::as_ref)),
+        );
+        openmetrics::put(&self.name, key, slot, ex);
     }
 
     fn collector(&self) -> Box<dyn Collector> {
@@ -453,6 +482,7 @@ impl Family {
 
     /// Removes the family from the process-wide registry; `false` when it was not registered.
     pub fn unregister(&self) -> bool {
+        openmetrics::forget(&self.name, None);
         REGISTRY.remove(self.id)
     }
 
@@ -472,6 +502,13 @@ impl Family {
 
     /// Removes the series for `values` (nothing happens when there is none, as in prometheus_client).
     pub fn remove<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) {
+        let key = openmetrics::series_key(
+            self.labels
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(AsRef::as_ref)),
+        );
+        openmetrics::forget(&self.name, Some(&key));
         let _ = match &self.vec {
             Vecs::Counter(v) => v.remove_label_values(values),
             Vecs::Gauge(v) => v.remove_label_values(values),
@@ -483,6 +520,7 @@ impl Family {
     /// prometheus_client).
     pub fn clear(&self) {
         if self.labelled() {
+            openmetrics::forget(&self.name, None);
             match &self.vec {
                 Vecs::Counter(v) => v.reset(),
                 Vecs::Gauge(v) => v.reset(),

@@ -1,7 +1,8 @@
 //! Instrumentation: the one seam every native op passes through ([`seam`]), the Prometheus registry and
-//! built-in series ([`metrics`]) and the embedded `/metrics` + `/health` server ([`server`]).
+//! built-in series ([`metrics`]), the OpenMetrics exposition with exemplars ([`openmetrics`]) and the embedded `/metrics` + `/health` server ([`server`]).
 
 pub mod metrics;
+pub mod openmetrics;
 pub mod seam;
 pub mod server;
 pub mod tracing;

@@ -4,7 +4,7 @@
 //! `(operation, device)` in native atomics. Disabled (`set_enabled(false)`) it is one relaxed load.
 
 use crate::error::Result;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::LazyLock;
 
 /// The seam's clock: the CPU's time-stamp counter where it is invariant (about 10 ns a read, a quarter of
@@ -191,10 +191,49 @@ pub fn record_timed(op: Op, device: Device, nanos: u64, error_kind: Option<&str>
     let c = &CELLS[op as usize][device as usize];
     c.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
     c.nanos.fetch_add(nanos, Ordering::Relaxed);
+    if SPAN_SCOPES.load(Ordering::Relaxed) != 0 {
+        span_exemplar(op, device, nanos);
+    }
     if let Some(kind) = error_kind {
         c.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
         COUNTED.with(|f| f.set(true));
     }
+}
+
+/// Threads now running an op inside a sampled span ([`in_span`]): while 0, recording a call reads no
+/// thread-local.
+static SPAN_SCOPES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The (trace id, span id) of the sampled op span this thread is running, if any.
+    static SPAN: std::cell::Cell<Option<(u128, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (an op recorded through the seam) as the sampled span `(trace_id, span_id)`: the call's duration
+/// bucket of `<prefix>_operation_duration_seconds` gets the span as its exemplar.
+pub fn in_span<R>(trace_id: u128, span_id: u64, f: impl FnOnce() -> R) -> R {
+    struct Scope(Option<(u128, u64)>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            SPAN.with(|s| s.set(self.0));
+            SPAN_SCOPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    SPAN_SCOPES.fetch_add(1, Ordering::Relaxed);
+    let _scope = Scope(SPAN.with(|s| s.replace(Some((trace_id, span_id)))));
+    f()
+}
+
+#[cold]
+#[inline(never)]
+fn span_exemplar(op: Op, device: Device, nanos: u64) {
+    let Some((trace_id, span_id)) = SPAN.with(|s| s.get()) else {
+        return;
+    };
+    let family = format!("{}_operation_duration_seconds", super::metrics::prefix());
+    let key = super::openmetrics::series_key([("operation", op.name()), ("device", device.name())]);
+    let ex = super::openmetrics::Exemplar::of_span(trace_id, span_id, nanos as f64 / 1e9);
+    super::openmetrics::put(&family, key, bucket_of(nanos), ex);
 }
 
 /// Counts a call of `op` whose GPU attempt failed and that was rerun on the CPU (the rerun is recorded as a CPU

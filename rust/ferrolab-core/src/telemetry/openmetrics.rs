@@ -1,0 +1,497 @@
+//! OpenMetrics 1.0 exposition with exemplars.
+//!
+//! [`exposition`] renders the process-wide registry in the OpenMetrics text format (what Prometheus asks for
+//! with `Accept: application/openmetrics-text`). Histogram buckets (and counters) carry the newest exemplar
+//! recorded for them: [`put`] stores one, e.g. the trace and span id of the sampled span an observation was
+//! made in, so that a latency spike in a dashboard links to its trace.
+//!
+//! Numbers are written the way prometheus_client writes them (`le="1.0"`, `2.5e+06`), so a histogram keeps its
+//! series identity when an application moves between the two libraries.
+
+use super::metrics;
+use crate::error::{CoreError, Result};
+use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The content type of [`exposition`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The combined length of an exemplar's label names and values may not exceed this (OpenMetrics 1.0).
+pub const MAX_EXEMPLAR_LABEL_CHARS: usize = 128;
+
+/// One exemplar: a labelled example of an observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+}
+
+impl Exemplar {
+    /// An exemplar of `value` observed now with these labels; `None` when they exceed
+    /// [`MAX_EXEMPLAR_LABEL_CHARS`].
+    pub fn new(labels: Vec<(String, String)>, value: f64) -> Option<Exemplar> {
+        let chars: usize = labels
+            .iter()
+            .map(|(k, v)| k.chars().count() + v.chars().count())
+            .sum();
+        (chars <= MAX_EXEMPLAR_LABEL_CHARS).then(|| Exemplar {
+            labels,
+            value,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        })
+    }
+
+    /// The exemplar of an observation made in a span: labels `trace_id` and `span_id` (lowercase hex).
+    pub fn of_span(trace_id: u128, span_id: u64, value: f64) -> Exemplar {
+        Exemplar::new(
+            vec![
+                ("trace_id".into(), format!("{trace_id:032x}")),
+                ("span_id".into(), format!("{span_id:016x}")),
+            ],
+            value,
+        )
+        .expect("two fixed-size ids fit the exemplar limit")
+    }
+}
+
+/// Exemplars by family name, then by series (see [`series_key`]), then by slot (the bucket index of a histogram,
+/// 0 for a counter).
+type Store = HashMap<String, HashMap<String, Vec<Option<Exemplar>>>>;
+
+static STORE: LazyLock<RwLock<Store>> = LazyLock::new(|| RwLock::new(HashMap::new()));
+/// Whether any exemplar was ever stored: until then rendering never looks at the store.
+static ANY: AtomicBool = AtomicBool::new(false);
+
+/// The key of one series among its family's: its label pairs sorted by name, each written as
+/// `name=len:value;` so that no two label sets share a key.
+pub fn series_key<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut v: Vec<(&str, &str)> = pairs.into_iter().collect();
+    v.sort_unstable();
+    let mut key = String::new();
+    for (k, val) in v {
+        let _ = write!(key, "{k}={}:{val};", val.len());
+    }
+    key
+}
+
+/// Stores `ex` as the newest exemplar of slot `slot` of series `series` of family `family` (the family's full
+/// name as exposed: a counter's with `_total`).
+pub fn put(family: &str, series: String, slot: usize, ex: Exemplar) {
+    let mut store = STORE.write().unwrap_or_else(|e| e.into_inner());
+    let slots = store
+        .entry(family.to_string())
+        .or_default()
+        .entry(series)
+        .or_default();
+    if slots.len() <= slot {
+        slots.resize(slot + 1, None);
+    }
+    slots[slot] = Some(ex);
+    ANY.store(true, Ordering::Relaxed);
+}
+
+/// Forgets the exemplars of one series (`None`: of the whole family), e.g. when it is removed.
+pub fn forget(family: &str, series: Option<&str>) {
+    if !ANY.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut store = STORE.write().unwrap_or_else(|e| e.into_inner());
+    match series {
+        None => {
+            store.remove(family);
+        }
+        Some(s) => {
+            if let Some(f) = store.get_mut(family) {
+                f.remove(s);
+            }
+        }
+    }
+}
+
+/// The exemplar stored for one slot of a series (for tests and `get_exemplar`-style lookups).
+pub fn get(family: &str, series: &str, slot: usize) -> Option<Exemplar> {
+    let store = STORE.read().unwrap_or_else(|e| e.into_inner());
+    store.get(family)?.get(series)?.get(slot)?.clone()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// numbers
+
+/// A float the way prometheus_client writes it (`floatToGoString`): Python's `repr`, with Go's switch to an
+/// exponent for large numbers, and `+Inf`, `-Inf`, `NaN`.
+pub fn go_float(d: f64) -> String {
+    if d == f64::INFINITY {
+        return "+Inf".into();
+    }
+    if d == f64::NEG_INFINITY {
+        return "-Inf".into();
+    }
+    if d.is_nan() {
+        return "NaN".into();
+    }
+    let s = py_repr(d);
+    if d > 0.0 {
+        if let Some(dot) = s.find('.') {
+            if dot > 6 {
+                let digits = format!("{}{}", &s[1..dot], &s[dot + 1..]);
+                let mantissa = format!("{}.{}", &s[..1], digits);
+                let mantissa = mantissa.trim_end_matches(['0', '.']);
+                return format!("{mantissa}e+0{}", dot - 1);
+            }
+        }
+    }
+    s
+}
+
+/// Python's `repr` of a finite float: the shortest digits that round-trip, in fixed notation with at least one
+/// decimal when the decimal exponent is in [-4, 16), else `d.ddde±XX`.
+fn py_repr(d: f64) -> String {
+    // `{:e}` gives the shortest round-trip digits: "1.2345e3", "-5e-7"
+    let e = format!("{d:e}");
+    let (mant, exp) = e.split_once('e').expect("`{:e}` writes an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` writes an integer exponent");
+    let (neg, mant) = match mant.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mant),
+    };
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let sign = if neg { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        let n = digits.len() as i32;
+        let body = if exp < 0 {
+            format!("0.{}{}", "0".repeat((-exp - 1) as usize), digits)
+        } else if exp + 1 >= n {
+            format!("{}{}.0", digits, "0".repeat((exp + 1 - n) as usize))
+        } else {
+            let (a, b) = digits.split_at((exp + 1) as usize);
+            format!("{a}.{b}")
+        };
+        format!("{sign}{body}")
+    } else {
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{m}e{esign}{:02}", exp.abs())
+    }
+}
+
+/// A count (an integral float within the exact range) as an integer, anything else as [`go_float`].
+fn count(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        format!("{}", v as i64)
+    } else {
+        go_float(v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// rendering
+
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_labels(out: &mut String, pairs: &[LabelPair], extra: Option<(&str, &str)>) {
+    if pairs.is_empty() && extra.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (k, v) in pairs
+        .iter()
+        .map(|l| (l.name(), l.value()))
+        .chain(extra)
+    {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label(out, v);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+fn write_exemplar(out: &mut String, ex: &Exemplar) {
+    out.push_str(" # {");
+    for (i, (k, v)) in ex.labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label(out, v);
+        out.push('"');
+    }
+    out.push_str("} ");
+    out.push_str(&go_float(ex.value));
+    let _ = write!(out, " {:.3}", ex.timestamp);
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    pairs: &[LabelPair],
+    extra: Option<(&str, &str)>,
+    value: &str,
+    ex: Option<&Exemplar>,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    write_labels(out, pairs, extra);
+    out.push(' ');
+    out.push_str(value);
+    if let Some(ex) = ex {
+        write_exemplar(out, ex);
+    }
+    out.push('\n');
+}
+
+fn write_help(out: &mut String, name: &str, help: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    escape_label(out, help);
+    out.push('\n');
+}
+
+/// Renders `families` in OpenMetrics 1.0, with the exemplars in the store, ending with `# EOF`.
+pub fn render(families: &[MetricFamily]) -> String {
+    let store = ANY
+        .load(Ordering::Relaxed)
+        .then(|| STORE.read().unwrap_or_else(|e| e.into_inner()));
+    let mut out = String::with_capacity(64 * 1024);
+    for mf in families {
+        let name = mf.name();
+        let exemplars = store.as_ref().and_then(|s| s.get(name));
+        let slots = |m: &Metric| {
+            exemplars.and_then(|e| {
+                e.get(&series_key(
+                    m.get_label().iter().map(|l| (l.name(), l.value())),
+                ))
+            })
+        };
+        let slot = |s: Option<&Vec<Option<Exemplar>>>, i: usize| -> Option<Exemplar> {
+            s.and_then(|v| v.get(i)).and_then(|e| e.clone())
+        };
+        match mf.get_field_type() {
+            MetricType::COUNTER => {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                write_help(&mut out, base, mf.help());
+                let _ = writeln!(out, "# TYPE {base} counter");
+                for m in mf.get_metric() {
+                    let ex = slot(slots(m), 0);
+                    let v = go_float(m.get_counter().get_value());
+                    sample(
+                        &mut out,
+                        base,
+                        "_total",
+                        m.get_label(),
+                        None,
+                        &v,
+                        ex.as_ref(),
+                    );
+                }
+            }
+            MetricType::GAUGE => {
+                write_help(&mut out, name, mf.help());
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                for m in mf.get_metric() {
+                    let v = go_float(m.get_gauge().get_value());
+                    sample(&mut out, name, "", m.get_label(), None, &v, None);
+                }
+            }
+            MetricType::HISTOGRAM => {
+                write_help(&mut out, name, mf.help());
+                let _ = writeln!(out, "# TYPE {name} histogram");
+                for m in mf.get_metric() {
+                    let h = m.get_histogram();
+                    let s = slots(m);
+                    let mut inf = false;
+                    let buckets = h.get_bucket();
+                    for (i, b) in buckets.iter().enumerate() {
+                        inf |= b.upper_bound() == f64::INFINITY;
+                        let le = go_float(b.upper_bound());
+                        let c = count(b.cumulative_count() as f64);
+                        let ex = slot(s, i);
+                        sample(
+                            &mut out,
+                            name,
+                            "_bucket",
+                            m.get_label(),
+                            Some(("le", &le)),
+                            &c,
+                            ex.as_ref(),
+                        );
+                    }
+                    let n = count(h.get_sample_count() as f64);
+                    if !inf {
+                        let ex = slot(s, buckets.len());
+                        sample(
+                            &mut out,
+                            name,
+                            "_bucket",
+                            m.get_label(),
+                            Some(("le", "+Inf")),
+                            &n,
+                            ex.as_ref(),
+                        );
+                    }
+                    sample(&mut out, name, "_count", m.get_label(), None, &n, None);
+                    let sum = go_float(h.get_sample_sum());
+                    sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                }
+            }
+            MetricType::SUMMARY => {
+                write_help(&mut out, name, mf.help());
+                let _ = writeln!(out, "# TYPE {name} summary");
+                for m in mf.get_metric() {
+                    let sm = m.get_summary();
+                    for q in sm.get_quantile() {
+                        let qs = go_float(q.quantile());
+                        let v = go_float(q.value());
+                        let extra = Some(("quantile", qs.as_str()));
+                        sample(&mut out, name, "", m.get_label(), extra, &v, None);
+                    }
+                    let n = count(sm.sample_count() as f64);
+                    sample(&mut out, name, "_count", m.get_label(), None, &n, None);
+                    let sum = go_float(sm.sample_sum());
+                    sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                }
+            }
+            // the registry's collectors make no untyped families
+            MetricType::UNTYPED => {}
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Renders the process-wide registry in OpenMetrics 1.0 (see [`render`]).
+pub fn exposition() -> Result<String> {
+    let mfs = metrics::registry().gather();
+    if mfs.iter().any(|mf| mf.name().is_empty()) {
+        return Err(CoreError::value(
+            "exposition",
+            "registry",
+            "a family has no name",
+        ));
+    }
+    Ok(render(&mfs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_as_prometheus_client_writes_them() {
+        let cases = [
+            (1.0, "1.0"),
+            (0.005, "0.005"),
+            (2.5, "2.5"),
+            (10.0, "10.0"),
+            (0.0, "0.0"),
+            (-3.0, "-3.0"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (123456.0, "123456.0"),
+            (1234567.0, "1.234567e+06"),
+            (2.5e6, "2.5e+06"),
+            (1e16, "1e+16"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (f64::NAN, "NaN"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(go_float(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn series_keys_do_not_depend_on_label_order_and_do_not_collide() {
+        assert_eq!(
+            series_key([("b", "2"), ("a", "1")]),
+            series_key([("a", "1"), ("b", "2")])
+        );
+        assert_ne!(
+            series_key([("a", "1;b=1:2")]),
+            series_key([("a", "1"), ("b", "2")])
+        );
+    }
+
+    #[test]
+    fn exemplar_labels_are_limited() {
+        assert!(Exemplar::new(vec![("a".into(), "x".repeat(127))], 1.0).is_some());
+        assert!(Exemplar::new(vec![("a".into(), "x".repeat(128))], 1.0).is_none());
+        let e = Exemplar::of_span(0xabc, 0x12, 0.5);
+        assert_eq!(e.labels[0].1, format!("{:032x}", 0xabc));
+        assert_eq!(e.labels[1].1, "0000000000000012");
+    }
+
+    #[test]
+    fn renders_counters_gauges_histograms_with_exemplars() {
+        let fam = metrics::Family::new(
+            metrics::Kind::Histogram,
+            "om_test_latency_seconds",
+            "Latency \"quoted\"\nnext",
+            &["route".to_string()],
+            Some(&[0.1, 1.0]),
+        )
+        .unwrap();
+        let child = match fam.child(&["/a"]).unwrap() {
+            metrics::Child::Histogram(h) => h,
+            _ => unreachable!(),
+        };
+        child.observe(0.5);
+        put(
+            "om_test_latency_seconds",
+            series_key([("route", "/a")]),
+            1,
+            Exemplar::of_span(1, 2, 0.5),
+        );
+        let mut mfs = Vec::new();
+        for mf in fam.collect_families() {
+            mfs.push(mf);
+        }
+        let text = render(&mfs);
+        assert!(
+            text.contains("# TYPE om_test_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP om_test_latency_seconds Latency \\\"quoted\\\"\\nnext\n"));
+        assert!(text.contains("om_test_latency_seconds_bucket{route=\"/a\",le=\"0.1\"} 0\n"));
+        let want = format!(
+            "om_test_latency_seconds_bucket{{route=\"/a\",le=\"1.0\"}} 1 # {{trace_id=\"{:032x}\",span_id=\"{:016x}\"}} 0.5 ",
+            1, 2
+        );
+        assert!(text.contains(&want), "{text}");
+        assert!(text.contains("om_test_latency_seconds_bucket{route=\"/a\",le=\"+Inf\"} 1\n"));
+        assert!(text.contains("om_test_latency_seconds_count{route=\"/a\"} 1\n"));
+        assert!(text.contains("om_test_latency_seconds_sum{route=\"/a\"} 0.5\n"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
