@@ -12,6 +12,13 @@ and those that the pytest plugin's ``--ops-push`` pushes:
 ``ferrolab monitoring DIR`` (or :func:`write_monitoring`) copies them into a directory, ready for
 ``rule_files:`` in ``prometheus.yml`` and for Grafana's dashboard import or provisioning.
 
+Service level objectives (:class:`SLO`: availability from ``ferrolab_operations_total``, latency from the buckets
+of ``ferrolab_operation_duration_seconds``) add generated files: ``ferrolab-slo.yml`` with recording rules and the
+multi-window, multi-burn-rate alerts of the Google SRE workbook (:func:`slo_rules`), ``ferrolab-slo.test.yml``
+with their ``promtool test rules`` tests (:func:`slo_rule_tests`), and an error-budget panel in the dashboard
+(:func:`grafana_dashboard` with ``slos``). ``ferrolab monitoring DIR --slo FILE`` reads them from a JSON or YAML
+file (:func:`load_slos`).
+
 Examples
 --------
 >>> import ferrolab.monitoring as monitoring
@@ -19,6 +26,9 @@ Examples
 True
 >>> monitoring.grafana_dashboard()["uid"]
 'ferrolab-overview'
+>>> slo = monitoring.SLO("api", 0.999, matchers={"job": "api"})
+>>> "alert: FerrolabSLOErrorBudgetBurnFast" in monitoring.slo_rules([slo])
+True
 """
 
 from __future__ import annotations
