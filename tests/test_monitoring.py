@@ -810,8 +810,8 @@ def test_dashboard_with_slos():
 
 @needs_promtool
 def test_dashboard_slo_query_reads_the_recording_rule(tmp_path):
-    # the panel's query, run on what the SLO rules record
-    slo = SLOS[0]
+    # the panel's query, run on what the SLO rules record (a name with characters that regexes escape)
+    slo = monitoring.SLO("api-v1.2", 0.999)
     expr = substitute_grafana_variables(monitoring.grafana_dashboard([slo])["panels"][-1]["targets"][0]["expr"])
     (tmp_path / monitoring.SLO_RULES_FILE).write_text(monitoring.slo_rules([slo]), encoding="utf-8")
     doc = {
@@ -825,7 +825,7 @@ def test_dashboard_slo_query_reads_the_recording_rule(tmp_path):
             ],
             # 0.025% errors spend a quarter of a 0.1% budget
             "promql_expr_test": [{"expr": f"({expr} > bool 0.7499) * ({expr} < bool 0.7501)", "eval_time": "60m",
-                                  "exp_samples": [{"labels": '{job="app", slo="api"}', "value": 1}]}],
+                                  "exp_samples": [{"labels": '{job="app", slo="api-v1.2"}', "value": 1}]}],
         }],
     }
     (tmp_path / "t.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")

@@ -143,6 +143,11 @@ def _format_duration(seconds: int) -> str:
     return "".join(out) or "0s"
 
 
+def _percent(x: float) -> str:
+    """A share as a percentage for messages: ``0.0015`` -> ``0.15``."""
+    return f"{x * 100:.6g}"
+
+
 def _number(x: float) -> str:
     """A float without exponent or float noise (``0.001``, ``14.4``, ``1``)."""
     s = format(decimal.Decimal(repr(float(x))), "f")
@@ -303,6 +308,10 @@ threshold_seconds, matchers)
     def error_budget(self) -> float:
         """``1 - objective``, without float noise (``0.001`` for 99.9%)."""
         return float(1 - decimal.Decimal(repr(self.objective)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.objective, self.kind, self.period, self.threshold_seconds,
+                     tuple(self.matchers.items())))
 
     def windows(self) -> list[tuple[str, str, float, str, str]]:
         """The burn-rate alert conditions for this SLO's period: ``(alert, severity, burn rate, long, short)``.
@@ -485,7 +494,7 @@ def _ratio_record(window: str) -> str:
 def _describe(slo: SLO) -> str:
     what = ("of calls succeed" if slo.kind == "availability"
             else f"of calls take at most {_number(slo.threshold_seconds or 0)}s")
-    where = f" ({', '.join(f'{k}={v}' for k, v in slo.matchers.items())})" if slo.matchers else ""
+    where = f" for {', '.join(f'{k}={v}' for k, v in slo.matchers.items())}" if slo.matchers else ""
     percent = decimal.Decimal(repr(slo.objective)) * 100
     return f"{_number(float(percent))}% {what} over {slo.period}{where}"
 
@@ -503,7 +512,8 @@ def _alert_rules_of(slo: SLO) -> list[dict[str, Any]]:
             for _, _, burn, long, short in conds
         ]
         expr = "\nor\n".join(terms) + "\n"
-        how = ", or ".join(f"{_number(burn)} times over {long} and {short}" for _, _, burn, long, short in conds)
+        how = ", or ".join(f"{'once' if burn == 1 else f'{_number(burn)} times'} over {long} and {short}"
+                           for _, _, burn, long, short in conds)
         speed = "fast" if severity == "critical" else "slowly"
         out.append({
             "alert": alert,
@@ -512,8 +522,8 @@ def _alert_rules_of(slo: SLO) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": f"SLO {slo.name} burns its error budget {speed} (job {{{{ $labels.job }}}})",
                 "description": f"Job {{{{ $labels.job }}}} spends the error budget of SLO {slo.name} "
-                               f"({_describe(slo)}) at more than {how} the rate that spends it in exactly "
-                               f"{slo.period}.",
+                               f"({_describe(slo)}) faster than the rate that would use it up in {slo.period}: "
+                               f"{how}.",
             },
         })
     return out
@@ -610,7 +620,7 @@ def _scenario_series(slo: SLO, job: str, bad: Sequence[tuple[float, int]], extra
         for i, (share, minutes) in enumerate(shares):
             step = _TEST_RATE * share
             values.append(_counter(total if i == 0 else total + step, step, minutes - (0 if i == 0 else 1)))
-            total += step * (minutes if i == 0 else minutes)
+            total += step * minutes
         return {"series": f"{name}{{{lab}}}", "values": " ".join(values)}
 
     if slo.kind == "availability":
@@ -664,7 +674,7 @@ def _slo_tests(slo: SLO) -> list[dict[str, Any]]:
         })
 
     burn = fast_share / budget
-    case(f"{_number(fast_share * 100)}% {what} ({_number(burn)}x the budget) pages within minutes",
+    case(f"{_percent(fast_share)}% {what} ({burn:.3g}x the budget) pages within minutes",
          [(fast_share, t_page)], [(5, fast, True), (5, slow, True), (t_page, fast, True)])
     # a fast burn that stopped: the long windows still show it, the short ones are clean, the page resolves
     stop = minutes[0]
@@ -672,15 +682,15 @@ def _slo_tests(slo: SLO) -> list[dict[str, Any]]:
     case("a fast burn that stopped pages no more once the short windows are clean",
          [(fast_share, stop), (0.0, quiet_from - stop)],
          [(stop // _TEST_EVAL * _TEST_EVAL, fast, True), (quiet_from, fast, False)])
-    case(f"{_number(4 * budget * 100)}% {what} (4x the budget) opens a ticket and does not page",
+    case(f"{_percent(4 * budget)}% {what} (4x the budget) opens a ticket and does not page",
          [(4 * budget, t_ticket)], [(t_ticket, slow, True), (t_ticket, fast, False)])
-    case(f"{_number(1.5 * budget * 100)}% {what} (1.5x the budget) opens a ticket and does not page",
+    case(f"{_percent(1.5 * budget)}% {what} (1.5x the budget) opens a ticket and does not page",
          [(1.5 * budget, t_end)], [(t_end, slow, True), (t_end, fast, False)])
     # within budget: nothing fires; series that the matchers exclude burn fast beside it and must not count
     decoys = [s for k, v in slo.matchers.items()
               for s in _scenario_series(slo, job, [(1.0, t_end)], {k: v + "-other"})]
     within = 0.5 * budget
-    case(f"{_number(within * 100)}% {what} (half the budget) fires nothing"
+    case(f"{_percent(within)}% {what} (half the budget) fires nothing"
          + (", nor do series the matchers exclude" if decoys else ""),
          [(within, t_end)], [(t_end, fast, False), (t_end, slow, False)], decoys)
     tests[-1]["promql_expr_test"].append({
