@@ -662,7 +662,7 @@ def _slo_tests(slo: SLO) -> list[dict[str, Any]]:
     t_end = up(shorts[3] + 5)
     what = "errors" if slo.kind == "availability" else f"calls slower than {_number(slo.threshold_seconds or 0)}s"
     fast_share = min(1.0, 20 * budget)  # 20x, or every call bad when 20x is more than all calls
-    tests = []
+    tests: list[dict[str, Any]] = []
 
     def case(name: str, bad: Sequence[tuple[float, int]], checks: Sequence[tuple[int, str, bool]],
              extra_series: Sequence[dict[str, str]] = ()) -> None:
