@@ -48,6 +48,7 @@ def test_help_has_an_example_and_the_exit_status(capsys, argv: list[str]) -> Non
         ["system", "--watch", "0"],
         ["system", "--watch", "soon"],
         ["monitoring"],
+        ["monitoring", "out", "--slo", "no-such-slos.json"],
         ["serve", "--port", "70000"],
         ["serve", "--port", "-1"],
         ["serve", "--duration", "-1"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
 import re
 import shutil
@@ -495,3 +496,437 @@ def test_cli_health_subprocess_with_import(tmp_path):
     assert res.returncode == 2
     assert "cannot import 'no_such_module_here'" in res.stderr
     assert ferrolab("health", "--bogus").returncode == 2
+
+
+# --- service level objectives ---------------------------------------------------------------------------------------
+
+SLOS = [
+    monitoring.SLO("api", 0.999),
+    monitoring.SLO("api-latency", 0.95, kind="latency", threshold_seconds=0.25,
+                   matchers={"job": "svc", "operation": "matmul"}),
+    monitoring.SLO("weekly", 0.99, period="7d", matchers={"operation": "dot"}),
+    # threshold 1: the exposition spells its bucket le="1", Prometheus 3 stores le="1.0"
+    monitoring.SLO("slow-ops", 0.9, kind="latency", threshold_seconds=1, period="28d"),
+]
+SLO_ALERTS = {"FerrolabSLOErrorBudgetBurnFast", "FerrolabSLOErrorBudgetBurnSlow"}
+
+
+def slo_rules_of(slos) -> list[dict]:
+    return [r for g in yaml.safe_load(monitoring.slo_rules(slos))["groups"] for r in g["rules"]]
+
+
+def test_duration_buckets_are_the_cores():
+    fl.ops.sum(np.ones(4))
+    text = fl.metrics.exposition()
+    les = re.findall(r'^ferrolab_operation_duration_seconds_bucket\{(?=.*operation="sum").*le="([^"]+)"', text, re.M)
+    les = list(dict.fromkeys(les))
+    assert les == [monitoring._number(b) for b in monitoring.DURATION_BUCKETS] + ["+Inf"]
+    assert [float(x) for x in les[:-1]] == list(monitoring.DURATION_BUCKETS)
+
+
+def test_slo_defaults_and_normalization():
+    s = monitoring.SLO("api", 0.999)
+    assert (s.kind, s.period, s.threshold_seconds, s.matchers) == ("availability", "30d", None, {})
+    assert s.error_budget == 0.001
+    lat = monitoring.SLO("l", 0.95, kind="latency", threshold_seconds=1, matchers={"b": "2", "a": "1"})
+    assert lat.threshold_seconds == 1.0 and isinstance(lat.threshold_seconds, float)
+    assert list(lat.matchers) == ["a", "b"]
+    assert monitoring.SLO("l", 0.95, kind="latency", threshold_seconds=0.000001).threshold_seconds == 1e-6
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"name": 1}, TypeError, "field 'name' must be a str"),
+    ({"name": ""}, ValueError, "field 'name' must be 1-64"),
+    ({"name": "a b"}, ValueError, "field 'name'"),
+    ({"name": "-a"}, ValueError, "field 'name'"),
+    ({"objective": "0.999"}, TypeError, "field 'objective' must be a float"),
+    ({"objective": True}, TypeError, "field 'objective' must be a float"),
+    ({"objective": 1.0}, ValueError, r"field 'objective' must be in \[0.9, 1\), got 1.0"),
+    ({"objective": 0.5}, ValueError, "field 'objective' must be in"),
+    ({"objective": 99.9}, ValueError, "a fraction: 0.999 for 99.9%"),
+    ({"objective": float("nan")}, ValueError, "field 'objective'"),
+    ({"kind": "errors"}, ValueError, "field 'kind' must be 'availability' or 'latency'"),
+    ({"kind": None}, TypeError, "field 'kind' must be a str"),
+    ({"period": 30}, TypeError, "field 'period' must be a str"),
+    ({"period": "12h"}, ValueError, "field 'period' must be a Prometheus duration from 1d to 365d"),
+    ({"period": "2y"}, ValueError, "field 'period'"),
+    ({"period": "30 d"}, ValueError, "field 'period'"),
+    ({"threshold_seconds": 0.25}, ValueError, "field 'threshold_seconds' is for kind='latency' only"),
+    ({"kind": "latency"}, ValueError, "field 'threshold_seconds' is required for kind='latency'"),
+    ({"kind": "latency", "threshold_seconds": "0.25"}, TypeError, "field 'threshold_seconds' must be a float"),
+    ({"kind": "latency", "threshold_seconds": 0.5}, ValueError,
+     r"field 'threshold_seconds' must be a bucket boundary of ferrolab_operation_duration_seconds \(0.000001, .*"
+     r"0.25, 1, 2.5, 10\), got 0.5"),
+    ({"kind": "latency", "threshold_seconds": float("inf")}, ValueError, "field 'threshold_seconds'"),
+    ({"matchers": ["job"]}, TypeError, "field 'matchers' must be a mapping"),
+    ({"matchers": {"job": 1}}, TypeError, "field 'matchers' must map str to str"),
+    ({"matchers": {"1job": "x"}}, ValueError, "field 'matchers' has an invalid label name '1job'"),
+    ({"matchers": {"__name__": "x"}}, ValueError, "invalid label name"),
+    ({"matchers": {"le": "1"}}, ValueError, "field 'matchers' cannot match the reserved label 'le'"),
+    ({"matchers": {"status": "error"}}, ValueError, "reserved label 'status'"),
+    ({"matchers": {"slo": "x"}}, ValueError, "reserved label 'slo'"),
+])
+def test_slo_validation(kwargs, exc, match):
+    fields = {"name": "api", "objective": 0.999, **kwargs}
+    with pytest.raises(exc, match=r"^SLO\(\): .*" + match):
+        monitoring.SLO(**fields)
+
+
+def test_slo_from_dict():
+    s = monitoring.SLO.from_dict({"name": "l", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.1,
+                                  "period": "4w", "matchers": {"job": "api"}})
+    assert s == monitoring.SLO("l", 0.95, kind="latency", threshold_seconds=0.1, period="4w", matchers={"job": "api"})
+    with pytest.raises(ValueError, match=r"SLO.from_dict\(\): unknown field 'window' \(fields: name, objective"):
+        monitoring.SLO.from_dict({"name": "a", "objective": 0.99, "window": "30d"})
+    with pytest.raises(ValueError, match=r"SLO.from_dict\(\): missing field 'objective'"):
+        monitoring.SLO.from_dict({"name": "a"})
+    with pytest.raises(TypeError, match=r"SLO.from_dict\(\): expected a mapping, not list"):
+        monitoring.SLO.from_dict([])
+
+
+def test_slo_windows_scale_with_the_period():
+    assert [w[1:] for w in monitoring.SLO("a", 0.999).windows()] == [
+        ("critical", 14.4, "1h", "5m"), ("critical", 6.0, "6h", "30m"),
+        ("warning", 3.0, "1d", "2h"), ("warning", 1.0, "3d", "6h")]
+    assert [w[3:] for w in monitoring.SLO("a", 0.999, period="90d").windows()] == [
+        ("3h", "15m"), ("18h", "1h30m"), ("3d", "6h"), ("9d", "18h")]
+    # never under 5 minutes: a rate needs several scrapes
+    assert [w[3:] for w in monitoring.SLO("a", 0.999, period="1d").windows()] == [
+        ("5m", "5m"), ("12m", "5m"), ("48m", "5m"), ("2h24m", "12m")]
+    for slo in SLOS:
+        for *_, long, short in slo.windows():
+            assert seconds(long) >= seconds(short) >= 300
+
+
+def test_slo_rules_structure():
+    doc = yaml.safe_load(monitoring.slo_rules(SLOS))
+    assert [g["name"] for g in doc["groups"]] == [f"ferrolab-slo-{s.name}" for s in SLOS]
+    records = "ferrolab:slo_errors_per_request:ratio_rate"
+    for slo, group in zip(SLOS, doc["groups"], strict=True):
+        windows = {w for *_, long, short in slo.windows() for w in (long, short)} | {slo.period}
+        recorded = [r for r in group["rules"] if "record" in r]
+        assert {r["record"] for r in recorded} == {records + w for w in windows} | {
+            "ferrolab:slo_error_budget_remaining:ratio"}
+        assert all(r["labels"] == {"slo": slo.name} for r in recorded)
+        alerts = [r for r in group["rules"] if "alert" in r]
+        assert [(a["alert"], a["labels"]) for a in alerts] == [
+            ("FerrolabSLOErrorBudgetBurnFast", {"severity": "critical", "slo": slo.name}),
+            ("FerrolabSLOErrorBudgetBurnSlow", {"severity": "warning", "slo": slo.name})]
+        assert group["rules"].index(alerts[0]) > group["rules"].index(recorded[-1])  # records are evaluated first
+        for a in alerts:
+            assert "for" not in a  # the short window resets the alert; no pending period
+            assert set(a["annotations"]) == {"summary", "description"}
+            assert "{{ $labels.job }}" in a["annotations"]["summary"]
+            # cheap: the alerts read only the recording rules, each with the SLO's label
+            assert metric_names(a["expr"]) <= {records + w for w in windows}
+            assert a["expr"].count(f'{{slo="{slo.name}"}}') == 4
+        for *_, burn, long, short in slo.windows():
+            for w in (long, short):
+                assert f'{records}{w}{{slo="{slo.name}"}} > ({monitoring._number(burn)} * ' in (
+                    alerts[0]["expr"] + alerts[1]["expr"])
+        for r in recorded[:-1]:
+            names = metric_names(r["expr"])
+            if slo.kind == "availability":
+                assert names == {"ferrolab_operations_total"} and 'status="error"' in r["expr"]
+            else:
+                assert names == {"ferrolab_operation_duration_seconds_bucket",
+                                 "ferrolab_operation_duration_seconds_count"}
+            for k, v in slo.matchers.items():
+                assert r["expr"].count(f'{k}="{v}"') == 2, r["expr"]
+            assert "sum by (job)" in r["expr"]
+    (lat,) = [r for r in slo_rules_of(SLOS[1:2]) if r.get("record") == records + "5m"]
+    assert 'le=~"0\\\\.25"' in lat["expr"]
+    (lat,) = [r for r in slo_rules_of(SLOS[3:]) if r.get("record") == records + "5m"]
+    assert 'le=~"1|1\\\\.0"' in lat["expr"]
+
+
+def test_slo_rules_text_is_yaml_without_pyyaml():
+    # the package writes YAML itself (PyYAML is not a dependency): check odd names and values survive
+    slo = monitoring.SLO("a.b_c-1", 0.999, matchers={"job": 'we"ird\\job: yes', "operation": "true"})
+    (rule,) = [r for r in slo_rules_of([slo]) if r.get("record") == "ferrolab:slo_errors_per_request:ratio_rate5m"]
+    assert 'job="we\\"ird\\\\job: yes"' in rule["expr"] and 'operation="true"' in rule["expr"]
+    assert rule["labels"] == {"slo": "a.b_c-1"}
+    assert monitoring._yaml({"a": [], "b": {}, "c": [1, 2.5, True], "d": "null", "e": "x\ny\n"}) == (
+        'a: []\nb: {}\nc:\n  - 1\n  - 2.5\n  - true\nd: "null"\ne: |\n  x\n  y')
+    assert yaml.safe_load(monitoring._yaml({"e": "x\n\ny"})) == {"e": "x\n\ny"}
+
+
+@pytest.mark.parametrize("func", [monitoring.slo_rules, monitoring.slo_rule_tests])
+def test_slo_rules_argument_errors(func):
+    name = func.__name__
+    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'slos' is empty"):
+        func([])
+    with pytest.raises(TypeError, match=rf"{name}\(\): argument 'slos' must be a list of SLO or dict, not SLO"):
+        func(SLOS[0])
+    with pytest.raises(TypeError, match=rf"{name}\(\): argument 'slos'\[1\] must be an SLO or a dict, not str"):
+        func([SLOS[0], "api"])
+    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'slos'\[0\]: SLO\(\): field 'objective'"):
+        func([{"name": "a", "objective": 2}])
+    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'slos' names 'api' twice"):
+        func([SLOS[0], {"name": "api", "objective": 0.99}])
+
+
+def test_slo_rule_tests_cover_fast_slow_and_quiet():
+    doc = yaml.safe_load(monitoring.slo_rule_tests(SLOS[:1]))
+    assert doc["rule_files"] == [monitoring.SLO_RULES_FILE]
+    checks = {}
+    for t in doc["tests"]:
+        for c in t["promql_expr_test"]:
+            m = re.search(r'alertname="(\w+)"', c["expr"])
+            if m:
+                checks.setdefault(t["name"], []).append((m.group(1), bool(c["exp_samples"])))
+    assert checks == {
+        "SLO api: 2% errors (20x the budget) pages within minutes": [
+            ("FerrolabSLOErrorBudgetBurnFast", True), ("FerrolabSLOErrorBudgetBurnSlow", True),
+            ("FerrolabSLOErrorBudgetBurnFast", True)],
+        "SLO api: a fast burn that stopped pages no more once the short windows are clean": [
+            ("FerrolabSLOErrorBudgetBurnFast", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+        "SLO api: 0.4% errors (4x the budget) opens a ticket and does not page": [
+            ("FerrolabSLOErrorBudgetBurnSlow", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+        "SLO api: 0.15% errors (1.5x the budget) opens a ticket and does not page": [
+            ("FerrolabSLOErrorBudgetBurnSlow", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+        "SLO api: 0.05% errors (half the budget) fires nothing": [
+            ("FerrolabSLOErrorBudgetBurnFast", False), ("FerrolabSLOErrorBudgetBurnSlow", False)],
+    }
+    # series the matchers exclude burn beside the quiet case
+    doc = yaml.safe_load(monitoring.slo_rule_tests(SLOS[1:2]))
+    quiet = doc["tests"][-1]
+    assert quiet["name"].endswith("fires nothing, nor do series the matchers exclude")
+    decoys = [s["series"] for s in quiet["input_series"] if "-other" in s["series"]]
+    assert any('job="svc-other"' in s for s in decoys) and any('operation="matmul-other"' in s for s in decoys)
+
+
+@needs_promtool
+def test_promtool_check_slo_rules(tmp_path):
+    path = tmp_path / monitoring.SLO_RULES_FILE
+    path.write_text(monitoring.slo_rules(SLOS), encoding="utf-8")
+    res = promtool("check", "rules", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(slo_rules_of(SLOS))} rules found" in res.stdout
+    assert "lint" not in (res.stdout + res.stderr).lower()
+
+
+def _alert_checks(test_text: str) -> list[tuple[str, float]]:
+    """(ALERTS expr, eval_time in seconds) of every alert check in generated SLO tests."""
+    return [(c["expr"], seconds(c["eval_time"])) for t in yaml.safe_load(test_text)["tests"]
+            for c in t["promql_expr_test"] if c["expr"].startswith("ALERTS")]
+
+
+@pytest.fixture(scope="module")
+def slo_test_runs(tmp_path_factory):
+    """``promtool test rules`` on the generated SLO tests: as generated, with input series spelled as Prometheus 3
+    stores them (``le="1.0"``), and against rules broken in two ways: every alert fires at once (``vector(1)``:
+    every check must fail), and the alerts ignore their short windows (the stopped fast burn must fail)."""
+    base = tmp_path_factory.mktemp("promtool-slo")
+    rules_text, tests_text = monitoring.slo_rules(SLOS), monitoring.slo_rule_tests(SLOS)
+    doc = yaml.safe_load(rules_text)
+    broken = copy.deepcopy(doc)
+    long_only = copy.deepcopy(doc)
+    for g_broken, g_long in zip(broken["groups"], long_only["groups"], strict=True):
+        g_broken["rules"] = [{"alert": r["alert"], "expr": "vector(1)", "labels": r["labels"]}
+                             for r in g_broken["rules"] if "alert" in r]  # (no recording rules: faster)
+        for r in g_long["rules"]:
+            if "alert" in r:
+                r["expr"] = re.sub(r"\n\s*and\n[^\n]*\n", "\n", r["expr"])
+    variants = {
+        "shipped": (rules_text, tests_text),
+        # the latency SLO with threshold 1 alone
+        "prometheus3": (monitoring.slo_rules(SLOS[3:]),
+                        monitoring.slo_rule_tests(SLOS[3:]).replace('le=\\"1\\"', 'le=\\"1.0\\"')),
+        "broken": (yaml.safe_dump(broken), tests_text),
+        "long_only": (yaml.safe_dump(long_only), tests_text),
+    }
+    assert 'le=\\"1.0\\"' in variants["prometheus3"][1]
+    dirs = {}
+    for name, (rules_t, tests_t) in variants.items():
+        d = base / name
+        d.mkdir()
+        (d / monitoring.SLO_RULES_FILE).write_text(rules_t, encoding="utf-8")
+        (d / monitoring.SLO_TESTS_FILE).write_text(tests_t, encoding="utf-8")
+        dirs[name] = d
+    with concurrent.futures.ThreadPoolExecutor(len(dirs)) as pool:
+        runs = {k: pool.submit(promtool, "test", "rules", monitoring.SLO_TESTS_FILE, cwd=d) for k, d in dirs.items()}
+        return {k: f.result() for k, f in runs.items()}
+
+
+def _failed_checks(res: subprocess.CompletedProcess) -> list[tuple[str, float]]:
+    out = res.stdout + res.stderr
+    return [(json.loads(expr), seconds(t)) for expr, t in re.findall(r'expr: ("(?:[^"\\]|\\.)*"), time: (\w+),', out)]
+
+
+@needs_promtool
+@pytest.mark.parametrize("variant", ["shipped", "prometheus3"])
+def test_promtool_test_slo_rules(slo_test_runs, variant):
+    res = slo_test_runs[variant]
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+@needs_promtool
+def test_every_slo_alert_check_can_fail(slo_test_runs):
+    res = slo_test_runs["broken"]
+    assert res.returncode != 0
+    expected = _alert_checks(monitoring.slo_rule_tests(SLOS))
+    assert sorted(c for c in _failed_checks(res) if c[0].startswith("ALERTS")) == sorted(expected)
+
+
+@needs_promtool
+def test_the_short_windows_matter(slo_test_runs):
+    res = slo_test_runs["long_only"]
+    assert res.returncode != 0
+    failed = _failed_checks(res)
+    assert failed, res.stdout + res.stderr
+    # only the checks that a stopped fast burn pages no more fail, one per SLO
+    assert len(failed) == len(SLOS)
+    assert all('alertname="FerrolabSLOErrorBudgetBurnFast"' in expr for expr, _ in failed)
+
+
+# --- SLO dashboard, files and CLI -----------------------------------------------------------------------------------
+
+
+def test_dashboard_with_slos():
+    plain = monitoring.grafana_dashboard()
+    d = monitoring.grafana_dashboard(SLOS)
+    assert d["panels"][: len(plain["panels"])] == plain["panels"]
+    row, panel = d["panels"][len(plain["panels"]):]
+    assert row["type"] == "row" and row["title"] == "Service level objectives"
+    assert panel["title"] == "Error budget remaining" and panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    (target,) = panel["targets"]
+    assert target["expr"] == ('ferrolab:slo_error_budget_remaining:ratio{slo=~"api|api\\\\-latency|weekly|'
+                              'slow\\\\-ops", job=~"$job"}')
+    panels = dashboard_panels(d)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells = set()
+    for p in panels:
+        g = p["gridPos"]
+        cell = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cell & cells, p["title"]
+        cells |= cell
+    assert monitoring.grafana_dashboard([]) == plain
+    assert monitoring.grafana_dashboard() == plain  # the shipped one is untouched
+
+
+@needs_promtool
+def test_dashboard_slo_query_reads_the_recording_rule(tmp_path):
+    # the panel's query, run on what the SLO rules record (a name with characters that regexes escape)
+    slo = monitoring.SLO("api-v1.2", 0.999)
+    expr = substitute_grafana_variables(monitoring.grafana_dashboard([slo])["panels"][-1]["targets"][0]["expr"])
+    (tmp_path / monitoring.SLO_RULES_FILE).write_text(monitoring.slo_rules([slo]), encoding="utf-8")
+    doc = {
+        "rule_files": [monitoring.SLO_RULES_FILE],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'ferrolab_operations_total{job="app",status="error"}', "values": "0+1x60"},
+                {"series": 'ferrolab_operations_total{job="app",status="success"}', "values": "0+3999x60"},
+            ],
+            # 0.025% errors spend a quarter of a 0.1% budget
+            "promql_expr_test": [{"expr": f"({expr} > bool 0.7499) * ({expr} < bool 0.7501)", "eval_time": "60m",
+                                  "exp_samples": [{"labels": '{job="app", slo="api-v1.2"}', "value": 1}]}],
+        }],
+    }
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    res = promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_write_monitoring_with_slos(tmp_path):
+    paths = monitoring.write_monitoring(tmp_path, slos=[SLOS[0], {"name": "lat", "objective": 0.95,
+                                                                   "kind": "latency", "threshold_seconds": 0.25}])
+    assert [p.name for p in paths] == [monitoring.ALERT_RULES_FILE, monitoring.ALERT_TESTS_FILE,
+                                       monitoring.DASHBOARD_FILE, monitoring.SLO_RULES_FILE, monitoring.SLO_TESTS_FILE]
+    slos = [SLOS[0], monitoring.SLO("lat", 0.95, kind="latency", threshold_seconds=0.25)]
+    assert paths[0].read_text(encoding="utf-8") == monitoring.alert_rules()
+    assert json.loads(paths[2].read_text(encoding="utf-8")) == monitoring.grafana_dashboard(slos)
+    assert paths[3].read_text(encoding="utf-8") == monitoring.slo_rules(slos)
+    assert paths[4].read_text(encoding="utf-8") == monitoring.slo_rule_tests(slos)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    # the SLO files count as existing files too
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / monitoring.SLO_TESTS_FILE).write_text("mine", encoding="utf-8")
+    monitoring.write_monitoring(other)  # without SLOs the SLO files are not written
+    assert (other / monitoring.SLO_TESTS_FILE).read_text(encoding="utf-8") == "mine"
+    for p in other.iterdir():
+        if p.name != monitoring.SLO_TESTS_FILE:
+            p.unlink()
+    with pytest.raises(FileExistsError, match="ferrolab-slo.test.yml already exists"):
+        monitoring.write_monitoring(other, slos=slos)
+    assert [p.name for p in other.iterdir()] == [monitoring.SLO_TESTS_FILE]
+    with pytest.raises(TypeError, match=r"write_monitoring\(\): argument 'slos' must be a list of SLO or dict"):
+        monitoring.write_monitoring(other, slos="api")
+    with pytest.raises(ValueError, match=r"write_monitoring\(\): argument 'slos'\[0\]: SLO\(\): field 'kind'"):
+        monitoring.write_monitoring(other, slos=[{"name": "a", "objective": 0.99, "kind": "x"}])
+
+
+def test_load_slos(tmp_path):
+    spec = [{"name": "api", "objective": 0.999, "matchers": {"job": "api"}},
+            {"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.25, "period": "7d"}]
+    expected = [monitoring.SLO("api", 0.999, matchers={"job": "api"}),
+                monitoring.SLO("lat", 0.95, kind="latency", threshold_seconds=0.25, period="7d")]
+    (tmp_path / "a.json").write_text(json.dumps(spec), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps({"slos": spec}), encoding="utf-8")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"slos": spec}), encoding="utf-8")
+    (tmp_path / "d.yml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    for name in ("a.json", "b.json", "c.yaml", "d.yml"):
+        assert monitoring.load_slos(tmp_path / name) == expected, name
+        assert monitoring.load_slos(str(tmp_path / name)) == expected, name
+
+
+@pytest.mark.parametrize("text, exc, match", [
+    ("{", ValueError, "is not valid JSON"),
+    ("[]", ValueError, "must hold a non-empty list of SLOs"),
+    ('{"slo": []}', ValueError, "must hold a non-empty list of SLOs"),
+    ('[{"name": "a", "objective": 0.99}, {"name": "b", "objective": "high"}]', TypeError,
+     r"SLO #2: SLO\(\): field 'objective' must be a float"),
+    ('[{"name": "a", "objective": 0.99, "window": "30d"}]', ValueError, "SLO #1: SLO.from_dict\\(\\): unknown field"),
+    ('[{"name": "a", "objective": 0.99}, {"name": "a", "objective": 0.9}]', ValueError, "names 'a' twice"),
+    ('[{"name": "l", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]', ValueError,
+     "field 'threshold_seconds' must be a bucket boundary"),
+])
+def test_load_slos_errors(tmp_path, text, exc, match):
+    f = tmp_path / "slos.json"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(exc, match=r"^load_slos\(\): .*slos.json.*" + match):
+        monitoring.load_slos(f)
+
+
+def test_load_slos_other_errors(tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match=r"load_slos\(\): argument 'path' must be a str or os.PathLike"):
+        monitoring.load_slos(1)
+    with pytest.raises(FileNotFoundError):
+        monitoring.load_slos(tmp_path / "missing.json")
+    f = tmp_path / "slos.yml"
+    f.write_text("- name: [\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        monitoring.load_slos(f)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML missing
+    with pytest.raises(ValueError, match=r"is YAML, which needs PyYAML \(pip install pyyaml\); or write the SLOs as"):
+        monitoring.load_slos(f)
+
+
+def test_cli_monitoring_slo(tmp_path, capsys):
+    spec = tmp_path / "slos.json"
+    spec.write_text(json.dumps([{"name": "api", "objective": 0.999}]), encoding="utf-8")
+    out = tmp_path / "mon"
+    assert cli.main(["monitoring", str(out), "--slo", str(spec)]) == 0
+    names = [monitoring.ALERT_RULES_FILE, monitoring.ALERT_TESTS_FILE, monitoring.DASHBOARD_FILE,
+             monitoring.SLO_RULES_FILE, monitoring.SLO_TESTS_FILE]
+    assert capsys.readouterr().out.split() == [str(out / n) for n in names]
+    assert (out / monitoring.SLO_RULES_FILE).read_text(encoding="utf-8") == monitoring.slo_rules(
+        [monitoring.SLO("api", 0.999)])
+    assert cli.main(["monitoring", str(out), "--slo", str(spec)]) == 1
+    assert "use --force" in capsys.readouterr().err
+    assert cli.main(["monitoring", str(out), "--slo", str(spec), "--force"]) == 0
+    capsys.readouterr()
+    spec.write_text(json.dumps([{"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]),
+                    encoding="utf-8")
+    assert cli.main(["monitoring", str(tmp_path / "new"), "--slo", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferrolab monitoring: --slo: load_slos(): ") and "'threshold_seconds'" in err
+    assert not (tmp_path / "new").exists()
+    assert cli.main(["monitoring", str(tmp_path / "new"), "--slo", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -135,17 +135,26 @@ def _cmd_system(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitoring(args: argparse.Namespace) -> int:
-    from .monitoring import ALERT_RULES_FILE, ALERT_TESTS_FILE, DASHBOARD_FILE, write_monitoring
+    from . import monitoring as mon
 
+    slos = []
+    if args.slo is not None:
+        try:
+            slos = mon.load_slos(args.slo)
+        except (OSError, TypeError, ValueError) as exc:
+            print(f"ferrolab monitoring: --slo: {exc}", file=sys.stderr)
+            return 2
     if not args.force:
-        existing = [os.path.join(args.directory, n) for n in (ALERT_RULES_FILE, ALERT_TESTS_FILE, DASHBOARD_FILE)]
+        names = [mon.ALERT_RULES_FILE, mon.ALERT_TESTS_FILE, mon.DASHBOARD_FILE]
+        names += [mon.SLO_RULES_FILE, mon.SLO_TESTS_FILE] if slos else []
+        existing = [os.path.join(args.directory, n) for n in names]
         existing = [p for p in existing if os.path.lexists(p)]
         if existing:
             print(f"ferrolab monitoring: already exists: {', '.join(existing)} (use --force to overwrite)",
                   file=sys.stderr)
             return 1
     try:
-        paths = write_monitoring(args.directory, overwrite=args.force)
+        paths = mon.write_monitoring(args.directory, overwrite=args.force, slos=slos)
     except OSError as exc:
         print(f"ferrolab monitoring: {exc}", file=sys.stderr)
         return 1
@@ -648,8 +657,15 @@ _EPILOGS = {
     "system": "examples:\n  ferrolab system\n  ferrolab system --json\n  ferrolab system --watch 2\n\n"
     + "exit status: 0 ok (also after Ctrl-C ends --watch), 2 usage error.",
     "monitoring": "examples:\n  ferrolab monitoring /etc/prometheus/ferrolab\n"
-    "  cd /etc/prometheus/ferrolab && promtool test rules ferrolab-alerts.test.yml\n\n"
-    + _EXIT.format(failed="a file exists (without --force) or cannot be written"),
+    "  cd /etc/prometheus/ferrolab && promtool test rules ferrolab-alerts.test.yml\n"
+    "  ferrolab monitoring /etc/prometheus/ferrolab --slo slos.json --force\n"
+    "  cd /etc/prometheus/ferrolab && promtool test rules ferrolab-slo.test.yml\n\n"
+    "slos.json: a list of SLOs (fields of ferrolab.monitoring.SLO), e.g.\n"
+    '  [{"name": "api", "objective": 0.999, "period": "30d", "matchers": {"job": "api"}},\n'
+    '   {"name": "api-latency", "kind": "latency", "objective": 0.95, "threshold_seconds": 0.25}]\n'
+    "(YAML when the file is named *.yml or *.yaml and PyYAML is installed)\n\n"
+    + _EXIT.format(failed="a file exists (without --force) or cannot be written")
+    + " An --slo file that cannot be read or holds an invalid SLO is a usage error.",
     "serve": "examples:\n  ferrolab serve --port 9464\n"
     "  FL_TOKEN=s3cret ferrolab serve --host 0.0.0.0 --token-env FL_TOKEN\n"
     "  ferrolab serve --import myapp.metrics --duration 60\n\n"
@@ -727,9 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
         "monitoring",
         help="write the Prometheus alert rules, their promtool tests and the Grafana dashboard into DIR",
         description="Write ferrolab-alerts.yml, ferrolab-alerts.test.yml and ferrolab-dashboard.json into DIR "
-        "(created if needed). Check them with: promtool test rules DIR/ferrolab-alerts.test.yml",
+        "(created if needed). Check them with: promtool test rules DIR/ferrolab-alerts.test.yml. With --slo FILE, "
+        "also ferrolab-slo.yml (recording rules and multi-window, multi-burn-rate alerts for the SLOs in FILE), "
+        "ferrolab-slo.test.yml (their promtool tests) and an error-budget panel in the dashboard.",
     )
     m.add_argument("directory", metavar="DIR", help="target directory")
+    m.add_argument("--slo", metavar="FILE",
+                   help="JSON (or YAML) list of service level objectives; see ferrolab.monitoring.load_slos")
     m.add_argument("--force", action="store_true", help="overwrite files that exist")
     m.set_defaults(func=_cmd_monitoring)
     s = _parser(
