@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import ferrolab as fl
 import numpy as np
 import pytest
+from certs import Certs, make_certs
 from conftest import PLATFORM
 from ferrolab import _core
 from opentelemetry import trace as otel_trace
@@ -58,10 +60,11 @@ def any_value(v: Any) -> Any:
 class Receiver:
     """An OTLP/HTTP traces receiver on 127.0.0.1 (a thread; stopped on exit)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, tls: Certs | None = None) -> None:
         self.requests: list[ExportTraceServiceRequest] = []
         self.paths: list[str] = []
         self.content_types: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         receiver = self
 
@@ -74,6 +77,7 @@ class Receiver:
                     receiver.requests.append(req)
                     receiver.paths.append(self.path)
                     receiver.content_types.append(self.headers.get("Content-Type", ""))
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 payload = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -86,7 +90,13 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls.cert, tls.key)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> Receiver:
@@ -479,8 +489,14 @@ def test_bad_arguments_name_the_function_and_argument() -> None:
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"^configure\(\): argument 'sample_ratio' is .*expected a number in"):
             fl.tracing.configure("s", sample_ratio=bad)
-    with pytest.raises(ValueError, match=r"configure\(\): argument 'endpoint' .*https is not supported"):
-        fl.tracing.configure("s", endpoint="https://collector:4318")
+    with pytest.raises(ValueError, match=r"configure\(\): argument 'headers' has the name \"bad name\""):
+        fl.tracing.configure("s", endpoint="https://collector:4318", headers={"bad name": "x"})
+    with pytest.raises(ValueError, match=r"configure\(\): argument 'headers' has a bad value for \"x-k\""):
+        fl.tracing.configure("s", endpoint="https://collector:4318", headers={"x-k": "line\nbreak"})
+    with pytest.raises(TypeError, match=r"configure\(\): argument 'headers' must map str"):
+        fl.tracing.configure("s", endpoint="https://collector:4318", headers={"x-k": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"configure\(\): argument 'ca_file' is .*no-such-ca.pem"):
+        fl.tracing.configure("s", endpoint="https://collector:4318", ca_file="no-such-ca.pem")
     with pytest.raises(ValueError, match=r"configure\(\): argument 'endpoint' .*expected an OTLP/HTTP collector URL"):
         fl.tracing.configure("s", endpoint="collector:4318")
     with pytest.raises(ValueError, match=r"configure\(\): argument 'service_name' is empty"):
@@ -570,6 +586,48 @@ def test_otlp_export_names_attributes_links_resource() -> None:
     assert res["service.version"] == "1.2.3"
     assert res["deployment.environment"] == "test"
     assert req["scope"] == "ferrolab"
+
+
+def test_otlp_over_https_with_headers(tmp_path, monkeypatch) -> None:
+    certs = make_certs(tmp_path)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-env-tenant=acme,x-shared=from-env")
+    with Receiver(tls=certs) as rcv:
+        assert rcv.url.startswith("https://")
+        fl.tracing.configure(
+            "tls-service",
+            endpoint=rcv.url,
+            headers={"authorization": "Bearer s3cret", "x-shared": "from-arg"},
+            ca_file=certs.ca,
+        )
+        with fl.tracing.span("secure") as s:
+            pass
+        assert fl.tracing.flush()
+        spans = by_name(rcv.spans())
+        assert spans["secure"]["trace_id"] == s.trace_id
+        h = rcv.headers[0]
+        assert h["authorization"] == "Bearer s3cret"
+        assert h["x-env-tenant"] == "acme"
+        assert h["x-shared"] == "from-env"  # the environment wins on a clash (as in opentelemetry-otlp)
+
+
+def test_otlp_https_refuses_an_unknown_certificate(tmp_path, monkeypatch) -> None:
+    certs = make_certs(tmp_path)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_CERTIFICATE", raising=False)
+    with Receiver(tls=certs) as rcv:
+        # the platform's trust store does not know the test CA: nothing may be delivered
+        fl.tracing.configure("tls-untrusted", endpoint=rcv.url)
+        with fl.tracing.span("rejected"):
+            pass
+        assert not fl.tracing.flush()
+        assert fl.tracing.stats()["export_failures"] >= 1
+        assert rcv.spans() == []
+        # the CA from the environment variable is trusted
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(certs.ca))
+        fl.tracing.configure("tls-env-ca", endpoint=rcv.url)
+        with fl.tracing.span("accepted"):
+            pass
+        assert fl.tracing.flush()
+        assert [s["name"] for s in rcv.spans()] == ["accepted"]
 
 
 def test_otlp_sampling_ratio_is_honoured() -> None:

@@ -37,7 +37,8 @@ import atexit
 import functools
 import inspect
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _core
@@ -76,6 +77,9 @@ def configure(
     environment: str | None = None,
     endpoint: str | None = None,
     sample_ratio: float = 1.0,
+    *,
+    headers: Mapping[str, str] | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Installs the tracing pipeline (replacing, and flushing, any previous one).
 
@@ -88,22 +92,32 @@ def configure(
     environment : str, optional
         ``deployment.environment`` (also written as ``deployment.environment.name``) of the resource.
     endpoint : str, optional
-        An OTLP/HTTP collector, e.g. ``"http://localhost:4318"`` (``/v1/traces`` is appended when the URL has
-        no path). Spans are sent as protobuf in batches from a background thread: at most 8192 wait in the
-        queue, one export (retries included) gives up after 3 s. Only plain ``http://`` is supported (no TLS
-        client is built in): for a TLS backend, send to a local OpenTelemetry Collector. ``None`` (default)
-        keeps the last 10,000 finished spans in memory for :func:`finished_spans`.
+        An OTLP/HTTP collector, e.g. ``"http://localhost:4318"`` or ``"https://otlp.example.com"``
+        (``/v1/traces`` is appended when the URL has no path). Spans are sent as protobuf in batches from a
+        background thread: at most 8192 wait in the queue, one export (retries included) gives up after 3 s.
+        ``https://`` goes through rustls, verified against the platform's trust store (or ``ca_file``).
+        ``None`` (default) keeps the last 10,000 finished spans in memory for :func:`finished_spans`.
     sample_ratio : float, default 1.0
         Probability that a root span is sampled (``ParentBased(TraceIdRatioBased(sample_ratio))``: child spans
         follow their parent's decision, including a parent from opentelemetry-python).
+    headers : mapping of str to str, optional
+        HTTP headers of every export request, e.g. ``{"authorization": "Bearer ..."}`` for a collector that
+        authenticates (send credentials to ``https://`` endpoints only: over ``http://`` they travel in clear).
+        ``OTEL_EXPORTER_OTLP_HEADERS`` / ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` (``k1=v1,k2=v2``) are honoured
+        too, and win on a clash (as in the Rust opentelemetry-otlp exporter, so that a deployment can
+        override what the code sets).
+    ca_file : str or path, optional
+        PEM file of the certificate authorities to verify an ``https://`` collector with (e.g. a private CA
+        or a self-signed certificate); default ``OTEL_EXPORTER_OTLP_CERTIFICATE`` when set, else the
+        platform's trust store.
 
     Raises
     ------
     TypeError
         An argument has the wrong type.
     ValueError
-        ``sample_ratio`` is outside ``[0, 1]``, ``service_name`` is empty, or ``endpoint`` is not an
-        ``http://`` URL.
+        ``sample_ratio`` is outside ``[0, 1]``, ``service_name`` is empty, ``endpoint`` is not an ``http://``
+        or ``https://`` URL, a header is not valid HTTP, or ``ca_file`` cannot be read as PEM certificates.
 
     Examples
     --------
@@ -128,7 +142,20 @@ def configure(
     ratio = float(sample_ratio)
     if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
         raise ValueError(f"configure(): argument 'sample_ratio' is {sample_ratio!r}; expected a number in [0, 1]")
-    _core.tracing_configure(service_name, service_version, environment, endpoint, ratio)
+    hdrs: list[tuple[str, str]] = []
+    if headers is not None:
+        if not isinstance(headers, Mapping):
+            raise TypeError(
+                f"configure(): argument 'headers' must be a mapping of str to str, got {type(headers).__name__}"
+            )
+        for k, v in headers.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("configure(): argument 'headers' must map str header names to str values")
+            hdrs.append((k, v))
+    if ca_file is not None and not isinstance(ca_file, str | os.PathLike):
+        raise TypeError(f"configure(): argument 'ca_file' must be a path, got {type(ca_file).__name__}")
+    ca = os.fspath(ca_file) if ca_file is not None else None
+    _core.tracing_configure(service_name, service_version, environment, endpoint, ratio, hdrs, ca)
     if not _atexit_registered:
         atexit.register(_shutdown_at_exit)
         _atexit_registered = True

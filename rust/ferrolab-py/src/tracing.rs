@@ -779,7 +779,8 @@ fn current_span(py: Python<'_>) -> PyResult<Option<Bound<'_, Span>>> {
 
 /// Installs the pipeline (arguments are validated by `ferrolab.tracing.configure`).
 #[pyfunction]
-#[pyo3(name = "tracing_configure", signature = (service_name, service_version=None, environment=None, endpoint=None, sample_ratio=1.0))]
+#[pyo3(name = "tracing_configure", signature = (service_name, service_version=None, environment=None, endpoint=None, sample_ratio=1.0, headers=Vec::new(), ca_file=None))]
+#[allow(clippy::too_many_arguments)]
 fn configure(
     py: Python<'_>,
     service_name: String,
@@ -787,6 +788,8 @@ fn configure(
     environment: Option<String>,
     endpoint: Option<String>,
     sample_ratio: f64,
+    headers: Vec<(String, String)>,
+    ca_file: Option<String>,
 ) -> PyResult<()> {
     use crate::errors::IntoPyResult;
     let config = Config {
@@ -794,6 +797,8 @@ fn configure(
         environment,
         endpoint,
         sample_ratio,
+        headers,
+        ca_file,
         ..Config::new(service_name)
     };
     py.detach(|| core_tr::configure(config)).py()

@@ -216,11 +216,7 @@ fn write_labels(out: &mut String, pairs: &[LabelPair], extra: Option<(&str, &str
     }
     out.push('{');
     let mut first = true;
-    for (k, v) in pairs
-        .iter()
-        .map(|l| (l.name(), l.value()))
-        .chain(extra)
-    {
+    for (k, v) in pairs.iter().map(|l| (l.name(), l.value())).chain(extra) {
         if !first {
             out.push(',');
         }

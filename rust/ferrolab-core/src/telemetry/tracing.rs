@@ -8,9 +8,8 @@
 //! * `endpoint: None`: a bounded in-memory buffer (the last [`Config::memory_capacity`] spans), read with
 //!   [`finished_spans`];
 //! * `endpoint: Some("http://host:4318")`: the SDK's `BatchSpanProcessor` (a background thread) and the
-//!   `opentelemetry-otlp` HTTP/protobuf exporter, driven by a small blocking HTTP client ([`ureq`], plain
-//!   HTTP only: no TLS is compiled in, so `https://` endpoints are rejected by [`configure`]; put a local
-//!   OpenTelemetry Collector in front of a TLS backend). No async runtime is involved.
+//!   `opentelemetry-otlp` HTTP/protobuf exporter, driven by a small blocking HTTP client ([`ureq`]; `https://`
+//!   through rustls, with custom headers for collector auth). No async runtime is involved.
 //!
 //! The calling thread never waits on the network: a finished span is handed to a bounded queue
 //! ([`Config::max_queue_size`]); when the queue is full the span is dropped and counted
@@ -59,9 +58,15 @@ pub struct Config {
     pub service_version: Option<String>,
     /// `deployment.environment` (and `deployment.environment.name`) resource attribute.
     pub environment: Option<String>,
-    /// OTLP/HTTP collector (`http://host:4318`, `/v1/traces` is appended when the URL has no path);
-    /// `None` keeps finished spans in memory.
+    /// OTLP/HTTP collector (`http://host:4318` or `https://...`, `/v1/traces` is appended when the URL has no
+    /// path); `None` keeps finished spans in memory.
     pub endpoint: Option<String>,
+    /// Extra HTTP headers of every export request (e.g. a collector's `authorization`), on top of
+    /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
+    pub headers: Vec<(String, String)>,
+    /// PEM file of the certificate authorities an `https://` collector is verified against (default: the
+    /// platform's trust store; `OTEL_EXPORTER_OTLP_CERTIFICATE` when set).
+    pub ca_file: Option<String>,
     /// Probability in `[0, 1]` that a root span is sampled.
     pub sample_ratio: f64,
     /// Finished spans waiting for export at most; more are dropped and counted.
@@ -85,6 +90,8 @@ impl Config {
             service_version: None,
             environment: None,
             endpoint: None,
+            headers: Vec::new(),
+            ca_file: None,
             sample_ratio: 1.0,
             max_queue_size: 8192,
             max_export_batch_size: 512,
@@ -541,10 +548,24 @@ impl Pipeline {
 impl Otlp {
     fn build(config: &Config, endpoint: &str) -> Result<Otlp> {
         let url = traces_url(endpoint)?;
-        let client = UreqClient::new(config.export_timeout);
+        let client = UreqClient::new(config.export_timeout, tls_config(config)?);
+        let mut headers = std::collections::HashMap::new();
+        for (k, v) in &config.headers {
+            let bad = |what: &str| {
+                CoreError::value(
+                    "configure",
+                    "headers",
+                    format!("has {what} {k:?}: not a valid HTTP header"),
+                )
+            };
+            ureq::http::HeaderName::try_from(k.as_str()).map_err(|_| bad("the name"))?;
+            ureq::http::HeaderValue::try_from(v.as_str()).map_err(|_| bad("a bad value for"))?;
+            headers.insert(k.clone(), v.clone());
+        }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(url)
+            .with_headers(headers)
             .with_protocol(Protocol::HttpBinary)
             .with_timeout(config.export_timeout)
             .with_http_client(client)
@@ -601,21 +622,14 @@ pub fn resource(config: &Config) -> Resource {
 pub fn traces_url(endpoint: &str) -> Result<String> {
     let ep = endpoint.trim();
     let lower = ep.to_ascii_lowercase();
-    if lower.starts_with("https://") {
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
         return Err(CoreError::value(
             "configure",
             "endpoint",
             format!(
-                "is {ep:?}: https is not supported (this build has no TLS client); use an http:// collector, \
-                 e.g. a local OpenTelemetry Collector that forwards over TLS"
+                "is {ep:?}; expected an OTLP/HTTP collector URL like 'http://localhost:4318' or \
+                 'https://collector.example:4318'"
             ),
-        ));
-    }
-    if !lower.starts_with("http://") {
-        return Err(CoreError::value(
-            "configure",
-            "endpoint",
-            format!("is {ep:?}; expected an OTLP/HTTP collector URL like 'http://localhost:4318'"),
         ));
     }
     let uri: ureq::http::Uri = ep
@@ -675,15 +689,65 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
     }
 }
 
-/// A blocking HTTP/1.1 client for the exporter (runs on the batch processor's thread). Plain HTTP only.
+/// TLS for `https://` collectors: rustls (ring), verified against `ca_file` (or `OTEL_EXPORTER_OTLP_CERTIFICATE`)
+/// when given, else the platform's trust store.
+fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+    let (arg, path) = match &config.ca_file {
+        Some(p) => ("ca_file", Some(p.clone())),
+        None => (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            std::env::var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+                .ok()
+                .filter(|p| !p.is_empty()),
+        ),
+    };
+    let roots = match path {
+        None => RootCerts::PlatformVerifier,
+        Some(path) => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| CoreError::value("configure", arg, format!("is {path:?}: {e}")))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(CoreError::value(
+                            "configure",
+                            arg,
+                            format!("is {path:?}: not a PEM file ({e})"),
+                        ))
+                    }
+                }
+            }
+            if certs.is_empty() {
+                return Err(CoreError::value(
+                    "configure",
+                    arg,
+                    format!("is {path:?}: it holds no PEM certificate"),
+                ));
+            }
+            RootCerts::Specific(Arc::new(certs))
+        }
+    };
+    Ok(TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(roots)
+        .build())
+}
+
+/// A blocking HTTP/1.1 client for the exporter (runs on the batch processor's thread); https through rustls.
 #[derive(Debug)]
 struct UreqClient {
     agent: ureq::Agent,
 }
 
 impl UreqClient {
-    fn new(timeout: Duration) -> UreqClient {
+    fn new(timeout: Duration, tls: ureq::tls::TlsConfig) -> UreqClient {
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(2))))
@@ -1059,10 +1123,11 @@ mod tests {
             traces_url("http://c:4318/custom/v1/traces").unwrap(),
             "http://c:4318/custom/v1/traces"
         );
-        let e = traces_url("https://collector:4318")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("https is not supported"), "{e}");
+        assert_eq!(
+            traces_url("https://collector:4318").unwrap(),
+            "https://collector:4318/v1/traces"
+        );
+        assert!(traces_url("ftp://collector:4318").is_err());
         assert!(traces_url("localhost:4318").is_err());
         assert!(traces_url("http://").is_err());
         let e = configure(Config {
