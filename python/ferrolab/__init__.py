@@ -7,6 +7,7 @@ np.float64(1.0)
 
 from __future__ import annotations
 
+import atexit
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,14 @@ from ._core import (
     LockedError,
     RepositoryNotFound,
     WrongPassword,
+    _log_shutdown,
 )
 from ._core import __version__ as _core_version
 from .breaker import CircuitBreaker, CircuitOpenError, breakers
 from .runtime import num_threads, op_stats, simd_level
+
+# core log events still queued are handed to logging before the interpreter finalizes
+atexit.register(_log_shutdown)
 
 if TYPE_CHECKING:
     from . import backup, gpu, health, metrics, monitoring, ops, system, tracing
@@ -72,4 +77,3 @@ __all__ = [
     "CorruptionError",
     "LockedError",
 ]
-

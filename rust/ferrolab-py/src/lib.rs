@@ -13,6 +13,7 @@ mod ffi;
 mod funnel;
 mod gpu;
 mod gpu_ops;
+mod logs;
 mod metrics;
 mod ops;
 mod runtime;
@@ -53,5 +54,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tracing::register(m)?;
     backup::register(m)?;
     system::register(m)?;
+    logs::register(m)?;
     Ok(())
 }

@@ -706,6 +706,17 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     repo.store
         .put(&format!("snapshots/{}", snap.id), &snap.encode(&repo.key))?;
     repo.store.sync()?;
+    tracing::info!(
+        target: "ferrolab.backup",
+        repository = %repo.store.url(),
+        snapshot = %snap.id,
+        files = snap.files,
+        bytes = snap.bytes,
+        added_bytes = snap.added_bytes,
+        duration_seconds = snap.duration,
+        warnings = snap.warnings.len() as u64,
+        "snapshot saved"
+    );
     let _ = progress(ProgressInfo {
         phase: "backup",
         done_bytes: total_bytes,

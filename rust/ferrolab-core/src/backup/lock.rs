@@ -104,7 +104,17 @@ impl Lock {
                 continue; // not ours to judge (another key) or damaged: ignored
             };
             if other.is_stale(&host) {
-                let _ = store.delete(&format!("locks/{}", e.name));
+                if store.delete(&format!("locks/{}", e.name)).is_ok() {
+                    tracing::warn!(
+                        target: "ferrolab.backup",
+                        repository = %store.url(),
+                        lock = %e.name,
+                        pid = other.pid,
+                        host = %other.hostname,
+                        age_seconds = now() - other.time,
+                        "took over a stale lock"
+                    );
+                }
                 continue;
             }
             if exclusive || other.exclusive {
@@ -162,6 +172,7 @@ pub fn remove_stale(store: &dyn Store, key: &MasterKey) -> BResult<usize> {
         };
         if decode(key, &e.name, &data).is_some_and(|l| l.is_stale(&host)) {
             store.delete(&format!("locks/{}", e.name))?;
+            tracing::warn!(target: "ferrolab.backup", repository = %store.url(), lock = %e.name, "removed a stale lock");
             n += 1;
         }
     }

@@ -184,5 +184,13 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         stats.bytes_freed += size;
     }
     repo.store.sync()?;
+    tracing::info!(
+        target: "ferrolab.backup",
+        repository = %repo.store.url(),
+        packs_deleted = stats.packs_deleted,
+        packs_rewritten = stats.packs_rewritten,
+        bytes_freed = stats.bytes_freed,
+        "prune finished"
+    );
     Ok(stats)
 }

@@ -519,6 +519,15 @@ pub fn restore(
             total_files: stats.files,
         });
     }
+    tracing::info!(
+        target: "ferrolab.backup",
+        repository = %repo.store.url(),
+        snapshot = %snap.id,
+        target_dir = %target.display(),
+        files = stats.files,
+        bytes = stats.bytes,
+        "restore finished"
+    );
     Ok(stats)
 }
 

@@ -273,6 +273,13 @@ fn fall_back<R>(
             cause,
         ));
     }
+    tracing::warn!(
+        target: "ferrolab.gpu",
+        operation = op.name(),
+        device = if ordinal == 0 { "cuda".to_string() } else { format!("cuda:{ordinal}") },
+        reason = %reason,
+        "GPU attempt failed; rerunning on the CPU"
+    );
     seam::record_fallback(op);
     seam::record(op, Device::Cpu, cpu)
 }

@@ -75,10 +75,14 @@ fn fail(during: impl Into<String>, e: DriverError) -> GpuFailure {
 
 /// Turns the backend off for the process when `f` is sticky (its context is poisoned).
 pub fn mark_dead_if_sticky(f: &GpuFailure) {
-    if f.sticky {
-        let _ = DEAD.set(format!(
-            "the GPU backend hit a sticky CUDA error ({f}) and is off for the rest of this process"
-        ));
+    if f.sticky
+        && DEAD
+            .set(format!(
+                "the GPU backend hit a sticky CUDA error ({f}) and is off for the rest of this process"
+            ))
+            .is_ok()
+    {
+        tracing::error!(target: "ferrolab.gpu", error = %f, "sticky CUDA error: the GPU backend is off for the rest of this process");
     }
 }
 

@@ -194,10 +194,43 @@ pub fn record_timed(op: Op, device: Device, nanos: u64, error_kind: Option<&str>
     if SPAN_SCOPES.load(Ordering::Relaxed) != 0 {
         span_exemplar(op, device, nanos);
     }
+    if nanos >= SLOW_NS.load(Ordering::Relaxed) {
+        slow(op, device, nanos, error_kind);
+    }
     if let Some(kind) = error_kind {
         c.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
         COUNTED.with(|f| f.set(true));
     }
+}
+
+/// Calls at least this long (nanoseconds) are logged as slow (`ferrolab.ops`, WARN): 1 s unless
+/// `FERROLAB_SLOW_OP_SECONDS` or [`set_slow_threshold`] says otherwise.
+static SLOW_NS: LazyLock<AtomicU64> = LazyLock::new(|| {
+    let secs = std::env::var("FERROLAB_SLOW_OP_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(1.0);
+    AtomicU64::new((secs * 1e9) as u64)
+});
+
+/// Sets the duration from which a call is logged as slow (`None`: never).
+pub fn set_slow_threshold(seconds: Option<f64>) {
+    let ns = seconds.map_or(u64::MAX, |s| (s.max(0.0) * 1e9) as u64);
+    SLOW_NS.store(ns, Ordering::Relaxed);
+}
+
+#[cold]
+#[inline(never)]
+fn slow(op: Op, device: Device, nanos: u64, error_kind: Option<&str>) {
+    tracing::warn!(
+        target: "ferrolab.ops",
+        operation = op.name(),
+        device = device.name(),
+        duration_seconds = nanos as f64 / 1e9,
+        error_type = error_kind.unwrap_or(""),
+        "slow operation"
+    );
 }
 
 /// Threads now running an op inside a sampled span ([`in_span`]): while 0, recording a call reads no
@@ -222,6 +255,14 @@ pub fn in_span<R>(trace_id: u128, span_id: u64, f: impl FnOnce() -> R) -> R {
     SPAN_SCOPES.fetch_add(1, Ordering::Relaxed);
     let _scope = Scope(SPAN.with(|s| s.replace(Some((trace_id, span_id)))));
     f()
+}
+
+/// The (trace id, span id) of the sampled op span this thread is running, if any.
+pub fn current_span() -> Option<(u128, u64)> {
+    if SPAN_SCOPES.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    SPAN.with(|s| s.get())
 }
 
 #[cold]

@@ -1,0 +1,27 @@
+"""Delivery of the native core's log events to :mod:`logging` (called by the native log thread).
+
+Each event goes to the logger named by its target (``ferrolab.backup``, ``ferrolab.gpu``, ``ferrolab.ops``,
+...); its structured fields become attributes of the :class:`logging.LogRecord` (as ``extra=`` does), and the
+record's time is the event's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+# attributes a LogRecord already has: a field of that name is kept as ``ferrolab_<name>``
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def emit(records: list[tuple[int, str, str, dict[str, Any], float]]) -> None:
+    for levelno, name, message, fields, created in records:
+        logger = logging.getLogger(name)
+        if not logger.isEnabledFor(levelno):
+            continue
+        extra = {(f"ferrolab_{k}" if k in _RESERVED else k): v for k, v in fields.items()}
+        record = logger.makeRecord(name, levelno, "(native)", 0, message, (), None, extra=extra)
+        record.created = created
+        record.msecs = (created - int(created)) * 1000
+        record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
+        logger.handle(record)
