@@ -1602,7 +1602,7 @@ mod tests {
             panic!("closed breaker rejected")
         };
         let t2 = Permit::new(&*br, t).into_ticket();
-        assert_eq!(t, t2);
+        assert_eq!(format!("{t:?}"), format!("{t2:?}")); // (its start time is NaN)
         br.complete(t2, S, Some(0.0));
         assert_eq!(br.stats(None).counts[0], 1);
     }
