@@ -33,6 +33,7 @@ use pyo3::types::{
     PyWeakrefReference,
 };
 use pyo3::{intern, PyTraverseError, PyVisit};
+use std::ffi::CStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A core permit that gives its ticket back (cancelled) when dropped unreported.
@@ -821,6 +822,57 @@ impl Drop for BreakerCall {
     }
 }
 
+/// ``CircuitBreaker.call`` (`ASYNC` false) and ``.acall`` as `METH_FASTCALL` methods: the arguments after ``fn``
+/// become the one tuple ``fn`` is called with (PyO3's ``*args`` slices a tuple that CPython built first), and a
+/// dict is made only when keywords are given.
+struct Call<const ASYNC: bool>;
+
+impl<const ASYNC: bool> ffi::FastCall for Call<ASYNC> {
+    const NAME: &'static CStr = if ASYNC { c"acall" } else { c"call" };
+    const FUNC: &'static str = if ASYNC { "acall" } else { "call" };
+    const DOC: &'static CStr = if ASYNC {
+        c"acall($self, fn, /, *args, **kwargs)
+--
+
+An awaitable that calls ``fn(*args, **kwargs)`` under the breaker and awaits its result.
+
+The breaker admits the call when it is awaited; cancelling it gives a half-open permit back."
+    } else {
+        c"call($self, fn, /, *args, **kwargs)
+--
+
+Calls ``fn(*args, **kwargs)`` under the breaker and returns its result.
+
+Raises CircuitOpenError (or returns ``fallback(*args, **kwargs)``) when the breaker rejects the call; an
+exception of ``fn`` propagates unchanged after it was recorded."
+    };
+
+    fn call<'py>(
+        py: Python<'py>,
+        slf: Option<Borrowed<'_, 'py, PyAny>>,
+        args: &ffi::FastArgs<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let name = Self::FUNC;
+        let b = slf.and_then(|s| s.cast::<CircuitBreaker>().ok());
+        let b = b.ok_or_else(|| errors::type_error(format!("{name}(): not a CircuitBreaker")))?;
+        let mut pos = args.positional();
+        let func = pos.next().ok_or_else(|| {
+            errors::type_error(format!(
+                "CircuitBreaker.{name}() missing 1 required positional argument: 'fn'"
+            ))
+        })?;
+        let tuple = PyTuple::new(py, pos)?;
+        let kwargs = (args.nkeywords() > 0)
+            .then(|| args.keywords().into_py_dict(py))
+            .transpose()?;
+        if ASYNC {
+            BreakerCall::new_call(&b, &func, &tuple, kwargs)
+        } else {
+            guarded(&b, &func, &tuple, kwargs.as_ref())
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Permit: a call admitted by hand (the generator wrappers of ferrolab.breaker)
 
@@ -1356,33 +1408,6 @@ impl CircuitBreaker {
         self.inner.get(py, |r| &r.last_failure)
     }
 
-    /// Calls ``fn(*args, **kwargs)`` under the breaker and returns its result.
-    ///
-    /// Raises CircuitOpenError (or returns ``fallback(*args, **kwargs)``) when the breaker rejects the call; an
-    /// exception of ``fn`` propagates unchanged after it was recorded.
-    #[pyo3(signature = (func, /, *args, **kwargs), text_signature = "($self, fn, /, *args, **kwargs)")]
-    fn call<'py>(
-        slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        guarded(slf, func, args, kwargs)
-    }
-
-    /// An awaitable that calls ``fn(*args, **kwargs)`` under the breaker and awaits its result.
-    ///
-    /// The breaker admits the call when it is awaited; cancelling it gives a half-open permit back.
-    #[pyo3(signature = (func, /, *args, **kwargs), text_signature = "($self, fn, /, *args, **kwargs)")]
-    fn acall<'py>(
-        slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        BreakerCall::new_call(slf, func, args, kwargs)
-    }
-
     /// Admits one call reported by hand (the generator wrappers of ``ferrolab.breaker``): a ``_Permit``, or
     /// CircuitOpenError when rejected without a fallback.
     fn _admit(slf: &Bound<'_, Self>) -> PyResult<Permit> {
@@ -1584,6 +1609,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BreakerFunction>()?;
     m.add_class::<BreakerCall>()?;
     m.add_class::<CircuitBreaker>()?;
+    ffi::install_method::<Call<false>>(&py.get_type::<CircuitBreaker>())?;
+    ffi::install_method::<Call<true>>(&py.get_type::<CircuitBreaker>())?;
     m.add_function(wrap_pyfunction!(breakers, m)?)?;
     Ok(())
 }
