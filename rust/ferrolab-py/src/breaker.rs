@@ -108,27 +108,7 @@ struct Refs {
     aenter: Option<Py<PyAny>>,
 }
 
-/// What a `CircuitBreaker` holds; its decorated functions, awaitables and permits reach it through the breaker.
-struct Inner {
-    core: Arc<Breaker>,
-    name: Py<PyString>,
-    /// The messages of a rejection while open, half-open and forced open.
-    msgs: [Py<PyString>; 3],
-    /// Exception classes recorded as failures (a tuple) and whether it is exactly `(Exception,)`.
-    record: Py<PyTuple>,
-    record_all: bool,
-    ignore: Option<Py<PyTuple>>,
-    has_clock: bool,
-    has_fallback: bool,
-    /// The Python objects the garbage collector may have to clear (they can refer back to the breaker).
-    refs: Mutex<Refs>,
-    /// `contextvars.ContextVar` of the `with` entries, its bound `get` and `set`.
-    var: Py<PyAny>,
-    var_get: Py<PyAny>,
-    var_set: Py<PyAny>,
-}
-
-impl Inner {
+impl CircuitBreaker {
     /// The injected clock's time (`None`: the core reads its native clock).
     #[inline]
     fn now(&self, py: Python<'_>) -> PyResult<Option<f64>> {
@@ -226,12 +206,6 @@ impl Inner {
     }
 }
 
-/// `b`'s shared state.
-#[inline]
-fn inner<'a>(b: &'a Bound<'_, CircuitBreaker>) -> &'a Inner {
-    &b.get().inner
-}
-
 /// Calls the listeners of `b` for `tr` (outside any lock); a listener's exception goes to `sys.unraisablehook` and
 /// stops neither the others nor the call.
 #[inline]
@@ -245,7 +219,7 @@ fn fire(b: &Bound<'_, CircuitBreaker>, tr: Option<Transition>) {
 fn fire_listeners(b: &Bound<'_, CircuitBreaker>, tr: Transition) {
     let py = b.py();
     let (from, to) = (state_str(py, tr.from), state_str(py, tr.to));
-    for l in inner(b).listeners(py) {
+    for l in b.get().listeners(py) {
         if let Err(e) = l.call1((b, &from, &to)) {
             e.write_unraisable(py, Some(&l));
         }
@@ -259,7 +233,7 @@ fn state_str(py: Python<'_>, s: State) -> Bound<'_, PyString> {
 /// Admits a call (firing the open -> half-open listeners).
 #[inline]
 fn admit(b: &Bound<'_, CircuitBreaker>) -> PyResult<Admission> {
-    let (a, tr) = inner(b).core.acquire(inner(b).now(b.py())?);
+    let (a, tr) = b.get().core.acquire(b.get().now(b.py())?);
     fire(b, tr);
     Ok(a)
 }
@@ -267,7 +241,7 @@ fn admit(b: &Bound<'_, CircuitBreaker>) -> PyResult<Admission> {
 /// Reports `ticket` with `outcome` and fires the listeners. `Err`: the injected clock raised (the permit went back).
 #[inline]
 fn complete(b: &Bound<'_, CircuitBreaker>, ticket: Ticket, outcome: Outcome) -> PyResult<()> {
-    let i = inner(b);
+    let i = b.get();
     match i.now(b.py()) {
         Ok(now) => {
             fire(b, i.core.complete(ticket, outcome, now));
@@ -286,7 +260,7 @@ fn finish(
     ticket: Ticket,
     exc: Option<(&Bound<'_, PyType>, Option<&Bound<'_, PyAny>>)>,
 ) -> PyResult<()> {
-    let outcome = exc.map_or(Outcome::Success, |(t, e)| inner(b).classify(t, e));
+    let outcome = exc.map_or(Outcome::Success, |(t, e)| b.get().classify(t, e));
     complete(b, ticket, outcome)
 }
 
@@ -294,11 +268,11 @@ fn finish(
 #[cold]
 fn finish_error(b: &Bound<'_, CircuitBreaker>, ticket: Ticket, err: PyErr) -> PyErr {
     let py = b.py();
-    let outcome = inner(b).classify(&err.get_type(py), None);
+    let outcome = b.get().classify(&err.get_type(py), None);
     let err = if outcome == Outcome::Failure {
         // normalized, with its traceback, so that `last_failure` shows where it failed
         let v = err.into_value(py).into_bound(py).into_any();
-        inner(b).set_last_failure(&v);
+        b.get().set_last_failure(&v);
         PyErr::from_value(v)
     } else {
         err
@@ -317,9 +291,9 @@ fn reject<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match inner(b).fallback(b.py()) {
+    match b.get().fallback(b.py()) {
         Some(fb) => fb.call(args, kwargs),
-        None => Err(inner(b).open_error(b.py(), r)),
+        None => Err(b.get().open_error(b.py(), r)),
     }
 }
 
@@ -336,15 +310,19 @@ fn guarded<'py>(
         Admission::Admitted(t) => t,
         Admission::Rejected(r) => return reject(b, r, args, kwargs),
     };
-    let permit = core::Permit::new(&*inner(b).core, ticket); // given back if the call unwinds
+    let permit = core::Permit::new(&*b.get().core, ticket); // given back if the call unwinds
     let res = func.call(args, kwargs);
     let ticket = permit.into_ticket();
     match res {
         Ok(v) if is_coroutine(&v) => {
-            let mut call = BreakerCall::with(Some(b), Some(func), Phase::Running);
-            (call.iter, call.ticket) = (Some(v.unbind()), Some(ticket));
-            // if it cannot be created, dropping it gives the ticket back
-            Ok(Bound::new(b.py(), call)?.into_any())
+            let call = BreakerCall {
+                breaker: Some(b.clone().unbind()),
+                call: None,
+                obj: Some(v.unbind()),
+                ticket: Some(ticket),
+                phase: Phase::Running,
+            };
+            Ok(Bound::new(b.py(), call)?.into_any()) // if it can't be created, the ticket goes back
         }
         Ok(v) => complete(b, ticket, Outcome::Success).map(|()| v),
         Err(e) => Err(finish_error(b, ticket, e)),
@@ -438,6 +416,12 @@ impl BreakerFunction {
         }
     }
 
+    /// Whether calls return an awaitable (it guards an ``async def``).
+    #[getter]
+    fn _is_async(&self) -> bool {
+        self.is_async
+    }
+
     /// The CircuitBreaker guarding this function.
     #[getter]
     fn breaker(&self, py: Python<'_>) -> Py<CircuitBreaker> {
@@ -450,7 +434,7 @@ impl BreakerFunction {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let name = self.breaker.get().inner.core.name();
+        let name = self.breaker.get().core.name();
         format!(
             "<circuit breaker '{name}' guarding {}>",
             repr(self.func.bind(py), "?")
@@ -477,19 +461,19 @@ enum Phase {
     Const,
 }
 
+/// The call a `BreakerCall` makes when it starts: `fn`, its argument tuple and keyword dict.
+type Pending = (Py<PyAny>, Py<PyTuple>, Option<Py<PyDict>>);
+
 /// One guarded asynchronous call (from ``acall`` or an ``async def`` decorated with a breaker).
 ///
 /// Await it once: the breaker admits the call when it starts, and records how it ends.
 #[pyclass(module = "ferrolab.breaker", name = "BreakerCall")]
 pub struct BreakerCall {
     breaker: Option<Py<CircuitBreaker>>,
-    func: Option<Py<PyAny>>,
-    args: Option<Py<PyTuple>>,
-    kwargs: Option<Py<PyDict>>,
-    /// What is being awaited (the coroutine), once started.
-    iter: Option<Py<PyAny>>,
-    /// The result of a completed awaitable (Value, Const).
-    value: Option<Py<PyAny>>,
+    /// New: the call to make.
+    call: Option<Pending>,
+    /// Running, Fallback: what is being awaited; Value, Const: the result.
+    obj: Option<Py<PyAny>>,
     ticket: Option<Ticket>,
     phase: Phase,
 }
@@ -499,23 +483,6 @@ fn cleared() -> PyErr {
 }
 
 impl BreakerCall {
-    fn with(
-        b: Option<&Bound<'_, CircuitBreaker>>,
-        func: Option<&Bound<'_, PyAny>>,
-        phase: Phase,
-    ) -> Self {
-        BreakerCall {
-            breaker: b.map(|b| b.clone().unbind()),
-            func: func.map(|f| f.clone().unbind()),
-            args: None,
-            kwargs: None,
-            iter: None,
-            value: None,
-            ticket: None,
-            phase,
-        }
-    }
-
     /// A not-yet-started guarded call of `func(*args, **kwargs)`.
     fn new_call<'py>(
         b: &Bound<'py, CircuitBreaker>,
@@ -523,22 +490,41 @@ impl BreakerCall {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut call = BreakerCall::with(Some(b), Some(func), Phase::New);
-        (call.args, call.kwargs) = (Some(args.clone().unbind()), kwargs.map(Bound::unbind));
-        Ok(Bound::new(b.py(), call)?.into_any())
+        let call = (
+            func.clone().unbind(),
+            args.clone().unbind(),
+            kwargs.map(Bound::unbind),
+        );
+        let c = BreakerCall {
+            breaker: Some(b.clone().unbind()),
+            call: Some(call),
+            obj: None,
+            ticket: None,
+            phase: Phase::New,
+        };
+        Ok(Bound::new(b.py(), c)?.into_any())
     }
 
     /// An awaitable that completes with `value` every time.
-    fn constant(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<BreakerCall>> {
-        let mut call = BreakerCall::with(None, None, Phase::Const);
-        call.value = Some(value.clone().unbind());
-        Py::new(py, call)
+    fn constant(value: &Bound<'_, PyAny>) -> PyResult<Py<BreakerCall>> {
+        let obj = Some(value.clone().unbind());
+        let (breaker, call, ticket, phase) = (None, None, None, Phase::Const);
+        Py::new(
+            value.py(),
+            BreakerCall {
+                breaker,
+                call,
+                obj,
+                ticket,
+                phase,
+            },
+        )
     }
 
     /// Gives the permit back (cancelled), if one is held.
     fn cancel(&mut self) {
         if let (Some(t), Some(b)) = (self.ticket.take(), &self.breaker) {
-            b.get().inner.core.complete(t, Outcome::Cancelled, None);
+            b.get().core.complete(t, Outcome::Cancelled, None);
         }
     }
 
@@ -546,41 +532,35 @@ impl BreakerCall {
     /// (the fallback's plain result) or an error (Done).
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
         self.phase = Phase::Done;
-        let (Some(b), Some(func)) = (&self.breaker, &self.func) else {
+        let (Some(b), Some((func, args, kwargs))) = (&self.breaker, self.call.take()) else {
             return Err(cleared());
         };
-        let (b, func) = (b.bind(py), func.bind(py));
-        let args = self
-            .args
-            .as_ref()
-            .map_or_else(|| PyTuple::empty(py), |a| a.bind(py).clone());
-        let kwargs = self.kwargs.as_ref().map(|k| k.bind(py));
-        let t = match admit(b)? {
-            Admission::Admitted(t) => t,
+        let (b, func, args) = (b.bind(py), func.into_bound(py), args.into_bound(py));
+        let kwargs = kwargs.map(|k| k.into_bound(py));
+        let (res, phase) = match admit(b)? {
             Admission::Rejected(r) => {
-                let fb = inner(b)
+                let fb = b
+                    .get()
                     .fallback(py)
-                    .ok_or_else(|| inner(b).open_error(py, r))?;
-                let res = fb.call(&args, kwargs)?;
-                if is_awaitable(&res) {
-                    self.iter = Some(await_iter(&res)?.unbind());
-                    self.phase = Phase::Fallback;
-                } else {
-                    self.value = Some(res.unbind());
-                    self.phase = Phase::Value;
+                    .ok_or_else(|| b.get().open_error(py, r))?;
+                let res = fb.call(&args, kwargs.as_ref())?;
+                if !is_awaitable(&res) {
+                    (self.obj, self.phase) = (Some(res.unbind()), Phase::Value);
+                    return Ok(());
                 }
-                return Ok(());
+                (await_iter(&res)?, Phase::Fallback)
+            }
+            Admission::Admitted(t) => {
+                let permit = core::Permit::new(&*b.get().core, t); // back if the call or `__await__` fails
+                let it = match func.call(&args, kwargs.as_ref()) {
+                    Ok(r) => await_iter(&r)?,
+                    Err(e) => return Err(finish_error(b, permit.into_ticket(), e)),
+                };
+                self.ticket = Some(permit.into_ticket());
+                (it, Phase::Running)
             }
         };
-        let permit = core::Permit::new(&*inner(b).core, t); // given back if the call or `__await__` fails
-        let res = func.call(&args, kwargs);
-        let it = match res {
-            Ok(r) => await_iter(&r)?,
-            Err(e) => return Err(finish_error(b, permit.into_ticket(), e)),
-        };
-        self.iter = Some(it.unbind());
-        self.ticket = Some(permit.into_ticket());
-        self.phase = Phase::Running;
+        (self.obj, self.phase) = (Some(res.unbind()), phase);
         Ok(())
     }
 
@@ -591,10 +571,7 @@ impl BreakerCall {
         }
         if self.phase != Phase::Const {
             self.phase = Phase::Done;
-            release(py, self.iter.take());
-            release(py, self.func.take());
-            release(py, self.args.take());
-            release(py, self.kwargs.take());
+            release(py, self.obj.take());
         }
         let (Some(t), Some(b)) = (self.ticket.take(), &self.breaker) else {
             return res;
@@ -606,44 +583,40 @@ impl BreakerCall {
         }
     }
 
-    /// Sends `arg` into the running awaitable and accounts for its end.
-    fn drive<'py>(&mut self, py: Python<'py>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-        let res = ffi::send(self.iter.as_ref().ok_or_else(cleared)?.bind(py), arg);
-        self.report(py, res)
-    }
-
     /// The value of a completed awaitable (taken unless it is a constant).
     fn value<'py>(&mut self, py: Python<'py>) -> Sent<'py> {
         let v = if self.phase == Phase::Const {
-            self.value.as_ref().map(|v| v.clone_ref(py))
+            self.obj.as_ref().map(|v| v.clone_ref(py))
         } else {
             self.phase = Phase::Done;
-            self.value.take()
+            self.obj.take()
         };
         Sent::Returned(v.map_or_else(|| py.None().into_bound(py), |v| v.into_bound(py)))
     }
 
+    /// One step of the awaited call: `arg` sent into it (`None`: `__next__`), then how it ended, if it did.
     fn step<'py>(
         &mut self,
         py: Python<'py>,
         arg: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Sent<'py>> {
-        let none = py.None().into_bound(py);
         match self.phase {
-            Phase::New => {
-                if arg.is_some_and(|a| !a.is_none()) {
-                    self.phase = Phase::Done;
-                    return Err(errors::type_error(
-                        "can't send non-None value to a just-started circuit breaker call",
-                    ));
-                }
-                self.start(py)?;
-                if self.phase == Phase::Value {
-                    return Ok(self.value(py));
-                }
-                self.drive(py, &none)
+            Phase::New if arg.is_some_and(|a| !a.is_none()) => {
+                self.phase = Phase::Done;
+                Err(errors::type_error(
+                    "can't send non-None value to a just-started circuit breaker call",
+                ))
             }
-            Phase::Running | Phase::Fallback => self.drive(py, arg.unwrap_or(&none)),
+            Phase::New => {
+                self.start(py)?;
+                self.step(py, None)
+            }
+            Phase::Running | Phase::Fallback => {
+                let none = py.None().into_bound(py);
+                let it = self.obj.as_ref().ok_or_else(cleared)?.bind(py);
+                let res = ffi::send(it, arg.unwrap_or(&none));
+                self.report(py, res)
+            }
             Phase::Value | Phase::Const => Ok(self.value(py)),
             Phase::Done => Err(errors::runtime_error(
                 "cannot reuse an already awaited circuit breaker call",
@@ -657,7 +630,7 @@ impl BreakerCall {
         py: Python<'py>,
         name: &Bound<'py, PyString>,
     ) -> Option<Bound<'py, PyAny>> {
-        match (self.phase, &self.iter) {
+        match (self.phase, &self.obj) {
             (Phase::Running | Phase::Fallback, Some(it)) => it.bind(py).getattr(name).ok(),
             _ => None,
         }
@@ -760,8 +733,7 @@ impl BreakerCall {
             }
         }
         self.phase = Phase::Done;
-        self.iter = None;
-        self.value = None;
+        self.obj = None;
         self.cancel();
         Ok(())
     }
@@ -771,35 +743,33 @@ impl BreakerCall {
             None => "<ferrolab.breaker.BreakerCall (completed)>".to_string(),
             Some(b) => format!(
                 "<ferrolab.breaker.BreakerCall of circuit breaker '{}'>",
-                b.get().inner.core.name()
+                b.get().core.name()
             ),
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.breaker)?;
-        for o in [&self.func, &self.iter, &self.value] {
-            visit.call(o)?;
+        visit.call(&self.obj)?;
+        if let Some((func, args, kwargs)) = &self.call {
+            visit.call(func)?;
+            visit.call(args)?;
+            visit.call(kwargs)?;
         }
-        visit.call(&self.args)?;
-        visit.call(&self.kwargs)
+        Ok(())
     }
 
     fn __clear__(&mut self) {
         self.cancel(); // while the breaker is still there
-        (self.breaker, self.func, self.args, self.kwargs) = (None, None, None, None);
-        (self.iter, self.value) = (None, None);
+        (self.breaker, self.call, self.obj) = (None, None, None);
     }
 }
 
 impl Drop for BreakerCall {
     fn drop(&mut self) {
-        if let (Phase::New, Some(func)) = (self.phase, self.func.take()) {
+        if let (Phase::New, Some((func, ..))) = (self.phase, self.call.take()) {
             // warns like a coroutine that was never awaited (nothing ran, nothing was admitted)
-            let name = self
-                .breaker
-                .as_ref()
-                .map_or("", |b| b.get().inner.core.name());
+            let name = self.breaker.as_ref().map_or("", |b| b.get().core.name());
             Python::attach(|py| {
                 let pending = PyErr::take(py);
                 let func = func.into_bound(py);
@@ -1024,18 +994,18 @@ fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
 }
 
 fn var_get<'py>(b: &Bound<'py, CircuitBreaker>) -> PyResult<Bound<'py, PyAny>> {
-    inner(b).var_get.bind(b.py()).call1((b.py().None(),))
+    b.get().var_get.bind(b.py()).call1((b.py().None(),))
 }
 
 fn enter(b: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
     let t = match admit(b)? {
         Admission::Admitted(t) => t,
-        Admission::Rejected(r) => return Err(inner(b).open_error(b.py(), r)),
+        Admission::Rejected(r) => return Err(b.get().open_error(b.py(), r)),
     };
-    let permit = Mutex::new(Some(Held::new(inner(b).core.clone(), t)));
+    let permit = Mutex::new(Some(Held::new(b.get().core.clone(), t)));
     let prev = Mutex::new(live_entry(var_get(b)?).map(Bound::unbind));
     let entry = Bound::new(b.py(), Entry { permit, prev })?;
-    inner(b).var_set.bind(b.py()).call1((entry,))?;
+    b.get().var_set.bind(b.py()).call1((entry,))?;
     Ok(())
 }
 
@@ -1056,7 +1026,7 @@ fn exit(
         }
         return Err(errors::runtime_error(format!(
             "circuit breaker '{}': __exit__ without a matching __enter__ in this thread or context",
-            inner(b).core.name()
+            b.get().core.name()
         )));
     };
     let exc_type = exc_type.map(|t| {
@@ -1225,7 +1195,22 @@ fn breakers(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// (2, 'closed')
 #[pyclass(frozen, weakref, module = "ferrolab.breaker", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
-    inner: Inner,
+    core: Arc<Breaker>,
+    name: Py<PyString>,
+    /// The messages of a rejection while open, half-open and forced open.
+    msgs: [Py<PyString>; 3],
+    /// Exception classes recorded as failures (a tuple) and whether it is exactly `(Exception,)`.
+    record: Py<PyTuple>,
+    record_all: bool,
+    ignore: Option<Py<PyTuple>>,
+    has_clock: bool,
+    has_fallback: bool,
+    /// The Python objects the garbage collector may have to clear (they can refer back to the breaker).
+    refs: Mutex<Refs>,
+    /// `contextvars.ContextVar` of the `with` entries, its bound `get` and `set`.
+    var: Py<PyAny>,
+    var_get: Py<PyAny>,
+    var_set: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1282,7 +1267,7 @@ impl CircuitBreaker {
             .call1((format!("ferrolab.breaker.{name_s}"),))?;
         let msgs = [State::Open, State::HalfOpen, State::ForcedOpen]
             .map(|s| PyString::new(py, &core::rejection_message(name_s, s)).unbind());
-        let inner = Inner {
+        Ok(CircuitBreaker {
             core,
             name: name.clone().unbind(),
             msgs,
@@ -1299,8 +1284,7 @@ impl CircuitBreaker {
             var_get: var.getattr("get")?.unbind(),
             var_set: var.getattr("set")?.unbind(),
             var: var.unbind(),
-        };
-        Ok(CircuitBreaker { inner })
+        })
     }
 
     /// Lists the breaker in ``fl.breakers()`` and the metrics (the object exists only now).
@@ -1310,7 +1294,7 @@ impl CircuitBreaker {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let core = &inner(slf).core;
+        let core = &slf.get().core;
         core.attach(PyWeakrefReference::new(slf)?.unbind());
         core::register(core);
         Ok(())
@@ -1325,72 +1309,35 @@ impl CircuitBreaker {
         slf: &Bound<'py, Self>,
         func: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        static INSPECT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static UPDATE_WRAPPER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static GUARD_GENERATOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let py = slf.py();
+        static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         if !func.is_callable() {
             return Err(errors::type_error(format!(
                 "CircuitBreaker '{}': the decorated object must be callable, got {}",
-                inner(slf).core.name(),
+                slf.get().core.name(),
                 type_name(func)
             )));
         }
-        let inspect = INSPECT
-            .get_or_try_init(py, || {
-                Ok::<_, PyErr>(py.import("inspect")?.into_any().unbind())
-            })?
-            .bind(py);
-        let is = |what: &Bound<'py, PyString>| -> PyResult<bool> {
-            inspect.call_method1(what, (func,))?.is_truthy()
-        };
-        if is(intern!(py, "isgeneratorfunction"))? || is(intern!(py, "isasyncgenfunction"))? {
-            let guard = cached(
-                py,
-                &GUARD_GENERATOR,
-                "ferrolab.breaker",
-                "_guard_generator_function",
-            )?;
-            return guard.call1((slf, func));
+        cached(slf.py(), &DECORATE, "ferrolab.breaker", "_decorate")?.call1((slf, func))
+    }
+
+    /// The ``BreakerFunction`` of ``func`` (``ferrolab.breaker._decorate`` makes it look like ``func``).
+    fn _function(
+        slf: &Bound<'_, Self>,
+        func: &Bound<'_, PyAny>,
+        is_async: bool,
+    ) -> BreakerFunction {
+        let (breaker, func) = (slf.clone().unbind(), func.clone().unbind());
+        BreakerFunction {
+            breaker,
+            func,
+            is_async,
         }
-        // a breaker stacked on another one that guards an async def counts as async too
-        let is_async = is(intern!(py, "iscoroutinefunction"))?
-            || func
-                .cast::<BreakerFunction>()
-                .is_ok_and(|f| f.get().is_async);
-        let wrapper = Bound::new(
-            py,
-            BreakerFunction {
-                breaker: slf.clone().unbind(),
-                func: func.clone().unbind(),
-                is_async,
-            },
-        )?
-        .into_any();
-        cached(py, &UPDATE_WRAPPER, "functools", "update_wrapper")?.call1((&wrapper, func))?;
-        if is_async {
-            if let Ok(mark) = inspect.getattr("markcoroutinefunction") {
-                mark.call1((&wrapper,))?; // Python 3.12+
-            } else {
-                // Python 3.11: inspect.iscoroutinefunction() accepts a "function-like" object (a __code__ and a
-                // __name__, as Cython functions have): the wrapped function's code says "coroutine"; the marker
-                // is what asyncio.iscoroutinefunction() looks for
-                for attr in ["__code__", "__defaults__", "__kwdefaults__"] {
-                    if let Ok(v) = func.getattr(attr) {
-                        wrapper.setattr(attr, v)?;
-                    }
-                }
-                let m = py.import("asyncio.coroutines")?.getattr("_is_coroutine")?;
-                wrapper.setattr("_is_coroutine", m)?;
-            }
-        }
-        Ok(wrapper)
     }
 
     /// The breaker's name.
     #[getter]
     fn name<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        self.inner.name.bind(py).clone()
+        self.name.bind(py).clone()
     }
 
     /// ``"closed"``, ``"open"``, ``"half_open"``, ``"forced_open"`` or ``"disabled"``.
@@ -1399,23 +1346,23 @@ impl CircuitBreaker {
     /// a trial.
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        state_str(py, self.inner.core.state())
+        state_str(py, self.core.state())
     }
 
     /// The exception that last counted as a failure, or None.
     #[getter]
     fn last_failure<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.inner.get(py, |r| &r.last_failure)
+        self.get(py, |r| &r.last_failure)
     }
 
     /// Admits one call reported by hand (the generator wrappers of ``ferrolab.breaker``): a ``_Permit``, or
     /// CircuitOpenError when rejected without a fallback.
     fn _admit(slf: &Bound<'_, Self>) -> PyResult<Permit> {
         let (permit, fallback) = match admit(slf)? {
-            Admission::Admitted(t) => (Some(Held::new(inner(slf).core.clone(), t)), None),
-            Admission::Rejected(r) => match inner(slf).fallback(slf.py()) {
+            Admission::Admitted(t) => (Some(Held::new(slf.get().core.clone(), t)), None),
+            Admission::Rejected(r) => match slf.get().fallback(slf.py()) {
                 Some(fb) => (None, Some(fb.unbind())),
-                None => return Err(inner(slf).open_error(slf.py(), r)),
+                None => return Err(slf.get().open_error(slf.py(), r)),
             },
         };
         let (breaker, permit) = (slf.clone().unbind(), Mutex::new(permit));
@@ -1447,11 +1394,11 @@ impl CircuitBreaker {
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<BreakerCall>> {
         let py = slf.py();
         enter(slf)?;
-        if let Some(a) = inner(slf).get(py, |r| &r.aenter) {
+        if let Some(a) = slf.get().get(py, |r| &r.aenter) {
             return Ok(a.cast_into::<BreakerCall>()?.unbind());
         }
-        let a = BreakerCall::constant(py, slf.as_any())?;
-        let old = lock(&inner(slf).refs)
+        let a = BreakerCall::constant(slf.as_any())?;
+        let old = lock(&slf.get().refs)
             .aenter
             .replace(a.clone_ref(py).into_any());
         release(py, old);
@@ -1469,24 +1416,24 @@ impl CircuitBreaker {
         let py = slf.py();
         exit(slf, exc_type, exc)?;
         let f = AWAIT_FALSE.get_or_try_init(py, || {
-            BreakerCall::constant(py, PyBool::new(py, false).as_any())
+            BreakerCall::constant(PyBool::new(py, false).as_any())
         })?;
         Ok(f.clone_ref(py))
     }
 
     /// Opens the breaker until ``reset()``: every call is rejected (``retry_after`` is None).
     fn force_open(slf: &Bound<'_, Self>) {
-        fire(slf, inner(slf).core.force_open());
+        fire(slf, slf.get().core.force_open());
     }
 
     /// Lets every call through, recording nothing, until ``reset()``.
     fn disable(slf: &Bound<'_, Self>) {
-        fire(slf, inner(slf).core.disable());
+        fire(slf, slf.get().core.disable());
     }
 
     /// Closes the breaker and forgets its failures (from any state).
     fn reset(slf: &Bound<'_, Self>) {
-        fire(slf, inner(slf).core.reset());
+        fire(slf, slf.get().core.reset());
     }
 
     /// Counts and rates.
@@ -1498,9 +1445,9 @@ impl CircuitBreaker {
     /// ``half_open_calls`` and ``half_open_successes`` (trial permits taken and successful trials, while
     /// half-open); ``transitions`` (``{"closed->open": n, ...}``).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.inner.core.stats(self.inner.now(py)?);
+        let s = self.core.stats(self.now(py)?);
         let d = PyDict::new(py);
-        d.set_item("name", self.inner.name.bind(py))?;
+        d.set_item("name", self.name.bind(py))?;
         for (k, v) in s.items() {
             match v {
                 StatValue::Str(x) => d.set_item(k, x)?,
@@ -1521,9 +1468,7 @@ impl CircuitBreaker {
                 type_name(listener)
             )));
         }
-        lock(&self.inner.refs)
-            .listeners
-            .push(listener.clone().unbind());
+        lock(&self.refs).listeners.push(listener.clone().unbind());
         Ok(())
     }
 
@@ -1532,14 +1477,14 @@ impl CircuitBreaker {
         let py = listener.py();
         // compared with == outside the lock (a bound method is a new object at every access, and __eq__ is Python)
         let mut found = None;
-        for l in self.inner.listeners(py) {
+        for l in self.listeners(py) {
             if l.is(listener) || l.eq(listener)? {
                 found = Some(l);
                 break;
             }
         }
         let removed = found.and_then(|f| {
-            let mut r = lock(&self.inner.refs);
+            let mut r = lock(&self.refs);
             let i = r.listeners.iter().position(|l| l.as_ptr() == f.as_ptr())?;
             Some(r.listeners.remove(i))
         });
@@ -1553,7 +1498,7 @@ impl CircuitBreaker {
     }
 
     fn __repr__(&self) -> String {
-        let core = &self.inner.core;
+        let core = &self.core;
         format!(
             "<ferrolab.CircuitBreaker '{}' {}>",
             core.name(),
@@ -1562,7 +1507,7 @@ impl CircuitBreaker {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let i = &self.inner;
+        let i = self;
         for o in [&i.var, &i.var_get, &i.var_set] {
             visit.call(o)?;
         }
@@ -1581,7 +1526,7 @@ impl CircuitBreaker {
     }
 
     fn __clear__(&self) {
-        let taken = std::mem::take(&mut *lock(&self.inner.refs));
+        let taken = std::mem::take(&mut *lock(&self.refs));
         drop(taken); // outside the lock
     }
 }
