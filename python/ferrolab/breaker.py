@@ -154,6 +154,10 @@ def _decorate(breaker: CircuitBreaker, func: Callable[..., Any]) -> Callable[...
     """``@breaker`` (``CircuitBreaker.__call__`` sends every decorated callable here): a native ``BreakerFunction``
     for a function or an ``async def``, a guarded generator function for a generator or async generator function.
     ``inspect`` reports the result as the kind it wraps."""
+    if not callable(func):
+        raise TypeError(
+            f"CircuitBreaker '{breaker.name}': the decorated object must be callable, got {type(func).__name__}"
+        )
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         return _guard_generator_function(breaker, func)
     # a breaker stacked on another one that guards an async def is async too

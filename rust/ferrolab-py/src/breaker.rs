@@ -1,21 +1,17 @@
 //! Bindings of `ferrolab_core::breaker`: ``fl.CircuitBreaker``, the functions it decorates and its awaitables.
 //!
 //! The state machine, its parameters, stats and registry are the core's; this file converts and dispatches, with
-//! PyO3's own machinery and no `unsafe`. Its raw CPython calls are the safe wrappers of [`crate::ffi`]: [`ffi::send`]
-//! drives an awaited coroutine without a `StopIteration` per step, [`ffi::sole_reference`] frees a chain of `with`
-//! entries without a recursion. `CircuitOpenError` is a Python class (see `OPEN_ERROR_SRC`).
+//! no `unsafe`: its raw CPython calls are [`crate::ffi`]'s ([`ffi::send`] drives an awaited coroutine without a
+//! `StopIteration` per step, `call`/`acall` are `METH_FASTCALL` methods, [`ffi::sole_reference`] frees a chain of
+//! `with` entries without a recursion). `CircuitOpenError` is Python (`open_error.py`), and so is decoration
+//! (``ferrolab.breaker._decorate``: ``inspect`` picks a [`BreakerFunction`] or a guarded generator function).
 //!
-//! * a decorated function is a [`BreakerFunction`]: a call is admitted with one atomic load, runs the wrapped
-//!   function with the caller's argument tuple and dict, and reports its outcome. A decorated ``async def`` returns
-//!   a [`BreakerCall`] awaitable; a decorated generator (or async generator) function is a Python generator
-//!   function (``ferrolab.breaker._guard_generator_function``) holding a [`Permit`] for the whole iteration;
-//! * sync vs async is decided at decoration time (``inspect``) and at call time: a coroutine returned by a plain
-//!   callable is guarded until it has been awaited to its end;
-//! * ``with`` / ``async with`` keep the block's permit in a context variable (per thread and per asyncio task).
-//!
-//! Permits are never held across a lock; a half-open trial that is cancelled (CancelledError, GeneratorExit,
-//! KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context entry dropped) gives its permit
-//! back.
+//! A [`BreakerFunction`] call is admitted with one atomic load; an ``async def`` call is a [`BreakerCall`]
+//! awaitable, and so is a plain call that returns a coroutine (guarded until awaited to its end); a generator holds
+//! a [`Permit`] for its whole iteration; ``with`` / ``async with`` keep the block's permit in a context variable
+//! (per thread and per asyncio task). Permits are never held across a lock; a half-open trial that is cancelled
+//! (CancelledError, GeneratorExit, KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context
+//! entry dropped) gives its permit back.
 
 use crate::errors::{self, FerrolabError, IntoPyResult};
 use crate::ffi::{self, Sent};
@@ -773,15 +769,13 @@ impl Drop for BreakerCall {
             Python::attach(|py| {
                 let pending = PyErr::take(py);
                 let func = func.into_bound(py);
-                let msg = format!(
-                    "circuit breaker '{name}' call of {} was never awaited",
-                    repr(&func, "a function")
-                );
-                if let Ok(msg) = std::ffi::CString::new(msg) {
-                    let cat = py.get_type::<PyRuntimeWarning>();
-                    if let Err(e) = PyErr::warn(py, cat.as_any(), &msg, 1) {
-                        e.write_unraisable(py, Some(&func));
-                    }
+                let what = repr(&func, "a function");
+                let msg = format!("circuit breaker '{name}' call of {what} was never awaited");
+                let warned = std::ffi::CString::new(msg)
+                    .map_err(errors::system_error)
+                    .and_then(|m| PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &m, 1));
+                if let Err(e) = warned {
+                    e.write_unraisable(py, Some(&func));
                 }
                 if let Some(p) = pending {
                     p.restore(py);
@@ -1244,14 +1238,8 @@ impl CircuitBreaker {
                 "clock" => clock = callable_arg("clock", &v)?,
                 k => {
                     if !cfg.set(k, arg(&v)).py()? {
-                        let hint = if k == "name" {
-                            " (pass it by position)"
-                        } else {
-                            ""
-                        };
-                        return Err(errors::type_error(format!(
-                            "{NEW_FUNC} got an unexpected keyword argument '{k}'{hint}"
-                        )));
+                        let msg = format!("{NEW_FUNC} got an unexpected keyword argument '{k}'");
+                        return Err(errors::type_error(msg));
                     }
                 }
             }
@@ -1310,13 +1298,6 @@ impl CircuitBreaker {
         func: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        if !func.is_callable() {
-            return Err(errors::type_error(format!(
-                "CircuitBreaker '{}': the decorated object must be callable, got {}",
-                slf.get().core.name(),
-                type_name(func)
-            )));
-        }
         cached(slf.py(), &DECORATE, "ferrolab.breaker", "_decorate")?.call1((slf, func))
     }
 
@@ -1476,25 +1457,18 @@ impl CircuitBreaker {
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
         // compared with == outside the lock (a bound method is a new object at every access, and __eq__ is Python)
-        let mut found = None;
         for l in self.listeners(py) {
             if l.is(listener) || l.eq(listener)? {
-                found = Some(l);
-                break;
+                let mut r = lock(&self.refs);
+                if let Some(i) = r.listeners.iter().position(|x| x.as_ptr() == l.as_ptr()) {
+                    let removed = r.listeners.remove(i);
+                    drop(r);
+                    release(py, Some(removed));
+                    return Ok(());
+                }
             }
         }
-        let removed = found.and_then(|f| {
-            let mut r = lock(&self.refs);
-            let i = r.listeners.iter().position(|l| l.as_ptr() == f.as_ptr())?;
-            Some(r.listeners.remove(i))
-        });
-        match removed {
-            Some(l) => {
-                release(py, Some(l));
-                Ok(())
-            }
-            None => Err(errors::value_error("remove_listener(): listener not found")),
-        }
+        Err(errors::value_error("remove_listener(): listener not found"))
     }
 
     fn __repr__(&self) -> String {
