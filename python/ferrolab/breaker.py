@@ -103,8 +103,10 @@ Coroutines and ``async with`` blocks:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import sys
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
@@ -148,9 +150,37 @@ def breakers() -> dict[str, CircuitBreaker]:
     return _core.breakers()
 
 
+def _decorate(breaker: CircuitBreaker, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``@breaker`` (``CircuitBreaker.__call__`` sends every decorated callable here): a native ``BreakerFunction``
+    for a function or an ``async def``, a guarded generator function for a generator or async generator function.
+    ``inspect`` reports the result as the kind it wraps."""
+    if not callable(func):
+        raise TypeError(
+            f"CircuitBreaker '{breaker.name}': the decorated object must be callable, got {type(func).__name__}"
+        )
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        return _guard_generator_function(breaker, func)
+    # a breaker stacked on another one that guards an async def is async too
+    is_async = inspect.iscoroutinefunction(func) or (isinstance(func, BreakerFunction) and func._is_async)
+    wrapper = breaker._function(func, is_async)
+    functools.update_wrapper(wrapper, func)
+    if is_async:
+        if sys.version_info >= (3, 12):
+            inspect.markcoroutinefunction(wrapper)
+        else:
+            # inspect.iscoroutinefunction() of 3.11 accepts a "function-like" object (a __code__ and a __name__, as
+            # Cython functions have): the wrapped function's code says "coroutine"; the marker is what
+            # asyncio.iscoroutinefunction() looks for
+            for attr in ("__code__", "__defaults__", "__kwdefaults__"):
+                if hasattr(func, attr):
+                    setattr(wrapper, attr, getattr(func, attr))
+            wrapper._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    return wrapper
+
+
 def _guard_generator_function(breaker: CircuitBreaker, func: Callable[..., Any]) -> Callable[..., Any]:
     """``@breaker`` for a generator or async generator function: a function of the same kind, guarded for the whole
-    iteration (``CircuitBreaker.__call__`` sends these here)."""
+    iteration."""
     if inspect.isasyncgenfunction(func):
 
         @functools.wraps(func)

@@ -31,10 +31,11 @@ use crate::error::{CoreError, Result};
 use crate::telemetry::{metrics, seam};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
+use std::any::Any;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 // ---------------------------------------------------------------------------------------------------------------
 // States, outcomes, configuration
@@ -281,9 +282,119 @@ impl Config {
         Ok(())
     }
 
+    /// Sets the parameter `key` of `CircuitBreaker()` from `v`, checking its type and that it fits (the ranges are
+    /// [`validate`](Self::validate)'s). `Ok(false)`: `key` is none of the parameters kept here.
+    pub fn set(&mut self, key: &str, v: Arg) -> Result<bool> {
+        let Some(&arg) = PARAMS.iter().find(|p| **p == key) else {
+            return Ok(false);
+        };
+        match arg {
+            "failure_threshold" => self.failure_threshold = v.int(arg, true)?,
+            "failure_rate" => self.failure_rate = v.float(arg, true)?,
+            "window" => self.window = v.int(arg, false)?.unwrap_or(0),
+            "window_seconds" => self.window_seconds = v.float(arg, true)?,
+            "minimum_calls" => self.minimum_calls = v.int(arg, false)?.unwrap_or(0),
+            "slow_call_duration" => self.slow_call_duration = v.float(arg, true)?,
+            "slow_call_rate" => self.slow_call_rate = v.float(arg, true)?,
+            "reset_timeout" => self.reset_timeout = v.float(arg, false)?.unwrap_or(f64::NAN),
+            "max_reset_timeout" => self.max_reset_timeout = v.float(arg, true)?,
+            "half_open_max_calls" => self.half_open_max_calls = v.int(arg, false)?.unwrap_or(0),
+            "success_threshold" => self.success_threshold = v.int(arg, false)?.unwrap_or(0),
+            _ => {
+                self.metrics = match v {
+                    Arg::None => MetricsMode::Follow,
+                    Arg::Bool(true) => MetricsMode::On,
+                    Arg::Bool(false) => MetricsMode::Off,
+                    _ => return Err(v.type_err(arg, "a bool or None")),
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether a rate rule needs the sliding window.
     fn uses_window(&self) -> bool {
         self.failure_rate.is_some() || self.slow_call_rate.is_some()
+    }
+}
+
+/// The parameters [`Config::set`] takes, as `CircuitBreaker()` names them.
+pub const PARAMS: [&str; 12] = [
+    "failure_threshold",
+    "failure_rate",
+    "window",
+    "window_seconds",
+    "minimum_calls",
+    "slow_call_duration",
+    "slow_call_rate",
+    "reset_timeout",
+    "max_reset_timeout",
+    "half_open_max_calls",
+    "success_threshold",
+    "metrics",
+];
+
+/// A parameter value as a binding reads it, for [`Config::set`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    None,
+    Bool(bool),
+    /// An integer, saturated to the `i64` range.
+    Int(i64),
+    Float(f64),
+    /// Anything else, by its type's name (for the message).
+    Other(String),
+}
+
+impl Arg {
+    fn type_err(&self, arg: &'static str, expected: &str) -> CoreError {
+        let got = match self {
+            Arg::None => "NoneType",
+            Arg::Bool(_) => "bool",
+            Arg::Int(_) => "int",
+            Arg::Float(_) => "float",
+            Arg::Other(t) => t,
+        };
+        CoreError::type_err(FUNC, arg, format!("must be {expected}, got {got}"))
+    }
+
+    /// An int (not a bool) that fits a `u32`; `None` for None when `none_ok`.
+    fn int(&self, arg: &'static str, none_ok: bool) -> Result<Option<u32>> {
+        match *self {
+            Arg::None if none_ok => Ok(None),
+            Arg::Int(v) => u32::try_from(v).map(Some).map_err(|_| {
+                CoreError::value(FUNC, arg, format!("is {v}; expected a positive int"))
+            }),
+            _ => Err(self.type_err(arg, if none_ok { "an int or None" } else { "an int" })),
+        }
+    }
+
+    /// A number (int or float, not a bool); `None` for None when `none_ok`.
+    fn float(&self, arg: &'static str, none_ok: bool) -> Result<Option<f64>> {
+        match *self {
+            Arg::None if none_ok => Ok(None),
+            Arg::Int(v) => Ok(Some(v as f64)),
+            Arg::Float(v) => Ok(Some(v)),
+            _ => Err(self.type_err(
+                arg,
+                if none_ok {
+                    "a number or None"
+                } else {
+                    "a number"
+                },
+            )),
+        }
+    }
+}
+
+/// The message of a call rejected by breaker `name` in `state` (open, half-open or forced open).
+pub fn rejection_message(name: &str, state: State) -> String {
+    match state {
+        State::Open => format!("circuit breaker '{name}' is open"),
+        State::HalfOpen => {
+            format!("circuit breaker '{name}' is half-open and its trial calls are in flight")
+        }
+        _ => format!("circuit breaker '{name}' is forced open"),
     }
 }
 
@@ -649,6 +760,52 @@ pub struct Stats {
     pub transitions: [[u64; 5]; 5],
 }
 
+/// One value of [`Stats::items`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatValue {
+    Str(&'static str),
+    Int(u64),
+    Float(f64),
+    None,
+}
+
+impl Stats {
+    /// The stats as `fl.CircuitBreaker.stats()` lists them (after `name`, before `transitions`), in its order.
+    pub fn items(&self) -> Vec<(&'static str, StatValue)> {
+        use StatValue::{Float, Int, Str};
+        let int = |v: Option<u64>| v.map_or(StatValue::None, Int);
+        let float = |v: Option<f64>| v.map_or(StatValue::None, Float);
+        let w = self.window;
+        let mut v = vec![("state", Str(self.state.name()))];
+        v.extend(OUTCOMES.iter().zip(self.counts).map(|(o, n)| (*o, Int(n))));
+        v.extend([
+            ("consecutive_failures", Int(self.consecutive_failures)),
+            ("window_calls", int(w.map(|w| w.calls))),
+            ("window_failures", int(w.map(|w| w.failures))),
+            ("window_slow", int(w.map(|w| w.slow))),
+            ("failure_rate", float(self.failure_rate)),
+            ("slow_call_rate", float(self.slow_call_rate)),
+            ("open_count", Int(self.open_count.into())),
+            ("retry_after", float(self.retry_after)),
+            ("half_open_calls", Int(self.half_open_calls.into())),
+            ("half_open_successes", Int(self.half_open_successes.into())),
+        ]);
+        v
+    }
+
+    /// The transitions that happened, as `("closed->open", n)`, in state order.
+    pub fn transition_counts(&self) -> Vec<(String, u64)> {
+        State::ALL
+            .iter()
+            .flat_map(|&from| State::ALL.iter().map(move |&to| (from, to)))
+            .filter_map(|(from, to)| {
+                let n = self.transitions[from as usize][to as usize];
+                (n > 0).then(|| (format!("{}->{}", from.name(), to.name()), n))
+            })
+            .collect()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The breaker
 
@@ -669,6 +826,8 @@ pub struct Breaker {
     counts: [AtomicU64; 5],
     transitions: [[AtomicU64; 5]; 5],
     rng: AtomicU64,
+    /// An opaque value of the embedding (see [`Breaker::attach`]).
+    handle: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -717,7 +876,19 @@ impl Breaker {
             counts: ROW,
             transitions: [ROW; 5],
             rng: AtomicU64::new(seed),
+            handle: OnceLock::new(),
         })
+    }
+
+    /// Attaches `h`, an opaque value of the embedding (the Python bindings attach a weak reference to their
+    /// object, so that [`registered`] lists the Python objects too); `false` if a value is attached already.
+    pub fn attach<T: Any + Send + Sync>(&self, h: T) -> bool {
+        self.handle.set(Box::new(h)).is_ok()
+    }
+
+    /// The value attached with [`attach`](Self::attach), if it is a `T`.
+    pub fn attached<T: Any>(&self) -> Option<&T> {
+        self.handle.get()?.downcast_ref()
     }
 
     /// The breaker's name.
@@ -1157,6 +1328,13 @@ impl<B: Deref<Target = Breaker>> Permit<B> {
         let t = self.ticket.take()?;
         self.breaker.complete(t, outcome, now)
     }
+
+    /// The ticket, to be completed by the caller (the permit no longer gives it back).
+    pub fn into_ticket(mut self) -> Ticket {
+        self.ticket
+            .take()
+            .expect("a permit holds its ticket until consumed")
+    }
 }
 
 impl<B: Deref<Target = Breaker>> Drop for Permit<B> {
@@ -1349,6 +1527,85 @@ impl Collector for BreakerCollector {
 mod tests {
     use super::*;
     use State::*;
+
+    #[test]
+    fn set_checks_types_and_fit() {
+        let mut c = Config::default();
+        assert!(c.set("failure_threshold", Arg::None).unwrap());
+        assert_eq!(c.failure_threshold, None);
+        assert!(c.set("window", Arg::Int(7)).unwrap());
+        assert_eq!(c.window, 7);
+        assert!(c.set("reset_timeout", Arg::Int(2)).unwrap());
+        assert_eq!(c.reset_timeout, 2.0);
+        assert!(c.set("failure_rate", Arg::Float(0.5)).unwrap());
+        assert!(c.set("metrics", Arg::Bool(false)).unwrap());
+        assert_eq!(c.metrics, MetricsMode::Off);
+        assert!(!c.set("record", Arg::None).unwrap());
+        let msg = |k, v| c.clone().set(k, v).unwrap_err().to_string();
+        assert_eq!(
+            msg("window", Arg::None),
+            "CircuitBreaker(): argument 'window' must be an int, got NoneType"
+        );
+        assert_eq!(
+            msg("failure_threshold", Arg::Bool(true)),
+            "CircuitBreaker(): argument 'failure_threshold' must be an int or None, got bool"
+        );
+        assert_eq!(
+            msg("failure_rate", Arg::Other("str".into())),
+            "CircuitBreaker(): argument 'failure_rate' must be a number or None, got str"
+        );
+        assert_eq!(
+            msg("window", Arg::Int(-1)),
+            "CircuitBreaker(): argument 'window' is -1; expected a positive int"
+        );
+        assert_eq!(
+            msg("metrics", Arg::Int(1)),
+            "CircuitBreaker(): argument 'metrics' must be a bool or None, got int"
+        );
+        assert!(matches!(
+            c.clone().set("window", Arg::Float(1.0)),
+            Err(CoreError::Type { .. })
+        ));
+        assert!(matches!(
+            c.clone().set("window", Arg::Int(1 << 40)),
+            Err(CoreError::Value { .. })
+        ));
+    }
+
+    #[test]
+    fn stats_items_and_transitions() {
+        let br = b(Config {
+            failure_threshold: Some(1),
+            ..cfg()
+        });
+        call(&br, 0.0, 0.0, F);
+        let s = br.stats(Some(0.0));
+        let items = s.items();
+        assert_eq!(items[0], ("state", StatValue::Str("open")));
+        assert_eq!(items[2], ("failure", StatValue::Int(1)));
+        assert!(items.contains(&("window_calls", StatValue::None)));
+        assert!(items.contains(&("retry_after", StatValue::Float(30.0))));
+        assert_eq!(items.len(), 16);
+        assert_eq!(s.transition_counts(), vec![("closed->open".to_string(), 1)]);
+        assert_eq!(rejection_message("x", Open), "circuit breaker 'x' is open");
+    }
+
+    #[test]
+    fn attached_values_and_permit_tickets() {
+        let br = Arc::new(b(cfg()));
+        assert!(br.attached::<u8>().is_none());
+        assert!(br.attach(7u8));
+        assert!(!br.attach(8u8));
+        assert_eq!(br.attached::<u8>(), Some(&7));
+        assert!(br.attached::<u16>().is_none());
+        let (Admission::Admitted(t), _) = br.acquire(Some(0.0)) else {
+            panic!("closed breaker rejected")
+        };
+        let t2 = Permit::new(&*br, t).into_ticket();
+        assert_eq!(format!("{t:?}"), format!("{t2:?}")); // (its start time is NaN)
+        br.complete(t2, S, Some(0.0));
+        assert_eq!(br.stats(None).counts[0], 1);
+    }
 
     fn cfg() -> Config {
         Config {

@@ -1,29 +1,22 @@
 //! Bindings of `ferrolab_core::breaker`: ``fl.CircuitBreaker``, the functions it decorates and its awaitables.
 //!
-//! Everything here is PyO3's own machinery (`#[pyclass]`, `#[pymethods]`, PyO3 signatures) and no `unsafe`: the
-//! raw CPython calls it needs are the safe wrappers of [`crate::ffi`], `PyIter_Send` ([`ffi::send`]), which drives
-//! an awaited coroutine without raising and catching a `StopIteration` per step (see its docs for the benchmark
-//! that keeps it), and [`ffi::sole_reference`], which frees a chain of `with` entries without a recursion. Errors
-//! are built by [`crate::errors`]; `CircuitOpenError` is a Python class (see `OPEN_ERROR_SRC`) raised as an
-//! instance of it.
+//! The state machine, its parameters, stats and registry are the core's; this file converts and dispatches, with
+//! no `unsafe`: its raw CPython calls are [`crate::ffi`]'s ([`ffi::send`] drives an awaited coroutine without a
+//! `StopIteration` per step, `call`/`acall` are `METH_FASTCALL` methods, [`ffi::sole_reference`] frees a chain of
+//! `with` entries without a recursion). `CircuitOpenError` is Python (`open_error.py`), and so is decoration
+//! (``ferrolab.breaker._decorate``: ``inspect`` picks a [`BreakerFunction`] or a guarded generator function).
 //!
-//! * a decorated function is a [`BreakerFunction`]: calling it admits the call with one atomic load, calls the
-//!   wrapped function with the caller's argument tuple and dict, and reports the outcome. A decorated ``async def``
-//!   returns a [`BreakerCall`] awaitable; a decorated generator or async generator function is a real Python
-//!   generator function (``ferrolab.breaker._guard_generator_function``) that holds a [`Permit`] for the whole
-//!   iteration;
-//! * sync vs async is decided at decoration time from what the wrapped callable is (``inspect``), and at call time
-//!   by what a call returns: a coroutine returned by a plain callable is guarded until it is awaited to its end;
-//! * ``with breaker:`` and ``async with breaker:`` keep the block's permit in a context variable (per thread and
-//!   per asyncio task), so the same breaker can guard many blocks at once.
-//!
-//! Permits are never held across a lock; a half-open trial that is cancelled (CancelledError, GeneratorExit,
-//! KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context entry dropped) gives its permit
-//! back.
+//! A [`BreakerFunction`] call is admitted with one atomic load; an ``async def`` call is a [`BreakerCall`]
+//! awaitable, and so is a plain call that returns a coroutine (guarded until awaited to its end); a generator holds
+//! a [`Permit`] for its whole iteration; ``with`` / ``async with`` keep the block's permit in a context variable
+//! (per thread and per asyncio task). Permits are never held across a lock; a half-open trial that is cancelled
+//! (CancelledError, GeneratorExit, KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context
+//! entry dropped) gives its permit back.
 
 use crate::errors::{self, FerrolabError, IntoPyResult};
+use crate::ffi::{self, Sent};
 use ferrolab_core::breaker::{
-    self as core, Admission, Breaker, Config, MetricsMode, Outcome, Rejection, State, Ticket,
+    self as core, Admission, Arg, Breaker, Config, Outcome, Rejection, StatValue, State, Ticket,
     Transition,
 };
 use pyo3::exceptions::{
@@ -31,12 +24,72 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType, PyWeakrefReference};
+use pyo3::types::{
+    IntoPyDict, PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType,
+    PyWeakrefReference,
+};
 use pyo3::{intern, PyTraverseError, PyVisit};
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ffi::{self, Sent};
+/// A core permit that gives its ticket back (cancelled) when dropped unreported.
+type Held = core::Permit<Arc<Breaker>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The value of a `Mutex<Option<_>>`, taken (a permit reported once).
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    lock(m).take()
+}
+
+fn type_name(o: &Bound<'_, PyAny>) -> String {
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn repr(o: &Bound<'_, PyAny>, or: &str) -> String {
+    o.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| or.into())
+}
+
+/// Drops `o` as a `Bound` (a plain decref: dropping a `Py` first checks the thread's attachment).
+fn release(py: Python<'_>, o: Option<Py<impl Sized>>) {
+    drop(o.map(|o| o.into_bound(py)));
+}
+
+static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static CORO_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static AWAIT_FALSE: PyOnceLock<Py<BreakerCall>> = PyOnceLock::new();
+
+/// `module.attr`, imported once into `cell`.
+fn cached<'py>(
+    py: Python<'py>,
+    cell: &'py PyOnceLock<Py<PyAny>>,
+    module: &str,
+    attr: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import(module)?.getattr(attr)?.unbind())
+    })
+    .map(|o| o.bind(py))
+}
+
+/// Whether `o` is exactly a native coroutine (one pointer comparison on the hot path).
+#[inline]
+fn is_coroutine(o: &Bound<'_, PyAny>) -> bool {
+    let py = o.py();
+    CORO_TYPE
+        .get_or_try_init(py, || {
+            let t = py.import("types")?.getattr("CoroutineType")?;
+            Ok::<_, PyErr>(t.cast_into::<PyType>()?.unbind())
+        })
+        .is_ok_and(|t| o.get_type().is(t.bind(py)))
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // The shared state of one breaker
@@ -51,68 +104,7 @@ struct Refs {
     aenter: Option<Py<PyAny>>,
 }
 
-/// Everything a breaker's Python objects share (the `CircuitBreaker`, its decorated functions, its awaitables).
-pub struct Inner {
-    core: Arc<Breaker>,
-    name: Py<PyString>,
-    /// The messages of a rejection while open, half-open and forced open.
-    msgs: [Py<PyString>; 3],
-    /// Exception classes recorded as failures (a tuple) and whether it is exactly `(Exception,)`.
-    record: Py<PyTuple>,
-    record_all: bool,
-    ignore: Option<Py<PyTuple>>,
-    has_clock: bool,
-    has_fallback: bool,
-    /// The Python objects the garbage collector may have to clear (they can refer back to the breaker).
-    refs: Mutex<Refs>,
-    /// `contextvars.ContextVar` of the `with` entries, its bound `get` and `set`.
-    var: Py<PyAny>,
-    var_get: Py<PyAny>,
-    var_set: Py<PyAny>,
-}
-
-fn state_str(py: Python<'_>, s: State) -> Bound<'_, PyString> {
-    match s {
-        State::Closed => intern!(py, "closed").clone(),
-        State::Open => intern!(py, "open").clone(),
-        State::HalfOpen => intern!(py, "half_open").clone(),
-        State::ForcedOpen => intern!(py, "forced_open").clone(),
-        State::Disabled => intern!(py, "disabled").clone(),
-    }
-}
-
-static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static CORO_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static INSPECT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static UPDATE_WRAPPER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static GUARD_GENERATOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static AWAIT_FALSE: PyOnceLock<Py<BreakerCall>> = PyOnceLock::new();
-
-fn coro_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    CORO_TYPE
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("types")?
-                    .getattr("CoroutineType")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })
-        .map(|t| t.bind(py))
-}
-
-/// Whether `o` is exactly a native coroutine (one pointer comparison on the hot path).
-#[inline]
-fn is_coroutine(o: &Bound<'_, PyAny>) -> bool {
-    coro_type(o.py()).is_ok_and(|t| o.get_type().is(t))
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Refs> {
-        self.refs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+impl CircuitBreaker {
     /// The injected clock's time (`None`: the core reads its native clock).
     #[inline]
     fn now(&self, py: Python<'_>) -> PyResult<Option<f64>> {
@@ -124,241 +116,180 @@ impl Inner {
 
     #[cold]
     fn read_clock(&self, py: Python<'_>) -> PyResult<f64> {
-        let clock = self.lock().clock.as_ref().map(|c| c.bind(py).clone());
-        let Some(clock) = clock else {
-            // cleared by the garbage collector: the breaker is unreachable anyway
-            return Ok(core::monotonic());
+        let Some(clock) = lock(&self.refs).clock.as_ref().map(|c| c.bind(py).clone()) else {
+            return Ok(core::monotonic()); // cleared by the collector: the breaker is unreachable anyway
         };
         let t = clock.call0()?.extract::<f64>()?;
-        if t.is_finite() {
-            Ok(t)
-        } else {
-            Err(errors::value_error(format!(
+        if !t.is_finite() {
+            return Err(errors::value_error(format!(
                 "CircuitBreaker '{}': clock() returned {t}; expected a finite number of seconds",
                 self.core.name()
-            )))
+            )));
         }
+        Ok(t)
     }
 
-    /// How an exception of class `t` counts.
-    fn classify_type(&self, t: &Bound<'_, PyType>) -> Outcome {
+    /// How an exception of class `t` counts; a failure's exception `exc` becomes `last_failure`.
+    fn classify(&self, t: &Bound<'_, PyType>, exc: Option<&Bound<'_, PyAny>>) -> Outcome {
         let py = t.py();
-        if let Some(ig) = &self.ignore {
-            if t.is_subclass(ig.bind(py)).unwrap_or(false) {
-                return Outcome::Ignored;
-            }
-        }
-        if !t.is_subclass_of::<PyException>().unwrap_or(false) {
-            // BaseException only: CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit
-            return Outcome::Cancelled;
-        }
-        if self.record_all || t.is_subclass(self.record.bind(py)).unwrap_or(false) {
+        let is = |c: &Py<PyTuple>| t.is_subclass(c.bind(py)).unwrap_or(false);
+        let outcome = if self.ignore.as_ref().is_some_and(is) {
+            Outcome::Ignored
+        } else if !t.is_subclass_of::<PyException>().unwrap_or(false) {
+            Outcome::Cancelled // BaseException only: CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit
+        } else if self.record_all || is(&self.record) {
             Outcome::Failure
         } else {
             Outcome::Success
+        };
+        if let (Outcome::Failure, Some(e)) = (outcome, exc) {
+            self.set_last_failure(e);
         }
+        outcome
     }
 
-    fn set_last_failure(&self, exc: &Bound<'_, PyAny>) {
-        let old = self.lock().last_failure.replace(exc.clone().unbind());
-        // dropped outside the lock
-        drop(old.map(|o| o.into_bound(exc.py())));
+    fn set_last_failure(&self, e: &Bound<'_, PyAny>) {
+        let old = lock(&self.refs).last_failure.replace(e.clone().unbind());
+        release(e.py(), old); // outside the lock
     }
 
-    fn last_failure<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.lock()
-            .last_failure
-            .as_ref()
-            .map(|e| e.bind(py).clone())
-    }
-
-    fn fallback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        if !self.has_fallback {
-            return None;
-        }
-        self.lock().fallback.as_ref().map(|f| f.bind(py).clone())
-    }
-
-    /// Calls the listeners (outside any lock). A listener's exception is reported with `sys.unraisablehook` and
-    /// does not stop the others or the call.
-    fn fire(&self, py: Python<'_>, breaker: &Bound<'_, PyAny>, tr: Transition) {
-        let ls: Vec<Bound<'_, PyAny>> = self
-            .lock()
+    /// The listeners, to call outside the lock.
+    fn listeners<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        lock(&self.refs)
             .listeners
             .iter()
             .map(|l| l.bind(py).clone())
-            .collect();
-        if ls.is_empty() {
-            return;
-        }
-        let (from, to) = (state_str(py, tr.from), state_str(py, tr.to));
-        for l in ls {
-            if let Err(e) = l.call1((breaker, from.clone(), to.clone())) {
-                e.write_unraisable(py, Some(&l));
-            }
-        }
+            .collect()
     }
 
-    #[inline]
-    fn fire_opt(&self, py: Python<'_>, breaker: &Bound<'_, PyAny>, tr: Option<Transition>) {
-        if let Some(tr) = tr {
-            self.fire(py, breaker, tr);
-        }
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        f: impl Fn(&Refs) -> &Option<Py<PyAny>>,
+    ) -> Option<Bound<'py, PyAny>> {
+        f(&lock(&self.refs)).as_ref().map(|o| o.bind(py).clone())
     }
 
-    /// The `CircuitOpenError` of a rejection.
+    fn fallback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.has_fallback
+            .then(|| self.get(py, |r| &r.fallback))
+            .flatten()
+    }
+
+    /// The `CircuitOpenError` of a rejection: (message, name, retry_after, last_failure), the failure also its cause.
     #[cold]
     fn open_error(&self, py: Python<'_>, r: Rejection) -> PyErr {
         let build = || -> PyResult<PyErr> {
-            let msg = match r.state {
-                State::Open => self.msgs[0].bind(py),
-                State::HalfOpen => self.msgs[1].bind(py),
-                _ => self.msgs[2].bind(py),
+            let i = match r.state {
+                State::Open => 0,
+                State::HalfOpen => 1,
+                _ => 2,
             };
-            let retry = match r.retry_after {
-                Some(t) => PyFloat::new(py, t).into_any(),
-                None => py.None().into_bound(py),
-            };
-            let lf = self.last_failure(py);
-            let ty = OPEN_ERROR
-                .get(py)
-                .ok_or_else(|| errors::runtime_error("ferrolab: CircuitOpenError not initialized"))?
-                .bind(py);
-            // (message, name, retry_after, last_failure): the properties read the args
-            let exc = ty.call1((msg, self.name.bind(py), retry, lf.clone()))?;
+            let retry = r.retry_after.map(|t| PyFloat::new(py, t));
+            let lf = self.get(py, |r| &r.last_failure);
+            let ty = OPEN_ERROR.get(py).ok_or_else(|| {
+                errors::runtime_error("ferrolab: CircuitOpenError not initialized")
+            })?;
+            let exc = ty
+                .bind(py)
+                .call1((&self.msgs[i], &self.name, retry, lf.clone()))?;
             if let Some(lf) = lf {
-                // the failure that opened the circuit is the explicit cause of the rejection
                 exc.setattr(intern!(py, "__cause__"), lf)?;
             }
             Ok(PyErr::from_value(exc))
         };
         build().unwrap_or_else(|e| e)
     }
+}
 
-    /// A rejected call: the fallback's result, or CircuitOpenError.
-    #[cold]
-    fn reject<'py>(
-        &self,
-        py: Python<'py>,
-        r: Rejection,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        match self.fallback(py) {
-            Some(fb) => fb.call(args, kwargs),
-            None => Err(self.open_error(py, r)),
+/// Calls the listeners of `b` for `tr` (outside any lock); a listener's exception goes to `sys.unraisablehook` and
+/// stops neither the others nor the call.
+#[inline]
+fn fire(b: &Bound<'_, CircuitBreaker>, tr: Option<Transition>) {
+    if let Some(tr) = tr {
+        fire_listeners(b, tr);
+    }
+}
+
+#[cold]
+fn fire_listeners(b: &Bound<'_, CircuitBreaker>, tr: Transition) {
+    let py = b.py();
+    let (from, to) = (state_str(py, tr.from), state_str(py, tr.to));
+    for l in b.get().listeners(py) {
+        if let Err(e) = l.call1((b, &from, &to)) {
+            e.write_unraisable(py, Some(&l));
         }
     }
+}
 
-    /// Reports a call that raised `err` and fires the listeners; returns the error to raise.
-    #[cold]
-    fn finish_error(
-        &self,
-        py: Python<'_>,
-        breaker: &Bound<'_, PyAny>,
-        ticket: Ticket,
-        err: PyErr,
-    ) -> PyErr {
-        let mut outcome = self.classify_type(&err.get_type(py));
-        let err = if outcome == Outcome::Failure {
-            // normalized, with its traceback attached, so that `last_failure` shows where it failed
-            let v = err.into_value(py).into_bound(py).into_any();
-            self.set_last_failure(&v);
-            PyErr::from_value(v)
-        } else {
-            err
-        };
-        let now = match self.now(py) {
-            Ok(n) => n,
-            Err(e) => {
-                e.write_unraisable(py, None);
-                outcome = Outcome::Cancelled;
-                None
-            }
-        };
-        let tr = self.core.complete(ticket, outcome, now);
-        self.fire_opt(py, breaker, tr);
+fn state_str(py: Python<'_>, s: State) -> Bound<'_, PyString> {
+    PyString::intern(py, s.name())
+}
+
+/// Admits a call (firing the open -> half-open listeners).
+#[inline]
+fn admit(b: &Bound<'_, CircuitBreaker>) -> PyResult<Admission> {
+    let (a, tr) = b.get().core.acquire(b.get().now(b.py())?);
+    fire(b, tr);
+    Ok(a)
+}
+
+/// Reports `ticket` with `outcome` and fires the listeners. `Err`: the injected clock raised (the permit went back).
+#[inline]
+fn complete(b: &Bound<'_, CircuitBreaker>, ticket: Ticket, outcome: Outcome) -> PyResult<()> {
+    let i = b.get();
+    match i.now(b.py()) {
+        Ok(now) => {
+            fire(b, i.core.complete(ticket, outcome, now));
+            Ok(())
+        }
+        Err(e) => {
+            i.core.complete(ticket, Outcome::Cancelled, None);
+            Err(e)
+        }
+    }
+}
+
+/// Reports a call that ended with `exc` (None: it succeeded): a generator, a `with` block.
+fn finish(
+    b: &Bound<'_, CircuitBreaker>,
+    ticket: Ticket,
+    exc: Option<(&Bound<'_, PyType>, Option<&Bound<'_, PyAny>>)>,
+) -> PyResult<()> {
+    let outcome = exc.map_or(Outcome::Success, |(t, e)| b.get().classify(t, e));
+    complete(b, ticket, outcome)
+}
+
+/// Reports a call that raised `err`; returns the error to raise (an error of the injected clock is unraisable).
+#[cold]
+fn finish_error(b: &Bound<'_, CircuitBreaker>, ticket: Ticket, err: PyErr) -> PyErr {
+    let py = b.py();
+    let outcome = b.get().classify(&err.get_type(py), None);
+    let err = if outcome == Outcome::Failure {
+        // normalized, with its traceback, so that `last_failure` shows where it failed
+        let v = err.into_value(py).into_bound(py).into_any();
+        b.get().set_last_failure(&v);
+        PyErr::from_value(v)
+    } else {
         err
+    };
+    if let Err(e) = complete(b, ticket, outcome) {
+        e.write_unraisable(py, None);
     }
-
-    /// Reports a call that ended with `exc` (None: it succeeded), e.g. a generator or a `with` block.
-    fn finish_with(
-        &self,
-        py: Python<'_>,
-        breaker: &Bound<'_, PyAny>,
-        ticket: Ticket,
-        exc_type: Option<&Bound<'_, PyType>>,
-        exc: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let outcome = match exc_type {
-            None => Outcome::Success,
-            Some(t) => self.classify_type(t),
-        };
-        if outcome == Outcome::Failure {
-            if let Some(e) = exc {
-                self.set_last_failure(e);
-            }
-        }
-        let now = match self.now(py) {
-            Ok(n) => n,
-            Err(e) => {
-                self.core.complete(ticket, Outcome::Cancelled, None);
-                return Err(e);
-            }
-        };
-        let tr = self.core.complete(ticket, outcome, now);
-        self.fire_opt(py, breaker, tr);
-        Ok(())
-    }
-
-    /// Reports a call that returned. `Err`: the injected clock raised (the permit went back).
-    #[inline]
-    fn finish_ok(
-        &self,
-        py: Python<'_>,
-        breaker: &Bound<'_, PyAny>,
-        ticket: Ticket,
-    ) -> PyResult<()> {
-        let now = match self.now(py) {
-            Ok(n) => n,
-            Err(e) => {
-                self.core.complete(ticket, Outcome::Cancelled, None);
-                return Err(e);
-            }
-        };
-        let tr = self.core.complete(ticket, Outcome::Success, now);
-        self.fire_opt(py, breaker, tr);
-        Ok(())
-    }
-
-    /// Admits a call (firing the open -> half-open listeners).
-    #[inline]
-    fn admit(&self, py: Python<'_>, breaker: &Bound<'_, PyAny>) -> PyResult<Admission> {
-        let now = self.now(py)?;
-        let (a, tr) = self.core.acquire(now);
-        self.fire_opt(py, breaker, tr);
-        Ok(a)
-    }
+    err
 }
 
-/// Gives a ticket back as cancelled when dropped (unwinding) before it was reported.
-struct TicketGuard<'a> {
-    inner: &'a Inner,
-    ticket: Option<Ticket>,
-}
-
-impl TicketGuard<'_> {
-    #[inline]
-    fn defuse(mut self) -> Ticket {
-        self.ticket.take().expect("ticket present until defused")
-    }
-}
-
-impl Drop for TicketGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticket.take() {
-            self.inner.core.complete(t, Outcome::Cancelled, None);
-        }
+/// A rejected call: the fallback's result, or CircuitOpenError.
+#[cold]
+fn reject<'py>(
+    b: &Bound<'py, CircuitBreaker>,
+    r: Rejection,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match b.get().fallback(b.py()) {
+        Some(fb) => fb.call(args, kwargs),
+        None => Err(b.get().open_error(b.py(), r)),
     }
 }
 
@@ -366,38 +297,32 @@ impl Drop for TicketGuard<'_> {
 /// result is then a [`BreakerCall`] holding the permit.
 #[inline]
 fn guarded<'py>(
-    py: Python<'py>,
-    inner: &Arc<Inner>,
-    breaker: &Bound<'py, PyAny>,
+    b: &Bound<'py, CircuitBreaker>,
     func: &Bound<'py, PyAny>,
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let ticket = match inner.admit(py, breaker)? {
+    let ticket = match admit(b)? {
         Admission::Admitted(t) => t,
-        Admission::Rejected(r) => return inner.reject(py, r, args, kwargs),
+        Admission::Rejected(r) => return reject(b, r, args, kwargs),
     };
-    let guard = TicketGuard {
-        inner,
-        ticket: Some(ticket),
-    };
+    let permit = core::Permit::new(&*b.get().core, ticket); // given back if the call unwinds
     let res = func.call(args, kwargs);
-    let ticket = guard.defuse();
+    let ticket = permit.into_ticket();
     match res {
-        Ok(v) if is_coroutine(&v) => BreakerCall::running(py, inner, breaker, func, v, ticket),
-        Ok(v) => {
-            inner.finish_ok(py, breaker, ticket)?;
-            Ok(v)
+        Ok(v) if is_coroutine(&v) => {
+            let call = BreakerCall {
+                breaker: Some(b.clone().unbind()),
+                call: None,
+                obj: Some(v.unbind()),
+                ticket: Some(ticket),
+                phase: Phase::Running,
+            };
+            Ok(Bound::new(b.py(), call)?.into_any()) // if it can't be created, the ticket goes back
         }
-        Err(e) => Err(inner.finish_error(py, breaker, ticket, e)),
+        Ok(v) => complete(b, ticket, Outcome::Success).map(|()| v),
+        Err(e) => Err(finish_error(b, ticket, e)),
     }
-}
-
-fn type_name(o: &Bound<'_, PyAny>) -> String {
-    o.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// The iterator to drive when awaiting `obj`: `obj` itself for a coroutine, else `obj.__await__()`.
@@ -452,7 +377,6 @@ fn stop_iteration(value: Bound<'_, PyAny>) -> PyErr {
 pub struct BreakerFunction {
     breaker: Py<CircuitBreaker>,
     func: Py<PyAny>,
-    inner: Arc<Inner>,
     is_async: bool,
 }
 
@@ -465,20 +389,12 @@ impl BreakerFunction {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let breaker = self.breaker.bind(py).as_any();
+        let (b, func) = (self.breaker.bind(py), self.func.bind(py));
         if self.is_async {
             // the caller may change its dict before the call is awaited: copied
-            let kwargs = kwargs.map(|d| d.copy()).transpose()?;
-            return BreakerCall::new_call(
-                py,
-                &self.inner,
-                breaker,
-                self.func.bind(py),
-                args,
-                kwargs,
-            );
+            return BreakerCall::new_call(b, func, args, kwargs.map(|d| d.copy()).transpose()?);
         }
-        guarded(py, &self.inner, breaker, self.func.bind(py), args, kwargs)
+        guarded(b, func, args, kwargs)
     }
 
     /// Binds like a function: a bound method when read from an instance.
@@ -487,16 +403,19 @@ impl BreakerFunction {
         obj: Option<&Bound<'py, PyAny>>,
         _owner: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
+        static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         match obj {
             Some(o) if !o.is_none() => {
-                let mt = METHOD_TYPE.get_or_try_init(py, || {
-                    Ok::<_, PyErr>(py.import("types")?.getattr("MethodType")?.unbind())
-                })?;
-                mt.bind(py).call1((slf, o))
+                cached(slf.py(), &METHOD_TYPE, "types", "MethodType")?.call1((slf, o))
             }
             _ => Ok(slf.clone().into_any()),
         }
+    }
+
+    /// Whether calls return an awaitable (it guards an ``async def``).
+    #[getter]
+    fn _is_async(&self) -> bool {
+        self.is_async
     }
 
     /// The CircuitBreaker guarding this function.
@@ -511,22 +430,16 @@ impl BreakerFunction {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let func = self
-            .func
-            .bind(py)
-            .repr()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let name = self.breaker.get().core.name();
         format!(
-            "<circuit breaker '{}' guarding {func}>",
-            self.inner.core.name()
+            "<circuit breaker '{name}' guarding {}>",
+            repr(self.func.bind(py), "?")
         )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.breaker)?;
-        visit.call(&self.func)?;
-        Ok(())
+        visit.call(&self.func)
     }
 }
 
@@ -544,150 +457,107 @@ enum Phase {
     Const,
 }
 
+/// The call a `BreakerCall` makes when it starts: `fn`, its argument tuple and keyword dict.
+type Pending = (Py<PyAny>, Py<PyTuple>, Option<Py<PyDict>>);
+
 /// One guarded asynchronous call (from ``acall`` or an ``async def`` decorated with a breaker).
 ///
 /// Await it once: the breaker admits the call when it starts, and records how it ends.
 #[pyclass(module = "ferrolab.breaker", name = "BreakerCall")]
 pub struct BreakerCall {
-    inner: Option<Arc<Inner>>,
-    breaker: Option<Py<PyAny>>,
-    func: Option<Py<PyAny>>,
-    args: Option<Py<PyTuple>>,
-    kwargs: Option<Py<PyDict>>,
-    /// What is being awaited (the coroutine), once started.
-    iter: Option<Py<PyAny>>,
-    /// The result of a completed awaitable (Value, Const).
-    value: Option<Py<PyAny>>,
+    breaker: Option<Py<CircuitBreaker>>,
+    /// New: the call to make.
+    call: Option<Pending>,
+    /// Running, Fallback: what is being awaited; Value, Const: the result.
+    obj: Option<Py<PyAny>>,
     ticket: Option<Ticket>,
     phase: Phase,
 }
 
-impl BreakerCall {
-    fn empty(phase: Phase) -> Self {
-        BreakerCall {
-            inner: None,
-            breaker: None,
-            func: None,
-            args: None,
-            kwargs: None,
-            iter: None,
-            value: None,
-            ticket: None,
-            phase,
-        }
-    }
+fn cleared() -> PyErr {
+    errors::runtime_error("circuit breaker call was cleared")
+}
 
+impl BreakerCall {
     /// A not-yet-started guarded call of `func(*args, **kwargs)`.
     fn new_call<'py>(
-        py: Python<'py>,
-        inner: &Arc<Inner>,
-        breaker: &Bound<'py, PyAny>,
+        b: &Bound<'py, CircuitBreaker>,
         func: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut c = Self::empty(Phase::New);
-        c.inner = Some(inner.clone());
-        c.breaker = Some(breaker.clone().unbind());
-        c.func = Some(func.clone().unbind());
-        c.args = Some(args.clone().unbind());
-        c.kwargs = kwargs.map(Bound::unbind);
-        Ok(Bound::new(py, c)?.into_any())
-    }
-
-    /// An admitted call whose coroutine `coro` is running: it holds `ticket` until `coro` ends.
-    fn running<'py>(
-        py: Python<'py>,
-        inner: &Arc<Inner>,
-        breaker: &Bound<'py, PyAny>,
-        func: &Bound<'py, PyAny>,
-        coro: Bound<'py, PyAny>,
-        ticket: Ticket,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let mut c = Self::empty(Phase::Running);
-        c.inner = Some(inner.clone());
-        c.breaker = Some(breaker.clone().unbind());
-        c.func = Some(func.clone().unbind());
-        c.iter = Some(coro.unbind());
-        c.ticket = Some(ticket);
-        match Bound::new(py, c) {
-            Ok(b) => Ok(b.into_any()),
-            // dropping the object (never created) gave the ticket back
-            Err(e) => Err(e),
-        }
+        let call = (
+            func.clone().unbind(),
+            args.clone().unbind(),
+            kwargs.map(Bound::unbind),
+        );
+        let c = BreakerCall {
+            breaker: Some(b.clone().unbind()),
+            call: Some(call),
+            obj: None,
+            ticket: None,
+            phase: Phase::New,
+        };
+        Ok(Bound::new(b.py(), c)?.into_any())
     }
 
     /// An awaitable that completes with `value` every time.
-    fn constant(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<BreakerCall>> {
-        let mut c = Self::empty(Phase::Const);
-        c.value = Some(value.clone().unbind());
-        Py::new(py, c)
+    fn constant(value: &Bound<'_, PyAny>) -> PyResult<Py<BreakerCall>> {
+        let obj = Some(value.clone().unbind());
+        let (breaker, call, ticket, phase) = (None, None, None, Phase::Const);
+        Py::new(
+            value.py(),
+            BreakerCall {
+                breaker,
+                call,
+                obj,
+                ticket,
+                phase,
+            },
+        )
+    }
+
+    /// Gives the permit back (cancelled), if one is held.
+    fn cancel(&mut self) {
+        if let (Some(t), Some(b)) = (self.ticket.take(), &self.breaker) {
+            b.get().core.complete(t, Outcome::Cancelled, None);
+        }
     }
 
     /// Admits and starts the call: Running (the coroutine to drive), Fallback (the fallback's awaitable), Value
     /// (the fallback's plain result) or an error (Done).
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
         self.phase = Phase::Done;
-        // taken for the call and put back (no reference count traffic on the Arc)
-        let Some(inner) = self.inner.take() else {
-            return Err(errors::runtime_error("circuit breaker call was cleared"));
+        let (Some(b), Some((func, args, kwargs))) = (&self.breaker, self.call.take()) else {
+            return Err(cleared());
         };
-        let r = self.start_with(py, &inner);
-        self.inner = Some(inner);
-        r
-    }
-
-    fn start_with(&mut self, py: Python<'_>, inner: &Arc<Inner>) -> PyResult<()> {
-        let (Some(breaker), Some(func)) = (&self.breaker, &self.func) else {
-            return Err(errors::runtime_error("circuit breaker call was cleared"));
-        };
-        let breaker = breaker.bind(py).clone();
-        let func = func.bind(py).clone();
-        let args = match &self.args {
-            Some(a) => a.bind(py).clone(),
-            None => PyTuple::empty(py),
-        };
-        let kwargs = self.kwargs.as_ref().map(|k| k.bind(py).clone());
-        match inner.admit(py, &breaker)? {
+        let (b, func, args) = (b.bind(py), func.into_bound(py), args.into_bound(py));
+        let kwargs = kwargs.map(|k| k.into_bound(py));
+        let (res, phase) = match admit(b)? {
             Admission::Rejected(r) => {
-                let Some(fb) = inner.fallback(py) else {
-                    return Err(inner.open_error(py, r));
-                };
+                let fb = b
+                    .get()
+                    .fallback(py)
+                    .ok_or_else(|| b.get().open_error(py, r))?;
                 let res = fb.call(&args, kwargs.as_ref())?;
-                if is_awaitable(&res) {
-                    self.iter = Some(await_iter(&res)?.unbind());
-                    self.phase = Phase::Fallback;
-                } else {
-                    self.value = Some(res.unbind());
-                    self.phase = Phase::Value;
+                if !is_awaitable(&res) {
+                    (self.obj, self.phase) = (Some(res.unbind()), Phase::Value);
+                    return Ok(());
                 }
-                Ok(())
+                (await_iter(&res)?, Phase::Fallback)
             }
             Admission::Admitted(t) => {
-                let guard = TicketGuard {
-                    inner,
-                    ticket: Some(t),
+                let permit = core::Permit::new(&*b.get().core, t); // back if the call or `__await__` fails
+                let it = match func.call(&args, kwargs.as_ref()) {
+                    Ok(r) => await_iter(&r)?,
+                    Err(e) => return Err(finish_error(b, permit.into_ticket(), e)),
                 };
-                let res = func.call(&args, kwargs.as_ref());
-                let t = guard.defuse();
-                let res = match res {
-                    Ok(r) => r,
-                    Err(e) => return Err(inner.finish_error(py, &breaker, t, e)),
-                };
-                match await_iter(&res) {
-                    Ok(it) => {
-                        self.iter = Some(it.unbind());
-                        self.ticket = Some(t);
-                        self.phase = Phase::Running;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        inner.core.complete(t, Outcome::Cancelled, None);
-                        Err(e)
-                    }
-                }
+                self.ticket = Some(permit.into_ticket());
+                (it, Phase::Running)
             }
-        }
+        };
+        (self.obj, self.phase) = (Some(res.unbind()), phase);
+        Ok(())
     }
 
     /// Reports the end of the awaited call: `res` is how the last step ended.
@@ -697,103 +567,95 @@ impl BreakerCall {
         }
         if self.phase != Phase::Const {
             self.phase = Phase::Done;
-            // released as Bound (a plain decref; dropping a Py first checks the thread's attachment)
-            drop(self.iter.take().map(|o| o.into_bound(py)));
-            drop(self.func.take().map(|o| o.into_bound(py)));
-            drop(self.args.take().map(|o| o.into_bound(py)));
-            drop(self.kwargs.take().map(|o| o.into_bound(py)));
+            release(py, self.obj.take());
         }
-        let (Some(t), Some(inner), Some(breaker)) =
-            (self.ticket.take(), &self.inner, &self.breaker)
-        else {
+        let (Some(t), Some(b)) = (self.ticket.take(), &self.breaker) else {
             return res;
         };
-        let breaker = breaker.bind(py);
+        let b = b.bind(py);
         match res {
-            Ok(Sent::Returned(v)) => {
-                inner.finish_ok(py, breaker, t)?;
-                Ok(Sent::Returned(v))
-            }
-            Err(e) => Err(inner.finish_error(py, breaker, t, e)),
-            Ok(y) => Ok(y),
+            Ok(sent) => complete(b, t, Outcome::Success).map(|()| sent),
+            Err(e) => Err(finish_error(b, t, e)),
         }
     }
 
-    /// Sends `arg` into the running awaitable and accounts for its end.
-    fn drive<'py>(&mut self, py: Python<'py>, arg: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
-        let Some(iter) = &self.iter else {
-            return Err(errors::runtime_error("circuit breaker call was cleared"));
+    /// The value of a completed awaitable (taken unless it is a constant).
+    fn value<'py>(&mut self, py: Python<'py>) -> Sent<'py> {
+        let v = if self.phase == Phase::Const {
+            self.obj.as_ref().map(|v| v.clone_ref(py))
+        } else {
+            self.phase = Phase::Done;
+            self.obj.take()
         };
-        let res = ffi::send(iter.bind(py), arg);
-        self.report(py, res)
+        Sent::Returned(v.map_or_else(|| py.None().into_bound(py), |v| v.into_bound(py)))
     }
 
+    /// One step of the awaited call: `arg` sent into it (`None`: `__next__`), then how it ended, if it did.
     fn step<'py>(
         &mut self,
         py: Python<'py>,
         arg: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Sent<'py>> {
-        let none = || py.None().into_bound(py);
         match self.phase {
-            Phase::New => {
-                if arg.is_some_and(|a| !a.is_none()) {
-                    self.phase = Phase::Done;
-                    return Err(errors::type_error(
-                        "can't send non-None value to a just-started circuit breaker call",
-                    ));
-                }
-                self.start(py)?;
-                if self.phase == Phase::Value {
-                    self.phase = Phase::Done;
-                    let v = self.value.take().map(|v| v.into_bound(py));
-                    return Ok(Sent::Returned(v.unwrap_or_else(none)));
-                }
-                self.drive(py, &none())
-            }
-            Phase::Running | Phase::Fallback => match arg {
-                Some(a) => self.drive(py, a),
-                None => self.drive(py, &none()),
-            },
-            Phase::Value => {
+            Phase::New if arg.is_some_and(|a| !a.is_none()) => {
                 self.phase = Phase::Done;
-                let v = self.value.take().map(|v| v.into_bound(py));
-                Ok(Sent::Returned(v.unwrap_or_else(none)))
+                Err(errors::type_error(
+                    "can't send non-None value to a just-started circuit breaker call",
+                ))
             }
-            Phase::Const => {
-                let v = self.value.as_ref().map(|v| v.bind(py).clone());
-                Ok(Sent::Returned(v.unwrap_or_else(none)))
+            Phase::New => {
+                self.start(py)?;
+                self.step(py, None)
             }
+            Phase::Running | Phase::Fallback => {
+                let none = py.None().into_bound(py);
+                let it = self.obj.as_ref().ok_or_else(cleared)?.bind(py);
+                let res = ffi::send(it, arg.unwrap_or(&none));
+                self.report(py, res)
+            }
+            Phase::Value | Phase::Const => Ok(self.value(py)),
             Phase::Done => Err(errors::runtime_error(
                 "cannot reuse an already awaited circuit breaker call",
             )),
+        }
+    }
+
+    /// The awaited iterator's method `name`, while it runs.
+    fn running_method<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+    ) -> Option<Bound<'py, PyAny>> {
+        match (self.phase, &self.obj) {
+            (Phase::Running | Phase::Fallback, Some(it)) => it.bind(py).getattr(name).ok(),
+            _ => None,
         }
     }
 }
 
 /// `typ` (a class or an instance) with `val` as an error to raise, like `generator.throw`.
 fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
-    let no_val = val.is_none_or(|v| v.is_none());
+    let val = val.filter(|v| !v.is_none());
     if typ.is_instance_of::<PyBaseException>() {
-        if !no_val {
+        if val.is_some() {
             return errors::type_error("instance exception may not have a separate value");
         }
         return PyErr::from_value(typ.clone());
     }
-    if let Ok(t) = typ.cast::<PyType>() {
-        if t.is_subclass_of::<PyBaseException>().unwrap_or(false) {
-            return match val {
-                Some(v) if !no_val => {
-                    if v.is_instance(t).unwrap_or(false) {
-                        PyErr::from_value(v.clone())
-                    } else {
-                        PyErr::from_type(t.clone(), v.clone().unbind())
-                    }
-                }
-                _ => PyErr::from_type(t.clone(), ()),
-            };
-        }
+    match typ.cast::<PyType>() {
+        Ok(t) if t.is_subclass_of::<PyBaseException>().unwrap_or(false) => match val {
+            Some(v) if v.is_instance(t).unwrap_or(false) => PyErr::from_value(v.clone()),
+            Some(v) => PyErr::from_type(t.clone(), v.clone().unbind()),
+            None => PyErr::from_type(t.clone(), ()),
+        },
+        _ => errors::type_error(
+            "exceptions must be classes or instances deriving from BaseException",
+        ),
     }
-    errors::type_error("exceptions must be classes or instances deriving from BaseException")
+}
+
+fn sent_value(r: PyResult<Sent<'_>>) -> PyResult<Bound<'_, PyAny>> {
+    r.map(|(Sent::Yielded(v) | Sent::Returned(v))| v)
 }
 
 #[pymethods]
@@ -836,35 +698,23 @@ impl BreakerCall {
         val: Option<&Bound<'py, PyAny>>,
         tb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let iter = self.iter.as_ref().map(|i| i.bind(py).clone());
-        if let (Phase::Running | Phase::Fallback, Some(iter)) = (self.phase, iter) {
-            if let Ok(meth) = iter.getattr(intern!(py, "throw")) {
-                let none = py.None().into_bound(py);
-                let r = match (val, tb) {
-                    (None, None) => meth.call1((typ,)),
-                    (Some(v), None) => meth.call1((typ, v)),
-                    (v, Some(t)) => meth.call1((typ, v.unwrap_or(&none), t)),
-                };
-                return match r {
-                    // the awaited coroutine caught it and yielded
-                    Ok(v) => Ok(v),
-                    Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-                        // it caught it and returned
-                        self.report(py, Ok(Sent::Returned(none)))?;
-                        Err(e)
-                    }
-                    Err(e) => match self.report(py, Err(e)) {
-                        Ok(Sent::Yielded(v) | Sent::Returned(v)) => Ok(v),
-                        Err(e) => Err(e),
-                    },
-                };
+        let Some(meth) = self.running_method(py, intern!(py, "throw")) else {
+            // not started, finished, or an awaitable without throw(): raised at this await
+            return sent_value(self.report(py, Err(thrown(typ, val))));
+        };
+        let none = py.None().into_bound(py);
+        let r = match (val, tb) {
+            (None, None) => meth.call1((typ,)),
+            (Some(v), None) => meth.call1((typ, v)),
+            (v, Some(t)) => meth.call1((typ, v.unwrap_or(&none), t)),
+        };
+        match r {
+            Ok(v) => Ok(v), // the awaited coroutine caught it and yielded
+            Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+                self.report(py, Ok(Sent::Returned(none)))?; // it caught it and returned
+                Err(e)
             }
-        }
-        // not started, finished, or an awaitable without throw(): raise it at this await
-        let err = thrown(typ, val);
-        match self.report(py, Err(err)) {
-            Ok(Sent::Yielded(v) | Sent::Returned(v)) => Ok(v),
-            Err(e) => Err(e),
+            Err(e) => sent_value(self.report(py, Err(e))),
         }
     }
 
@@ -873,88 +723,116 @@ impl BreakerCall {
         if self.phase == Phase::Const {
             return Ok(()); // shared: stays usable
         }
-        let iter = self.iter.as_ref().map(|i| i.bind(py).clone());
-        if let (Phase::Running | Phase::Fallback, Some(iter)) = (self.phase, iter) {
-            if let Ok(meth) = iter.getattr(intern!(py, "close")) {
-                if let Err(e) = meth.call0() {
-                    return self.report(py, Err(e)).map(|_| ());
-                }
+        if let Some(meth) = self.running_method(py, intern!(py, "close")) {
+            if let Err(e) = meth.call0() {
+                return self.report(py, Err(e)).map(|_| ());
             }
         }
         self.phase = Phase::Done;
-        self.iter = None;
-        self.value = None;
-        if let (Some(t), Some(inner)) = (self.ticket.take(), &self.inner) {
-            inner.core.complete(t, Outcome::Cancelled, None);
-        }
+        self.obj = None;
+        self.cancel();
         Ok(())
     }
 
     fn __repr__(&self) -> String {
-        match &self.inner {
+        match &self.breaker {
             None => "<ferrolab.breaker.BreakerCall (completed)>".to_string(),
-            Some(i) => format!(
+            Some(b) => format!(
                 "<ferrolab.breaker.BreakerCall of circuit breaker '{}'>",
-                i.core.name()
+                b.get().core.name()
             ),
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for o in [&self.breaker, &self.func, &self.iter, &self.value]
-            .into_iter()
-            .flatten()
-        {
-            visit.call(o)?;
-        }
-        if let Some(a) = &self.args {
-            visit.call(a)?;
-        }
-        if let Some(k) = &self.kwargs {
-            visit.call(k)?;
+        visit.call(&self.breaker)?;
+        visit.call(&self.obj)?;
+        if let Some((func, args, kwargs)) = &self.call {
+            visit.call(func)?;
+            visit.call(args)?;
+            visit.call(kwargs)?;
         }
         Ok(())
     }
 
     fn __clear__(&mut self) {
-        self.breaker = None;
-        self.func = None;
-        self.args = None;
-        self.kwargs = None;
-        self.iter = None;
-        self.value = None;
+        self.cancel(); // while the breaker is still there
+        (self.breaker, self.call, self.obj) = (None, None, None);
     }
 }
 
 impl Drop for BreakerCall {
     fn drop(&mut self) {
-        if self.phase == Phase::New {
-            if let Some(func) = self.func.take() {
-                // warns like a coroutine that was never awaited (nothing ran, nothing was admitted)
-                let name = self.inner.as_ref().map_or("", |i| i.core.name());
-                Python::attach(|py| {
-                    let pending = PyErr::take(py);
-                    let func = func.into_bound(py);
-                    let what = func
-                        .repr()
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|_| "a function".into());
-                    let msg = format!("circuit breaker '{name}' call of {what} was never awaited");
-                    if let Ok(msg) = std::ffi::CString::new(msg) {
-                        let cat = py.get_type::<PyRuntimeWarning>();
-                        if let Err(e) = PyErr::warn(py, cat.as_any(), &msg, 1) {
-                            e.write_unraisable(py, Some(&func));
-                        }
-                    }
-                    if let Some(p) = pending {
-                        p.restore(py);
-                    }
-                });
-            }
+        if let (Phase::New, Some((func, ..))) = (self.phase, self.call.take()) {
+            // warns like a coroutine that was never awaited (nothing ran, nothing was admitted)
+            let name = self.breaker.as_ref().map_or("", |b| b.get().core.name());
+            Python::attach(|py| {
+                let pending = PyErr::take(py);
+                let func = func.into_bound(py);
+                let what = repr(&func, "a function");
+                let msg = format!("circuit breaker '{name}' call of {what} was never awaited");
+                let warned = std::ffi::CString::new(msg)
+                    .map_err(errors::system_error)
+                    .and_then(|m| PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &m, 1));
+                if let Err(e) = warned {
+                    e.write_unraisable(py, Some(&func));
+                }
+                if let Some(p) = pending {
+                    p.restore(py);
+                }
+            });
         }
-        if let (Some(t), Some(inner)) = (self.ticket.take(), &self.inner) {
-            // abandoned mid-flight: the permit goes back
-            inner.core.complete(t, Outcome::Cancelled, None);
+        self.cancel(); // abandoned mid-flight: the permit goes back
+    }
+}
+
+/// ``CircuitBreaker.call`` (`ASYNC` false) and ``.acall`` as `METH_FASTCALL` methods: the arguments after ``fn``
+/// become the one tuple ``fn`` is called with (PyO3's ``*args`` slices a tuple that CPython built first), and a
+/// dict is made only when keywords are given.
+struct Call<const ASYNC: bool>;
+
+impl<const ASYNC: bool> ffi::FastCall for Call<ASYNC> {
+    const NAME: &'static CStr = if ASYNC { c"acall" } else { c"call" };
+    const FUNC: &'static str = if ASYNC { "acall" } else { "call" };
+    const DOC: &'static CStr = if ASYNC {
+        c"acall($self, fn, /, *args, **kwargs)
+--
+
+An awaitable that calls ``fn(*args, **kwargs)`` under the breaker and awaits its result.
+
+The breaker admits the call when it is awaited; cancelling it gives a half-open permit back."
+    } else {
+        c"call($self, fn, /, *args, **kwargs)
+--
+
+Calls ``fn(*args, **kwargs)`` under the breaker and returns its result.
+
+Raises CircuitOpenError (or returns ``fallback(*args, **kwargs)``) when the breaker rejects the call; an
+exception of ``fn`` propagates unchanged after it was recorded."
+    };
+
+    fn call<'py>(
+        py: Python<'py>,
+        slf: Option<Borrowed<'_, 'py, PyAny>>,
+        args: &ffi::FastArgs<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let name = Self::FUNC;
+        let b = slf.and_then(|s| s.cast::<CircuitBreaker>().ok());
+        let b = b.ok_or_else(|| errors::type_error(format!("{name}(): not a CircuitBreaker")))?;
+        let mut pos = args.positional();
+        let func = pos.next().ok_or_else(|| {
+            errors::type_error(format!(
+                "CircuitBreaker.{name}() missing 1 required positional argument: 'fn'"
+            ))
+        })?;
+        let tuple = PyTuple::new(py, pos)?;
+        let kwargs = (args.nkeywords() > 0)
+            .then(|| args.keywords().into_py_dict(py))
+            .transpose()?;
+        if ASYNC {
+            BreakerCall::new_call(&b, &func, &tuple, kwargs)
+        } else {
+            guarded(&b, &func, &tuple, kwargs.as_ref())
         }
     }
 }
@@ -967,15 +845,22 @@ impl Drop for BreakerCall {
 /// When the breaker rejected the call and has a fallback, ``admitted`` is False and ``fallback`` is the fallback.
 #[pyclass(frozen, module = "ferrolab.breaker", name = "_Permit")]
 pub struct Permit {
-    inner: Arc<Inner>,
-    breaker: Py<PyAny>,
-    ticket: Mutex<Option<Ticket>>,
+    breaker: Py<CircuitBreaker>,
+    permit: Mutex<Option<Held>>,
     fallback: Option<Py<PyAny>>,
 }
 
 impl Permit {
-    fn take(&self) -> Option<Ticket> {
-        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn finish(&self, py: Python<'_>, exc: Option<&Bound<'_, PyBaseException>>) -> PyResult<()> {
+        let Some(p) = take(&self.permit) else {
+            return Ok(());
+        };
+        let t = exc.map(|e| e.get_type());
+        finish(
+            self.breaker.bind(py),
+            p.into_ticket(),
+            t.as_ref().zip(exc.map(|e| Some(e.as_any()))),
+        )
     }
 }
 
@@ -993,89 +878,47 @@ impl Permit {
 
     /// The call succeeded.
     fn success(&self, py: Python<'_>) -> PyResult<()> {
-        match self.take() {
-            Some(t) => self.inner.finish_ok(py, self.breaker.bind(py), t),
-            None => Ok(()),
-        }
+        self.finish(py, None)
     }
 
     /// The call ended with ``exc``: counted as its class says (failure, ignored, cancelled...).
-    fn error(&self, py: Python<'_>, exc: &Bound<'_, PyBaseException>) -> PyResult<()> {
-        match self.take() {
-            Some(t) => self.inner.finish_with(
-                py,
-                self.breaker.bind(py),
-                t,
-                Some(&exc.get_type()),
-                Some(exc.as_any()),
-            ),
-            None => Ok(()),
-        }
+    fn error(&self, exc: &Bound<'_, PyBaseException>) -> PyResult<()> {
+        self.finish(exc.py(), Some(exc))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.breaker)?;
-        if let Some(f) = &self.fallback {
-            visit.call(f)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        // abandoned before it was reported: the permit goes back
-        let t = self
-            .ticket
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(t) = t {
-            self.inner.core.complete(t, Outcome::Cancelled, None);
-        }
+        visit.call(&self.fallback)
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // `with` entries
 //
-// `with breaker:` calls `__exit__` on the breaker itself, so the permit of each entered block is kept aside, in a
-// context variable: every thread and every asyncio task has its own context, so interleaved blocks keep their own
-// permits (no frame inspection: the same rule holds for a `with` statement in a plain function, in a coroutine
-// and for `async with`). The variable holds a chain of entries; leaving a block marks its entry done instead of
-// setting the variable again (setting it costs a copy-on-write of the context), and the next block entered in the
-// context skips the done entries. A context that is dropped (its thread or task ended) drops its entries, and an
-// entry dropped while still live gives its permit back.
+// `with breaker:` calls `__exit__` on the breaker itself, so each block's permit is kept in a context variable:
+// every thread and asyncio task has its own context, so interleaved blocks keep their own permits (the same rule
+// for a `with` in a function, in a coroutine and for `async with`). The variable holds a chain of entries; leaving
+// a block marks its entry done instead of setting the variable (a copy-on-write of the context), and the next
+// block entered skips the done entries. A dropped context (its thread or task ended) drops its entries, and an
+// entry dropped while live gives its permit back.
 
 /// One ``with breaker:`` block entered in a context: its permit (taken when the block is left), and the entry of
 /// the enclosing block.
 #[pyclass(frozen, module = "ferrolab.breaker", name = "_Entry")]
 struct Entry {
-    core: Arc<Breaker>,
-    ticket: Mutex<Option<Ticket>>,
-    /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. The lock is held
-    /// only to read or swap it, never while Python code runs (a reference it replaces is dropped after).
+    permit: Mutex<Option<Held>>,
+    /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. Locked only to
+    /// read or swap it, never while Python code runs (a reference it replaces is dropped after).
     prev: Mutex<Option<Py<Entry>>>,
 }
 
 impl Entry {
-    fn take(&self) -> Option<Ticket> {
-        self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
     fn live(&self) -> bool {
-        self.ticket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        lock(&self.permit).is_some()
     }
 
     fn prev<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Entry>> {
-        self.prev_slot().as_ref().map(|p| p.bind(py).clone())
-    }
-
-    fn prev_slot(&self) -> MutexGuard<'_, Option<Py<Entry>>> {
-        self.prev.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.prev).as_ref().map(|p| p.bind(py).clone())
     }
 }
 
@@ -1083,29 +926,18 @@ impl Entry {
 impl Entry {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // never waits: the lock is not held while Python code (and so the collector) runs
-        if let Ok(p) = self.prev.try_lock() {
-            if let Some(p) = &*p {
-                visit.call(p)?;
-            }
+        match self.prev.try_lock() {
+            Ok(p) => visit.call(&*p),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // dropped without __exit__ (its context is gone): the permit goes back
-        let t = self
-            .ticket
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(t) = t {
-            self.core.complete(t, Outcome::Cancelled, None);
-        }
-        // The enclosing entries that only this one holds are freed one at a time: dropping the chain whole would
-        // recurse once per entry, and a context holding many blocks that were never left (e.g. a million
-        // abandoned `async with breaker:` coroutines) would overflow the stack.
+        // (an unreported permit goes back as the field is dropped.) The enclosing entries that only this one holds
+        // are freed one at a time: dropping the chain whole would recurse once per entry, and a context holding
+        // many blocks never left (a million abandoned `async with breaker:` coroutines) would overflow the stack.
         let mut next = self
             .prev
             .get_mut()
@@ -1119,7 +951,7 @@ impl Drop for Entry {
             while let Some(p) = next.take() {
                 let p = p.into_bound(py);
                 if ffi::sole_reference(p.as_any()) {
-                    next = p.get().prev_slot().take();
+                    next = lock(&p.get().prev).take();
                 }
                 drop(p);
             }
@@ -1129,9 +961,9 @@ impl Drop for Entry {
 
 /// The innermost live entry of this context, starting at `top` (the variable's value).
 ///
-/// Entries that are done stay in the chain (leaving a block does not set the variable); the ones walked past
-/// here are cut out of it by linking `top` straight to the entry found, so blocks left in any order (or
-/// abandoned and closed later) cost one step each, not a walk over all the done entries per exit.
+/// Done entries stay in the chain (leaving a block does not set the variable); the ones walked past here are cut
+/// out by linking `top` straight to the entry found, so blocks left in any order (or abandoned and closed later)
+/// cost one step each, not a walk over all the done entries per exit.
 fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
     let top = top.cast_into::<Entry>().ok()?;
     if top.get().live() {
@@ -1149,47 +981,35 @@ fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
     }
     if steps > 0 {
         let link = found.as_ref().map(|e| e.clone().unbind());
-        // the cut-out entries are dropped after the lock is released
-        let cut = std::mem::replace(&mut *top.get().prev_slot(), link);
-        drop(cut);
+        let cut = std::mem::replace(&mut *lock(&top.get().prev), link);
+        drop(cut); // after the lock is released
     }
     found
 }
 
-fn var_get<'py>(py: Python<'py>, inner: &Inner) -> PyResult<Bound<'py, PyAny>> {
-    inner.var_get.bind(py).call1((py.None(),))
+fn var_get<'py>(b: &Bound<'py, CircuitBreaker>) -> PyResult<Bound<'py, PyAny>> {
+    b.get().var_get.bind(b.py()).call1((b.py().None(),))
 }
 
-fn enter(py: Python<'_>, slf: &Bound<'_, PyAny>, inner: &Inner) -> PyResult<()> {
-    let t = match inner.admit(py, slf)? {
+fn enter(b: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
+    let t = match admit(b)? {
         Admission::Admitted(t) => t,
-        Admission::Rejected(r) => return Err(inner.open_error(py, r)),
+        Admission::Rejected(r) => return Err(b.get().open_error(b.py(), r)),
     };
-    let guard = TicketGuard {
-        inner,
-        ticket: Some(t),
-    };
-    let top = var_get(py, inner)?;
-    let entry = Entry {
-        core: inner.core.clone(),
-        ticket: Mutex::new(Some(guard.defuse())),
-        prev: Mutex::new(live_entry(top).map(Bound::unbind)),
-    };
-    let entry = Bound::new(py, entry)?;
-    inner.var_set.bind(py).call1((entry,))?;
+    let permit = Mutex::new(Some(Held::new(b.get().core.clone(), t)));
+    let prev = Mutex::new(live_entry(var_get(b)?).map(Bound::unbind));
+    let entry = Bound::new(b.py(), Entry { permit, prev })?;
+    b.get().var_set.bind(b.py()).call1((entry,))?;
     Ok(())
 }
 
 fn exit(
-    py: Python<'_>,
-    slf: &Bound<'_, PyAny>,
-    inner: &Inner,
+    b: &Bound<'_, CircuitBreaker>,
     exc_type: Option<&Bound<'_, PyAny>>,
     exc: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let exc_type = exc_type.filter(|t| !t.is_none());
-    let top = var_get(py, inner)?;
-    let Some(t) = live_entry(top).and_then(|e| e.get().take()) else {
+    let Some(p) = live_entry(var_get(b)?).and_then(|e| take(&e.get().permit)) else {
         if exc_type.is_some_and(|t| {
             t.cast::<PyType>()
                 .is_ok_and(|t| t.is_subclass_of::<PyGeneratorExit>().unwrap_or(false))
@@ -1200,184 +1020,82 @@ fn exit(
         }
         return Err(errors::runtime_error(format!(
             "circuit breaker '{}': __exit__ without a matching __enter__ in this thread or context",
-            inner.core.name()
+            b.get().core.name()
         )));
     };
-    let exc_type = match exc_type {
-        None => None,
-        Some(t) => match t.cast::<PyType>() {
-            Ok(t) => Some(t.clone()),
-            Err(_) => Some(t.get_type()),
-        },
-    };
+    let exc_type = exc_type.map(|t| {
+        t.cast::<PyType>()
+            .map_or_else(|_| t.get_type(), |t| t.clone())
+    });
     let exc = exc.filter(|e| !e.is_none());
-    inner.finish_with(py, slf, t, exc_type.as_ref(), exc)
+    finish(b, p.into_ticket(), exc_type.as_ref().map(|t| (t, exc)))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Argument parsing
+// Arguments (the core checks the ones it keeps: `Config::set`)
 
 const NEW_FUNC: &str = "CircuitBreaker()";
 
-fn int_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<u32>> {
-    if o.is_none() && none_ok {
-        return Ok(None);
+/// A parameter value as the core reads it.
+fn arg(o: &Bound<'_, PyAny>) -> Arg {
+    if o.is_none() {
+        Arg::None
+    } else if let Ok(b) = o.cast::<PyBool>() {
+        Arg::Bool(b.is_true())
+    } else if o.is_instance_of::<PyInt>() {
+        Arg::Int(o.extract().unwrap_or(i64::MAX))
+    } else if let Ok(f) = o.cast::<PyFloat>().map(|f| f.value()) {
+        Arg::Float(f)
+    } else {
+        Arg::Other(type_name(o))
     }
-    let is_int =
-        o.is_instance_of::<pyo3::types::PyInt>() && !o.is_instance_of::<pyo3::types::PyBool>();
-    if !is_int {
-        return Err(errors::type_error(format!(
-            "{NEW_FUNC}: argument '{arg}' must be an int{}, got {}",
-            if none_ok { " or None" } else { "" },
-            type_name(o)
-        )));
-    }
-    let v: i64 = o.extract().unwrap_or(i64::MAX);
-    if v < 0 || v > u32::MAX as i64 {
-        // the core checks the real range; this one only has to fit
-        return Err(errors::value_error(format!(
-            "{NEW_FUNC}: argument '{arg}' is {v}; expected a positive int"
-        )));
-    }
-    Ok(Some(v as u32))
 }
 
-fn float_arg(arg: &str, o: &Bound<'_, PyAny>, none_ok: bool) -> PyResult<Option<f64>> {
-    if o.is_none() && none_ok {
-        return Ok(None);
-    }
-    let num = (o.is_instance_of::<pyo3::types::PyFloat>()
-        || o.is_instance_of::<pyo3::types::PyInt>())
-        && !o.is_instance_of::<pyo3::types::PyBool>();
-    if !num {
-        return Err(errors::type_error(format!(
-            "{NEW_FUNC}: argument '{arg}' must be a number{}, got {}",
-            if none_ok { " or None" } else { "" },
-            type_name(o)
-        )));
-    }
-    Ok(Some(o.extract::<f64>()?))
-}
-
-/// An exception class or a tuple of them, as a tuple.
+/// An exception class or a tuple (or list) of them, as a tuple.
 fn classes_arg<'py>(arg: &str, o: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
-    let py = o.py();
     let items: Vec<Bound<'py, PyAny>> = if let Ok(t) = o.cast::<PyTuple>() {
         t.iter().collect()
-    } else if o.is_instance_of::<pyo3::types::PyList>() {
+    } else if o.is_instance_of::<PyList>() {
         o.try_iter()?.collect::<PyResult<_>>()?
     } else {
         vec![o.clone()]
     };
     for it in &items {
-        let is_exc = it
+        if !it
             .cast::<PyType>()
-            .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false));
-        if !is_exc {
+            .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
+        {
             return Err(errors::type_error(format!(
                 "{NEW_FUNC}: argument '{arg}' must be an exception class or a tuple of exception classes, got {}",
-                it.repr().map(|r| r.to_string()).unwrap_or_else(|_| type_name(it))
+                repr(it, &type_name(it))
             )));
         }
     }
-    PyTuple::new(py, items)
+    PyTuple::new(o.py(), items)
 }
 
 fn callable_arg(arg: &str, o: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
-    if o.is_none() {
-        return Ok(None);
-    }
-    if !o.is_callable() {
+    if !o.is_none() && !o.is_callable() {
         return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be callable or None, got {}",
             type_name(o)
         )));
     }
-    Ok(Some(o.clone().unbind()))
-}
-
-const KWARGS: [&str; 17] = [
-    "failure_threshold",
-    "failure_rate",
-    "window",
-    "window_seconds",
-    "minimum_calls",
-    "slow_call_duration",
-    "slow_call_rate",
-    "reset_timeout",
-    "max_reset_timeout",
-    "half_open_max_calls",
-    "success_threshold",
-    "record",
-    "ignore",
-    "fallback",
-    "clock",
-    "metrics",
-    "name",
-];
-
-// ---------------------------------------------------------------------------------------------------------------
-// The registry of named breakers (Python objects, weakly)
-
-static PY_REGISTRY: LazyLock<Mutex<HashMap<String, Py<PyAny>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn register_py(obj: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
-    let py = obj.py();
-    let wr = PyWeakrefReference::new(obj)?;
-    let name = obj.get().inner.core.name().to_string();
-    let dropped: Vec<Py<PyAny>> = {
-        let mut reg = PY_REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        let mut dropped: Vec<Py<PyAny>> = reg
-            .insert(name, wr.into_any().unbind())
-            .into_iter()
-            .collect();
-        // forget the names whose breaker is gone (dereferencing a weak reference runs no Python code)
-        let dead: Vec<String> = reg
-            .iter()
-            .filter(|(_, w)| {
-                w.bind(py)
-                    .cast::<PyWeakrefReference>()
-                    .map_or(true, |w| w.upgrade().is_none())
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in dead {
-            dropped.extend(reg.remove(&k));
-        }
-        dropped
-    };
-    // released outside the lock
-    drop(
-        dropped
-            .into_iter()
-            .map(|o| o.into_bound(py))
-            .collect::<Vec<_>>(),
-    );
-    Ok(())
+    Ok((!o.is_none()).then(|| o.clone().unbind()))
 }
 
 /// The named breakers alive now, by name (a breaker created with the name of an earlier one replaces it here and
 /// in the metrics); ``fl.breakers()`` documents it.
 #[pyfunction]
 fn breakers(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let refs: Vec<(String, Bound<'_, PyAny>)> = {
-        let reg = PY_REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        reg.iter()
-            .map(|(k, v)| (k.clone(), v.bind(py).clone()))
-            .collect()
-    };
-    let mut live: Vec<(String, Bound<'_, PyAny>)> = Vec::new();
-    for (name, r) in refs {
-        let obj = r.call0()?;
-        if !obj.is_none() {
-            live.push((name, obj));
-        }
-    }
-    live.sort_by(|a, b| a.0.cmp(&b.0));
     let d = PyDict::new(py);
-    for (name, obj) in live {
-        d.set_item(name, obj)?;
+    for b in core::registered() {
+        let obj = b
+            .attached::<Py<PyWeakrefReference>>()
+            .and_then(|w| w.bind(py).upgrade());
+        if let Some(obj) = obj {
+            d.set_item(b.name(), obj)?;
+        }
     }
     Ok(d)
 }
@@ -1471,22 +1189,22 @@ fn breakers(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// (2, 'closed')
 #[pyclass(frozen, weakref, module = "ferrolab.breaker", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
-    inner: Arc<Inner>,
-}
-
-impl CircuitBreaker {
-    fn fire(slf: &Bound<'_, Self>, tr: Option<Transition>) {
-        slf.get().inner.fire_opt(slf.py(), slf.as_any(), tr);
-    }
-}
-
-/// The `inspect` module.
-fn inspect(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    INSPECT
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("inspect")?.into_any().unbind())
-        })
-        .map(|m| m.bind(py))
+    core: Arc<Breaker>,
+    name: Py<PyString>,
+    /// The messages of a rejection while open, half-open and forced open.
+    msgs: [Py<PyString>; 3],
+    /// Exception classes recorded as failures (a tuple) and whether it is exactly `(Exception,)`.
+    record: Py<PyTuple>,
+    record_all: bool,
+    ignore: Option<Py<PyTuple>>,
+    has_clock: bool,
+    has_fallback: bool,
+    /// The Python objects the garbage collector may have to clear (they can refer back to the breaker).
+    refs: Mutex<Refs>,
+    /// `contextvars.ContextVar` of the `with` entries, its bound `get` and `set`.
+    var: Py<PyAny>,
+    var_get: Py<PyAny>,
+    var_set: Py<PyAny>,
 }
 
 #[pymethods]
@@ -1511,88 +1229,36 @@ impl CircuitBreaker {
             ))
         })?;
         let mut cfg = Config::default();
-        let mut record = PyTuple::new(py, [py.get_type::<PyException>()])?;
-        let mut ignore: Option<Bound<'_, PyTuple>> = None;
-        let mut fallback = None;
-        let mut clock = None;
-        if let Some(kw) = kwargs {
-            for (k, v) in kw.iter() {
-                let k: String = k.extract()?;
-                match k.as_str() {
-                    "failure_threshold" => cfg.failure_threshold = int_arg(&k, &v, true)?,
-                    "failure_rate" => cfg.failure_rate = float_arg(&k, &v, true)?,
-                    "window" => cfg.window = int_arg(&k, &v, false)?.unwrap_or(0),
-                    "window_seconds" => cfg.window_seconds = float_arg(&k, &v, true)?,
-                    "minimum_calls" => cfg.minimum_calls = int_arg(&k, &v, false)?.unwrap_or(0),
-                    "slow_call_duration" => cfg.slow_call_duration = float_arg(&k, &v, true)?,
-                    "slow_call_rate" => cfg.slow_call_rate = float_arg(&k, &v, true)?,
-                    "reset_timeout" => {
-                        cfg.reset_timeout = float_arg(&k, &v, false)?.unwrap_or(f64::NAN)
-                    }
-                    "max_reset_timeout" => cfg.max_reset_timeout = float_arg(&k, &v, true)?,
-                    "half_open_max_calls" => {
-                        cfg.half_open_max_calls = int_arg(&k, &v, false)?.unwrap_or(0)
-                    }
-                    "success_threshold" => {
-                        cfg.success_threshold = int_arg(&k, &v, false)?.unwrap_or(0)
-                    }
-                    "record" => record = classes_arg(&k, &v)?,
-                    "ignore" => {
-                        let t = classes_arg(&k, &v)?;
-                        ignore = (!t.is_empty()).then_some(t);
-                    }
-                    "fallback" => fallback = callable_arg(&k, &v)?,
-                    "clock" => clock = callable_arg(&k, &v)?,
-                    "metrics" => {
-                        cfg.metrics = if v.is_none() {
-                            MetricsMode::Follow
-                        } else if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
-                            if b.is_true() {
-                                MetricsMode::On
-                            } else {
-                                MetricsMode::Off
-                            }
-                        } else {
-                            return Err(errors::type_error(format!(
-                                "{NEW_FUNC}: argument 'metrics' must be a bool or None, got {}",
-                                type_name(&v)
-                            )));
-                        }
-                    }
-                    _ => {
-                        let hint = if KWARGS.contains(&k.as_str()) {
-                            " (pass it by position)"
-                        } else {
-                            ""
-                        };
-                        return Err(errors::type_error(format!(
-                            "{NEW_FUNC} got an unexpected keyword argument '{k}'{hint}"
-                        )));
+        let (mut record, mut ignore, mut fallback, mut clock) = (None, None, None, None);
+        for (k, v) in kwargs.map(|kw| kw.iter()).into_iter().flatten() {
+            match k.extract::<String>()?.as_str() {
+                "record" => record = Some(classes_arg("record", &v)?),
+                "ignore" => ignore = Some(classes_arg("ignore", &v)?).filter(|t| !t.is_empty()),
+                "fallback" => fallback = callable_arg("fallback", &v)?,
+                "clock" => clock = callable_arg("clock", &v)?,
+                k => {
+                    if !cfg.set(k, arg(&v)).py()? {
+                        let msg = format!("{NEW_FUNC} got an unexpected keyword argument '{k}'");
+                        return Err(errors::type_error(msg));
                     }
                 }
             }
         }
-        let name_s = name.to_str()?.to_string();
-        let core = Arc::new(Breaker::new(&name_s, cfg).py()?);
         let exc = py.get_type::<PyException>();
+        let record = record.map_or_else(|| PyTuple::new(py, [&exc]), Ok)?;
         let record_all = record.len() == 1 && record.get_item(0)?.is(&exc);
+        let name_s = name.to_str()?;
+        let core = Arc::new(Breaker::new(name_s, cfg).py()?);
         let var = py
             .import("contextvars")?
             .getattr("ContextVar")?
             .call1((format!("ferrolab.breaker.{name_s}"),))?;
-        let inner = Inner {
+        let msgs = [State::Open, State::HalfOpen, State::ForcedOpen]
+            .map(|s| PyString::new(py, &core::rejection_message(name_s, s)).unbind());
+        Ok(CircuitBreaker {
+            core,
             name: name.clone().unbind(),
-            msgs: [
-                PyString::new(py, &format!("circuit breaker '{name_s}' is open")).unbind(),
-                PyString::new(
-                    py,
-                    &format!(
-                        "circuit breaker '{name_s}' is half-open and its trial calls are in flight"
-                    ),
-                )
-                .unbind(),
-                PyString::new(py, &format!("circuit breaker '{name_s}' is forced open")).unbind(),
-            ],
+            msgs,
             record: record.unbind(),
             record_all,
             ignore: ignore.map(Bound::unbind),
@@ -1606,22 +1272,20 @@ impl CircuitBreaker {
             var_get: var.getattr("get")?.unbind(),
             var_set: var.getattr("set")?.unbind(),
             var: var.unbind(),
-            core: core.clone(),
-        };
-        core::register(&core);
-        Ok(CircuitBreaker {
-            inner: Arc::new(inner),
         })
     }
 
-    /// Lists the breaker in ``fl.breakers()`` (the object exists only now).
+    /// Lists the breaker in ``fl.breakers()`` and the metrics (the object exists only now).
     #[pyo3(signature = (*_args, **_kwargs))]
     fn __init__(
         slf: &Bound<'_, Self>,
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        register_py(slf)
+        let core = &slf.get().core;
+        core.attach(PyWeakrefReference::new(slf)?.unbind());
+        core::register(core);
+        Ok(())
     }
 
     /// Decorates ``func``: every call runs under the breaker.
@@ -1633,76 +1297,28 @@ impl CircuitBreaker {
         slf: &Bound<'py, Self>,
         func: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        if !func.is_callable() {
-            return Err(errors::type_error(format!(
-                "CircuitBreaker '{}': the decorated object must be callable, got {}",
-                slf.get().inner.core.name(),
-                type_name(func)
-            )));
+        static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        cached(slf.py(), &DECORATE, "ferrolab.breaker", "_decorate")?.call1((slf, func))
+    }
+
+    /// The ``BreakerFunction`` of ``func`` (``ferrolab.breaker._decorate`` makes it look like ``func``).
+    fn _function(
+        slf: &Bound<'_, Self>,
+        func: &Bound<'_, PyAny>,
+        is_async: bool,
+    ) -> BreakerFunction {
+        let (breaker, func) = (slf.clone().unbind(), func.clone().unbind());
+        BreakerFunction {
+            breaker,
+            func,
+            is_async,
         }
-        let inspect = inspect(py)?;
-        let is_gen = inspect
-            .call_method1(intern!(py, "isgeneratorfunction"), (func,))?
-            .is_truthy()?
-            || inspect
-                .call_method1(intern!(py, "isasyncgenfunction"), (func,))?
-                .is_truthy()?;
-        if is_gen {
-            let guard = GUARD_GENERATOR.get_or_try_init(py, || {
-                Ok::<_, PyErr>(
-                    py.import("ferrolab.breaker")?
-                        .getattr("_guard_generator_function")?
-                        .unbind(),
-                )
-            })?;
-            return guard.bind(py).call1((slf, func));
-        }
-        let mut is_async = inspect
-            .call_method1(intern!(py, "iscoroutinefunction"), (func,))?
-            .is_truthy()?;
-        if let Ok(f) = func.cast::<BreakerFunction>() {
-            // a breaker stacked on another one that guards an async def
-            is_async |= f.get().is_async;
-        }
-        let wrapper = Bound::new(
-            py,
-            BreakerFunction {
-                breaker: slf.clone().unbind(),
-                func: func.clone().unbind(),
-                inner: slf.get().inner.clone(),
-                is_async,
-            },
-        )?
-        .into_any();
-        let update = UPDATE_WRAPPER.get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("functools")?.getattr("update_wrapper")?.unbind())
-        })?;
-        update.bind(py).call1((&wrapper, func))?;
-        if is_async {
-            if let Ok(mark) = inspect.getattr("markcoroutinefunction") {
-                // Python 3.12+
-                mark.call1((&wrapper,))?;
-            } else {
-                // Python 3.11: inspect.iscoroutinefunction() accepts a "function-like" object (a __code__ and a
-                // __name__, as Cython functions have): the wrapped function's code says "coroutine"; the marker
-                // is what asyncio.iscoroutinefunction() looks for
-                for attr in ["__code__", "__defaults__", "__kwdefaults__"] {
-                    if let Ok(v) = func.getattr(attr) {
-                        wrapper.setattr(attr, v)?;
-                    }
-                }
-                let m = py.import("asyncio.coroutines")?.getattr("_is_coroutine")?;
-                wrapper.setattr("_is_coroutine", m)?;
-            }
-        }
-        Ok(wrapper)
     }
 
     /// The breaker's name.
     #[getter]
     fn name<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        self.inner.name.bind(py).clone()
+        self.name.bind(py).clone()
     }
 
     /// ``"closed"``, ``"open"``, ``"half_open"``, ``"forced_open"`` or ``"disabled"``.
@@ -1711,65 +1327,36 @@ impl CircuitBreaker {
     /// a trial.
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        state_str(py, self.inner.core.state())
+        state_str(py, self.core.state())
     }
 
     /// The exception that last counted as a failure, or None.
     #[getter]
     fn last_failure<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.inner.last_failure(py)
-    }
-
-    /// Calls ``fn(*args, **kwargs)`` under the breaker and returns its result.
-    ///
-    /// Raises CircuitOpenError (or returns ``fallback(*args, **kwargs)``) when the breaker rejects the call; an
-    /// exception of ``fn`` propagates unchanged after it was recorded.
-    #[pyo3(signature = (func, /, *args, **kwargs), text_signature = "($self, fn, /, *args, **kwargs)")]
-    fn call<'py>(
-        slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        guarded(slf.py(), &slf.get().inner, slf.as_any(), func, args, kwargs)
-    }
-
-    /// An awaitable that calls ``fn(*args, **kwargs)`` under the breaker and awaits its result.
-    ///
-    /// The breaker admits the call when it is awaited; cancelling it gives a half-open permit back.
-    #[pyo3(signature = (func, /, *args, **kwargs), text_signature = "($self, fn, /, *args, **kwargs)")]
-    fn acall<'py>(
-        slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        BreakerCall::new_call(slf.py(), &slf.get().inner, slf.as_any(), func, args, kwargs)
+        self.get(py, |r| &r.last_failure)
     }
 
     /// Admits one call reported by hand (the generator wrappers of ``ferrolab.breaker``): a ``_Permit``, or
     /// CircuitOpenError when rejected without a fallback.
     fn _admit(slf: &Bound<'_, Self>) -> PyResult<Permit> {
-        let py = slf.py();
-        let inner = &slf.get().inner;
-        let (ticket, fallback) = match inner.admit(py, slf.as_any())? {
-            Admission::Admitted(t) => (Some(t), None),
-            Admission::Rejected(r) => match inner.fallback(py) {
+        let (permit, fallback) = match admit(slf)? {
+            Admission::Admitted(t) => (Some(Held::new(slf.get().core.clone(), t)), None),
+            Admission::Rejected(r) => match slf.get().fallback(slf.py()) {
                 Some(fb) => (None, Some(fb.unbind())),
-                None => return Err(inner.open_error(py, r)),
+                None => return Err(slf.get().open_error(slf.py(), r)),
             },
         };
+        let (breaker, permit) = (slf.clone().unbind(), Mutex::new(permit));
         Ok(Permit {
-            inner: inner.clone(),
-            breaker: slf.clone().into_any().unbind(),
-            ticket: Mutex::new(ticket),
+            breaker,
+            permit,
             fallback,
         })
     }
 
     /// Admits the block or raises CircuitOpenError.
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
-        enter(slf.py(), slf.as_any(), &slf.get().inner)?;
+        enter(slf)?;
         Ok(slf.clone())
     }
 
@@ -1781,22 +1368,21 @@ impl CircuitBreaker {
         exc: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        exit(slf.py(), slf.as_any(), &slf.get().inner, exc_type, exc)?;
-        Ok(false)
+        exit(slf, exc_type, exc).map(|()| false)
     }
 
     /// Admits the block or raises CircuitOpenError (a completed awaitable).
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<BreakerCall>> {
         let py = slf.py();
-        let inner = &slf.get().inner;
-        enter(py, slf.as_any(), inner)?;
-        let cached = inner.lock().aenter.as_ref().map(|a| a.clone_ref(py));
-        if let Some(a) = cached {
-            return Ok(a.into_bound(py).cast_into::<BreakerCall>()?.unbind());
+        enter(slf)?;
+        if let Some(a) = slf.get().get(py, |r| &r.aenter) {
+            return Ok(a.cast_into::<BreakerCall>()?.unbind());
         }
-        let a = BreakerCall::constant(py, slf.as_any())?;
-        let old = inner.lock().aenter.replace(a.clone_ref(py).into_any());
-        drop(old.map(|o| o.into_bound(py)));
+        let a = BreakerCall::constant(slf.as_any())?;
+        let old = lock(&slf.get().refs)
+            .aenter
+            .replace(a.clone_ref(py).into_any());
+        release(py, old);
         Ok(a)
     }
 
@@ -1809,29 +1395,26 @@ impl CircuitBreaker {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<BreakerCall>> {
         let py = slf.py();
-        exit(py, slf.as_any(), &slf.get().inner, exc_type, exc)?;
+        exit(slf, exc_type, exc)?;
         let f = AWAIT_FALSE.get_or_try_init(py, || {
-            BreakerCall::constant(py, pyo3::types::PyBool::new(py, false).as_any())
+            BreakerCall::constant(PyBool::new(py, false).as_any())
         })?;
         Ok(f.clone_ref(py))
     }
 
     /// Opens the breaker until ``reset()``: every call is rejected (``retry_after`` is None).
     fn force_open(slf: &Bound<'_, Self>) {
-        let tr = slf.get().inner.core.force_open();
-        Self::fire(slf, tr);
+        fire(slf, slf.get().core.force_open());
     }
 
     /// Lets every call through, recording nothing, until ``reset()``.
     fn disable(slf: &Bound<'_, Self>) {
-        let tr = slf.get().inner.core.disable();
-        Self::fire(slf, tr);
+        fire(slf, slf.get().core.disable());
     }
 
     /// Closes the breaker and forgets its failures (from any state).
     fn reset(slf: &Bound<'_, Self>) {
-        let tr = slf.get().inner.core.reset();
-        Self::fire(slf, tr);
+        fire(slf, slf.get().core.reset());
     }
 
     /// Counts and rates.
@@ -1843,34 +1426,18 @@ impl CircuitBreaker {
     /// ``half_open_calls`` and ``half_open_successes`` (trial permits taken and successful trials, while
     /// half-open); ``transitions`` (``{"closed->open": n, ...}``).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let now = self.inner.now(py)?;
-        let s = self.inner.core.stats(now);
+        let s = self.core.stats(self.now(py)?);
         let d = PyDict::new(py);
-        d.set_item("name", self.inner.name.bind(py))?;
-        d.set_item("state", state_str(py, s.state))?;
-        for (i, o) in core::OUTCOMES.iter().enumerate() {
-            d.set_item(*o, s.counts[i])?;
-        }
-        d.set_item("consecutive_failures", s.consecutive_failures)?;
-        d.set_item("window_calls", s.window.map(|w| w.calls))?;
-        d.set_item("window_failures", s.window.map(|w| w.failures))?;
-        d.set_item("window_slow", s.window.map(|w| w.slow))?;
-        d.set_item("failure_rate", s.failure_rate)?;
-        d.set_item("slow_call_rate", s.slow_call_rate)?;
-        d.set_item("open_count", s.open_count)?;
-        d.set_item("retry_after", s.retry_after)?;
-        d.set_item("half_open_calls", s.half_open_calls)?;
-        d.set_item("half_open_successes", s.half_open_successes)?;
-        let tr = PyDict::new(py);
-        for from in State::ALL {
-            for to in State::ALL {
-                let n = s.transitions[from as usize][to as usize];
-                if n > 0 {
-                    tr.set_item(format!("{}->{}", from.name(), to.name()), n)?;
-                }
+        d.set_item("name", self.name.bind(py))?;
+        for (k, v) in s.items() {
+            match v {
+                StatValue::Str(x) => d.set_item(k, x)?,
+                StatValue::Int(n) => d.set_item(k, n)?,
+                StatValue::Float(x) => d.set_item(k, x)?,
+                StatValue::None => d.set_item(k, py.None())?,
             }
         }
-        d.set_item("transitions", tr)?;
+        d.set_item("transitions", s.transition_counts().into_py_dict(py)?)?;
         Ok(d)
     }
 
@@ -1882,7 +1449,7 @@ impl CircuitBreaker {
                 type_name(listener)
             )));
         }
-        self.inner.lock().listeners.push(listener.clone().unbind());
+        lock(&self.refs).listeners.push(listener.clone().unbind());
         Ok(())
     }
 
@@ -1890,57 +1457,39 @@ impl CircuitBreaker {
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
         // compared with == outside the lock (a bound method is a new object at every access, and __eq__ is Python)
-        let ls: Vec<Bound<'_, PyAny>> = self
-            .inner
-            .lock()
-            .listeners
-            .iter()
-            .map(|l| l.bind(py).clone())
-            .collect();
-        let mut found = None;
-        for l in ls {
+        for l in self.listeners(py) {
             if l.is(listener) || l.eq(listener)? {
-                found = Some(l);
-                break;
+                let mut r = lock(&self.refs);
+                if let Some(i) = r.listeners.iter().position(|x| x.as_ptr() == l.as_ptr()) {
+                    let removed = r.listeners.remove(i);
+                    drop(r);
+                    release(py, Some(removed));
+                    return Ok(());
+                }
             }
         }
-        let removed = found.and_then(|f| {
-            let mut r = self.inner.lock();
-            let i = r.listeners.iter().position(|l| l.as_ptr() == f.as_ptr())?;
-            Some(r.listeners.remove(i))
-        });
-        match removed {
-            Some(l) => {
-                drop(l.into_bound(py));
-                Ok(())
-            }
-            None => Err(errors::value_error("remove_listener(): listener not found")),
-        }
+        Err(errors::value_error("remove_listener(): listener not found"))
     }
 
     fn __repr__(&self) -> String {
+        let core = &self.core;
         format!(
             "<ferrolab.CircuitBreaker '{}' {}>",
-            self.inner.core.name(),
-            self.inner.core.state().name()
+            core.name(),
+            core.state().name()
         )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let i = &self.inner;
-        visit.call(&i.record)?;
-        if let Some(ig) = &i.ignore {
-            visit.call(ig)?;
+        let i = self;
+        for o in [&i.var, &i.var_get, &i.var_set] {
+            visit.call(o)?;
         }
-        visit.call(&i.var)?;
-        visit.call(&i.var_get)?;
-        visit.call(&i.var_set)?;
+        visit.call(&i.record)?;
+        visit.call(&i.ignore)?;
         // never block the collector: a held lock means a call is in progress (the objects are reachable)
         if let Ok(r) = i.refs.try_lock() {
-            for o in [&r.fallback, &r.clock, &r.last_failure, &r.aenter]
-                .into_iter()
-                .flatten()
-            {
+            for o in [&r.fallback, &r.clock, &r.last_failure, &r.aenter] {
                 visit.call(o)?;
             }
             for l in &r.listeners {
@@ -1951,68 +1500,22 @@ impl CircuitBreaker {
     }
 
     fn __clear__(&self) {
-        let taken = std::mem::take(&mut *self.inner.lock());
-        drop(taken);
+        let taken = std::mem::take(&mut *lock(&self.refs));
+        drop(taken); // outside the lock
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// CircuitOpenError(message, name, retry_after, last_failure)
-//
-// PyO3's way, `#[pyclass(extends = PyException)]` with `#[getter]`s (pydantic-core's ValidationError), needs the
-// full API or the limited API of Python 3.12+: this crate builds for the stable ABI of 3.11 (`abi3-py311`), where
-// PyO3 cannot subclass an exception. The class is therefore defined by Python source run once at import; its
-// properties read the exception's args, so that raising builds no instance dict and pickling needs nothing more.
-
-const OPEN_ERROR_SRC: &std::ffi::CStr = cr#"
-def make(base):
-    class CircuitOpenError(base):
-        """A circuit breaker rejected the call: it is open, forced open, or half-open with every trial call in flight.
-
-        ``name`` is the breaker's name, ``retry_after`` the seconds until it admits calls again (None when forced
-        open) and ``last_failure`` the exception that last counted as a failure (also the ``__cause__``), or None.
-        """
-
-        __module__ = "ferrolab"
-        __qualname__ = "CircuitOpenError"
-
-        def _arg(self, i):
-            a = self.args
-            return a[i] if len(a) > i else None
-
-        @property
-        def name(self):
-            """The name of the breaker that rejected the call."""
-            return self._arg(1)
-
-        @property
-        def retry_after(self):
-            """Seconds until the breaker admits calls again (0.0 while half-open trials run; None when forced open)."""
-            return self._arg(2)
-
-        @property
-        def last_failure(self):
-            """The exception that last counted as a failure (also ``__cause__``), or None."""
-            return self._arg(3)
-
-        def __str__(self):
-            a = self.args
-            if not a:
-                return ""
-            msg = str(a[0])
-            r = a[2] if len(a) == 4 else None
-            if isinstance(r, (int, float)) and r > 0:
-                return f"{msg}; retry after {r:.3f} s"
-            return msg
-
-    return CircuitOpenError
-"#;
+// CircuitOpenError(message, name, retry_after, last_failure): a Python class (PyO3 cannot subclass an exception
+// on the stable ABI of 3.11), defined by `open_error.py`.
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    let src =
+        std::ffi::CString::new(include_str!("open_error.py")).map_err(errors::system_error)?;
     let src = PyModule::from_code(
         py,
-        OPEN_ERROR_SRC,
+        &src,
         c"<ferrolab.breaker CircuitOpenError>",
         c"ferrolab._core._open_error",
     )?;
@@ -2025,6 +1528,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BreakerFunction>()?;
     m.add_class::<BreakerCall>()?;
     m.add_class::<CircuitBreaker>()?;
+    ffi::install_method::<Call<false>>(&py.get_type::<CircuitBreaker>())?;
+    ffi::install_method::<Call<true>>(&py.get_type::<CircuitBreaker>())?;
     m.add_function(wrap_pyfunction!(breakers, m)?)?;
     Ok(())
 }
