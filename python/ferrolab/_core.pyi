@@ -292,7 +292,16 @@ def _configure(enabled: bool, prefix: str) -> None: ...
 def _record_error(operation: str, device: str, error_type: str) -> None: ...
 def _settings() -> tuple[bool, str]: ...
 def _serve(
-    host: str, port: int, token: str | None, workers: int, header_timeout: float, max_header_bytes: int
+    host: str,
+    port: int,
+    token: str | None,
+    workers: int,
+    header_timeout: float,
+    max_header_bytes: int,
+    max_connections: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    basic_auth: list[tuple[str, str]],
 ) -> Server: ...
 
 # --- breaker ---------------------------------------------------------------------------------------------------
