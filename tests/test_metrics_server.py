@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ferrolab as fl
@@ -633,3 +634,44 @@ def test_load_8_threads_x_150_requests_no_errors_bounded_memory() -> None:
         assert growth < 20 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 1,200 requests"
     finally:
         M.REGISTRY.unregister(c)
+
+
+def _bench_common() -> Any:
+    """benches/_common.py (its slow-client load and scrape loop), loaded without touching sys.path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benches" / "_common.py"
+    spec = importlib.util.spec_from_file_location("_bench_common", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("_bench_common", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_slow_and_idle_clients_do_not_starve_scrapes() -> None:
+    """1,000 slow-loris clients (one head line a second) and 1,000 idle keep-alive connections, more than the
+    default connection cap of 1,024: scrapes keep being answered and the thread count stays flat.
+
+    Both ends live in this process, so it needs about 4,100 open files: the soft limit is raised to the hard one;
+    with a lower hard limit the load is scaled down to fit (and says so). The latency bound is loose (a shared
+    2-core machine); benches/bench_metrics.py measures p50/p99 against prometheus_client.
+    """
+    common = _bench_common()
+    limit = common.raise_nofile(4400)
+    per_kind = min(1000, max(50, (limit - 300) // 4))
+    if per_kind < 1000:
+        print(f"open-file limit {limit}: {per_kind} slow + {per_kind} idle clients instead of 1,000 + 1,000")
+    threads_before = common.proc_status().get("Threads")
+    with M.serve(port=0) as srv:
+        with common.HostileClients(srv.port, slow=per_kind, idle=per_kind, ramp=1.0) as load:
+            wait_for(lambda: srv.stats()["open_connections"] >= min(1000, 2 * per_kind - 50))
+            result = common.scrape_loop(srv.url + "/metrics", duration=6.0, interval=0.05, timeout=5.0)
+            threads_during = common.proc_status().get("Threads")
+            stats = srv.stats()
+        assert result["ok"] >= 0.99 * result["total"], (result, stats, load.connect_errors)
+        assert result["p99_ms"] < 1000, result
+        assert stats["open_connections"] <= 1024 + 64
+    if threads_before is not None and threads_during is not None:
+        # the server's 2 I/O threads + at most 4 handler threads + the load thread (+ slack for the runtime)
+        assert threads_during - threads_before <= 2 + 4 + 1 + 2, (threads_before, threads_during)
