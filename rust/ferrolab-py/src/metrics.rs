@@ -1017,6 +1017,14 @@ impl Drop for Server {
     }
 }
 
+/// gzip as the server compresses ``/metrics`` (for the benchmark: its size and cost against the render).
+#[pyfunction]
+fn _gzip(py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+    let data = data.to_vec();
+    py.detach(move || server::gzip_bytes(&data))
+        .ok_or_else(|| errors::internal("_gzip", "compression failed"))
+}
+
 /// Native part of ``fl.metrics.serve``.
 #[pyfunction]
 #[pyo3(signature = (host, port, token, workers, header_timeout, max_header_bytes, max_connections, tls_cert, tls_key, basic_auth))]
@@ -1135,5 +1143,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_record_error, m)?)?;
     m.add_function(wrap_pyfunction!(_settings, m)?)?;
     m.add_function(wrap_pyfunction!(_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(_gzip, m)?)?;
     Ok(())
 }
