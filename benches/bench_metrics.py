@@ -405,6 +405,7 @@ def slow_client_rows(smoke: bool) -> list[dict[str, Any]]:
                 r = scrape_loop(url, duration, interval=0.05, timeout=2.0)
                 during = proc_status(proc.pid)
                 reopened = load.closed_by_server
+                connect_errors = load.connect_errors
         finally:
             proc.kill()
             proc.wait(30)
@@ -425,6 +426,7 @@ def slow_client_rows(smoke: bool) -> list[dict[str, Any]]:
                 "threads_before": before.get("Threads"),
                 "threads_under_load": during.get("Threads"),
                 "connections_closed_by_server": reopened,
+                "client_connect_errors": connect_errors,
                 "met": met if name == "ferrolab" else None,
             }
         )
