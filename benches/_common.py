@@ -289,23 +289,13 @@ class HostileClients:
         self._stop.set()
         self._thread.join(30)
 
-    def _open(self, kind: str) -> Any:
+    def _open(self) -> Any:
+        """A socket connecting without blocking (a server slow to accept must not slow down the load itself)."""
         import socket
 
-        try:
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-        except OSError:
-            self.connect_errors += 1
-            return None
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
-        try:
-            if kind == "idle":
-                s.send(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            else:
-                s.send(b"GET /metrics HTTP/1.1\r\n")
-        except OSError:
-            s.close()
-            return None
+        s.connect_ex(("127.0.0.1", self.port))
         return s
 
     def _run(self) -> None:
@@ -313,12 +303,13 @@ class HostileClients:
 
         sel = selectors.DefaultSelector()
         kinds = ["slow"] * self.n_slow + ["idle"] * self.n_idle
-        # interleave the two kinds; (kind, next time to act, line number)
+        first = {"slow": b"GET /metrics HTTP/1.1\r\n", "idle": b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
+        # interleave the two kinds, spread over the ramp
         order = sorted(range(len(kinds)), key=lambda i: (i % 2, i)) if kinds else []
         start = time.monotonic()
         due: dict[int, float] = {i: start + self.ramp * n / max(1, len(order)) for n, i in enumerate(order)}
         socks: dict[int, Any] = {}
-        lines: dict[int, int] = {}
+        lines: dict[int, int] = {}  # header lines sent; -1 until the first bytes are out (still connecting)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -327,30 +318,36 @@ class HostileClients:
                         continue
                     s = socks.get(i)
                     if s is None:
-                        s = self._open(kinds[i])
-                        if s is None:
-                            due[i] = now + 1.0
-                            continue
-                        socks[i], lines[i] = s, 0
+                        s = socks[i] = self._open()
+                        lines[i] = -1
                         sel.register(s, selectors.EVENT_READ, i)
-                        due[i] = now + 1.0 if kinds[i] == "slow" else float("inf")
-                    else:  # a slow client's next header line
-                        lines[i] += 1
-                        try:
+                        due[i] = now + 0.02
+                        continue
+                    try:
+                        if lines[i] < 0:
+                            s.send(first[kinds[i]])
+                            lines[i] = 0
+                        else:  # a slow client's next header line
+                            lines[i] += 1
                             s.send(b"X-Slow-%d: v\r\n" % lines[i])
-                        except OSError:
-                            pass
-                        due[i] = now + 1.0
+                        due[i] = now + 1.0 if kinds[i] == "slow" else float("inf")
+                    except (BlockingIOError, InterruptedError):
+                        due[i] = now + 0.05  # still connecting, or the send buffer is full
+                    except OSError:
+                        due[i] = now + 0.05  # the selector reports the close
                 for key, _ in sel.select(timeout=0.05):
                     i, s = key.data, key.fileobj
                     try:
                         data = s.recv(65536)
-                    except BlockingIOError:
+                    except (BlockingIOError, InterruptedError):
                         continue
                     except OSError:
                         data = b""
                     if not data:  # closed by the server (408, the cap or idle): open again a second later
-                        self.closed_by_server += 1
+                        if lines.get(i, 0) < 0:
+                            self.connect_errors += 1
+                        else:
+                            self.closed_by_server += 1
                         sel.unregister(s)
                         s.close()
                         socks.pop(i, None)
