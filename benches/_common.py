@@ -247,3 +247,154 @@ def write_json(path: Path, doc: dict[str, Any], *, indent: int = 1, prefix: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=indent))
     print(f"{prefix}JSON: {path}")
+
+
+# ---------------------------------------------------------------------------------------------------- slow clients
+
+
+def raise_nofile(need: int) -> int:
+    """Raises the soft open-file limit towards the hard one (as far as ``need``); returns the soft limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class HostileClients:
+    """``slow`` clients that send one request-head line per second (a slow-loris drip) and ``idle`` clients that
+    make one request and then hold their keep-alive connection open, all on 127.0.0.1:``port``, driven by one
+    thread. A connection the server closes is opened again a second later (as a real client would), so the load
+    stays at its size. ``stop()`` closes everything."""
+
+    def __init__(self, port: int, slow: int, idle: int, ramp: float = 1.0) -> None:
+        import threading
+
+        self.port, self.n_slow, self.n_idle, self.ramp = port, slow, idle, ramp
+        self.closed_by_server = 0
+        self.connect_errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hostile-clients", daemon=True)
+
+    def __enter__(self) -> HostileClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _open(self) -> Any:
+        """A socket connecting without blocking (a server slow to accept must not slow down the load itself)."""
+        import socket
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", self.port))
+        return s
+
+    def _run(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        kinds = ["slow"] * self.n_slow + ["idle"] * self.n_idle
+        first = {"slow": b"GET /metrics HTTP/1.1\r\n", "idle": b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"}
+        # interleave the two kinds, spread over the ramp
+        order = sorted(range(len(kinds)), key=lambda i: (i % 2, i)) if kinds else []
+        start = time.monotonic()
+        due: dict[int, float] = {i: start + self.ramp * n / max(1, len(order)) for n, i in enumerate(order)}
+        socks: dict[int, Any] = {}
+        lines: dict[int, int] = {}  # header lines sent; -1 until the first bytes are out (still connecting)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for i, t in list(due.items()):
+                    if t > now:
+                        continue
+                    s = socks.get(i)
+                    if s is None:
+                        s = socks[i] = self._open()
+                        lines[i] = -1
+                        sel.register(s, selectors.EVENT_READ, i)
+                        due[i] = now + 0.02
+                        continue
+                    try:
+                        if lines[i] < 0:
+                            s.send(first[kinds[i]])
+                            lines[i] = 0
+                        else:  # a slow client's next header line
+                            lines[i] += 1
+                            s.send(b"X-Slow-%d: v\r\n" % lines[i])
+                        due[i] = now + 1.0 if kinds[i] == "slow" else float("inf")
+                    except (BlockingIOError, InterruptedError):
+                        due[i] = now + 0.05  # still connecting, or the send buffer is full
+                    except OSError:
+                        due[i] = now + 0.05  # the selector reports the close
+                for key, _ in sel.select(timeout=0.05):
+                    i, s = key.data, key.fileobj
+                    try:
+                        data = s.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:  # closed by the server (408, the cap or idle): open again a second later
+                        if lines.get(i, 0) < 0:
+                            self.connect_errors += 1
+                        else:
+                            self.closed_by_server += 1
+                        sel.unregister(s)
+                        s.close()
+                        socks.pop(i, None)
+                        due[i] = time.monotonic() + 1.0
+        finally:
+            for s in socks.values():
+                s.close()
+            sel.close()
+
+
+def scrape_loop(url: str, duration: float, interval: float = 0.05, timeout: float = 2.0) -> dict[str, Any]:
+    """GETs ``url`` on a new connection every ``interval`` seconds for ``duration``; returns ok/total and the
+    p50/p99 latency in milliseconds (failed scrapes count as ``timeout``)."""
+    import urllib.request
+
+    lat: list[float] = []
+    ok = total = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        total += 1
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                r.read()
+                ok += r.status == 200
+        except OSError:
+            pass
+        dt = time.perf_counter() - t0
+        lat.append(dt if dt < timeout else timeout)
+        time.sleep(max(0.0, interval - dt))
+    lat.sort()
+
+    def q(p: float) -> float | None:
+        return round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
+
+    return {"ok": ok, "total": total, "p50_ms": q(0.50), "p99_ms": q(0.99)}
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM (peak RSS) in KiB and Threads of a process, from /proc (empty where there is none)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM", "Threads"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out

@@ -17,6 +17,14 @@ Columns: ``ratio = prometheus_client time / ferrolab time`` (> 1 means ferrolab 
 handful of built-in ``ferrolab_*`` series). ``instrumentation`` times ``fl.ops.sum`` on 1,000 float64 with
 ``fl.metrics.configure(enabled=True)`` against ``enabled=False`` and reports the time it adds in percent.
 
+``slow clients`` (also with ``--cases slow_clients``) starts each endpoint in a process of its own
+(``fl.metrics.serve()`` with its defaults, ``prometheus_client.start_http_server``), opens 1,000 clients that drip
+one request-head line a second and 1,000 idle keep-alive connections against it (20 + 20 with ``--smoke``; closed
+connections reopen a second later), and scrapes ``/metrics`` on a new connection every 50 ms for 10 s: scrapes
+answered, p50/p99 latency, and the server's peak RSS and thread count before and under the load. ``gzip`` renders
+the 10,000-series exposition and compresses it as the server does (``Accept-Encoding: gzip``): sizes and the
+compression time over the render time.
+
 When ``benches/bench_tracing.py`` exists and has ``run(smoke)``, its rows are printed after these and stored under
 ``tracing_rows`` in the JSON.
 """
@@ -39,6 +47,7 @@ from typing import Any
 import numpy as np
 import prometheus_client as pc
 from _common import (
+    HostileClients,
     cores_available,
     cpu_model,
     dist_version,
@@ -48,6 +57,9 @@ from _common import (
     loadavg,
     pair_stats,
     print_table,
+    proc_status,
+    raise_nofile,
+    scrape_loop,
     time_pair,
     warn_if_loaded,
     write_json,
@@ -68,7 +80,9 @@ TARGETS = {
     "exposition": 20.0,
 }
 INSTRUMENTATION_TARGET_PCT = 5.0
-ALL_CASES = [*TARGETS, "instrumentation"]
+ALL_CASES = [*TARGETS, "instrumentation", "slow_clients", "gzip"]
+SLOW_CLIENT_TARGETS = {"ok_pct": 99.0, "p99_ms": 50.0}
+GZIP_TARGET_COST = 2.0
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -333,6 +347,162 @@ def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
     return row
 
 
+# ----------------------------------------------------------------------------------------------- endpoints
+
+_NOFILE = """
+import resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard == resource.RLIM_INFINITY or soft < hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+"""
+
+SERVERS = {
+    "ferrolab": _NOFILE
+    + """
+import sys
+import ferrolab as fl
+srv = fl.metrics.serve(port=0)
+print(srv.port, flush=True)
+sys.stdin.read()
+srv.stop()
+""",
+    "prometheus_client": _NOFILE
+    + """
+import sys
+from prometheus_client import start_http_server
+server, _ = start_http_server(0)
+print(server.server_port, flush=True)
+sys.stdin.read()
+""",
+}
+
+
+def slow_client_rows(smoke: bool) -> list[dict[str, Any]]:
+    """Scrapes against each endpoint, in a process of its own, under slow and idle clients."""
+    import subprocess
+
+    n = 20 if smoke else 1000
+    duration = 1.5 if smoke else 10.0
+    limit = raise_nofile(2 * n + 500)
+    if limit < 2 * n + 200:
+        n = max(10, (limit - 200) // 2)
+        print(f"open-file limit {limit}: {n} slow + {n} idle clients", file=sys.stderr)
+    path = [str(Path(fl.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    rows = []
+    for name, script in SERVERS.items():
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())
+            url = f"http://127.0.0.1:{port}/metrics"
+            scrape_loop(url, 0.3)  # warm
+            before = proc_status(proc.pid)
+            with HostileClients(port, slow=n, idle=n, ramp=1.0) as load:
+                time.sleep(1.0 if smoke else 3.0)
+                r = scrape_loop(url, duration, interval=0.05, timeout=2.0)
+                during = proc_status(proc.pid)
+                reopened = load.closed_by_server
+                connect_errors = load.connect_errors
+        finally:
+            proc.kill()
+            proc.wait(30)
+        ok_pct = 100.0 * r["ok"] / max(1, r["total"])
+        met = ok_pct >= SLOW_CLIENT_TARGETS["ok_pct"] and (r["p99_ms"] or 1e9) < SLOW_CLIENT_TARGETS["p99_ms"]
+        rows.append(
+            {
+                "server": name,
+                "slow": n,
+                "idle": n,
+                "scrapes_ok": r["ok"],
+                "scrapes": r["total"],
+                "ok_pct": round(ok_pct, 1),
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "rss_mib_before": round(before.get("VmRSS", 0) / 1024, 1),
+                "peak_rss_mib": round(during.get("VmHWM", 0) / 1024, 1),
+                "threads_before": before.get("Threads"),
+                "threads_under_load": during.get("Threads"),
+                "connections_closed_by_server": reopened,
+                "client_connect_errors": connect_errors,
+                "met": met if name == "ferrolab" else None,
+            }
+        )
+    return rows
+
+
+def print_slow_client_rows(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\nslow clients: {rows[0]['slow']} slow-loris + {rows[0]['idle']} idle keep-alive; scrapes every 50 ms "
+        f"(target for ferrolab: >= {SLOW_CLIENT_TARGETS['ok_pct']:g}% ok, p99 < {SLOW_CLIENT_TARGETS['p99_ms']:g} ms)"
+    )
+    print_table(
+        ["server", "scrapes ok", "p50 ms", "p99 ms", "RSS MiB before", "peak RSS MiB", "threads before", "threads"],
+        [
+            [
+                str(v)
+                for v in (
+                    r["server"],
+                    f"{r['scrapes_ok']}/{r['scrapes']}",
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["rss_mib_before"],
+                    r["peak_rss_mib"],
+                    r["threads_before"],
+                    r["threads_under_load"],
+                )
+            ]
+            for r in rows
+        ],
+        right=range(1, 8),
+    )
+
+
+def gzip_row(series: int, repeat: int) -> dict[str, Any]:
+    """The exposition of ``series`` counter series: rendered, and gzipped as the server does it."""
+    c = fl.metrics.Counter(_name("gzip"), "Gzip bench.", ["key"])
+    try:
+        for i in range(series):
+            c.labels(f"k{i}").inc(i)
+        render, compress = [], []
+        text = fl.metrics.exposition().encode()
+        packed = fl._core._gzip(text)
+        for _ in range(max(3, repeat)):
+            t0 = time.perf_counter()
+            text = fl.metrics.exposition().encode()
+            t1 = time.perf_counter()
+            packed = fl._core._gzip(text)
+            t2 = time.perf_counter()
+            render.append(t1 - t0)
+            compress.append(t2 - t1)
+    finally:
+        fl.metrics.REGISTRY.unregister(c)
+    render.sort()
+    compress.sort()
+    r_s, c_s = render[len(render) // 2], compress[len(compress) // 2]
+    cost = c_s / r_s
+    return {
+        "series": series,
+        "bytes": len(text),
+        "gzip_bytes": len(packed),
+        "shrink": round(len(text) / len(packed), 1),
+        "render_ms": round(1e3 * r_s, 3),
+        "gzip_ms": round(1e3 * c_s, 3),
+        "cost_ratio": round(cost, 2),
+        "met": cost < GZIP_TARGET_COST and len(packed) < len(text),
+    }
+
+
+def print_gzip_row(g: dict[str, Any]) -> None:
+    print(
+        f"\ngzip of the exposition ({g['series']:,} series): {g['bytes']:,} -> {g['gzip_bytes']:,} bytes "
+        f"({g['shrink']}x smaller); render {g['render_ms']} ms, gzip {g['gzip_ms']} ms: cost {g['cost_ratio']}x the "
+        f"render (target < {GZIP_TARGET_COST:g}x)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -381,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     built = build_cases(series) + [instrumentation_case()]
     cases = [c for c in built if c.name in wanted]
     rows = []
+    slow_rows: list[dict[str, Any]] = []
+    gz: dict[str, Any] | None = None
     try:
         for c in cases:
             rows.append(run_case(c, repeat, min_time))
@@ -396,11 +568,20 @@ def main(argv: list[str] | None = None) -> int:
                     fl.metrics.REGISTRY.unregister(m)
                 except KeyError:
                     pass
+    if "gzip" in wanted:
+        gz = gzip_row(series, repeat)
+    if "slow_clients" in wanted:
+        slow_rows = slow_client_rows(args.smoke)
     trace_rows, trace_error = tracing_rows(args.smoke)
     elapsed = time.perf_counter() - t_start
     info["loadavg_end"] = loadavg()
 
-    print_rows(rows)
+    if rows:
+        print_rows(rows)
+    if gz is not None:
+        print_gzip_row(gz)
+    if slow_rows:
+        print_slow_client_rows(slow_rows)
     if trace_rows is not None:
         print("\nbench_tracing.py:")
         print_tracing(trace_rows)
@@ -408,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbench_tracing.py failed: {trace_error}")
     bad = [r for r in rows if r["check"] != "ok"]
     missed = [r["case"] for r in rows if r["met"] is False]
+    if gz is not None and not gz["met"]:
+        missed.append("gzip")
+    if any(r["met"] is False for r in slow_rows):
+        missed.append("slow_clients")
     print(f"\n{len(rows)} cases in {elapsed:.1f} s; targets missed: {', '.join(missed) if missed else 'none'}.")
     if bad:
         print(f"\n!!! {len(bad)} case(s) failed their check:", file=sys.stderr)
@@ -427,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         "failures": len(bad),
         "targets_missed": missed,
         "rows": rows,
+        "gzip": gz,
+        "slow_client_rows": slow_rows,
         "tracing_rows": trace_rows,
         "tracing_error": trace_error,
     }

@@ -74,6 +74,12 @@ def test_bench_metrics_smoke(tmp_path: Path) -> None:
     for key in ("cpu_model", "cores", "python", "ferrolab", "prometheus_client", "loadavg_start", "loadavg_end"):
         assert key in doc["machine"], key
     assert "instrumentation" in proc.stdout and "targets missed" in proc.stdout
+    gz = doc["gzip"]
+    assert gz["series"] == doc["series"] and 0 < gz["gzip_bytes"] < gz["bytes"], gz
+    slow = {r["server"]: r for r in doc["slow_client_rows"]}
+    assert list(slow) == ["ferrolab", "prometheus_client"]
+    assert slow["ferrolab"]["scrapes_ok"] > 0 and slow["ferrolab"]["threads_under_load"] is not None
+    assert "slow clients" in proc.stdout and "gzip of the exposition" in proc.stdout
 
 
 BENCH_GPU = REPO / "benches" / "bench_gpu.py"

@@ -21,7 +21,7 @@ def _start(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.P
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    m = re.search(r"(http://127\.0\.0\.1:\d+)/metrics", line)
+    m = re.search(r"(https?://127\.0\.0\.1:\d+)/metrics", line)
     if not m:
         proc.kill()
         raise AssertionError(f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
@@ -81,3 +81,52 @@ def test_serve_usage_errors_exit_2() -> None:
         timeout=120,
     )
     assert r.returncode == 2 and "no_such_module_xyz" in r.stderr
+
+
+def test_serve_tls_and_basic_auth(tmp_path) -> None:
+    import base64
+    import shutil
+    import ssl
+
+    import pytest
+    from conftest import MISSING
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip(f"{MISSING}openssl (Debian package openssl); needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    # bcrypt (cost 4, fast for a test) of "pw"
+    users = "scraper:$2b$04$ADVAhG9OtdL/JQ6.J1SCvO.ilvPPoVZQwSRnfaHfoHIBpKZMrA0Um"
+    proc, url = _start(
+        "--tls-cert", str(cert), "--tls-key", str(key), "--basic-auth-env", "FL_TEST_USERS",
+        env={"FL_TEST_USERS": users},
+    )
+    try:
+        assert url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False  # the certificate names localhost; the URL says 127.0.0.1 (also in its SANs)
+        try:
+            urllib.request.urlopen(url + "/ready", timeout=30, context=ctx)
+            raise AssertionError("a request without credentials was served")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+            e.close()
+        auth = base64.b64encode(b"scraper:pw").decode()
+        req = urllib.request.Request(url + "/ready", headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)

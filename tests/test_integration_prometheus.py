@@ -7,6 +7,7 @@ that always terminates it through its own Popen handle. Waits are polls with dea
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import shutil
@@ -32,6 +33,10 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 
 TOKEN = "fltest-scrape-token"
+BASIC_USER = "prometheus"
+BASIC_PASSWORD = "fltest-scrape-password"
+# bcrypt (cost 10) of BASIC_PASSWORD, as a web config holds it (the form `htpasswd -nBC 10 prometheus` prints)
+BASIC_HASH = "$2b$10$RlzLcD72RN4qfL9KwPImoOBmshI/Hgrx.LneIR6g7w2w7Gwm9D0BC"
 STARTUP = 60.0  # seconds a component may take to come up
 SCRAPED = 60.0  # seconds until Prometheus has our series (scrape_interval is 1 s)
 
@@ -182,6 +187,101 @@ def scraped(user_metrics, tmp_path_factory) -> Iterator[dict[str, Any]]:
         prom.stop()
         plain.stop()
         secured.stop()
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key (PEM), made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip(f"{MISSING}openssl (Debian package openssl); needed to make a test certificate")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def scraped_tls(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """An fl.metrics server with TLS and basic auth (node_exporter's web-config way) and a Prometheus scraping it
+    over https with the right and with a wrong password."""
+    binary = _binary("prometheus")
+    tmp = tmp_path_factory.mktemp("prometheus_tls")
+    cert, key = self_signed(tmp)
+    many = M.Counter(unique("tls_series"), "Enough series for a gzip-compressed exposition.", ["n"])
+    for i in range(100):
+        many.labels(str(i)).inc(i)
+    srv = M.serve(port=0, tls_cert=cert, tls_key=key, basic_auth={BASIC_USER: BASIC_HASH})
+    port = free_port()
+    tls = {"ca_file": str(cert), "server_name": "localhost"}
+    target = {"targets": [f"127.0.0.1:{srv.port}"]}
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "ferrolab-tls",
+                "scheme": "https",
+                "tls_config": tls,
+                "basic_auth": {"username": BASIC_USER, "password": BASIC_PASSWORD},
+                "static_configs": [target],
+            },
+            {
+                "job_name": "ferrolab-tls-wrong-password",
+                "scheme": "https",
+                "tls_config": tls,
+                "basic_auth": {"username": BASIC_USER, "password": "not-the-password"},
+                "static_configs": [target],
+            },
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(json.dumps(config, indent=1))
+    (tmp / "data").mkdir()
+    prom = Component(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=info",
+        ],
+        tmp / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            prom.check_alive()
+            return fetch(url + "/-/ready") is not None
+
+        wait_for("prometheus /-/ready", ready, STARTUP, prom.log)
+        yield {"url": url, "server": srv, "prometheus": prom, "cert": cert}
+    finally:
+        prom.stop()
+        srv.stop()
+        M.REGISTRY.unregister(many)
 
 
 def query(prom_url: str, promql: str) -> list[dict[str, Any]]:
@@ -437,3 +537,51 @@ def test_push_to_a_closed_port_is_an_os_error(func) -> None:
 def test_push_bad_arguments(args, exc) -> None:
     with pytest.raises(exc):
         M.push(*args)
+
+
+# --- Prometheus scrapes over TLS with basic auth ----------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth(scraped_tls) -> None:
+    url, prom = scraped_tls["url"], scraped_tls["prometheus"]
+
+    def up(job: str, value: str) -> list[dict[str, Any]]:
+        prom.check_alive()
+        return [r for r in query(url, f'up{{job="{job}"}}') if r["value"][1] == value]
+
+    wait_for("up == 1 over https with basic auth", lambda: up("ferrolab-tls", "1"), SCRAPED, prom.log)
+    wait_for("up == 0 with a wrong password", lambda: up("ferrolab-tls-wrong-password", "0"), SCRAPED, prom.log)
+    # the exposition arrived through TLS, gzip-compressed (Prometheus asks for gzip)
+    rows = wait_for(
+        "scrape_samples_scraped over https",
+        lambda: [r for r in query(url, 'scrape_samples_scraped{job="ferrolab-tls"}') if float(r["value"][1]) > 0],
+        SCRAPED,
+        prom.log,
+    )
+    assert rows
+    stats = scraped_tls["server"].stats()
+    assert stats["gzipped"] > 0 and stats["unauthorized"] > 0
+    assert scraped_tls["server"].url.startswith("https://127.0.0.1:")
+
+
+def test_tls_server_answers_https_clients_and_refuses_plain_http(scraped_tls) -> None:
+    import base64
+    import ssl
+
+    srv = scraped_tls["server"]
+    ctx = ssl.create_default_context(cafile=str(scraped_tls["cert"]))
+    auth = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
+    req = urllib.request.Request(f"https://localhost:{srv.port}/ready", headers={"Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"https://localhost:{srv.port}/ready", context=ctx, timeout=10)
+    assert e.value.code == 401 and e.value.headers["WWW-Authenticate"].startswith("Basic")
+    e.value.close()
+    before = srv.stats()["tls_errors"]
+    with pytest.raises((OSError, http.client.HTTPException)):  # a TLS alert, not an HTTP answer
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/ready", timeout=10).read()
+    deadline = time.monotonic() + 10
+    while srv.stats()["tls_errors"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.stats()["tls_errors"] > before

@@ -10,7 +10,10 @@ The output is parsed with prometheus_client's strict OpenMetrics parser; exempla
 from __future__ import annotations
 
 import itertools
+import json
 import time
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import ferrolab as fl
@@ -204,3 +207,81 @@ def test_values_and_labels_round_trip_through_the_parser(values: list[float], la
         assert got == {f"{label}{i}": v for i, v in enumerate(values)}
     finally:
         M.REGISTRY.unregister(g)
+
+
+# --- the endpoint ---------------------------------------------------------------------------------------------------
+
+
+def get(url: str, accept: str | None = None) -> tuple[str, str]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.headers["Content-Type"], r.read().decode()
+
+
+def test_metrics_endpoint_negotiates_openmetrics(metrics, tracing) -> None:
+    h = metrics(M.Histogram, unique("served_seconds"), "Served.")
+    with fl.tracing.span("served") as span:
+        h.observe(0.3)
+    with M.serve(port=0) as srv:
+        ctype, body = get(srv.url + "/metrics")
+        assert ctype.startswith("text/plain; version=0.0.4") and "# EOF" not in body
+        # what Prometheus sends when exemplar storage is on
+        accept = (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )
+        ctype, body = get(srv.url + "/metrics", accept)
+        assert ctype == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        fams = {f.name: f for f in text_string_to_metric_families(body)}
+        exs = [s.exemplar for s in fams[h.name].samples if s.exemplar]
+        assert [e.labels["trace_id"] for e in exs] == [span.trace_id]
+
+
+@pytest.mark.integration
+def test_prometheus_stores_exemplars(tmp_path, tracing) -> None:
+    from test_integration_prometheus import STARTUP, Component, _binary, fetch, free_port, wait_for
+
+    binary = _binary("prometheus")
+    with fl.tracing.span("scraped-request") as span:
+        fl.ops.std(np.ones(2000))
+    srv = M.serve(port=0)
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "ferrolab-om", "static_configs": [{"targets": [f"127.0.0.1:{srv.port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    (tmp_path / "data").mkdir()
+    prom = Component(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("prometheus /-/ready", lambda: prom.check_alive() or fetch(url + "/-/ready"), STARTUP, prom.log)
+
+        def exemplars() -> list[dict[str, Any]]:
+            now = time.time()
+            q = urllib.parse.urlencode(
+                {
+                    "query": 'ferrolab_operation_duration_seconds_bucket{operation="std"}',
+                    "start": now - 600,
+                    "end": now + 60,
+                }
+            )
+            doc = json.loads(fetch(f"{url}/api/v1/query_exemplars?{q}"))
+            assert doc["status"] == "success", doc
+            return [e for series in doc["data"] for e in series["exemplars"]]
+
+        got = wait_for("exemplars in Prometheus", exemplars, 60.0, prom.log)
+        assert span.trace_id in {e["labels"]["trace_id"] for e in got}
+    finally:
+        prom.stop()
+        srv.stop()

@@ -21,6 +21,7 @@ __all__ = [
     "CircuitOpenError",
     "breakers",
     "_configure",
+    "_gzip",
     "_panic_in_kernel",
     "_record_error",
     "_serve",
@@ -300,11 +301,21 @@ class Server:
     def __exit__(self, *_args: Any) -> bool: ...
 
 def exposition(openmetrics: bool = False) -> str: ...
+def _gzip(data: bytes) -> bytes: ...
 def _configure(enabled: bool, prefix: str) -> None: ...
 def _record_error(operation: str, device: str, error_type: str) -> None: ...
 def _settings() -> tuple[bool, str]: ...
 def _serve(
-    host: str, port: int, token: str | None, workers: int, header_timeout: float, max_header_bytes: int
+    host: str,
+    port: int,
+    token: str | None,
+    workers: int,
+    header_timeout: float,
+    max_header_bytes: int,
+    max_connections: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    basic_auth: list[tuple[str, str]],
 ) -> Server: ...
 
 # --- breaker ---------------------------------------------------------------------------------------------------

@@ -181,9 +181,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.token_env and not token:
         print(f"ferrolab serve: environment variable {args.token_env} is empty or unset", file=sys.stderr)
         return 2
+    basic_auth = None
+    if args.basic_auth_env:
+        entries = os.environ.get(args.basic_auth_env, "").split()
+        if not entries or not all(":" in e for e in entries):
+            print(
+                f"ferrolab serve: environment variable {args.basic_auth_env} must hold 'user:bcrypt_hash' entries",
+                file=sys.stderr,
+            )
+            return 2
+        basic_auth = dict(e.split(":", 1) for e in entries)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("ferrolab serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     try:
-        server = metrics.serve(args.host, args.port, token=token)
-    except OSError as exc:
+        server = metrics.serve(
+            args.host, args.port, token=token, tls_cert=args.tls_cert, tls_key=args.tls_key, basic_auth=basic_auth
+        )
+    except (OSError, ValueError) as exc:
         print(f"ferrolab serve: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
@@ -757,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve /metrics, /health and /ready until interrupted",
         description="Serve the Prometheus exposition (/metrics), the health report (/health: 200 or 503) and /ready "
-        "from native threads until SIGINT/SIGTERM (or --duration seconds).",
+        "from native threads until SIGINT/SIGTERM (or --duration seconds). A bearer token over plain HTTP travels in "
+        "clear text: use --tls-cert/--tls-key outside a trusted network.",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=_port, default=9464, help="port (default 9464; 0 picks a free one)")
@@ -765,6 +781,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-env",
         metavar="VAR",
         help="require 'Authorization: Bearer <token>' with the token read from environment variable VAR",
+    )
+    s.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key)")
+    s.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    s.add_argument(
+        "--basic-auth-env",
+        metavar="VAR",
+        help="require basic auth; environment variable VAR holds 'user:bcrypt_hash' entries separated by spaces",
     )
     s.add_argument("--duration", type=_positive_float, default=None, help="stop after this many seconds")
     s.add_argument(

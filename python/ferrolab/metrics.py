@@ -28,6 +28,7 @@ import atexit
 import base64
 import functools
 import inspect
+import os
 import re
 import threading
 import weakref
@@ -105,15 +106,21 @@ def serve(
     workers: int = 4,
     header_timeout: float = 5.0,
     max_header_bytes: int = 16384,
+    max_connections: int = 1024,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+    basic_auth: Mapping[str, str] | None = None,
 ) -> Server:
-    """Serve ``GET /metrics``, ``/health`` and ``/ready`` from native threads.
+    """Serve ``GET /metrics``, ``/health`` and ``/ready`` (also ``/healthz``, ``/readyz``) from native code.
 
-    ``/metrics`` is the text exposition (rendered without the GIL); ``/health`` runs
-    :func:`ferrolab.health.default_registry` and answers JSON with 200 (healthy or warning) or 503 (unhealthy);
-    ``/ready`` answers 200 while the server runs.
-    The server binds 127.0.0.1 unless told otherwise, serves concurrent scrapes from a fixed pool of ``workers``
-    threads behind a bounded queue (503 when it is full), drops clients that do not send their request head within
-    ``header_timeout`` seconds (408) or send more than ``max_header_bytes`` (431), and answers only GET and HEAD.
+    ``/metrics`` is the text exposition (rendered without the GIL, gzip-compressed when the client accepts it);
+    ``/health`` runs :func:`ferrolab.health.default_registry` and answers JSON with 200 (healthy or warning) or
+    503 (unhealthy); ``/ready`` answers 200 while the server runs.
+    The server (hyper on two native I/O threads) binds 127.0.0.1 unless told otherwise and keeps connections
+    alive; slow or idle clients hold no thread, so they cannot starve a scrape. At most ``max_connections`` are
+    open: a new one closes the connection idle the longest (503 only when all are busy answering). A request head
+    must arrive within ``header_timeout`` seconds (408) and fit in ``max_header_bytes`` (431); only GET and HEAD
+    are answered (405). The handlers (rendering, ``/health``) run on at most ``workers`` threads.
 
     Parameters
     ----------
@@ -123,12 +130,22 @@ def serve(
         Port; 0 picks a free one (see ``Server.port``).
     token : str, optional
         When given, every request needs ``Authorization: Bearer <token>`` (compared in constant time), else 401.
+        Over plain HTTP the token travels in clear text: anyone who can watch the network can read it; use
+        ``tls_cert``/``tls_key`` when the network is not trusted.
+    max_connections : int, optional
+        Connections open at once; mind the process's open-file limit (``ulimit -n``).
+    tls_cert, tls_key : str or path, optional
+        PEM files of the certificate chain and its private key: serve HTTPS (TLS 1.2/1.3, rustls).
+    basic_auth : mapping, optional
+        ``{user: bcrypt_hash}`` as in node_exporter's web config (``htpasswd -nBC 10 user``, or
+        ``bcrypt.hashpw``): requests need ``Authorization: Basic ...`` (a bearer ``token`` is accepted too when
+        both are given). Each distinct credential is checked with bcrypt once; the verdict is cached.
 
     Returns
     -------
     Server
-        ``.url``, ``.port``, ``.stop()``; a context manager that stops on exit. Servers still running stop when
-        the interpreter exits.
+        ``.url``, ``.port``, ``.stats()``, ``.stop()``; a context manager that stops on exit. Servers still
+        running stop when the interpreter exits.
 
     Examples
     --------
@@ -152,7 +169,30 @@ def serve(
         raise TypeError(f"serve(): argument 'header_timeout' must be a number, got {type(header_timeout).__name__}")
     if isinstance(max_header_bytes, bool) or not isinstance(max_header_bytes, int) or max_header_bytes < 256:
         raise ValueError(f"serve(): argument 'max_header_bytes' is {max_header_bytes!r}; expected an int >= 256")
-    server = _core._serve(host, port, token, workers, float(header_timeout), max_header_bytes)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not 1 <= max_connections <= 1 << 20:
+        raise ValueError(f"serve(): argument 'max_connections' is {max_connections!r}; expected an int in 1..1048576")
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("serve(): arguments 'tls_cert' and 'tls_key' go together")
+    users: list[tuple[str, str]] = []
+    if basic_auth is not None:
+        if not isinstance(basic_auth, Mapping):
+            raise TypeError(f"serve(): argument 'basic_auth' must be a mapping, got {type(basic_auth).__name__}")
+        for user, hashed in basic_auth.items():
+            if not isinstance(user, str) or not isinstance(hashed, (str, bytes)):
+                raise TypeError("serve(): argument 'basic_auth' maps str users to bcrypt hashes (str)")
+            users.append((user, hashed.decode() if isinstance(hashed, bytes) else hashed))
+    server = _core._serve(
+        host,
+        port,
+        token,
+        workers,
+        float(header_timeout),
+        max_header_bytes,
+        max_connections,
+        None if tls_cert is None else os.fspath(tls_cert),
+        None if tls_key is None else os.fspath(tls_key),
+        users,
+    )
     with _servers_lock:
         _servers.add(server)
     return server

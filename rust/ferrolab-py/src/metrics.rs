@@ -962,10 +962,18 @@ static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 impl Handler for PyHandler {
     fn handle(&self, route: Route) -> Reply {
         match route {
-            Route::Metrics => match core::exposition() {
-                Ok(text) => Reply::new(200, core::TEXT_CONTENT_TYPE, text),
-                Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
-            },
+            // the text format for both: OpenMetrics is negotiated (`openmetrics`) but rendered as text for now
+            Route::Metrics { openmetrics } => {
+                let (body, ctype) = if openmetrics {
+                    (openmetrics::exposition(), openmetrics::CONTENT_TYPE)
+                } else {
+                    (core::exposition(), core::TEXT_CONTENT_TYPE)
+                };
+                match body {
+                    Ok(text) => Reply::new(200, ctype, text),
+                    Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
+                }
+            }
             Route::Ready => Reply::new(200, "application/json", "{\"status\":\"ready\"}"),
             Route::Health => {
                 if !ffi::interpreter_alive() {
@@ -1009,17 +1017,20 @@ pub struct Server {
     host: String,
     port: u16,
     token: bool,
+    tls: bool,
+    basic_auth: bool,
 }
 
 #[pymethods]
 impl Server {
-    /// ``http://host:port``.
+    /// ``http://host:port`` (``https://`` with TLS).
     #[getter]
     fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("http://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 
@@ -1040,7 +1051,8 @@ impl Server {
         self.inner.lock().map(|g| g.is_some()).unwrap_or(false)
     }
 
-    /// Request counters: requests, rejected (queue full), bad_requests, timeouts, unauthorized.
+    /// Counters: requests, rejected (503 at the connection cap), evicted (closed at the cap to make room),
+    /// bad_requests, timeouts, unauthorized, tls_errors, gzipped, open_connections.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         if let Some(s) = self
@@ -1056,6 +1068,10 @@ impl Server {
             d.set_item("bad_requests", c.bad_requests.load(Relaxed))?;
             d.set_item("timeouts", c.timeouts.load(Relaxed))?;
             d.set_item("unauthorized", c.unauthorized.load(Relaxed))?;
+            d.set_item("evicted", c.evicted.load(Relaxed))?;
+            d.set_item("tls_errors", c.tls_errors.load(Relaxed))?;
+            d.set_item("gzipped", c.gzipped.load(Relaxed))?;
+            d.set_item("open_connections", c.open.load(Relaxed))?;
         }
         Ok(d)
     }
@@ -1064,7 +1080,7 @@ impl Server {
     fn stop(&self, py: Python<'_>) {
         let srv = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut s) = srv {
-            // workers may be waiting for the GIL (a /health request): release it while joining them
+            // a /health request may be waiting for the GIL: release it while the server stops
             py.detach(move || s.stop());
         }
     }
@@ -1081,10 +1097,11 @@ impl Server {
 
     fn __repr__(&self) -> String {
         format!(
-            "<ferrolab.metrics.Server {} {}{}>",
+            "<ferrolab.metrics.Server {} {}{}{}>",
             self.url(),
             if self.running() { "running" } else { "stopped" },
-            if self.token { ", token" } else { "" }
+            if self.token { ", token" } else { "" },
+            if self.basic_auth { ", basic auth" } else { "" }
         )
     }
 }
@@ -1103,9 +1120,18 @@ impl Drop for Server {
     }
 }
 
+/// gzip as the server compresses ``/metrics`` (for the benchmark: its size and cost against the render).
+#[pyfunction]
+fn _gzip(py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+    let data = data.to_vec();
+    py.detach(move || server::gzip_bytes(&data))
+        .ok_or_else(|| errors::internal("_gzip", "compression failed"))
+}
+
 /// Native part of ``fl.metrics.serve``.
 #[pyfunction]
-#[pyo3(signature = (host, port, token, workers, header_timeout, max_header_bytes))]
+#[pyo3(signature = (host, port, token, workers, header_timeout, max_header_bytes, max_connections, tls_cert, tls_key, basic_auth))]
+#[allow(clippy::too_many_arguments)]
 fn _serve(
     py: Python<'_>,
     host: &str,
@@ -1114,6 +1140,10 @@ fn _serve(
     workers: usize,
     header_timeout: f64,
     max_header_bytes: usize,
+    max_connections: usize,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
+    basic_auth: Vec<(String, String)>,
 ) -> PyResult<Server> {
     if !(header_timeout > 0.0 && header_timeout <= 3600.0) {
         return Err(errors::arg_value(
@@ -1122,16 +1152,30 @@ fn _serve(
             format!("is {header_timeout}; expected seconds in (0, 3600]"),
         ));
     }
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(errors::arg_value(
+                "serve",
+                "tls_cert",
+                "tls_cert and tls_key go together",
+            ))
+        }
+    };
     let cfg = server::Config {
         host: host.to_string(),
         port,
         token: token.clone(),
+        basic_auth,
+        tls,
         workers,
-        queue: 64.max(workers * 4),
+        max_connections,
         header_timeout: Duration::from_secs_f64(header_timeout),
-        write_timeout: Duration::from_secs(10),
         max_header_bytes,
+        ..server::Config::default()
     };
+    let (tls, basic) = (cfg.tls.is_some(), !cfg.basic_auth.is_empty());
     let s = py
         .detach(|| server::Server::start(cfg, Arc::new(PyHandler)))
         .py()?;
@@ -1140,6 +1184,8 @@ fn _serve(
         host: addr.ip().to_string(),
         port: addr.port(),
         token: token.is_some(),
+        tls,
+        basic_auth: basic,
         inner: Mutex::new(Some(s)),
     })
 }
@@ -1200,5 +1246,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_record_error, m)?)?;
     m.add_function(wrap_pyfunction!(_settings, m)?)?;
     m.add_function(wrap_pyfunction!(_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(_gzip, m)?)?;
     Ok(())
 }

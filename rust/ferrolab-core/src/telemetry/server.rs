@@ -1,34 +1,66 @@
 //! The embedded HTTP server behind `fl.metrics.serve()`: `GET /metrics`, `/health`, `/ready`.
 //!
-//! A small HTTP/1.1 server on `std::net` with the `httparse` parser, built to be scraped safely:
+//! hyper's HTTP/1.1 server on a small tokio runtime of its own (two I/O threads; the [`Handler`] runs on at most
+//! `workers` blocking threads), built so that no client can starve a scrape:
 //!
-//! * a fixed pool of worker threads behind a bounded queue (a flood gets `503`, never unbounded threads);
-//! * the request head must arrive within `header_timeout` (slow-loris clients get `408` and are dropped) and fit in
-//!   `max_header_bytes` (`431` otherwise); malformed requests get `400`;
-//! * only `GET` and `HEAD` (`405` otherwise); one request per connection (`Connection: close`);
-//! * with a token, requests need `Authorization: Bearer <token>` (`401` otherwise), compared in constant time;
-//! * [`Server::stop`] closes the listener and every open connection and joins all threads.
+//! * connections cost a few KiB of memory and no thread: slow or idle clients do not hold a worker;
+//! * at most `max_connections` are open; at the cap a new connection closes the connection that has waited longest
+//!   without a request in progress (an idle keep-alive or a client still dripping its request head), and only when
+//!   every connection is busy answering is the new one refused with `503` (`Retry-After: 1`);
+//! * the request head must arrive within `header_timeout` of its first byte (`408` and close otherwise) and fit in
+//!   `max_header_bytes` and 64 header lines (`431`); malformed requests get `400`; a reply must be written within
+//!   `write_timeout`; a keep-alive connection with no request for `idle_timeout` is closed;
+//! * only `GET` and `HEAD` (`405` otherwise; request bodies are never read: the connection closes after the reply);
+//! * with a token, requests need `Authorization: Bearer <token>`, compared in constant time; with `basic_auth`
+//!   (user → bcrypt hash, as node_exporter's web config) `Authorization: Basic ...`; either is accepted when both
+//!   are set (`401` otherwise). A bcrypt verdict is cached per distinct credential (keyed by a keyed BLAKE3 hash of
+//!   user and password, looked up with constant-time comparisons), so a scrape costs one bcrypt run only the first time;
+//! * optional TLS (rustls with the ring provider; TLS 1.2/1.3, ALPN `http/1.1`), the handshake bounded by
+//!   `header_timeout`;
+//! * `/metrics` replies are gzip-compressed when the client accepts it (Prometheus does); the route tells the
+//!   handler whether the client asked for OpenMetrics;
+//! * [`Server::stop`] stops accepting, lets requests in progress finish (at most `STOP_GRACE`), closes every
+//!   connection and ends the runtime's threads.
 //!
 //! What the routes answer is up to the [`Handler`] (the binding crate serves metrics natively and asks the
 //! Python health registry for `/health`).
 
 use crate::error::{CoreError, Result};
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
-};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+/// How long [`Server::stop`] lets requests in progress finish.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Replies smaller than this are sent uncompressed.
+const GZIP_MIN_BYTES: usize = 1024;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Metrics,
+    /// The exposition; `openmetrics` when the request's `Accept` asks for `application/openmetrics-text`.
+    Metrics {
+        openmetrics: bool,
+    },
     Health,
     Ready,
 }
@@ -55,9 +87,16 @@ impl Reply {
     }
 }
 
-/// Answers the routes; called on worker threads, concurrently.
+/// Answers the routes; called on the server's blocking threads, concurrently.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, route: Route) -> Reply;
+}
+
+/// PEM files of the certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Server settings.
@@ -66,11 +105,17 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub token: Option<String>,
+    /// user → bcrypt hash (`$2b$...`); empty: no basic auth.
+    pub basic_auth: Vec<(String, String)>,
+    pub tls: Option<TlsFiles>,
+    /// Threads that run the handler (rendering, `/health`) and bcrypt.
     pub workers: usize,
-    pub queue: usize,
+    pub max_connections: usize,
     pub header_timeout: Duration,
     pub write_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub gzip: bool,
 }
 
 impl Default for Config {
@@ -79,11 +124,15 @@ impl Default for Config {
             host: "127.0.0.1".into(),
             port: 9464,
             token: None,
+            basic_auth: Vec::new(),
+            tls: None,
             workers: 4,
-            queue: 64,
+            max_connections: 1024,
             header_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             max_header_bytes: 16 * 1024,
+            gzip: true,
         }
     }
 }
@@ -92,31 +141,80 @@ impl Default for Config {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub requests: AtomicU64,
+    /// Connections refused with 503 (at the cap, every connection busy).
     pub rejected: AtomicU64,
+    /// Connections closed at the cap to make room for a new one.
+    pub evicted: AtomicU64,
     pub bad_requests: AtomicU64,
     pub timeouts: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub tls_errors: AtomicU64,
+    pub gzipped: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+}
+
+/// One connection's state, shared by its I/O wrapper, its requests and the accept loop.
+struct ConnState {
+    /// a request is being answered (from its head until its reply is written)
+    busy: AtomicBool,
+    /// milliseconds since the server started: accepted or last reply written (the eviction order)
+    since: AtomicU64,
+    /// close at the next chance (evicted, or the server stops)
+    closing: AtomicBool,
+    /// the reply was written by the I/O wrapper (408/431): the error hyper reports is not counted again
+    answered: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    notify: Notify,
+}
+
+impl ConnState {
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+        self.notify.notify_one();
+    }
 }
 
 struct Shared {
-    stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    next_id: AtomicU64,
+    cfg: Config,
+    handler: Arc<dyn Handler>,
     counters: Counters,
+    stop: AtomicBool,
+    stop_accept: Notify,
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+    auth: Option<BasicAuth>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
 }
 
 /// A running server; stops when dropped.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Server {
     /// Binds and starts serving.
     pub fn start(cfg: Config, handler: Arc<dyn Handler>) -> Result<Server> {
-        if cfg.workers == 0 || cfg.queue == 0 {
+        if cfg.workers == 0 {
             return Err(CoreError::value("serve", "workers", "must be at least 1"));
+        }
+        if cfg.max_connections == 0 {
+            return Err(CoreError::value(
+                "serve",
+                "max_connections",
+                "must be at least 1",
+            ));
         }
         if let Some(t) = &cfg.token {
             if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -127,6 +225,8 @@ impl Server {
                 ));
             }
         }
+        let auth = BasicAuth::new(&cfg.basic_auth)?;
+        let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
         let addrs: Vec<SocketAddr> = (cfg.host.as_str(), cfg.port)
             .to_socket_addrs()
             .map_err(|e| {
@@ -137,40 +237,42 @@ impl Server {
                 )
             })?
             .collect();
-        let listener = TcpListener::bind(&addrs[..]).map_err(|e| CoreError::Io {
-            context: format!("serve(): cannot listen on {}:{}", cfg.host, cfg.port),
-            source: e,
-        })?;
-        let addr = listener.local_addr().map_err(|e| CoreError::Io {
-            context: "serve(): local address".into(),
-            source: e,
-        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(cfg.workers)
+            .thread_name("ferrolab-http")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| CoreError::io("serve(): cannot start the server runtime", e))?;
+        let listener = {
+            let _in_rt = rt.enter();
+            bind(&addrs).map_err(|e| {
+                CoreError::io(
+                    format!("serve(): cannot listen on {}:{}", cfg.host, cfg.port),
+                    e,
+                )
+            })?
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|e| CoreError::io("serve(): local address", e))?;
         let shared = Arc::new(Shared {
+            cfg,
+            handler,
+            counters: Counters::default(),
             stop: AtomicBool::new(false),
+            stop_accept: Notify::new(),
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            counters: Counters::default(),
+            epoch: Instant::now(),
+            auth,
         });
-        let cfg = Arc::new(cfg);
-        let (tx, rx) = sync_channel::<(u64, TcpStream)>(cfg.queue);
-        let rx = Arc::new(Mutex::new(rx));
-        let mut threads = Vec::with_capacity(cfg.workers + 1);
-        for i in 0..cfg.workers {
-            let (rx, cfg, handler, shared) =
-                (rx.clone(), cfg.clone(), handler.clone(), shared.clone());
-            threads.push(spawn(format!("ferrolab-http-{i}"), move || {
-                worker(rx, cfg, handler, shared)
-            })?);
-        }
-        let sh = shared.clone();
-        let wcfg = cfg.clone();
-        threads.push(spawn("ferrolab-http-accept".into(), move || {
-            accept_loop(listener, tx, sh, wcfg)
-        })?);
+        rt.spawn(accept_loop(listener, shared.clone(), tls));
         Ok(Server {
             addr,
             shared,
-            threads,
+            rt: Some(rt),
         })
     }
 
@@ -189,33 +291,38 @@ impl Server {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting, closes open connections and joins the threads. Idempotent.
+    /// Stops accepting, lets requests in progress finish (at most [`STOP_GRACE`]), closes every connection and
+    /// ends the runtime. Idempotent; call it outside the server's runtime.
     pub fn stop(&mut self) {
         if self.shared.stop.swap(true, Ordering::SeqCst) {
             return;
         }
-        // wake the blocking accept()
-        let wake = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port())
-            }
-            IpAddr::V6(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port())
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        for (_, s) in self
+        self.shared.stop_accept.notify_one();
+        let conns: Vec<Arc<ConnState>> = self
             .shared
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain()
-        {
-            let _ = s.shutdown(Shutdown::Both);
+            .values()
+            .cloned()
+            .collect();
+        for c in &conns {
+            c.close();
         }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline
+            && !self
+                .shared
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if let Some(rt) = self.rt.take() {
+            // drops what is left (the listener included); a handler still running is not waited for
+            rt.shutdown_timeout(Duration::from_millis(100));
         }
     }
 }
@@ -226,274 +333,671 @@ impl Drop for Server {
     }
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(f)
-        .map_err(|e| CoreError::Io {
-            context: "serve(): cannot start a server thread".into(),
-            source: e,
-        })
-}
-
-fn accept_loop(
-    listener: TcpListener,
-    tx: SyncSender<(u64, TcpStream)>,
-    shared: Arc<Shared>,
-    cfg: Arc<Config>,
-) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = conn else {
-            // e.g. EMFILE: back off briefly instead of spinning
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
+fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
+    for a in addrs {
+        let sock = if a.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
         };
-        let _ = stream.set_nodelay(true);
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(c) = stream.try_clone() {
-            shared
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, c);
+        let r = sock.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(*a)?;
+            s.listen(1024)
+        });
+        match r {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
         }
-        match tx.try_send((id, stream)) {
-            Ok(()) => {}
-            Err(TrySendError::Full((id, mut s))) | Err(TrySendError::Disconnected((id, mut s))) => {
-                shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-                let _ = write_reply(
-                    &mut s,
-                    &Reply::text(503, "server busy"),
-                    false,
-                    &[("Retry-After", "1")],
-                );
-                let _ = s.shutdown(Shutdown::Both);
-                forget(&shared, id);
-            }
-        }
-        let _ = &cfg;
     }
-    // dropping `tx` ends the workers once the queue is drained
+    Err(last)
 }
 
-fn forget(shared: &Shared, id: u64) {
-    shared
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
-}
-
-fn worker(
-    rx: Arc<Mutex<Receiver<(u64, TcpStream)>>>,
-    cfg: Arc<Config>,
-    handler: Arc<dyn Handler>,
-    shared: Arc<Shared>,
+async fn accept_loop(
+    listener: TcpListener,
+    sh: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
-        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((id, mut stream)) = next else { break };
-        if !shared.stop.load(Ordering::SeqCst) {
-            // a panicking handler must not take the worker down
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                serve_conn(&mut stream, &cfg, handler.as_ref(), &shared.counters)
-            }));
-            if r.is_err() {
-                let _ = write_reply(&mut stream, &Reply::text(500, "internal error"), false, &[]);
-            }
-        }
-        let _ = stream.shutdown(Shutdown::Both);
-        forget(&shared, id);
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-fn write_reply(
-    s: &mut TcpStream,
-    r: &Reply,
-    head_only: bool,
-    extra: &[(&str, &str)],
-) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(k);
-        head.push_str(": ");
-        head.push_str(v);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    if !head_only {
-        s.write_all(&r.body)?;
-    }
-    s.flush()
-}
-
-/// Reads one request head and answers it.
-fn serve_conn(s: &mut TcpStream, cfg: &Config, handler: &dyn Handler, counters: &Counters) {
-    let _ = s.set_write_timeout(Some(cfg.write_timeout));
-    let deadline = Instant::now() + cfg.header_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let (method, path, auth, body_pending) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("").to_string();
-                let mut auth = None;
-                let mut clen = 0usize;
-                for h in req.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("authorization") {
-                        auth = Some(h.value.to_vec());
-                    } else if h.name.eq_ignore_ascii_case("content-length") {
-                        clen = std::str::from_utf8(h.value)
-                            .ok()
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                    }
-                }
-                break (method, path, auth, clen > buf.len() - n);
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                let _ = write_reply(s, &Reply::text(431, "too many headers"), false, &[]);
-                return;
-            }
-            Err(_) => {
-                counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                let _ = write_reply(s, &Reply::text(400, "malformed request"), false, &[]);
-                return;
-            }
-        }
-        if buf.len() >= cfg.max_header_bytes {
-            counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            let _ = write_reply(s, &Reply::text(431, "request head too large"), false, &[]);
-            return;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            let _ = write_reply(
-                s,
-                &Reply::text(408, "request head not received in time"),
-                false,
-                &[],
-            );
-            return;
-        }
-        let _ = s.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
-        let room = (cfg.max_header_bytes - buf.len()).min(chunk.len());
-        match s.read(&mut chunk[..room]) {
-            Ok(0) => return, // the client went away
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                let _ = write_reply(
-                    s,
-                    &Reply::text(408, "request head not received in time"),
-                    false,
-                    &[],
-                );
-                return;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    };
-    counters.requests.fetch_add(1, Ordering::Relaxed);
-    let head_only = method == "HEAD";
-    let reply = if method != "GET" && method != "HEAD" {
-        let _ = write_reply(
-            s,
-            &Reply::text(405, "only GET and HEAD are allowed"),
-            false,
-            &[("Allow", "GET, HEAD")],
-        );
-        drain(s, body_pending);
-        return;
-    } else if !authorized(cfg.token.as_deref(), auth.as_deref()) {
-        counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-        let _ = write_reply(
-            s,
-            &Reply::text(401, "unauthorized"),
-            head_only,
-            &[("WWW-Authenticate", "Bearer")],
-        );
-        drain(s, body_pending);
-        return;
-    } else {
-        let p = path.split(['?', '#']).next().unwrap_or("");
-        match p {
-            "/metrics" => handler.handle(Route::Metrics),
-            "/health" | "/healthz" => handler.handle(Route::Health),
-            "/ready" | "/readyz" => handler.handle(Route::Ready),
-            "/" => Reply::new(
-                200,
-                "text/html; charset=utf-8",
-                "<html><body><h1>ferrolab</h1><ul><li><a href=\"/metrics\">/metrics</a></li>\
-                 <li><a href=\"/health\">/health</a></li><li><a href=\"/ready\">/ready</a></li></ul></body></html>\n",
-            ),
-            _ => Reply::text(404, "not found"),
-        }
-    };
-    let _ = write_reply(s, &reply, head_only, &[]);
-    drain(s, body_pending);
-}
-
-/// Reads (and drops) what a client still sends so that closing does not reset the connection before it has
-/// read the reply: at most 1 MiB and one second, so a slow sender cannot hold a worker.
-fn drain(s: &mut TcpStream, pending: bool) {
-    if !pending {
-        return;
-    }
-    let _ = s.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    let mut total = 0usize;
-    while total < 1 << 20 {
-        let now = Instant::now();
-        if now >= deadline {
+        if sh.stop.load(Ordering::SeqCst) {
             break;
         }
-        let _ = s.set_read_timeout(Some((deadline - now).min(Duration::from_millis(200))));
-        match s.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = sh.stop_accept.notified() => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                // e.g. EMFILE: back off briefly instead of spinning
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some((id, st)) = admit(&sh, &tcp) else {
+            continue;
+        };
+        sh.counters.open.fetch_add(1, Ordering::Relaxed);
+        let sh2 = sh.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _guard = ConnGuard {
+                sh: sh2.clone(),
+                id,
+            };
+            match tls {
+                None => serve_io(tcp, sh2, st).await,
+                Some(acc) => {
+                    let hs = tokio::time::timeout(sh2.cfg.header_timeout, acc.accept(tcp));
+                    let stream = tokio::select! {
+                        r = hs => r,
+                        _ = st.notify.notified() => return,
+                    };
+                    match stream {
+                        Ok(Ok(s)) => serve_io(s, sh2, st).await,
+                        _ => {
+                            sh2.counters.tls_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Registers a new connection, making room at the cap by closing the connection that has waited longest
+/// without a request in progress; refuses it with 503 when every connection is busy.
+fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
+    let mut conns = sh.conns.lock().unwrap_or_else(|e| e.into_inner());
+    let open = conns
+        .values()
+        .filter(|c| !c.closing.load(Ordering::Relaxed))
+        .count();
+    if open >= sh.cfg.max_connections {
+        let victim = conns
+            .values()
+            .filter(|c| !c.busy.load(Ordering::Relaxed) && !c.closing.load(Ordering::Relaxed))
+            .min_by_key(|c| c.since.load(Ordering::Relaxed));
+        match victim {
+            Some(v) => {
+                v.close();
+                sh.counters.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                drop(conns);
+                sh.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                let _ = tcp.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                      Content-Length: 12\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver busy\n",
+                );
+                return None;
+            }
+        }
+    }
+    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+    let st = Arc::new(ConnState {
+        busy: AtomicBool::new(false),
+        since: AtomicU64::new(sh.now_ms()),
+        closing: AtomicBool::new(sh.stop.load(Ordering::SeqCst)),
+        answered: AtomicBool::new(false),
+        waker: Mutex::new(None),
+        notify: Notify::new(),
+    });
+    conns.insert(id, st.clone());
+    Some((id, st))
+}
+
+/// Forgets a connection when its task ends (also when the runtime drops the task).
+struct ConnGuard {
+    sh: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.sh
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        self.sh.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_io<S>(io: S, sh: Arc<Shared>, st: Arc<ConnState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let guarded = Guarded::new(io, st.clone(), sh.clone());
+    let (sh2, st2) = (sh.clone(), st.clone());
+    let svc = hyper::service::service_fn(move |req| respond(req, sh2.clone(), st2.clone()));
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.keep_alive(true)
+        .header_read_timeout(None)
+        .max_headers(64)
+        .max_buf_size(sh.cfg.max_header_bytes.max(8192) + 8192);
+    if let Err(e) = b.serve_connection(TokioIo::new(guarded), svc).await {
+        if !st.answered.load(Ordering::Relaxed) && (e.is_parse() || e.is_parse_too_large()) {
+            sh.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn authorized(token: Option<&str>, header: Option<&[u8]>) -> bool {
-    let Some(token) = token else { return true };
+// ---------------------------------------------------------------------------------------------------------------
+// I/O with deadlines
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// waiting for the first byte of a request head (idle keep-alive)
+    Idle,
+    /// a request head has started arriving
+    Head,
+    /// a request is being answered
+    Busy,
+}
+
+/// The connection's stream with the server's deadlines: the head deadline (answers 408 itself), the head size
+/// limit (answers 431 itself), the idle keep-alive timeout, the write timeout and closing on eviction or stop.
+struct Guarded<S> {
+    io: S,
+    st: Arc<ConnState>,
+    sh: Arc<Shared>,
+    phase: Phase,
+    head_bytes: usize,
+    deadline: Pin<Box<Sleep>>,
+    write_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    fn new(io: S, st: Arc<ConnState>, sh: Arc<Shared>) -> Self {
+        let idle = sh.cfg.idle_timeout;
+        Guarded {
+            io,
+            st,
+            sh,
+            phase: Phase::Idle,
+            head_bytes: 0,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            write_deadline: None,
+        }
+    }
+
+    fn reset(&mut self, after: Duration) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + after);
+    }
+
+    /// Writes a short reply straight to the stream, best effort (the connection closes right after).
+    fn answer(&mut self, cx: &mut Context<'_>, status: &str, body: &str) {
+        self.st.answered.store(true, Ordering::Relaxed);
+        let msg = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}\n",
+            body.len() + 1
+        );
+        let _ = Pin::new(&mut self.io).poll_write(cx, msg.as_bytes());
+        let _ = Pin::new(&mut self.io).poll_flush(cx);
+        let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+    }
+
+    fn timed<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.write_deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let t = self.sh.cfg.write_timeout;
+                let d = self
+                    .write_deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                if d.as_mut().poll(cx).is_ready() {
+                    self.sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        {
+            let mut w = this.st.waker.lock().unwrap_or_else(|e| e.into_inner());
+            match w.as_ref() {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        let busy = this.st.busy.load(Ordering::SeqCst);
+        match (this.phase, busy) {
+            (Phase::Idle | Phase::Head, true) => this.phase = Phase::Busy,
+            (Phase::Busy, false) => {
+                this.phase = Phase::Idle;
+                this.head_bytes = 0;
+                this.reset(this.sh.cfg.idle_timeout);
+            }
+            _ => {}
+        }
+        if this.phase != Phase::Busy && this.st.closing.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(())); // end of stream: hyper closes the connection
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 && this.phase != Phase::Busy {
+                    if this.phase == Phase::Idle {
+                        this.phase = Phase::Head;
+                        this.reset(this.sh.cfg.header_timeout);
+                    }
+                    this.head_bytes += n;
+                    if this.head_bytes > this.sh.cfg.max_header_bytes {
+                        buf.set_filled(before);
+                        this.sh
+                            .counters
+                            .bad_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        this.answer(
+                            cx,
+                            "431 Request Header Fields Too Large",
+                            "request head too large",
+                        );
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        if this.phase != Phase::Busy && this.deadline.as_mut().poll(cx).is_ready() {
+            if this.phase == Phase::Head {
+                this.sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                this.answer(
+                    cx,
+                    "408 Request Timeout",
+                    "request head not received in time",
+                );
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, b);
+        this.timed(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.timed(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.timed(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.timed(cx, r)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// requests
+
+/// A reply body that marks its connection idle again once hyper has written (and dropped) it.
+struct ReplyBody {
+    data: Option<Bytes>,
+    st: Arc<ConnState>,
+    sh: Arc<Shared>,
+}
+
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+impl Drop for ReplyBody {
+    fn drop(&mut self) {
+        self.st.since.store(self.sh.now_ms(), Ordering::Relaxed);
+        self.st.busy.store(false, Ordering::SeqCst);
+        // the connection may be waiting for its next head: let it see the phase change
+        if let Some(w) = self
+            .st
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            w.wake();
+        }
+    }
+}
+
+fn reply_into(
+    r: Reply,
+    extra: &[(header::HeaderName, &'static str)],
+    sh: &Arc<Shared>,
+    st: &Arc<ConnState>,
+) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody {
+        data: Some(Bytes::from(r.body)),
+        st: st.clone(),
+        sh: sh.clone(),
+    });
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(r.content_type),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (k, v) in extra {
+        h.insert(k.clone(), HeaderValue::from_static(v));
+    }
+    resp
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    sh: Arc<Shared>,
+    st: Arc<ConnState>,
+) -> std::result::Result<Response<ReplyBody>, Infallible> {
+    st.busy.store(true, Ordering::SeqCst);
+    sh.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let mut extra: Vec<(header::HeaderName, &'static str)> = Vec::new();
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        // bodies are never read: close after the reply instead of reading what is left
+        extra.push((header::CONNECTION, "close"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        extra.push((header::ALLOW, "GET, HEAD"));
+        extra.push((header::CONNECTION, "close"));
+        let r = Reply::text(405, "only GET and HEAD are allowed");
+        return Ok(reply_into(r, &extra, &sh, &st));
+    }
+    if !authorized(&sh, req.headers().get(header::AUTHORIZATION)).await {
+        sh.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        extra.push((
+            header::WWW_AUTHENTICATE,
+            if sh.auth.is_some() {
+                "Basic realm=\"ferrolab\", charset=\"UTF-8\""
+            } else {
+                "Bearer"
+            },
+        ));
+        return Ok(reply_into(
+            Reply::text(401, "unauthorized"),
+            &extra,
+            &sh,
+            &st,
+        ));
+    }
+    let route = match req.uri().path() {
+        "/metrics" => Some(Route::Metrics {
+            openmetrics: req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| contains_ci(v.as_bytes(), b"application/openmetrics-text")),
+        }),
+        "/health" | "/healthz" => Some(Route::Health),
+        "/ready" | "/readyz" => Some(Route::Ready),
+        _ => None,
+    };
+    let reply = match route {
+        Some(route) => {
+            let gzip = sh.cfg.gzip
+                && matches!(route, Route::Metrics { .. })
+                && req.method() == Method::GET
+                && req
+                    .headers()
+                    .get_all(header::ACCEPT_ENCODING)
+                    .iter()
+                    .any(|v| accepts_gzip(v.as_bytes()));
+            if matches!(route, Route::Metrics { .. }) {
+                extra.push((header::VARY, "Accept-Encoding"));
+            }
+            let handler = sh.handler.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let r = handler.handle(route);
+                if gzip && r.status == 200 && r.body.len() >= GZIP_MIN_BYTES {
+                    (gzip_bytes(&r.body).map(|body| Reply { body, ..r.clone() }), r)
+                } else {
+                    (None, r)
+                }
+            })
+            .await;
+            match done {
+                Ok((Some(z), _)) => {
+                    sh.counters.gzipped.fetch_add(1, Ordering::Relaxed);
+                    extra.push((header::CONTENT_ENCODING, "gzip"));
+                    z
+                }
+                Ok((None, r)) => r,
+                Err(_) => Reply::text(500, "internal error"), // the handler panicked
+            }
+        }
+        None if req.uri().path() == "/" => Reply::new(
+            200,
+            "text/html; charset=utf-8",
+            "<html><body><h1>ferrolab</h1><ul><li><a href=\"/metrics\">/metrics</a></li>\
+             <li><a href=\"/health\">/health</a></li><li><a href=\"/ready\">/ready</a></li></ul></body></html>\n",
+        ),
+        None => Reply::text(404, "not found"),
+    };
+    Ok(reply_into(reply, &extra, &sh, &st))
+}
+
+/// gzip at the fastest level (the exposition compresses well even so).
+pub fn gzip_bytes(data: &[u8]) -> Option<Vec<u8>> {
+    let mut z = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 6 + 64),
+        flate2::Compression::fast(),
+    );
+    z.write_all(data).ok()?;
+    z.finish().ok()
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (`gzip`, `x-gzip` or `*`, with a nonzero q).
+fn accepts_gzip(v: &[u8]) -> bool {
+    let Ok(v) = std::str::from_utf8(v) else {
+        return false;
+    };
+    v.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        if !(name.eq_ignore_ascii_case("gzip")
+            || name.eq_ignore_ascii_case("x-gzip")
+            || name == "*")
+        {
+            return false;
+        }
+        parts.all(|p| {
+            let p = p.trim();
+            match p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
+                Some(q) => q.trim().parse::<f32>().is_ok_and(|q| q > 0.0),
+                None => true,
+            }
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// authentication
+
+/// Basic-auth users and their bcrypt hashes, with a cache of verdicts per credential.
+struct BasicAuth {
+    users: Vec<(Vec<u8>, String)>,
+    key: [u8; 32],
+    cache: Mutex<VecDeque<([u8; 32], bool)>>,
+}
+
+const AUTH_CACHE: usize = 256;
+
+impl BasicAuth {
+    fn new(users: &[(String, String)]) -> Result<Option<BasicAuth>> {
+        if users.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for (u, h) in users {
+            if u.is_empty() || u.contains(':') || u.chars().any(|c| c.is_control()) {
+                return Err(CoreError::value(
+                    "serve",
+                    "basic_auth",
+                    format!("user {u:?} must be non-empty, without ':' or control characters"),
+                ));
+            }
+            let parsed = h.parse::<bcrypt::HashParts>();
+            if parsed.is_err() || !h.starts_with("$2") {
+                return Err(CoreError::value(
+                    "serve",
+                    "basic_auth",
+                    format!("the hash of user {u:?} is not a bcrypt hash ($2b$...)"),
+                ));
+            }
+            out.push((u.as_bytes().to_vec(), h.clone()));
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| {
+            CoreError::internal(
+                "serve",
+                format!("no randomness for the credential cache: {e}"),
+            )
+        })?;
+        Ok(Some(BasicAuth {
+            users: out,
+            key,
+            cache: Mutex::new(VecDeque::with_capacity(AUTH_CACHE)),
+        }))
+    }
+
+    /// The cached verdict for this credential, comparing against every entry in constant time.
+    fn cached(&self, id: &[u8; 32]) -> Option<bool> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = subtle::Choice::from(0);
+        let mut verdict = subtle::Choice::from(0);
+        for (k, v) in cache.iter() {
+            let eq = k.ct_eq(id);
+            found |= eq;
+            verdict |= eq & subtle::Choice::from(*v as u8);
+        }
+        bool::from(found).then_some(bool::from(verdict))
+    }
+
+    fn remember(&self, id: [u8; 32], ok: bool) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= AUTH_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((id, ok));
+    }
+
+    /// bcrypt against the user's hash (an unknown user is checked against another hash, and fails).
+    fn verify(&self, user: &[u8], pass: &[u8]) -> bool {
+        let mut hash = &self.users[0].1;
+        let mut known = subtle::Choice::from(0);
+        for (u, h) in &self.users {
+            let eq = u.len() == user.len() && bool::from(u.as_slice().ct_eq(user));
+            if eq {
+                hash = h;
+                known = subtle::Choice::from(1);
+            }
+        }
+        let ok = bcrypt::verify(pass, hash).unwrap_or(false);
+        ok && bool::from(known)
+    }
+}
+
+async fn authorized(sh: &Arc<Shared>, header: Option<&HeaderValue>) -> bool {
+    let token = sh.cfg.token.as_deref();
+    if token.is_none() && sh.auth.is_none() {
+        return true;
+    }
     let Some(h) = header else { return false };
-    let h = trim(h);
+    let h = trim(h.as_bytes());
+    if bearer_ok(token, h) {
+        return true;
+    }
+    let Some(auth) = &sh.auth else { return false };
+    let Some((user, pass)) = basic_credentials(h) else {
+        return false;
+    };
+    let mut hasher = blake3::Hasher::new_keyed(&auth.key);
+    hasher.update(&(user.len() as u64).to_le_bytes());
+    hasher.update(&user);
+    hasher.update(&pass);
+    let id: [u8; 32] = hasher.finalize().into();
+    if let Some(v) = auth.cached(&id) {
+        return v;
+    }
+    let sh2 = sh.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        sh2.auth.as_ref().is_some_and(|a| a.verify(&user, &pass))
+    })
+    .await
+    .unwrap_or(false);
+    auth.remember(id, ok);
+    ok
+}
+
+fn bearer_ok(token: Option<&str>, h: &[u8]) -> bool {
+    let Some(token) = token else { return false };
     if h.len() < 7 || !h[..7].eq_ignore_ascii_case(b"bearer ") {
         return false;
     }
@@ -501,6 +1005,19 @@ fn authorized(token: Option<&str>, header: Option<&[u8]>) -> bool {
     // constant time in the token's content; only the length can be learnt
     let want = token.as_bytes();
     given.len() == want.len() && bool::from(given.ct_eq(want))
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn basic_credentials(h: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    use base64::Engine;
+    if h.len() < 6 || !h[..6].eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(trim(&h[6..]))
+        .ok()?;
+    let colon = raw.iter().position(|&c| c == b':')?;
+    Some((raw[..colon].to_vec(), raw[colon + 1..].to_vec()))
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -515,91 +1032,177 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// TLS
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |arg: &'static str, path: &PathBuf, e: &dyn std::fmt::Display| {
+        CoreError::value("serve", arg, format!("{}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad("tls_cert", &files.cert, &e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad("tls_cert", &files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad("tls_cert", &files.cert, &"no certificate in the file"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("tls_key", &files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CoreError::internal("serve", format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("tls_key", &files.key, &e))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::net::TcpStream as StdStream;
 
     struct H;
     impl Handler for H {
         fn handle(&self, route: Route) -> Reply {
             match route {
-                Route::Metrics => Reply::new(200, "text/plain", "m 1\n"),
+                Route::Metrics { openmetrics } => {
+                    let mut body = format!("om {}\n", openmetrics as u8);
+                    body.push_str(&"m_total 1\n".repeat(500));
+                    Reply::new(200, "text/plain", body)
+                }
                 Route::Health => Reply::new(503, "application/json", "{\"status\":\"unhealthy\"}"),
                 Route::Ready => Reply::new(200, "text/plain", "ready\n"),
             }
         }
     }
 
+    /// Sends `raw` and reads until the server closes the connection.
     fn request(addr: SocketAddr, raw: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = StdStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(raw).unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 
-    fn start(token: Option<&str>) -> Server {
-        let cfg = Config {
+    fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
+        request(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+    }
+
+    fn start_with(f: impl FnOnce(&mut Config)) -> Server {
+        let mut cfg = Config {
             port: 0,
-            token: token.map(String::from),
             header_timeout: Duration::from_millis(300),
             ..Config::default()
         };
+        f(&mut cfg);
         Server::start(cfg, Arc::new(H)).unwrap()
     }
 
     #[test]
-    fn routes_methods_and_errors() {
-        let mut srv = start(None);
+    fn server_routes_methods_and_errors() {
+        let mut srv = start_with(|_| {});
         let a = srv.local_addr();
-        let r = request(a, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = get(a, "/metrics", "");
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
-        assert!(r.ends_with("m 1\n"));
-        assert!(request(a, b"GET /health HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503"));
-        assert!(request(a, b"GET /ready?x=1 HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
-        assert!(request(a, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(r.contains("om 0\n") && r.ends_with("m_total 1\n"));
+        assert!(get(
+            a,
+            "/metrics",
+            "Accept: application/openmetrics-text; version=1.0.0\r\n"
+        )
+        .contains("om 1\n"));
+        assert!(get(a, "/health", "").starts_with("HTTP/1.1 503"));
+        assert!(get(a, "/healthz", "").starts_with("HTTP/1.1 503"));
+        assert!(get(a, "/ready?x=1", "").starts_with("HTTP/1.1 200"));
+        assert!(get(a, "/readyz", "").starts_with("HTTP/1.1 200"));
+        assert!(get(a, "/nope", "").starts_with("HTTP/1.1 404"));
+        let r = request(a, b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
         assert!(
-            request(a, b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
-                .starts_with("HTTP/1.1 405")
+            r.starts_with("HTTP/1.1 405") && r.to_lowercase().contains("allow: get, head"),
+            "{r}"
         );
         assert!(request(a, b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
-        let head = request(a, b"HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert!(head.starts_with("HTTP/1.1 200") && !head.contains("m 1"));
+        let head = request(a, b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && !head.contains("m_total"),
+            "{head}"
+        );
         let mut big = b"GET /metrics HTTP/1.1\r\nX-A: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 20_000));
         big.extend(b"\r\n\r\n");
         assert!(request(a, &big).starts_with("HTTP/1.1 431"));
+        let mut many = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            many.extend(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        many.extend(b"\r\n");
+        assert!(request(a, &many).starts_with("HTTP/1.1 431"));
         // a client that never finishes its head gets 408 after the header timeout
         assert!(request(a, b"GET /metrics HTTP/1.1\r\n").starts_with("HTTP/1.1 408"));
         assert_eq!(srv.counters().timeouts.load(Ordering::Relaxed), 1);
+        assert!(srv.counters().bad_requests.load(Ordering::Relaxed) >= 3);
         srv.stop();
         srv.stop();
-        assert!(TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_err());
+        assert!(StdStream::connect_timeout(&a, Duration::from_millis(500)).is_err());
     }
 
     #[test]
-    fn bearer_token() {
-        let srv = start(Some("s3cret"));
+    fn server_keep_alive_and_gzip() {
+        let srv = start_with(|_| {});
+        let mut s = StdStream::connect(srv.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..3 {
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            let r = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                r.starts_with("HTTP/1.1 200") && r.ends_with("ready\n"),
+                "{r}"
+            );
+        }
+        let plain = get(srv.local_addr(), "/metrics", "");
+        let z = get(
+            srv.local_addr(),
+            "/metrics",
+            "Accept-Encoding: gzip, deflate\r\n",
+        );
+        assert!(z.to_lowercase().contains("content-encoding: gzip"), "{z}");
+        assert!(z.len() < plain.len() / 4, "{} vs {}", z.len(), plain.len());
+        let no = get(
+            srv.local_addr(),
+            "/metrics",
+            "Accept-Encoding: gzip;q=0\r\n",
+        );
+        assert!(!no.to_lowercase().contains("content-encoding"));
+        assert!(accepts_gzip(b"br, GZIP;q=0.5") && !accepts_gzip(b"identity"));
+        assert_eq!(srv.counters().gzipped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn server_bearer_token() {
+        let srv = start_with(|c| c.token = Some("s3cret".into()));
         let a = srv.local_addr();
-        assert!(request(a, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 401"));
-        assert!(request(
-            a,
-            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n"
-        )
-        .starts_with("HTTP/1.1 401"));
-        assert!(request(
-            a,
-            b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n"
-        )
-        .starts_with("HTTP/1.1 200"));
-        assert!(request(
-            a,
-            b"GET /metrics HTTP/1.1\r\nauthorization: bearer  s3cret \r\n\r\n"
-        )
-        .starts_with("HTTP/1.1 200"));
-        assert!(authorized(None, None));
-        assert!(!authorized(Some("abc"), Some(b"Bearer abcd")));
+        assert!(get(a, "/metrics", "").starts_with("HTTP/1.1 401"));
+        assert!(get(a, "/metrics", "Authorization: Bearer nope\r\n").starts_with("HTTP/1.1 401"));
+        assert!(get(a, "/metrics", "Authorization: Bearer s3cret\r\n").starts_with("HTTP/1.1 200"));
+        assert!(
+            get(a, "/metrics", "authorization: bearer  s3cret \r\n").starts_with("HTTP/1.1 200")
+        );
+        assert!(!bearer_ok(Some("abc"), b"Bearer abcd"));
         assert!(Server::start(
             Config {
                 port: 0,
@@ -612,16 +1215,78 @@ mod tests {
     }
 
     #[test]
-    fn stop_closes_open_connections() {
-        let mut srv = start(None);
+    fn server_basic_auth_caches_verdicts() {
+        use base64::Engine;
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let srv = start_with(|c| c.basic_auth = vec![("alice".into(), hash.clone())]);
         let a = srv.local_addr();
-        let mut idle = TcpStream::connect(a).unwrap();
+        let basic = |u: &str, p: &str| {
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {b}\r\n")
+        };
+        let r = get(a, "/ready", "");
+        assert!(
+            r.starts_with("HTTP/1.1 401") && r.contains("Basic realm"),
+            "{r}"
+        );
+        assert!(get(a, "/ready", &basic("alice", "pw")).starts_with("HTTP/1.1 200"));
+        assert!(get(a, "/ready", &basic("alice", "pw")).starts_with("HTTP/1.1 200"));
+        assert!(get(a, "/ready", &basic("alice", "no")).starts_with("HTTP/1.1 401"));
+        assert!(get(a, "/ready", &basic("bob", "pw")).starts_with("HTTP/1.1 401"));
+        let auth = srv.shared.auth.as_ref().unwrap();
+        assert_eq!(auth.cache.lock().unwrap().len(), 3);
+        assert!(Server::start(
+            Config {
+                port: 0,
+                basic_auth: vec![("alice".into(), "plain".into())],
+                ..Config::default()
+            },
+            Arc::new(H)
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn server_cap_closes_the_oldest_idle_connection() {
+        let srv = start_with(|c| {
+            c.max_connections = 4;
+            c.header_timeout = Duration::from_secs(30);
+        });
+        let a = srv.local_addr();
+        let mut idle: Vec<StdStream> = (0..4)
+            .map(|_| {
+                let s = StdStream::connect(a).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(srv.counters().open.load(Ordering::Relaxed), 4);
+        // a fifth connection is served; the oldest idle one is closed
+        assert!(get(a, "/ready", "").starts_with("HTTP/1.1 200"));
+        idle[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(idle[0].read_to_end(&mut out).unwrap_or(0), 0);
+        assert_eq!(srv.counters().evicted.load(Ordering::Relaxed), 1);
+        idle.clear();
+    }
+
+    #[test]
+    fn server_stop_closes_open_connections() {
+        let mut srv = start_with(|c| c.header_timeout = Duration::from_secs(60));
+        let a = srv.local_addr();
+        let mut idle = StdStream::connect(a).unwrap();
         idle.write_all(b"GET /met").unwrap();
         std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
         srv.stop();
+        assert!(t.elapsed() < Duration::from_secs(2));
         idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut out = Vec::new();
         // closed (EOF or reset), not hanging
         let _ = idle.read_to_end(&mut out);
+        assert!(out.is_empty());
     }
 }
