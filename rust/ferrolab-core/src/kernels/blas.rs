@@ -125,39 +125,44 @@ fn current() -> Option<Arc<Blas>> {
 }
 
 fn self_test(b: &Blas) -> bool {
-    // x = [[1, 2, 3], [4, 5, 6]]; x @ x.reshape(3, 2), x @ x.T, and the first into a column-major result
+    // x = [[1, 2, 3], [4, 5, 6]]; x @ x.reshape(3, 2), 2 x @ x.T, and the first into a column-major result
     let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
     let x32 = x.map(|v| v as f32);
-    let (rm23, rm32) = (Mat::new(2, 3, 3, 1), Mat::new(3, 2, 2, 1));
-    let mut c = [f64::NAN; 4];
-    let ok = f64::call(
-        b,
-        Mat::new(2, 2, 2, 1),
-        (rm23, x.as_ptr()),
-        (rm32, x.as_ptr()),
-        1.0,
-        c.as_mut_ptr(),
-    ) && c == [22.0, 28.0, 49.0, 64.0];
-    let mut c2 = [f64::NAN; 4];
-    let xt = Mat::new(3, 2, 1, 3);
-    let ok =
-        ok && f64::call(
+    let (rm23, rm32, xt) = (
+        Mat::new(2, 3, 3, 1),
+        Mat::new(3, 2, 2, 1),
+        Mat::new(3, 2, 1, 3),
+    );
+    let (rm22, cm22) = (Mat::new(2, 2, 2, 1), Mat::new(2, 2, 1, 2));
+    let (mut c1, mut c2, mut c3) = ([f64::NAN; 4], [f64::NAN; 4], [f32::NAN; 4]);
+    // SAFETY: 2 x 3, 3 x 2 and 2 x 2 matrices on local arrays, described by their shapes and strides.
+    let ran = unsafe {
+        f64::call(
             b,
-            Mat::new(2, 2, 2, 1),
+            rm22,
+            (rm23, x.as_ptr()),
+            (rm32, x.as_ptr()),
+            1.0,
+            c1.as_mut_ptr(),
+        ) && f64::call(
+            b,
+            rm22,
             (rm23, x.as_ptr()),
             (xt, x.as_ptr()),
             2.0,
             c2.as_mut_ptr(),
-        ) && c2 == [28.0, 64.0, 64.0, 154.0];
-    let mut c3 = [f32::NAN; 4];
-    ok && f32::call(
-        b,
-        Mat::new(2, 2, 1, 2),
-        (rm23, x32.as_ptr()),
-        (rm32, x32.as_ptr()),
-        1.0,
-        c3.as_mut_ptr(),
-    ) && c3 == [22.0, 49.0, 28.0, 64.0]
+        ) && f32::call(
+            b,
+            cm22,
+            (rm23, x32.as_ptr()),
+            (rm32, x32.as_ptr()),
+            1.0,
+            c3.as_mut_ptr(),
+        )
+    };
+    ran && c1 == [22.0, 28.0, 49.0, 64.0]
+        && c2 == [28.0, 64.0, 64.0, 154.0]
+        && c3 == [22.0, 49.0, 28.0, 64.0]
 }
 
 /// A matrix operand: `rows x cols` with element strides `rs`, `cs` (in elements).
@@ -212,9 +217,12 @@ impl Mat {
 
 /// Element types with a CBLAS `?gemm`.
 pub trait BlasElem: Copy {
-    /// `c = alpha * a @ b` (beta = 0: `c`'s old contents are not read). `false` when no BLAS is loaded or a
-    /// layout or size cannot be passed to it (nothing was written then).
-    fn call(
+    /// `c = alpha * a @ b` (beta = 0: `c`'s old contents are not read). `false` when a layout or size cannot be
+    /// passed to the BLAS (nothing was written then).
+    ///
+    /// # Safety
+    /// As [`gemm`].
+    unsafe fn call(
         blas: &Blas,
         c: Mat,
         a: (Mat, *const Self),
@@ -227,7 +235,7 @@ pub trait BlasElem: Copy {
 macro_rules! impl_blas {
     ($t:ty, $idx:tt) => {
         impl BlasElem for $t {
-            fn call(
+            unsafe fn call(
                 blas: &Blas,
                 c: Mat,
                 (a, ap): (Mat, *const $t),
@@ -308,7 +316,8 @@ pub unsafe fn gemm<T: BlasElem>(
     alpha: T,
 ) -> bool {
     match current() {
-        Some(blas) => T::call(&blas, c, (a, ap), (b, bp), alpha, cp),
+        // SAFETY: forwarded from the caller.
+        Some(blas) => unsafe { T::call(&blas, c, (a, ap), (b, bp), alpha, cp) },
         None => false,
     }
 }
