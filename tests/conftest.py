@@ -200,7 +200,7 @@ CDIST_PATHS = ["gemm", "direct"]
 
 @contextlib.contextmanager
 def gemm_kernels(which: str) -> Any:
-    """``matmul``/``cdist`` products on NumPy's BLAS (``"blas"``; skips where none was found) or on the built-in
+    """``matmul`` on NumPy's BLAS (``"blas"``; skips where none was found) or on the built-in
     ``gemm`` crate kernels (``"builtin"``); the import-time choice is restored afterwards."""
     from ferrolab import _blas
 

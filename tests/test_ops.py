@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import zlib
 
@@ -10,6 +9,7 @@ import ferrolab as fl
 import numpy as np
 import pytest
 from conftest import (
+    CDIST_PATHS,
     FLOATS,
     GEMM_KERNELS,
     LAYOUTS,
@@ -455,7 +455,7 @@ def test_zscore_anomalies_matches_numpy(data):
 # cdist
 
 
-@pytest.mark.parametrize("path", ["gemm-blas", "gemm-builtin", "direct"])
+@pytest.mark.parametrize("path", CDIST_PATHS)
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @settings(max_examples=60)
 @given(data=st.data())
@@ -470,9 +470,7 @@ def test_cdist_matches_scipy(path, metric, data):
         assume(np.all(np.linalg.norm(a.astype(np.float64), axis=1) > 1e-3))
         assume(np.all(np.linalg.norm(b.astype(np.float64), axis=1) > 1e-3))
     expected = scipy_distance.cdist(a, b, metric)
-    # "gemm-blas": the products on the default kernels (NumPy's BLAS where found)
-    kernels = gemm_kernels("builtin") if path == "gemm-builtin" else contextlib.nullcontext()
-    with cdist_path(path.split("-")[0]), kernels:
+    with cdist_path(path):
         actual = fl.ops.cdist(a, b, metric)
     assert isinstance(actual, np.ndarray)
     assert actual.dtype == dtype  # float32 inputs give float32 (SciPy gives float64: values only)

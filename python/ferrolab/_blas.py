@@ -1,10 +1,10 @@
-"""Finds the BLAS that NumPy links and hands it to the native core for ``matmul`` and ``cdist``.
+"""Finds the BLAS that NumPy links and hands it to the native core for ``matmul``.
 
-``fl.ops.matmul`` (and the matrix product inside ``fl.ops.cdist``) call the CBLAS ``?gemm`` of the library NumPy
-itself loaded: the same kernels, tuned for this CPU, and the same thread pool as ``a @ b`` (sized by
-``OPENBLAS_NUM_THREADS`` and the like, or threadpoolctl), so the two never compete for the cores. NumPy's wheels
-ship scipy-openblas (``numpy.libs/`` on Linux and Windows, ``numpy/.dylibs/`` on macOS); other builds (conda,
-distributions) link a system BLAS, found among the libraries the process has loaded.
+``fl.ops.matmul`` calls the CBLAS ``?gemm`` of the library NumPy itself loaded: the same kernels, tuned for
+this CPU, and the same thread pool as ``a @ b`` (sized by ``OPENBLAS_NUM_THREADS`` and the like, or
+threadpoolctl), so the two never compete for the cores. NumPy's wheels ship scipy-openblas (``numpy.libs/`` on
+Linux and Windows, ``numpy/.dylibs/`` on macOS); other builds (conda, distributions) link a system BLAS, found
+among the libraries the process has loaded.
 
 ``FERROLAB_BLAS=0`` (or ``off``, ``none``) keeps the built-in ``gemm`` crate kernels; ``FERROLAB_BLAS=/path/lib``
 names a library. :func:`use_blas` switches at run time (the tests cover both paths with it).

@@ -1232,7 +1232,7 @@ fn gemm<'py, T: linalg::GemmElem + Native>(
 }
 
 /// Uses the CBLAS ``?gemm`` of the shared library at ``path`` (the BLAS NumPy links; ``ferrolab.ops`` passes it
-/// at import) for ``matmul`` and ``cdist``, or, with ``None``, the built-in ``gemm`` crate kernels. Returns what is
+/// at import) for ``matmul``, or, with ``None``, the built-in ``gemm`` crate kernels. Returns what is
 /// in use (``None``: the built-in kernels); raises ``OSError`` when ``path`` has no usable CBLAS.
 #[pyfunction]
 #[pyo3(signature = (path))]
@@ -1284,9 +1284,17 @@ pub fn cdist<'py>(
             let y = <T as Native>::unwrap(y);
             let va = two_d("cdist", "a", x.as_array())?;
             let vb = two_d("cdist", "b", y.as_array())?;
+            distance::check_shapes(&va, &vb).py()?;
             let work = va.len().saturating_mul(vb.nrows());
             let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
-            to_py(py, run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?.into_dyn())?
+            // the result from NumPy's allocator (huge pages for large ones, no zero-fill): every element is written
+            let o = new_array::<T>(py, "cdist", &[va.nrows(), vb.nrows()], false)?.into_any();
+            let mut rw = take_out::<T>("cdist", &o)?;
+            let mut ov = rw.as_array_mut();
+            let buf = ov.as_slice_mut().expect("fresh C array");
+            run(py, Op::Cdist, work, meta, move || distance::cdist_into(&va, &vb, m, buf))?;
+            drop(rw);
+            o
         });
         finish(r, &fin)
     })

@@ -5,7 +5,7 @@
 //!
 //! * euclidean / sqeuclidean: both inputs are first shifted by the mean of all their rows (distances do not
 //!   change; the norms, and so the cancellation error, shrink), then `d2 = |a|^2 + |b|^2 - 2 a.b` with the
-//!   product from GEMM. Where `d2 < tau (|a|^2 + |b|^2)` (tau = 1/8 for float64, 1/2 for float32) the
+//!   product from GEMM. Where `d2 < tau (|a|^2 + |b|^2)` (tau = 1/8 for float64, 1/4 for float32) the
 //!   cancellation could dominate, and the entry is recomputed directly from the original rows: equal points are
 //!   exactly 0 apart and no squared distance is negative. Every other entry has a relative error of at most
 //!   about `k eps / tau` (a worst-case bound; typically far smaller), like a direct sum of `k` squares would
@@ -27,6 +27,10 @@ use crate::error::{CoreError, Result};
 use ndarray::{Array2, ArrayView2, Ix2};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The fix-up threshold of the GEMM formulation: entries with `d^2 < tau (|a|^2 + |b|^2)` (shifted rows) are
+/// recomputed directly; [float64, float32].
+pub const TAU: [f64; 2] = [0.125, 0.25];
 
 /// Problems with fewer multiply-adds (m n k) than this are computed directly; the GEMM set-up does not pay off.
 pub const GEMM_MIN_DEFAULT: usize = 1 << 16;
@@ -72,12 +76,28 @@ fn sqdist<T: Real, M: Mode>(x: &[T], y: &[T]) -> T {
             acc[i] = M::madd(d, d, acc[i]);
         }
     }
-    let mut s = tree_t(acc);
-    for (&a, &b) in ix.remainder().iter().zip(iy.remainder()) {
+    // the tail (all of a short row) in 8 independent lanes, not one dependent chain
+    let (rx, ry) = (ix.remainder(), iy.remainder());
+    let mut acc8 = [T::ZERO; 8];
+    let mut jx = rx.chunks_exact(8);
+    let mut jy = ry.chunks_exact(8);
+    for (a, b) in (&mut jx).zip(&mut jy) {
+        for i in 0..8 {
+            let d = a[i] - b[i];
+            acc8[i] = M::madd(d, d, acc8[i]);
+        }
+    }
+    let mut s = tree_t(acc) + sum8(acc8);
+    for (&a, &b) in jx.remainder().iter().zip(jy.remainder()) {
         let d = a - b;
         s = M::madd(d, d, s);
     }
     s
+}
+
+#[inline(always)]
+fn sum8<T: Real>(a: [T; 8]) -> T {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 #[inline(always)]
@@ -90,8 +110,17 @@ fn dotp<T: Real, M: Mode>(x: &[T], y: &[T]) -> T {
             acc[i] = M::madd(a[i], b[i], acc[i]);
         }
     }
-    let mut s = tree_t(acc);
-    for (&a, &b) in ix.remainder().iter().zip(iy.remainder()) {
+    let (rx, ry) = (ix.remainder(), iy.remainder());
+    let mut acc8 = [T::ZERO; 8];
+    let mut jx = rx.chunks_exact(8);
+    let mut jy = ry.chunks_exact(8);
+    for (a, b) in (&mut jx).zip(&mut jy) {
+        for i in 0..8 {
+            acc8[i] = M::madd(a[i], b[i], acc8[i]);
+        }
+    }
+    let mut s = tree_t(acc) + sum8(acc8);
+    for (&a, &b) in jx.remainder().iter().zip(jy.remainder()) {
         s = M::madd(a, b, s);
     }
     s
@@ -137,6 +166,17 @@ pub fn cdist<T: GemmElem>(
     b: &ArrayView2<T>,
     metric: Metric,
 ) -> Result<Array2<T>> {
+    check_shapes(a, b)?;
+    // the result first: it is the large allocation
+    let mut out = alloc::zeros_array::<T>("cdist", "result", &[a.nrows(), b.nrows()], false)?
+        .into_dimensionality::<Ix2>()
+        .expect("2-D");
+    cdist_into(a, b, metric, out.as_slice_mut().expect("fresh C array"))?;
+    Ok(out)
+}
+
+/// Checks that `a` and `b` have as many columns.
+pub fn check_shapes<T>(a: &ArrayView2<T>, b: &ArrayView2<T>) -> Result<()> {
     if a.ncols() != b.ncols() {
         return Err(CoreError::value(
             "cdist",
@@ -149,13 +189,25 @@ pub fn cdist<T: GemmElem>(
             ),
         ));
     }
+    Ok(())
+}
+
+/// [`cdist`] into `buf`, the m x n result in C order (every element is written).
+pub fn cdist_into<T: GemmElem>(
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+    metric: Metric,
+    buf: &mut [T],
+) -> Result<()> {
+    check_shapes(a, b)?;
     let (m, n, k) = (a.nrows(), b.nrows(), a.ncols());
-    // the result first: it is the large allocation
-    let mut out = alloc::zeros_array::<T>("cdist", "result", &[m, n], false)?
-        .into_dimensionality::<Ix2>()
-        .expect("2-D");
+    assert_eq!(
+        buf.len(),
+        m * n,
+        "cdist_into: the result buffer has m * n elements"
+    );
     if m == 0 || n == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let ad = alloc::c_order("cdist", "a", &a.view().into_dyn())?;
     let bd = alloc::c_order("cdist", "b", &b.view().into_dyn())?;
@@ -177,7 +229,6 @@ pub fn cdist<T: GemmElem>(
     };
     let an = norms(ad, m, "a")?;
     let bn = norms(bd, n, "b")?;
-    let buf = out.as_slice_mut().expect("fresh C array");
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
     if k > 0 && work >= GEMM_MIN.load(Ordering::Relaxed) {
         let done = match metric {
@@ -188,7 +239,7 @@ pub fn cdist<T: GemmElem>(
             _ => euclidean_gemm(ad, bd, (m, n, k), metric, buf)?,
         };
         if done {
-            return Ok(out);
+            return Ok(());
         }
     }
     let row = |(i, o): (usize, &mut [T])| {
@@ -209,7 +260,7 @@ pub fn cdist<T: GemmElem>(
             buf.chunks_mut(n).enumerate().for_each(row);
         }
     });
-    Ok(out)
+    Ok(())
 }
 
 /// Finishes the rows of `out` (m x n, C order) in parallel with `f(i, row)`.
@@ -232,7 +283,9 @@ fn rows_par<T: Real>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync
     });
 }
 
-/// `a @ b.T` (m x k times (n x k).T) scaled by `alpha`, into `out` (m x n, C order).
+/// `a @ b.T` (m x k times (n x k).T) scaled by `alpha`, into `out` (m x n, C order), on the `gemm` crate's
+/// kernels in ferrolab's pool: the pool that runs the fix-up pass right after (a BLAS with its own threads
+/// would compete with it for the cores; per core the two are as fast on these shapes).
 fn gram<T: GemmElem>(a: &[T], b: &[T], (m, n, k): (usize, usize, usize), alpha: T, out: &mut [T]) {
     let (ks, ns) = (k as isize, n as isize);
     // SAFETY: a is m x k and b is n x k in C order, out is a separate m x n C-order buffer, all dimensions > 0.
@@ -243,6 +296,7 @@ fn gram<T: GemmElem>(a: &[T], b: &[T], (m, n, k): (usize, usize, usize), alpha: 
             (a.as_ptr(), ks, 1),
             (b.as_ptr(), 1, ks),
             alpha,
+            false,
         )
     }
 }
@@ -290,11 +344,7 @@ fn euclidean_gemm<T: GemmElem>(
     drop(mean);
     gram(&ac, &bc, (m, n, k), T::from_f64(-2.0), out);
     drop((ac, bc));
-    let tau = T::from_f64(if T::EPSILON.to_f64() > 1e-10 {
-        0.5
-    } else {
-        0.125
-    });
+    let tau = T::from_f64(TAU[usize::from(T::EPSILON.to_f64() > 1e-10)]);
     let sqrt = metric == Metric::Euclidean;
     rows_par(out, n, |i, o| {
         dispatch(EuclidFix {
@@ -324,24 +374,15 @@ fn cosine_gemm<T: GemmElem>(
     // entries closer to 0 than the product's error are recomputed directly
     let small = cosine_small::<T>(k);
     rows_par(out, n, |i, o| {
-        let x = &ad[i * k..(i + 1) * k];
-        let mut near = false;
-        for (g, &nb) in o.iter_mut().zip(bn) {
-            *g = one_minus_cos(*g / (an[i] * nb));
-            near |= *g < small;
-        }
-        if near {
-            for (j, g) in o.iter_mut().enumerate() {
-                if *g < small {
-                    let y = &bd[j * k..(j + 1) * k];
-                    *g = if x == y {
-                        T::ZERO
-                    } else {
-                        one_minus_cos(dispatch(Dot { x, y }) / (an[i] * bn[j]))
-                    };
-                }
-            }
-        }
+        dispatch(CosFix {
+            x: &ad[i * k..(i + 1) * k],
+            b: bd,
+            k,
+            xn: an[i],
+            bn,
+            small,
+            out: o,
+        })
     });
 }
 
@@ -376,16 +417,39 @@ impl<T: Real> Kernel for SqNorm<'_, T> {
     }
 }
 
-struct Dot<'a, T> {
+/// One output row of the cosine GEMM formulation: `out` holds `a.b`; entries within rounding error of 0 are
+/// recomputed directly, equal rows give exactly 0.
+struct CosFix<'a, T> {
     x: &'a [T],
-    y: &'a [T],
+    b: &'a [T],
+    k: usize,
+    xn: T,
+    bn: &'a [T],
+    small: T,
+    out: &'a mut [T],
 }
 
-impl<T: Real> Kernel for Dot<'_, T> {
-    type Output = T;
+impl<T: Real> Kernel for CosFix<'_, T> {
+    type Output = ();
     #[inline(always)]
-    fn run<M: Mode>(self) -> T {
-        dotp::<T, M>(self.x, self.y)
+    fn run<M: Mode>(self) {
+        let mut near = false;
+        for (g, &nb) in self.out.iter_mut().zip(self.bn) {
+            *g = one_minus_cos(*g / (self.xn * nb));
+            near |= *g < self.small;
+        }
+        if near {
+            for (j, g) in self.out.iter_mut().enumerate() {
+                if *g < self.small {
+                    let y = &self.b[j * self.k..(j + 1) * self.k];
+                    *g = if self.x == y {
+                        T::ZERO
+                    } else {
+                        one_minus_cos(dotp::<T, M>(self.x, y) / (self.xn * self.bn[j]))
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -405,6 +469,7 @@ struct EuclidFix<'a, T> {
 impl<T: Real> Kernel for EuclidFix<'_, T> {
     type Output = ();
     #[inline(always)]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(d2 >= lim)` is also true for NaN, on purpose
     fn run<M: Mode>(self) {
         // the row stays in L1 across these loops: one pass over the output in memory
         let mut bad = false;
@@ -457,7 +522,9 @@ mod tests {
         let a = Array2::from_shape_fn((m, k), |(i, j)| {
             1e4 + ((i * 31 + j * 7) % 17) as f64 * 0.37 - (j as f64).sin()
         });
-        let mut b = Array2::from_shape_fn((n, k), |(i, j)| 1e4 + ((i * 13 + j * 11) % 19) as f64 * 0.29);
+        let mut b = Array2::from_shape_fn((n, k), |(i, j)| {
+            1e4 + ((i * 13 + j * 11) % 19) as f64 * 0.29
+        });
         b.row_mut(3).assign(&a.row(5));
         b.row_mut(4).assign(&a.row(6).mapv(|v| v + 1e-9));
         let (ad, bd) = (a.as_slice().unwrap(), b.as_slice().unwrap());
@@ -485,7 +552,13 @@ mod tests {
         let mut bad = a.clone();
         bad[[2, 2]] = f64::INFINITY;
         let mut got = vec![0.0; m * n];
-        let r = euclidean_gemm(bad.as_slice().unwrap(), bd, (m, n, k), Metric::Euclidean, &mut got);
+        let r = euclidean_gemm(
+            bad.as_slice().unwrap(),
+            bd,
+            (m, n, k),
+            Metric::Euclidean,
+            &mut got,
+        );
         assert!(!r.unwrap());
     }
 

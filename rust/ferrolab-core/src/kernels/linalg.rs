@@ -73,6 +73,7 @@ pub fn matmul<T: GemmElem>(
                     (a.as_ptr(), as_[0], as_[1]),
                     (b.as_ptr(), bs[0], bs[1]),
                     T::ONE,
+                    true,
                 )
             };
         }
@@ -81,8 +82,9 @@ pub fn matmul<T: GemmElem>(
 }
 
 /// `c = alpha * a @ b` for `a` (m x k), `b` (k x n), `c` (m x n), each given as (pointer, row stride, column
-/// stride) in elements, all dimensions > 0: through the loaded BLAS when there is one and the strides suit it
-/// (called here, on this thread, never inside the pool), else through the `gemm` crate on the pool.
+/// stride) in elements, all dimensions > 0: through the loaded BLAS when `use_blas`, there is one and the
+/// strides suit it (called here, on this thread, never inside the pool), else through the `gemm` crate on the
+/// pool.
 ///
 /// # Safety
 /// The pointers and strides describe live matrices of those shapes; `c` aliases neither input and its old
@@ -93,6 +95,7 @@ pub(crate) unsafe fn product<T: GemmElem>(
     (ap, ars, acs): (*const T, isize, isize),
     (bp, brs, bcs): (*const T, isize, isize),
     alpha: T,
+    use_blas: bool,
 ) {
     let (cm, am, bm) = (
         Mat::new(m, n, crs, ccs),
@@ -100,7 +103,7 @@ pub(crate) unsafe fn product<T: GemmElem>(
         Mat::new(k, n, brs, bcs),
     );
     // SAFETY: forwarded from the caller.
-    if unsafe { blas::gemm(cm, cp, am, ap, bm, bp, alpha) } {
+    if use_blas && unsafe { blas::gemm(cm, cp, am, ap, bm, bp, alpha) } {
         return;
     }
     // the pool, when the product is large enough and the pool's threads could be started
