@@ -613,7 +613,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "numpy_blas": blas,
         # the CBLAS behind fl.ops.matmul/cdist (None: the built-in gemm crate kernels)
-        "ferrolab_blas": fl._blas.in_use,
+        "ferrolab_blas": fl.ops._blas.in_use,
         "ferrolab": getattr(fl, "__version__", "?"),
         "ferrolab_path": str(Path(fl.__file__).parent),
         "simd_level": fl.simd_level(),
