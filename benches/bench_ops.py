@@ -12,7 +12,8 @@ ferrolab result is checked against the peer's; a mismatch is printed loudly and 
 
 Columns: ``ratio = peer time / ferrolab time`` (> 1 means ferrolab is faster). ``rate`` is what ferrolab
 reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- inputs read once, outputs
-written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 n^3) and ``cdist`` (3 m n k).
+written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 m n k) and ``cdist`` (3 m n k).
+``cdist`` has two peers: SciPy, and NumPy's GEMM formulation (``|a|^2 + |b|^2 - 2 a @ b.T``, clipped, sqrt).
 NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, numexpr and the BLAS behind
 ``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block).
 
@@ -25,6 +26,7 @@ bottleneck's NaN-propagating ``median`` does, and is the peer of ``quantile(x, 0
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -116,12 +118,16 @@ BYTES = {
 
 FULL_SIZES = [10**3, 10**5, 10**7]
 FULL_STAT_SIZES = [10**5, 10**7]  # quantile, histogram
-FULL_GEMM = [256, 1024, 2048]
-FULL_CDIST = (2000, 2000, 64)
+FULL_GEMM = [64, 256, 512, 1024, 2048, 4096]
+FULL_GEMM_SKINNY = [(10000, 256, 64), (64, 4096, 64)]  # (m, k, n): tall-skinny and inner-product-like
+FULL_GEMM_OUT = [1024]  # sizes also timed with out=
+FULL_CDIST = [(2000, 2000, 64), (2048, 128, 64), (10000, 100, 16)]
 SMOKE_SIZES = [10**3]
 SMOKE_STAT_SIZES = [10**3]
 SMOKE_GEMM = [64]
-SMOKE_CDIST = (50, 50, 8)
+SMOKE_GEMM_SKINNY = [(200, 16, 8)]
+SMOKE_GEMM_OUT = [64]
+SMOKE_CDIST = [(50, 40, 8)]
 DTYPES = [np.float32, np.float64]
 
 
@@ -485,69 +491,104 @@ def stat_cases(n: int, dtype: Any, rng: np.random.Generator, ops: set[str]) -> l
     return cases
 
 
-def gemm_cases(sizes: list[int], rng: np.random.Generator) -> list[Case]:
+def gemm_cases(
+    sizes: list[int], skinny: list[tuple[int, int, int]], out_sizes: list[int], rng: np.random.Generator
+) -> list[Case]:
     cases = []
+    shapes = [(n, n, n, False) for n in sizes] + [(*s, False) for s in skinny] + [(n, n, n, True) for n in out_sizes]
     for dtype in DTYPES:
         dt = np.dtype(dtype)
-        for n in sizes:
-            a = rng.standard_normal((n, n)).astype(dt)
-            b = rng.standard_normal((n, n)).astype(dt)
+        for m, k, n, with_out in shapes:
+            a = rng.standard_normal((m, k)).astype(dt)
+            b = rng.standard_normal((k, n)).astype(dt)
+            o1 = np.empty((m, n), dt)
+            o2 = np.empty((m, n), dt)
 
-            def chk(a=a, b=b, n=n, dt=dt) -> Check:
+            def chk(a=a, b=b, k=k, dt=dt) -> Check:
                 ref = a.astype(np.float64) @ b.astype(np.float64)
-                return check_close(fl.ops.matmul(a, b), a @ b, dt, atol=_eps(dt) * n, ref=ref)
+                return check_close(fl.ops.matmul(a, b), a @ b, dt, atol=_eps(dt) * k, ref=ref)
 
+            size = f"n={m}" if m == k == n else f"{m}x{k}x{n}"
+            if with_out:
+                peer = functools.partial(np.matmul, a, b, out=o1)
+                mine = functools.partial(fl.ops.matmul, a, b, out=o2)
+            else:
+                peer = functools.partial(np.matmul, a, b)
+                mine = functools.partial(fl.ops.matmul, a, b)
             cases.append(
                 Case(
                     "matmul",
-                    "a @ b",
+                    "a @ b, out=" if with_out else "a @ b",
                     "numpy",
                     dt.name,
-                    f"n={n}",
-                    n * n,
-                    lambda a=a, b=b: a @ b,
-                    lambda a=a, b=b: fl.ops.matmul(a, b),
+                    size,
+                    m * n,
+                    peer,
+                    mine,
                     chk,
                     "GFLOP/s",
-                    2.0 * n**3,
+                    2.0 * m * n * k,
                 )
             )
     return cases
 
 
-def cdist_cases(shape: tuple[int, int, int], rng: np.random.Generator) -> list[Case]:
-    m, n, k = shape
-    a = rng.standard_normal((m, k))
-    b = rng.standard_normal((n, k))
+def numpy_gemm_cdist(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """The GEMM formulation in NumPy: ``|a|^2 + |b|^2 - 2 a b^T`` clipped at 0 (cosine: ``1 - a b^T / |a||b|``)."""
+    if metric == "cosine":
+        na = np.sqrt(np.einsum("ij,ij->i", a, a))
+        nb = np.sqrt(np.einsum("ij,ij->i", b, b))
+        c = a @ b.T
+        c /= na[:, None]
+        c /= nb[None, :]
+        np.clip(c, -1.0, 1.0, out=c)
+        return np.subtract(1.0, c, out=c)
+    aa = np.einsum("ij,ij->i", a, a)
+    bb = np.einsum("ij,ij->i", b, b)
+    d = aa[:, None] + bb[None, :] - 2.0 * (a @ b.T)
+    np.maximum(d, 0.0, out=d)
+    return np.sqrt(d, out=d) if metric == "euclidean" else d
+
+
+def cdist_cases(shapes: list[tuple[int, int, int]], rng: np.random.Generator) -> list[Case]:
     cases: list[Case] = []
     if scipy_cdist is None:
         return cases
-    for metric in ("euclidean", "sqeuclidean"):
+    for dtype in DTYPES:
+        dt = np.dtype(dtype)
+        for m, n, k in shapes:
+            a = rng.standard_normal((m, k)).astype(dt)
+            b = rng.standard_normal((n, k)).astype(dt)
+            for metric in ("euclidean", "sqeuclidean", "cosine"):
 
-        def peer(metric=metric):
-            return scipy_cdist(a, b, metric)
+                def mine(a=a, b=b, metric=metric):
+                    return fl.ops.cdist(a, b, metric)
 
-        def mine(metric=metric):
-            return fl.ops.cdist(a, b, metric)
+                def chk(a=a, b=b, k=k, dt=dt, metric=metric) -> Check:
+                    # SciPy computes in float64; a float32 result is compared at float32's precision
+                    exp = scipy_cdist(a, b, metric)
+                    scale = 1.0 if metric == "cosine" else float(np.abs(exp).max(initial=1.0))
+                    return check_close(fl.ops.cdist(a, b, metric), exp, dt, atol=8 * (k + 2) * _eps(dt) * scale)
 
-        def chk(metric=metric) -> Check:
-            return check_close(fl.ops.cdist(a, b, metric), scipy_cdist(a, b, metric), np.float64, atol=1e-12)
-
-        cases.append(
-            Case(
-                "cdist",
-                metric,
-                "scipy",
-                "float64",
-                f"{m}x{n}x{k}",
-                m * n * k,
-                peer,
-                mine,
-                chk,
-                "GFLOP/s",
-                3.0 * m * n * k,
-            )
-        )
+                for peer_name, peer in (
+                    ("scipy", functools.partial(scipy_cdist, a, b, metric)),
+                    ("numpy-gemm", functools.partial(numpy_gemm_cdist, a, b, metric)),
+                ):
+                    cases.append(
+                        Case(
+                            "cdist",
+                            metric,
+                            peer_name,
+                            dt.name,
+                            f"{m}x{n}x{k}",
+                            m * n * k,
+                            peer,
+                            mine,
+                            chk,
+                            "GFLOP/s",
+                            3.0 * m * n * k,
+                        )
+                    )
     return cases
 
 
@@ -571,6 +612,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numpy_blas": blas,
+        # the CBLAS behind fl.ops.matmul/cdist (None: the built-in gemm crate kernels)
+        "ferrolab_blas": fl.ops._blas.in_use,
         "ferrolab": getattr(fl, "__version__", "?"),
         "ferrolab_path": str(Path(fl.__file__).parent),
         "simd_level": fl.simd_level(),
@@ -603,7 +646,10 @@ def build_cases(args: argparse.Namespace, ops: set[str], rng: np.random.Generato
         for dt in DTYPES:
             cases += stat_cases(n, dt, rng, ops)
     if "matmul" in ops:
-        cases += gemm_cases(SMOKE_GEMM if args.smoke else FULL_GEMM, rng)
+        if args.smoke:
+            cases += gemm_cases(SMOKE_GEMM, SMOKE_GEMM_SKINNY, SMOKE_GEMM_OUT, rng)
+        else:
+            cases += gemm_cases(FULL_GEMM, FULL_GEMM_SKINNY, FULL_GEMM_OUT, rng)
     if "cdist" in ops:
         cases += cdist_cases(SMOKE_CDIST if args.smoke else FULL_CDIST, rng)
     return cases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -191,6 +192,39 @@ def assert_result(actual: Any, expected: Any, atol: float = 0.0, rtol: float | N
     np.testing.assert_allclose(
         act.astype(np.float64), exp.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True
     )
+
+
+GEMM_KERNELS = ["blas", "builtin"]
+CDIST_PATHS = ["gemm", "direct"]
+
+
+@contextlib.contextmanager
+def gemm_kernels(which: str) -> Any:
+    """``matmul`` on NumPy's BLAS (``"blas"``; skips where none was found) or on the built-in
+    ``gemm`` crate kernels (``"builtin"``); the import-time choice is restored afterwards."""
+    from ferrolab import _blas
+
+    try:
+        if which == "blas":
+            if _blas.use_blas("auto") is None:
+                pytest.skip("no CBLAS found next to NumPy")
+        else:
+            assert _blas.use_blas(None) is None
+        yield
+    finally:
+        _blas._init()
+
+
+@contextlib.contextmanager
+def cdist_path(which: str) -> Any:
+    """``cdist`` through its GEMM formulation at every size (``"gemm"``) or directly per pair (``"direct"``)."""
+    from ferrolab import _core
+
+    prev = _core._cdist_gemm_min(0 if which == "gemm" else 2**63)
+    try:
+        yield
+    finally:
+        _core._cdist_gemm_min(prev)
 
 
 def fsum_exact(x: np.ndarray) -> float:

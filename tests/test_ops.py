@@ -9,17 +9,21 @@ import ferrolab as fl
 import numpy as np
 import pytest
 from conftest import (
+    CDIST_PATHS,
     FLOATS,
+    GEMM_KERNELS,
     LAYOUTS,
     MISSING,
     RTOL,
     assert_result,
     axes_for,
     call_like_numpy,
+    cdist_path,
     elements,
     eps_of,
     finite_scale,
     float_arrays,
+    gemm_kernels,
     layout,
     numpy_call,
 )
@@ -300,9 +304,10 @@ def test_standardize_matches_numpy(data):
 # matmul
 
 
+@pytest.mark.parametrize("kernels", GEMM_KERNELS)
 @settings(max_examples=60)
 @given(data=st.data())
-def test_matmul_matches_numpy(data):
+def test_matmul_matches_numpy(kernels, data):
     dtype = data.draw(st.sampled_from([*FLOATS, np.dtype(np.int64), np.dtype(np.int32)]), label="dtype")
     m, k, n = (data.draw(st.integers(0, 40), label=lbl) for lbl in "mkn")
     if dtype.kind == "f":
@@ -313,13 +318,20 @@ def test_matmul_matches_numpy(data):
     b = layout(data.draw(hnp.arrays(dtype, (k, n), elements=el)), data.draw(st.sampled_from(LAYOUTS)))
     expected = a @ b
     atol = 2 * (k + 1) * eps_of(dtype) * finite_scale(a) * finite_scale(b)
-    assert_result(fl.ops.matmul(a, b), expected, atol=atol)
+    with gemm_kernels(kernels):
+        assert_result(fl.ops.matmul(a, b), expected, atol=atol)
 
 
+@pytest.mark.parametrize("kernels", GEMM_KERNELS)
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("mkn", [(1, 1, 1), (1, 300, 1), (1, 257, 129), (130, 1, 70), (97, 131, 65), (256, 256, 256)])
 @pytest.mark.parametrize("order", ["CC", "FF", "CF", "FC"])
-def test_matmul_large(dtype, mkn, order):
+def test_matmul_large(kernels, dtype, mkn, order):
+    with gemm_kernels(kernels):
+        _check_matmul_large(dtype, mkn, order)
+
+
+def _check_matmul_large(dtype, mkn, order):
     m, k, n = mkn
     rng = np.random.default_rng(m * 1000 + k + n)
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -443,10 +455,11 @@ def test_zscore_anomalies_matches_numpy(data):
 # cdist
 
 
+@pytest.mark.parametrize("path", CDIST_PATHS)
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @settings(max_examples=60)
 @given(data=st.data())
-def test_cdist_matches_scipy(metric, data):
+def test_cdist_matches_scipy(path, metric, data):
     dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
     ma, mb = data.draw(st.integers(0, 9), label="ma"), data.draw(st.integers(0, 9), label="mb")
     k = data.draw(st.integers(1, 20), label="k")
@@ -457,7 +470,8 @@ def test_cdist_matches_scipy(metric, data):
         assume(np.all(np.linalg.norm(a.astype(np.float64), axis=1) > 1e-3))
         assume(np.all(np.linalg.norm(b.astype(np.float64), axis=1) > 1e-3))
     expected = scipy_distance.cdist(a, b, metric)
-    actual = fl.ops.cdist(a, b, metric)
+    with cdist_path(path):
+        actual = fl.ops.cdist(a, b, metric)
     assert isinstance(actual, np.ndarray)
     assert actual.dtype == dtype  # float32 inputs give float32 (SciPy gives float64: values only)
     assert actual.shape == expected.shape

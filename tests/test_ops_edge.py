@@ -4,13 +4,28 @@ ties, histogram, quantile, zscore_anomalies, cdist, matmul, adam_step and accura
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from fractions import Fraction
 
 import ferrolab as fl
 import numpy as np
 import pytest
-from conftest import FLOATS, MISSING, OPTIONAL, RTOL, assert_result, eps_of, finite_scale, fsum_exact, layout
+from conftest import (
+    CDIST_PATHS,
+    FLOATS,
+    GEMM_KERNELS,
+    MISSING,
+    OPTIONAL,
+    RTOL,
+    assert_result,
+    cdist_path,
+    eps_of,
+    finite_scale,
+    fsum_exact,
+    gemm_kernels,
+    layout,
+)
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -815,28 +830,90 @@ def test_zscore_anomalies_large(dtype):
 # cdist
 
 
+@pytest.mark.parametrize("path", CDIST_PATHS)
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_cdist_equal_rows_exact_zero(dtype):
+def test_cdist_equal_rows_exact_zero(path, dtype):
     a = (RNG.standard_normal((6, 33)) * 1e4 + 1e6).astype(dtype)
     b = a[[4, 0, 2]]
-    for metric in ["euclidean", "sqeuclidean"]:
-        d = fl.ops.cdist(a, b, metric)
-        assert d[4, 0] == 0.0 and d[0, 1] == 0.0 and d[2, 2] == 0.0
-        assert (np.delete(d, [4, 0, 2], axis=0) > 0).all()
-    d = fl.ops.cdist(a, a, "euclidean")
+    with cdist_path(path):
+        for metric in ["euclidean", "sqeuclidean", "cosine"]:
+            d = fl.ops.cdist(a, b, metric)
+            assert d[4, 0] == 0.0 and d[0, 1] == 0.0 and d[2, 2] == 0.0
+            if metric != "cosine":
+                assert (np.delete(d, [4, 0, 2], axis=0) > 0).all()
+        d = fl.ops.cdist(a, a, "euclidean")
     np.testing.assert_array_equal(np.diag(d), 0.0)
+
+
+@pytest.mark.parametrize("path", CDIST_PATHS)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_cdist_large(path, dtype, metric):
+    a = RNG.standard_normal((203, 67)).astype(dtype)
+    b = RNG.standard_normal((311, 67)).astype(dtype)
+    b[::7] = a[:45:1]  # equal rows
+    b[1::7] = a[:45] + 1e-3 * RNG.standard_normal((45, 67))  # near ones
+    ro = a.copy()
+    ro.flags.writeable = False
+    cases = [(a, b), (np.asfortranarray(a), b[::-1]), (a[::2, ::3], b[:, ::3]), (ro, b)]
+    for aa, bb in cases:
+        expected = scipy_distance.cdist(aa, bb, metric)
+        with cdist_path(path):
+            actual = fl.ops.cdist(aa, bb, metric)
+        assert actual.dtype == dtype
+        np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=64 * eps_of(dtype) * 100)
+        if metric != "cosine":
+            np.testing.assert_array_equal(actual[(expected == 0)], 0.0)
+            assert (actual >= 0).all()
+
+
+# The GEMM formulation: entries with d^2 < tau (|a|^2 + |b|^2) (after shifting by the mean) are recomputed
+# directly, so its relative error stays within about (k + 2) eps / tau of the direct sum: tau = 1/8 (float64),
+# 1/4 (float32). These cases would fail without the shift and the fix-up.
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_cdist_gemm_near_and_far_points(dtype, metric):
+    k = 40
+    a = (1e3 + RNG.standard_normal((150, k))).astype(dtype)  # far from the origin: |a|^2 ~ 4e7
+    b = np.concatenate([a[:50] + dtype.type(1e-3) * RNG.standard_normal((50, k)).astype(dtype), a[50:90]])
+    expected = scipy_distance.cdist(a, b, metric)
+    with cdist_path("gemm"):
+        actual = fl.ops.cdist(a, b, metric)
+    rtol = 4 * (k + 2) * eps_of(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=rtol * (1 if metric == "sqeuclidean" else 0.5), atol=0)
+    assert (actual[50:90, 50:90][np.eye(40, dtype=bool)] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
-def test_cdist_large(dtype, metric):
-    a = RNG.standard_normal((203, 67)).astype(dtype)
-    b = RNG.standard_normal((311, 67)).astype(dtype)
-    for aa, bb in [(a, b), (np.asfortranarray(a), b[::-1]), (a[::2, ::3], b[:, ::3])]:
-        expected = scipy_distance.cdist(aa, bb, metric)
-        actual = fl.ops.cdist(aa, bb, metric)
-        assert actual.dtype == dtype
-        np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=64 * eps_of(dtype) * 100)
+def test_cdist_gemm_nonfinite_and_huge(dtype, metric):
+    a = RNG.standard_normal((40, 9)).astype(dtype)
+    b = RNG.standard_normal((30, 9)).astype(dtype)
+    a[3, 2] = np.nan
+    b[5, 0] = np.inf
+    b[6, 1] = -np.inf
+    # float64: the squares overflow (the direct path, like SciPy, gives inf); float32 computes in float32, so its
+    # huge row stays below float32's overflow
+    a[7] = 1e18 if dtype == np.float32 else 1e200
+    with cdist_path("gemm"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = scipy_distance.cdist(a.astype(np.float64), b.astype(np.float64), metric).astype(dtype)
+        actual = fl.ops.cdist(a, b, metric)
+        clean = fl.ops.cdist(a[4:], b[7:], metric)  # the huge row without the NaN and the infinities
+    np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype], atol=64 * eps_of(dtype) * 10)
+    np.testing.assert_allclose(clean, expected[4:, 7:], rtol=RTOL[dtype], atol=64 * eps_of(dtype) * 10)
+
+
+def test_cdist_cosine_directions():
+    a = RNG.standard_normal((20, 12))
+    b = np.concatenate([a[:5], 3.0 * a[5:10], -a[10:15]])
+    with cdist_path("gemm"):
+        d = fl.ops.cdist(a, b, "cosine")
+    np.testing.assert_array_equal(d[np.arange(5), np.arange(5)], 0.0)  # equal rows: exactly 0
+    np.testing.assert_allclose(d[np.arange(5, 10), np.arange(5, 10)], 0.0, atol=1e-15)  # same direction
+    np.testing.assert_allclose(d[np.arange(10, 15), np.arange(10, 15)], 2.0, rtol=1e-15)
+    assert ((d >= 0) & (d <= 2)).all()
+    np.testing.assert_allclose(d, scipy_distance.cdist(a, b, "cosine"), rtol=1e-12, atol=1e-14)
 
 
 def test_cdist_errors():
@@ -862,14 +939,60 @@ def test_cdist_default_metric_and_zero_rows():
 # matmul
 
 
+@pytest.mark.parametrize("kernels", GEMM_KERNELS)
 @pytest.mark.parametrize("dtype", [*FLOATS, np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.uint8)])
-def test_matmul_shapes(dtype):
+def test_matmul_shapes(kernels, dtype):
     r = np.random.default_rng(3)
-    for m, k, n in [(3, 0, 4), (0, 5, 2), (1, 7, 1), (1, 1, 9), (17, 3, 1), (5, 5, 5), (65, 33, 129)]:
-        a = r.integers(0, 4, (m, k)).astype(dtype)
-        b = r.integers(0, 4, (k, n)).astype(dtype)
-        for aa, bb in [(a, b), (np.asfortranarray(a), np.asfortranarray(b)), (a[::-1], b[:, ::-1])]:
-            assert_result(fl.ops.matmul(aa, bb), aa @ bb, atol=0)
+    with gemm_kernels(kernels):
+        for m, k, n in [(3, 0, 4), (0, 5, 2), (1, 7, 1), (1, 1, 9), (17, 3, 1), (5, 5, 5), (65, 33, 129)]:
+            a = r.integers(0, 4, (m, k)).astype(dtype)
+            b = r.integers(0, 4, (k, n)).astype(dtype)
+            layouts = [(a, b), (np.asfortranarray(a), np.asfortranarray(b)), (a[::-1], b[:, ::-1])]
+            layouts += [(a[:, ::2], b[::2]), (a.T.copy().T, b.T.copy().T)]
+            for aa, bb in layouts:
+                assert_result(fl.ops.matmul(aa, bb), aa @ bb, atol=0)
+
+
+@pytest.mark.parametrize("kernels", GEMM_KERNELS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_matmul_nonfinite_like_numpy(kernels, dtype):
+    a = RNG.standard_normal((70, 50)).astype(dtype)
+    b = RNG.standard_normal((50, 60)).astype(dtype)
+    a[3, 4] = np.nan
+    b[7, 9] = np.inf
+    b[8, 10] = -np.inf
+    with gemm_kernels(kernels), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = a @ b
+        actual = fl.ops.matmul(a, b)
+        out = np.full((60, 70), 5.0, dtype).T  # Fortran-ordered, garbage contents
+        fl.ops.matmul(a, b, out=out)
+    for r in (actual, out):
+        np.testing.assert_array_equal(np.isnan(r), np.isnan(expected))
+        np.testing.assert_array_equal(np.isinf(r), np.isinf(expected))
+        fin = np.isfinite(expected)
+        np.testing.assert_allclose(r[fin], expected[fin], rtol=RTOL[dtype], atol=100 * eps_of(dtype) * 50)
+
+
+def test_blas_found_and_switchable(tmp_path):
+    import subprocess
+    import sys
+
+    from ferrolab import _blas
+
+    libs = [p for p in _blas.candidates() if "openblas" in p.lower()]
+    if not libs:
+        pytest.skip("NumPy links no OpenBLAS found next to it")
+    assert _blas.in_use is not None  # found at import
+    with pytest.raises(OSError):
+        fl._core._use_blas(str(tmp_path / "no-such-library.so"))
+    assert _blas.in_use == fl._core._use_blas(libs[0]) or _blas.in_use.startswith(libs[0])
+    code = "import ferrolab._blas as b; print(b.in_use)"
+    for env, want_none in [({"FERROLAB_BLAS": "off"}, True), ({"FERROLAB_BLAS": str(tmp_path / "x.so")}, True),
+                           ({"FERROLAB_BLAS": libs[0]}, False)]:
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert (out == "None") == want_none, (env, out)
 
 
 def test_matmul_errors():

@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import (
+    _blas,  # noqa: F401  (hands NumPy's BLAS to matmul)
+    _core,
+)
 from . import gpu as _gpu  # noqa: F401  (tells the native GPU backend where NVRTC is)
 
 __all__ = [

@@ -45,6 +45,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::minmax, m)?)?;
     m.add_function(wrap_pyfunction!(ops::matmul, m)?)?;
     m.add_function(wrap_pyfunction!(ops::cdist, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::_use_blas, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::_cdist_gemm_min, m)?)?;
     m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
     m.add_function(wrap_pyfunction!(ops::_panic_in_kernel, m)?)?;
     runtime::register(m)?;

@@ -1146,9 +1146,11 @@ fn two_d<S: RawData>(
         .map_err(|_| arg_value(func, name, format!("must be 2-D, got {nd} dimensions")))
 }
 
-/// Matrix product of two 2-D arrays, like ``a @ b`` (GEMM from the ``gemm`` crate, multi-threaded).
+/// Matrix product of two 2-D arrays, like ``a @ b``.
 ///
-/// Any strides or memory order are used without copying; ``out`` may be Fortran-ordered.
+/// float32/float64 products run on the BLAS NumPy itself links when one was found (the same kernels and threads
+/// as ``a @ b``), else, and for strides a BLAS cannot take, on the ``gemm`` crate's multi-threaded kernels. Any
+/// strides or memory order are used without copying; ``out`` may be Fortran-ordered.
 ///
 /// Examples
 /// --------
@@ -1229,11 +1231,37 @@ fn gemm<'py, T: linalg::GemmElem + Native>(
     Ok(o)
 }
 
+/// Uses the CBLAS ``?gemm`` of the shared library at ``path`` (the BLAS NumPy links; ``ferrolab.ops`` passes it
+/// at import) for ``matmul``, or, with ``None``, the built-in ``gemm`` crate kernels. Returns what is
+/// in use (``None``: the built-in kernels); raises ``OSError`` when ``path`` has no usable CBLAS.
+#[pyfunction]
+#[pyo3(signature = (path))]
+pub fn _use_blas(path: Option<::std::path::PathBuf>) -> PyResult<Option<String>> {
+    match path {
+        None => ferrolab_core::kernels::blas::unload(),
+        Some(p) => {
+            ferrolab_core::kernels::blas::load(p.as_os_str())
+                .map_err(pyo3::exceptions::PyOSError::new_err)?;
+        }
+    }
+    Ok(ferrolab_core::kernels::blas::info())
+}
+
+/// Sets the size (``m * n * k``) from which ``cdist`` uses the GEMM formulation (0: always; a huge value:
+/// never) and returns the previous one. For tests.
+#[pyfunction]
+pub fn _cdist_gemm_min(work: usize) -> usize {
+    distance::set_gemm_min(work)
+}
+
 /// Distances between every row of ``a`` and every row of ``b``, like :func:`scipy.spatial.distance.cdist`.
 ///
-/// ``metric`` is ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``. Computed directly per pair (no
-/// ``|a|^2 + |b|^2 - 2ab`` cancellation), so equal points are exactly 0 apart. ``float32`` inputs give a
-/// ``float32`` result (SciPy always returns ``float64``).
+/// ``metric`` is ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``. Large problems use one matrix product
+/// (``|a|^2 + |b|^2 - 2ab`` on mean-shifted rows) and recompute directly, in the same pass, every entry that
+/// cancellation could spoil: equal points are exactly 0 apart, no squared distance is negative, and the other
+/// entries are within a few ``k * eps`` (relative) of the exact value. Small problems and inputs with NaN or
+/// infinity are computed directly per pair. ``float32`` inputs give a ``float32`` result (SciPy always returns
+/// ``float64``).
 ///
 /// Examples
 /// --------
@@ -1256,9 +1284,17 @@ pub fn cdist<'py>(
             let y = <T as Native>::unwrap(y);
             let va = two_d("cdist", "a", x.as_array())?;
             let vb = two_d("cdist", "b", y.as_array())?;
+            distance::check_shapes(&va, &vb).py()?;
             let work = va.len().saturating_mul(vb.nrows());
             let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
-            to_py(py, run(py, Op::Cdist, work, meta, move || distance::cdist(&va, &vb, m))?.into_dyn())?
+            // the result from NumPy's allocator (huge pages for large ones, no zero-fill): every element is written
+            let o = new_array::<T>(py, "cdist", &[va.nrows(), vb.nrows()], false)?.into_any();
+            let mut rw = take_out::<T>("cdist", &o)?;
+            let mut ov = rw.as_array_mut();
+            let buf = ov.as_slice_mut().expect("fresh C array");
+            run(py, Op::Cdist, work, meta, move || distance::cdist_into(&va, &vb, m, buf))?;
+            drop(rw);
+            o
         });
         finish(r, &fin)
     })

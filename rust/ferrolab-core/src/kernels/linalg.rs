@@ -1,15 +1,17 @@
-//! Matrix product through the `gemm` crate (BLIS-style packed micro-kernels with runtime AVX2/FMA/AVX-512
-//! dispatch), on any strides, into a new array or `out`.
+//! Matrix product, into a new array or `out`: through the BLAS NumPy links when one is loaded ([`super::blas`])
+//! and the strides suit it, else through the `gemm` crate (BLIS-style packed micro-kernels with runtime
+//! AVX2/FMA/AVX-512 dispatch, any strides, on ferrolab's pool).
 
 use super::alloc;
+use super::blas::{self, BlasElem, Mat};
 use super::dispatch::pool;
 use super::layout::fmt_shape;
 use super::Real;
 use crate::error::{CoreError, Result};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Ix2};
 
-/// Element types `gemm` computes.
-pub trait GemmElem: Real {}
+/// Element types `gemm` (and CBLAS) computes.
+pub trait GemmElem: Real + BlasElem {}
 impl GemmElem for f32 {}
 impl GemmElem for f64 {}
 
@@ -61,58 +63,91 @@ pub fn matmul<T: GemmElem>(
         if k == 0 {
             dst.fill(T::ZERO);
         } else {
-            // the pool, when the product is large enough and the pool's threads could be started
-            let pool = if m.saturating_mul(n).saturating_mul(k) >= 64 * 64 * 64 {
-                pool().filter(|p| p.current_num_threads() > 1)
-            } else {
-                None
-            };
-            let par = match pool {
-                Some(p) => gemm::Parallelism::Rayon(p.current_num_threads()),
-                None => gemm::Parallelism::None,
-            };
             let (ds, as_, bs) = (dst.strides().to_vec(), a.strides(), b.strides());
-            // raw addresses so the closure can move into the pool
-            let (dptr, aptr, bptr) = (
-                dst.as_mut_ptr() as usize,
-                a.as_ptr() as usize,
-                b.as_ptr() as usize,
-            );
-            let run = || {
-                // SAFETY: the pointers and strides describe live, correctly shaped views; dst does not alias
-                // a or b (the binding copies an `out` that overlaps an input); read_dst = false ignores dst's
-                // old contents.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        dptr as *mut T,
-                        ds[1],
-                        ds[0],
-                        false,
-                        aptr as *const T,
-                        as_[1],
-                        as_[0],
-                        bptr as *const T,
-                        bs[1],
-                        bs[0],
-                        T::ZERO,
-                        T::ONE,
-                        false,
-                        false,
-                        false,
-                        par,
-                    )
-                }
+            // SAFETY: the pointers and strides describe live, correctly shaped views; dst does not alias a or b
+            // (the binding copies an `out` that overlaps an input).
+            unsafe {
+                product(
+                    (m, n, k),
+                    (dst.as_mut_ptr(), ds[0], ds[1]),
+                    (a.as_ptr(), as_[0], as_[1]),
+                    (b.as_ptr(), bs[0], bs[1]),
+                    T::ONE,
+                    true,
+                )
             };
-            match pool {
-                Some(p) => p.install(run),
-                None => run(),
-            }
         }
     }
     Ok(owned)
+}
+
+/// `c = alpha * a @ b` for `a` (m x k), `b` (k x n), `c` (m x n), each given as (pointer, row stride, column
+/// stride) in elements, all dimensions > 0: through the loaded BLAS when `use_blas`, there is one and the
+/// strides suit it (called here, on this thread, never inside the pool), else through the `gemm` crate on the
+/// pool.
+///
+/// # Safety
+/// The pointers and strides describe live matrices of those shapes; `c` aliases neither input and its old
+/// contents are not read.
+pub(crate) unsafe fn product<T: GemmElem>(
+    (m, n, k): (usize, usize, usize),
+    (cp, crs, ccs): (*mut T, isize, isize),
+    (ap, ars, acs): (*const T, isize, isize),
+    (bp, brs, bcs): (*const T, isize, isize),
+    alpha: T,
+    use_blas: bool,
+) {
+    let (cm, am, bm) = (
+        Mat::new(m, n, crs, ccs),
+        Mat::new(m, k, ars, acs),
+        Mat::new(k, n, brs, bcs),
+    );
+    // SAFETY: forwarded from the caller.
+    if use_blas && unsafe { blas::gemm(cm, cp, am, ap, bm, bp, alpha) } {
+        return;
+    }
+    // the pool, when the product is large enough and the pool's threads could be started
+    let pool = if m.saturating_mul(n).saturating_mul(k) >= 64 * 64 * 64 {
+        pool().filter(|p| p.current_num_threads() > 1)
+    } else {
+        None
+    };
+    let par = match pool {
+        Some(p) => gemm::Parallelism::Rayon(p.current_num_threads()),
+        None => gemm::Parallelism::None,
+    };
+    // raw addresses so the closure can move into the pool
+    let (cp, ap, bp) = (cp as usize, ap as usize, bp as usize);
+    let run = || {
+        // SAFETY: forwarded from the caller; read_dst = false ignores c's old contents.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                cp as *mut T,
+                ccs,
+                crs,
+                false,
+                ap as *const T,
+                acs,
+                ars,
+                bp as *const T,
+                bcs,
+                brs,
+                T::ZERO,
+                alpha,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
+    match pool {
+        Some(p) => p.install(run),
+        None => run(),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! through [`alloc`], so an impossible size is a `CoreError::Memory` (`MemoryError`), never an abort.
 
 pub mod alloc;
+pub mod blas;
 pub mod dispatch;
 pub mod distance;
 pub mod elementwise;
