@@ -80,7 +80,9 @@ TARGETS = {
     "exposition": 20.0,
 }
 INSTRUMENTATION_TARGET_PCT = 5.0
-ALL_CASES = [*TARGETS, "instrumentation", "slow_clients", "gzip"]
+ALL_CASES = [*TARGETS, "instrumentation", "slow_clients", "gzip", "disabled_log"]
+# a core `tracing` event no output enables costs at most this (measured natively, no GIL)
+DISABLED_LOG_TARGET_NS = 5.0
 SLOW_CLIENT_TARGETS = {"ok_pct": 99.0, "p99_ms": 50.0}
 GZIP_TARGET_COST = 2.0
 
@@ -572,6 +574,19 @@ def main(argv: list[str] | None = None) -> int:
         gz = gzip_row(series, repeat)
     if "slow_clients" in wanted:
         slow_rows = slow_client_rows(args.smoke)
+    log_row: dict[str, Any] | None = None
+    if "disabled_log" in wanted:
+        from ferrolab import _core
+
+        n = 100_000 if args.smoke else 20_000_000
+        runs = sorted(_core._log_disabled_event_ns(n) for _ in range(1 if args.smoke else repeat))
+        ns = runs[len(runs) // 2]
+        log_row = {
+            "events": n,
+            "ns_per_event": ns,
+            "target_ns": DISABLED_LOG_TARGET_NS,
+            "met": ns <= DISABLED_LOG_TARGET_NS,
+        }
     trace_rows, trace_error = tracing_rows(args.smoke)
     elapsed = time.perf_counter() - t_start
     info["loadavg_end"] = loadavg()
@@ -582,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         print_gzip_row(gz)
     if slow_rows:
         print_slow_client_rows(slow_rows)
+    if log_row is not None:
+        print(
+            f"\ndisabled log event (a core tracing event below every output's level): {log_row['ns_per_event']:.2f} ns"
+            f" per event (target <= {DISABLED_LOG_TARGET_NS:g} ns {'ok' if log_row['met'] else 'MISSED'})"
+        )
     if trace_rows is not None:
         print("\nbench_tracing.py:")
         print_tracing(trace_rows)
@@ -593,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         missed.append("gzip")
     if any(r["met"] is False for r in slow_rows):
         missed.append("slow_clients")
+    if log_row is not None and not log_row["met"]:
+        missed.append("disabled_log")
     print(f"\n{len(rows)} cases in {elapsed:.1f} s; targets missed: {', '.join(missed) if missed else 'none'}.")
     if bad:
         print(f"\n!!! {len(bad)} case(s) failed their check:", file=sys.stderr)
@@ -614,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "gzip": gz,
         "slow_client_rows": slow_rows,
+        "disabled_log": log_row,
         "tracing_rows": trace_rows,
         "tracing_error": trace_error,
     }

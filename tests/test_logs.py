@@ -166,3 +166,48 @@ def test_stderr_text_and_filters() -> None:
     p = run_script({"FERROLAB_LOG": "ferrolab=loud"})
     assert p.returncode == 0
     assert 'FERROLAB_LOG="ferrolab=loud" is not a valid filter' in p.stderr
+
+
+def test_breaker_transitions(caught: Collect) -> None:
+    br = fl.CircuitBreaker("fltest-logs-breaker", failure_threshold=1, reset_timeout=60.0)
+
+    def boom() -> None:
+        raise RuntimeError("down")
+
+    with pytest.raises(RuntimeError):
+        br.call(boom)
+    br.reset()
+    (opened,) = [
+        r
+        for r in delivered(caught, "ferrolab.breaker", "circuit breaker opened")
+        if r.breaker == "fltest-logs-breaker"  # type: ignore[attr-defined]
+    ]
+    assert opened.levelno == logging.WARNING
+    assert (opened.__dict__["from"], opened.to) == ("closed", "open")  # type: ignore[attr-defined]
+    changed = [
+        r
+        for r in delivered(caught, "ferrolab.breaker", "circuit breaker state changed")
+        if r.breaker == "fltest-logs-breaker"  # type: ignore[attr-defined]
+    ]
+    assert [(r.__dict__["from"], r.to) for r in changed] == [("open", "closed")]  # type: ignore[attr-defined]
+
+
+def test_server_reports_rejected_clients(caught: Collect) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    with fl.metrics.serve(port=0, token="s3cret") as srv:
+        # one line a second per kind: a 401 of another test in the last second may hold this one back
+        deadline = time.monotonic() + 5.0
+        got: list[logging.LogRecord] = []
+        while not got and time.monotonic() < deadline:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(srv.url + "/metrics", timeout=5)
+            assert e.value.code == 401
+            e.value.close()
+            got = delivered(caught, "ferrolab.server", "request without valid credentials (401)")
+            if not got:
+                time.sleep(0.6)
+    assert got and got[0].levelno == logging.WARNING
+    assert got[0].similar_events_suppressed >= 0  # type: ignore[attr-defined]

@@ -1225,6 +1225,11 @@ impl Breaker {
 
     fn note(&self, from: State, to: State) -> Transition {
         self.transitions[from as usize][to as usize].fetch_add(1, Ordering::Relaxed);
+        if to == State::Open || to == State::ForcedOpen {
+            tracing::warn!(target: "ferrolab.breaker", breaker = %self.name, from = from.name(), to = to.name(), "circuit breaker opened");
+        } else {
+            tracing::info!(target: "ferrolab.breaker", breaker = %self.name, from = from.name(), to = to.name(), "circuit breaker state changed");
+        }
         Transition { from, to }
     }
 

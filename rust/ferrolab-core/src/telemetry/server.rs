@@ -399,12 +399,39 @@ async fn accept_loop(
                         Ok(Ok(s)) => serve_io(s, sh2, st).await,
                         _ => {
                             sh2.counters.tls_errors.fetch_add(1, Ordering::Relaxed);
+                            trouble(Trouble::Tls);
                         }
                     }
                 }
             }
         });
     }
+}
+
+/// Client trouble worth a log line (WARN, `ferrolab.server`, at most one a second per kind).
+#[derive(Clone, Copy)]
+enum Trouble {
+    Rejected,
+    BadRequest,
+    Timeout,
+    Unauthorized,
+    Tls,
+}
+
+#[cold]
+fn trouble(kind: Trouble) {
+    static THROTTLES: [super::logs::Throttle; 5] = [const { super::logs::Throttle::new() }; 5];
+    let Some(suppressed) = THROTTLES[kind as usize].allow(1000) else {
+        return;
+    };
+    let what = match kind {
+        Trouble::Rejected => "refused a connection: every connection is busy (503)",
+        Trouble::BadRequest => "malformed request (400/431)",
+        Trouble::Timeout => "client too slow: request head or reply timed out (408)",
+        Trouble::Unauthorized => "request without valid credentials (401)",
+        Trouble::Tls => "TLS handshake failed",
+    };
+    tracing::warn!(target: "ferrolab.server", similar_events_suppressed = suppressed, "{what}");
 }
 
 /// Registers a new connection, making room at the cap by closing the connection that has waited longest
@@ -428,6 +455,7 @@ fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
             None => {
                 drop(conns);
                 sh.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                trouble(Trouble::Rejected);
                 let _ = tcp.try_write(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
                       Content-Length: 12\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver busy\n",
@@ -481,6 +509,7 @@ where
     if let Err(e) = b.serve_connection(TokioIo::new(guarded), svc).await {
         if !st.answered.load(Ordering::Relaxed) && (e.is_parse() || e.is_parse_too_large()) {
             sh.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            trouble(Trouble::BadRequest);
         }
     }
 }
@@ -556,6 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
                 if d.as_mut().poll(cx).is_ready() {
                     self.sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    trouble(Trouble::Timeout);
                     Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
                 } else {
                     Poll::Pending
@@ -624,6 +654,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         if this.phase != Phase::Busy && this.deadline.as_mut().poll(cx).is_ready() {
             if this.phase == Phase::Head {
                 this.sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                trouble(Trouble::Timeout);
                 this.answer(
                     cx,
                     "408 Request Timeout",
@@ -767,6 +798,7 @@ async fn respond(
     }
     if !authorized(&sh, req.headers().get(header::AUTHORIZATION)).await {
         sh.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        trouble(Trouble::Unauthorized);
         extra.push((
             header::WWW_AUTHENTICATE,
             if sh.auth.is_some() {
@@ -824,7 +856,11 @@ async fn respond(
                     z
                 }
                 Ok((None, r)) => r,
-                Err(_) => Reply::text(500, "internal error"), // the handler panicked
+                Err(e) => {
+                    // the handler panicked
+                    tracing::error!(target: "ferrolab.server", path = %req.uri().path(), error = %e, "request handler failed");
+                    Reply::text(500, "internal error")
+                }
             }
         }
         None if req.uri().path() == "/" => Reply::new(
