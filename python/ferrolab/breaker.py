@@ -103,7 +103,6 @@ Coroutines and ``async with`` blocks:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import sys
@@ -174,6 +173,8 @@ def _decorate(breaker: CircuitBreaker, func: Callable[..., Any]) -> Callable[...
             for attr in ("__code__", "__defaults__", "__kwdefaults__"):
                 if hasattr(func, attr):
                     setattr(wrapper, attr, getattr(func, attr))
+            import asyncio.coroutines  # only here: ``import ferrolab`` does not import asyncio
+
             wrapper._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
     return wrapper
 
