@@ -538,10 +538,15 @@ def _q_plan(mm: tuple[float, float, bool, int], q: np.ndarray) -> dict[str, Any]
         plan["ranks"] = {}
         return plan
     vi = (n - 1) * q
-    prev = np.floor(vi)
-    prev = np.clip(prev, 0, n - 1).astype(np.int64)
-    nxt = np.minimum(prev + 1, n - 1)
-    plan["prev"], plan["next"], plan["gamma"] = prev, nxt, vi - np.floor(vi)
+    prev_f = np.floor(vi)
+    plan["gamma"] = np.asarray(vi - prev_f, dtype=vi.dtype)
+    prev = prev_f.astype(np.int64)
+    nxt = prev + 1
+    above = vi >= n - 1
+    prev[above], nxt[above] = n - 1, n - 1
+    below = vi < 0
+    prev[below], nxt[below] = 0, 0
+    plan["prev"], plan["next"] = prev, nxt
     finite = bool(np.isfinite(lo) and np.isfinite(hi))
     ranks: dict[int, dict[str, Any]] = {}
     for k in sorted(set(prev.tolist()) | set(nxt.tolist())):
@@ -582,7 +587,8 @@ def _q_part(b: np.ndarray, plan: dict[str, Any]) -> list[np.ndarray]:
 
 
 def _q_step(plan: dict[str, Any], parts: list[list[np.ndarray]], last: bool) -> dict[str, Any]:
-    """Merges a step: resolves gathered ranks, narrows histogrammed ones to their bin."""
+    """Merges a step: resolves gathered ranks, narrows histogrammed ones to their bin (to be gathered next when
+    ``last``)."""
     brackets = _q_brackets(plan)
     if not brackets:
         return plan
@@ -617,18 +623,24 @@ def _q_step(plan: dict[str, Any], parts: list[list[np.ndarray]], last: bool) -> 
     return {**plan, "ranks": ranks}
 
 
-def _q_finish(plan: dict[str, Any], dtype: np.dtype, q: Any, rt: np.dtype) -> Any:
+def _q_finish(plan: dict[str, Any], dtype: np.dtype, weak: bool, rt: np.dtype) -> Any:
     qa = plan["q"]
     if plan["nan"] or plan["n"] == 0:  # NaN result, or fl.ops's error for an empty input
         sample = np.array([np.nan] if plan["nan"] else [], dtype=dtype)
         res = np.asarray(_ops.quantile(sample, qa.ravel())).reshape(qa.shape)
         return res.astype(rt, copy=False)
     vals = {k: r["value"] for k, r in plan["ranks"].items()}
-    res = np.empty(qa.size, dtype=rt)
-    for i, (p, nx, g) in enumerate(zip(plan["prev"], plan["next"], plan["gamma"], strict=True)):
-        pair = np.array([vals[int(p)], vals[int(nx)]]).astype(dtype)
-        res[i] = np.quantile(pair, float(g))  # NumPy's own lerp between the two order statistics
-    return res.reshape(qa.shape)
+    a = np.array([vals[int(k)] for k in plan["prev"]]).astype(dtype)
+    b = np.array([vals[int(k)] for k in plan["next"]]).astype(dtype)
+    t = plan["gamma"]
+    # NumPy's _lerp, operation for operation; a Python float q makes gamma a (weak) Python float there
+    ge = t >= 0.5
+    t, omt = (t.astype(dtype), (1 - t).astype(dtype)) if weak and dtype.kind == "f" else (t, 1 - t)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in NumPy
+        diff = b - a
+        res = np.add(a, diff * t)
+        np.subtract(b, diff * omt, out=res, where=ge, casting="unsafe", dtype=res.dtype)
+    return res.astype(rt, copy=False).reshape(qa.shape)
 
 
 def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
@@ -681,8 +693,8 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
     plan = dask.delayed(_q_plan, pure=True)(_minmax_delayed(x), qa.ravel())
     for step in range(QUANTILE_STEPS):
         parts = [dask.delayed(_q_part, pure=True)(b, plan) for b in blocks]
-        plan = dask.delayed(_q_step, pure=True)(plan, parts, step == QUANTILE_STEPS - 1)
-    res = dask.delayed(_q_finish, pure=True)(plan, dtype, q, rt)
+        plan = dask.delayed(_q_step, pure=True)(plan, parts, step >= QUANTILE_STEPS - 2)  # the last step gathers
+    res = dask.delayed(_q_finish, pure=True)(plan, dtype, weak, rt)
     flat = da.from_delayed(res, shape=(qa.size,), dtype=rt)
     return flat.reshape(qa.shape)
 
