@@ -230,4 +230,5 @@ def test_worker_metrics(client: Any) -> None:
     assert set(client.run(service).values()) == {"dask-test"}
     bodies = [urllib.request.urlopen(u, timeout=10).read().decode() for u in urls.values()]
     assert all("ferrolab_operations_total" in b for b in bodies)
-    assert any('operation="var"' in line and "ferrolab_operations_total" in line for b in bodies for line in b.splitlines())
+    lines = [line for b in bodies for line in b.splitlines()]
+    assert any(line.startswith("ferrolab_operations_total") and 'operation="var"' in line for line in lines)

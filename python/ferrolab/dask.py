@@ -280,9 +280,9 @@ def _moment_merge(p: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
         wsum = np.where(some, p["n"] * p["mean"], 0.0).sum(axis=axis, keepdims=True)
         m = np.where(n > 0, wsum / np.where(n > 0, n, 1.0), 0.0)
         dev = np.where(some, p["mean"] - m, 0.0)
-        m2 = np.where(some, p["m2"], 0.0).sum(axis=axis, keepdims=True) + (
-            np.where(some, p["n"] * dev * dev, 0.0)
-        ).sum(axis=axis, keepdims=True)
+        m2 = np.where(some, p["m2"], 0.0).sum(axis=axis, keepdims=True) + (np.where(some, p["n"] * dev * dev, 0.0)).sum(
+            axis=axis, keepdims=True
+        )
     out["n"], out["mean"], out["m2"] = n, m, m2
     return out
 
@@ -303,7 +303,8 @@ def _moments(x: Any, axis: int | None, dtype: Any, finish: Any, with_m2: bool = 
             m = np.where(n > 0, r["mean"], np.nan)
             res = finish(n, m, r["m2"])
         if (r["n"] == 0).any():
-            warnings.warn("Mean of empty slice" if not with_m2 else "Degrees of freedom <= 0 for slice", RuntimeWarning)
+            msg = "Degrees of freedom <= 0 for slice" if with_m2 else "Mean of empty slice"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return np.asarray(res).astype(dtype, copy=False)
 
     return _reduction(x, chunk, combine, aggregate, axis, dtype)
