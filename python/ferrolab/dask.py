@@ -35,6 +35,7 @@ array([5, 5])
 
 from __future__ import annotations
 
+import builtins
 import math
 import warnings
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
 from . import ops as _ops
 
 __all__ = [
@@ -427,7 +429,7 @@ def _minmax_delayed(x: Any) -> Any:
     def part(b: np.ndarray) -> tuple[float, float, int]:
         if b.size == 0:
             return (np.inf, -np.inf, 0)
-        lo, hi = _ops.min(b), _ops.max(b)
+        lo, hi = _core.minmax(b)  # one native pass; NaN propagates
         return (float(lo), float(hi), b.size)
 
     def merge(parts: list[tuple[float, float, int]]) -> tuple[float, float, bool, int]:
@@ -581,10 +583,26 @@ def _q_part(b: np.ndarray, plan: dict[str, Any]) -> list[np.ndarray]:
     f = b.astype(np.float64, copy=False).ravel()
     for lo, hi, gather in _q_brackets(plan):
         if gather:
-            out.append(f[(f >= lo) & (f <= hi)] if np.isfinite(lo) or np.isfinite(hi) else f.copy())
+            out.append(_select(f, lo, hi) if np.isfinite(lo) or np.isfinite(hi) else f.copy())
         else:
             out.append(_ops.histogram(f, bins=QUANTILE_BINS, range=(lo, hi))[0])
     return out
+
+
+def _select(f: np.ndarray, lo: float, hi: float, step: int = 1 << 16) -> np.ndarray:
+    """``f[(f >= lo) & (f <= hi)]`` in cache-sized pieces (one read of ``f`` from memory, not several)."""
+    out = []
+    m1 = np.empty(builtins.min(step, f.size), dtype=bool)
+    m2 = np.empty_like(m1)
+    for i in range(0, f.size, step):
+        s = f[i : i + step]
+        a, b = m1[: s.size], m2[: s.size]
+        np.greater_equal(s, lo, out=a)
+        np.less_equal(s, hi, out=b)
+        np.logical_and(a, b, out=a)
+        if a.any():
+            out.append(s[a])
+    return np.concatenate(out) if out else f[:0].copy()
 
 
 def _q_step(plan: dict[str, Any], parts: list[list[np.ndarray]], last: bool) -> dict[str, Any]:
