@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 try:
     import dask.array as da  # noqa: E402
     import distributed  # noqa: E402
+    from dask.graph_manipulation import clone  # noqa: E402
 except ImportError as e:  # pragma: no cover
     sys.exit(f"bench_dask.py needs dask[distributed]: pip install 'ferrolab[dask]' ({e})")
 
@@ -63,13 +64,13 @@ def cases(x: Any) -> list[tuple[str, Any, Any, str]]:
     ]
 
 
-def runner(client: Any, expr: Any, how: str) -> Any:
+def runner(client: Any, expr: Any, how: str, x: Any) -> Any:
     def once() -> Any:
         if how == "persist":
-            r = client.persist(expr)
+            # a copy of the graph with fresh keys (the persisted input x kept), so that a run never finds the
+            # result of the previous one still in memory
+            r = client.persist(clone(expr, omit=x))
             distributed.wait(r)
-            # release the result before the next run, or that run would find it in memory and do nothing
-            client.cancel(distributed.futures_of(r))
             del r
             return None
         return client.compute(expr, sync=True)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             ref["standardize"] = (a - a.mean()) / a.std()
         print(f"bench_dask: {size:.3g} float64 elements ({size * 8 / 1e9:.2f} GB) in chunks of {chunk:.3g}, 2 workers")
         for name, peer_expr, mine_expr, how in cases(x):
-            peer, mine = runner(client, peer_expr, how), runner(client, mine_expr, how)
+            peer, mine = runner(client, peer_expr, how, x), runner(client, mine_expr, how, x)
             peer_res, mine_res = peer(), mine()  # also the warm-up
             t = time_pair(looped(peer), looped(mine), repeat, 0.0)
             if how == "persist" and ref is not None:
