@@ -232,3 +232,27 @@ def test_worker_metrics(client: Any) -> None:
     assert all("ferrolab_operations_total" in b for b in bodies)
     lines = [line for b in bodies for line in b.splitlines()]
     assert any(line.startswith("ferrolab_operations_total") and 'operation="var"' in line for line in lines)
+
+
+def test_worker_spans_are_children_of_the_client_span(client: Any) -> None:
+    pytest.importorskip("opentelemetry.trace", reason=f"{MISSING}opentelemetry-api (pip install -e '.[test]')")
+    fl.dask.setup(client, service_name="dask-test")
+    fl.tracing.configure("dask-test-client")
+    try:
+        x = da.random.default_rng(1).normal(size=100_000, chunks=25_000)
+        with fl.tracing.span("client-run") as root:
+            v = fl.dask.var(x)
+        assert np.isfinite(client.compute(v, sync=True))
+
+        def spans() -> list[dict[str, Any]]:
+            return fl.tracing.finished_spans()
+
+        worker_spans = [s for ss in client.run(spans).values() for s in ss if s["trace_id"] == root.trace_id]
+        tasks = [s for s in worker_spans if s["name"] == "fl.dask.var"]
+        assert len(tasks) == 4, worker_spans
+        assert all(s["parent_span_id"] == root.span_id and s["parent_is_remote"] for s in tasks)
+        task_ids = {s["span_id"] for s in tasks}
+        ops = [s for s in worker_spans if s["name"] in ("ferrolab.mean", "ferrolab.var")]
+        assert len(ops) == 8 and all(s["parent_span_id"] in task_ids for s in ops)
+    finally:
+        fl.tracing.shutdown()

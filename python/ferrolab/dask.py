@@ -36,9 +36,10 @@ array([5, 5])
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,14 +130,64 @@ def _out_shape(block: np.ndarray, axis: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(1 if i in axis else s for i, s in enumerate(block.shape))
 
 
-def _reduction(x: Any, chunk: Any, combine: Any, aggregate: Any, axis: int | None, dtype: Any) -> Any:
+def _trace_parent() -> tuple[str, str] | None:
+    """(trace_id, span_id) of the caller's recording ferrolab span, carried with the tasks; None without one."""
+    from . import tracing
+
+    span = tracing.current_span()
+    if span is None or not span.is_recording:
+        return None
+    return (span.trace_id, span.span_id)
+
+
+@contextlib.contextmanager
+def _chunk_span(op: str, parent: tuple[str, str] | None) -> Iterator[None]:
+    """A ``fl.dask.<op>`` span around one task, a child of the client's span ``parent`` (through
+    opentelemetry-python's context, which ferrolab spans take as their parent when no ferrolab span is open; without
+    opentelemetry-api the task runs untraced)."""
+    if parent is None:
+        yield
+        return
+    from . import tracing
+
+    if tracing.current_span() is not None:  # in the caller's own thread: its span is the parent already
+        with tracing.span(f"fl.dask.{op}"):
+            yield
+        return
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    except ImportError:  # pragma: no cover - opentelemetry-api is optional
+        yield
+        return
+    ctx = SpanContext(int(parent[0], 16), int(parent[1], 16), is_remote=True, trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(ctx), end_on_exit=False), tracing.span(f"fl.dask.{op}"):
+        yield
+
+
+class _Traced:
+    """A task function that runs in :func:`_chunk_span` (the parent taken when the graph is built)."""
+
+    def __init__(self, op: str, fn: Any) -> None:
+        self.op, self.fn, self.parent = op, fn, _trace_parent()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.parent is None:
+            return self.fn(*args, **kwargs)
+        with _chunk_span(self.op, self.parent):
+            return self.fn(*args, **kwargs)
+
+
+def _reduction(x: Any, chunk: Any, combine: Any, aggregate: Any, axis: int | None, dtype: Any, op: str) -> Any:
     da = _da()
     out_ndim = 0 if axis is None else x.ndim - 1
+
+    traced = _Traced(op, chunk)
 
     def per_chunk(b: np.ndarray, axis: tuple[int, ...], keepdims: bool, computing_meta: bool = False) -> Any:
         if computing_meta:  # dask's meta of the intermediate: the result's dtype keeps its casts happy
             return np.zeros(_out_shape(b, axis), dtype=dtype)
-        return chunk(b, axis, keepdims)
+        return traced(b, axis, keepdims)
 
     return da.reduction(
         x,
@@ -177,7 +228,7 @@ def sum(x: Any, axis: int | None = None) -> Any:  # noqa: A001
     def aggregate(p: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> Any:
         return np.asarray(np.sum(p, axis=axis)).astype(dtype, copy=False)
 
-    return _reduction(x, chunk, combine, aggregate, axis, dtype)
+    return _reduction(x, chunk, combine, aggregate, axis, dtype, "sum")
 
 
 def mean(x: Any, axis: int | None = None) -> Any:
@@ -190,7 +241,7 @@ def mean(x: Any, axis: int | None = None) -> Any:
     _check("mean", x)
     axis = _axis("mean", x, axis)
     dtype = _np_result("mean", x, None).dtype
-    return _moments(x, axis, dtype, lambda n, m, m2: m, with_m2=False)
+    return _moments(x, axis, dtype, lambda n, m, m2: m, with_m2=False, op="mean")
 
 
 def _extreme(func: str, x: Any, axis: int | None) -> Any:
@@ -233,7 +284,7 @@ def _extreme(func: str, x: Any, axis: int | None) -> Any:
             raise ValueError(f"{func}(): zero-size array to reduction operation {func} which has no identity")
         return np.squeeze(r["v"], axis=axis)
 
-    return _reduction(x, chunk, combine, aggregate, axis, dtype)
+    return _reduction(x, chunk, combine, aggregate, axis, dtype, func)
 
 
 def min(x: Any, axis: int | None = None) -> Any:  # noqa: A001
@@ -289,7 +340,7 @@ def _moment_merge(p: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _moments(x: Any, axis: int | None, dtype: Any, finish: Any, with_m2: bool = True) -> Any:
+def _moments(x: Any, axis: int | None, dtype: Any, finish: Any, with_m2: bool = True, op: str = "var") -> Any:
     def chunk(b: np.ndarray, axis: tuple[int, ...], keepdims: bool, computing_meta: bool = False) -> Any:
         if computing_meta:
             return np.zeros(_out_shape(b, axis), dtype=_MOM)
@@ -309,7 +360,7 @@ def _moments(x: Any, axis: int | None, dtype: Any, finish: Any, with_m2: bool = 
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return np.asarray(res).astype(dtype, copy=False)
 
-    return _reduction(x, chunk, combine, aggregate, axis, dtype)
+    return _reduction(x, chunk, combine, aggregate, axis, dtype, op)
 
 
 def _var_finish(ddof: float, sqrt: bool) -> Any:
@@ -338,7 +389,7 @@ def std(x: Any, axis: int | None = None, ddof: float = 0) -> Any:
     _check("std", x)
     axis = _axis("std", x, axis)
     ddof = _ddof("std", ddof)
-    return _moments(x, axis, _np_result("std", x, None).dtype, _var_finish(ddof, True))
+    return _moments(x, axis, _np_result("std", x, None).dtype, _var_finish(ddof, True), op="std")
 
 
 def standardize(x: Any, axis: int | None = None, ddof: float = 0) -> Any:
@@ -361,7 +412,7 @@ def standardize(x: Any, axis: int | None = None, ddof: float = 0) -> Any:
         out["std"] = np.sqrt(m2 / np.maximum(n - ddof, 0))
         return out
 
-    stats = _moments(x, axis, np.dtype([("mean", dtype), ("std", dtype)]), both)
+    stats = _moments(x, axis, np.dtype([("mean", dtype), ("std", dtype)]), both, op="standardize")
     if axis is not None:
         stats = da.expand_dims(stats, axis)
 
@@ -371,7 +422,9 @@ def standardize(x: Any, axis: int | None = None, ddof: float = 0) -> Any:
             np.divide(out, s["std"], out=out)
         return out
 
-    return da.map_blocks(apply, x, stats, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype=dtype))
+    return da.map_blocks(
+        _Traced("standardize", apply), x, stats, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype=dtype)
+    )
 
 
 def zscore_anomalies(x: Any, threshold: float = 3.0) -> Any:
@@ -397,7 +450,7 @@ def zscore_anomalies(x: Any, threshold: float = 3.0) -> Any:
         out["mean"], out["std"] = m, np.sqrt(m2 / n)
         return out
 
-    stats = _moments(x, None, sdt, both)
+    stats = _moments(x, None, sdt, both, op="zscore_anomalies")
     offsets = [np.cumsum((0,) + c[:-1]) for c in x.chunks]
     shape = x.shape
 
@@ -414,7 +467,10 @@ def zscore_anomalies(x: Any, threshold: float = 3.0) -> Any:
 
     blocks = x.to_delayed().ravel()
     indices = list(np.ndindex(*x.numblocks))
-    parts = [dask.delayed(hits, pure=True)(b, stats, idx) for b, idx in zip(blocks, indices, strict=True)]
+    parts = [
+        dask.delayed(_Traced("zscore_anomalies", hits), pure=True)(b, stats, idx)
+        for b, idx in zip(blocks, indices, strict=True)
+    ]
     out = dask.delayed(gather, pure=True)(parts)
     return da.from_delayed(out, shape=(np.nan,), dtype=np.int64, meta=np.empty(0, dtype=np.int64))
 
@@ -441,7 +497,7 @@ def _minmax_delayed(x: Any) -> Any:
             return (np.nan, np.nan, True, n)
         return (float(np.min(los)) if los else np.inf, float(np.max(his)) if his else -np.inf, False, n)
 
-    parts = [dask.delayed(part, pure=True)(b) for b in x.to_delayed().ravel()]
+    parts = [dask.delayed(_Traced("minmax", part), pure=True)(b) for b in x.to_delayed().ravel()]
     return dask.delayed(merge, pure=True)(parts)
 
 
@@ -501,7 +557,7 @@ def histogram(
     def add(parts: list[np.ndarray]) -> np.ndarray:
         return np.sum(parts, axis=0, dtype=np.int64) if parts else np.zeros(nb, dtype=np.int64)
 
-    parts = [dask.delayed(part, pure=True)(b, edges) for b in x.to_delayed().ravel()]
+    parts = [dask.delayed(_Traced("histogram", part), pure=True)(b, edges) for b in x.to_delayed().ravel()]
     counts = da.from_delayed(dask.delayed(add, pure=True)(parts), shape=(nb,), dtype=np.int64)
     edge_dtype = np.result_type(dtype, np.float64) if uniform and dtype.kind in "biu" else dtype
     if not uniform:
@@ -697,7 +753,7 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
             return r.astype(rt, copy=False)
 
         out = da.map_blocks(
-            block,
+            _Traced("quantile", block),
             xr,
             drop_axis=axis,
             new_axis=0,
@@ -710,8 +766,9 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
     dtype = x.dtype
     blocks = x.to_delayed().ravel()
     plan = dask.delayed(_q_plan, pure=True)(_minmax_delayed(x), qa.ravel())
+    q_part = _Traced("quantile", _q_part)
     for step in range(QUANTILE_STEPS):
-        parts = [dask.delayed(_q_part, pure=True)(b, plan) for b in blocks]
+        parts = [dask.delayed(q_part, pure=True)(b, plan) for b in blocks]
         plan = dask.delayed(_q_step, pure=True)(plan, parts, step >= QUANTILE_STEPS - 2)  # the last step gathers
     res = dask.delayed(_q_finish, pure=True)(plan, dtype, weak, rt)
     flat = da.from_delayed(res, shape=(qa.size,), dtype=rt)
@@ -728,39 +785,65 @@ except ImportError:  # pragma: no cover - distributed is optional
 
 
 class WorkerPlugin(_WorkerPluginBase):  # type: ignore[misc,valid-type]
-    """On each worker: ferrolab tracing configured (``service_name``) and the worker's ferrolab series served.
+    """On each worker: ferrolab tracing configured and the worker's ferrolab series served.
 
-    The series are served by :func:`ferrolab.metrics.serve` on a free port of ``host`` (one endpoint per worker
-    process); :func:`worker_metrics_urls` lists them.
+    Tracing gets ``service_name`` and ``endpoint`` (an OTLP/HTTP collector; ``None`` keeps the worker's finished
+    spans in its memory, see :func:`ferrolab.tracing.finished_spans`). The series are served by
+    :func:`ferrolab.metrics.serve` on a free port of ``host`` (one endpoint per worker process);
+    :func:`worker_metrics_urls` lists them.
     """
 
     name = "ferrolab"
 
-    def __init__(self, service_name: str = "ferrolab-worker", host: str = "127.0.0.1", tracing: bool = True) -> None:
+    def __init__(
+        self,
+        service_name: str = "ferrolab-worker",
+        host: str = "127.0.0.1",
+        tracing: bool = True,
+        endpoint: str | None = None,
+    ) -> None:
         self.service_name = service_name
         self.host = host
         self.tracing = tracing
+        self.endpoint = endpoint
 
     def setup(self, worker: Any) -> None:
         import ferrolab as fl
 
         if self.tracing:
-            fl.tracing.configure(self.service_name)
+            fl.tracing.configure(self.service_name, endpoint=self.endpoint)
         server = fl.metrics.serve(host=self.host, port=0)
-        worker._ferrolab_metrics = server  # noqa: SLF001  (kept alive with the worker)
-        worker._ferrolab_metrics_url = f"http://{self.host}:{server.port}/metrics"  # noqa: SLF001
+        worker._ferrolab_metrics = server  # kept alive with the worker
+        worker._ferrolab_metrics_url = f"http://{self.host}:{server.port}/metrics"
 
     def teardown(self, worker: Any) -> None:
         server = getattr(worker, "_ferrolab_metrics", None)
         if server is not None:
             server.stop()
+        if self.tracing:
+            import ferrolab as fl
+
+            fl.tracing.flush()
 
 
-def setup(client: Any, *, service_name: str | None = None, host: str = "127.0.0.1", tracing: bool = True) -> None:
+def setup(
+    client: Any,
+    *,
+    service_name: str | None = None,
+    host: str = "127.0.0.1",
+    tracing: bool = True,
+    endpoint: str | None = None,
+) -> None:
     """Installs :class:`WorkerPlugin` on every worker of a ``distributed`` client (and on workers that join later).
 
     ``service_name`` defaults to the client process's tracing ``service.name`` (see
-    :func:`ferrolab.tracing.resource`).
+    :func:`ferrolab.tracing.resource`); ``endpoint`` is the workers' OTLP/HTTP collector (``None``: spans kept in
+    each worker's memory). Calling it again replaces the plugin (and its endpoints).
+
+    Trace context: an ``fl.dask`` call made inside a recording ferrolab span carries that span's ids with its tasks;
+    on the worker each task runs in a ``fl.dask.<op>`` span whose parent is the client's span (through
+    opentelemetry-python's context, so the workers need ``opentelemetry-api``; without it the tasks run untraced),
+    and the native op spans are children of that task span.
     """
     try:
         from distributed import Client
@@ -772,7 +855,7 @@ def setup(client: Any, *, service_name: str | None = None, host: str = "127.0.0.
         import ferrolab as fl
 
         service_name = fl.tracing.resource().get("service.name") or "ferrolab-worker"
-    client.register_plugin(WorkerPlugin(service_name, host, tracing), name="ferrolab")
+    client.register_plugin(WorkerPlugin(service_name, host, tracing, endpoint), name="ferrolab")
 
 
 def worker_metrics_urls(client: Any) -> dict[str, str]:
