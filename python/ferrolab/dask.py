@@ -60,7 +60,7 @@ __all__ = [
     "zscore_anomalies",
     "setup",
     "worker_metrics_urls",
-    "WorkerPlugin",
+    "WorkerPlugin",  # noqa: F822  (made on first use: module __getattr__)
 ]
 
 #: bins of one refinement histogram of :func:`quantile`
@@ -778,13 +778,7 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
 # ------------------------------------------------------------------------------------------------ workers
 
 
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
-except ImportError:  # pragma: no cover - distributed is optional
-    _WorkerPluginBase = object  # type: ignore[assignment,misc]
-
-
-class WorkerPlugin(_WorkerPluginBase):  # type: ignore[misc,valid-type]
+class _WorkerPluginImpl:
     """On each worker: ferrolab tracing configured and the worker's ferrolab series served.
 
     Tracing gets ``service_name`` and ``endpoint`` (an OTLP/HTTP collector; ``None`` keeps the worker's finished
@@ -826,6 +820,28 @@ class WorkerPlugin(_WorkerPluginBase):  # type: ignore[misc,valid-type]
             fl.tracing.flush()
 
 
+_worker_plugin_class: Any = None
+
+
+def _worker_plugin() -> Any:
+    """:class:`WorkerPlugin`, made on first use: it derives from distributed's ``WorkerPlugin`` (registering a
+    plugin requires that), and ``import ferrolab.dask`` does not import distributed."""
+    global _worker_plugin_class
+    if _worker_plugin_class is None:
+        from distributed.diagnostics.plugin import WorkerPlugin as Base
+
+        cls = type("WorkerPlugin", (_WorkerPluginImpl, Base), {"__module__": __name__, "__qualname__": "WorkerPlugin"})
+        cls.__doc__ = _WorkerPluginImpl.__doc__
+        _worker_plugin_class = cls
+    return _worker_plugin_class
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerPlugin":
+        return _worker_plugin()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def setup(
     client: Any,
     *,
@@ -855,7 +871,7 @@ def setup(
         import ferrolab as fl
 
         service_name = fl.tracing.resource().get("service.name") or "ferrolab-worker"
-    client.register_plugin(WorkerPlugin(service_name, host, tracing, endpoint), name="ferrolab")
+    client.register_plugin(_worker_plugin()(service_name, host, tracing, endpoint), name="ferrolab")
 
 
 def worker_metrics_urls(client: Any) -> dict[str, str]:
