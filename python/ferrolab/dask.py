@@ -555,7 +555,7 @@ def histogram(
         return _ops.histogram(b, bins=e)[0]
 
     def add(parts: list[np.ndarray]) -> np.ndarray:
-        return np.sum(parts, axis=0, dtype=np.int64) if parts else np.zeros(nb, dtype=np.int64)
+        return np.asarray(np.sum(parts, axis=0, dtype=np.int64)) if parts else np.zeros(nb, dtype=np.int64)
 
     parts = [dask.delayed(_Traced("histogram", part), pure=True)(b, edges) for b in x.to_delayed().ravel()]
     counts = da.from_delayed(dask.delayed(add, pure=True)(parts), shape=(nb,), dtype=np.int64)
