@@ -256,3 +256,13 @@ def test_worker_spans_are_children_of_the_client_span(client: Any) -> None:
         assert len(ops) == 8 and all(s["parent_span_id"] in task_ids for s in ops)
     finally:
         fl.tracing.shutdown()
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_standardize_per_axis(axis: int | None, ddof: int) -> None:
+    a = np.random.default_rng(3).normal(size=(7, 9))
+    x = da.from_array(a, chunks=(3, 4))
+    got = fl.dask.standardize(x, axis, ddof)
+    assert got.chunks == x.chunks
+    np.testing.assert_allclose(got.compute(), fl.ops.standardize(a, axis, ddof), rtol=1e-12)
