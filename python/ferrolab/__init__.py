@@ -31,14 +31,14 @@ from .runtime import num_threads, op_stats, simd_level
 atexit.register(_log_shutdown)
 
 if TYPE_CHECKING:
-    from . import backup, gpu, health, metrics, monitoring, ops, system, tracing
+    from . import backup, dask, gpu, health, metrics, monitoring, ops, system, tracing
 
 __version__ = _core_version
 
 # Submodules imported on first use (``fl.ops``, ``import ferrolab.ops`` and ``from ferrolab import ops`` all work):
 # they bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not
 # need, so that ``import ferrolab`` stays cheap.
-_SUBMODULES = frozenset({"backup", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"})
+_SUBMODULES = frozenset({"backup", "dask", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"})
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +54,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "ops",
+    "dask",
     "metrics",
     "health",
     "monitoring",
