@@ -266,3 +266,32 @@ def test_standardize_per_axis(axis: int | None, ddof: int) -> None:
     got = fl.dask.standardize(x, axis, ddof)
     assert got.chunks == x.chunks
     np.testing.assert_allclose(got.compute(), fl.ops.standardize(a, axis, ddof), rtol=1e-12)
+
+
+def test_otlp_receiver_gets_worker_spans_under_the_client_span(client: Any) -> None:
+    """The whole trace through a real OTLP/HTTP receiver: the client's span and the workers' spans, linked."""
+    pytest.importorskip("opentelemetry.trace", reason=f"{MISSING}opentelemetry-api (pip install -e '.[test]')")
+    from test_tracing import Receiver
+
+    with Receiver() as rcv:
+        fl.dask.setup(client, service_name="dask-otlp-workers", endpoint=rcv.url)
+        fl.tracing.configure("dask-otlp-client", endpoint=rcv.url)
+        try:
+            x = da.random.default_rng(2).normal(size=40_000, chunks=20_000)
+            with fl.tracing.span("client-otlp-run") as root:
+                s = fl.dask.std(x)
+            assert np.isfinite(client.compute(s, sync=True))
+            assert all(client.run(fl.tracing.flush).values())
+            assert fl.tracing.flush()
+            spans = [d for d in rcv.spans() if d["trace_id"] == root.trace_id]
+        finally:
+            client.run(fl.tracing.shutdown)
+            fl.dask.setup(client, service_name="dask-test")  # back to in-memory spans on the workers
+    by_id = {d["span_id"]: d for d in spans}
+    assert by_id[root.span_id]["resource"]["service.name"] == "dask-otlp-client"
+    tasks = [d for d in spans if d["name"] == "fl.dask.std"]
+    assert len(tasks) == 2
+    assert all(t["parent_span_id"] == root.span_id for t in tasks)
+    assert {t["resource"]["service.name"] for t in tasks} == {"dask-otlp-workers"}
+    ops = [d for d in spans if d["name"].startswith("ferrolab.")]
+    assert ops and all(by_id[o["parent_span_id"]]["name"] == "fl.dask.std" for o in ops)
