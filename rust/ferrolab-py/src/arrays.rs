@@ -5,7 +5,7 @@
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
 use crate::errors::{arg_type, arg_value, IntoPyResult};
-use ferrolab_core::kernels::alloc;
+use ferrolab_core::kernels::{alloc, layout::byte_span};
 use ndarray::{ArrayD, ArrayViewD};
 use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn,
@@ -20,6 +20,26 @@ use pyo3::types::{PyDict, PyTuple};
 #[inline]
 pub fn type_name<T>() -> &'static str {
     alloc::dtype_name::<T>()
+}
+
+/// A Python object argument or result.
+pub type Obj<'py> = Bound<'py, PyAny>;
+
+/// The elements of a contiguous array (C-contiguous when `c_only`) as one slice; `None` for other layouts.
+pub fn flat_slice<'a, T: numpy::Element>(
+    a: &'a Bound<'_, PyArrayDyn<T>>,
+    c_only: bool,
+) -> Option<&'a [T]> {
+    if !(if c_only {
+        a.is_c_contiguous()
+    } else {
+        a.is_contiguous()
+    }) {
+        return None;
+    }
+    // SAFETY: contiguous (checked); only read while the array is alive (the slice borrows `a`, which holds a
+    // reference to it also while the GIL is released), and never aliased by a mutable view (see `Ro`).
+    unsafe { a.as_slice() }.ok()
 }
 
 /// A read-only input array.
@@ -44,31 +64,37 @@ pub enum In<'py> {
     I64(Ro<'py, i64>),
 }
 
+/// `$e` for the input's array `$x`, whatever its dtype.
+macro_rules! each_in {
+    ($a:expr, $x:ident => $e:expr) => {
+        match $a {
+            In::F64($x) => $e,
+            In::F32($x) => $e,
+            In::I64($x) => $e,
+        }
+    };
+}
+
+impl<T: numpy::Element> Ro<'_, T> {
+    fn dtype(&self) -> &'static str {
+        type_name::<T>()
+    }
+}
+
 impl In<'_> {
     pub fn shape(&self) -> &[usize] {
-        match self {
-            In::F64(a) => a.0.shape(),
-            In::F32(a) => a.0.shape(),
-            In::I64(a) => a.0.shape(),
-        }
+        each_in!(self, a => a.0.shape())
     }
 
     /// NumPy's name of the input's dtype.
     pub fn dtype(&self) -> &'static str {
-        match self {
-            In::F64(_) => type_name::<f64>(),
-            In::F32(_) => type_name::<f32>(),
-            In::I64(_) => type_name::<i64>(),
-        }
+        each_in!(self, a => a.dtype())
     }
 
     /// Whether `o` is an ndarray of this input's dtype.
-    pub fn same_dtype_as(&self, o: &Bound<'_, PyAny>) -> bool {
-        match self {
-            In::F64(_) => o.cast::<PyArrayDyn<f64>>().is_ok(),
-            In::F32(_) => o.cast::<PyArrayDyn<f32>>().is_ok(),
-            In::I64(_) => o.cast::<PyArrayDyn<i64>>().is_ok(),
-        }
+    pub fn same_dtype_as(&self, o: &Obj<'_>) -> bool {
+        o.cast::<PyUntypedArray>()
+            .is_ok_and(|u| u.dtype().is_equiv_to(&each_in!(self, a => a.0.dtype())))
     }
 }
 
@@ -96,7 +122,7 @@ impl Kind {
     }
 }
 
-fn borrow<'py>(obj: &Bound<'py, PyAny>) -> Option<In<'py>> {
+fn borrow<'py>(obj: &Obj<'py>) -> Option<In<'py>> {
     if let Ok(a) = obj.cast::<PyArrayDyn<f64>>() {
         return Some(In::F64(Ro(a.clone())));
     }
@@ -114,7 +140,7 @@ static PREPARE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Converted inputs and the optional `finish` callable.
 pub struct Prepared<'py> {
     pub arrays: Vec<In<'py>>,
-    pub finish: Option<Bound<'py, PyAny>>,
+    pub finish: Option<Obj<'py>>,
 }
 
 /// Takes the array inputs `values` (named `names`) of `func`. All of them end up with one common native dtype.
@@ -122,27 +148,19 @@ pub fn take<'py>(
     py: Python<'py>,
     func: &'static str,
     names: &[&'static str],
-    values: &[&Bound<'py, PyAny>],
+    values: &[&Obj<'py>],
     kind: Kind,
 ) -> PyResult<Prepared<'py>> {
     // fast path: every input already a native array of one dtype (int64 only where the op keeps integers)
-    let mut fast = Vec::with_capacity(values.len());
-    for v in values {
-        match borrow(v) {
-            Some(a) => fast.push(a),
-            None => break,
-        }
-    }
-    if fast.len() == values.len()
-        && same_dtype(&fast)
-        && !(matches!(kind, Kind::Float) && matches!(fast[0], In::I64(_)))
+    let fast: Option<Vec<In>> = values.iter().map(|v| borrow(v)).collect();
+    if let Some(fast) = fast
+        .filter(|f| same_dtype(f) && !(matches!(kind, Kind::Float) && matches!(f[0], In::I64(_))))
     {
         return Ok(Prepared {
             arrays: fast,
             finish: None,
         });
     }
-    drop(fast);
     let prepare = PREPARE.import(py, "ferrolab._coerce", "prepare")?;
     let res = prepare.call1((
         func,
@@ -150,7 +168,7 @@ pub fn take<'py>(
         PyTuple::new(py, values)?,
         kind.as_str(),
     ))?;
-    let (arrays, finish): (Bound<'py, PyTuple>, Bound<'py, PyAny>) = res.extract()?;
+    let (arrays, finish): (Bound<'py, PyTuple>, Obj<'py>) = res.extract()?;
     let mut out = Vec::with_capacity(values.len());
     for (a, name) in arrays.iter().zip(names) {
         match borrow(&a) {
@@ -171,18 +189,14 @@ pub fn take<'py>(
 }
 
 fn same_dtype(v: &[In]) -> bool {
-    v.windows(2).all(|w| {
-        matches!(
-            (&w[0], &w[1]),
-            (In::F64(_), In::F64(_)) | (In::F32(_), In::F32(_)) | (In::I64(_), In::I64(_))
-        )
-    })
+    v.windows(2)
+        .all(|w| std::mem::discriminant(&w[0]) == std::mem::discriminant(&w[1]))
 }
 
 /// Element types that come back to Python as NumPy scalars or arrays.
 pub trait ToNumpy: numpy::Element + Copy {
     /// A NumPy scalar (`np.float64`, `np.float32`, `np.int64`) holding `v`.
-    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Bound<'py, PyAny>> {
+    fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Obj<'py>> {
         let descr = numpy::dtype::<Self>(py);
         let mut v = v;
         // SAFETY: PyArray_Scalar copies `itemsize` bytes from `v`, which is a value of the descriptor's type;
@@ -203,7 +217,7 @@ impl ToNumpy for f32 {}
 impl ToNumpy for i64 {}
 
 /// A result array: a NumPy scalar when 0-dimensional, else an ndarray.
-pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Bound<'py, PyAny>> {
+pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Obj<'py>> {
     if a.ndim() == 0 {
         T::scalar(py, a[[]])
     } else {
@@ -212,39 +226,35 @@ pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Bound<'
 }
 
 /// Applies `finish` (if any) to a result.
-pub fn finish<'py>(
-    r: Bound<'py, PyAny>,
-    finish: &Option<Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
+pub fn finish<'py>(r: Obj<'py>, finish: &Option<Obj<'py>>) -> PyResult<Obj<'py>> {
     match finish {
         Some(f) => f.call1((r,)),
         None => Ok(r),
     }
 }
 
-/// A writeable `out` array of element type `T`.
+/// A writeable array of element type `T`: argument `name` (`out`, or an array updated in place) of `func`.
 pub fn take_out<'py, T: numpy::Element>(
     func: &'static str,
-    out: &Bound<'py, PyAny>,
+    name: &'static str,
+    out: &Obj<'py>,
 ) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
     let a = out.cast::<PyArrayDyn<T>>().map_err(|_| {
-        let got = out
-            .getattr("dtype")
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| out.get_type().to_string());
+        let got = out.getattr("dtype").map(|d| d.to_string());
+        let got = got.unwrap_or_else(|_| out.get_type().to_string());
         let want = type_name::<T>();
         arg_type(
             func,
-            "out",
+            name,
             format!("must be a numpy.ndarray of dtype {want}, got {got}"),
         )
     })?;
     a.try_readwrite()
-        .map_err(|e| arg_value(func, "out", format!("must be a writeable array ({e})")))
+        .map_err(|e| arg_value(func, name, format!("must be a writeable array ({e})")))
 }
 
 /// `out` given and not None.
-pub fn opt_out<'a, 'py>(out: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+pub fn opt_out<'a, 'py>(out: Option<&'a Obj<'py>>) -> Option<&'a Obj<'py>> {
     out.filter(|o| !o.is_none())
 }
 
@@ -257,9 +267,9 @@ static COPYTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 pub fn copy_into<'py>(
     py: Python<'py>,
     func: &'static str,
-    out: &Bound<'py, PyAny>,
-    r: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+    out: &Obj<'py>,
+    r: &Obj<'py>,
+) -> PyResult<Obj<'py>> {
     let kw = PyDict::new(py);
     kw.set_item(pyo3::intern!(py, "casting"), pyo3::intern!(py, "same_kind"))?;
     match COPYTO
@@ -288,28 +298,16 @@ pub enum Alias {
 }
 
 /// Start address, end address (exclusive), strides and shape of an array's elements.
-fn extent(a: &Bound<'_, PyAny>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
+fn extent(a: &Obj<'_>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
     let u = a.cast::<PyUntypedArray>().ok()?;
     // SAFETY: reading the data pointer of a live array object.
-    let ptr = unsafe { (*u.as_array_ptr()).fields.data } as isize;
-    let item = u.dtype().itemsize() as isize;
+    let ptr = unsafe { (*u.as_array_ptr()).fields.data } as usize;
     let (shape, strides) = (u.shape().to_vec(), u.strides().to_vec());
-    if shape.contains(&0) {
-        return Some((ptr as usize, ptr as usize, strides, shape));
-    }
-    let (mut lo, mut hi) = (ptr, ptr + item);
-    for (&d, &s) in shape.iter().zip(&strides) {
-        let span = (d as isize - 1) * s;
-        if span < 0 {
-            lo += span;
-        } else {
-            hi += span;
-        }
-    }
-    Some((lo as usize, hi as usize, strides, shape))
+    let (lo, hi) = byte_span(ptr, u.dtype().itemsize(), &shape, &strides);
+    Some((lo, hi, strides, shape))
 }
 
-pub fn alias(out: &Bound<'_, PyAny>, x: &Bound<'_, PyAny>) -> Alias {
+pub fn alias(out: &Obj<'_>, x: &Obj<'_>) -> Alias {
     match (extent(out), extent(x)) {
         (Some(o), Some(v)) if o.0 == v.0 && o.2 == v.2 && o.3 == v.3 && o.0 != o.1 => Alias::Same,
         (Some(o), Some(v)) if o.0 < v.1 && v.0 < o.1 => Alias::Partial,

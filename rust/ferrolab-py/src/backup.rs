@@ -9,7 +9,7 @@ use ferrolab_core::backup::crypto::Secret;
 use ferrolab_core::backup::store::S3Options;
 use ferrolab_core::backup::{self as core, ProgressInfo, Repository};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 
 use crate::errors::IntoPyResult;
 
@@ -34,28 +34,20 @@ fn secret<'a>(
 
 /// The `s3={...}` argument as `ferrolab.backup` passes it: checked there (the messages users see), with every
 /// key present and None where unset; here only converted, field by field.
-#[derive(FromPyObject)]
-#[pyo3(from_item_all)]
-struct S3Args {
-    endpoint: Option<String>,
-    region: Option<String>,
-    access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    session_token: Option<String>,
-    allow_http: Option<bool>,
-}
-
-impl From<S3Args> for S3Options {
-    fn from(a: S3Args) -> Self {
-        S3Options {
-            endpoint: a.endpoint,
-            region: a.region,
-            access_key_id: a.access_key_id,
-            secret_access_key: a.secret_access_key,
-            session_token: a.session_token,
-            allow_http: a.allow_http,
-        }
-    }
+fn s3_options(s3: Option<Bound<'_, PyAny>>) -> PyResult<Option<S3Options>> {
+    let Some(d) = s3 else { return Ok(None) };
+    let (s, b) = (
+        |k: &str| d.get_item(k)?.extract(),
+        |k: &str| d.get_item(k)?.extract(),
+    );
+    Ok(Some(S3Options {
+        endpoint: s("endpoint")?,
+        region: s("region")?,
+        access_key_id: s("access_key_id")?,
+        secret_access_key: s("secret_access_key")?,
+        session_token: s("session_token")?,
+        allow_http: b("allow_http")?,
+    }))
 }
 
 /// Runs `f` detached with a progress sink that re-attaches about 10 times a second: it checks for signals
@@ -74,12 +66,7 @@ fn with_progress<R: Send>(
             }
             let r = py.check_signals().and_then(|()| {
                 let Some(cb) = &cb else { return Ok(()) };
-                let d = PyDict::new(py);
-                d.set_item("phase", info.phase)?;
-                d.set_item("done_bytes", info.done_bytes)?;
-                d.set_item("total_bytes", info.total_bytes)?;
-                d.set_item("done_files", info.done_files)?;
-                d.set_item("total_files", info.total_files)?;
+                let d = dict!(py, info; phase, done_bytes, total_bytes, done_files, total_files);
                 cb.call1(py, (d,))?;
                 Ok(())
             });
@@ -103,29 +90,17 @@ fn snapshot_dict<'py>(
     py: Python<'py>,
     s: &core::snapshot::Snapshot,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("id", &s.id)?;
-    d.set_item("time", s.time)?;
     // lossless: non-UTF-8 roots come back as os.fsdecode() would give them
-    let roots: Vec<std::ffi::OsString> = s
+    use std::os::unix::ffi::OsStringExt;
+    let roots: Vec<_> = s
         .root_bytes()
         .into_iter()
-        .map(|b| {
-            use std::os::unix::ffi::OsStringExt;
-            std::ffi::OsString::from_vec(b)
-        })
+        .map(std::ffi::OsString::from_vec)
         .collect();
-    d.set_item("paths", PyList::new(py, roots)?)?;
-    d.set_item("tags", PyList::new(py, &s.tags)?)?;
-    d.set_item("hostname", &s.hostname)?;
-    d.set_item("files", s.files)?;
-    d.set_item("dirs", s.dirs)?;
-    d.set_item("bytes", s.bytes)?;
-    d.set_item("added_bytes", s.added_bytes)?;
-    d.set_item("parent", &s.parent)?;
-    d.set_item("duration", s.duration)?;
-    d.set_item("warnings", PyList::new(py, &s.warnings)?)?;
-    Ok(d)
+    Ok(
+        dict!(py, s; id, time, paths => roots, tags, hostname, files, dirs, bytes, added_bytes, parent, duration,
+        warnings),
+    )
 }
 
 #[pymethods]
@@ -138,9 +113,9 @@ impl BackupRepository {
         password: Option<Vec<u8>>,
         key_file: Option<Vec<u8>>,
         compression: i32,
-        s3: Option<S3Args>,
+        s3: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let s3 = s3.map(S3Options::from);
+        let s3 = s3_options(s3)?;
         let sec = secret("Repository.init", &password, &key_file)?;
         let repo = py
             .detach(|| Repository::init(&url, sec, compression, s3.as_ref()))
@@ -155,9 +130,9 @@ impl BackupRepository {
         url: String,
         password: Option<Vec<u8>>,
         key_file: Option<Vec<u8>>,
-        s3: Option<S3Args>,
+        s3: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let s3 = s3.map(S3Options::from);
+        let s3 = s3_options(s3)?;
         let sec = secret("Repository.open", &password, &key_file)?;
         let repo = py
             .detach(|| Repository::open(&url, sec, s3.as_ref()))
@@ -222,26 +197,11 @@ impl BackupRepository {
         include: Option<Vec<PathBuf>>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        use std::os::unix::ffi::OsStrExt;
-        // absolute original paths -> item paths (relative to '/', no trailing slash)
-        let include: Option<Vec<Vec<u8>>> = include.map(|v| {
-            v.iter()
-                .map(|p| {
-                    let b = p.as_os_str().as_bytes();
-                    let b = b.strip_prefix(b"/").unwrap_or(b);
-                    b.strip_suffix(b"/").unwrap_or(b).to_vec()
-                })
-                .collect()
-        });
+        let include = include.as_deref().map(core::restore::include_items);
         let st = with_progress(py, progress, |p| {
             core::restore::restore(&self.repo, &snapshot_id, &target, include.as_deref(), p)
         })?;
-        let d = PyDict::new(py);
-        d.set_item("files", st.files)?;
-        d.set_item("dirs", st.dirs)?;
-        d.set_item("symlinks", st.symlinks)?;
-        d.set_item("bytes", st.bytes)?;
-        Ok(d)
+        Ok(dict!(py, st; files, dirs, symlinks, bytes))
     }
 
     #[pyo3(signature = (*, read_data=true, expect_latest=None, progress=None))]
@@ -255,22 +215,10 @@ impl BackupRepository {
         let rep = with_progress(py, progress, |p| {
             core::verify::verify(&self.repo, read_data, expect_latest.as_deref(), p)
         })?;
-        let d = PyDict::new(py);
-        d.set_item("ok", rep.ok())?;
-        let errs = PyList::empty(py);
-        for e in &rep.errors {
-            let ed = PyDict::new(py);
-            ed.set_item("item", &e.item)?;
-            ed.set_item("kind", e.kind)?;
-            ed.set_item("message", &e.message)?;
-            errs.append(ed)?;
-        }
-        d.set_item("errors", errs)?;
-        d.set_item("snapshots", rep.snapshots)?;
-        d.set_item("packs", rep.packs)?;
-        d.set_item("blobs", rep.blobs)?;
-        d.set_item("bytes_read", rep.bytes_read)?;
-        Ok(d)
+        let errors = (rep.errors.iter())
+            .map(|e| Ok(dict!(py, e; item, kind, message)))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(dict!(py, rep; ok => rep.ok(), errors => errors, snapshots, packs, blobs, bytes_read))
     }
 
     fn forget(&self, py: Python<'_>, ids: Vec<String>) -> PyResult<()> {
@@ -284,12 +232,7 @@ impl BackupRepository {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let st = with_progress(py, progress, |p| core::prune::prune(&self.repo, p))?;
-        let d = PyDict::new(py);
-        d.set_item("packs_deleted", st.packs_deleted)?;
-        d.set_item("packs_rewritten", st.packs_rewritten)?;
-        d.set_item("blobs_removed", st.blobs_removed)?;
-        d.set_item("bytes_freed", st.bytes_freed)?;
-        Ok(d)
+        Ok(dict!(py, st; packs_deleted, packs_rewritten, blobs_removed, bytes_freed))
     }
 
     fn unlock(&self, py: Python<'_>) -> PyResult<usize> {

@@ -8,6 +8,7 @@
 //! message, counted as a failed call: never pyo3's `PanicException`, never an abort.
 
 use crate::errors::IntoPyResult;
+use ferrolab_core::kernels::layout::fmt_shape;
 use ferrolab_core::telemetry::seam::{self, record, Device, Op};
 use ferrolab_core::telemetry::tracing::{self as tr, otel::*, Recording};
 use ferrolab_core::{CoreError, Result};
@@ -35,51 +36,33 @@ pub struct Meta<'a> {
 }
 
 impl<'a> Meta<'a> {
+    #[inline]
+    fn new<T>(shapes: Shapes<'a>) -> Self {
+        let dtype = crate::arrays::type_name::<T>();
+        Meta { dtype, shapes }
+    }
+
     /// One input of element type `T`.
     #[inline]
     pub fn one<T>(shape: &'a [usize]) -> Self {
-        Meta {
-            dtype: crate::arrays::type_name::<T>(),
-            shapes: Shapes::One(shape),
-        }
+        Self::new::<T>(Shapes::One(shape))
     }
 
     /// Two inputs of element type `T`.
     #[inline]
     pub fn two<T>(a: &'a [usize], b: &'a [usize]) -> Self {
-        Meta {
-            dtype: crate::arrays::type_name::<T>(),
-            shapes: Shapes::Two(a, b),
-        }
+        Self::new::<T>(Shapes::Two(a, b))
     }
 
     /// Inputs of element type `T` whose shapes `f` lists.
     #[inline]
     pub fn lazy<T>(f: &'a dyn Fn() -> Vec<Vec<usize>>) -> Self {
-        Meta {
-            dtype: crate::arrays::type_name::<T>(),
-            shapes: Shapes::Lazy(f),
-        }
+        Self::new::<T>(Shapes::Lazy(f))
     }
 
+    /// The shapes in NumPy's notation: (), (n,), (m, n).
     fn shape_strings(&self) -> Vec<StringValue> {
-        // NumPy's notation: (), (n,), (m, n)
-        let fmt = |s: &[usize]| -> StringValue {
-            use std::fmt::Write;
-            let mut out = String::with_capacity(2 + 8 * s.len());
-            out.push('(');
-            for (i, d) in s.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                let _ = write!(out, "{d}");
-            }
-            if s.len() == 1 {
-                out.push(',');
-            }
-            out.push(')');
-            out.into()
-        };
+        let fmt = |s: &[usize]| StringValue::from(fmt_shape(s));
         match self.shapes {
             Shapes::One(a) => vec![fmt(a)],
             Shapes::Two(a, b) => vec![fmt(a), fmt(b)],
@@ -120,6 +103,16 @@ pub fn run_dispatched<R: Send>(
     exec(py).py()
 }
 
+/// `f`, detached from the interpreter when `work` is large enough for that to pay off.
+#[inline]
+fn detached<R: Send>(py: Python<'_>, work: usize, f: impl FnOnce() -> R + Send) -> R {
+    if work < DETACH_MIN {
+        f()
+    } else {
+        py.detach(f)
+    }
+}
+
 #[inline]
 fn execute<R: Send>(
     py: Python<'_>,
@@ -127,11 +120,7 @@ fn execute<R: Send>(
     work: usize,
     f: impl FnOnce() -> Result<R> + Send,
 ) -> Result<R> {
-    if work < DETACH_MIN {
-        record(op, Device::Cpu, || guarded(op, f))
-    } else {
-        py.detach(|| record(op, Device::Cpu, || guarded(op, f)))
-    }
+    detached(py, work, || record(op, Device::Cpu, || guarded(op, f)))
 }
 
 /// [`run`] for a helper pass of an op whose call is counted by another call (the automatic range of
@@ -144,11 +133,7 @@ pub fn run_helper<R: Send>(
     work: usize,
     f: impl FnOnce() -> Result<R> + Send,
 ) -> PyResult<R> {
-    if work < DETACH_MIN {
-        guarded(op, f).py()
-    } else {
-        py.detach(|| guarded(op, f)).py()
-    }
+    detached(py, work, || guarded(op, f)).py()
 }
 
 /// Runs `f`, turning a panic into `CoreError::Internal` (`ferrolab.InternalError`) that names `op`.
@@ -172,17 +157,6 @@ fn internal_error(op: Op, payload: Box<dyn Any + Send>) -> CoreError {
     CoreError::internal(op.name(), crate::errors::panic_message(&*payload))
 }
 
-/// `ferrolab.<op>`, built once per op.
-fn span_name(op: Op) -> &'static str {
-    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        Op::ALL
-            .iter()
-            .map(|o| &*Box::leak(format!("ferrolab.{}", o.name()).into_boxed_str()))
-            .collect()
-    })[op as usize]
-}
-
 /// [`run`] with a child span `ferrolab.<op>` (attributes `ferrolab.op`, `ferrolab.shapes`, `ferrolab.dtype`,
 /// `ferrolab.device`; status `ERROR` and an `exception` event when the op fails).
 #[cold]
@@ -202,7 +176,7 @@ fn run_traced<'py, R: Send>(
         Recording::start(
             ctx,
             Some(&parent),
-            span_name(op),
+            op.span_name(),
             vec![
                 KeyValue::new("ferrolab.op", op.name()),
                 KeyValue::new(

@@ -3,7 +3,7 @@
 
 use ferrolab_core::gpu::{self, nvrtc};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict};
 use std::path::PathBuf;
 
 /// Why no GPU can run ferrolab ops in this process (`None` when one can).
@@ -16,28 +16,18 @@ fn gpu_unavailable_reason() -> Option<String> {
 /// "driver_symbols": [...]}` (the driver functions ferrolab calls, all checked by the probe).
 #[pyfunction]
 fn _gpu_probe(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let d = PyDict::new(py);
-    let devices = PyList::empty(py);
-    match gpu::status() {
+    let (driver_version, devices, probe_error) = match gpu::status() {
         Ok(g) => {
-            d.set_item("driver_version", g.driver_version)?;
-            d.set_item("probe_error", py.None())?;
-            for dev in &g.devices {
-                let e = PyDict::new(py);
-                e.set_item("index", dev.index)?;
-                e.set_item("name", &dev.name)?;
-                e.set_item("compute_capability", dev.compute_capability)?;
-                e.set_item("total_memory", dev.total_memory)?;
-                e.set_item("multiprocessors", dev.multiprocessors)?;
-                devices.append(e)?;
-            }
+            let devices = (g.devices.iter())
+                .map(|e| {
+                    Ok(dict!(py, e; index, name, compute_capability, total_memory, multiprocessors))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            (Some(g.driver_version), devices, None)
         }
-        Err(reason) => {
-            d.set_item("driver_version", py.None())?;
-            d.set_item("probe_error", reason)?;
-        }
-    }
-    d.set_item("devices", devices)?;
+        Err(reason) => (None, Vec::new(), Some(reason)),
+    };
+    let d = dict!(py, (); driver_version => driver_version, probe_error => probe_error, devices => devices);
     d.set_item("driver_symbols", gpu::DRIVER_SYMBOLS)?;
     Ok(d)
 }
@@ -49,10 +39,7 @@ fn _gpu_load_nvrtc(py: Python<'_>, dirs: Vec<PathBuf>) -> PyResult<Bound<'_, PyD
     let n = py
         .detach(|| nvrtc::load(&dirs))
         .map_err(crate::errors::runtime_error)?;
-    let d = PyDict::new(py);
-    d.set_item("version", n.version)?;
-    d.set_item("library", &n.library)?;
-    Ok(d)
+    Ok(dict!(py, n; version, library))
 }
 
 /// Compiles every GPU kernel for `arch` (e.g. "sm_90") with NVRTC: `{"arch", "cubin": bytes, "log",
@@ -64,22 +51,10 @@ fn _gpu_compile<'py>(py: Python<'py>, arch: &str) -> PyResult<Bound<'py, PyDict>
     let c = py
         .detach(|| nvrtc::compile(nvrtc::KERNELS, &arch, &[]))
         .map_err(crate::errors::runtime_error)?;
-    let d = PyDict::new(py);
-    d.set_item("arch", &c.arch)?;
-    d.set_item("cubin", PyBytes::new(py, &c.cubin))?;
-    d.set_item("log", &c.log)?;
-    let kernels = PyList::empty(py);
-    for k in &c.kernels {
-        let e = PyDict::new(py);
-        e.set_item("name", &k.name)?;
-        e.set_item("registers", k.registers)?;
-        e.set_item("spill_stores", k.spill_stores)?;
-        e.set_item("spill_loads", k.spill_loads)?;
-        e.set_item("stack_frame", k.stack_frame)?;
-        kernels.append(e)?;
-    }
-    d.set_item("kernels", kernels)?;
-    Ok(d)
+    let kernels = (c.kernels.iter())
+        .map(|k| Ok(dict!(py, k; name, registers, spill_stores, spill_loads, stack_frame)))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(dict!(py, c; arch, cubin => PyBytes::new(py, &c.cubin), log, kernels => kernels))
 }
 
 /// Folders where NVRTC may be found (the Python layer passes them at import).
@@ -95,15 +70,7 @@ fn _gpu_set_nvrtc_dirs(dirs: Vec<PathBuf>) {
 #[pyo3(signature = (enabled, error=None, sticky=false, times=0))]
 fn _gpu_set_fake(enabled: bool, error: Option<String>, sticky: bool, times: u32) {
     use gpu::dispatch::{set_fake, Fake};
-    set_fake(enabled.then(|| Fake {
-        failure: error.map(|error| gpu::exec::GpuFailure {
-            during: "a kernel launch on the fake GPU".to_string(),
-            error,
-            sticky,
-        }),
-        times,
-        attempts: 0,
-    }));
+    set_fake(enabled.then(|| Fake::failing(error, sticky, times)));
 }
 
 /// GPU attempts the fake GPU has seen (`None` without the fake).
@@ -137,16 +104,7 @@ fn is_strict() -> bool {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(_gpu_set_nvrtc_dirs, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_set_fake, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_fake_attempts, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_reset_breaker, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_breaker_state, m)?)?;
-    m.add_function(wrap_pyfunction!(set_strict, m)?)?;
-    m.add_function(wrap_pyfunction!(is_strict, m)?)?;
-    m.add_function(wrap_pyfunction!(gpu_unavailable_reason, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_probe, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_load_nvrtc, m)?)?;
-    m.add_function(wrap_pyfunction!(_gpu_compile, m)?)?;
+    add_functions! { m; _gpu_set_nvrtc_dirs, _gpu_set_fake, _gpu_fake_attempts, _gpu_reset_breaker,
+    _gpu_breaker_state, set_strict, is_strict, gpu_unavailable_reason, _gpu_probe, _gpu_load_nvrtc, _gpu_compile }
     Ok(())
 }

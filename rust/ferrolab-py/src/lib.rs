@@ -5,6 +5,25 @@
 
 use pyo3::prelude::*;
 
+/// A dict with one item per entry: `field` is `&$s.field` under the key "field", `key => value` any value; `?`
+/// returns a failed insertion (the conversion of the results of the core to Python).
+macro_rules! dict {
+    ($py:expr, $s:expr; $($k:ident $(=> $v:expr)?),* $(,)?) => {{
+        let d = pyo3::types::PyDict::new($py);
+        $(dict!(@item d, $s, $k $(=> $v)?);)*
+        d
+    }};
+    (@item $d:ident, $s:expr, $k:ident) => { $d.set_item(stringify!($k), &$s.$k)? };
+    (@item $d:ident, $s:expr, $k:ident => $v:expr) => { $d.set_item(stringify!($k), $v)? };
+}
+
+/// Adds the `#[pyfunction]`s to module `$m`.
+macro_rules! add_functions {
+    ($m:expr; $($f:path),* $(,)?) => {
+        $($m.add_function(wrap_pyfunction!($f, $m)?)?;)*
+    };
+}
+
 mod arrays;
 mod backup;
 mod breaker;
@@ -24,31 +43,10 @@ mod tracing;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add("__version__", ferrolab_core::VERSION)?;
-    m.add_function(wrap_pyfunction!(ops::sum, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::mean, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::min, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::max, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::argmin, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::argmax, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::var, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::std, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::dot, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::norm, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::axpy, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::fma, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::scale, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::clip, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::standardize, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::zscore_anomalies, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::quantile, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::histogram_counts, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::minmax, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::matmul, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::cdist, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::_use_blas, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::_cdist_gemm_min, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::adam_step, m)?)?;
-    m.add_function(wrap_pyfunction!(ops::_panic_in_kernel, m)?)?;
+    add_functions! { m; ops::sum, ops::mean, ops::min, ops::max, ops::argmin, ops::argmax, ops::var, ops::std,
+    ops::dot, ops::norm, ops::axpy, ops::fma, ops::scale, ops::clip, ops::standardize, ops::zscore_anomalies,
+    ops::quantile, ops::histogram_counts, ops::minmax, ops::matmul, ops::cdist, ops::_use_blas,
+    ops::_cdist_gemm_min, ops::adam_step, ops::_panic_in_kernel }
     runtime::register(m)?;
     gpu::register(m)?;
     metrics::register(m)?;

@@ -5,28 +5,28 @@
 //! the test suite runs through `ferrolab.ops.__test__`).
 
 use crate::arrays::{
-    alias, check_device, copy_into, finish, new_array, opt_out, take, take_out, to_py, Alias, In,
-    Kind, Prepared, Ro, ToNumpy,
+    alias, check_device, copy_into, finish, flat_slice, new_array, opt_out, take, take_out, to_py,
+    Alias, In, Kind, Obj, Prepared, Ro, ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
+use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
 use ferrolab_core::gpu::exec::GpuFloat;
+use ferrolab_core::gpu::ops::{self as gops, Scalars};
 use ferrolab_core::kernels::elementwise::Input;
 use ferrolab_core::kernels::layout::Canon;
+use ferrolab_core::kernels::native::{Fresh, Native, Out};
 use ferrolab_core::kernels::{
     alloc, distance, elementwise, int, linalg, optim, reduce, stats, Real,
 };
 use ferrolab_core::telemetry::seam::Op;
 use ferrolab_core::Result as CoreResult;
-use ndarray::{ArrayBase, ArrayD, ArrayViewD, ArrayViewMutD, Ix2, IxDyn, RawData};
+use ndarray::{ArrayBase, ArrayD, ArrayViewD, Ix2, IxDyn, RawData};
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
-
-/// A Python object argument or result.
-type Obj<'py> = Bound<'py, PyAny>;
 
 /// The boundary of every op call: the one device check, then `body`; a failure is counted once ([`counted`]).
 #[inline]
@@ -65,7 +65,7 @@ fn gpu_elementwise<'py>(
     py: Python<'py>,
     op: Op,
     arrays: &[&Obj<'py>],
-    scalars: Option<crate::gpu_ops::Scalars>,
+    scalars: Option<Scalars>,
     out: Option<&Obj<'py>>,
     req: Requested,
 ) -> Option<PyResult<Obj<'py>>> {
@@ -76,39 +76,15 @@ fn gpu_elementwise<'py>(
     }))
 }
 
-/// Native element types of the type-preserving ops, mapped to their core implementations.
-pub trait Native: ToNumpy + Send + Sync + Default + 'static {
-    /// Missing `clip` bounds are the type's extremes.
-    const LOWEST: Self;
-    const HIGHEST: Self;
+/// The element types of the type-preserving ops: the core's kernels ([`Native`]) and the Python conversions.
+pub trait NativePy: Native + ToNumpy {
     fn unwrap(a: In<'_>) -> Ro<'_, Self>;
     fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self>;
-    fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
-    fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
-    fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>>;
-    fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
-    fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>>;
-    fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self>;
-    fn axpy<'a>(a: Self, x: Input<'a, Self>, y: Input<'a, Self>, o: Out<'a, Self>) -> Fresh<Self>;
-    fn fma<'a>(
-        x: Input<'a, Self>,
-        y: Input<'a, Self>,
-        z: Input<'a, Self>,
-        o: Out<'a, Self>,
-    ) -> Fresh<Self>;
-    fn scale<'a>(x: Input<'a, Self>, a: Self, o: Out<'a, Self>) -> Fresh<Self>;
-    fn clip<'a>(x: Input<'a, Self>, lo: Self, hi: Self, o: Out<'a, Self>) -> Fresh<Self>;
 }
 
-/// The `out` view of an elementwise kernel, and its result (a new array when there was no `out`).
-type Out<'a, T> = Option<ArrayViewMutD<'a, T>>;
-type Fresh<T> = CoreResult<Option<ArrayD<T>>>;
-
-macro_rules! native {
-    ($t:ty, $variant:ident, $scalar:ty, $what:literal, $lo:expr, $hi:expr, $red:ident, $ew:ident) => {
-        impl Native for $t {
-            const LOWEST: Self = $lo;
-            const HIGHEST: Self = $hi;
+macro_rules! native_py {
+    ($t:ty, $variant:ident, $scalar:ty, $what:literal) => {
+        impl NativePy for $t {
             fn unwrap(a: In<'_>) -> Ro<'_, Self> {
                 match a {
                     In::$variant(a) => a,
@@ -117,87 +93,21 @@ macro_rules! native {
             }
             #[allow(clippy::unnecessary_cast)]
             fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self> {
-                v.extract::<$scalar>().map(|x| x as $t).map_err(|_| {
+                let what = |_| {
                     arg_type(
                         func,
                         name,
                         format!("must be {}, got {}", $what, class_name(v)),
                     )
-                })
-            }
-            fn sum(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                $red::sum(x, axis)
-            }
-            fn min(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                $red::min(x, axis)
-            }
-            fn max(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<Self>> {
-                $red::max(x, axis)
-            }
-            fn argmin(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-                $red::argmin(x, axis)
-            }
-            fn argmax(x: &ArrayViewD<Self>, axis: Option<isize>) -> CoreResult<ArrayD<i64>> {
-                $red::argmax(x, axis)
-            }
-            fn dot(x: &ArrayViewD<Self>, y: &ArrayViewD<Self>) -> CoreResult<Self> {
-                $red::dot(x, y)
-            }
-            fn axpy<'a>(
-                a: Self,
-                x: Input<'a, Self>,
-                y: Input<'a, Self>,
-                o: Out<'a, Self>,
-            ) -> Fresh<Self> {
-                $ew::axpy(a, x, y, o)
-            }
-            fn fma<'a>(
-                x: Input<'a, Self>,
-                y: Input<'a, Self>,
-                z: Input<'a, Self>,
-                o: Out<'a, Self>,
-            ) -> Fresh<Self> {
-                $ew::fma(x, y, z, o)
-            }
-            fn scale<'a>(x: Input<'a, Self>, a: Self, o: Out<'a, Self>) -> Fresh<Self> {
-                $ew::scale(x, a, o)
-            }
-            fn clip<'a>(x: Input<'a, Self>, lo: Self, hi: Self, o: Out<'a, Self>) -> Fresh<Self> {
-                $ew::clip(x, lo, hi, o)
+                };
+                v.extract::<$scalar>().map(|x| x as $t).map_err(what)
             }
         }
     };
 }
-native!(
-    f64,
-    F64,
-    f64,
-    "a real number",
-    f64::NEG_INFINITY,
-    f64::INFINITY,
-    reduce,
-    elementwise
-);
-native!(
-    f32,
-    F32,
-    f64,
-    "a real number",
-    f32::NEG_INFINITY,
-    f32::INFINITY,
-    reduce,
-    elementwise
-);
-native!(
-    i64,
-    I64,
-    i64,
-    "an integer here",
-    i64::MIN,
-    i64::MAX,
-    int,
-    int
-);
+native_py!(f64, F64, f64, "a real number");
+native_py!(f32, F32, f64, "a real number");
+native_py!(i64, I64, i64, "an integer here");
 
 /// The class name of a Python object, for messages.
 fn class_name(v: &Obj<'_>) -> String {
@@ -232,111 +142,86 @@ fn take_two<'py>(
     Ok((x, y, finish))
 }
 
-/// One arm per native dtype; `$T` names the element type inside `$body`.
+/// One arm per native dtype; `$T` names the element type inside `$body`. `each_float!`: the same for the
+/// float-only ops (their `Kind::Float` inputs are never int64).
 macro_rules! each_dtype {
     ($a:expr, $T:ident, $arr:ident => $body:expr) => {
+        each_dtype!(@ $a, $T, $arr => $body, In::I64($arr) => { type $T = i64; $body })
+    };
+    (@ $a:expr, $T:ident, $arr:ident => $body:expr, $($int:tt)+) => {
         match $a {
-            In::F64($arr) => {
-                type $T = f64;
-                $body
-            }
-            In::F32($arr) => {
-                type $T = f32;
-                $body
-            }
-            In::I64($arr) => {
-                type $T = i64;
-                $body
-            }
+            In::F64($arr) => { type $T = f64; $body }
+            In::F32($arr) => { type $T = f32; $body }
+            $($int)+
         }
     };
 }
-
-/// Same for the float-only ops (their `Kind::Float` inputs are never int64).
 macro_rules! each_float {
     ($a:expr, $T:ident, $arr:ident => $body:expr) => {
-        match $a {
-            In::F64($arr) => {
-                type $T = f64;
-                $body
-            }
-            In::F32($arr) => {
-                type $T = f32;
-                $body
-            }
-            In::I64(_) => unreachable!("float ops convert integers first"),
-        }
+        each_dtype!(@ $a, $T, $arr => $body, In::I64(_) => unreachable!("float ops convert integers first"))
     };
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // reductions
 
-/// Borrows a view, runs `f` through the funnel and converts the result.
+/// Borrows a view of the one input `a`, and runs `f` on it through the funnel.
+fn one<'py, T: numpy::Element + Sync, R: Send>(
+    py: Python<'py>,
+    op: Op,
+    a: &Ro<'py, T>,
+    f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<R> + Send,
+) -> PyResult<R> {
+    let v = a.as_array();
+    run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))
+}
+
+/// [`one`], its result converted.
 fn red<'py, T: numpy::Element + Sync, U: ToNumpy>(
     py: Python<'py>,
     op: Op,
     a: &Ro<'py, T>,
     f: impl FnOnce(ArrayViewD<'_, T>) -> CoreResult<ArrayD<U>> + Send,
 ) -> PyResult<Obj<'py>> {
-    let v = a.as_array();
-    let r = run(py, op, v.len(), Meta::one::<T>(a.0.shape()), || f(v))?;
-    to_py(py, r)
+    to_py(py, one(py, op, a, f)?)
 }
 
-/// Fast path for `axis=None` on a non-empty contiguous float64/float32 array: no n-d view is built.
-/// `c_only` requires C order (for ops whose result depends on the flattening order).
-fn flat_run<'py, T: numpy::Element + Clone + Sync, U: ToNumpy>(
+/// Fast path for `axis=None` on a non-empty contiguous float64/float32 array: no n-d view is built, and the
+/// kernel is the core's whole-array one ([`gops::reduce_flat`]). `None` where it does not apply.
+fn flat_fast<'py>(
     py: Python<'py>,
     op: Op,
     x: &Obj<'py>,
-    c_only: bool,
-    min_len: f64,
-    f: impl FnOnce(Canon<'_, T>) -> CoreResult<ArrayD<U>> + Send,
+    axis: Option<isize>,
+    ddof: f64,
 ) -> Option<PyResult<Obj<'py>>> {
-    let a = x.cast::<PyArrayDyn<T>>().ok()?;
-    if !(if c_only {
-        a.is_c_contiguous()
-    } else {
-        a.is_contiguous()
-    }) {
-        return None;
-    }
-    // SAFETY: contiguous (checked); read-only use while the array is alive (see `Ro`).
-    let s: &[T] = unsafe { a.as_slice() }.ok()?;
-    // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy
-    if s.is_empty() || (s.len() as f64) <= min_len {
-        return None;
-    }
-    let meta = Meta::one::<T>(a.shape());
-    Some(run(py, op, s.len(), meta, move || f(Canon::flat(s))).and_then(|r| to_py(py, r)))
-}
-
-/// Tries [`flat_run`] for float64 then float32 (returns from the enclosing closure when it applies).
-macro_rules! flat_fast {
-    ($py:expr, $x:expr, $axis:expr, $op:expr, $c_only:expr, $min_len:expr; $f:path $(, $extra:expr)*) => {
-        if $axis.is_none() {
-            if let Some(r) = flat_run::<f64, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
-                return r;
-            }
-            if let Some(r) = flat_run::<f32, _>($py, $op, $x, $c_only, $min_len, |c| $f(c $(, $extra)*)) {
-                return r;
-            }
+    fn typed<'py, T: Real + ToNumpy>(
+        py: Python<'py>,
+        op: Op,
+        x: &Obj<'py>,
+        ddof: f64,
+    ) -> Option<PyResult<Obj<'py>>> {
+        let a = x.cast::<PyArrayDyn<T>>().ok()?;
+        let s = flat_slice(a, gops::needs_c_order(op))?;
+        // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy;
+        // an invalid ddof is reported by the kernel
+        if !gops::flat_applies(op, s.len(), ddof).unwrap_or(true) {
+            return None;
         }
-    };
+        let r = run(py, op, s.len(), Meta::one::<T>(a.shape()), move || {
+            gops::reduce_flat(op, Canon::flat(s), ddof)
+        });
+        Some(r.and_then(|r| reduced_py(py, r)))
+    }
+    if axis.is_some() {
+        return None;
+    }
+    typed::<f64>(py, op, x, ddof).or_else(|| typed::<f32>(py, op, x, ddof))
 }
 
 /// Length of the reduced axis (all elements for `None`); `None` when the axis is invalid (the op reports it).
 fn reduced_len(a: &In<'_>, axis: Option<isize>) -> Option<usize> {
-    let shape = a.shape();
-    match axis {
-        None => Some(shape.iter().product()),
-        Some(ax) => {
-            let nd = shape.len() as isize;
-            let k = if ax < 0 { ax + nd } else { ax };
-            (0..nd).contains(&k).then(|| shape[k as usize])
-        }
-    }
+    ferrolab_core::kernels::layout::reduced_len(a.shape(), axis)
 }
 
 /// Emits a `RuntimeWarning` like NumPy does for degenerate reductions.
@@ -354,11 +239,11 @@ fn warn_ddof(py: Python<'_>, a: &In<'_>, axis: Option<isize>, ddof: f64) -> PyRe
     warn_if(py, none_left, c"Degrees of freedom <= 0 for slice")
 }
 
-/// `name(x, axis=None, *, device="cpu")`: the flat fast path `$flat`, else `$kernel` on the n-d view `$v` of
+/// `name(x, axis=None, *, device="cpu")`: the flat fast path, else `$kernel` on the n-d view `$v` of
 /// element type `$T`, for each dtype that `$each` (`each_dtype` or `each_float`) admits.
 macro_rules! reduction {
-    ($(#[$doc:meta])* $name:ident: $op:expr, $kind:expr, $each:ident, c_only = $c_only:expr,
-     $flat:path, |$v:ident: $T:ident, $axis:ident| $kernel:expr $(, warn_empty = $msg:literal)?) => {
+    ($(#[$doc:meta])* $name:ident: $op:expr, $kind:expr, $each:ident,
+     |$v:ident: $T:ident, $axis:ident| $kernel:expr $(, warn_empty = $msg:literal)?) => {
         $(#[$doc])*
         #[pyfunction]
         #[pyo3(signature = (x, axis=None, *, device="cpu"))]
@@ -369,7 +254,9 @@ macro_rules! reduction {
             device: &str,
         ) -> PyResult<Obj<'py>> {
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, 0.0, req), || {
-                flat_fast!(py, x, axis, $op, $c_only, 0.0; $flat);
+                if let Some(r) = flat_fast(py, $op, x, axis, 0.0) {
+                    return r;
+                }
                 let (a, fin) = take_one(py, $op, x, $kind)?;
                 $(warn_if(py, reduced_len(&a, axis) == Some(0), $msg)?;)?
                 let $axis = axis;
@@ -407,7 +294,7 @@ reduction! {
     /// np.float64(10.0)
     /// >>> fl.ops.sum(np.ones((2, 3), dtype=np.float32), axis=0)
     /// array([2., 2., 2.], dtype=float32)
-    sum: Op::Sum, Kind::Sum, each_dtype, c_only = false, reduce::sum_c,
+    sum: Op::Sum, Kind::Sum, each_dtype,
     |v: T, axis| <T as Native>::sum(&v, axis)
 }
 
@@ -421,7 +308,7 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.mean(np.array([1.0, 2.0, 6.0]))
     /// np.float64(3.0)
-    mean: Op::Mean, Kind::Float, each_float, c_only = false, reduce::mean_c,
+    mean: Op::Mean, Kind::Float, each_float,
     |v: T, axis| reduce::mean::<T>(&v, axis), warn_empty = c"Mean of empty slice"
 }
 
@@ -433,7 +320,7 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.min(np.array([[3.0, 1.0], [0.5, 7.0]]), axis=1)
     /// array([1. , 0.5])
-    min: Op::Min, Kind::Same, each_dtype, c_only = false, reduce::min_c,
+    min: Op::Min, Kind::Same, each_dtype,
     |v: T, axis| <T as Native>::min(&v, axis)
 }
 
@@ -445,7 +332,7 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.max(np.array([3, 9, 2], dtype=np.int32))
     /// np.int32(9)
-    max: Op::Max, Kind::Same, each_dtype, c_only = false, reduce::max_c,
+    max: Op::Max, Kind::Same, each_dtype,
     |v: T, axis| <T as Native>::max(&v, axis)
 }
 
@@ -459,7 +346,7 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.argmin(np.array([4.0, 1.0, 1.0, 3.0]))
     /// np.int64(1)
-    argmin: Op::Argmin, Kind::Index, each_dtype, c_only = true, reduce::argmin_c,
+    argmin: Op::Argmin, Kind::Index, each_dtype,
     |v: T, axis| <T as Native>::argmin(&v, axis)
 }
 
@@ -471,7 +358,7 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.argmax(np.array([[1.0, 5.0], [7.0, 2.0]]), axis=0)
     /// array([1, 0])
-    argmax: Op::Argmax, Kind::Index, each_dtype, c_only = true, reduce::argmax_c,
+    argmax: Op::Argmax, Kind::Index, each_dtype,
     |v: T, axis| <T as Native>::argmax(&v, axis)
 }
 
@@ -483,13 +370,13 @@ reduction! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.norm(np.array([3.0, 4.0]))
     /// np.float64(5.0)
-    norm: Op::Norm, Kind::Float, each_float, c_only = false, reduce::norm_c,
+    norm: Op::Norm, Kind::Float, each_float,
     |v: T, axis| reduce::norm::<T>(&v, axis)
 }
 
 /// `name(x, axis=None, ddof=0.0, *, device="cpu")`: variance or standard deviation.
 macro_rules! moment {
-    ($(#[$doc:meta])* $name:ident: $op:expr, $flat:ident, $kernel:ident) => {
+    ($(#[$doc:meta])* $name:ident: $op:expr, $kernel:ident) => {
         $(#[$doc])*
         #[pyfunction]
         #[pyo3(signature = (x, axis=None, ddof=0.0, *, device="cpu"))]
@@ -501,7 +388,9 @@ macro_rules! moment {
             device: &str,
         ) -> PyResult<Obj<'py>> {
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, ddof, req), || {
-                flat_fast!(py, x, axis, $op, false, ddof; stats::$flat, ddof);
+                if let Some(r) = flat_fast(py, $op, x, axis, ddof) {
+                    return r;
+                }
                 let (a, fin) = take_one(py, $op, x, Kind::Float)?;
                 warn_ddof(py, &a, axis, ddof)?;
                 let r = each_float!(a, T, a => red(py, $op, &a, |v| stats::$kernel::<T>(&v, axis, ddof)))?;
@@ -531,7 +420,7 @@ moment! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.var(np.array([1.0, 2.0, 3.0, 4.0]), ddof=1)
     /// np.float64(1.6666666666666667)
-    var: Op::Var, var_c, var
+    var: Op::Var, var
 }
 
 moment! {
@@ -542,7 +431,7 @@ moment! {
     /// >>> import numpy as np, ferrolab as fl
     /// >>> fl.ops.std(np.array([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]))
     /// np.float64(2.0)
-    std: Op::Std, std_c, std
+    std: Op::Std, std
 }
 
 /// Inner product of two 1-D arrays of equal length, like :func:`numpy.dot`.
@@ -558,7 +447,7 @@ pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> Py
     boundary(Op::Dot, device, || {
         let (a, b, fin) = take_two(py, Op::Dot, ["x", "y"], x, y, Kind::Same)?;
         let r = each_dtype!(a, T, a => {
-            let b = <T as Native>::unwrap(b);
+            let b = <T as NativePy>::unwrap(b);
             let (va, vb) = (a.as_array(), b.as_array());
             let meta = Meta::two::<T>(a.0.shape(), b.0.shape());
             let v = run(py, Op::Dot, va.len(), meta, || <T as Native>::dot(&va, &vb))?;
@@ -571,15 +460,15 @@ pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> Py
 // ----------------------------------------------------------------------------------------------------------
 // elementwise with out=
 
-/// The operands of an elementwise call as prepared by [`elementwise`], ready to run for their element type.
-struct Ew<'a, 'py> {
-    py: Python<'py>,
-    op: Op,
-    arrays: Vec<In<'py>>,
-    /// Which inputs are `out` itself (computed in place: `Input::SameAsOut`).
-    same: Vec<bool>,
-    out: Option<&'a Obj<'py>>,
-}
+/// The operands of an elementwise call as prepared by [`elementwise`], ready to run for their element type: the
+/// input arrays, which of them are `out` itself (computed in place: `Input::SameAsOut`), and `out`.
+struct Ew<'a, 'py>(
+    Python<'py>,
+    Op,
+    Vec<In<'py>>,
+    Vec<bool>,
+    Option<&'a Obj<'py>>,
+);
 
 /// Runs an [`Ew`] for its element type; `scalars` are the scalar operands as the kernel uses them (None where
 /// absent). Returns the new result, or `None` when it was written into `out`.
@@ -655,14 +544,16 @@ fn elementwise<'py>(
     let sc_buf = [pick(0), pick(1)];
     let sc = &sc_buf[..scalars.len().min(2)];
     let Prepared {
-        arrays: arrs,
+        arrays,
         finish: fin,
     } = prepared;
+    let (want, n) = (arrays[0].dtype(), arrays.len());
+    let other_dtype = out.is_some_and(|o| !arrays[0].same_dtype_as(o));
+    let ew = |same, o| Ew(py, op, arrays, same, o);
     match out {
-        Some(o) if fin.is_some() || overlap || !arrs[0].same_dtype_as(o) => {
+        Some(o) if fin.is_some() || overlap || other_dtype => {
             // compute into a fresh array, then copy into out with NumPy's same-kind casting
             if fin.is_none() && !overlap && o.cast::<PyUntypedArray>().is_ok() {
-                let want = arrs[0].dtype();
                 let got = o.getattr("dtype")?.to_string();
                 if !(want == "float32" && got == "float64") {
                     return Err(arg_type(
@@ -672,61 +563,30 @@ fn elementwise<'py>(
                     ));
                 }
             }
-            let same = vec![false; arrs.len()];
-            let ew = Ew {
-                py,
-                op,
-                arrays: arrs,
-                same,
-                out: None,
-            };
-            let r = call(ew, sc)?.expect("fresh result");
+            let r = call(ew(vec![false; n], None), sc)?.expect("fresh result");
             copy_into(py, func, o, &finish(r, &fin)?)
         }
-        Some(o) => {
-            call(
-                Ew {
-                    py,
-                    op,
-                    arrays: arrs,
-                    same,
-                    out: Some(o),
-                },
-                sc,
-            )?;
-            Ok(o.clone())
-        }
-        None => {
-            let r = call(
-                Ew {
-                    py,
-                    op,
-                    arrays: arrs,
-                    same,
-                    out: None,
-                },
-                sc,
-            )?
-            .expect("fresh result");
-            finish(r, &fin)
-        }
+        Some(o) => call(ew(same, Some(o)), sc).map(|_| o.clone()),
+        None => finish(call(ew(same, None), sc)?.expect("fresh result"), &fin),
+    }
+}
+
+/// A fresh result: a 0-d one as a NumPy scalar, as NumPy returns them.
+fn scalar_if_0d<'py>(py: Python<'py>, a: Obj<'py>) -> PyResult<Obj<'py>> {
+    match a.cast::<PyUntypedArray>()?.ndim() {
+        0 => a.get_item(PyTuple::empty(py)),
+        _ => Ok(a),
     }
 }
 
 impl<'py> Ew<'_, 'py> {
     /// Runs the core elementwise kernel `f` for element type `T` on `Input`s built from the arrays (in order),
     /// into `out` or into a fresh array.
-    fn run<T: Native>(
+    fn run<T: NativePy>(
         self,
         f: impl for<'a> FnOnce(Vec<Input<'a, T>>, Out<'a, T>) -> Fresh<T> + Send,
     ) -> PyResult<Option<Obj<'py>>> {
-        let Ew {
-            py,
-            op,
-            arrays,
-            same,
-            out,
-        } = self;
+        let Ew(py, op, arrays, same, out) = self;
         let func = op.name();
         let ro: Vec<Ro<'py, T>> = arrays.into_iter().map(T::unwrap).collect();
         // a fresh result is allocated by NumPy (its allocator asks for huge pages and skips zero-filling), in
@@ -751,42 +611,28 @@ impl<'py> Ew<'_, 'py> {
             .map(|a| a.as_any())
             .or(out)
             .expect("fresh or out");
-        let mut rw = take_out::<T>(func, out)?;
+        let mut rw = take_out::<T>(func, "out", out)?;
         let work = ro.iter().map(|a| a.0.len()).max().unwrap_or(0);
-        let inputs: Vec<Input<'_, T>> = ro
-            .iter()
-            .zip(&same)
-            .map(|(a, &s)| {
-                if s {
-                    Input::SameAsOut
-                } else {
-                    Input::View(a.as_array())
-                }
+        let pairs = || ro.iter().zip(same.iter().copied());
+        let inputs: Vec<Input<'_, T>> = pairs()
+            .map(|(a, s)| match s {
+                true => Input::SameAsOut,
+                false => Input::View(a.as_array()),
             })
             .collect();
         let ov = rw.as_array_mut();
         let out_shape = ov.shape().to_vec();
         let shapes = || -> Vec<Vec<usize>> {
-            let shape = |(a, &s): (&Ro<'py, T>, &bool)| {
-                if s {
-                    out_shape.clone()
-                } else {
-                    a.0.shape().to_vec()
-                }
-            };
-            ro.iter().zip(&same).map(shape).collect()
+            pairs()
+                .map(|(a, s)| if s { &out_shape[..] } else { a.0.shape() }.to_vec())
+                .collect()
         };
         let r = run(py, op, work, Meta::lazy::<T>(&shapes), move || {
             f(inputs, Some(ov))
         })?;
         drop(rw);
         debug_assert!(r.is_none(), "a kernel with an out writes into it");
-        match fresh {
-            // 0-d results are NumPy scalars, as NumPy returns them
-            Some(a) if a.ndim() == 0 => Ok(Some(a.into_any().get_item(PyTuple::empty(py))?)),
-            Some(a) => Ok(Some(a.into_any())),
-            None => Ok(None),
-        }
+        fresh.map(|a| scalar_if_0d(py, a.into_any())).transpose()
     }
 }
 
@@ -819,13 +665,13 @@ pub fn axpy<'py>(
     device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
-        let a = crate::gpu_ops::plain_number(a).map(crate::gpu_ops::Scalars::Axpy);
+        let a = crate::gpu_ops::plain_number(a).map(Scalars::Axpy);
         gpu_elementwise(py, Op::Axpy, &[x, y], a, out, req)
     };
     boundary_gpu(Op::Axpy, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.arrays[0], T, _a => {
-                let a = <T as Native>::from_py("a", "axpy", sc[0])?;
+            each_dtype!(&ew.2[0], T, _a => {
+                let a = <T as NativePy>::from_py("a", "axpy", sc[0])?;
                 ew.run::<T>(move |mut v, o| {
                     let y = v.pop().expect("y");
                     <T as Native>::axpy(a, v.pop().expect("x"), y, o)
@@ -854,12 +700,12 @@ pub fn fma<'py>(
     device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
-        let s = Some(crate::gpu_ops::Scalars::Fma);
+        let s = Some(Scalars::Fma);
         gpu_elementwise(py, Op::Fma, &[x, y, z], s, out, req)
     };
     boundary_gpu(Op::Fma, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, _: &[&Obj<'py>]| {
-            each_dtype!(&ew.arrays[0], T, _a => ew.run::<T>(|mut v, o| {
+            each_dtype!(&ew.2[0], T, _a => ew.run::<T>(|mut v, o| {
                 let (z, y) = (v.pop().expect("z"), v.pop().expect("y"));
                 <T as Native>::fma(v.pop().expect("x"), y, z, o)
             }))
@@ -885,13 +731,13 @@ pub fn scale<'py>(
     device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
-        let a = crate::gpu_ops::plain_number(a).map(crate::gpu_ops::Scalars::Scale);
+        let a = crate::gpu_ops::plain_number(a).map(Scalars::Scale);
         gpu_elementwise(py, Op::Scale, &[x], a, out, req)
     };
     boundary_gpu(Op::Scale, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.arrays[0], T, _a => {
-                let a = <T as Native>::from_py("a", "scale", sc[0])?;
+            each_dtype!(&ew.2[0], T, _a => {
+                let a = <T as NativePy>::from_py("a", "scale", sc[0])?;
                 ew.run::<T>(move |mut v, o| <T as Native>::scale(v.pop().expect("x"), a, o))
             })
         };
@@ -924,9 +770,7 @@ pub fn clip<'py>(
                 .map(Some),
         };
         let s = match (bound(lo), bound(hi)) {
-            (Some(l), Some(h)) if l.is_some() || h.is_some() => {
-                Some(crate::gpu_ops::Scalars::Clip(l, h))
-            }
+            (Some(l), Some(h)) if l.is_some() || h.is_some() => Some(Scalars::Clip(l, h)),
             _ => None,
         };
         gpu_elementwise(py, Op::Clip, &[x], s, out, req)
@@ -938,10 +782,10 @@ pub fn clip<'py>(
             ));
         }
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.arrays[0], T, _a => {
+            each_dtype!(&ew.2[0], T, _a => {
                 let bound = |name, v: &Obj<'py>, missing: T| match v.is_none() {
                     true => Ok(missing),
-                    false => <T as Native>::from_py(name, "clip", v),
+                    false => <T as NativePy>::from_py(name, "clip", v),
                 };
                 let lo = bound("lo", sc[0], <T as Native>::LOWEST)?;
                 let hi = bound("hi", sc[1], <T as Native>::HIGHEST)?;
@@ -981,9 +825,7 @@ pub fn standardize<'py>(
     device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
-        let s = axis
-            .is_none()
-            .then_some(crate::gpu_ops::Scalars::Standardize(ddof));
+        let s = axis.is_none().then_some(Scalars::Standardize(ddof));
         gpu_elementwise(py, Op::Standardize, &[x], s, out, req)
     };
     boundary_gpu(Op::Standardize, device, gpu, || {
@@ -998,38 +840,19 @@ fn standardize_into<'py>(
     ddof: f64,
     out: Option<&Obj<'py>>,
 ) -> PyResult<Obj<'py>> {
-    if let Some(o) = out.filter(|o| alias(o, x) != Alias::None) {
-        // out overlaps x: compute fresh, then copy
-        let r = standardize_into(py, x, axis, ddof, None)?;
-        return copy_into(py, "standardize", o, &r);
-    }
     let (a, fin) = take_one(py, Op::Standardize, x, Kind::Float)?;
-    if let (Some(o), Some(_)) = (out, &fin) {
-        // x converted (another dtype than out's): compute fresh, then copy
+    if let Some(o) = out.filter(|o| fin.is_some() || alias(o, x) != Alias::None) {
+        // out overlaps x, or x was converted (another dtype than out's): compute fresh, then copy
         let r = standardize_into(py, x, axis, ddof, None)?;
         return copy_into(py, "standardize", o, &r);
     }
     warn_ddof(py, &a, axis, ddof)?;
-    let r = each_float!(a, T, a => {
-        let v = a.as_array();
-        let fresh = match out {
-            Some(_) => None,
-            None => {
-                let fortran = a.0.ndim() > 1 && a.0.is_fortran_contiguous() && !a.0.is_c_contiguous();
-                Some(new_array::<T>(py, "standardize", a.0.shape(), fortran)?)
-            }
-        };
-        let out = fresh.as_ref().map(|f| f.as_any()).or(out).expect("fresh or out");
-        let mut rw = take_out::<T>("standardize", out)?;
-        let ov = rw.as_array_mut();
-        let meta = Meta::one::<T>(a.0.shape());
-        run(py, Op::Standardize, v.len(), meta, move || stats::standardize::<T>(&v, axis, ddof, Some(ov)))?;
-        drop(rw);
-        match &fresh {
-            Some(f) if f.ndim() == 0 => f.as_any().get_item(PyTuple::empty(py))?,
-            _ => out.clone(),
-        }
-    });
+    let ew = Ew(py, Op::Standardize, vec![a], vec![false], out);
+    let r = each_float!(&ew.2[0], T, _a => ew.run::<T>(move |mut v, o| match v.pop() {
+        Some(Input::View(v)) => stats::standardize::<T>(&v, axis, ddof, o),
+        _ => unreachable!("one input, not out"),
+    })?);
+    let r = r.or_else(|| out.cloned()).expect("fresh or out");
     finish(r, &fin)
 }
 
@@ -1053,10 +876,8 @@ pub fn zscore_anomalies<'py>(
 ) -> PyResult<Obj<'py>> {
     boundary(Op::ZscoreAnomalies, device, || {
         let (a, _) = take_one(py, Op::ZscoreAnomalies, x, Kind::Float)?;
-        let idx = each_float!(a, T, a => {
-            let (v, meta) = (a.as_array(), Meta::one::<T>(a.0.shape()));
-            run(py, Op::ZscoreAnomalies, v.len(), meta, move || stats::zscore_anomalies::<T>(&v, threshold))?
-        });
+        let op = Op::ZscoreAnomalies;
+        let idx = each_float!(a, T, a => one(py, op, &a, |v| stats::zscore_anomalies::<T>(&v, threshold))?);
         Ok(numpy::PyArray1::from_vec(py, idx).into_any())
     })
 }
@@ -1073,10 +894,7 @@ pub fn quantile<'py>(
 ) -> PyResult<Obj<'py>> {
     boundary(Op::Quantile, device, || {
         let (a, fin) = take_one(py, Op::Quantile, x, Kind::Float)?;
-        let r = each_float!(a, T, a => {
-            let (v, meta) = (a.as_array(), Meta::one::<T>(a.0.shape()));
-            to_py(py, run(py, Op::Quantile, v.len(), meta, move || stats::quantile::<T>(&v, &q, axis))?)?
-        });
+        let r = each_float!(a, T, a => red(py, Op::Quantile, &a, |v| stats::quantile::<T>(&v, &q, axis))?);
         finish(r, &fin)
     })
 }
@@ -1093,7 +911,7 @@ pub fn histogram_counts<'py>(
     boundary(Op::Histogram, "cpu", || {
         let (a, e, _) = take_two(py, Op::Histogram, ["x", "bins"], x, edges, Kind::Float)?;
         let counts = each_float!(a, T, a => {
-            let e = <T as Native>::unwrap(e);
+            let e = <T as NativePy>::unwrap(e);
             let (v, ev) = (a.as_array(), e.as_array());
             let what = "copy of the bin edges";
             let edges: Vec<T> = alloc::collect("histogram", what, ev.shape(), ev.iter().copied()).py()?;
@@ -1187,16 +1005,16 @@ fn matmul_into<'py>(
         In::F32(x) => gemm::<f32>(py, x, f32::unwrap(y), direct_out)?,
         In::I64(x) => {
             let y = i64::unwrap(y);
-            let va = two_d("matmul", "a", x.as_array())?;
-            let vb = two_d("matmul", "b", y.as_array())?;
+            let (va, vb) = (
+                two_d("matmul", "a", x.as_array())?,
+                two_d("matmul", "b", y.as_array())?,
+            );
             let (work, meta) = (
                 va.len().saturating_mul(vb.ncols()),
                 Meta::two::<i64>(x.0.shape(), y.0.shape()),
             );
-            to_py(
-                py,
-                run(py, Op::Matmul, work, meta, move || int::matmul(&va, &vb))?.into_dyn(),
-            )?
+            let r = run(py, Op::Matmul, work, meta, move || int::matmul(&va, &vb))?;
+            to_py(py, r.into_dyn())?
         }
     };
     let r = finish(r, &fin)?;
@@ -1207,21 +1025,23 @@ fn matmul_into<'py>(
 }
 
 /// Float GEMM into `out` when it has dtype `T`, else into a fresh array (the caller copies it into `out`).
-fn gemm<'py, T: linalg::GemmElem + Native>(
+fn gemm<'py, T: linalg::GemmElem + NativePy>(
     py: Python<'py>,
     x: Ro<'py, T>,
     y: Ro<'py, T>,
     out: Option<&Obj<'py>>,
 ) -> PyResult<Obj<'py>> {
-    let va = two_d("matmul", "a", x.as_array())?;
-    let vb = two_d("matmul", "b", y.as_array())?;
+    let (va, vb) = (
+        two_d("matmul", "a", x.as_array())?,
+        two_d("matmul", "b", y.as_array())?,
+    );
     let work = va.len().saturating_mul(vb.ncols());
     let o = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
         Some(o) => o.clone(),
         // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
         None => new_array::<T>(py, "matmul", &[va.nrows(), vb.ncols()], false)?.into_any(),
     };
-    let mut rw = take_out::<T>("matmul", &o)?;
+    let mut rw = take_out::<T>("matmul", "out", &o)?;
     let ov = two_d("matmul", "out", rw.as_array_mut())?;
     let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
     run(py, Op::Matmul, work, meta, move || {
@@ -1281,7 +1101,7 @@ pub fn cdist<'py>(
         let m = distance::Metric::parse(metric).py()?;
         let (x, y, fin) = take_two(py, Op::Cdist, ["a", "b"], a, b, Kind::Float)?;
         let r = each_float!(x, T, x => {
-            let y = <T as Native>::unwrap(y);
+            let y = <T as NativePy>::unwrap(y);
             let va = two_d("cdist", "a", x.as_array())?;
             let vb = two_d("cdist", "b", y.as_array())?;
             distance::check_shapes(&va, &vb).py()?;
@@ -1289,7 +1109,7 @@ pub fn cdist<'py>(
             let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
             // the result from NumPy's allocator (huge pages for large ones, no zero-fill): every element is written
             let o = new_array::<T>(py, "cdist", &[va.nrows(), vb.nrows()], false)?.into_any();
-            let mut rw = take_out::<T>("cdist", &o)?;
+            let mut rw = take_out::<T>("cdist", "out", &o)?;
             let mut ov = rw.as_array_mut();
             let buf = ov.as_slice_mut().expect("fresh C array");
             run(py, Op::Cdist, work, meta, move || distance::cdist_into(&va, &vb, m, buf))?;
@@ -1338,22 +1158,7 @@ pub fn adam_step<'py>(
             Requested::Auto if !dispatch::auto_prefers_gpu(false, 0.0, 0.0) => Requested::Cpu,
             r => r,
         };
-        if t < 1 {
-            return Err(arg_value(
-                "adam_step",
-                "t",
-                format!("is {t}; expected the step number, >= 1"),
-            ));
-        }
-        let hp = optim::AdamParams {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            decoupled,
-            t: t as u64,
-        };
+        let hp = optim::AdamParams::new(t, lr, beta1, beta2, eps, weight_decay, decoupled).py()?;
         if param.cast::<PyArrayDyn<f64>>().is_ok() {
             adam_t::<f64>(py, [param, grad, m, v], hp, req, device)
         } else if param.cast::<PyArrayDyn<f32>>().is_ok() {
@@ -1414,85 +1219,33 @@ fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
     } else {
         ga
     };
-    let rw = |name: &'static str, a: &Bound<'py, PyArrayDyn<T>>| {
-        a.try_readwrite().map_err(|e| {
-            arg_value(
-                "adam_step",
-                name,
-                format!("must be a writeable array ({e})"),
-            )
-        })
-    };
+    let rw = |name, a: &Bound<'py, PyArrayDyn<T>>| take_out::<T>("adam_step", name, a.as_any());
     let (mut p, mut mm, mut vv) = (rw("param", &pa)?, rw("m", &ma)?, rw("v", &va)?);
     let g = ga.readonly();
-    let (pv, gv, mv, vvv) = (
-        p.as_array_mut(),
-        g.as_array(),
-        mm.as_array_mut(),
-        vv.as_array_mut(),
-    );
-    let n = pv.len();
     let shapes = || -> Vec<Vec<usize>> {
         [&pa, &ga, &ma, &va]
             .iter()
             .map(|a| a.shape().to_vec())
             .collect()
     };
-    // the GPU path: four C-contiguous arrays of one shape, updated in place through a device copy
-    let gpu_path = [&gv.shape(), &mv.shape(), &vvv.shape()]
-        .iter()
-        .all(|s| **s == pv.shape())
-        && pv.is_standard_layout()
-        && gv.is_standard_layout()
-        && mv.is_standard_layout()
-        && vvv.is_standard_layout()
-        && n > 0;
+    let views = (
+        p.as_array_mut(),
+        g.as_array(),
+        mm.as_array_mut(),
+        vv.as_array_mut(),
+    );
+    let gpu_path = gops::adam_has_gpu_path(&views);
     if req == Requested::Cpu || (req == Requested::Auto && !gpu_path) {
+        let n = views.0.len();
         return run(py, Op::AdamStep, n, Meta::lazy::<T>(&shapes), move || {
+            let (pv, gv, mv, vvv) = views;
             optim::adam_step(pv, gv, mv, vvv, hp)
         });
     }
     if !gpu_path {
         return Err(crate::gpu_ops::no_gpu_path(Op::AdamStep, device));
     }
-    let c = hp.consts::<T>().py()?;
-    let views = ::std::sync::Mutex::new(Some((pv, gv, mv, vvv)));
-    let take = || {
-        views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| {
-                ferrolab_core::CoreError::internal("adam_step", "the arrays were used twice")
-            })
-    };
-    let cpu = || -> CoreResult<()> {
-        let (pv, gv, mv, vvv) = take()?;
-        optim::adam_step(pv, gv, mv, vvv, hp)
-    };
-    let gpu =
-        |d: &ferrolab_core::gpu::exec::Device| -> Result<(), ferrolab_core::gpu::exec::GpuFailure> {
-            let (mut pv, gv, mut mv, mut vvv) =
-                take().map_err(|e| ferrolab_core::gpu::exec::GpuFailure {
-                    during: "adam_step".into(),
-                    error: e.to_string(),
-                    sticky: false,
-                })?;
-            let ps: &mut [T] = pv.as_slice_mut().expect("C-contiguous");
-            let gs: &[T] = gv.as_slice().expect("C-contiguous");
-            let ms: &mut [T] = mv.as_slice_mut().expect("C-contiguous");
-            let vs: &mut [T] = vvv.as_slice_mut().expect("C-contiguous");
-            let (mut dp, dg) = (d.upload(&*ps)?, d.upload(gs)?);
-            let (mut dm, mut dv) = (d.upload(&*ms)?, d.upload(&*vs)?);
-            let k = [
-                c.b1w, c.b2, c.one_b2, c.wd, c.decay, c.neg_step, c.bc2s, c.eps,
-            ];
-            d.adam(&mut dp, &dg, &mut dm, &mut dv, n, k, c.lerp_hi)?;
-            d.download_into(&dp, ps)?;
-            d.download_into(&dm, ms)?;
-            d.download_into(&dv, vs)
-        };
     crate::funnel::run_dispatched(py, Op::AdamStep, Meta::lazy::<T>(&shapes), || {
-        dispatch::run(Op::AdamStep, req, true, &gpu, &cpu)
+        gops::adam_step(req, views, hp)
     })
 }

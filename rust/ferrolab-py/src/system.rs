@@ -6,55 +6,26 @@ use ferrolab_core::system;
 use ferrolab_core::system::{monitor, node};
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 use std::time::Duration;
 
 /// A snapshot of the machine and this process as a dict (see `ferrolab.system.snapshot`).
 #[pyfunction]
 fn system_snapshot(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = py.detach(system::snapshot);
-    let d = PyDict::new(py);
-    d.set_item("cpu_percent", s.cpu_percent)?;
-    d.set_item("cpu_count", s.cpu_count)?;
-    d.set_item("load_avg", s.load_avg)?;
-    let m = PyDict::new(py);
-    m.set_item("total", s.memory.total)?;
-    m.set_item("available", s.memory.available)?;
-    m.set_item("used", s.memory.used)?;
-    m.set_item("percent", s.memory.percent)?;
-    d.set_item("memory", m)?;
-    let disks = PyList::empty(py);
-    for disk in &s.disks {
-        let e = PyDict::new(py);
-        e.set_item("mount", &disk.mount)?;
-        e.set_item("total", disk.total)?;
-        e.set_item("free", disk.free)?;
-        e.set_item("percent", disk.percent)?;
-        disks.append(e)?;
-    }
-    d.set_item("disks", disks)?;
-    let n = PyDict::new(py);
-    n.set_item("bytes_sent", s.network.bytes_sent)?;
-    n.set_item("bytes_recv", s.network.bytes_recv)?;
-    n.set_item("packets_sent", s.network.packets_sent)?;
-    n.set_item("packets_recv", s.network.packets_recv)?;
-    d.set_item("network", n)?;
-    let p = PyDict::new(py);
-    p.set_item("rss", s.process.rss)?;
-    p.set_item("cpu_percent", s.process.cpu_percent)?;
-    p.set_item("threads", s.process.threads)?;
-    d.set_item("process", p)?;
-    let gpus = PyList::empty(py);
-    for g in &s.gpus {
-        let e = PyDict::new(py);
-        e.set_item("name", &g.name)?;
-        e.set_item("memory_total", g.memory_total)?;
-        e.set_item("memory_used", g.memory_used)?;
-        e.set_item("utilization", g.utilization)?;
-        gpus.append(e)?;
-    }
-    d.set_item("gpus", gpus)?;
-    Ok(d)
+    let disks: Vec<_> = (s.disks.iter())
+        .map(|x| Ok(dict!(py, x; mount, total, free, percent)))
+        .collect::<PyResult<_>>()?;
+    let gpus: Vec<_> = (s.gpus.iter())
+        .map(|g| Ok(dict!(py, g; name, memory_total, memory_used, utilization)))
+        .collect::<PyResult<_>>()?;
+    Ok(dict!(py, s; cpu_percent, cpu_count, load_avg,
+        memory => dict!(py, s.memory; total, available, used, percent),
+        disks => disks,
+        network => dict!(py, s.network; bytes_sent, bytes_recv, packets_sent, packets_recv),
+        process => dict!(py, s.process; rss, cpu_percent, threads),
+        gpus => gpus,
+    ))
 }
 
 /// Adds the node_exporter-compatible series to the registry; True when added now, False when already there.
@@ -75,23 +46,8 @@ struct PyMonitor {
 impl PyMonitor {
     #[new]
     fn new(interval: f64, window: usize) -> PyResult<Self> {
-        if !(interval.is_finite() && interval > 0.0) {
-            return Err(errors::arg_value(
-                "Monitor",
-                "interval",
-                format!("is {interval}; expected a positive number of seconds"),
-            ));
-        }
-        if window == 0 {
-            return Err(errors::arg_value(
-                "Monitor",
-                "window",
-                "is 0; expected at least 1 sample",
-            ));
-        }
-        Ok(PyMonitor {
-            inner: monitor::Monitor::new(Duration::from_secs_f64(interval), window),
-        })
+        let inner = monitor::Monitor::checked(interval, window).map_err(errors::to_py)?;
+        Ok(PyMonitor { inner })
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
@@ -153,8 +109,7 @@ impl PyMonitor {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(system_snapshot, m)?)?;
-    m.add_function(wrap_pyfunction!(system_register_metrics, m)?)?;
+    add_functions! { m; system_snapshot, system_register_metrics }
     m.add_class::<PyMonitor>()?;
     Ok(())
 }

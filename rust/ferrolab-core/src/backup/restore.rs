@@ -225,6 +225,17 @@ fn check_items(items: &[&Item], idx: &crate::backup::index::Index, snap: &str) -
 /// descriptor, and is renamed to its name only when all its data was written and checked: a failed,
 /// cancelled or killed restore leaves no file that looks complete (temporary files are removed on failure;
 /// a killed process leaves `.fl-*.tmp` files).
+/// The item paths (relative to '/', no trailing slash) of the absolute original paths `paths` that a restore
+/// includes.
+pub fn include_items(paths: &[PathBuf]) -> Vec<Vec<u8>> {
+    let item = |p: &PathBuf| {
+        let b = p.as_os_str().as_bytes();
+        let b = b.strip_prefix(b"/").unwrap_or(b);
+        b.strip_suffix(b"/").unwrap_or(b).to_vec()
+    };
+    paths.iter().map(item).collect()
+}
+
 pub fn restore(
     repo: &Repository,
     snapshot_id: &str,
@@ -533,7 +544,18 @@ pub fn restore(
 
 #[cfg(test)]
 mod tests {
-    use super::check_item_path;
+    use super::{check_item_path, include_items};
+    use std::path::PathBuf;
+
+    #[test]
+    fn include_items_are_relative_to_the_root() {
+        let p = |s: &str| PathBuf::from(s);
+        let items = include_items(&[p("/data/a/"), p("/x"), p("rel/b")]);
+        assert_eq!(
+            items,
+            vec![b"data/a".to_vec(), b"x".to_vec(), b"rel/b".to_vec()]
+        );
+    }
 
     #[test]
     fn item_paths() {

@@ -66,6 +66,24 @@ pub struct Fake {
     pub attempts: u64,
 }
 
+impl Fake {
+    /// A fake GPU whose next `times` attempts fail with CUDA error `error` (when given; `sticky` poisons the backend
+    /// for the process).
+    pub fn failing(error: Option<String>, sticky: bool, times: u32) -> Fake {
+        let during = "a kernel launch on the fake GPU".to_string();
+        let failure = error.map(|error| GpuFailure {
+            during,
+            error,
+            sticky,
+        });
+        Fake {
+            failure,
+            times,
+            attempts: 0,
+        }
+    }
+}
+
 static FAKE: Mutex<Option<Fake>> = Mutex::new(None);
 static STRICT: LazyLock<AtomicBool> = LazyLock::new(|| {
     AtomicBool::new(

@@ -15,6 +15,7 @@
 pub mod dispatch;
 pub mod exec;
 pub mod nvrtc;
+pub mod ops;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;

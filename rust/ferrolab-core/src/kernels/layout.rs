@@ -146,6 +146,40 @@ pub fn fmt_shape(s: &[usize]) -> String {
     }
 }
 
+/// The length of the axis a reduction over `axis` of `shape` reduces (all elements for `None`); `None` when the
+/// axis is out of range (the reduction reports it).
+pub fn reduced_len(shape: &[usize], axis: Option<isize>) -> Option<usize> {
+    let Some(ax) = axis else {
+        return Some(shape.iter().product());
+    };
+    let nd = shape.len() as isize;
+    let k = if ax < 0 { ax + nd } else { ax };
+    (0..nd).contains(&k).then(|| shape[k as usize])
+}
+
+/// The bytes `[start, end)` spanned by the elements of an array at address `ptr` with `itemsize`, `shape` and
+/// `strides` (in bytes); `start == end` when it has no elements.
+pub fn byte_span(
+    ptr: usize,
+    itemsize: usize,
+    shape: &[usize],
+    strides: &[isize],
+) -> (usize, usize) {
+    if shape.contains(&0) {
+        return (ptr, ptr);
+    }
+    let (mut lo, mut hi) = (ptr as isize, (ptr + itemsize) as isize);
+    for (&d, &s) in shape.iter().zip(strides) {
+        let span = (d as isize - 1) * s;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    (lo as usize, hi as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +214,24 @@ mod tests {
         assert!(e.to_string().contains("axis"));
         assert!(canon("sum", &a.view(), Some(-2), false).is_ok());
         assert_eq!(fmt_shape(&[3]), "(3,)");
+    }
+
+    #[test]
+    fn reduced_lengths() {
+        assert_eq!(reduced_len(&[2, 3, 4], None), Some(24));
+        assert_eq!(reduced_len(&[2, 3, 4], Some(-1)), Some(4));
+        assert_eq!(reduced_len(&[2, 3, 4], Some(1)), Some(3));
+        assert_eq!(reduced_len(&[2, 3, 4], Some(3)), None);
+        assert_eq!(reduced_len(&[2, 3, 4], Some(-4)), None);
+    }
+
+    #[test]
+    fn byte_spans_cover_every_element() {
+        assert_eq!(byte_span(1000, 8, &[3, 4], &[32, 8]), (1000, 1096));
+        // reversed rows: the first element is the last row
+        assert_eq!(byte_span(1064, 8, &[3, 4], &[-32, 8]), (1000, 1096));
+        assert_eq!(byte_span(1000, 8, &[2, 2], &[8, 16]), (1000, 1032));
+        assert_eq!(byte_span(1000, 8, &[5, 0], &[8, 8]), (1000, 1000));
+        assert_eq!(byte_span(1000, 4, &[], &[]), (1000, 1004));
     }
 }

@@ -19,6 +19,7 @@ pub mod elementwise;
 pub mod int;
 pub mod layout;
 pub mod linalg;
+pub mod native;
 pub mod optim;
 pub mod reduce;
 pub mod simd;

@@ -44,6 +44,33 @@ pub struct Consts<T> {
 }
 
 impl AdamParams {
+    /// The parameters of step `t` (the step number, from 1: a `ValueError` naming `t` otherwise); the others are
+    /// checked by [`AdamParams::consts`].
+    pub fn new(
+        t: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+    ) -> Result<Self> {
+        if t < 1 {
+            let msg = format!("is {t}; expected the step number, >= 1");
+            return Err(CoreError::value("adam_step", "t", msg));
+        }
+        let t = t as u64;
+        Ok(AdamParams {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+            t,
+        })
+    }
+
     /// Checks the hyper-parameters (a `ValueError` naming the one out of range) and computes the step's constants.
     pub fn consts<T: Real>(&self) -> Result<Consts<T>> {
         let (f, hp) = ("adam_step", self);
@@ -215,6 +242,23 @@ pub fn adam_step<T: Real>(
 mod tests {
     use super::*;
     use ndarray::Array;
+
+    #[test]
+    fn new_checks_the_step_number() {
+        let e = AdamParams::new(0, 1e-3, 0.9, 0.999, 1e-8, 0.0, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "adam_step(): argument 't' is 0; expected the step number, >= 1"
+        );
+        assert_eq!(
+            AdamParams::new(-3, 1e-3, 0.9, 0.999, 1e-8, 0.0, false)
+                .unwrap_err()
+                .kind(),
+            e.kind()
+        );
+        let hp = AdamParams::new(7, 0.1, 0.8, 0.99, 1e-6, 0.01, true).unwrap();
+        assert_eq!((hp.t, hp.lr, hp.decoupled), (7, 0.1, true));
+    }
 
     #[test]
     fn first_step_moves_by_lr() {

@@ -246,6 +246,22 @@ fn run(inner: Arc<Inner>, interval: Duration) {
 }
 
 impl Monitor {
+    /// [`Monitor::new`] for `interval` seconds, checked: a `ValueError` naming the argument unless `interval` is a
+    /// positive number of seconds and `window` at least 1.
+    pub fn checked(interval: f64, window: usize) -> crate::Result<Monitor> {
+        let bad = |arg, msg: String| Err(crate::CoreError::value("Monitor", arg, msg));
+        if !(interval.is_finite() && interval > 0.0) {
+            return bad(
+                "interval",
+                format!("is {interval}; expected a positive number of seconds"),
+            );
+        }
+        if window == 0 {
+            return bad("window", "is 0; expected at least 1 sample".into());
+        }
+        Ok(Monitor::new(Duration::from_secs_f64(interval), window))
+    }
+
     /// A stopped monitor sampling every `interval` and keeping `window` samples per metric.
     pub fn new(interval: Duration, window: usize) -> Monitor {
         let window = window.max(1);
@@ -423,6 +439,22 @@ impl Drop for Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_arguments_name_the_bad_one() {
+        let err = |i, w| Monitor::checked(i, w).err().unwrap().to_string();
+        assert_eq!(
+            err(0.0, 5),
+            "Monitor(): argument 'interval' is 0; expected a positive number of seconds"
+        );
+        assert!(err(f64::NAN, 5).contains("argument 'interval' is NaN"));
+        assert_eq!(
+            err(1.0, 0),
+            "Monitor(): argument 'window' is 0; expected at least 1 sample"
+        );
+        let m = Monitor::checked(0.5, 3).unwrap();
+        assert_eq!((m.interval(), m.window()), (Duration::from_millis(500), 3));
+    }
 
     #[test]
     fn samples_and_ring_buffer() {

@@ -22,6 +22,8 @@ macro_rules! ops {
         impl Op {
             pub const ALL: &'static [Op] = &[$(Op::$v),*];
             pub fn name(self) -> &'static str { OP_NAMES[self as usize] }
+            /// The name of the op's tracing span: `ferrolab.<op>`.
+            pub fn span_name(self) -> &'static str { [$(concat!("ferrolab.", $s)),*][self as usize] }
         }
     };
 }
@@ -363,6 +365,12 @@ pub fn snapshot() -> Vec<OpStats> {
 mod tests {
     use super::*;
     use crate::error::CoreError;
+
+    #[test]
+    fn span_names_are_ferrolab_dot_op() {
+        assert_eq!(Op::Sum.span_name(), "ferrolab.sum");
+        assert_eq!(Op::AdamStep.span_name(), "ferrolab.adam_step");
+    }
 
     #[test]
     fn counts_calls_and_errors() {
