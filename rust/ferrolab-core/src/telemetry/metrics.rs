@@ -1,7 +1,11 @@
 //! Prometheus metrics: the process-wide registry, user metrics and the built-in series.
 //!
 //! Values live in native atomics (the `prometheus` crate's counters, gauges and histograms, and the seam's
-//! per-op cells). [`exposition`] renders everything in the Prometheus text format 0.0.4.
+//! per-op cells). [`exposition`] renders everything in the Prometheus text format 0.0.4 the way
+//! prometheus_client writes it (`le="1.0"`, values as floats, `_created` samples as gauges).
+//!
+//! The process-wide registry ([`registry`]) holds the built-in series and is where metrics register by default;
+//! [`Registry::new`] makes further ones (per test, per library), which hold only what is registered in them.
 //!
 //! Built-in series (prefix `ferrolab` by default, see [`set_prefix`]):
 //! `<p>_operations_total{operation,device,status}`, `<p>_operation_duration_seconds{operation,device}`
@@ -16,8 +20,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 /// prometheus_client's default histogram buckets.
 pub const DEFAULT_BUCKETS: [f64; 14] = [
@@ -41,7 +45,7 @@ struct Entry {
     /// A [`Family`]'s id, or the hash of a foreign collector's descriptor ids.
     key: u64,
     names: Vec<String>,
-    collector: Box<dyn Collector>,
+    collector: Arc<dyn Collector>,
 }
 
 fn desc_key(c: &dyn Collector) -> u64 {
@@ -50,8 +54,15 @@ fn desc_key(c: &dyn Collector) -> u64 {
     })
 }
 
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::new()
+    }
+}
+
 impl Registry {
-    fn new() -> Registry {
+    /// An empty registry (the process-wide one, [`registry`], also holds the built-in series).
+    pub fn new() -> Registry {
         Registry {
             entries: RwLock::new(Vec::new()),
         }
@@ -88,7 +99,7 @@ impl Registry {
         entries.push(Entry {
             key,
             names,
-            collector,
+            collector: Arc::from(collector),
         });
         Ok(())
     }
@@ -117,14 +128,171 @@ impl Registry {
     /// Collects every family, sorted by name (the series of a family are in no particular order: Prometheus does
     /// not need one, and sorting 10,000 series would cost a third of the exposition).
     pub fn gather(&self) -> Vec<MetricFamily> {
-        let mut mfs: Vec<MetricFamily> = {
+        // collected outside the lock: a gauge's function (`set_function`) may wait for the GIL, whose holder may
+        // be registering a metric
+        let collectors: Vec<Arc<dyn Collector>> = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            entries.iter().flat_map(|e| e.collector.collect()).collect()
+            entries.iter().map(|e| e.collector.clone()).collect()
         };
+        let mut mfs: Vec<MetricFamily> = collectors.iter().flat_map(|c| c.collect()).collect();
         mfs.retain(|mf| !mf.get_metric().is_empty());
         mfs.sort_by(|a, b| a.name().cmp(b.name()));
         mfs
     }
+
+    /// Renders this registry in the Prometheus text format 0.0.4 (see [`exposition`]); with `only`, just the
+    /// samples of those names (prometheus_client's `restricted_registry`).
+    pub fn exposition(&self, only: Option<&[String]>) -> String {
+        // the previous exposition's size: one allocation instead of a chain of doublings and copies
+        static LAST_LEN: AtomicU64 = AtomicU64::new(64 * 1024);
+        let mfs = self.gather();
+        let cap = LAST_LEN.load(Ordering::Relaxed) as usize + 4096;
+        let buf = openmetrics::render_text(&mfs, only, cap);
+        LAST_LEN.store(buf.len() as u64, Ordering::Relaxed);
+        buf
+    }
+
+    /// Renders this registry in OpenMetrics 1.0 with exemplars; with `only`, just the samples of those names.
+    pub fn openmetrics(&self, only: Option<&[String]>) -> String {
+        openmetrics::render_only(&self.gather(), only)
+    }
+
+    /// The families of this registry as prometheus_client's `collect()` shows them (see [`families`]).
+    pub fn families(&self, only: Option<&[String]>) -> Vec<FamilyView> {
+        families(&self.gather(), only)
+    }
+
+    /// All samples as `(name, labels, value)` with prometheus_client's names (`x_total`, `x_bucket`,
+    /// `x_created`...), e.g. for `get_sample_value`.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.families(None)
+            .into_iter()
+            .flat_map(|f| f.samples)
+            .collect()
+    }
+}
+
+/// Whether `_created` samples are exposed, as switched by [`set_created_enabled`].
+static CREATED: AtomicBool = AtomicBool::new(true);
+
+/// Whether `_created` samples are exposed: unless [`set_created_enabled`] turned them off or
+/// `PROMETHEUS_DISABLE_CREATED_SERIES` is `true`, `1` or `t` (any case; prometheus_client's switch, read at each
+/// exposition).
+pub fn created_enabled() -> bool {
+    CREATED.load(Ordering::Relaxed)
+        && !std::env::var("PROMETHEUS_DISABLE_CREATED_SERIES")
+            .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "true" | "1" | "t"))
+}
+
+/// Turns the `_created` samples on or off (prometheus_client's `disable_created_metrics()`).
+pub fn set_created_enabled(on: bool) {
+    CREATED.store(on, Ordering::Relaxed)
+}
+
+/// One family as prometheus_client's `collect()` yields it: its name (a counter's without `_total`), help, type
+/// (`counter`, `gauge`, `histogram`, `summary`) and samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyView {
+    pub name: String,
+    pub help: String,
+    pub kind: &'static str,
+    pub samples: Vec<Sample>,
+}
+
+/// The families as prometheus_client's `collect()` shows them; with `only`, just the samples of those names
+/// (families left without samples are dropped).
+pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView> {
+    let created = created_enabled();
+    let mut out = Vec::with_capacity(mfs.len());
+    for mf in mfs {
+        let name = mf.name();
+        let (base, kind) = match mf.get_field_type() {
+            MetricType::COUNTER => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+            MetricType::GAUGE => (name, "gauge"),
+            MetricType::HISTOGRAM => (name, "histogram"),
+            MetricType::SUMMARY => (name, "summary"),
+            MetricType::UNTYPED => (name, "unknown"),
+        };
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut push = |n: String, l: Vec<(String, String)>, v: f64| {
+            if only.is_none_or(|o| o.contains(&n)) {
+                samples.push((n, l, v));
+            }
+        };
+        for m in mf.get_metric() {
+            let labels: Vec<(String, String)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let created_at = (created && m.timestamp_ms() != 0).then(|| created_of(m));
+            match mf.get_field_type() {
+                MetricType::COUNTER => {
+                    push(
+                        format!("{base}_total"),
+                        labels.clone(),
+                        m.get_counter().get_value(),
+                    );
+                    if let Some(t) = created_at {
+                        push(format!("{base}_created"), labels, t);
+                    }
+                }
+                MetricType::GAUGE => push(name.to_string(), labels, m.get_gauge().get_value()),
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    let mut inf = false;
+                    for b in h.get_bucket() {
+                        let mut l = labels.clone();
+                        inf |= b.upper_bound() == f64::INFINITY;
+                        l.push(("le".into(), openmetrics::go_float(b.upper_bound())));
+                        push(format!("{name}_bucket"), l, b.cumulative_count() as f64);
+                    }
+                    if !inf {
+                        let mut l = labels.clone();
+                        l.push(("le".into(), "+Inf".into()));
+                        push(format!("{name}_bucket"), l, h.get_sample_count() as f64);
+                    }
+                    push(
+                        format!("{name}_count"),
+                        labels.clone(),
+                        h.get_sample_count() as f64,
+                    );
+                    push(format!("{name}_sum"), labels.clone(), h.get_sample_sum());
+                    if let Some(t) = created_at {
+                        push(format!("{name}_created"), labels, t);
+                    }
+                }
+                MetricType::SUMMARY => {
+                    let s = m.get_summary();
+                    push(
+                        format!("{name}_count"),
+                        labels.clone(),
+                        s.sample_count() as f64,
+                    );
+                    push(format!("{name}_sum"), labels.clone(), s.sample_sum());
+                    if let Some(t) = created_at {
+                        push(format!("{name}_created"), labels, t);
+                    }
+                }
+                MetricType::UNTYPED => {}
+            }
+        }
+        if !samples.is_empty() {
+            out.push(FamilyView {
+                name: base.to_string(),
+                help: mf.help().to_string(),
+                kind,
+                samples,
+            });
+        }
+    }
+    out
+}
+
+/// The creation time (Unix seconds) a user family's series carries in its `timestamp_ms` (see
+/// [`Family::collect_families`]: the registry never exposes sample timestamps, so the field is free for it).
+pub fn created_of(m: &proto::Metric) -> f64 {
+    m.timestamp_ms() as f64 / 1000.0
 }
 
 /// The sample names a family of `kind` named `name` (its full name, `_total` included for counters) reserves.
@@ -139,6 +307,10 @@ fn reserved_names(kind: Kind, name: &str) -> Vec<String> {
             ]
         }
         Kind::Gauge => vec![name.into()],
+        Kind::Summary => ["", "_sum", "_count", "_created"]
+            .iter()
+            .map(|sfx| format!("{name}{sfx}"))
+            .collect(),
         Kind::Histogram => ["", "_bucket", "_sum", "_count", "_created"]
             .iter()
             .map(|sfx| format!("{name}{sfx}"))
@@ -215,70 +387,17 @@ pub fn valid_label(s: &str) -> bool {
     c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_') && !s.starts_with("__")
 }
 
-/// Renders all registered metrics in the Prometheus text format 0.0.4.
+/// Renders all metrics of the process-wide registry in the Prometheus text format 0.0.4.
 pub fn exposition() -> Result<String> {
-    // the previous exposition's size: one allocation instead of a chain of doublings and copies
-    static LAST_LEN: AtomicU64 = AtomicU64::new(64 * 1024);
-    let mfs = REGISTRY.gather();
-    let mut buf = String::with_capacity(LAST_LEN.load(Ordering::Relaxed) as usize + 4096);
-    prometheus::TextEncoder::new()
-        .encode_utf8(&mfs, &mut buf)
-        .map_err(|e| CoreError::value("exposition", "registry", e))?;
-    LAST_LEN.store(buf.len() as u64, Ordering::Relaxed);
-    Ok(buf)
+    Ok(REGISTRY.exposition(None))
 }
 
 /// One sample: `(name, labels, value)`.
 pub type Sample = (String, Vec<(String, String)>, f64);
 
-/// All samples as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
+/// All samples of the process-wide registry as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
 pub fn samples() -> Vec<Sample> {
-    let mut out = Vec::new();
-    for mf in REGISTRY.gather() {
-        let name = mf.name();
-        for m in mf.get_metric() {
-            let labels: Vec<(String, String)> = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name().to_string(), l.value().to_string()))
-                .collect();
-            match mf.get_field_type() {
-                MetricType::COUNTER => {
-                    out.push((name.to_string(), labels, m.get_counter().get_value()))
-                }
-                MetricType::GAUGE => {
-                    out.push((name.to_string(), labels, m.get_gauge().get_value()))
-                }
-                MetricType::HISTOGRAM => {
-                    let h = m.get_histogram();
-                    let mut inf = false;
-                    for b in h.get_bucket() {
-                        let mut l = labels.clone();
-                        inf |= b.upper_bound() == f64::INFINITY;
-                        l.push(("le".into(), fmt_le(b.upper_bound())));
-                        out.push((format!("{name}_bucket"), l, b.cumulative_count() as f64));
-                    }
-                    if !inf {
-                        let mut l = labels.clone();
-                        l.push(("le".into(), "+Inf".into()));
-                        out.push((format!("{name}_bucket"), l, h.get_sample_count() as f64));
-                    }
-                    out.push((format!("{name}_sum"), labels.clone(), h.get_sample_sum()));
-                    out.push((format!("{name}_count"), labels, h.get_sample_count() as f64));
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-fn fmt_le(b: f64) -> String {
-    if b == f64::INFINITY {
-        "+Inf".into()
-    } else {
-        b.to_string()
-    }
+    REGISTRY.samples()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -290,6 +409,8 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    /// A count and a sum of observations (prometheus_client's `Summary`, which has no quantiles either).
+    Summary,
 }
 
 impl Kind {
@@ -298,6 +419,7 @@ impl Kind {
             Kind::Counter => "Counter",
             Kind::Gauge => "Gauge",
             Kind::Histogram => "Histogram",
+            Kind::Summary => "Summary",
         }
     }
 }
@@ -312,6 +434,77 @@ pub struct Family {
     /// A histogram's finite bucket bounds (the exemplar slot of an observation).
     bounds: Vec<f64>,
     vec: Vecs,
+    /// When each series was created (Unix milliseconds) by [`series_key`](openmetrics::series_key): the
+    /// `_created` samples of counters and histograms.
+    created: Arc<Mutex<HashMap<String, i64>>>,
+    /// Gauges whose value a function gives at collection (`set_function`), by series key.
+    functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
+}
+
+/// The function behind a gauge (`Gauge.set_function`), called at each collection.
+pub type GaugeFn = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// A family's collector: its series, each carrying its creation time in `timestamp_ms`.
+struct UserCollector {
+    inner: Box<dyn Collector>,
+    created: Arc<Mutex<HashMap<String, i64>>>,
+    /// A summary's histogram of one bucket is exposed as a summary: its count and sum.
+    summary: bool,
+    functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
+}
+
+impl Collector for UserCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut mfs = self.inner.collect();
+        if self.summary {
+            for mf in &mut mfs {
+                mf.set_field_type(MetricType::SUMMARY);
+                for m in mf.mut_metric() {
+                    let h = m.get_histogram();
+                    let mut s = proto::Summary::default();
+                    s.set_sample_count(h.get_sample_count());
+                    s.set_sample_sum(h.get_sample_sum());
+                    m.set_summary(s);
+                }
+            }
+        }
+        let functions: Vec<(String, GaugeFn)> = {
+            let f = self.functions.read().unwrap_or_else(|e| e.into_inner());
+            f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        if !functions.is_empty() {
+            for mf in &mut mfs {
+                for m in mf.mut_metric() {
+                    let key = openmetrics::series_key(
+                        m.get_label().iter().map(|l| (l.name(), l.value())),
+                    );
+                    if let Some((_, f)) = functions.iter().find(|(k, _)| *k == key) {
+                        let mut g = proto::Gauge::default();
+                        g.set_value(f());
+                        m.set_gauge(g);
+                    }
+                }
+            }
+        }
+        let created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        if created.is_empty() {
+            return mfs;
+        }
+        for mf in &mut mfs {
+            for m in mf.mut_metric() {
+                let key =
+                    openmetrics::series_key(m.get_label().iter().map(|l| (l.name(), l.value())));
+                if let Some(t) = created.get(&key) {
+                    m.set_timestamp_ms(*t);
+                }
+            }
+        }
+        mfs
+    }
 }
 
 #[derive(Clone)]
@@ -379,7 +572,10 @@ impl Family {
     ) -> Result<Family> {
         let func = kind.class();
         for l in labels {
-            if !valid_label(l) || (kind == Kind::Histogram && l == "le") {
+            if !valid_label(l)
+                || (kind == Kind::Histogram && l == "le")
+                || (kind == Kind::Summary && l == "quantile")
+            {
                 return Err(CoreError::value(
                     func,
                     "labelnames",
@@ -415,6 +611,14 @@ impl Family {
                         .map_err(err)?,
                 )
             }
+            // a count and a sum: a histogram of one bucket, exposed as a summary (see `UserCollector`)
+            Kind::Summary => Vecs::Histogram(
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(vec![f64::MAX]),
+                    &names,
+                )
+                .map_err(err)?,
+            ),
         };
         let full = if kind == Kind::Counter {
             format!("{name}_total")
@@ -428,6 +632,8 @@ impl Family {
             labels: labels.to_vec(),
             bounds,
             vec,
+            created: Arc::new(Mutex::new(HashMap::new())),
+            functions: Arc::new(RwLock::new(HashMap::new())),
         })
     }
 
@@ -440,7 +646,7 @@ impl Family {
     /// of `value`; gauges have none.
     pub fn exemplar<V: AsRef<str>>(&self, values: &[V], value: f64, ex: openmetrics::Exemplar) {
         let slot = match self.kind {
-            Kind::Gauge => return,
+            Kind::Gauge | Kind::Summary => return,
             Kind::Counter => 0,
             Kind::Histogram => self.bounds.partition_point(|b| *b < value),
         };
@@ -454,21 +660,37 @@ impl Family {
     }
 
     fn collector(&self) -> Box<dyn Collector> {
-        match &self.vec {
+        let inner: Box<dyn Collector> = match &self.vec {
             Vecs::Counter(v) => Box::new(v.clone()),
             Vecs::Gauge(v) => Box::new(v.clone()),
             Vecs::Histogram(v) => Box::new(v.clone()),
-        }
+        };
+        Box::new(UserCollector {
+            inner,
+            created: self.created.clone(),
+            summary: self.kind == Kind::Summary,
+            functions: self.functions.clone(),
+        })
+    }
+
+    /// The family's full name as exposed (a counter's with `_total`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Registers the family in the process-wide registry; a `ValueError`-class error names the series that are
     /// already taken.
     pub fn register(&self, func: &'static str) -> Result<()> {
+        self.register_in(&REGISTRY, func)
+    }
+
+    /// Registers the family in `reg`; the only error is a clash: a `ValueError`-class error that names the series
+    /// already taken (prometheus_client's `Duplicated timeseries`).
+    pub fn register_in(&self, reg: &Registry, func: &'static str) -> Result<()> {
         let names = reserved_names(self.kind, &self.name);
-        REGISTRY
-            .insert(self.id, names.clone(), self.collector())
+        reg.insert(self.id, names.clone(), self.collector())
             .map_err(|_| {
-                let taken = REGISTRY.taken(&names);
+                let taken = reg.taken(&names);
                 CoreError::value(
                     func,
                     "name",
@@ -482,8 +704,97 @@ impl Family {
 
     /// Removes the family from the process-wide registry; `false` when it was not registered.
     pub fn unregister(&self) -> bool {
+        self.unregister_from(&REGISTRY)
+    }
+
+    /// Removes the family from `reg`; `false` when it was not registered there.
+    pub fn unregister_from(&self, reg: &Registry) -> bool {
         openmetrics::forget(&self.name, None);
-        REGISTRY.remove(self.id)
+        reg.remove(self.id)
+    }
+
+    /// The series for `values` (created on first use, then stamped `now`, Unix seconds, as its creation time).
+    pub fn child_at<V: AsRef<str> + std::fmt::Debug>(
+        &self,
+        values: &[V],
+        now: f64,
+    ) -> Result<Child> {
+        let c = self.child(values)?;
+        if self.kind != Kind::Gauge {
+            let key = self.key(values);
+            let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+            created.entry(key).or_insert((now * 1000.0).round() as i64);
+        }
+        Ok(c)
+    }
+
+    /// Makes the gauge series `values` report what `f` returns at each collection (prometheus_client's
+    /// `set_function`); `None` goes back to the stored value.
+    pub fn set_function<V: AsRef<str>>(&self, values: &[V], f: Option<GaugeFn>) {
+        let key = self.key(values);
+        let mut fs = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        match f {
+            Some(f) => fs.insert(key, f),
+            None => fs.remove(&key),
+        };
+    }
+
+    /// Removes every series whose labels include all of `labels` (prometheus_client's `remove_by_labels`); the
+    /// label values of the removed series.
+    pub fn remove_by_labels(&self, labels: &[(String, String)]) -> Result<Vec<Vec<String>>> {
+        if let Some((k, _)) = labels.iter().find(|(k, _)| !self.labels.contains(k)) {
+            return Err(CoreError::value(
+                "remove_by_labels",
+                "labels",
+                format!("has {k:?}, which is not a label name of {:?}", self.name),
+            ));
+        }
+        let mut gone = Vec::new();
+        for mf in self.collector().collect() {
+            for m in mf.get_metric() {
+                let pairs: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels
+                    .iter()
+                    .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+                {
+                    let values: Vec<String> = self
+                        .labels
+                        .iter()
+                        .map(|n| {
+                            pairs
+                                .iter()
+                                .find(|(k, _)| k == n)
+                                .map_or(String::new(), |(_, v)| v.to_string())
+                        })
+                        .collect();
+                    gone.push(values);
+                }
+            }
+        }
+        for v in &gone {
+            self.remove(v);
+        }
+        Ok(gone)
+    }
+
+    /// Restamps the creation time of the series `values` (a counter's `reset()`).
+    pub fn recreated<V: AsRef<str>>(&self, values: &[V], now: f64) {
+        let key = self.key(values);
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created.insert(key, (now * 1000.0).round() as i64);
+    }
+
+    fn key<V: AsRef<str>>(&self, values: &[V]) -> String {
+        openmetrics::series_key(
+            self.labels
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(AsRef::as_ref)),
+        )
     }
 
     /// The series for `values` (created on first use).
@@ -509,6 +820,14 @@ impl Family {
                 .zip(values.iter().map(AsRef::as_ref)),
         );
         openmetrics::forget(&self.name, Some(&key));
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         let _ = match &self.vec {
             Vecs::Counter(v) => v.remove_label_values(values),
             Vecs::Gauge(v) => v.remove_label_values(values),
@@ -521,6 +840,10 @@ impl Family {
     pub fn clear(&self) {
         if self.labelled() {
             openmetrics::forget(&self.name, None);
+            self.created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             match &self.vec {
                 Vecs::Counter(v) => v.reset(),
                 Vecs::Gauge(v) => v.reset(),
@@ -894,6 +1217,91 @@ mod tests {
         .unwrap();
         f2.register("Counter").unwrap();
         assert!(f2.unregister());
+    }
+
+    #[test]
+    fn own_registries_render_like_prometheus_client() {
+        let reg = Registry::new();
+        let c = Family::new(Kind::Counter, "own_c", "A counter", &[], None).unwrap();
+        c.register_in(&reg, "Counter").unwrap();
+        // the same names may live in another registry, not twice in one
+        let c2 = Family::new(Kind::Counter, "own_c", "A counter", &[], None).unwrap();
+        assert!(c2.register_in(&reg, "Counter").is_err());
+        match c.child_at::<&str>(&[], 123.456).unwrap() {
+            Child::Counter(x) => x.inc(),
+            _ => unreachable!(),
+        }
+        let h = Family::new(
+            Kind::Histogram,
+            "own_h",
+            "A histogram",
+            &["a".into()],
+            Some(&[1.0]),
+        )
+        .unwrap();
+        h.register_in(&reg, "Histogram").unwrap();
+        match h.child_at(&["x"], 123.456).unwrap() {
+            Child::Histogram(x) => x.observe(0.5),
+            _ => unreachable!(),
+        }
+        let text = reg.exposition(None);
+        assert_eq!(
+            text,
+            "# HELP own_c_total A counter\n# TYPE own_c_total counter\nown_c_total 1.0\n\
+             # HELP own_c_created A counter\n# TYPE own_c_created gauge\nown_c_created 123.456\n\
+             # HELP own_h A histogram\n# TYPE own_h histogram\n\
+             own_h_bucket{a=\"x\",le=\"1.0\"} 1.0\nown_h_bucket{a=\"x\",le=\"+Inf\"} 1.0\n\
+             own_h_count{a=\"x\"} 1.0\nown_h_sum{a=\"x\"} 0.5\n\
+             # HELP own_h_created A histogram\n# TYPE own_h_created gauge\nown_h_created{a=\"x\"} 123.456\n"
+        );
+        // nothing of the process-wide registry
+        assert!(!text.contains("ferrolab_"));
+        let only = reg.exposition(Some(&["own_h_count".to_string()]));
+        assert_eq!(
+            only,
+            "# HELP own_h A histogram\n# TYPE own_h histogram\nown_h_count{a=\"x\"} 1.0\n"
+        );
+        let s = reg.samples();
+        assert!(s.contains(&("own_c_created".into(), vec![], 123.456)));
+        assert!(c.unregister_from(&reg));
+        assert!(!reg.exposition(None).contains("own_c"));
+    }
+
+    #[test]
+    fn summaries_functions_and_removal_by_labels() {
+        let reg = Registry::new();
+        let s = Family::new(
+            Kind::Summary,
+            "own_s",
+            "A summary",
+            &["a".into(), "b".into()],
+            None,
+        )
+        .unwrap();
+        s.register_in(&reg, "Summary").unwrap();
+        for (v, lab) in [(1.0, ["x", "1"]), (2.0, ["x", "2"]), (4.0, ["y", "1"])] {
+            match s.child_at(&lab, 1.0).unwrap() {
+                Child::Histogram(h) => h.observe(v),
+                _ => unreachable!(),
+            }
+        }
+        let text = reg.exposition(None);
+        assert!(text.contains("# TYPE own_s summary\n"), "{text}");
+        assert!(text.contains("own_s_sum{a=\"x\",b=\"2\"} 2.0\n"), "{text}");
+        let gone = s
+            .remove_by_labels(&[("a".to_string(), "x".to_string())])
+            .unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(!reg.exposition(None).contains("a=\"x\""));
+        assert!(s
+            .remove_by_labels(&[("zz".to_string(), "x".to_string())])
+            .is_err());
+        let g = Family::new(Kind::Gauge, "own_g", "A gauge", &[], None).unwrap();
+        g.register_in(&reg, "Gauge").unwrap();
+        g.child_at::<&str>(&[], 1.0).unwrap();
+        g.set_function::<&str>(&[], Some(Arc::new(|| 42.0)));
+        assert!(reg.exposition(None).contains("own_g 42.0\n"));
+        assert!(Family::new(Kind::Summary, "own_s2", "", &["quantile".into()], None).is_err());
     }
 
     #[test]

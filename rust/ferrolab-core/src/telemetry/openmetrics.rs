@@ -273,8 +273,179 @@ fn write_help(out: &mut String, name: &str, help: &str) {
     out.push('\n');
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// the text format 0.0.4, as prometheus_client's `generate_latest` writes it
+
+/// `pairs` plus an optional extra label, sorted by name (prometheus_client writes labels sorted).
+fn sorted_labels<'a>(
+    pairs: &'a [LabelPair],
+    extra: Option<(&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = pairs.iter().map(|l| (l.name(), l.value())).collect();
+    v.extend(extra);
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+fn text_line(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(&go_float(value));
+    out.push('\n');
+}
+
+fn text_header(out: &mut String, name: &str, help: &str, kind: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind);
+    out.push('\n');
+}
+
+/// Renders `families` in the Prometheus text format 0.0.4 exactly as prometheus_client's `generate_latest`
+/// does: labels sorted by name, values and `le` bounds as floats (`le="1.0"`, `1.0`), and the `_created` samples
+/// (when [`metrics::created_enabled`]) as a gauge family after each counter, histogram and summary. With `only`,
+/// just the samples of those names (families left without samples are left out).
+pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity: usize) -> String {
+    let created = metrics::created_enabled();
+    let mut out = String::with_capacity(capacity);
+    let mut body = String::new();
+    let mut created_lines = String::new();
+    for mf in families {
+        body.clear();
+        created_lines.clear();
+        let name = mf.name();
+        let keep = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
+        let (exposed, base, kind) = match mf.get_field_type() {
+            MetricType::COUNTER => {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                (format!("{base}_total"), base, "counter")
+            }
+            MetricType::GAUGE => (name.to_string(), name, "gauge"),
+            MetricType::HISTOGRAM => (name.to_string(), name, "histogram"),
+            MetricType::SUMMARY => (name.to_string(), name, "summary"),
+            MetricType::UNTYPED => (name.to_string(), name, "untyped"),
+        };
+        let created_name = format!("{base}_created");
+        let (bucket, count_n, sum_n) = (
+            format!("{name}_bucket"),
+            format!("{name}_count"),
+            format!("{name}_sum"),
+        );
+        for m in mf.get_metric() {
+            let labels = sorted_labels(m.get_label(), None);
+            match mf.get_field_type() {
+                MetricType::COUNTER => {
+                    if keep(&exposed) {
+                        text_line(&mut body, &exposed, &labels, m.get_counter().get_value());
+                    }
+                }
+                MetricType::GAUGE => {
+                    if keep(&exposed) {
+                        text_line(&mut body, &exposed, &labels, m.get_gauge().get_value());
+                    }
+                }
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    if keep(&bucket) {
+                        let mut inf = false;
+                        for b in h.get_bucket() {
+                            inf |= b.upper_bound() == f64::INFINITY;
+                            let le = go_float(b.upper_bound());
+                            let l = sorted_labels(m.get_label(), Some(("le", &le)));
+                            text_line(&mut body, &bucket, &l, b.cumulative_count() as f64);
+                        }
+                        if !inf {
+                            let l = sorted_labels(m.get_label(), Some(("le", "+Inf")));
+                            text_line(&mut body, &bucket, &l, h.get_sample_count() as f64);
+                        }
+                    }
+                    if keep(&count_n) {
+                        text_line(&mut body, &count_n, &labels, h.get_sample_count() as f64);
+                    }
+                    if keep(&sum_n) {
+                        text_line(&mut body, &sum_n, &labels, h.get_sample_sum());
+                    }
+                }
+                MetricType::SUMMARY => {
+                    let sm = m.get_summary();
+                    for q in sm.get_quantile() {
+                        if keep(name) {
+                            let qs = go_float(q.quantile());
+                            let l = sorted_labels(m.get_label(), Some(("quantile", &qs)));
+                            text_line(&mut body, name, &l, q.value());
+                        }
+                    }
+                    if keep(&count_n) {
+                        text_line(&mut body, &count_n, &labels, sm.sample_count() as f64);
+                    }
+                    if keep(&sum_n) {
+                        text_line(&mut body, &sum_n, &labels, sm.sample_sum());
+                    }
+                }
+                MetricType::UNTYPED => {}
+            }
+            if created
+                && m.timestamp_ms() != 0
+                && mf.get_field_type() != MetricType::GAUGE
+                && keep(&created_name)
+            {
+                text_line(
+                    &mut created_lines,
+                    &created_name,
+                    &labels,
+                    metrics::created_of(m),
+                );
+            }
+        }
+        if !body.is_empty() {
+            text_header(&mut out, &exposed, mf.help(), kind);
+            out.push_str(&body);
+        }
+        if !created_lines.is_empty() {
+            if body.is_empty() {
+                // prometheus_client writes the family's header when any of its samples is left
+                text_header(&mut out, &exposed, mf.help(), kind);
+            }
+            text_header(&mut out, &created_name, mf.help(), "gauge");
+            out.push_str(&created_lines);
+        }
+    }
+    out
+}
+
 /// Renders `families` in OpenMetrics 1.0, with the exemplars in the store, ending with `# EOF`.
 pub fn render(families: &[MetricFamily]) -> String {
+    render_only(families, None)
+}
+
+/// [`render`], with `only`: just the samples of those names (families left without samples are left out).
+pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String {
+    let created = metrics::created_enabled();
+    let keep = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
     let store = ANY
         .load(Ordering::Relaxed)
         .then(|| STORE.read().unwrap_or_else(|e| e.into_inner()));
@@ -309,6 +480,10 @@ pub fn render(families: &[MetricFamily]) -> String {
                         &v,
                         ex.as_ref(),
                     );
+                    if created && m.timestamp_ms() != 0 {
+                        let t = go_float(metrics::created_of(m));
+                        sample(&mut out, base, "_created", m.get_label(), None, &t, None);
+                    }
                 }
             }
             MetricType::GAUGE => {
@@ -358,6 +533,10 @@ pub fn render(families: &[MetricFamily]) -> String {
                     sample(&mut out, name, "_count", m.get_label(), None, &n, None);
                     let sum = go_float(h.get_sample_sum());
                     sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                    if created && m.timestamp_ms() != 0 {
+                        let t = go_float(metrics::created_of(m));
+                        sample(&mut out, name, "_created", m.get_label(), None, &t, None);
+                    }
                 }
             }
             MetricType::SUMMARY => {
@@ -381,7 +560,38 @@ pub fn render(families: &[MetricFamily]) -> String {
             MetricType::UNTYPED => {}
         }
     }
+    if only.is_some() {
+        out = restrict(&out, keep);
+    }
     out.push_str("# EOF\n");
+    out
+}
+
+/// The lines of an OpenMetrics rendering whose sample names `keep` accepts, with the `# HELP`/`# TYPE`/`# UNIT`
+/// lines of the families that keep a sample.
+fn restrict(text: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut header = String::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            if line.starts_with("# HELP ") {
+                // a new family: the previous one's header goes unless a sample kept it
+                header.clear();
+            }
+            header.push_str(line);
+            header.push('\n');
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        if keep(&line[..end]) {
+            if !header.is_empty() {
+                out.push_str(&header);
+                header.clear();
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
 }
 
