@@ -505,7 +505,7 @@ SLOS = [
     monitoring.SLO("api-latency", 0.95, kind="latency", threshold_seconds=0.25,
                    matchers={"job": "svc", "operation": "matmul"}),
     monitoring.SLO("weekly", 0.99, period="7d", matchers={"operation": "dot"}),
-    # threshold 1: the exposition spells its bucket le="1.0" (as prometheus_client), Go clients and older ferrolab le="1"
+    # threshold 1: the exposition spells its bucket le="1.0" (as prometheus_client), Go clients le="1"
     monitoring.SLO("slow-ops", 0.9, kind="latency", threshold_seconds=1, period="28d"),
 ]
 SLO_ALERTS = {"FerrolabSLOErrorBudgetBurnFast", "FerrolabSLOErrorBudgetBurnSlow"}

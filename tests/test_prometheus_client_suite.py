@@ -26,7 +26,7 @@ SUITES = ("tests/test_core.py", "tests/test_exposition.py")
 # the tests that build one of these metric classes are the ones a migration is judged by
 TOUCHES = re.compile(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(")
 # the pass rate reached (of the tests that touch the classes above); it may only go up
-MIN_PASS_RATE = 0.60
+MIN_PASS_RATE = 0.82
 
 SHIM = '''
 """Swaps ferrolab's metric classes into prometheus_client before its tests are imported."""
@@ -140,7 +140,8 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error"):
-                outcome = f"failed: {(child.get('message') or '').splitlines()[0][:200] if child.get('message') else ''}"
+                message = (child.get("message") or "").splitlines()
+                outcome = f"failed: {message[0][:200] if message else ''}"
             elif child.tag == "skipped":
                 outcome = "skipped"
         results[key] = outcome

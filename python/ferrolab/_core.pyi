@@ -38,6 +38,8 @@ __all__ = [
     "DuplicateTimeseries",
     "Server",
     "Summary",
+    "Enum",
+    "Info",
     "exposition",
     "_set_created",
     "DeviceUnavailableError",
@@ -241,6 +243,8 @@ class Metric:
 
 @final
 class Guard:
+    @property
+    def duration(self) -> float | None: ...
     def labels(self, *values: Any, **labels: Any) -> None: ...
     def __enter__(self) -> Guard: ...
     def __exit__(self, exc_type: Any = None, _exc: Any = None, _tb: Any = None) -> bool: ...
@@ -318,6 +322,37 @@ class Summary(Metric):
     def labels(self, *values: Any, **labels: Any) -> Summary: ...
     def observe(self, amount: float) -> None: ...
     def time(self) -> Guard: ...
+
+@final
+class Enum(Metric):
+    def __new__(
+        cls,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] | None = None,
+        namespace: str = "",
+        subsystem: str = "",
+        unit: str = "",
+        registry: CollectorRegistry | None = ...,
+        states: Sequence[str] | None = None,
+    ) -> Enum: ...
+    def labels(self, *values: Any, **labels: Any) -> Enum: ...
+    def state(self, state: str) -> None: ...
+
+@final
+class Info(Metric):
+    def __new__(
+        cls,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] | None = None,
+        namespace: str = "",
+        subsystem: str = "",
+        unit: str = "",
+        registry: CollectorRegistry | None = ...,
+    ) -> Info: ...
+    def labels(self, *values: Any, **labels: Any) -> Info: ...
+    def info(self, val: dict[str, str]) -> None: ...
 
 @final
 class Server:

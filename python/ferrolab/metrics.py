@@ -42,8 +42,10 @@ __all__ = [
     "CollectorRegistry",
     "Counter",
     "DuplicateTimeseries",
+    "Enum",
     "Gauge",
     "Histogram",
+    "Info",
     "Metric",
     "REGISTRY",
     "Sample",
@@ -65,6 +67,8 @@ Counter = _core.Counter
 Gauge = _core.Gauge
 Histogram = _core.Histogram
 Summary = _core.Summary
+Enum = _core.Enum
+Info = _core.Info
 Server = _core.Server
 CollectorRegistry = _core.CollectorRegistry
 DuplicateTimeseries = _core.DuplicateTimeseries
@@ -104,6 +108,7 @@ class Sample(NamedTuple):
     value: float
     timestamp: float | None = None
     exemplar: Any = None
+    native_histogram: Any = None
 
 
 class Metric:
@@ -117,11 +122,14 @@ class Metric:
         self.samples: list[Sample] = []
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Metric)
-            and (self.name, self.documentation, self.type, self.unit, self.samples)
-            == (other.name, other.documentation, other.type, other.unit, other.samples)
-        )
+        # by value, also against prometheus_client's Metric (code migrating compares the two)
+        try:
+            theirs = (other.name, other.documentation, other.type, other.unit, other.samples)  # type: ignore[attr-defined]
+        except AttributeError:
+            return NotImplemented
+        return (self.name, self.documentation, self.type, self.unit, self.samples) == theirs
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r}, {self.documentation!r}, {self.type!r}, {self.unit!r}, {self.samples!r})"

@@ -290,6 +290,7 @@ impl Metric {
         unit: &str,
         buckets: Option<Vec<f64>>,
         registry: RegistryArg,
+        states: Option<Vec<String>>,
     ) -> PyResult<Metric> {
         let func = kind.class();
         let labelnames: Vec<String> = if labelnames.is_instance_of::<PyString>() {
@@ -304,8 +305,12 @@ impl Metric {
                 .map_err(|_| errors::arg_type(func, "labelnames", "must be a sequence of str"))?
         };
         let full = core::full_name(kind, name, namespace, subsystem, unit).py()?;
-        let family =
-            Family::new(kind, &full, documentation, &labelnames, buckets.as_deref()).py()?;
+        let family = match states {
+            Some(states) => Family::new_enum(&full, documentation, &labelnames, &states).py()?,
+            None => {
+                Family::new(kind, &full, documentation, &labelnames, buckets.as_deref()).py()?
+            }
+        };
         if let RegistryArg::In(r) = &registry {
             family
                 .register_in(r.get(), func)
@@ -514,6 +519,8 @@ impl Metric {
             Kind::Summary => {
                 Py::new(py, PyClassInitializer::from(m).add_subclass(Summary))?.into_any()
             }
+            Kind::Enum => Py::new(py, PyClassInitializer::from(m).add_subclass(Enum))?.into_any(),
+            Kind::Info => Py::new(py, PyClassInitializer::from(m).add_subclass(Info))?.into_any(),
         };
         let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
         let bucket = cache.entry(h).or_default();
@@ -703,6 +710,7 @@ impl Counter {
             unit,
             None,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Counter))
     }
@@ -833,6 +841,7 @@ impl Gauge {
             unit,
             None,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Gauge))
     }
@@ -959,6 +968,7 @@ impl Histogram {
             unit,
             buckets,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Histogram))
     }
@@ -1031,6 +1041,7 @@ impl Summary {
             unit,
             None,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Summary))
     }
@@ -1050,6 +1061,146 @@ impl Summary {
     }
 }
 
+/// One of a set of states, shaped like ``prometheus_client.Enum``: the series ``<name>{<name>="<state>"}`` is 1
+/// for the current state and 0 for the others; a new series starts in the first state.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> e = fl.metrics.Enum("doc_task_state", "State.", states=["starting", "running"], registry=reg)
+/// >>> e.state("running")
+/// >>> reg.get_sample_value("doc_task_state", {"doc_task_state": "running"})
+/// 1.0
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Enum;
+
+#[pymethods]
+impl Enum {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, states=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+        states: Option<Vec<String>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        if !unit.is_empty() {
+            return Err(errors::arg_value(
+                "Enum",
+                "unit",
+                "is not supported: an Enum has no unit",
+            ));
+        }
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Enum,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+            Some(states.unwrap_or_default()),
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Enum))
+    }
+
+    /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
+    fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
+        let m = slf.as_super().get();
+        match m.child()? {
+            Child::Enum(values) => m.shared.family.enum_state(values, state).py(),
+            _ => unreachable!("an Enum holds enum series"),
+        }
+    }
+}
+
+/// Key-value pairs about a target, shaped like ``prometheus_client.Info``: the series
+/// ``<name>_info{key="value",...} 1``.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> build = fl.metrics.Info("doc_build", "Build.", registry=reg)
+/// >>> build.info({"version": "1.2.3"})
+/// >>> reg.get_sample_value("doc_build_info", {"version": "1.2.3"})
+/// 1.0
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Info;
+
+#[pymethods]
+impl Info {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        if !unit.is_empty() {
+            return Err(errors::arg_value(
+                "Info",
+                "unit",
+                "is not supported: an Info has no unit",
+            ));
+        }
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Info,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+            None,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Info))
+    }
+
+    /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
+    fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut pairs = Vec::with_capacity(val.len());
+        for (k, v) in val.iter() {
+            let (Ok(k), Ok(v)) = (k.extract::<String>(), v.extract::<String>()) else {
+                return Err(errors::arg_value(
+                    "info",
+                    "val",
+                    "must map str keys to str values",
+                ));
+            };
+            pairs.push((k, v));
+        }
+        let m = slf.as_super().get();
+        match m.child()? {
+            Child::Enum(values) => m.shared.family.set_info(values, pairs).py(),
+            _ => unreachable!("an Info holds keyed series"),
+        }
+    }
+}
+
 enum GuardKind {
     Observe,
     SetDuration,
@@ -1064,6 +1215,8 @@ pub struct Guard {
     child: Option<Child>,
     kind: GuardKind,
     start: Option<Instant>,
+    /// The seconds the last block took (prometheus_client's ``Timer.duration``).
+    duration: Option<f64>,
 }
 
 impl Guard {
@@ -1077,6 +1230,7 @@ impl Guard {
             child,
             kind,
             start: None,
+            duration: None,
         }
     }
 }
@@ -1085,6 +1239,12 @@ static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[pymethods]
 impl Guard {
+    /// The seconds the block took, once it has ended (``None`` before).
+    #[getter]
+    fn duration(&self) -> Option<f64> {
+        self.duration
+    }
+
     /// Picks the series of a labelled metric's timer inside its block (``with h.time() as t: t.labels("a")``).
     #[pyo3(signature = (*values, **labels))]
     fn labels(
@@ -1119,6 +1279,7 @@ impl Guard {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let secs = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.duration = Some(secs);
         if self.child.is_none() {
             // a labelled metric's timer whose block picked no series: prometheus_client's error
             if let Ok(m) = self.metric.bind(py).cast::<Metric>() {
@@ -1544,11 +1705,15 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Gauge>()?;
     m.add_class::<Histogram>()?;
     m.add_class::<Summary>()?;
+    m.add_class::<Enum>()?;
+    m.add_class::<Info>()?;
     let py = m.py();
     ffi::install_method::<Labels>(&py.get_type::<Counter>())?;
     ffi::install_method::<Labels>(&py.get_type::<Gauge>())?;
     ffi::install_method::<Labels>(&py.get_type::<Histogram>())?;
     ffi::install_method::<Labels>(&py.get_type::<Summary>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Enum>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Info>())?;
     m.add_class::<Guard>()?;
     m.add_class::<Server>()?;
     m.add(

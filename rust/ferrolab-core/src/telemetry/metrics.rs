@@ -306,7 +306,8 @@ fn reserved_names(kind: Kind, name: &str) -> Vec<String> {
                 format!("{base}_created"),
             ]
         }
-        Kind::Gauge => vec![name.into()],
+        Kind::Gauge | Kind::Enum => vec![name.into()],
+        Kind::Info => vec![format!("{name}_info")],
         Kind::Summary => ["", "_sum", "_count", "_created"]
             .iter()
             .map(|sfx| format!("{name}{sfx}"))
@@ -411,6 +412,11 @@ pub enum Kind {
     Histogram,
     /// A count and a sum of observations (prometheus_client's `Summary`, which has no quantiles either).
     Summary,
+    /// Key-value pairs about a target (prometheus_client's `Info`): the series `<name>_info{...} 1`.
+    Info,
+    /// One of a set of states (prometheus_client's `Enum`): a gauge per state, labelled with the metric's name,
+    /// 1 for the current state and 0 for the others.
+    Enum,
 }
 
 impl Kind {
@@ -420,6 +426,8 @@ impl Kind {
             Kind::Gauge => "Gauge",
             Kind::Histogram => "Histogram",
             Kind::Summary => "Summary",
+            Kind::Enum => "Enum",
+            Kind::Info => "Info",
         }
     }
 }
@@ -439,6 +447,8 @@ pub struct Family {
     created: Arc<Mutex<HashMap<String, i64>>>,
     /// Gauges whose value a function gives at collection (`set_function`), by series key.
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
+    /// An enum's states (the first is a new series' state).
+    states: Vec<String>,
 }
 
 /// The function behind a gauge (`Gauge.set_function`), called at each collection.
@@ -512,6 +522,62 @@ enum Vecs {
     Counter(CounterVec),
     Gauge(GaugeVec),
     Histogram(HistogramVec),
+    Info(Arc<InfoStore>),
+}
+
+/// The collector of an info family.
+struct InfoCollector(Arc<InfoStore>);
+
+impl Collector for InfoCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
+
+/// An info family's series: the key-value pairs of each, by label values.
+struct InfoStore {
+    /// The exposed name (`<name>_info`) and help.
+    name: String,
+    help: String,
+    labels: Vec<String>,
+    desc: Desc,
+    series: RwLock<Vec<(Vec<String>, Vec<(String, String)>)>>,
+}
+
+impl Collector for InfoStore {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let metrics: Vec<proto::Metric> = series
+            .iter()
+            .map(|(values, pairs)| {
+                let mut all: Vec<(&str, &str)> = self
+                    .labels
+                    .iter()
+                    .map(String::as_str)
+                    .zip(values.iter().map(String::as_str))
+                    .chain(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .collect();
+                all.sort();
+                let mut m = gauge_metric(1.0);
+                m.set_label(labels(&all));
+                m
+            })
+            .collect();
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.name.clone());
+        mf.set_help(self.help.clone());
+        mf.set_field_type(MetricType::GAUGE);
+        mf.set_metric(metrics);
+        vec![mf]
+    }
 }
 
 static NEXT_FAMILY: AtomicU64 = AtomicU64::new(1);
@@ -522,6 +588,8 @@ pub enum Child {
     Counter(prometheus::Counter),
     Gauge(prometheus::Gauge),
     Histogram(prometheus::Histogram),
+    /// An enum's or an info's series: its label values (see [`Family::enum_state`], [`Family::set_info`]).
+    Enum(Vec<String>),
 }
 
 /// The full name of a user metric the way prometheus_client builds it: `namespace_subsystem_name_unit`, with
@@ -534,6 +602,10 @@ pub fn full_name(
     unit: &str,
 ) -> Result<String> {
     let func = kind.class();
+    if name.is_empty() {
+        // as prometheus_client: a namespace or subsystem does not make up for a missing name
+        return Err(CoreError::value(func, "name", "is empty"));
+    }
     let mut parts: Vec<&str> = Vec::new();
     if !namespace.is_empty() {
         parts.push(namespace);
@@ -551,18 +623,34 @@ pub fn full_name(
     if !unit.is_empty() && !full.ends_with(&format!("_{unit}")) {
         full = format!("{full}_{unit}");
     }
-    if !valid_name(&full) {
-        return Err(CoreError::value(
-            func,
-            "name",
-            format!("gives the metric name {full:?}; expected [a-zA-Z_:][a-zA-Z0-9_:]*"),
-        ));
+    if full.is_empty() {
+        return Err(CoreError::value(func, "name", "is empty"));
     }
     Ok(full)
 }
 
+/// A metric name as the exposition writes it: a valid legacy name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) as it is, any
+/// other UTF-8 name with each character outside that set replaced by `_` (prometheus_client 0.26's default
+/// `underscores` escaping: `utf8.cc` is written `utf8_cc`).
+pub fn escape_name(name: &str) -> String {
+    if valid_name(name) {
+        return name.to_string();
+    }
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Family {
-    /// Creates a family (not registered yet). `name` is the full name from [`full_name`].
+    /// Creates a family (not registered yet). `name` is the full name from [`full_name`]; a UTF-8 name outside
+    /// the legacy character set is exposed escaped (see [`escape_name`]).
     pub fn new(
         kind: Kind,
         name: &str,
@@ -571,6 +659,8 @@ impl Family {
         buckets: Option<&[f64]>,
     ) -> Result<Family> {
         let func = kind.class();
+        let escaped = escape_name(name);
+        let name = escaped.as_str();
         for l in labels {
             if !valid_label(l)
                 || (kind == Kind::Histogram && l == "le")
@@ -599,7 +689,26 @@ impl Family {
             Kind::Counter => Vecs::Counter(
                 CounterVec::new(Opts::new(format!("{name}_total"), help), &names).map_err(err)?,
             ),
-            Kind::Gauge => Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?),
+            Kind::Gauge | Kind::Enum => {
+                Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?)
+            }
+            Kind::Info => {
+                let exposed = format!("{name}_info");
+                let desc = Desc::new(
+                    exposed.clone(),
+                    help.to_string(),
+                    labels.to_vec(),
+                    HashMap::new(),
+                )
+                .map_err(err)?;
+                Vecs::Info(Arc::new(InfoStore {
+                    name: exposed,
+                    help: help.to_string(),
+                    labels: labels.to_vec(),
+                    desc,
+                    series: RwLock::new(Vec::new()),
+                }))
+            }
             Kind::Histogram => {
                 let b = match buckets {
                     None => DEFAULT_BUCKETS.to_vec(),
@@ -622,6 +731,8 @@ impl Family {
         };
         let full = if kind == Kind::Counter {
             format!("{name}_total")
+        } else if kind == Kind::Info {
+            format!("{name}_info")
         } else {
             name.to_string()
         };
@@ -634,7 +745,98 @@ impl Family {
             vec,
             created: Arc::new(Mutex::new(HashMap::new())),
             functions: Arc::new(RwLock::new(HashMap::new())),
+            states: Vec::new(),
         })
+    }
+
+    /// Creates an enum family (not registered yet): one gauge per state and label values, labelled with the
+    /// metric's name (which may therefore not be one of `labels`).
+    pub fn new_enum(
+        name: &str,
+        help: &str,
+        labels: &[String],
+        states: &[String],
+    ) -> Result<Family> {
+        if states.is_empty() {
+            return Err(CoreError::value(
+                "Enum",
+                "states",
+                "is empty: no states provided",
+            ));
+        }
+        let escaped = escape_name(name);
+        if labels.iter().any(|l| *l == escaped) {
+            return Err(CoreError::value(
+                "Enum",
+                "labelnames",
+                format!("contains the metric's name {escaped:?} (overlapping labels for an Enum)"),
+            ));
+        }
+        if !valid_label(&escaped) {
+            return Err(CoreError::value(
+                "Enum",
+                "name",
+                format!("{escaped:?} must also be a valid label name (the state's label)"),
+            ));
+        }
+        let mut all = labels.to_vec();
+        all.push(escaped);
+        let mut f = Family::new(Kind::Gauge, name, help, &all, None)?;
+        f.kind = Kind::Enum;
+        f.labels = labels.to_vec();
+        f.states = states.to_vec();
+        Ok(f)
+    }
+
+    /// Sets the key-value pairs of the info series `values` (replacing the previous ones). The keys must be
+    /// valid label names other than the family's label names.
+    pub fn set_info<V: AsRef<str>>(
+        &self,
+        values: &[V],
+        pairs: Vec<(String, String)>,
+    ) -> Result<()> {
+        let Vecs::Info(store) = &self.vec else {
+            return Err(CoreError::value("info", "self", "is not an Info"));
+        };
+        for (k, _) in &pairs {
+            if !valid_label(k) || self.labels.contains(k) {
+                return Err(CoreError::value(
+                    "info",
+                    "val",
+                    format!("has the key {k:?}: an invalid label name or one of the metric's label names"),
+                ));
+            }
+        }
+        let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+        let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
+        match series.iter_mut().find(|(v, _)| *v == vals) {
+            Some((_, p)) => *p = pairs,
+            None => series.push((vals, pairs)),
+        }
+        Ok(())
+    }
+
+    /// Sets the state of the enum series `values` (a `ValueError`-class error for an unknown state).
+    pub fn enum_state<V: AsRef<str>>(&self, values: &[V], state: &str) -> Result<()> {
+        let Some(i) = self.states.iter().position(|s| s == state) else {
+            return Err(CoreError::value(
+                "state",
+                "state",
+                format!("is {state:?}; expected one of {:?}", self.states),
+            ));
+        };
+        let Vecs::Gauge(v) = &self.vec else {
+            return Err(CoreError::value("state", "self", "is not an Enum"));
+        };
+        for (j, st) in self.states.iter().enumerate() {
+            let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+            vals.push(st);
+            let g = v
+                .get_metric_with_label_values(&vals)
+                .map_err(|e| CoreError::value("state", "labelvalues", e))?;
+            g.set(if i == j { 1.0 } else { 0.0 });
+        }
+        Ok(())
     }
 
     /// The family's current series (whether it is registered or not).
@@ -646,7 +848,7 @@ impl Family {
     /// of `value`; gauges have none.
     pub fn exemplar<V: AsRef<str>>(&self, values: &[V], value: f64, ex: openmetrics::Exemplar) {
         let slot = match self.kind {
-            Kind::Gauge | Kind::Summary => return,
+            Kind::Gauge | Kind::Summary | Kind::Enum | Kind::Info => return,
             Kind::Counter => 0,
             Kind::Histogram => self.bounds.partition_point(|b| *b < value),
         };
@@ -664,6 +866,7 @@ impl Family {
             Vecs::Counter(v) => Box::new(v.clone()),
             Vecs::Gauge(v) => Box::new(v.clone()),
             Vecs::Histogram(v) => Box::new(v.clone()),
+            Vecs::Info(v) => Box::new(InfoCollector(v.clone())),
         };
         Box::new(UserCollector {
             inner,
@@ -723,7 +926,13 @@ impl Family {
         if self.kind != Kind::Gauge {
             let key = self.key(values);
             let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
-            created.entry(key).or_insert((now * 1000.0).round() as i64);
+            if !created.contains_key(&key) {
+                created.insert(key, (now * 1000.0).round() as i64);
+                if self.kind == Kind::Enum {
+                    // a new enum series starts in the first state
+                    self.enum_state(values, &self.states[0])?;
+                }
+            }
         }
         Ok(c)
     }
@@ -742,6 +951,10 @@ impl Family {
     /// Removes every series whose labels include all of `labels` (prometheus_client's `remove_by_labels`); the
     /// label values of the removed series.
     pub fn remove_by_labels(&self, labels: &[(String, String)]) -> Result<Vec<Vec<String>>> {
+        if labels.is_empty() {
+            // as prometheus_client: no labels select nothing
+            return Ok(Vec::new());
+        }
         if let Some((k, _)) = labels.iter().find(|(k, _)| !self.labels.contains(k)) {
             return Err(CoreError::value(
                 "remove_by_labels",
@@ -800,6 +1013,41 @@ impl Family {
     /// The series for `values` (created on first use).
     pub fn child<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) -> Result<Child> {
         let err = |e: prometheus::Error| CoreError::value("labels", "labelvalues", e);
+        if let Vecs::Info(store) = &self.vec {
+            if values.len() != self.labels.len() {
+                return Err(CoreError::value(
+                    "labels",
+                    "labelvalues",
+                    format!(
+                        "has {} values; expected {}",
+                        values.len(),
+                        self.labels.len()
+                    ),
+                ));
+            }
+            let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
+            let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+            if !series.iter().any(|(v, _)| *v == vals) {
+                series.push((vals.clone(), Vec::new()));
+            }
+            return Ok(Child::Enum(vals));
+        }
+        if self.kind == Kind::Enum {
+            if values.len() != self.labels.len() {
+                return Err(CoreError::value(
+                    "labels",
+                    "labelvalues",
+                    format!(
+                        "has {} values; expected {}",
+                        values.len(),
+                        self.labels.len()
+                    ),
+                ));
+            }
+            return Ok(Child::Enum(
+                values.iter().map(|v| v.as_ref().to_string()).collect(),
+            ));
+        }
         Ok(match &self.vec {
             Vecs::Counter(v) => {
                 Child::Counter(v.get_metric_with_label_values(values).map_err(err)?)
@@ -808,6 +1056,7 @@ impl Family {
             Vecs::Histogram(v) => {
                 Child::Histogram(v.get_metric_with_label_values(values).map_err(err)?)
             }
+            Vecs::Info(_) => unreachable!("info series are handled above"),
         })
     }
 
@@ -828,10 +1077,28 @@ impl Family {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        if let (Kind::Enum, Vecs::Gauge(v)) = (self.kind, &self.vec) {
+            for st in &self.states {
+                let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+                vals.push(st);
+                let _ = v.remove_label_values(&vals);
+            }
+            return;
+        }
         let _ = match &self.vec {
             Vecs::Counter(v) => v.remove_label_values(values),
             Vecs::Gauge(v) => v.remove_label_values(values),
             Vecs::Histogram(v) => v.remove_label_values(values),
+            Vecs::Info(v) => {
+                let mut series = v.series.write().unwrap_or_else(|e| e.into_inner());
+                series.retain(|(vals, _)| {
+                    !vals
+                        .iter()
+                        .map(String::as_str)
+                        .eq(values.iter().map(AsRef::as_ref))
+                });
+                Ok(())
+            }
         };
     }
 
@@ -848,6 +1115,7 @@ impl Family {
                 Vecs::Counter(v) => v.reset(),
                 Vecs::Gauge(v) => v.reset(),
                 Vecs::Histogram(v) => v.reset(),
+                Vecs::Info(v) => v.series.write().unwrap_or_else(|e| e.into_inner()).clear(),
             }
         }
     }
@@ -1302,11 +1570,41 @@ mod tests {
         g.set_function::<&str>(&[], Some(Arc::new(|| 42.0)));
         assert!(reg.exposition(None).contains("own_g 42.0\n"));
         assert!(Family::new(Kind::Summary, "own_s2", "", &["quantile".into()], None).is_err());
+        let e =
+            Family::new_enum("own_e", "An enum", &["l".into()], &["a".into(), "b".into()]).unwrap();
+        e.register_in(&reg, "Enum").unwrap();
+        e.child_at(&["x"], 1.0).unwrap();
+        let text = reg.exposition(None);
+        assert!(text.contains("own_e{l=\"x\",own_e=\"a\"} 1.0\n"), "{text}");
+        assert!(text.contains("own_e{l=\"x\",own_e=\"b\"} 0.0\n"), "{text}");
+        e.enum_state(&["x"], "b").unwrap();
+        assert!(reg
+            .exposition(None)
+            .contains("own_e{l=\"x\",own_e=\"b\"} 1.0\n"));
+        assert!(e.enum_state(&["x"], "zz").is_err());
+        assert!(Family::new_enum("own_e2", "", &["own_e2".into()], &["a".into()]).is_err());
+        assert!(Family::new_enum("own_e3", "", &[], &[]).is_err());
+        let i = Family::new(Kind::Info, "own_i", "Info", &["l".into()], None).unwrap();
+        i.register_in(&reg, "Info").unwrap();
+        i.child_at(&["x"], 1.0).unwrap();
+        i.set_info(&["x"], vec![("v".into(), "1.2".into())])
+            .unwrap();
+        assert!(reg
+            .exposition(None)
+            .contains("# TYPE own_i_info gauge\nown_i_info{l=\"x\",v=\"1.2\"} 1.0\n"));
+        assert!(i.set_info(&["x"], vec![("l".into(), "".into())]).is_err());
     }
 
     #[test]
     fn bad_names_and_buckets_are_value_errors() {
-        assert!(full_name(Kind::Gauge, "1abc", "", "", "").is_err());
+        assert!(full_name(Kind::Gauge, "", "", "", "").is_err());
+        assert_eq!(
+            full_name(Kind::Gauge, "utf8.g", "", "", "").unwrap(),
+            "utf8.g"
+        );
+        assert_eq!(escape_name("utf8.g"), "utf8_g");
+        assert_eq!(escape_name("1abc"), "_abc");
+        assert_eq!(escape_name("ok:name_1"), "ok:name_1");
         assert!(Family::new(Kind::Gauge, "g_ok", "", &["__x".into()], None).is_err());
         assert!(Family::new(Kind::Gauge, "g_ok", "", &["a".into(), "a".into()], None).is_err());
         assert!(Family::new(Kind::Histogram, "h_ok", "", &[], Some(&[1.0, 0.5])).is_err());
