@@ -26,7 +26,7 @@ SUITES = ("tests/test_core.py", "tests/test_exposition.py")
 # the tests that build one of these metric classes are the ones a migration is judged by
 TOUCHES = re.compile(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(")
 # the pass rate reached (of the tests that touch the classes above); it may only go up
-MIN_PASS_RATE = 0.82
+MIN_PASS_RATE = 0.83
 
 SHIM = '''
 """Swaps ferrolab's metric classes into prometheus_client before its tests are imported."""

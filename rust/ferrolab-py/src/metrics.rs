@@ -816,7 +816,7 @@ fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
 #[pymethods]
 impl Gauge {
     #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, multiprocess_mode="all"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -827,7 +827,14 @@ impl Gauge {
         subsystem: &str,
         unit: &str,
         registry: RegistryArg,
+        multiprocess_mode: &str,
     ) -> PyResult<PyClassInitializer<Self>> {
+        if multiprocess_mode != "all" {
+            return Err(errors::not_implemented(format!(
+                "Gauge(): multiprocess_mode={multiprocess_mode:?} is not supported: ferrolab's values live in one \
+                 process (serve each worker's metrics with fl.metrics.serve() and aggregate in Prometheus)"
+            )));
+        }
         let empty = PyTuple::empty(py);
         let ln = labelnames.unwrap_or(empty.as_any());
         let m = Metric::create(

@@ -307,7 +307,8 @@ fn reserved_names(kind: Kind, name: &str) -> Vec<String> {
             ]
         }
         Kind::Gauge | Kind::Enum => vec![name.into()],
-        Kind::Info => vec![format!("{name}_info")],
+        // the family's name is already `<name>_info`
+        Kind::Info => vec![name.into()],
         Kind::Summary => ["", "_sum", "_count", "_created"]
             .iter()
             .map(|sfx| format!("{name}{sfx}"))

@@ -276,34 +276,67 @@ fn write_help(out: &mut String, name: &str, help: &str) {
 // ---------------------------------------------------------------------------------------------------------------
 // the text format 0.0.4, as prometheus_client's `generate_latest` writes it
 
-/// `pairs` plus an optional extra label, sorted by name (prometheus_client writes labels sorted).
-fn sorted_labels<'a>(
-    pairs: &'a [LabelPair],
-    extra: Option<(&'a str, &'a str)>,
-) -> Vec<(&'a str, &'a str)> {
-    let mut v: Vec<(&str, &str)> = pairs.iter().map(|l| (l.name(), l.value())).collect();
-    v.extend(extra);
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v
+/// Writes [`go_float`] of `d` to `out`; integral values below a million (counts, most counters) without
+/// allocating.
+fn push_go_float(out: &mut String, d: f64) {
+    if d.fract() == 0.0 && d.abs() < 1e6 && !(d == 0.0 && d.is_sign_negative()) {
+        let _ = write!(out, "{}.0", d as i64);
+    } else {
+        out.push_str(&go_float(d));
+    }
 }
 
-fn text_line(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+/// One sample line of the text format: labels sorted by name (prometheus_client writes them sorted), with `extra`
+/// (`le`, `quantile`) in its place among them.
+fn text_line(
+    out: &mut String,
+    name: &str,
+    pairs: &[LabelPair],
+    extra: Option<(&str, &str)>,
+    value: f64,
+) {
     out.push_str(name);
-    if !labels.is_empty() {
+    if !pairs.is_empty() || extra.is_some() {
+        let sorted = pairs.windows(2).all(|w| w[0].name() <= w[1].name());
+        let mut owned: Vec<(&str, &str)> = Vec::new();
+        if !sorted {
+            owned = pairs.iter().map(|l| (l.name(), l.value())).collect();
+            owned.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        let iter: Box<dyn Iterator<Item = (&str, &str)>> = if sorted {
+            Box::new(pairs.iter().map(|l| (l.name(), l.value())))
+        } else {
+            Box::new(owned.iter().copied())
+        };
         out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        let mut extra = extra;
+        let mut put = |out: &mut String, k: &str, v: &str| {
+            if !first {
                 out.push(',');
             }
+            first = false;
             out.push_str(k);
             out.push_str("=\"");
             escape_label(out, v);
             out.push('"');
+        };
+        for (k, v) in iter {
+            if let Some((ek, ev)) = extra {
+                if ek < k {
+                    put(out, ek, ev);
+                    extra = None;
+                }
+            }
+            put(out, k, v);
+        }
+        if let Some((ek, ev)) = extra {
+            put(out, ek, ev);
         }
         out.push('}');
     }
     out.push(' ');
-    out.push_str(&go_float(value));
+    push_go_float(out, value);
     out.push('\n');
 }
 
@@ -356,16 +389,22 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
             format!("{name}_sum"),
         );
         for m in mf.get_metric() {
-            let labels = sorted_labels(m.get_label(), None);
+            let labels = m.get_label();
             match mf.get_field_type() {
                 MetricType::COUNTER => {
                     if keep(&exposed) {
-                        text_line(&mut body, &exposed, &labels, m.get_counter().get_value());
+                        text_line(
+                            &mut body,
+                            &exposed,
+                            labels,
+                            None,
+                            m.get_counter().get_value(),
+                        );
                     }
                 }
                 MetricType::GAUGE => {
                     if keep(&exposed) {
-                        text_line(&mut body, &exposed, &labels, m.get_gauge().get_value());
+                        text_line(&mut body, &exposed, labels, None, m.get_gauge().get_value());
                     }
                 }
                 MetricType::HISTOGRAM => {
@@ -375,19 +414,25 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
                         for b in h.get_bucket() {
                             inf |= b.upper_bound() == f64::INFINITY;
                             let le = go_float(b.upper_bound());
-                            let l = sorted_labels(m.get_label(), Some(("le", &le)));
-                            text_line(&mut body, &bucket, &l, b.cumulative_count() as f64);
+                            let c = b.cumulative_count() as f64;
+                            text_line(&mut body, &bucket, labels, Some(("le", &le)), c);
                         }
                         if !inf {
-                            let l = sorted_labels(m.get_label(), Some(("le", "+Inf")));
-                            text_line(&mut body, &bucket, &l, h.get_sample_count() as f64);
+                            let c = h.get_sample_count() as f64;
+                            text_line(&mut body, &bucket, labels, Some(("le", "+Inf")), c);
                         }
                     }
                     if keep(&count_n) {
-                        text_line(&mut body, &count_n, &labels, h.get_sample_count() as f64);
+                        text_line(
+                            &mut body,
+                            &count_n,
+                            labels,
+                            None,
+                            h.get_sample_count() as f64,
+                        );
                     }
                     if keep(&sum_n) {
-                        text_line(&mut body, &sum_n, &labels, h.get_sample_sum());
+                        text_line(&mut body, &sum_n, labels, None, h.get_sample_sum());
                     }
                 }
                 MetricType::SUMMARY => {
@@ -395,15 +440,15 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
                     for q in sm.get_quantile() {
                         if keep(name) {
                             let qs = go_float(q.quantile());
-                            let l = sorted_labels(m.get_label(), Some(("quantile", &qs)));
-                            text_line(&mut body, name, &l, q.value());
+                            let extra = Some(("quantile", qs.as_str()));
+                            text_line(&mut body, name, labels, extra, q.value());
                         }
                     }
                     if keep(&count_n) {
-                        text_line(&mut body, &count_n, &labels, sm.sample_count() as f64);
+                        text_line(&mut body, &count_n, labels, None, sm.sample_count() as f64);
                     }
                     if keep(&sum_n) {
-                        text_line(&mut body, &sum_n, &labels, sm.sample_sum());
+                        text_line(&mut body, &sum_n, labels, None, sm.sample_sum());
                     }
                 }
                 MetricType::UNTYPED => {}
@@ -413,12 +458,8 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
                 && mf.get_field_type() != MetricType::GAUGE
                 && keep(&created_name)
             {
-                text_line(
-                    &mut created_lines,
-                    &created_name,
-                    &labels,
-                    metrics::created_of(m),
-                );
+                let t = metrics::created_of(m);
+                text_line(&mut created_lines, &created_name, labels, None, t);
             }
         }
         if !body.is_empty() {
