@@ -1180,14 +1180,15 @@ def test_own_registries_hold_only_their_metrics() -> None:
 
 def test_created_samples_follow_the_switch(monkeypatch) -> None:
     reg = M.CollectorRegistry()
-    M.Histogram("own_created_h", "H.", registry=reg).observe(1)
-    assert reg.get_sample_value("own_created_h_created") is not None
+    M.Histogram("own_switch_h", "H.", registry=reg).observe(1)
+    assert reg.get_sample_value("own_switch_h_created") is not None
     M.disable_created_metrics()
     try:
-        assert reg.get_sample_value("own_created_h_created") is None
+        assert reg.get_sample_value("own_switch_h_created") is None
         assert "_created" not in M.exposition(reg)
     finally:
         M.enable_created_metrics()
+    assert "own_switch_h_created " in M.exposition(reg)
     monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
     assert "_created" not in M.exposition(reg)
 

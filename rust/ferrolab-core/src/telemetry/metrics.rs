@@ -505,11 +505,11 @@ impl Collector for UserCollector {
         if created.is_empty() {
             return mfs;
         }
+        let mut key = String::with_capacity(64);
         for mf in &mut mfs {
             for m in mf.mut_metric() {
-                let key =
-                    openmetrics::series_key(m.get_label().iter().map(|l| (l.name(), l.value())));
-                if let Some(t) = created.get(&key) {
+                openmetrics::series_key_into(&mut key, m.get_label());
+                if let Some(t) = created.get(key.as_str()) {
                     m.set_timestamp_ms(*t);
                 }
             }

@@ -83,6 +83,19 @@ pub fn series_key<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
     key
 }
 
+/// [`series_key`] of a series' labels, written into `buf` (cleared first): without allocating when they come
+/// sorted by name, as a collected series' labels do.
+pub fn series_key_into(buf: &mut String, labels: &[LabelPair]) {
+    buf.clear();
+    if labels.windows(2).all(|w| w[0].name() <= w[1].name()) {
+        for l in labels {
+            let _ = write!(buf, "{}={}:{};", l.name(), l.value().len(), l.value());
+        }
+    } else {
+        buf.push_str(&series_key(labels.iter().map(|l| (l.name(), l.value()))));
+    }
+}
+
 /// Stores `ex` as the newest exemplar of slot `slot` of series `series` of family `family` (the family's full
 /// name as exposed: a counter's with `_total`).
 pub fn put(family: &str, series: String, slot: usize, ex: Exemplar) {
@@ -152,6 +165,62 @@ pub fn go_float(d: f64) -> String {
     s
 }
 
+/// [`go_float`] of `ms / 1000` (a creation time in Unix milliseconds) without formatting a float: the decimal
+/// digits of `ms` are the shortest that round-trip (at most 15 significant digits), so they are `repr`'s.
+pub fn go_float_ms(ms: i64) -> String {
+    let mut out = String::new();
+    push_go_float_ms(&mut out, ms);
+    out
+}
+
+/// [`go_float_ms`], written to `out` without allocating.
+pub fn push_go_float_ms(out: &mut String, ms: i64) {
+    if !(0..1_000_000_000_000_000).contains(&ms) {
+        out.push_str(&go_float(ms as f64 / 1000.0));
+        return;
+    }
+    let (int, frac) = (ms / 1000, ms % 1000);
+    if int < 1_000_000 {
+        // below a million: `repr` as it is (`123.456`, `0.5`, `7.0`)
+        let _ = write!(out, "{int}.");
+        let f = [frac / 100, frac / 10 % 10, frac % 10];
+        let keep = if f[2] != 0 {
+            3
+        } else if f[1] != 0 {
+            2
+        } else {
+            1
+        };
+        for d in &f[..keep] {
+            out.push((b'0' + *d as u8) as char);
+        }
+        return;
+    }
+    // a million or more: Go's exponent form (`1.764949600123e+09`), as go_float writes it
+    let mut digits = [0u8; 24];
+    let mut n = 0;
+    let mut v = ms;
+    while v > 0 {
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        n += 1;
+    }
+    digits[..n].reverse();
+    let int_len = n - 3;
+    let mut end = n;
+    while end > 1 && digits[end - 1] == b'0' {
+        end -= 1;
+    }
+    out.push(digits[0] as char);
+    if end > 1 {
+        out.push('.');
+        for d in &digits[1..end] {
+            out.push(*d as char);
+        }
+    }
+    let _ = write!(out, "e+0{}", int_len - 1);
+}
+
 /// Python's `repr` of a finite float: the shortest digits that round-trip, in fixed notation with at least one
 /// decimal when the decimal exponent is in [-4, 16), else `d.ddde±XX`.
 fn py_repr(d: f64) -> String {
@@ -200,6 +269,10 @@ fn count(v: f64) -> String {
 // rendering
 
 fn escape_label(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -303,11 +376,6 @@ fn text_line(
             owned = pairs.iter().map(|l| (l.name(), l.value())).collect();
             owned.sort_by(|a, b| a.0.cmp(b.0));
         }
-        let iter: Box<dyn Iterator<Item = (&str, &str)>> = if sorted {
-            Box::new(pairs.iter().map(|l| (l.name(), l.value())))
-        } else {
-            Box::new(owned.iter().copied())
-        };
         out.push('{');
         let mut first = true;
         let mut extra = extra;
@@ -321,7 +389,13 @@ fn text_line(
             escape_label(out, v);
             out.push('"');
         };
-        for (k, v) in iter {
+        let n = if sorted { pairs.len() } else { owned.len() };
+        for i in 0..n {
+            let (k, v) = if sorted {
+                (pairs[i].name(), pairs[i].value())
+            } else {
+                owned[i]
+            };
             if let Some((ek, ev)) = extra {
                 if ek < k {
                     put(out, ek, ev);
@@ -458,8 +532,11 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
                 && mf.get_field_type() != MetricType::GAUGE
                 && keep(&created_name)
             {
-                let t = metrics::created_of(m);
-                text_line(&mut created_lines, &created_name, labels, None, t);
+                text_line(&mut created_lines, &created_name, labels, None, f64::NAN);
+                // the value: the creation time, written without formatting a float
+                created_lines.truncate(created_lines.len() - "NaN\n".len());
+                push_go_float_ms(&mut created_lines, m.timestamp_ms());
+                created_lines.push('\n');
             }
         }
         if !body.is_empty() {
@@ -676,6 +753,35 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(go_float(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn creation_times_as_go_float_writes_them() {
+        for ms in [
+            0i64,
+            1,
+            500,
+            123_456,
+            1_000,
+            999_999_999,
+            1_000_000_000,
+            1_764_949_600_123,
+            1_764_949_600_000,
+            1_764_949_600_100,
+        ] {
+            assert_eq!(go_float_ms(ms), go_float(ms as f64 / 1000.0), "{ms}");
+        }
+        let pair = |k: &str, v: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        };
+        let mut buf = String::new();
+        series_key_into(&mut buf, &[pair("a", "1"), pair("b", "2")]);
+        assert_eq!(buf, series_key([("b", "2"), ("a", "1")]));
+        series_key_into(&mut buf, &[pair("b", "2"), pair("a", "1")]);
+        assert_eq!(buf, series_key([("b", "2"), ("a", "1")]));
     }
 
     #[test]
