@@ -526,6 +526,9 @@ enum Vecs {
     Info(Arc<InfoStore>),
 }
 
+/// One info series: its label values and its key-value pairs.
+type InfoSeries = (Vec<String>, Vec<(String, String)>);
+
 /// The collector of an info family.
 struct InfoCollector(Arc<InfoStore>);
 
@@ -546,7 +549,7 @@ struct InfoStore {
     help: String,
     labels: Vec<String>,
     desc: Desc,
-    series: RwLock<Vec<(Vec<String>, Vec<(String, String)>)>>,
+    series: RwLock<Vec<InfoSeries>>,
 }
 
 impl Collector for InfoStore {
@@ -766,7 +769,7 @@ impl Family {
             ));
         }
         let escaped = escape_name(name);
-        if labels.iter().any(|l| *l == escaped) {
+        if labels.contains(&escaped) {
             return Err(CoreError::value(
                 "Enum",
                 "labelnames",
@@ -927,8 +930,8 @@ impl Family {
         if self.kind != Kind::Gauge {
             let key = self.key(values);
             let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
-            if !created.contains_key(&key) {
-                created.insert(key, (now * 1000.0).round() as i64);
+            if let std::collections::hash_map::Entry::Vacant(e) = created.entry(key) {
+                e.insert((now * 1000.0).round() as i64);
                 if self.kind == Kind::Enum {
                     // a new enum series starts in the first state
                     self.enum_state(values, &self.states[0])?;
