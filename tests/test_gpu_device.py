@@ -84,7 +84,7 @@ def test_devices_and_memory_series() -> None:
     fl.ops.sum(data(1000, "float32"), device="cuda:0")
     text = fl.metrics.exposition()
     assert 'ferrolab_gpu_memory_total_bytes{device="cuda:0"}' in text
-    assert 'operation="sum",device="cuda",status="success"' in text
+    assert 'device="cuda",operation="sum",status="success"' in text
 
 
 def test_kernel_cache_is_written() -> None:

@@ -117,7 +117,7 @@ def test_auto_falls_back_to_the_cpu_and_counts_it(fake: None, monkeypatch) -> No
     assert stats("max", "cuda")["errors"] == cuda["errors"]
     assert stats("max", "cpu")["calls"] == cpu["calls"] + 1
     text = fl.metrics.exposition()
-    line = next(x for x in text.splitlines() if 'operation="max",device="cuda",status="fallback"' in x)
+    line = next(x for x in text.splitlines() if 'device="cuda",operation="max",status="fallback"' in x)
     assert float(line.rsplit(" ", 1)[1]) >= 1
 
 

@@ -72,7 +72,7 @@ Sample = tuple[str, tuple[tuple[str, Any], ...], float]
 
 
 def _norm_labels(labels: dict[str, str]) -> tuple[tuple[str, Any], ...]:
-    # prometheus_client writes le="1.0", ferrolab (like the Go client) le="1": compare bucket bounds as numbers
+    # both write le="1.0" (compared as numbers all the same)
     return tuple(sorted((k, float(v) if k == "le" else v) for k, v in labels.items()))
 
 
@@ -283,24 +283,31 @@ def test_name_joining_like_prometheus_client(kind, name, namespace, subsystem, u
 
 
 @pytest.mark.parametrize("cls", [M.Counter, M.Gauge, M.Histogram])
-@pytest.mark.parametrize(
-    ("name", "kw"),
-    [
-        ("", {}),
-        ("1abc", {}),
-        ("has-dash", {}),
-        ("has space", {}),
-        ("has.dot", {}),
-        ("\u00fcnicode", {}),
-        ("okname", {"namespace": "9ns"}),
-        ("okname", {"subsystem": "sub-system"}),
-        ("okname", {"unit": "per cent"}),
-    ],
-    ids=["empty", "digit", "dash", "space", "dot", "unicode", "namespace", "subsystem", "unit"],
-)
-def test_invalid_metric_names_are_value_errors(cls, name, kw) -> None:
+def test_an_empty_metric_name_is_a_value_error(cls) -> None:
     with pytest.raises(ValueError):
-        cls(name, "Bad.", **kw)
+        cls("", "Bad.")
+
+
+@pytest.mark.parametrize("cls", [M.Counter, M.Gauge, M.Histogram])
+@pytest.mark.parametrize(
+    ("name", "kw", "written"),
+    [
+        ("1abc", {}, "_abc"),
+        ("has-dash", {}, "has_dash"),
+        ("has.dot", {}, "has_dot"),
+        ("\u00fcnicode", {}, "_nicode"),
+        ("okname", {"namespace": "9ns"}, "_ns_okname"),
+        ("okname", {"unit": "per cent"}, "okname_per_cent"),
+    ],
+    ids=["digit", "dash", "dot", "unicode", "namespace", "unit"],
+)
+def test_utf8_metric_names_are_written_with_underscores(cls, name, kw, written) -> None:
+    # as prometheus_client 0.26 (UTF-8 names, the text format's default `underscores` escaping)
+    reg = M.CollectorRegistry()
+    m = cls(name, "UTF-8.", registry=reg, **kw)
+    text = M.exposition(reg)
+    assert f"# TYPE {written}" in text, text
+    reg.unregister(m)
 
 
 @pytest.mark.parametrize("cls", [M.Counter, M.Gauge, M.Histogram])
@@ -388,6 +395,12 @@ def test_labels_errors(make, cls) -> None:
         plain.labels(x="y")
 
 
+def timed(metric: Any) -> None:
+    # as in prometheus_client, a labelled metric's timer fails when its block ends without labels(...) on it
+    with metric.time():
+        pass
+
+
 def test_updates_on_a_labelled_parent_are_value_errors(make) -> None:
     c = make(M.Counter, unique("parent"), "Parent.", ["route"])
     g = make(M.Gauge, unique("parent"), "Parent.", ["route"])
@@ -402,9 +415,9 @@ def test_updates_on_a_labelled_parent_are_value_errors(make) -> None:
         lambda: g.set(1),
         g.set_to_current_time,
         g.track_inprogress,
-        g.time,
+        lambda: timed(g),
         lambda: h.observe(1),
-        h.time,
+        lambda: timed(h),
     ):
         with pytest.raises(ValueError):
             call()
@@ -779,7 +792,7 @@ def test_threads_counter_gauge_histogram_exact(make) -> None:
     assert value(gname) == n
     assert value(f"{hname}_count") == n
     assert value(f"{hname}_sum") == n
-    assert value(f"{hname}_bucket", {"le": "1"}) == n
+    assert value(f"{hname}_bucket", {"le": "1.0"}) == n
 
 
 def test_threads_get_one_child_per_label_set(make) -> None:
@@ -1129,3 +1142,107 @@ def test_configure_prefix_that_collides_with_a_user_metric(builtin_settings, mak
         M.configure(prefix=new)
     assert M.settings() == builtin_settings
     assert f"# TYPE {builtin_settings['prefix']}_operations_total counter" in M.exposition()
+
+
+# --- prometheus_client's surface: registries, Summary, Info, Enum, set_function ------------------------------------
+
+
+def test_own_registries_hold_only_their_metrics() -> None:
+    reg = M.CollectorRegistry()
+    c = M.Counter("own_reg_jobs", "Jobs.", ["kind"], registry=reg)
+    c.labels("a").inc(2)
+    assert reg.get_sample_value("own_reg_jobs_total", {"kind": "a"}) == 2.0
+    assert REG.get_sample_value("own_reg_jobs_total", {"kind": "a"}) is None
+    text = M.exposition(reg)
+    assert "ferrolab_" not in text and 'own_reg_jobs_total{kind="a"} 2.0\n' in text
+    assert "# TYPE own_reg_jobs_created gauge\n" in text
+    assert M.generate_latest(reg) == M.exposition(reg).encode()
+    with pytest.raises(M.DuplicateTimeseries):
+        M.Gauge("own_reg_jobs_created", "Clash.", registry=reg)
+    assert issubclass(M.DuplicateTimeseries, ValueError)
+    # the same name in another registry is fine
+    other = M.CollectorRegistry()
+    M.Counter("own_reg_jobs", "Jobs.", registry=other).inc()
+    fams = reg.collect()
+    assert [(f.name, f.type) for f in fams] == [("own_reg_jobs", "counter")]
+    assert [s.name for s in fams[0].samples] == ["own_reg_jobs_total", "own_reg_jobs_created"]
+    only = reg.restricted_registry(["own_reg_jobs_total"])
+    assert M.exposition(only) == (
+        '# HELP own_reg_jobs_total Jobs.\n# TYPE own_reg_jobs_total counter\nown_reg_jobs_total{kind="a"} 2.0\n'
+    )
+    reg.unregister(c)
+    with pytest.raises(KeyError):
+        reg.unregister(c)
+    unregistered = M.Gauge("own_reg_free", "Free.", registry=None)
+    reg.register(unregistered)
+    assert reg.get_sample_value("own_reg_free") == 0.0
+
+
+def test_created_samples_follow_the_switch(monkeypatch) -> None:
+    reg = M.CollectorRegistry()
+    M.Histogram("own_switch_h", "H.", registry=reg).observe(1)
+    assert reg.get_sample_value("own_switch_h_created") is not None
+    M.disable_created_metrics()
+    try:
+        assert reg.get_sample_value("own_switch_h_created") is None
+        assert "_created" not in M.exposition(reg)
+    finally:
+        M.enable_created_metrics()
+    assert "own_switch_h_created " in M.exposition(reg)
+    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+    assert "_created" not in M.exposition(reg)
+
+
+def test_summary_info_enum_and_set_function() -> None:
+    reg = M.CollectorRegistry()
+    s = M.Summary("own_s", "S.", ["l"], registry=reg)
+    s.labels("a").observe(3)
+    s.labels("a").observe(4)
+    assert (reg.get_sample_value("own_s_count", {"l": "a"}), reg.get_sample_value("own_s_sum", {"l": "a"})) == (2, 7)
+    assert "# TYPE own_s summary\n" in M.exposition(reg)
+    i = M.Info("own_i", "I.", registry=reg)
+    assert reg.get_sample_value("own_i_info") == 1.0
+    i.info({"version": "1.0"})
+    assert reg.get_sample_value("own_i_info", {"version": "1.0"}) == 1.0
+    with pytest.raises(ValueError):
+        i.info({"version": None})  # type: ignore[dict-item]
+    e = M.Enum("own_e", "E.", states=["a", "b"], registry=reg)
+    assert reg.get_sample_value("own_e", {"own_e": "a"}) == 1.0
+    e.state("b")
+    assert (reg.get_sample_value("own_e", {"own_e": "a"}), reg.get_sample_value("own_e", {"own_e": "b"})) == (0, 1)
+    with pytest.raises(ValueError):
+        e.state("c")
+    x: dict[str, int] = {}
+    g = M.Gauge("own_fn", "F.", registry=reg)
+    g.set_function(lambda: len(x))
+    x["a"] = 1
+    assert reg.get_sample_value("own_fn") == 1.0
+    with pytest.raises(NotImplementedError, match="multiprocess"):
+        M.Gauge("own_mp", "MP.", registry=None, multiprocess_mode="livesum")
+
+
+def test_remove_by_labels_timer_labels_and_signatures() -> None:
+    import inspect
+
+    reg = M.CollectorRegistry()
+    c = M.Counter("own_rbl", "R.", ["tenant", "endpoint"], registry=reg)
+    for t, ep in [("acme", "/"), ("acme", "/x"), ("globex", "/")]:
+        c.labels(t, ep).inc()
+    c.remove_by_labels({"tenant": "acme"})
+    assert reg.get_sample_value("own_rbl_total", {"tenant": "acme", "endpoint": "/"}) is None
+    assert reg.get_sample_value("own_rbl_total", {"tenant": "globex", "endpoint": "/"}) == 1.0
+    with pytest.raises(ValueError):
+        c.remove_by_labels({"nope": "x"})
+    h = M.Histogram("own_timer", "T.", ["l"], registry=reg)
+    with h.time() as t:
+        t.labels("a")
+    assert reg.get_sample_value("own_timer_count", {"l": "a"}) == 1.0
+    assert t.duration is not None and t.duration >= 0
+
+    @h.labels("b").time()
+    def f(a, b=1, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return a
+
+    assert inspect.getfullargspec(f).args == ["a", "b"]
+    assert f(5) == 5
+    assert [m.name for m in h.describe()] == ["own_timer"] and h.describe()[0].samples == []

@@ -33,19 +33,30 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import _core
 
 __all__ = [
+    "CONTENT_TYPE_LATEST",
+    "CollectorRegistry",
     "Counter",
+    "DuplicateTimeseries",
+    "Enum",
     "Gauge",
     "Histogram",
+    "Info",
+    "Metric",
     "REGISTRY",
+    "Sample",
     "Server",
+    "Summary",
     "configure",
     "delete_from_gateway",
+    "disable_created_metrics",
+    "enable_created_metrics",
     "exposition",
+    "generate_latest",
     "push",
     "pushadd",
     "serve",
@@ -55,9 +66,79 @@ __all__ = [
 Counter = _core.Counter
 Gauge = _core.Gauge
 Histogram = _core.Histogram
+Summary = _core.Summary
+Enum = _core.Enum
+Info = _core.Info
 Server = _core.Server
+CollectorRegistry = _core.CollectorRegistry
+DuplicateTimeseries = _core.DuplicateTimeseries
 REGISTRY = _core.REGISTRY
 exposition = _core.exposition
+
+
+def generate_latest(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """The text exposition of ``registry`` as UTF-8 bytes, like ``prometheus_client.generate_latest``.
+
+    Examples
+    --------
+    >>> import ferrolab as fl
+    >>> reg = fl.metrics.CollectorRegistry()
+    >>> fl.metrics.Gauge("doc_gen_g", "A gauge.", registry=reg).set(17)
+    >>> fl.metrics.generate_latest(reg)
+    b'# HELP doc_gen_g A gauge.\\n# TYPE doc_gen_g gauge\\ndoc_gen_g 17.0\\n'
+    """
+    return exposition(registry).encode()
+
+
+def disable_created_metrics() -> None:
+    """Stop exposing the ``_created`` samples (as ``PROMETHEUS_DISABLE_CREATED_SERIES=true`` does at start)."""
+    _core._set_created(False)
+
+
+def enable_created_metrics() -> None:
+    """Expose the ``_created`` samples of counters and histograms again (the default)."""
+    _core._set_created(True)
+
+
+class Sample(NamedTuple):
+    """One sample of a collected family, as ``prometheus_client.samples.Sample``."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+    timestamp: float | None = None
+    exemplar: Any = None
+    native_histogram: Any = None
+
+
+class Metric:
+    """One collected metric family, as ``prometheus_client.Metric`` (``CollectorRegistry.collect()`` yields these)."""
+
+    def __init__(self, name: str, documentation: str, typ: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.type = typ
+        self.unit = ""
+        self.samples: list[Sample] = []
+
+    def __eq__(self, other: object) -> bool:
+        # by value, also against prometheus_client's Metric (code migrating compares the two)
+        try:
+            theirs = (other.name, other.documentation, other.type, other.unit, other.samples)  # type: ignore[attr-defined]
+        except AttributeError:
+            return NotImplemented
+        return (self.name, self.documentation, self.type, self.unit, self.samples) == theirs
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Metric({self.name!r}, {self.documentation!r}, {self.type!r}, {self.unit!r}, {self.samples!r})"
+
+
+def _family(name: str, documentation: str, typ: str, samples: list[tuple[str, dict[str, str], float]]) -> Metric:
+    m = Metric(name, documentation, typ)
+    m.samples = [Sample(n, labels, value) for n, labels, value in samples]
+    return m
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
@@ -217,13 +298,23 @@ def _decorate(factory: Callable[[], Any], func: Callable[..., Any]) -> Callable[
             with factory():
                 return await func(*args, **kwargs)
 
-        return async_wrapper
+        return _same_signature(async_wrapper, func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with factory():
             return func(*args, **kwargs)
 
+    return _same_signature(wrapper, func)
+
+
+def _same_signature(wrapper: Callable[..., Any], func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``wrapper`` ``func``'s signature, so that ``inspect.getfullargspec`` (which does not follow
+    ``__wrapped__``) sees ``func``'s arguments, as with prometheus_client's decorators."""
+    try:
+        wrapper.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # builtins without a signature
+        pass
     return wrapper
 
 

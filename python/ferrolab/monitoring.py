@@ -155,8 +155,8 @@ def _number(x: float) -> str:
 
 
 def _le_values(bound: float) -> list[str]:
-    """The spellings of a bucket's ``le`` label: the exposition's (``0.000001``, ``1``) and the normalized one that
-    Prometheus 3 stores (``1e-06``, ``1.0``)."""
+    """The spellings of a bucket's ``le`` label: the Go client's and older ferrolab's (``0.000001``, ``1``), and
+    prometheus_client's, which the exposition writes and Prometheus 3 normalizes to (``1e-06``, ``1.0``)."""
     return list(dict.fromkeys([_number(bound), repr(float(bound))]))
 
 
@@ -628,8 +628,9 @@ def _scenario_series(slo: SLO, job: str, bad: Sequence[tuple[float, int]], extra
                 series("ferrolab_operations_total", {"status": "success"}, [(1 - r, m) for r, m in bad])]
     assert slo.threshold_seconds is not None
     i = DURATION_BUCKETS.index(slo.threshold_seconds)
-    above = _number(DURATION_BUCKETS[i + 1]) if i + 1 < len(DURATION_BUCKETS) else "+Inf"
-    return [series("ferrolab_operation_duration_seconds_bucket", {"le": _number(slo.threshold_seconds)},
+    # the spelling the exposition writes (prometheus_client's: ``1e-06``, ``1.0``)
+    above = repr(DURATION_BUCKETS[i + 1]) if i + 1 < len(DURATION_BUCKETS) else "+Inf"
+    return [series("ferrolab_operation_duration_seconds_bucket", {"le": repr(float(slo.threshold_seconds))},
                    [(1 - r, m) for r, m in bad]),
             series("ferrolab_operation_duration_seconds_bucket", {"le": above}, [(1.0, m) for _, m in bad]),
             series("ferrolab_operation_duration_seconds_count", {}, [(1.0, m) for _, m in bad])]

@@ -66,6 +66,14 @@ pyo3::create_exception!(
     "Another live process holds a lock that conflicts with this operation (e.g. a running prune)."
 );
 
+pyo3::create_exception!(
+    ferrolab.metrics,
+    DuplicateTimeseries,
+    PyValueError,
+    "A metric's series clash with series already registered in the registry (prometheus_client's \
+     ``Duplicated timeseries``)."
+);
+
 /// Maps a core error to its Python exception.
 pub fn to_py(e: CoreError) -> PyErr {
     let msg = e.to_string();
@@ -140,6 +148,15 @@ pub fn value_error(msg: impl Display) -> PyErr {
 
 /// `KeyError` (a mapping-like lookup of a name that is not there).
 #[cold]
+/// A registration clash (from `Family::register_in`) as ``DuplicateTimeseries``.
+pub fn duplicate_timeseries(e: CoreError) -> PyErr {
+    DuplicateTimeseries::new_err(e.to_string())
+}
+
+pub fn not_implemented(msg: impl Display) -> PyErr {
+    pyo3::exceptions::PyNotImplementedError::new_err(msg.to_string())
+}
+
 pub fn key_error(msg: impl Display) -> PyErr {
     PyKeyError::new_err(msg.to_string())
 }
@@ -216,6 +233,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WrongPassword", py.get_type::<WrongPassword>())?;
     m.add("CorruptionError", py.get_type::<CorruptionError>())?;
     m.add("LockedError", py.get_type::<LockedError>())?;
+    m.add("DuplicateTimeseries", py.get_type::<DuplicateTimeseries>())?;
     m.add("ERROR_KINDS", pyo3::types::PyTuple::new(py, ERROR_KINDS)?)?;
     Ok(())
 }

@@ -18,12 +18,34 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Which core registry a Python registry object stands for.
+#[derive(Clone)]
+pub enum RegRef {
+    /// The process-wide one (``fl.metrics.REGISTRY``, with the built-in series).
+    Global,
+    /// One made by ``CollectorRegistry()``.
+    Own(Arc<core::Registry>),
+}
+
+impl RegRef {
+    fn get(&self) -> &core::Registry {
+        match self {
+            RegRef::Global => core::registry(),
+            RegRef::Own(r) => r,
+        }
+    }
+}
+
 /// What a metric's `registry=` argument says.
 pub enum RegistryArg {
-    /// `fl.metrics.REGISTRY` (the default): register.
-    Default,
+    /// A registry (``fl.metrics.REGISTRY`` by default): register there.
+    In(RegRef),
     /// `None`: do not register.
     Unregistered,
+}
+
+impl RegistryArg {
+    const DEFAULT: RegistryArg = RegistryArg::In(RegRef::Global);
 }
 
 impl<'a, 'py> FromPyObject<'a, 'py> for RegistryArg {
@@ -32,36 +54,99 @@ impl<'a, 'py> FromPyObject<'a, 'py> for RegistryArg {
     fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         if ob.is_none() {
             Ok(RegistryArg::Unregistered)
-        } else if ob.cast::<Registry>().is_ok() {
-            Ok(RegistryArg::Default)
+        } else if let Ok(r) = ob.cast::<Registry>() {
+            Ok(RegistryArg::In(r.get().reg.clone()))
         } else {
             Err(errors::type_error(
-                "argument 'registry' must be ferrolab.metrics.REGISTRY or None",
+                "argument 'registry' must be a ferrolab.metrics.CollectorRegistry (e.g. REGISTRY) or None",
             ))
         }
     }
 }
 
-/// The process-wide metrics registry (``fl.metrics.REGISTRY``).
+/// A registry of metrics, shaped like ``prometheus_client.CollectorRegistry``.
 ///
-/// Every metric created with the default ``registry=REGISTRY`` is registered here, next to the built-in series;
-/// ``registry=None`` creates an unregistered metric.
-#[pyclass(frozen, module = "ferrolab.metrics")]
-pub struct Registry;
+/// ``fl.metrics.REGISTRY`` is the process-wide one: metrics register there by default, next to the built-in
+/// series. ``CollectorRegistry()`` makes an empty one (per test, per library); pass it as ``registry=`` and
+/// render it with ``exposition(registry)``. ``registry=None`` creates an unregistered metric.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> c = fl.metrics.Counter("doc_reg_jobs", "Jobs.", registry=reg)
+/// >>> c.inc()
+/// >>> reg.get_sample_value("doc_reg_jobs_total")
+/// 1.0
+/// >>> print(fl.metrics.exposition(reg.restricted_registry(["doc_reg_jobs_total"])), end="")
+/// # HELP doc_reg_jobs_total Jobs.
+/// # TYPE doc_reg_jobs_total counter
+/// doc_reg_jobs_total 1.0
+#[pyclass(frozen, name = "CollectorRegistry", module = "ferrolab.metrics")]
+pub struct Registry {
+    reg: RegRef,
+    /// A restricted view's sample names.
+    only: Option<Vec<String>>,
+}
+
+static FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[pymethods]
 impl Registry {
-    /// Removes a metric (created with this registry) from the exposition.
+    #[new]
+    #[pyo3(signature = (auto_describe=false, target_info=None))]
+    fn new(auto_describe: bool, target_info: Option<&Bound<'_, PyAny>>) -> PyResult<Registry> {
+        let _ = auto_describe; // ferrolab metrics always describe themselves
+        if target_info.is_some_and(|t| !t.is_none()) {
+            return Err(errors::not_implemented(
+                "CollectorRegistry(): argument 'target_info' is not supported by ferrolab",
+            ));
+        }
+        Ok(Registry {
+            reg: RegRef::Own(Arc::new(core::Registry::new())),
+            only: None,
+        })
+    }
+
+    /// Registers a metric created with ``registry=None`` (or in another registry). Raises
+    /// ``DuplicateTimeseries`` (a ``ValueError``) when its series clash with registered ones.
+    fn register(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fam = family_of(metric).map_err(|_| {
+            errors::type_error(
+                "register(): argument 'metric' must be a ferrolab.metrics metric (custom collectors are not \
+                 supported)",
+            )
+        })?;
+        fam.register_in(self.reg.get(), "register")
+            .map_err(errors::duplicate_timeseries)
+    }
+
+    /// Removes a metric from this registry.
     ///
     /// Raises ``KeyError`` when it is not registered.
     fn unregister(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
         let fam = family_of(metric)?;
-        if fam.unregister() {
+        if fam.unregister_from(self.reg.get()) {
             Ok(())
         } else {
             Err(errors::key_error(
                 "unregister(): argument 'metric' is not registered",
             ))
+        }
+    }
+
+    /// The metric families, as prometheus_client's ``collect()`` yields them (``name``, ``documentation``,
+    /// ``type``, ``samples`` of ``Sample(name, labels, value, timestamp, exemplar)``).
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let fams = py.detach(|| self.reg.get().families(self.only.as_deref()));
+        families_to_py(py, fams)
+    }
+
+    /// A view of this registry with only the samples named in ``names`` (for ``exposition``, ``collect``).
+    fn restricted_registry(&self, names: Vec<String>) -> Registry {
+        Registry {
+            reg: self.reg.clone(),
+            only: Some(names),
         }
     }
 
@@ -83,16 +168,47 @@ impl Registry {
             }
         }
         want.sort();
-        let samples = py.detach(core::samples);
-        Ok(samples.into_iter().find_map(|(n, mut l, v)| {
-            l.sort();
-            (n == name && l == want).then_some(v)
-        }))
+        let fams = py.detach(|| self.reg.get().families(self.only.as_deref()));
+        Ok(fams
+            .into_iter()
+            .flat_map(|f| f.samples)
+            .find_map(|(n, mut l, v)| {
+                l.sort();
+                (n == name && l == want).then_some(v)
+            }))
     }
 
     fn __repr__(&self) -> &'static str {
-        "<ferrolab.metrics.REGISTRY>"
+        match (&self.reg, &self.only) {
+            (RegRef::Global, None) => "<ferrolab.metrics.REGISTRY>",
+            (_, Some(_)) => "<ferrolab.metrics.CollectorRegistry (restricted)>",
+            _ => "<ferrolab.metrics.CollectorRegistry>",
+        }
     }
+}
+
+/// Core family views as ``ferrolab.metrics.Metric`` objects (built by ``ferrolab.metrics._family``).
+fn families_to_py(py: Python<'_>, fams: Vec<core::FamilyView>) -> PyResult<Vec<Bound<'_, PyAny>>> {
+    let make = FAMILY.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("ferrolab.metrics")?.getattr("_family")?.unbind())
+    })?;
+    let make = make.bind(py);
+    fams.into_iter()
+        .map(|f| {
+            let samples: Vec<(String, Bound<'_, PyDict>, f64)> = f
+                .samples
+                .into_iter()
+                .map(|(n, l, v)| {
+                    let d = PyDict::new(py);
+                    for (k, val) in l {
+                        d.set_item(k, val)?;
+                    }
+                    Ok((n, d, v))
+                })
+                .collect::<PyResult<_>>()?;
+            make.call1((f.name, f.help, f.kind, samples))
+        })
+        .collect()
 }
 
 fn family_of(metric: &Bound<'_, PyAny>) -> PyResult<Family> {
@@ -100,7 +216,7 @@ fn family_of(metric: &Bound<'_, PyAny>) -> PyResult<Family> {
         return Ok(m.get().shared.family.clone());
     }
     Err(errors::type_error(
-        "argument 'metric' must be a ferrolab.metrics Counter, Gauge or Histogram",
+        "argument 'metric' must be a ferrolab.metrics Counter, Gauge, Histogram or Summary",
     ))
 }
 
@@ -174,6 +290,7 @@ impl Metric {
         unit: &str,
         buckets: Option<Vec<f64>>,
         registry: RegistryArg,
+        states: Option<Vec<String>>,
     ) -> PyResult<Metric> {
         let func = kind.class();
         let labelnames: Vec<String> = if labelnames.is_instance_of::<PyString>() {
@@ -188,13 +305,19 @@ impl Metric {
                 .map_err(|_| errors::arg_type(func, "labelnames", "must be a sequence of str"))?
         };
         let full = core::full_name(kind, name, namespace, subsystem, unit).py()?;
-        let family =
-            Family::new(kind, &full, documentation, &labelnames, buckets.as_deref()).py()?;
-        if let RegistryArg::Default = registry {
-            family.register(func).py()?;
+        let family = match states {
+            Some(states) => Family::new_enum(&full, documentation, &labelnames, &states).py()?,
+            None => {
+                Family::new(kind, &full, documentation, &labelnames, buckets.as_deref()).py()?
+            }
+        };
+        if let RegistryArg::In(r) = &registry {
+            family
+                .register_in(r.get(), func)
+                .map_err(errors::duplicate_timeseries)?;
         }
         let child = if labelnames.is_empty() {
-            Some(family.child::<&str>(&[]).py()?)
+            Some(family.child_at::<&str>(&[], py_time(py)?).py()?)
         } else {
             None
         };
@@ -378,7 +501,7 @@ impl Metric {
                 }
             }
         }
-        let child = sh.family.child(&vals).py()?;
+        let child = sh.family.child_at(&vals, py_time(py)?).py()?;
         let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
         let m = Metric {
             shared: sh.clone(),
@@ -393,6 +516,11 @@ impl Metric {
             Kind::Histogram => {
                 Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any()
             }
+            Kind::Summary => {
+                Py::new(py, PyClassInitializer::from(m).add_subclass(Summary))?.into_any()
+            }
+            Kind::Enum => Py::new(py, PyClassInitializer::from(m).add_subclass(Enum))?.into_any(),
+            Kind::Info => Py::new(py, PyClassInitializer::from(m).add_subclass(Info))?.into_any(),
         };
         let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
         let bucket = cache.entry(h).or_default();
@@ -452,6 +580,44 @@ impl Metric {
         Ok(())
     }
 
+    /// Removes every series whose labels include all of ``labels`` (a dict of label names to values).
+    fn remove_by_labels(&self, labels: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut want = Vec::with_capacity(labels.len());
+        for (k, v) in labels.iter() {
+            want.push((k.extract::<String>()?, v.str()?.to_str()?.to_string()));
+        }
+        let gone = self.shared.family.remove_by_labels(&want).py()?;
+        let mut cache = self
+            .shared
+            .children
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for vals in gone {
+            let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+            if let Some(bucket) = cache.get_mut(&hash_values(&refs)) {
+                bucket.retain(|(k, _)| **k != *vals);
+            }
+        }
+        Ok(())
+    }
+
+    /// The metric's family with its current samples, as prometheus_client's ``collect()``: a list of one
+    /// ``Metric``.
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let mfs = self.shared.family.collect_families();
+        families_to_py(py, core::families(&mfs, None))
+    }
+
+    /// The metric's family without samples, as prometheus_client's ``describe()``.
+    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let mfs = self.shared.family.collect_families();
+        let mut fams = core::families(&mfs, None);
+        for f in &mut fams {
+            f.samples.clear();
+        }
+        families_to_py(py, fams)
+    }
+
     /// Removes every labelled series.
     fn clear(&self) {
         self.shared.family.clear();
@@ -469,6 +635,17 @@ impl Metric {
             self.shared.name
         )
     }
+}
+
+static TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Python's ``time.time()`` (looked up on each call, so that a test's mock of it is honoured, as in
+/// prometheus_client): the creation time of a new series.
+fn py_time(py: Python<'_>) -> PyResult<f64> {
+    let time = TIME.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("time")?.into_any().unbind())
+    })?;
+    time.bind(py).getattr("time")?.call0()?.extract()
 }
 
 fn now_seconds() -> f64 {
@@ -508,7 +685,7 @@ pub struct Counter;
 #[pymethods]
 impl Counter {
     #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default))]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -533,6 +710,7 @@ impl Counter {
             unit,
             None,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Counter))
     }
@@ -566,8 +744,10 @@ impl Counter {
 
     /// Resets the counter to zero.
     fn reset(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if let Child::Counter(c) = slf.as_super().get().child()? {
+        let m = slf.as_super().get();
+        if let Child::Counter(c) = m.child()? {
             c.reset();
+            m.shared.family.recreated(&m.values, py_time(slf.py())?);
         }
         Ok(())
     }
@@ -636,7 +816,7 @@ fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
 #[pymethods]
 impl Gauge {
     #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default))]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, multiprocess_mode="all"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -647,7 +827,14 @@ impl Gauge {
         subsystem: &str,
         unit: &str,
         registry: RegistryArg,
+        multiprocess_mode: &str,
     ) -> PyResult<PyClassInitializer<Self>> {
+        if multiprocess_mode != "all" {
+            return Err(errors::not_implemented(format!(
+                "Gauge(): multiprocess_mode={multiprocess_mode:?} is not supported: ferrolab's values live in one \
+                 process (serve each worker's metrics with fl.metrics.serve() and aggregate in Prometheus)"
+            )));
+        }
         let empty = PyTuple::empty(py);
         let ln = labelnames.unwrap_or(empty.as_any());
         let m = Metric::create(
@@ -661,6 +848,7 @@ impl Gauge {
             unit,
             None,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Gauge))
     }
@@ -700,15 +888,43 @@ impl Gauge {
         Ok(())
     }
 
+    /// Makes the gauge report what ``f()`` returns whenever it is collected (a function of no arguments that
+    /// returns a number; an exception or a non-number reads as NaN).
+    fn set_function(slf: &Bound<'_, Self>, f: Bound<'_, PyAny>) -> PyResult<()> {
+        gauge(slf)?;
+        if !f.is_callable() {
+            return Err(errors::arg_type(
+                "set_function",
+                "f",
+                "must be a callable of no arguments",
+            ));
+        }
+        let f = f.unbind();
+        let func: core::GaugeFn = Arc::new(move || {
+            if !ffi::interpreter_alive() {
+                return f64::NAN;
+            }
+            Python::attach(|py| {
+                f.bind(py)
+                    .call0()
+                    .and_then(|v| v.extract::<f64>())
+                    .unwrap_or(f64::NAN)
+            })
+        });
+        let m = slf.as_super().get();
+        m.shared.family.set_function(&m.values, Some(func));
+        Ok(())
+    }
+
     /// Adds 1 while a ``with`` block or decorated function runs.
     fn track_inprogress(slf: &Bound<'_, Self>) -> PyResult<Guard> {
         gauge(slf)?;
         Ok(Guard::new(slf.as_any(), GuardKind::InProgress))
     }
 
-    /// Sets the gauge to the duration in seconds of a ``with`` block or decorated function.
+    /// Sets the gauge to the duration in seconds of a ``with`` block or decorated function. On a labelled
+    /// gauge, call ``labels(...)`` on the timer inside the block (``with g.time() as t: t.labels("a")``).
     fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
-        gauge(slf)?;
         Ok(Guard::new(slf.as_any(), GuardKind::SetDuration))
     }
 }
@@ -733,7 +949,7 @@ pub struct Histogram;
 #[pymethods]
 impl Histogram {
     #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::Default, buckets=None))]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, buckets=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -759,6 +975,7 @@ impl Histogram {
             unit,
             buckets,
             registry,
+            None,
         )?;
         Ok(PyClassInitializer::from(m).add_subclass(Histogram))
     }
@@ -782,10 +999,212 @@ impl Histogram {
         Ok(())
     }
 
+    /// Observes the duration in seconds of a ``with`` block or decorated function. On a labelled histogram,
+    /// call ``labels(...)`` on the timer inside the block (``with h.time() as t: t.labels("a")``).
+    fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
+        Ok(Guard::new(slf.as_any(), GuardKind::Observe))
+    }
+}
+
+/// A count and a sum of observations, shaped like ``prometheus_client.Summary`` (which has no quantiles either):
+/// the series ``<name>_count``, ``<name>_sum`` and ``<name>_created``.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> size = fl.metrics.Summary("doc_request_size_bytes", "Request size.", registry=reg)
+/// >>> size.observe(512); size.observe(1024)
+/// >>> reg.get_sample_value("doc_request_size_bytes_sum")
+/// 1536.0
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Summary;
+
+#[pymethods]
+impl Summary {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Summary,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+            None,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Summary))
+    }
+
+    /// Records one observation.
+    fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+        match slf.as_super().get().child()? {
+            Child::Histogram(h) => h.observe(amount),
+            _ => unreachable!("a Summary holds a histogram of one bucket"),
+        }
+        Ok(())
+    }
+
     /// Observes the duration in seconds of a ``with`` block or decorated function.
     fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
-        slf.as_super().get().child()?;
         Ok(Guard::new(slf.as_any(), GuardKind::Observe))
+    }
+}
+
+/// One of a set of states, shaped like ``prometheus_client.Enum``: the series ``<name>{<name>="<state>"}`` is 1
+/// for the current state and 0 for the others; a new series starts in the first state.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> e = fl.metrics.Enum("doc_task_state", "State.", states=["starting", "running"], registry=reg)
+/// >>> e.state("running")
+/// >>> reg.get_sample_value("doc_task_state", {"doc_task_state": "running"})
+/// 1.0
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Enum;
+
+#[pymethods]
+impl Enum {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, states=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+        states: Option<Vec<String>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        if !unit.is_empty() {
+            return Err(errors::arg_value(
+                "Enum",
+                "unit",
+                "is not supported: an Enum has no unit",
+            ));
+        }
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Enum,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+            Some(states.unwrap_or_default()),
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Enum))
+    }
+
+    /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
+    fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
+        let m = slf.as_super().get();
+        match m.child()? {
+            Child::Enum(values) => m.shared.family.enum_state(values, state).py(),
+            _ => unreachable!("an Enum holds enum series"),
+        }
+    }
+}
+
+/// Key-value pairs about a target, shaped like ``prometheus_client.Info``: the series
+/// ``<name>_info{key="value",...} 1``.
+///
+/// Examples
+/// --------
+/// >>> import ferrolab as fl
+/// >>> reg = fl.metrics.CollectorRegistry()
+/// >>> build = fl.metrics.Info("doc_build", "Build.", registry=reg)
+/// >>> build.info({"version": "1.2.3"})
+/// >>> reg.get_sample_value("doc_build_info", {"version": "1.2.3"})
+/// 1.0
+#[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
+pub struct Info;
+
+#[pymethods]
+impl Info {
+    #[new]
+    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        documentation: &str,
+        labelnames: Option<&Bound<'_, PyAny>>,
+        namespace: &str,
+        subsystem: &str,
+        unit: &str,
+        registry: RegistryArg,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        if !unit.is_empty() {
+            return Err(errors::arg_value(
+                "Info",
+                "unit",
+                "is not supported: an Info has no unit",
+            ));
+        }
+        let empty = PyTuple::empty(py);
+        let ln = labelnames.unwrap_or(empty.as_any());
+        let m = Metric::create(
+            py,
+            Kind::Info,
+            name,
+            documentation,
+            ln,
+            namespace,
+            subsystem,
+            unit,
+            None,
+            registry,
+            None,
+        )?;
+        Ok(PyClassInitializer::from(m).add_subclass(Info))
+    }
+
+    /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
+    fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut pairs = Vec::with_capacity(val.len());
+        for (k, v) in val.iter() {
+            let (Ok(k), Ok(v)) = (k.extract::<String>(), v.extract::<String>()) else {
+                return Err(errors::arg_value(
+                    "info",
+                    "val",
+                    "must map str keys to str values",
+                ));
+            };
+            pairs.push((k, v));
+        }
+        let m = slf.as_super().get();
+        match m.child()? {
+            Child::Enum(values) => m.shared.family.set_info(values, pairs).py(),
+            _ => unreachable!("an Info holds keyed series"),
+        }
     }
 }
 
@@ -803,6 +1222,8 @@ pub struct Guard {
     child: Option<Child>,
     kind: GuardKind,
     start: Option<Instant>,
+    /// The seconds the last block took (prometheus_client's ``Timer.duration``).
+    duration: Option<f64>,
 }
 
 impl Guard {
@@ -816,6 +1237,7 @@ impl Guard {
             child,
             kind,
             start: None,
+            duration: None,
         }
     }
 }
@@ -824,6 +1246,29 @@ static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[pymethods]
 impl Guard {
+    /// The seconds the block took, once it has ended (``None`` before).
+    #[getter]
+    fn duration(&self) -> Option<f64> {
+        self.duration
+    }
+
+    /// Picks the series of a labelled metric's timer inside its block (``with h.time() as t: t.labels("a")``).
+    #[pyo3(signature = (*values, **labels))]
+    fn labels(
+        &mut self,
+        py: Python<'_>,
+        values: &Bound<'_, PyTuple>,
+        labels: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let child = self
+            .metric
+            .bind(py)
+            .call_method("labels", values.clone(), labels)?;
+        self.child = child.cast::<Metric>()?.get().child.clone();
+        self.metric = child.unbind();
+        Ok(())
+    }
+
     fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyRefMut<'_, Self> {
         slf.start = Some(Instant::now());
         if let (GuardKind::InProgress, Some(Child::Gauge(g))) = (&slf.kind, &slf.child) {
@@ -841,6 +1286,13 @@ impl Guard {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let secs = self.start.take().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.duration = Some(secs);
+        if self.child.is_none() {
+            // a labelled metric's timer whose block picked no series: prometheus_client's error
+            if let Ok(m) = self.metric.bind(py).cast::<Metric>() {
+                m.get().child()?;
+            }
+        }
         match (&self.kind, &self.child) {
             (GuardKind::Observe, Some(Child::Histogram(h))) => {
                 h.observe(secs);
@@ -887,8 +1339,9 @@ impl Guard {
     }
 }
 
-/// The exposition of every registered metric and the built-in series: the Prometheus text format 0.0.4, or
-/// with ``openmetrics=True`` OpenMetrics 1.0 with exemplars (what Prometheus asks for with exemplar storage on).
+/// The exposition of a registry (default: ``REGISTRY``, every registered metric and the built-in series): the
+/// Prometheus text format 0.0.4 as prometheus_client writes it, or with ``openmetrics=True`` OpenMetrics 1.0 with
+/// exemplars (what Prometheus asks for with exemplar storage on).
 ///
 /// Examples
 /// --------
@@ -898,13 +1351,37 @@ impl Guard {
 /// >>> fl.metrics.exposition(openmetrics=True).endswith("# EOF\n")
 /// True
 #[pyfunction]
-#[pyo3(signature = (openmetrics=false))]
-pub fn exposition(py: Python<'_>, openmetrics: bool) -> PyResult<String> {
-    if openmetrics {
-        py.detach(openmetrics::exposition).py()
+#[pyo3(signature = (registry=None, openmetrics=false))]
+pub fn exposition(
+    py: Python<'_>,
+    registry: Option<&Bound<'_, PyAny>>,
+    openmetrics: bool,
+) -> PyResult<String> {
+    let (reg, only) = match registry {
+        None => (RegRef::Global, None),
+        Some(r) => match r.cast::<Registry>() {
+            Ok(r) => (r.get().reg.clone(), r.get().only.clone()),
+            Err(_) => {
+                return Err(errors::arg_type(
+                    "exposition",
+                    "registry",
+                    "must be a ferrolab.metrics.CollectorRegistry",
+                ))
+            }
+        },
+    };
+    let only = only.as_deref();
+    Ok(if openmetrics {
+        py.detach(|| reg.get().openmetrics(only))
     } else {
-        py.detach(core::exposition).py()
-    }
+        py.detach(|| reg.get().exposition(only))
+    })
+}
+
+/// Turns the ``_created`` samples on or off (prometheus_client's ``disable_created_metrics()``).
+#[pyfunction]
+fn _set_created(on: bool) {
+    core::set_created_enabled(on);
 }
 
 /// Native part of ``fl.metrics.configure``.
@@ -1234,13 +1711,29 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Counter>()?;
     m.add_class::<Gauge>()?;
     m.add_class::<Histogram>()?;
+    m.add_class::<Summary>()?;
+    m.add_class::<Enum>()?;
+    m.add_class::<Info>()?;
     let py = m.py();
     ffi::install_method::<Labels>(&py.get_type::<Counter>())?;
     ffi::install_method::<Labels>(&py.get_type::<Gauge>())?;
     ffi::install_method::<Labels>(&py.get_type::<Histogram>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Summary>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Enum>())?;
+    ffi::install_method::<Labels>(&py.get_type::<Info>())?;
     m.add_class::<Guard>()?;
     m.add_class::<Server>()?;
-    m.add("REGISTRY", Py::new(m.py(), Registry)?)?;
+    m.add(
+        "REGISTRY",
+        Py::new(
+            m.py(),
+            Registry {
+                reg: RegRef::Global,
+                only: None,
+            },
+        )?,
+    )?;
+    m.add_function(wrap_pyfunction!(_set_created, m)?)?;
     m.add_function(wrap_pyfunction!(exposition, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;
     m.add_function(wrap_pyfunction!(_record_error, m)?)?;

@@ -1,7 +1,11 @@
 //! Prometheus metrics: the process-wide registry, user metrics and the built-in series.
 //!
 //! Values live in native atomics (the `prometheus` crate's counters, gauges and histograms, and the seam's
-//! per-op cells). [`exposition`] renders everything in the Prometheus text format 0.0.4.
+//! per-op cells). [`exposition`] renders everything in the Prometheus text format 0.0.4 the way
+//! prometheus_client writes it (`le="1.0"`, values as floats, `_created` samples as gauges).
+//!
+//! The process-wide registry ([`registry`]) holds the built-in series and is where metrics register by default;
+//! [`Registry::new`] makes further ones (per test, per library), which hold only what is registered in them.
 //!
 //! Built-in series (prefix `ferrolab` by default, see [`set_prefix`]):
 //! `<p>_operations_total{operation,device,status}`, `<p>_operation_duration_seconds{operation,device}`
@@ -16,8 +20,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 /// prometheus_client's default histogram buckets.
 pub const DEFAULT_BUCKETS: [f64; 14] = [
@@ -41,7 +45,7 @@ struct Entry {
     /// A [`Family`]'s id, or the hash of a foreign collector's descriptor ids.
     key: u64,
     names: Vec<String>,
-    collector: Box<dyn Collector>,
+    collector: Arc<dyn Collector>,
 }
 
 fn desc_key(c: &dyn Collector) -> u64 {
@@ -50,8 +54,15 @@ fn desc_key(c: &dyn Collector) -> u64 {
     })
 }
 
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::new()
+    }
+}
+
 impl Registry {
-    fn new() -> Registry {
+    /// An empty registry (the process-wide one, [`registry`], also holds the built-in series).
+    pub fn new() -> Registry {
         Registry {
             entries: RwLock::new(Vec::new()),
         }
@@ -88,7 +99,7 @@ impl Registry {
         entries.push(Entry {
             key,
             names,
-            collector,
+            collector: Arc::from(collector),
         });
         Ok(())
     }
@@ -117,14 +128,171 @@ impl Registry {
     /// Collects every family, sorted by name (the series of a family are in no particular order: Prometheus does
     /// not need one, and sorting 10,000 series would cost a third of the exposition).
     pub fn gather(&self) -> Vec<MetricFamily> {
-        let mut mfs: Vec<MetricFamily> = {
+        // collected outside the lock: a gauge's function (`set_function`) may wait for the GIL, whose holder may
+        // be registering a metric
+        let collectors: Vec<Arc<dyn Collector>> = {
             let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            entries.iter().flat_map(|e| e.collector.collect()).collect()
+            entries.iter().map(|e| e.collector.clone()).collect()
         };
+        let mut mfs: Vec<MetricFamily> = collectors.iter().flat_map(|c| c.collect()).collect();
         mfs.retain(|mf| !mf.get_metric().is_empty());
         mfs.sort_by(|a, b| a.name().cmp(b.name()));
         mfs
     }
+
+    /// Renders this registry in the Prometheus text format 0.0.4 (see [`exposition`]); with `only`, just the
+    /// samples of those names (prometheus_client's `restricted_registry`).
+    pub fn exposition(&self, only: Option<&[String]>) -> String {
+        // the previous exposition's size: one allocation instead of a chain of doublings and copies
+        static LAST_LEN: AtomicU64 = AtomicU64::new(64 * 1024);
+        let mfs = self.gather();
+        let cap = LAST_LEN.load(Ordering::Relaxed) as usize + 4096;
+        let buf = openmetrics::render_text(&mfs, only, cap);
+        LAST_LEN.store(buf.len() as u64, Ordering::Relaxed);
+        buf
+    }
+
+    /// Renders this registry in OpenMetrics 1.0 with exemplars; with `only`, just the samples of those names.
+    pub fn openmetrics(&self, only: Option<&[String]>) -> String {
+        openmetrics::render_only(&self.gather(), only)
+    }
+
+    /// The families of this registry as prometheus_client's `collect()` shows them (see [`families`]).
+    pub fn families(&self, only: Option<&[String]>) -> Vec<FamilyView> {
+        families(&self.gather(), only)
+    }
+
+    /// All samples as `(name, labels, value)` with prometheus_client's names (`x_total`, `x_bucket`,
+    /// `x_created`...), e.g. for `get_sample_value`.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.families(None)
+            .into_iter()
+            .flat_map(|f| f.samples)
+            .collect()
+    }
+}
+
+/// Whether `_created` samples are exposed, as switched by [`set_created_enabled`].
+static CREATED: AtomicBool = AtomicBool::new(true);
+
+/// Whether `_created` samples are exposed: unless [`set_created_enabled`] turned them off or
+/// `PROMETHEUS_DISABLE_CREATED_SERIES` is `true`, `1` or `t` (any case; prometheus_client's switch, read at each
+/// exposition).
+pub fn created_enabled() -> bool {
+    CREATED.load(Ordering::Relaxed)
+        && !std::env::var("PROMETHEUS_DISABLE_CREATED_SERIES")
+            .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "true" | "1" | "t"))
+}
+
+/// Turns the `_created` samples on or off (prometheus_client's `disable_created_metrics()`).
+pub fn set_created_enabled(on: bool) {
+    CREATED.store(on, Ordering::Relaxed)
+}
+
+/// One family as prometheus_client's `collect()` yields it: its name (a counter's without `_total`), help, type
+/// (`counter`, `gauge`, `histogram`, `summary`) and samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyView {
+    pub name: String,
+    pub help: String,
+    pub kind: &'static str,
+    pub samples: Vec<Sample>,
+}
+
+/// The families as prometheus_client's `collect()` shows them; with `only`, just the samples of those names
+/// (families left without samples are dropped).
+pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView> {
+    let created = created_enabled();
+    let mut out = Vec::with_capacity(mfs.len());
+    for mf in mfs {
+        let name = mf.name();
+        let (base, kind) = match mf.get_field_type() {
+            MetricType::COUNTER => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+            MetricType::GAUGE => (name, "gauge"),
+            MetricType::HISTOGRAM => (name, "histogram"),
+            MetricType::SUMMARY => (name, "summary"),
+            MetricType::UNTYPED => (name, "unknown"),
+        };
+        let mut samples: Vec<Sample> = Vec::new();
+        let mut push = |n: String, l: Vec<(String, String)>, v: f64| {
+            if only.is_none_or(|o| o.contains(&n)) {
+                samples.push((n, l, v));
+            }
+        };
+        for m in mf.get_metric() {
+            let labels: Vec<(String, String)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let created_at = (created && m.timestamp_ms() != 0).then(|| created_of(m));
+            match mf.get_field_type() {
+                MetricType::COUNTER => {
+                    push(
+                        format!("{base}_total"),
+                        labels.clone(),
+                        m.get_counter().get_value(),
+                    );
+                    if let Some(t) = created_at {
+                        push(format!("{base}_created"), labels, t);
+                    }
+                }
+                MetricType::GAUGE => push(name.to_string(), labels, m.get_gauge().get_value()),
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    let mut inf = false;
+                    for b in h.get_bucket() {
+                        let mut l = labels.clone();
+                        inf |= b.upper_bound() == f64::INFINITY;
+                        l.push(("le".into(), openmetrics::go_float(b.upper_bound())));
+                        push(format!("{name}_bucket"), l, b.cumulative_count() as f64);
+                    }
+                    if !inf {
+                        let mut l = labels.clone();
+                        l.push(("le".into(), "+Inf".into()));
+                        push(format!("{name}_bucket"), l, h.get_sample_count() as f64);
+                    }
+                    push(
+                        format!("{name}_count"),
+                        labels.clone(),
+                        h.get_sample_count() as f64,
+                    );
+                    push(format!("{name}_sum"), labels.clone(), h.get_sample_sum());
+                    if let Some(t) = created_at {
+                        push(format!("{name}_created"), labels, t);
+                    }
+                }
+                MetricType::SUMMARY => {
+                    let s = m.get_summary();
+                    push(
+                        format!("{name}_count"),
+                        labels.clone(),
+                        s.sample_count() as f64,
+                    );
+                    push(format!("{name}_sum"), labels.clone(), s.sample_sum());
+                    if let Some(t) = created_at {
+                        push(format!("{name}_created"), labels, t);
+                    }
+                }
+                MetricType::UNTYPED => {}
+            }
+        }
+        if !samples.is_empty() {
+            out.push(FamilyView {
+                name: base.to_string(),
+                help: mf.help().to_string(),
+                kind,
+                samples,
+            });
+        }
+    }
+    out
+}
+
+/// The creation time (Unix seconds) a user family's series carries in its `timestamp_ms` (see
+/// [`Family::collect_families`]: the registry never exposes sample timestamps, so the field is free for it).
+pub fn created_of(m: &proto::Metric) -> f64 {
+    m.timestamp_ms() as f64 / 1000.0
 }
 
 /// The sample names a family of `kind` named `name` (its full name, `_total` included for counters) reserves.
@@ -138,7 +306,13 @@ fn reserved_names(kind: Kind, name: &str) -> Vec<String> {
                 format!("{base}_created"),
             ]
         }
-        Kind::Gauge => vec![name.into()],
+        Kind::Gauge | Kind::Enum => vec![name.into()],
+        // the family's name is already `<name>_info`
+        Kind::Info => vec![name.into()],
+        Kind::Summary => ["", "_sum", "_count", "_created"]
+            .iter()
+            .map(|sfx| format!("{name}{sfx}"))
+            .collect(),
         Kind::Histogram => ["", "_bucket", "_sum", "_count", "_created"]
             .iter()
             .map(|sfx| format!("{name}{sfx}"))
@@ -215,70 +389,17 @@ pub fn valid_label(s: &str) -> bool {
     c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_') && !s.starts_with("__")
 }
 
-/// Renders all registered metrics in the Prometheus text format 0.0.4.
+/// Renders all metrics of the process-wide registry in the Prometheus text format 0.0.4.
 pub fn exposition() -> Result<String> {
-    // the previous exposition's size: one allocation instead of a chain of doublings and copies
-    static LAST_LEN: AtomicU64 = AtomicU64::new(64 * 1024);
-    let mfs = REGISTRY.gather();
-    let mut buf = String::with_capacity(LAST_LEN.load(Ordering::Relaxed) as usize + 4096);
-    prometheus::TextEncoder::new()
-        .encode_utf8(&mfs, &mut buf)
-        .map_err(|e| CoreError::value("exposition", "registry", e))?;
-    LAST_LEN.store(buf.len() as u64, Ordering::Relaxed);
-    Ok(buf)
+    Ok(REGISTRY.exposition(None))
 }
 
 /// One sample: `(name, labels, value)`.
 pub type Sample = (String, Vec<(String, String)>, f64);
 
-/// All samples as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
+/// All samples of the process-wide registry as `(name, labels, value)`, e.g. for tests and `get_sample_value`.
 pub fn samples() -> Vec<Sample> {
-    let mut out = Vec::new();
-    for mf in REGISTRY.gather() {
-        let name = mf.name();
-        for m in mf.get_metric() {
-            let labels: Vec<(String, String)> = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name().to_string(), l.value().to_string()))
-                .collect();
-            match mf.get_field_type() {
-                MetricType::COUNTER => {
-                    out.push((name.to_string(), labels, m.get_counter().get_value()))
-                }
-                MetricType::GAUGE => {
-                    out.push((name.to_string(), labels, m.get_gauge().get_value()))
-                }
-                MetricType::HISTOGRAM => {
-                    let h = m.get_histogram();
-                    let mut inf = false;
-                    for b in h.get_bucket() {
-                        let mut l = labels.clone();
-                        inf |= b.upper_bound() == f64::INFINITY;
-                        l.push(("le".into(), fmt_le(b.upper_bound())));
-                        out.push((format!("{name}_bucket"), l, b.cumulative_count() as f64));
-                    }
-                    if !inf {
-                        let mut l = labels.clone();
-                        l.push(("le".into(), "+Inf".into()));
-                        out.push((format!("{name}_bucket"), l, h.get_sample_count() as f64));
-                    }
-                    out.push((format!("{name}_sum"), labels.clone(), h.get_sample_sum()));
-                    out.push((format!("{name}_count"), labels, h.get_sample_count() as f64));
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
-fn fmt_le(b: f64) -> String {
-    if b == f64::INFINITY {
-        "+Inf".into()
-    } else {
-        b.to_string()
-    }
+    REGISTRY.samples()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -290,6 +411,13 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    /// A count and a sum of observations (prometheus_client's `Summary`, which has no quantiles either).
+    Summary,
+    /// Key-value pairs about a target (prometheus_client's `Info`): the series `<name>_info{...} 1`.
+    Info,
+    /// One of a set of states (prometheus_client's `Enum`): a gauge per state, labelled with the metric's name,
+    /// 1 for the current state and 0 for the others.
+    Enum,
 }
 
 impl Kind {
@@ -298,6 +426,9 @@ impl Kind {
             Kind::Counter => "Counter",
             Kind::Gauge => "Gauge",
             Kind::Histogram => "Histogram",
+            Kind::Summary => "Summary",
+            Kind::Enum => "Enum",
+            Kind::Info => "Info",
         }
     }
 }
@@ -312,6 +443,79 @@ pub struct Family {
     /// A histogram's finite bucket bounds (the exemplar slot of an observation).
     bounds: Vec<f64>,
     vec: Vecs,
+    /// When each series was created (Unix milliseconds) by [`series_key`](openmetrics::series_key): the
+    /// `_created` samples of counters and histograms.
+    created: Arc<Mutex<HashMap<String, i64>>>,
+    /// Gauges whose value a function gives at collection (`set_function`), by series key.
+    functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
+    /// An enum's states (the first is a new series' state).
+    states: Vec<String>,
+}
+
+/// The function behind a gauge (`Gauge.set_function`), called at each collection.
+pub type GaugeFn = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// A family's collector: its series, each carrying its creation time in `timestamp_ms`.
+struct UserCollector {
+    inner: Box<dyn Collector>,
+    created: Arc<Mutex<HashMap<String, i64>>>,
+    /// A summary's histogram of one bucket is exposed as a summary: its count and sum.
+    summary: bool,
+    functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
+}
+
+impl Collector for UserCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut mfs = self.inner.collect();
+        if self.summary {
+            for mf in &mut mfs {
+                mf.set_field_type(MetricType::SUMMARY);
+                for m in mf.mut_metric() {
+                    let h = m.get_histogram();
+                    let mut s = proto::Summary::default();
+                    s.set_sample_count(h.get_sample_count());
+                    s.set_sample_sum(h.get_sample_sum());
+                    m.set_summary(s);
+                }
+            }
+        }
+        let functions: Vec<(String, GaugeFn)> = {
+            let f = self.functions.read().unwrap_or_else(|e| e.into_inner());
+            f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        if !functions.is_empty() {
+            for mf in &mut mfs {
+                for m in mf.mut_metric() {
+                    let key = openmetrics::series_key(
+                        m.get_label().iter().map(|l| (l.name(), l.value())),
+                    );
+                    if let Some((_, f)) = functions.iter().find(|(k, _)| *k == key) {
+                        let mut g = proto::Gauge::default();
+                        g.set_value(f());
+                        m.set_gauge(g);
+                    }
+                }
+            }
+        }
+        let created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        if created.is_empty() {
+            return mfs;
+        }
+        let mut key = String::with_capacity(64);
+        for mf in &mut mfs {
+            for m in mf.mut_metric() {
+                openmetrics::series_key_into(&mut key, m.get_label());
+                if let Some(t) = created.get(key.as_str()) {
+                    m.set_timestamp_ms(*t);
+                }
+            }
+        }
+        mfs
+    }
 }
 
 #[derive(Clone)]
@@ -319,6 +523,65 @@ enum Vecs {
     Counter(CounterVec),
     Gauge(GaugeVec),
     Histogram(HistogramVec),
+    Info(Arc<InfoStore>),
+}
+
+/// One info series: its label values and its key-value pairs.
+type InfoSeries = (Vec<String>, Vec<(String, String)>);
+
+/// The collector of an info family.
+struct InfoCollector(Arc<InfoStore>);
+
+impl Collector for InfoCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
+
+/// An info family's series: the key-value pairs of each, by label values.
+struct InfoStore {
+    /// The exposed name (`<name>_info`) and help.
+    name: String,
+    help: String,
+    labels: Vec<String>,
+    desc: Desc,
+    series: RwLock<Vec<InfoSeries>>,
+}
+
+impl Collector for InfoStore {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let metrics: Vec<proto::Metric> = series
+            .iter()
+            .map(|(values, pairs)| {
+                let mut all: Vec<(&str, &str)> = self
+                    .labels
+                    .iter()
+                    .map(String::as_str)
+                    .zip(values.iter().map(String::as_str))
+                    .chain(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .collect();
+                all.sort();
+                let mut m = gauge_metric(1.0);
+                m.set_label(labels(&all));
+                m
+            })
+            .collect();
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.name.clone());
+        mf.set_help(self.help.clone());
+        mf.set_field_type(MetricType::GAUGE);
+        mf.set_metric(metrics);
+        vec![mf]
+    }
 }
 
 static NEXT_FAMILY: AtomicU64 = AtomicU64::new(1);
@@ -329,6 +592,8 @@ pub enum Child {
     Counter(prometheus::Counter),
     Gauge(prometheus::Gauge),
     Histogram(prometheus::Histogram),
+    /// An enum's or an info's series: its label values (see [`Family::enum_state`], [`Family::set_info`]).
+    Enum(Vec<String>),
 }
 
 /// The full name of a user metric the way prometheus_client builds it: `namespace_subsystem_name_unit`, with
@@ -341,6 +606,10 @@ pub fn full_name(
     unit: &str,
 ) -> Result<String> {
     let func = kind.class();
+    if name.is_empty() {
+        // as prometheus_client: a namespace or subsystem does not make up for a missing name
+        return Err(CoreError::value(func, "name", "is empty"));
+    }
     let mut parts: Vec<&str> = Vec::new();
     if !namespace.is_empty() {
         parts.push(namespace);
@@ -358,18 +627,34 @@ pub fn full_name(
     if !unit.is_empty() && !full.ends_with(&format!("_{unit}")) {
         full = format!("{full}_{unit}");
     }
-    if !valid_name(&full) {
-        return Err(CoreError::value(
-            func,
-            "name",
-            format!("gives the metric name {full:?}; expected [a-zA-Z_:][a-zA-Z0-9_:]*"),
-        ));
+    if full.is_empty() {
+        return Err(CoreError::value(func, "name", "is empty"));
     }
     Ok(full)
 }
 
+/// A metric name as the exposition writes it: a valid legacy name (`[a-zA-Z_:][a-zA-Z0-9_:]*`) as it is, any
+/// other UTF-8 name with each character outside that set replaced by `_` (prometheus_client 0.26's default
+/// `underscores` escaping: `utf8.cc` is written `utf8_cc`).
+pub fn escape_name(name: &str) -> String {
+    if valid_name(name) {
+        return name.to_string();
+    }
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Family {
-    /// Creates a family (not registered yet). `name` is the full name from [`full_name`].
+    /// Creates a family (not registered yet). `name` is the full name from [`full_name`]; a UTF-8 name outside
+    /// the legacy character set is exposed escaped (see [`escape_name`]).
     pub fn new(
         kind: Kind,
         name: &str,
@@ -378,8 +663,13 @@ impl Family {
         buckets: Option<&[f64]>,
     ) -> Result<Family> {
         let func = kind.class();
+        let escaped = escape_name(name);
+        let name = escaped.as_str();
         for l in labels {
-            if !valid_label(l) || (kind == Kind::Histogram && l == "le") {
+            if !valid_label(l)
+                || (kind == Kind::Histogram && l == "le")
+                || (kind == Kind::Summary && l == "quantile")
+            {
                 return Err(CoreError::value(
                     func,
                     "labelnames",
@@ -403,7 +693,26 @@ impl Family {
             Kind::Counter => Vecs::Counter(
                 CounterVec::new(Opts::new(format!("{name}_total"), help), &names).map_err(err)?,
             ),
-            Kind::Gauge => Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?),
+            Kind::Gauge | Kind::Enum => {
+                Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?)
+            }
+            Kind::Info => {
+                let exposed = format!("{name}_info");
+                let desc = Desc::new(
+                    exposed.clone(),
+                    help.to_string(),
+                    labels.to_vec(),
+                    HashMap::new(),
+                )
+                .map_err(err)?;
+                Vecs::Info(Arc::new(InfoStore {
+                    name: exposed,
+                    help: help.to_string(),
+                    labels: labels.to_vec(),
+                    desc,
+                    series: RwLock::new(Vec::new()),
+                }))
+            }
             Kind::Histogram => {
                 let b = match buckets {
                     None => DEFAULT_BUCKETS.to_vec(),
@@ -415,9 +724,19 @@ impl Family {
                         .map_err(err)?,
                 )
             }
+            // a count and a sum: a histogram of one bucket, exposed as a summary (see `UserCollector`)
+            Kind::Summary => Vecs::Histogram(
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(vec![f64::MAX]),
+                    &names,
+                )
+                .map_err(err)?,
+            ),
         };
         let full = if kind == Kind::Counter {
             format!("{name}_total")
+        } else if kind == Kind::Info {
+            format!("{name}_info")
         } else {
             name.to_string()
         };
@@ -428,7 +747,100 @@ impl Family {
             labels: labels.to_vec(),
             bounds,
             vec,
+            created: Arc::new(Mutex::new(HashMap::new())),
+            functions: Arc::new(RwLock::new(HashMap::new())),
+            states: Vec::new(),
         })
+    }
+
+    /// Creates an enum family (not registered yet): one gauge per state and label values, labelled with the
+    /// metric's name (which may therefore not be one of `labels`).
+    pub fn new_enum(
+        name: &str,
+        help: &str,
+        labels: &[String],
+        states: &[String],
+    ) -> Result<Family> {
+        if states.is_empty() {
+            return Err(CoreError::value(
+                "Enum",
+                "states",
+                "is empty: no states provided",
+            ));
+        }
+        let escaped = escape_name(name);
+        if labels.contains(&escaped) {
+            return Err(CoreError::value(
+                "Enum",
+                "labelnames",
+                format!("contains the metric's name {escaped:?} (overlapping labels for an Enum)"),
+            ));
+        }
+        if !valid_label(&escaped) {
+            return Err(CoreError::value(
+                "Enum",
+                "name",
+                format!("{escaped:?} must also be a valid label name (the state's label)"),
+            ));
+        }
+        let mut all = labels.to_vec();
+        all.push(escaped);
+        let mut f = Family::new(Kind::Gauge, name, help, &all, None)?;
+        f.kind = Kind::Enum;
+        f.labels = labels.to_vec();
+        f.states = states.to_vec();
+        Ok(f)
+    }
+
+    /// Sets the key-value pairs of the info series `values` (replacing the previous ones). The keys must be
+    /// valid label names other than the family's label names.
+    pub fn set_info<V: AsRef<str>>(
+        &self,
+        values: &[V],
+        pairs: Vec<(String, String)>,
+    ) -> Result<()> {
+        let Vecs::Info(store) = &self.vec else {
+            return Err(CoreError::value("info", "self", "is not an Info"));
+        };
+        for (k, _) in &pairs {
+            if !valid_label(k) || self.labels.contains(k) {
+                return Err(CoreError::value(
+                    "info",
+                    "val",
+                    format!("has the key {k:?}: an invalid label name or one of the metric's label names"),
+                ));
+            }
+        }
+        let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+        let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
+        match series.iter_mut().find(|(v, _)| *v == vals) {
+            Some((_, p)) => *p = pairs,
+            None => series.push((vals, pairs)),
+        }
+        Ok(())
+    }
+
+    /// Sets the state of the enum series `values` (a `ValueError`-class error for an unknown state).
+    pub fn enum_state<V: AsRef<str>>(&self, values: &[V], state: &str) -> Result<()> {
+        let Some(i) = self.states.iter().position(|s| s == state) else {
+            return Err(CoreError::value(
+                "state",
+                "state",
+                format!("is {state:?}; expected one of {:?}", self.states),
+            ));
+        };
+        let Vecs::Gauge(v) = &self.vec else {
+            return Err(CoreError::value("state", "self", "is not an Enum"));
+        };
+        for (j, st) in self.states.iter().enumerate() {
+            let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+            vals.push(st);
+            let g = v
+                .get_metric_with_label_values(&vals)
+                .map_err(|e| CoreError::value("state", "labelvalues", e))?;
+            g.set(if i == j { 1.0 } else { 0.0 });
+        }
+        Ok(())
     }
 
     /// The family's current series (whether it is registered or not).
@@ -440,7 +852,7 @@ impl Family {
     /// of `value`; gauges have none.
     pub fn exemplar<V: AsRef<str>>(&self, values: &[V], value: f64, ex: openmetrics::Exemplar) {
         let slot = match self.kind {
-            Kind::Gauge => return,
+            Kind::Gauge | Kind::Summary | Kind::Enum | Kind::Info => return,
             Kind::Counter => 0,
             Kind::Histogram => self.bounds.partition_point(|b| *b < value),
         };
@@ -454,21 +866,38 @@ impl Family {
     }
 
     fn collector(&self) -> Box<dyn Collector> {
-        match &self.vec {
+        let inner: Box<dyn Collector> = match &self.vec {
             Vecs::Counter(v) => Box::new(v.clone()),
             Vecs::Gauge(v) => Box::new(v.clone()),
             Vecs::Histogram(v) => Box::new(v.clone()),
-        }
+            Vecs::Info(v) => Box::new(InfoCollector(v.clone())),
+        };
+        Box::new(UserCollector {
+            inner,
+            created: self.created.clone(),
+            summary: self.kind == Kind::Summary,
+            functions: self.functions.clone(),
+        })
+    }
+
+    /// The family's full name as exposed (a counter's with `_total`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Registers the family in the process-wide registry; a `ValueError`-class error names the series that are
     /// already taken.
     pub fn register(&self, func: &'static str) -> Result<()> {
+        self.register_in(&REGISTRY, func)
+    }
+
+    /// Registers the family in `reg`; the only error is a clash: a `ValueError`-class error that names the series
+    /// already taken (prometheus_client's `Duplicated timeseries`).
+    pub fn register_in(&self, reg: &Registry, func: &'static str) -> Result<()> {
         let names = reserved_names(self.kind, &self.name);
-        REGISTRY
-            .insert(self.id, names.clone(), self.collector())
+        reg.insert(self.id, names.clone(), self.collector())
             .map_err(|_| {
-                let taken = REGISTRY.taken(&names);
+                let taken = reg.taken(&names);
                 CoreError::value(
                     func,
                     "name",
@@ -482,13 +911,147 @@ impl Family {
 
     /// Removes the family from the process-wide registry; `false` when it was not registered.
     pub fn unregister(&self) -> bool {
+        self.unregister_from(&REGISTRY)
+    }
+
+    /// Removes the family from `reg`; `false` when it was not registered there.
+    pub fn unregister_from(&self, reg: &Registry) -> bool {
         openmetrics::forget(&self.name, None);
-        REGISTRY.remove(self.id)
+        reg.remove(self.id)
+    }
+
+    /// The series for `values` (created on first use, then stamped `now`, Unix seconds, as its creation time).
+    pub fn child_at<V: AsRef<str> + std::fmt::Debug>(
+        &self,
+        values: &[V],
+        now: f64,
+    ) -> Result<Child> {
+        let c = self.child(values)?;
+        if self.kind != Kind::Gauge {
+            let key = self.key(values);
+            let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+            if let std::collections::hash_map::Entry::Vacant(e) = created.entry(key) {
+                e.insert((now * 1000.0).round() as i64);
+                if self.kind == Kind::Enum {
+                    // a new enum series starts in the first state
+                    self.enum_state(values, &self.states[0])?;
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Makes the gauge series `values` report what `f` returns at each collection (prometheus_client's
+    /// `set_function`); `None` goes back to the stored value.
+    pub fn set_function<V: AsRef<str>>(&self, values: &[V], f: Option<GaugeFn>) {
+        let key = self.key(values);
+        let mut fs = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        match f {
+            Some(f) => fs.insert(key, f),
+            None => fs.remove(&key),
+        };
+    }
+
+    /// Removes every series whose labels include all of `labels` (prometheus_client's `remove_by_labels`); the
+    /// label values of the removed series.
+    pub fn remove_by_labels(&self, labels: &[(String, String)]) -> Result<Vec<Vec<String>>> {
+        if labels.is_empty() {
+            // as prometheus_client: no labels select nothing
+            return Ok(Vec::new());
+        }
+        if let Some((k, _)) = labels.iter().find(|(k, _)| !self.labels.contains(k)) {
+            return Err(CoreError::value(
+                "remove_by_labels",
+                "labels",
+                format!("has {k:?}, which is not a label name of {:?}", self.name),
+            ));
+        }
+        let mut gone = Vec::new();
+        for mf in self.collector().collect() {
+            for m in mf.get_metric() {
+                let pairs: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels
+                    .iter()
+                    .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+                {
+                    let values: Vec<String> = self
+                        .labels
+                        .iter()
+                        .map(|n| {
+                            pairs
+                                .iter()
+                                .find(|(k, _)| k == n)
+                                .map_or(String::new(), |(_, v)| v.to_string())
+                        })
+                        .collect();
+                    gone.push(values);
+                }
+            }
+        }
+        for v in &gone {
+            self.remove(v);
+        }
+        Ok(gone)
+    }
+
+    /// Restamps the creation time of the series `values` (a counter's `reset()`).
+    pub fn recreated<V: AsRef<str>>(&self, values: &[V], now: f64) {
+        let key = self.key(values);
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created.insert(key, (now * 1000.0).round() as i64);
+    }
+
+    fn key<V: AsRef<str>>(&self, values: &[V]) -> String {
+        openmetrics::series_key(
+            self.labels
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(AsRef::as_ref)),
+        )
     }
 
     /// The series for `values` (created on first use).
     pub fn child<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) -> Result<Child> {
         let err = |e: prometheus::Error| CoreError::value("labels", "labelvalues", e);
+        if let Vecs::Info(store) = &self.vec {
+            if values.len() != self.labels.len() {
+                return Err(CoreError::value(
+                    "labels",
+                    "labelvalues",
+                    format!(
+                        "has {} values; expected {}",
+                        values.len(),
+                        self.labels.len()
+                    ),
+                ));
+            }
+            let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
+            let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+            if !series.iter().any(|(v, _)| *v == vals) {
+                series.push((vals.clone(), Vec::new()));
+            }
+            return Ok(Child::Enum(vals));
+        }
+        if self.kind == Kind::Enum {
+            if values.len() != self.labels.len() {
+                return Err(CoreError::value(
+                    "labels",
+                    "labelvalues",
+                    format!(
+                        "has {} values; expected {}",
+                        values.len(),
+                        self.labels.len()
+                    ),
+                ));
+            }
+            return Ok(Child::Enum(
+                values.iter().map(|v| v.as_ref().to_string()).collect(),
+            ));
+        }
         Ok(match &self.vec {
             Vecs::Counter(v) => {
                 Child::Counter(v.get_metric_with_label_values(values).map_err(err)?)
@@ -497,6 +1060,7 @@ impl Family {
             Vecs::Histogram(v) => {
                 Child::Histogram(v.get_metric_with_label_values(values).map_err(err)?)
             }
+            Vecs::Info(_) => unreachable!("info series are handled above"),
         })
     }
 
@@ -509,10 +1073,36 @@ impl Family {
                 .zip(values.iter().map(AsRef::as_ref)),
         );
         openmetrics::forget(&self.name, Some(&key));
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let (Kind::Enum, Vecs::Gauge(v)) = (self.kind, &self.vec) {
+            for st in &self.states {
+                let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+                vals.push(st);
+                let _ = v.remove_label_values(&vals);
+            }
+            return;
+        }
         let _ = match &self.vec {
             Vecs::Counter(v) => v.remove_label_values(values),
             Vecs::Gauge(v) => v.remove_label_values(values),
             Vecs::Histogram(v) => v.remove_label_values(values),
+            Vecs::Info(v) => {
+                let mut series = v.series.write().unwrap_or_else(|e| e.into_inner());
+                series.retain(|(vals, _)| {
+                    !vals
+                        .iter()
+                        .map(String::as_str)
+                        .eq(values.iter().map(AsRef::as_ref))
+                });
+                Ok(())
+            }
         };
     }
 
@@ -521,10 +1111,15 @@ impl Family {
     pub fn clear(&self) {
         if self.labelled() {
             openmetrics::forget(&self.name, None);
+            self.created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             match &self.vec {
                 Vecs::Counter(v) => v.reset(),
                 Vecs::Gauge(v) => v.reset(),
                 Vecs::Histogram(v) => v.reset(),
+                Vecs::Info(v) => v.series.write().unwrap_or_else(|e| e.into_inner()).clear(),
             }
         }
     }
@@ -897,8 +1492,123 @@ mod tests {
     }
 
     #[test]
+    fn own_registries_render_like_prometheus_client() {
+        let reg = Registry::new();
+        let c = Family::new(Kind::Counter, "own_c", "A counter", &[], None).unwrap();
+        c.register_in(&reg, "Counter").unwrap();
+        // the same names may live in another registry, not twice in one
+        let c2 = Family::new(Kind::Counter, "own_c", "A counter", &[], None).unwrap();
+        assert!(c2.register_in(&reg, "Counter").is_err());
+        match c.child_at::<&str>(&[], 123.456).unwrap() {
+            Child::Counter(x) => x.inc(),
+            _ => unreachable!(),
+        }
+        let h = Family::new(
+            Kind::Histogram,
+            "own_h",
+            "A histogram",
+            &["a".into()],
+            Some(&[1.0]),
+        )
+        .unwrap();
+        h.register_in(&reg, "Histogram").unwrap();
+        match h.child_at(&["x"], 123.456).unwrap() {
+            Child::Histogram(x) => x.observe(0.5),
+            _ => unreachable!(),
+        }
+        let text = reg.exposition(None);
+        assert_eq!(
+            text,
+            "# HELP own_c_total A counter\n# TYPE own_c_total counter\nown_c_total 1.0\n\
+             # HELP own_c_created A counter\n# TYPE own_c_created gauge\nown_c_created 123.456\n\
+             # HELP own_h A histogram\n# TYPE own_h histogram\n\
+             own_h_bucket{a=\"x\",le=\"1.0\"} 1.0\nown_h_bucket{a=\"x\",le=\"+Inf\"} 1.0\n\
+             own_h_count{a=\"x\"} 1.0\nown_h_sum{a=\"x\"} 0.5\n\
+             # HELP own_h_created A histogram\n# TYPE own_h_created gauge\nown_h_created{a=\"x\"} 123.456\n"
+        );
+        // nothing of the process-wide registry
+        assert!(!text.contains("ferrolab_"));
+        let only = reg.exposition(Some(&["own_h_count".to_string()]));
+        assert_eq!(
+            only,
+            "# HELP own_h A histogram\n# TYPE own_h histogram\nown_h_count{a=\"x\"} 1.0\n"
+        );
+        let s = reg.samples();
+        assert!(s.contains(&("own_c_created".into(), vec![], 123.456)));
+        assert!(c.unregister_from(&reg));
+        assert!(!reg.exposition(None).contains("own_c"));
+    }
+
+    #[test]
+    fn summaries_functions_and_removal_by_labels() {
+        let reg = Registry::new();
+        let s = Family::new(
+            Kind::Summary,
+            "own_s",
+            "A summary",
+            &["a".into(), "b".into()],
+            None,
+        )
+        .unwrap();
+        s.register_in(&reg, "Summary").unwrap();
+        for (v, lab) in [(1.0, ["x", "1"]), (2.0, ["x", "2"]), (4.0, ["y", "1"])] {
+            match s.child_at(&lab, 1.0).unwrap() {
+                Child::Histogram(h) => h.observe(v),
+                _ => unreachable!(),
+            }
+        }
+        let text = reg.exposition(None);
+        assert!(text.contains("# TYPE own_s summary\n"), "{text}");
+        assert!(text.contains("own_s_sum{a=\"x\",b=\"2\"} 2.0\n"), "{text}");
+        let gone = s
+            .remove_by_labels(&[("a".to_string(), "x".to_string())])
+            .unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(!reg.exposition(None).contains("a=\"x\""));
+        assert!(s
+            .remove_by_labels(&[("zz".to_string(), "x".to_string())])
+            .is_err());
+        let g = Family::new(Kind::Gauge, "own_g", "A gauge", &[], None).unwrap();
+        g.register_in(&reg, "Gauge").unwrap();
+        g.child_at::<&str>(&[], 1.0).unwrap();
+        g.set_function::<&str>(&[], Some(Arc::new(|| 42.0)));
+        assert!(reg.exposition(None).contains("own_g 42.0\n"));
+        assert!(Family::new(Kind::Summary, "own_s2", "", &["quantile".into()], None).is_err());
+        let e =
+            Family::new_enum("own_e", "An enum", &["l".into()], &["a".into(), "b".into()]).unwrap();
+        e.register_in(&reg, "Enum").unwrap();
+        e.child_at(&["x"], 1.0).unwrap();
+        let text = reg.exposition(None);
+        assert!(text.contains("own_e{l=\"x\",own_e=\"a\"} 1.0\n"), "{text}");
+        assert!(text.contains("own_e{l=\"x\",own_e=\"b\"} 0.0\n"), "{text}");
+        e.enum_state(&["x"], "b").unwrap();
+        assert!(reg
+            .exposition(None)
+            .contains("own_e{l=\"x\",own_e=\"b\"} 1.0\n"));
+        assert!(e.enum_state(&["x"], "zz").is_err());
+        assert!(Family::new_enum("own_e2", "", &["own_e2".into()], &["a".into()]).is_err());
+        assert!(Family::new_enum("own_e3", "", &[], &[]).is_err());
+        let i = Family::new(Kind::Info, "own_i", "Info", &["l".into()], None).unwrap();
+        i.register_in(&reg, "Info").unwrap();
+        i.child_at(&["x"], 1.0).unwrap();
+        i.set_info(&["x"], vec![("v".into(), "1.2".into())])
+            .unwrap();
+        assert!(reg
+            .exposition(None)
+            .contains("# TYPE own_i_info gauge\nown_i_info{l=\"x\",v=\"1.2\"} 1.0\n"));
+        assert!(i.set_info(&["x"], vec![("l".into(), "".into())]).is_err());
+    }
+
+    #[test]
     fn bad_names_and_buckets_are_value_errors() {
-        assert!(full_name(Kind::Gauge, "1abc", "", "", "").is_err());
+        assert!(full_name(Kind::Gauge, "", "", "", "").is_err());
+        assert_eq!(
+            full_name(Kind::Gauge, "utf8.g", "", "", "").unwrap(),
+            "utf8.g"
+        );
+        assert_eq!(escape_name("utf8.g"), "utf8_g");
+        assert_eq!(escape_name("1abc"), "_abc");
+        assert_eq!(escape_name("ok:name_1"), "ok:name_1");
         assert!(Family::new(Kind::Gauge, "g_ok", "", &["__x".into()], None).is_err());
         assert!(Family::new(Kind::Gauge, "g_ok", "", &["a".into(), "a".into()], None).is_err());
         assert!(Family::new(Kind::Histogram, "h_ok", "", &[], Some(&[1.0, 0.5])).is_err());

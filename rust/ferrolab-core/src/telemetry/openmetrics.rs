@@ -83,6 +83,19 @@ pub fn series_key<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
     key
 }
 
+/// [`series_key`] of a series' labels, written into `buf` (cleared first): without allocating when they come
+/// sorted by name, as a collected series' labels do.
+pub fn series_key_into(buf: &mut String, labels: &[LabelPair]) {
+    buf.clear();
+    if labels.windows(2).all(|w| w[0].name() <= w[1].name()) {
+        for l in labels {
+            let _ = write!(buf, "{}={}:{};", l.name(), l.value().len(), l.value());
+        }
+    } else {
+        buf.push_str(&series_key(labels.iter().map(|l| (l.name(), l.value()))));
+    }
+}
+
 /// Stores `ex` as the newest exemplar of slot `slot` of series `series` of family `family` (the family's full
 /// name as exposed: a counter's with `_total`).
 pub fn put(family: &str, series: String, slot: usize, ex: Exemplar) {
@@ -152,6 +165,62 @@ pub fn go_float(d: f64) -> String {
     s
 }
 
+/// [`go_float`] of `ms / 1000` (a creation time in Unix milliseconds) without formatting a float: the decimal
+/// digits of `ms` are the shortest that round-trip (at most 15 significant digits), so they are `repr`'s.
+pub fn go_float_ms(ms: i64) -> String {
+    let mut out = String::new();
+    push_go_float_ms(&mut out, ms);
+    out
+}
+
+/// [`go_float_ms`], written to `out` without allocating.
+pub fn push_go_float_ms(out: &mut String, ms: i64) {
+    if !(0..1_000_000_000_000_000).contains(&ms) {
+        out.push_str(&go_float(ms as f64 / 1000.0));
+        return;
+    }
+    let (int, frac) = (ms / 1000, ms % 1000);
+    if int < 1_000_000 {
+        // below a million: `repr` as it is (`123.456`, `0.5`, `7.0`)
+        let _ = write!(out, "{int}.");
+        let f = [frac / 100, frac / 10 % 10, frac % 10];
+        let keep = if f[2] != 0 {
+            3
+        } else if f[1] != 0 {
+            2
+        } else {
+            1
+        };
+        for d in &f[..keep] {
+            out.push((b'0' + *d as u8) as char);
+        }
+        return;
+    }
+    // a million or more: Go's exponent form (`1.764949600123e+09`), as go_float writes it
+    let mut digits = [0u8; 24];
+    let mut n = 0;
+    let mut v = ms;
+    while v > 0 {
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        n += 1;
+    }
+    digits[..n].reverse();
+    let int_len = n - 3;
+    let mut end = n;
+    while end > 1 && digits[end - 1] == b'0' {
+        end -= 1;
+    }
+    out.push(digits[0] as char);
+    if end > 1 {
+        out.push('.');
+        for d in &digits[1..end] {
+            out.push(*d as char);
+        }
+    }
+    let _ = write!(out, "e+0{}", int_len - 1);
+}
+
 /// Python's `repr` of a finite float: the shortest digits that round-trip, in fixed notation with at least one
 /// decimal when the decimal exponent is in [-4, 16), else `d.ddde±XX`.
 fn py_repr(d: f64) -> String {
@@ -200,6 +269,10 @@ fn count(v: f64) -> String {
 // rendering
 
 fn escape_label(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -273,8 +346,224 @@ fn write_help(out: &mut String, name: &str, help: &str) {
     out.push('\n');
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// the text format 0.0.4, as prometheus_client's `generate_latest` writes it
+
+/// Writes [`go_float`] of `d` to `out`; integral values below a million (counts, most counters) without
+/// allocating.
+fn push_go_float(out: &mut String, d: f64) {
+    if d.fract() == 0.0 && d.abs() < 1e6 && !(d == 0.0 && d.is_sign_negative()) {
+        let _ = write!(out, "{}.0", d as i64);
+    } else {
+        out.push_str(&go_float(d));
+    }
+}
+
+/// One sample line of the text format: labels sorted by name (prometheus_client writes them sorted), with `extra`
+/// (`le`, `quantile`) in its place among them.
+fn text_line(
+    out: &mut String,
+    name: &str,
+    pairs: &[LabelPair],
+    extra: Option<(&str, &str)>,
+    value: f64,
+) {
+    out.push_str(name);
+    if !pairs.is_empty() || extra.is_some() {
+        let sorted = pairs.windows(2).all(|w| w[0].name() <= w[1].name());
+        let mut owned: Vec<(&str, &str)> = Vec::new();
+        if !sorted {
+            owned = pairs.iter().map(|l| (l.name(), l.value())).collect();
+            owned.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        out.push('{');
+        let mut first = true;
+        let mut extra = extra;
+        let mut put = |out: &mut String, k: &str, v: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label(out, v);
+            out.push('"');
+        };
+        let n = if sorted { pairs.len() } else { owned.len() };
+        for i in 0..n {
+            let (k, v) = if sorted {
+                (pairs[i].name(), pairs[i].value())
+            } else {
+                owned[i]
+            };
+            if let Some((ek, ev)) = extra {
+                if ek < k {
+                    put(out, ek, ev);
+                    extra = None;
+                }
+            }
+            put(out, k, v);
+        }
+        if let Some((ek, ev)) = extra {
+            put(out, ek, ev);
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    push_go_float(out, value);
+    out.push('\n');
+}
+
+fn text_header(out: &mut String, name: &str, help: &str, kind: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind);
+    out.push('\n');
+}
+
+/// Renders `families` in the Prometheus text format 0.0.4 exactly as prometheus_client's `generate_latest`
+/// does: labels sorted by name, values and `le` bounds as floats (`le="1.0"`, `1.0`), and the `_created` samples
+/// (when [`metrics::created_enabled`]) as a gauge family after each counter, histogram and summary. With `only`,
+/// just the samples of those names (families left without samples are left out).
+pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity: usize) -> String {
+    let created = metrics::created_enabled();
+    let mut out = String::with_capacity(capacity);
+    let mut body = String::new();
+    let mut created_lines = String::new();
+    for mf in families {
+        body.clear();
+        created_lines.clear();
+        let name = mf.name();
+        let keep = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
+        let (exposed, base, kind) = match mf.get_field_type() {
+            MetricType::COUNTER => {
+                let base = name.strip_suffix("_total").unwrap_or(name);
+                (format!("{base}_total"), base, "counter")
+            }
+            MetricType::GAUGE => (name.to_string(), name, "gauge"),
+            MetricType::HISTOGRAM => (name.to_string(), name, "histogram"),
+            MetricType::SUMMARY => (name.to_string(), name, "summary"),
+            MetricType::UNTYPED => (name.to_string(), name, "untyped"),
+        };
+        let created_name = format!("{base}_created");
+        let (bucket, count_n, sum_n) = (
+            format!("{name}_bucket"),
+            format!("{name}_count"),
+            format!("{name}_sum"),
+        );
+        for m in mf.get_metric() {
+            let labels = m.get_label();
+            match mf.get_field_type() {
+                MetricType::COUNTER => {
+                    if keep(&exposed) {
+                        text_line(
+                            &mut body,
+                            &exposed,
+                            labels,
+                            None,
+                            m.get_counter().get_value(),
+                        );
+                    }
+                }
+                MetricType::GAUGE => {
+                    if keep(&exposed) {
+                        text_line(&mut body, &exposed, labels, None, m.get_gauge().get_value());
+                    }
+                }
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    if keep(&bucket) {
+                        let mut inf = false;
+                        for b in h.get_bucket() {
+                            inf |= b.upper_bound() == f64::INFINITY;
+                            let le = go_float(b.upper_bound());
+                            let c = b.cumulative_count() as f64;
+                            text_line(&mut body, &bucket, labels, Some(("le", &le)), c);
+                        }
+                        if !inf {
+                            let c = h.get_sample_count() as f64;
+                            text_line(&mut body, &bucket, labels, Some(("le", "+Inf")), c);
+                        }
+                    }
+                    if keep(&count_n) {
+                        text_line(
+                            &mut body,
+                            &count_n,
+                            labels,
+                            None,
+                            h.get_sample_count() as f64,
+                        );
+                    }
+                    if keep(&sum_n) {
+                        text_line(&mut body, &sum_n, labels, None, h.get_sample_sum());
+                    }
+                }
+                MetricType::SUMMARY => {
+                    let sm = m.get_summary();
+                    for q in sm.get_quantile() {
+                        if keep(name) {
+                            let qs = go_float(q.quantile());
+                            let extra = Some(("quantile", qs.as_str()));
+                            text_line(&mut body, name, labels, extra, q.value());
+                        }
+                    }
+                    if keep(&count_n) {
+                        text_line(&mut body, &count_n, labels, None, sm.sample_count() as f64);
+                    }
+                    if keep(&sum_n) {
+                        text_line(&mut body, &sum_n, labels, None, sm.sample_sum());
+                    }
+                }
+                MetricType::UNTYPED => {}
+            }
+            if created
+                && m.timestamp_ms() != 0
+                && mf.get_field_type() != MetricType::GAUGE
+                && keep(&created_name)
+            {
+                text_line(&mut created_lines, &created_name, labels, None, f64::NAN);
+                // the value: the creation time, written without formatting a float
+                created_lines.truncate(created_lines.len() - "NaN\n".len());
+                push_go_float_ms(&mut created_lines, m.timestamp_ms());
+                created_lines.push('\n');
+            }
+        }
+        if !body.is_empty() {
+            text_header(&mut out, &exposed, mf.help(), kind);
+            out.push_str(&body);
+        }
+        if !created_lines.is_empty() {
+            if body.is_empty() {
+                // prometheus_client writes the family's header when any of its samples is left
+                text_header(&mut out, &exposed, mf.help(), kind);
+            }
+            text_header(&mut out, &created_name, mf.help(), "gauge");
+            out.push_str(&created_lines);
+        }
+    }
+    out
+}
+
 /// Renders `families` in OpenMetrics 1.0, with the exemplars in the store, ending with `# EOF`.
 pub fn render(families: &[MetricFamily]) -> String {
+    render_only(families, None)
+}
+
+/// [`render`], with `only`: just the samples of those names (families left without samples are left out).
+pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String {
+    let created = metrics::created_enabled();
+    let keep = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
     let store = ANY
         .load(Ordering::Relaxed)
         .then(|| STORE.read().unwrap_or_else(|e| e.into_inner()));
@@ -309,6 +598,10 @@ pub fn render(families: &[MetricFamily]) -> String {
                         &v,
                         ex.as_ref(),
                     );
+                    if created && m.timestamp_ms() != 0 {
+                        let t = go_float(metrics::created_of(m));
+                        sample(&mut out, base, "_created", m.get_label(), None, &t, None);
+                    }
                 }
             }
             MetricType::GAUGE => {
@@ -358,6 +651,10 @@ pub fn render(families: &[MetricFamily]) -> String {
                     sample(&mut out, name, "_count", m.get_label(), None, &n, None);
                     let sum = go_float(h.get_sample_sum());
                     sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                    if created && m.timestamp_ms() != 0 {
+                        let t = go_float(metrics::created_of(m));
+                        sample(&mut out, name, "_created", m.get_label(), None, &t, None);
+                    }
                 }
             }
             MetricType::SUMMARY => {
@@ -381,7 +678,38 @@ pub fn render(families: &[MetricFamily]) -> String {
             MetricType::UNTYPED => {}
         }
     }
+    if only.is_some() {
+        out = restrict(&out, keep);
+    }
     out.push_str("# EOF\n");
+    out
+}
+
+/// The lines of an OpenMetrics rendering whose sample names `keep` accepts, with the `# HELP`/`# TYPE`/`# UNIT`
+/// lines of the families that keep a sample.
+fn restrict(text: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut header = String::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            if line.starts_with("# HELP ") {
+                // a new family: the previous one's header goes unless a sample kept it
+                header.clear();
+            }
+            header.push_str(line);
+            header.push('\n');
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        if keep(&line[..end]) {
+            if !header.is_empty() {
+                out.push_str(&header);
+                header.clear();
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
 }
 
@@ -425,6 +753,35 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(go_float(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn creation_times_as_go_float_writes_them() {
+        for ms in [
+            0i64,
+            1,
+            500,
+            123_456,
+            1_000,
+            999_999_999,
+            1_000_000_000,
+            1_764_949_600_123,
+            1_764_949_600_000,
+            1_764_949_600_100,
+        ] {
+            assert_eq!(go_float_ms(ms), go_float(ms as f64 / 1000.0), "{ms}");
+        }
+        let pair = |k: &str, v: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        };
+        let mut buf = String::new();
+        series_key_into(&mut buf, &[pair("a", "1"), pair("b", "2")]);
+        assert_eq!(buf, series_key([("b", "2"), ("a", "1")]));
+        series_key_into(&mut buf, &[pair("b", "2"), pair("a", "1")]);
+        assert_eq!(buf, series_key([("b", "2"), ("a", "1")]));
     }
 
     #[test]
