@@ -45,7 +45,12 @@ SERIES = {
 HISTOGRAMS = {"ferrolab_operation_duration_seconds", "ferrolab_backup_duration_seconds"}
 # Prometheus's own per-target series, used by the target-down alerts
 PROMETHEUS_SERIES = {"up"}
-ALLOWED = SERIES | PROMETHEUS_SERIES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+# counters and histograms made with fl.metrics (the backup series) also write prometheus_client's `_created`
+# samples (off with PROMETHEUS_DISABLE_CREATED_SERIES); no rule or panel uses them
+CREATED = {n.removesuffix("_total") + "_created" for n in SERIES if n.endswith("_total")} | {
+    h + "_created" for h in HISTOGRAMS
+}
+ALLOWED = SERIES | PROMETHEUS_SERIES | CREATED | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 ALERTS = {
     "FerrolabTargetDown",
@@ -63,8 +68,23 @@ ALERTS = {
     "FerrolabOpsChecksNotRunning",
 }
 
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                   "offset", "Inf", "NaN", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "Inf",
+    "NaN",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -77,7 +97,7 @@ def metric_names(expr: str) -> set[str]:
     s = re.sub(r"(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", " ", s)  # numbers
     names = set()
     for m in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", s):
-        if m.group() in PROMQL_KEYWORDS or s[m.end():].lstrip().startswith("("):
+        if m.group() in PROMQL_KEYWORDS or s[m.end() :].lstrip().startswith("("):
             continue  # keyword, or a function / aggregation call
         names.add(m.group())
     return names
@@ -136,12 +156,14 @@ def test_series_names_match_the_exposition():
         "ferrolab_memory_total_bytes",
         "ferrolab_cpu_usage_percent",
     }
-    assert re.search(r'^ferrolab_operations_total\{(?=.*operation="dot")(?=.*device="cpu")(?=.*status="error").*\} ',
-                     text, re.M)
+    assert re.search(
+        r'^ferrolab_operations_total\{(?=.*operation="dot")(?=.*device="cpu")(?=.*status="error").*\} ', text, re.M
+    )
     assert re.search(r'^ferrolab_operations_total\{(?=.*operation="sum")(?=.*status="success").*\} ', text, re.M)
     assert re.search(r'^ferrolab_errors_total\{(?=.*operation="dot")(?=.*error_type=").*\} ', text, re.M)
-    assert re.search(r'^ferrolab_operation_duration_seconds_bucket\{(?=.*operation="sum")(?=.*device=")(?=.*le=")',
-                     text, re.M)
+    assert re.search(
+        r'^ferrolab_operation_duration_seconds_bucket\{(?=.*operation="sum")(?=.*device=")(?=.*le=")', text, re.M
+    )
 
 
 # --- package data ---------------------------------------------------------------------------------------------------
@@ -265,8 +287,10 @@ def unit_test_runs(tmp_path_factory):
     (broken / monitoring.ALERT_RULES_FILE).write_text(yaml.safe_dump(doc), encoding="utf-8")
     (broken / monitoring.ALERT_TESTS_FILE).write_text(monitoring.alert_rule_tests(), encoding="utf-8")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = {k: pool.submit(promtool, "test", "rules", monitoring.ALERT_TESTS_FILE, cwd=d)
-                for k, d in (("shipped", shipped), ("broken", broken))}
+        runs = {
+            k: pool.submit(promtool, "test", "rules", monitoring.ALERT_TESTS_FILE, cwd=d)
+            for k, d in (("shipped", shipped), ("broken", broken))
+        }
         return {k: f.result() for k, f in runs.items()}
 
 
@@ -347,8 +371,11 @@ def test_dashboard_uses_only_ferrolab_series_and_covers_them():
 @needs_promtool
 def test_dashboard_queries_parse(tmp_path):
     exprs = [substitute_grafana_variables(e) for e in dashboard_exprs(monitoring.grafana_dashboard())]
-    doc = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
-                                                      for i, e in enumerate(exprs)]}]}
+    doc = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     res = promtool("check", "rules", str(path))
@@ -373,15 +400,21 @@ def test_breaker_state_panel_maps_states_to_codes(tmp_path):
     doc = {
         "rule_files": [],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "promql_expr_test": [{
-                "expr": expr,
-                "eval_time": "2m",
-                "exp_samples": [{"labels": f'{{instance="h:1",name="{s}"}}', "value": c} for s, c in codes.items()],
-            }],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "2m",
+                        "exp_samples": [
+                            {"labels": f'{{instance="h:1",name="{s}"}}', "value": c} for s, c in codes.items()
+                        ],
+                    }
+                ],
+            }
+        ],
     }
     (tmp_path / "t.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
     res = promtool("test", "rules", "t.yml", cwd=tmp_path)
@@ -394,8 +427,11 @@ def test_breaker_state_panel_maps_states_to_codes(tmp_path):
 def test_write_monitoring_writes_the_three_files(tmp_path):
     target = tmp_path / "a" / "b"
     paths = monitoring.write_monitoring(str(target))
-    assert paths == [target / monitoring.ALERT_RULES_FILE, target / monitoring.ALERT_TESTS_FILE,
-                     target / monitoring.DASHBOARD_FILE]
+    assert paths == [
+        target / monitoring.ALERT_RULES_FILE,
+        target / monitoring.ALERT_TESTS_FILE,
+        target / monitoring.DASHBOARD_FILE,
+    ]
     assert paths[0].read_text(encoding="utf-8") == monitoring.alert_rules()
     assert paths[1].read_text(encoding="utf-8") == monitoring.alert_rule_tests()
     assert json.loads(paths[2].read_text(encoding="utf-8")) == monitoring.grafana_dashboard()
@@ -429,9 +465,9 @@ def test_write_monitoring_errors(tmp_path):
 def test_cli_monitoring(tmp_path, capsys):
     out = tmp_path / "mon"
     assert cli.main(["monitoring", str(out)]) == 0
-    assert capsys.readouterr().out.split() == [str(out / n) for n in (monitoring.ALERT_RULES_FILE,
-                                                                       monitoring.ALERT_TESTS_FILE,
-                                                                       monitoring.DASHBOARD_FILE)]
+    assert capsys.readouterr().out.split() == [
+        str(out / n) for n in (monitoring.ALERT_RULES_FILE, monitoring.ALERT_TESTS_FILE, monitoring.DASHBOARD_FILE)
+    ]
     assert cli.main(["monitoring", str(out)]) == 1
     assert "use --force" in capsys.readouterr().err
     assert cli.main(["monitoring", str(out), "--force"]) == 0
@@ -473,14 +509,23 @@ def test_cli_health_exit_codes(default_checks, capsys, status, code):
 
 
 def test_cli_health_subprocess_with_import(tmp_path):
-    (tmp_path / "my_checks.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_checks.py").write_text(
+        textwrap.dedent("""
         from ferrolab import health
         health.register("queue", lambda: (health.Status.UNHEALTHY, "backlog"))
-    """), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
 
     def ferrolab(*args):
-        return subprocess.run([sys.executable, "-m", "ferrolab", *args], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=SUBPROCESS_TIMEOUT, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "ferrolab", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
 
     res = ferrolab("health")  # nothing registered: the machine checks run
     assert res.returncode in (0, 1), res.stderr
@@ -490,8 +535,10 @@ def test_cli_health_subprocess_with_import(tmp_path):
     res = ferrolab("health", "--json", "--import", "my_checks")
     assert res.returncode == 1, res.stderr
     assert json.loads(res.stdout)["checks"]["queue"] == {
-        "status": "unhealthy", "message": "backlog", "duration_seconds": json.loads(res.stdout)["checks"]["queue"][
-            "duration_seconds"]}
+        "status": "unhealthy",
+        "message": "backlog",
+        "duration_seconds": json.loads(res.stdout)["checks"]["queue"]["duration_seconds"],
+    }
     res = ferrolab("health", "--import", "no_such_module_here")
     assert res.returncode == 2
     assert "cannot import 'no_such_module_here'" in res.stderr
@@ -502,8 +549,9 @@ def test_cli_health_subprocess_with_import(tmp_path):
 
 SLOS = [
     monitoring.SLO("api", 0.999),
-    monitoring.SLO("api-latency", 0.95, kind="latency", threshold_seconds=0.25,
-                   matchers={"job": "svc", "operation": "matmul"}),
+    monitoring.SLO(
+        "api-latency", 0.95, kind="latency", threshold_seconds=0.25, matchers={"job": "svc", "operation": "matmul"}
+    ),
     monitoring.SLO("weekly", 0.99, period="7d", matchers={"operation": "dot"}),
     # threshold 1: the exposition spells its bucket le="1.0" (as prometheus_client), Go clients le="1"
     monitoring.SLO("slow-ops", 0.9, kind="latency", threshold_seconds=1, period="28d"),
@@ -535,38 +583,44 @@ def test_slo_defaults_and_normalization():
     assert monitoring.SLO("l", 0.95, kind="latency", threshold_seconds=0.000001).threshold_seconds == 1e-6
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    ({"name": 1}, TypeError, "field 'name' must be a str"),
-    ({"name": ""}, ValueError, "field 'name' must be 1-64"),
-    ({"name": "a b"}, ValueError, "field 'name'"),
-    ({"name": "-a"}, ValueError, "field 'name'"),
-    ({"objective": "0.999"}, TypeError, "field 'objective' must be a float"),
-    ({"objective": True}, TypeError, "field 'objective' must be a float"),
-    ({"objective": 1.0}, ValueError, r"field 'objective' must be in \[0.9, 1\), got 1.0"),
-    ({"objective": 0.5}, ValueError, "field 'objective' must be in"),
-    ({"objective": 99.9}, ValueError, "a fraction: 0.999 for 99.9%"),
-    ({"objective": float("nan")}, ValueError, "field 'objective'"),
-    ({"kind": "errors"}, ValueError, "field 'kind' must be 'availability' or 'latency'"),
-    ({"kind": None}, TypeError, "field 'kind' must be a str"),
-    ({"period": 30}, TypeError, "field 'period' must be a str"),
-    ({"period": "12h"}, ValueError, "field 'period' must be a Prometheus duration from 1d to 365d"),
-    ({"period": "2y"}, ValueError, "field 'period'"),
-    ({"period": "30 d"}, ValueError, "field 'period'"),
-    ({"threshold_seconds": 0.25}, ValueError, "field 'threshold_seconds' is for kind='latency' only"),
-    ({"kind": "latency"}, ValueError, "field 'threshold_seconds' is required for kind='latency'"),
-    ({"kind": "latency", "threshold_seconds": "0.25"}, TypeError, "field 'threshold_seconds' must be a float"),
-    ({"kind": "latency", "threshold_seconds": 0.5}, ValueError,
-     r"field 'threshold_seconds' must be a bucket boundary of ferrolab_operation_duration_seconds \(0.000001, .*"
-     r"0.25, 1, 2.5, 10\), got 0.5"),
-    ({"kind": "latency", "threshold_seconds": float("inf")}, ValueError, "field 'threshold_seconds'"),
-    ({"matchers": ["job"]}, TypeError, "field 'matchers' must be a mapping"),
-    ({"matchers": {"job": 1}}, TypeError, "field 'matchers' must map str to str"),
-    ({"matchers": {"1job": "x"}}, ValueError, "field 'matchers' has an invalid label name '1job'"),
-    ({"matchers": {"__name__": "x"}}, ValueError, "invalid label name"),
-    ({"matchers": {"le": "1"}}, ValueError, "field 'matchers' cannot match the reserved label 'le'"),
-    ({"matchers": {"status": "error"}}, ValueError, "reserved label 'status'"),
-    ({"matchers": {"slo": "x"}}, ValueError, "reserved label 'slo'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"name": 1}, TypeError, "field 'name' must be a str"),
+        ({"name": ""}, ValueError, "field 'name' must be 1-64"),
+        ({"name": "a b"}, ValueError, "field 'name'"),
+        ({"name": "-a"}, ValueError, "field 'name'"),
+        ({"objective": "0.999"}, TypeError, "field 'objective' must be a float"),
+        ({"objective": True}, TypeError, "field 'objective' must be a float"),
+        ({"objective": 1.0}, ValueError, r"field 'objective' must be in \[0.9, 1\), got 1.0"),
+        ({"objective": 0.5}, ValueError, "field 'objective' must be in"),
+        ({"objective": 99.9}, ValueError, "a fraction: 0.999 for 99.9%"),
+        ({"objective": float("nan")}, ValueError, "field 'objective'"),
+        ({"kind": "errors"}, ValueError, "field 'kind' must be 'availability' or 'latency'"),
+        ({"kind": None}, TypeError, "field 'kind' must be a str"),
+        ({"period": 30}, TypeError, "field 'period' must be a str"),
+        ({"period": "12h"}, ValueError, "field 'period' must be a Prometheus duration from 1d to 365d"),
+        ({"period": "2y"}, ValueError, "field 'period'"),
+        ({"period": "30 d"}, ValueError, "field 'period'"),
+        ({"threshold_seconds": 0.25}, ValueError, "field 'threshold_seconds' is for kind='latency' only"),
+        ({"kind": "latency"}, ValueError, "field 'threshold_seconds' is required for kind='latency'"),
+        ({"kind": "latency", "threshold_seconds": "0.25"}, TypeError, "field 'threshold_seconds' must be a float"),
+        (
+            {"kind": "latency", "threshold_seconds": 0.5},
+            ValueError,
+            r"field 'threshold_seconds' must be a bucket boundary of ferrolab_operation_duration_seconds \(0.000001, .*"
+            r"0.25, 1, 2.5, 10\), got 0.5",
+        ),
+        ({"kind": "latency", "threshold_seconds": float("inf")}, ValueError, "field 'threshold_seconds'"),
+        ({"matchers": ["job"]}, TypeError, "field 'matchers' must be a mapping"),
+        ({"matchers": {"job": 1}}, TypeError, "field 'matchers' must map str to str"),
+        ({"matchers": {"1job": "x"}}, ValueError, "field 'matchers' has an invalid label name '1job'"),
+        ({"matchers": {"__name__": "x"}}, ValueError, "invalid label name"),
+        ({"matchers": {"le": "1"}}, ValueError, "field 'matchers' cannot match the reserved label 'le'"),
+        ({"matchers": {"status": "error"}}, ValueError, "reserved label 'status'"),
+        ({"matchers": {"slo": "x"}}, ValueError, "reserved label 'slo'"),
+    ],
+)
 def test_slo_validation(kwargs, exc, match):
     fields = {"name": "api", "objective": 0.999, **kwargs}
     with pytest.raises(exc, match=r"^SLO\(\): .*" + match):
@@ -574,8 +628,16 @@ def test_slo_validation(kwargs, exc, match):
 
 
 def test_slo_from_dict():
-    s = monitoring.SLO.from_dict({"name": "l", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.1,
-                                  "period": "4w", "matchers": {"job": "api"}})
+    s = monitoring.SLO.from_dict(
+        {
+            "name": "l",
+            "objective": 0.95,
+            "kind": "latency",
+            "threshold_seconds": 0.1,
+            "period": "4w",
+            "matchers": {"job": "api"},
+        }
+    )
     assert s == monitoring.SLO("l", 0.95, kind="latency", threshold_seconds=0.1, period="4w", matchers={"job": "api"})
     with pytest.raises(ValueError, match=r"SLO.from_dict\(\): unknown field 'window' \(fields: name, objective"):
         monitoring.SLO.from_dict({"name": "a", "objective": 0.99, "window": "30d"})
@@ -587,13 +649,24 @@ def test_slo_from_dict():
 
 def test_slo_windows_scale_with_the_period():
     assert [w[1:] for w in monitoring.SLO("a", 0.999).windows()] == [
-        ("critical", 14.4, "1h", "5m"), ("critical", 6.0, "6h", "30m"),
-        ("warning", 3.0, "1d", "2h"), ("warning", 1.0, "3d", "6h")]
+        ("critical", 14.4, "1h", "5m"),
+        ("critical", 6.0, "6h", "30m"),
+        ("warning", 3.0, "1d", "2h"),
+        ("warning", 1.0, "3d", "6h"),
+    ]
     assert [w[3:] for w in monitoring.SLO("a", 0.999, period="90d").windows()] == [
-        ("3h", "15m"), ("18h", "1h30m"), ("3d", "6h"), ("9d", "18h")]
+        ("3h", "15m"),
+        ("18h", "1h30m"),
+        ("3d", "6h"),
+        ("9d", "18h"),
+    ]
     # never under 5 minutes: a rate needs several scrapes
     assert [w[3:] for w in monitoring.SLO("a", 0.999, period="1d").windows()] == [
-        ("5m", "5m"), ("12m", "5m"), ("48m", "5m"), ("2h24m", "12m")]
+        ("5m", "5m"),
+        ("12m", "5m"),
+        ("48m", "5m"),
+        ("2h24m", "12m"),
+    ]
     for slo in SLOS:
         for *_, long, short in slo.windows():
             assert seconds(long) >= seconds(short) >= 300
@@ -607,12 +680,14 @@ def test_slo_rules_structure():
         windows = {w for *_, long, short in slo.windows() for w in (long, short)} | {slo.period}
         recorded = [r for r in group["rules"] if "record" in r]
         assert {r["record"] for r in recorded} == {records + w for w in windows} | {
-            "ferrolab:slo_error_budget_remaining:ratio"}
+            "ferrolab:slo_error_budget_remaining:ratio"
+        }
         assert all(r["labels"] == {"slo": slo.name} for r in recorded)
         alerts = [r for r in group["rules"] if "alert" in r]
         assert [(a["alert"], a["labels"]) for a in alerts] == [
             ("FerrolabSLOErrorBudgetBurnFast", {"severity": "critical", "slo": slo.name}),
-            ("FerrolabSLOErrorBudgetBurnSlow", {"severity": "warning", "slo": slo.name})]
+            ("FerrolabSLOErrorBudgetBurnSlow", {"severity": "warning", "slo": slo.name}),
+        ]
         assert group["rules"].index(alerts[0]) > group["rules"].index(recorded[-1])  # records are evaluated first
         for a in alerts:
             assert "for" not in a  # the short window resets the alert; no pending period
@@ -624,14 +699,17 @@ def test_slo_rules_structure():
         for *_, burn, long, short in slo.windows():
             for w in (long, short):
                 assert f'{records}{w}{{slo="{slo.name}"}} > ({monitoring._number(burn)} * ' in (
-                    alerts[0]["expr"] + alerts[1]["expr"])
+                    alerts[0]["expr"] + alerts[1]["expr"]
+                )
         for r in recorded[:-1]:
             names = metric_names(r["expr"])
             if slo.kind == "availability":
                 assert names == {"ferrolab_operations_total"} and 'status="error"' in r["expr"]
             else:
-                assert names == {"ferrolab_operation_duration_seconds_bucket",
-                                 "ferrolab_operation_duration_seconds_count"}
+                assert names == {
+                    "ferrolab_operation_duration_seconds_bucket",
+                    "ferrolab_operation_duration_seconds_count",
+                }
             for k, v in slo.matchers.items():
                 assert r["expr"].count(f'{k}="{v}"') == 2, r["expr"]
             assert "sum by (job)" in r["expr"]
@@ -648,7 +726,8 @@ def test_slo_rules_text_is_yaml_without_pyyaml():
     assert 'job="we\\"ird\\\\job: yes"' in rule["expr"] and 'operation="true"' in rule["expr"]
     assert rule["labels"] == {"slo": "a.b_c-1"}
     assert monitoring._yaml({"a": [], "b": {}, "c": [1, 2.5, True], "d": "null", "e": "x\ny\n"}) == (
-        'a: []\nb: {}\nc:\n  - 1\n  - 2.5\n  - true\nd: "null"\ne: |\n  x\n  y')
+        'a: []\nb: {}\nc:\n  - 1\n  - 2.5\n  - true\nd: "null"\ne: |\n  x\n  y'
+    )
     assert yaml.safe_load(monitoring._yaml({"e": "x\n\ny"})) == {"e": "x\n\ny"}
 
 
@@ -678,16 +757,26 @@ def test_slo_rule_tests_cover_fast_slow_and_quiet():
                 checks.setdefault(t["name"], []).append((m.group(1), bool(c["exp_samples"])))
     assert checks == {
         "SLO api: 2% errors (20x the budget) pages within minutes": [
-            ("FerrolabSLOErrorBudgetBurnFast", True), ("FerrolabSLOErrorBudgetBurnSlow", True),
-            ("FerrolabSLOErrorBudgetBurnFast", True)],
+            ("FerrolabSLOErrorBudgetBurnFast", True),
+            ("FerrolabSLOErrorBudgetBurnSlow", True),
+            ("FerrolabSLOErrorBudgetBurnFast", True),
+        ],
         "SLO api: a fast burn that stopped pages no more once the short windows are clean": [
-            ("FerrolabSLOErrorBudgetBurnFast", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+            ("FerrolabSLOErrorBudgetBurnFast", True),
+            ("FerrolabSLOErrorBudgetBurnFast", False),
+        ],
         "SLO api: 0.4% errors (4x the budget) opens a ticket and does not page": [
-            ("FerrolabSLOErrorBudgetBurnSlow", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+            ("FerrolabSLOErrorBudgetBurnSlow", True),
+            ("FerrolabSLOErrorBudgetBurnFast", False),
+        ],
         "SLO api: 0.15% errors (1.5x the budget) opens a ticket and does not page": [
-            ("FerrolabSLOErrorBudgetBurnSlow", True), ("FerrolabSLOErrorBudgetBurnFast", False)],
+            ("FerrolabSLOErrorBudgetBurnSlow", True),
+            ("FerrolabSLOErrorBudgetBurnFast", False),
+        ],
         "SLO api: 0.05% errors (half the budget) fires nothing": [
-            ("FerrolabSLOErrorBudgetBurnFast", False), ("FerrolabSLOErrorBudgetBurnSlow", False)],
+            ("FerrolabSLOErrorBudgetBurnFast", False),
+            ("FerrolabSLOErrorBudgetBurnSlow", False),
+        ],
     }
     # series the matchers exclude burn beside the quiet case
     doc = yaml.safe_load(monitoring.slo_rule_tests(SLOS[1:2]))
@@ -709,8 +798,12 @@ def test_promtool_check_slo_rules(tmp_path):
 
 def _alert_checks(test_text: str) -> list[tuple[str, float]]:
     """(ALERTS expr, eval_time in seconds) of every alert check in generated SLO tests."""
-    return [(c["expr"], seconds(c["eval_time"])) for t in yaml.safe_load(test_text)["tests"]
-            for c in t["promql_expr_test"] if c["expr"].startswith("ALERTS")]
+    return [
+        (c["expr"], seconds(c["eval_time"]))
+        for t in yaml.safe_load(test_text)["tests"]
+        for c in t["promql_expr_test"]
+        if c["expr"].startswith("ALERTS")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -724,16 +817,19 @@ def slo_test_runs(tmp_path_factory):
     broken = copy.deepcopy(doc)
     long_only = copy.deepcopy(doc)
     for g_broken, g_long in zip(broken["groups"], long_only["groups"], strict=True):
-        g_broken["rules"] = [{"alert": r["alert"], "expr": "vector(1)", "labels": r["labels"]}
-                             for r in g_broken["rules"] if "alert" in r]  # (no recording rules: faster)
+        g_broken["rules"] = [
+            {"alert": r["alert"], "expr": "vector(1)", "labels": r["labels"]} for r in g_broken["rules"] if "alert" in r
+        ]  # (no recording rules: faster)
         for r in g_long["rules"]:
             if "alert" in r:
                 r["expr"] = re.sub(r"\n\s*and\n[^\n]*\n", "\n", r["expr"])
     variants = {
         "shipped": (rules_text, tests_text),
         # the latency SLO with threshold 1 alone
-        "go_spelling": (monitoring.slo_rules(SLOS[3:]),
-                        monitoring.slo_rule_tests(SLOS[3:]).replace('le=\\"1.0\\"', 'le=\\"1\\"')),
+        "go_spelling": (
+            monitoring.slo_rules(SLOS[3:]),
+            monitoring.slo_rule_tests(SLOS[3:]).replace('le=\\"1.0\\"', 'le=\\"1\\"'),
+        ),
         "broken": (yaml.safe_dump(broken), tests_text),
         "long_only": (yaml.safe_dump(long_only), tests_text),
     }
@@ -789,13 +885,14 @@ def test_dashboard_with_slos():
     plain = monitoring.grafana_dashboard()
     d = monitoring.grafana_dashboard(SLOS)
     assert d["panels"][: len(plain["panels"])] == plain["panels"]
-    row, panel = d["panels"][len(plain["panels"]):]
+    row, panel = d["panels"][len(plain["panels"]) :]
     assert row["type"] == "row" and row["title"] == "Service level objectives"
     assert panel["title"] == "Error budget remaining" and panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
     assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     (target,) = panel["targets"]
-    assert target["expr"] == ('ferrolab:slo_error_budget_remaining:ratio{slo=~"api|api\\\\-latency|weekly|'
-                              'slow\\\\-ops", job=~"$job"}')
+    assert target["expr"] == (
+        'ferrolab:slo_error_budget_remaining:ratio{slo=~"api|api\\\\-latency|weekly|slow\\\\-ops", job=~"$job"}'
+    )
     panels = dashboard_panels(d)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
@@ -818,16 +915,23 @@ def test_dashboard_slo_query_reads_the_recording_rule(tmp_path):
     doc = {
         "rule_files": [monitoring.SLO_RULES_FILE],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'ferrolab_operations_total{job="app",status="error"}', "values": "0+1x60"},
-                {"series": 'ferrolab_operations_total{job="app",status="success"}', "values": "0+3999x60"},
-            ],
-            # 0.025% errors spend a quarter of a 0.1% budget
-            "promql_expr_test": [{"expr": f"({expr} > bool 0.7499) * ({expr} < bool 0.7501)", "eval_time": "60m",
-                                  "exp_samples": [{"labels": '{job="app", slo="api-v1.2"}', "value": 1}]}],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'ferrolab_operations_total{job="app",status="error"}', "values": "0+1x60"},
+                    {"series": 'ferrolab_operations_total{job="app",status="success"}', "values": "0+3999x60"},
+                ],
+                # 0.025% errors spend a quarter of a 0.1% budget
+                "promql_expr_test": [
+                    {
+                        "expr": f"({expr} > bool 0.7499) * ({expr} < bool 0.7501)",
+                        "eval_time": "60m",
+                        "exp_samples": [{"labels": '{job="app", slo="api-v1.2"}', "value": 1}],
+                    }
+                ],
+            }
+        ],
     }
     (tmp_path / "t.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
     res = promtool("test", "rules", "t.yml", cwd=tmp_path)
@@ -835,10 +939,16 @@ def test_dashboard_slo_query_reads_the_recording_rule(tmp_path):
 
 
 def test_write_monitoring_with_slos(tmp_path):
-    paths = monitoring.write_monitoring(tmp_path, slos=[SLOS[0], {"name": "lat", "objective": 0.95,
-                                                                   "kind": "latency", "threshold_seconds": 0.25}])
-    assert [p.name for p in paths] == [monitoring.ALERT_RULES_FILE, monitoring.ALERT_TESTS_FILE,
-                                       monitoring.DASHBOARD_FILE, monitoring.SLO_RULES_FILE, monitoring.SLO_TESTS_FILE]
+    paths = monitoring.write_monitoring(
+        tmp_path, slos=[SLOS[0], {"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.25}]
+    )
+    assert [p.name for p in paths] == [
+        monitoring.ALERT_RULES_FILE,
+        monitoring.ALERT_TESTS_FILE,
+        monitoring.DASHBOARD_FILE,
+        monitoring.SLO_RULES_FILE,
+        monitoring.SLO_TESTS_FILE,
+    ]
     slos = [SLOS[0], monitoring.SLO("lat", 0.95, kind="latency", threshold_seconds=0.25)]
     assert paths[0].read_text(encoding="utf-8") == monitoring.alert_rules()
     assert json.loads(paths[2].read_text(encoding="utf-8")) == monitoring.grafana_dashboard(slos)
@@ -864,10 +974,14 @@ def test_write_monitoring_with_slos(tmp_path):
 
 
 def test_load_slos(tmp_path):
-    spec = [{"name": "api", "objective": 0.999, "matchers": {"job": "api"}},
-            {"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.25, "period": "7d"}]
-    expected = [monitoring.SLO("api", 0.999, matchers={"job": "api"}),
-                monitoring.SLO("lat", 0.95, kind="latency", threshold_seconds=0.25, period="7d")]
+    spec = [
+        {"name": "api", "objective": 0.999, "matchers": {"job": "api"}},
+        {"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.25, "period": "7d"},
+    ]
+    expected = [
+        monitoring.SLO("api", 0.999, matchers={"job": "api"}),
+        monitoring.SLO("lat", 0.95, kind="latency", threshold_seconds=0.25, period="7d"),
+    ]
     (tmp_path / "a.json").write_text(json.dumps(spec), encoding="utf-8")
     (tmp_path / "b.json").write_text(json.dumps({"slos": spec}), encoding="utf-8")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"slos": spec}), encoding="utf-8")
@@ -877,17 +991,30 @@ def test_load_slos(tmp_path):
         assert monitoring.load_slos(str(tmp_path / name)) == expected, name
 
 
-@pytest.mark.parametrize("text, exc, match", [
-    ("{", ValueError, "is not valid JSON"),
-    ("[]", ValueError, "must hold a non-empty list of SLOs"),
-    ('{"slo": []}', ValueError, "must hold a non-empty list of SLOs"),
-    ('[{"name": "a", "objective": 0.99}, {"name": "b", "objective": "high"}]', TypeError,
-     r"SLO #2: SLO\(\): field 'objective' must be a float"),
-    ('[{"name": "a", "objective": 0.99, "window": "30d"}]', ValueError, "SLO #1: SLO.from_dict\\(\\): unknown field"),
-    ('[{"name": "a", "objective": 0.99}, {"name": "a", "objective": 0.9}]', ValueError, "names 'a' twice"),
-    ('[{"name": "l", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]', ValueError,
-     "field 'threshold_seconds' must be a bucket boundary"),
-])
+@pytest.mark.parametrize(
+    "text, exc, match",
+    [
+        ("{", ValueError, "is not valid JSON"),
+        ("[]", ValueError, "must hold a non-empty list of SLOs"),
+        ('{"slo": []}', ValueError, "must hold a non-empty list of SLOs"),
+        (
+            '[{"name": "a", "objective": 0.99}, {"name": "b", "objective": "high"}]',
+            TypeError,
+            r"SLO #2: SLO\(\): field 'objective' must be a float",
+        ),
+        (
+            '[{"name": "a", "objective": 0.99, "window": "30d"}]',
+            ValueError,
+            "SLO #1: SLO.from_dict\\(\\): unknown field",
+        ),
+        ('[{"name": "a", "objective": 0.99}, {"name": "a", "objective": 0.9}]', ValueError, "names 'a' twice"),
+        (
+            '[{"name": "l", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]',
+            ValueError,
+            "field 'threshold_seconds' must be a bucket boundary",
+        ),
+    ],
+)
 def test_load_slos_errors(tmp_path, text, exc, match):
     f = tmp_path / "slos.json"
     f.write_text(text, encoding="utf-8")
@@ -914,17 +1041,24 @@ def test_cli_monitoring_slo(tmp_path, capsys):
     spec.write_text(json.dumps([{"name": "api", "objective": 0.999}]), encoding="utf-8")
     out = tmp_path / "mon"
     assert cli.main(["monitoring", str(out), "--slo", str(spec)]) == 0
-    names = [monitoring.ALERT_RULES_FILE, monitoring.ALERT_TESTS_FILE, monitoring.DASHBOARD_FILE,
-             monitoring.SLO_RULES_FILE, monitoring.SLO_TESTS_FILE]
+    names = [
+        monitoring.ALERT_RULES_FILE,
+        monitoring.ALERT_TESTS_FILE,
+        monitoring.DASHBOARD_FILE,
+        monitoring.SLO_RULES_FILE,
+        monitoring.SLO_TESTS_FILE,
+    ]
     assert capsys.readouterr().out.split() == [str(out / n) for n in names]
     assert (out / monitoring.SLO_RULES_FILE).read_text(encoding="utf-8") == monitoring.slo_rules(
-        [monitoring.SLO("api", 0.999)])
+        [monitoring.SLO("api", 0.999)]
+    )
     assert cli.main(["monitoring", str(out), "--slo", str(spec)]) == 1
     assert "use --force" in capsys.readouterr().err
     assert cli.main(["monitoring", str(out), "--slo", str(spec), "--force"]) == 0
     capsys.readouterr()
-    spec.write_text(json.dumps([{"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]),
-                    encoding="utf-8")
+    spec.write_text(
+        json.dumps([{"name": "lat", "objective": 0.95, "kind": "latency", "threshold_seconds": 0.5}]), encoding="utf-8"
+    )
     assert cli.main(["monitoring", str(tmp_path / "new"), "--slo", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ferrolab monitoring: --slo: load_slos(): ") and "'threshold_seconds'" in err
