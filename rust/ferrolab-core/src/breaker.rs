@@ -2088,9 +2088,9 @@ mod tests {
         has("ferrolab_circuit_breaker_calls_total{name=\"core_test_series\",outcome=\"rejected\"} 1");
         has("ferrolab_circuit_breaker_calls_total{name=\"core_test_series\",outcome=\"slow\"} 0");
         has(
-            "ferrolab_circuit_breaker_transitions_total{name=\"core_test_series\",from=\"closed\",to=\"open\"} 1",
+            "ferrolab_circuit_breaker_transitions_total{from=\"closed\",name=\"core_test_series\",to=\"open\"} 1",
         );
-        has("ferrolab_circuit_breaker_transitions_total{name=\"core_test_series\",from=\"half_open\",to=\"closed\"} 0");
+        has("ferrolab_circuit_breaker_transitions_total{from=\"half_open\",name=\"core_test_series\",to=\"closed\"} 0");
         assert!(registered().iter().any(|b| b.name() == "core_test_series"));
         unregister(&br);
         assert!(!registered().iter().any(|b| b.name() == "core_test_series"));
