@@ -836,7 +836,7 @@ def test_backup_metrics_are_exposed(tmp_path) -> None:
     assert "# TYPE ferrolab_backup_duration_seconds histogram" in text
     count = "ferrolab_backup_duration_seconds_count"
     assert sample(text, count, operation="backup") == sample(before, count, operation="backup") + 1
-    assert 'ferrolab_backup_duration_seconds_bucket{operation="backup",le="+Inf"}' in text
+    assert 'ferrolab_backup_duration_seconds_bucket{le="+Inf",operation="backup"}' in text
     assert sample(text, "ferrolab_backup_duration_seconds_sum", operation="backup") > sample(
         before, "ferrolab_backup_duration_seconds_sum", operation="backup")
 

@@ -1010,7 +1010,7 @@ def test_metrics_are_exported_and_can_be_switched_off() -> None:
     assert f'ferrolab_circuit_breaker_state{{name="{n}",state="closed"}} 0' in text
     for outcome, v in [("success", 1), ("failure", 1), ("rejected", 1), ("ignored", 0), ("slow", 0)]:
         assert f'ferrolab_circuit_breaker_calls_total{{name="{n}",outcome="{outcome}"}} {v}' in text
-    assert f'ferrolab_circuit_breaker_transitions_total{{name="{n}",from="closed",to="open"}} 1' in text
+    assert f'ferrolab_circuit_breaker_transitions_total{{from="closed",name="{n}",to="open"}} 1' in text
     assert off.name not in text and off.stats()["success"] == 0
     assert fl.metrics.REGISTRY.get_sample_value(
         "ferrolab_circuit_breaker_calls_total", {"name": follow.name, "outcome": "success"}

@@ -183,7 +183,7 @@ def test_errors_on_both_devices_are_one_series_per_error_type(fake: None) -> Non
         line = next(
             x
             for x in fl.metrics.exposition().splitlines()
-            if x.startswith('ferrolab_errors_total{operation="var",error_type="ValueError"}')
+            if x.startswith('ferrolab_errors_total{error_type="ValueError",operation="var"}')
         )
         return float(line.rsplit(" ", 1)[1])
 
@@ -196,7 +196,9 @@ def test_errors_on_both_devices_are_one_series_per_error_type(fake: None) -> Non
     cuda, cpu = stats("var", "cuda"), stats("var", "cpu")
     assert cuda["errors"] >= 1 and cpu["errors"] >= 1
     lines = [
-        x for x in fl.metrics.exposition().splitlines() if x.startswith('ferrolab_errors_total{operation="var",')
+        x
+        for x in fl.metrics.exposition().splitlines()
+        if x.startswith("ferrolab_errors_total{") and 'operation="var"' in x
     ]
     kinds = [x.split('error_type="')[1].split('"')[0] for x in lines]
     assert len(kinds) == len(set(kinds)), lines
