@@ -491,11 +491,12 @@ def test_delete_from_gateway_removes_only_that_group(pushgateway, pushed_metrics
     M.push(pushgateway, job, {"instance": "one"})
     M.push(pushgateway, job, {"instance": "two"})
     assert group(pushgateway, {"job": job, "instance": "one"}) is not None
+    # the Pushgateway answers a DELETE with 202 and applies it asynchronously: poll (bounded) until it is gone
     M.delete_from_gateway(pushgateway, job, {"instance": "one"})
-    assert group(pushgateway, {"job": job, "instance": "one"}) is None
+    wait_for("group one deleted", lambda: group(pushgateway, {"job": job, "instance": "one"}) is None, 10.0)
     assert group(pushgateway, {"job": job, "instance": "two"}) is not None
     M.delete_from_gateway(pushgateway, job, {"instance": "two"})
-    assert group(pushgateway, {"job": job, "instance": "two"}) is None
+    wait_for("group two deleted", lambda: group(pushgateway, {"job": job, "instance": "two"}) is None, 10.0)
 
 
 def test_push_without_scheme_and_with_trailing_slash(pushgateway, pushed_metrics) -> None:
