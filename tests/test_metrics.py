@@ -565,11 +565,17 @@ def test_registry_none_is_not_exposed(make) -> None:
         M.Counter(unique("private"), "Bad registry.", registry=pc.CollectorRegistry())
 
 
-def test_unregister_wants_a_metric() -> None:
-    with pytest.raises(TypeError):
+def test_unregister_of_what_is_not_registered_is_a_key_error() -> None:
+    # as prometheus_client: unregistering an object the registry does not hold is a KeyError
+    with pytest.raises(KeyError, match="not registered"):
         REG.unregister("not a metric")
-    with pytest.raises(TypeError):
+    with pytest.raises(KeyError, match="not registered"):
         REG.unregister(pc.Counter(unique("peer"), "Peer.", registry=None))
+
+
+def test_register_wants_a_metric_or_a_collector() -> None:
+    with pytest.raises(TypeError, match="collect"):
+        REG.register("not a metric")
 
 
 def test_repr_and_attributes(make) -> None:

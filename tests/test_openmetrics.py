@@ -173,8 +173,20 @@ def test_bad_exemplars_are_clear_errors(metrics) -> None:
     h = metrics(M.Histogram, unique("bad_seconds"), "Bad.")
     with pytest.raises(ValueError, match=r"inc.*exemplar.*128"):
         c.inc(1, exemplar={"a": "x" * 200})
+    # reserved names are refused; UTF-8 names pass unless legacy validation is on (as prometheus_client 0.26)
     with pytest.raises(ValueError, match=r"observe.*exemplar.*invalid label name"):
-        h.observe(1, exemplar={"0bad": "x"})
+        h.observe(1, exemplar={"__reserved": "x"})
+    h.observe(1, exemplar={"0 utf-8": "x"})
+    M.enable_legacy_validation()
+    try:
+        assert M.get_legacy_validation()
+        with pytest.raises(ValueError, match=r"observe.*exemplar.*invalid label name"):
+            h.observe(1, exemplar={"0bad": "x"})
+        with pytest.raises(ValueError, match="legacy"):
+            M.Counter("utf8.legacy", "Refused.", registry=None)
+    finally:
+        M.disable_legacy_validation()
+    assert not M.get_legacy_validation()
     with pytest.raises(TypeError, match=r"observe.*exemplar"):
         h.observe(1, exemplar={"a": 1})
     with pytest.raises(TypeError):

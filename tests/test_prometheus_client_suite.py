@@ -26,7 +26,7 @@ SUITES = ("tests/test_core.py", "tests/test_exposition.py")
 # the tests that build one of these metric classes are the ones a migration is judged by
 TOUCHES = re.compile(r"\b(Counter|Gauge|Histogram|Summary|Info|Enum)\(")
 # the pass rate reached (of the tests that touch the classes above); it may only go up
-MIN_PASS_RATE = 0.83
+MIN_PASS_RATE = 0.95
 
 SHIM = '''
 """Swaps ferrolab's metric classes into prometheus_client before its tests are imported."""
@@ -35,6 +35,7 @@ import prometheus_client.core
 import prometheus_client.exposition
 import prometheus_client.metrics
 import prometheus_client.openmetrics.exposition as om
+import prometheus_client.validation
 
 import ferrolab as fl
 
@@ -54,14 +55,31 @@ _om = om.generate_latest
 
 def generate_latest(registry=fl.metrics.REGISTRY, escaping=om.UNDERSCORES):
     if isinstance(registry, fl.metrics.CollectorRegistry):
-        return fl.metrics.generate_latest(registry)
+        return fl.metrics.generate_latest(registry, escaping)
     return _text(registry, escaping)
 
 
 def om_generate_latest(registry=fl.metrics.REGISTRY, escaping=om.UNDERSCORES, version="1.0.0"):
     if isinstance(registry, fl.metrics.CollectorRegistry):
-        return fl.metrics.exposition(registry, openmetrics=True).encode()
+        return fl.metrics.exposition(registry, openmetrics=True, escaping=escaping).encode()
     return _om(registry, escaping, version)
+
+
+# the validation switch: ferrolab's, kept in step with prometheus_client's own (its parser and Metric use it)
+def enable_legacy_validation():
+    fl.metrics.enable_legacy_validation()
+    _validation_on()
+
+
+def disable_legacy_validation():
+    fl.metrics.disable_legacy_validation()
+    _validation_off()
+
+
+_validation_on = prometheus_client.validation.enable_legacy_validation
+_validation_off = prometheus_client.validation.disable_legacy_validation
+prometheus_client.validation.enable_legacy_validation = enable_legacy_validation
+prometheus_client.validation.disable_legacy_validation = disable_legacy_validation
 
 
 SWAP = {
@@ -124,8 +142,9 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     with tarfile.open(tarball) as tf:
         for m in tf.getmembers():
             rel = m.name.split("/", 1)[-1]
-            if rel in SUITES:
-                m.name = Path(rel).name
+            if rel in SUITES or (rel.startswith("tests/certs/") and m.isfile()):
+                # the suites, and the certificates of their TLS tests (next to them, where they look)
+                m.name = rel.removeprefix("tests/")
                 tf.extract(m, work, filter="data")
     (work / "conftest.py").write_text(SHIM)
     report = work / "report.xml"

@@ -26,19 +26,30 @@ from __future__ import annotations
 
 import atexit
 import base64
+import copy
 import functools
 import inspect
 import os
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from . import _core
+from . import _core, _exposition
+from ._exposition import ALLOWUTF8, DOTS, UNDERSCORES, VALUES
 
 __all__ = [
+    "ALLOWUTF8",
     "CONTENT_TYPE_LATEST",
+    "DOTS",
+    "UNDERSCORES",
+    "VALUES",
+    "bridge_to_prometheus_client",
+    "disable_legacy_validation",
+    "enable_legacy_validation",
+    "get_legacy_validation",
     "CollectorRegistry",
     "Counter",
     "DuplicateTimeseries",
@@ -76,8 +87,11 @@ REGISTRY = _core.REGISTRY
 exposition = _core.exposition
 
 
-def generate_latest(registry: CollectorRegistry = REGISTRY) -> bytes:
+def generate_latest(registry: CollectorRegistry = REGISTRY, escaping: str = UNDERSCORES) -> bytes:
     """The text exposition of ``registry`` as UTF-8 bytes, like ``prometheus_client.generate_latest``.
+
+    ``escaping`` is how names outside the legacy character set are written: ``UNDERSCORES`` (the default),
+    ``DOTS``, ``VALUES`` or ``ALLOWUTF8``.
 
     Examples
     --------
@@ -87,7 +101,23 @@ def generate_latest(registry: CollectorRegistry = REGISTRY) -> bytes:
     >>> fl.metrics.generate_latest(reg)
     b'# HELP doc_gen_g A gauge.\\n# TYPE doc_gen_g gauge\\ndoc_gen_g 17.0\\n'
     """
-    return exposition(registry).encode()
+    return exposition(registry, escaping=escaping).encode()
+
+
+def enable_legacy_validation() -> None:
+    """Accept only legacy metric names (``[a-zA-Z_:][a-zA-Z0-9_:]*``) and label names, as prometheus_client's
+    ``enable_legacy_validation()`` (also ``PROMETHEUS_LEGACY_NAME_VALIDATION=true`` at start)."""
+    _core._legacy_validation(True)
+
+
+def disable_legacy_validation() -> None:
+    """Accept UTF-8 metric names and exemplar label names again (the default)."""
+    _core._legacy_validation(False)
+
+
+def get_legacy_validation() -> bool:
+    """Whether legacy name validation is on."""
+    return bool(_core._legacy_validation(None))
 
 
 def disable_created_metrics() -> None:
@@ -135,10 +165,153 @@ class Metric:
         return f"Metric({self.name!r}, {self.documentation!r}, {self.type!r}, {self.unit!r}, {self.samples!r})"
 
 
-def _family(name: str, documentation: str, typ: str, samples: list[tuple[str, dict[str, str], float]]) -> Metric:
-    m = Metric(name, documentation, typ)
+def _family(name: str, documentation: str, typ: str, samples: list[tuple[str, dict[str, str], float]]) -> Any:
+    """One collected family: a ``prometheus_client.Metric`` when the process has imported prometheus_client (so
+    the two compare equal and prometheus_client can render it), else ferrolab's look-alike ``Metric``."""
+    pc = sys.modules.get("prometheus_client.metrics_core")
+    m = pc.Metric(name, documentation, typ) if pc is not None else Metric(name, documentation, typ)
     m.samples = [Sample(n, labels, value) for n, labels, value in samples]
     return m
+
+
+# the names a collector's families reserve besides their own, by type (as prometheus_client reserves them)
+_TYPE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "info": ("_info",),
+}
+
+
+def _collector_names(collector: Any, auto_describe: bool) -> list[str]:
+    """The sample names a custom collector reserves: from its ``describe()``, else (``auto_describe``) one
+    ``collect()``, else none."""
+    if not callable(getattr(collector, "collect", None)):
+        raise TypeError(
+            f"register(): argument 'metric' must be a ferrolab.metrics metric or a collector with a collect() "
+            f"method, not {type(collector).__name__}"
+        )
+    describe = getattr(collector, "describe", None)
+    if callable(describe):
+        families = describe()
+    elif auto_describe:
+        families = collector.collect()
+    else:
+        return []
+    names: list[str] = []
+    for m in families:
+        names.append(m.name)
+        names.extend(m.name + sfx for sfx in _TYPE_SUFFIXES.get(m.type, ()))
+    return names
+
+
+class _TargetInfo:
+    """The collector of a registry's ``target_info`` series (``CollectorRegistry(target_info=...)``)."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self.labels = dict(labels)
+
+    def collect(self) -> list[Any]:
+        return [_family("target", "Target metadata", "info", [("target_info", dict(self.labels), 1.0)])]
+
+
+# set while ferrolab collects a registry's custom collectors: a bridge into prometheus_client yields nothing then
+# (prometheus_client's registry may itself be registered in ferrolab's, and would hand ferrolab's series back)
+_collecting = threading.local()
+
+
+def _foreign_collect(listed: list[tuple[Any, list[str]]], only: list[str] | None) -> list[Any]:
+    """The families of custom collectors; with ``only`` (a restricted registry), just the collectors reserving
+    one of those names, and of their families the samples of those names."""
+    out: list[Any] = []
+    _collecting.active = True
+    try:
+        for collector, names in listed:
+            if only is not None and names and not set(names) & set(only):
+                continue
+            for m in collector.collect():
+                if only is None:
+                    out.append(m)
+                    continue
+                kept = [s for s in m.samples if s.name in only]
+                if kept:
+                    part = copy.copy(m)
+                    part.samples = kept
+                    out.append(part)
+    finally:
+        _collecting.active = False
+    return out
+
+
+def _sample_value(metrics: list[Any], name: str, labels: Mapping[str, str] | None) -> float | None:
+    want = dict(labels or {})
+    for m in metrics:
+        for s in m.samples:
+            if s.name == name and s.labels == want:
+                return s.value
+    return None
+
+
+def _render(metrics: list[Any], openmetrics: bool, escaping: str, full: bool) -> str:
+    return _exposition.render(metrics, openmetrics, escaping, full)
+
+
+class _Bridge:
+    """ferrolab's own families as a prometheus_client collector (see ``bridge_to_prometheus_client``)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> list[Any]:
+        if getattr(_collecting, "active", False):
+            return []
+        return self.source._collect_native()
+
+    def describe(self) -> list[Any]:
+        # no names reserved: ferrolab's families come and go, and ferrolab's registry already keeps them unique
+        return []
+
+
+_bridges: dict[int, tuple[Any, _Bridge]] = {}
+_bridges_lock = threading.Lock()
+
+
+def bridge_to_prometheus_client(registry: Any = None, source: CollectorRegistry = REGISTRY) -> _Bridge:
+    """Serve ferrolab's series through a prometheus_client registry (default ``prometheus_client.REGISTRY``).
+
+    Everything that renders that registry (``make_wsgi_app``, ``make_asgi_app``, ``start_http_server``,
+    ``generate_latest``, Dask's worker ``/metrics``...) then also shows ferrolab's families of ``source``
+    (default ``fl.metrics.REGISTRY``: the ops' series and every metric registered there), read at each scrape.
+    Calling it again for the same registry returns the same bridge; ``registry.unregister(bridge)`` removes it.
+
+    The other direction needs no bridge: ``fl.metrics.REGISTRY.register(prometheus_client.REGISTRY)`` makes
+    ``fl.metrics.serve()`` and ``exposition()`` show prometheus_client's series (both at once is fine: the bridge
+    yields nothing while ferrolab collects prometheus_client's registry, so no series appears twice).
+
+    Examples
+    --------
+    >>> import ferrolab as fl, prometheus_client
+    >>> reg = prometheus_client.CollectorRegistry()
+    >>> bridge = fl.metrics.bridge_to_prometheus_client(reg)
+    >>> b"ferrolab_memory_usage_bytes" in prometheus_client.generate_latest(reg)
+    True
+    >>> reg.unregister(bridge)
+    """
+    import prometheus_client  # the bridge is for apps that already use it
+
+    target = prometheus_client.REGISTRY if registry is None else registry
+    key = id(target)
+    with _bridges_lock:
+        known = _bridges.get(key)
+        if known is not None and known[0] is target and known[1].source is source:
+            names = getattr(target, "_collector_to_names", None)
+            if names is None or known[1] in names:
+                return known[1]
+        bridge = _Bridge(source)
+        target.register(bridge)
+        _bridges[key] = (target, bridge)
+        return bridge
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"

@@ -15,7 +15,8 @@ use pyo3::PyClassInitializer;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which core registry a Python registry object stands for.
@@ -24,16 +25,112 @@ pub enum RegRef {
     /// The process-wide one (``fl.metrics.REGISTRY``, with the built-in series).
     Global,
     /// One made by ``CollectorRegistry()``.
-    Own(Arc<core::Registry>),
+    Own(Arc<OwnRegistry>),
 }
+
+/// A registry made by ``CollectorRegistry()``: its native families and its Python collectors.
+pub struct OwnRegistry {
+    core: core::Registry,
+    foreign: Foreign,
+}
+
+static GLOBAL_FOREIGN: LazyLock<Foreign> = LazyLock::new(Foreign::default);
 
 impl RegRef {
     fn get(&self) -> &core::Registry {
         match self {
             RegRef::Global => core::registry(),
-            RegRef::Own(r) => r,
+            RegRef::Own(r) => &r.core,
         }
     }
+
+    fn foreign(&self) -> &Foreign {
+        match self {
+            RegRef::Global => &GLOBAL_FOREIGN,
+            RegRef::Own(r) => &r.foreign,
+        }
+    }
+}
+
+/// The collectors written in Python that a registry holds beside its native families (any object with
+/// ``collect()``, e.g. prometheus_client's registry, and the ``target_info`` collector). Their sample names are
+/// reserved in the core registry (see `core::Registry::reserve`), which keeps them and the native families apart.
+#[derive(Default)]
+pub struct Foreign {
+    entries: Mutex<Vec<ForeignEntry>>,
+    any: AtomicBool,
+}
+
+struct ForeignEntry {
+    key: u64,
+    collector: Py<PyAny>,
+    names: Vec<String>,
+    /// The ``target_info`` collector (``set_target_info``).
+    target: bool,
+}
+
+impl Foreign {
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ForeignEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// ``(collector, names)`` pairs for ``ferrolab.metrics._foreign_collect``, ``target_info``'s first.
+    fn listed<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyAny>, Vec<String>)> {
+        let entries = self.lock();
+        let mut out: Vec<_> = entries
+            .iter()
+            .map(|e| (e.target, e.collector.bind(py).clone(), e.names.clone()))
+            .collect();
+        out.sort_by_key(|(target, ..)| !*target);
+        out.into_iter().map(|(_, c, n)| (c, n)).collect()
+    }
+}
+
+/// A function of ``ferrolab.metrics`` (the Python half of registries: custom collectors, escaping).
+fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("ferrolab.metrics")?.unbind())
+        })?
+        .bind(py)
+        .getattr(name)
+}
+
+/// The metric objects of ``reg``'s Python collectors (restricted to ``only``), ``target_info``'s first.
+fn foreign_metrics<'py>(
+    py: Python<'py>,
+    reg: &RegRef,
+    only: Option<&[String]>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if !reg.foreign().any() {
+        return Ok(Vec::new());
+    }
+    let listed = reg.foreign().listed(py);
+    helper(py, "_foreign_collect")?
+        .call1((listed, only))?
+        .extract()
+}
+
+/// The exposition of ``reg``'s Python collectors, to append to the native one (in OpenMetrics without the final
+/// ``# EOF``); empty when there are none.
+fn foreign_exposition(
+    py: Python<'_>,
+    reg: &RegRef,
+    only: Option<&[String]>,
+    om: bool,
+) -> PyResult<String> {
+    let metrics = foreign_metrics(py, reg, only)?;
+    if metrics.is_empty() {
+        return Ok(String::new());
+    }
+    helper(py, "_render")?
+        .call1((metrics, om, "underscores", false))?
+        .extract()
 }
 
 /// What a metric's `registry=` argument says.
@@ -87,46 +184,101 @@ pub struct Registry {
     reg: RegRef,
     /// A restricted view's sample names.
     only: Option<Vec<String>>,
+    /// Whether a collector without ``describe()`` is collected once at registration to learn its names.
+    auto_describe: bool,
 }
 
 static FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl Registry {
+    fn new_global() -> Registry {
+        Registry {
+            reg: RegRef::Global,
+            only: None,
+            auto_describe: false,
+        }
+    }
+
+    /// Registers a Python collector under its sample ``names``.
+    fn add_foreign(&self, collector: Py<PyAny>, names: Vec<String>, target: bool) -> PyResult<()> {
+        let key = self
+            .reg
+            .get()
+            .reserve(names.clone(), "register")
+            .map_err(errors::duplicate_timeseries)?;
+        let foreign = self.reg.foreign();
+        foreign.lock().push(ForeignEntry {
+            key,
+            collector,
+            names,
+            target,
+        });
+        foreign.any.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes the Python collector matching ``pick``; `false` when there is none.
+    fn remove_foreign(&self, pick: impl Fn(&ForeignEntry) -> bool) -> bool {
+        let foreign = self.reg.foreign();
+        let mut entries = foreign.lock();
+        let Some(i) = entries.iter().position(pick) else {
+            return false;
+        };
+        let e = entries.remove(i);
+        self.reg.get().release(e.key);
+        foreign.any.store(!entries.is_empty(), Ordering::Relaxed);
+        true
+    }
+}
 
 #[pymethods]
 impl Registry {
     #[new]
     #[pyo3(signature = (auto_describe=false, target_info=None))]
-    fn new(auto_describe: bool, target_info: Option<&Bound<'_, PyAny>>) -> PyResult<Registry> {
-        let _ = auto_describe; // ferrolab metrics always describe themselves
-        if target_info.is_some_and(|t| !t.is_none()) {
-            return Err(errors::not_implemented(
-                "CollectorRegistry(): argument 'target_info' is not supported by ferrolab",
-            ));
-        }
-        Ok(Registry {
-            reg: RegRef::Own(Arc::new(core::Registry::new())),
+    fn new(
+        py: Python<'_>,
+        auto_describe: bool,
+        target_info: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Registry> {
+        let r = Registry {
+            reg: RegRef::Own(Arc::new(OwnRegistry {
+                core: core::Registry::new(),
+                foreign: Foreign::default(),
+            })),
             only: None,
-        })
+            auto_describe,
+        };
+        r.set_target_info(py, target_info)?;
+        Ok(r)
     }
 
-    /// Registers a metric created with ``registry=None`` (or in another registry). Raises
-    /// ``DuplicateTimeseries`` (a ``ValueError``) when its series clash with registered ones.
-    fn register(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
-        let fam = family_of(metric).map_err(|_| {
-            errors::type_error(
-                "register(): argument 'metric' must be a ferrolab.metrics metric (custom collectors are not \
-                 supported)",
-            )
-        })?;
-        fam.register_in(self.reg.get(), "register")
-            .map_err(errors::duplicate_timeseries)
+    /// Registers a metric created with ``registry=None`` (or in another registry), or a custom collector: any
+    /// object with a ``collect()`` method yielding ``Metric`` objects (prometheus_client's registry is one, so
+    /// ``fl.metrics.REGISTRY.register(prometheus_client.REGISTRY)`` serves its series on ``fl.metrics.serve()``).
+    ///
+    /// A collector's names come from its ``describe()`` (or, with ``auto_describe=True``, one ``collect()``).
+    /// Raises ``DuplicateTimeseries`` (a ``ValueError``) when they clash with registered ones.
+    fn register(&self, py: Python<'_>, metric: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(fam) = family_of(metric) {
+            return fam
+                .register_in(self.reg.get(), "register")
+                .map_err(errors::duplicate_timeseries);
+        }
+        let names: Vec<String> = helper(py, "_collector_names")?
+            .call1((metric, self.auto_describe))?
+            .extract()?;
+        self.add_foreign(metric.clone().unbind(), names, false)
     }
 
-    /// Removes a metric from this registry.
+    /// Removes a metric or collector from this registry.
     ///
     /// Raises ``KeyError`` when it is not registered.
     fn unregister(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
-        let fam = family_of(metric)?;
-        if fam.unregister_from(self.reg.get()) {
+        let removed = match family_of(metric) {
+            Ok(fam) => fam.unregister_from(self.reg.get()),
+            Err(_) => self.remove_foreign(|e| !e.target && e.collector.is(metric)),
+        };
+        if removed {
             Ok(())
         } else {
             Err(errors::key_error(
@@ -135,11 +287,70 @@ impl Registry {
         }
     }
 
+    /// Sets the labels of the ``target_info`` series (``None`` or ``{}`` removes it), as prometheus_client.
+    #[pyo3(signature = (labels))]
+    fn set_target_info(&self, py: Python<'_>, labels: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let labels = labels.filter(|d| !d.is_empty());
+        let collector = match labels {
+            Some(d) => Some(helper(py, "_TargetInfo")?.call1((d,))?.unbind()),
+            None => None,
+        };
+        {
+            let foreign = self.reg.foreign();
+            let mut entries = foreign.lock();
+            if let Some(e) = entries.iter_mut().find(|e| e.target) {
+                if let Some(c) = collector {
+                    e.collector = c;
+                    return Ok(());
+                }
+            } else if collector.is_none() {
+                return Ok(());
+            }
+        }
+        match collector {
+            Some(c) => self.add_foreign(c, vec!["target_info".to_string()], true),
+            None => {
+                self.remove_foreign(|e| e.target);
+                Ok(())
+            }
+        }
+    }
+
+    /// The labels of the ``target_info`` series, or ``None``.
+    fn get_target_info(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let entries = self.reg.foreign().lock();
+        entries
+            .iter()
+            .find(|e| e.target)
+            .map(|e| {
+                Ok(e.collector
+                    .bind(py)
+                    .getattr("labels")?
+                    .call_method0("copy")?
+                    .unbind())
+            })
+            .transpose()
+    }
+
     /// The metric families, as prometheus_client's ``collect()`` yields them (``name``, ``documentation``,
-    /// ``type``, ``samples`` of ``Sample(name, labels, value, timestamp, exemplar)``).
+    /// ``type``, ``samples`` of ``Sample(name, labels, value, timestamp, exemplar)``): ``target_info`` first,
+    /// then ferrolab's families, then those of custom collectors.
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let fams = py.detach(|| self.reg.get().families(self.only.as_deref()));
-        families_to_py(py, fams)
+        let only = self.only.as_deref();
+        let native = families_to_py(py, py.detach(|| self.reg.get().families(only)))?;
+        let mut out = foreign_metrics(py, &self.reg, only)?;
+        let at = usize::from(out.first().is_some_and(|m| {
+            m.getattr("name")
+                .is_ok_and(|n| n.eq("target").unwrap_or(false))
+        }));
+        out.splice(at..at, native);
+        Ok(out)
+    }
+
+    /// ferrolab's own families only (no custom collectors, no ``target_info``): what
+    /// ``bridge_to_prometheus_client`` hands to prometheus_client.
+    fn _collect_native<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        families_to_py(py, py.detach(|| self.reg.get().families(None)))
     }
 
     /// A view of this registry with only the samples named in ``names`` (for ``exposition``, ``collect``).
@@ -147,6 +358,7 @@ impl Registry {
         Registry {
             reg: self.reg.clone(),
             only: Some(names),
+            auto_describe: self.auto_describe,
         }
     }
 
@@ -156,11 +368,18 @@ impl Registry {
     /// label values; returns ``None`` when there is no such sample.
     #[pyo3(signature = (name, labels=None))]
     fn get_sample_value(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         name: &str,
         labels: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Option<f64>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.reg.foreign().any() {
+            let metrics = this.collect(py)?;
+            return helper(py, "_sample_value")?
+                .call1((metrics, name, labels))?
+                .extract();
+        }
         let mut want: Vec<(String, String)> = Vec::new();
         if let Some(d) = labels {
             for (k, v) in d.iter() {
@@ -168,7 +387,7 @@ impl Registry {
             }
         }
         want.sort();
-        let fams = py.detach(|| self.reg.get().families(self.only.as_deref()));
+        let fams = py.detach(|| this.reg.get().families(this.only.as_deref()));
         Ok(fams
             .into_iter()
             .flat_map(|f| f.samples)
@@ -362,7 +581,7 @@ impl Metric {
                             "must map str label names to str values",
                         ));
                     };
-                    if !core::valid_label(&k) {
+                    if !core::valid_exemplar_label(&k) {
                         return Err(errors::arg_value(
                             func,
                             "exemplar",
@@ -538,6 +757,12 @@ impl Metric {
     /// The metric's full name (for a counter, without the ``_total`` suffix, as prometheus_client).
     #[getter]
     fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// prometheus_client's private spelling of ``name`` (code migrating from it reads ``_name``).
+    #[getter]
+    fn _name(&self) -> &str {
         &self.shared.name
     }
 
@@ -980,6 +1205,12 @@ impl Histogram {
         Ok(PyClassInitializer::from(m).add_subclass(Histogram))
     }
 
+    /// The bucket upper bounds, ``inf`` last (prometheus_client's ``_upper_bounds``).
+    #[getter]
+    fn _upper_bounds(slf: &Bound<'_, Self>) -> Vec<f64> {
+        slf.as_super().get().shared.family.upper_bounds()
+    }
+
     /// Records one observation. ``exemplar`` (a dict of str labels) is attached to its bucket; inside a sampled
     /// ``fl.tracing`` span the span's ``trace_id`` and ``span_id`` are attached without it.
     #[pyo3(signature = (amount, exemplar=None))]
@@ -1343,6 +1574,10 @@ impl Guard {
 /// Prometheus text format 0.0.4 as prometheus_client writes it, or with ``openmetrics=True`` OpenMetrics 1.0 with
 /// exemplars (what Prometheus asks for with exemplar storage on).
 ///
+/// ``escaping`` names how metric and label names outside the legacy character set are written, as in
+/// prometheus_client 0.26: ``"underscores"`` (the default: ``utf8.cc`` -> ``utf8_cc``), ``"dots"``,
+/// ``"values"`` or ``"allow-utf-8"`` (quoted UTF-8 names, for Prometheus 3).
+///
 /// Examples
 /// --------
 /// >>> import ferrolab as fl
@@ -1351,31 +1586,65 @@ impl Guard {
 /// >>> fl.metrics.exposition(openmetrics=True).endswith("# EOF\n")
 /// True
 #[pyfunction]
-#[pyo3(signature = (registry=None, openmetrics=false))]
+#[pyo3(signature = (registry=None, openmetrics=false, escaping=None))]
 pub fn exposition(
     py: Python<'_>,
     registry: Option<&Bound<'_, PyAny>>,
     openmetrics: bool,
+    escaping: Option<&str>,
 ) -> PyResult<String> {
-    let (reg, only) = match registry {
-        None => (RegRef::Global, None),
-        Some(r) => match r.cast::<Registry>() {
-            Ok(r) => (r.get().reg.clone(), r.get().only.clone()),
-            Err(_) => {
-                return Err(errors::arg_type(
-                    "exposition",
-                    "registry",
-                    "must be a ferrolab.metrics.CollectorRegistry",
-                ))
-            }
-        },
+    let r = match registry {
+        None => None,
+        Some(r) => Some(r.cast::<Registry>().map_err(|_| {
+            errors::arg_type(
+                "exposition",
+                "registry",
+                "must be a ferrolab.metrics.CollectorRegistry",
+            )
+        })?),
     };
+    let (reg, only) = match r {
+        None => (RegRef::Global, None),
+        Some(r) => (r.get().reg.clone(), r.get().only.clone()),
+    };
+    let escaping = escaping.unwrap_or("underscores");
+    if escaping != "underscores" {
+        // names as created (UTF-8), escaped in Python
+        let metrics = match r {
+            Some(r) => r.get().collect(py)?,
+            None => Registry::new_global().collect(py)?,
+        };
+        return helper(py, "_render")?
+            .call1((metrics, openmetrics, escaping, true))?
+            .extract();
+    }
     let only = only.as_deref();
-    Ok(if openmetrics {
+    let mut text = if openmetrics {
         py.detach(|| reg.get().openmetrics(only))
     } else {
         py.detach(|| reg.get().exposition(only))
-    })
+    };
+    let extra = foreign_exposition(py, &reg, only, openmetrics)?;
+    if !extra.is_empty() {
+        if openmetrics {
+            text.truncate(text.len() - "# EOF\n".len());
+            text.push_str(&extra);
+            text.push_str("# EOF\n");
+        } else {
+            text.push_str(&extra);
+        }
+    }
+    Ok(text)
+}
+
+/// Turns prometheus_client's legacy name validation on or off (``None``: leaves it); returns whether it is on.
+#[pyfunction]
+#[pyo3(signature = (on=None))]
+fn _legacy_validation(on: Option<bool>) -> bool {
+    if let Some(on) = on {
+        core::set_legacy_validation(on);
+    }
+    core::legacy_validation()
 }
 
 /// Turns the ``_created`` samples on or off (prometheus_client's ``disable_created_metrics()``).
@@ -1446,6 +1715,24 @@ impl Handler for PyHandler {
                 } else {
                     (core::exposition(), core::TEXT_CONTENT_TYPE)
                 };
+                // collectors written in Python (e.g. prometheus_client's registry) need the interpreter
+                let body = body.map_err(|e| e.to_string()).and_then(|mut text| {
+                    if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {
+                        return Ok(text);
+                    }
+                    let extra = Python::attach(|py| {
+                        foreign_exposition(py, &RegRef::Global, None, openmetrics)
+                    })
+                    .map_err(|e| e.to_string())?;
+                    if openmetrics && !extra.is_empty() {
+                        text.truncate(text.len() - "# EOF\n".len());
+                        text.push_str(&extra);
+                        text.push_str("# EOF\n");
+                    } else {
+                        text.push_str(&extra);
+                    }
+                    Ok(text)
+                });
                 match body {
                     Ok(text) => Reply::new(200, ctype, text),
                     Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
@@ -1723,17 +2010,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ffi::install_method::<Labels>(&py.get_type::<Info>())?;
     m.add_class::<Guard>()?;
     m.add_class::<Server>()?;
-    m.add(
-        "REGISTRY",
-        Py::new(
-            m.py(),
-            Registry {
-                reg: RegRef::Global,
-                only: None,
-            },
-        )?,
-    )?;
+    m.add("REGISTRY", Py::new(m.py(), Registry::new_global())?)?;
     m.add_function(wrap_pyfunction!(_set_created, m)?)?;
+    m.add_function(wrap_pyfunction!(_legacy_validation, m)?)?;
     m.add_function(wrap_pyfunction!(exposition, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;
     m.add_function(wrap_pyfunction!(_record_error, m)?)?;

@@ -111,6 +111,27 @@ impl Registry {
         entries.len() != before
     }
 
+    /// Reserves sample `names` for a collector that lives outside this registry (one written in Python): no
+    /// family may take them until [`Registry::release`]. Returns the reservation's key.
+    pub fn reserve(&self, names: Vec<String>, func: &'static str) -> Result<u64> {
+        let key = NEXT_FAMILY.fetch_add(1, Ordering::Relaxed);
+        let clash = names.clone();
+        self.insert(key, names, Box::new(Reserved)).map_err(|_| {
+            let taken = self.taken(&clash);
+            CoreError::value(
+                func,
+                "collector",
+                format!("clashes with registered series {taken:?}: duplicated timeseries"),
+            )
+        })?;
+        Ok(key)
+    }
+
+    /// Ends a reservation made by [`Registry::reserve`]; `false` when there was none with that key.
+    pub fn release(&self, key: u64) -> bool {
+        self.remove(key)
+    }
+
     /// The sample names already taken among `names`.
     fn taken(&self, names: &[String]) -> Vec<String> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -172,6 +193,19 @@ impl Registry {
     }
 }
 
+/// A reservation of sample names (see [`Registry::reserve`]): it collects nothing.
+struct Reserved;
+
+impl Collector for Reserved {
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        Vec::new()
+    }
+}
+
 /// Whether `_created` samples are exposed, as switched by [`set_created_enabled`].
 static CREATED: AtomicBool = AtomicBool::new(true);
 
@@ -213,6 +247,9 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
             MetricType::SUMMARY => (name, "summary"),
             MetricType::UNTYPED => (name, "unknown"),
         };
+        // the name it was created with (as prometheus_client's `collect()` shows a UTF-8 name)
+        let original = original_name(base);
+        let base = original.as_deref().unwrap_or(base);
         let mut samples: Vec<Sample> = Vec::new();
         let mut push = |n: String, l: Vec<(String, String)>, v: f64| {
             if only.is_none_or(|o| o.contains(&n)) {
@@ -237,7 +274,7 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
                         push(format!("{base}_created"), labels, t);
                     }
                 }
-                MetricType::GAUGE => push(name.to_string(), labels, m.get_gauge().get_value()),
+                MetricType::GAUGE => push(base.to_string(), labels, m.get_gauge().get_value()),
                 MetricType::HISTOGRAM => {
                     let h = m.get_histogram();
                     let mut inf = false;
@@ -245,33 +282,33 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
                         let mut l = labels.clone();
                         inf |= b.upper_bound() == f64::INFINITY;
                         l.push(("le".into(), openmetrics::go_float(b.upper_bound())));
-                        push(format!("{name}_bucket"), l, b.cumulative_count() as f64);
+                        push(format!("{base}_bucket"), l, b.cumulative_count() as f64);
                     }
                     if !inf {
                         let mut l = labels.clone();
                         l.push(("le".into(), "+Inf".into()));
-                        push(format!("{name}_bucket"), l, h.get_sample_count() as f64);
+                        push(format!("{base}_bucket"), l, h.get_sample_count() as f64);
                     }
                     push(
-                        format!("{name}_count"),
+                        format!("{base}_count"),
                         labels.clone(),
                         h.get_sample_count() as f64,
                     );
-                    push(format!("{name}_sum"), labels.clone(), h.get_sample_sum());
+                    push(format!("{base}_sum"), labels.clone(), h.get_sample_sum());
                     if let Some(t) = created_at {
-                        push(format!("{name}_created"), labels, t);
+                        push(format!("{base}_created"), labels, t);
                     }
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
                     push(
-                        format!("{name}_count"),
+                        format!("{base}_count"),
                         labels.clone(),
                         s.sample_count() as f64,
                     );
-                    push(format!("{name}_sum"), labels.clone(), s.sample_sum());
+                    push(format!("{base}_sum"), labels.clone(), s.sample_sum());
                     if let Some(t) = created_at {
-                        push(format!("{name}_created"), labels, t);
+                        push(format!("{base}_created"), labels, t);
                     }
                 }
                 MetricType::UNTYPED => {}
@@ -387,6 +424,53 @@ pub fn valid_label(s: &str) -> bool {
         _ => return false,
     }
     c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_') && !s.starts_with("__")
+}
+
+/// prometheus_client's name validation scheme: UTF-8 metric names (the default) or only the legacy character set.
+static LEGACY: LazyLock<AtomicBool> = LazyLock::new(|| {
+    AtomicBool::new(
+        std::env::var("PROMETHEUS_LEGACY_NAME_VALIDATION")
+            .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "true" | "1" | "t")),
+    )
+});
+
+/// Whether names are checked against the legacy character set only (prometheus_client's
+/// `enable_legacy_validation()`, or `PROMETHEUS_LEGACY_NAME_VALIDATION=true` at start).
+pub fn legacy_validation() -> bool {
+    LEGACY.load(Ordering::Relaxed)
+}
+
+/// Switches legacy name validation on or off (see [`legacy_validation`]).
+pub fn set_legacy_validation(on: bool) {
+    LEGACY.store(on, Ordering::Relaxed)
+}
+
+/// Whether `s` may name an exemplar label: any UTF-8 name not starting with `__`, or under legacy validation
+/// only a valid legacy label name (as prometheus_client checks them).
+pub fn valid_exemplar_label(s: &str) -> bool {
+    if legacy_validation() {
+        valid_label(s)
+    } else {
+        !s.starts_with("__")
+    }
+}
+
+/// The UTF-8 names of families whose names are outside the legacy character set, by their escaped name (see
+/// [`escape_name`]); empty unless such a family was created.
+static ORIGINALS: LazyLock<RwLock<HashMap<String, String>>> = LazyLock::new(Default::default);
+static ANY_ORIGINAL: AtomicBool = AtomicBool::new(false);
+
+/// The name a family was created with, given the escaped name the exposition writes (`utf8_cc` for
+/// `utf8.cc`); `None` for names that needed no escaping.
+pub fn original_name(escaped: &str) -> Option<String> {
+    if !ANY_ORIGINAL.load(Ordering::Relaxed) {
+        return None;
+    }
+    ORIGINALS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(escaped)
+        .cloned()
 }
 
 /// Renders all metrics of the process-wide registry in the Prometheus text format 0.0.4.
@@ -630,6 +714,15 @@ pub fn full_name(
     if full.is_empty() {
         return Err(CoreError::value(func, "name", "is empty"));
     }
+    if legacy_validation() && !valid_name(&full) {
+        return Err(CoreError::value(
+            func,
+            "name",
+            format!(
+                "{full:?} is not a legacy metric name ([a-zA-Z_:][a-zA-Z0-9_:]*; legacy name validation is on)"
+            ),
+        ));
+    }
     Ok(full)
 }
 
@@ -664,6 +757,11 @@ impl Family {
     ) -> Result<Family> {
         let func = kind.class();
         let escaped = escape_name(name);
+        if escaped != name {
+            ANY_ORIGINAL.store(true, Ordering::Relaxed);
+            let mut originals = ORIGINALS.write().unwrap_or_else(|e| e.into_inner());
+            originals.insert(escaped.clone(), name.to_string());
+        }
         let name = escaped.as_str();
         for l in labels {
             if !valid_label(l)
@@ -878,6 +976,14 @@ impl Family {
             summary: self.kind == Kind::Summary,
             functions: self.functions.clone(),
         })
+    }
+
+    /// A histogram's bucket upper bounds, `+Inf` last (empty for other kinds).
+    pub fn upper_bounds(&self) -> Vec<f64> {
+        if self.kind != Kind::Histogram {
+            return Vec::new();
+        }
+        self.bounds.iter().copied().chain([f64::INFINITY]).collect()
     }
 
     /// The family's full name as exposed (a counter's with `_total`).

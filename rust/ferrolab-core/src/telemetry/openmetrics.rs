@@ -308,7 +308,14 @@ fn write_exemplar(out: &mut String, ex: &Exemplar) {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(k);
+        if metrics::valid_label(k) {
+            out.push_str(k);
+        } else {
+            // a UTF-8 label name, quoted as Prometheus 3 reads them
+            out.push('"');
+            escape_label(out, k);
+            out.push('"');
+        }
         out.push_str("=\"");
         escape_label(out, v);
         out.push('"');
