@@ -228,10 +228,22 @@ def test_worker_metrics(client: Any) -> None:
         return fl.tracing.resource()["service.name"]
 
     assert set(client.run(service).values()) == {"dask-test"}
+
+    def http_port(dask_worker: Any) -> int:
+        return dask_worker.http_server.port
+
+    # the worker's own Prometheus endpoint (Dask's /metrics), not one beside it
+    ports = client.run(http_port)
+    assert {a: int(u.rsplit(":", 1)[1].split("/")[0]) for a, u in urls.items()} == ports
     bodies = [urllib.request.urlopen(u, timeout=10).read().decode() for u in urls.values()]
-    assert all("ferrolab_operations_total" in b for b in bodies)
+    assert all("ferrolab_operations_total" in b and "dask_worker_" in b for b in bodies)
     lines = [line for b in bodies for line in b.splitlines()]
     assert any(line.startswith("ferrolab_operations_total") and 'operation="var"' in line for line in lines)
+    # setting up again keeps one bridge: every ferrolab series once
+    fl.dask.setup(client, service_name="dask-test")
+    for u in fl.dask.worker_metrics_urls(client).values():
+        body = urllib.request.urlopen(u, timeout=10).read().decode()
+        assert body.count("# TYPE ferrolab_memory_usage_bytes gauge") == 1
 
 
 def test_worker_spans_are_children_of_the_client_span(client: Any) -> None:

@@ -18,7 +18,8 @@ NaN behaves as in :mod:`ferrolab.ops` (it propagates; a quantile of data with Na
 the computed array to floating-point tolerance (a tree of partial sums rounds differently from one pass).
 
 :func:`setup` prepares the workers of a ``distributed`` client: ferrolab tracing configured with the client's
-service name, and each worker's ferrolab series served on an HTTP endpoint (:func:`worker_metrics_urls`).
+service name, and each worker's ferrolab series served on the worker's own Prometheus endpoint, Dask's ``/metrics``
+(:func:`worker_metrics_urls`).
 
 Examples
 --------
@@ -782,9 +783,11 @@ class _WorkerPluginImpl:
     """On each worker: ferrolab tracing configured and the worker's ferrolab series served.
 
     Tracing gets ``service_name`` and ``endpoint`` (an OTLP/HTTP collector; ``None`` keeps the worker's finished
-    spans in its memory, see :func:`ferrolab.tracing.finished_spans`). The series are served by
-    :func:`ferrolab.metrics.serve` on a free port of ``host`` (one endpoint per worker process);
-    :func:`worker_metrics_urls` lists them.
+    spans in its memory, see :func:`ferrolab.tracing.finished_spans`). The series go on the worker's own
+    Prometheus endpoint (Dask's ``/metrics``, rendered by prometheus_client) through
+    :func:`ferrolab.metrics.bridge_to_prometheus_client`; a worker without prometheus_client (so without that
+    endpoint) serves them with :func:`ferrolab.metrics.serve` on a free port of ``host`` instead.
+    :func:`worker_metrics_urls` lists where.
     """
 
     name = "ferrolab"
@@ -806,11 +809,26 @@ class _WorkerPluginImpl:
 
         if self.tracing:
             fl.tracing.configure(self.service_name, endpoint=self.endpoint)
+        http = getattr(worker, "http_server", None)
+        try:
+            import prometheus_client
+        except ImportError:
+            prometheus_client = None
+        if prometheus_client is not None and http is not None:
+            worker._ferrolab_bridge = fl.metrics.bridge_to_prometheus_client(prometheus_client.REGISTRY)
+            worker._ferrolab_metrics_url = f"http://{worker.ip}:{http.port}/metrics"
+            return
         server = fl.metrics.serve(host=self.host, port=0)
         worker._ferrolab_metrics = server  # kept alive with the worker
         worker._ferrolab_metrics_url = f"http://{self.host}:{server.port}/metrics"
 
     def teardown(self, worker: Any) -> None:
+        bridge = getattr(worker, "_ferrolab_bridge", None)
+        if bridge is not None:
+            import prometheus_client
+
+            with contextlib.suppress(KeyError):
+                prometheus_client.REGISTRY.unregister(bridge)
         server = getattr(worker, "_ferrolab_metrics", None)
         if server is not None:
             server.stop()
@@ -875,7 +893,9 @@ def setup(
 
 
 def worker_metrics_urls(client: Any) -> dict[str, str]:
-    """``{worker address: URL of its ferrolab /metrics}`` for the workers :func:`setup` prepared."""
+    """``{worker address: URL where its ferrolab series are served}`` for the workers :func:`setup` prepared: the
+    worker's own Dask ``/metrics`` (next to Dask's series), or a ferrolab endpoint where the worker has no
+    prometheus_client."""
 
     def url(dask_worker: Any) -> str | None:
         return getattr(dask_worker, "_ferrolab_metrics_url", None)
