@@ -88,8 +88,25 @@ pub fn series_key<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
 pub fn series_key_into(buf: &mut String, labels: &[LabelPair]) {
     buf.clear();
     if labels.windows(2).all(|w| w[0].name() <= w[1].name()) {
+        // the same text as `series_key`, without the formatting machinery (once per series and scrape)
+        let mut digits = [0u8; 20];
         for l in labels {
-            let _ = write!(buf, "{}={}:{};", l.name(), l.value().len(), l.value());
+            buf.push_str(l.name());
+            buf.push('=');
+            let mut n = l.value().len();
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            buf.extend(digits[at..].iter().map(|&d| d as char));
+            buf.push(':');
+            buf.push_str(l.value());
+            buf.push(';');
         }
     } else {
         buf.push_str(&series_key(labels.iter().map(|l| (l.name(), l.value()))));
