@@ -496,21 +496,52 @@ pub struct Metric {
     values: Box<[String]>,
 }
 
+/// The naming arguments every metric class takes, as prometheus_client's.
+struct Names<'a> {
+    name: &'a str,
+    documentation: &'a str,
+    namespace: &'a str,
+    subsystem: &'a str,
+    unit: &'a str,
+}
+
+impl<'a> Names<'a> {
+    fn new(
+        name: &'a str,
+        documentation: &'a str,
+        namespace: &'a str,
+        subsystem: &'a str,
+        unit: &'a str,
+    ) -> Names<'a> {
+        Names {
+            name,
+            documentation,
+            namespace,
+            subsystem,
+            unit,
+        }
+    }
+}
+
 impl Metric {
-    #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
         kind: Kind,
-        name: &str,
-        documentation: &str,
-        labelnames: &Bound<'_, PyAny>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
+        names: Names<'_>,
+        labelnames: Option<&Bound<'_, PyAny>>,
         buckets: Option<Vec<f64>>,
         registry: RegistryArg,
         states: Option<Vec<String>>,
     ) -> PyResult<Metric> {
+        let Names {
+            name,
+            documentation,
+            namespace,
+            subsystem,
+            unit,
+        } = names;
+        let empty = PyTuple::empty(py);
+        let labelnames = labelnames.unwrap_or(empty.as_any());
         let func = kind.class();
         let labelnames: Vec<String> = if labelnames.is_instance_of::<PyString>() {
             return Err(errors::arg_type(
@@ -922,21 +953,8 @@ impl Counter {
         unit: &str,
         registry: RegistryArg,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
-        let m = Metric::create(
-            py,
-            Kind::Counter,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
-            None,
-            registry,
-            None,
-        )?;
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
+        let m = Metric::create(py, Kind::Counter, names, labelnames, None, registry, None)?;
         Ok(PyClassInitializer::from(m).add_subclass(Counter))
     }
 
@@ -1060,21 +1078,8 @@ impl Gauge {
                  process (serve each worker's metrics with fl.metrics.serve() and aggregate in Prometheus)"
             )));
         }
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
-        let m = Metric::create(
-            py,
-            Kind::Gauge,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
-            None,
-            registry,
-            None,
-        )?;
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
+        let m = Metric::create(py, Kind::Gauge, names, labelnames, None, registry, None)?;
         Ok(PyClassInitializer::from(m).add_subclass(Gauge))
     }
 
@@ -1187,17 +1192,12 @@ impl Histogram {
         registry: RegistryArg,
         buckets: Option<Vec<f64>>,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
         let m = Metric::create(
             py,
             Kind::Histogram,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
+            names,
+            labelnames,
             buckets,
             registry,
             None,
@@ -1266,21 +1266,8 @@ impl Summary {
         unit: &str,
         registry: RegistryArg,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
-        let m = Metric::create(
-            py,
-            Kind::Summary,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
-            None,
-            registry,
-            None,
-        )?;
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
+        let m = Metric::create(py, Kind::Summary, names, labelnames, None, registry, None)?;
         Ok(PyClassInitializer::from(m).add_subclass(Summary))
     }
 
@@ -1336,17 +1323,12 @@ impl Enum {
                 "is not supported: an Enum has no unit",
             ));
         }
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
         let m = Metric::create(
             py,
             Kind::Enum,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
+            names,
+            labelnames,
             None,
             registry,
             Some(states.unwrap_or_default()),
@@ -1400,21 +1382,8 @@ impl Info {
                 "is not supported: an Info has no unit",
             ));
         }
-        let empty = PyTuple::empty(py);
-        let ln = labelnames.unwrap_or(empty.as_any());
-        let m = Metric::create(
-            py,
-            Kind::Info,
-            name,
-            documentation,
-            ln,
-            namespace,
-            subsystem,
-            unit,
-            None,
-            registry,
-            None,
-        )?;
+        let names = Names::new(name, documentation, namespace, subsystem, unit);
+        let m = Metric::create(py, Kind::Info, names, labelnames, None, registry, None)?;
         Ok(PyClassInitializer::from(m).add_subclass(Info))
     }
 
