@@ -7,24 +7,29 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
 
 def _start(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferrolab", "serve", "--port", "0", "--duration", "120", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r"(https?://127\.0\.0\.1:\d+)/metrics", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    # stderr goes to a file: a pipe nobody reads while the server runs could fill up (logs) and block the server
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ferrolab", "serve", "--port", "0", "--duration", "120", *extra],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"(https?://127\.0\.0\.1:\d+)/metrics", line)
+        if not m:
+            proc.kill()
+            proc.communicate(timeout=60)
+            err.seek(0)
+            raise AssertionError(f"no URL in {line!r}; stderr: {err.read()}")
     return proc, m.group(1)
 
 
