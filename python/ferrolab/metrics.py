@@ -273,7 +273,8 @@ class _Bridge:
         return []
 
 
-_bridges: dict[int, tuple[Any, _Bridge]] = {}
+# the bridge registered in each prometheus_client registry (weakly: a test's registry may go away)
+_bridges: weakref.WeakKeyDictionary[Any, _Bridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
 
 
@@ -301,16 +302,14 @@ def bridge_to_prometheus_client(registry: Any = None, source: CollectorRegistry 
     import prometheus_client  # the bridge is for apps that already use it
 
     target = prometheus_client.REGISTRY if registry is None else registry
-    key = id(target)
     with _bridges_lock:
-        known = _bridges.get(key)
-        if known is not None and known[0] is target and known[1].source is source:
-            names = getattr(target, "_collector_to_names", None)
-            if names is None or known[1] in names:
-                return known[1]
+        known = _bridges.get(target)
+        # still registered there (prometheus_client's registry keeps its collectors in `_collector_to_names`)
+        if known is not None and known.source is source and known in getattr(target, "_collector_to_names", ()):
+            return known
         bridge = _Bridge(source)
         target.register(bridge)
-        _bridges[key] = (target, bridge)
+        _bridges[target] = bridge
         return bridge
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
