@@ -188,8 +188,6 @@ pub struct Registry {
     auto_describe: bool,
 }
 
-static FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
 impl Registry {
     fn new_global() -> Registry {
         Registry {
@@ -408,10 +406,7 @@ impl Registry {
 
 /// Core family views as ``ferrolab.metrics.Metric`` objects (built by ``ferrolab.metrics._family``).
 fn families_to_py(py: Python<'_>, fams: Vec<core::FamilyView>) -> PyResult<Vec<Bound<'_, PyAny>>> {
-    let make = FAMILY.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("ferrolab.metrics")?.getattr("_family")?.unbind())
-    })?;
-    let make = make.bind(py);
+    let make = helper(py, "_family")?;
     fams.into_iter()
         .map(|f| {
             let samples: Vec<(String, Bound<'_, PyDict>, f64)> = f
