@@ -211,3 +211,21 @@ def test_server_reports_rejected_clients(caught: Collect) -> None:
                 time.sleep(0.6)
     assert got and got[0].levelno == logging.WARNING
     assert isinstance(got[0].similar_events_suppressed, int)  # type: ignore[attr-defined]  # the structured field arrives
+
+
+def test_slow_op_threshold_from_the_environment() -> None:
+    code = (
+        "import logging, sys, numpy as np, ferrolab as fl\n"
+        "from ferrolab import _core\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format='%(name)s %(message)s')\n"
+        "fl.ops.sum(np.ones(10))\n"
+        "_core._log_flush(10.0)\n"
+    )
+    slow = {**os.environ, "FERROLAB_SLOW_OP_SECONDS": "0"}
+    r = subprocess.run([sys.executable, "-c", code], env=slow, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ferrolab.ops slow operation" in r.stdout
+    default = {k: v for k, v in os.environ.items() if k != "FERROLAB_SLOW_OP_SECONDS"}
+    r = subprocess.run([sys.executable, "-c", code], env=default, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "slow operation" not in r.stdout

@@ -129,9 +129,17 @@ const ROW: [Cell; 2] = [CELL, CELL];
 static CELLS: [[Cell; 2]; N_OPS] = [ROW; N_OPS];
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Calibrates the seam's clock now (about a millisecond) instead of in the first op call.
+/// Calibrates the seam's clock now (about a millisecond) instead of in the first op call, and reads
+/// `FERROLAB_SLOW_OP_SECONDS` (see [`set_slow_threshold`]).
 pub fn warm_up() {
     LazyLock::force(&CLOCK);
+    let secs = std::env::var("FERROLAB_SLOW_OP_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0);
+    if let Some(secs) = secs {
+        set_slow_threshold(Some(secs));
+    }
 }
 
 /// Turns instrumentation on or off (on by default).
@@ -206,15 +214,9 @@ pub fn record_timed(op: Op, device: Device, nanos: u64, error_kind: Option<&str>
 }
 
 /// Calls at least this long (nanoseconds) are logged as slow (`ferrolab.ops`, WARN): 1 s unless
-/// `FERROLAB_SLOW_OP_SECONDS` or [`set_slow_threshold`] says otherwise.
-static SLOW_NS: LazyLock<AtomicU64> = LazyLock::new(|| {
-    let secs = std::env::var("FERROLAB_SLOW_OP_SECONDS")
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .unwrap_or(1.0);
-    AtomicU64::new((secs * 1e9) as u64)
-});
+/// `FERROLAB_SLOW_OP_SECONDS` (read by [`warm_up`], at import) or [`set_slow_threshold`] says otherwise. A plain
+/// atomic: every op call reads it.
+static SLOW_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
 
 /// Sets the duration from which a call is logged as slow (`None`: never).
 pub fn set_slow_threshold(seconds: Option<f64>) {
