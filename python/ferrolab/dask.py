@@ -532,18 +532,11 @@ def histogram(
         edges = dask.delayed(edges_np)
         uniform = False
     else:
-        if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
-            raise TypeError(f"histogram(): argument 'bins' must be an int or a 1-D array of edges, got {bins!r}")
-        if bins < 1:
-            raise ValueError(f"histogram(): argument 'bins' must be a positive integer, got {bins}")
+        _ops._check_bin_count(bins, "an int or a 1-D array of edges")
         nb = int(bins)
         uniform = True
         if range is not None:
-            first, last = range
-            if first > last:
-                raise ValueError("histogram(): argument 'range' has max < min")
-            if not (np.isfinite(first) and np.isfinite(last)):
-                raise ValueError(f"histogram(): argument 'range' [{first}, {last}] is not finite")
+            first, last = _ops._check_range(range)
             edges = dask.delayed(_uniform_edges)(first, last, nb, dtype, False)
         else:
             edges = dask.delayed(_uniform_edges)(_minmax_delayed(x), None, nb, dtype, True)

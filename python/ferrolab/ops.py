@@ -107,6 +107,24 @@ def _check_device(func: str, device: str) -> None:
 
 
 @_counted
+def _check_bin_count(bins: Any, expected: str) -> None:
+    """``histogram``'s check of an integer ``bins`` (also used by ``fl.dask.histogram``)."""
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
+        raise TypeError(f"histogram(): argument 'bins' must be {expected}, got {bins!r}")
+    if bins < 1:
+        raise ValueError(f"histogram(): argument 'bins' must be a positive integer, got {bins}")
+
+
+def _check_range(range: Any) -> tuple[Any, Any]:
+    """``histogram``'s check of an explicit ``range``: ``(first, last)``, finite and ordered."""
+    first, last = range
+    if first > last:
+        raise ValueError("histogram(): argument 'range' has max < min")
+    if not (np.isfinite(first) and np.isfinite(last)):
+        raise ValueError(f"histogram(): argument 'range' [{first}, {last}] is not finite")
+    return first, last
+
+
 def histogram(
     x: ArrayLike,
     bins: int | Sequence[float] | str = 10,
@@ -140,16 +158,9 @@ def histogram(
             raise ValueError(f"histogram(): argument 'bins' is invalid: {e}") from e
         uniform = False
     else:
-        if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
-            raise TypeError(f"histogram(): argument 'bins' must be an int, a 1-D array of edges or a str, got {bins!r}")
-        if bins < 1:
-            raise ValueError(f"histogram(): argument 'bins' must be a positive integer, got {bins}")
+        _check_bin_count(bins, "an int, a 1-D array of edges or a str")
         if range is not None:
-            first, last = range
-            if first > last:
-                raise ValueError("histogram(): argument 'range' has max < min")
-            if not (np.isfinite(first) and np.isfinite(last)):
-                raise ValueError(f"histogram(): argument 'range' [{first}, {last}] is not finite")
+            first, last = _check_range(range)
         elif a.size == 0:
             first, last = 0, 1
         else:
