@@ -106,7 +106,6 @@ def _check_device(func: str, device: str) -> None:
     _core.check_device(func, device)
 
 
-@_counted
 def _check_bin_count(bins: Any, expected: str) -> None:
     """``histogram``'s check of an integer ``bins`` (also used by ``fl.dask.histogram``)."""
     if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
@@ -125,6 +124,7 @@ def _check_range(range: Any) -> tuple[Any, Any]:
     return first, last
 
 
+@_counted
 def histogram(
     x: ArrayLike,
     bins: int | Sequence[float] | str = 10,

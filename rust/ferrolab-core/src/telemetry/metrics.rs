@@ -263,18 +263,17 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
                 .map(|l| (l.name().to_string(), l.value().to_string()))
                 .collect();
             let created_at = (created && m.timestamp_ms() != 0).then(|| created_of(m));
-            match mf.get_field_type() {
+            // a histogram's and a summary's count and sum
+            let count_sum = match mf.get_field_type() {
                 MetricType::COUNTER => {
-                    push(
-                        format!("{base}_total"),
-                        labels.clone(),
-                        m.get_counter().get_value(),
-                    );
-                    if let Some(t) = created_at {
-                        push(format!("{base}_created"), labels, t);
-                    }
+                    let v = m.get_counter().get_value();
+                    push(format!("{base}_total"), labels.clone(), v);
+                    None
                 }
-                MetricType::GAUGE => push(base.to_string(), labels, m.get_gauge().get_value()),
+                MetricType::GAUGE => {
+                    push(base.to_string(), labels.clone(), m.get_gauge().get_value());
+                    None
+                }
                 MetricType::HISTOGRAM => {
                     let h = m.get_histogram();
                     let mut inf = false;
@@ -289,29 +288,25 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
                         l.push(("le".into(), "+Inf".into()));
                         push(format!("{base}_bucket"), l, h.get_sample_count() as f64);
                     }
-                    push(
-                        format!("{base}_count"),
-                        labels.clone(),
-                        h.get_sample_count() as f64,
-                    );
-                    push(format!("{base}_sum"), labels.clone(), h.get_sample_sum());
-                    if let Some(t) = created_at {
-                        push(format!("{base}_created"), labels, t);
-                    }
+                    Some((h.get_sample_count(), h.get_sample_sum()))
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
-                    push(
-                        format!("{base}_count"),
-                        labels.clone(),
-                        s.sample_count() as f64,
-                    );
-                    push(format!("{base}_sum"), labels.clone(), s.sample_sum());
-                    if let Some(t) = created_at {
-                        push(format!("{base}_created"), labels, t);
-                    }
+                    Some((s.sample_count(), s.sample_sum()))
                 }
-                MetricType::UNTYPED => {}
+                MetricType::UNTYPED => None,
+            };
+            if let Some((count, sum)) = count_sum {
+                push(format!("{base}_count"), labels.clone(), count as f64);
+                push(format!("{base}_sum"), labels.clone(), sum);
+            }
+            if let Some(t) = created_at.filter(|_| {
+                matches!(
+                    mf.get_field_type(),
+                    MetricType::COUNTER | MetricType::HISTOGRAM | MetricType::SUMMARY
+                )
+            }) {
+                push(format!("{base}_created"), labels, t);
             }
         }
         if !samples.is_empty() {
