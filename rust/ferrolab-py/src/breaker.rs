@@ -13,7 +13,7 @@
 //! (CancelledError, GeneratorExit, KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context
 //! entry dropped) gives its permit back.
 
-use crate::errors::{self, FerrolabError, IntoPyResult};
+use crate::errors::{self, type_of, FerrolabError, IntoPyResult};
 use crate::ffi::{self, Sent};
 use ferrolab_core::breaker::{
     self as core, Admission, Arg, Breaker, Config, Outcome, Rejection, StatValue, State, Ticket,
@@ -42,13 +42,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The value of a `Mutex<Option<_>>`, taken (a permit reported once).
 fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     lock(m).take()
-}
-
-fn type_name(o: &Bound<'_, PyAny>) -> String {
-    o.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn repr(o: &Bound<'_, PyAny>, or: &str) -> String {
@@ -335,7 +328,7 @@ fn await_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         return Err(errors::type_error(format!(
             "circuit breaker: the guarded function returned a '{}' object, which can't be awaited \
              (use call() or a plain decorator for synchronous functions)",
-            type_name(obj)
+            type_of(obj)
         )));
     };
     let it = aw.call0()?;
@@ -1047,7 +1040,7 @@ fn arg(o: &Bound<'_, PyAny>) -> Arg {
     } else if let Ok(f) = o.cast::<PyFloat>().map(|f| f.value()) {
         Arg::Float(f)
     } else {
-        Arg::Other(type_name(o))
+        Arg::Other(type_of(o))
     }
 }
 
@@ -1067,7 +1060,7 @@ fn classes_arg<'py>(arg: &str, o: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyT
         {
             return Err(errors::type_error(format!(
                 "{NEW_FUNC}: argument '{arg}' must be an exception class or a tuple of exception classes, got {}",
-                repr(it, &type_name(it))
+                repr(it, &type_of(it))
             )));
         }
     }
@@ -1078,7 +1071,7 @@ fn callable_arg(arg: &str, o: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> 
     if !o.is_none() && !o.is_callable() {
         return Err(errors::type_error(format!(
             "{NEW_FUNC}: argument '{arg}' must be callable or None, got {}",
-            type_name(o)
+            type_of(o)
         )));
     }
     Ok((!o.is_none()).then(|| o.clone().unbind()))
@@ -1225,7 +1218,7 @@ impl CircuitBreaker {
         let name = name.cast::<PyString>().map_err(|_| {
             errors::type_error(format!(
                 "{NEW_FUNC}: argument 'name' must be a str, got {}",
-                type_name(name)
+                type_of(name)
             ))
         })?;
         let mut cfg = Config::default();
@@ -1446,7 +1439,7 @@ impl CircuitBreaker {
         if !listener.is_callable() {
             return Err(errors::type_error(format!(
                 "add_listener(): argument 'listener' must be callable, got {}",
-                type_name(listener)
+                type_of(listener)
             )));
         }
         lock(&self.refs).listeners.push(listener.clone().unbind());

@@ -153,6 +153,14 @@ pub fn duplicate_timeseries(e: CoreError) -> PyErr {
     DuplicateTimeseries::new_err(e.to_string())
 }
 
+/// The name of `o`'s type, for messages ("must be str, got int").
+pub fn type_of(o: &Bound<'_, PyAny>) -> String {
+    o.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 pub fn not_implemented(msg: impl Display) -> PyErr {
     pyo3::exceptions::PyNotImplementedError::new_err(msg.to_string())
 }

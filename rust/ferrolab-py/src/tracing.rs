@@ -5,7 +5,7 @@
 //! span takes the current opentelemetry-python span as its (remote) parent when `opentelemetry.trace` is
 //! already imported. [`current_recording`] is what the op seam (`funnel::run`) asks for its child spans.
 
-use crate::errors;
+use crate::errors::{self, type_of};
 use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
 use pyo3::prelude::*;
@@ -200,13 +200,6 @@ fn parent_ctx(py: Python<'_>) -> PyResult<Option<SpanCtx>> {
 
 const ATTR_TYPES: &str = "str, bool, int, float or a sequence of those";
 
-fn type_name(v: &Bound<'_, PyAny>) -> String {
-    v.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Scalar {
     Str,
@@ -282,7 +275,7 @@ fn attr_value(
             let k = scalar_kind(it).ok_or_else(|| {
                 errors::type_error(format!(
                     "{func}: attribute '{key}' must be {ATTR_TYPES}, got a sequence holding {}",
-                    type_name(it)
+                    type_of(it)
                 ))
             })?;
             match kind {
@@ -291,8 +284,8 @@ fn attr_value(
                     return Err(errors::type_error(format!(
                         "{func}: attribute '{key}' must be a sequence of one type (str, bool, int or float), \
                          got {} and {} mixed",
-                        type_name(&items[0]),
-                        type_name(it)
+                        type_of(&items[0]),
+                        type_of(it)
                     )))
                 }
                 _ => {}
@@ -329,7 +322,7 @@ fn attr_value(
     }
     Err(errors::type_error(format!(
         "{func}: attribute '{key}' must be {ATTR_TYPES}, got {}",
-        type_name(v)
+        type_of(v)
     )))
 }
 
@@ -347,7 +340,7 @@ fn attrs_of(
         let k = k.cast_into::<PyString>().map_err(|e| {
             errors::type_error(format!(
                 "{func}: attribute names must be str, got {}",
-                type_name(e.into_inner().as_any())
+                type_of(e.into_inner().as_any())
             ))
         })?;
         let key = k.to_str()?;
@@ -373,7 +366,7 @@ fn mapping_arg<'py>(
                 d.update(v.cast::<pyo3::types::PyMapping>().map_err(|_| {
                     errors::type_error(format!(
                         "{func}: argument '{arg}' must be a mapping of attributes, got {}",
-                        type_name(v)
+                        type_of(v)
                     ))
                 })?)?;
                 Ok(Some(d))
@@ -438,7 +431,7 @@ fn exception_attrs(
     let kind = exc_type
         .getattr(intern!(py, "__name__"))
         .and_then(|n| n.extract::<String>())
-        .unwrap_or_else(|_| type_name(exc));
+        .unwrap_or_else(|_| type_of(exc));
     let message = if exc.is_none() {
         String::new()
     } else {
@@ -522,7 +515,7 @@ impl Span {
             errors::arg_type(
                 "Span.set_attribute",
                 "key",
-                format!("must be str, got {}", type_name(key)),
+                format!("must be str, got {}", type_of(key)),
             )
         })?;
         let k = key.to_str()?;
@@ -545,7 +538,7 @@ impl Span {
             errors::arg_type(
                 "Span.add_event",
                 "name",
-                format!("must be str, got {}", type_name(name)),
+                format!("must be str, got {}", type_of(name)),
             )
         })?;
         let attrs = mapping_arg("Span.add_event()", "attributes", attributes)?;
@@ -565,7 +558,7 @@ impl Span {
             return Err(errors::arg_type(
                 "Span.record_exception",
                 "exception",
-                format!("must be an exception, got {}", type_name(exception)),
+                format!("must be an exception, got {}", type_of(exception)),
             ));
         }
         if self.inner().rec.is_none() {
@@ -664,7 +657,7 @@ fn new_span_object<'py>(
         errors::arg_type(
             "span",
             "name",
-            format!("must be str, got {}", type_name(name)),
+            format!("must be str, got {}", type_of(name)),
         )
     })?;
     // the span starts now, as a child of the current span (like `start_as_current_span`)
