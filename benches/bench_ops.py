@@ -19,11 +19,11 @@ NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, nu
 ``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block).
 
 The hardware's limits are measured in the same run (``measure_bandwidth``, float64 at the largest vector size):
-the read bandwidth (``np.max`` over per-thread slices) and the triad bandwidth (``a[:] = b + s * c`` with
-``out=``, the best of blocked NumPy on 1 and all threads and numexpr). ``of bw`` is ferrolab's rate at that size
-as a share of the read bandwidth (reductions) or of the triad bandwidth (the elementwise ops with ``out=``; their
-bytes, like STREAM's, do not count the read-for-ownership of the output that ordinary stores pay, so kernels with
-non-temporal stores can pass 100%).
+the read bandwidth (the fastest of a few NumPy read loops over per-thread slices) and the triad bandwidth
+(``a[:] = b + s * c`` with ``out=``, the best of blocked NumPy on 1 and all threads and numexpr). ``of bw`` is
+ferrolab's rate at that size as a share of the read bandwidth (reductions) or of the triad bandwidth (the
+elementwise ops with ``out=``; their bytes, like STREAM's, do not count the read-for-ownership of the output that
+ordinary stores may pay, so kernels with non-temporal stores can pass 100%).
 
 ``--contended`` times every case twice: idle, and while a child process (a pure-Python spin loop, stopped with
 SIGSTOP between the loaded timings and killed by its pid at the end) holds one core, the peer and ferrolab alike.
@@ -624,7 +624,9 @@ def measure_bandwidth(n: int, repeat: int, min_time: float) -> dict[str, Any]:
     Each is the best (median time) over one thread and one thread per available core (NumPy releases the GIL in
     its loops, so the threads run in parallel; each takes one slice of the arrays):
 
-    * read: ``np.max`` of the slice, 8 bytes per element;
+    * read: the fastest of a few plain NumPy read loops over the slice (``max`` of the values, ``max`` of their
+      bytes, OR-reduction and ``count_nonzero`` of their 64-bit words, and the BLAS ``np.dot(x, x)`` on its own
+      threads), 8 bytes per element;
     * triad: ``a[:] = b + s * c`` with ``out=``, blocked so that a block of ``a`` stays in cache between the
       multiply and the add (one pass over memory), 24 bytes per element as STREAM counts them (the
       read-for-ownership of ``a`` that ordinary stores pay is not counted); numexpr's fused ``evaluate(...,
@@ -645,8 +647,14 @@ def measure_bandwidth(n: int, repeat: int, min_time: float) -> dict[str, Any]:
             return lambda: fn(0, n)
         return lambda: list(pool.map(lambda ij: fn(*ij), bounds))
 
-    def read(i: int, j: int) -> None:
-        x[i:j].max()
+    xu64 = x.view(np.uint64)
+    xu8 = x.view(np.uint8)
+    readers: dict[str, Callable[[int, int], Any]] = {  # NumPy's fastest plain read loops differ by version and CPU
+        "np.max": lambda i, j: x[i:j].max(),
+        "np.max of the bytes": lambda i, j: xu8[8 * i : 8 * j].max(),
+        "np.bitwise_or.reduce of the words": lambda i, j: np.bitwise_or.reduce(xu64[i:j]),
+        "np.count_nonzero of the words": lambda i, j: np.count_nonzero(xu64[i:j]),
+    }
 
     def triad(i: int, j: int) -> None:
         for k in range(i, j, TRIAD_BLOCK):
@@ -662,7 +670,10 @@ def measure_bandwidth(n: int, repeat: int, min_time: float) -> dict[str, Any]:
         return rates[top], top, rates
 
     try:
-        read_bw, read_how, read_all = best({f"np.max, {k} thread(s)": sliced(read, k) for k in threads}, 8 * n)
+        read_methods = {f"{name}, {k} thread(s)": sliced(fn, k) for name, fn in readers.items() for k in threads}
+        # the BLAS dot of x with itself reads x once, on the BLAS's own threads
+        read_methods["np.dot(x, x) (BLAS threads)"] = lambda: np.dot(x, x)
+        read_bw, read_how, read_all = best(read_methods, 8 * n)
         triads: dict[str, Callable[[], Any]] = {f"numpy blocked, {k} thread(s)": sliced(triad, k) for k in threads}
         if ne is not None:
             triads[f"numexpr, {ne.get_num_threads()} thread(s)"] = lambda: ne.evaluate(
