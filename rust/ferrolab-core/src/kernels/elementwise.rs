@@ -30,17 +30,18 @@ pub const STREAM_MIN_BYTES: usize = 16 << 20;
 /// Elements per kernel call on the streaming path: the kernel's output buffer stays in L1.
 const STREAM_SUB: usize = 512;
 
+static STREAM_STORES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0); // 0 = unknown, 1 = off, 2 = on
+
 /// Whether non-temporal stores are enabled (`FERROLAB_STREAM_STORES=1` enables them; read once).
 fn stream_stores_enabled() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static ON: AtomicU8 = AtomicU8::new(0); // 0 = unknown, 1 = off, 2 = on
-    match ON.load(Ordering::Relaxed) {
+    use std::sync::atomic::Ordering;
+    match STREAM_STORES.load(Ordering::Relaxed) {
         1 => false,
         2 => true,
         _ => {
             let on = cfg!(target_arch = "x86_64")
                 && std::env::var("FERROLAB_STREAM_STORES").is_ok_and(|v| v.trim() == "1");
-            ON.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            STREAM_STORES.store(if on { 2 } else { 1 }, Ordering::Relaxed);
             on
         }
     }
@@ -533,6 +534,73 @@ mod tests {
             e.to_string().starts_with("fma(): cannot allocate the "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stream_copy_handles_unaligned_heads_and_tails() {
+        let src: Vec<f32> = (0..103).map(|i| i as f32).collect();
+        let src64: Vec<f64> = (0..103).map(|i| i as f64).collect();
+        for start in 0..5 {
+            for end in [start, start + 1, start + 3, 50, 103] {
+                let mut dst = vec![-1.0f32; 103];
+                stream_copy(&mut dst[start..end], &src[start..end]);
+                let mut dst64 = vec![-1.0f64; 103];
+                stream_copy(&mut dst64[start..end], &src64[start..end]);
+                stream_fence();
+                assert_eq!(&dst[start..end], &src[start..end]);
+                assert_eq!(&dst64[start..end], &src64[start..end]);
+                assert!(dst[..start].iter().chain(&dst[end..]).all(|&v| v == -1.0));
+                assert!(dst64[..start]
+                    .iter()
+                    .chain(&dst64[end..])
+                    .all(|&v| v == -1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_outputs_equal_ordinary_ones() {
+        use std::sync::atomic::Ordering;
+        // large enough for the streaming path; an odd length and an offset start cover heads and tails
+        let n = STREAM_MIN_BYTES / 8 + 1001;
+        let x = Array::from_shape_fn(n, |i| (i % 977) as f64 - 300.0).into_dyn();
+        let y = Array::from_shape_fn(n, |i| (i % 13) as f64).into_dyn();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| 1.5f64.mul_add(*a, *b))
+            .collect();
+        let before = STREAM_STORES.load(Ordering::Relaxed);
+        STREAM_STORES.store(2, Ordering::Relaxed);
+        let mut out = Array::from_elem(n + 1, 0.0f64).into_dyn();
+        let mut o = out.slice_mut(ndarray::s![1..]).into_dyn();
+        axpy(
+            1.5,
+            Input::View(x.view()),
+            Input::View(y.view()),
+            Some(o.view_mut()),
+        )
+        .unwrap();
+        let fresh = axpy(1.5, Input::View(x.view()), Input::View(y.view()), None)
+            .unwrap()
+            .unwrap();
+        // in place (out is y)
+        let mut yy = y.clone();
+        axpy(
+            1.5,
+            Input::View(x.view()),
+            Input::SameAsOut,
+            Some(yy.view_mut()),
+        )
+        .unwrap();
+        STREAM_STORES.store(before, Ordering::Relaxed);
+        for (i, w) in want.iter().enumerate() {
+            // Unfused baseline and fused avx2 may round differently
+            assert!((o[[i]] - w).abs() <= 1e-12 * w.abs().max(1.0), "{i}");
+            assert_eq!(o[[i]], fresh[[i]], "{i}");
+            assert_eq!(o[[i]], yy[[i]], "{i}");
+        }
+        assert_eq!(out[[0]], 0.0);
     }
 
     #[test]
