@@ -1038,6 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
         "bw_share": "ferrolab_rate / the measured read (reductions) or triad (elementwise out=) bandwidth, for the "
         "streaming ops at the bandwidth's size",
         "contended": args.contended,
+        "busy_pid": load.pid if load is not None else None,
         "loaded": "with --contended: the same timings while a busy child process holds one core; peer_kept / "
         "ferrolab_kept = idle time / loaded time",
         "loses_more_under_load": len(losing),
