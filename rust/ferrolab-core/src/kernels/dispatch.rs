@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 
 /// How the multiply-add of a kernel is evaluated.
 pub trait Mode {
+    /// Whether this is the AVX2+FMA instantiation (kernels with explicit 256-bit loops still check the CPU
+    /// before using them: see `simd`).
+    const FUSED: bool;
     /// `a * b + c`, fused (one rounding) where the instantiation has FMA.
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T;
 }
@@ -42,12 +45,14 @@ pub struct Fused;
 pub struct Unfused;
 
 impl Mode for Fused {
+    const FUSED: bool = true;
     #[inline(always)]
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T {
         a.mul_add(b, c)
     }
 }
 impl Mode for Unfused {
+    const FUSED: bool = false;
     #[inline(always)]
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T {
         a * b + c
