@@ -13,14 +13,16 @@
 //! child; a `pthread_atfork` child handler bumps a generation counter and the child lazily builds a fresh pool
 //! instead of waiting forever on the parent's.
 //!
-//! Under load the pool steps aside: [`usable_threads`] estimates how many cores other processes keep busy (Linux:
-//! the machine's busy time from `/proc/stat` minus this process's own CPU time, over the interval since the last
-//! estimate, refreshed at most every [`LOAD_REFRESH`]) and gives the work the cores that are left. When one core
-//! (or none) is left, [`maybe_parallel`] runs the parallel code on a pool of one thread (the same chunks combined
-//! in the same order, so the same results): a thread that shares its core with another busy process is
-//! descheduled for whole time slices, and the other threads then wait for its part at the join. `FERROLAB_ADAPTIVE_THREADS=0` turns the estimate off (the pool is then always used above the size
-//! thresholds). rayon's work stealing over small chunks balances the rest; its idle threads spin only briefly
-//! (yielding) before they sleep.
+//! With `FERROLAB_ADAPTIVE_THREADS=1` the pool steps aside under load: [`usable_threads`] estimates how many
+//! cores other processes keep busy (Linux: the machine's busy time from `/proc/stat` minus this process's own CPU
+//! time, over the interval since the last estimate, refreshed at most every [`LOAD_REFRESH`]) and gives the work
+//! the cores that are left. When one core (or none) is left, [`maybe_parallel`] runs the parallel code on a pool
+//! of one thread (the same chunks combined in the same order, so the same results), so that no thread of the op
+//! waits at the join for another that shares its core with a busy process. It is off by default: on the 2-core
+//! machine the benchmarks ran on, the full pool was as fast or faster under a one-core load (rayon's work stealing
+//! over small chunks already rebalances when a thread is descheduled) and clearly faster while other processes
+//! kept the machine partly busy (docs/performance.md). rayon's idle threads spin only briefly (yielding) before
+//! they sleep.
 //!
 //! A process that cannot start threads (at its `RLIMIT_NPROC`, a container's pids limit, out of memory for the
 //! stacks) gets no pool: the work then runs on the calling thread, serially, with the same results, and the pool is
@@ -259,10 +261,9 @@ pub fn num_threads() -> usize {
 }
 
 /// Runs `f` with `parallel = true` inside the pool when `work` (elements) is at least `threshold` and the pool has
-/// more than one thread; when other processes leave this one a single core ([`usable_threads`]), inside a
-/// one-thread pool instead (the same code, so the same results, without threads that wait for each other on a
-/// shared core). Otherwise (also when the threads cannot be started) runs it on the calling thread with
-/// `parallel = false`.
+/// more than one thread; with adaptation on and other processes leaving this one a single core
+/// ([`usable_threads`]), inside a one-thread pool instead (the same code, so the same results). Otherwise (also
+/// when the threads cannot be started) runs it on the calling thread with `parallel = false`.
 #[inline]
 pub fn maybe_parallel<R: Send>(
     work: usize,
@@ -310,7 +311,7 @@ fn adaptive() -> bool {
         1 => false,
         2 => true,
         _ => {
-            let on = !std::env::var("FERROLAB_ADAPTIVE_THREADS").is_ok_and(|v| v.trim() == "0");
+            let on = std::env::var("FERROLAB_ADAPTIVE_THREADS").is_ok_and(|v| v.trim() == "1");
             ADAPTIVE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
             on
         }
@@ -404,9 +405,9 @@ fn others_busy_milli() -> Option<u64> {
     (v != u64::MAX).then_some(v)
 }
 
-/// Threads of `pool` worth using now: the pool's size, less the cores that other processes keep busy (rounded to
-/// the nearest core), at least 1. Without an estimate (not Linux, or `FERROLAB_ADAPTIVE_THREADS=0`): the pool's
-/// size.
+/// Threads of `pool` worth using now: with `FERROLAB_ADAPTIVE_THREADS=1`, the pool's size less the cores that
+/// other processes keep busy (rounded to the nearest core), at least 1; otherwise (the default, or not Linux) the
+/// pool's size.
 pub fn usable_threads(pool: &rayon::ThreadPool) -> usize {
     let n = pool.current_num_threads();
     if n <= 1 {
@@ -463,6 +464,10 @@ mod tests {
     #[test]
     fn usable_threads_is_within_the_pool() {
         let p = pool().expect("threads start in the tests");
+        if std::env::var_os("FERROLAB_ADAPTIVE_THREADS").is_none() {
+            assert_eq!(usable_threads(p), p.current_num_threads(), "off by default");
+        }
+        ADAPTIVE.store(2, Ordering::Relaxed); // on, for this test (no other test depends on it)
         for _ in 0..3 {
             let t = usable_threads(p);
             assert!((1..=p.current_num_threads()).contains(&t), "{t}");
