@@ -168,6 +168,19 @@ def time_pair(
     return {"peer": t_peer, "mine": t_mine, "peer_loops": n_peer, "mine_loops": n_mine}
 
 
+def time_runs(run: Callable[[int], float], repeat: int, min_time: float) -> list[float]:
+    """Per-call seconds of ``repeat`` repetitions of one run (loop count from :func:`autorange`, also the warm-up),
+    with the garbage collector off."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        n = autorange(run, min_time)
+        return [run(n) / n for _ in range(repeat)]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
 def pair_stats(t: dict[str, Any]) -> dict[str, Any]:
     """The row fields of a :func:`time_pair` result: medians, ``ratio = peer / ferrolab``, every repetition."""
     peer_s = statistics.median(t["peer"])
@@ -398,3 +411,61 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ busy load
+
+
+class BusyLoad:
+    """A child process that keeps one core busy (a pure-Python spin loop), for timings "under load".
+
+    The child ends by itself after ``limit_s`` seconds (so a crashed benchmark cannot leave it behind); ``pause()``
+    and ``resume()`` stop and continue it (SIGSTOP/SIGCONT to its pid), so that one child serves interleaved idle
+    and loaded timings; ``stop()`` kills it by its pid and reaps it. Use it as a context manager.
+    """
+
+    SPIN = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
+
+    def __init__(self, limit_s: float = 600.0) -> None:
+        import subprocess
+
+        self._proc = subprocess.Popen([sys.executable, "-c", self.SPIN.format(limit=float(limit_s))])
+        self.pid = self._proc.pid
+        self.running = True
+
+    def __enter__(self) -> BusyLoad:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def pause(self) -> None:
+        import signal
+
+        if self.running and self.alive():
+            os.kill(self.pid, signal.SIGSTOP)
+        self.running = False
+
+    def resume(self, settle_s: float = 0.02) -> None:
+        """Continues the child and waits ``settle_s`` so that the scheduler has placed it before timing starts."""
+        import signal
+
+        if not self.running and self.alive():
+            os.kill(self.pid, signal.SIGCONT)
+        self.running = True
+        time.sleep(settle_s)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGCONT)  # a stopped process dies of SIGKILL too; continue it to be tidy
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._proc.wait()
+        self.running = False

@@ -9,6 +9,7 @@ ferrolab result is checked against the peer's; a mismatch is printed loudly and 
     python benches/bench_ops.py                     # full sizes, table + bench-results/bench_ops.json
     python benches/bench_ops.py --smoke             # tiny sizes, repeat 1: a few seconds, for CI
     python benches/bench_ops.py --ops sum,matmul --repeat 11 --json bench-results/bench_ops.json
+    python benches/bench_ops.py --contended         # each case also timed while a busy process holds one core
 
 Columns: ``ratio = peer time / ferrolab time`` (> 1 means ferrolab is faster). ``rate`` is what ferrolab
 reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- inputs read once, outputs
@@ -16,6 +17,18 @@ written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 m n k) 
 ``cdist`` has two peers: SciPy, and NumPy's GEMM formulation (``|a|^2 + |b|^2 - 2 a @ b.T``, clipped, sqrt).
 NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, numexpr and the BLAS behind
 ``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block).
+
+The hardware's limits are measured in the same run (``measure_bandwidth``, float64 at the largest vector size):
+the read bandwidth (the fastest of a few NumPy read loops over per-thread slices) and the triad bandwidth
+(``a[:] = b + s * c`` with ``out=``, the best of blocked NumPy on 1 and all threads and numexpr). ``of bw`` is
+ferrolab's rate at that size as a share of the read bandwidth (reductions) or of the triad bandwidth (the
+elementwise ops with ``out=``; their bytes, like STREAM's, do not count the read-for-ownership of the output that
+ordinary stores may pay, so kernels with non-temporal stores can pass 100%).
+
+``--contended`` times every case twice: idle, and while a child process (a pure-Python spin loop, stopped with
+SIGSTOP between the loaded timings and killed by its pid at the end) holds one core, the peer and ferrolab alike.
+A second table gives the speed each side keeps under the load (idle time / loaded time) and marks the cases where
+ferrolab keeps less than the peer.
 
 Peers that are left out on purpose: bottleneck's ``nanmean``/``nanstd``/``nansum`` skip NaN while
 ``fl.ops.mean``/``std``/``sum`` propagate it like NumPy, so they do not compute the same function;
@@ -30,16 +43,19 @@ import functools
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _common import (
+    BusyLoad,
     cores_available,
     cpu_flags,
     cpu_model,
@@ -51,6 +67,7 @@ from _common import (
     pair_stats,
     print_table,
     time_pair,
+    time_runs,
     warn_if_loaded,
     write_json,
 )
@@ -592,6 +609,103 @@ def cdist_cases(shapes: list[tuple[int, int, int]], rng: np.random.Generator) ->
     return cases
 
 
+# -------------------------------------------------------------------------------------------- bandwidth
+
+# The streaming ops whose rate is compared with the machine's measured bandwidth (at the largest vector size):
+# reductions with the read bandwidth, the elementwise ops with out= with the triad bandwidth.
+READ_BW_OPS = {"sum", "mean", "min", "max", "argmin", "argmax", "dot", "norm", "var", "std"}
+TRIAD_BW_OPS = {"axpy", "fma", "scale", "clip"}
+TRIAD_BLOCK = 1 << 15  # elements per block of the NumPy triad: three blocks of float64 stay in L2
+
+
+def measure_bandwidth(n: int, repeat: int, min_time: float) -> dict[str, Any]:
+    """The machine's read and triad bandwidth in GB/s on float64 arrays of ``n`` elements, in this run.
+
+    Each is the best (median time) over one thread and one thread per available core (NumPy releases the GIL in
+    its loops, so the threads run in parallel; each takes one slice of the arrays):
+
+    * read: the fastest of a few plain NumPy read loops over the slice (``max`` of the values, ``max`` of their
+      bytes, OR-reduction and ``count_nonzero`` of their 64-bit words, and the BLAS ``np.dot(x, x)`` on its own
+      threads), 8 bytes per element;
+    * triad: ``a[:] = b + s * c`` with ``out=``, blocked so that a block of ``a`` stays in cache between the
+      multiply and the add (one pass over memory), 24 bytes per element as STREAM counts them (the
+      read-for-ownership of ``a`` that ordinary stores pay is not counted); numexpr's fused ``evaluate(...,
+      out=a)`` on its own threads is tried too where it is installed.
+    """
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(n)
+    b = rng.standard_normal(n)
+    c = rng.standard_normal(n)
+    a = np.empty(n)
+    cores = max(1, cores_available() or 1)
+    threads = sorted({1, cores})
+    pool = ThreadPoolExecutor(max_workers=cores)
+
+    def sliced(fn: Callable[[int, int], Any], k: int) -> Callable[[], None]:
+        bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+        if k == 1:
+            return lambda: fn(0, n)
+        return lambda: list(pool.map(lambda ij: fn(*ij), bounds))
+
+    xu64 = x.view(np.uint64)
+    xu8 = x.view(np.uint8)
+    readers: dict[str, Callable[[int, int], Any]] = {  # NumPy's fastest plain read loops differ by version and CPU
+        "np.max": lambda i, j: x[i:j].max(),
+        "np.max of the bytes": lambda i, j: xu8[8 * i : 8 * j].max(),
+        "np.bitwise_or.reduce of the words": lambda i, j: np.bitwise_or.reduce(xu64[i:j]),
+        "np.count_nonzero of the words": lambda i, j: np.count_nonzero(xu64[i:j]),
+    }
+
+    def triad(i: int, j: int) -> None:
+        for k in range(i, j, TRIAD_BLOCK):
+            e = min(k + TRIAD_BLOCK, j)
+            np.multiply(c[k:e], 3.0, out=a[k:e])
+            np.add(a[k:e], b[k:e], out=a[k:e])
+
+    def best(methods: dict[str, Callable[[], Any]], nbytes: int) -> tuple[float, str, dict[str, float]]:
+        rates = {}
+        for name, fn in methods.items():
+            rates[name] = nbytes / statistics.median(time_runs(looped(fn), repeat, min_time)) / 1e9
+        top = max(rates, key=lambda k: rates[k])
+        return rates[top], top, rates
+
+    try:
+        read_methods = {f"{name}, {k} thread(s)": sliced(fn, k) for name, fn in readers.items() for k in threads}
+        # the BLAS dot of x with itself reads x once, on the BLAS's own threads
+        read_methods["np.dot(x, x) (BLAS threads)"] = lambda: np.dot(x, x)
+        read_bw, read_how, read_all = best(read_methods, 8 * n)
+        triads: dict[str, Callable[[], Any]] = {f"numpy blocked, {k} thread(s)": sliced(triad, k) for k in threads}
+        if ne is not None:
+            triads[f"numexpr, {ne.get_num_threads()} thread(s)"] = lambda: ne.evaluate(
+                "b + s * c", local_dict={"b": b, "s": 3.0, "c": c}, out=a
+            )
+        triad_bw, triad_how, triad_all = best(triads, 24 * n)
+    finally:
+        pool.shutdown()
+    return {
+        "elements": n,
+        "dtype": "float64",
+        "read_GBps": read_bw,
+        "read_method": read_how,
+        "read_all_GBps": read_all,
+        "triad_GBps": triad_bw,
+        "triad_method": triad_how,
+        "triad_all_GBps": triad_all,
+    }
+
+
+def bandwidth_share(row: dict[str, Any], bw: dict[str, Any] | None) -> tuple[float | None, str]:
+    """The share of the measured bandwidth that ferrolab's rate reaches in a row (streaming ops at the
+    bandwidth's size only), and which bandwidth it is."""
+    if bw is None or row["ferrolab_rate"] is None or row["elements"] != bw["elements"]:
+        return None, ""
+    if row["op"] in READ_BW_OPS:
+        return row["ferrolab_rate"] / bw["read_GBps"], "read"
+    if row["op"] in TRIAD_BW_OPS and row["variant"] == "out=":
+        return row["ferrolab_rate"] / bw["triad_GBps"], "triad"
+    return None, ""
+
+
 # ---------------------------------------------------------------------------------------------- machine
 
 
@@ -672,7 +786,7 @@ def _fmt_ms(s: float) -> str:
     return f"{ms:.1f}"
 
 
-HEADER = ("op", "dtype", "size", "peer", "peer ms", "ferrolab ms", "ratio", "rate", "peer rate", "check")
+HEADER = ("op", "dtype", "size", "peer", "peer ms", "ferrolab ms", "ratio", "rate", "of bw", "peer rate", "check")
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -690,14 +804,54 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
                 _fmt_ms(r["ferrolab_s"]) if r["ferrolab_s"] is not None else "-",
                 f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
                 f"{_fmt_rate(r['ferrolab_rate'])} {unit}" if r["ferrolab_rate"] is not None else "",
+                f"{100 * r['bw_share']:.0f}% {r['bw_kind']}" if r.get("bw_share") is not None else "",
                 f"{_fmt_rate(r['peer_rate'])} {unit}" if r["peer_rate"] is not None else "",
                 r["check"] if r["check"] == "ok" else f"*** {r['check']} ***",
             )
         )
-    print_table(HEADER, lines, right={4, 5, 6, 7, 8})
+    print_table(HEADER, lines, right={4, 5, 6, 7, 8, 9})
 
 
-def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
+CONTENDED_HEADER = (
+    "op",
+    "dtype",
+    "size",
+    "peer",
+    "ratio idle",
+    "ratio loaded",
+    "peer kept",
+    "ferrolab kept",
+    "",
+)
+# a row "loses more than the peer" when ferrolab keeps less of its idle speed than the peer, by more than this
+# (the retained speeds are ratios of medians of separate timings: a few percent are noise)
+KEPT_SLACK = 0.05
+
+
+def print_contended(rows: list[dict[str, Any]]) -> None:
+    lines = []
+    for r in rows:
+        ld = r.get("loaded")
+        if not ld:
+            continue
+        op = r["op"] + (f" [{r['variant']}]" if r["variant"] else "")
+        lines.append(
+            (
+                op,
+                r["dtype"],
+                r["size"],
+                r["peer"],
+                f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-",
+                f"{ld['ratio']:.2f}x" if ld["ratio"] is not None else "-",
+                f"{100 * ld['peer_kept']:.0f}%",
+                f"{100 * ld['ferrolab_kept']:.0f}%",
+                "loses more" if ld["loses_more"] else "",
+            )
+        )
+    print_table(CONTENDED_HEADER, lines, right={4, 5, 6, 7})
+
+
+def run_case(c: Case, repeat: int, min_time: float, load: BusyLoad | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "op": c.op,
         "variant": c.variant,
@@ -725,10 +879,27 @@ def run_case(c: Case, repeat: int, min_time: float) -> dict[str, Any]:
     if not chk.ok:
         row["check"] = "MISMATCH"
     row["check_detail"] = chk.detail
+    if load is not None:
+        load.pause()
     row.update(pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time)))
     if c.rate_unit and c.work:
         row["ferrolab_rate"] = c.work / row["ferrolab_s"] / 1e9
         row["peer_rate"] = c.work / row["peer_s"] / 1e9
+    if load is not None:
+        # the same pair again while the busy child holds a core (then stopped again for the next idle timing)
+        load.resume()
+        try:
+            ld = pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time))
+        finally:
+            load.pause()
+        peer_kept = row["peer_s"] / ld["peer_s"]
+        mine_kept = row["ferrolab_s"] / ld["ferrolab_s"]
+        row["loaded"] = {
+            **ld,
+            "peer_kept": peer_kept,
+            "ferrolab_kept": mine_kept,
+            "loses_more": mine_kept < peer_kept - KEPT_SLACK,
+        }
     return row
 
 
@@ -752,6 +923,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds one repetition must last at least (default 0.02; 0.001 with --smoke)",
     )
     p.add_argument("--seed", type=int, default=20240601, help="seed of np.random.default_rng")
+    p.add_argument(
+        "--contended",
+        action="store_true",
+        help="also time every case while a busy child process holds one core (for the peer and ferrolab alike) "
+        "and report the speed each side keeps under that load",
+    )
+    p.add_argument("--no-bandwidth", action="store_true", help="skip measuring the read and triad bandwidth")
     args = p.parse_args(argv)
 
     if args.ops:
@@ -782,22 +960,53 @@ def main(argv: list[str] | None = None) -> int:
 
     warn_if_loaded(info["loadavg_start"], info["cores_available"])
     t_start = time.perf_counter()
+    bw = None
+    if not args.no_bandwidth:
+        bw_n = max(SMOKE_SIZES if args.smoke else FULL_SIZES)
+        bw = measure_bandwidth(bw_n, repeat, min_time)
+        print(
+            f"measured bandwidth (float64, {_size_label(bw_n)} elements): read {bw['read_GBps']:.1f} GB/s "
+            f"({bw['read_method']}), triad {bw['triad_GBps']:.1f} GB/s ({bw['triad_method']}); "
+            f"'of bw' = ferrolab's rate at that size / the read (reductions) or triad (out=) bandwidth\n"
+        )
+        sys.stdout.flush()
     rng = np.random.default_rng(args.seed)
     cases = build_cases(args, ops, rng)
     rows = []
-    for c in cases:
-        rows.append(run_case(c, repeat, min_time))
-        if not args.smoke:  # progress on stderr for long runs
-            r = rows[-1]
-            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-            print(
-                f"  {r['op']:<17} {r['variant']:<26} {r['dtype']:<8} {r['size']:<14} {ratio:>8}  {r['check']}",
-                file=sys.stderr,
-                flush=True,
-            )
+    load = BusyLoad(limit_s=60.0 if args.smoke else 3600.0) if args.contended else None
+    try:
+        for c in cases:
+            rows.append(run_case(c, repeat, min_time, load))
+            share, kind = bandwidth_share(rows[-1], bw)
+            rows[-1]["bw_share"], rows[-1]["bw_kind"] = share, kind
+            if not args.smoke:  # progress on stderr for long runs
+                r = rows[-1]
+                ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+                kept = ""
+                if r.get("loaded"):
+                    kept = f"  kept: peer {r['loaded']['peer_kept']:.0%} ferrolab {r['loaded']['ferrolab_kept']:.0%}"
+                print(
+                    f"  {r['op']:<17} {r['variant']:<26} {r['dtype']:<8} {r['size']:<14} {ratio:>8}  "
+                    f"{r['check']}{kept}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        if load is not None:
+            load.stop()
     elapsed = time.perf_counter() - t_start
     info["loadavg_end"] = loadavg()
     print_rows(rows)
+    losing: list[dict[str, Any]] = []
+    if args.contended:
+        print(
+            f"\nunder load: a busy process holds one of {info['cores_available']} cores; 'kept' = idle time / loaded "
+            f"time of the same call (100%: no speed lost); 'loses more': ferrolab keeps more than "
+            f"{100 * KEPT_SLACK:.0f} points less than the peer\n"
+        )
+        print_contended(rows)
+        losing = [r for r in rows if r.get("loaded") and r["loaded"]["loses_more"]]
+        print(f"\nferrolab loses more of its speed than the peer under load in {len(losing)} of {len(rows)} cases.")
 
     bad = [r for r in rows if r["check"] != "ok"]
     slower = [r for r in rows if r["ratio"] is not None and r["ratio"] < 1.0]
@@ -825,6 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
         "rates": "ferrolab_rate/peer_rate = work / time / 1e9: GB/s (bytes the kernel must move) or GFLOP/s "
         "(matmul 2n^3, cdist 3mnk)",
         "ops": sorted({r["op"] for r in rows}),
+        "bandwidth": bw,
+        "bw_share": "ferrolab_rate / the measured read (reductions) or triad (elementwise out=) bandwidth, for the "
+        "streaming ops at the bandwidth's size",
+        "contended": args.contended,
+        "busy_pid": load.pid if load is not None else None,
+        "loaded": "with --contended: the same timings while a busy child process holds one core; peer_kept / "
+        "ferrolab_kept = idle time / loaded time",
+        "loses_more_under_load": len(losing),
         "mismatches": len(bad),
         "rows": rows,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,49 @@ def test_bench_ops_smoke(tmp_path: Path) -> None:
     assert machine["simd_level"] == fl.simd_level()
     assert machine["num_threads"] == fl.num_threads()
 
+    # the bandwidths of this run, and the streaming rows at their size carry their share of them
+    bw = doc["bandwidth"]
+    assert bw["read_GBps"] > 0 and bw["triad_GBps"] > 0, bw
+    assert bw["read_method"] in bw["read_all_GBps"] and bw["triad_method"] in bw["triad_all_GBps"]
+    shared = {(r["op"], r["bw_kind"]) for r in rows if r["bw_share"] is not None}
+    assert ("sum", "read") in shared and ("axpy", "triad") in shared, shared
+    assert "of bw" in proc.stdout and "measured bandwidth" in proc.stdout
+    assert doc["contended"] is False and all("loaded" not in r for r in rows)
 
+
+def test_bench_ops_smoke_contended(tmp_path: Path) -> None:
+    """``--contended``: every case also timed under a one-core busy load, both sides' kept speed reported, and the
+    busy child gone afterwards (structure only: no timing is asserted)."""
+    out = tmp_path / "ops_contended.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benches" / "bench_ops.py"),
+            "--smoke",
+            "--contended",
+            "--ops",
+            "sum,axpy",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["contended"] is True
+    assert {r["op"] for r in doc["rows"]} == {"sum", "axpy"}
+    for r in doc["rows"]:
+        ld = r["loaded"]
+        assert ld["peer_s"] > 0 and ld["ferrolab_s"] > 0
+        assert ld["peer_kept"] == r["peer_s"] / ld["peer_s"]
+        assert ld["ferrolab_kept"] == r["ferrolab_s"] / ld["ferrolab_s"]
+        assert isinstance(ld["loses_more"], bool)
+    assert "under load" in proc.stdout and "ferrolab kept" in proc.stdout
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the benchmark
+        os.kill(doc["busy_pid"], 0)
 
 
 def test_bench_metrics_smoke(tmp_path: Path) -> None:

@@ -208,7 +208,23 @@ fn flat_fast<'py>(
         if !gops::flat_applies(op, s.len(), ddof).unwrap_or(true) {
             return None;
         }
-        let r = run(py, op, s.len(), Meta::one::<T>(a.shape()), move || {
+        let meta = Meta::one::<T>(a.shape());
+        if reduce::small::applies(s) {
+            // a small input: the kernel on the calling thread, straight to a NumPy scalar (no result arrays)
+            let r = run(py, op, s.len(), meta, move || {
+                gops::reduce_flat_small(op, s, ddof).unwrap_or_else(|| {
+                    Err(ferrolab_core::CoreError::internal(
+                        op.name(),
+                        "not a reduction",
+                    ))
+                })
+            });
+            return Some(r.and_then(|r| match r {
+                reduce::Scalar::Value(v) => <T as ToNumpy>::scalar(py, v),
+                reduce::Scalar::Index(i) => <i64 as ToNumpy>::scalar(py, i),
+            }));
+        }
+        let r = run(py, op, s.len(), meta, move || {
             gops::reduce_flat(op, Canon::flat(s), ddof)
         });
         Some(r.and_then(|r| reduced_py(py, r)))
@@ -445,6 +461,9 @@ moment! {
 #[pyo3(signature = (x, y, *, device="cpu"))]
 pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> PyResult<Obj<'py>> {
     boundary(Op::Dot, device, || {
+        if let Some(r) = dot_small::<f64>(py, x, y).or_else(|| dot_small::<f32>(py, x, y)) {
+            return r;
+        }
         let (a, b, fin) = take_two(py, Op::Dot, ["x", "y"], x, y, Kind::Same)?;
         let r = each_dtype!(a, T, a => {
             let b = <T as NativePy>::unwrap(b);
@@ -455,6 +474,31 @@ pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> Py
         })?;
         finish(r, &fin)
     })
+}
+
+/// Fast path of [`dot`] for two contiguous 1-D arrays of one float dtype and equal length below the parallel
+/// threshold: the kernel on the calling thread, straight to a NumPy scalar. `None` where it does not apply.
+fn dot_small<'py, T: Real + ToNumpy>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    y: &Obj<'py>,
+) -> Option<PyResult<Obj<'py>>> {
+    let (a, b) = (
+        x.cast::<PyArrayDyn<T>>().ok()?,
+        y.cast::<PyArrayDyn<T>>().ok()?,
+    );
+    if a.ndim() != 1 || b.ndim() != 1 {
+        return None;
+    }
+    let (sa, sb) = (flat_slice(a, false)?, flat_slice(b, false)?);
+    if sa.len() != sb.len() || !reduce::small::applies(sa) {
+        return None;
+    }
+    let meta = Meta::two::<T>(a.shape(), b.shape());
+    let r = run(py, Op::Dot, sa.len(), meta, move || {
+        Ok(reduce::small::dot(sa, sb))
+    });
+    Some(r.and_then(|v| <T as ToNumpy>::scalar(py, v)))
 }
 
 // ----------------------------------------------------------------------------------------------------------

@@ -53,6 +53,33 @@ pub fn reduce_flat<T: Real>(op: Op, c: Canon<'_, T>, ddof: f64) -> Result<Reduce
     })
 }
 
+/// Reduction `op` of all of the contiguous `s` as a scalar, through [`reduce::small`], where that applies (a
+/// non-empty input below the parallel threshold; `None` otherwise): the same results as [`reduce_flat`] without
+/// its result arrays. [`flat_applies`] must hold.
+pub fn reduce_flat_small<T: Real>(op: Op, s: &[T], ddof: f64) -> Option<Result<reduce::Scalar<T>>> {
+    use reduce::{small, Scalar::*};
+    if !small::applies(s) {
+        return None;
+    }
+    Some(Ok(match op {
+        Op::Sum => Value(small::sum(s)),
+        Op::Mean => Value(small::mean(s)),
+        Op::Min => Value(small::extreme::<T, false>(s)),
+        Op::Max => Value(small::extreme::<T, true>(s)),
+        Op::Norm => Value(small::norm(s)),
+        Op::Var | Op::Std => {
+            if let Err(e) = stats::check_ddof(op.name(), ddof) {
+                return Some(Err(e));
+            }
+            let v = small::moments(s).var(ddof);
+            Value(T::from_f64(if op == Op::Var { v } else { v.sqrt() }))
+        }
+        Op::Argmin => Index(small::arg_extreme::<T, false>(s)),
+        Op::Argmax => Index(small::arg_extreme::<T, true>(s)),
+        _ => return None,
+    }))
+}
+
 fn scalar<U: Clone>(v: U) -> ArrayD<U> {
     ArrayD::from_elem(IxDyn(&[]), v)
 }

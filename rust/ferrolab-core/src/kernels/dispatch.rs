@@ -13,6 +13,17 @@
 //! child; a `pthread_atfork` child handler bumps a generation counter and the child lazily builds a fresh pool
 //! instead of waiting forever on the parent's.
 //!
+//! With `FERROLAB_ADAPTIVE_THREADS=1` the pool steps aside under load: [`usable_threads`] estimates how many
+//! cores other processes keep busy (Linux: the machine's busy time from `/proc/stat` minus this process's own CPU
+//! time, over the interval since the last estimate, refreshed at most every [`LOAD_REFRESH`]) and gives the work
+//! the cores that are left. When one core (or none) is left, [`maybe_parallel`] runs the parallel code on a pool
+//! of one thread (the same chunks combined in the same order, so the same results), so that no thread of the op
+//! waits at the join for another that shares its core with a busy process. It is off by default: on the 2-core
+//! machine the benchmarks ran on, the full pool was as fast or faster under a one-core load (rayon's work stealing
+//! over small chunks already rebalances when a thread is descheduled) and clearly faster while other processes
+//! kept the machine partly busy (docs/performance.md). rayon's idle threads spin only briefly (yielding) before
+//! they sleep.
+//!
 //! A process that cannot start threads (at its `RLIMIT_NPROC`, a container's pids limit, out of memory for the
 //! stacks) gets no pool: the work then runs on the calling thread, serially, with the same results, and the pool is
 //! tried again after [`POOL_RETRY`]. Nothing here panics for want of threads.
@@ -23,6 +34,9 @@ use std::time::{Duration, Instant};
 
 /// How the multiply-add of a kernel is evaluated.
 pub trait Mode {
+    /// Whether this is the AVX2+FMA instantiation (kernels with explicit 256-bit loops still check the CPU
+    /// before using them: see `simd`).
+    const FUSED: bool;
     /// `a * b + c`, fused (one rounding) where the instantiation has FMA.
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T;
 }
@@ -33,12 +47,14 @@ pub struct Fused;
 pub struct Unfused;
 
 impl Mode for Fused {
+    const FUSED: bool = true;
     #[inline(always)]
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T {
         a.mul_add(b, c)
     }
 }
 impl Mode for Unfused {
+    const FUSED: bool = false;
     #[inline(always)]
     fn madd<T: crate::kernels::Real>(a: T, b: T, c: T) -> T {
         a * b + c
@@ -125,11 +141,85 @@ pub fn dispatch<K: Kernel>(k: K) -> K::Output {
 // ---------------------------------------------------------------------------------------------------------
 // The thread pool
 
-static POOL: AtomicPtr<rayon::ThreadPool> = AtomicPtr::new(std::ptr::null_mut());
-static POOL_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
+/// A lazily built, leaked pool that a forked child rebuilds (see the module docs).
+struct Slot {
+    pool: AtomicPtr<rayon::ThreadPool>,
+    gen: AtomicU64,
+    /// Guards building the pool; holds the generation and time of the last failed attempt.
+    init: Mutex<Option<(u64, Instant)>>,
+    name: &'static str,
+}
+
+impl Slot {
+    const fn new(name: &'static str) -> Slot {
+        Slot {
+            pool: AtomicPtr::new(std::ptr::null_mut()),
+            gen: AtomicU64::new(u64::MAX),
+            init: Mutex::new(None),
+            name,
+        }
+    }
+
+    #[inline]
+    fn get(&'static self, threads: fn() -> usize) -> Option<&'static rayon::ThreadPool> {
+        let p = self.pool.load(Ordering::Acquire);
+        if !p.is_null() && self.gen.load(Ordering::Acquire) == FORK_GEN.load(Ordering::Acquire) {
+            // SAFETY: pools are leaked, never freed.
+            return Some(unsafe { &*p });
+        }
+        self.build(threads)
+    }
+
+    #[cold]
+    fn build(&'static self, threads: fn() -> usize) -> Option<&'static rayon::ThreadPool> {
+        ATFORK.call_once(|| {
+            // SAFETY: registering a plain extern "C" function without captured state.
+            #[cfg(unix)]
+            unsafe {
+                libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            }
+        });
+        // In a forked child the parent's lock may be held by a thread that no longer exists: recover from poison
+        // and never block on it for long.
+        let mut failed = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        let gen = FORK_GEN.load(Ordering::Acquire);
+        let p = self.pool.load(Ordering::Acquire);
+        if !p.is_null() && self.gen.load(Ordering::Acquire) == gen {
+            // SAFETY: see get().
+            return Some(unsafe { &*p });
+        }
+        if let Some((g, at)) = *failed {
+            if g == gen && at.elapsed() < POOL_RETRY {
+                return None;
+            }
+        }
+        let name = self.name;
+        let pool = match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads())
+            .thread_name(move |i| format!("{name}-{i}"))
+            .build()
+        {
+            Ok(pool) => pool,
+            Err(_) => {
+                // no threads (rayon has already stopped the ones it started): run serially for a while
+                *failed = Some((gen, Instant::now()));
+                return None;
+            }
+        };
+        *failed = None;
+        // The parent's pool (if any) is leaked on purpose: its threads do not exist in this process.
+        let leaked: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
+        self.pool
+            .store(leaked as *const _ as *mut _, Ordering::Release);
+        self.gen.store(gen, Ordering::Release);
+        Some(leaked)
+    }
+}
+
+static POOL: Slot = Slot::new("ferrolab");
+/// One thread: runs parallel code (its chunks, its order of combining them) when load leaves one core.
+static SOLO: Slot = Slot::new("ferrolab-solo");
 static FORK_GEN: AtomicU64 = AtomicU64::new(0);
-/// Guards building the pool; holds the generation and time of the last failed attempt.
-static POOL_INIT: Mutex<Option<(u64, Instant)>> = Mutex::new(None);
 static ATFORK: Once = Once::new();
 
 /// After a failed attempt to start the pool, how long the work runs serially before the next attempt.
@@ -155,57 +245,14 @@ pub fn configured_threads() -> usize {
 
 /// The pool (built on first use, rebuilt in a forked child), or `None` when its threads cannot be started: the
 /// caller then runs the work on its own thread.
+#[inline]
 pub fn pool() -> Option<&'static rayon::ThreadPool> {
-    let p = POOL.load(Ordering::Acquire);
-    if !p.is_null() && POOL_GEN.load(Ordering::Acquire) == FORK_GEN.load(Ordering::Acquire) {
-        // SAFETY: pools are leaked, never freed.
-        return Some(unsafe { &*p });
-    }
-    build_pool()
+    POOL.get(configured_threads)
 }
 
-#[cold]
-fn build_pool() -> Option<&'static rayon::ThreadPool> {
-    ATFORK.call_once(|| {
-        // SAFETY: registering a plain extern "C" function without captured state.
-        #[cfg(unix)]
-        unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
-        }
-    });
-    // In a forked child the parent's lock may be held by a thread that no longer exists: recover from poison
-    // and never block on it for long.
-    let mut failed = POOL_INIT.lock().unwrap_or_else(|e| e.into_inner());
-    let gen = FORK_GEN.load(Ordering::Acquire);
-    let p = POOL.load(Ordering::Acquire);
-    if !p.is_null() && POOL_GEN.load(Ordering::Acquire) == gen {
-        // SAFETY: see pool().
-        return Some(unsafe { &*p });
-    }
-    if let Some((g, at)) = *failed {
-        if g == gen && at.elapsed() < POOL_RETRY {
-            return None;
-        }
-    }
-    let n = configured_threads();
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("ferrolab-{i}"))
-        .build()
-    {
-        Ok(pool) => pool,
-        Err(_) => {
-            // no threads (rayon has already stopped the ones it started): run serially for a while
-            *failed = Some((gen, Instant::now()));
-            return None;
-        }
-    };
-    *failed = None;
-    // The parent's pool (if any) is leaked on purpose: its threads do not exist in this process.
-    let leaked: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
-    POOL.store(leaked as *const _ as *mut _, Ordering::Release);
-    POOL_GEN.store(gen, Ordering::Release);
-    Some(leaked)
+/// The one-thread pool that runs parallel code under load (see [`maybe_parallel`]).
+fn solo_pool() -> Option<&'static rayon::ThreadPool> {
+    SOLO.get(|| 1)
 }
 
 /// Threads of the current pool (1 when there is none: the work runs on the calling thread).
@@ -213,9 +260,10 @@ pub fn num_threads() -> usize {
     pool().map_or(1, |p| p.current_num_threads())
 }
 
-/// Runs `f` inside the pool when `work` (elements) is at least `threshold` and the pool has more than one
-/// thread; otherwise (also when the pool's threads cannot be started) runs it on the calling thread with
-/// `parallel = false`.
+/// Runs `f` with `parallel = true` inside the pool when `work` (elements) is at least `threshold` and the pool has
+/// more than one thread; with adaptation on and other processes leaving this one a single core
+/// ([`usable_threads`]), inside a one-thread pool instead (the same code, so the same results). Otherwise (also
+/// when the threads cannot be started) runs it on the calling thread with `parallel = false`.
 #[inline]
 pub fn maybe_parallel<R: Send>(
     work: usize,
@@ -225,11 +273,152 @@ pub fn maybe_parallel<R: Send>(
     if work >= threshold {
         if let Some(p) = pool() {
             if p.current_num_threads() > 1 {
-                return p.install(|| f(true));
+                if usable_threads(p) > 1 {
+                    return p.install(|| f(true));
+                }
+                // under load: the same parallel code on one thread, so that the results (which may depend on how
+                // the work is split) do not depend on the load
+                if let Some(s) = solo_pool() {
+                    return s.install(|| f(true));
+                }
             }
         }
     }
     f(false)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Adapting to load
+
+/// How often (at most) the load estimate is refreshed.
+pub const LOAD_REFRESH: Duration = Duration::from_millis(50);
+
+/// Cores that other processes kept busy over the last interval, in 1/1000 core (u64::MAX: unknown).
+static OTHERS_BUSY_MILLI: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds since [`load_epoch`] of the last refresh (0: never).
+static LOAD_AT: AtomicU64 = AtomicU64::new(0);
+/// The previous sample: (wall ns since the epoch, machine busy ns, this process's CPU ns).
+static LOAD_PREV: Mutex<Option<(u64, u64, u64)>> = Mutex::new(None);
+static ADAPTIVE: AtomicU8 = AtomicU8::new(0); // 0 = unknown, 1 = off, 2 = on
+
+fn load_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn adaptive() -> bool {
+    match ADAPTIVE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = std::env::var("FERROLAB_ADAPTIVE_THREADS").is_ok_and(|v| v.trim() == "1");
+            ADAPTIVE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Busy time of all CPUs since boot in nanoseconds, from the first line of `/proc/stat` (`None` elsewhere).
+fn machine_busy_ns() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let mut f = std::fs::File::open("/proc/stat").ok()?;
+        let n = f.read(&mut buf).ok()?;
+        let line = std::str::from_utf8(&buf[..n]).ok()?.lines().next()?;
+        let mut it = line.split_ascii_whitespace();
+        if it.next()? != "cpu" {
+            return None;
+        }
+        // user nice system idle iowait irq softirq steal (guest time is included in user)
+        let v: Vec<u64> = it.take(8).filter_map(|t| t.parse().ok()).collect();
+        if v.len() < 8 {
+            return None;
+        }
+        let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = if hz > 0 { hz as u64 } else { 100 };
+        Some(busy.saturating_mul(1_000_000_000 / hz))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// CPU time of this process (all its threads) in nanoseconds.
+fn process_cpu_ns() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write into.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+            return None;
+        }
+        Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Cores that other processes keep busy (in 1/1000 core), refreshed when the last estimate is older than
+/// [`LOAD_REFRESH`]; `None` when unknown (no `/proc/stat`, or adaptation turned off).
+fn others_busy_milli() -> Option<u64> {
+    if !adaptive() {
+        return None;
+    }
+    let now = load_epoch().elapsed().as_nanos() as u64 + 1;
+    let at = LOAD_AT.load(Ordering::Relaxed);
+    if at != 0 && now - at.min(now) < LOAD_REFRESH.as_nanos() as u64 {
+        let v = OTHERS_BUSY_MILLI.load(Ordering::Relaxed);
+        return (v != u64::MAX).then_some(v);
+    }
+    // one thread refreshes; the others use the previous value
+    if let Ok(mut prev) = LOAD_PREV.try_lock() {
+        LOAD_AT.store(now, Ordering::Relaxed);
+        let est = match (machine_busy_ns(), process_cpu_ns()) {
+            (Some(busy), Some(mine)) => {
+                let est = prev.and_then(|(t0, b0, m0)| {
+                    let wall = now.checked_sub(t0).filter(|&w| w > 0)?;
+                    let others = busy
+                        .saturating_sub(b0)
+                        .saturating_sub(mine.saturating_sub(m0));
+                    Some(others.saturating_mul(1000) / wall)
+                });
+                *prev = Some((now, busy, mine));
+                est
+            }
+            _ => Some(u64::MAX),
+        };
+        if let Some(v) = est {
+            OTHERS_BUSY_MILLI.store(v, Ordering::Relaxed);
+        }
+    }
+    let v = OTHERS_BUSY_MILLI.load(Ordering::Relaxed);
+    (v != u64::MAX).then_some(v)
+}
+
+/// Threads of `pool` worth using now: with `FERROLAB_ADAPTIVE_THREADS=1`, the pool's size less the cores that
+/// other processes keep busy (rounded to the nearest core), at least 1; otherwise (the default, or not Linux) the
+/// pool's size.
+pub fn usable_threads(pool: &rayon::ThreadPool) -> usize {
+    let n = pool.current_num_threads();
+    if n <= 1 {
+        return n;
+    }
+    let Some(busy) = others_busy_milli() else {
+        return n;
+    };
+    let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
+    let free = cores.saturating_sub(((busy + 500) / 1000) as usize);
+    free.clamp(1, n)
 }
 
 /// Panics with `message` — on a pool thread when `parallel` and the pool runs (rayon hands the panic back to the
@@ -270,6 +459,25 @@ mod tests {
         assert!(num_threads() >= 1);
         let r = maybe_parallel(10, 5, |par| par || num_threads() == 1);
         assert!(r);
+    }
+
+    #[test]
+    fn usable_threads_is_within_the_pool() {
+        let p = pool().expect("threads start in the tests");
+        if std::env::var_os("FERROLAB_ADAPTIVE_THREADS").is_none() {
+            assert_eq!(usable_threads(p), p.current_num_threads(), "off by default");
+        }
+        ADAPTIVE.store(2, Ordering::Relaxed); // on, for this test (no other test depends on it)
+        for _ in 0..3 {
+            let t = usable_threads(p);
+            assert!((1..=p.current_num_threads()).contains(&t), "{t}");
+            std::thread::sleep(LOAD_REFRESH);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            assert!(machine_busy_ns().is_some());
+            assert!(process_cpu_ns().is_some());
+        }
     }
 
     #[test]

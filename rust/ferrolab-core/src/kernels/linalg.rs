@@ -4,7 +4,7 @@
 
 use super::alloc;
 use super::blas::{self, BlasElem, Mat};
-use super::dispatch::pool;
+use super::dispatch::{pool, usable_threads};
 use super::layout::fmt_shape;
 use super::Real;
 use crate::error::{CoreError, Result};
@@ -108,12 +108,13 @@ pub(crate) unsafe fn product<T: GemmElem>(
     }
     // the pool, when the product is large enough and the pool's threads could be started
     let pool = if m.saturating_mul(n).saturating_mul(k) >= 64 * 64 * 64 {
-        pool().filter(|p| p.current_num_threads() > 1)
+        pool().filter(|p| usable_threads(p) > 1)
     } else {
         None
     };
     let par = match pool {
-        Some(p) => gemm::Parallelism::Rayon(p.current_num_threads()),
+        // the threads that other processes leave free (gemm splits the work among that many)
+        Some(p) => gemm::Parallelism::Rayon(usable_threads(p)),
         None => gemm::Parallelism::None,
     };
     // raw addresses so the closure can move into the pool

@@ -502,16 +502,107 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
             // column accumulator results carry the index directly
             return p.block as i64;
         }
-        let row_start = pos * c.n;
-        if let Some(i) = p.nan_at {
-            return i as i64;
-        }
-        let blk = &data[row_start + p.block..row_start + p.block + p.block_len];
-        let k = blk.iter().position(|&v| v == p.best).unwrap_or(0);
-        (p.block + k) as i64
+        arg_index(&data[pos * c.n..(pos + 1) * c.n], p)
     });
     let out = alloc::collect(func, "result", &c.out_shape, idx)?;
     Ok(c.wrap(out))
+}
+
+/// The index in `row` that the merged arg-extreme part `p` of the whole row designates: the first NaN, else the
+/// first element of the winning block equal to the best value.
+#[inline]
+fn arg_index<T: Real>(row: &[T], p: ArgPart<T>) -> i64 {
+    if let Some(i) = p.nan_at {
+        return i as i64;
+    }
+    let blk = &row[p.block..p.block + p.block_len];
+    (p.block + dispatch(FirstEq(blk, p.best))) as i64
+}
+
+/// Index of the first element of a slice equal to a value that the slice holds (its length when none is): chunks
+/// of `FE` elements are compared at once (vectorized), then the chunk that holds it element by element.
+struct FirstEq<'a, T>(&'a [T], T);
+const FE: usize = 16;
+impl<T: Real> Kernel for FirstEq<'_, T> {
+    type Output = usize;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> usize {
+        let (x, v) = (self.0, self.1);
+        let mut it = x.chunks_exact(FE);
+        let mut base = 0;
+        for c in &mut it {
+            let mut any = false;
+            for &e in c {
+                any |= e == v;
+            }
+            if any {
+                break;
+            }
+            base += FE;
+        }
+        base + x[base..]
+            .iter()
+            .position(|&e| e == v)
+            .unwrap_or(x.len() - base)
+    }
+}
+
+/// A whole-array reduction's result: a value of the input's type, or an index (argmin, argmax).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<T> {
+    Value(T),
+    Index(i64),
+}
+
+/// Whole-array reductions of a contiguous, non-empty slice that runs on the calling thread (fewer than
+/// [`PAR_REDUCE_MIN`] elements), without the n-d machinery: no canonical layout, no result arrays. The kernels and
+/// the arithmetic are those of the n-d path for one row, so the results are the same bits.
+pub mod small {
+    use super::*;
+
+    /// Whether `s` takes these paths.
+    #[inline]
+    pub fn applies<T>(s: &[T]) -> bool {
+        !s.is_empty() && s.len() < PAR_REDUCE_MIN
+    }
+
+    #[inline]
+    pub fn sum<T: Real>(s: &[T]) -> T {
+        T::from_f64(dispatch(Sum(s)))
+    }
+
+    #[inline]
+    pub fn mean<T: Real>(s: &[T]) -> T {
+        T::from_f64(dispatch(Sum(s)) / s.len() as f64)
+    }
+
+    #[inline]
+    pub fn extreme<T: Real, const MAX: bool>(s: &[T]) -> T {
+        dispatch(Extreme::<T, MAX>(s))
+    }
+
+    #[inline]
+    pub fn arg_extreme<T: Real, const MAX: bool>(s: &[T]) -> i64 {
+        arg_index(s, dispatch(ArgExtreme::<T, MAX>(s, 0)))
+    }
+
+    #[inline]
+    pub fn norm<T: Real>(s: &[T]) -> T {
+        T::from_f64(dispatch(SumSq(s)).sqrt())
+    }
+
+    /// Count, mean and M2 (the variance is `m.var(ddof)`).
+    #[inline]
+    pub fn moments<T: Real>(s: &[T]) -> Moments {
+        dispatch(SliceMoments(s, s[0]))
+    }
+
+    /// Inner product of two slices of equal length.
+    #[inline]
+    pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+        assert_eq!(a.len(), b.len(), "dot: lengths differ");
+        T::from_f64(dispatch(Dot(a, b)))
+    }
 }
 
 /// Adapts [`ArgCols`] to the `ArgPart` output of [`drive`] (the index travels in `block`).
@@ -669,6 +760,47 @@ mod tests {
         assert!(argmin(&e.view(), None).is_err());
         assert!(min(&e.view(), None).is_err());
         assert_eq!(sum(&e.view(), None).unwrap()[[]], 0.0);
+    }
+
+    #[test]
+    fn small_paths_equal_the_nd_ones() {
+        for n in [1usize, 2, 15, 16, 17, 511, 512, 513, 1000, 4097] {
+            let v: Vec<f64> = (0..n)
+                .map(|i| ((i * 7919) % 1009) as f64 * 0.37 - 150.0)
+                .collect();
+            let w: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            let a = Array::from_vec(v.clone()).into_dyn();
+            let b = Array::from_vec(w.clone()).into_dyn();
+            assert_eq!(small::sum(&v), sum(&a.view(), None).unwrap()[[]]);
+            assert_eq!(small::sum(&w), sum(&b.view(), None).unwrap()[[]]);
+            assert_eq!(small::mean(&w), mean(&b.view(), None).unwrap()[[]]);
+            assert_eq!(small::norm(&v), norm(&a.view(), None).unwrap()[[]]);
+            assert_eq!(
+                small::extreme::<_, true>(&w),
+                max(&b.view(), None).unwrap()[[]]
+            );
+            assert_eq!(
+                small::extreme::<_, false>(&v),
+                min(&a.view(), None).unwrap()[[]]
+            );
+            assert_eq!(
+                small::arg_extreme::<_, true>(&v),
+                argmax(&a.view(), None).unwrap()[[]]
+            );
+            assert_eq!(
+                small::arg_extreme::<_, false>(&w),
+                argmin(&b.view(), None).unwrap()[[]]
+            );
+            assert_eq!(small::dot(&v, &v), dot(&a.view(), &a.view()).unwrap());
+            // the first of equal extremes, and a NaN anywhere
+            let mut e = v.clone();
+            e[n / 2] = 1e9;
+            e[n - 1] = 1e9;
+            assert_eq!(small::arg_extreme::<_, true>(&e), (n / 2) as i64);
+            e[n - 1] = f64::NAN;
+            assert_eq!(small::arg_extreme::<_, false>(&e), (n - 1) as i64);
+            assert!(small::extreme::<_, true>(&e).is_nan());
+        }
     }
 
     #[test]

@@ -54,10 +54,42 @@ impl Neumaier {
     }
 }
 
+/// `x` as `&[U]` when `T` is `U`.
+#[inline(always)]
+fn same_type<T: 'static, U: 'static>(x: &[T]) -> Option<&[U]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
+        // SAFETY: T and U are the same type.
+        Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<U>(), x.len()) })
+    } else {
+        None
+    }
+}
+
+/// Whether the explicit AVX2 loops of [`avx2`] may run: in the fused instantiation, on a CPU that has AVX2+FMA
+/// (checked again here so that a `Fused` instantiation run elsewhere stays correct, just slower).
+#[inline(always)]
+fn use_avx2<M: Mode>() -> bool {
+    M::FUSED
+        && cfg!(target_arch = "x86_64")
+        && super::dispatch::simd_level() == super::dispatch::SimdLevel::Avx2Fma
+}
+
 // Block sums accumulate in f64 lanes: exact widening for f32 inputs (float32 sums are as accurate as float64
 // ones), and a no-op for f64.
 #[inline(always)]
-fn block_sum<T: Real>(x: &[T]) -> f64 {
+fn block_sum<T: Real, M: Mode>(x: &[T]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        if let Some(x) = same_type::<T, f32>(x) {
+            // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+            return unsafe { avx2::block_sum_f32(x) };
+        }
+    }
+    block_sum_lanes(x)
+}
+
+#[inline(always)]
+fn block_sum_lanes<T: Real>(x: &[T]) -> f64 {
     let mut acc = [0.0f64; L];
     let mut it = x.chunks_exact(L);
     for c in &mut it {
@@ -88,6 +120,21 @@ pub(crate) fn tree_t<T: Real>(mut a: [T; L]) -> T {
 // widened and added in f64, which vectorizes (mul, convert, add) and keeps the sum of products exact to f64.
 #[inline(always)]
 fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
+        if let (Some(x), Some(y)) = (same_type::<T, f64>(x), same_type::<T, f64>(y)) {
+            return unsafe { avx2::block_dot_f64(x, y) };
+        }
+        if let (Some(x), Some(y)) = (same_type::<T, f32>(x), same_type::<T, f32>(y)) {
+            return unsafe { avx2::block_dot_f32(x, y) };
+        }
+    }
+    block_dot_lanes::<T, M>(x, y)
+}
+
+#[inline(always)]
+fn block_dot_lanes<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
     let mut acc = [0.0f64; L];
     let mut ix = x.chunks_exact(L);
     let mut iy = y.chunks_exact(L);
@@ -100,6 +147,102 @@ fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
     tree(acc)
 }
 
+/// The block loops whose lane arrays LLVM vectorizes only with 128-bit operations (and stack spills) even in the
+/// AVX2 copy, written with explicit 256-bit vectors. Each keeps the lane layout of the generic loop (register `k`
+/// holds lanes `4k..4k+4` of the 32) and its tree, so the results are the generic fused loop's, bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{tree, L};
+    use std::arch::x86_64::*;
+
+    /// The 8 accumulators as the generic loop's lane array.
+    #[inline(always)]
+    unsafe fn lanes(acc: &[__m256d; 8]) -> [f64; L] {
+        let mut a = [0.0f64; L];
+        for (k, v) in acc.iter().enumerate() {
+            // SAFETY: 4 f64 at lane 4k, inside `a`.
+            unsafe { _mm256_storeu_pd(a.as_mut_ptr().add(4 * k), *v) };
+        }
+        a
+    }
+
+    /// [`super::block_sum_lanes`] of f32 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_sum_f32(x: &[f32]) -> f64 {
+        let mut acc = [_mm256_setzero_pd(); 8];
+        let mut chunks = x.chunks_exact(L);
+        for c in &mut chunks {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: 4 f32 at 4k inside the chunk of L.
+                let v = unsafe { _mm_loadu_ps(c.as_ptr().add(4 * k)) };
+                *a = _mm256_add_pd(*a, _mm256_cvtps_pd(v));
+            }
+        }
+        // SAFETY: `lanes` only stores into its own array.
+        let mut a = unsafe { lanes(&acc) };
+        for (i, &v) in chunks.remainder().iter().enumerate() {
+            a[i] += v as f64;
+        }
+        tree(a)
+    }
+
+    /// [`super::block_dot_lanes`] of f64 values, fused.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_dot_f64(x: &[f64], y: &[f64]) -> f64 {
+        let n = x.len().min(y.len());
+        let mut acc = [_mm256_setzero_pd(); 8];
+        let (mut xc, mut yc) = (x[..n].chunks_exact(L), y[..n].chunks_exact(L));
+        for (a, b) in (&mut xc).zip(&mut yc) {
+            for (k, s) in acc.iter_mut().enumerate() {
+                // SAFETY: 4 f64 at 4k inside chunks of L.
+                let (va, vb) = unsafe {
+                    (
+                        _mm256_loadu_pd(a.as_ptr().add(4 * k)),
+                        _mm256_loadu_pd(b.as_ptr().add(4 * k)),
+                    )
+                };
+                *s = _mm256_fmadd_pd(va, vb, *s);
+            }
+        }
+        // SAFETY: `lanes` only stores into its own array.
+        let mut acc = unsafe { lanes(&acc) };
+        for (i, (&a, &b)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
+            acc[i] += a * b;
+        }
+        tree(acc)
+    }
+
+    /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_dot_f32(x: &[f32], y: &[f32]) -> f64 {
+        let n = x.len().min(y.len());
+        let mut acc = [_mm256_setzero_pd(); 8];
+        let (mut xc, mut yc) = (x[..n].chunks_exact(L), y[..n].chunks_exact(L));
+        for (a, b) in (&mut xc).zip(&mut yc) {
+            for k in 0..4 {
+                // SAFETY: 8 f32 at 8k inside chunks of L.
+                let p = unsafe {
+                    _mm256_mul_ps(
+                        _mm256_loadu_ps(a.as_ptr().add(8 * k)),
+                        _mm256_loadu_ps(b.as_ptr().add(8 * k)),
+                    )
+                };
+                acc[2 * k] = _mm256_add_pd(acc[2 * k], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                acc[2 * k + 1] = _mm256_add_pd(
+                    acc[2 * k + 1],
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(p)),
+                );
+            }
+        }
+        // SAFETY: `lanes` only stores into its own array.
+        let mut acc = unsafe { lanes(&acc) };
+        for (i, (&a, &b)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
+            acc[i] += (a * b) as f64;
+        }
+        tree(acc)
+    }
+}
+
 /// Sum of a slice, as a compensated f64.
 pub struct Sum<'a, T>(pub &'a [T]);
 impl<T: Real> Kernel for Sum<'_, T> {
@@ -108,7 +251,7 @@ impl<T: Real> Kernel for Sum<'_, T> {
     fn run<M: Mode>(self) -> f64 {
         let mut acc = Neumaier::default();
         for b in self.0.chunks(BLOCK) {
-            acc.add(block_sum(b));
+            acc.add(block_sum::<T, M>(b));
         }
         acc.value()
     }
@@ -401,6 +544,38 @@ mod tests {
         let s = run(Sum(&x));
         let exact = 10_000_000.0 * (0.1f32 as f64);
         assert!((s - exact).abs() / exact < 1e-9, "{s} vs {exact}");
+    }
+
+    #[test]
+    fn avx2_loops_equal_the_lane_loops() {
+        use crate::kernels::dispatch::Fused;
+        for n in [0usize, 1, 31, 32, 33, 100, 511, 512, 2049] {
+            let x: Vec<f64> = (0..n)
+                .map(|i| ((i * 7919) % 1009) as f64 * 0.123 - 60.0)
+                .collect();
+            let y: Vec<f64> = (0..n).map(|i| ((i * 104729) % 997) as f64 * 1e-3).collect();
+            let (xf, yf): (Vec<f32>, Vec<f32>) = x
+                .iter()
+                .zip(&y)
+                .map(|(&a, &b)| (a as f32, b as f32))
+                .unzip();
+            let bits = |v: f64| v.to_bits();
+            assert_eq!(
+                bits(block_sum::<f32, Fused>(&xf)),
+                bits(block_sum_lanes(&xf)),
+                "{n}"
+            );
+            assert_eq!(
+                bits(block_dot::<f64, Fused>(&x, &y)),
+                bits(block_dot_lanes::<f64, Fused>(&x, &y)),
+                "{n}"
+            );
+            assert_eq!(
+                bits(block_dot::<f32, Fused>(&xf, &yf)),
+                bits(block_dot_lanes::<f32, Fused>(&xf, &yf)),
+                "{n}"
+            );
+        }
     }
 
     #[test]
