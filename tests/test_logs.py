@@ -229,3 +229,18 @@ def test_slow_op_threshold_from_the_environment() -> None:
     r = subprocess.run([sys.executable, "-c", code], env=default, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "slow operation" not in r.stdout
+
+
+def test_silent_until_the_application_configures_logging() -> None:
+    # a library must not print through logging's "last resort" handler
+    code = (
+        "import numpy as np, ferrolab as fl\n"
+        "from ferrolab import _core\n"
+        "fl.ops.sum(np.ones(10))\n"
+        "_core._log_flush(10.0)\n"
+    )
+    env = {**os.environ, "FERROLAB_SLOW_OP_SECONDS": "0"}
+    env.pop("FERROLAB_LOG", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "slow operation" not in r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from . import breaker
@@ -29,6 +30,9 @@ from .runtime import num_threads, op_stats, simd_level
 
 # core log events still queued are handed to logging before the interpreter finalizes
 atexit.register(_log_shutdown)
+# as a library: ferrolab's loggers say nothing until the application configures logging (no "last resort"
+# lines on stderr, such as a bare "slow operation")
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from . import backup, dask, gpu, health, metrics, monitoring, ops, system, tracing
