@@ -524,12 +524,16 @@ pub struct Family {
     vec: Vecs,
     /// When each series was created (Unix milliseconds) by [`series_key`](openmetrics::series_key): the
     /// `_created` samples of counters and histograms.
-    created: Arc<Mutex<HashMap<String, i64>>>,
+    created: Arc<Mutex<CreatedTimes>>,
     /// Gauges whose value a function gives at collection (`set_function`), by series key.
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
     /// An enum's states (the first is a new series' state).
     states: Vec<String>,
 }
+
+/// Creation times (Unix milliseconds) by series key; looked up once per series at every collection, so hashed
+/// with FxHash rather than SipHash (the keys are the process's own label values).
+type CreatedTimes = HashMap<String, i64, rustc_hash::FxBuildHasher>;
 
 /// The function behind a gauge (`Gauge.set_function`), called at each collection.
 pub type GaugeFn = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -537,7 +541,7 @@ pub type GaugeFn = Arc<dyn Fn() -> f64 + Send + Sync>;
 /// A family's collector: its series, each carrying its creation time in `timestamp_ms`.
 struct UserCollector {
     inner: Box<dyn Collector>,
-    created: Arc<Mutex<HashMap<String, i64>>>,
+    created: Arc<Mutex<CreatedTimes>>,
     /// A summary's histogram of one bucket is exposed as a summary: its count and sum.
     summary: bool,
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
@@ -840,7 +844,7 @@ impl Family {
             labels: labels.to_vec(),
             bounds,
             vec,
-            created: Arc::new(Mutex::new(HashMap::new())),
+            created: Arc::new(Mutex::new(CreatedTimes::default())),
             functions: Arc::new(RwLock::new(HashMap::new())),
             states: Vec::new(),
         })
