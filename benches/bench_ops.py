@@ -16,7 +16,10 @@ reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- in
 written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 m n k) and ``cdist`` (3 m n k).
 ``cdist`` has two peers: SciPy, and NumPy's GEMM formulation (``|a|^2 + |b|^2 - 2 a @ b.T``, clipped, sqrt).
 NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, numexpr and the BLAS behind
-``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block).
+``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block). OpenBLAS's threads
+spin for about 0.1 s after each call, on the cores ferrolab's pool would then use: in the cases whose peer runs
+on them (``matmul``, NumPy's GEMM ``cdist``) both sides pause ``BLAS_SETTLE_S`` before each repetition (not with
+``--smoke``), so that neither is timed while the other's threads still spin.
 
 The hardware's limits are measured in the same run (``measure_bandwidth``, float64 at the largest vector size):
 the read bandwidth (the fastest of a few NumPy read loops over per-thread slices) and the triad bandwidth
@@ -239,6 +242,13 @@ class Case:
     rate_unit: str = ""  # "GB/s" or "GFLOP/s"
     work: float = 0.0  # bytes or flops per call
     notes: list[str] = field(default_factory=list)
+    # the peer computes on OpenBLAS's threads, which spin for a while after each call: both sides then pause
+    # before each of their repetitions (BLAS_SETTLE_S), so neither runs while the other's threads still spin
+    blas_peer: bool = False
+
+
+#: seconds for OpenBLAS's threads to stop spinning and sleep (its default timeout is 2**28 cycles, ~0.1 s)
+BLAS_SETTLE_S = 0.2
 
 
 def _size_label(n: int) -> str:
@@ -545,6 +555,7 @@ def gemm_cases(
                     chk,
                     "GFLOP/s",
                     2.0 * m * n * k,
+                    blas_peer=True,
                 )
             )
     return cases
@@ -604,6 +615,7 @@ def cdist_cases(shapes: list[tuple[int, int, int]], rng: np.random.Generator) ->
                             chk,
                             "GFLOP/s",
                             3.0 * m * n * k,
+                            blas_peer=peer_name == "numpy-gemm",
                         )
                     )
     return cases
@@ -851,7 +863,9 @@ def print_contended(rows: list[dict[str, Any]]) -> None:
     print_table(CONTENDED_HEADER, lines, right={4, 5, 6, 7})
 
 
-def run_case(c: Case, repeat: int, min_time: float, load: BusyLoad | None = None) -> dict[str, Any]:
+def run_case(
+    c: Case, repeat: int, min_time: float, load: BusyLoad | None = None, settle: float = BLAS_SETTLE_S
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "op": c.op,
         "variant": c.variant,
@@ -881,7 +895,10 @@ def run_case(c: Case, repeat: int, min_time: float, load: BusyLoad | None = None
     row["check_detail"] = chk.detail
     if load is not None:
         load.pause()
-    row.update(pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time)))
+    pause = functools.partial(time.sleep, settle) if c.blas_peer and settle > 0 else None
+    row.update(
+        pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time, before_peer=pause, before_mine=pause))
+    )
     if c.rate_unit and c.work:
         row["ferrolab_rate"] = c.work / row["ferrolab_s"] / 1e9
         row["peer_rate"] = c.work / row["peer_s"] / 1e9
@@ -889,7 +906,9 @@ def run_case(c: Case, repeat: int, min_time: float, load: BusyLoad | None = None
         # the same pair again while the busy child holds a core (then stopped again for the next idle timing)
         load.resume()
         try:
-            ld = pair_stats(time_pair(looped(c.peer), looped(c.mine), repeat, min_time))
+            ld = pair_stats(
+                time_pair(looped(c.peer), looped(c.mine), repeat, min_time, before_peer=pause, before_mine=pause)
+            )
         finally:
             load.pause()
         peer_kept = row["peer_s"] / ld["peer_s"]
@@ -976,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     load = BusyLoad(limit_s=60.0 if args.smoke else 3600.0) if args.contended else None
     try:
         for c in cases:
-            rows.append(run_case(c, repeat, min_time, load))
+            rows.append(run_case(c, repeat, min_time, load, settle=0.0 if args.smoke else BLAS_SETTLE_S))
             share, kind = bandwidth_share(rows[-1], bw)
             rows[-1]["bw_share"], rows[-1]["bw_kind"] = share, kind
             if not args.smoke:  # progress on stderr for long runs
