@@ -4,6 +4,7 @@ prometheus_client's (``bridge_to_prometheus_client``), ``target_info`` and the n
 from __future__ import annotations
 
 import itertools
+import urllib.error
 import urllib.request
 import wsgiref.util
 
@@ -171,3 +172,28 @@ def test_collect_yields_prometheus_client_metrics_once_it_is_imported() -> None:
     m = pc.Metric("cmp_s", "help", "summary")
     m.samples = [pc.samples.Sample("cmp_s_sum", {}, 7)]
     assert [m] == list(reg.restricted_registry(["cmp_s_sum"]).collect())
+
+
+def test_a_failing_collector_fails_the_exposition_clearly() -> None:
+    class Offline:
+        def collect(self):
+            raise RuntimeError("sensor offline")
+
+        def describe(self):
+            return []
+
+    bad = Offline()
+    M.REGISTRY.register(bad)
+    try:
+        # as prometheus_client's generate_latest: the collector's error propagates
+        with pytest.raises(RuntimeError, match="sensor offline"):
+            M.exposition()
+        with M.serve(port=0) as server:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(server.url + "/metrics", timeout=10)
+            assert e.value.code == 500
+            assert b"sensor offline" in e.value.read()
+            e.value.close()
+    finally:
+        M.REGISTRY.unregister(bad)
+    assert "ferrolab_memory_usage_bytes" in M.exposition()
