@@ -8,10 +8,11 @@ see: families yielded by custom collectors (for example prometheus_client's regi
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from ._core import _go_float as go_float
 
 UNDERSCORES = "underscores"
 DOTS = "dots"
@@ -26,23 +27,6 @@ _TEXT_TYPE = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram
 _TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def go_float(value: float) -> str:
-    """``value`` as Go's ``strconv.FormatFloat(v, 'g', -1, 64)`` writes it for Prometheus (``1.0``, ``+Inf``)."""
-    v = float(value)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    text = repr(v)
-    dot = text.find(".")
-    # Go uses an exponent from 1e21 on where Python's repr waits until 1e16: write large positive values so
-    if v > 0 and dot > 6:
-        digits = (text[:dot] + text[dot + 1 :]).rstrip("0")
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
-
-
 def _quote(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -51,7 +35,8 @@ def _legacy_rune(c: str, i: int, metric: bool) -> bool:
     return ("a" <= c <= "z") or ("A" <= c <= "Z") or c == "_" or (metric and c == ":") or (i > 0 and "0" <= c <= "9")
 
 
-def _is_legacy(name: str, metric: bool) -> bool:
+def is_legacy(name: str, metric: bool) -> bool:
+    """Whether ``name`` is in the legacy character set (a label name: also not reserved, ``__...``)."""
     if metric:
         return _LEGACY_METRIC.fullmatch(name) is not None
     return _LEGACY_LABEL.fullmatch(name) is not None and not name.startswith("__")
@@ -71,7 +56,7 @@ def escape_name(name: str, escaping: str = UNDERSCORES, metric: bool = True) -> 
     """
     if not name:
         return name
-    legacy = _is_legacy(name, metric)
+    legacy = is_legacy(name, metric)
     if escaping == ALLOWUTF8:
         return _quote(name) if legacy else f'"{_quote(name)}"'
     if legacy and escaping in (UNDERSCORES, VALUES):
@@ -105,7 +90,7 @@ def _labels(sample: Any, escaping: str, openmetrics: bool) -> str:
     """``{name="value",...}`` of a sample (labels sorted by name), with a quoted UTF-8 metric name inside the
     braces under ``allow-utf-8``."""
     parts = []
-    inside = escaping == ALLOWUTF8 and not _is_legacy(sample.name, True)
+    inside = escaping == ALLOWUTF8 and not is_legacy(sample.name, True)
     if inside:
         parts.append(escape_name(sample.name, escaping))
     for k, v in sorted(sample.labels.items()):
@@ -114,7 +99,7 @@ def _labels(sample: Any, escaping: str, openmetrics: bool) -> str:
 
 
 def _sample_name(sample: Any, escaping: str) -> str:
-    if escaping == ALLOWUTF8 and not _is_legacy(sample.name, True):
+    if escaping == ALLOWUTF8 and not is_legacy(sample.name, True):
         return ""
     return escape_name(sample.name, escaping)
 

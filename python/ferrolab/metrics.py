@@ -30,7 +30,6 @@ import copy
 import functools
 import inspect
 import os
-import re
 import sys
 import threading
 import weakref
@@ -39,6 +38,7 @@ from typing import Any, NamedTuple
 
 from . import _core, _exposition
 from ._exposition import ALLOWUTF8, DOTS, UNDERSCORES, VALUES
+from ._exposition import render as _render  # noqa: F401 (the native side renders custom collectors with it)
 
 __all__ = [
     "ALLOWUTF8",
@@ -225,16 +225,17 @@ def _foreign_collect(listed: list[tuple[Any, list[str]]], only: list[str] | None
     """The families of custom collectors; with ``only`` (a restricted registry), just the collectors reserving
     one of those names, and of their families the samples of those names."""
     out: list[Any] = []
+    wanted = None if only is None else set(only)
     _collecting.active = True
     try:
         for collector, names in listed:
-            if only is not None and names and not set(names) & set(only):
+            if wanted is not None and names and wanted.isdisjoint(names):
                 continue
             for m in collector.collect():
-                if only is None:
+                if wanted is None:
                     out.append(m)
                     continue
-                kept = [s for s in m.samples if s.name in only]
+                kept = [s for s in m.samples if s.name in wanted]
                 if kept:
                     part = copy.copy(m)
                     part.samples = kept
@@ -251,10 +252,6 @@ def _sample_value(metrics: list[Any], name: str, labels: Mapping[str, str] | Non
             if s.name == name and s.labels == want:
                 return s.value
     return None
-
-
-def _render(metrics: list[Any], openmetrics: bool, escaping: str, full: bool) -> str:
-    return _exposition.render(metrics, openmetrics, escaping, full)
 
 
 class _Bridge:
@@ -312,7 +309,7 @@ def bridge_to_prometheus_client(registry: Any = None, source: CollectorRegistry 
         _bridges[target] = bridge
         return bridge
 
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -515,7 +512,7 @@ def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, A
         gateway = "http://" + gateway
     url = gateway.rstrip("/") + "/metrics" + _escape("job", job)
     for k, v in (grouping_key or {}).items():
-        if not isinstance(k, str) or not _LABEL_NAME.fullmatch(k) or k.startswith("__"):
+        if not isinstance(k, str) or not _exposition.is_legacy(k, metric=False):
             raise ValueError(f"{func}(): argument 'grouping_key' has the invalid label name {k!r}")
         url += _escape(k, v)
     return url

@@ -78,15 +78,14 @@ impl Foreign {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// ``(collector, names)`` pairs for ``ferrolab.metrics._foreign_collect``, ``target_info``'s first.
-    fn listed<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyAny>, Vec<String>)> {
-        let entries = self.lock();
-        let mut out: Vec<_> = entries
+    /// ``(collector, names)`` pairs for ``ferrolab.metrics._foreign_collect``: the ``target_info`` collector
+    /// (`target`) or the others.
+    fn listed<'py>(&self, py: Python<'py>, target: bool) -> Vec<(Bound<'py, PyAny>, Vec<String>)> {
+        self.lock()
             .iter()
-            .map(|e| (e.target, e.collector.bind(py).clone(), e.names.clone()))
-            .collect();
-        out.sort_by_key(|(target, ..)| !*target);
-        out.into_iter().map(|(_, c, n)| (c, n)).collect()
+            .filter(|e| e.target == target)
+            .map(|e| (e.collector.bind(py).clone(), e.names.clone()))
+            .collect()
     }
 }
 
@@ -101,16 +100,18 @@ fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         .getattr(name)
 }
 
-/// The metric objects of ``reg``'s Python collectors (restricted to ``only``), ``target_info``'s first.
+/// The metric objects of ``reg``'s Python collectors (restricted to ``only``): the ``target_info`` collector's
+/// (`target`) or the others'.
 fn foreign_metrics<'py>(
     py: Python<'py>,
     reg: &RegRef,
     only: Option<&[String]>,
+    target: bool,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     if !reg.foreign().any() {
         return Ok(Vec::new());
     }
-    let listed = reg.foreign().listed(py);
+    let listed = reg.foreign().listed(py, target);
     helper(py, "_foreign_collect")?
         .call1((listed, only))?
         .extract()
@@ -124,7 +125,8 @@ fn foreign_exposition(
     only: Option<&[String]>,
     om: bool,
 ) -> PyResult<String> {
-    let metrics = foreign_metrics(py, reg, only)?;
+    let mut metrics = foreign_metrics(py, reg, only, true)?;
+    metrics.extend(foreign_metrics(py, reg, only, false)?);
     if metrics.is_empty() {
         return Ok(String::new());
     }
@@ -336,12 +338,9 @@ impl Registry {
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let only = self.only.as_deref();
         let native = families_to_py(py, py.detach(|| self.reg.get().families(only)))?;
-        let mut out = foreign_metrics(py, &self.reg, only)?;
-        let at = usize::from(out.first().is_some_and(|m| {
-            m.getattr("name")
-                .is_ok_and(|n| n.eq("target").unwrap_or(false))
-        }));
-        out.splice(at..at, native);
+        let mut out = foreign_metrics(py, &self.reg, only, true)?;
+        out.extend(native);
+        out.extend(foreign_metrics(py, &self.reg, only, false)?);
         Ok(out)
     }
 
@@ -1601,6 +1600,12 @@ pub fn exposition(
     Ok(text)
 }
 
+/// ``value`` as the expositions write it (Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: ``1.0``, ``+Inf``).
+#[pyfunction]
+fn _go_float(value: f64) -> String {
+    openmetrics::go_float(value)
+}
+
 /// Turns prometheus_client's legacy name validation on or off (``None``: leaves it); returns whether it is on.
 #[pyfunction]
 #[pyo3(signature = (on=None))]
@@ -1977,6 +1982,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REGISTRY", Py::new(m.py(), Registry::new_global())?)?;
     m.add_function(wrap_pyfunction!(_set_created, m)?)?;
     m.add_function(wrap_pyfunction!(_legacy_validation, m)?)?;
+    m.add_function(wrap_pyfunction!(_go_float, m)?)?;
     m.add_function(wrap_pyfunction!(exposition, m)?)?;
     m.add_function(wrap_pyfunction!(_configure, m)?)?;
     m.add_function(wrap_pyfunction!(_record_error, m)?)?;

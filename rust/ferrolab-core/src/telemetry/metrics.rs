@@ -1119,21 +1119,20 @@ impl Family {
         )
     }
 
+    /// An enum's or an info's label values must be complete (no default series to fall back on).
+    fn check_arity(&self, n: usize) -> Result<()> {
+        if n == self.labels.len() {
+            return Ok(());
+        }
+        let msg = format!("has {n} values; expected {}", self.labels.len());
+        Err(CoreError::value("labels", "labelvalues", msg))
+    }
+
     /// The series for `values` (created on first use).
     pub fn child<V: AsRef<str> + std::fmt::Debug>(&self, values: &[V]) -> Result<Child> {
         let err = |e: prometheus::Error| CoreError::value("labels", "labelvalues", e);
         if let Vecs::Info(store) = &self.vec {
-            if values.len() != self.labels.len() {
-                return Err(CoreError::value(
-                    "labels",
-                    "labelvalues",
-                    format!(
-                        "has {} values; expected {}",
-                        values.len(),
-                        self.labels.len()
-                    ),
-                ));
-            }
+            self.check_arity(values.len())?;
             let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
             let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
             if !series.iter().any(|(v, _)| *v == vals) {
@@ -1142,17 +1141,7 @@ impl Family {
             return Ok(Child::Enum(vals));
         }
         if self.kind == Kind::Enum {
-            if values.len() != self.labels.len() {
-                return Err(CoreError::value(
-                    "labels",
-                    "labelvalues",
-                    format!(
-                        "has {} values; expected {}",
-                        values.len(),
-                        self.labels.len()
-                    ),
-                ));
-            }
+            self.check_arity(values.len())?;
             return Ok(Child::Enum(
                 values.iter().map(|v| v.as_ref().to_string()).collect(),
             ));

@@ -300,6 +300,24 @@ fn escape_label(out: &mut String, v: &str) {
     }
 }
 
+/// `,name="value"` (no comma before the first pair). With `utf8_names` (exemplar labels, which may have them), a
+/// name outside the legacy set is quoted, as Prometheus 3 reads them; series label names are always legacy names.
+fn push_pair(out: &mut String, first: &mut bool, k: &str, v: &str, utf8_names: bool) {
+    if !std::mem::take(first) {
+        out.push(',');
+    }
+    if !utf8_names || metrics::valid_label(k) {
+        out.push_str(k);
+    } else {
+        out.push('"');
+        escape_label(out, k);
+        out.push('"');
+    }
+    out.push_str("=\"");
+    escape_label(out, v);
+    out.push('"');
+}
+
 fn write_labels(out: &mut String, pairs: &[LabelPair], extra: Option<(&str, &str)>) {
     if pairs.is_empty() && extra.is_none() {
         return;
@@ -307,35 +325,16 @@ fn write_labels(out: &mut String, pairs: &[LabelPair], extra: Option<(&str, &str
     out.push('{');
     let mut first = true;
     for (k, v) in pairs.iter().map(|l| (l.name(), l.value())).chain(extra) {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        escape_label(out, v);
-        out.push('"');
+        push_pair(out, &mut first, k, v, false);
     }
     out.push('}');
 }
 
 fn write_exemplar(out: &mut String, ex: &Exemplar) {
     out.push_str(" # {");
-    for (i, (k, v)) in ex.labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if metrics::valid_label(k) {
-            out.push_str(k);
-        } else {
-            // a UTF-8 label name, quoted as Prometheus 3 reads them
-            out.push('"');
-            escape_label(out, k);
-            out.push('"');
-        }
-        out.push_str("=\"");
-        escape_label(out, v);
-        out.push('"');
+    let mut first = true;
+    for (k, v) in &ex.labels {
+        push_pair(out, &mut first, k, v, true);
     }
     out.push_str("} ");
     out.push_str(&go_float(ex.value));
@@ -403,16 +402,7 @@ fn text_line(
         out.push('{');
         let mut first = true;
         let mut extra = extra;
-        let mut put = |out: &mut String, k: &str, v: &str| {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label(out, v);
-            out.push('"');
-        };
+        let mut put = |out: &mut String, k: &str, v: &str| push_pair(out, &mut first, k, v, false);
         let n = if sorted { pairs.len() } else { owned.len() };
         for i in 0..n {
             let (k, v) = if sorted {
