@@ -23,6 +23,7 @@ outside it) is recorded after every step; ``growth`` = size after backup3 - size
 
     python benches/bench_backup.py                          # full data set, table + bench-results/bench_backup.json
     python benches/bench_backup.py --smoke                  # tiny data set (BENCH_TINY=1), < 60 s: for CI
+    python benches/bench_backup.py --profile small-files    # ~50,000 files of 0-64 KiB (bench_backup_small_files.json)
     python benches/bench_backup.py --tools restic           # one tool only
     python benches/bench_backup.py --repeat 3 --work /big/disk/backup-work --json b.json
 
@@ -50,7 +51,10 @@ sequence on a fresh repository; with ``--repeat N`` the table shows medians (the
 Columns: times ``ratio = restic / ferrolab`` (> 1: ferrolab faster); sizes ``ratio = ferrolab / restic``
 (< 1: ferrolab smaller). ferrolab's targets: initial backup >= 1.8x faster than restic; no-change backup <= 0.4x
 restic's time; growth after the 1% change <= 2 MB; full restore >= 1.5x faster; full verify (check_full) >= 1.3x
-faster; repository after the initial backup <= 0.85x restic's; peak RSS <= 200 MiB in every step.
+faster; repository after the initial backup <= 0.85x restic's; peak RSS <= 200 MiB in every step. On the
+small-files profile (``--profile small-files``: gen_dataset.py's ~50,000 files of 0-64 KiB in a deep tree, ~700 MB;
+its mutation edits 400 files, deletes 50 and adds 50; restore_one restores docs/index.md): initial backup >= 1.5x,
+no-change backup <= 0.3x restic's time, restore >= 1.5x, check_full >= 1.5x, peak RSS <= 200 MiB.
 
 A failing step prints its stderr tail and the run goes on (if init or backup1 fails, the rest of that tool's
 sequence is skipped); the exit status is 1 when any step failed or a restore did not verify.
@@ -97,27 +101,62 @@ STEP_LABELS = {
     "backup2": "backup2 (no change)",
     "backup3": "backup3 (1% changed)",
     "restore": "restore (full)",
-    "restore_one": "restore_one (100 MiB file)",
+    "restore_one": "restore_one (one file)",
     "check": "check (metadata)",
     "check_full": "check_full (read all data)",
 }
-ONE = "large/field_05.npy"  # the single file of restore_one, relative to the data set root
 PASSWORD = "bench-password-not-secret"
 MB = 1e6
 MIB = 1024 * 1024
 
 # ferrolab's targets. Time ratios are restic / ferrolab (>= limit passes); "no change" is ferrolab <= 0.4x restic's
 # time, i.e. ratio >= 2.5. Size ratios are ferrolab / restic (<= limit passes).
-TIME_TARGETS = {"backup1": 1.8, "backup2": 1 / 0.4, "restore": 1.5, "check_full": 1.3}
-TIME_TARGET_TEXT = {
-    "backup1": ">= 1.8x faster",
-    "backup2": "<= 0.4x restic's time",
-    "restore": ">= 1.5x faster",
-    "check_full": ">= 1.3x faster",
-}
-REPO_SIZE_TARGET = 0.85  # ferrolab repo after backup1 / restic's
-GROWTH_TARGET_BYTES = 2 * MB  # ferrolab's growth after the 1% change, absolute
 RSS_TARGET_MIB = 200.0  # ferrolab's peak RSS in every step
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A data set of gen_dataset.py and ferrolab's targets on it."""
+
+    name: str
+    one: str  # the single file of restore_one, relative to the data set root
+    one_label: str
+    top: frozenset[str]  # the data set's top-level directories (to find the restored copy)
+    time_targets: dict[str, float]  # restic / ferrolab >= limit
+    repo_size_target: float | None  # ferrolab repo after backup1 / restic's <= limit
+    growth_target_bytes: float | None  # ferrolab's growth after the 1% change, absolute
+    full_bytes: float  # size of the full data set (for the disk-space check)
+
+    def time_text(self, step: str) -> str:
+        limit = self.time_targets[step]
+        if step == "backup2":
+            return f"<= {1 / limit:.1f}x restic's time"
+        return f">= {limit:g}x faster"
+
+
+PROFILES = {
+    "scientific": Profile(
+        "scientific",
+        "large/field_05.npy",
+        "100 MiB file",
+        frozenset({"small", "medium", "large"}),
+        {"backup1": 1.8, "backup2": 1 / 0.4, "restore": 1.5, "check_full": 1.3},
+        0.85,
+        2 * MB,
+        1.04e9,
+    ),
+    "small-files": Profile(
+        "small-files",
+        "docs/index.md",
+        "24 KiB file",
+        frozenset({"src", "docs", "assets", "vendor"}),
+        {"backup1": 1.5, "backup2": 1 / 0.3, "restore": 1.5, "check_full": 1.5},
+        None,
+        None,
+        0.70e9,
+    ),
+}
+PROFILE = PROFILES["scientific"]  # set by main()
 
 
 # ------------------------------------------------------------------------------------------------ data set
@@ -176,7 +215,8 @@ def gen_env(tiny: bool) -> dict[str, str]:
 
 
 def run_gen(cmd: str, path: Path, tiny: bool) -> None:
-    p = subprocess.run([sys.executable, str(GEN), cmd, str(path)], env=gen_env(tiny), capture_output=True, text=True)
+    argv = [sys.executable, str(GEN), "--profile", PROFILE.name, cmd, str(path)]
+    p = subprocess.run(argv, env=gen_env(tiny), capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"gen_dataset.py {cmd} {path} failed (rc={p.returncode}):\n{p.stdout}{p.stderr}")
 
@@ -185,7 +225,7 @@ def dataset_ok(gen: Path, tiny: bool) -> bool:
     """The cached data set is there, from this gen_dataset.py and size, and v1 still matches its manifest's sizes."""
     try:
         meta = json.loads((gen / "dataset.json").read_text())
-        if meta.get("tiny") != tiny or meta.get("gen_sha256") != sha256_file(GEN):
+        if (meta.get("tiny"), meta.get("gen_sha256"), meta.get("profile")) != (tiny, sha256_file(GEN), PROFILE.name):
             return False
         want = parse_manifest((gen / "v1.manifest").read_text())
         parse_manifest((gen / "v2.manifest").read_text())
@@ -199,8 +239,13 @@ def dataset_ok(gen: Path, tiny: bool) -> bool:
     return have == {k: v[0] for k, v in want.items()}
 
 
+def gen_dir(work: Path) -> Path:
+    """Where the profile's data set is cached: WORK/gen (scientific) or WORK/gen-PROFILE."""
+    return work / ("gen" if PROFILE.name == "scientific" else f"gen-{PROFILE.name}")
+
+
 def prepare_dataset(work: Path, tiny: bool) -> dict[str, Any]:
-    gen = work / "gen"
+    gen = gen_dir(work)
     if not dataset_ok(gen, tiny):
         print(f"[data] generating the {'tiny ' if tiny else ''}data set into {gen} ...", flush=True)
         t0 = time.perf_counter()
@@ -212,12 +257,14 @@ def prepare_dataset(work: Path, tiny: bool) -> dict[str, Any]:
         run_gen("mutate", gen / "v2", tiny)
         (gen / "v2.manifest").write_text(manifest_text(gen / "v2"))
         shutil.rmtree(gen / "v2")
-        (gen / "dataset.json").write_text(json.dumps({"tiny": tiny, "gen_sha256": sha256_file(GEN)}))
+        meta = {"tiny": tiny, "gen_sha256": sha256_file(GEN), "profile": PROFILE.name}
+        (gen / "dataset.json").write_text(json.dumps(meta))
         print(f"[data] generated in {time.perf_counter() - t0:.1f} s", flush=True)
     v1 = parse_manifest((gen / "v1.manifest").read_text())
     v2 = parse_manifest((gen / "v2.manifest").read_text())
     changed = sorted(k for k in v2 if v1.get(k) != v2[k])
     info = {
+        "profile": PROFILE.name,
         "tiny": tiny,
         "files": len(v1),
         "bytes": sum(s for s, _ in v1.values()),
@@ -240,7 +287,7 @@ def find_data_root(restored: Path) -> Path | None:
     best: tuple[int, Path] | None = None
     for dp, dn, _fn in os.walk(restored):
         p = Path(dp)
-        if p.name == "data" and {"small", "medium", "large"} & set(dn):
+        if p.name == "data" and PROFILE.top & set(dn):
             depth = len(p.relative_to(restored).parts)
             if best is None or depth < best[0]:
                 best = (depth, p)
@@ -267,17 +314,18 @@ def verify_full_restore(restored: Path, expected: str) -> tuple[bool, str]:
 
 
 def verify_one_restore(restored: Path, expected: str) -> tuple[bool, str]:
-    want = parse_manifest(expected)[ONE]
+    one = PROFILE.one
+    want = parse_manifest(expected)[one]
     files = [Path(dp) / n for dp, _dn, fn in os.walk(restored) for n in fn]
-    hits = [p for p in files if p.name == Path(ONE).name]
+    hits = [p for p in files if p.name == Path(one).name]
     if not hits:
-        return False, f"{ONE} not found under {restored}"
+        return False, f"{one} not found under {restored}"
     got = (hits[0].stat().st_size, sha256_file(hits[0]))
     if got != want:
         return False, f"{hits[0]}: size/sha256 {got[0]}/{got[1][:16]} != {want[0]}/{want[1][:16]}"
     if len(files) != 1:
-        return False, f"restored {len(files)} files instead of only {ONE}"
-    return True, f"{ONE} identical to the source, and the only file restored"
+        return False, f"restored {len(files)} files instead of only {one}"
+    return True, f"{one} identical to the source, and the only file restored"
 
 
 # ------------------------------------------------------------------------------------------------ running steps
@@ -368,7 +416,7 @@ def tool_commands(tool: str, repo: Path, target: Path, target_one: Path) -> dict
             "backup2": backup,
             "backup3": backup,
             "restore": [*r, "restore", "latest", "--target", str(target)],
-            "restore_one": [*r, "restore", "latest", "--target", str(target_one), "--include", f"/data/{ONE}"],
+            "restore_one": [*r, "restore", "latest", "--target", str(target_one), "--include", f"/data/{PROFILE.one}"],
             "check": [*r, "check"],
             "check_full": [*r, "check", "--read-data"],
         }
@@ -387,7 +435,7 @@ def tool_commands(tool: str, repo: Path, target: Path, target_one: Path) -> dict
             "--target",
             str(target_one),
             "--include",
-            ONE,  # relative to the snapshot's root (WORK/src/data)
+            PROFILE.one,  # relative to the snapshot's root (WORK/src/data)
             "--no-progress",
         ],
         "check": [*f, "verify", "--metadata-only", "--no-progress"],
@@ -492,7 +540,7 @@ def run_sequence(tool: str, rep: int, work: Path, args: argparse.Namespace, v2_m
     src = work / "src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    shutil.copytree(work / "gen" / "v1", src / "data", symlinks=True)
+    shutil.copytree(gen_dir(work) / "v1", src / "data", symlinks=True)
     os.sync()
     time.sleep(2)  # let mtimes/ctimes age so that no tool treats a file as "racy"
 
@@ -579,27 +627,29 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
             ok = value >= limit if kind == ">=" else value <= limit
         out.append({"target": name, "value": value, "limit": limit, "compare": kind, "text": text, "pass": ok})
 
-    for step, limit in TIME_TARGETS.items():
+    for step, limit in PROFILE.time_targets.items():
         a = fl["steps"][step]["wall_s"] if fl else None
         b = rs["steps"][step]["wall_s"] if rs else None
         ratio = b / a if (a and b) else None
-        add(f"{step} time ratio restic/ferrolab", ratio, limit, ">=", TIME_TARGET_TEXT[step])
+        add(f"{step} time ratio restic/ferrolab", ratio, limit, ">=", PROFILE.time_text(step))
     a = fl["steps"]["backup1"]["repo_bytes"] if fl else None
     b = rs["steps"]["backup1"]["repo_bytes"] if rs else None
-    add(
-        "repo size after backup1 ferrolab/restic",
-        a / b if (a and b) else None,
-        REPO_SIZE_TARGET,
-        "<=",
-        "<= 0.85x restic's",
-    )
-    add(
-        "growth after the 1% change (bytes, ferrolab)",
-        fl["growth_bytes"] if fl else None,
-        GROWTH_TARGET_BYTES,
-        "<=",
-        "<= 2 MB",
-    )
+    if PROFILE.repo_size_target is not None:
+        add(
+            "repo size after backup1 ferrolab/restic",
+            a / b if (a and b) else None,
+            PROFILE.repo_size_target,
+            "<=",
+            f"<= {PROFILE.repo_size_target:g}x restic's",
+        )
+    if PROFILE.growth_target_bytes is not None:
+        add(
+            "growth after the 1% change (bytes, ferrolab)",
+            fl["growth_bytes"] if fl else None,
+            PROFILE.growth_target_bytes,
+            "<=",
+            f"<= {PROFILE.growth_target_bytes / MB:g} MB",
+        )
     if fl:
         per_step = {s: v["maxrss_mib_max"] for s, v in fl["steps"].items()}
         have = [v for v in per_step.values() if v is not None]
@@ -633,7 +683,7 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
         b = fl.get(step, {}).get("wall_s")
         rows.append(
             (
-                STEP_LABELS[step],
+                STEP_LABELS[step].replace("one file", PROFILE.one_label),
                 _fmt(a, ".2f"),
                 _fmt(b, ".2f"),
                 f"{a / b:.2f}x" if (a and b) else "-",
@@ -650,8 +700,8 @@ def print_tables(summary: dict[str, Any], targets: list[dict[str, Any]]) -> None
     )
     print()
     rows = []
-    size_t = next(t for t in targets if t["target"].startswith("repo size"))
-    growth_t = next(t for t in targets if t["target"].startswith("growth"))
+    size_t = next((t for t in targets if t["target"].startswith("repo size")), None)
+    growth_t = next((t for t in targets if t["target"].startswith("growth")), None)
     for step in ("backup1", "backup2", "backup3"):
         a = rs.get(step, {}).get("repo_bytes")
         b = fl.get(step, {}).get("repo_bytes")
@@ -724,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--smoke", action="store_true", help="tiny data set (BENCH_TINY=1), for CI: < 60 s")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="scientific",
+        help="data set: scientific (2,027 files, 1.04 GB; the default) or small-files (~50,000 files of 0-64 KiB "
+        "in a deep tree, ~700 MB)",
+    )
     p.add_argument("--tools", default="ferrolab,restic", help="comma-separated: ferrolab,restic (default both)")
     p.add_argument("--repeat", type=int, default=1, help="whole sequences per tool, fresh repository each (median)")
     p.add_argument(
@@ -744,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    global PROFILE
+    PROFILE = PROFILES[args.profile]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     bad = [t for t in tools if t not in TOOLS]
     if bad or not tools:
@@ -757,7 +816,8 @@ def main(argv: list[str] | None = None) -> int:
         else REPO / "bench-results" / ("backup-work-smoke" if args.smoke else "backup-work")
     )
     work = work.resolve()
-    out_path = json_path(args.json, "bench_backup", args.smoke)
+    name = "bench_backup" if PROFILE.name == "scientific" else f"bench_backup_{PROFILE.name.replace('-', '_')}"
+    out_path = json_path(args.json, name, args.smoke)
 
     skipped: dict[str, str] = {}
     if "restic" in tools and shutil.which("restic") is None:
@@ -775,8 +835,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     work.mkdir(parents=True, exist_ok=True)
-    gen_ready = dataset_ok(work / "gen", args.smoke)
-    data_bytes = (85 * MB if args.smoke else 1.04e9) if not gen_ready else tree_bytes(work / "gen" / "v1")
+    gen_ready = dataset_ok(gen_dir(work), args.smoke)
+    data_bytes = (85 * MB if args.smoke else PROFILE.full_bytes) if not gen_ready else tree_bytes(gen_dir(work) / "v1")
     need = 3.3 * data_bytes + (0 if gen_ready else data_bytes)
     free = shutil.disk_usage(work).free
     if free < need:
@@ -807,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ferrolab" in tools and versions["ferrolab"].get("version") is None:
         print(f"warning: ferrolab is not importable by {sys.executable}: {versions['ferrolab'].get('error')}")
     dataset = prepare_dataset(work, args.smoke)
-    v2_manifest = (work / "gen" / "v2.manifest").read_text()
+    v2_manifest = (gen_dir(work) / "v2.manifest").read_text()
 
     runs: list[Run] = []
     for rep in range(args.repeat):

@@ -19,10 +19,21 @@ BENCH = REPO / "benches" / "bench_backup.py"
 STEPS = ["init", "backup1", "backup2", "backup3", "restore", "restore_one", "check", "check_full"]
 
 
-def test_bench_backup_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["scientific", "small-files"])
+def test_bench_backup_smoke(tmp_path: Path, profile: str) -> None:
     out = tmp_path / "b.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--json", str(out), "--work", str(tmp_path / "work")],
+        [
+            sys.executable,
+            str(BENCH),
+            "--smoke",
+            "--profile",
+            profile,
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -32,6 +43,7 @@ def test_bench_backup_smoke(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["smoke"] is True and doc["steps"] == STEPS
     assert doc["dataset"]["tiny"] is True and doc["dataset"]["files_changed_by_mutate"] > 0
+    assert doc["dataset"]["profile"] == profile
 
     tools = ["ferrolab"] + (["restic"] if shutil.which("restic") else [])
     assert set(tools) <= set(doc["tools"]), doc["tools"]
