@@ -353,7 +353,8 @@ def test_incremental_backups_store_only_what_changed_and_old_snapshots_stay_exac
     write(src / "sub" / "a.txt", b"second version of a\n" * 100)
     second = repo.backup(src, time=t0 + timedelta(hours=2))
     assert second.bytes == first.bytes + 7 * 22 + 100
-    assert second.added_bytes < 3 * MiB // 2, second.added_bytes  # at most two chunks (max 512 KiB each) of the big file, plus metadata
+    # at most two chunks (max 512 KiB each) of the big file, plus metadata
+    assert second.added_bytes < 3 * MiB // 2, second.added_bytes
     assert second.added_bytes < size // 4
     v2 = content_manifest(src)
     assert v1 != v2
