@@ -3,8 +3,9 @@
 
 Both tools back up the same deterministic data set (``benches/gen_dataset.py``: 2,027 files, 1.04 GB -- 2,000
 small text/JSON/CSV files, 20 x 12 MiB mixed-entropy binaries, 7 x 100 MiB smooth float64 ``.npy`` files), from the
-same absolute path, through the same sequence of steps. Every step is its own child process, so its wall time, CPU
-time and peak RSS (``os.wait4`` rusage of that child) are the step's alone:
+same absolute path, through the same sequence of steps. Every step is its own process, so its wall time, CPU
+time and peak RSS (``os.wait4`` rusage of that process, forked by a small launcher so that the benchmark's own memory
+is not counted) are the step's alone:
 
     init         create an empty repository (restic: repository v2, so zstd compression)
     backup1      initial backup
@@ -63,6 +64,7 @@ sequence is skipped); the exit status is 1 when any step failed or a restore did
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -359,30 +361,62 @@ def drop_page_cache() -> None:
         print(f"  warning: cannot drop the page cache ({e}); timings are with a warm cache", file=sys.stderr)
 
 
+# Peak RSS: a child's ru_maxrss counts the memory of the process that exec'd it (Linux records the old address
+# space's high-water mark at exec), so a step started straight from this (large) process would report at least this
+# process's own peak. Each step is therefore forked by a small launcher (python -I -S, a few MiB) that times it and
+# reports the step's own rusage.
+LAUNCHER = """
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as e:
+        os.write(2, ("cannot run %s: %s\\n" % (sys.argv[2], e)).encode())
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    f.write(repr((os.waitstatus_to_exitcode(status), wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss)))
+"""
+
+
 def run_step(
     step: str, cmd: list[str], cwd: Path, env: dict[str, str], logs: Path, tag: str, timeout: float, drop: bool
 ) -> StepResult:
-    """Runs one step as a child process: wall time around it, CPU time and peak RSS from its wait4 rusage."""
+    """Runs one step as a grandchild (see LAUNCHER): its wall time, CPU time and peak RSS (wait4 rusage)."""
     res = StepResult(step, cmd)
     out_path, err_path = logs / f"{tag}.{step}.out", logs / f"{tag}.{step}.err"
+    stats_path = logs / f"{tag}.{step}.rusage"
+    stats_path.unlink(missing_ok=True)
     res.log = str(err_path)
     if drop:
         drop_page_cache()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(stats_path), *cmd],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
         )
         timer = threading.Timer(timeout, _kill_group, (proc.pid, res))
         timer.start()
         try:
-            _, status, ru = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        res.wall_s = time.perf_counter() - t0
-    proc.returncode = res.rc = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    res.user_s, res.sys_s = ru.ru_utime, ru.ru_stime
-    res.maxrss_mib = ru.ru_maxrss / 1024  # KiB on Linux
+        outer_wall = time.perf_counter() - t0
+    try:
+        rc, wall, user, sys_s, maxrss_kib = ast.literal_eval(stats_path.read_text())
+    except (OSError, ValueError, SyntaxError):  # killed (timeout) before it could report
+        rc, wall, user, sys_s, maxrss_kib = proc.returncode or -9, outer_wall, None, None, None
+    res.rc, res.wall_s, res.user_s, res.sys_s = rc, wall, user, sys_s
+    res.maxrss_mib = maxrss_kib / 1024 if maxrss_kib is not None else None  # KiB on Linux
     res.stderr_tail = _tail(err_path, 15)
     if res.rc != 0 and not res.stderr_tail:
         res.stderr_tail = _tail(out_path, 15)
@@ -560,8 +594,9 @@ def run_sequence(tool: str, rep: int, work: Path, args: argparse.Namespace, v2_m
         res.repo_bytes = tree_bytes(repo) if repo.exists() else None
         run.steps[step] = res
         print(
-            f"  {tool:<8} {step:<12} rc={res.rc} wall={res.wall_s:.2f}s cpu={res.user_s:.2f}+{res.sys_s:.2f}s "
-            f"rss={res.maxrss_mib:.1f}MiB repo={res.repo_bytes if res.repo_bytes is not None else '-'}",
+            f"  {tool:<8} {step:<12} rc={res.rc} wall={res.wall_s:.2f}s "
+            f"cpu={_fmt(res.user_s, '.2f')}+{_fmt(res.sys_s, '.2f')}s rss={_fmt(res.maxrss_mib, '.1f')}MiB "
+            f"repo={res.repo_bytes if res.repo_bytes is not None else '-'}",
             flush=True,
         )
         if not res.ok():
