@@ -31,6 +31,11 @@ use crate::error::CoreError;
 pub const PACK_SIZE: usize = 16 * 1024 * 1024;
 /// An index object is written after this many packs (and at the end).
 const INDEX_EVERY: usize = 8;
+/// The reader hands chunks to the workers in batches of about this many bytes (or [`BATCH_PIECES`] chunks),
+/// and each worker passes on its results and sealed blobs a batch at a time: with tens of thousands of small
+/// files, one channel message per file made waking threads cost as much as compressing the data.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_PIECES: usize = 64;
 
 /// What to back up.
 pub struct BackupOptions<'a> {
@@ -42,6 +47,7 @@ pub struct BackupOptions<'a> {
     pub progress: Option<ProgressFn<'a>>,
 }
 
+/// A chunk of a file, for a worker; workers take them in batches (`Vec<Job>`).
 struct Job {
     item: u32,
     seq: u32,
@@ -264,15 +270,52 @@ impl Shared<'_> {
     }
 }
 
+/// The reader's outgoing batches: chunks for the workers and per-file results for the main thread.
+struct Batcher {
+    jobs: SyncSender<Vec<Job>>,
+    results: SyncSender<Vec<Res>>,
+    pieces: Vec<Job>,
+    bytes: usize,
+    done: Vec<Res>,
+}
+
+impl Batcher {
+    /// Adds a chunk, sending the batch when it is full; false when the receivers are gone.
+    fn push(&mut self, job: Job) -> bool {
+        self.bytes += job.data.len();
+        self.pieces.push(job);
+        if self.bytes >= BATCH_BYTES || self.pieces.len() >= BATCH_PIECES {
+            return self.flush();
+        }
+        true
+    }
+
+    /// Sends what is pending: the file results first (the main thread accepts them in any order).
+    fn flush(&mut self) -> bool {
+        if !self.done.is_empty() && self.results.send(std::mem::take(&mut self.done)).is_err() {
+            return false;
+        }
+        self.bytes = 0;
+        self.pieces.is_empty() || self.jobs.send(std::mem::take(&mut self.pieces)).is_ok()
+    }
+}
+
 fn reader(
     sh: &Shared<'_>,
     files: &[(u32, PathBuf)],
-    jobs: SyncSender<Job>,
-    results: SyncSender<Res>,
+    jobs: SyncSender<Vec<Job>>,
+    results: SyncSender<Vec<Res>>,
 ) {
     let chunker = Chunker::new(DATA_CHUNKS, &sh.repo.key);
     let mut trial = Encoder::new(1);
     let mut buf = Vec::new();
+    let mut out = Batcher {
+        jobs,
+        results,
+        pieces: Vec::new(),
+        bytes: 0,
+        done: Vec::new(),
+    };
     for (item, path) in files {
         if sh.abort.load(Ordering::Relaxed) {
             return;
@@ -280,7 +323,7 @@ fn reader(
         let f = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
-                let _ = results.send(Res::FileFailed {
+                out.done.push(Res::FileFailed {
                     item: *item,
                     msg: format!("{}: {e}", path.display()),
                 });
@@ -290,24 +333,26 @@ fn reader(
         let mut seq = 0u32;
         let mut bytes = 0u64;
         let mut filter = Filter::None;
+        let mut sent = true;
         let r = chunker.stream(f, &mut buf, |offset, data| {
             if seq == 0 {
                 filter = choose_filter(&data, &mut trial);
             }
             bytes += data.len() as u64;
-            let ok = jobs
-                .send(Job {
-                    item: *item,
-                    seq,
-                    offset,
-                    data,
-                    filter,
-                })
-                .is_ok();
+            sent = out.push(Job {
+                item: *item,
+                seq,
+                offset,
+                data,
+                filter,
+            });
             seq += 1;
-            ok && !sh.abort.load(Ordering::Relaxed)
+            sent && !sh.abort.load(Ordering::Relaxed)
         });
-        let msg = match r {
+        if !sent {
+            return;
+        }
+        out.done.push(match r {
             Ok(()) => Res::FileDone {
                 item: *item,
                 chunks: seq,
@@ -317,64 +362,58 @@ fn reader(
                 item: *item,
                 msg: format!("{}: {e}", path.display()),
             },
-        };
-        if results.send(msg).is_err() {
-            return;
-        }
+        });
     }
+    out.flush();
 }
 
 fn worker(
     sh: &Shared<'_>,
-    jobs: &Mutex<Receiver<Job>>,
-    results: SyncSender<Res>,
-    sealed: SyncSender<Sealed>,
+    jobs: &Mutex<Receiver<Vec<Job>>>,
+    results: SyncSender<Vec<Res>>,
+    sealed: SyncSender<Vec<Sealed>>,
 ) {
     let mut enc = Encoder::new(sh.repo.config.compression);
     loop {
-        let job = { jobs.lock().unwrap().recv() };
-        let Ok(job) = job else { return };
+        let batch = { jobs.lock().unwrap().recv() };
+        let Ok(batch) = batch else { return };
         if sh.abort.load(Ordering::Relaxed) {
             continue; // drain so the reader is not blocked
         }
-        let id = sh.repo.key.blob_id(&job.data);
-        if sh.claim(&id) {
-            let (hdr, body) = enc.encode_parts(&job.data, job.offset, job.filter);
-            let mut out = Vec::new();
-            sh.repo
-                .key
-                .seal_parts_into(&[hdr.as_slice(), body], &id, &mut out);
-            if sealed
-                .send(Sealed {
+        let mut new_blobs = Vec::new();
+        let mut chunks = Vec::with_capacity(batch.len());
+        for job in batch {
+            let id = sh.repo.key.blob_id(&job.data);
+            if sh.claim(&id) {
+                let (hdr, body) = enc.encode_parts(&job.data, job.offset, job.filter);
+                let mut out = Vec::new();
+                sh.repo
+                    .key
+                    .seal_parts_into(&[hdr.as_slice(), body], &id, &mut out);
+                new_blobs.push(Sealed {
                     ty: BlobType::Data,
                     id,
                     data: out,
                     raw_len: job.data.len() as u32,
-                })
-                .is_err()
-            {
-                return;
+                });
             }
-        }
-        let raw = job.data.len() as u64;
-        drop(job.data);
-        if results
-            .send(Res::Chunk {
+            chunks.push(Res::Chunk {
                 item: job.item,
                 seq: job.seq,
                 id,
-                raw,
-            })
-            .is_err()
+                raw: job.data.len() as u64,
+            });
+        }
+        if (!new_blobs.is_empty() && sealed.send(new_blobs).is_err()) || results.send(chunks).is_err()
         {
             return;
         }
     }
 }
 
-fn packer(sh: &Shared<'_>, sealed: Receiver<Sealed>, packs: SyncSender<FinishedPack>) {
+fn packer(sh: &Shared<'_>, sealed: Receiver<Vec<Sealed>>, packs: SyncSender<FinishedPack>) {
     let mut pb = PackBuilder::default();
-    for s in sealed {
+    for s in sealed.iter().flatten() {
         pb.add_owned(s.ty, s.id, s.data, s.raw_len);
         if pb.len() >= PACK_SIZE {
             let full = std::mem::take(&mut pb);
@@ -545,11 +584,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     let mut sizes: HashMap<u32, u64> = HashMap::new();
     let mut added = 0u64;
     let mut tree_ids: Vec<Id> = Vec::new();
-    let (job_tx, job_rx) = sync_channel::<Job>(2 * nworkers);
+    let (job_tx, job_rx) = sync_channel::<Vec<Job>>(2 * nworkers);
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
-        let (res_tx, res_rx) = sync_channel::<Res>(256);
-        let (seal_tx, seal_rx) = sync_channel::<Sealed>(2 * nworkers);
+        let (res_tx, res_rx) = sync_channel::<Vec<Res>>(256);
+        let (seal_tx, seal_rx) = sync_channel::<Vec<Sealed>>(2 * nworkers);
         let (pack_tx, pack_rx) = sync_channel(1);
         let shr = &sh;
         let writer_h = s.spawn(move || writer(shr, pack_rx));
@@ -569,29 +608,35 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         let mut last = Instant::now();
         loop {
             match res_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Res::Chunk { item, seq, id, raw }) => {
-                    let v = chunk_ids.entry(item).or_default();
-                    if v.len() <= seq as usize {
-                        v.resize(seq as usize + 1, None);
+                Ok(batch) => {
+                    for r in batch {
+                        match r {
+                            Res::Chunk { item, seq, id, raw } => {
+                                let v = chunk_ids.entry(item).or_default();
+                                if v.len() <= seq as usize {
+                                    v.resize(seq as usize + 1, None);
+                                }
+                                v[seq as usize] = Some(id);
+                                done_bytes += raw;
+                            }
+                            Res::FileDone {
+                                item,
+                                chunks,
+                                bytes,
+                            } => {
+                                chunk_ids
+                                    .entry(item)
+                                    .or_default()
+                                    .resize(chunks as usize, None);
+                                sizes.insert(item, bytes);
+                                done_files += 1;
+                            }
+                            Res::FileFailed { item, msg } => {
+                                failed.push((item, msg));
+                                done_files += 1;
+                            }
+                        }
                     }
-                    v[seq as usize] = Some(id);
-                    done_bytes += raw;
-                }
-                Ok(Res::FileDone {
-                    item,
-                    chunks,
-                    bytes,
-                }) => {
-                    chunk_ids
-                        .entry(item)
-                        .or_default()
-                        .resize(chunks as usize, None);
-                    sizes.insert(item, bytes);
-                    done_files += 1;
-                }
-                Ok(Res::FileFailed { item, msg }) => {
-                    failed.push((item, msg));
-                    done_files += 1;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -653,12 +698,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
                     enc.encode(part, 0, Filter::None, &mut payload);
                     let data = repo.key.seal(&payload, &id);
                     if seal_tx
-                        .send(Sealed {
+                        .send(vec![Sealed {
                             ty: BlobType::Tree,
                             id,
                             data,
                             raw_len: part.len() as u32,
-                        })
+                        }])
                         .is_err()
                     {
                         break;
