@@ -404,7 +404,8 @@ fn worker(
                 raw: job.data.len() as u64,
             });
         }
-        if (!new_blobs.is_empty() && sealed.send(new_blobs).is_err()) || results.send(chunks).is_err()
+        if (!new_blobs.is_empty() && sealed.send(new_blobs).is_err())
+            || results.send(chunks).is_err()
         {
             return;
         }
