@@ -36,6 +36,14 @@ const INDEX_EVERY: usize = 8;
 /// files, one channel message per file made waking threads cost as much as compressing the data.
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_PIECES: usize = 64;
+/// The packer puts the workers' batches into packs in the reader's order (so a file's chunks lie in file
+/// order, and a restore reads them with few, long ranged reads); it holds at most this many batches that
+/// arrived early, and past that lets them through out of order.
+const REORDER_MAX: usize = 64;
+
+/// Sealed blobs for the packer: data blobs of the reader's batch number `Some(n)` (possibly none), or tree
+/// blobs (`None`, after all data).
+type SealedBatch = (Option<u64>, Vec<Sealed>);
 
 /// What to back up.
 pub struct BackupOptions<'a> {
@@ -272,7 +280,8 @@ impl Shared<'_> {
 
 /// The reader's outgoing batches: chunks for the workers and per-file results for the main thread.
 struct Batcher {
-    jobs: SyncSender<Vec<Job>>,
+    jobs: SyncSender<(u64, Vec<Job>)>,
+    seq: u64,
     results: SyncSender<Vec<Res>>,
     pieces: Vec<Job>,
     bytes: usize,
@@ -296,14 +305,20 @@ impl Batcher {
             return false;
         }
         self.bytes = 0;
-        self.pieces.is_empty() || self.jobs.send(std::mem::take(&mut self.pieces)).is_ok()
+        if self.pieces.is_empty() {
+            return true;
+        }
+        self.seq += 1;
+        self.jobs
+            .send((self.seq - 1, std::mem::take(&mut self.pieces)))
+            .is_ok()
     }
 }
 
 fn reader(
     sh: &Shared<'_>,
     files: &[(u32, PathBuf)],
-    jobs: SyncSender<Vec<Job>>,
+    jobs: SyncSender<(u64, Vec<Job>)>,
     results: SyncSender<Vec<Res>>,
 ) {
     let chunker = Chunker::new(DATA_CHUNKS, &sh.repo.key);
@@ -311,6 +326,7 @@ fn reader(
     let mut buf = Vec::new();
     let mut out = Batcher {
         jobs,
+        seq: 0,
         results,
         pieces: Vec::new(),
         bytes: 0,
@@ -369,14 +385,14 @@ fn reader(
 
 fn worker(
     sh: &Shared<'_>,
-    jobs: &Mutex<Receiver<Vec<Job>>>,
+    jobs: &Mutex<Receiver<(u64, Vec<Job>)>>,
     results: SyncSender<Vec<Res>>,
-    sealed: SyncSender<Vec<Sealed>>,
+    sealed: SyncSender<SealedBatch>,
 ) {
     let mut enc = Encoder::new(sh.repo.config.compression);
     loop {
         let batch = { jobs.lock().unwrap().recv() };
-        let Ok(batch) = batch else { return };
+        let Ok((seq, batch)) = batch else { return };
         if sh.abort.load(Ordering::Relaxed) {
             continue; // drain so the reader is not blocked
         }
@@ -404,23 +420,64 @@ fn worker(
                 raw: job.data.len() as u64,
             });
         }
-        if (!new_blobs.is_empty() && sealed.send(new_blobs).is_err())
-            || results.send(chunks).is_err()
-        {
+        // sent even when empty: the packer waits for every batch number
+        if sealed.send((Some(seq), new_blobs)).is_err() || results.send(chunks).is_err() {
             return;
         }
     }
 }
 
-fn packer(sh: &Shared<'_>, sealed: Receiver<Vec<Sealed>>, packs: SyncSender<FinishedPack>) {
+fn packer(sh: &Shared<'_>, sealed: Receiver<SealedBatch>, packs: SyncSender<FinishedPack>) {
     let mut pb = PackBuilder::default();
-    for s in sealed.iter().flatten() {
-        pb.add_owned(s.ty, s.id, s.data, s.raw_len);
-        if pb.len() >= PACK_SIZE {
-            let full = std::mem::take(&mut pb);
-            if packs.send(full.finish(&sh.repo.key)).is_err() {
-                return;
+    let mut early: std::collections::BTreeMap<u64, Vec<Sealed>> = std::collections::BTreeMap::new();
+    let mut want = 0u64; // the next batch number in the reader's order
+    let add = |blobs: Vec<Sealed>, pb: &mut PackBuilder| -> bool {
+        for s in blobs {
+            pb.add_owned(s.ty, s.id, s.data, s.raw_len);
+            if pb.len() >= PACK_SIZE {
+                let full = std::mem::take(pb);
+                if packs.send(full.finish(&sh.repo.key)).is_err() {
+                    return false;
+                }
             }
+        }
+        true
+    };
+    for (seq, blobs) in sealed {
+        let ok = match seq {
+            Some(n) if n == want => {
+                want += 1;
+                add(blobs, &mut pb)
+            }
+            Some(n) if n < want => add(blobs, &mut pb), // let through out of order before
+            Some(n) => {
+                early.insert(n, blobs);
+                true
+            }
+            None => {
+                // tree blobs come after every data batch: let all held batches through first
+                let held = std::mem::take(&mut early);
+                held.into_values().all(|b| add(b, &mut pb)) && add(blobs, &mut pb)
+            }
+        };
+        // the batches that were waiting for this one, and past REORDER_MAX the oldest out of order
+        let mut ok = ok;
+        while ok {
+            let next = match early.first_key_value() {
+                Some((&n, _)) if n == want || early.len() > REORDER_MAX => n,
+                _ => break,
+            };
+            want = want.max(next + 1);
+            let b = early.remove(&next).expect("present");
+            ok = add(b, &mut pb);
+        }
+        if !ok {
+            return;
+        }
+    }
+    for b in std::mem::take(&mut early).into_values() {
+        if !add(b, &mut pb) {
+            return;
         }
     }
     if !pb.is_empty() && !sh.abort.load(Ordering::Relaxed) {
@@ -585,11 +642,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     let mut sizes: HashMap<u32, u64> = HashMap::new();
     let mut added = 0u64;
     let mut tree_ids: Vec<Id> = Vec::new();
-    let (job_tx, job_rx) = sync_channel::<Vec<Job>>(2 * nworkers);
+    let (job_tx, job_rx) = sync_channel::<(u64, Vec<Job>)>(2 * nworkers);
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
         let (res_tx, res_rx) = sync_channel::<Vec<Res>>(256);
-        let (seal_tx, seal_rx) = sync_channel::<Vec<Sealed>>(2 * nworkers);
+        let (seal_tx, seal_rx) = sync_channel::<SealedBatch>(2 * nworkers);
         let (pack_tx, pack_rx) = sync_channel(1);
         let shr = &sh;
         let writer_h = s.spawn(move || writer(shr, pack_rx));
@@ -699,12 +756,15 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
                     enc.encode(part, 0, Filter::None, &mut payload);
                     let data = repo.key.seal(&payload, &id);
                     if seal_tx
-                        .send(vec![Sealed {
-                            ty: BlobType::Tree,
-                            id,
-                            data,
-                            raw_len: part.len() as u32,
-                        }])
+                        .send((
+                            None,
+                            vec![Sealed {
+                                ty: BlobType::Tree,
+                                id,
+                                data,
+                                raw_len: part.len() as u32,
+                            }],
+                        ))
                         .is_err()
                     {
                         break;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use crate::backup::lock::Lock;
+use crate::backup::pack::Id;
 use crate::backup::repo::{poll_progress, ProgressFn, ProgressInfo, Repository};
 use crate::backup::snapshot::{Item, Kind};
 use crate::backup::BResult;
@@ -275,7 +276,13 @@ pub fn restore(
     let mut stats = RestoreStats::default();
     // 1. directories, temporary files; 2. file data in parallel, each file renamed into place when complete;
     // 3. symlinks; 4. directory and symlink metadata, deepest first
-    let mut units: Vec<(usize, usize, usize, u64)> = Vec::new(); // (item, first chunk, end chunk, offset)
+    // a segment: (item, first chunk, end chunk, offset) of one file, up to UNIT_BYTES; a unit: consecutive
+    // segments, of one or several files, up to UNIT_BYTES; a data thread reads a unit's chunks in one go, so
+    // the neighbouring chunks of small files come in one ranged read (on S3, one request)
+    const UNIT_BYTES: u64 = 8 << 20;
+    let mut segs: Vec<(usize, usize, usize, u64)> = Vec::new();
+    let mut units: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut unit_start, mut unit_total) = (0usize, 0u64);
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut temps: Vec<PathBuf> = vec![PathBuf::new(); items.len()];
     let remaining: Vec<AtomicUsize> = (0..items.len()).map(|_| AtomicUsize::new(0)).collect();
@@ -315,9 +322,14 @@ pub fn restore(
                 for (c, id) in it.chunks.iter().enumerate() {
                     let len = idx.get(id).map_or(0, |(_, l)| l.raw_len as u64);
                     unit_bytes += len;
-                    if unit_bytes >= 8 << 20 || c + 1 == it.chunks.len() {
-                        units.push((i, start, c + 1, off));
+                    if unit_bytes >= UNIT_BYTES || c + 1 == it.chunks.len() {
+                        segs.push((i, start, c + 1, off));
                         remaining[i].fetch_add(1, Ordering::Relaxed);
+                        unit_total += unit_bytes;
+                        if unit_total >= UNIT_BYTES {
+                            units.push(unit_start..segs.len());
+                            (unit_start, unit_total) = (segs.len(), 0);
+                        }
                         off += unit_bytes;
                         start = c + 1;
                         unit_bytes = 0;
@@ -329,6 +341,9 @@ pub fn restore(
             Kind::Symlink => stats.symlinks += 1,
         }
         dests.push(dest);
+    }
+    if unit_start < segs.len() {
+        units.push(unit_start..segs.len());
     }
 
     // a file is complete: metadata through its descriptor, then its temporary name becomes its name
@@ -495,36 +510,63 @@ pub fn restore(
                     if u >= units.len() || abort.load(Ordering::Relaxed) {
                         return;
                     }
-                    let (i, a, b, mut off) = units[u];
-                    if !wait_ready(i) {
-                        return;
-                    }
-                    let it = items[i];
-                    let r = (|| -> BResult<()> {
-                        let f = OpenOptions::new()
+                    let unit = &segs[units[u].clone()];
+                    let ids: Vec<Id> = unit
+                        .iter()
+                        .flat_map(|&(i, a, b, _)| items[i].chunks[a..b].iter().copied())
+                        .collect();
+                    let k = std::cell::Cell::new(0usize); // the segment being written
+                    let what = || {
+                        let it = items[unit[k.get()].0];
+                        format!("file {} (snapshot {})", it.display(), &snap.id[..8])
+                    };
+                    let open = |i: usize| -> BResult<Option<File>> {
+                        if !wait_ready(i) {
+                            return Ok(None); // failing: the error is recorded
+                        }
+                        OpenOptions::new()
                             .write(true)
                             .custom_flags(libc::O_NOFOLLOW)
                             .open(&temps[i])
+                            .map(Some)
                             .map_err(|e| {
                                 CoreError::io(format!("restore: open {}", dests[i].display()), e)
-                            })?;
-                        for id in &it.chunks[a..b] {
-                            let what =
-                                || format!("file {} (snapshot {})", it.display(), &snap.id[..8]);
-                            let data = repo.read_blob(&idx, id, &mut dctx, &what)?;
+                            })
+                    };
+                    let r = (|| -> BResult<()> {
+                        let mut file: Option<File> = None;
+                        let (mut off, mut left) = (unit[0].3, unit[0].2 - unit[0].1);
+                        repo.read_blobs(&idx, &ids, &mut dctx, &what, |data| {
+                            let i = unit[k.get()].0;
+                            if file.is_none() {
+                                file = open(i)?;
+                                if file.is_none() {
+                                    return Err(crate::backup::repo::cancelled("restore"));
+                                }
+                            }
+                            let f = file.as_ref().expect("opened above");
                             f.write_all_at(&data, off).map_err(|e| {
                                 CoreError::io(format!("restore: write {}", dests[i].display()), e)
                             })?;
                             off += data.len() as u64;
                             done.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        }
-                        // the last unit of a file to finish completes it (the creating thread names it)
-                        if remaining[i].fetch_sub(1, Ordering::AcqRel) == 1 {
-                            finish(i, &f)?;
-                            drop(f);
-                            let _ = complete_tx[owner[i]].send(i);
-                        }
-                        Ok(())
+                            left -= 1;
+                            if left == 0 {
+                                // the last segment of a file to finish completes it (its folder thread
+                                // names it)
+                                let f = file.take().expect("opened above");
+                                if remaining[i].fetch_sub(1, Ordering::AcqRel) == 1 {
+                                    finish(i, &f)?;
+                                    drop(f);
+                                    let _ = complete_tx[owner[i]].send(i);
+                                }
+                                k.set(k.get() + 1);
+                                if let Some(&(_, a, b, o)) = unit.get(k.get()) {
+                                    (off, left) = (o, b - a);
+                                }
+                            }
+                            Ok(())
+                        })
                     })();
                     if let Err(e) = r {
                         return fail(e);
