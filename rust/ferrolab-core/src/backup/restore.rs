@@ -533,7 +533,7 @@ pub fn restore(
                                 CoreError::io(format!("restore: open {}", dests[i].display()), e)
                             })
                     };
-                    let r = (|| -> BResult<()> {
+                    let r: BResult<()> = {
                         let mut file: Option<File> = None;
                         let (mut off, mut left) = (unit[0].3, unit[0].2 - unit[0].1);
                         repo.read_blobs(&idx, &ids, &mut dctx, &what, |data| {
@@ -567,7 +567,7 @@ pub fn restore(
                             }
                             Ok(())
                         })
-                    })();
+                    };
                     if let Err(e) = r {
                         return fail(e);
                     }
