@@ -485,11 +485,15 @@ fn packer(sh: &Shared<'_>, sealed: Receiver<SealedBatch>, packs: SyncSender<Fini
     }
 }
 
-/// Writes packs; an indexer thread makes each batch of packs durable and then writes the index object naming
-/// them (so the fsyncs overlap with writing the next packs). Returns the bytes written.
+/// Writes packs (the store's [`upload_concurrency`](crate::backup::store::Store::upload_concurrency) at
+/// once); an indexer thread makes each batch of packs durable and then writes the index object naming them
+/// (so the fsyncs overlap with writing the next packs). Returns the bytes written.
 fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
     let store = &*sh.repo.store;
     let (batch_tx, batch_rx) = sync_channel::<Vec<(Id, Vec<PackedBlob>)>>(4);
+    let packs = Mutex::new(packs);
+    let unindexed: Mutex<Vec<(Id, Vec<PackedBlob>)>> = Mutex::new(Vec::new());
+    let written = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         let indexer = s.spawn(move || -> u64 {
             let mut n = 0u64;
@@ -508,30 +512,45 @@ fn writer(sh: &Shared<'_>, packs: Receiver<FinishedPack>) -> u64 {
             }
             n
         });
-        let mut unindexed: Vec<(Id, Vec<PackedBlob>)> = Vec::new();
-        let mut written = 0u64;
-        for fp in packs {
-            if sh.abort.load(Ordering::Relaxed) {
-                continue;
-            }
-            match store.put_parts(&pack_key(&fp.id), &fp.slices()) {
-                Ok(()) => {
-                    written += fp.len() as u64;
-                    unindexed.push((fp.id, fp.blobs));
-                    if unindexed.len() >= INDEX_EVERY
-                        && batch_tx.send(std::mem::take(&mut unindexed)).is_err()
-                    {
-                        break;
+        let uploaders: Vec<_> = (0..store.upload_concurrency().max(1))
+            .map(|_| {
+                let (packs, unindexed, written, batch_tx) =
+                    (&packs, &unindexed, &written, batch_tx.clone());
+                s.spawn(move || loop {
+                    let Ok(fp) = packs.lock().unwrap().recv() else {
+                        return;
+                    };
+                    if sh.abort.load(Ordering::Relaxed) {
+                        continue;
                     }
-                }
-                Err(e) => sh.fail(e),
-            }
+                    let len = fp.len() as u64;
+                    let FinishedPack { id, parts, blobs } = fp;
+                    match store.put_owned(&pack_key(&id), parts) {
+                        Ok(()) => {
+                            written.fetch_add(len, Ordering::Relaxed);
+                            let full = {
+                                let mut u = unindexed.lock().unwrap();
+                                u.push((id, blobs));
+                                (u.len() >= INDEX_EVERY).then(|| std::mem::take(&mut *u))
+                            };
+                            if full.is_some_and(|b| batch_tx.send(b).is_err()) {
+                                return;
+                            }
+                        }
+                        Err(e) => sh.fail(e),
+                    }
+                })
+            })
+            .collect();
+        for u in uploaders {
+            u.join().expect("upload thread");
         }
-        if !sh.abort.load(Ordering::Relaxed) && !unindexed.is_empty() {
-            let _ = batch_tx.send(unindexed);
+        let rest = std::mem::take(&mut *unindexed.lock().unwrap());
+        if !sh.abort.load(Ordering::Relaxed) && !rest.is_empty() {
+            let _ = batch_tx.send(rest);
         }
         drop(batch_tx);
-        written + indexer.join().expect("indexer thread")
+        written.load(Ordering::Relaxed) + indexer.join().expect("indexer thread")
     })
 }
 

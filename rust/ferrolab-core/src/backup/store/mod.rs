@@ -53,6 +53,12 @@ pub trait Store: Send + Sync {
         self.put(key, &parts.concat())
     }
 
+    /// Stores the concatenation of `parts` under `key`, taking them (S3 sends them without a copy).
+    fn put_owned(&self, key: &str, parts: Vec<Vec<u8>>) -> BResult<()> {
+        let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        self.put_parts(key, &slices)
+    }
+
     /// Reads a whole object. A missing object is an `Io` error of kind `NotFound`; an object larger than
     /// [`max_object_size`] is a `Corruption` error.
     fn get(&self, key: &str) -> BResult<Vec<u8>>;
@@ -74,6 +80,12 @@ pub trait Store: Send + Sync {
     /// puts are single requests and leave none).
     fn clean_tmp(&self, _min_age: std::time::Duration) -> BResult<()> {
         Ok(())
+    }
+
+    /// How many puts of packs a backup keeps in flight at once (S3: several, since each is a round trip; a
+    /// local store: one, since the disk is the limit and not the latency).
+    fn upload_concurrency(&self) -> usize {
+        1
     }
 
     /// Makes every completed `put` durable (local: fsync the directories written to). A no-op on S3.

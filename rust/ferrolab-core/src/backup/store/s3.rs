@@ -21,6 +21,9 @@ use crate::error::{BackupErrorKind, CoreError};
 /// Tokio worker threads of a store's runtime (they only move bytes between sockets and the callers).
 const WORKER_THREADS: usize = 2;
 
+/// Packs a backup uploads at once (each in flight holds its 16 MiB pack).
+const UPLOADS: usize = 3;
+
 /// Per-request time limit (object_store's default of 30 s is too short for a large pack on a slow uplink);
 /// `AWS_TIMEOUT` overrides it.
 const REQUEST_TIMEOUT: &str = "300s";
@@ -342,11 +345,31 @@ impl Store for S3Store {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> BResult<()> {
+        self.put_parts(key, &[data])
+    }
+
+    fn put_parts(&self, key: &str, parts: &[&[u8]]) -> BResult<()> {
+        // one copy of the parts (the default concatenates, then `put` copies again)
         let path = self.path(key)?;
-        let payload = PutPayload::from(data.to_vec());
+        let payload: PutPayload = parts
+            .iter()
+            .map(|p| bytes::Bytes::copy_from_slice(p))
+            .collect();
         self.block_on(self.store.put(&path, payload))
             .map(|_| ())
             .map_err(|e| self.err("write", key, e))
+    }
+
+    fn put_owned(&self, key: &str, parts: Vec<Vec<u8>>) -> BResult<()> {
+        let path = self.path(key)?;
+        let payload: PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
+        self.block_on(self.store.put(&path, payload))
+            .map(|_| ())
+            .map_err(|e| self.err("write", key, e))
+    }
+
+    fn upload_concurrency(&self) -> usize {
+        UPLOADS
     }
 
     fn get(&self, key: &str) -> BResult<Vec<u8>> {
