@@ -519,3 +519,127 @@ fn the_gear_table_comes_from_the_key() {
     // the same key gives the same table (chunk boundaries are stable across runs)
     assert_eq!(k1.gear().0, g1);
 }
+
+/// A store that counts ranged reads (and passes everything to a local store).
+struct CountingStore {
+    inner: std::sync::Arc<dyn crate::backup::store::Store>,
+    ranges: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::backup::store::Store for CountingStore {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    fn create(&self) -> crate::backup::BResult<()> {
+        self.inner.create()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> crate::backup::BResult<()> {
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> crate::backup::BResult<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> crate::backup::BResult<Vec<u8>> {
+        self.ranges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get_range(key, offset, len)
+    }
+    fn list(&self, dir: &str) -> crate::backup::BResult<Vec<crate::backup::store::Entry>> {
+        self.inner.list(dir)
+    }
+    fn delete(&self, key: &str) -> crate::backup::BResult<()> {
+        self.inner.delete(key)
+    }
+    fn exists(&self, key: &str) -> crate::backup::BResult<bool> {
+        self.inner.exists(key)
+    }
+}
+
+#[test]
+fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let src = t.0.join("src");
+    fs::create_dir_all(src.join("small")).unwrap();
+    // 12 MB that does not compress (about 90 chunks), and 300 small files
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..12_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(src.join("big.bin"), &big).unwrap();
+    for i in 0..300 {
+        fs::write(
+            src.join("small").join(format!("f{i:03}")),
+            &big[i * 1000..i * 1000 + 500 + i],
+        )
+        .unwrap();
+    }
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        tags: vec![],
+        exclude: vec![],
+        host: Some("h".into()),
+        time: None,
+        progress: None,
+    };
+    let snap = backup(&repo, &opts).unwrap();
+    let (idx, _, _) = repo.load_index().unwrap();
+    let items = repo.load_items(&snap, &idx).unwrap();
+    let big_item = items.iter().find(|i| i.path.ends_with(b"big.bin")).unwrap();
+    assert!(
+        big_item.chunks.len() > 40,
+        "{} chunks",
+        big_item.chunks.len()
+    );
+    // consecutive chunks in one pack lie back to back, in file order
+    let locs: Vec<_> = big_item
+        .chunks
+        .iter()
+        .map(|c| idx.get(c).unwrap())
+        .collect();
+    for w in locs.windows(2) {
+        let ((p0, l0), (p1, l1)) = (w[0], w[1]);
+        if p0 == p1 {
+            assert_eq!(
+                l1.offset,
+                l0.offset + l0.length,
+                "chunks out of file order in a pack"
+            );
+        }
+    }
+    let packs: std::collections::HashSet<_> = locs.iter().map(|(p, _)| *p).collect();
+
+    // a restore through a counting store: a few ranged reads per pack, not one per chunk
+    let counting = std::sync::Arc::new(CountingStore {
+        inner: repo.store.clone(),
+        ranges: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let counted = Repository {
+        store: counting.clone(),
+        key: repo.key.clone(),
+        config: repo.config.clone(),
+    };
+    let out = t.0.join("out");
+    restore(&counted, &snap.id, &out, None, None).unwrap();
+    let root = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(root.join("big.bin")).unwrap(), big);
+    for i in [0usize, 150, 299] {
+        assert_eq!(
+            fs::read(root.join("small").join(format!("f{i:03}"))).unwrap(),
+            &big[i * 1000..i * 1000 + 500 + i]
+        );
+    }
+    let reads = counting.ranges.load(std::sync::atomic::Ordering::Relaxed);
+    let chunks = big_item.chunks.len() + 300;
+    // the reads of the snapshot's metadata and pack headers aside, data takes about one read per 8 MiB per pack
+    assert!(
+        reads < chunks / 4,
+        "{reads} ranged reads for {chunks} chunks in {} packs",
+        packs.len()
+    );
+}
