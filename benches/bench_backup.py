@@ -78,6 +78,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -453,11 +457,6 @@ def s3_prefix(repo: Path) -> str:
 
 def s3_bytes(prefix: str) -> int | None:
     """Total size of the objects under `prefix/` in the bucket (ListObjectsV2), None when listing fails."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-    import xml.etree.ElementTree as ET
-
     assert S3 is not None
     sw = _seaweed()
     total, token = 0, None

@@ -1588,16 +1588,22 @@ pub fn exposition(
         py.detach(|| reg.get().exposition(only))
     };
     let extra = foreign_exposition(py, &reg, only, openmetrics)?;
-    if !extra.is_empty() {
-        if openmetrics {
-            text.truncate(text.len() - "# EOF\n".len());
-            text.push_str(&extra);
-            text.push_str("# EOF\n");
-        } else {
-            text.push_str(&extra);
-        }
-    }
+    append_foreign(&mut text, &extra, openmetrics);
     Ok(text)
+}
+
+/// Appends custom collectors' text to a native exposition (in OpenMetrics, before its `# EOF`).
+fn append_foreign(text: &mut String, extra: &str, openmetrics: bool) {
+    if extra.is_empty() {
+        return;
+    }
+    if openmetrics {
+        text.truncate(text.len() - "# EOF\n".len());
+        text.push_str(extra);
+        text.push_str("# EOF\n");
+    } else {
+        text.push_str(extra);
+    }
 }
 
 /// ``value`` as the expositions write it (Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: ``1.0``, ``+Inf``).
@@ -1693,13 +1699,7 @@ impl Handler for PyHandler {
                         foreign_exposition(py, &RegRef::Global, None, openmetrics)
                     })
                     .map_err(|e| e.to_string())?;
-                    if openmetrics && !extra.is_empty() {
-                        text.truncate(text.len() - "# EOF\n".len());
-                        text.push_str(&extra);
-                        text.push_str("# EOF\n");
-                    } else {
-                        text.push_str(&extra);
-                    }
+                    append_foreign(&mut text, &extra, openmetrics);
                     Ok(text)
                 });
                 match body {

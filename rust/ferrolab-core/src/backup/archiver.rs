@@ -444,12 +444,12 @@ fn packer(sh: &Shared<'_>, sealed: Receiver<SealedBatch>, packs: SyncSender<Fini
         true
     };
     for (seq, blobs) in sealed {
-        let ok = match seq {
+        let mut ok = match seq {
             Some(n) if n == want => {
                 want += 1;
                 add(blobs, &mut pb)
             }
-            Some(n) if n < want => add(blobs, &mut pb), // let through out of order before
+            Some(n) if n < want => add(blobs, &mut pb), // late: the buffer already let later ones pass
             Some(n) => {
                 early.insert(n, blobs);
                 true
@@ -461,7 +461,6 @@ fn packer(sh: &Shared<'_>, sealed: Receiver<SealedBatch>, packs: SyncSender<Fini
             }
         };
         // the batches that were waiting for this one, and past REORDER_MAX the oldest out of order
-        let mut ok = ok;
         while ok {
             let next = match early.first_key_value() {
                 Some((&n, _)) if n == want || early.len() > REORDER_MAX => n,

@@ -274,8 +274,8 @@ pub fn restore(
         .map_err(|e| CoreError::io(format!("restore: target {}", target.display()), e))?;
 
     let mut stats = RestoreStats::default();
-    // 1. directories, temporary files; 2. file data in parallel, each file renamed into place when complete;
-    // 3. symlinks; 4. directory and symlink metadata, deepest first
+    // 1. directories; 2. temporary files (folder threads) and their data (data threads) at once, each file
+    // renamed into place when complete; 3. symlinks; 4. directory and symlink metadata, deepest first
     // a segment: (item, first chunk, end chunk, offset) of one file, up to UNIT_BYTES; a unit: consecutive
     // segments, of one or several files, up to UNIT_BYTES; a data thread reads a unit's chunks in one go, so
     // the neighbouring chunks of small files come in one ranged read (on S3, one request)
@@ -381,13 +381,12 @@ pub fn restore(
     let nfolder = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
-    let owner: Vec<usize> = items
+    let owner: Vec<usize> = dests
         .iter()
-        .enumerate()
-        .map(|(i, _)| {
+        .map(|d| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            dests[i].parent().hash(&mut h);
+            d.parent().hash(&mut h);
             (h.finish() % nfolder as u64) as usize
         })
         .collect();
@@ -520,15 +519,15 @@ pub fn restore(
                         let it = items[unit[k.get()].0];
                         format!("file {} (snapshot {})", it.display(), &snap.id[..8])
                     };
-                    let open = |i: usize| -> BResult<Option<File>> {
+                    let open = |i: usize| -> BResult<File> {
                         if !wait_ready(i) {
-                            return Ok(None); // failing: the error is recorded
+                            // failing: the first error is the one recorded
+                            return Err(crate::backup::repo::cancelled("restore"));
                         }
                         OpenOptions::new()
                             .write(true)
                             .custom_flags(libc::O_NOFOLLOW)
                             .open(&temps[i])
-                            .map(Some)
                             .map_err(|e| {
                                 CoreError::io(format!("restore: open {}", dests[i].display()), e)
                             })
@@ -539,10 +538,7 @@ pub fn restore(
                         repo.read_blobs(&idx, &ids, &mut dctx, &what, |data| {
                             let i = unit[k.get()].0;
                             if file.is_none() {
-                                file = open(i)?;
-                                if file.is_none() {
-                                    return Err(crate::backup::repo::cancelled("restore"));
-                                }
+                                file = Some(open(i)?);
                             }
                             let f = file.as_ref().expect("opened above");
                             f.write_all_at(&data, off).map_err(|e| {

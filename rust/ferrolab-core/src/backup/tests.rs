@@ -36,6 +36,18 @@ fn repo_at(dir: &Path) -> Repository {
     .unwrap()
 }
 
+/// Backup options for `src` alone, on host "h".
+fn options(src: &Path) -> BackupOptions<'static> {
+    BackupOptions {
+        paths: vec![src.to_path_buf()],
+        tags: vec![],
+        exclude: vec![],
+        host: Some("h".into()),
+        time: None,
+        progress: None,
+    }
+}
+
 /// Stores `items` (with `data` as the content of every file item, and its length as the size of those whose
 /// size is 0) as a snapshot, bypassing the archiver.
 fn craft(repo: &Repository, items: &mut [Item], data: &[u8]) -> String {
@@ -469,14 +481,7 @@ fn format_1_repositories_still_open_and_work() {
     fs::create_dir_all(&src).unwrap();
     let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(src.join("f"), &data).unwrap();
-    let opts = BackupOptions {
-        paths: vec![src.clone()],
-        tags: vec![],
-        exclude: vec![],
-        host: Some("h".into()),
-        time: None,
-        progress: None,
-    };
+    let opts = options(&src);
     let s1 = backup(&repo, &opts).unwrap();
     drop(repo);
     let repo = Repository::open(url.to_str().unwrap(), Secret::Password(b"pw"), None).unwrap();
@@ -579,14 +584,7 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
         )
         .unwrap();
     }
-    let opts = BackupOptions {
-        paths: vec![src.clone()],
-        tags: vec![],
-        exclude: vec![],
-        host: Some("h".into()),
-        time: None,
-        progress: None,
-    };
+    let opts = options(&src);
     let snap = backup(&repo, &opts).unwrap();
     let (idx, _, _) = repo.load_index().unwrap();
     let items = repo.load_items(&snap, &idx).unwrap();

@@ -201,6 +201,14 @@ fn describe(e: &object_store::Error) -> String {
 }
 
 impl S3Store {
+    /// One PUT of `payload` under `key`.
+    fn put_payload(&self, key: &str, payload: PutPayload) -> BResult<()> {
+        let path = self.path(key)?;
+        self.block_on(self.store.put(&path, payload))
+            .map(|_| ())
+            .map_err(|e| self.err("write", key, e))
+    }
+
     /// A store for `url` (`s3://bucket/optional/prefix`); nothing is sent until the first request.
     pub fn new(url: &str, opts: &S3Options) -> BResult<S3Store> {
         let (bucket, prefix) = parse_url(url)?;
@@ -350,22 +358,12 @@ impl Store for S3Store {
 
     fn put_parts(&self, key: &str, parts: &[&[u8]]) -> BResult<()> {
         // one copy of the parts (the default concatenates, then `put` copies again)
-        let path = self.path(key)?;
-        let payload: PutPayload = parts
-            .iter()
-            .map(|p| bytes::Bytes::copy_from_slice(p))
-            .collect();
-        self.block_on(self.store.put(&path, payload))
-            .map(|_| ())
-            .map_err(|e| self.err("write", key, e))
+        let payload = parts.iter().map(|p| bytes::Bytes::copy_from_slice(p));
+        self.put_payload(key, payload.collect())
     }
 
     fn put_owned(&self, key: &str, parts: Vec<Vec<u8>>) -> BResult<()> {
-        let path = self.path(key)?;
-        let payload: PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
-        self.block_on(self.store.put(&path, payload))
-            .map(|_| ())
-            .map_err(|e| self.err("write", key, e))
+        self.put_payload(key, parts.into_iter().map(bytes::Bytes::from).collect())
     }
 
     fn upload_concurrency(&self) -> usize {
