@@ -156,6 +156,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// The 8 accumulators as the generic loop's lane array.
+    ///
+    /// # Safety
+    /// The CPU must have AVX (it is inlined into the AVX2 functions below only).
     #[inline(always)]
     unsafe fn lanes(acc: &[__m256d; 8]) -> [f64; L] {
         let mut a = [0.0f64; L];
@@ -167,6 +170,9 @@ mod avx2 {
     }
 
     /// [`super::block_sum_lanes`] of f32 values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block_sum_f32(x: &[f32]) -> f64 {
         let mut acc = [_mm256_setzero_pd(); 8];
@@ -178,7 +184,7 @@ mod avx2 {
                 *a = _mm256_add_pd(*a, _mm256_cvtps_pd(v));
             }
         }
-        // SAFETY: `lanes` only stores into its own array.
+        // SAFETY: this function runs only on a CPU with AVX2, which `lanes` needs.
         let mut a = unsafe { lanes(&acc) };
         for (i, &v) in chunks.remainder().iter().enumerate() {
             a[i] += v as f64;
@@ -187,6 +193,9 @@ mod avx2 {
     }
 
     /// [`super::block_dot_lanes`] of f64 values, fused.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block_dot_f64(x: &[f64], y: &[f64]) -> f64 {
         let n = x.len().min(y.len());
@@ -204,7 +213,7 @@ mod avx2 {
                 *s = _mm256_fmadd_pd(va, vb, *s);
             }
         }
-        // SAFETY: `lanes` only stores into its own array.
+        // SAFETY: this function runs only on a CPU with AVX2, which `lanes` needs.
         let mut acc = unsafe { lanes(&acc) };
         for (i, (&a, &b)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
             acc[i] += a * b;
@@ -213,6 +222,9 @@ mod avx2 {
     }
 
     /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block_dot_f32(x: &[f32], y: &[f32]) -> f64 {
         let n = x.len().min(y.len());
@@ -234,7 +246,7 @@ mod avx2 {
                 );
             }
         }
-        // SAFETY: `lanes` only stores into its own array.
+        // SAFETY: this function runs only on a CPU with AVX2, which `lanes` needs.
         let mut acc = unsafe { lanes(&acc) };
         for (i, (&a, &b)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
             acc[i] += (a * b) as f64;
