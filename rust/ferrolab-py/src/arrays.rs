@@ -25,6 +25,34 @@ pub fn type_name<T>() -> &'static str {
 /// A Python object argument or result.
 pub type Obj<'py> = Bound<'py, PyAny>;
 
+/// An ndarray of native-order float64 or float32 (any subclass of `ndarray`), for the fast paths.
+pub enum FloatArray<'a, 'py> {
+    F64(&'a Bound<'py, PyArrayDyn<f64>>),
+    F32(&'a Bound<'py, PyArrayDyn<f32>>),
+}
+
+/// `x` as a [`FloatArray`], told apart by its descriptor's type number and byte order: one check instead of
+/// NumPy's type-equivalence call for each candidate dtype. `None` for anything else.
+#[inline]
+pub fn float_array<'a, 'py>(x: &'a Obj<'py>) -> Option<FloatArray<'a, 'py>> {
+    use numpy::npyffi::NPY_TYPES;
+    let a = x.cast::<PyUntypedArray>().ok()?;
+    let d = a.dtype();
+    if d.is_native_byteorder() == Some(false) {
+        return None;
+    }
+    let num = d.num();
+    // SAFETY (both): `x` is an ndarray (the cast above) whose elements are native float64 (float32), which is
+    // all the typed array's type check requires of a dynamic-dimensional array.
+    if num == NPY_TYPES::NPY_DOUBLE as std::os::raw::c_int {
+        Some(FloatArray::F64(unsafe { x.cast_unchecked() }))
+    } else if num == NPY_TYPES::NPY_FLOAT as std::os::raw::c_int {
+        Some(FloatArray::F32(unsafe { x.cast_unchecked() }))
+    } else {
+        None
+    }
+}
+
 /// The elements of a contiguous array (C-contiguous when `c_only`) as one slice; `None` for other layouts.
 pub fn flat_slice<'a, T: numpy::Element>(
     a: &'a Bound<'_, PyArrayDyn<T>>,

@@ -5,8 +5,8 @@
 //! the test suite runs through `ferrolab.ops.__test__`).
 
 use crate::arrays::{
-    alias, check_device, copy_into, finish, flat_slice, new_array, opt_out, take, take_out, to_py,
-    Alias, In, Kind, Obj, Prepared, Ro, ToNumpy,
+    alias, check_device, copy_into, finish, flat_slice, float_array, new_array, opt_out, take,
+    take_out, to_py, Alias, FloatArray, In, Kind, Obj, Prepared, Ro, ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
@@ -198,10 +198,9 @@ fn flat_fast<'py>(
     fn typed<'py, T: Real + ToNumpy>(
         py: Python<'py>,
         op: Op,
-        x: &Obj<'py>,
+        a: &Bound<'py, PyArrayDyn<T>>,
         ddof: f64,
     ) -> Option<PyResult<Obj<'py>>> {
-        let a = x.cast::<PyArrayDyn<T>>().ok()?;
         let s = flat_slice(a, gops::needs_c_order(op))?;
         // degenerate inputs (empty, or no degrees of freedom left) take the general path, which warns like NumPy;
         // an invalid ddof is reported by the kernel
@@ -232,7 +231,10 @@ fn flat_fast<'py>(
     if axis.is_some() {
         return None;
     }
-    typed::<f64>(py, op, x, ddof).or_else(|| typed::<f32>(py, op, x, ddof))
+    match float_array(x)? {
+        FloatArray::F64(a) => typed(py, op, a, ddof),
+        FloatArray::F32(a) => typed(py, op, a, ddof),
+    }
 }
 
 /// Length of the reduced axis (all elements for `None`); `None` when the axis is invalid (the op reports it).
@@ -461,7 +463,12 @@ moment! {
 #[pyo3(signature = (x, y, *, device="cpu"))]
 pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> PyResult<Obj<'py>> {
     boundary(Op::Dot, device, || {
-        if let Some(r) = dot_small::<f64>(py, x, y).or_else(|| dot_small::<f32>(py, x, y)) {
+        let small = match (float_array(x), float_array(y)) {
+            (Some(FloatArray::F64(a)), Some(FloatArray::F64(b))) => dot_small(py, a, b),
+            (Some(FloatArray::F32(a)), Some(FloatArray::F32(b))) => dot_small(py, a, b),
+            _ => None,
+        };
+        if let Some(r) = small {
             return r;
         }
         let (a, b, fin) = take_two(py, Op::Dot, ["x", "y"], x, y, Kind::Same)?;
@@ -480,13 +487,9 @@ pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> Py
 /// threshold: the kernel on the calling thread, straight to a NumPy scalar. `None` where it does not apply.
 fn dot_small<'py, T: Real + ToNumpy>(
     py: Python<'py>,
-    x: &Obj<'py>,
-    y: &Obj<'py>,
+    a: &Bound<'py, PyArrayDyn<T>>,
+    b: &Bound<'py, PyArrayDyn<T>>,
 ) -> Option<PyResult<Obj<'py>>> {
-    let (a, b) = (
-        x.cast::<PyArrayDyn<T>>().ok()?,
-        y.cast::<PyArrayDyn<T>>().ok()?,
-    );
     if a.ndim() != 1 || b.ndim() != 1 {
         return None;
     }

@@ -253,6 +253,137 @@ mod avx2 {
         }
         tree(acc)
     }
+
+    /// Lanes (f64) of the explicit extreme loops: 8 registers, enough to hide the latency of `minpd`.
+    const XL: usize = 32;
+
+    /// [`super::block_extreme`] of f64 values: one `minpd`/`maxpd` per vector on each of 8 accumulators
+    /// (`min(v, acc)` is `v < acc ? v : acc`, the generic loop's select), and one unordered compare per pair of
+    /// vectors, OR-ed into a NaN mask off the accumulators' dependency chains; NaN when the block holds one. The
+    /// accumulators are combined as a tree. Min and max round nothing, so the value is the generic loop's (of two
+    /// equal zeros, either sign may be returned, as in NumPy).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_extreme_f64<const MAX: bool>(x: &[f64]) -> f64 {
+        let mut acc = [_mm256_set1_pd(x[0]); 8];
+        let mut nan = _mm256_setzero_pd();
+        let mut chunks = x.chunks_exact(XL);
+        for c in &mut chunks {
+            // SAFETY: 4 f64 at 4k inside the chunk of XL.
+            let v: [__m256d; 8] =
+                std::array::from_fn(|k| unsafe { _mm256_loadu_pd(c.as_ptr().add(4 * k)) });
+            for k in 0..8 {
+                acc[k] = if MAX {
+                    _mm256_max_pd(v[k], acc[k])
+                } else {
+                    _mm256_min_pd(v[k], acc[k])
+                };
+            }
+            for k in 0..4 {
+                nan = _mm256_or_pd(nan, _mm256_cmp_pd::<_CMP_UNORD_Q>(v[2 * k], v[2 * k + 1]));
+            }
+        }
+        // the registers pairwise, then the lanes of the last one (a tree: no long serial chain)
+        let mut w = 4;
+        while w > 0 {
+            for k in 0..w {
+                acc[k] = if MAX {
+                    _mm256_max_pd(acc[k + w], acc[k])
+                } else {
+                    _mm256_min_pd(acc[k + w], acc[k])
+                };
+            }
+            w /= 2;
+        }
+        let mut a = [0.0f64; 4];
+        // SAFETY: 4 f64 inside `a`.
+        unsafe { _mm256_storeu_pd(a.as_mut_ptr(), acc[0]) };
+        let mut best = a.iter().fold(a[0], |b, &v| {
+            if super::better::<f64, MAX>(v, b) {
+                v
+            } else {
+                b
+            }
+        });
+        let mut any_nan = _mm256_movemask_pd(nan) != 0;
+        for &v in chunks.remainder() {
+            any_nan |= v.is_nan();
+            best = if super::better::<f64, MAX>(v, best) {
+                v
+            } else {
+                best
+            };
+        }
+        if any_nan {
+            f64::NAN
+        } else {
+            best
+        }
+    }
+
+    /// [`block_extreme_f64`] of f32 values (8 registers of 8 lanes).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_extreme_f32<const MAX: bool>(x: &[f32]) -> f32 {
+        let mut acc = [_mm256_set1_ps(x[0]); 8];
+        let mut nan = _mm256_setzero_ps();
+        let mut chunks = x.chunks_exact(2 * XL);
+        for c in &mut chunks {
+            // SAFETY: 8 f32 at 8k inside the chunk of 2 * XL.
+            let v: [__m256; 8] =
+                std::array::from_fn(|k| unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) });
+            for k in 0..8 {
+                acc[k] = if MAX {
+                    _mm256_max_ps(v[k], acc[k])
+                } else {
+                    _mm256_min_ps(v[k], acc[k])
+                };
+            }
+            for k in 0..4 {
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v[2 * k], v[2 * k + 1]));
+            }
+        }
+        // the registers pairwise, then the lanes of the last one (a tree: no long serial chain)
+        let mut w = 4;
+        while w > 0 {
+            for k in 0..w {
+                acc[k] = if MAX {
+                    _mm256_max_ps(acc[k + w], acc[k])
+                } else {
+                    _mm256_min_ps(acc[k + w], acc[k])
+                };
+            }
+            w /= 2;
+        }
+        let mut a = [0.0f32; 8];
+        // SAFETY: 8 f32 inside `a`.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), acc[0]) };
+        let mut best = a.iter().fold(a[0], |b, &v| {
+            if super::better::<f32, MAX>(v, b) {
+                v
+            } else {
+                b
+            }
+        });
+        let mut any_nan = _mm256_movemask_ps(nan) != 0;
+        for &v in chunks.remainder() {
+            any_nan |= v.is_nan();
+            best = if super::better::<f32, MAX>(v, best) {
+                v
+            } else {
+                best
+            };
+        }
+        if any_nan {
+            f32::NAN
+        } else {
+            best
+        }
+    }
 }
 
 /// Sum of a slice, as a compensated f64.
@@ -435,7 +566,7 @@ impl<T: Real, const MAX: bool> Kernel for Extreme<'_, T, MAX> {
         let x = self.0;
         let mut best = x[0];
         for b in x.chunks(BLOCK) {
-            let v = block_extreme::<T, MAX>(b);
+            let v = block_extreme::<T, MAX, M>(b);
             if v.is_nan() {
                 return T::NAN;
             }
@@ -461,10 +592,28 @@ const LE: usize = 16;
 
 /// The extreme of a non-empty block; NaN when the block holds a NaN. Each lane keeps
 /// `if better(v, acc) || v is NaN { v } else { acc }`, which sticks to NaN once it has seen one and compiles to
-/// compare + or + blend.
+/// compare + or + blend; the AVX2 copy runs explicit loops for f64 and f32 (see [`avx2`]).
+#[inline(always)]
+fn block_extreme<T: Real, const MAX: bool, M: Mode>(x: &[T]) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
+        if let Some(x) = same_type::<T, f64>(x) {
+            let r = unsafe { avx2::block_extreme_f64::<MAX>(x) };
+            return T::from_f64(r);
+        }
+        if let Some(x) = same_type::<T, f32>(x) {
+            let r = unsafe { avx2::block_extreme_f32::<MAX>(x) };
+            return T::from_f64(r as f64);
+        }
+    }
+    block_extreme_lanes::<T, MAX>(x)
+}
+
+/// [`block_extreme`] on lane arrays (the baseline copy, and element types without an explicit loop).
 #[inline(always)]
 #[allow(clippy::eq_op)]
-fn block_extreme<T: Real, const MAX: bool>(x: &[T]) -> T {
+fn block_extreme_lanes<T: Real, const MAX: bool>(x: &[T]) -> T {
     let mut acc = [x[0]; LE];
     let mut it = x.chunks_exact(LE);
     for c in &mut it {
@@ -523,7 +672,7 @@ impl<T: Real, const MAX: bool> Kernel for ArgExtreme<'_, T, MAX> {
         };
         let mut first = true;
         for (bi, b) in x.chunks(BLOCK).enumerate() {
-            let v = block_extreme::<T, MAX>(b);
+            let v = block_extreme::<T, MAX, M>(b);
             if v.is_nan() {
                 let p = b.iter().position(|v| v.is_nan()).unwrap_or(0);
                 part.nan_at = Some(offset + bi * BLOCK + p);
@@ -556,6 +705,36 @@ mod tests {
         let s = run(Sum(&x));
         let exact = 10_000_000.0 * (0.1f32 as f64);
         assert!((s - exact).abs() / exact < 1e-9, "{s} vs {exact}");
+    }
+
+    #[test]
+    fn avx2_extremes_equal_the_lane_loops() {
+        use crate::kernels::dispatch::Fused;
+        fn check<T: Real + std::fmt::Debug>(x: &[T]) {
+            let same = |a: T, b: T| (a.is_nan() && b.is_nan()) || a == b;
+            let (lo, hi) = (
+                block_extreme::<T, false, Fused>(x),
+                block_extreme::<T, true, Fused>(x),
+            );
+            assert!(same(lo, block_extreme_lanes::<T, false>(x)), "{x:?}");
+            assert!(same(hi, block_extreme_lanes::<T, true>(x)), "{x:?}");
+        }
+        for n in [1usize, 2, 31, 32, 33, 63, 64, 65, 100, 511, 512] {
+            let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 - 500.0).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            check(&x);
+            check(&xf);
+            // a NaN, an infinity and an extreme at every position, the chunk loops' and the remainder's
+            for at in 0..n {
+                for special in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1e300, 1e300] {
+                    let mut y = x.clone();
+                    y[at] = special;
+                    let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+                    check(&y);
+                    check(&yf);
+                }
+            }
+        }
     }
 
     #[test]
