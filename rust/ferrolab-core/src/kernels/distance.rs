@@ -263,10 +263,16 @@ pub fn cdist_into<T: GemmElem>(
     Ok(())
 }
 
-/// Finishes the rows of `out` (m x n, C order) in parallel with `f(i, row)`.
-fn rows_par<T: Real>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+/// Finishes the rows of `out` (m x n, C order) with `f(i, row)`: in parallel, or on this thread when `serial`.
+fn rows_par<T: Real>(
+    out: &mut [T],
+    n: usize,
+    serial: bool,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     let m = out.len() / n;
-    maybe_parallel(out.len(), 1 << 15, |par| {
+    let min = if serial { usize::MAX } else { 1 << 15 };
+    maybe_parallel(out.len(), min, |par| {
         if par {
             // a few rows per task: enough to amortise the task, small enough to balance
             let rows = (m / (8 * rayon::current_num_threads())).clamp(1, 64);
@@ -283,10 +289,23 @@ fn rows_par<T: Real>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync
     });
 }
 
-/// `a @ b.T` (m x k times (n x k).T) scaled by `alpha`, into `out` (m x n, C order), on the `gemm` crate's
-/// kernels in ferrolab's pool: the pool that runs the fix-up pass right after (a BLAS with its own threads
-/// would compete with it for the cores; per core the two are as fast on these shapes).
-fn gram<T: GemmElem>(a: &[T], b: &[T], (m, n, k): (usize, usize, usize), alpha: T, out: &mut [T]) {
+/// Outputs up to this many elements take the product from the BLAS NumPy loaded (when one is in use) and the
+/// fix-up on the calling thread; larger ones the `gemm` crate's kernels in ferrolab's pool and a parallel fix-up.
+/// A BLAS's threads keep spinning for a while after each call, so a parallel pass right after it would compete
+/// with them for the cores; for a small output the serial fix-up is cheap and the BLAS product faster
+/// (2048x128x64: 1.4-1.8x faster in all), for a large one the parallel fix-up pays (2000x2000x64: up to 1.4x
+/// slower the other way).
+const BLAS_OUT_MAX: usize = 1 << 19;
+
+/// `a @ b.T` (m x k times (n x k).T) scaled by `alpha`, into `out` (m x n, C order): see [`BLAS_OUT_MAX`] for
+/// where it runs. `true` when it ran on the BLAS (the fix-up then stays on this thread).
+fn gram<T: GemmElem>(
+    a: &[T],
+    b: &[T],
+    (m, n, k): (usize, usize, usize),
+    alpha: T,
+    out: &mut [T],
+) -> bool {
     let (ks, ns) = (k as isize, n as isize);
     // SAFETY: a is m x k and b is n x k in C order, out is a separate m x n C-order buffer, all dimensions > 0.
     unsafe {
@@ -296,7 +315,7 @@ fn gram<T: GemmElem>(a: &[T], b: &[T], (m, n, k): (usize, usize, usize), alpha: 
             (a.as_ptr(), ks, 1),
             (b.as_ptr(), 1, ks),
             alpha,
-            false,
+            m * n <= BLAS_OUT_MAX,
         )
     }
 }
@@ -342,11 +361,11 @@ fn euclidean_gemm<T: GemmElem>(
         return Ok(false);
     }
     drop(mean);
-    gram(&ac, &bc, (m, n, k), T::from_f64(-2.0), out);
+    let serial = gram(&ac, &bc, (m, n, k), T::from_f64(-2.0), out);
     drop((ac, bc));
     let tau = T::from_f64(TAU[usize::from(T::EPSILON.to_f64() > 1e-10)]);
     let sqrt = metric == Metric::Euclidean;
-    rows_par(out, n, |i, o| {
+    rows_par(out, n, serial, |i, o| {
         dispatch(EuclidFix {
             x: &ad[i * k..(i + 1) * k],
             b: bd,
@@ -370,10 +389,10 @@ fn cosine_gemm<T: GemmElem>(
     bn: &[T],
     out: &mut [T],
 ) {
-    gram(ad, bd, (m, n, k), T::ONE, out);
+    let serial = gram(ad, bd, (m, n, k), T::ONE, out);
     // entries closer to 0 than the product's error are recomputed directly
     let small = cosine_small::<T>(k);
-    rows_par(out, n, |i, o| {
+    rows_par(out, n, serial, |i, o| {
         dispatch(CosFix {
             x: &ad[i * k..(i + 1) * k],
             b: bd,

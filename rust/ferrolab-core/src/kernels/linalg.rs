@@ -84,7 +84,7 @@ pub fn matmul<T: GemmElem>(
 /// `c = alpha * a @ b` for `a` (m x k), `b` (k x n), `c` (m x n), each given as (pointer, row stride, column
 /// stride) in elements, all dimensions > 0: through the loaded BLAS when `use_blas`, there is one and the
 /// strides suit it (called here, on this thread, never inside the pool), else through the `gemm` crate on the
-/// pool.
+/// pool. `true` when the BLAS computed it.
 ///
 /// # Safety
 /// The pointers and strides describe live matrices of those shapes; `c` aliases neither input and its old
@@ -96,7 +96,7 @@ pub(crate) unsafe fn product<T: GemmElem>(
     (bp, brs, bcs): (*const T, isize, isize),
     alpha: T,
     use_blas: bool,
-) {
+) -> bool {
     let (cm, am, bm) = (
         Mat::new(m, n, crs, ccs),
         Mat::new(m, k, ars, acs),
@@ -104,7 +104,7 @@ pub(crate) unsafe fn product<T: GemmElem>(
     );
     // SAFETY: forwarded from the caller.
     if use_blas && unsafe { blas::gemm(cm, cp, am, ap, bm, bp, alpha) } {
-        return;
+        return true;
     }
     // the pool, when the product is large enough and the pool's threads could be started
     let pool = if m.saturating_mul(n).saturating_mul(k) >= 64 * 64 * 64 {
@@ -149,6 +149,7 @@ pub(crate) unsafe fn product<T: GemmElem>(
         Some(p) => p.install(run),
         None => run(),
     }
+    false
 }
 
 #[cfg(test)]
