@@ -201,6 +201,107 @@ pub fn normalize_root(p: &Path) -> BResult<PathBuf> {
     }
 }
 
+/// One entry the walk found: its absolute path and metadata, a symlink's target (or why it could not be read),
+/// a directory's entries in byte order of their names, and the warnings its directory listing gave.
+struct Node {
+    path: PathBuf,
+    md: std::fs::Metadata,
+    target: Option<std::io::Result<PathBuf>>,
+    children: Vec<Node>,
+    warnings: Vec<String>,
+}
+
+/// Directories this deep are walked on one thread, without recursion (a tree may be thousands of levels deep).
+const PAR_DEPTH: usize = 32;
+
+/// A node for `path` without its entries (a symlink's target read).
+fn leaf(path: PathBuf, md: std::fs::Metadata) -> Node {
+    Node {
+        target: md
+            .file_type()
+            .is_symlink()
+            .then(|| std::fs::read_link(&path)),
+        path,
+        md,
+        children: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+/// The entries of directory `node` that `exclude` keeps, with their metadata, in byte order of their names; what
+/// cannot be listed or stat-ed becomes a warning of `node` (an entry gone meanwhile is skipped silently). Each
+/// entry is stat-ed relative to the open directory (`DirEntry::metadata`): no path lookup from the root.
+fn list(node: &mut Node, exclude: &[String]) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let rd = match std::fs::read_dir(&node.path) {
+        Ok(rd) => rd,
+        Err(e) => {
+            node.warnings.push(format!("{}: {e}", node.path.display()));
+            return Vec::new();
+        }
+    };
+    let mut entries = Vec::new();
+    for ent in rd {
+        let ent = match ent {
+            Ok(ent) => ent,
+            Err(e) => {
+                node.warnings.push(format!("{}: {e}", node.path.display()));
+                continue;
+            }
+        };
+        let c = ent.path();
+        if excluded(exclude, &c) {
+            continue;
+        }
+        match ent.metadata() {
+            Ok(m) => entries.push((c, m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => node.warnings.push(format!("{}: {e}", c.display())),
+        }
+    }
+    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    entries
+}
+
+/// The tree below `path` (whose metadata is `md`, at `depth` below the root). Sibling directories are listed in
+/// parallel on the current pool (the listing is mostly system calls, so a wide tree walks up to a core's count
+/// times faster); from [`PAR_DEPTH`] down a subtree is listed on this thread into a flat list of entries in
+/// snapshot order. Every node keeps its own sorted entries and warnings, so the result does not depend on the
+/// scheduling.
+fn scan(path: PathBuf, md: std::fs::Metadata, exclude: &[String], depth: usize) -> Node {
+    let mut node = leaf(path, md);
+    if !node.md.file_type().is_dir() {
+        return node;
+    }
+    let entries = list(&mut node, exclude);
+    if depth >= PAR_DEPTH {
+        let mut stack: Vec<_> = entries.into_iter().rev().collect();
+        while let Some((c, m)) = stack.pop() {
+            let mut n = leaf(c, m);
+            if n.md.file_type().is_dir() {
+                stack.extend(list(&mut n, exclude).into_iter().rev());
+            }
+            node.children.push(n);
+        }
+        return node;
+    }
+    let dirs = entries.iter().filter(|e| e.1.file_type().is_dir()).count();
+    node.children = if dirs > 1 {
+        use rayon::prelude::*;
+        entries
+            .into_par_iter()
+            .map(|(c, m)| scan(c, m, exclude, depth + 1))
+            .collect()
+    } else {
+        entries
+            .into_iter()
+            .map(|(c, m)| scan(c, m, exclude, depth + 1))
+            .collect()
+    };
+    node
+}
+
+/// The items of the tree at `root` in the snapshot's order (a directory before its entries, entries in byte
+/// order of their names), their absolute paths, and warnings for what could not be read (skipped, as before).
 fn walk(
     root: &Path,
     exclude: &[String],
@@ -210,48 +311,25 @@ fn walk(
 ) -> BResult<()> {
     let md = std::fs::symlink_metadata(root)
         .map_err(|e| CoreError::io(format!("backup: path {}", root.display()), e))?;
-    let mut stack: Vec<(PathBuf, std::fs::Metadata)> = vec![(root.to_path_buf(), md)];
-    while let Some((path, md)) = stack.pop() {
-        let mut it = item_from(&path, &md);
-        if it.kind == Kind::Symlink {
-            match std::fs::read_link(&path) {
-                Ok(t) => it.target = t.as_os_str().as_bytes().to_vec(),
-                Err(e) => {
-                    warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
+    let tree = match crate::kernels::dispatch::pool() {
+        Some(p) => p.install(|| scan(root.to_path_buf(), md, exclude, 0)),
+        None => scan(root.to_path_buf(), md, exclude, 0),
+    };
+    let mut stack = vec![tree];
+    while let Some(node) = stack.pop() {
+        let mut it = item_from(&node.path, &node.md);
+        match node.target {
+            Some(Ok(t)) => it.target = t.as_os_str().as_bytes().to_vec(),
+            Some(Err(e)) => {
+                warnings.push(format!("{}: {e}", node.path.display()));
+                continue;
             }
+            None => {}
         }
-        let is_dir = it.kind == Kind::Dir;
         items.push(it);
-        abs_paths.push(path.clone());
-        if is_dir {
-            let rd = match std::fs::read_dir(&path) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
-            };
-            let mut children = Vec::new();
-            for ent in rd {
-                match ent {
-                    Ok(ent) => children.push(ent.path()),
-                    Err(e) => warnings.push(format!("{}: {e}", path.display())),
-                }
-            }
-            children.sort_by(|a, b| b.as_os_str().as_bytes().cmp(a.as_os_str().as_bytes()));
-            for c in children {
-                if excluded(exclude, &c) {
-                    continue;
-                }
-                match std::fs::symlink_metadata(&c) {
-                    Ok(m) => stack.push((c, m)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => warnings.push(format!("{}: {e}", c.display())),
-                }
-            }
-        }
+        abs_paths.push(node.path);
+        warnings.extend(node.warnings);
+        stack.extend(node.children.into_iter().rev());
     }
     Ok(())
 }
@@ -578,6 +656,27 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     let (root_strs, root_hex) = Snapshot::encode_roots(&root_bytes);
     let host = opts.host.clone().unwrap_or_else(hostname);
 
+    // walk the trees on another thread while the index and the parent snapshot load
+    if !progress(ProgressInfo {
+        phase: "scan",
+        ..Default::default()
+    }) {
+        return Err(crate::backup::repo::cancelled("backup"));
+    }
+    let walker = {
+        let (roots, exclude) = (roots.clone(), opts.exclude.clone());
+        std::thread::Builder::new()
+            .name("ferrolab-walk".into())
+            .spawn(move || -> BResult<_> {
+                let (mut items, mut abs, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
+                for r in &roots {
+                    walk(r, &exclude, &mut items, &mut abs, &mut warnings)?;
+                }
+                Ok((items, abs, warnings))
+            })
+            .map_err(|e| CoreError::io("backup: start the tree walk", e))?
+    };
+
     // index (+ packs of interrupted runs)
     let (idx, _bad, recovered) = repo.load_index()?;
     if !recovered.is_empty() {
@@ -602,19 +701,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         None => HashMap::new(),
     };
 
-    // walk
-    if !progress(ProgressInfo {
-        phase: "scan",
-        ..Default::default()
-    }) {
-        return Err(crate::backup::repo::cancelled("backup"));
-    }
-    let mut items = Vec::new();
-    let mut abs = Vec::new();
-    let mut warnings = Vec::new();
-    for r in &roots {
-        walk(r, &opts.exclude, &mut items, &mut abs, &mut warnings)?;
-    }
+    // the walk's result (it ran while the index and the parent were loaded)
+    let (mut items, abs, mut warnings) = walker
+        .join()
+        .unwrap_or_else(|_| Err(CoreError::internal("backup", "the tree walk panicked")))?;
     let mut to_read: Vec<(u32, PathBuf)> = Vec::new();
     let mut total_bytes = 0u64;
     let mut done_bytes = 0u64;
@@ -854,7 +944,85 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{excluded, glob_match, walk};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    /// The walk as it was before it ran in parallel: one thread, a stack, `lstat` by full path.
+    fn serial_walk(root: &Path, exclude: &[String]) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let target = if md.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            } else {
+                Vec::new()
+            };
+            out.push((p.clone(), target));
+            if md.is_dir() {
+                let mut kids: Vec<PathBuf> = std::fs::read_dir(&p)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|c| !excluded(exclude, c))
+                    .collect();
+                kids.sort_by(|a, b| b.as_os_str().as_bytes().cmp(a.as_os_str().as_bytes()));
+                stack.extend(kids);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_parallel_walk_lists_a_deep_wide_tree_in_snapshot_order() {
+        let root = std::env::temp_dir().join(format!(
+            "ferrolab-walk-test-{}",
+            &crate::backup::crypto::random_id()[..16]
+        ));
+        // wide near the root (parallel), and one chain deeper than PAR_DEPTH (walked serially below it)
+        for i in 0..12 {
+            for j in 0..5 {
+                let d = root.join(format!("d{i:02}")).join(format!("e{j}"));
+                std::fs::create_dir_all(&d).unwrap();
+                for k in 0..4 {
+                    std::fs::write(d.join(format!("f{k}.txt")), b"x").unwrap();
+                }
+                std::fs::write(d.join("skip.tmp"), b"x").unwrap();
+            }
+            std::os::unix::fs::symlink("../elsewhere", root.join(format!("d{i:02}/link"))).unwrap();
+        }
+        let mut deep = root.join("deep");
+        for level in 0..(super::PAR_DEPTH + 9) {
+            deep = deep.join(format!("l{level}"));
+            std::fs::create_dir_all(&deep).unwrap();
+            std::fs::write(deep.join("a"), b"y").unwrap();
+            std::fs::create_dir_all(deep.join("side")).unwrap();
+        }
+        let exclude = vec!["*.tmp".to_string()];
+        let (mut items, mut abs, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
+        let walked = match crate::kernels::dispatch::pool() {
+            Some(p) => p.install(|| walk(&root, &exclude, &mut items, &mut abs, &mut warnings)),
+            None => walk(&root, &exclude, &mut items, &mut abs, &mut warnings),
+        };
+        let want = serial_walk(&root, &exclude);
+        std::fs::remove_dir_all(&root).unwrap();
+        walked.unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(abs, want.iter().map(|w| w.0.clone()).collect::<Vec<_>>());
+        let targets: Vec<Vec<u8>> = items.iter().map(|i| i.target.clone()).collect();
+        assert_eq!(
+            targets,
+            want.iter().map(|w| w.1.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            items.len(),
+            1 + 12 * (1 + 5 * 5 + 1) + 1 + 3 * (super::PAR_DEPTH + 9)
+        );
+    }
 
     #[test]
     fn globs() {
