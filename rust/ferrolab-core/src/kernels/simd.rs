@@ -254,136 +254,71 @@ mod avx2 {
         tree(acc)
     }
 
-    /// Lanes (f64) of the explicit extreme loops: 8 registers, enough to hide the latency of `minpd`.
-    const XL: usize = 32;
-
-    /// [`super::block_extreme`] of f64 values: one `minpd`/`maxpd` per vector on each of 8 accumulators
-    /// (`min(v, acc)` is `v < acc ? v : acc`, the generic loop's select), and one unordered compare per pair of
-    /// vectors, OR-ed into a NaN mask off the accumulators' dependency chains; NaN when the block holds one. The
-    /// accumulators are combined as a tree. Min and max round nothing, so the value is the generic loop's (of two
-    /// equal zeros, either sign may be returned, as in NumPy).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_extreme_f64<const MAX: bool>(x: &[f64]) -> f64 {
-        let mut acc = [_mm256_set1_pd(x[0]); 8];
-        let mut nan = _mm256_setzero_pd();
-        let mut chunks = x.chunks_exact(XL);
-        for c in &mut chunks {
-            // SAFETY: 4 f64 at 4k inside the chunk of XL.
-            let v: [__m256d; 8] =
-                std::array::from_fn(|k| unsafe { _mm256_loadu_pd(c.as_ptr().add(4 * k)) });
-            for k in 0..8 {
-                acc[k] = if MAX {
-                    _mm256_max_pd(v[k], acc[k])
+    /// The explicit extreme loops, one per element type: `$w` lanes per register, 8 registers.
+    macro_rules! block_extreme {
+        ($(#[$doc:meta])* $name:ident, $t:ty, $v:ty, $w:literal, $set1:ident, $zero:ident, $load:ident,
+         $store:ident, $min:ident, $max:ident, $cmp:ident, $or:ident, $mask:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name<const MAX: bool>(x: &[$t]) -> $t {
+                let pick = |v: $v, acc: $v| if MAX { $max(v, acc) } else { $min(v, acc) };
+                let better = |v: $t, b: $t| super::better::<$t, MAX>(v, b);
+                let mut acc = [$set1(x[0]); 8];
+                let mut nan = $zero();
+                let mut chunks = x.chunks_exact(8 * $w);
+                for c in &mut chunks {
+                    // SAFETY: $w values at $w * k inside the chunk of 8 * $w.
+                    let v: [$v; 8] = std::array::from_fn(|k| unsafe { $load(c.as_ptr().add($w * k)) });
+                    for k in 0..8 {
+                        acc[k] = pick(v[k], acc[k]);
+                    }
+                    for k in 0..4 {
+                        nan = $or(nan, $cmp::<_CMP_UNORD_Q>(v[2 * k], v[2 * k + 1]));
+                    }
+                }
+                // the registers pairwise, then the lanes of the last one (a tree: no long serial chain)
+                let mut w = 4;
+                while w > 0 {
+                    for k in 0..w {
+                        acc[k] = pick(acc[k + w], acc[k]);
+                    }
+                    w /= 2;
+                }
+                let mut a = [0.0 as $t; $w];
+                // SAFETY: $w values inside `a`.
+                unsafe { $store(a.as_mut_ptr(), acc[0]) };
+                let mut best = a.iter().fold(a[0], |b, &v| if better(v, b) { v } else { b });
+                let mut any_nan = $mask(nan) != 0;
+                for &v in chunks.remainder() {
+                    any_nan |= v.is_nan();
+                    best = if better(v, best) { v } else { best };
+                }
+                if any_nan {
+                    <$t>::NAN
                 } else {
-                    _mm256_min_pd(v[k], acc[k])
-                };
+                    best
+                }
             }
-            for k in 0..4 {
-                nan = _mm256_or_pd(nan, _mm256_cmp_pd::<_CMP_UNORD_Q>(v[2 * k], v[2 * k + 1]));
-            }
-        }
-        // the registers pairwise, then the lanes of the last one (a tree: no long serial chain)
-        let mut w = 4;
-        while w > 0 {
-            for k in 0..w {
-                acc[k] = if MAX {
-                    _mm256_max_pd(acc[k + w], acc[k])
-                } else {
-                    _mm256_min_pd(acc[k + w], acc[k])
-                };
-            }
-            w /= 2;
-        }
-        let mut a = [0.0f64; 4];
-        // SAFETY: 4 f64 inside `a`.
-        unsafe { _mm256_storeu_pd(a.as_mut_ptr(), acc[0]) };
-        let mut best = a.iter().fold(a[0], |b, &v| {
-            if super::better::<f64, MAX>(v, b) {
-                v
-            } else {
-                b
-            }
-        });
-        let mut any_nan = _mm256_movemask_pd(nan) != 0;
-        for &v in chunks.remainder() {
-            any_nan |= v.is_nan();
-            best = if super::better::<f64, MAX>(v, best) {
-                v
-            } else {
-                best
-            };
-        }
-        if any_nan {
-            f64::NAN
-        } else {
-            best
-        }
+        };
     }
 
-    /// [`block_extreme_f64`] of f32 values (8 registers of 8 lanes).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_extreme_f32<const MAX: bool>(x: &[f32]) -> f32 {
-        let mut acc = [_mm256_set1_ps(x[0]); 8];
-        let mut nan = _mm256_setzero_ps();
-        let mut chunks = x.chunks_exact(2 * XL);
-        for c in &mut chunks {
-            // SAFETY: 8 f32 at 8k inside the chunk of 2 * XL.
-            let v: [__m256; 8] =
-                std::array::from_fn(|k| unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) });
-            for k in 0..8 {
-                acc[k] = if MAX {
-                    _mm256_max_ps(v[k], acc[k])
-                } else {
-                    _mm256_min_ps(v[k], acc[k])
-                };
-            }
-            for k in 0..4 {
-                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v[2 * k], v[2 * k + 1]));
-            }
-        }
-        // the registers pairwise, then the lanes of the last one (a tree: no long serial chain)
-        let mut w = 4;
-        while w > 0 {
-            for k in 0..w {
-                acc[k] = if MAX {
-                    _mm256_max_ps(acc[k + w], acc[k])
-                } else {
-                    _mm256_min_ps(acc[k + w], acc[k])
-                };
-            }
-            w /= 2;
-        }
-        let mut a = [0.0f32; 8];
-        // SAFETY: 8 f32 inside `a`.
-        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), acc[0]) };
-        let mut best = a.iter().fold(a[0], |b, &v| {
-            if super::better::<f32, MAX>(v, b) {
-                v
-            } else {
-                b
-            }
-        });
-        let mut any_nan = _mm256_movemask_ps(nan) != 0;
-        for &v in chunks.remainder() {
-            any_nan |= v.is_nan();
-            best = if super::better::<f32, MAX>(v, best) {
-                v
-            } else {
-                best
-            };
-        }
-        if any_nan {
-            f32::NAN
-        } else {
-            best
-        }
-    }
+    block_extreme!(
+        /// [`super::block_extreme`] of f64 values: one `minpd`/`maxpd` per vector on each of 8 accumulators
+        /// (`min(v, acc)` is `v < acc ? v : acc`, the generic loop's select), and one unordered compare per pair
+        /// of vectors, OR-ed into a NaN mask off the accumulators' dependency chains; NaN when the block holds
+        /// one. The accumulators are combined as a tree. Min and max round nothing, so the value is the generic
+        /// loop's (of two equal zeros, either sign may be returned, as in NumPy).
+        block_extreme_f64, f64, __m256d, 4, _mm256_set1_pd, _mm256_setzero_pd, _mm256_loadu_pd,
+        _mm256_storeu_pd, _mm256_min_pd, _mm256_max_pd, _mm256_cmp_pd, _mm256_or_pd, _mm256_movemask_pd
+    );
+    block_extreme!(
+        /// [`block_extreme_f64`] of f32 values (8 registers of 8 lanes).
+        block_extreme_f32, f32, __m256, 8, _mm256_set1_ps, _mm256_setzero_ps, _mm256_loadu_ps,
+        _mm256_storeu_ps, _mm256_min_ps, _mm256_max_ps, _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps
+    );
 }
 
 /// Sum of a slice, as a compensated f64.
