@@ -217,8 +217,10 @@ pub fn cdist_into<T: GemmElem>(
             return Ok(vec![]);
         }
         let norm = |i: usize| {
-            let r = &d[i * k..(i + 1) * k];
-            r.iter().fold(T::ZERO, |s, &v| s + v * v).sqrt()
+            dispatch(SqNorm {
+                x: &d[i * k..(i + 1) * k],
+            })
+            .sqrt()
         };
         alloc::collect(
             "cdist",
