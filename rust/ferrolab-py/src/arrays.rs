@@ -25,32 +25,48 @@ pub fn type_name<T>() -> &'static str {
 /// A Python object argument or result.
 pub type Obj<'py> = Bound<'py, PyAny>;
 
-/// An ndarray of native-order float64 or float32 (any subclass of `ndarray`), for the fast paths.
-pub enum FloatArray<'a, 'py> {
-    F64(&'a Bound<'py, PyArrayDyn<f64>>),
-    F32(&'a Bound<'py, PyArrayDyn<f32>>),
+/// The element types the kernels take as they are (native byte order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeKind {
+    F64,
+    F32,
+    I64,
 }
 
-/// `x` as a [`FloatArray`], told apart by its descriptor's type number and byte order: one check instead of
-/// NumPy's type-equivalence call for each candidate dtype. `None` for anything else.
+/// The native element type of ndarray `x` (any subclass of `ndarray`), read from its descriptor's kind, item
+/// size and byte order: one check instead of NumPy's type-equivalence call for each candidate dtype (the same
+/// arrays it accepts: `int64` whether NumPy calls it `long` or `longlong`). `None` for anything else.
 #[inline]
-pub fn float_array<'a, 'py>(x: &'a Obj<'py>) -> Option<FloatArray<'a, 'py>> {
-    use numpy::npyffi::NPY_TYPES;
-    let a = x.cast::<PyUntypedArray>().ok()?;
-    let d = a.dtype();
+pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
+    let d = x.cast::<PyUntypedArray>().ok()?.dtype();
     if d.is_native_byteorder() == Some(false) {
         return None;
     }
-    let num = d.num();
-    // SAFETY (both): `x` is an ndarray (the cast above) whose elements are native float64 (float32), which is
-    // all the typed array's type check requires of a dynamic-dimensional array.
-    if num == NPY_TYPES::NPY_DOUBLE as std::os::raw::c_int {
-        Some(FloatArray::F64(unsafe { x.cast_unchecked() }))
-    } else if num == NPY_TYPES::NPY_FLOAT as std::os::raw::c_int {
-        Some(FloatArray::F32(unsafe { x.cast_unchecked() }))
-    } else {
-        None
+    match (d.kind(), d.itemsize()) {
+        (b'f', 8) => Some(NativeKind::F64),
+        (b'f', 4) => Some(NativeKind::F32),
+        (b'i', 8) => Some(NativeKind::I64),
+        _ => None,
     }
+}
+
+/// A native ndarray, typed.
+pub enum NativeArray<'a, 'py> {
+    F64(&'a Bound<'py, PyArrayDyn<f64>>),
+    F32(&'a Bound<'py, PyArrayDyn<f32>>),
+    I64(&'a Bound<'py, PyArrayDyn<i64>>),
+}
+
+/// `x` as a [`NativeArray`] (see [`native_kind`]).
+#[inline]
+pub fn native_array<'a, 'py>(x: &'a Obj<'py>) -> Option<NativeArray<'a, 'py>> {
+    // SAFETY (all three): `x` is an ndarray whose elements are of the native type named (native_kind checked
+    // both), which is all the typed array's type check requires of a dynamic-dimensional array.
+    Some(match native_kind(x)? {
+        NativeKind::F64 => NativeArray::F64(unsafe { x.cast_unchecked() }),
+        NativeKind::F32 => NativeArray::F32(unsafe { x.cast_unchecked() }),
+        NativeKind::I64 => NativeArray::I64(unsafe { x.cast_unchecked() }),
+    })
 }
 
 /// The elements of a contiguous array (C-contiguous when `c_only`) as one slice; `None` for other layouts.
@@ -151,16 +167,11 @@ impl Kind {
 }
 
 fn borrow<'py>(obj: &Obj<'py>) -> Option<In<'py>> {
-    if let Ok(a) = obj.cast::<PyArrayDyn<f64>>() {
-        return Some(In::F64(Ro(a.clone())));
-    }
-    if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
-        return Some(In::F32(Ro(a.clone())));
-    }
-    if let Ok(a) = obj.cast::<PyArrayDyn<i64>>() {
-        return Some(In::I64(Ro(a.clone())));
-    }
-    None
+    Some(match native_array(obj)? {
+        NativeArray::F64(a) => In::F64(Ro(a.clone())),
+        NativeArray::F32(a) => In::F32(Ro(a.clone())),
+        NativeArray::I64(a) => In::I64(Ro(a.clone())),
+    })
 }
 
 static PREPARE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -5,8 +5,9 @@
 //! the test suite runs through `ferrolab.ops.__test__`).
 
 use crate::arrays::{
-    alias, check_device, copy_into, finish, flat_slice, float_array, new_array, opt_out, take,
-    take_out, to_py, Alias, FloatArray, In, Kind, Obj, Prepared, Ro, ToNumpy,
+    alias, check_device, copy_into, finish, flat_slice, native_array, native_kind, new_array,
+    opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray, NativeKind, Obj, Prepared, Ro,
+    ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
@@ -231,9 +232,10 @@ fn flat_fast<'py>(
     if axis.is_some() {
         return None;
     }
-    match float_array(x)? {
-        FloatArray::F64(a) => typed(py, op, a, ddof),
-        FloatArray::F32(a) => typed(py, op, a, ddof),
+    match native_array(x)? {
+        NativeArray::F64(a) => typed(py, op, a, ddof),
+        NativeArray::F32(a) => typed(py, op, a, ddof),
+        NativeArray::I64(_) => None,
     }
 }
 
@@ -463,9 +465,9 @@ moment! {
 #[pyo3(signature = (x, y, *, device="cpu"))]
 pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> PyResult<Obj<'py>> {
     boundary(Op::Dot, device, || {
-        let small = match (float_array(x), float_array(y)) {
-            (Some(FloatArray::F64(a)), Some(FloatArray::F64(b))) => dot_small(py, a, b),
-            (Some(FloatArray::F32(a)), Some(FloatArray::F32(b))) => dot_small(py, a, b),
+        let small = match (native_array(x), native_array(y)) {
+            (Some(NativeArray::F64(a)), Some(NativeArray::F64(b))) => dot_small(py, a, b),
+            (Some(NativeArray::F32(a)), Some(NativeArray::F32(b))) => dot_small(py, a, b),
             _ => None,
         };
         if let Some(r) = small {
@@ -539,19 +541,22 @@ fn elementwise<'py>(
     // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
     // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
     // NumPy's result-type rules in `_coerce.prepare_elementwise`
-    let all = |f: fn(&Obj<'py>) -> bool| arrays.iter().all(|a| f(a));
     let plain_int = |s: &Obj<'py>| s.is_exact_instance_of::<PyInt>();
     let plain_num = |s: &Obj<'py>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
+    // the one native dtype of all arrays (`Some(None)` without arrays), `None` when they have none in common
+    let kinds: Option<Vec<NativeKind>> = arrays.iter().map(|a| native_kind(a)).collect();
+    let common = kinds.and_then(|k| {
+        k.windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| k.first().copied())
+    });
     // (an int beyond int64 takes NumPy's rules: out-of-range clip bounds are ignored or raise OverflowError)
-    let fast = if all(|a| a.cast::<PyArrayDyn<f64>>().is_ok())
-        || all(|a| a.cast::<PyArrayDyn<f32>>().is_ok())
-    {
-        scalars.iter().all(|(_, s)| s.is_none() || plain_num(s))
-    } else {
-        all(|a| a.cast::<PyArrayDyn<i64>>().is_ok())
-            && scalars
-                .iter()
-                .all(|(_, s)| s.is_none() || (plain_int(s) && s.extract::<i64>().is_ok()))
+    let fast = match common {
+        Some(Some(NativeKind::I64)) => scalars
+            .iter()
+            .all(|(_, s)| s.is_none() || (plain_int(s) && s.extract::<i64>().is_ok())),
+        Some(_) => scalars.iter().all(|(_, s)| s.is_none() || plain_num(s)),
+        None => false,
     };
     // exact aliasing of out with an input: compute in place; partial overlap: compute fresh, then copy
     let mut same = vec![false; arrays.len()];

@@ -1004,10 +1004,7 @@ mod tests {
         }
         let exclude = vec!["*.tmp".to_string()];
         let (mut items, mut abs, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
-        let walked = match crate::kernels::dispatch::pool() {
-            Some(p) => p.install(|| walk(&root, &exclude, &mut items, &mut abs, &mut warnings)),
-            None => walk(&root, &exclude, &mut items, &mut abs, &mut warnings),
-        };
+        let walked = walk(&root, &exclude, &mut items, &mut abs, &mut warnings);
         let want = serial_walk(&root, &exclude);
         std::fs::remove_dir_all(&root).unwrap();
         walked.unwrap();
