@@ -169,27 +169,47 @@ mod avx2 {
         a
     }
 
-    /// [`super::block_sum_lanes`] of f32 values.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    /// The f64 sum of `x - shift` (in f32) of f32 values, with `SHIFT` (else of `x`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_sum_f32(x: &[f32]) -> f64 {
+    #[inline]
+    fn sum_f32<const SHIFT: bool>(x: &[f32], shift: f32) -> f64 {
         let mut acc = [_mm256_setzero_pd(); 8];
+        let s = _mm_set1_ps(shift);
         let mut chunks = x.chunks_exact(L);
         for c in &mut chunks {
             for (k, a) in acc.iter_mut().enumerate() {
                 // SAFETY: 4 f32 at 4k inside the chunk of L.
-                let v = unsafe { _mm_loadu_ps(c.as_ptr().add(4 * k)) };
+                let mut v = unsafe { _mm_loadu_ps(c.as_ptr().add(4 * k)) };
+                if SHIFT {
+                    v = _mm_sub_ps(v, s);
+                }
                 *a = _mm256_add_pd(*a, _mm256_cvtps_pd(v));
             }
         }
         // SAFETY: this function runs only on a CPU with AVX2, which `lanes` needs.
         let mut a = unsafe { lanes(&acc) };
         for (i, &v) in chunks.remainder().iter().enumerate() {
-            a[i] += v as f64;
+            a[i] += if SHIFT { v - shift } else { v } as f64;
         }
         tree(a)
+    }
+
+    /// [`super::block_sum_lanes`] of f32 values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block_sum_f32(x: &[f32]) -> f64 {
+        sum_f32::<false>(x, 0.0)
+    }
+
+    /// [`super::shifted_sum_lanes`] of f32 values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn shifted_sum_f32(x: &[f32], shift: f32) -> f64 {
+        sum_f32::<true>(x, shift)
     }
 
     /// [`super::block_dot_lanes`] of f64 values, fused.
@@ -425,16 +445,21 @@ impl Moments {
     }
 }
 
-/// Moments of one block of `x - k` by the corrected two-pass algorithm (the block stays in L1 between the
-/// passes): the block mean comes from an f64 sum, deviations from it are small and accumulate in the input
-/// precision, and the correction term `d` restores the exact block mean.
+/// The f64 sum of `x - k` (subtracted in the input precision).
 #[inline(always)]
-fn block_moments<T: Real, M: Mode>(x: &[T], k: T) -> Moments {
-    let n = x.len();
-    if n == 0 {
-        return Moments::default();
+fn shifted_sum<T: Real, M: Mode>(x: &[T], k: T) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        if let Some(x) = same_type::<T, f32>(x) {
+            // SAFETY: the CPU has AVX2 and FMA (use_avx2). `k` is an f32 (exact through f64).
+            return unsafe { avx2::shifted_sum_f32(x, k.to_f64() as f32) };
+        }
     }
-    let nf = n as f64;
+    shifted_sum_lanes(x, k)
+}
+
+#[inline(always)]
+fn shifted_sum_lanes<T: Real>(x: &[T], k: T) -> f64 {
     let mut acc = [0.0f64; L];
     let mut it = x.chunks_exact(L);
     for c in &mut it {
@@ -445,7 +470,20 @@ fn block_moments<T: Real, M: Mode>(x: &[T], k: T) -> Moments {
     for (i, &v) in it.remainder().iter().enumerate() {
         acc[i] += (v - k).to_f64();
     }
-    let mb = T::from_f64(tree(acc) / nf);
+    tree(acc)
+}
+
+/// Moments of one block of `x - k` by the corrected two-pass algorithm (the block stays in L1 between the
+/// passes): the block mean comes from an f64 sum, deviations from it are small and accumulate in the input
+/// precision, and the correction term `d` restores the exact block mean.
+#[inline(always)]
+fn block_moments<T: Real, M: Mode>(x: &[T], k: T) -> Moments {
+    let n = x.len();
+    if n == 0 {
+        return Moments::default();
+    }
+    let nf = n as f64;
+    let mb = T::from_f64(shifted_sum::<T, M>(x, k) / nf);
     let mut d = [T::ZERO; L];
     let mut q = [T::ZERO; L];
     let mut it = x.chunks_exact(L);
@@ -689,6 +727,12 @@ mod tests {
             assert_eq!(
                 bits(block_sum::<f32, Fused>(&xf)),
                 bits(block_sum_lanes(&xf)),
+                "{n}"
+            );
+            let k = xf.first().copied().unwrap_or(1.5);
+            assert_eq!(
+                bits(shifted_sum::<f32, Fused>(&xf, k)),
+                bits(shifted_sum_lanes(&xf, k)),
                 "{n}"
             );
             assert_eq!(
