@@ -135,10 +135,13 @@ def test_argminmax_ties_and_nan(name, data):
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "min", "max", "argmin", "argmax", "norm", "var", "std"])
-@pytest.mark.parametrize("shape", [(100_003,), (257, 391), (3, 5, 7001), (1031, 2, 3)])
+@pytest.mark.parametrize(
+    "shape", [(100_003,), (257, 391), (3, 5, 7001), (1031, 2, 3), (640, 400), (20, 9001)]
+)
 @pytest.mark.parametrize("how", ["C", "F", "T", "neg_strided"])
 def test_reduction_large_inputs(name, shape, how):
-    """Sizes beyond the SIMD width, block size and parallel threshold, on every axis."""
+    """Sizes beyond the SIMD width, block size and parallel threshold, on every axis (the last two shapes: parallel
+    column reductions that split the rows, one of them wider than a band of columns)."""
     rng = np.random.default_rng(zlib.crc32(repr((name, shape, how)).encode()))
     for dtype in FLOATS:
         x = layout((rng.standard_normal(shape) * 10 + 3).astype(dtype), how)
@@ -146,6 +149,25 @@ def test_reduction_large_inputs(name, shape, how):
         np_fn = _np_norm if name == "norm" else getattr(np, name)
         for axis in [None, *range(-x.ndim, x.ndim)]:
             check_reduction(name, fl_fn, np_fn, x, axis)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "min", "max", "argmin", "argmax", "norm", "var", "std"])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_column_reductions_nan_and_inf_in_every_row_range(name, dtype):
+    """Parallel column reductions split the rows into one range per thread: a NaN or an infinity in the first, a
+    middle or the last row, or in several, gives NumPy's result in its column (and the others stay exact)."""
+    rng = np.random.default_rng(7)
+    fl_fn, np_fn = getattr(fl.ops, name), (_np_norm if name == "norm" else getattr(np, name))
+    for shape in [(640, 400), (20, 9001)]:
+        x = (rng.standard_normal(shape) * 10 + 3).astype(dtype)
+        n, m = shape
+        for rows, special in [([0], np.nan), ([n // 2], np.nan), ([n - 1], np.nan), ([1, n - 2], np.nan),
+                              ([n // 2 + 1], np.inf), ([n - 1], -np.inf), ([0, n - 1], np.inf)]:
+            y = x.copy()
+            for k, r in enumerate(rows):
+                y[r, (7 + k) % m] = special  # the same column, or a neighbour
+                y[r, m - 1] = special  # the last column (the remainder of a band)
+            check_reduction(name, fl_fn, np_fn, y, 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

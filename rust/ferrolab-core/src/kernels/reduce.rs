@@ -19,7 +19,14 @@ pub(crate) trait ColAcc<T: Real>: Sized {
     fn new(width: usize) -> Self;
     fn row<M: Mode>(&mut self, i: usize, row: &[T]);
     fn finish(self, n: usize) -> Vec<Self::Out>;
+    /// Whether the results of consecutive row ranges merge with `drive`'s `merge` (then parallel column
+    /// reductions split the rows, and each thread streams whole rows).
+    const SPLIT_ROWS: bool = true;
 }
+
+/// The widest band of columns one row-split task accumulates (its accumulators stay in L2; narrower bands
+/// re-read each row in shorter runs, which streams worse).
+const SPLIT_BAND: usize = 8192;
 
 struct Cols<'a, T, A> {
     slab: &'a [T],
@@ -116,6 +123,42 @@ where
     }
     let slab_of = |o: usize| &data[o * n * inner..(o + 1) * n * inner];
     maybe_parallel(total, PAR_REDUCE_MIN, |par| {
+        let parts = num_threads();
+        if par && A::SPLIT_ROWS && n >= 8 * parts {
+            // each task reduces a range of whole rows (contiguous memory, as NumPy walks it) into its own results,
+            // band by band; the ranges' results are then merged in row order
+            if let Ok(mut partial) =
+                alloc::filled::<U>(func, "partial results", &[parts - 1, inner], U::default())
+            {
+                let per = n.div_ceil(parts);
+                for (o, row) in out.chunks_mut(inner).enumerate() {
+                    let slab = slab_of(o);
+                    let dests: Vec<&mut [U]> = std::iter::once(&mut *row)
+                        .chain(partial.chunks_mut(inner))
+                        .collect();
+                    dests.into_par_iter().enumerate().for_each(|(k, dest)| {
+                        let (r0, r1) = ((k * per).min(n), ((k + 1) * per).min(n));
+                        let rows = &slab[r0 * inner..r1 * inner];
+                        for (b, d) in dest.chunks_mut(SPLIT_BAND).enumerate() {
+                            let j0 = b * SPLIT_BAND;
+                            d.copy_from_slice(&cols::<T, A>(
+                                rows,
+                                r1 - r0,
+                                inner,
+                                j0,
+                                j0 + d.len(),
+                            ));
+                        }
+                    });
+                    for p in partial.chunks(inner) {
+                        for (c, &v) in row.iter_mut().zip(p) {
+                            *c = merge(*c, v);
+                        }
+                    }
+                }
+                return;
+            }
+        }
         let band = if par {
             (inner / (4 * num_threads())).clamp(256.min(inner), inner)
         } else {
@@ -256,35 +299,27 @@ impl<T: Real> ColAcc<T> for MomentCols {
     }
 }
 
+/// Column minima or maxima, NaN-propagating (see [`super::simd::col_extreme`]).
 struct ExtCols<T, const MAX: bool> {
     best: Vec<T>,
-    nan: Vec<bool>,
 }
 impl<T: Real, const MAX: bool> ColAcc<T> for ExtCols<T, MAX> {
     type Out = T;
     fn new(w: usize) -> Self {
         ExtCols {
             best: Vec::with_capacity(w),
-            nan: vec![false; w],
         }
     }
     #[inline(always)]
     fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
         if i == 0 {
             self.best.extend_from_slice(r);
+            return;
         }
-        for ((b, f), &v) in self.best.iter_mut().zip(self.nan.iter_mut()).zip(r) {
-            let take = if MAX { v > *b } else { v < *b };
-            *b = if take { v } else { *b };
-            *f |= v.is_nan();
-        }
+        super::simd::col_extreme::<T, MAX, M>(&mut self.best, r);
     }
     fn finish(self, _n: usize) -> Vec<T> {
         self.best
-            .into_iter()
-            .zip(self.nan)
-            .map(|(b, f)| if f { T::NAN } else { b })
-            .collect()
     }
 }
 
@@ -612,6 +647,8 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgColsWrap<T, MAX> {
     fn new(w: usize) -> Self {
         ArgColsWrap(ArgCols::new(w))
     }
+    // the column indices are relative to the first row of the range
+    const SPLIT_ROWS: bool = false;
     #[inline(always)]
     fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
         self.0.row::<M>(i, r)

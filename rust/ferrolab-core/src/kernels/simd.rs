@@ -56,6 +56,15 @@ impl Neumaier {
 
 /// `x` as `&[U]` when `T` is `U`.
 #[inline(always)]
+fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> Option<&mut [U]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
+        // SAFETY: T and U are the same type.
+        Some(unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) })
+    } else {
+        None
+    }
+}
+
 fn same_type<T: 'static, U: 'static>(x: &[T]) -> Option<&[U]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
         // SAFETY: T and U are the same type.
@@ -339,6 +348,72 @@ mod avx2 {
         block_extreme_f32, f32, __m256, 8, _mm256_set1_ps, _mm256_setzero_ps, _mm256_loadu_ps,
         _mm256_storeu_ps, _mm256_min_ps, _mm256_max_ps, _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps
     );
+
+    macro_rules! col_extreme {
+        ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $load:ident, $store:ident, $min:ident, $max:ident,
+         $cmp:ident, $blend:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name<const MAX: bool>(best: &mut [$t], r: &[$t]) {
+                let n = best.len().min(r.len());
+                let mut i = 0;
+                while i + $w <= n {
+                    // SAFETY: $w values at i inside both slices (i + $w <= n).
+                    unsafe {
+                        let b = $load(best.as_ptr().add(i));
+                        let v = $load(r.as_ptr().add(i));
+                        let m = if MAX { $max(v, b) } else { $min(v, b) };
+                        $store(best.as_mut_ptr().add(i), $blend(m, v, $cmp::<_CMP_UNORD_Q>(v, v)));
+                    }
+                    i += $w;
+                }
+                super::col_extreme_lanes::<$t, MAX>(&mut best[i..n], &r[i..n]);
+            }
+        };
+    }
+
+    col_extreme!(
+        /// [`super::col_extreme_lanes`] of f64 values: `max(v, b)` / `min(v, b)` (`b` when either is NaN, so a
+        /// NaN already taken stays), then a blend that takes `v` where it is NaN; the store is unconditional.
+        col_extreme_f64, f64, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_min_pd, _mm256_max_pd,
+        _mm256_cmp_pd, _mm256_blendv_pd
+    );
+    col_extreme!(
+        /// [`col_extreme_f64`] of f32 values.
+        col_extreme_f32, f32, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_min_ps, _mm256_max_ps,
+        _mm256_cmp_ps, _mm256_blendv_ps
+    );
+}
+
+/// `best[j] = extreme(best[j], r[j])` for a row of a column reduction: a NaN is taken like a new extreme and then
+/// kept (no comparison with it is true), so the columns need no NaN flag beside them.
+#[inline(always)]
+pub(crate) fn col_extreme<T: Real, const MAX: bool, M: Mode>(best: &mut [T], r: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // the generic loop's conditional store compiles to masked stores, slow on AMD CPUs
+        if let (Some(b), Some(x)) = (same_type_mut::<T, f64>(best), same_type::<T, f64>(r)) {
+            // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+            return unsafe { avx2::col_extreme_f64::<MAX>(b, x) };
+        }
+        if let (Some(b), Some(x)) = (same_type_mut::<T, f32>(best), same_type::<T, f32>(r)) {
+            // SAFETY: as above.
+            return unsafe { avx2::col_extreme_f32::<MAX>(b, x) };
+        }
+    }
+    col_extreme_lanes::<T, MAX>(best, r)
+}
+
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn col_extreme_lanes<T: Real, const MAX: bool>(best: &mut [T], r: &[T]) {
+    for (b, &v) in best.iter_mut().zip(r) {
+        let take = better::<T, MAX>(v, *b) | (v != v);
+        *b = if take { v } else { *b };
+    }
 }
 
 /// Sum of a slice, as a compensated f64.
