@@ -170,6 +170,19 @@ def test_column_reductions_nan_and_inf_in_every_row_range(name, dtype):
             check_reduction(name, fl_fn, np_fn, y, 0)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_column_argminmax_ties_across_row_ranges(dtype):
+    """The first of equal extremes wins also when they lie in different threads' row ranges."""
+    for shape in [(640, 400), (20, 9001)]:
+        n, m = shape
+        x = np.zeros(shape, dtype)
+        np.testing.assert_array_equal(fl.ops.argmax(x, axis=0), np.zeros(m, np.int64))
+        x[[3, n // 2 + 1, n - 1], 5] = 9.0
+        x[[2, n - 2], m - 1] = -9.0
+        for name in ("argmin", "argmax"):
+            np.testing.assert_array_equal(getattr(fl.ops, name)(x, axis=0), getattr(np, name)(x, axis=0))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # dot
 

@@ -22,6 +22,8 @@ pub(crate) trait ColAcc<T: Real>: Sized {
     /// Whether the results of consecutive row ranges merge with `drive`'s `merge` (then parallel column
     /// reductions split the rows, and each thread streams whole rows).
     const SPLIT_ROWS: bool = true;
+    /// Makes the results of a range of rows that starts at row `first` relative to the whole slab.
+    fn from_row(_out: &mut [Self::Out], _first: usize) {}
 }
 
 /// The widest band of columns one row-split task accumulates (its accumulators stay in L2; narrower bands
@@ -148,6 +150,7 @@ where
                                 j0,
                                 j0 + d.len(),
                             ));
+                            A::from_row(d, r0);
                         }
                     });
                     for p in partial.chunks(inner) {
@@ -323,12 +326,13 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ExtCols<T, MAX> {
     }
 }
 
+/// Column arg-extremes: the best value and the row that first holds it; a NaN is taken and then kept.
 struct ArgCols<T, const MAX: bool> {
     best: Vec<T>,
     idx: Vec<usize>,
 }
 impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
-    type Out = usize;
+    type Out = ArgPart<T>;
     fn new(w: usize) -> Self {
         ArgCols {
             best: Vec::with_capacity(w),
@@ -349,8 +353,26 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
             }
         }
     }
-    fn finish(self, _n: usize) -> Vec<usize> {
-        self.idx
+    /// One resolved part per column (`block` is the row, `block_len` 1), which `arg_merge` combines.
+    fn finish(self, _n: usize) -> Vec<ArgPart<T>> {
+        self.best
+            .into_iter()
+            .zip(self.idx)
+            .map(|(best, k)| ArgPart {
+                nan_at: best.is_nan().then_some(k),
+                best,
+                block: k,
+                block_len: 1,
+            })
+            .collect()
+    }
+    fn from_row(out: &mut [ArgPart<T>], first: usize) {
+        for p in out {
+            p.block += first;
+            if let Some(i) = &mut p.nan_at {
+                *i += first;
+            }
+        }
     }
 }
 
@@ -526,19 +548,35 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
         ));
     }
     let data: &[T] = &c.data;
-    let parts = drive::<T, ArgPart<T>, ArgColsWrap<T, MAX>>(
+    let parts = drive::<T, ArgPart<T>, ArgCols<T, MAX>>(
         func,
         &c,
-        |_, s, off| dispatch(ArgExtreme::<T, MAX>(s, off)),
+        |_, s, off| {
+            let p = dispatch(ArgExtreme::<T, MAX>(s, off));
+            if off == 0 && s.len() == c.n {
+                // a whole row: its index now, while the winning block is in cache (and on this row's thread)
+                let i = arg_index(s, p) as usize;
+                ArgPart {
+                    block: i,
+                    block_len: 1,
+                    ..p
+                }
+            } else {
+                p
+            }
+        },
         arg_merge::<T, MAX>,
     )?;
-    let idx = parts.into_iter().enumerate().map(|(pos, p)| {
-        if c.inner > 1 {
-            // column accumulator results carry the index directly
-            return p.block as i64;
-        }
-        arg_index(&data[pos * c.n..(pos + 1) * c.n], p)
-    });
+    let idx = parts
+        .into_iter()
+        .enumerate()
+        .map(|(pos, p)| match (p.nan_at, p.block_len) {
+            (Some(i), _) => i as i64,
+            // resolved already: a whole row, or a column (the block is the element)
+            (None, 1) => p.block as i64,
+            // a long row (inner == 1) reduced in parts
+            _ => arg_index(&data[pos * c.n..(pos + 1) * c.n], p),
+        });
     let out = alloc::collect(func, "result", &c.out_shape, idx)?;
     Ok(c.wrap(out))
 }
@@ -641,32 +679,6 @@ pub mod small {
 }
 
 /// Adapts [`ArgCols`] to the `ArgPart` output of [`drive`] (the index travels in `block`).
-struct ArgColsWrap<T, const MAX: bool>(ArgCols<T, MAX>);
-impl<T: Real, const MAX: bool> ColAcc<T> for ArgColsWrap<T, MAX> {
-    type Out = ArgPart<T>;
-    fn new(w: usize) -> Self {
-        ArgColsWrap(ArgCols::new(w))
-    }
-    // the column indices are relative to the first row of the range
-    const SPLIT_ROWS: bool = false;
-    #[inline(always)]
-    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
-        self.0.row::<M>(i, r)
-    }
-    fn finish(self, n: usize) -> Vec<ArgPart<T>> {
-        self.0
-            .finish(n)
-            .into_iter()
-            .map(|k| ArgPart {
-                nan_at: None,
-                best: T::ZERO,
-                block: k,
-                block_len: 0,
-            })
-            .collect()
-    }
-}
-
 /// Index of the first minimum over `axis` (`None`: flat C-order index); a NaN counts as the minimum.
 pub fn argmin<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     // the flat index refers to C order, so Fortran inputs are copied for axis=None
