@@ -112,6 +112,7 @@ ALL_OPS = [
     "histogram",
     "matmul",
     "cdist",
+    "axis",
 ]
 
 # Bytes a kernel must move per element, in units of the item size (inputs read once, outputs written once;
@@ -148,6 +149,10 @@ SMOKE_GEMM = [64]
 SMOKE_GEMM_SKINNY = [(200, 16, 8)]
 SMOKE_GEMM_OUT = [64]
 SMOKE_CDIST = [(50, 40, 8)]
+#: reductions over one axis of a C-order matrix: square, tall and skinny (many short rows), short and wide
+FULL_AXIS = [(3000, 3000), (100_000, 16), (16, 100_000)]
+SMOKE_AXIS = [(40, 30)]
+AXIS_OPS = ["sum", "mean", "min", "max", "argmin", "argmax", "var", "norm"]
 DTYPES = [np.float32, np.float64]
 
 
@@ -561,6 +566,52 @@ def gemm_cases(
     return cases
 
 
+def axis_cases(shapes: list[tuple[int, int]], rng: np.random.Generator) -> list[Case]:
+    """``op(x, axis=k)`` against NumPy's ``x.op(axis=k)`` (``np.linalg.norm(x, axis=k)``) for k = 0 and 1."""
+    cases: list[Case] = []
+    for shape in shapes:
+        for dt in map(np.dtype, DTYPES):
+            x = rng.standard_normal(shape).astype(dt)
+            x64 = x.astype(np.float64)
+            for op in AXIS_OPS:
+                for axis in (0, 1):
+                    mine = functools.partial(getattr(fl.ops, op), x, axis=axis)
+                    if op == "norm":
+                        peer = functools.partial(np.linalg.norm, x, axis=axis)
+                        ref = np.linalg.norm(x64, axis=axis)
+                    else:
+                        peer = functools.partial(getattr(x, op), axis=axis)
+                        ref = getattr(x64, op)(axis=axis)
+                    exact = op in ("min", "max", "argmin", "argmax")
+                    n_red = shape[axis]
+                    atol = 0.0  # var and norm: relative error, and the float64 reference
+                    if op in ("sum", "mean"):  # one rounding per level of a summation tree, of the |x| sum
+                        abs_sum = float(np.abs(x64).sum(axis=axis).max())
+                        atol = _eps(dt) * max(1.0, math.log2(n_red)) * abs_sum / (n_red if op == "mean" else 1)
+
+                    def chk(mine=mine, peer=peer, exact=exact, atol=atol, ref=ref, dt=dt) -> Check:
+                        if exact:
+                            return check_close(mine(), peer(), dt, exact=True)
+                        return check_close(mine(), peer(), dt, atol=atol, ref=ref)
+
+                    cases.append(
+                        Case(
+                            op,
+                            f"axis={axis}",
+                            "numpy",
+                            dt.name,
+                            f"{shape[0]}x{shape[1]}",
+                            x.size,
+                            peer,
+                            mine,
+                            chk,
+                            "GB/s",
+                            float(x.nbytes),
+                        )
+                    )
+    return cases
+
+
 def numpy_gemm_cdist(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """The GEMM formulation in NumPy: ``|a|^2 + |b|^2 - 2 a b^T`` clipped at 0 (cosine: ``1 - a b^T / |a||b|``)."""
     if metric == "cosine":
@@ -778,6 +829,8 @@ def build_cases(args: argparse.Namespace, ops: set[str], rng: np.random.Generato
             cases += gemm_cases(FULL_GEMM, FULL_GEMM_SKINNY, FULL_GEMM_OUT, rng)
     if "cdist" in ops:
         cases += cdist_cases(SMOKE_CDIST if args.smoke else FULL_CDIST, rng)
+    if "axis" in ops:
+        cases += axis_cases(SMOKE_AXIS if args.smoke else FULL_AXIS, rng)
     return cases
 
 

@@ -327,9 +327,13 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ExtCols<T, MAX> {
 }
 
 /// Column arg-extremes: the best value and the row that first holds it; a NaN is taken and then kept.
+///
+/// Both alternate between two buffers, row by row: a select stored back to the address it was loaded from
+/// compiles to a masked store, which is slow on AMD CPUs.
 struct ArgCols<T, const MAX: bool> {
     best: Vec<T>,
     idx: Vec<usize>,
+    next: (Vec<T>, Vec<usize>),
 }
 impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
     type Out = ArgPart<T>;
@@ -337,6 +341,7 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
         ArgCols {
             best: Vec::with_capacity(w),
             idx: vec![0; w],
+            next: (vec![T::ZERO; w], vec![0; w]),
         }
     }
     #[inline(always)]
@@ -345,13 +350,15 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
             self.best.extend_from_slice(r);
             return;
         }
-        for ((b, k), &v) in self.best.iter_mut().zip(self.idx.iter_mut()).zip(r) {
-            let take = !b.is_nan() && (v.is_nan() || if MAX { v > *b } else { v < *b });
-            if take {
-                *b = v;
-                *k = i;
-            }
+        let old = self.best.iter().zip(&self.idx);
+        let new = self.next.0.iter_mut().zip(self.next.1.iter_mut());
+        for (((&b, &k), (nb, nk)), &v) in old.zip(new).zip(r) {
+            let take = !b.is_nan() & (v.is_nan() | if MAX { v > b } else { v < b });
+            *nb = if take { v } else { b };
+            *nk = if take { i } else { k };
         }
+        std::mem::swap(&mut self.best, &mut self.next.0);
+        std::mem::swap(&mut self.idx, &mut self.next.1);
     }
     /// One resolved part per column (`block` is the row, `block_len` 1), which `arg_merge` combines.
     fn finish(self, _n: usize) -> Vec<ArgPart<T>> {
@@ -539,6 +546,33 @@ fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<
     }
 }
 
+/// Rows shorter than this are searched in one scalar pass (the block kernels' set-up costs more).
+const SHORT_ROW: usize = 64;
+
+/// The resolved arg-extreme part of a whole short row: the first NaN, else the first best value.
+fn short_arg_extreme<T: Real, const MAX: bool>(row: &[T]) -> ArgPart<T> {
+    let (mut best, mut at) = (row[0], 0);
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_nan() {
+            return ArgPart {
+                nan_at: Some(i),
+                best: v,
+                block: i,
+                block_len: 1,
+            };
+        }
+        if (MAX && v > best) || (!MAX && v < best) {
+            (best, at) = (v, i);
+        }
+    }
+    ArgPart {
+        nan_at: None,
+        best,
+        block: at,
+        block_len: 1,
+    }
+}
+
 fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Result<ArrayD<i64>> {
     if c.n == 0 {
         return Err(CoreError::value(
@@ -552,6 +586,9 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
         func,
         &c,
         |_, s, off| {
+            if off == 0 && s.len() < SHORT_ROW {
+                return short_arg_extreme::<T, MAX>(s);
+            }
             let p = dispatch(ArgExtreme::<T, MAX>(s, off));
             if off == 0 && s.len() == c.n {
                 // a whole row: its index now, while the winning block is in cache (and on this row's thread)
