@@ -170,6 +170,28 @@ def test_column_reductions_nan_and_inf_in_every_row_range(name, dtype):
             check_reduction(name, fl_fn, np_fn, y, 0)
 
 
+@pytest.mark.parametrize("name", ["sum", "min", "max", "argmin", "argmax"])
+@pytest.mark.parametrize("shape", [(100_003,), (640, 400), (20, 9001), (3, 5, 7001)])
+@pytest.mark.parametrize("how", ["C", "F", "T", "neg_strided"])
+def test_int64_reductions_large_inputs(name, shape, how):
+    """int64 reductions on sizes beyond the lanes and the parallel threshold, on every axis: few distinct values (ties
+    everywhere) and values near 2**62, whose sums wrap like NumPy's."""
+    rng = np.random.default_rng(zlib.crc32(repr((name, shape, how)).encode()))
+    for x0 in (rng.integers(-3, 4, shape), rng.integers(2**62 - 50, 2**62, shape)):
+        x = layout(x0.astype(np.int64), how)
+        for axis in [None, *range(-x.ndim, x.ndim)]:
+            got, want = getattr(fl.ops, name)(x, axis=axis), getattr(np, name)(x, axis=axis)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} axis={axis}")
+            assert np.asarray(got).dtype == np.int64
+
+
+def test_int64_dot_strided_wraps():
+    x = np.arange(3 * 10_001, dtype=np.int64)[::3] * (2**40 + 7)
+    y = np.arange(10_001, dtype=np.int64)[::-1] * 2**25
+    with np.errstate(over="ignore"):
+        assert fl.ops.dot(x, y) == np.dot(x, y)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_column_argminmax_ties_across_row_ranges(dtype):
     """The first of equal extremes wins also when they lie in different threads' row ranges."""

@@ -344,7 +344,7 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
 }
 
 /// A copy of `v` (input `name`, possibly broadcast to the result's shape) in `order`.
-fn in_order<T: Clone>(
+fn in_order<T: Copy>(
     func: &'static str,
     name: &str,
     v: &ArrayViewD<T>,
@@ -352,8 +352,8 @@ fn in_order<T: Clone>(
 ) -> Result<Vec<T>> {
     let what = format!("copy of '{name}'");
     match order {
-        Order::C => alloc::collect(func, &what, v.shape(), v.iter().cloned()),
-        Order::F => alloc::collect(func, &what, v.shape(), v.t().iter().cloned()),
+        Order::C => alloc::copy_c(func, &what, v),
+        Order::F => alloc::copy_c(func, &what, &v.t()),
     }
 }
 

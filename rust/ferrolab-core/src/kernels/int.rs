@@ -3,42 +3,92 @@
 //! binding and cast back, which gives NumPy's modular results for `+` and `*`.
 
 use super::alloc;
-use super::dispatch::maybe_parallel;
+use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::elementwise::{map_into, Input};
-use super::layout::{canon, fmt_shape};
+use super::layout::{canon, fmt_shape, Canon};
+use super::reduce::{drive, ColAcc};
 use crate::error::{CoreError, Result};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, ArrayViewMutD, Ix2};
 use rayon::prelude::*;
 
-fn fold_axis(
-    func: &'static str,
-    x: &ArrayViewD<i64>,
-    axis: Option<isize>,
-    c_order: bool,
-    f: impl Fn(&mut dyn Iterator<Item = i64>) -> Result<i64>,
-) -> Result<ArrayD<i64>> {
-    let c = canon(func, x, axis, c_order)?;
-    let (outer, n, inner) = (c.outer, c.n, c.inner);
-    if n == 0 && func != "sum" {
-        // an empty reduced axis has no minimum/maximum even when the result is empty (NumPy raises too)
-        f(&mut std::iter::empty())?;
+const SUM: u8 = 0;
+const MIN: u8 = 1;
+const MAX: u8 = 2;
+
+#[inline(always)]
+fn combine<const OP: u8>(a: i64, b: i64) -> i64 {
+    match OP {
+        SUM => a.wrapping_add(b),
+        MIN => a.min(b),
+        _ => a.max(b),
     }
-    let d: &[i64] = &c.data;
-    let mut out = alloc::with_capacity(func, "result", &c.out_shape)?;
-    for o in 0..outer {
-        for j in 0..inner {
-            let mut it = (0..n).map(|i| d[(o * n + i) * inner + j]);
-            out.push(f(&mut it)?);
+}
+
+#[inline(always)]
+fn identity<const OP: u8>() -> i64 {
+    match OP {
+        SUM => 0,
+        MIN => i64::MAX,
+        _ => i64::MIN,
+    }
+}
+
+/// The wrapping sum, minimum or maximum of a contiguous range (8 lanes, so that the loop vectorizes).
+struct Fold<'a, const OP: u8>(&'a [i64]);
+impl<const OP: u8> Kernel for Fold<'_, OP> {
+    type Output = i64;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> i64 {
+        let mut acc = [identity::<OP>(); 8];
+        let mut it = self.0.chunks_exact(8);
+        for c in &mut it {
+            for k in 0..8 {
+                acc[k] = combine::<OP>(acc[k], c[k]);
+            }
+        }
+        let r = it
+            .remainder()
+            .iter()
+            .fold(identity::<OP>(), |a, &v| combine::<OP>(a, v));
+        acc.into_iter().fold(r, combine::<OP>)
+    }
+}
+
+/// Column folds: one accumulator per column, updated row by row.
+struct FoldCols<const OP: u8>(Vec<i64>);
+impl<const OP: u8> ColAcc<i64> for FoldCols<OP> {
+    type Out = i64;
+    fn new(w: usize) -> Self {
+        FoldCols(vec![identity::<OP>(); w])
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, _i: usize, r: &[i64]) {
+        for (a, &v) in self.0.iter_mut().zip(r) {
+            *a = combine::<OP>(*a, v);
         }
     }
-    Ok(c.wrap(out))
+    fn finish(self, _n: usize) -> Vec<i64> {
+        self.0
+    }
+}
+
+fn fold<const OP: u8>(func: &'static str, c: &Canon<i64>) -> Result<Vec<i64>> {
+    drive::<i64, i64, FoldCols<OP>>(func, c, |_, s, _| dispatch(Fold::<OP>(s)), combine::<OP>)
 }
 
 /// Sum (wrapping).
 pub fn sum(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
-    fold_axis("sum", x, axis, false, |it| {
-        Ok(it.fold(0i64, |a, b| a.wrapping_add(b)))
-    })
+    let c = canon("sum", x, axis, false)?;
+    Ok(c.wrap(fold::<SUM>("sum", &c)?))
+}
+
+fn no_identity(func: &'static str, max: bool) -> CoreError {
+    let op = if max { "maximum" } else { "minimum" };
+    CoreError::value(
+        func,
+        "x",
+        format!("is a zero-size array: reduction operation {op} has no identity"),
+    )
 }
 
 fn extreme(
@@ -47,28 +97,17 @@ fn extreme(
     axis: Option<isize>,
     max: bool,
 ) -> Result<ArrayD<i64>> {
-    let op = if max { "maximum" } else { "minimum" };
-    fold_axis(func, x, axis, false, |it| {
-        let r = if max { it.max() } else { it.min() };
-        r.ok_or_else(|| {
-            CoreError::value(
-                func,
-                "x",
-                format!("is a zero-size array: reduction operation {op} has no identity"),
-            )
-        })
-    })
-    .and_then(|r| {
-        if x.is_empty() && axis.is_none() {
-            Err(CoreError::value(
-                func,
-                "x",
-                format!("is a zero-size array: reduction operation {op} has no identity"),
-            ))
-        } else {
-            Ok(r)
-        }
-    })
+    let c = canon(func, x, axis, false)?;
+    // an empty reduced axis has no minimum/maximum even when the result is empty (NumPy raises too)
+    if c.n == 0 || (x.is_empty() && axis.is_none()) {
+        return Err(no_identity(func, max));
+    }
+    let v = if max {
+        fold::<MAX>(func, &c)?
+    } else {
+        fold::<MIN>(func, &c)?
+    };
+    Ok(c.wrap(v))
 }
 
 pub fn min(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
@@ -79,35 +118,122 @@ pub fn max(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     extreme("max", x, axis, true)
 }
 
+/// The first minimum (`MAX = false`) or maximum of a non-empty range and its index plus `offset`.
+struct Arg<'a, const MAX: bool>(&'a [i64], usize);
+impl<const IS_MAX: bool> Kernel for Arg<'_, IS_MAX> {
+    type Output = (i64, usize);
+    #[inline(always)]
+    fn run<M: Mode>(self) -> (i64, usize) {
+        let best = if IS_MAX {
+            Fold::<MAX>(self.0).run::<M>()
+        } else {
+            Fold::<MIN>(self.0).run::<M>()
+        };
+        // then the first position: 16 elements compared at once, the chunk that holds it one by one
+        let mut base = self.1;
+        for c in self.0.chunks(16) {
+            if c.iter().fold(false, |f, &v| f | (v == best)) {
+                return (best, base + c.iter().position(|&v| v == best).unwrap_or(0));
+            }
+            base += c.len();
+        }
+        (best, self.1)
+    }
+}
+
+/// The better of two consecutive ranges' results (the first on a tie).
+fn arg_merge<const IS_MAX: bool>(a: (i64, usize), b: (i64, usize)) -> (i64, usize) {
+    if (IS_MAX && b.0 > a.0) || (!IS_MAX && b.0 < a.0) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Column arg-extremes: the best value and the row that first holds it, alternating between two buffers row by
+/// row (a select stored back to the address it was loaded from compiles to a masked store, slow on AMD CPUs).
+struct ArgCols<const IS_MAX: bool> {
+    best: Vec<i64>,
+    idx: Vec<usize>,
+    next: (Vec<i64>, Vec<usize>),
+}
+impl<const IS_MAX: bool> ColAcc<i64> for ArgCols<IS_MAX> {
+    type Out = (i64, usize);
+    fn new(w: usize) -> Self {
+        ArgCols {
+            best: Vec::with_capacity(w),
+            idx: vec![0; w],
+            next: (vec![0; w], vec![0; w]),
+        }
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[i64]) {
+        if i == 0 {
+            self.best.extend_from_slice(r);
+            return;
+        }
+        let old = self.best.iter().zip(&self.idx);
+        let new = self.next.0.iter_mut().zip(self.next.1.iter_mut());
+        for (((&b, &k), (nb, nk)), &v) in old.zip(new).zip(r) {
+            let take = if IS_MAX { v > b } else { v < b };
+            *nb = if take { v } else { b };
+            *nk = if take { i } else { k };
+        }
+        std::mem::swap(&mut self.best, &mut self.next.0);
+        std::mem::swap(&mut self.idx, &mut self.next.1);
+    }
+    fn finish(self, _n: usize) -> Vec<(i64, usize)> {
+        self.best.into_iter().zip(self.idx).collect()
+    }
+    fn from_row(out: &mut [(i64, usize)], first: usize) {
+        for p in out {
+            p.1 += first;
+        }
+    }
+}
+
+fn arg_of<const IS_MAX: bool>(func: &'static str, c: &Canon<i64>) -> Result<Vec<(i64, usize)>> {
+    drive::<i64, (i64, usize), ArgCols<IS_MAX>>(
+        func,
+        c,
+        |_, s, off| dispatch(Arg::<IS_MAX>(s, off)),
+        arg_merge::<IS_MAX>,
+    )
+}
+
 fn arg(
     func: &'static str,
     x: &ArrayViewD<i64>,
     axis: Option<isize>,
     max: bool,
 ) -> Result<ArrayD<i64>> {
-    if x.is_empty() && axis.is_none() {
-        return Err(CoreError::value(
+    let empty = || {
+        CoreError::value(
             func,
             "x",
             format!("is empty: attempt to get {func} of an empty sequence"),
-        ));
+        )
+    };
+    if x.is_empty() && axis.is_none() {
+        return Err(empty());
     }
-    fold_axis(func, x, axis.or(None), axis.is_none(), |it| {
-        let mut best: Option<(i64, i64)> = None;
-        for (i, v) in it.enumerate() {
-            match best {
-                Some((b, _)) if (max && v <= b) || (!max && v >= b) => {}
-                _ => best = Some((v, i as i64)),
-            }
-        }
-        best.map(|b| b.1).ok_or_else(|| {
-            CoreError::value(
-                func,
-                "x",
-                format!("is empty: attempt to get {func} of an empty sequence"),
-            )
-        })
-    })
+    // the flat index refers to C order
+    let c = canon(func, x, axis, axis.is_none())?;
+    if c.n == 0 {
+        return Err(empty());
+    }
+    let parts = if max {
+        arg_of::<true>(func, &c)?
+    } else {
+        arg_of::<false>(func, &c)?
+    };
+    let idx = alloc::collect(
+        func,
+        "result",
+        &c.out_shape,
+        parts.into_iter().map(|p| p.1 as i64),
+    )?;
+    Ok(c.wrap(idx))
 }
 
 pub fn argmin(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
@@ -116,6 +242,28 @@ pub fn argmin(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
 
 pub fn argmax(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     arg("argmax", x, axis, true)
+}
+
+/// The wrapping dot product of two contiguous ranges of one length (8 lanes).
+struct Dot<'a>(&'a [i64], &'a [i64]);
+impl Kernel for Dot<'_> {
+    type Output = i64;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> i64 {
+        let mut acc = [0i64; 8];
+        let (mut a, mut b) = (self.0.chunks_exact(8), self.1.chunks_exact(8));
+        for (x, y) in (&mut a).zip(&mut b) {
+            for k in 0..8 {
+                acc[k] = acc[k].wrapping_add(x[k].wrapping_mul(y[k]));
+            }
+        }
+        let r = a
+            .remainder()
+            .iter()
+            .zip(b.remainder())
+            .fold(0i64, |s, (&x, &y)| s.wrapping_add(x.wrapping_mul(y)));
+        acc.into_iter().fold(r, i64::wrapping_add)
+    }
 }
 
 pub fn dot(x: &ArrayViewD<i64>, y: &ArrayViewD<i64>) -> Result<i64> {
@@ -130,9 +278,11 @@ pub fn dot(x: &ArrayViewD<i64>, y: &ArrayViewD<i64>) -> Result<i64> {
             ),
         ));
     }
-    Ok(x.iter()
-        .zip(y.iter())
-        .fold(0i64, |s, (&a, &b)| s.wrapping_add(a.wrapping_mul(b))))
+    let (a, b) = (
+        alloc::c_order("dot", "x", x)?,
+        alloc::c_order("dot", "y", y)?,
+    );
+    Ok(dispatch(Dot(&a, &b)))
 }
 
 pub fn matmul(a: &ArrayView2<i64>, b: &ArrayView2<i64>) -> Result<Array2<i64>> {

@@ -39,7 +39,7 @@ pub fn normalize_axis(func: &'static str, axis: isize, ndim: usize) -> Result<us
 ///
 /// With `c_order_required`, Fortran-contiguous inputs are copied too (for ops whose result depends on the
 /// C-order flattening, like `argmin` with `axis=None`).
-pub fn canon<'a, T: Clone>(
+pub fn canon<'a, T: Copy>(
     func: &'static str,
     x: &ArrayViewD<'a, T>,
     axis: Option<isize>,
@@ -71,12 +71,7 @@ pub fn canon<'a, T: Clone>(
         )
     } else {
         (
-            Cow::Owned(super::alloc::collect(
-                func,
-                "C-order copy of 'x'",
-                &shape,
-                x.iter().cloned(),
-            )?),
+            Cow::Owned(super::alloc::copy_c(func, "C-order copy of 'x'", x)?),
             false,
         )
     };

@@ -14,7 +14,7 @@ use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
 /// Column-wise accumulation over the rows of one `n x inner` slab, restricted to columns `j0..j1`.
-pub(crate) trait ColAcc<T: Real>: Sized {
+pub(crate) trait ColAcc<T>: Sized {
     type Out: Send + Copy;
     fn new(width: usize) -> Self;
     fn row<M: Mode>(&mut self, i: usize, row: &[T]);
@@ -30,6 +30,10 @@ pub(crate) trait ColAcc<T: Real>: Sized {
 /// re-read each row in shorter runs, which streams worse).
 const SPLIT_BAND: usize = 8192;
 
+/// What `drive` walks: any plain element (floats, and the integer reductions of `int`).
+pub(crate) trait Elem: Copy + Send + Sync {}
+impl<T: Copy + Send + Sync> Elem for T {}
+
 struct Cols<'a, T, A> {
     slab: &'a [T],
     n: usize,
@@ -39,7 +43,7 @@ struct Cols<'a, T, A> {
     _a: std::marker::PhantomData<A>,
 }
 
-impl<T: Real, A: ColAcc<T>> Kernel for Cols<'_, T, A> {
+impl<T: Elem, A: ColAcc<T>> Kernel for Cols<'_, T, A> {
     type Output = Vec<A::Out>;
     #[inline(always)]
     fn run<M: Mode>(self) -> Vec<A::Out> {
@@ -52,7 +56,7 @@ impl<T: Real, A: ColAcc<T>> Kernel for Cols<'_, T, A> {
     }
 }
 
-fn cols<T: Real, A: ColAcc<T>>(
+fn cols<T: Elem, A: ColAcc<T>>(
     slab: &[T],
     n: usize,
     inner: usize,
@@ -84,7 +88,7 @@ pub(crate) fn drive<T, U, A>(
     merge: impl Fn(U, U) -> U + Sync,
 ) -> Result<Vec<U>>
 where
-    T: Real,
+    T: Elem,
     U: Send + Copy + Default,
     A: ColAcc<T, Out = U>,
 {
