@@ -30,6 +30,9 @@ pub(crate) trait ColAcc<T>: Sized {
 /// re-read each row in shorter runs, which streams worse).
 const SPLIT_BAND: usize = 8192;
 
+/// Column bands whose rows are shorter than this many elements are replaced by row ranges (see `drive`).
+const SPLIT_MIN_RUN: usize = 2048;
+
 /// What `drive` walks: any plain element (floats, and the integer reductions of `int`).
 pub(crate) trait Elem: Copy + Send + Sync {}
 impl<T: Copy + Send + Sync> Elem for T {}
@@ -130,9 +133,11 @@ where
     let slab_of = |o: usize| &data[o * n * inner..(o + 1) * n * inner];
     maybe_parallel(total, PAR_REDUCE_MIN, |par| {
         let parts = num_threads();
-        if par && A::SPLIT_ROWS && n >= 8 * parts {
-            // each task reduces a range of whole rows (contiguous memory, as NumPy walks it) into its own results,
-            // band by band; the ranges' results are then merged in row order
+        // column bands give each task runs of inner / (4 * parts) elements of every row: for short runs (many
+        // narrow columns) each task instead reduces a range of whole rows (contiguous memory, as NumPy walks it)
+        // into its own results, band by band, and the ranges' results are merged in row order; for long runs
+        // (few wide rows) the bands stream well and need no merge
+        if par && A::SPLIT_ROWS && n >= 8 * parts && inner < 4 * parts * SPLIT_MIN_RUN {
             if let Ok(mut partial) =
                 alloc::filled::<U>(func, "partial results", &[parts - 1, inner], U::default())
             {
@@ -397,17 +402,26 @@ fn map_to_t<T: Real>(
     mut v: Vec<f64>,
     f: impl Fn(f64) -> f64,
 ) -> Result<Vec<T>> {
+    // `f` in place first (in the kernels' instruction set), then the conversion: two simple loops vectorize, one
+    // fused loop did not
+    struct Apply<'a, F>(&'a mut [f64], F);
+    impl<F: Fn(f64) -> f64> Kernel for Apply<'_, F> {
+        type Output = ();
+        #[inline(always)]
+        fn run<M: Mode>(self) {
+            self.0.iter_mut().for_each(|x| *x = (self.1)(*x));
+        }
+    }
+    dispatch(Apply(&mut v, f));
     if let Some(same) = (&mut v as &mut dyn std::any::Any).downcast_mut::<Vec<T>>() {
         // T is f64
-        same.iter_mut()
-            .for_each(|x| *x = T::from_f64(f(x.to_f64())));
         return Ok(std::mem::take(same));
     }
     alloc::collect(
         func,
         "result",
         &[v.len()],
-        v.into_iter().map(|x| T::from_f64(f(x))),
+        v.iter().map(|&x| T::from_f64(x)),
     )
 }
 
