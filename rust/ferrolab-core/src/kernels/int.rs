@@ -54,18 +54,20 @@ impl<const OP: u8> Kernel for Fold<'_, OP> {
     }
 }
 
-/// Column folds: one accumulator per column, updated row by row.
-struct FoldCols<const OP: u8>(Vec<i64>);
+/// Column folds: one accumulator per column, updated row by row into the other of two buffers (a minimum stored
+/// back to the address it was loaded from compiles to a masked store, slow on AMD CPUs).
+struct FoldCols<const OP: u8>(Vec<i64>, Vec<i64>);
 impl<const OP: u8> ColAcc<i64> for FoldCols<OP> {
     type Out = i64;
     fn new(w: usize) -> Self {
-        FoldCols(vec![identity::<OP>(); w])
+        FoldCols(vec![identity::<OP>(); w], vec![0; w])
     }
     #[inline(always)]
     fn row<M: Mode>(&mut self, _i: usize, r: &[i64]) {
-        for (a, &v) in self.0.iter_mut().zip(r) {
-            *a = combine::<OP>(*a, v);
+        for ((n, &a), &v) in self.1.iter_mut().zip(&self.0).zip(r) {
+            *n = combine::<OP>(a, v);
         }
+        std::mem::swap(&mut self.0, &mut self.1);
     }
     fn finish(self, _n: usize) -> Vec<i64> {
         self.0
