@@ -10,6 +10,7 @@ ferrolab result is checked against the peer's; a mismatch is printed loudly and 
     python benches/bench_ops.py --smoke             # tiny sizes, repeat 1: a few seconds, for CI
     python benches/bench_ops.py --ops sum,matmul --repeat 11 --json bench-results/bench_ops.json
     python benches/bench_ops.py --contended         # each case also timed while a busy process holds one core
+    python benches/bench_ops.py --ops axis          # reductions over axis 0 and 1 of 3000x3000, 100000x16, 16x100000
 
 Columns: ``ratio = peer time / ferrolab time`` (> 1 means ferrolab is faster). ``rate`` is what ferrolab
 reaches: GB/s for the memory-bound kernels (the bytes the kernel must move -- inputs read once, outputs
