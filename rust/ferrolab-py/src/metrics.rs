@@ -904,6 +904,51 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A metric class (`$cls`, of kind `$kind`): its constructor, which takes prometheus_client's naming arguments
+/// (plus the class's own `$extra` ones) and makes the native metric with `$make`, and the methods given.
+macro_rules! metric_class {
+    ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*],
+     |$py:ident, $names:ident, $labelnames:ident, $unit:ident, $registry:ident| $make:block,
+     { $($methods:tt)* }) => {
+        #[pymethods]
+        impl $cls {
+            #[new]
+            #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="",
+                                registry=RegistryArg::DEFAULT $(, $extra=$default)*))]
+            #[allow(clippy::too_many_arguments)]
+            fn new(
+                $py: Python<'_>,
+                name: &str,
+                documentation: &str,
+                $labelnames: Option<&Bound<'_, PyAny>>,
+                namespace: &str,
+                subsystem: &str,
+                $unit: &str,
+                $registry: RegistryArg,
+                $($extra: $ty),*
+            ) -> PyResult<PyClassInitializer<Self>> {
+                let $names = Names::new(name, documentation, namespace, subsystem, $unit);
+                let m: Metric = $make?;
+                Ok(PyClassInitializer::from(m).add_subclass($cls))
+            }
+
+            $($methods)*
+        }
+    };
+}
+
+/// An ``Enum`` or ``Info`` takes no unit.
+fn no_unit(class: &'static str, unit: &str) -> PyResult<()> {
+    if unit.is_empty() {
+        return Ok(());
+    }
+    Err(errors::arg_value(
+        class,
+        "unit",
+        format!("is not supported: an {class} has no unit"),
+    ))
+}
+
 /// A monotonically increasing counter, shaped like ``prometheus_client.Counter``; the exposed series is
 /// ``<name>_total``.
 ///
@@ -932,26 +977,12 @@ fn now_seconds() -> f64 {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Counter;
 
-#[pymethods]
-impl Counter {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(py, Kind::Counter, names, labelnames, None, registry, None)?;
-        Ok(PyClassInitializer::from(m).add_subclass(Counter))
-    }
-
+metric_class! {
+    Counter, Kind::Counter, [],
+    |py, names, labelnames, unit, registry| {
+        Metric::create(py, Kind::Counter, names, labelnames, None, registry, None)
+    },
+    {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``. ``exemplar`` (a dict of str labels,
     /// e.g. ``{"trace_id": "..."}``) is attached to the increment; inside a sampled ``fl.tracing`` span the span's
     /// ids are attached without it.
@@ -1025,6 +1056,7 @@ impl Counter {
         };
         Ok(Guard::new(slf.as_any(), GuardKind::CountExceptions(exc)))
     }
+    }
 }
 
 /// A value that can go up and down, shaped like ``prometheus_client.Gauge``.
@@ -1050,33 +1082,18 @@ fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
     }
 }
 
-#[pymethods]
-impl Gauge {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, multiprocess_mode="all"))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-        multiprocess_mode: &str,
-    ) -> PyResult<PyClassInitializer<Self>> {
+metric_class! {
+    Gauge, Kind::Gauge, [multiprocess_mode: &str = "all"],
+    |py, names, labelnames, unit, registry| {
         if multiprocess_mode != "all" {
             return Err(errors::not_implemented(format!(
                 "Gauge(): multiprocess_mode={multiprocess_mode:?} is not supported: ferrolab's values live in one \
                  process (serve each worker's metrics with fl.metrics.serve() and aggregate in Prometheus)"
             )));
         }
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(py, Kind::Gauge, names, labelnames, None, registry, None)?;
-        Ok(PyClassInitializer::from(m).add_subclass(Gauge))
-    }
-
+        Metric::create(py, Kind::Gauge, names, labelnames, None, registry, None)
+    },
+    {
     /// Adds ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
@@ -1151,6 +1168,7 @@ impl Gauge {
     fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
         Ok(Guard::new(slf.as_any(), GuardKind::SetDuration))
     }
+    }
 }
 
 /// A histogram of observations, shaped like ``prometheus_client.Histogram`` (same default buckets).
@@ -1170,35 +1188,12 @@ impl Gauge {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Histogram;
 
-#[pymethods]
-impl Histogram {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, buckets=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-        buckets: Option<Vec<f64>>,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(
-            py,
-            Kind::Histogram,
-            names,
-            labelnames,
-            buckets,
-            registry,
-            None,
-        )?;
-        Ok(PyClassInitializer::from(m).add_subclass(Histogram))
-    }
-
+metric_class! {
+    Histogram, Kind::Histogram, [buckets: Option<Vec<f64>> = None],
+    |py, names, labelnames, unit, registry| {
+        Metric::create(py, Kind::Histogram, names, labelnames, buckets, registry, None)
+    },
+    {
     /// The bucket upper bounds, ``inf`` last (prometheus_client's ``_upper_bounds``).
     #[getter]
     fn _upper_bounds(slf: &Bound<'_, Self>) -> Vec<f64> {
@@ -1229,6 +1224,7 @@ impl Histogram {
     fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
         Ok(Guard::new(slf.as_any(), GuardKind::Observe))
     }
+    }
 }
 
 /// A count and a sum of observations, shaped like ``prometheus_client.Summary`` (which has no quantiles either):
@@ -1245,26 +1241,12 @@ impl Histogram {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Summary;
 
-#[pymethods]
-impl Summary {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(py, Kind::Summary, names, labelnames, None, registry, None)?;
-        Ok(PyClassInitializer::from(m).add_subclass(Summary))
-    }
-
+metric_class! {
+    Summary, Kind::Summary, [],
+    |py, names, labelnames, unit, registry| {
+        Metric::create(py, Kind::Summary, names, labelnames, None, registry, None)
+    },
+    {
     /// Records one observation.
     fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
         match slf.as_super().get().child()? {
@@ -1277,6 +1259,7 @@ impl Summary {
     /// Observes the duration in seconds of a ``with`` block or decorated function.
     fn time(slf: &Bound<'_, Self>) -> PyResult<Guard> {
         Ok(Guard::new(slf.as_any(), GuardKind::Observe))
+    }
     }
 }
 
@@ -1294,42 +1277,13 @@ impl Summary {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Enum;
 
-#[pymethods]
-impl Enum {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT, states=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-        states: Option<Vec<String>>,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        if !unit.is_empty() {
-            return Err(errors::arg_value(
-                "Enum",
-                "unit",
-                "is not supported: an Enum has no unit",
-            ));
-        }
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(
-            py,
-            Kind::Enum,
-            names,
-            labelnames,
-            None,
-            registry,
-            Some(states.unwrap_or_default()),
-        )?;
-        Ok(PyClassInitializer::from(m).add_subclass(Enum))
-    }
-
+metric_class! {
+    Enum, Kind::Enum, [states: Option<Vec<String>> = None],
+    |py, names, labelnames, unit, registry| {
+        no_unit("Enum", unit)?;
+        Metric::create(py, Kind::Enum, names, labelnames, None, registry, Some(states.unwrap_or_default()))
+    },
+    {
     /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
     fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
         let m = slf.as_super().get();
@@ -1337,6 +1291,7 @@ impl Enum {
             Child::Enum(values) => m.shared.family.enum_state(values, state).py(),
             _ => unreachable!("an Enum holds enum series"),
         }
+    }
     }
 }
 
@@ -1354,33 +1309,13 @@ impl Enum {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Info;
 
-#[pymethods]
-impl Info {
-    #[new]
-    #[pyo3(signature = (name, documentation, labelnames=None, namespace="", subsystem="", unit="", registry=RegistryArg::DEFAULT))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: &str,
-        documentation: &str,
-        labelnames: Option<&Bound<'_, PyAny>>,
-        namespace: &str,
-        subsystem: &str,
-        unit: &str,
-        registry: RegistryArg,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        if !unit.is_empty() {
-            return Err(errors::arg_value(
-                "Info",
-                "unit",
-                "is not supported: an Info has no unit",
-            ));
-        }
-        let names = Names::new(name, documentation, namespace, subsystem, unit);
-        let m = Metric::create(py, Kind::Info, names, labelnames, None, registry, None)?;
-        Ok(PyClassInitializer::from(m).add_subclass(Info))
-    }
-
+metric_class! {
+    Info, Kind::Info, [],
+    |py, names, labelnames, unit, registry| {
+        no_unit("Info", unit)?;
+        Metric::create(py, Kind::Info, names, labelnames, None, registry, None)
+    },
+    {
     /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
     fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
         let mut pairs = Vec::with_capacity(val.len());
@@ -1399,6 +1334,7 @@ impl Info {
             Child::Enum(values) => m.shared.family.set_info(values, pairs).py(),
             _ => unreachable!("an Info holds keyed series"),
         }
+    }
     }
 }
 
