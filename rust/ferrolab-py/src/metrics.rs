@@ -1591,27 +1591,6 @@ fn _settings() -> (bool, String) {
     (seam::enabled(), core::prefix())
 }
 
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 struct PyHandler;
 
 static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -1643,14 +1622,10 @@ impl Handler for PyHandler {
                     Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
                 }
             }
-            Route::Ready => Reply::new(200, "application/json", "{\"status\":\"ready\"}"),
+            Route::Ready => Reply::json(200, "{\"status\":\"ready\"}"),
             Route::Health => {
                 if !ffi::interpreter_alive() {
-                    return Reply::new(
-                        503,
-                        "application/json",
-                        "{\"status\":\"unhealthy\",\"error\":\"shutting down\"}",
-                    );
+                    return Reply::unhealthy(503, "shutting down");
                 }
                 Python::attach(|py| {
                     let r = HEALTH
@@ -1663,15 +1638,8 @@ impl Handler for PyHandler {
                         .and_then(|f| f.bind(py).call0())
                         .and_then(|r| r.extract::<(u16, String)>());
                     match r {
-                        Ok((code, body)) => Reply::new(code, "application/json", body),
-                        Err(e) => Reply::new(
-                            500,
-                            "application/json",
-                            format!(
-                                "{{\"status\":\"unhealthy\",\"error\":{}}}",
-                                json_string(&e.to_string())
-                            ),
-                        ),
+                        Ok((code, body)) => Reply::json(code, body),
+                        Err(e) => Reply::unhealthy(500, &e.to_string()),
                     }
                 })
             }
@@ -1730,17 +1698,9 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = s.counters();
-            d.set_item("requests", c.requests.load(Relaxed))?;
-            d.set_item("rejected", c.rejected.load(Relaxed))?;
-            d.set_item("bad_requests", c.bad_requests.load(Relaxed))?;
-            d.set_item("timeouts", c.timeouts.load(Relaxed))?;
-            d.set_item("unauthorized", c.unauthorized.load(Relaxed))?;
-            d.set_item("evicted", c.evicted.load(Relaxed))?;
-            d.set_item("tls_errors", c.tls_errors.load(Relaxed))?;
-            d.set_item("gzipped", c.gzipped.load(Relaxed))?;
-            d.set_item("open_connections", c.open.load(Relaxed))?;
+            for (k, v) in s.counters().snapshot() {
+                d.set_item(k, v)?;
+            }
         }
         Ok(d)
     }

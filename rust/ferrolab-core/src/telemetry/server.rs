@@ -85,6 +85,21 @@ impl Reply {
     fn text(status: u16, body: &str) -> Reply {
         Reply::new(status, "text/plain; charset=utf-8", format!("{body}\n"))
     }
+
+    /// A JSON reply (`/health`, `/ready`).
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::new(status, "application/json", body)
+    }
+
+    /// `/health` when the check itself could not run: 503 while the process shuts down, else 500, with
+    /// `{"status":"unhealthy","error":"<message>"}`.
+    pub fn unhealthy(status: u16, error: &str) -> Reply {
+        let error = serde_json::Value::String(error.to_string());
+        Reply::json(
+            status,
+            format!("{{\"status\":\"unhealthy\",\"error\":{error}}}"),
+        )
+    }
 }
 
 /// Answers the routes; called on the server's blocking threads, concurrently.
@@ -152,6 +167,24 @@ pub struct Counters {
     pub gzipped: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+}
+
+impl Counters {
+    /// The counters by name (`Server.stats()` in Python).
+    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("requests", v(&self.requests)),
+            ("rejected", v(&self.rejected)),
+            ("bad_requests", v(&self.bad_requests)),
+            ("timeouts", v(&self.timeouts)),
+            ("unauthorized", v(&self.unauthorized)),
+            ("evicted", v(&self.evicted)),
+            ("tls_errors", v(&self.tls_errors)),
+            ("gzipped", v(&self.gzipped)),
+            ("open_connections", v(&self.open)),
+        ]
+    }
 }
 
 /// One connection's state, shared by its I/O wrapper, its requests and the accept loop.
