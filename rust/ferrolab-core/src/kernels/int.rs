@@ -6,7 +6,7 @@ use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::elementwise::{map_into, Input};
 use super::layout::{canon, fmt_shape, Canon};
-use super::reduce::{drive, ColAcc};
+use super::reduce::{drive, ArgBuffers, ColAcc};
 use crate::error::{CoreError, Result};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, ArrayViewMutD, Ix2};
 use rayon::prelude::*;
@@ -152,40 +152,19 @@ fn arg_merge<const IS_MAX: bool>(a: (i64, usize), b: (i64, usize)) -> (i64, usiz
     }
 }
 
-/// Column arg-extremes: the best value and the row that first holds it, alternating between two buffers row by
-/// row (a select stored back to the address it was loaded from compiles to a masked store, slow on AMD CPUs).
-struct ArgCols<const IS_MAX: bool> {
-    best: Vec<i64>,
-    idx: Vec<usize>,
-    next: (Vec<i64>, Vec<usize>),
-}
+/// Column arg-extremes: the best value and the row that first holds it.
+struct ArgCols<const IS_MAX: bool>(ArgBuffers<i64>);
 impl<const IS_MAX: bool> ColAcc<i64> for ArgCols<IS_MAX> {
     type Out = (i64, usize);
     fn new(w: usize) -> Self {
-        ArgCols {
-            best: Vec::with_capacity(w),
-            idx: vec![0; w],
-            next: (vec![0; w], vec![0; w]),
-        }
+        ArgCols(ArgBuffers::new(w, 0))
     }
     #[inline(always)]
     fn row<M: Mode>(&mut self, i: usize, r: &[i64]) {
-        if i == 0 {
-            self.best.extend_from_slice(r);
-            return;
-        }
-        let old = self.best.iter().zip(&self.idx);
-        let new = self.next.0.iter_mut().zip(self.next.1.iter_mut());
-        for (((&b, &k), (nb, nk)), &v) in old.zip(new).zip(r) {
-            let take = if IS_MAX { v > b } else { v < b };
-            *nb = if take { v } else { b };
-            *nk = if take { i } else { k };
-        }
-        std::mem::swap(&mut self.best, &mut self.next.0);
-        std::mem::swap(&mut self.idx, &mut self.next.1);
+        self.0.row(i, r, |v, b| if IS_MAX { v > b } else { v < b });
     }
     fn finish(self, _n: usize) -> Vec<(i64, usize)> {
-        self.best.into_iter().zip(self.idx).collect()
+        self.0.best.into_iter().zip(self.0.idx).collect()
     }
     fn from_row(out: &mut [(i64, usize)], first: usize) {
         for p in out {

@@ -335,26 +335,28 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ExtCols<T, MAX> {
     }
 }
 
-/// Column arg-extremes: the best value and the row that first holds it; a NaN is taken and then kept.
-///
-/// Both alternate between two buffers, row by row: a select stored back to the address it was loaded from
-/// compiles to a masked store, which is slow on AMD CPUs.
-struct ArgCols<T, const MAX: bool> {
-    best: Vec<T>,
-    idx: Vec<usize>,
+/// Per column, the best value so far and the row that first held it, updated row by row into the other of two
+/// buffers: a select stored back to the address it was loaded from compiles to a masked store, which is slow on
+/// AMD CPUs. Shared by the float and the int64 column arg-extremes.
+pub(crate) struct ArgBuffers<T> {
+    pub(crate) best: Vec<T>,
+    pub(crate) idx: Vec<usize>,
     next: (Vec<T>, Vec<usize>),
 }
-impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
-    type Out = ArgPart<T>;
-    fn new(w: usize) -> Self {
-        ArgCols {
+
+impl<T: Copy> ArgBuffers<T> {
+    /// Buffers for `w` columns (`fill`: any value of the type).
+    pub(crate) fn new(w: usize, fill: T) -> Self {
+        ArgBuffers {
             best: Vec::with_capacity(w),
             idx: vec![0; w],
-            next: (vec![T::ZERO; w], vec![0; w]),
+            next: (vec![fill; w], vec![0; w]),
         }
     }
+
+    /// Row `i`: each column takes `v` where `take(v, best)`.
     #[inline(always)]
-    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+    pub(crate) fn row(&mut self, i: usize, r: &[T], take: impl Fn(T, T) -> bool) {
         if i == 0 {
             self.best.extend_from_slice(r);
             return;
@@ -362,18 +364,33 @@ impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
         let old = self.best.iter().zip(&self.idx);
         let new = self.next.0.iter_mut().zip(self.next.1.iter_mut());
         for (((&b, &k), (nb, nk)), &v) in old.zip(new).zip(r) {
-            let take = !b.is_nan() & (v.is_nan() | if MAX { v > b } else { v < b });
-            *nb = if take { v } else { b };
-            *nk = if take { i } else { k };
+            let t = take(v, b);
+            *nb = if t { v } else { b };
+            *nk = if t { i } else { k };
         }
         std::mem::swap(&mut self.best, &mut self.next.0);
         std::mem::swap(&mut self.idx, &mut self.next.1);
     }
+}
+
+/// Column arg-extremes of floats: a NaN is taken and then kept.
+struct ArgCols<T, const MAX: bool>(ArgBuffers<T>);
+impl<T: Real, const MAX: bool> ColAcc<T> for ArgCols<T, MAX> {
+    type Out = ArgPart<T>;
+    fn new(w: usize) -> Self {
+        ArgCols(ArgBuffers::new(w, T::ZERO))
+    }
+    #[inline(always)]
+    fn row<M: Mode>(&mut self, i: usize, r: &[T]) {
+        self.0.row(i, r, |v, b| {
+            !b.is_nan() & (v.is_nan() | if MAX { v > b } else { v < b })
+        });
+    }
     /// One resolved part per column (`block` is the row, `block_len` 1), which `arg_merge` combines.
     fn finish(self, _n: usize) -> Vec<ArgPart<T>> {
-        self.best
-            .into_iter()
-            .zip(self.idx)
+        let ArgBuffers { best, idx, .. } = self.0;
+        best.into_iter()
+            .zip(idx)
             .map(|(best, k)| ArgPart {
                 nan_at: best.is_nan().then_some(k),
                 best,
