@@ -7,10 +7,14 @@
 //! that cannot be satisfied is a [`CoreError::Memory`] that names the function, the buffer, its shape and size —
 //! `MemoryError` in Python.
 
+use super::dispatch::maybe_parallel;
+use super::PAR_REDUCE_MIN;
 use crate::error::{CoreError, Result};
 use ndarray::{ArrayD, ArrayViewD, IxDyn, ShapeBuilder};
+use rayon::prelude::*;
 use std::alloc::Layout;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 /// Element types whose all-zero bit pattern is a valid value (`0`, `0.0`, `false`), so that a zeroed allocation
 /// (fresh pages from the allocator, no writes: what `vec![0.0; n]` does) is an initialized buffer.
@@ -137,7 +141,7 @@ pub fn collect<T>(
 }
 
 /// The elements of `x` in C order: borrowed when `x` is C-contiguous, else a copy (`arg` names the input).
-pub fn c_order<'a, T: Copy>(
+pub fn c_order<'a, T: Copy + Send + Sync>(
     func: &'static str,
     arg: &str,
     x: &ArrayViewD<'a, T>,
@@ -154,9 +158,13 @@ pub fn c_order<'a, T: Copy>(
 
 /// A copy of the elements of `x` (any strides, negative and zero included) in C order.
 ///
-/// The last axis is the inner loop (a slice copy when it is contiguous) and the other axes advance an offset like
-/// an odometer: ndarray's element iterator over a dynamic-dimension view costs about 20 ns per element.
-pub fn copy_c<T: Copy>(func: &'static str, what: &str, x: &ArrayViewD<'_, T>) -> Result<Vec<T>> {
+/// Row by row: the last axis is a slice copy when it is contiguous, else a strided loop; large copies run on the
+/// pool. (ndarray's element iterator over a dynamic-dimension view costs about 20 ns per element.)
+pub fn copy_c<T: Copy + Send + Sync>(
+    func: &'static str,
+    what: &str,
+    x: &ArrayViewD<'_, T>,
+) -> Result<Vec<T>> {
     let mut v = with_capacity::<T>(func, what, x.shape())?;
     let (shape, strides) = (x.shape(), x.strides());
     let Some((&n_in, outer)) = shape.split_last() else {
@@ -167,36 +175,57 @@ pub fn copy_c<T: Copy>(func: &'static str, what: &str, x: &ArrayViewD<'_, T>) ->
         return Ok(v);
     }
     let s_in = strides[shape.len() - 1];
-    let mut idx = vec![0usize; outer.len()];
-    let mut off = 0isize;
-    let base = x.as_ptr();
-    loop {
-        // SAFETY: `off` is the offset of element (idx..., 0) of the view and `j * s_in` that of its row's j-th
-        // element, j < n_in: every such element exists in the view's memory, which `x` borrows.
+    let rows: usize = outer.iter().product();
+    let base = ViewPtr(x.as_ptr());
+    // the offset of row r's first element: r's index over the outer axes, times their strides
+    let row_offset = |mut r: usize| {
+        let mut off = 0isize;
+        for d in (0..outer.len()).rev() {
+            off += (r % outer[d]) as isize * strides[d];
+            r /= outer[d];
+        }
+        off
+    };
+    let fill = |r: usize, d: &mut [MaybeUninit<T>]| {
+        let p = base;
+        // SAFETY: `row_offset(r)` is the offset of element (r's index..., 0) of the view and `j * s_in` that of
+        // its row's j-th element, j < n_in = d.len(): every such element exists in the view's memory, which `x`
+        // borrows for this call; `d` is this row's part of the destination.
         unsafe {
-            let row = base.offset(off);
+            let row = p.0.offset(row_offset(r));
             if s_in == 1 {
-                v.extend_from_slice(std::slice::from_raw_parts(row, n_in));
+                std::ptr::copy_nonoverlapping(row, d.as_mut_ptr().cast::<T>(), d.len());
             } else {
-                v.extend((0..n_in as isize).map(|j| *row.offset(j * s_in)));
+                for (j, e) in d.iter_mut().enumerate() {
+                    e.write(*row.offset(j as isize * s_in));
+                }
             }
         }
-        let mut d = outer.len();
-        loop {
-            if d == 0 {
-                return Ok(v);
-            }
-            d -= 1;
-            idx[d] += 1;
-            off += strides[d];
-            if idx[d] < outer[d] {
-                break;
-            }
-            off -= strides[d] * outer[d] as isize;
-            idx[d] = 0;
+    };
+    let dst = &mut v.spare_capacity_mut()[..rows * n_in];
+    maybe_parallel(rows * n_in, PAR_REDUCE_MIN, |par| {
+        if par {
+            dst.par_chunks_mut(n_in)
+                .enumerate()
+                .for_each(|(r, d)| fill(r, d));
+        } else {
+            dst.chunks_mut(n_in)
+                .enumerate()
+                .for_each(|(r, d)| fill(r, d));
         }
-    }
+    });
+    // SAFETY: every one of the rows * n_in elements was written above.
+    unsafe { v.set_len(rows * n_in) };
+    Ok(v)
 }
+
+/// The first element of a borrowed view, shared with the pool's threads for a copy.
+#[derive(Clone, Copy)]
+struct ViewPtr<T>(*const T);
+// SAFETY: the pointer is only read, while the view it comes from is borrowed (`copy_c`), and `T: Sync`.
+unsafe impl<T: Sync> Send for ViewPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for ViewPtr<T> {}
 
 #[cfg(test)]
 mod tests {

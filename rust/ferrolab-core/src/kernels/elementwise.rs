@@ -344,7 +344,7 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
 }
 
 /// A copy of `v` (input `name`, possibly broadcast to the result's shape) in `order`.
-fn in_order<T: Copy>(
+fn in_order<T: Copy + Send + Sync>(
     func: &'static str,
     name: &str,
     v: &ArrayViewD<T>,

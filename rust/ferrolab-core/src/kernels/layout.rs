@@ -39,7 +39,7 @@ pub fn normalize_axis(func: &'static str, axis: isize, ndim: usize) -> Result<us
 ///
 /// With `c_order_required`, Fortran-contiguous inputs are copied too (for ops whose result depends on the
 /// C-order flattening, like `argmin` with `axis=None`).
-pub fn canon<'a, T: Copy>(
+pub fn canon<'a, T: Copy + Send + Sync>(
     func: &'static str,
     x: &ArrayViewD<'a, T>,
     axis: Option<isize>,
