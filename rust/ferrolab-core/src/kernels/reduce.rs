@@ -750,7 +750,6 @@ pub mod small {
     }
 }
 
-/// Adapts [`ArgCols`] to the `ArgPart` output of [`drive`] (the index travels in `block`).
 /// Index of the first minimum over `axis` (`None`: flat C-order index); a NaN counts as the minimum.
 pub fn argmin<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     // the flat index refers to C order, so Fortran inputs are copied for axis=None
