@@ -140,8 +140,8 @@ def test_argminmax_ties_and_nan(name, data):
 )
 @pytest.mark.parametrize("how", ["C", "F", "T", "neg_strided"])
 def test_reduction_large_inputs(name, shape, how):
-    """Sizes beyond the SIMD width, block size and parallel threshold, on every axis (the last two shapes: parallel
-    column reductions that split the rows, one of them wider than a band of columns)."""
+    """Sizes beyond the SIMD width, block size and parallel threshold, on every axis (with 2 threads, the last two
+    shapes take the parallel column reductions that split the rows, one of them wider than a band of columns)."""
     rng = np.random.default_rng(zlib.crc32(repr((name, shape, how)).encode()))
     for dtype in FLOATS:
         x = layout((rng.standard_normal(shape) * 10 + 3).astype(dtype), how)
@@ -154,8 +154,9 @@ def test_reduction_large_inputs(name, shape, how):
 @pytest.mark.parametrize("name", ["sum", "mean", "min", "max", "argmin", "argmax", "norm", "var", "std"])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_column_reductions_nan_and_inf_in_every_row_range(name, dtype):
-    """Parallel column reductions split the rows into one range per thread: a NaN or an infinity in the first, a
-    middle or the last row, or in several, gives NumPy's result in its column (and the others stay exact)."""
+    """Parallel column reductions of narrow columns split the rows into one range per thread (both shapes, with 2
+    threads): a NaN or an infinity in the first, a middle or the last row, or in several, gives NumPy's result in
+    its column (and the others stay exact)."""
     rng = np.random.default_rng(7)
     fl_fn, np_fn = getattr(fl.ops, name), (_np_norm if name == "norm" else getattr(np, name))
     for shape in [(640, 400), (20, 9001)]:

@@ -499,24 +499,6 @@ struct Names<'a> {
     unit: &'a str,
 }
 
-impl<'a> Names<'a> {
-    fn new(
-        name: &'a str,
-        documentation: &'a str,
-        namespace: &'a str,
-        subsystem: &'a str,
-        unit: &'a str,
-    ) -> Names<'a> {
-        Names {
-            name,
-            documentation,
-            namespace,
-            subsystem,
-            unit,
-        }
-    }
-}
-
 impl Metric {
     fn create(
         py: Python<'_>,
@@ -904,11 +886,11 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A metric class (`$cls`, of kind `$kind`): its constructor, which takes prometheus_client's naming arguments
-/// (plus the class's own `$extra` ones) and makes the native metric with `$make`, and the methods given.
+/// A metric class (`$cls`, of kind `$kind`) and its methods: the constructor takes prometheus_client's naming
+/// arguments plus the class's own `$extra` ones; `$args`, which sees those and `$unit`, checks them and gives the
+/// `(buckets, states)` of the native metric.
 macro_rules! metric_class {
-    ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*],
-     |$py:ident, $names:ident, $labelnames:ident, $unit:ident, $registry:ident| $make:block,
+    ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*], |$unit:ident| $args:block,
      { $($methods:tt)* }) => {
         #[pymethods]
         impl $cls {
@@ -917,18 +899,19 @@ macro_rules! metric_class {
                                 registry=RegistryArg::DEFAULT $(, $extra=$default)*))]
             #[allow(clippy::too_many_arguments)]
             fn new(
-                $py: Python<'_>,
+                py: Python<'_>,
                 name: &str,
                 documentation: &str,
-                $labelnames: Option<&Bound<'_, PyAny>>,
+                labelnames: Option<&Bound<'_, PyAny>>,
                 namespace: &str,
                 subsystem: &str,
                 $unit: &str,
-                $registry: RegistryArg,
+                registry: RegistryArg,
                 $($extra: $ty),*
             ) -> PyResult<PyClassInitializer<Self>> {
-                let $names = Names::new(name, documentation, namespace, subsystem, $unit);
-                let m: Metric = $make?;
+                let (buckets, states): (Option<Vec<f64>>, Option<Vec<String>>) = $args;
+                let names = Names { name, documentation, namespace, subsystem, unit: $unit };
+                let m = Metric::create(py, $kind, names, labelnames, buckets, registry, states)?;
                 Ok(PyClassInitializer::from(m).add_subclass($cls))
             }
 
@@ -979,9 +962,7 @@ pub struct Counter;
 
 metric_class! {
     Counter, Kind::Counter, [],
-    |py, names, labelnames, unit, registry| {
-        Metric::create(py, Kind::Counter, names, labelnames, None, registry, None)
-    },
+    |unit| { (None, None) },
     {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``. ``exemplar`` (a dict of str labels,
     /// e.g. ``{"trace_id": "..."}``) is attached to the increment; inside a sampled ``fl.tracing`` span the span's
@@ -1084,14 +1065,14 @@ fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
 
 metric_class! {
     Gauge, Kind::Gauge, [multiprocess_mode: &str = "all"],
-    |py, names, labelnames, unit, registry| {
+    |unit| {
         if multiprocess_mode != "all" {
             return Err(errors::not_implemented(format!(
                 "Gauge(): multiprocess_mode={multiprocess_mode:?} is not supported: ferrolab's values live in one \
                  process (serve each worker's metrics with fl.metrics.serve() and aggregate in Prometheus)"
             )));
         }
-        Metric::create(py, Kind::Gauge, names, labelnames, None, registry, None)
+        (None, None)
     },
     {
     /// Adds ``amount`` (default 1).
@@ -1190,9 +1171,7 @@ pub struct Histogram;
 
 metric_class! {
     Histogram, Kind::Histogram, [buckets: Option<Vec<f64>> = None],
-    |py, names, labelnames, unit, registry| {
-        Metric::create(py, Kind::Histogram, names, labelnames, buckets, registry, None)
-    },
+    |unit| { (buckets, None) },
     {
     /// The bucket upper bounds, ``inf`` last (prometheus_client's ``_upper_bounds``).
     #[getter]
@@ -1243,9 +1222,7 @@ pub struct Summary;
 
 metric_class! {
     Summary, Kind::Summary, [],
-    |py, names, labelnames, unit, registry| {
-        Metric::create(py, Kind::Summary, names, labelnames, None, registry, None)
-    },
+    |unit| { (None, None) },
     {
     /// Records one observation.
     fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
@@ -1279,9 +1256,9 @@ pub struct Enum;
 
 metric_class! {
     Enum, Kind::Enum, [states: Option<Vec<String>> = None],
-    |py, names, labelnames, unit, registry| {
+    |unit| {
         no_unit("Enum", unit)?;
-        Metric::create(py, Kind::Enum, names, labelnames, None, registry, Some(states.unwrap_or_default()))
+        (None, Some(states.unwrap_or_default()))
     },
     {
     /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
@@ -1311,9 +1288,9 @@ pub struct Info;
 
 metric_class! {
     Info, Kind::Info, [],
-    |py, names, labelnames, unit, registry| {
+    |unit| {
         no_unit("Info", unit)?;
-        Metric::create(py, Kind::Info, names, labelnames, None, registry, None)
+        (None, None)
     },
     {
     /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).

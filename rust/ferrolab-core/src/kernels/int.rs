@@ -100,8 +100,9 @@ fn extreme(
     max: bool,
 ) -> Result<ArrayD<i64>> {
     let c = canon(func, x, axis, false)?;
-    // an empty reduced axis has no minimum/maximum even when the result is empty (NumPy raises too)
-    if c.n == 0 || (x.is_empty() && axis.is_none()) {
+    // an empty reduced axis (all of an empty x for axis=None) has no minimum/maximum even when the result is
+    // empty (NumPy raises too)
+    if c.n == 0 {
         return Err(no_identity(func, max));
     }
     let v = if max {
@@ -120,8 +121,8 @@ pub fn max(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     extreme("max", x, axis, true)
 }
 
-/// The first minimum (`MAX = false`) or maximum of a non-empty range and its index plus `offset`.
-struct Arg<'a, const MAX: bool>(&'a [i64], usize);
+/// The first minimum (`IS_MAX = false`) or maximum of a non-empty range and its index plus `offset`.
+struct Arg<'a, const IS_MAX: bool>(&'a [i64], usize);
 impl<const IS_MAX: bool> Kernel for Arg<'_, IS_MAX> {
     type Output = (i64, usize);
     #[inline(always)]
@@ -188,20 +189,15 @@ fn arg(
     axis: Option<isize>,
     max: bool,
 ) -> Result<ArrayD<i64>> {
-    let empty = || {
-        CoreError::value(
+    // the flat index refers to C order
+    let c = canon(func, x, axis, axis.is_none())?;
+    // an empty reduced axis (all of an empty x for axis=None)
+    if c.n == 0 {
+        return Err(CoreError::value(
             func,
             "x",
             format!("is empty: attempt to get {func} of an empty sequence"),
-        )
-    };
-    if x.is_empty() && axis.is_none() {
-        return Err(empty());
-    }
-    // the flat index refers to C order
-    let c = canon(func, x, axis, axis.is_none())?;
-    if c.n == 0 {
-        return Err(empty());
+        ));
     }
     let parts = if max {
         arg_of::<true>(func, &c)?

@@ -19,9 +19,6 @@ pub(crate) trait ColAcc<T>: Sized {
     fn new(width: usize) -> Self;
     fn row<M: Mode>(&mut self, i: usize, row: &[T]);
     fn finish(self, n: usize) -> Vec<Self::Out>;
-    /// Whether the results of consecutive row ranges merge with `drive`'s `merge` (then parallel column
-    /// reductions split the rows, and each thread streams whole rows).
-    const SPLIT_ROWS: bool = true;
     /// Makes the results of a range of rows that starts at row `first` relative to the whole slab.
     fn from_row(_out: &mut [Self::Out], _first: usize) {}
 }
@@ -137,7 +134,7 @@ where
         // narrow columns) each task instead reduces a range of whole rows (contiguous memory, as NumPy walks it)
         // into its own results, band by band, and the ranges' results are merged in row order; for long runs
         // (few wide rows) the bands stream well and need no merge
-        if par && A::SPLIT_ROWS && n >= 8 * parts && inner < 4 * parts * SPLIT_MIN_RUN {
+        if par && n >= 8 * parts && inner < 4 * parts * SPLIT_MIN_RUN {
             if let Ok(mut partial) =
                 alloc::filled::<U>(func, "partial results", &[parts - 1, inner], U::default())
             {
@@ -172,7 +169,7 @@ where
             }
         }
         let band = if par {
-            (inner / (4 * num_threads())).clamp(256.min(inner), inner)
+            (inner / (4 * parts)).clamp(256.min(inner), inner)
         } else {
             inner.min(1 << 16)
         };

@@ -54,7 +54,7 @@ impl Neumaier {
     }
 }
 
-/// `x` as `&[U]` when `T` is `U`.
+/// `x` as `&mut [U]` when `T` is `U`.
 #[inline(always)]
 fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> Option<&mut [U]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
@@ -65,6 +65,8 @@ fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> Option<&mut [U]> {
     }
 }
 
+/// `x` as `&[U]` when `T` is `U`.
+#[inline(always)]
 fn same_type<T: 'static, U: 'static>(x: &[T]) -> Option<&[U]> {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
         // SAFETY: T and U are the same type.
@@ -94,22 +96,8 @@ fn block_sum<T: Real, M: Mode>(x: &[T]) -> f64 {
             return unsafe { avx2::block_sum_f32(x) };
         }
     }
-    block_sum_lanes(x)
-}
-
-#[inline(always)]
-fn block_sum_lanes<T: Real>(x: &[T]) -> f64 {
-    let mut acc = [0.0f64; L];
-    let mut it = x.chunks_exact(L);
-    for c in &mut it {
-        for i in 0..L {
-            acc[i] += c[i].to_f64();
-        }
-    }
-    for (i, &v) in it.remainder().iter().enumerate() {
-        acc[i] += v.to_f64();
-    }
-    tree(acc)
+    // `x - 0` is `x` for every value (-0.0 included): the compiler drops the subtraction
+    shifted_sum_lanes(x, T::ZERO)
 }
 
 /// Pairwise sum of the lanes.
@@ -203,7 +191,7 @@ mod avx2 {
         tree(a)
     }
 
-    /// [`super::block_sum_lanes`] of f32 values.
+    /// [`super::block_sum`]'s lane loop of f32 values.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
@@ -801,7 +789,7 @@ mod tests {
             let bits = |v: f64| v.to_bits();
             assert_eq!(
                 bits(block_sum::<f32, Fused>(&xf)),
-                bits(block_sum_lanes(&xf)),
+                bits(shifted_sum_lanes(&xf, 0.0)),
                 "{n}"
             );
             let k = xf.first().copied().unwrap_or(1.5);
