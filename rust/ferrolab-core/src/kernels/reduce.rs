@@ -661,31 +661,13 @@ fn arg_index<T: Real>(row: &[T], p: ArgPart<T>) -> i64 {
     (p.block + dispatch(FirstEq(blk, p.best))) as i64
 }
 
-/// Index of the first element of a slice equal to a value that the slice holds (its length when none is): chunks
-/// of `FE` elements are compared at once (vectorized), then the chunk that holds it element by element.
+/// [`simd::first_eq`] under dispatch.
 struct FirstEq<'a, T>(&'a [T], T);
-const FE: usize = 16;
 impl<T: Real> Kernel for FirstEq<'_, T> {
     type Output = usize;
     #[inline(always)]
     fn run<M: Mode>(self) -> usize {
-        let (x, v) = (self.0, self.1);
-        let mut it = x.chunks_exact(FE);
-        let mut base = 0;
-        for c in &mut it {
-            let mut any = false;
-            for &e in c {
-                any |= e == v;
-            }
-            if any {
-                break;
-            }
-            base += FE;
-        }
-        base + x[base..]
-            .iter()
-            .position(|&e| e == v)
-            .unwrap_or(x.len() - base)
+        super::simd::first_eq::<T, M>(self.0, self.1)
     }
 }
 

@@ -304,14 +304,34 @@ mod avx2 {
                     }
                     w /= 2;
                 }
+                // the tail: whole registers, then the last $w values of the block (overlapping values already
+                // seen, which changes neither an extreme nor the NaN test); element by element only in blocks
+                // shorter than one register
+                let rest = chunks.remainder();
+                let mut tail = rest.chunks_exact($w);
+                for c in &mut tail {
+                    // SAFETY: $w values inside the chunk.
+                    let v = unsafe { $load(c.as_ptr()) };
+                    acc[0] = pick(v, acc[0]);
+                    nan = $or(nan, $cmp::<_CMP_UNORD_Q>(v, v));
+                }
+                let short = x.len() < $w;
+                if !short && !tail.remainder().is_empty() {
+                    // SAFETY: the block holds at least $w values; these are its last $w.
+                    let v = unsafe { $load(x.as_ptr().add(x.len() - $w)) };
+                    acc[0] = pick(v, acc[0]);
+                    nan = $or(nan, $cmp::<_CMP_UNORD_Q>(v, v));
+                }
                 let mut a = [0.0 as $t; $w];
                 // SAFETY: $w values inside `a`.
                 unsafe { $store(a.as_mut_ptr(), acc[0]) };
                 let mut best = a.iter().fold(a[0], |b, &v| if better(v, b) { v } else { b });
                 let mut any_nan = $mask(nan) != 0;
-                for &v in chunks.remainder() {
-                    any_nan |= v.is_nan();
-                    best = if better(v, best) { v } else { best };
+                if short {
+                    for &v in x {
+                        any_nan |= v.is_nan();
+                        best = if better(v, best) { v } else { best };
+                    }
                 }
                 if any_nan {
                     <$t>::NAN
@@ -335,6 +355,48 @@ mod avx2 {
         /// [`block_extreme_f64`] of f32 values (8 registers of 8 lanes).
         block_extreme_f32, f32, __m256, 8, _mm256_set1_ps, _mm256_setzero_ps, _mm256_loadu_ps,
         _mm256_storeu_ps, _mm256_min_ps, _mm256_max_ps, _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps
+    );
+
+    /// The explicit first-equal searches: 4 registers of `$w` lanes compared per step, one mask test.
+    macro_rules! first_eq {
+        ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $set1:ident, $load:ident, $cmp:ident, $or:ident,
+         $mask:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name(x: &[$t], v: $t) -> usize {
+                let want = $set1(v);
+                let mut chunks = x.chunks_exact(4 * $w);
+                let mut base = 0;
+                for c in &mut chunks {
+                    // SAFETY: $w values at $w * k inside the chunk of 4 * $w.
+                    let e: [_; 4] = std::array::from_fn(|k| {
+                        $cmp::<_CMP_EQ_OQ>(unsafe { $load(c.as_ptr().add($w * k)) }, want)
+                    });
+                    // one mask test per step (movemask is the loop's narrowest instruction)
+                    if $mask($or($or(e[0], e[1]), $or(e[2], e[3]))) != 0 {
+                        let m = e.map(|r| $mask(r));
+                        let k = m.iter().position(|&b| b != 0).unwrap_or(0);
+                        return base + $w * k + m[k].trailing_zeros() as usize;
+                    }
+                    base += 4 * $w;
+                }
+                base + chunks.remainder().iter().position(|&e| e == v).unwrap_or(x.len() - base)
+            }
+        };
+    }
+
+    first_eq!(
+        /// [`super::first_eq`] of f64 values.
+        first_eq_f64, f64, 4, _mm256_set1_pd, _mm256_loadu_pd, _mm256_cmp_pd, _mm256_or_pd,
+        _mm256_movemask_pd
+    );
+    first_eq!(
+        /// [`super::first_eq`] of f32 values.
+        first_eq_f32, f32, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_cmp_ps, _mm256_or_ps,
+        _mm256_movemask_ps
     );
 
     macro_rules! col_extreme {
@@ -681,6 +743,40 @@ fn block_extreme_lanes<T: Real, const MAX: bool>(x: &[T]) -> T {
     best
 }
 
+/// Index of the first element of `x` equal to `v` (`x.len()` when none is): the explicit AVX2 searches for f64
+/// and f32, else chunks of 16 elements compared at once (vectorized by the compiler), then the chunk that holds
+/// it element by element.
+#[inline(always)]
+pub fn first_eq<T: Real, M: Mode>(x: &[T], v: T) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
+        if let Some(x) = same_type::<T, f64>(x) {
+            return unsafe { avx2::first_eq_f64(x, v.to_f64()) };
+        }
+        if let Some(x) = same_type::<T, f32>(x) {
+            return unsafe { avx2::first_eq_f32(x, v.to_f64() as f32) };
+        }
+    }
+    const FE: usize = 16;
+    let mut it = x.chunks_exact(FE);
+    let mut base = 0;
+    for c in &mut it {
+        let mut any = false;
+        for &e in c {
+            any |= e == v;
+        }
+        if any {
+            break;
+        }
+        base += FE;
+    }
+    base + x[base..]
+        .iter()
+        .position(|&e| e == v)
+        .unwrap_or(x.len() - base)
+}
+
 /// Partial result of an arg-extreme search over a range.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ArgPart<T> {
@@ -755,7 +851,11 @@ mod tests {
             assert!(same(lo, block_extreme_lanes::<T, false>(x)), "{x:?}");
             assert!(same(hi, block_extreme_lanes::<T, true>(x)), "{x:?}");
         }
-        for n in [1usize, 2, 31, 32, 33, 63, 64, 65, 100, 511, 512] {
+        // lengths around the register widths (4, 8), the chunks (32, 64) and the tails (whole registers, then
+        // an overlapping last register)
+        for n in [
+            1usize, 2, 3, 4, 5, 7, 8, 9, 15, 31, 32, 33, 36, 40, 63, 64, 65, 71, 100, 488, 511, 512,
+        ] {
             let x: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 - 500.0).collect();
             let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             check(&x);
@@ -769,6 +869,35 @@ mod tests {
                     check(&y);
                     check(&yf);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_first_eq_finds_the_first_match() {
+        use crate::kernels::dispatch::{Fused, Unfused};
+        fn check<T: Real + std::fmt::Debug>(x: &[T], v: T) {
+            let want = x.iter().position(|&e| e == v).unwrap_or(x.len());
+            assert_eq!(first_eq::<T, Fused>(x, v), want, "{v:?} in {x:?}");
+            assert_eq!(first_eq::<T, Unfused>(x, v), want, "{v:?} in {x:?}");
+        }
+        for n in [0usize, 1, 3, 4, 8, 15, 16, 17, 31, 32, 33, 64, 100, 512] {
+            let x: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            for v in [0.0, 3.0, 6.0, 9.0, f64::NAN] {
+                check(&x, v);
+                check(&xf, v as f32);
+            }
+            // a single match at every position, and a second one after it
+            for at in 0..n {
+                let mut y = vec![1.0f64; n];
+                y[at] = -2.0;
+                if at + 5 < n {
+                    y[at + 5] = -2.0;
+                }
+                let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+                check(&y, -2.0);
+                check(&yf, -2.0f32);
             }
         }
     }
