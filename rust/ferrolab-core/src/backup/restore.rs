@@ -220,12 +220,6 @@ fn check_items(items: &[&Item], idx: &crate::backup::index::Index, snap: &str) -
     Ok(())
 }
 
-/// Restores snapshot `snapshot_id` into `target`.
-///
-/// Each file is written under a temporary name in its folder, gets its owner, mode and times through its
-/// descriptor, and is renamed to its name only when all its data was written and checked: a failed,
-/// cancelled or killed restore leaves no file that looks complete (temporary files are removed on failure;
-/// a killed process leaves `.fl-*.tmp` files).
 /// The item paths (relative to '/', no trailing slash) of the absolute original paths `paths` that a restore
 /// includes.
 pub fn include_items(paths: &[PathBuf]) -> Vec<Vec<u8>> {
@@ -237,6 +231,49 @@ pub fn include_items(paths: &[PathBuf]) -> Vec<Vec<u8>> {
     paths.iter().map(item).collect()
 }
 
+/// An order of the units (given by the file each one starts with) in which runs of consecutive units of one
+/// file are interleaved, `k` runs at a time: a file's units stay in order, files start in order, and `k` threads
+/// taking units in this order mostly write `k` different files. (ext4 serializes buffered writes to one file on
+/// its inode lock, and threads waiting for it spin: a 100 MiB file cut into 8 MiB units had all data threads
+/// writing it at once, with 10% of the restore's CPU time spent spinning.)
+fn interleave_runs(first_file: &[usize], k: usize) -> Vec<usize> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (u, &f) in first_file.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if first_file[r.start] == f => r.end = u + 1,
+            _ => runs.push(u..u + 1),
+        }
+    }
+    let mut pending = runs.into_iter();
+    let mut active: Vec<std::ops::Range<usize>> = pending.by_ref().take(k.max(1)).collect();
+    let mut order = Vec::with_capacity(first_file.len());
+    while !active.is_empty() {
+        let mut j = 0;
+        while j < active.len() {
+            if let Some(u) = active[j].next() {
+                order.push(u);
+            }
+            if active[j].is_empty() {
+                match pending.next() {
+                    Some(r) => active[j] = r,
+                    None => {
+                        active.remove(j);
+                        continue;
+                    }
+                }
+            }
+            j += 1;
+        }
+    }
+    order
+}
+
+/// Restores snapshot `snapshot_id` into `target`.
+///
+/// Each file is written under a temporary name in its folder, gets its owner, mode and times through its
+/// descriptor, and is renamed to its name only when all its data was written and checked: a failed,
+/// cancelled or killed restore leaves no file that looks complete (temporary files are removed on failure;
+/// a killed process leaves `.fl-*.tmp` files).
 pub fn restore(
     repo: &Repository,
     snapshot_id: &str,
@@ -393,6 +430,18 @@ pub fn restore(
     let ready: Vec<AtomicBool> = (0..items.len()).map(|_| AtomicBool::new(false)).collect();
     let waiting = AtomicBool::new(false);
     let gate = (Mutex::new(()), Condvar::new());
+    // twice the cores: half of a restore is waiting on the file system (creating and writing files)
+    let nthreads = std::env::var("FERROLAB_RESTORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 16);
+    // the order the data threads take the units in: neighbouring units of one large file spread apart, so that
+    // threads writing at the same time mostly write different files
+    let order = interleave_runs(
+        &units.iter().map(|u| segs[u.start].0).collect::<Vec<_>>(),
+        nthreads,
+    );
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -441,12 +490,6 @@ pub fn restore(
         }
         !abort.load(Ordering::Relaxed)
     };
-    // twice the cores: half of a restore is waiting on the file system (creating and writing files)
-    let nthreads = std::env::var("FERROLAB_RESTORE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .clamp(1, 16);
     // complete files, to the folder thread that names them
     let (complete_tx, complete_rx): (Vec<_>, Vec<_>) = (0..nfolder)
         .map(|_| {
@@ -509,7 +552,7 @@ pub fn restore(
                     if u >= units.len() || abort.load(Ordering::Relaxed) {
                         return;
                     }
-                    let unit = &segs[units[u].clone()];
+                    let unit = &segs[units[order[u]].clone()];
                     let ids: Vec<Id> = unit
                         .iter()
                         .flat_map(|&(i, a, b, _)| items[i].chunks[a..b].iter().copied())
@@ -658,8 +701,33 @@ pub fn restore(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_item_path, include_items};
+    use super::{check_item_path, include_items, interleave_runs};
     use std::path::PathBuf;
+
+    #[test]
+    fn interleave_runs_spreads_one_file_and_keeps_every_unit() {
+        // units of files: 0 (4 units), 1, 2, 3 (3 units), 4
+        let first = [0, 0, 0, 0, 1, 2, 3, 3, 3, 4];
+        let order = interleave_runs(&first, 2);
+        assert_eq!(order, vec![0, 4, 1, 5, 2, 6, 3, 7, 9, 8]);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..first.len()).collect::<Vec<_>>());
+        // one thread: the original order
+        assert_eq!(
+            interleave_runs(&first, 1),
+            (0..first.len()).collect::<Vec<_>>()
+        );
+        assert!(interleave_runs(&[], 4).is_empty());
+        // each file's units stay in order
+        for k in 1..6 {
+            let order = interleave_runs(&first, k);
+            for f in 0..5 {
+                let of: Vec<usize> = order.iter().copied().filter(|&u| first[u] == f).collect();
+                assert!(of.windows(2).all(|w| w[0] < w[1]), "k={k} file {f}: {of:?}");
+            }
+        }
+    }
 
     #[test]
     fn include_items_are_relative_to_the_root() {
