@@ -6,8 +6,11 @@ use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
 use super::elementwise::{map_into, Input};
 use super::layout::{canon, fmt_shape, Canon};
+use super::reduce::Scalar;
 use super::reduce::{drive, ArgBuffers, ColAcc};
+use super::simd::{extreme_i64, first_eq};
 use crate::error::{CoreError, Result};
+use crate::telemetry::seam::Op;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, ArrayViewMutD, Ix2};
 use rayon::prelude::*;
 
@@ -33,12 +36,20 @@ fn identity<const OP: u8>() -> i64 {
     }
 }
 
-/// The wrapping sum, minimum or maximum of a contiguous range (8 lanes, so that the loop vectorizes).
+/// The wrapping sum (8 lanes, so that the loop vectorizes), minimum or maximum ([`extreme_i64`]) of a contiguous
+/// range.
 struct Fold<'a, const OP: u8>(&'a [i64]);
 impl<const OP: u8> Kernel for Fold<'_, OP> {
     type Output = i64;
     #[inline(always)]
     fn run<M: Mode>(self) -> i64 {
+        if !self.0.is_empty() {
+            match OP {
+                MIN => return extreme_i64::<false, M>(self.0),
+                MAX => return extreme_i64::<true, M>(self.0),
+                _ => {}
+            }
+        }
         let mut acc = [identity::<OP>(); 8];
         let mut it = self.0.chunks_exact(8);
         for c in &mut it {
@@ -121,26 +132,26 @@ pub fn max(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     extreme("max", x, axis, true)
 }
 
-/// The first minimum (`IS_MAX = false`) or maximum of a non-empty range and its index plus `offset`.
+/// The first minimum (`IS_MAX = false`) or maximum of a non-empty range and its index plus `offset`: the extreme
+/// of each block of [`ARG_BLOCK`] values, then the first position of the best in the first block that holds it
+/// (one pass over the data, and a short search).
 struct Arg<'a, const IS_MAX: bool>(&'a [i64], usize);
+const ARG_BLOCK: usize = 4096;
 impl<const IS_MAX: bool> Kernel for Arg<'_, IS_MAX> {
     type Output = (i64, usize);
     #[inline(always)]
     fn run<M: Mode>(self) -> (i64, usize) {
-        let best = if IS_MAX {
-            Fold::<MAX>(self.0).run::<M>()
-        } else {
-            Fold::<MIN>(self.0).run::<M>()
-        };
-        // then the first position: 16 elements compared at once, the chunk that holds it one by one
-        let mut base = self.1;
-        for c in self.0.chunks(16) {
-            if c.iter().fold(false, |f, &v| f | (v == best)) {
-                return (best, base + c.iter().position(|&v| v == best).unwrap_or(0));
+        let mut best: Option<(i64, usize)> = None;
+        for (b, blk) in self.0.chunks(ARG_BLOCK).enumerate() {
+            let v = extreme_i64::<IS_MAX, M>(blk);
+            if best.is_none_or(|(w, _)| if IS_MAX { v > w } else { v < w }) {
+                best = Some((v, b));
             }
-            base += c.len();
         }
-        (best, self.1)
+        let (v, b) = best.unwrap_or((0, 0));
+        let blk = &self.0[(b * ARG_BLOCK).min(self.0.len())..];
+        let blk = &blk[..blk.len().min(ARG_BLOCK)];
+        (v, self.1 + b * ARG_BLOCK + first_eq::<i64, M>(blk, v))
     }
 }
 
@@ -219,6 +230,23 @@ pub fn argmin(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
 
 pub fn argmax(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     arg("argmax", x, axis, true)
+}
+
+/// Whole-array `sum`, `min`, `max`, `argmin` or `argmax` of a contiguous, non-empty slice of fewer than
+/// [`super::PAR_REDUCE_MIN`] values (`argmin`/`argmax`: in C order), on the calling thread and without the
+/// n-d machinery; the same kernels as the n-d path, so the same results. `None` for other ops and sizes.
+pub fn reduce_flat_small(op: Op, s: &[i64]) -> Option<Scalar<i64>> {
+    if !super::reduce::small::applies(s) {
+        return None;
+    }
+    Some(match op {
+        Op::Sum => Scalar::Value(dispatch(Fold::<SUM>(s))),
+        Op::Min => Scalar::Value(dispatch(Fold::<MIN>(s))),
+        Op::Max => Scalar::Value(dispatch(Fold::<MAX>(s))),
+        Op::Argmin => Scalar::Index(dispatch(Arg::<false>(s, 0)).1 as i64),
+        Op::Argmax => Scalar::Index(dispatch(Arg::<true>(s, 0)).1 as i64),
+        _ => return None,
+    })
 }
 
 /// The wrapping dot product of two contiguous ranges of one length (8 lanes).
@@ -362,6 +390,35 @@ pub fn clip(
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn arg_blocks_find_the_first_extreme_in_any_block() {
+        use crate::kernels::dispatch::Unfused;
+        let n = 3 * ARG_BLOCK + 100;
+        let base: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 1009).collect();
+        // the extreme in the last (short) block, in a middle block, and tied across blocks (first wins)
+        for spots in [
+            vec![n - 1],
+            vec![ARG_BLOCK + 7],
+            vec![2 * ARG_BLOCK + 3, ARG_BLOCK - 1, n - 2],
+        ] {
+            let (mut lo, mut hi) = (base.clone(), base.clone());
+            for &p in &spots {
+                lo[p] = -5;
+                hi[p] = 5000;
+            }
+            let first = *spots.iter().min().unwrap();
+            assert_eq!(dispatch(Arg::<false>(&lo, 10)), (-5, first + 10));
+            assert_eq!(dispatch(Arg::<true>(&hi, 0)), (5000, first));
+            assert_eq!(Arg::<false>(&lo, 0).run::<Unfused>(), (-5, first));
+            assert_eq!(
+                reduce_flat_small(Op::Argmax, &hi),
+                Some(Scalar::Index(first as i64))
+            );
+        }
+        assert_eq!(reduce_flat_small(Op::Mean, &base), None);
+        assert_eq!(reduce_flat_small(Op::Min, &[]), None);
+    }
 
     #[test]
     fn integer_paths() {

@@ -399,6 +399,94 @@ mod avx2 {
         _mm256_movemask_ps
     );
 
+    /// [`super::first_eq`] of i64 values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn first_eq_i64(x: &[i64], v: i64) -> usize {
+        let want = _mm256_set1_epi64x(v);
+        let mut chunks = x.chunks_exact(16);
+        let mut base = 0;
+        for c in &mut chunks {
+            // SAFETY: 4 values at 4k inside the chunk of 16.
+            let e: [__m256i; 4] = std::array::from_fn(|k| {
+                _mm256_cmpeq_epi64(
+                    unsafe { _mm256_loadu_si256(c.as_ptr().add(4 * k).cast()) },
+                    want,
+                )
+            });
+            let any = _mm256_or_si256(_mm256_or_si256(e[0], e[1]), _mm256_or_si256(e[2], e[3]));
+            if _mm256_movemask_pd(_mm256_castsi256_pd(any)) != 0 {
+                let m = e.map(|r| _mm256_movemask_pd(_mm256_castsi256_pd(r)));
+                let k = m.iter().position(|&b| b != 0).unwrap_or(0);
+                return base + 4 * k + m[k].trailing_zeros() as usize;
+            }
+            base += 16;
+        }
+        base + chunks
+            .remainder()
+            .iter()
+            .position(|&e| e == v)
+            .unwrap_or(x.len() - base)
+    }
+
+    /// [`super::extreme_i64`]: 8 registers of 4 lanes, each step a 64-bit compare and a blend (AVX2 has no
+    /// 64-bit integer min/max); the tail as whole registers, then the last 4 values (overlapping values already
+    /// seen), element by element only in slices shorter than one register.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`); `x` must not be empty.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn extreme_i64<const MAX: bool>(x: &[i64]) -> i64 {
+        // the better of a and b: b where it is smaller (larger)
+        let pick = |a: __m256i, b: __m256i| {
+            let take_b = if MAX {
+                _mm256_cmpgt_epi64(b, a)
+            } else {
+                _mm256_cmpgt_epi64(a, b)
+            };
+            _mm256_blendv_epi8(a, b, take_b)
+        };
+        // the 4 values at the start of `v` (the slice index checks that there are 4)
+        let load = |v: &[i64]| {
+            let q: &[i64; 4] = v[..4].try_into().expect("4 values");
+            // SAFETY: `q` is 4 readable values.
+            unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+        };
+        let mut acc = [_mm256_set1_epi64x(x[0]); 8];
+        let mut chunks = x.chunks_exact(32);
+        for c in &mut chunks {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = pick(*a, load(&c[4 * k..]));
+            }
+        }
+        let mut w = 4;
+        while w > 0 {
+            for k in 0..w {
+                acc[k] = pick(acc[k], acc[k + w]);
+            }
+            w /= 2;
+        }
+        let rest = chunks.remainder();
+        let mut tail = rest.chunks_exact(4);
+        for c in &mut tail {
+            acc[0] = pick(acc[0], load(c));
+        }
+        if x.len() >= 4 && !tail.remainder().is_empty() {
+            acc[0] = pick(acc[0], load(&x[x.len() - 4..]));
+        }
+        let mut a = [0i64; 4];
+        // SAFETY: 4 values inside `a`.
+        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), acc[0]) };
+        let better = |a: i64, b: i64| if MAX { a.max(b) } else { a.min(b) };
+        let mut best = a.into_iter().fold(a[0], better);
+        if x.len() < 4 {
+            best = x.iter().fold(best, |b, &v| better(b, v));
+        }
+        best
+    }
+
     macro_rules! col_extreme {
         ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $load:ident, $store:ident, $min:ident, $max:ident,
          $cmp:ident, $blend:ident) => {
@@ -743,19 +831,23 @@ fn block_extreme_lanes<T: Real, const MAX: bool>(x: &[T]) -> T {
     best
 }
 
-/// Index of the first element of `x` equal to `v` (`x.len()` when none is): the explicit AVX2 searches for f64
-/// and f32, else chunks of 16 elements compared at once (vectorized by the compiler), then the chunk that holds
-/// it element by element.
+/// Index of the first element of `x` equal to `v` (`x.len()` when none is): the explicit AVX2 searches for f64,
+/// f32 and i64, else chunks of 16 elements compared at once (vectorized by the compiler), then the chunk that
+/// holds it element by element.
 #[inline(always)]
-pub fn first_eq<T: Real, M: Mode>(x: &[T], v: T) -> usize {
+pub fn first_eq<T: Copy + PartialEq + 'static, M: Mode>(x: &[T], v: T) -> usize {
     #[cfg(target_arch = "x86_64")]
     if use_avx2::<M>() {
-        // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
-        if let Some(x) = same_type::<T, f64>(x) {
-            return unsafe { avx2::first_eq_f64(x, v.to_f64()) };
+        let one = std::slice::from_ref(&v);
+        // SAFETY (all three): the CPU has AVX2 and FMA (use_avx2).
+        if let (Some(x), Some(v)) = (same_type::<T, f64>(x), same_type::<T, f64>(one)) {
+            return unsafe { avx2::first_eq_f64(x, v[0]) };
         }
-        if let Some(x) = same_type::<T, f32>(x) {
-            return unsafe { avx2::first_eq_f32(x, v.to_f64() as f32) };
+        if let (Some(x), Some(v)) = (same_type::<T, f32>(x), same_type::<T, f32>(one)) {
+            return unsafe { avx2::first_eq_f32(x, v[0]) };
+        }
+        if let (Some(x), Some(v)) = (same_type::<T, i64>(x), same_type::<T, i64>(one)) {
+            return unsafe { avx2::first_eq_i64(x, v[0]) };
         }
     }
     const FE: usize = 16;
@@ -775,6 +867,27 @@ pub fn first_eq<T: Real, M: Mode>(x: &[T], v: T) -> usize {
         .iter()
         .position(|&e| e == v)
         .unwrap_or(x.len() - base)
+}
+
+/// The minimum (`MAX = false`) or maximum of a non-empty slice of i64: the explicit AVX2 loop, else 8 lanes that
+/// the compiler vectorizes where it can.
+#[inline(always)]
+pub fn extreme_i64<const MAX: bool, M: Mode>(x: &[i64]) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+        return unsafe { avx2::extreme_i64::<MAX>(x) };
+    }
+    let pick = |a: i64, b: i64| if MAX { a.max(b) } else { a.min(b) };
+    let mut acc = [x[0]; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] = pick(acc[k], c[k]);
+        }
+    }
+    let r = it.remainder().iter().fold(x[0], |a, &v| pick(a, v));
+    acc.into_iter().fold(r, pick)
 }
 
 /// Partial result of an arg-extreme search over a range.
@@ -899,6 +1012,32 @@ mod tests {
                 check(&y, -2.0);
                 check(&yf, -2.0f32);
             }
+        }
+    }
+
+    #[test]
+    fn avx2_int64_extremes_and_search() {
+        use crate::kernels::dispatch::{Fused, Unfused};
+        for n in [
+            1usize, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 36, 63, 64, 65, 100, 1000,
+        ] {
+            let x: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 1009 - 500).collect();
+            // an extreme (and the values at the type's ends) at every position
+            for at in 0..n {
+                for special in [i64::MIN, i64::MAX, -501, 509, 0] {
+                    let mut y = x.clone();
+                    y[at] = special;
+                    let (lo, hi) = (*y.iter().min().unwrap(), *y.iter().max().unwrap());
+                    assert_eq!(extreme_i64::<false, Fused>(&y), lo, "{y:?}");
+                    assert_eq!(extreme_i64::<true, Fused>(&y), hi, "{y:?}");
+                    assert_eq!(extreme_i64::<false, Unfused>(&y), lo, "{y:?}");
+                    assert_eq!(extreme_i64::<true, Unfused>(&y), hi, "{y:?}");
+                    let want = y.iter().position(|&v| v == special).unwrap();
+                    assert_eq!(first_eq::<i64, Fused>(&y, special), want, "{y:?}");
+                    assert_eq!(first_eq::<i64, Unfused>(&y, special), want, "{y:?}");
+                }
+            }
+            assert_eq!(first_eq::<i64, Fused>(&x, 10_000), n);
         }
     }
 
