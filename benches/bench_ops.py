@@ -19,8 +19,9 @@ written once, see ``BYTES`` -- over the time), GFLOP/s for ``matmul`` (2 m n k) 
 NumPy's reductions and elementwise ops run on one thread; ferrolab's kernels, numexpr and the BLAS behind
 ``np.dot``/``@`` use their own thread pools (their sizes are in the JSON's ``machine`` block). OpenBLAS's threads
 spin for about 0.1 s after each call, on the cores ferrolab's pool would then use: in the cases whose peer runs
-on them (``matmul``, NumPy's GEMM ``cdist``) both sides pause ``BLAS_SETTLE_S`` before each repetition (not with
-``--smoke``), so that neither is timed while the other's threads still spin.
+on them (``matmul``, NumPy's GEMM ``cdist``, ``np.dot`` and ``np.linalg.norm`` of vectors) both sides pause
+``BLAS_SETTLE_S`` before each repetition (not with ``--smoke``), so that neither is timed while the other's
+threads still spin.
 
 The hardware's limits are measured in the same run (``measure_bandwidth``, float64 at the largest vector size):
 the read bandwidth (the fastest of a few NumPy read loops over per-thread slices) and the triad bandwidth
@@ -255,6 +256,8 @@ class Case:
 
 #: seconds for OpenBLAS's threads to stop spinning and sleep (its default timeout is 2**28 cycles, ~0.1 s)
 BLAS_SETTLE_S = 0.2
+#: the vector ops whose NumPy peer computes on the BLAS (np.dot, np.linalg.norm)
+BLAS_VECTOR_OPS = {"dot", "norm"}
 
 
 def _size_label(n: int) -> str:
@@ -283,9 +286,10 @@ def vector_cases(n: int, dtype: Any, rng: np.random.Generator, ops: set[str]) ->
     def add(op: str, peer: Callable, mine: Callable, check: Callable, variant: str = "", peer_name: str = "numpy"):
         if op not in ops:
             return
-        cases.append(
-            Case(op, variant, peer_name, name, label, n, peer, mine, check, "GB/s", float(BYTES[op] * n * isz))
-        )
+        c = Case(op, variant, peer_name, name, label, n, peer, mine, check, "GB/s", float(BYTES[op] * n * isz))
+        # np.dot and np.linalg.norm of vectors call the BLAS dot, which OpenBLAS runs on its threads
+        c.blas_peer = op in BLAS_VECTOR_OPS and peer_name == "numpy"
+        cases.append(c)
 
     # reductions ---------------------------------------------------------------------------------------
     sum_tol = eps * lg * abs_sum  # one rounding per level of a pairwise/blocked summation tree

@@ -121,13 +121,29 @@ fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
     if use_avx2::<M>() {
         // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
         if let (Some(x), Some(y)) = (same_type::<T, f64>(x), same_type::<T, f64>(y)) {
-            return unsafe { avx2::block_dot_f64(x, y) };
+            return unsafe { avx2::block_dot_f64::<false>(x, y) };
         }
         if let (Some(x), Some(y)) = (same_type::<T, f32>(x), same_type::<T, f32>(y)) {
-            return unsafe { avx2::block_dot_f32(x, y) };
+            return unsafe { avx2::block_dot_f32::<false>(x, y) };
         }
     }
     block_dot_lanes::<T, M>(x, y)
+}
+
+/// [`block_dot`] of `x` with itself (the same arithmetic, so the same bits), loading each vector once.
+#[inline(always)]
+fn block_sumsq<T: Real, M: Mode>(x: &[T]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2::<M>() {
+        // SAFETY (both): the CPU has AVX2 and FMA (use_avx2).
+        if let Some(x) = same_type::<T, f64>(x) {
+            return unsafe { avx2::block_dot_f64::<true>(x, x) };
+        }
+        if let Some(x) = same_type::<T, f32>(x) {
+            return unsafe { avx2::block_dot_f32::<true>(x, x) };
+        }
+    }
+    block_dot_lanes::<T, M>(x, x)
 }
 
 #[inline(always)]
@@ -214,18 +230,20 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_dot_f64(x: &[f64], y: &[f64]) -> f64 {
+    /// With `SQ`, `y` is `x` (a sum of squares) and each vector is loaded once.
+    pub(super) unsafe fn block_dot_f64<const SQ: bool>(x: &[f64], y: &[f64]) -> f64 {
         let n = x.len().min(y.len());
         let mut acc = [_mm256_setzero_pd(); 8];
         let (mut xc, mut yc) = (x[..n].chunks_exact(L), y[..n].chunks_exact(L));
         for (a, b) in (&mut xc).zip(&mut yc) {
             for (k, s) in acc.iter_mut().enumerate() {
                 // SAFETY: 4 f64 at 4k inside chunks of L.
-                let (va, vb) = unsafe {
-                    (
-                        _mm256_loadu_pd(a.as_ptr().add(4 * k)),
-                        _mm256_loadu_pd(b.as_ptr().add(4 * k)),
-                    )
+                let va = unsafe { _mm256_loadu_pd(a.as_ptr().add(4 * k)) };
+                // SAFETY: as above.
+                let vb = if SQ {
+                    va
+                } else {
+                    unsafe { _mm256_loadu_pd(b.as_ptr().add(4 * k)) }
                 };
                 *s = _mm256_fmadd_pd(va, vb, *s);
             }
@@ -243,19 +261,22 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_dot_f32(x: &[f32], y: &[f32]) -> f64 {
+    /// With `SQ`, `y` is `x` (a sum of squares) and each vector is loaded once.
+    pub(super) unsafe fn block_dot_f32<const SQ: bool>(x: &[f32], y: &[f32]) -> f64 {
         let n = x.len().min(y.len());
         let mut acc = [_mm256_setzero_pd(); 8];
         let (mut xc, mut yc) = (x[..n].chunks_exact(L), y[..n].chunks_exact(L));
         for (a, b) in (&mut xc).zip(&mut yc) {
             for k in 0..4 {
                 // SAFETY: 8 f32 at 8k inside chunks of L.
-                let p = unsafe {
-                    _mm256_mul_ps(
-                        _mm256_loadu_ps(a.as_ptr().add(8 * k)),
-                        _mm256_loadu_ps(b.as_ptr().add(8 * k)),
-                    )
+                let va = unsafe { _mm256_loadu_ps(a.as_ptr().add(8 * k)) };
+                // SAFETY: as above.
+                let vb = if SQ {
+                    va
+                } else {
+                    unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * k)) }
                 };
+                let p = _mm256_mul_ps(va, vb);
                 acc[2 * k] = _mm256_add_pd(acc[2 * k], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
                 acc[2 * k + 1] = _mm256_add_pd(
                     acc[2 * k + 1],
@@ -590,7 +611,7 @@ impl<T: Real> Kernel for SumSq<'_, T> {
     fn run<M: Mode>(self) -> f64 {
         let mut acc = Neumaier::default();
         for b in self.0.chunks(BLOCK) {
-            acc.add(block_dot::<T, M>(b, b));
+            acc.add(block_sumsq::<T, M>(b));
         }
         acc.value()
     }
@@ -1074,6 +1095,16 @@ mod tests {
             assert_eq!(
                 bits(block_dot::<f32, Fused>(&xf, &yf)),
                 bits(block_dot_lanes::<f32, Fused>(&xf, &yf)),
+                "{n}"
+            );
+            assert_eq!(
+                bits(block_sumsq::<f64, Fused>(&x)),
+                bits(block_dot_lanes::<f64, Fused>(&x, &x)),
+                "{n}"
+            );
+            assert_eq!(
+                bits(block_sumsq::<f32, Fused>(&xf)),
+                bits(block_dot_lanes::<f32, Fused>(&xf, &xf)),
                 "{n}"
             );
         }
