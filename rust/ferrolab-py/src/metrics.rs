@@ -13,10 +13,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::PyClassInitializer;
 use smallvec::SmallVec;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which core registry a Python registry object stands for.
@@ -440,46 +438,12 @@ struct Shared {
     documentation: String,
     labelnames: Vec<String>,
     labelnames_py: Vec<Py<PyString>>,
-    /// The Python child objects already handed out, by label values (as prometheus_client, `labels(...)` with
-    /// the same values returns the same object).
-    children: RwLock<ChildCache>,
-}
-
-/// Python child objects by the hash of their label values.
-type ChildCache = HashMap<u64, Vec<(Box<[String]>, Py<PyAny>)>, BuildHasherDefault<Prehashed>>;
-
-/// The child cache's keys are already hashes.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) ^ *b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+    /// The Python child objects already handed out, by label values.
+    children: core::LabelCache<Py<PyAny>>,
 }
 
 /// Label values, names or objects of one call: on the stack for up to 8 labels.
 type Few<T> = SmallVec<[T; 8]>;
-
-/// FNV-1a over the label values (with a separator), for the child cache.
-fn hash_values(vals: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in vals {
-        for b in v.bytes().chain(std::iter::once(0xff)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
 
 /// The native object behind ``Counter``, ``Gauge`` and ``Histogram`` (one class per kind below).
 #[pyclass(frozen, subclass, module = "ferrolab.metrics")]
@@ -559,7 +523,7 @@ impl Metric {
                 documentation: documentation.to_string(),
                 labelnames,
                 labelnames_py,
-                children: RwLock::new(HashMap::default()),
+                children: core::LabelCache::default(),
             }),
             child,
             values: Box::default(),
@@ -714,25 +678,16 @@ impl Metric {
     ) -> PyResult<Py<PyAny>> {
         let strs = self.label_values(positional, named)?;
         let vals: Few<&str> = strs.iter().map(|s| s.to_str()).collect::<PyResult<_>>()?;
-        let h = hash_values(&vals);
         let sh = &self.shared;
-        {
-            let cache = sh.children.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(bucket) = cache.get(&h) {
-                if let Some((_, obj)) = bucket
-                    .iter()
-                    .find(|(k, _)| k.iter().map(String::as_str).eq(vals.iter().copied()))
-                {
-                    return Ok(obj.clone_ref(py));
-                }
-            }
+        if let Some(obj) = sh.children.find(&vals, |o| o.clone_ref(py)) {
+            return Ok(obj);
         }
         let child = sh.family.child_at(&vals, py_time(py)?).py()?;
         let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
         let m = Metric {
             shared: sh.clone(),
             child: Some(child),
-            values: key.clone(),
+            values: key,
         };
         let obj = match sh.kind {
             Kind::Counter => {
@@ -748,14 +703,8 @@ impl Metric {
             Kind::Enum => Py::new(py, PyClassInitializer::from(m).add_subclass(Enum))?.into_any(),
             Kind::Info => Py::new(py, PyClassInitializer::from(m).add_subclass(Info))?.into_any(),
         };
-        let mut cache = sh.children.write().unwrap_or_else(|e| e.into_inner());
-        let bucket = cache.entry(h).or_default();
-        if let Some((_, existing)) = bucket.iter().find(|(k, _)| **k == *key) {
-            // another thread made it first: hand out one object
-            return Ok(existing.clone_ref(py));
-        }
-        bucket.push((key, obj.clone_ref(py)));
-        Ok(obj)
+        // another thread may have made one first: one object is handed out
+        Ok(sh.children.insert(&vals, obj, |o| o.clone_ref(py)))
     }
 }
 
@@ -800,15 +749,7 @@ impl Metric {
             )));
         }
         self.shared.family.remove(&vals);
-        let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
-        let mut cache = self
-            .shared
-            .children
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(bucket) = cache.get_mut(&hash_values(&refs)) {
-            bucket.retain(|(k, _)| **k != *vals);
-        }
+        self.shared.children.remove([&vals[..]]);
         Ok(())
     }
 
@@ -819,17 +760,7 @@ impl Metric {
             want.push((k.extract::<String>()?, v.str()?.to_str()?.to_string()));
         }
         let gone = self.shared.family.remove_by_labels(&want).py()?;
-        let mut cache = self
-            .shared
-            .children
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        for vals in gone {
-            let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
-            if let Some(bucket) = cache.get_mut(&hash_values(&refs)) {
-                bucket.retain(|(k, _)| **k != *vals);
-            }
-        }
+        self.shared.children.remove(gone.iter().map(|v| &v[..]));
         Ok(())
     }
 
@@ -853,11 +784,7 @@ impl Metric {
     /// Removes every labelled series.
     fn clear(&self) {
         self.shared.family.clear();
-        self.shared
-            .children
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.shared.children.clear();
     }
 
     fn __repr__(&self) -> String {

@@ -20,6 +20,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
@@ -30,6 +31,91 @@ pub const DEFAULT_BUCKETS: [f64; 14] = [
 
 /// The content type of [`exposition`].
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Objects kept per tuple of label values (the binding's Python child objects: `labels(...)` with the same
+/// values returns the same object, as in prometheus_client), found by a hash of the values.
+pub struct LabelCache<V> {
+    map: RwLock<HashMap<u64, Vec<(Box<[String]>, V)>, BuildHasherDefault<Prehashed>>>,
+}
+
+/// The cache's keys are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// FNV-1a over label values (each followed by a separator).
+fn hash_values<'a>(vals: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in vals {
+        for b in v.bytes().chain(std::iter::once(0xff)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl<V> Default for LabelCache<V> {
+    fn default() -> Self {
+        LabelCache {
+            map: RwLock::new(HashMap::default()),
+        }
+    }
+}
+
+impl<V> LabelCache<V> {
+    /// `f` of the object cached for `vals`, if there is one.
+    pub fn find<R>(&self, vals: &[&str], f: impl FnOnce(&V) -> R) -> Option<R> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.get(&hash_values(vals.iter().copied()))?;
+        let (_, v) = bucket
+            .iter()
+            .find(|(k, _)| k.iter().map(String::as_str).eq(vals.iter().copied()))?;
+        Some(f(v))
+    }
+
+    /// Caches `v` for `vals`, unless another caller cached an object for them first (then `v` is dropped): `f`
+    /// of the object now cached.
+    pub fn insert<R>(&self, vals: &[&str], v: V, f: impl FnOnce(&V) -> R) -> R {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.entry(hash_values(vals.iter().copied())).or_default();
+        let same = |k: &[String]| k.iter().map(String::as_str).eq(vals.iter().copied());
+        if let Some((_, existing)) = bucket.iter().find(|(k, _)| same(k)) {
+            return f(existing);
+        }
+        let key: Box<[String]> = vals.iter().map(|v| v.to_string()).collect();
+        bucket.push((key, v));
+        f(&bucket.last().expect("just pushed").1)
+    }
+
+    /// Forgets the objects of these tuples of values.
+    pub fn remove<'a>(&self, gone: impl IntoIterator<Item = &'a [String]>) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for vals in gone {
+            if let Some(bucket) = map.get_mut(&hash_values(vals.iter().map(String::as_str))) {
+                bucket.retain(|(k, _)| **k != *vals);
+            }
+        }
+    }
+
+    /// Forgets every object.
+    pub fn clear(&self) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
 
 /// The process-wide registry of collectors.
 ///
@@ -1528,6 +1614,24 @@ impl Collector for Builtin {
 mod tests {
     use super::*;
     use crate::telemetry::seam::{record, Device, Op};
+
+    #[test]
+    fn label_cache_hands_out_the_first_object_per_values() {
+        let c: LabelCache<u32> = LabelCache::default();
+        assert_eq!(c.find(&["a", "b"], |v| *v), None);
+        assert_eq!(c.insert(&["a", "b"], 1, |v| *v), 1);
+        // a second insert for the same values keeps the first object
+        assert_eq!(c.insert(&["a", "b"], 2, |v| *v), 1);
+        // values are compared as a tuple, not as their concatenation
+        assert_eq!(c.insert(&["ab", ""], 3, |v| *v), 3);
+        assert_eq!(c.find(&["a", "b"], |v| *v), Some(1));
+        let gone = [vec!["a".to_string(), "b".to_string()]];
+        c.remove(gone.iter().map(|v| &v[..]));
+        assert_eq!(c.find(&["a", "b"], |v| *v), None);
+        assert_eq!(c.find(&["ab", ""], |v| *v), Some(3));
+        c.clear();
+        assert_eq!(c.find(&["ab", ""], |v| *v), None);
+    }
 
     #[test]
     fn builtin_series_appear_after_an_op() {
