@@ -35,8 +35,11 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Objects kept per tuple of label values (the binding's Python child objects: `labels(...)` with the same
 /// values returns the same object, as in prometheus_client), found by a hash of the values.
 pub struct LabelCache<V> {
-    map: RwLock<HashMap<u64, Vec<(Box<[String]>, V)>, BuildHasherDefault<Prehashed>>>,
+    map: RwLock<Buckets<V>>,
 }
+
+/// The objects of each hash of label values, with their values.
+type Buckets<V> = HashMap<u64, Vec<(Box<[String]>, V)>, BuildHasherDefault<Prehashed>>;
 
 /// The cache's keys are already hashes.
 #[derive(Default)]
