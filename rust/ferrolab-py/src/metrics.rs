@@ -1523,7 +1523,7 @@ impl Handler for PyHandler {
                 });
                 match body {
                     Ok(text) => Reply::new(200, ctype, text),
-                    Err(e) => Reply::new(500, "text/plain; charset=utf-8", format!("{e}\n")),
+                    Err(e) => Reply::text(500, &e.to_string()),
                 }
             }
             Route::Ready => Reply::json(200, "{\"status\":\"ready\"}"),

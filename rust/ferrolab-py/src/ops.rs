@@ -238,20 +238,20 @@ fn flat_fast<'py>(
         NativeArray::I64(a) => {
             // int64 sum/min/max/argmin/argmax of a small contiguous array: its kernel on the calling thread
             let s = flat_slice(a, gops::needs_c_order(op))?;
-            let int_op = matches!(op, Op::Sum | Op::Min | Op::Max | Op::Argmin | Op::Argmax);
-            if !int_op || !reduce::small::applies(s) {
+            if !int::flat_small_applies(op, s) {
                 return None;
             }
             let meta = Meta::one::<i64>(a.shape());
             let r = run(py, op, s.len(), meta, move || {
-                ferrolab_core::kernels::int::reduce_flat_small(op, s).ok_or_else(|| {
+                int::reduce_flat_small(op, s).ok_or_else(|| {
                     ferrolab_core::CoreError::internal(op.name(), "not an int64 reduction")
                 })
             });
-            Some(r.and_then(|r| match r {
-                reduce::Scalar::Value(v) => <i64 as ToNumpy>::scalar(py, v),
-                reduce::Scalar::Index(i) => <i64 as ToNumpy>::scalar(py, i),
-            }))
+            Some(
+                r.and_then(|(reduce::Scalar::Value(v) | reduce::Scalar::Index(v))| {
+                    <i64 as ToNumpy>::scalar(py, v)
+                }),
+            )
         }
     }
 }

@@ -187,6 +187,8 @@ pub fn copy_c<T: Copy + Send + Sync>(
         off
     };
     let fill = |r: usize, d: &mut [MaybeUninit<T>]| {
+        // the whole `ViewPtr` is captured (a closure naming only `base.0` would capture the raw pointer, which is
+        // not Sync)
         let p = base;
         // SAFETY: `row_offset(r)` is the offset of element (r's index..., 0) of the view and `j * s_in` that of
         // its row's j-th element, j < n_in = d.len(): every such element exists in the view's memory, which `x`

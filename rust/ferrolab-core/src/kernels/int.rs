@@ -149,8 +149,7 @@ impl<const IS_MAX: bool> Kernel for Arg<'_, IS_MAX> {
             }
         }
         let (v, b) = best.unwrap_or((0, 0));
-        let blk = &self.0[(b * ARG_BLOCK).min(self.0.len())..];
-        let blk = &blk[..blk.len().min(ARG_BLOCK)];
+        let blk = self.0.chunks(ARG_BLOCK).nth(b).unwrap_or_default();
         (v, self.1 + b * ARG_BLOCK + first_eq::<i64, M>(blk, v))
     }
 }
@@ -232,11 +231,17 @@ pub fn argmax(x: &ArrayViewD<i64>, axis: Option<isize>) -> Result<ArrayD<i64>> {
     arg("argmax", x, axis, true)
 }
 
+/// Whether [`reduce_flat_small`] computes `op` of `s`.
+pub fn flat_small_applies(op: Op, s: &[i64]) -> bool {
+    matches!(op, Op::Sum | Op::Min | Op::Max | Op::Argmin | Op::Argmax)
+        && super::reduce::small::applies(s)
+}
+
 /// Whole-array `sum`, `min`, `max`, `argmin` or `argmax` of a contiguous, non-empty slice of fewer than
 /// [`super::PAR_REDUCE_MIN`] values (`argmin`/`argmax`: in C order), on the calling thread and without the
 /// n-d machinery; the same kernels as the n-d path, so the same results. `None` for other ops and sizes.
 pub fn reduce_flat_small(op: Op, s: &[i64]) -> Option<Scalar<i64>> {
-    if !super::reduce::small::applies(s) {
+    if !flat_small_applies(op, s) {
         return None;
     }
     Some(match op {

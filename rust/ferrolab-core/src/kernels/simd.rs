@@ -225,12 +225,12 @@ mod avx2 {
         sum_f32::<true>(x, shift)
     }
 
-    /// [`super::block_dot_lanes`] of f64 values, fused.
+    /// [`super::block_dot_lanes`] of f64 values, fused. With `SQ`, `y` is `x` (a sum of squares) and
+    /// each vector is loaded once.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
-    /// With `SQ`, `y` is `x` (a sum of squares) and each vector is loaded once.
     pub(super) unsafe fn block_dot_f64<const SQ: bool>(x: &[f64], y: &[f64]) -> f64 {
         let n = x.len().min(y.len());
         let mut acc = [_mm256_setzero_pd(); 8];
@@ -256,12 +256,12 @@ mod avx2 {
         tree(acc)
     }
 
-    /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64.
+    /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64. With `SQ`, `y` is `x` (a sum of squares) and
+    /// each vector is loaded once.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
-    /// With `SQ`, `y` is `x` (a sum of squares) and each vector is loaded once.
     pub(super) unsafe fn block_dot_f32<const SQ: bool>(x: &[f32], y: &[f32]) -> f64 {
         let n = x.len().min(y.len());
         let mut acc = [_mm256_setzero_pd(); 8];
@@ -380,8 +380,8 @@ mod avx2 {
 
     /// The explicit first-equal searches: 4 registers of `$w` lanes compared per step, one mask test.
     macro_rules! first_eq {
-        ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $set1:ident, $load:ident, $cmp:ident, $or:ident,
-         $mask:ident) => {
+        ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $set1:path, $load:path, $eq:path, $or:path,
+         $mask:path) => {
             $(#[$doc])*
             ///
             /// # Safety
@@ -393,9 +393,8 @@ mod avx2 {
                 let mut base = 0;
                 for c in &mut chunks {
                     // SAFETY: $w values at $w * k inside the chunk of 4 * $w.
-                    let e: [_; 4] = std::array::from_fn(|k| {
-                        $cmp::<_CMP_EQ_OQ>(unsafe { $load(c.as_ptr().add($w * k)) }, want)
-                    });
+                    let e: [_; 4] =
+                        std::array::from_fn(|k| $eq(unsafe { $load(c.as_ptr().add($w * k)) }, want));
                     // one mask test per step (movemask is the loop's narrowest instruction)
                     if $mask($or($or(e[0], e[1]), $or(e[2], e[3]))) != 0 {
                         let m = e.map(|r| $mask(r));
@@ -409,48 +408,46 @@ mod avx2 {
         };
     }
 
+    /// Lanes equal to `b`'s (all ones) or not (zero).
+    #[target_feature(enable = "avx2,fma")]
+    fn eq_pd(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_cmp_pd::<_CMP_EQ_OQ>(a, b)
+    }
+
+    /// [`eq_pd`] of f32 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn eq_ps(a: __m256, b: __m256) -> __m256 {
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b)
+    }
+
+    /// 4 i64 values at `p`.
+    ///
+    /// # Safety
+    /// `p` must point to 4 readable values.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_i64(p: *const i64) -> __m256i {
+        // SAFETY: the caller's.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    /// The top bit of each i64 lane.
+    #[target_feature(enable = "avx2,fma")]
+    fn mask_i64(r: __m256i) -> i32 {
+        _mm256_movemask_pd(_mm256_castsi256_pd(r))
+    }
+
     first_eq!(
         /// [`super::first_eq`] of f64 values.
-        first_eq_f64, f64, 4, _mm256_set1_pd, _mm256_loadu_pd, _mm256_cmp_pd, _mm256_or_pd,
-        _mm256_movemask_pd
+        first_eq_f64, f64, 4, _mm256_set1_pd, _mm256_loadu_pd, eq_pd, _mm256_or_pd, _mm256_movemask_pd
     );
     first_eq!(
         /// [`super::first_eq`] of f32 values.
-        first_eq_f32, f32, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_cmp_ps, _mm256_or_ps,
-        _mm256_movemask_ps
+        first_eq_f32, f32, 8, _mm256_set1_ps, _mm256_loadu_ps, eq_ps, _mm256_or_ps, _mm256_movemask_ps
     );
-
-    /// [`super::first_eq`] of i64 values.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn first_eq_i64(x: &[i64], v: i64) -> usize {
-        let want = _mm256_set1_epi64x(v);
-        let mut chunks = x.chunks_exact(16);
-        let mut base = 0;
-        for c in &mut chunks {
-            // SAFETY: 4 values at 4k inside the chunk of 16.
-            let e: [__m256i; 4] = std::array::from_fn(|k| {
-                _mm256_cmpeq_epi64(
-                    unsafe { _mm256_loadu_si256(c.as_ptr().add(4 * k).cast()) },
-                    want,
-                )
-            });
-            let any = _mm256_or_si256(_mm256_or_si256(e[0], e[1]), _mm256_or_si256(e[2], e[3]));
-            if _mm256_movemask_pd(_mm256_castsi256_pd(any)) != 0 {
-                let m = e.map(|r| _mm256_movemask_pd(_mm256_castsi256_pd(r)));
-                let k = m.iter().position(|&b| b != 0).unwrap_or(0);
-                return base + 4 * k + m[k].trailing_zeros() as usize;
-            }
-            base += 16;
-        }
-        base + chunks
-            .remainder()
-            .iter()
-            .position(|&e| e == v)
-            .unwrap_or(x.len() - base)
-    }
+    first_eq!(
+        /// [`super::first_eq`] of i64 values.
+        first_eq_i64, i64, 4, _mm256_set1_epi64x, load_i64, _mm256_cmpeq_epi64, _mm256_or_si256, mask_i64
+    );
 
     /// [`super::extreme_i64`]: 8 registers of 4 lanes, each step a 64-bit compare and a blend (AVX2 has no
     /// 64-bit integer min/max); the tail as whole registers, then the last 4 values (overlapping values already
@@ -473,7 +470,7 @@ mod avx2 {
         let load = |v: &[i64]| {
             let q: &[i64; 4] = v[..4].try_into().expect("4 values");
             // SAFETY: `q` is 4 readable values.
-            unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+            unsafe { load_i64(q.as_ptr()) }
         };
         let mut acc = [_mm256_set1_epi64x(x[0]); 8];
         let mut chunks = x.chunks_exact(32);

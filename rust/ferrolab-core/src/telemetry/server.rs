@@ -82,7 +82,8 @@ impl Reply {
         }
     }
 
-    fn text(status: u16, body: &str) -> Reply {
+    /// A plain-text reply (the body and a newline).
+    pub fn text(status: u16, body: &str) -> Reply {
         Reply::new(status, "text/plain; charset=utf-8", format!("{body}\n"))
     }
 
