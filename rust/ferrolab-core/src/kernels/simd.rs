@@ -124,13 +124,15 @@ fn block_dot<T: Real, M: Mode>(x: &[T], y: &[T]) -> f64 {
             return unsafe { avx2::block_dot_f64::<false>(x, y) };
         }
         if let (Some(x), Some(y)) = (same_type::<T, f32>(x), same_type::<T, f32>(y)) {
-            return unsafe { avx2::block_dot_f32::<false>(x, y) };
+            return unsafe { avx2::block_dot_f32(x, y) };
         }
     }
     block_dot_lanes::<T, M>(x, y)
 }
 
-/// [`block_dot`] of `x` with itself (the same arithmetic, so the same bits), loading each vector once.
+/// Sum of squares of a block, loading each vector once. f64: [`block_dot`] of `x` with itself (the same
+/// arithmetic, so the same bits). f32: each value is widened first and squared in f64 ([`sumsq_f32_lanes`]), so
+/// every square is exact (24-bit significands) and only the additions round.
 #[inline(always)]
 fn block_sumsq<T: Real, M: Mode>(x: &[T]) -> f64 {
     #[cfg(target_arch = "x86_64")]
@@ -140,10 +142,33 @@ fn block_sumsq<T: Real, M: Mode>(x: &[T]) -> f64 {
             return unsafe { avx2::block_dot_f64::<true>(x, x) };
         }
         if let Some(x) = same_type::<T, f32>(x) {
-            return unsafe { avx2::block_dot_f32::<true>(x, x) };
+            return unsafe { avx2::sumsq_f32(x) };
         }
     }
+    if let Some(x) = same_type::<T, f32>(x) {
+        return sumsq_f32_lanes(x);
+    }
     block_dot_lanes::<T, M>(x, x)
+}
+
+/// The f64 sum of squares of f32 values on the lane array of [`shifted_sum_lanes`] (lane `i` takes elements
+/// `i`, `i + L`, ...). A square of a widened f32 is exact in f64, so a fused multiply-add and a multiply then
+/// add give the same bits.
+#[inline(always)]
+fn sumsq_f32_lanes(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; L];
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for i in 0..L {
+            let v = c[i] as f64;
+            acc[i] += v * v;
+        }
+    }
+    for (i, &v) in it.remainder().iter().enumerate() {
+        let v = v as f64;
+        acc[i] += v * v;
+    }
+    tree(acc)
 }
 
 #[inline(always)]
@@ -207,6 +232,30 @@ mod avx2 {
         tree(a)
     }
 
+    /// [`super::sumsq_f32_lanes`]: each f32 widened, then squared and added in one fused multiply-add.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sumsq_f32(x: &[f32]) -> f64 {
+        let mut acc = [_mm256_setzero_pd(); 8];
+        let mut chunks = x.chunks_exact(L);
+        for c in &mut chunks {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: 4 f32 at 4k inside the chunk of L.
+                let v = _mm256_cvtps_pd(unsafe { _mm_loadu_ps(c.as_ptr().add(4 * k)) });
+                *a = _mm256_fmadd_pd(v, v, *a);
+            }
+        }
+        // SAFETY: this function runs only on a CPU with AVX2, which `lanes` needs.
+        let mut a = unsafe { lanes(&acc) };
+        for (i, &v) in chunks.remainder().iter().enumerate() {
+            let v = v as f64;
+            a[i] += v * v;
+        }
+        tree(a)
+    }
+
     /// [`super::block_sum`]'s lane loop of f32 values.
     ///
     /// # Safety
@@ -256,13 +305,12 @@ mod avx2 {
         tree(acc)
     }
 
-    /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64. With `SQ`, `y` is `x` (a sum of squares) and
-    /// each vector is loaded once.
+    /// [`super::block_dot_lanes`] of f32 values: the f32 product, widened and added in f64.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA (the callers check `use_avx2`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_dot_f32<const SQ: bool>(x: &[f32], y: &[f32]) -> f64 {
+    pub(super) unsafe fn block_dot_f32(x: &[f32], y: &[f32]) -> f64 {
         let n = x.len().min(y.len());
         let mut acc = [_mm256_setzero_pd(); 8];
         let (mut xc, mut yc) = (x[..n].chunks_exact(L), y[..n].chunks_exact(L));
@@ -271,11 +319,7 @@ mod avx2 {
                 // SAFETY: 8 f32 at 8k inside chunks of L.
                 let va = unsafe { _mm256_loadu_ps(a.as_ptr().add(8 * k)) };
                 // SAFETY: as above.
-                let vb = if SQ {
-                    va
-                } else {
-                    unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * k)) }
-                };
+                let vb = unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * k)) };
                 let p = _mm256_mul_ps(va, vb);
                 acc[2 * k] = _mm256_add_pd(acc[2 * k], _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
                 acc[2 * k + 1] = _mm256_add_pd(
@@ -1101,7 +1145,13 @@ mod tests {
             );
             assert_eq!(
                 bits(block_sumsq::<f32, Fused>(&xf)),
-                bits(block_dot_lanes::<f32, Fused>(&xf, &xf)),
+                bits(sumsq_f32_lanes(&xf)),
+                "{n}"
+            );
+            // the squares are exact: the only rounding is the f64 additions of the lane loop
+            let exact: f64 = xf.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            assert!(
+                (block_sumsq::<f32, Fused>(&xf) - exact).abs() <= 1e-12 * exact.max(1.0),
                 "{n}"
             );
         }
