@@ -7,7 +7,9 @@
 use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, num_threads, Kernel, Mode};
 use super::layout::{canon, Canon};
-use super::simd::{ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq};
+use super::simd::{
+    norm_of, ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq,
+};
 use super::{Real, PAR_CHUNK, PAR_REDUCE_MIN};
 use crate::error::{CoreError, Result};
 use ndarray::{ArrayD, ArrayViewD};
@@ -712,7 +714,7 @@ pub mod small {
 
     #[inline]
     pub fn norm<T: Real>(s: &[T]) -> T {
-        T::from_f64(dispatch(SumSq(s)).sqrt())
+        T::from_f64(norm_of::<T>(dispatch(SumSq(s))))
     }
 
     /// Count, mean and M2 (the variance is `m.var(ddof)`).
@@ -806,7 +808,7 @@ pub fn norm_c<T: Real>(c: Canon<T>) -> Result<ArrayD<T>> {
         return Ok(c.wrap(alloc::zeroed("norm", "result", &c.out_shape)?));
     }
     let v = drive::<T, f64, SumSqCols<T>>("norm", &c, |_, s, _| dispatch(SumSq(s)), plus)?;
-    Ok(c.wrap(map_to_t("norm", v, f64::sqrt)?))
+    Ok(c.wrap(map_to_t("norm", v, norm_of::<T>)?))
 }
 
 #[cfg(test)]
