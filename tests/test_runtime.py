@@ -213,3 +213,120 @@ def test_op_stats_counts_errors():
     with pytest.raises(ValueError):
         fl.ops.min(np.array([]))
     assert errors() - before == 1
+
+
+# ---- recycled result buffers ----------------------------------------------------------------------------------
+
+BIG = 1 << 20  # float64 elements: an 8 MiB result, above the 4 MiB from which results are recycled
+
+
+@pytest.fixture
+def fresh_cache():
+    """An empty cache at the default limit before and after the test."""
+    fl.runtime.set_result_cache_limit(256 << 20)
+    fl.runtime.release_result_cache()
+    yield
+    fl.runtime.set_result_cache_limit(256 << 20)
+    fl.runtime.release_result_cache()
+
+
+def test_large_results_are_recycled_and_correct(fresh_cache):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(BIG)
+    y = fl.ops.scale(x, 2.0)
+    assert not y.flags.owndata and y.flags.writeable and y.flags.c_contiguous and y.flags.aligned
+    assert type(y.base).__name__ == "PyCapsule"
+    before = fl.runtime.result_cache()
+    assert before["buffers"] == 0
+    addr = y.__array_interface__["data"][0]
+    del y
+    kept = fl.runtime.result_cache()
+    assert kept["buffers"] == 1 and kept["bytes"] >= BIG * 8
+    # the next result of the size reuses the buffer, and every element is the new result's (no stale values)
+    z = fl.ops.axpy(3.0, x, x)
+    assert z.__array_interface__["data"][0] == addr
+    after = fl.runtime.result_cache()
+    assert after["reused"] == kept["reused"] + 1 and after["buffers"] == 0
+    np.testing.assert_array_equal(z, 3.0 * x + x)
+    # the array behaves as NumPy's own: writes, copies, pickling, views that outlive it
+    z[0] = 7.0
+    v = z[::2]
+    del z
+    assert v[0] == 7.0 and fl.runtime.result_cache()["buffers"] == 0, "a live view keeps the buffer"
+    import pickle
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(v)), v)
+    del v
+    assert fl.runtime.result_cache()["buffers"] == 1
+
+
+def test_recycled_results_keep_the_requested_order(fresh_cache):
+    x = np.asfortranarray(np.arange(BIG, dtype=np.float64).reshape(1024, 1024))
+    y = fl.ops.scale(x, 0.5)
+    np.testing.assert_array_equal(y, x * 0.5)
+    assert not y.flags.owndata and y.flags.f_contiguous and not y.flags.c_contiguous, "Fortran in, Fortran out"
+    m = fl.ops.matmul(np.ones((1024, 1024)), np.eye(1024))
+    assert not m.flags.owndata and m.flags.c_contiguous
+    np.testing.assert_array_equal(m, np.ones((1024, 1024)))
+
+
+def test_small_results_and_an_off_cache_are_numpys(fresh_cache):
+    small = fl.ops.scale(np.ones(1000), 2.0)
+    assert small.flags.owndata and small.base is None
+    fl.runtime.set_result_cache_limit(0)
+    assert fl.runtime.result_cache()["limit"] == 0
+    y = fl.ops.scale(np.ones(BIG), 2.0)
+    assert y.flags.owndata and y.base is None
+    del y
+    assert fl.runtime.result_cache()["buffers"] == 0
+
+
+def test_cache_is_bounded_and_released(fresh_cache):
+    fl.runtime.set_result_cache_limit(3 * BIG * 8)
+    x = np.ones(BIG)
+    ys = [fl.ops.scale(x, float(i)) for i in range(5)]
+    del ys
+    s = fl.runtime.result_cache()
+    assert s["bytes"] <= 3 * BIG * 8 and s["buffers"] == 3
+    assert fl.runtime.release_result_cache() == s["bytes"]
+    assert fl.runtime.result_cache()["bytes"] == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
+def test_set_result_cache_limit_checks_its_argument(bad):
+    with pytest.raises((TypeError, ValueError), match="set_result_cache_limit"):
+        fl.runtime.set_result_cache_limit(bad)
+
+
+def test_result_cache_env(tmp_path):
+    out = run_python(
+        """
+        import ferrolab as fl, numpy as np
+        y = fl.ops.scale(np.ones(1 << 20), 2.0)
+        print(fl.runtime.result_cache()["limit"], y.flags.owndata)
+        """,
+        {"FERROLAB_RESULT_CACHE_MB": "0"},
+        tmp_path,
+    )
+    assert out.stdout.split() == ["0", "True"]
+
+
+def test_recycled_results_across_threads(fresh_cache):
+    x = np.random.default_rng(5).standard_normal(BIG)
+    want = x * 2.0
+    errors: list[str] = []
+
+    def work() -> None:
+        for _ in range(20):
+            y = fl.ops.scale(x, 2.0)
+            if not np.array_equal(y, want):
+                errors.append("wrong values")
+            del y
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert fl.runtime.result_cache()["buffers"] <= 8

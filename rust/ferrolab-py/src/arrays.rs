@@ -5,7 +5,7 @@
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
 use crate::errors::{arg_type, arg_value, IntoPyResult};
-use ferrolab_core::kernels::{alloc, layout::byte_span};
+use ferrolab_core::kernels::{alloc, layout::byte_span, recycle};
 use ndarray::{ArrayD, ArrayViewD};
 use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn,
@@ -14,7 +14,7 @@ use numpy::{
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyTuple};
 
 /// NumPy's name of the dtype of element type `T` (`f64` -> `"float64"`, ...): the one mapping, the core's.
 #[inline]
@@ -357,6 +357,10 @@ pub fn alias(out: &Obj<'_>, x: &Obj<'_>) -> Alias {
 /// An uninitialized NumPy array of `shape` for the result of `func` (every element is written by the op before
 /// Python sees it), or a `MemoryError` that names `func` and the size when it cannot be allocated.
 ///
+/// A result of [`recycle::MIN_BYTES`] or more lives in a recycled buffer ([`recycle`]): the array's base is a
+/// capsule that owns the buffer and hands it back to the cache when the array dies. Smaller results come from
+/// NumPy's allocator.
+///
 /// rust-numpy's `PyArray::new` panics when NumPy returns NULL (`PanicException: PyObject pointer is null`); this
 /// calls the same constructor, `PyArray_NewFromDescr`, and checks for NULL.
 pub fn new_array<'py, T: numpy::Element>(
@@ -365,7 +369,7 @@ pub fn new_array<'py, T: numpy::Element>(
     shape: &[usize],
     fortran: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
+    use numpy::npyffi::{flags, get_type_object, npy_intp, NpyTypes, PyArrayObject, PY_ARRAY_API};
     let memory_error = || {
         let size = ::std::mem::size_of::<T>();
         let e = ferrolab_core::CoreError::memory(func, "result", shape, type_name::<T>(), size);
@@ -374,16 +378,30 @@ pub fn new_array<'py, T: numpy::Element>(
     // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
     let bytes = shape
         .iter()
-        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d));
-    if bytes.is_none_or(|b| b > isize::MAX as usize) {
-        return Err(memory_error());
-    }
+        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d))
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(memory_error)?;
+    let buffer = match recycle::applies(bytes) {
+        true => Some(recycle::take(bytes).ok_or_else(memory_error)?),
+        false => None,
+    };
+    let (data, flags) = match &buffer {
+        Some(b) => {
+            let order = match fortran {
+                true => flags::NPY_ARRAY_F_CONTIGUOUS,
+                false => flags::NPY_ARRAY_C_CONTIGUOUS,
+            };
+            (b.as_ptr().cast(), flags::NPY_ARRAY_WRITEABLE | order)
+        }
+        None => (::std::ptr::null_mut(), ::std::ffi::c_int::from(fortran)),
+    };
     let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
         shape.iter().map(|&d| d as npy_intp).collect();
     // SAFETY: the type object and the descriptor come from NumPy's API table (the descriptor's new reference is
     // stolen by the call); `dims` holds `ndim` extents, each <= isize::MAX (their product fits, checked above);
-    // null strides and data ask NumPy for a fresh C- or Fortran-ordered (uninitialized) buffer. The call returns a
-    // new reference, or NULL with a Python exception set.
+    // null strides ask for C- or Fortran-ordered strides; null data asks NumPy for a fresh (uninitialized)
+    // buffer, else `data` is a buffer of at least `bytes` bytes that the base object set below keeps alive. The
+    // call returns a new reference, or NULL with a Python exception set.
     let ptr = unsafe {
         PY_ARRAY_API.PyArray_NewFromDescr(
             py,
@@ -392,8 +410,8 @@ pub fn new_array<'py, T: numpy::Element>(
             dims.len() as ::std::ffi::c_int,
             dims.as_mut_ptr(),
             ::std::ptr::null_mut(),
-            ::std::ptr::null_mut(),
-            ::std::ffi::c_int::from(fortran),
+            data,
+            flags,
             ::std::ptr::null_mut(),
         )
     };
@@ -408,7 +426,21 @@ pub fn new_array<'py, T: numpy::Element>(
     }
     // SAFETY: a non-null result of PyArray_NewFromDescr with PyArray_Type is a new reference to an ndarray of
     // T's dtype and `shape.len()` dimensions.
-    Ok(unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() })
+    let array: Bound<'py, PyArrayDyn<T>> =
+        unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() };
+    if let Some(b) = buffer {
+        // if the capsule cannot be made, the buffer goes back to the cache and the (unused) array is dropped
+        let owner = PyCapsule::new_with_value(py, b, c"ferrolab.result_buffer")?;
+        // SAFETY: `ptr` is the fresh array above, which has no base yet; the call steals the reference to
+        // `owner` (also when it fails), whose buffer then outlives every view of the array's data.
+        if unsafe {
+            PY_ARRAY_API.PyArray_SetBaseObject(py, ptr.cast::<PyArrayObject>(), owner.into_ptr())
+        } < 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(array)
 }
 
 /// Checks the `device` argument through the one device check ([`ferrolab_core::device::select`]).

@@ -1,7 +1,7 @@
 //! Runtime facts and switches: SIMD level, thread pool, instrumentation counters.
 
 use crate::errors::IntoPyResult;
-use ferrolab_core::kernels::dispatch;
+use ferrolab_core::kernels::{dispatch, recycle};
 use ferrolab_core::telemetry::seam;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -52,7 +52,36 @@ fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
         .py()
 }
 
+/// The recycled result buffers ([`ferrolab_core::kernels::recycle`]): buffers and bytes kept, the limit, and the
+/// requests served by a kept buffer (`reused`) or a new allocation (`allocated`).
+#[pyfunction]
+fn result_cache(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let s = recycle::stats();
+    let d = PyDict::new(py);
+    d.set_item("buffers", s.buffers)?;
+    d.set_item("bytes", s.bytes)?;
+    d.set_item("limit", s.limit)?;
+    d.set_item("reused", s.reused)?;
+    d.set_item("allocated", s.allocated)?;
+    Ok(d)
+}
+
+/// Frees the kept result buffers; returns the bytes freed.
+#[pyfunction]
+fn release_result_cache() -> usize {
+    recycle::release()
+}
+
+/// Sets the most bytes of result buffers kept for reuse (0 turns recycling off and frees what is kept).
+#[pyfunction]
+fn set_result_cache_limit(bytes: usize) {
+    recycle::set_limit(bytes);
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(result_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(release_result_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(set_result_cache_limit, m)?)?;
     m.add_function(wrap_pyfunction!(check_device, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;

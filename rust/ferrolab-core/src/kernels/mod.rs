@@ -21,6 +21,7 @@ pub mod layout;
 pub mod linalg;
 pub mod native;
 pub mod optim;
+pub mod recycle;
 pub mod reduce;
 pub mod simd;
 pub mod stats;
