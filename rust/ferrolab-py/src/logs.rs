@@ -5,7 +5,8 @@
 //! them: an event can be emitted while core code holds a lock that a thread attached to the interpreter waits
 //! for, and attaching there could deadlock. [`flush`] waits until the queue is delivered.
 
-use crate::errors;
+use crate::errors::{self, IntoPyResult};
+use ferrolab_core::error::check_seconds;
 use ferrolab_core::telemetry::logs::{
     self as core, level_number, LevelFilter, Record, Relay, Value,
 };
@@ -25,9 +26,7 @@ static RELAY: Relay<fn(Vec<Record>) -> bool> =
 static EMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn deliver(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
-    let emit = EMIT.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("ferrolab._logs")?.getattr("emit")?.unbind())
-    })?;
+    let emit = EMIT.import(py, "ferrolab._logs", "emit")?;
     let mut items = Vec::with_capacity(batch.len());
     for r in batch {
         let fields = PyDict::new(py);
@@ -48,7 +47,7 @@ fn deliver(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
             r.timestamp,
         ));
     }
-    emit.bind(py).call1((items,))?;
+    emit.call1((items,))?;
     Ok(())
 }
 
@@ -72,14 +71,7 @@ fn to_python(batch: Vec<Record>) -> bool {
 #[pyfunction]
 #[pyo3(name = "_log_flush", signature = (timeout=5.0))]
 fn flush(py: Python<'_>, timeout: f64) -> PyResult<bool> {
-    if !(timeout.is_finite() && timeout >= 0.0) {
-        return Err(errors::arg_value(
-            "flush",
-            "timeout",
-            format!("is {timeout}; expected a number >= 0"),
-        ));
-    }
-    let timeout = Duration::from_secs_f64(timeout);
+    let timeout = check_seconds("flush", "timeout", timeout, f64::INFINITY, false).py()?;
     Ok(py.detach(|| RELAY.flush(timeout)))
 }
 
@@ -128,12 +120,8 @@ fn disabled_event_ns(py: Python<'_>, n: u64) -> f64 {
 #[pyfunction]
 #[pyo3(name = "_log_slow_op_seconds")]
 fn slow_op_seconds(seconds: Option<f64>) -> PyResult<()> {
-    if let Some(s) = seconds.filter(|s| !(s.is_finite() && *s >= 0.0)) {
-        return Err(errors::arg_value(
-            "slow_op_seconds",
-            "seconds",
-            format!("is {s}; expected a number >= 0 or None"),
-        ));
+    if let Some(s) = seconds {
+        check_seconds("slow_op_seconds", "seconds", s, f64::INFINITY, false).py()?;
     }
     seam::set_slow_threshold(seconds);
     Ok(())

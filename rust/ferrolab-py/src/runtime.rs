@@ -30,16 +30,7 @@ fn set_instrumentation(enabled: bool) {
 fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     seam::snapshot()
         .into_iter()
-        .map(|s| {
-            let d = PyDict::new(py);
-            d.set_item("operation", s.operation)?;
-            d.set_item("device", s.device)?;
-            d.set_item("calls", s.calls)?;
-            d.set_item("errors", s.errors)?;
-            d.set_item("fallbacks", s.fallbacks)?;
-            d.set_item("seconds", s.seconds)?;
-            Ok(d)
-        })
+        .map(|s| Ok(dict!(py, s; operation, device, calls, errors, fallbacks, seconds)))
         .collect()
 }
 
@@ -53,10 +44,6 @@ fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(check_device, m)?)?;
-    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
-    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(set_instrumentation, m)?)?;
-    m.add_function(wrap_pyfunction!(op_stats, m)?)?;
+    add_functions! { m; check_device, simd_level, num_threads, set_instrumentation, op_stats }
     Ok(())
 }

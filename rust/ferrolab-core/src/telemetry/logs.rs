@@ -416,17 +416,19 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
 
     /// Waits until every queued record was delivered (at most `timeout`); `true` when none is left.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // no deadline for a timeout beyond the clock's range
+        let deadline = Instant::now().checked_add(timeout);
         let mut q = self.lock();
         loop {
             let busy = !q.records.is_empty() || q.in_flight > 0;
             let now = Instant::now();
-            if !busy || now >= deadline {
+            if !busy || deadline.is_some_and(|d| now >= d) {
                 return !busy;
             }
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
             q = self
                 .wake
-                .wait_timeout(q, (deadline - now).min(Duration::from_millis(50)))
+                .wait_timeout(q, left.min(Duration::from_millis(50)))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
