@@ -167,6 +167,32 @@ pub fn fmt_bytes(b: u64) -> String {
     format!("{v:.1} {}", UNITS[i])
 }
 
+/// `v` seconds, argument `arg` of `func`, as a `Duration` (`Duration::MAX` when it does not fit one): a `Value`
+/// error unless `v` is a number in `[0, max]` (in `(0, max]` when `positive`).
+pub fn check_seconds(
+    func: &'static str,
+    arg: &'static str,
+    v: f64,
+    max: f64,
+    positive: bool,
+) -> Result<std::time::Duration> {
+    let above_zero = if positive { v > 0.0 } else { v >= 0.0 };
+    if v.is_finite() && above_zero && v <= max {
+        return Ok(std::time::Duration::try_from_secs_f64(v).unwrap_or(std::time::Duration::MAX));
+    }
+    let expected = match (max.is_finite(), positive) {
+        (true, true) => format!("seconds in (0, {max}]"),
+        (true, false) => format!("seconds in [0, {max}]"),
+        (false, true) => "seconds > 0".to_string(),
+        (false, false) => "seconds >= 0".to_string(),
+    };
+    Err(CoreError::value(
+        func,
+        arg,
+        format!("is {v}; expected {expected}"),
+    ))
+}
+
 /// The message of a caught panic's payload (`panic!("...")` carries a `&str` or a `String`).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -224,6 +250,44 @@ mod tests {
         let e = CoreError::type_err("sum", "x", "has dtype complex128");
         assert_eq!(e.kind(), "TypeError");
         assert!(e.to_string().starts_with("sum(): argument 'x'"));
+    }
+
+    #[test]
+    fn seconds() {
+        use std::time::Duration;
+        let inf = f64::INFINITY;
+        assert_eq!(
+            check_seconds("f", "t", 0.0, inf, false).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            check_seconds("f", "t", 1.5, 3600.0, true).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            check_seconds("f", "t", 1e300, inf, false).unwrap(),
+            Duration::MAX
+        );
+        for (v, max, positive, expected) in [
+            (-1.0, inf, false, "is -1; expected seconds >= 0"),
+            (f64::NAN, inf, false, "is NaN; expected seconds >= 0"),
+            (inf, inf, false, "is inf; expected seconds >= 0"),
+            (0.0, 3600.0, true, "is 0; expected seconds in (0, 3600]"),
+            (
+                3601.0,
+                3600.0,
+                true,
+                "is 3601; expected seconds in (0, 3600]",
+            ),
+            (7.0, 5.0, false, "is 7; expected seconds in [0, 5]"),
+        ] {
+            let e = check_seconds("flush", "timeout", v, max, positive).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("flush(): argument 'timeout' {expected}")
+            );
+            assert_eq!(e.kind(), "ValueError");
+        }
     }
 
     #[test]

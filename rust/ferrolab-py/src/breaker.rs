@@ -59,29 +59,13 @@ static OPEN_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CORO_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static AWAIT_FALSE: PyOnceLock<Py<BreakerCall>> = PyOnceLock::new();
 
-/// `module.attr`, imported once into `cell`.
-fn cached<'py>(
-    py: Python<'py>,
-    cell: &'py PyOnceLock<Py<PyAny>>,
-    module: &str,
-    attr: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import(module)?.getattr(attr)?.unbind())
-    })
-    .map(|o| o.bind(py))
-}
-
 /// Whether `o` is exactly a native coroutine (one pointer comparison on the hot path).
 #[inline]
 fn is_coroutine(o: &Bound<'_, PyAny>) -> bool {
     let py = o.py();
     CORO_TYPE
-        .get_or_try_init(py, || {
-            let t = py.import("types")?.getattr("CoroutineType")?;
-            Ok::<_, PyErr>(t.cast_into::<PyType>()?.unbind())
-        })
-        .is_ok_and(|t| o.get_type().is(t.bind(py)))
+        .import(py, "types", "CoroutineType")
+        .is_ok_and(|t| o.get_type().is(t))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -398,9 +382,9 @@ impl BreakerFunction {
     ) -> PyResult<Bound<'py, PyAny>> {
         static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         match obj {
-            Some(o) if !o.is_none() => {
-                cached(slf.py(), &METHOD_TYPE, "types", "MethodType")?.call1((slf, o))
-            }
+            Some(o) if !o.is_none() => METHOD_TYPE
+                .import(slf.py(), "types", "MethodType")?
+                .call1((slf, o)),
             _ => Ok(slf.clone().into_any()),
         }
     }
@@ -1291,7 +1275,9 @@ impl CircuitBreaker {
         func: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        cached(slf.py(), &DECORATE, "ferrolab.breaker", "_decorate")?.call1((slf, func))
+        DECORATE
+            .import(slf.py(), "ferrolab.breaker", "_decorate")?
+            .call1((slf, func))
     }
 
     /// The ``BreakerFunction`` of ``func`` (``ferrolab.breaker._decorate`` makes it look like ``func``).
@@ -1518,11 +1504,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .cast_into::<PyType>()?;
     m.add("CircuitOpenError", &ty)?;
     let _ = OPEN_ERROR.set(py, ty.unbind());
-    m.add_class::<BreakerFunction>()?;
-    m.add_class::<BreakerCall>()?;
-    m.add_class::<CircuitBreaker>()?;
+    add_classes! { m; BreakerFunction, BreakerCall, CircuitBreaker }
     ffi::install_method::<Call<false>>(&py.get_type::<CircuitBreaker>())?;
     ffi::install_method::<Call<true>>(&py.get_type::<CircuitBreaker>())?;
-    m.add_function(wrap_pyfunction!(breakers, m)?)?;
+    add_functions! { m; breakers }
     Ok(())
 }

@@ -229,19 +229,21 @@ impl<T> IntoPyResult<T> for Result<T, CoreError> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add("FerrolabError", py.get_type::<FerrolabError>())?;
-    m.add(
-        "DeviceUnavailableError",
-        py.get_type::<DeviceUnavailableError>(),
-    )?;
-    m.add("InternalError", py.get_type::<InternalError>())?;
+    macro_rules! add_exceptions {
+        ($($e:ident),*) => { $(m.add(stringify!($e), py.get_type::<$e>())?;)* };
+    }
     // CircuitOpenError (a subclass of FerrolabError with properties) is defined in breaker.rs
-    m.add("BackupError", py.get_type::<BackupError>())?;
-    m.add("RepositoryNotFound", py.get_type::<RepositoryNotFound>())?;
-    m.add("WrongPassword", py.get_type::<WrongPassword>())?;
-    m.add("CorruptionError", py.get_type::<CorruptionError>())?;
-    m.add("LockedError", py.get_type::<LockedError>())?;
-    m.add("DuplicateTimeseries", py.get_type::<DuplicateTimeseries>())?;
+    add_exceptions!(
+        FerrolabError,
+        DeviceUnavailableError,
+        InternalError,
+        BackupError,
+        RepositoryNotFound,
+        WrongPassword,
+        CorruptionError,
+        LockedError,
+        DuplicateTimeseries
+    );
     m.add("ERROR_KINDS", pyo3::types::PyTuple::new(py, ERROR_KINDS)?)?;
     Ok(())
 }

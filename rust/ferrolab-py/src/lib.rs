@@ -24,6 +24,13 @@ macro_rules! add_functions {
     };
 }
 
+/// Adds the `#[pyclass]`es to module `$m`.
+macro_rules! add_classes {
+    ($m:expr; $($c:ty),* $(,)?) => {
+        $($m.add_class::<$c>()?;)*
+    };
+}
+
 mod arrays;
 mod backup;
 mod breaker;

@@ -1,87 +1,32 @@
 //! Core `tracing` events into Python's `logging`: a record's target (`ferrolab.backup`, `ferrolab.gpu`, ...) is
 //! the logger name, its fields become the `extra` attributes of the `LogRecord`.
 //!
-//! Records are queued and handed to Python by one thread of ours, never on the thread that emitted them: an
-//! event can be emitted while core code holds a lock that a thread attached to the interpreter waits for, and
-//! attaching there could deadlock. [`flush`] waits until the queue is delivered.
+//! Records are queued in a core `Relay` and handed to Python by its thread, never on the thread that emitted
+//! them: an event can be emitted while core code holds a lock that a thread attached to the interpreter waits
+//! for, and attaching there could deadlock. [`flush`] waits until the queue is delivered.
 
-use crate::errors;
-use ferrolab_core::telemetry::logs::{self as core, Level, LevelFilter, Record, Value};
+use crate::errors::{self, IntoPyResult};
+use ferrolab_core::error::check_seconds;
+use ferrolab_core::telemetry::logs::{
+    self as core, level_number, LevelFilter, Record, Relay, Value,
+};
 use ferrolab_core::telemetry::seam;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Records waiting at most; more are dropped (and counted).
 const CAPACITY: usize = 10_000;
 
-#[derive(Default)]
-struct Queue {
-    records: VecDeque<Record>,
-    /// Records taken by the dispatcher and not yet handed to Python.
-    in_flight: usize,
-    dropped: u64,
-    /// The process the dispatcher thread runs in (a forked child starts its own).
-    dispatcher_pid: Option<u32>,
-}
-
-static QUEUE: Mutex<Option<Queue>> = Mutex::new(None);
-/// Set at interpreter exit ([`shutdown`]): no record is handed to Python any more (a thread that attaches while
-/// the interpreter finalizes is ended by CPython, which would abort the process).
-static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static WAKE: Condvar = Condvar::new();
-
-fn lock() -> std::sync::MutexGuard<'static, Option<Queue>> {
-    QUEUE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sink(r: Record) {
-    let mut g = lock();
-    let q = g.get_or_insert_with(Queue::default);
-    let pid = std::process::id();
-    if q.dispatcher_pid.is_some_and(|p| p != pid) {
-        // a forked child: the parent's records are the parent's to deliver
-        q.records.clear();
-        q.dispatcher_pid = None;
-    }
-    if q.records.len() >= CAPACITY {
-        q.dropped += 1;
-        return;
-    }
-    q.records.push_back(r);
-    if q.dispatcher_pid.is_none() {
-        q.dispatcher_pid = Some(pid);
-        q.in_flight = 0;
-        let spawned = std::thread::Builder::new()
-            .name("ferrolab-logs".into())
-            .spawn(dispatch);
-        if spawned.is_err() {
-            // no thread to deliver with: try again with the next record
-            q.dispatcher_pid = None;
-        }
-    }
-    WAKE.notify_all();
-}
+static RELAY: Relay<fn(Vec<Record>) -> bool> =
+    Relay::new(CAPACITY, to_python as fn(Vec<Record>) -> bool);
 
 static EMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn level_number(l: Level) -> u8 {
-    match l {
-        Level::ERROR => 40,
-        Level::WARN => 30,
-        Level::INFO => 20,
-        Level::DEBUG => 10,
-        Level::TRACE => 5,
-    }
-}
-
 fn deliver(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
-    let emit = EMIT.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("ferrolab._logs")?.getattr("emit")?.unbind())
-    })?;
+    let emit = EMIT.import(py, "ferrolab._logs", "emit")?;
     let mut items = Vec::with_capacity(batch.len());
     for r in batch {
         let fields = PyDict::new(py);
@@ -102,57 +47,23 @@ fn deliver(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
             r.timestamp,
         ));
     }
-    emit.bind(py).call1((items,))?;
+    emit.call1((items,))?;
     Ok(())
 }
 
-/// The dispatcher thread: hands queued records to Python while the interpreter lives.
-fn dispatch() {
-    let me = std::process::id();
-    loop {
-        let batch: Vec<Record> = {
-            let mut g = lock();
-            loop {
-                match g.as_mut() {
-                    Some(q) if q.dispatcher_pid != Some(me) => return,
-                    Some(q) if STOPPED.load(std::sync::atomic::Ordering::Relaxed) => {
-                        q.records.clear();
-                        q.in_flight = 0;
-                        WAKE.notify_all();
-                        return;
-                    }
-                    Some(q) if !q.records.is_empty() => {
-                        let batch: Vec<Record> = q.records.drain(..).collect();
-                        q.in_flight = batch.len();
-                        break batch;
-                    }
-                    _ => {
-                        g = WAKE
-                            .wait_timeout(g, Duration::from_secs(1))
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                    }
-                }
-            }
-        };
-        if !crate::ffi::interpreter_alive() {
-            return;
-        }
-        let delivered = Python::try_attach(|py| {
-            if let Err(e) = deliver(py, batch) {
-                // a failing handler is the application's: report it like logging does, and go on
-                e.write_unraisable(py, None);
-            }
-        });
-        let mut g = lock();
-        if let Some(q) = g.as_mut() {
-            q.in_flight = 0;
-        }
-        WAKE.notify_all();
-        if delivered.is_none() {
-            return; // the interpreter is shutting down
-        }
+/// The relay's delivery (on its thread): hands a batch to Python while the interpreter lives; `false` once it
+/// does not.
+fn to_python(batch: Vec<Record>) -> bool {
+    if !crate::ffi::interpreter_alive() {
+        return false;
     }
+    Python::try_attach(|py| {
+        if let Err(e) = deliver(py, batch) {
+            // a failing handler is the application's: report it like logging does, and go on
+            e.write_unraisable(py, None);
+        }
+    })
+    .is_some()
 }
 
 /// Waits until every queued record was handed to Python's ``logging`` (at most ``timeout`` seconds); True when
@@ -160,30 +71,8 @@ fn dispatch() {
 #[pyfunction]
 #[pyo3(name = "_log_flush", signature = (timeout=5.0))]
 fn flush(py: Python<'_>, timeout: f64) -> PyResult<bool> {
-    if !(timeout.is_finite() && timeout >= 0.0) {
-        return Err(errors::arg_value(
-            "flush",
-            "timeout",
-            format!("is {timeout}; expected a number >= 0"),
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout);
-    Ok(py.detach(|| {
-        let mut g = lock();
-        loop {
-            let busy = g
-                .as_ref()
-                .is_some_and(|q| !q.records.is_empty() || q.in_flight > 0);
-            let now = Instant::now();
-            if !busy || now >= deadline {
-                return !busy;
-            }
-            g = WAKE
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }))
+    let timeout = check_seconds("flush", "timeout", timeout, f64::INFINITY, false).py()?;
+    Ok(py.detach(|| RELAY.flush(timeout)))
 }
 
 /// At interpreter exit (an `atexit` hook): delivers what is queued (at most ``timeout`` seconds), then stops
@@ -192,19 +81,9 @@ fn flush(py: Python<'_>, timeout: f64) -> PyResult<bool> {
 #[pyo3(name = "_log_shutdown", signature = (timeout=2.0))]
 fn shutdown(py: Python<'_>, timeout: f64) -> PyResult<bool> {
     let delivered = flush(py, timeout)?;
-    STOPPED.store(true, std::sync::atomic::Ordering::Relaxed);
-    WAKE.notify_all();
-    // a delivery that started before the flag was set ends before the interpreter finalizes
-    py.detach(|| {
-        let mut g = lock();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while g.as_ref().is_some_and(|q| q.in_flight > 0) && Instant::now() < deadline {
-            g = WAKE
-                .wait_timeout(g, Duration::from_millis(20))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    });
+    // a thread that attaches while the interpreter finalizes is ended by CPython, which would abort the process:
+    // a delivery that started before the stop ends before the interpreter finalizes
+    py.detach(|| RELAY.stop(Duration::from_secs(5)));
     Ok(delivered)
 }
 
@@ -227,7 +106,7 @@ fn set_level(level: &str) -> PyResult<()> {
 #[pyfunction]
 #[pyo3(name = "_log_dropped")]
 fn dropped() -> u64 {
-    lock().as_ref().map_or(0, |q| q.dropped)
+    RELAY.dropped()
 }
 
 /// The cost in nanoseconds of a core event no output enables (averaged over ``n``), without the GIL.
@@ -241,24 +120,15 @@ fn disabled_event_ns(py: Python<'_>, n: u64) -> f64 {
 #[pyfunction]
 #[pyo3(name = "_log_slow_op_seconds")]
 fn slow_op_seconds(seconds: Option<f64>) -> PyResult<()> {
-    if let Some(s) = seconds.filter(|s| !(s.is_finite() && *s >= 0.0)) {
-        return Err(errors::arg_value(
-            "slow_op_seconds",
-            "seconds",
-            format!("is {s}; expected a number >= 0 or None"),
-        ));
+    if let Some(s) = seconds {
+        check_seconds("slow_op_seconds", "seconds", s, f64::INFINITY, false).py()?;
     }
     seam::set_slow_threshold(seconds);
     Ok(())
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    core::set_sink(Some(Arc::new(sink)));
-    m.add_function(wrap_pyfunction!(flush, m)?)?;
-    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
-    m.add_function(wrap_pyfunction!(set_level, m)?)?;
-    m.add_function(wrap_pyfunction!(dropped, m)?)?;
-    m.add_function(wrap_pyfunction!(disabled_event_ns, m)?)?;
-    m.add_function(wrap_pyfunction!(slow_op_seconds, m)?)?;
+    core::set_sink(Some(Arc::new(|r| RELAY.push(r))));
+    add_functions! { m; flush, shutdown, set_level, dropped, disabled_event_ns, slow_op_seconds }
     Ok(())
 }

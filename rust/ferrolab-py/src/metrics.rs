@@ -3,6 +3,7 @@
 
 use crate::errors::{self, IntoPyResult};
 use crate::ffi::{self, FastArgs, FastCall};
+use ferrolab_core::error::check_seconds;
 use ferrolab_core::telemetry::metrics::{self as core, Child, Family, Kind};
 use ferrolab_core::telemetry::openmetrics;
 use ferrolab_core::telemetry::seam;
@@ -13,9 +14,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::PyClassInitializer;
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Which core registry a Python registry object stands for.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct OwnRegistry {
     foreign: Foreign,
 }
 
-static GLOBAL_FOREIGN: LazyLock<Foreign> = LazyLock::new(Foreign::default);
+static GLOBAL_FOREIGN: Foreign = Foreign::new();
 
 impl RegRef {
     fn get(&self) -> &core::Registry {
@@ -51,41 +51,8 @@ impl RegRef {
 }
 
 /// The collectors written in Python that a registry holds beside its native families (any object with
-/// ``collect()``, e.g. prometheus_client's registry, and the ``target_info`` collector). Their sample names are
-/// reserved in the core registry (see `core::Registry::reserve`), which keeps them and the native families apart.
-#[derive(Default)]
-pub struct Foreign {
-    entries: Mutex<Vec<ForeignEntry>>,
-    any: AtomicBool,
-}
-
-struct ForeignEntry {
-    key: u64,
-    collector: Py<PyAny>,
-    names: Vec<String>,
-    /// The ``target_info`` collector (``set_target_info``).
-    target: bool,
-}
-
-impl Foreign {
-    fn any(&self) -> bool {
-        self.any.load(Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ForeignEntry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// ``(collector, names)`` pairs for ``ferrolab.metrics._foreign_collect``: the ``target_info`` collector
-    /// (`target`) or the others.
-    fn listed<'py>(&self, py: Python<'py>, target: bool) -> Vec<(Bound<'py, PyAny>, Vec<String>)> {
-        self.lock()
-            .iter()
-            .filter(|e| e.target == target)
-            .map(|e| (e.collector.bind(py).clone(), e.names.clone()))
-            .collect()
-    }
-}
+/// ``collect()``, e.g. prometheus_client's registry, and the ``target_info`` collector).
+type Foreign = core::ForeignCollectors<Py<PyAny>>;
 
 /// A function of ``ferrolab.metrics`` (the Python half of registries: custom collectors, escaping).
 fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -109,7 +76,9 @@ fn foreign_metrics<'py>(
     if !reg.foreign().any() {
         return Ok(Vec::new());
     }
-    let listed = reg.foreign().listed(py, target);
+    let listed = reg
+        .foreign()
+        .list(target, |c, names| (c.clone_ref(py), names.to_vec()));
     helper(py, "_foreign_collect")?
         .call1((listed, only))?
         .extract()
@@ -196,37 +165,6 @@ impl Registry {
             auto_describe: false,
         }
     }
-
-    /// Registers a Python collector under its sample ``names``.
-    fn add_foreign(&self, collector: Py<PyAny>, names: Vec<String>, target: bool) -> PyResult<()> {
-        let key = self
-            .reg
-            .get()
-            .reserve(names.clone(), "register")
-            .map_err(errors::duplicate_timeseries)?;
-        let foreign = self.reg.foreign();
-        foreign.lock().push(ForeignEntry {
-            key,
-            collector,
-            names,
-            target,
-        });
-        foreign.any.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Removes the Python collector matching ``pick``; `false` when there is none.
-    fn remove_foreign(&self, pick: impl Fn(&ForeignEntry) -> bool) -> bool {
-        let foreign = self.reg.foreign();
-        let mut entries = foreign.lock();
-        let Some(i) = entries.iter().position(pick) else {
-            return false;
-        };
-        let e = entries.remove(i);
-        self.reg.get().release(e.key);
-        foreign.any.store(!entries.is_empty(), Ordering::Relaxed);
-        true
-    }
 }
 
 #[pymethods]
@@ -241,7 +179,7 @@ impl Registry {
         let r = Registry {
             reg: RegRef::Own(Arc::new(OwnRegistry {
                 core: core::Registry::new(),
-                foreign: Foreign::default(),
+                foreign: Foreign::new(),
             })),
             only: None,
             auto_describe,
@@ -265,7 +203,10 @@ impl Registry {
         let names: Vec<String> = helper(py, "_collector_names")?
             .call1((metric, self.auto_describe))?
             .extract()?;
-        self.add_foreign(metric.clone().unbind(), names, false)
+        self.reg
+            .foreign()
+            .add(self.reg.get(), metric.clone().unbind(), names, "register")
+            .map_err(errors::duplicate_timeseries)
     }
 
     /// Removes a metric or collector from this registry.
@@ -274,7 +215,11 @@ impl Registry {
     fn unregister(&self, metric: &Bound<'_, PyAny>) -> PyResult<()> {
         let removed = match family_of(metric) {
             Ok(fam) => fam.unregister_from(self.reg.get()),
-            Err(_) => self.remove_foreign(|e| !e.target && e.collector.is(metric)),
+            Err(_) => self
+                .reg
+                .foreign()
+                .remove(self.reg.get(), |c| c.is(metric))
+                .is_some(),
         };
         if removed {
             Ok(())
@@ -293,40 +238,19 @@ impl Registry {
             Some(d) => Some(helper(py, "_TargetInfo")?.call1((d,))?.unbind()),
             None => None,
         };
-        {
-            let foreign = self.reg.foreign();
-            let mut entries = foreign.lock();
-            if let Some(e) = entries.iter_mut().find(|e| e.target) {
-                if let Some(c) = collector {
-                    e.collector = c;
-                    return Ok(());
-                }
-            } else if collector.is_none() {
-                return Ok(());
-            }
-        }
-        match collector {
-            Some(c) => self.add_foreign(c, vec!["target_info".to_string()], true),
-            None => {
-                self.remove_foreign(|e| e.target);
-                Ok(())
-            }
-        }
+        self.reg
+            .foreign()
+            .set_target(self.reg.get(), collector)
+            .map_err(errors::duplicate_timeseries)?;
+        Ok(())
     }
 
     /// The labels of the ``target_info`` series, or ``None``.
     fn get_target_info(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let entries = self.reg.foreign().lock();
-        entries
-            .iter()
-            .find(|e| e.target)
-            .map(|e| {
-                Ok(e.collector
-                    .bind(py)
-                    .getattr("labels")?
-                    .call_method0("copy")?
-                    .unbind())
-            })
+        self.reg
+            .foreign()
+            .target(|c| c.clone_ref(py))
+            .map(|c| Ok(c.bind(py).getattr("labels")?.call_method0("copy")?.unbind()))
             .transpose()
     }
 
@@ -375,12 +299,10 @@ impl Registry {
                 .call1((metrics, name, labels))?
                 .extract();
         }
-        let mut want: Vec<(String, String)> = Vec::new();
-        if let Some(d) = labels {
-            for (k, v) in d.iter() {
-                want.push((k.extract()?, v.str()?.to_str()?.to_string()));
-            }
-        }
+        let mut want = match labels {
+            Some(d) => str_pairs(d, None)?,
+            None => Vec::new(),
+        };
         want.sort();
         let fams = py.detach(|| this.reg.get().families(this.only.as_deref()));
         Ok(fams
@@ -399,6 +321,23 @@ impl Registry {
             _ => "<ferrolab.metrics.CollectorRegistry>",
         }
     }
+}
+
+/// A dict's items as `(key, value)` strings. The keys must be str; with `not_str`, the values too (else its
+/// error), without it the values are converted with ``str()``.
+fn str_pairs(
+    d: &Bound<'_, PyDict>,
+    not_str: Option<&dyn Fn() -> PyErr>,
+) -> PyResult<Vec<(String, String)>> {
+    d.iter()
+        .map(|(k, v)| match not_str {
+            Some(err) => match (k.extract::<String>(), v.extract::<String>()) {
+                (Ok(k), Ok(v)) => Ok((k, v)),
+                _ => Err(err()),
+            },
+            None => Ok((k.extract()?, v.str()?.to_str()?.to_string())),
+        })
+        .collect()
 }
 
 /// Core family views as ``ferrolab.metrics.Metric`` objects (built by ``ferrolab.metrics._family``).
@@ -543,34 +482,10 @@ impl Metric {
     ) -> PyResult<()> {
         let ex = match labels {
             Some(d) => {
-                let mut pairs = Vec::with_capacity(d.len());
-                for (k, v) in d.iter() {
-                    let (Ok(k), Ok(v)) = (k.extract::<String>(), v.extract::<String>()) else {
-                        return Err(errors::arg_type(
-                            func,
-                            "exemplar",
-                            "must map str label names to str values",
-                        ));
-                    };
-                    if !core::valid_exemplar_label(&k) {
-                        return Err(errors::arg_value(
-                            func,
-                            "exemplar",
-                            format!("has the invalid label name {k:?}"),
-                        ));
-                    }
-                    pairs.push((k, v));
-                }
-                openmetrics::Exemplar::new(pairs, value).ok_or_else(|| {
-                    errors::arg_value(
-                        func,
-                        "exemplar",
-                        format!(
-                            "exceeds {} characters of label names and values (OpenMetrics' limit)",
-                            openmetrics::MAX_EXEMPLAR_LABEL_CHARS
-                        ),
-                    )
-                })?
+                let not_str =
+                    || errors::arg_type(func, "exemplar", "must map str label names to str values");
+                openmetrics::Exemplar::from_labels(func, str_pairs(d, Some(&not_str))?, value)
+                    .py()?
             }
             None => match crate::tracing::current_recording(py) {
                 Some(ctx) => openmetrics::Exemplar::of_span(
@@ -689,20 +604,15 @@ impl Metric {
             child: Some(child),
             values: key,
         };
-        let obj = match sh.kind {
-            Kind::Counter => {
-                Py::new(py, PyClassInitializer::from(m).add_subclass(Counter))?.into_any()
-            }
-            Kind::Gauge => Py::new(py, PyClassInitializer::from(m).add_subclass(Gauge))?.into_any(),
-            Kind::Histogram => {
-                Py::new(py, PyClassInitializer::from(m).add_subclass(Histogram))?.into_any()
-            }
-            Kind::Summary => {
-                Py::new(py, PyClassInitializer::from(m).add_subclass(Summary))?.into_any()
-            }
-            Kind::Enum => Py::new(py, PyClassInitializer::from(m).add_subclass(Enum))?.into_any(),
-            Kind::Info => Py::new(py, PyClassInitializer::from(m).add_subclass(Info))?.into_any(),
-        };
+        // the class of each kind has the kind's name
+        macro_rules! object_of_kind {
+            ($($k:ident),*) => {
+                match sh.kind {
+                    $(Kind::$k => Py::new(py, PyClassInitializer::from(m).add_subclass($k))?.into_any(),)*
+                }
+            };
+        }
+        let obj = object_of_kind!(Counter, Gauge, Histogram, Summary, Enum, Info);
         // another thread may have made one first: one object is handed out
         Ok(sh.children.insert(&vals, obj, |o| o.clone_ref(py)))
     }
@@ -755,10 +665,7 @@ impl Metric {
 
     /// Removes every series whose labels include all of ``labels`` (a dict of label names to values).
     fn remove_by_labels(&self, labels: &Bound<'_, PyDict>) -> PyResult<()> {
-        let mut want = Vec::with_capacity(labels.len());
-        for (k, v) in labels.iter() {
-            want.push((k.extract::<String>()?, v.str()?.to_str()?.to_string()));
-        }
+        let want = str_pairs(labels, None)?;
         let gone = self.shared.family.remove_by_labels(&want).py()?;
         self.shared.children.remove(gone.iter().map(|v| &v[..]));
         Ok(())
@@ -805,12 +712,6 @@ fn py_time(py: Python<'_>) -> PyResult<f64> {
         Ok(py.import("time")?.into_any().unbind())
     })?;
     time.bind(py).getattr("time")?.call0()?.extract()
-}
-
-fn now_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A metric class (`$cls`, of kind `$kind`) and its methods: the constructor takes prometheus_client's naming
@@ -908,10 +809,7 @@ metric_class! {
             ));
         }
         let m = slf.as_super().get();
-        match m.child()? {
-            Child::Counter(c) => c.inc_by(amount),
-            _ => unreachable!("a Counter holds counters"),
-        }
+        m.child()?.as_counter().inc_by(amount);
         if exemplar.is_some() || tr::active() {
             m.exemplar(slf.py(), "inc", amount, exemplar)?;
         }
@@ -921,10 +819,8 @@ metric_class! {
     /// Resets the counter to zero.
     fn reset(slf: &Bound<'_, Self>) -> PyResult<()> {
         let m = slf.as_super().get();
-        if let Child::Counter(c) = m.child()? {
-            c.reset();
-            m.shared.family.recreated(&m.values, py_time(slf.py())?);
-        }
+        m.child()?.as_counter().reset();
+        m.shared.family.recreated(&m.values, py_time(slf.py())?);
         Ok(())
     }
 
@@ -983,11 +879,8 @@ metric_class! {
 #[pyclass(frozen, extends = Metric, module = "ferrolab.metrics")]
 pub struct Gauge;
 
-fn gauge(slf: &Bound<'_, Gauge>) -> PyResult<prometheus::Gauge> {
-    match slf.as_super().get().child()? {
-        Child::Gauge(g) => Ok(g.clone()),
-        _ => unreachable!("a Gauge holds gauges"),
-    }
+fn gauge<'a>(slf: &'a Bound<'_, Gauge>) -> PyResult<&'a prometheus::Gauge> {
+    Ok(slf.as_super().get().child()?.as_gauge())
 }
 
 metric_class! {
@@ -1005,35 +898,26 @@ metric_class! {
     /// Adds ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
     fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        match slf.as_super().get().child()? {
-            Child::Gauge(g) => g.add(amount),
-            _ => unreachable!(),
-        }
+        gauge(slf)?.add(amount);
         Ok(())
     }
 
     /// Subtracts ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
     fn dec(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        match slf.as_super().get().child()? {
-            Child::Gauge(g) => g.sub(amount),
-            _ => unreachable!(),
-        }
+        gauge(slf)?.sub(amount);
         Ok(())
     }
 
     /// Sets the value.
     fn set(slf: &Bound<'_, Self>, value: f64) -> PyResult<()> {
-        match slf.as_super().get().child()? {
-            Child::Gauge(g) => g.set(value),
-            _ => unreachable!(),
-        }
+        gauge(slf)?.set(value);
         Ok(())
     }
 
     /// Sets the value to the current Unix time in seconds.
     fn set_to_current_time(slf: &Bound<'_, Self>) -> PyResult<()> {
-        gauge(slf)?.set(now_seconds());
+        gauge(slf)?.set(openmetrics::unix_seconds());
         Ok(())
     }
 
@@ -1115,10 +999,7 @@ metric_class! {
         exemplar: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let m = slf.as_super().get();
-        match m.child()? {
-            Child::Histogram(h) => h.observe(amount),
-            _ => unreachable!(),
-        }
+        m.child()?.as_histogram().observe(amount);
         if exemplar.is_some() || tr::active() {
             m.exemplar(slf.py(), "observe", amount, exemplar)?;
         }
@@ -1153,10 +1034,7 @@ metric_class! {
     {
     /// Records one observation.
     fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
-        match slf.as_super().get().child()? {
-            Child::Histogram(h) => h.observe(amount),
-            _ => unreachable!("a Summary holds a histogram of one bucket"),
-        }
+        slf.as_super().get().child()?.as_histogram().observe(amount);
         Ok(())
     }
 
@@ -1191,10 +1069,7 @@ metric_class! {
     /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
     fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
         let m = slf.as_super().get();
-        match m.child()? {
-            Child::Enum(values) => m.shared.family.enum_state(values, state).py(),
-            _ => unreachable!("an Enum holds enum series"),
-        }
+        m.shared.family.enum_state(m.child()?.keyed(), state).py()
     }
     }
 }
@@ -1222,22 +1097,10 @@ metric_class! {
     {
     /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
     fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
-        let mut pairs = Vec::with_capacity(val.len());
-        for (k, v) in val.iter() {
-            let (Ok(k), Ok(v)) = (k.extract::<String>(), v.extract::<String>()) else {
-                return Err(errors::arg_value(
-                    "info",
-                    "val",
-                    "must map str keys to str values",
-                ));
-            };
-            pairs.push((k, v));
-        }
+        let not_str = || errors::arg_value("info", "val", "must map str keys to str values");
+        let pairs = str_pairs(val, Some(&not_str))?;
         let m = slf.as_super().get();
-        match m.child()? {
-            Child::Enum(values) => m.shared.family.set_info(values, pairs).py(),
-            _ => unreachable!("an Info holds keyed series"),
-        }
+        m.shared.family.set_info(m.child()?.keyed(), pairs).py()
     }
     }
 }
@@ -1354,12 +1217,7 @@ impl Guard {
 
     /// Decorates ``func`` (sync or async) so that every call runs inside a fresh guard.
     fn __call__(&self, py: Python<'_>, func: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let decorate = DECORATE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-            Ok(py
-                .import("ferrolab.metrics")?
-                .getattr("_decorate")?
-                .unbind())
-        })?;
+        let decorate = DECORATE.import(py, "ferrolab.metrics", "_decorate")?;
         let m = self.metric.bind(py);
         let factory = match &self.kind {
             GuardKind::Observe | GuardKind::SetDuration => m.getattr("time")?,
@@ -1369,7 +1227,7 @@ impl Guard {
                 .getattr("partial")?
                 .call1((m.getattr("count_exceptions")?, e.bind(py)))?,
         };
-        Ok(decorate.bind(py).call1((factory, func))?.unbind())
+        Ok(decorate.call1((factory, func))?.unbind())
     }
 }
 
@@ -1533,13 +1391,8 @@ impl Handler for PyHandler {
                 }
                 Python::attach(|py| {
                     let r = HEALTH
-                        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-                            Ok(py
-                                .import("ferrolab.health")?
-                                .getattr("_http_response")?
-                                .unbind())
-                        })
-                        .and_then(|f| f.bind(py).call0())
+                        .import(py, "ferrolab.health", "_http_response")
+                        .and_then(|f| f.call0())
                         .and_then(|r| r.extract::<(u16, String)>());
                     match r {
                         Ok((code, body)) => Reply::json(code, body),
@@ -1678,13 +1531,8 @@ fn _serve(
     tls_key: Option<std::path::PathBuf>,
     basic_auth: Vec<(String, String)>,
 ) -> PyResult<Server> {
-    if !(header_timeout > 0.0 && header_timeout <= 3600.0) {
-        return Err(errors::arg_value(
-            "serve",
-            "header_timeout",
-            format!("is {header_timeout}; expected seconds in (0, 3600]"),
-        ));
-    }
+    let header_timeout =
+        check_seconds("serve", "header_timeout", header_timeout, 3600.0, true).py()?;
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
         (None, None) => None,
@@ -1704,7 +1552,7 @@ fn _serve(
         tls,
         workers,
         max_connections,
-        header_timeout: Duration::from_secs_f64(header_timeout),
+        header_timeout,
         max_header_bytes,
         ..server::Config::default()
     };
@@ -1762,32 +1610,20 @@ the same object. Raises ValueError when the count or the names do not match the 
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     seam::warm_up();
-    m.add_class::<Registry>()?;
-    m.add_class::<Metric>()?;
-    m.add_class::<Counter>()?;
-    m.add_class::<Gauge>()?;
-    m.add_class::<Histogram>()?;
-    m.add_class::<Summary>()?;
-    m.add_class::<Enum>()?;
-    m.add_class::<Info>()?;
+    add_classes! { m; Registry, Metric, Counter, Gauge, Histogram, Summary, Enum, Info, Guard, Server }
     let py = m.py();
-    ffi::install_method::<Labels>(&py.get_type::<Counter>())?;
-    ffi::install_method::<Labels>(&py.get_type::<Gauge>())?;
-    ffi::install_method::<Labels>(&py.get_type::<Histogram>())?;
-    ffi::install_method::<Labels>(&py.get_type::<Summary>())?;
-    ffi::install_method::<Labels>(&py.get_type::<Enum>())?;
-    ffi::install_method::<Labels>(&py.get_type::<Info>())?;
-    m.add_class::<Guard>()?;
-    m.add_class::<Server>()?;
-    m.add("REGISTRY", Py::new(m.py(), Registry::new_global())?)?;
-    m.add_function(wrap_pyfunction!(_set_created, m)?)?;
-    m.add_function(wrap_pyfunction!(_legacy_validation, m)?)?;
-    m.add_function(wrap_pyfunction!(_go_float, m)?)?;
-    m.add_function(wrap_pyfunction!(exposition, m)?)?;
-    m.add_function(wrap_pyfunction!(_configure, m)?)?;
-    m.add_function(wrap_pyfunction!(_record_error, m)?)?;
-    m.add_function(wrap_pyfunction!(_settings, m)?)?;
-    m.add_function(wrap_pyfunction!(_serve, m)?)?;
-    m.add_function(wrap_pyfunction!(_gzip, m)?)?;
+    for class in [
+        py.get_type::<Counter>(),
+        py.get_type::<Gauge>(),
+        py.get_type::<Histogram>(),
+        py.get_type::<Summary>(),
+        py.get_type::<Enum>(),
+        py.get_type::<Info>(),
+    ] {
+        ffi::install_method::<Labels>(&class)?;
+    }
+    m.add("REGISTRY", Py::new(py, Registry::new_global())?)?;
+    add_functions! { m; _set_created, _legacy_validation, _go_float, exposition, _configure, _record_error,
+    _settings, _serve, _gzip }
     Ok(())
 }

@@ -30,16 +30,7 @@ fn set_instrumentation(enabled: bool) {
 fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     seam::snapshot()
         .into_iter()
-        .map(|s| {
-            let d = PyDict::new(py);
-            d.set_item("operation", s.operation)?;
-            d.set_item("device", s.device)?;
-            d.set_item("calls", s.calls)?;
-            d.set_item("errors", s.errors)?;
-            d.set_item("fallbacks", s.fallbacks)?;
-            d.set_item("seconds", s.seconds)?;
-            Ok(d)
-        })
+        .map(|s| Ok(dict!(py, s; operation, device, calls, errors, fallbacks, seconds)))
         .collect()
 }
 
@@ -57,13 +48,7 @@ fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
 #[pyfunction]
 fn result_cache(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = recycle::stats();
-    let d = PyDict::new(py);
-    d.set_item("buffers", s.buffers)?;
-    d.set_item("bytes", s.bytes)?;
-    d.set_item("limit", s.limit)?;
-    d.set_item("reused", s.reused)?;
-    d.set_item("allocated", s.allocated)?;
-    Ok(d)
+    Ok(dict!(py, s; buffers, bytes, limit, reused, allocated))
 }
 
 /// Frees the kept result buffers; returns the bytes freed.
@@ -79,13 +64,7 @@ fn set_result_cache_limit(bytes: usize) {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(result_cache, m)?)?;
-    m.add_function(wrap_pyfunction!(release_result_cache, m)?)?;
-    m.add_function(wrap_pyfunction!(set_result_cache_limit, m)?)?;
-    m.add_function(wrap_pyfunction!(check_device, m)?)?;
-    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
-    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(set_instrumentation, m)?)?;
-    m.add_function(wrap_pyfunction!(op_stats, m)?)?;
+    add_functions! { m; check_device, simd_level, num_threads, set_instrumentation, op_stats, result_cache,
+    release_result_cache, set_result_cache_limit }
     Ok(())
 }

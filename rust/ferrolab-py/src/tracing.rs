@@ -5,8 +5,9 @@
 //! span takes the current opentelemetry-python span as its (remote) parent when `opentelemetry.trace` is
 //! already imported. [`current_recording`] is what the op seam (`funnel::run`) asks for its child spans.
 
-use crate::errors::{self, type_of};
+use crate::errors::{self, type_of, IntoPyResult};
 use crate::ffi::{self, FastArgs, FastCall};
+use ferrolab_core::error::check_seconds;
 use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -15,7 +16,6 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
 
 // ----------------------------------------------------------------------------------------------------------
 // the context variable
@@ -581,18 +581,7 @@ impl Span {
     /// Sets the status: ``"ok"``, ``"error"`` (with an optional ``description``) or ``"unset"``.
     #[pyo3(signature = (status, description=None))]
     fn set_status(&self, status: &str, description: Option<String>) -> PyResult<()> {
-        let s = match status.to_ascii_lowercase().as_str() {
-            "ok" => Status::Ok,
-            "unset" => Status::Unset,
-            "error" => Status::error(description.unwrap_or_default()),
-            _ => {
-                return Err(errors::arg_value(
-                    "Span.set_status",
-                    "status",
-                    format!("is {status:?}; expected 'ok', 'error' or 'unset'"),
-                ))
-            }
-        };
+        let s = core_tr::parse_status("Span.set_status", status, description).py()?;
         self.with_rec(|r| r.set_status(s));
         Ok(())
     }
@@ -784,7 +773,6 @@ fn configure(
     headers: Vec<(String, String)>,
     ca_file: Option<String>,
 ) -> PyResult<()> {
-    use crate::errors::IntoPyResult;
     let config = Config {
         service_version,
         environment,
@@ -808,14 +796,8 @@ fn flush(py: Python<'_>) -> bool {
 #[pyfunction]
 #[pyo3(name = "tracing_shutdown", signature = (timeout=5.0))]
 fn shutdown(py: Python<'_>, timeout: f64) -> PyResult<bool> {
-    if !(timeout.is_finite() && timeout >= 0.0) {
-        return Err(errors::arg_value(
-            "shutdown",
-            "timeout",
-            format!("is {timeout}; expected seconds >= 0"),
-        ));
-    }
-    Ok(py.detach(|| core_tr::shutdown(Duration::from_secs_f64(timeout))))
+    let timeout = check_seconds("shutdown", "timeout", timeout, f64::INFINITY, false).py()?;
+    Ok(py.detach(|| core_tr::shutdown(timeout)))
 }
 
 fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -843,12 +825,6 @@ fn attrs_to_py<'py>(py: Python<'py>, attrs: &[KeyValue]) -> PyResult<Bound<'py, 
     Ok(d)
 }
 
-fn ns(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 /// The spans kept in memory (``endpoint=None``), oldest first, as dicts.
 #[pyfunction]
 #[pyo3(name = "tracing_finished_spans", signature = (clear=false))]
@@ -857,35 +833,15 @@ fn finished_spans(py: Python<'_>, clear: bool) -> PyResult<Vec<Bound<'_, PyDict>
     spans
         .iter()
         .map(|s| {
-            let d = PyDict::new(py);
-            d.set_item("name", s.name.as_ref())?;
-            d.set_item("trace_id", hex_trace(s.span_context.trace_id()))?;
-            d.set_item("span_id", hex_span(s.span_context.span_id()))?;
-            d.set_item(
-                "parent_span_id",
-                (s.parent_span_id != SpanId::INVALID).then(|| hex_span(s.parent_span_id)),
-            )?;
-            d.set_item("parent_is_remote", s.parent_span_is_remote)?;
-            d.set_item("start_time_ns", ns(s.start_time))?;
-            d.set_item("end_time_ns", ns(s.end_time))?;
-            d.set_item("attributes", attrs_to_py(py, &s.attributes)?)?;
-            let (status, description) = match &s.status {
-                Status::Unset => ("UNSET", None),
-                Status::Ok => ("OK", None),
-                Status::Error { description } => ("ERROR", Some(description.to_string())),
-            };
-            d.set_item("status", status)?;
-            d.set_item("status_description", description)?;
-            let events = PyList::empty(py);
-            for e in s.events.iter() {
-                let ed = PyDict::new(py);
-                ed.set_item("name", e.name.as_ref())?;
-                ed.set_item("time_ns", ns(e.timestamp))?;
-                ed.set_item("attributes", attrs_to_py(py, &e.attributes)?)?;
-                events.append(ed)?;
-            }
-            d.set_item("events", events)?;
-            Ok(d)
+            let s = core_tr::FinishedSpan::of(s);
+            let events = s
+                .events
+                .iter()
+                .map(|e| Ok(dict!(py, e; name, time_ns, attributes => attrs_to_py(py, &e.attributes)?)))
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(dict!(py, s; name, trace_id, span_id, parent_span_id, parent_is_remote, start_time_ns,
+                end_time_ns, attributes => attrs_to_py(py, &s.attributes)?, status, status_description,
+                events => PyList::new(py, events)?))
         })
         .collect()
 }
@@ -895,19 +851,10 @@ fn finished_spans(py: Python<'_>, clear: bool) -> PyResult<Vec<Bound<'_, PyDict>
 #[pyo3(name = "tracing_stats")]
 fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = core_tr::stats();
-    let d = PyDict::new(py);
-    d.set_item("mode", s.mode)?;
-    d.set_item("endpoint", s.endpoint)?;
-    d.set_item("sample_ratio", s.sample_ratio)?;
-    d.set_item("started", s.started)?;
-    d.set_item("ended", s.ended)?;
-    d.set_item("exported", s.exported)?;
-    d.set_item("dropped", s.dropped)?;
-    d.set_item("export_failures", s.export_failures)?;
-    d.set_item("evicted", s.evicted)?;
-    d.set_item("queued", s.queued)?;
-    d.set_item("open", s.open)?;
-    Ok(d)
+    Ok(
+        dict!(py, s; mode, endpoint, sample_ratio, started, ended, exported, dropped, export_failures, evicted,
+        queued, open),
+    )
 }
 
 /// Resource attributes of the current pipeline (``{}`` when not configured).
@@ -939,13 +886,6 @@ fn otel_path(py: Python<'_>, force_public: Option<bool>) -> &'static str {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Span>()?;
     ffi::add_function::<SpanFn>(m)?;
-    m.add_function(wrap_pyfunction!(current_span, m)?)?;
-    m.add_function(wrap_pyfunction!(configure, m)?)?;
-    m.add_function(wrap_pyfunction!(flush, m)?)?;
-    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
-    m.add_function(wrap_pyfunction!(finished_spans, m)?)?;
-    m.add_function(wrap_pyfunction!(stats, m)?)?;
-    m.add_function(wrap_pyfunction!(resource, m)?)?;
-    m.add_function(wrap_pyfunction!(otel_path, m)?)?;
+    add_functions! { m; current_span, configure, flush, shutdown, finished_spans, stats, resource, otel_path }
     Ok(())
 }

@@ -9,12 +9,17 @@
 //!
 //! An event below every output's level is never built: its callsite is disabled once, and it then costs one
 //! load and a branch (measured by [`disabled_event_cost_ns`]).
+//!
+//! A sink that must not run on the emitting thread (the Python one: an event can be emitted while core code
+//! holds a lock that an interpreter thread waits for) queues the records in a [`Relay`], whose own thread hands
+//! them on in batches.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Once, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 pub use tracing::Level;
 use tracing::{Event, Metadata, Subscriber};
@@ -286,6 +291,170 @@ impl Default for Throttle {
     }
 }
 
+/// The level's number in Python's `logging` (`ERROR` 40 ... `DEBUG` 10; TRACE, which it lacks, is 5).
+pub fn level_number(l: Level) -> u8 {
+    match l {
+        Level::ERROR => 40,
+        Level::WARN => 30,
+        Level::INFO => 20,
+        Level::DEBUG => 10,
+        Level::TRACE => 5,
+    }
+}
+
+/// A bounded queue of records that one thread of its own hands, in batches, to `deliver`: a sink for a consumer
+/// that must not be called on the emitting thread.
+///
+/// At most `capacity` records wait; more are dropped and counted ([`Relay::dropped`]). The thread starts with the
+/// first record, and again in a forked child (whose queue starts empty: the parent's records are the parent's
+/// to deliver). `deliver` returns `false` when its consumer is gone for good (the interpreter exits): the thread
+/// then ends and records are no longer delivered.
+pub struct Relay<F> {
+    capacity: usize,
+    deliver: F,
+    state: Mutex<RelayState>,
+    wake: Condvar,
+    /// Set by [`Relay::stop`]: nothing is delivered any more.
+    stopped: AtomicBool,
+}
+
+struct RelayState {
+    records: VecDeque<Record>,
+    /// Records taken by the thread and not yet delivered.
+    in_flight: usize,
+    dropped: u64,
+    /// The process the delivering thread runs in.
+    dispatcher_pid: Option<u32>,
+}
+
+impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
+    pub const fn new(capacity: usize, deliver: F) -> Relay<F> {
+        Relay {
+            capacity,
+            deliver,
+            state: Mutex::new(RelayState {
+                records: VecDeque::new(),
+                in_flight: 0,
+                dropped: 0,
+                dispatcher_pid: None,
+            }),
+            wake: Condvar::new(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RelayState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `r` (or counts it as dropped when the queue is full), starting the delivering thread if needed.
+    pub fn push(&'static self, r: Record) {
+        self.push_as(std::process::id(), r)
+    }
+
+    fn push_as(&'static self, pid: u32, r: Record) {
+        let mut q = self.lock();
+        if q.dispatcher_pid.is_some_and(|p| p != pid) {
+            // a forked child: the parent's records are the parent's to deliver
+            q.records.clear();
+            q.dispatcher_pid = None;
+        }
+        if q.records.len() >= self.capacity {
+            q.dropped += 1;
+            return;
+        }
+        q.records.push_back(r);
+        if q.dispatcher_pid.is_none() {
+            q.dispatcher_pid = Some(pid);
+            q.in_flight = 0;
+            let spawned = std::thread::Builder::new()
+                .name("ferrolab-logs".into())
+                .spawn(move || self.run(pid));
+            if spawned.is_err() {
+                // no thread to deliver with: try again with the next record
+                q.dispatcher_pid = None;
+            }
+        }
+        self.wake.notify_all();
+    }
+
+    /// The delivering thread of process `me`.
+    fn run(&self, me: u32) {
+        loop {
+            let batch: Vec<Record> = {
+                let mut q = self.lock();
+                loop {
+                    if q.dispatcher_pid != Some(me) {
+                        return;
+                    }
+                    if self.stopped.load(Ordering::Relaxed) {
+                        q.records.clear();
+                        q.in_flight = 0;
+                        self.wake.notify_all();
+                        return;
+                    }
+                    if !q.records.is_empty() {
+                        let batch: Vec<Record> = q.records.drain(..).collect();
+                        q.in_flight = batch.len();
+                        break batch;
+                    }
+                    q = self
+                        .wake
+                        .wait_timeout(q, Duration::from_secs(1))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            let go_on = (self.deliver)(batch);
+            self.lock().in_flight = 0;
+            self.wake.notify_all();
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// Waits until every queued record was delivered (at most `timeout`); `true` when none is left.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        // no deadline for a timeout beyond the clock's range
+        let deadline = Instant::now().checked_add(timeout);
+        let mut q = self.lock();
+        loop {
+            let busy = !q.records.is_empty() || q.in_flight > 0;
+            let now = Instant::now();
+            if !busy || deadline.is_some_and(|d| now >= d) {
+                return !busy;
+            }
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
+            q = self
+                .wake
+                .wait_timeout(q, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops delivering (what is queued is dropped), and waits (at most `grace`) for a delivery under way to end.
+    pub fn stop(&self, grace: Duration) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+        let deadline = Instant::now() + grace;
+        let mut q = self.lock();
+        while q.in_flight > 0 && Instant::now() < deadline {
+            q = self
+                .wake
+                .wait_timeout(q, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
 /// The stderr filter from `FERROLAB_LOG`, or why it could not be parsed.
 pub fn stderr_filter(spec: &str) -> Result<Targets, String> {
     spec.trim().parse::<Targets>().map_err(|e| {
@@ -367,6 +536,141 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert!(format_line(&r[0], false)
             .contains("ferrolab.test: snapshot saved path=\"/data\" files=3 ok=true"));
+    }
+
+    fn record(n: usize) -> Record {
+        Record {
+            level: Level::INFO,
+            target: "ferrolab.test".into(),
+            message: n.to_string(),
+            fields: Vec::new(),
+            timestamp: 0.0,
+        }
+    }
+
+    type Delivered = Arc<Mutex<Vec<String>>>;
+
+    type TestRelay = Relay<Box<dyn Fn(Vec<Record>) -> bool + Send + Sync>>;
+
+    /// A relay whose deliveries wait while `gate` is closed (`entered` tells that one started).
+    fn gated(
+        capacity: usize,
+    ) -> (
+        &'static TestRelay,
+        Delivered,
+        Arc<AtomicBool>,
+        Arc<AtomicBool>,
+    ) {
+        let got: Delivered = Arc::default();
+        let (gate, entered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (g, open, e) = (got.clone(), gate.clone(), entered.clone());
+        let deliver = move |batch: Vec<Record>| {
+            e.store(true, Ordering::SeqCst);
+            while !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            g.lock()
+                .unwrap()
+                .extend(batch.into_iter().map(|r| r.message));
+            true
+        };
+        let relay: &'static TestRelay =
+            Box::leak(Box::new(Relay::new(capacity, Box::new(deliver) as Box<_>)));
+        (relay, got, gate, entered)
+    }
+
+    fn wait_for(flag: &AtomicBool) {
+        let t0 = Instant::now();
+        while !flag.load(Ordering::SeqCst) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no delivery started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn relay_bounds_its_queue_and_flush_waits_for_delivery() {
+        let (relay, got, gate, entered) = gated(3);
+        relay.push(record(0));
+        wait_for(&entered); // record 0 is in flight, the queue empty
+        for n in 1..=5 {
+            relay.push(record(n));
+        }
+        assert_eq!(relay.dropped(), 2);
+        assert!(
+            !relay.flush(Duration::from_millis(20)),
+            "a delivery is pending"
+        );
+        gate.store(true, Ordering::SeqCst);
+        assert!(relay.flush(Duration::from_secs(10)));
+        assert_eq!(*got.lock().unwrap(), ["0", "1", "2", "3"]);
+        assert_eq!(relay.dropped(), 2);
+    }
+
+    #[test]
+    fn relay_stop_waits_for_the_delivery_under_way_then_delivers_nothing() {
+        let (relay, got, gate, entered) = gated(10);
+        relay.push(record(0));
+        wait_for(&entered);
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            gate.store(true, Ordering::SeqCst);
+        });
+        relay.stop(Duration::from_secs(10));
+        assert_eq!(
+            *got.lock().unwrap(),
+            ["0"],
+            "stop returned before the delivery ended"
+        );
+        relay.push(record(1));
+        relay.flush(Duration::from_millis(50)); // dropped, or queued with no thread to deliver it
+        assert_eq!(*got.lock().unwrap(), ["0"]);
+        opener.join().unwrap();
+    }
+
+    #[test]
+    fn relay_in_a_forked_child_starts_empty_with_its_own_thread() {
+        let (relay, got, gate, entered) = gated(10);
+        let parent = std::process::id().wrapping_add(1);
+        relay.push_as(parent, record(0));
+        wait_for(&entered);
+        relay.push_as(parent, record(1)); // queued in the parent
+        relay.push(record(2)); // the child's first record
+        gate.store(true, Ordering::SeqCst);
+        // two threads deliver (the parent's in flight, the child's): wait for both
+        let t0 = Instant::now();
+        while got.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(relay.flush(Duration::from_secs(10)));
+        let mut got = got.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, ["0", "2"]);
+    }
+
+    #[test]
+    fn relay_ends_when_its_consumer_is_gone() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let relay = Box::leak(Box::new(Relay::new(10, move |_: Vec<Record>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            false
+        })));
+        relay.push(record(0));
+        assert!(relay.flush(Duration::from_secs(10)));
+        relay.push(record(1));
+        assert!(
+            !relay.flush(Duration::from_millis(50)),
+            "no thread delivers any more"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(level_number(Level::WARN), 30);
+        assert_eq!(level_number(Level::TRACE), 5);
     }
 
     #[test]

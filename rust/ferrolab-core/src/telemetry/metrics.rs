@@ -295,6 +295,126 @@ impl Collector for Reserved {
     }
 }
 
+/// The collectors that live outside a [`Registry`] beside its families (written in Python: any object with
+/// `collect()`, and the `target_info` collector), each held by a handle `H`. Their sample names are reserved in
+/// the registry ([`Registry::reserve`]), which keeps them and the native families apart.
+pub struct ForeignCollectors<H> {
+    entries: Mutex<Vec<ForeignEntry<H>>>,
+    /// Whether there is any entry (read without the lock on every exposition).
+    any: AtomicBool,
+}
+
+struct ForeignEntry<H> {
+    /// The reservation's key.
+    key: u64,
+    handle: H,
+    names: Vec<String>,
+    /// The `target_info` collector (there is at most one).
+    target: bool,
+}
+
+impl<H> Default for ForeignCollectors<H> {
+    fn default() -> Self {
+        ForeignCollectors::new()
+    }
+}
+
+impl<H> ForeignCollectors<H> {
+    pub const fn new() -> Self {
+        ForeignCollectors {
+            entries: Mutex::new(Vec::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether any collector is held.
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ForeignEntry<H>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a collector with sample `names`, reserved in `reg`; a `Value` error of `func` when they clash with
+    /// registered series.
+    pub fn add(
+        &self,
+        reg: &Registry,
+        handle: H,
+        names: Vec<String>,
+        func: &'static str,
+    ) -> Result<()> {
+        self.insert(reg, handle, names, false, func)
+    }
+
+    fn insert(
+        &self,
+        reg: &Registry,
+        handle: H,
+        names: Vec<String>,
+        target: bool,
+        func: &'static str,
+    ) -> Result<()> {
+        let key = reg.reserve(names.clone(), func)?;
+        self.lock().push(ForeignEntry {
+            key,
+            handle,
+            names,
+            target,
+        });
+        self.any.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes the first collector (not the `target_info` one, with `target` false) that `pick` selects and
+    /// releases its names in `reg`; returns its handle (dropped by the caller, outside the lock).
+    fn remove_where(&self, reg: &Registry, target: bool, pick: impl Fn(&H) -> bool) -> Option<H> {
+        let mut entries = self.lock();
+        let i = entries
+            .iter()
+            .position(|e| e.target == target && pick(&e.handle))?;
+        let e = entries.remove(i);
+        reg.release(e.key);
+        self.any.store(!entries.is_empty(), Ordering::Relaxed);
+        Some(e.handle)
+    }
+
+    /// Removes the collector (other than the `target_info` one) that `pick` selects; `None` when there is none.
+    pub fn remove(&self, reg: &Registry, pick: impl Fn(&H) -> bool) -> Option<H> {
+        self.remove_where(reg, false, pick)
+    }
+
+    /// Sets the `target_info` collector: replaces the one held, adds one (reserving `target_info` in `reg`), or
+    /// with `None` removes it. Returns the handle it replaced or removed.
+    pub fn set_target(&self, reg: &Registry, handle: Option<H>) -> Result<Option<H>> {
+        match handle {
+            Some(h) => {
+                if let Some(e) = self.lock().iter_mut().find(|e| e.target) {
+                    return Ok(Some(std::mem::replace(&mut e.handle, h)));
+                }
+                self.insert(reg, h, vec!["target_info".to_string()], true, "register")?;
+                Ok(None)
+            }
+            None => Ok(self.remove_where(reg, true, |_| true)),
+        }
+    }
+
+    /// `f` of the `target_info` collector's handle, when there is one.
+    pub fn target<T>(&self, f: impl FnOnce(&H) -> T) -> Option<T> {
+        self.lock().iter().find(|e| e.target).map(|e| f(&e.handle))
+    }
+
+    /// `f(handle, names)` of each collector: the `target_info` one (`target`) or the others, in the order added.
+    pub fn list<T>(&self, target: bool, f: impl Fn(&H, &[String]) -> T) -> Vec<T> {
+        self.lock()
+            .iter()
+            .filter(|e| e.target == target)
+            .map(|e| f(&e.handle, &e.names))
+            .collect()
+    }
+}
+
 /// Whether `_created` samples are exposed, as switched by [`set_created_enabled`].
 static CREATED: AtomicBool = AtomicBool::new(true);
 
@@ -766,6 +886,40 @@ pub enum Child {
     Histogram(prometheus::Histogram),
     /// An enum's or an info's series: its label values (see [`Family::enum_state`], [`Family::set_info`]).
     Enum(Vec<String>),
+}
+
+impl Child {
+    /// The series of a counter family (every series of a family has the family's kind: another is a bug).
+    pub fn as_counter(&self) -> &prometheus::Counter {
+        match self {
+            Child::Counter(c) => c,
+            _ => unreachable!("a counter family holds counters"),
+        }
+    }
+
+    /// The series of a gauge family.
+    pub fn as_gauge(&self) -> &prometheus::Gauge {
+        match self {
+            Child::Gauge(g) => g,
+            _ => unreachable!("a gauge family holds gauges"),
+        }
+    }
+
+    /// The series of a histogram or summary family (a summary is a histogram of one bucket).
+    pub fn as_histogram(&self) -> &prometheus::Histogram {
+        match self {
+            Child::Histogram(h) => h,
+            _ => unreachable!("a histogram or summary family holds histograms"),
+        }
+    }
+
+    /// The label values of an enum's or an info's series.
+    pub fn keyed(&self) -> &[String] {
+        match self {
+            Child::Enum(values) => values,
+            _ => unreachable!("an enum or info family holds keyed series"),
+        }
+    }
 }
 
 /// The full name of a user metric the way prometheus_client builds it: `namespace_subsystem_name_unit`, with
@@ -1741,6 +1895,47 @@ mod tests {
     }
 
     #[test]
+    fn foreign_collectors_reserve_their_names_and_keep_one_target_info() {
+        let reg = Registry::new();
+        let own = Family::new(Kind::Counter, "fc_native", "", &[], None).unwrap();
+        own.register_in(&reg, "Counter").unwrap();
+        let fc: ForeignCollectors<&str> = ForeignCollectors::new();
+        assert!(!fc.any());
+        fc.add(&reg, "a", vec!["fc_a".into()], "register").unwrap();
+        let e = fc
+            .add(&reg, "b", vec!["fc_native_total".into()], "register")
+            .unwrap_err();
+        assert!(e.to_string().contains("duplicated timeseries"), "{e}");
+        assert!(fc.add(&reg, "b", vec!["fc_a".into()], "register").is_err());
+        assert_eq!(
+            fc.list(false, |h, n| (*h, n.to_vec())),
+            [("a", vec!["fc_a".to_string()])]
+        );
+        assert!(fc.any());
+        // target_info: added, replaced, removed; it is not one of the others
+        assert_eq!(fc.set_target(&reg, Some("t1")).unwrap(), None);
+        assert_eq!(fc.set_target(&reg, Some("t2")).unwrap(), Some("t1"));
+        assert_eq!(fc.target(|h| *h), Some("t2"));
+        assert_eq!(fc.list(true, |h, _| *h), ["t2"]);
+        assert_eq!(fc.remove(&reg, |h| *h == "t2"), None);
+        assert!(reg.reserve(vec!["target_info".into()], "x").is_err());
+        assert_eq!(fc.set_target(&reg, None).unwrap(), Some("t2"));
+        assert_eq!(fc.set_target(&reg, None).unwrap(), None);
+        assert_eq!(fc.target(|h| *h), None);
+        // removal frees the names
+        assert_eq!(fc.remove(&reg, |h| *h == "a"), Some("a"));
+        assert!(!fc.any());
+        assert_eq!(fc.remove(&reg, |h| *h == "a"), None);
+        fc.add(
+            &reg,
+            "b",
+            vec!["fc_a".into(), "target_info".into()],
+            "register",
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn summaries_functions_and_removal_by_labels() {
         let reg = Registry::new();
         let s = Family::new(
@@ -1753,10 +1948,7 @@ mod tests {
         .unwrap();
         s.register_in(&reg, "Summary").unwrap();
         for (v, lab) in [(1.0, ["x", "1"]), (2.0, ["x", "2"]), (4.0, ["y", "1"])] {
-            match s.child_at(&lab, 1.0).unwrap() {
-                Child::Histogram(h) => h.observe(v),
-                _ => unreachable!(),
-            }
+            s.child_at(&lab, 1.0).unwrap().as_histogram().observe(v);
         }
         let text = reg.exposition(None);
         assert!(text.contains("# TYPE own_s summary\n"), "{text}");
@@ -1771,14 +1963,15 @@ mod tests {
             .is_err());
         let g = Family::new(Kind::Gauge, "own_g", "A gauge", &[], None).unwrap();
         g.register_in(&reg, "Gauge").unwrap();
-        g.child_at::<&str>(&[], 1.0).unwrap();
+        g.child_at::<&str>(&[], 1.0).unwrap().as_gauge().set(3.0);
+        assert!(reg.exposition(None).contains("own_g 3.0\n"));
         g.set_function::<&str>(&[], Some(Arc::new(|| 42.0)));
         assert!(reg.exposition(None).contains("own_g 42.0\n"));
         assert!(Family::new(Kind::Summary, "own_s2", "", &["quantile".into()], None).is_err());
         let e =
             Family::new_enum("own_e", "An enum", &["l".into()], &["a".into(), "b".into()]).unwrap();
         e.register_in(&reg, "Enum").unwrap();
-        e.child_at(&["x"], 1.0).unwrap();
+        assert_eq!(e.child_at(&["x"], 1.0).unwrap().keyed(), ["x"]);
         let text = reg.exposition(None);
         assert!(text.contains("own_e{l=\"x\",own_e=\"a\"} 1.0\n"), "{text}");
         assert!(text.contains("own_e{l=\"x\",own_e=\"b\"} 0.0\n"), "{text}");

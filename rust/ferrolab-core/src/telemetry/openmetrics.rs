@@ -23,6 +23,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The combined length of an exemplar's label names and values may not exceed this (OpenMetrics 1.0).
 pub const MAX_EXEMPLAR_LABEL_CHARS: usize = 128;
 
+/// Seconds since the Unix epoch, now (0 on a clock set before it).
+pub fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One exemplar: a labelled example of an observation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
@@ -43,10 +50,36 @@ impl Exemplar {
         (chars <= MAX_EXEMPLAR_LABEL_CHARS).then(|| Exemplar {
             labels,
             value,
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            timestamp: unix_seconds(),
+        })
+    }
+
+    /// The exemplar that `func` was given as labels `pairs` for an observation of `value`: a `Value` error naming
+    /// the argument `exemplar` when a label name is invalid ([`metrics::valid_exemplar_label`]) or the labels
+    /// exceed [`MAX_EXEMPLAR_LABEL_CHARS`].
+    pub fn from_labels(
+        func: &'static str,
+        pairs: Vec<(String, String)>,
+        value: f64,
+    ) -> Result<Exemplar> {
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, _)| !metrics::valid_exemplar_label(k))
+        {
+            return Err(CoreError::value(
+                func,
+                "exemplar",
+                format!("has the invalid label name {k:?}"),
+            ));
+        }
+        Exemplar::new(pairs, value).ok_or_else(|| {
+            CoreError::value(
+                func,
+                "exemplar",
+                format!(
+                    "exceeds {MAX_EXEMPLAR_LABEL_CHARS} characters of label names and values (OpenMetrics' limit)"
+                ),
+            )
         })
     }
 
@@ -814,6 +847,19 @@ mod tests {
     fn exemplar_labels_are_limited() {
         assert!(Exemplar::new(vec![("a".into(), "x".repeat(127))], 1.0).is_some());
         assert!(Exemplar::new(vec![("a".into(), "x".repeat(128))], 1.0).is_none());
+        let e = Exemplar::from_labels("observe", vec![("a".into(), "x".repeat(128))], 1.0);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "observe(): argument 'exemplar' exceeds 128 characters of label names and values (OpenMetrics' limit)"
+        );
+        let e = Exemplar::from_labels("inc", vec![("__a".into(), "x".into())], 1.0);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "inc(): argument 'exemplar' has the invalid label name \"__a\""
+        );
+        let e = Exemplar::from_labels("inc", vec![("trace_id".into(), "ab".into())], 2.0).unwrap();
+        assert_eq!((e.labels.len(), e.value), (1, 2.0));
+        assert!(e.timestamp > 1.6e9);
         let e = Exemplar::of_span(0xabc, 0x12, 0.5);
         assert_eq!(e.labels[0].1, format!("{:032x}", 0xabc));
         assert_eq!(e.labels[1].1, "0000000000000012");

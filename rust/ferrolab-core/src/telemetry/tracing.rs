@@ -899,6 +899,90 @@ pub fn finished_spans(clear: bool) -> Vec<SpanData> {
     }
 }
 
+/// A finished span as the bindings show it: ids in hex, times in nanoseconds since the Unix epoch, the status
+/// as `"UNSET"`, `"OK"` or `"ERROR"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedSpan {
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// `None` for a root span.
+    pub parent_span_id: Option<String>,
+    pub parent_is_remote: bool,
+    pub start_time_ns: u64,
+    pub end_time_ns: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: &'static str,
+    /// The description of an `"ERROR"` status.
+    pub status_description: Option<String>,
+    pub events: Vec<FinishedEvent>,
+}
+
+/// An event of a [`FinishedSpan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedEvent {
+    pub name: String,
+    pub time_ns: u64,
+    pub attributes: Vec<KeyValue>,
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl FinishedSpan {
+    pub fn of(s: &SpanData) -> FinishedSpan {
+        let (status, status_description) = match &s.status {
+            Status::Unset => ("UNSET", None),
+            Status::Ok => ("OK", None),
+            Status::Error { description } => ("ERROR", Some(description.to_string())),
+        };
+        FinishedSpan {
+            name: s.name.to_string(),
+            trace_id: s.span_context.trace_id().to_string(),
+            span_id: s.span_context.span_id().to_string(),
+            parent_span_id: (s.parent_span_id != SpanId::INVALID)
+                .then(|| s.parent_span_id.to_string()),
+            parent_is_remote: s.parent_span_is_remote,
+            start_time_ns: unix_ns(s.start_time),
+            end_time_ns: unix_ns(s.end_time),
+            attributes: s.attributes.clone(),
+            status,
+            status_description,
+            events: s
+                .events
+                .iter()
+                .map(|e| FinishedEvent {
+                    name: e.name.to_string(),
+                    time_ns: unix_ns(e.timestamp),
+                    attributes: e.attributes.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A span status from its name (`"ok"`, `"error"` with `description`, `"unset"`; any case); a `Value` error of
+/// `func` for another name.
+pub fn parse_status(
+    func: &'static str,
+    status: &str,
+    description: Option<String>,
+) -> Result<Status> {
+    match status.to_ascii_lowercase().as_str() {
+        "ok" => Ok(Status::Ok),
+        "unset" => Ok(Status::Unset),
+        "error" => Ok(Status::error(description.unwrap_or_default())),
+        _ => Err(CoreError::value(
+            func,
+            "status",
+            format!("is {status:?}; expected 'ok', 'error' or 'unset'"),
+        )),
+    }
+}
+
 /// Counters since the process started, plus the current pipeline's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
@@ -986,6 +1070,26 @@ mod tests {
 
     /// The global pipeline is shared: tests that configure it run one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn status_names() {
+        assert_eq!(parse_status("f", "OK", None).unwrap(), Status::Ok);
+        assert_eq!(
+            parse_status("f", "unset", Some("x".into())).unwrap(),
+            Status::Unset
+        );
+        assert_eq!(
+            parse_status("f", "Error", Some("boom".into())).unwrap(),
+            Status::error("boom")
+        );
+        assert_eq!(parse_status("f", "error", None).unwrap(), Status::error(""));
+        assert_eq!(
+            parse_status("Span.set_status", "bad", None)
+                .unwrap_err()
+                .to_string(),
+            "Span.set_status(): argument 'status' is \"bad\"; expected 'ok', 'error' or 'unset'"
+        );
+    }
 
     #[test]
     fn root_sampling_matches_sdk_parent_based_ratio() {
@@ -1095,6 +1199,27 @@ mod tests {
         assert_eq!(child.events.events[0].name, "exception");
         assert_eq!(spans[2].attributes, vec![KeyValue::new("k", 2)]);
         assert_eq!(spans[2].parent_span_id, SpanId::INVALID);
+        let v = FinishedSpan::of(child);
+        assert_eq!(v.name, "child3");
+        assert_eq!(
+            v.trace_id,
+            format!("{:032x}", u128::from_be_bytes(root.trace_id.to_bytes()))
+        );
+        assert_eq!(
+            v.parent_span_id,
+            Some(format!(
+                "{:016x}",
+                u64::from_be_bytes(root.span_id.to_bytes())
+            ))
+        );
+        assert_eq!(
+            (v.status, v.status_description.as_deref()),
+            ("ERROR", Some("ValueError: bad"))
+        );
+        assert_eq!(v.events[0].name, "exception");
+        assert!(v.start_time_ns > 0 && v.end_time_ns >= v.start_time_ns);
+        let v = FinishedSpan::of(&spans[2]);
+        assert_eq!((v.parent_span_id, v.status), (None, "UNSET"));
         let after = stats();
         assert_eq!(after.mode, "memory");
         assert_eq!(after.evicted - before.evicted, 2);
