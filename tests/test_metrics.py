@@ -1008,12 +1008,26 @@ def test_builtin_series_for_another_op_and_dot_shape_error(builtin_settings) -> 
             "sum",
             "cuda",
         ),
+        (
+            lambda: fl.ops.sum(np.ones(3), device="cuda:1"),
+            fl.DeviceUnavailableError,
+            "DeviceUnavailableError",
+            "sum",
+            "cuda",
+        ),
+        (
+            lambda: fl.ops.histogram(np.ones(3), device="cuda:1"),
+            fl.DeviceUnavailableError,
+            "DeviceUnavailableError",
+            "histogram",
+            "cuda",
+        ),
         (lambda: fl.ops.sum(np.ones(3), device="tpu"), ValueError, "ValueError", "sum", "cpu"),
         (lambda: fl.ops.histogram(np.ones(3), bins=0), ValueError, "ValueError", "histogram", "cpu"),
         (lambda: fl.ops.quantile(np.ones(3), [float("nan")]), ValueError, "ValueError", "quantile", "cpu"),
         (lambda: fl.ops.quantile(np.ones(3), [2.0]), ValueError, "ValueError", "quantile", "cpu"),
     ],
-    ids=["str-dtype", "complex-dtype", "cuda", "bad-device", "histogram-bins", "quantile-nan", "quantile-native"],
+    ids=["str-dtype", "complex-dtype", "cuda", "cuda-1", "cuda-1-python-wrapper", "bad-device", "histogram-bins", "quantile-nan", "quantile-native"],
 )
 def test_errors_before_the_kernel_are_counted(builtin_settings, call, exc, error_type, op, device) -> None:
     """Every failing call is counted once: as a failed call and under its error class, on the device asked for."""
@@ -1025,6 +1039,16 @@ def test_errors_before_the_kernel_are_counted(builtin_settings, call, exc, error
         call()
     assert value(f"{p}_operations_total", labels) == before + 1
     assert value(f"{p}_errors_total", {"operation": op, "error_type": error_type}) == before_kind + 1
+
+
+def test_python_wrapper_errors_are_labelled_by_the_device_asked_for(builtin_settings) -> None:
+    """The Python-level wrappers label a failure with the device they were called with: "cuda:N" is the GPU."""
+    p = builtin_settings["prefix"]
+    for device, label in (("cuda:1", "cuda"), ("cuda", "cuda"), ("cpu", "cpu"), ("auto", "cpu")):
+        labels = {"operation": "quantile", "device": label, "status": "error"}
+        before = value(f"{p}_operations_total", labels) or 0.0
+        fl._core._record_error("quantile", device, "ValueError")
+        assert value(f"{p}_operations_total", labels) == before + 1, device
 
 
 def _vmrss() -> int | None:

@@ -96,7 +96,8 @@ def _counted(func: Any) -> Any:
                 kind = type(e).__name__
                 if kind not in _core.ERROR_KINDS:
                     kind = "Other"
-                _core._record_error(name, "cuda" if kwargs.get("device") == "cuda" else "cpu", kind)
+                device = kwargs.get("device")
+                _core._record_error(name, device if isinstance(device, str) else "cpu", kind)
             raise
 
     return wrapper

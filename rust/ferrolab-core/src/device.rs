@@ -4,7 +4,7 @@
 //! `DeviceUnavailable` error is built here and nowhere else.
 
 use crate::gpu::dispatch::{self, Requested};
-use crate::telemetry::seam::Device;
+use crate::telemetry::seam::{Device, Op};
 use crate::{CoreError, Result};
 
 /// Why no CUDA device can run ferrolab ops in this process, or `None` when one can (a usable GPU, or the fake GPU
@@ -28,6 +28,38 @@ pub fn select(func: &str, device: &str) -> Result<Device> {
                 .unwrap_or_else(|| format!("{func}() does not run on the GPU yet")),
             cause: None,
         }),
+    }
+}
+
+/// What the GPU path of `op` takes (the reason of [`no_gpu_path`] when a GPU is usable).
+fn gpu_path_takes(op: Op) -> &'static str {
+    match op {
+        Op::Axpy | Op::Fma | Op::Scale | Op::Clip => {
+            "on C-contiguous float32/float64 arrays of one dtype and one shape (no broadcasting) with Python-number \
+             scalars"
+        }
+        Op::Standardize => "over all elements (axis=None) of a C-contiguous float32/float64 array",
+        Op::AdamStep => {
+            "on non-empty C-contiguous float32/float64 arrays param, grad, m and v of one dtype and one shape"
+        }
+        _ => "over all elements (axis=None) of a contiguous float32/float64 array",
+    }
+}
+
+/// The error of a `device="cuda"` call of `op` whose inputs have no GPU path: the reason no GPU is usable, else
+/// what the GPU path of `op` takes.
+pub fn no_gpu_path(op: Op, device: &str) -> CoreError {
+    CoreError::DeviceUnavailable {
+        func: op.name().into(),
+        device: device.into(),
+        reason: gpu_unavailable_reason().unwrap_or_else(|| {
+            format!(
+                "{}() runs on the GPU only {}",
+                op.name(),
+                gpu_path_takes(op)
+            )
+        }),
+        cause: None,
     }
 }
 
@@ -58,6 +90,14 @@ mod tests {
                 gpu_unavailable_reason().unwrap()
             )
         );
+        let e = no_gpu_path(Op::AdamStep, "cuda");
+        assert_eq!(e.kind(), "DeviceUnavailableError");
+        assert!(e
+            .to_string()
+            .starts_with("adam_step(): device 'cuda' is not available: "));
+        assert!(gpu_path_takes(Op::AdamStep).contains("param, grad, m and v"));
+        assert!(gpu_path_takes(Op::Sum).contains("axis=None"));
+        assert!(gpu_path_takes(Op::Clip).contains("no broadcasting"));
         for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
             let e = select("sum", bad).unwrap_err();
             assert_eq!(e.kind(), "ValueError", "{bad}");

@@ -193,6 +193,24 @@ pub fn check_seconds(
     ))
 }
 
+/// The errno of an I/O error: its OS error, else the errno of its kind (errors without one, e.g. from the S3
+/// store, then still become `FileNotFoundError`, `PermissionError`, ... in Python); 0 when no kind fits.
+pub fn io_errno(e: &std::io::Error) -> i32 {
+    use std::io::ErrorKind as K;
+    e.raw_os_error().unwrap_or(match e.kind() {
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::AlreadyExists => libc::EEXIST,
+        K::TimedOut => libc::ETIMEDOUT,
+        K::ConnectionRefused => libc::ECONNREFUSED,
+        K::ConnectionReset => libc::ECONNRESET,
+        K::ConnectionAborted => libc::ECONNABORTED,
+        K::NotConnected => libc::ENOTCONN,
+        K::Interrupted => libc::EINTR,
+        _ => 0,
+    })
+}
+
 /// The message of a caught panic's payload (`panic!("...")` carries a `&str` or a `String`).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -250,6 +268,25 @@ mod tests {
         let e = CoreError::type_err("sum", "x", "has dtype complex128");
         assert_eq!(e.kind(), "TypeError");
         assert!(e.to_string().starts_with("sum(): argument 'x'"));
+    }
+
+    #[test]
+    fn errno_of_io_errors() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            io_errno(&Error::from_raw_os_error(libc::ENOSPC)),
+            libc::ENOSPC
+        );
+        assert_eq!(
+            io_errno(&Error::new(ErrorKind::NotFound, "no key")),
+            libc::ENOENT
+        );
+        assert_eq!(
+            io_errno(&Error::from(ErrorKind::PermissionDenied)),
+            libc::EACCES
+        );
+        assert_eq!(io_errno(&Error::from(ErrorKind::TimedOut)), libc::ETIMEDOUT);
+        assert_eq!(io_errno(&Error::other("s3 said no")), 0);
     }
 
     #[test]

@@ -102,21 +102,9 @@ pub fn to_py(e: CoreError) -> PyErr {
             }
         }
         CoreError::Io { source, context } => {
-            // keep the built-in OSError subclass (FileNotFoundError, PermissionError, ...)
-            // errors without an errno (e.g. from the S3 store) get the errno of their kind, so that Python
-            // still raises FileNotFoundError, PermissionError, ...
-            let errno = source.raw_os_error().unwrap_or(match source.kind() {
-                std::io::ErrorKind::NotFound => libc::ENOENT,
-                std::io::ErrorKind::PermissionDenied => libc::EACCES,
-                std::io::ErrorKind::AlreadyExists => libc::EEXIST,
-                std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-                std::io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
-                std::io::ErrorKind::ConnectionReset => libc::ECONNRESET,
-                std::io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
-                std::io::ErrorKind::NotConnected => libc::ENOTCONN,
-                std::io::ErrorKind::Interrupted => libc::EINTR,
-                _ => 0,
-            });
+            // keep the built-in OSError subclass (FileNotFoundError, PermissionError, ...), also for errors
+            // without an errno
+            let errno = ferrolab_core::error::io_errno(&source);
             PyOSError::new_err((errno, format!("{context}: {source}")))
         }
     }
@@ -146,9 +134,8 @@ pub fn value_error(msg: impl Display) -> PyErr {
     PyValueError::new_err(msg.to_string())
 }
 
-/// `KeyError` (a mapping-like lookup of a name that is not there).
-#[cold]
 /// A registration clash (from `Family::register_in`) as ``DuplicateTimeseries``.
+#[cold]
 pub fn duplicate_timeseries(e: CoreError) -> PyErr {
     DuplicateTimeseries::new_err(e.to_string())
 }
@@ -165,6 +152,8 @@ pub fn not_implemented(msg: impl Display) -> PyErr {
     pyo3::exceptions::PyNotImplementedError::new_err(msg.to_string())
 }
 
+/// `KeyError` (a mapping-like lookup of a name that is not there).
+#[cold]
 pub fn key_error(msg: impl Display) -> PyErr {
     PyKeyError::new_err(msg.to_string())
 }

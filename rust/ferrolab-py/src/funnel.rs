@@ -217,12 +217,7 @@ pub fn counted<R>(op: Op, device: &str, r: PyResult<R>) -> PyResult<R> {
         });
         if !ferrolab_core::telemetry::seam::take_counted() {
             let kind = Python::attach(|py| crate::errors::error_kind(py, e));
-            let dev = if device.starts_with("cuda") {
-                Device::Cuda
-            } else {
-                Device::Cpu
-            };
-            ferrolab_core::telemetry::seam::record_untimed_error(op, dev, kind);
+            ferrolab_core::telemetry::seam::record_untimed_error(op, Device::of_str(device), kind);
         }
     }
     r

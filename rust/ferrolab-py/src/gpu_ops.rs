@@ -5,12 +5,11 @@
 use crate::arrays::{flat_slice, to_py, Obj};
 use crate::errors::IntoPyResult;
 use crate::funnel::{run_dispatched, Meta};
-use ferrolab_core::gpu::dispatch::{self, Requested};
+use ferrolab_core::gpu::dispatch::Requested;
 use ferrolab_core::gpu::exec::GpuFloat;
 use ferrolab_core::gpu::ops::{self, Reduced, Scalars};
 use ferrolab_core::kernels::Real;
 use ferrolab_core::telemetry::seam::Op;
-use ferrolab_core::CoreError;
 use numpy::{IntoPyArray, PyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
@@ -62,24 +61,9 @@ pub fn reduction<'py>(
     typed::<f64>(py, op, x, ddof, requested).or_else(|| typed::<f32>(py, op, x, ddof, requested))
 }
 
-/// The error of a `device="cuda"` call whose inputs have no GPU path: the reason no GPU is usable, else what the
-/// GPU path of `op` takes.
+/// The error of a `device="cuda"` call whose inputs have no GPU path (built by the core's one device check).
 pub fn no_gpu_path(op: Op, device: &str) -> PyErr {
-    let takes = match op {
-        Op::Axpy | Op::Fma | Op::Scale | Op::Clip => {
-            "on C-contiguous float32/float64 arrays of one dtype and one shape (no broadcasting) with Python-number \
-             scalars"
-        }
-        Op::Standardize => "over all elements (axis=None) of a C-contiguous float32/float64 array",
-        _ => "over all elements (axis=None) of a contiguous float32/float64 array",
-    };
-    crate::errors::to_py(CoreError::DeviceUnavailable {
-        func: op.name().into(),
-        device: device.into(),
-        reason: dispatch::unavailable_reason()
-            .unwrap_or_else(|| format!("{}() runs on the GPU only {takes}", op.name())),
-        cause: None,
-    })
+    crate::errors::to_py(ferrolab_core::device::no_gpu_path(op, device))
 }
 
 /// A Python int or float (not a NumPy scalar, whose dtype takes part in the result type) as f64.

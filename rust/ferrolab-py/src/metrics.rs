@@ -1338,12 +1338,7 @@ fn _configure(enabled: bool, prefix: &str) -> PyResult<()> {
 #[pyfunction]
 fn _record_error(operation: &str, device: &str, error_type: &str) {
     if let Some(op) = seam::op_by_name(operation) {
-        let dev = if device == "cuda" {
-            seam::Device::Cuda
-        } else {
-            seam::Device::Cpu
-        };
-        seam::record_untimed_error(op, dev, error_type);
+        seam::record_untimed_error(op, seam::Device::of_str(device), error_type);
     }
 }
 

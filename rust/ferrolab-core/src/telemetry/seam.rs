@@ -47,6 +47,16 @@ pub enum Device {
 }
 
 impl Device {
+    /// The device a `device=` argument (`"cpu"`, `"auto"`, `"cuda"`, `"cuda:N"`) names in the metrics' `device`
+    /// label: the GPU for `"cuda"` and `"cuda:N"`, else the CPU.
+    pub fn of_str(device: &str) -> Device {
+        if device.starts_with("cuda") {
+            Device::Cuda
+        } else {
+            Device::Cpu
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
@@ -371,6 +381,14 @@ pub fn snapshot() -> Vec<OpStats> {
 mod tests {
     use super::*;
     use crate::error::CoreError;
+
+    #[test]
+    fn device_labels() {
+        assert_eq!(Device::of_str("cuda"), Device::Cuda);
+        assert_eq!(Device::of_str("cuda:1"), Device::Cuda);
+        assert_eq!(Device::of_str("cpu"), Device::Cpu);
+        assert_eq!(Device::of_str("auto"), Device::Cpu);
+    }
 
     #[test]
     fn span_names_are_ferrolab_dot_op() {
