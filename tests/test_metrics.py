@@ -1027,7 +1027,17 @@ def test_builtin_series_for_another_op_and_dot_shape_error(builtin_settings) -> 
         (lambda: fl.ops.quantile(np.ones(3), [float("nan")]), ValueError, "ValueError", "quantile", "cpu"),
         (lambda: fl.ops.quantile(np.ones(3), [2.0]), ValueError, "ValueError", "quantile", "cpu"),
     ],
-    ids=["str-dtype", "complex-dtype", "cuda", "cuda-1", "cuda-1-python-wrapper", "bad-device", "histogram-bins", "quantile-nan", "quantile-native"],
+    ids=[
+        "str-dtype",
+        "complex-dtype",
+        "cuda",
+        "cuda-1",
+        "cuda-1-python-wrapper",
+        "bad-device",
+        "histogram-bins",
+        "quantile-nan",
+        "quantile-native",
+    ],
 )
 def test_errors_before_the_kernel_are_counted(builtin_settings, call, exc, error_type, op, device) -> None:
     """Every failing call is counted once: as a failed call and under its error class, on the device asked for."""
