@@ -1038,10 +1038,7 @@ fn classes_arg<'py>(arg: &str, o: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyT
         vec![o.clone()]
     };
     for it in &items {
-        if !it
-            .cast::<PyType>()
-            .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
-        {
+        if !errors::is_exception_class(it) {
             return Err(errors::type_error(format!(
                 "{NEW_FUNC}: argument '{arg}' must be an exception class or a tuple of exception classes, got {}",
                 repr(it, &type_of(it))

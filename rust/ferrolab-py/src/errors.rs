@@ -141,6 +141,14 @@ pub fn duplicate_timeseries(e: CoreError) -> PyErr {
 }
 
 /// The name of `o`'s type, for messages ("must be str, got int").
+/// Whether `o` is an exception class (a subclass of `BaseException`).
+pub fn is_exception_class(o: &Bound<'_, PyAny>) -> bool {
+    o.cast::<pyo3::types::PyType>().is_ok_and(|t| {
+        t.is_subclass_of::<pyo3::exceptions::PyBaseException>()
+            .unwrap_or(false)
+    })
+}
+
 pub fn type_of(o: &Bound<'_, PyAny>) -> String {
     o.get_type()
         .name()

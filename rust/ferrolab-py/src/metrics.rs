@@ -834,14 +834,9 @@ metric_class! {
         slf.as_super().get().child()?;
         let exc = match exception {
             Some(e) => {
-                let base = slf.py().get_type::<pyo3::exceptions::PyBaseException>();
-                let ok = |t: &Bound<'_, PyAny>| {
-                    t.cast::<pyo3::types::PyType>()
-                        .is_ok_and(|t| t.is_subclass(&base).unwrap_or(false))
-                };
                 let valid = match e.cast::<PyTuple>() {
-                    Ok(t) => t.iter().all(|x| ok(&x)),
-                    Err(_) => ok(&e),
+                    Ok(t) => t.iter().all(|x| errors::is_exception_class(&x)),
+                    Err(_) => errors::is_exception_class(&e),
                 };
                 if !valid {
                     return Err(errors::arg_type(

@@ -9,7 +9,7 @@ use crate::arrays::{
     opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray, NativeKind, Obj, Prepared, Ro,
     ToNumpy,
 };
-use crate::errors::{arg_type, arg_value, value_error, IntoPyResult};
+use crate::errors::{arg_type, arg_value, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
 use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
@@ -94,13 +94,8 @@ macro_rules! native_py {
             }
             #[allow(clippy::unnecessary_cast)]
             fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self> {
-                let what = |_| {
-                    arg_type(
-                        func,
-                        name,
-                        format!("must be {}, got {}", $what, class_name(v)),
-                    )
-                };
+                let what =
+                    |_| arg_type(func, name, format!("must be {}, got {}", $what, type_of(v)));
                 v.extract::<$scalar>().map(|x| x as $t).map_err(what)
             }
         }
@@ -109,14 +104,6 @@ macro_rules! native_py {
 native_py!(f64, F64, f64, "a real number");
 native_py!(f32, F32, f64, "a real number");
 native_py!(i64, I64, i64, "an integer here");
-
-/// The class name of a Python object, for messages.
-fn class_name(v: &Obj<'_>) -> String {
-    v.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
 
 /// The one array input `x` of `op`, converted, and the optional `finish` callable.
 fn take_one<'py>(
@@ -1248,7 +1235,7 @@ pub fn adam_step<'py>(
 fn dtype_or_class(o: &Obj<'_>) -> String {
     o.getattr("dtype")
         .map(|d| d.to_string())
-        .unwrap_or_else(|_| class_name(o))
+        .unwrap_or_else(|_| type_of(o))
 }
 
 fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
