@@ -71,8 +71,8 @@ def result_cache() -> dict[str, int]:
     result of a similar size (at least its size, at most twice it) reuses it: a loop that computes a large result
     per iteration then skips mapping and zeroing fresh pages each time. At most 8 buffers and
     ``FERROLAB_RESULT_CACHE_MB`` MiB (default 256; ``0`` turns recycling off) are kept; the oldest are freed
-    first. Such arrays do not own their data (``a.flags.owndata`` is False; ``a.base`` holds the buffer), so
-    ``a.resize(...)`` in place is refused, as for any view.
+    first. Such arrays do not own their data (``a.flags.owndata`` is False; ``a.base`` is a byte view of the
+    buffer), so ``a.resize(...)`` in place is refused, as for any view.
 
     Returns
     -------

@@ -14,7 +14,7 @@ use numpy::{
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyCapsule, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 /// NumPy's name of the dtype of element type `T` (`f64` -> `"float64"`, ...): the one mapping, the core's.
 #[inline]
@@ -354,12 +354,87 @@ pub fn alias(out: &Obj<'_>, x: &Obj<'_>) -> Alias {
     }
 }
 
+/// The owner of a recycled result buffer: the end of the result array's base chain. Dropping it (when the last
+/// array over the buffer dies) hands the buffer back to [`recycle`].
+#[pyclass(frozen, module = "ferrolab._core")]
+struct ResultBuffer(#[allow(dead_code)] recycle::Buffer);
+
+/// `PyArray_NewFromDescr` of `shape` elements of `descr` (its reference is stolen) at `data` (NULL: NumPy
+/// allocates) with `flags`; NULL with a Python exception set when it fails.
+///
+/// # Safety
+/// `descr` must be a new reference to a descriptor, `data` NULL or valid for the array's bytes for as long as the
+/// array lives (its base keeps it alive), `flags` valid array flags.
+unsafe fn new_from_descr(
+    py: Python<'_>,
+    descr: *mut numpy::npyffi::PyArray_Descr,
+    shape: &[usize],
+    data: *mut ::std::ffi::c_void,
+    flags: ::std::ffi::c_int,
+) -> *mut pyo3::ffi::PyObject {
+    use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
+    let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
+        shape.iter().map(|&d| d as npy_intp).collect();
+    // SAFETY: the caller's; `dims` holds `ndim` extents and null strides ask for C or Fortran strides (by flags).
+    unsafe {
+        PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            descr,
+            dims.len() as ::std::ffi::c_int,
+            dims.as_mut_ptr(),
+            ::std::ptr::null_mut(),
+            data,
+            flags,
+            ::std::ptr::null_mut(),
+        )
+    }
+}
+
+/// The new reference `ptr` (a fresh array) as a `Bound`, or the error NumPy set (`MemoryError` as `memory_error`'s,
+/// with NumPy's as its cause).
+fn fresh_or_err<'py>(
+    py: Python<'py>,
+    ptr: *mut pyo3::ffi::PyObject,
+    memory_error: impl FnOnce() -> PyErr,
+) -> PyResult<Bound<'py, PyAny>> {
+    if ptr.is_null() {
+        let numpy_err = PyErr::fetch(py);
+        if numpy_err.is_instance_of::<PyMemoryError>(py) {
+            let e = memory_error();
+            e.set_cause(py, Some(numpy_err));
+            return Err(e);
+        }
+        return Err(numpy_err);
+    }
+    // SAFETY: a non-null result of PyArray_NewFromDescr is a new reference.
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr) })
+}
+
+/// Makes `base` the base of the fresh array `a`.
+fn set_base(a: &Bound<'_, PyAny>, base: Bound<'_, PyAny>) -> PyResult<()> {
+    use numpy::npyffi::{PyArrayObject, PY_ARRAY_API};
+    // SAFETY: `a` is a fresh array without a base; the call steals the reference to `base` (also when it fails).
+    let rc = unsafe {
+        PY_ARRAY_API.PyArray_SetBaseObject(
+            a.py(),
+            a.as_ptr().cast::<PyArrayObject>(),
+            base.into_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(PyErr::fetch(a.py()));
+    }
+    Ok(())
+}
+
 /// An uninitialized NumPy array of `shape` for the result of `func` (every element is written by the op before
 /// Python sees it), or a `MemoryError` that names `func` and the size when it cannot be allocated.
 ///
-/// A result of [`recycle::MIN_BYTES`] or more lives in a recycled buffer ([`recycle`]): the array's base is a
-/// capsule that owns the buffer and hands it back to the cache when the array dies. Smaller results come from
-/// NumPy's allocator.
+/// A plain-data result of [`recycle::MIN_BYTES`] or more lives in a recycled buffer ([`recycle`], huge pages
+/// asked for as NumPy's allocator does). Its base is a writeable `uint8` array over the buffer whose own base owns
+/// it ([`ResultBuffer`]): NumPy then lets a result that was made read-only be made writeable again, as for an
+/// array that owns its data. Smaller results come from NumPy's allocator.
 ///
 /// rust-numpy's `PyArray::new` panics when NumPy returns NULL (`PanicException: PyObject pointer is null`); this
 /// calls the same constructor, `PyArray_NewFromDescr`, and checks for NULL.
@@ -369,7 +444,9 @@ pub fn new_array<'py, T: numpy::Element>(
     shape: &[usize],
     fortran: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    use numpy::npyffi::{flags, get_type_object, npy_intp, NpyTypes, PyArrayObject, PY_ARRAY_API};
+    use numpy::npyffi::flags::{
+        NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_F_CONTIGUOUS, NPY_ARRAY_WRITEABLE,
+    };
     let memory_error = || {
         let size = ::std::mem::size_of::<T>();
         let e = ferrolab_core::CoreError::memory(func, "result", shape, type_name::<T>(), size);
@@ -381,66 +458,59 @@ pub fn new_array<'py, T: numpy::Element>(
         .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d))
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(memory_error)?;
-    let buffer = match recycle::applies(bytes) {
-        true => Some(recycle::take(bytes).ok_or_else(memory_error)?),
-        false => None,
-    };
-    let (data, flags) = match &buffer {
-        Some(b) => {
-            let order = match fortran {
-                true => flags::NPY_ARRAY_F_CONTIGUOUS,
-                false => flags::NPY_ARRAY_C_CONTIGUOUS,
-            };
-            (b.as_ptr().cast(), flags::NPY_ARRAY_WRITEABLE | order)
-        }
-        None => (::std::ptr::null_mut(), ::std::ffi::c_int::from(fortran)),
-    };
-    let mut dims: smallvec::SmallVec<[npy_intp; 4]> =
-        shape.iter().map(|&d| d as npy_intp).collect();
-    // SAFETY: the type object and the descriptor come from NumPy's API table (the descriptor's new reference is
-    // stolen by the call); `dims` holds `ndim` extents, each <= isize::MAX (their product fits, checked above);
-    // null strides ask for C- or Fortran-ordered strides; null data asks NumPy for a fresh (uninitialized)
-    // buffer, else `data` is a buffer of at least `bytes` bytes that the base object set below keeps alive. The
-    // call returns a new reference, or NULL with a Python exception set.
-    let ptr = unsafe {
-        PY_ARRAY_API.PyArray_NewFromDescr(
+    // (a recycled buffer holds the previous result's bytes: only for element types that are plain data)
+    if !(T::IS_COPY && recycle::applies(bytes)) {
+        // SAFETY: a new reference to T's descriptor; null data asks NumPy for a fresh (uninitialized) buffer, in
+        // Fortran order when the flags are non-zero.
+        let ptr = unsafe {
+            new_from_descr(
+                py,
+                T::get_dtype(py).into_dtype_ptr(),
+                shape,
+                ::std::ptr::null_mut(),
+                ::std::ffi::c_int::from(fortran),
+            )
+        };
+        // SAFETY: an ndarray of T's dtype (PyArray_Type) and `shape.len()` dimensions.
+        return Ok(unsafe { fresh_or_err(py, ptr, memory_error)?.cast_into_unchecked() });
+    }
+    let buffer = recycle::take(bytes).ok_or_else(memory_error)?;
+    let data = buffer.as_ptr().cast::<::std::ffi::c_void>();
+    // if any step below fails, dropping what was made so far hands the buffer back
+    let owner = Bound::new(py, ResultBuffer(buffer))?;
+    // SAFETY: a new reference to the uint8 descriptor; `data` holds `bytes` bytes for as long as `owner`, which
+    // becomes this array's base right after, lives.
+    let raw = unsafe {
+        new_from_descr(
             py,
-            get_type_object(py, NpyTypes::PyArray_Type),
-            T::get_dtype(py).into_dtype_ptr(),
-            dims.len() as ::std::ffi::c_int,
-            dims.as_mut_ptr(),
-            ::std::ptr::null_mut(),
+            <u8 as numpy::Element>::get_dtype(py).into_dtype_ptr(),
+            &[bytes],
             data,
-            flags,
-            ::std::ptr::null_mut(),
+            NPY_ARRAY_WRITEABLE | NPY_ARRAY_C_CONTIGUOUS,
         )
     };
-    if ptr.is_null() {
-        let numpy_err = PyErr::fetch(py);
-        if numpy_err.is_instance_of::<PyMemoryError>(py) {
-            let e = memory_error();
-            e.set_cause(py, Some(numpy_err));
-            return Err(e);
-        }
-        return Err(numpy_err);
-    }
-    // SAFETY: a non-null result of PyArray_NewFromDescr with PyArray_Type is a new reference to an ndarray of
-    // T's dtype and `shape.len()` dimensions.
-    let array: Bound<'py, PyArrayDyn<T>> =
-        unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() };
-    if let Some(b) = buffer {
-        // if the capsule cannot be made, the buffer goes back to the cache and the (unused) array is dropped
-        let owner = PyCapsule::new_with_value(py, b, c"ferrolab.result_buffer")?;
-        // SAFETY: `ptr` is the fresh array above, which has no base yet; the call steals the reference to
-        // `owner` (also when it fails), whose buffer then outlives every view of the array's data.
-        if unsafe {
-            PY_ARRAY_API.PyArray_SetBaseObject(py, ptr.cast::<PyArrayObject>(), owner.into_ptr())
-        } < 0
-        {
-            return Err(PyErr::fetch(py));
-        }
-    }
-    Ok(array)
+    let raw = fresh_or_err(py, raw, memory_error)?;
+    set_base(&raw, owner.into_any())?;
+    let order = if fortran {
+        NPY_ARRAY_F_CONTIGUOUS
+    } else {
+        NPY_ARRAY_C_CONTIGUOUS
+    };
+    // SAFETY: a new reference to T's descriptor; `data` holds the `bytes` bytes of `shape` elements of T for as
+    // long as `raw` (this array's base, set right after) lives.
+    let ptr = unsafe {
+        new_from_descr(
+            py,
+            T::get_dtype(py).into_dtype_ptr(),
+            shape,
+            data,
+            NPY_ARRAY_WRITEABLE | order,
+        )
+    };
+    let array = fresh_or_err(py, ptr, memory_error)?;
+    set_base(&array, raw)?;
+    // SAFETY: an ndarray of T's dtype (PyArray_Type) and `shape.len()` dimensions.
+    Ok(unsafe { array.cast_into_unchecked() })
 }
 
 /// Checks the `device` argument through the one device check ([`ferrolab_core::device::select`]).

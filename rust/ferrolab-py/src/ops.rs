@@ -645,7 +645,7 @@ impl<'py> Ew<'_, 'py> {
         let Ew(py, op, arrays, same, out) = self;
         let func = op.name();
         let ro: Vec<Ro<'py, T>> = arrays.into_iter().map(T::unwrap).collect();
-        // a fresh result is allocated by NumPy (its allocator asks for huge pages and skips zero-filling), in
+        // a fresh result ([`new_array`]: no zero-filling, huge pages for large ones, recycled from 4 MiB), in
         // Fortran order when every input is Fortran-contiguous, and then filled in place like an `out=`
         let fresh = match out {
             Some(_) => None,
@@ -1094,7 +1094,7 @@ fn gemm<'py, T: linalg::GemmElem + NativePy>(
     let work = va.len().saturating_mul(vb.ncols());
     let o = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
         Some(o) => o.clone(),
-        // a fresh result comes from NumPy's allocator (huge pages, no zero-fill): gemm writes every element
+        // a fresh result (no zero-fill, huge pages, recycled when large; [`new_array`]): gemm writes every element
         None => new_array::<T>(py, "matmul", &[va.nrows(), vb.ncols()], false)?.into_any(),
     };
     let mut rw = take_out::<T>("matmul", "out", &o)?;
@@ -1163,7 +1163,7 @@ pub fn cdist<'py>(
             distance::check_shapes(&va, &vb).py()?;
             let work = va.len().saturating_mul(vb.nrows());
             let meta = Meta::two::<T>(x.0.shape(), y.0.shape());
-            // the result from NumPy's allocator (huge pages for large ones, no zero-fill): every element is written
+            // a fresh result (no zero-fill, huge pages and recycled when large; [`new_array`]): every element is written
             let o = new_array::<T>(py, "cdist", &[va.nrows(), vb.nrows()], false)?.into_any();
             let mut rw = take_out::<T>("cdist", "out", &o)?;
             let mut ov = rw.as_array_mut();

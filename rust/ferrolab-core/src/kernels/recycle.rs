@@ -22,10 +22,10 @@ pub const MIN_BYTES: usize = 4 << 20;
 /// Most buffers kept at once.
 pub const MAX_BUFFERS: usize = 8;
 
-/// Alignment of every buffer (a cache line; NumPy asks for 16 bytes).
-const ALIGN: usize = 64;
+/// Alignment of every buffer: a huge page, so that transparent huge pages can back it from its first byte.
+const ALIGN: usize = 2 << 20;
 
-/// A block of at least `bytes` bytes, aligned to 64, owned by this module's allocator: dropping it returns it
+/// A block of at least `bytes` bytes, aligned to 2 MiB, owned by this module's allocator: dropping it returns it
 /// to the cache (or frees it).
 #[derive(Debug)]
 pub struct Buffer {
@@ -161,11 +161,28 @@ pub fn take(bytes: usize) -> Option<Buffer> {
     let layout = Buffer::layout(bytes.max(1))?;
     // SAFETY: the layout has a non-zero size.
     let ptr = NonNull::new(unsafe { alloc(layout) })?;
+    advise_huge_pages(ptr, layout.size());
     ALLOCATED.fetch_add(1, Ordering::Relaxed);
     Some(Buffer {
         ptr,
         cap: layout.size(),
     })
+}
+
+/// Asks for transparent huge pages for a fresh buffer, as NumPy's allocator does for its large arrays (with the
+/// kernel's `madvise` mode, the default of many distributions, memory gets them only when asked).
+fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let len = len & !4095;
+        if len > 0 {
+            // SAFETY: `ptr` starts a block of at least `len` bytes that this module owns, aligned to a huge page
+            // (hence to a page); the advice changes no contents. Its result is ignored (advice only).
+            unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
 }
 
 /// Frees kept buffers, oldest first, until at most `room` bytes are kept.

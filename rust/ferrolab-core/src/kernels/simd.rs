@@ -663,7 +663,8 @@ impl<T: Real> Kernel for SumSq<'_, T> {
             acc.add(block_sumsq::<T, M>(b));
         }
         let s = acc.value();
-        if T::DTYPE == "float32" && s < self.0.len() as f64 * F32_TINY_SUMSQ {
+        // (a zero sum means every value is zero, whose f32 squares are zero too)
+        if T::DTYPE == "float32" && s != 0.0 && s < self.0.len() as f64 * F32_TINY_SUMSQ {
             let mut acc = Neumaier::default();
             for b in self.0.chunks(BLOCK) {
                 acc.add(block_dot::<T, M>(b, b));
@@ -1191,6 +1192,7 @@ mod tests {
                 assert_eq!(norm_of::<f32>(run(SumSq(&big))), f64::INFINITY);
                 let tiny = vec![1e-30f32; n];
                 assert_eq!(run(SumSq(&tiny)), 0.0, "1e-30 squared is 0 in f32");
+                assert_eq!(run(SumSq(&vec![0.0f32; n])), 0.0);
                 let mut mixed = vec![1e-30f32; n];
                 mixed[n / 2] = 1.0;
                 assert_eq!(run(SumSq(&mixed)), 1.0);
