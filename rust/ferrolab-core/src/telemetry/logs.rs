@@ -347,18 +347,25 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state as process `pid` sees it: in a forked child, the parent's queue and its delivery under way are
+    /// forgotten (they are the parent's to deliver, and no thread of the child would ever finish them).
+    fn lock_as(&self, pid: u32) -> MutexGuard<'_, RelayState> {
+        let mut q = self.lock();
+        if q.dispatcher_pid.is_some_and(|p| p != pid) {
+            q.records.clear();
+            q.in_flight = 0;
+            q.dispatcher_pid = None;
+        }
+        q
+    }
+
     /// Queues `r` (or counts it as dropped when the queue is full), starting the delivering thread if needed.
     pub fn push(&'static self, r: Record) {
         self.push_as(std::process::id(), r)
     }
 
     fn push_as(&'static self, pid: u32, r: Record) {
-        let mut q = self.lock();
-        if q.dispatcher_pid.is_some_and(|p| p != pid) {
-            // a forked child: the parent's records are the parent's to deliver
-            q.records.clear();
-            q.dispatcher_pid = None;
-        }
+        let mut q = self.lock_as(pid);
         if q.records.len() >= self.capacity {
             q.dropped += 1;
             return;
@@ -418,7 +425,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
     pub fn flush(&self, timeout: Duration) -> bool {
         // no deadline for a timeout beyond the clock's range
         let deadline = Instant::now().checked_add(timeout);
-        let mut q = self.lock();
+        let mut q = self.lock_as(std::process::id());
         loop {
             let busy = !q.records.is_empty() || q.in_flight > 0;
             let now = Instant::now();
@@ -439,7 +446,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
         self.stopped.store(true, Ordering::Relaxed);
         self.wake.notify_all();
         let deadline = Instant::now() + grace;
-        let mut q = self.lock();
+        let mut q = self.lock_as(std::process::id());
         while q.in_flight > 0 && Instant::now() < deadline {
             q = self
                 .wake
@@ -451,7 +458,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
 
     /// Records dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+        self.lock_as(std::process::id()).dropped
     }
 }
 
@@ -651,6 +658,30 @@ mod tests {
         let mut got = got.lock().unwrap().clone();
         got.sort();
         assert_eq!(got, ["0", "2"]);
+    }
+
+    #[test]
+    fn a_forked_child_does_not_wait_for_the_parents_delivery() {
+        let (relay, got, gate, entered) = gated(10);
+        let parent = std::process::id().wrapping_add(1);
+        relay.push_as(parent, record(0));
+        wait_for(&entered); // the parent's delivery is under way and blocked
+        relay.push_as(parent, record(1));
+        // the child (this process's id) has nothing of its own to flush or to wait for
+        let t0 = Instant::now();
+        assert!(relay.flush(Duration::from_secs(5)));
+        relay.stop(Duration::from_secs(5));
+        assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+        gate.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while got.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            *got.lock().unwrap(),
+            ["0"],
+            "the parent's queued record is not the child's"
+        );
     }
 
     #[test]
