@@ -48,9 +48,10 @@ pub enum Device {
 
 impl Device {
     /// The device a `device=` argument (`"cpu"`, `"auto"`, `"cuda"`, `"cuda:N"`) names in the metrics' `device`
-    /// label: the GPU for `"cuda"` and `"cuda:N"`, else the CPU.
+    /// label: the GPU for `"cuda"` and `"cuda:..."`, else the CPU (also for an invalid name such as `"cudax"`,
+    /// counted like `"tpu"`).
     pub fn of_str(device: &str) -> Device {
-        if device.starts_with("cuda") {
+        if device == "cuda" || device.starts_with("cuda:") {
             Device::Cuda
         } else {
             Device::Cpu
@@ -388,6 +389,7 @@ mod tests {
         assert_eq!(Device::of_str("cuda:1"), Device::Cuda);
         assert_eq!(Device::of_str("cpu"), Device::Cpu);
         assert_eq!(Device::of_str("auto"), Device::Cpu);
+        assert_eq!(Device::of_str("cudax"), Device::Cpu);
     }
 
     #[test]
