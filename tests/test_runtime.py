@@ -338,6 +338,15 @@ def test_result_cache_env(tmp_path):
         tmp_path,
     )
     assert out.stdout.split() == ["0", "True"]
+    default = run_python(
+        """
+        import ferrolab as fl
+        print(fl.runtime.result_cache()["limit"])
+        """,
+        {},
+        tmp_path,
+    )
+    assert default.stdout.split() == [str(256 << 20)], "the README's default of 256 MiB"
 
 
 def test_recycled_results_across_threads(fresh_cache):

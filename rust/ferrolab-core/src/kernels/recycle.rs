@@ -131,7 +131,7 @@ pub fn limit() -> usize {
 pub fn set_limit(bytes: usize) {
     LIMIT.store(bytes.min(usize::MAX - 1), Ordering::Relaxed);
     let mut c = lock();
-    evict(&mut c, bytes);
+    evict(&mut c, bytes, MAX_BUFFERS);
 }
 
 /// Whether a request of `bytes` is served here ([`take`]) rather than by NumPy's allocator.
@@ -185,9 +185,9 @@ fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
     let _ = (ptr, len);
 }
 
-/// Frees kept buffers, oldest first, until at most `room` bytes are kept.
-fn evict(c: &mut Cache, room: usize) {
-    while c.bytes > room {
+/// Frees kept buffers, oldest first, until at most `room` bytes and `buffers` buffers are kept.
+fn evict(c: &mut Cache, room: usize, buffers: usize) {
+    while c.bytes > room || c.kept.len() > buffers {
         let b = c.kept.remove(0);
         c.bytes -= b.cap;
         free(b);
@@ -205,12 +205,7 @@ fn keep_or_free(b: Buffer) {
         free(b);
         return;
     };
-    evict(&mut c, limit - b.cap);
-    if c.kept.len() == MAX_BUFFERS {
-        let old = c.kept.remove(0);
-        c.bytes -= old.cap;
-        free(old);
-    }
+    evict(&mut c, limit - b.cap, MAX_BUFFERS - 1);
     c.bytes += b.cap;
     c.kept.push(b);
 }
@@ -219,7 +214,7 @@ fn keep_or_free(b: Buffer) {
 pub fn release() -> usize {
     let mut c = lock();
     let freed = c.bytes;
-    evict(&mut c, 0);
+    evict(&mut c, 0, 0);
     freed
 }
 
