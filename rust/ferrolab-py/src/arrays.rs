@@ -16,12 +16,6 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
-/// NumPy's name of the dtype of element type `T` (`f64` -> `"float64"`, ...): the one mapping, the core's.
-#[inline]
-pub fn type_name<T>() -> &'static str {
-    alloc::dtype_name::<T>()
-}
-
 /// A Python object argument or result.
 pub type Obj<'py> = Bound<'py, PyAny>;
 
@@ -121,7 +115,7 @@ macro_rules! each_in {
 
 impl<T: numpy::Element> Ro<'_, T> {
     fn dtype(&self) -> &'static str {
-        type_name::<T>()
+        alloc::dtype_name::<T>()
     }
 }
 
@@ -272,6 +266,13 @@ pub fn finish<'py>(r: Obj<'py>, finish: &Option<Obj<'py>>) -> PyResult<Obj<'py>>
     }
 }
 
+/// The `dtype` of an array, else its class name (for messages).
+pub fn dtype_or_class(o: &Obj<'_>) -> String {
+    o.getattr("dtype")
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| crate::errors::type_of(o))
+}
+
 /// A writeable array of element type `T`: argument `name` (`out`, or an array updated in place) of `func`.
 pub fn take_out<'py, T: numpy::Element>(
     func: &'static str,
@@ -279,9 +280,7 @@ pub fn take_out<'py, T: numpy::Element>(
     out: &Obj<'py>,
 ) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
     let a = out.cast::<PyArrayDyn<T>>().map_err(|_| {
-        let got = out.getattr("dtype").map(|d| d.to_string());
-        let got = got.unwrap_or_else(|_| out.get_type().to_string());
-        let want = type_name::<T>();
+        let (want, got) = (alloc::dtype_name::<T>(), dtype_or_class(out));
         arg_type(
             func,
             name,
@@ -447,11 +446,7 @@ pub fn new_array<'py, T: numpy::Element>(
     use numpy::npyffi::flags::{
         NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_F_CONTIGUOUS, NPY_ARRAY_WRITEABLE,
     };
-    let memory_error = || {
-        let size = ::std::mem::size_of::<T>();
-        let e = ferrolab_core::CoreError::memory(func, "result", shape, type_name::<T>(), size);
-        crate::errors::to_py(e)
-    };
+    let memory_error = || crate::errors::to_py(alloc::memory_error::<T>(func, "result", shape));
     // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
     let bytes = shape
         .iter()

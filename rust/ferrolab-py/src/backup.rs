@@ -18,20 +18,6 @@ pub struct BackupRepository {
     repo: Repository,
 }
 
-fn secret<'a>(
-    func: &str,
-    password: &'a Option<Vec<u8>>,
-    key_file: &'a Option<Vec<u8>>,
-) -> PyResult<Secret<'a>> {
-    match (password, key_file) {
-        (Some(p), None) => Ok(Secret::Password(p)),
-        (None, Some(k)) => Ok(Secret::KeyFile(k)),
-        _ => Err(crate::errors::value_error(format!(
-            "{func}(): give exactly one of 'password' and 'key_file'"
-        ))),
-    }
-}
-
 /// The `s3={...}` argument as `ferrolab.backup` passes it: checked there (the messages users see), with every
 /// key present and None where unset; here only converted, field by field.
 fn s3_options(s3: Option<Bound<'_, PyAny>>) -> PyResult<Option<S3Options>> {
@@ -116,7 +102,8 @@ impl BackupRepository {
         s3: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let s3 = s3_options(s3)?;
-        let sec = secret("Repository.init", &password, &key_file)?;
+        let sec =
+            Secret::one_of("Repository.init", password.as_deref(), key_file.as_deref()).py()?;
         let repo = py
             .detach(|| Repository::init(&url, sec, compression, s3.as_ref()))
             .py()?;
@@ -133,7 +120,8 @@ impl BackupRepository {
         s3: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let s3 = s3_options(s3)?;
-        let sec = secret("Repository.open", &password, &key_file)?;
+        let sec =
+            Secret::one_of("Repository.open", password.as_deref(), key_file.as_deref()).py()?;
         let repo = py
             .detach(|| Repository::open(&url, sec, s3.as_ref()))
             .py()?;

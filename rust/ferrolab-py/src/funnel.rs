@@ -8,9 +8,9 @@
 //! message, counted as a failed call: never pyo3's `PanicException`, never an abort.
 
 use crate::errors::IntoPyResult;
-use ferrolab_core::kernels::layout::fmt_shape;
-use ferrolab_core::telemetry::seam::{self, record, Device, Op};
-use ferrolab_core::telemetry::tracing::{self as tr, otel::*, Recording};
+use ferrolab_core::telemetry::seam::{record, Device, Op};
+use ferrolab_core::telemetry::tracing as tr;
+pub use ferrolab_core::telemetry::tracing::Meta;
 use ferrolab_core::{CoreError, Result};
 use pyo3::prelude::*;
 use std::any::Any;
@@ -18,58 +18,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Work (elements) below which the GIL is kept: releasing and re-taking it costs more than the work.
 const DETACH_MIN: usize = 1 << 14;
-
-/// Input shapes of an op, read only when a span records the op.
-#[derive(Clone, Copy)]
-pub enum Shapes<'a> {
-    One(&'a [usize]),
-    Two(&'a [usize], &'a [usize]),
-    Lazy(&'a dyn Fn() -> Vec<Vec<usize>>),
-}
-
-/// What an op span records about the op's inputs: their shapes and the dtype the op computes in.
-/// Building one costs nothing (borrowed slices and a static name); it is read only when tracing is active.
-#[derive(Clone, Copy)]
-pub struct Meta<'a> {
-    dtype: &'static str,
-    shapes: Shapes<'a>,
-}
-
-impl<'a> Meta<'a> {
-    #[inline]
-    fn new<T>(shapes: Shapes<'a>) -> Self {
-        let dtype = crate::arrays::type_name::<T>();
-        Meta { dtype, shapes }
-    }
-
-    /// One input of element type `T`.
-    #[inline]
-    pub fn one<T>(shape: &'a [usize]) -> Self {
-        Self::new::<T>(Shapes::One(shape))
-    }
-
-    /// Two inputs of element type `T`.
-    #[inline]
-    pub fn two<T>(a: &'a [usize], b: &'a [usize]) -> Self {
-        Self::new::<T>(Shapes::Two(a, b))
-    }
-
-    /// Inputs of element type `T` whose shapes `f` lists.
-    #[inline]
-    pub fn lazy<T>(f: &'a dyn Fn() -> Vec<Vec<usize>>) -> Self {
-        Self::new::<T>(Shapes::Lazy(f))
-    }
-
-    /// The shapes in NumPy's notation: (), (n,), (m, n).
-    fn shape_strings(&self) -> Vec<StringValue> {
-        let fmt = |s: &[usize]| StringValue::from(fmt_shape(s));
-        match self.shapes {
-            Shapes::One(a) => vec![fmt(a)],
-            Shapes::Two(a, b) => vec![fmt(a), fmt(b)],
-            Shapes::Lazy(f) => f().iter().map(|s| fmt(s)).collect(),
-        }
-    }
-}
 
 /// Runs `f` as `op` through the seam; detaches from the interpreter when `work` is large. When a sampled span is
 /// open anywhere (one relaxed load otherwise), the op is recorded as a child of the current context's span.
@@ -157,8 +105,7 @@ fn internal_error(op: Op, payload: Box<dyn Any + Send>) -> CoreError {
     CoreError::internal(op.name(), crate::errors::panic_message(&*payload))
 }
 
-/// [`run`] with a child span `ferrolab.<op>` (attributes `ferrolab.op`, `ferrolab.shapes`, `ferrolab.dtype`,
-/// `ferrolab.device`; status `ERROR` and an `exception` event when the op fails).
+/// [`run`] as a child span `ferrolab.<op>` of the current context's span ([`tr::op_span`]), when one is open.
 #[cold]
 #[inline(never)]
 fn run_traced<'py, R: Send>(
@@ -168,42 +115,10 @@ fn run_traced<'py, R: Send>(
     meta: Meta<'_>,
     exec: impl FnOnce(Python<'py>) -> Result<R>,
 ) -> PyResult<R> {
-    let Some(parent) = crate::tracing::current_recording(py) else {
-        return exec(py).py();
-    };
-    let ctx = tr::new_span(Some(&parent));
-    let rec = ctx.sampled.then(|| {
-        Recording::start(
-            ctx,
-            Some(&parent),
-            op.span_name(),
-            vec![
-                KeyValue::new("ferrolab.op", op.name()),
-                KeyValue::new(
-                    "ferrolab.shapes",
-                    Value::Array(Array::String(meta.shape_strings())),
-                ),
-                KeyValue::new("ferrolab.dtype", meta.dtype),
-                KeyValue::new("ferrolab.device", device.name()),
-            ],
-        )
-    });
-    // the op's duration bucket gets the span as its exemplar
-    let r = match &rec {
-        Some(_) => seam::in_span(
-            u128::from_be_bytes(ctx.trace_id.to_bytes()),
-            u64::from_be_bytes(ctx.span_id.to_bytes()),
-            || exec(py),
-        ),
-        None => exec(py),
-    };
-    if let Some(mut rec) = rec {
-        if let Err(e) = &r {
-            rec.record_error(e.kind().to_string(), e.to_string(), None);
-        }
-        rec.end();
+    match crate::tracing::current_recording(py) {
+        Some(parent) => tr::op_span(&parent, op, device, meta, || exec(py)).py(),
+        None => exec(py).py(),
     }
-    r.py()
 }
 
 /// The boundary of every op call: a failure the seam did not count (raised while converting or checking the

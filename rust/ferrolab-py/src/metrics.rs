@@ -299,19 +299,15 @@ impl Registry {
                 .call1((metrics, name, labels))?
                 .extract();
         }
-        let mut want = match labels {
+        let want = match labels {
             Some(d) => str_pairs(d, None)?,
             None => Vec::new(),
         };
-        want.sort();
-        let fams = py.detach(|| this.reg.get().families(this.only.as_deref()));
-        Ok(fams
-            .into_iter()
-            .flat_map(|f| f.samples)
-            .find_map(|(n, mut l, v)| {
-                l.sort();
-                (n == name && l == want).then_some(v)
-            }))
+        Ok(py.detach(|| {
+            this.reg
+                .get()
+                .sample_value(name, want, this.only.as_deref())
+        }))
     }
 
     fn __repr__(&self) -> &'static str {
@@ -715,10 +711,10 @@ fn py_time(py: Python<'_>) -> PyResult<f64> {
 }
 
 /// A metric class (`$cls`, of kind `$kind`) and its methods: the constructor takes prometheus_client's naming
-/// arguments plus the class's own `$extra` ones; `$args`, which sees those and `$unit`, checks them and gives the
+/// arguments plus the class's own `$extra` ones; `$args`, which sees those, checks them and gives the
 /// `(buckets, states)` of the native metric.
 macro_rules! metric_class {
-    ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*], |$unit:ident| $args:block,
+    ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*], $args:block,
      { $($methods:tt)* }) => {
         #[pymethods]
         impl $cls {
@@ -733,12 +729,12 @@ macro_rules! metric_class {
                 labelnames: Option<&Bound<'_, PyAny>>,
                 namespace: &str,
                 subsystem: &str,
-                $unit: &str,
+                unit: &str,
                 registry: RegistryArg,
                 $($extra: $ty),*
             ) -> PyResult<PyClassInitializer<Self>> {
                 let (buckets, states): (Option<Vec<f64>>, Option<Vec<String>>) = $args;
-                let names = Names { name, documentation, namespace, subsystem, unit: $unit };
+                let names = Names { name, documentation, namespace, subsystem, unit };
                 let m = Metric::create(py, $kind, names, labelnames, buckets, registry, states)?;
                 Ok(PyClassInitializer::from(m).add_subclass($cls))
             }
@@ -746,18 +742,6 @@ macro_rules! metric_class {
             $($methods)*
         }
     };
-}
-
-/// An ``Enum`` or ``Info`` takes no unit.
-fn no_unit(class: &'static str, unit: &str) -> PyResult<()> {
-    if unit.is_empty() {
-        return Ok(());
-    }
-    Err(errors::arg_value(
-        class,
-        "unit",
-        format!("is not supported: an {class} has no unit"),
-    ))
 }
 
 /// A monotonically increasing counter, shaped like ``prometheus_client.Counter``; the exposed series is
@@ -790,7 +774,7 @@ pub struct Counter;
 
 metric_class! {
     Counter, Kind::Counter, [],
-    |unit| { (None, None) },
+    { (None, None) },
     {
     /// Adds ``amount`` (default 1); a negative amount is a ``ValueError``. ``exemplar`` (a dict of str labels,
     /// e.g. ``{"trace_id": "..."}``) is attached to the increment; inside a sampled ``fl.tracing`` span the span's
@@ -880,7 +864,7 @@ fn gauge<'a>(slf: &'a Bound<'_, Gauge>) -> PyResult<&'a prometheus::Gauge> {
 
 metric_class! {
     Gauge, Kind::Gauge, [multiprocess_mode: &str = "all"],
-    |unit| {
+    {
         if multiprocess_mode != "all" {
             return Err(errors::not_implemented(format!(
                 "Gauge(): multiprocess_mode={multiprocess_mode:?} is not supported: ferrolab's values live in one \
@@ -977,7 +961,7 @@ pub struct Histogram;
 
 metric_class! {
     Histogram, Kind::Histogram, [buckets: Option<Vec<f64>> = None],
-    |unit| { (buckets, None) },
+    { (buckets, None) },
     {
     /// The bucket upper bounds, ``inf`` last (prometheus_client's ``_upper_bounds``).
     #[getter]
@@ -1025,7 +1009,7 @@ pub struct Summary;
 
 metric_class! {
     Summary, Kind::Summary, [],
-    |unit| { (None, None) },
+    { (None, None) },
     {
     /// Records one observation.
     fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
@@ -1056,10 +1040,7 @@ pub struct Enum;
 
 metric_class! {
     Enum, Kind::Enum, [states: Option<Vec<String>> = None],
-    |unit| {
-        no_unit("Enum", unit)?;
-        (None, Some(states.unwrap_or_default()))
-    },
+    { (None, Some(states.unwrap_or_default())) },
     {
     /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
     fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
@@ -1085,10 +1066,7 @@ pub struct Info;
 
 metric_class! {
     Info, Kind::Info, [],
-    |unit| {
-        no_unit("Info", unit)?;
-        (None, None)
-    },
+    { (None, None) },
     {
     /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
     fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
@@ -1281,22 +1259,8 @@ pub fn exposition(
         py.detach(|| reg.get().exposition(only))
     };
     let extra = foreign_exposition(py, &reg, only, openmetrics)?;
-    append_foreign(&mut text, &extra, openmetrics);
+    openmetrics::append_foreign(&mut text, &extra, openmetrics);
     Ok(text)
-}
-
-/// Appends custom collectors' text to a native exposition (in OpenMetrics, before its `# EOF`).
-fn append_foreign(text: &mut String, extra: &str, openmetrics: bool) {
-    if extra.is_empty() {
-        return;
-    }
-    if openmetrics {
-        text.truncate(text.len() - "# EOF\n".len());
-        text.push_str(extra);
-        text.push_str("# EOF\n");
-    } else {
-        text.push_str(extra);
-    }
 }
 
 /// ``value`` as the expositions write it (Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: ``1.0``, ``+Inf``).
@@ -1351,29 +1315,14 @@ impl Handler for PyHandler {
     fn handle(&self, route: Route) -> Reply {
         match route {
             // the text format for both: OpenMetrics is negotiated (`openmetrics`) but rendered as text for now
-            Route::Metrics { openmetrics } => {
-                let (body, ctype) = if openmetrics {
-                    (openmetrics::exposition(), openmetrics::CONTENT_TYPE)
-                } else {
-                    (core::exposition(), core::TEXT_CONTENT_TYPE)
-                };
-                // collectors written in Python (e.g. prometheus_client's registry) need the interpreter
-                let body = body.map_err(|e| e.to_string()).and_then(|mut text| {
-                    if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {
-                        return Ok(text);
-                    }
-                    let extra = Python::attach(|py| {
-                        foreign_exposition(py, &RegRef::Global, None, openmetrics)
-                    })
-                    .map_err(|e| e.to_string())?;
-                    append_foreign(&mut text, &extra, openmetrics);
-                    Ok(text)
-                });
-                match body {
-                    Ok(text) => Reply::new(200, ctype, text),
-                    Err(e) => Reply::text(500, &e.to_string()),
+            // collectors written in Python (e.g. prometheus_client's registry) need the interpreter
+            Route::Metrics { openmetrics } => Reply::metrics(openmetrics, || {
+                if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {
+                    return Ok(String::new());
                 }
-            }
+                Python::attach(|py| foreign_exposition(py, &RegRef::Global, None, openmetrics))
+                    .map_err(|e| e.to_string())
+            }),
             Route::Ready => Reply::json(200, "{\"status\":\"ready\"}"),
             Route::Health => {
                 if !ffi::interpreter_alive() {
@@ -1398,8 +1347,7 @@ impl Handler for PyHandler {
 #[pyclass(frozen, weakref, module = "ferrolab.metrics")]
 pub struct Server {
     inner: Mutex<Option<server::Server>>,
-    host: String,
-    port: u16,
+    addr: std::net::SocketAddr,
     token: bool,
     tls: bool,
     basic_auth: bool,
@@ -1410,23 +1358,23 @@ impl Server {
     /// ``http://host:port`` (``https://`` with TLS).
     #[getter]
     fn url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        if self.host.contains(':') {
-            format!("{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            format!("{scheme}://{}:{}", self.host, self.port)
-        }
+        // (an IPv6 address is written in brackets)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     #[getter]
-    fn host(&self) -> &str {
-        &self.host
+    fn host(&self) -> String {
+        self.addr.ip().to_string()
     }
 
     /// The bound port (the real one when started with ``port=0``).
     #[getter]
     fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// Whether the server is still running.
@@ -1550,10 +1498,8 @@ fn _serve(
     let s = py
         .detach(|| server::Server::start(cfg, Arc::new(PyHandler)))
         .py()?;
-    let addr = s.local_addr();
     Ok(Server {
-        host: addr.ip().to_string(),
-        port: addr.port(),
+        addr: s.local_addr(),
         token: token.is_some(),
         tls,
         basic_auth: basic,

@@ -5,9 +5,9 @@
 //! the test suite runs through `ferrolab.ops.__test__`).
 
 use crate::arrays::{
-    alias, check_device, copy_into, finish, flat_slice, native_array, native_kind, new_array,
-    opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray, NativeKind, Obj, Prepared, Ro,
-    ToNumpy,
+    alias, check_device, copy_into, dtype_or_class, finish, flat_slice, native_array, native_kind,
+    new_array, opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray, NativeKind, Obj,
+    Prepared, Ro, ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
@@ -1229,13 +1229,6 @@ pub fn adam_step<'py>(
         }
     };
     counted(Op::AdamStep, device, body())
-}
-
-/// `dtype` of an array, else the class name (for messages).
-fn dtype_or_class(o: &Obj<'_>) -> String {
-    o.getattr("dtype")
-        .map(|d| d.to_string())
-        .unwrap_or_else(|_| type_of(o))
 }
 
 fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(

@@ -82,15 +82,12 @@ pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
 // opentelemetry-python parents
 
 /// How to read the current opentelemetry-python span.
-enum OtelPy {
-    /// Its runtime context is the default contextvars one: read the `ContextVar` and the span key directly.
-    Fast {
-        /// The bound `get` of the runtime context's `ContextVar`.
-        var_get: Py<PyAny>,
-        key: Py<PyAny>,
-    },
-    /// Anything else: `opentelemetry.trace.get_current_span()`.
-    Slow { get_current_span: Py<PyAny> },
+struct OtelPy {
+    /// When its runtime context is the default contextvars one: the bound `get` of the runtime context's
+    /// `ContextVar` and the span key, read directly.
+    fast: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// Otherwise: `opentelemetry.trace.get_current_span`.
+    get_current_span: Py<PyAny>,
 }
 
 static OTEL: PyOnceLock<OtelPy> = PyOnceLock::new();
@@ -99,7 +96,7 @@ static OTEL_SLOW: AtomicBool = AtomicBool::new(false);
 
 fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
     let modules = py.import("sys")?.getattr("modules")?;
-    let fast = || -> PyResult<OtelPy> {
+    let fast = || -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let rc = modules
             .get_item("opentelemetry.context")?
             .getattr("_RUNTIME_CONTEXT")?;
@@ -114,20 +111,15 @@ fn resolve_otel(py: Python<'_>) -> PyResult<OtelPy> {
         {
             return Err(errors::runtime_error("not the contextvars runtime context"));
         }
-        Ok(OtelPy::Fast {
-            var_get: var.getattr("get")?.unbind(),
-            key: key.unbind(),
-        })
+        Ok((var.getattr("get")?.unbind(), key.unbind()))
     };
-    match fast() {
-        Ok(f) => Ok(f),
-        Err(_) => Ok(OtelPy::Slow {
-            get_current_span: modules
-                .get_item("opentelemetry.trace")?
-                .getattr("get_current_span")?
-                .unbind(),
-        }),
-    }
+    Ok(OtelPy {
+        fast: fast().ok(),
+        get_current_span: modules
+            .get_item("opentelemetry.trace")?
+            .getattr("get_current_span")?
+            .unbind(),
+    })
 }
 
 fn otel_loaded(py: Python<'_>) -> bool {
@@ -149,22 +141,14 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
             OTEL.get_or_try_init(py, || resolve_otel(py)).ok()?
         }
     };
-    let span = match o {
-        OtelPy::Fast { var_get, key } if !OTEL_SLOW.load(Ordering::Relaxed) => {
+    let span = match &o.fast {
+        Some((var_get, key)) if !OTEL_SLOW.load(Ordering::Relaxed) => {
             // the variable's own default (an empty context) when it is not set
             let ctx = var_get.bind(py).call0().ok()?;
             let ctx = ctx.cast::<PyDict>().ok()?;
             ctx.get_item(key.bind(py)).ok()??
         }
-        OtelPy::Fast { .. } => {
-            let f = py
-                .import("opentelemetry.trace")
-                .ok()?
-                .getattr("get_current_span")
-                .ok()?;
-            f.call0().ok()?
-        }
-        OtelPy::Slow { get_current_span } => get_current_span.bind(py).call0().ok()?,
+        _ => o.get_current_span.bind(py).call0().ok()?,
     };
     let sc = span.call_method0(intern!(py, "get_span_context")).ok()?;
     if !sc.getattr(intern!(py, "is_valid")).ok()?.is_truthy().ok()? {
@@ -414,14 +398,6 @@ impl Span {
     }
 }
 
-fn hex_trace(t: TraceId) -> String {
-    format!("{t}")
-}
-
-fn hex_span(s: SpanId) -> String {
-    format!("{s}")
-}
-
 fn exception_attrs(
     py: Python<'_>,
     exc_type: &Bound<'_, PyAny>,
@@ -595,19 +571,19 @@ impl Span {
     /// Trace id (32 hex digits).
     #[getter]
     fn trace_id(&self) -> String {
-        hex_trace(self.ctx.trace_id)
+        self.ctx.trace_id.to_string()
     }
 
     /// Span id (16 hex digits).
     #[getter]
     fn span_id(&self) -> String {
-        hex_span(self.ctx.span_id)
+        self.ctx.span_id.to_string()
     }
 
     /// Parent span id (16 hex digits), ``None`` for a root span.
     #[getter]
     fn parent_span_id(&self) -> Option<String> {
-        self.parent.map(|p| hex_span(p.span_id))
+        self.parent.map(|p| p.span_id.to_string())
     }
 
     /// Whether the span is sampled (its data is recorded and exported).
@@ -621,8 +597,8 @@ impl Span {
         let c = &self.ctx;
         format!(
             "<Span {name:?} trace_id={} span_id={}{}{}>",
-            hex_trace(c.trace_id),
-            hex_span(c.span_id),
+            c.trace_id,
+            c.span_id,
             if c.sampled { "" } else { " unsampled" },
             if self.open.load(Ordering::Relaxed) {
                 " open"
@@ -878,7 +854,7 @@ fn otel_path(py: Python<'_>, force_public: Option<bool>) -> &'static str {
     }
     match OTEL.get(py) {
         None => "unresolved",
-        Some(OtelPy::Fast { .. }) if !OTEL_SLOW.load(Ordering::Relaxed) => "fast",
+        Some(o) if o.fast.is_some() && !OTEL_SLOW.load(Ordering::Relaxed) => "fast",
         Some(_) => "public",
     }
 }

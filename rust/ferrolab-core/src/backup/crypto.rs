@@ -278,6 +278,25 @@ pub enum Secret<'a> {
     KeyFile(&'a [u8]),
 }
 
+impl<'a> Secret<'a> {
+    /// The secret of a call of `func` that takes a password or a key file: exactly one of them must be given.
+    pub fn one_of(
+        func: &'static str,
+        password: Option<&'a [u8]>,
+        key_file: Option<&'a [u8]>,
+    ) -> crate::Result<Secret<'a>> {
+        match (password, key_file) {
+            (Some(p), None) => Ok(Secret::Password(p)),
+            (None, Some(k)) => Ok(Secret::KeyFile(k)),
+            _ => Err(CoreError::value(
+                func,
+                "password",
+                "or 'key_file': exactly one of them must be given",
+            )),
+        }
+    }
+}
+
 impl Kdf {
     /// Fresh parameters for `secret` (random salt).
     pub fn new_for(secret: &Secret<'_>) -> Self {
@@ -444,6 +463,28 @@ impl KeyFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_exactly_one_of_password_and_key_file() {
+        assert!(matches!(
+            Secret::one_of("f", Some(b"pw"), None),
+            Ok(Secret::Password(b"pw"))
+        ));
+        assert!(matches!(
+            Secret::one_of("f", None, Some(b"k")),
+            Ok(Secret::KeyFile(b"k"))
+        ));
+        for (p, k) in [(None, None), (Some(&b"pw"[..]), Some(&b"k"[..]))] {
+            let e = Secret::one_of("Repository.open", p, k)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.starts_with("Repository.open(): argument 'password' or 'key_file'"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn seal_open_round_trip_and_tamper() {

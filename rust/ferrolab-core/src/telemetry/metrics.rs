@@ -273,12 +273,30 @@ impl Registry {
     }
 
     /// All samples as `(name, labels, value)` with prometheus_client's names (`x_total`, `x_bucket`,
-    /// `x_created`...), e.g. for `get_sample_value`.
+    /// `x_created`...).
     pub fn samples(&self) -> Vec<Sample> {
         self.families(None)
             .into_iter()
             .flat_map(|f| f.samples)
             .collect()
+    }
+
+    /// The value of the sample `name` whose labels are exactly `labels` (in any order), among the samples
+    /// `only` names (all without it): prometheus_client's `get_sample_value`.
+    pub fn sample_value(
+        &self,
+        name: &str,
+        mut labels: Vec<(String, String)>,
+        only: Option<&[String]>,
+    ) -> Option<f64> {
+        labels.sort();
+        self.families(only)
+            .into_iter()
+            .flat_map(|f| f.samples)
+            .find_map(|(n, mut l, v)| {
+                l.sort();
+                (n == name && l == labels).then_some(v)
+            })
     }
 }
 
@@ -932,6 +950,10 @@ pub fn full_name(
     unit: &str,
 ) -> Result<String> {
     let func = kind.class();
+    if matches!(kind, Kind::Enum | Kind::Info) && !unit.is_empty() {
+        let why = format!("is not supported: an {func} has no unit");
+        return Err(CoreError::value(func, "unit", why));
+    }
     if name.is_empty() {
         // as prometheus_client: a namespace or subsystem does not make up for a missing name
         return Err(CoreError::value(func, "name", "is empty"));
@@ -1881,6 +1903,27 @@ mod tests {
              own_h_count{a=\"x\"} 1.0\nown_h_sum{a=\"x\"} 0.5\n\
              # HELP own_h_created A histogram\n# TYPE own_h_created gauge\nown_h_created{a=\"x\"} 123.456\n"
         );
+        let labels = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let le = labels(&[("le", "1.0"), ("a", "x")]);
+        assert_eq!(reg.sample_value("own_h_bucket", le, None), Some(1.0));
+        assert_eq!(
+            reg.sample_value("own_h_sum", labels(&[("a", "x")]), None),
+            Some(0.5)
+        );
+        assert_eq!(reg.sample_value("own_h_sum", labels(&[]), None), None);
+        let only = ["own_c_total".to_string()];
+        assert_eq!(
+            reg.sample_value("own_c_total", labels(&[]), Some(&only)),
+            Some(1.0)
+        );
+        assert_eq!(
+            reg.sample_value("own_h_sum", labels(&[("a", "x")]), Some(&only)),
+            None
+        );
         // nothing of the process-wide registry
         assert!(!text.contains("ferrolab_"));
         let only = reg.exposition(Some(&["own_h_count".to_string()]));
@@ -1996,6 +2039,16 @@ mod tests {
     #[test]
     fn bad_names_and_buckets_are_value_errors() {
         assert!(full_name(Kind::Gauge, "", "", "", "").is_err());
+        assert_eq!(
+            full_name(Kind::Gauge, "g", "", "", "bytes").unwrap(),
+            "g_bytes"
+        );
+        for kind in [Kind::Enum, Kind::Info] {
+            let e = full_name(kind, "e", "", "", "bytes")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("argument 'unit' is not supported"), "{e}");
+        }
         assert_eq!(
             full_name(Kind::Gauge, "utf8.g", "", "", "").unwrap(),
             "utf8.g"

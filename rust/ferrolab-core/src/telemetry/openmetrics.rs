@@ -23,6 +23,20 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The combined length of an exemplar's label names and values may not exceed this (OpenMetrics 1.0).
 pub const MAX_EXEMPLAR_LABEL_CHARS: usize = 128;
 
+/// Appends the text of collectors outside the core to a native exposition (in OpenMetrics, before its `# EOF`).
+pub fn append_foreign(text: &mut String, extra: &str, openmetrics: bool) {
+    if extra.is_empty() {
+        return;
+    }
+    if openmetrics {
+        text.truncate(text.len() - "# EOF\n".len());
+        text.push_str(extra);
+        text.push_str("# EOF\n");
+    } else {
+        text.push_str(extra);
+    }
+}
+
 /// Seconds since the Unix epoch, now (0 on a clock set before it).
 pub fn unix_seconds() -> f64 {
     SystemTime::now()

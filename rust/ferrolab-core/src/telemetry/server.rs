@@ -101,6 +101,34 @@ impl Reply {
             format!("{{\"status\":\"unhealthy\",\"error\":{error}}}"),
         )
     }
+
+    /// `/metrics`: the process-wide registry's exposition (OpenMetrics when `openmetrics`) followed by the text
+    /// of collectors outside the core that `extra` renders (empty when there are none); 500 with the message when
+    /// either fails.
+    pub fn metrics(
+        openmetrics: bool,
+        extra: impl FnOnce() -> std::result::Result<String, String>,
+    ) -> Reply {
+        let (body, ctype) = if openmetrics {
+            (
+                super::openmetrics::exposition(),
+                super::openmetrics::CONTENT_TYPE,
+            )
+        } else {
+            (
+                super::metrics::exposition(),
+                super::metrics::TEXT_CONTENT_TYPE,
+            )
+        };
+        let body = body.map_err(|e| e.to_string()).and_then(|mut text| {
+            super::openmetrics::append_foreign(&mut text, &extra()?, openmetrics);
+            Ok(text)
+        });
+        match body {
+            Ok(text) => Reply::new(200, ctype, text),
+            Err(e) => Reply::text(500, &e),
+        }
+    }
 }
 
 /// Answers the routes; called on the server's blocking threads, concurrently.

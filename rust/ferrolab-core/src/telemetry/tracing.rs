@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Once, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{CoreError, Result};
+use crate::telemetry::seam::{Device, Op};
 
 /// OpenTelemetry types the bindings need (re-exported so that they do not depend on the crates directly).
 pub mod otel {
@@ -458,6 +459,101 @@ fn scope() -> opentelemetry::InstrumentationScope {
     opentelemetry::InstrumentationScope::builder(SCOPE_NAME)
         .with_version(crate::VERSION)
         .build()
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// op spans
+
+/// Input shapes of an op, read only when a span records the op.
+#[derive(Clone, Copy)]
+pub enum Shapes<'a> {
+    One(&'a [usize]),
+    Two(&'a [usize], &'a [usize]),
+    Lazy(&'a dyn Fn() -> Vec<Vec<usize>>),
+}
+
+/// What an op span records about the op's inputs: their shapes and the dtype the op computes in.
+/// Building one costs nothing (borrowed slices and a static name); it is read only when a span records the op.
+#[derive(Clone, Copy)]
+pub struct Meta<'a> {
+    dtype: &'static str,
+    shapes: Shapes<'a>,
+}
+
+impl<'a> Meta<'a> {
+    #[inline]
+    fn new<T>(shapes: Shapes<'a>) -> Self {
+        let dtype = crate::kernels::alloc::dtype_name::<T>();
+        Meta { dtype, shapes }
+    }
+
+    /// One input of element type `T`.
+    #[inline]
+    pub fn one<T>(shape: &'a [usize]) -> Self {
+        Self::new::<T>(Shapes::One(shape))
+    }
+
+    /// Two inputs of element type `T`.
+    #[inline]
+    pub fn two<T>(a: &'a [usize], b: &'a [usize]) -> Self {
+        Self::new::<T>(Shapes::Two(a, b))
+    }
+
+    /// Inputs of element type `T` whose shapes `f` lists.
+    #[inline]
+    pub fn lazy<T>(f: &'a dyn Fn() -> Vec<Vec<usize>>) -> Self {
+        Self::new::<T>(Shapes::Lazy(f))
+    }
+
+    /// The shapes in NumPy's notation: (), (n,), (m, n).
+    fn shape_strings(&self) -> Vec<StringValue> {
+        let fmt = |s: &[usize]| StringValue::from(crate::kernels::layout::fmt_shape(s));
+        match self.shapes {
+            Shapes::One(a) => vec![fmt(a)],
+            Shapes::Two(a, b) => vec![fmt(a), fmt(b)],
+            Shapes::Lazy(f) => f().iter().map(|s| fmt(s)).collect(),
+        }
+    }
+}
+
+/// Runs `exec`, a call of `op` on `device`, as a child span `ferrolab.<op>` of `parent` (attributes
+/// `ferrolab.op`, `ferrolab.shapes`, `ferrolab.dtype`, `ferrolab.device`; status `ERROR` and an `exception`
+/// event when it fails). When the span is sampled, the op's duration bucket gets it as its exemplar.
+pub fn op_span<R>(
+    parent: &SpanCtx,
+    op: Op,
+    device: Device,
+    meta: Meta<'_>,
+    exec: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    let ctx = new_span(Some(parent));
+    if !ctx.sampled {
+        return exec();
+    }
+    let mut rec = Recording::start(
+        ctx,
+        Some(parent),
+        op.span_name(),
+        vec![
+            KeyValue::new("ferrolab.op", op.name()),
+            KeyValue::new(
+                "ferrolab.shapes",
+                Value::Array(Array::String(meta.shape_strings())),
+            ),
+            KeyValue::new("ferrolab.dtype", meta.dtype),
+            KeyValue::new("ferrolab.device", device.name()),
+        ],
+    );
+    let r = crate::telemetry::seam::in_span(
+        u128::from_be_bytes(ctx.trace_id.to_bytes()),
+        u64::from_be_bytes(ctx.span_id.to_bytes()),
+        exec,
+    );
+    if let Err(e) = &r {
+        rec.record_error(e.kind().to_string(), e.to_string(), None);
+    }
+    rec.end();
+    r
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -1232,6 +1328,73 @@ mod tests {
         assert!(finished_spans(false).is_empty());
         shutdown(Duration::from_secs(1));
         assert_eq!(stats().mode, "off");
+    }
+
+    #[test]
+    fn op_spans_record_the_op_and_its_failure() {
+        let _g = lock(&SERIAL);
+        configure(Config {
+            memory_capacity: 8,
+            ..Config::new("t")
+        })
+        .unwrap();
+        let _ = finished_spans(true);
+        let parent = new_span(None);
+        let shapes = || vec![vec![2, 3], vec![]];
+        let ok = op_span(
+            &parent,
+            Op::Sum,
+            Device::Cpu,
+            Meta::one::<f32>(&[4]),
+            || Ok(crate::telemetry::seam::current_span()),
+        );
+        let in_span = ok.unwrap().expect("the op runs as the span");
+        let meta = Meta::lazy::<f64>(&shapes);
+        let err = op_span(&parent, Op::Dot, Device::Cuda, meta, || -> Result<()> {
+            Err(CoreError::value("dot", "x", "is bad"))
+        });
+        assert!(err.is_err());
+        let spans = finished_spans(true);
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["ferrolab.sum", "ferrolab.dot"]);
+        let (sum, dot) = (&spans[0], &spans[1]);
+        assert_eq!(sum.parent_span_id, parent.span_id);
+        assert_eq!(
+            in_span.1,
+            u64::from_be_bytes(sum.span_context.span_id().to_bytes())
+        );
+        let attr = |s: &SpanData, k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key.as_str() == k)
+                .map(|a| a.value.to_string())
+        };
+        assert_eq!(attr(sum, "ferrolab.op").as_deref(), Some("sum"));
+        assert_eq!(attr(sum, "ferrolab.dtype").as_deref(), Some("float32"));
+        assert_eq!(attr(sum, "ferrolab.device").as_deref(), Some("cpu"));
+        assert_eq!(attr(sum, "ferrolab.shapes").as_deref(), Some("[\"(4,)\"]"));
+        assert_eq!(
+            attr(dot, "ferrolab.shapes").as_deref(),
+            Some("[\"(2, 3)\",\"()\"]")
+        );
+        assert_eq!(attr(dot, "ferrolab.device").as_deref(), Some("cuda"));
+        assert!(matches!(dot.status, Status::Error { .. }));
+        assert_eq!(dot.events.events[0].name, "exception");
+        // an unsampled parent: the op runs without a span
+        let unsampled = SpanCtx {
+            sampled: false,
+            ..parent
+        };
+        let r = op_span(
+            &unsampled,
+            Op::Sum,
+            Device::Cpu,
+            Meta::one::<f64>(&[]),
+            || Ok(crate::telemetry::seam::current_span()),
+        );
+        assert_eq!(r.unwrap(), None);
+        assert!(finished_spans(true).is_empty());
+        shutdown(Duration::from_secs(1));
     }
 
     #[test]
