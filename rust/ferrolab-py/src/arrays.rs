@@ -5,7 +5,9 @@
 //! return a `finish` callable that turns the native result into NumPy's result dtype.
 
 use crate::errors::{arg_type, arg_value, IntoPyResult};
-use ferrolab_core::kernels::{alloc, layout::byte_span, recycle};
+pub use ferrolab_core::kernels::layout::Alias;
+use ferrolab_core::kernels::layout::{self, Extent};
+use ferrolab_core::kernels::{alloc, recycle};
 use ndarray::{ArrayD, ArrayViewD};
 use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn,
@@ -326,29 +328,23 @@ pub fn copy_into<'py>(
     }
 }
 
-/// How `out` shares memory with an input `x`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Alias {
-    None,
-    /// The same elements (same start, strides and shape): the op can run in place.
-    Same,
-    Partial,
-}
-
-/// Start address, end address (exclusive), strides and shape of an array's elements.
-fn extent(a: &Obj<'_>) -> Option<(usize, usize, Vec<isize>, Vec<usize>)> {
+/// Where `a`'s elements lie, when it is an ndarray.
+fn extent(a: &Obj<'_>) -> Option<Extent> {
     let u = a.cast::<PyUntypedArray>().ok()?;
     // SAFETY: reading the data pointer of a live array object.
     let ptr = unsafe { (*u.as_array_ptr()).fields.data } as usize;
-    let (shape, strides) = (u.shape().to_vec(), u.strides().to_vec());
-    let (lo, hi) = byte_span(ptr, u.dtype().itemsize(), &shape, &strides);
-    Some((lo, hi, strides, shape))
+    Some(Extent::of(
+        ptr,
+        u.dtype().itemsize(),
+        u.shape(),
+        u.strides(),
+    ))
 }
 
+/// How `out` shares memory with an input `x` (nothing when either is not an ndarray).
 pub fn alias(out: &Obj<'_>, x: &Obj<'_>) -> Alias {
     match (extent(out), extent(x)) {
-        (Some(o), Some(v)) if o.0 == v.0 && o.2 == v.2 && o.3 == v.3 && o.0 != o.1 => Alias::Same,
-        (Some(o), Some(v)) if o.0 < v.1 && v.0 < o.1 => Alias::Partial,
+        (Some(o), Some(v)) => layout::alias(&o, &v),
         _ => Alias::None,
     }
 }

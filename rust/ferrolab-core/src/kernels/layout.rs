@@ -175,10 +175,69 @@ pub fn byte_span(
     (lo as usize, hi as usize)
 }
 
+/// Where an array's elements lie: the byte range from its lowest to one past its highest element, and its
+/// strides and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub lo: usize,
+    pub hi: usize,
+    pub strides: Vec<isize>,
+    pub shape: Vec<usize>,
+}
+
+impl Extent {
+    /// The extent of `shape` elements of `itemsize` bytes at `ptr` with byte `strides`.
+    pub fn of(ptr: usize, itemsize: usize, shape: &[usize], strides: &[isize]) -> Extent {
+        let (lo, hi) = byte_span(ptr, itemsize, shape, strides);
+        let (strides, shape) = (strides.to_vec(), shape.to_vec());
+        Extent {
+            lo,
+            hi,
+            strides,
+            shape,
+        }
+    }
+}
+
+/// How an output array shares memory with an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alias {
+    None,
+    /// The same elements (same start, strides and shape): the op can run in place.
+    Same,
+    Partial,
+}
+
+/// How `out` shares memory with `x`.
+pub fn alias(out: &Extent, x: &Extent) -> Alias {
+    if out.lo != out.hi && (out.lo, &out.strides, &out.shape) == (x.lo, &x.strides, &x.shape) {
+        Alias::Same
+    } else if out.lo < x.hi && x.lo < out.hi {
+        Alias::Partial
+    } else {
+        Alias::None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::{Array, ShapeBuilder};
+
+    #[test]
+    fn alias_of_extents() {
+        let e = |ptr, shape: &[usize], strides: &[isize]| Extent::of(ptr, 8, shape, strides);
+        let a = e(1000, &[10], &[8]);
+        assert_eq!(alias(&a, &a.clone()), Alias::Same);
+        assert_eq!(alias(&a, &e(1008, &[10], &[8])), Alias::Partial);
+        assert_eq!(alias(&a, &e(1000, &[5], &[16])), Alias::Partial);
+        assert_eq!(alias(&a, &e(1080, &[10], &[8])), Alias::None);
+        // reversed: the same bytes, other strides
+        assert_eq!(alias(&a, &e(1072, &[10], &[-8])), Alias::Partial);
+        // empty arrays share nothing
+        let empty = e(1000, &[0], &[8]);
+        assert_eq!(alias(&empty, &empty.clone()), Alias::None);
+    }
 
     #[test]
     fn c_f_and_strided_layouts() {
