@@ -288,8 +288,13 @@ fn guarded<'py>(
     let ticket = permit.into_ticket();
     match res {
         Ok(v) if is_coroutine(&v) => {
-            let (obj, ticket) = (Some(v.unbind()), Some(ticket));
-            let call = BreakerCall::of(Some(b), None, obj, ticket, Phase::Running);
+            let call = BreakerCall {
+                breaker: Some(b.clone().unbind()),
+                call: None,
+                obj: Some(v.unbind()),
+                ticket: Some(ticket),
+                phase: Phase::Running,
+            };
             Ok(Bound::new(b.py(), call)?.into_any()) // if it can't be created, the ticket goes back
         }
         Ok(v) => complete(b, ticket, Outcome::Success).map(|()| v),
@@ -463,33 +468,30 @@ impl BreakerCall {
             args.clone().unbind(),
             kwargs.map(Bound::unbind),
         );
-        let c = BreakerCall::of(Some(b), Some(call), None, None, Phase::New);
+        let c = BreakerCall {
+            breaker: Some(b.clone().unbind()),
+            call: Some(call),
+            obj: None,
+            ticket: None,
+            phase: Phase::New,
+        };
         Ok(Bound::new(b.py(), c)?.into_any())
     }
 
     /// An awaitable that completes with `value` every time.
     fn constant(value: &Bound<'_, PyAny>) -> PyResult<Py<BreakerCall>> {
         let obj = Some(value.clone().unbind());
-        let c = BreakerCall::of(None, None, obj, None, Phase::Const);
-        Py::new(value.py(), c)
-    }
-
-    /// A call of `breaker` in `phase`, with the fields that phase uses.
-    fn of(
-        breaker: Option<&Bound<'_, CircuitBreaker>>,
-        call: Option<Pending>,
-        obj: Option<Py<PyAny>>,
-        ticket: Option<Ticket>,
-        phase: Phase,
-    ) -> BreakerCall {
-        let breaker = breaker.map(|b| b.clone().unbind());
-        BreakerCall {
-            breaker,
-            call,
-            obj,
-            ticket,
-            phase,
-        }
+        let (breaker, call, ticket, phase) = (None, None, None, Phase::Const);
+        Py::new(
+            value.py(),
+            BreakerCall {
+                breaker,
+                call,
+                obj,
+                ticket,
+                phase,
+            },
+        )
     }
 
     /// Gives the permit back (cancelled), if one is held.
