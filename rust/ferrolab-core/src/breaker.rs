@@ -28,6 +28,7 @@
 //! `<prefix>_circuit_breaker_transitions_total{name,from,to}` at scrape time from the breakers' atomics.
 
 use crate::error::{CoreError, Result};
+use crate::sync::MutexExt;
 use crate::telemetry::{metrics, seam};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -619,7 +620,7 @@ impl TimeWindow {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TimeBuckets> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     fn record(&self, failure: bool, slow: bool, t: f64) -> WindowCounts {
@@ -1361,14 +1362,14 @@ static BREAKERS: LazyLock<Mutex<HashMap<String, Weak<Breaker>>>> = LazyLock::new
 
 /// Lists `breaker` under its name (replacing an earlier breaker of the same name) and exports its series.
 pub fn register(breaker: &Arc<Breaker>) {
-    let mut map = BREAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = BREAKERS.locked();
     map.retain(|_, w| w.strong_count() > 0);
     map.insert(breaker.name.clone(), Arc::downgrade(breaker));
 }
 
 /// Removes `breaker` from the list if it is the one listed under its name.
 pub fn unregister(breaker: &Breaker) {
-    let mut map = BREAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = BREAKERS.locked();
     if map
         .get(&breaker.name)
         .is_some_and(|w| std::ptr::eq(w.as_ptr(), breaker))
@@ -1379,7 +1380,7 @@ pub fn unregister(breaker: &Breaker) {
 
 /// The live registered breakers, sorted by name.
 pub fn registered() -> Vec<Arc<Breaker>> {
-    let map = BREAKERS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = BREAKERS.locked();
     let mut v: Vec<Arc<Breaker>> = map.values().filter_map(Weak::upgrade).collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v

@@ -32,6 +32,7 @@ pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod sync;
 pub mod system;
 pub mod telemetry;
 

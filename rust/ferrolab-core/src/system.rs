@@ -16,6 +16,7 @@
 pub mod monitor;
 pub mod node;
 
+use crate::sync::MutexExt;
 use std::sync::{LazyLock, Mutex};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, System};
 #[cfg(not(target_os = "linux"))]
@@ -167,7 +168,7 @@ fn sum_networks(networks: &Networks) -> Network {
 /// Samples the machine (see the module docs for the CPU percentages). Never fails: a part the platform cannot
 /// read is zero or empty.
 pub fn snapshot() -> Snapshot {
-    let mut s = SAMPLER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = SAMPLER.locked();
     let Sampler {
         sys,
         disks,

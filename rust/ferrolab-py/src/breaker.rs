@@ -19,6 +19,7 @@ use ferrolab_core::breaker::{
     self as core, Admission, Arg, Breaker, Config, Outcome, Rejection, StatValue, State, Ticket,
     Transition,
 };
+use ferrolab_core::sync::MutexExt;
 use pyo3::exceptions::{
     PyBaseException, PyException, PyGeneratorExit, PyRuntimeWarning, PyStopIteration,
 };
@@ -30,18 +31,14 @@ use pyo3::types::{
 };
 use pyo3::{intern, PyTraverseError, PyVisit};
 use std::ffi::CStr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A core permit that gives its ticket back (cancelled) when dropped unreported.
 type Held = core::Permit<Arc<Breaker>>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The value of a `Mutex<Option<_>>`, taken (a permit reported once).
 fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
-    lock(m).take()
+    m.locked().take()
 }
 
 fn repr(o: &Bound<'_, PyAny>, or: &str) -> String {
@@ -93,7 +90,13 @@ impl CircuitBreaker {
 
     #[cold]
     fn read_clock(&self, py: Python<'_>) -> PyResult<f64> {
-        let Some(clock) = lock(&self.refs).clock.as_ref().map(|c| c.bind(py).clone()) else {
+        let Some(clock) = self
+            .refs
+            .locked()
+            .clock
+            .as_ref()
+            .map(|c| c.bind(py).clone())
+        else {
             return Ok(core::monotonic()); // cleared by the collector: the breaker is unreachable anyway
         };
         let t = clock.call0()?.extract::<f64>()?;
@@ -126,13 +129,14 @@ impl CircuitBreaker {
     }
 
     fn set_last_failure(&self, e: &Bound<'_, PyAny>) {
-        let old = lock(&self.refs).last_failure.replace(e.clone().unbind());
+        let old = self.refs.locked().last_failure.replace(e.clone().unbind());
         release(e.py(), old); // outside the lock
     }
 
     /// The listeners, to call outside the lock.
     fn listeners<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
-        lock(&self.refs)
+        self.refs
+            .locked()
             .listeners
             .iter()
             .map(|l| l.bind(py).clone())
@@ -144,7 +148,7 @@ impl CircuitBreaker {
         py: Python<'py>,
         f: impl Fn(&Refs) -> &Option<Py<PyAny>>,
     ) -> Option<Bound<'py, PyAny>> {
-        f(&lock(&self.refs)).as_ref().map(|o| o.bind(py).clone())
+        f(&self.refs.locked()).as_ref().map(|o| o.bind(py).clone())
     }
 
     fn fallback<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
@@ -891,11 +895,11 @@ struct Entry {
 
 impl Entry {
     fn live(&self) -> bool {
-        lock(&self.permit).is_some()
+        self.permit.locked().is_some()
     }
 
     fn prev<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Entry>> {
-        lock(&self.prev).as_ref().map(|p| p.bind(py).clone())
+        self.prev.locked().as_ref().map(|p| p.bind(py).clone())
     }
 }
 
@@ -928,7 +932,7 @@ impl Drop for Entry {
             while let Some(p) = next.take() {
                 let p = p.into_bound(py);
                 if ffi::sole_reference(p.as_any()) {
-                    next = lock(&p.get().prev).take();
+                    next = p.get().prev.locked().take();
                 }
                 drop(p);
             }
@@ -958,7 +962,7 @@ fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
     }
     if steps > 0 {
         let link = found.as_ref().map(|e| e.clone().unbind());
-        let cut = std::mem::replace(&mut *lock(&top.get().prev), link);
+        let cut = std::mem::replace(&mut *top.get().prev.locked(), link);
         drop(cut); // after the lock is released
     }
     found
@@ -1355,7 +1359,10 @@ impl CircuitBreaker {
             return Ok(a.cast_into::<BreakerCall>()?.unbind());
         }
         let a = BreakerCall::constant(slf.as_any())?;
-        let old = lock(&slf.get().refs)
+        let old = slf
+            .get()
+            .refs
+            .locked()
             .aenter
             .replace(a.clone_ref(py).into_any());
         release(py, old);
@@ -1425,7 +1432,7 @@ impl CircuitBreaker {
                 type_of(listener)
             )));
         }
-        lock(&self.refs).listeners.push(listener.clone().unbind());
+        self.refs.locked().listeners.push(listener.clone().unbind());
         Ok(())
     }
 
@@ -1435,7 +1442,7 @@ impl CircuitBreaker {
         // compared with == outside the lock (a bound method is a new object at every access, and __eq__ is Python)
         for l in self.listeners(py) {
             if l.is(listener) || l.eq(listener)? {
-                let mut r = lock(&self.refs);
+                let mut r = self.refs.locked();
                 if let Some(i) = r.listeners.iter().position(|x| x.as_ptr() == l.as_ptr()) {
                     let removed = r.listeners.remove(i);
                     drop(r);
@@ -1476,7 +1483,7 @@ impl CircuitBreaker {
     }
 
     fn __clear__(&self) {
-        let taken = std::mem::take(&mut *lock(&self.refs));
+        let taken = std::mem::take(&mut *self.refs.locked());
         drop(taken); // outside the lock
     }
 }

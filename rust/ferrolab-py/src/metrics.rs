@@ -4,6 +4,7 @@
 use crate::errors::{self, IntoPyResult};
 use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::error::check_seconds;
+use ferrolab_core::sync::MutexExt;
 use ferrolab_core::telemetry::metrics::{self as core, Child, Family, Kind};
 use ferrolab_core::telemetry::openmetrics;
 use ferrolab_core::telemetry::seam;
@@ -1387,12 +1388,7 @@ impl Server {
     /// bad_requests, timeouts, unauthorized, tls_errors, gzipped, open_connections.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        if let Some(s) = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(s) = self.inner.locked().as_ref() {
             for (k, v) in s.counters().snapshot() {
                 d.set_item(k, v)?;
             }
@@ -1402,7 +1398,7 @@ impl Server {
 
     /// Stops serving and closes open connections (idempotent).
     fn stop(&self, py: Python<'_>) {
-        let srv = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let srv = self.inner.locked().take();
         if let Some(mut s) = srv {
             // a /health request may be waiting for the GIL: release it while the server stops
             py.detach(move || s.stop());

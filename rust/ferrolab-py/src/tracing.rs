@@ -8,6 +8,7 @@
 use crate::errors::{self, type_of, IntoPyResult};
 use crate::ffi::{self, FastArgs, FastCall};
 use ferrolab_core::error::check_seconds;
+use ferrolab_core::sync::MutexExt;
 use ferrolab_core::telemetry::tracing::{self as core_tr, otel::*, Config, Recording, SpanCtx};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -388,7 +389,7 @@ struct Inner {
 
 impl Span {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     fn with_rec(&self, f: impl FnOnce(&mut Recording)) {

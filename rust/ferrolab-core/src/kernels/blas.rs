@@ -9,6 +9,7 @@
 //! The BLAS is called on the calling thread, never from inside ferrolab's rayon pool: it runs its own threads
 //! (OpenBLAS: `OPENBLAS_NUM_THREADS`, the same pool NumPy uses).
 
+use crate::sync::RwLockExt;
 use std::ffi::{c_int, OsStr};
 use std::sync::{Arc, RwLock};
 
@@ -106,13 +107,13 @@ pub fn load(path: &OsStr) -> std::result::Result<String, String> {
         return Err(format!("{} gives wrong products", blas.desc));
     }
     let desc = blas.desc.clone();
-    *BLAS.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(blas));
+    *BLAS.writing() = Some(Arc::new(blas));
     Ok(desc)
 }
 
 /// Stops using the BLAS: `matmul` and `cdist` use the `gemm` crate.
 pub fn unload() {
-    *BLAS.write().unwrap_or_else(|e| e.into_inner()) = None;
+    *BLAS.writing() = None;
 }
 
 /// What [`load`] loaded, if anything.
@@ -121,7 +122,7 @@ pub fn info() -> Option<String> {
 }
 
 fn current() -> Option<Arc<Blas>> {
-    BLAS.read().unwrap_or_else(|e| e.into_inner()).clone()
+    BLAS.reading().clone()
 }
 
 fn self_test(b: &Blas) -> bool {

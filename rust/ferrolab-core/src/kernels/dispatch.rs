@@ -28,6 +28,7 @@
 //! stacks) gets no pool: the work then runs on the calling thread, serially, with the same results, and the pool is
 //! tried again after [`POOL_RETRY`]. Nothing here panics for want of threads.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
@@ -181,7 +182,7 @@ impl Slot {
         });
         // In a forked child the parent's lock may be held by a thread that no longer exists: recover from poison
         // and never block on it for long.
-        let mut failed = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = self.init.locked();
         let gen = FORK_GEN.load(Ordering::Acquire);
         let p = self.pool.load(Ordering::Acquire);
         if !p.is_null() && self.gen.load(Ordering::Acquire) == gen {

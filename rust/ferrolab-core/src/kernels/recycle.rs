@@ -11,6 +11,7 @@
 //! recycling off); the oldest are freed first when a returned buffer would exceed it, and [`release`] frees all
 //! of it. A recycled buffer holds the previous result's bytes: like `numpy.empty`, the caller overwrites it.
 
+use crate::sync::MutexExt;
 use std::alloc::{alloc, dealloc, Layout};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,7 +95,7 @@ fn cache() -> &'static Mutex<Cache> {
 
 fn lock() -> std::sync::MutexGuard<'static, Cache> {
     // the cache's state is consistent after every statement: a panic elsewhere cannot leave it half-updated
-    cache().lock().unwrap_or_else(|e| e.into_inner())
+    cache().locked()
 }
 
 /// The cache if no other thread holds it. Taking and returning buffers never wait: another thread's turn, or a

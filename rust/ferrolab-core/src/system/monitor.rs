@@ -10,6 +10,7 @@
 //! fork), so a child never waits on a lock of a thread that does not exist in it. `start()` in the child starts
 //! its own sampler.
 
+use crate::sync::MutexExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -86,7 +87,7 @@ fn thread_cpu_ns() -> u64 {
 
 impl Inner {
     fn push(&self, t: f64, values: &[(String, f64)]) {
-        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.data.locked();
         for (name, v) in values {
             let s = d.series.entry(name.clone()).or_default();
             if s.ts.len() >= self.window {
@@ -226,7 +227,7 @@ fn run(inner: Arc<Inner>, interval: Duration) {
         if next < now {
             next = now; // fell behind (suspended machine, slow disk): no burst of catch-up samples
         }
-        let mut d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = inner.data.locked();
         while !d.stop {
             let now = Instant::now();
             if now >= next {
@@ -275,7 +276,7 @@ impl Monitor {
 
     /// The current buffers; in a forked child, fresh ones (see the module docs).
     fn inner(&self) -> Arc<Inner> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.slot.locked();
         if slot.pid != std::process::id() {
             // a forked child: the sampler thread does not exist here
             let data = match slot.data.try_lock() {
@@ -297,14 +298,14 @@ impl Monitor {
     /// Starts the sampler thread (no-op when it runs).
     pub fn start(&self) -> std::io::Result<()> {
         let inner = self.inner();
-        let mut th = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut th = self.thread.locked();
         if inner.running.load(Ordering::Acquire) {
             return Ok(());
         }
         if let Some(h) = th.take() {
             let _ = h.join();
         }
-        inner.data.lock().unwrap_or_else(|e| e.into_inner()).stop = false;
+        inner.data.locked().stop = false;
         inner.running.store(true, Ordering::Release);
         let i2 = inner.clone();
         let interval = self.interval;
@@ -326,9 +327,9 @@ impl Monitor {
     /// Stops the sampler thread and waits for it (no-op when stopped).
     pub fn stop(&self) {
         let inner = self.inner();
-        inner.data.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        inner.data.locked().stop = true;
         inner.cond.notify_all();
-        let h = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let h = self.thread.locked().take();
         if let Some(h) = h {
             let _ = h.join();
         }
@@ -351,14 +352,14 @@ impl Monitor {
     /// The metric names with samples, sorted.
     pub fn metrics(&self) -> Vec<String> {
         let inner = self.inner();
-        let d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let d = inner.data.locked();
         d.series.keys().cloned().collect()
     }
 
     /// `(timestamps, values)` of a metric (None: no such metric).
     pub fn history(&self, metric: &str) -> Option<(Vec<f64>, Vec<f64>)> {
         let inner = self.inner();
-        let d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let d = inner.data.locked();
         d.series.get(metric).map(|s| {
             (
                 s.ts.iter().copied().collect(),
@@ -370,7 +371,7 @@ impl Monitor {
     /// The samples of `metric` after the first `count` ever pushed (those still in the buffer), and the new count.
     pub fn since(&self, metric: &str, count: u64) -> (u64, Vec<(f64, f64)>) {
         let inner = self.inner();
-        let d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let d = inner.data.locked();
         let Some(s) = d.series.get(metric) else {
             return (0, Vec::new());
         };
@@ -394,7 +395,7 @@ impl Monitor {
     pub fn wait(&self, seq: u64, timeout: Duration) -> u64 {
         let inner = self.inner();
         let deadline = Instant::now() + timeout;
-        let mut d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = inner.data.locked();
         while d.seq <= seq {
             let now = Instant::now();
             if now >= deadline {
@@ -412,7 +413,7 @@ impl Monitor {
     /// Wakes the threads blocked in [`Monitor::wait`].
     pub fn notify(&self) {
         let inner = self.inner();
-        let mut d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = inner.data.locked();
         d.seq += 1;
         drop(d);
         inner.cond.notify_all();

@@ -17,6 +17,7 @@
 //! (there is no per-CPU time there, so no `node_cpu_seconds_total`, and no disk I/O time).
 
 use crate::error::{CoreError, Result};
+use crate::sync::MutexExt;
 use crate::telemetry::metrics;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -533,7 +534,7 @@ impl Collector for NodeCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.lock.locked();
         let s = read();
         let mut by: Vec<Vec<proto::Metric>> = vec![Vec::new(); FAMILIES.len()];
         let g = MetricType::GAUGE;
@@ -593,7 +594,7 @@ static REGISTER_LOCK: Mutex<()> = Mutex::new(());
 /// `Ok(false)` when they already were (registering twice is a no-op); a value error when user metrics already use
 /// one of their names.
 pub fn register() -> Result<bool> {
-    let _g = REGISTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = REGISTER_LOCK.locked();
     if REGISTERED.load(Ordering::Acquire) {
         return Ok(false);
     }

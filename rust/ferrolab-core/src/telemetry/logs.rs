@@ -14,6 +14,7 @@
 //! holds a lock that an interpreter thread waits for) queues the records in a [`Relay`], whose own thread hands
 //! them on in batches.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -83,7 +84,7 @@ fn index_level(i: u8) -> LevelFilter {
 
 /// Sets the function that receives the records of the sink output (`None` removes it).
 pub fn set_sink(sink: Option<Sink>) {
-    *SINK.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    *SINK.writing() = sink;
     init();
 }
 
@@ -175,7 +176,7 @@ struct SinkLayer;
 
 impl<S: Subscriber> Layer<S> for SinkLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let sink = SINK.reading().clone();
         if let Some(sink) = sink {
             sink(record_of(event));
         }
@@ -344,7 +345,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
     }
 
     fn lock(&self) -> MutexGuard<'_, RelayState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// The state as process `pid` sees it: in a forked child, the parent's queue and its delivery under way are

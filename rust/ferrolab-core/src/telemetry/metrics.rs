@@ -16,6 +16,7 @@
 
 use super::{openmetrics, seam};
 use crate::error::{CoreError, Result};
+use crate::sync::{MutexExt, RwLockExt};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
@@ -82,7 +83,7 @@ impl<V> Default for LabelCache<V> {
 impl<V> LabelCache<V> {
     /// `f` of the object cached for `vals`, if there is one.
     pub fn find<R>(&self, vals: &[&str], f: impl FnOnce(&V) -> R) -> Option<R> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.reading();
         let bucket = map.get(&hash_values(vals.iter().copied()))?;
         let (_, v) = bucket
             .iter()
@@ -93,7 +94,7 @@ impl<V> LabelCache<V> {
     /// Caches `v` for `vals`, unless another caller cached an object for them first (then `v` is dropped): `f`
     /// of the object now cached.
     pub fn insert<R>(&self, vals: &[&str], v: V, f: impl FnOnce(&V) -> R) -> R {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.writing();
         let bucket = map.entry(hash_values(vals.iter().copied())).or_default();
         let same = |k: &[String]| k.iter().map(String::as_str).eq(vals.iter().copied());
         if let Some((_, existing)) = bucket.iter().find(|(k, _)| same(k)) {
@@ -106,7 +107,7 @@ impl<V> LabelCache<V> {
 
     /// Forgets the objects of these tuples of values.
     pub fn remove<'a>(&self, gone: impl IntoIterator<Item = &'a [String]>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.writing();
         for vals in gone {
             if let Some(bucket) = map.get_mut(&hash_values(vals.iter().map(String::as_str))) {
                 bucket.retain(|(k, _)| **k != *vals);
@@ -116,7 +117,7 @@ impl<V> LabelCache<V> {
 
     /// Forgets every object.
     pub fn clear(&self) {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.map.writing().clear();
     }
 }
 
@@ -179,7 +180,7 @@ impl Registry {
         names: Vec<String>,
         collector: Box<dyn Collector>,
     ) -> prometheus::Result<()> {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.writing();
         for e in entries.iter() {
             if e.key == key || e.names.iter().any(|n| names.contains(n)) {
                 return Err(prometheus::Error::AlreadyReg);
@@ -194,7 +195,7 @@ impl Registry {
     }
 
     fn remove(&self, key: u64) -> bool {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.writing();
         let before = entries.len();
         entries.retain(|e| e.key != key);
         entries.len() != before
@@ -223,7 +224,7 @@ impl Registry {
 
     /// The sample names already taken among `names`.
     fn taken(&self, names: &[String]) -> Vec<String> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.reading();
         let mut out: Vec<String> = entries
             .iter()
             .flat_map(|e| e.names.iter())
@@ -241,7 +242,7 @@ impl Registry {
         // collected outside the lock: a gauge's function (`set_function`) may wait for the GIL, whose holder may
         // be registering a metric
         let collectors: Vec<Arc<dyn Collector>> = {
-            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let entries = self.entries.reading();
             entries.iter().map(|e| e.collector.clone()).collect()
         };
         let mut mfs: Vec<MetricFamily> = collectors.iter().flat_map(|c| c.collect()).collect();
@@ -351,7 +352,7 @@ impl<H> ForeignCollectors<H> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ForeignEntry<H>>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.locked()
     }
 
     /// Adds a collector with sample `names`, reserved in `reg`; a `Value` error of `func` when they clash with
@@ -596,7 +597,7 @@ pub fn registry() -> &'static Registry {
 
 /// The prefix of the built-in series.
 pub fn prefix() -> String {
-    PREFIX.read().unwrap_or_else(|e| e.into_inner()).clone()
+    PREFIX.reading().clone()
 }
 
 /// Renames the built-in series to `<prefix>_...`.
@@ -608,7 +609,7 @@ pub fn set_prefix(prefix: &str) -> Result<()> {
             format!("is {prefix:?}; expected a Prometheus metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)"),
         ));
     }
-    let mut cur = PREFIX.write().unwrap_or_else(|e| e.into_inner());
+    let mut cur = PREFIX.writing();
     if *cur == prefix {
         return Ok(());
     }
@@ -688,11 +689,7 @@ pub fn original_name(escaped: &str) -> Option<String> {
     if !ANY_ORIGINAL.load(Ordering::Relaxed) {
         return None;
     }
-    ORIGINALS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(escaped)
-        .cloned()
+    ORIGINALS.reading().get(escaped).cloned()
 }
 
 /// Renders all metrics of the process-wide registry in the Prometheus text format 0.0.4.
@@ -794,7 +791,7 @@ impl Collector for UserCollector {
             }
         }
         let functions: Vec<(String, GaugeFn)> = {
-            let f = self.functions.read().unwrap_or_else(|e| e.into_inner());
+            let f = self.functions.reading();
             f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
         if !functions.is_empty() {
@@ -811,7 +808,7 @@ impl Collector for UserCollector {
                 }
             }
         }
-        let created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let created = self.created.locked();
         if created.is_empty() {
             return mfs;
         }
@@ -868,7 +865,7 @@ impl Collector for InfoStore {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let series = self.series.reading();
         let metrics: Vec<proto::Metric> = series
             .iter()
             .map(|(values, pairs)| {
@@ -1023,7 +1020,7 @@ impl Family {
         let escaped = escape_name(name);
         if escaped != name {
             ANY_ORIGINAL.store(true, Ordering::Relaxed);
-            let mut originals = ORIGINALS.write().unwrap_or_else(|e| e.into_inner());
+            let mut originals = ORIGINALS.writing();
             originals.insert(escaped.clone(), name.to_string());
         }
         let name = escaped.as_str();
@@ -1173,7 +1170,7 @@ impl Family {
                 ));
             }
         }
-        let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+        let mut series = store.series.writing();
         let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
         match series.iter_mut().find(|(v, _)| *v == vals) {
             Some((_, p)) => *p = pairs,
@@ -1299,7 +1296,7 @@ impl Family {
         let c = self.child(values)?;
         if self.kind != Kind::Gauge {
             let key = self.key(values);
-            let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+            let mut created = self.created.locked();
             if let std::collections::hash_map::Entry::Vacant(e) = created.entry(key) {
                 e.insert((now * 1000.0).round() as i64);
                 if self.kind == Kind::Enum {
@@ -1315,7 +1312,7 @@ impl Family {
     /// `set_function`); `None` goes back to the stored value.
     pub fn set_function<V: AsRef<str>>(&self, values: &[V], f: Option<GaugeFn>) {
         let key = self.key(values);
-        let mut fs = self.functions.write().unwrap_or_else(|e| e.into_inner());
+        let mut fs = self.functions.writing();
         match f {
             Some(f) => fs.insert(key, f),
             None => fs.remove(&key),
@@ -1371,7 +1368,7 @@ impl Family {
     /// Restamps the creation time of the series `values` (a counter's `reset()`).
     pub fn recreated<V: AsRef<str>>(&self, values: &[V], now: f64) {
         let key = self.key(values);
-        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let mut created = self.created.locked();
         created.insert(key, (now * 1000.0).round() as i64);
     }
 
@@ -1399,7 +1396,7 @@ impl Family {
         if let Vecs::Info(store) = &self.vec {
             self.check_arity(values.len())?;
             let vals: Vec<String> = values.iter().map(|v| v.as_ref().to_string()).collect();
-            let mut series = store.series.write().unwrap_or_else(|e| e.into_inner());
+            let mut series = store.series.writing();
             if !series.iter().any(|(v, _)| *v == vals) {
                 series.push((vals.clone(), Vec::new()));
             }
@@ -1432,14 +1429,8 @@ impl Family {
                 .zip(values.iter().map(AsRef::as_ref)),
         );
         openmetrics::forget(&self.name, Some(&key));
-        self.created
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.functions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        self.created.locked().remove(&key);
+        self.functions.writing().remove(&key);
         if let (Kind::Enum, Vecs::Gauge(v)) = (self.kind, &self.vec) {
             for st in &self.states {
                 let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
@@ -1453,7 +1444,7 @@ impl Family {
             Vecs::Gauge(v) => v.remove_label_values(values),
             Vecs::Histogram(v) => v.remove_label_values(values),
             Vecs::Info(v) => {
-                let mut series = v.series.write().unwrap_or_else(|e| e.into_inner());
+                let mut series = v.series.writing();
                 series.retain(|(vals, _)| {
                     !vals
                         .iter()
@@ -1470,15 +1461,12 @@ impl Family {
     pub fn clear(&self) {
         if self.labelled() {
             openmetrics::forget(&self.name, None);
-            self.created
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.created.locked().clear();
             match &self.vec {
                 Vecs::Counter(v) => v.reset(),
                 Vecs::Gauge(v) => v.reset(),
                 Vecs::Histogram(v) => v.reset(),
-                Vecs::Info(v) => v.series.write().unwrap_or_else(|e| e.into_inner()).clear(),
+                Vecs::Info(v) => v.series.writing().clear(),
             }
         }
     }
@@ -1644,7 +1632,7 @@ pub fn process_stats() -> Option<(u64, f64, u64)> {
     use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
     static SYS: LazyLock<Mutex<System>> = LazyLock::new(|| Mutex::new(System::new()));
     let pid = Pid::from_u32(std::process::id());
-    let mut sys = SYS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sys = SYS.locked();
     sys.refresh_processes_specifics(
         ProcessesToUpdate::Some(&[pid]),
         false,

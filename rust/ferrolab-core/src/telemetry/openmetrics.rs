@@ -10,6 +10,7 @@
 
 use super::metrics;
 use crate::error::{CoreError, Result};
+use crate::sync::RwLockExt;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -163,7 +164,7 @@ pub fn series_key_into(buf: &mut String, labels: &[LabelPair]) {
 /// Stores `ex` as the newest exemplar of slot `slot` of series `series` of family `family` (the family's full
 /// name as exposed: a counter's with `_total`).
 pub fn put(family: &str, series: String, slot: usize, ex: Exemplar) {
-    let mut store = STORE.write().unwrap_or_else(|e| e.into_inner());
+    let mut store = STORE.writing();
     let slots = store
         .entry(family.to_string())
         .or_default()
@@ -181,7 +182,7 @@ pub fn forget(family: &str, series: Option<&str>) {
     if !ANY.load(Ordering::Relaxed) {
         return;
     }
-    let mut store = STORE.write().unwrap_or_else(|e| e.into_inner());
+    let mut store = STORE.writing();
     match series {
         None => {
             store.remove(family);
@@ -196,7 +197,7 @@ pub fn forget(family: &str, series: Option<&str>) {
 
 /// The exemplar stored for one slot of a series (for tests and `get_exemplar`-style lookups).
 pub fn get(family: &str, series: &str, slot: usize) -> Option<Exemplar> {
-    let store = STORE.read().unwrap_or_else(|e| e.into_inner());
+    let store = STORE.reading();
     store.get(family)?.get(series)?.get(slot)?.clone()
 }
 
@@ -625,9 +626,7 @@ pub fn render(families: &[MetricFamily]) -> String {
 pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String {
     let created = metrics::created_enabled();
     let keep = |n: &str| only.is_none_or(|o| o.iter().any(|x| x == n));
-    let store = ANY
-        .load(Ordering::Relaxed)
-        .then(|| STORE.read().unwrap_or_else(|e| e.into_inner()));
+    let store = ANY.load(Ordering::Relaxed).then(|| STORE.reading());
     let mut out = String::with_capacity(64 * 1024);
     for mf in families {
         let name = mf.name();

@@ -26,6 +26,7 @@
 //! Python health registry for `/health`).
 
 use crate::error::{CoreError, Result};
+use crate::sync::MutexExt;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
@@ -233,7 +234,7 @@ struct ConnState {
 impl ConnState {
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(w) = self.waker.locked().take() {
             w.wake();
         }
         self.notify.notify_one();
@@ -360,26 +361,12 @@ impl Server {
             return;
         }
         self.shared.stop_accept.notify_one();
-        let conns: Vec<Arc<ConnState>> = self
-            .shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let conns: Vec<Arc<ConnState>> = self.shared.conns.locked().values().cloned().collect();
         for c in &conns {
             c.close();
         }
         let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline
-            && !self
-                .shared
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-        {
+        while Instant::now() < deadline && !self.shared.conns.locked().is_empty() {
             std::thread::sleep(Duration::from_millis(2));
         }
         if let Some(rt) = self.rt.take() {
@@ -499,7 +486,7 @@ fn trouble(kind: Trouble) {
 /// Registers a new connection, making room at the cap by closing the connection that has waited longest
 /// without a request in progress; refuses it with 503 when every connection is busy.
 fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
-    let mut conns = sh.conns.lock().unwrap_or_else(|e| e.into_inner());
+    let mut conns = sh.conns.locked();
     let open = conns
         .values()
         .filter(|c| !c.closing.load(Ordering::Relaxed))
@@ -547,11 +534,7 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.sh
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.sh.conns.locked().remove(&self.id);
         self.sh.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -665,7 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         {
-            let mut w = this.st.waker.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = this.st.waker.locked();
             match w.as_ref() {
                 Some(old) if old.will_wake(cx.waker()) => {}
                 _ => *w = Some(cx.waker().clone()),
@@ -798,13 +781,7 @@ impl Drop for ReplyBody {
         self.st.since.store(self.sh.now_ms(), Ordering::Relaxed);
         self.st.busy.store(false, Ordering::SeqCst);
         // the connection may be waiting for its next head: let it see the phase change
-        if let Some(w) = self
-            .st
-            .waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(w) = self.st.waker.locked().take() {
             w.wake();
         }
     }
@@ -1027,7 +1004,7 @@ impl BasicAuth {
 
     /// The cached verdict for this credential, comparing against every entry in constant time.
     fn cached(&self, id: &[u8; 32]) -> Option<bool> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = self.cache.locked();
         let mut found = subtle::Choice::from(0);
         let mut verdict = subtle::Choice::from(0);
         for (k, v) in cache.iter() {
@@ -1039,7 +1016,7 @@ impl BasicAuth {
     }
 
     fn remember(&self, id: [u8; 32], ok: bool) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.locked();
         if cache.len() >= AUTH_CACHE {
             cache.pop_front();
         }

@@ -23,6 +23,7 @@
 //! [`active`] is the one relaxed load the op seam does per call: it is true only while a sampled span is
 //! open somewhere in the process.
 
+use crate::sync::{MutexExt, RwLockExt};
 use opentelemetry::trace::{SpanContext, SpanKind, TraceFlags, TraceState};
 use opentelemetry_otlp::{Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -33,7 +34,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once, RwLock};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{CoreError, Result};
@@ -185,10 +186,6 @@ impl Memory {
         let (new, old) = self.spans.split_at(self.head);
         old.iter().chain(new).cloned().collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// True while at least one sampled span is open anywhere in the process (one relaxed load).
@@ -598,7 +595,7 @@ impl Pipeline {
     fn submit(&self, data: SpanData) {
         match &self.otlp {
             None => {
-                lock(&MEMORY).push(data);
+                MEMORY.locked().push(data);
             }
             Some(o) => {
                 if o.closed.load(Ordering::Relaxed) {
@@ -891,15 +888,11 @@ fn submit(data: SpanData) {
 
 /// The configured pipeline; rebuilt in a forked child (whose export thread did not survive the fork).
 fn current_pipeline() -> Option<Arc<Pipeline>> {
-    let p = PIPELINE
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .cloned()?;
+    let p = PIPELINE.reading().as_ref().cloned()?;
     if p.fork_gen == FORK_GEN.load(Ordering::Relaxed) {
         return Some(p);
     }
-    let mut w = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+    let mut w = PIPELINE.writing();
     match w.as_ref() {
         Some(cur) if cur.fork_gen == FORK_GEN.load(Ordering::Relaxed) => Some(cur.clone()),
         Some(cur) => match Pipeline::build(cur.config.clone()) {
@@ -948,10 +941,10 @@ pub fn configure(config: Config) -> Result<()> {
     install_fork_handler();
     let pipeline = Arc::new(Pipeline::build(config)?);
     {
-        lock(&MEMORY).reset(pipeline.config.memory_capacity);
+        MEMORY.locked().reset(pipeline.config.memory_capacity);
     }
     let old = {
-        let mut w = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+        let mut w = PIPELINE.writing();
         RATIO_BITS.store(pipeline.config.sample_ratio.to_bits(), Ordering::Relaxed);
         CONFIGURED.store(true, Ordering::Relaxed);
         w.replace(pipeline)
@@ -975,7 +968,7 @@ pub fn flush() -> bool {
 /// everything was delivered. Finished in-memory spans stay readable.
 pub fn shutdown(timeout: Duration) -> bool {
     let old = {
-        let mut w = PIPELINE.write().unwrap_or_else(|e| e.into_inner());
+        let mut w = PIPELINE.writing();
         CONFIGURED.store(false, Ordering::Relaxed);
         w.take()
     };
@@ -987,7 +980,7 @@ pub fn shutdown(timeout: Duration) -> bool {
 
 /// The in-memory spans, oldest first (`clear` empties the buffer).
 pub fn finished_spans(clear: bool) -> Vec<SpanData> {
-    let mut m = lock(&MEMORY);
+    let mut m = MEMORY.locked();
     if clear {
         m.take()
     } else {
@@ -1105,11 +1098,7 @@ pub struct Stats {
 }
 
 pub fn stats() -> Stats {
-    let p = PIPELINE
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .cloned();
+    let p = PIPELINE.reading().as_ref().cloned();
     let (mode, endpoint, queued) = match &p {
         None => ("off", None, 0),
         Some(p) => match &p.otlp {
@@ -1141,11 +1130,7 @@ pub fn stats() -> Stats {
 
 /// The resource of the current pipeline, as key/value strings (for inspection and tests).
 pub fn resource_attributes() -> Vec<(String, String)> {
-    let p = PIPELINE
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .cloned();
+    let p = PIPELINE.reading().as_ref().cloned();
     match p {
         None => Vec::new(),
         Some(p) => resource(&p.config)
@@ -1189,7 +1174,7 @@ mod tests {
 
     #[test]
     fn root_sampling_matches_sdk_parent_based_ratio() {
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         for ratio in [0.0, 0.1, 0.25, 0.5, 1.0] {
             configure(Config {
                 sample_ratio: ratio,
@@ -1218,7 +1203,7 @@ mod tests {
 
     #[test]
     fn children_follow_parent_like_the_sdk() {
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         configure(Config {
             sample_ratio: 0.5,
             ..Config::new("t")
@@ -1262,7 +1247,7 @@ mod tests {
 
     #[test]
     fn memory_pipeline_keeps_the_newest_spans() {
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         configure(Config {
             memory_capacity: 3,
             ..Config::new("t")
@@ -1332,7 +1317,7 @@ mod tests {
 
     #[test]
     fn op_spans_record_the_op_and_its_failure() {
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         configure(Config {
             memory_capacity: 8,
             ..Config::new("t")
@@ -1470,7 +1455,7 @@ mod tests {
     fn exports_over_otlp_http() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         let (url, rx) = receiver();
         configure(Config {
             endpoint: Some(url),
@@ -1513,7 +1498,7 @@ mod tests {
 
     #[test]
     fn unreachable_collector_drops_and_counts() {
-        let _g = lock(&SERIAL);
+        let _g = SERIAL.locked();
         // a port that was free a moment ago: connections are refused
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
