@@ -444,11 +444,7 @@ pub fn new_array<'py, T: numpy::Element>(
     };
     let memory_error = || crate::errors::to_py(alloc::memory_error::<T>(func, "result", shape));
     // the byte size must fit in an npy_intp (NumPy would raise ValueError "array is too big")
-    let bytes = shape
-        .iter()
-        .try_fold(::std::mem::size_of::<T>(), |a, &d| a.checked_mul(d))
-        .filter(|&b| b <= isize::MAX as usize)
-        .ok_or_else(memory_error)?;
+    let bytes = alloc::byte_len::<T>(shape).ok_or_else(memory_error)?;
     // (a recycled buffer holds the previous result's bytes: only for element types that are plain data)
     if !(T::IS_COPY && recycle::applies(bytes)) {
         // SAFETY: a new reference to T's descriptor; null data asks NumPy for a fresh (uninitialized) buffer, in

@@ -485,11 +485,10 @@ impl Metric {
                     .py()?
             }
             None => match crate::tracing::current_recording(py) {
-                Some(ctx) => openmetrics::Exemplar::of_span(
-                    u128::from_be_bytes(ctx.trace_id.to_bytes()),
-                    u64::from_be_bytes(ctx.span_id.to_bytes()),
-                    value,
-                ),
+                Some(ctx) => {
+                    let (trace_id, span_id) = ctx.ids();
+                    openmetrics::Exemplar::of_span(trace_id, span_id, value)
+                }
                 None => return Ok(()),
             },
         };
@@ -1315,7 +1314,6 @@ static HEALTH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 impl Handler for PyHandler {
     fn handle(&self, route: Route) -> Reply {
         match route {
-            // the text format for both: OpenMetrics is negotiated (`openmetrics`) but rendered as text for now
             // collectors written in Python (e.g. prometheus_client's registry) need the interpreter
             Route::Metrics { openmetrics } => Reply::metrics(openmetrics, || {
                 if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {

@@ -388,12 +388,8 @@ struct Inner {
 }
 
 impl Span {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.locked()
-    }
-
     fn with_rec(&self, f: impl FnOnce(&mut Recording)) {
-        if let Some(r) = self.inner().rec.as_mut() {
+        if let Some(r) = self.inner.locked().rec.as_mut() {
             f(r);
         }
     }
@@ -461,7 +457,7 @@ impl Span {
         OPEN_SPANS.store(OPEN_SPANS.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
         // an unsampled span has no recording: no lock on its path
         let rec = if this.ctx.sampled {
-            this.inner().rec.take()
+            this.inner.locked().rec.take()
         } else {
             None
         };
@@ -496,7 +492,7 @@ impl Span {
             )
         })?;
         let k = key.to_str()?;
-        let recording = self.inner().rec.is_some();
+        let recording = self.inner.locked().rec.is_some();
         if let Some(v) = attr_value("Span.set_attribute()", k, value, recording)? {
             let kv = KeyValue::new(k.to_owned(), v);
             self.with_rec(|r| r.set_attribute(kv));
@@ -519,7 +515,7 @@ impl Span {
             )
         })?;
         let attrs = mapping_arg("Span.add_event()", "attributes", attributes)?;
-        let recording = self.inner().rec.is_some();
+        let recording = self.inner.locked().rec.is_some();
         let attrs = attrs_of("Span.add_event()", attrs.as_ref(), recording)?;
         if recording {
             let n = name.to_str()?.to_owned();
@@ -538,7 +534,7 @@ impl Span {
                 format!("must be an exception, got {}", type_of(exception)),
             ));
         }
-        if self.inner().rec.is_none() {
+        if self.inner.locked().rec.is_none() {
             return Ok(());
         }
         let tb = exception.getattr(intern!(py, "__traceback__"))?;

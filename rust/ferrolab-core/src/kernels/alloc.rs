@@ -72,6 +72,11 @@ fn count<T>(shape: &[usize]) -> Option<usize> {
     Some(n)
 }
 
+/// The bytes of `shape` elements of `T`, when they fit in the address space (`isize::MAX` bytes).
+pub fn byte_len<T>(shape: &[usize]) -> Option<usize> {
+    count::<T>(shape).map(|n| n * std::mem::size_of::<T>())
+}
+
 /// An empty `Vec` with room for exactly the elements of `shape`.
 pub fn with_capacity<T>(func: &'static str, what: &str, shape: &[usize]) -> Result<Vec<T>> {
     let n = count::<T>(shape).ok_or_else(|| memory_error::<T>(func, what, shape))?;
@@ -262,5 +267,9 @@ mod tests {
         assert!(a.t().is_standard_layout());
         assert_eq!(collect("f", "r", &[2], [1, 2]).unwrap(), vec![1, 2]);
         assert_eq!(dtype_name::<f32>(), "float32");
+        assert_eq!(byte_len::<f64>(&[3, 2]), Some(48));
+        assert_eq!(byte_len::<f32>(&[0, usize::MAX]), Some(0));
+        assert_eq!(byte_len::<f64>(&[usize::MAX / 8 + 1]), None);
+        assert_eq!(byte_len::<u8>(&[usize::MAX, 2]), None);
     }
 }

@@ -344,14 +344,10 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RelayState> {
-        self.state.locked()
-    }
-
     /// The state as process `pid` sees it: in a forked child, the parent's queue and its delivery under way are
     /// forgotten (they are the parent's to deliver, and no thread of the child would ever finish them).
     fn lock_as(&self, pid: u32) -> MutexGuard<'_, RelayState> {
-        let mut q = self.lock();
+        let mut q = self.state.locked();
         if q.dispatcher_pid.is_some_and(|p| p != pid) {
             q.records.clear();
             q.in_flight = 0;
@@ -390,7 +386,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
     fn run(&self, me: u32) {
         loop {
             let batch: Vec<Record> = {
-                let mut q = self.lock();
+                let mut q = self.state.locked();
                 loop {
                     if q.dispatcher_pid != Some(me) {
                         return;
@@ -414,7 +410,7 @@ impl<F: Fn(Vec<Record>) -> bool + Send + Sync + 'static> Relay<F> {
                 }
             };
             let go_on = (self.deliver)(batch);
-            self.lock().in_flight = 0;
+            self.state.locked().in_flight = 0;
             self.wake.notify_all();
             if !go_on {
                 return;

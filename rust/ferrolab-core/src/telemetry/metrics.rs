@@ -351,10 +351,6 @@ impl<H> ForeignCollectors<H> {
         self.any.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ForeignEntry<H>>> {
-        self.entries.locked()
-    }
-
     /// Adds a collector with sample `names`, reserved in `reg`; a `Value` error of `func` when they clash with
     /// registered series.
     pub fn add(
@@ -376,7 +372,7 @@ impl<H> ForeignCollectors<H> {
         func: &'static str,
     ) -> Result<()> {
         let key = reg.reserve(names.clone(), func)?;
-        self.lock().push(ForeignEntry {
+        self.entries.locked().push(ForeignEntry {
             key,
             handle,
             names,
@@ -389,7 +385,7 @@ impl<H> ForeignCollectors<H> {
     /// Removes the first collector (not the `target_info` one, with `target` false) that `pick` selects and
     /// releases its names in `reg`; returns its handle (dropped by the caller, outside the lock).
     fn remove_where(&self, reg: &Registry, target: bool, pick: impl Fn(&H) -> bool) -> Option<H> {
-        let mut entries = self.lock();
+        let mut entries = self.entries.locked();
         let i = entries
             .iter()
             .position(|e| e.target == target && pick(&e.handle))?;
@@ -409,7 +405,7 @@ impl<H> ForeignCollectors<H> {
     pub fn set_target(&self, reg: &Registry, handle: Option<H>) -> Result<Option<H>> {
         match handle {
             Some(h) => {
-                if let Some(e) = self.lock().iter_mut().find(|e| e.target) {
+                if let Some(e) = self.entries.locked().iter_mut().find(|e| e.target) {
                     return Ok(Some(std::mem::replace(&mut e.handle, h)));
                 }
                 self.insert(reg, h, vec!["target_info".to_string()], true, "register")?;
@@ -421,12 +417,17 @@ impl<H> ForeignCollectors<H> {
 
     /// `f` of the `target_info` collector's handle, when there is one.
     pub fn target<T>(&self, f: impl FnOnce(&H) -> T) -> Option<T> {
-        self.lock().iter().find(|e| e.target).map(|e| f(&e.handle))
+        self.entries
+            .locked()
+            .iter()
+            .find(|e| e.target)
+            .map(|e| f(&e.handle))
     }
 
     /// `f(handle, names)` of each collector: the `target_info` one (`target`) or the others, in the order added.
     pub fn list<T>(&self, target: bool, f: impl Fn(&H, &[String]) -> T) -> Vec<T> {
-        self.lock()
+        self.entries
+            .locked()
             .iter()
             .filter(|e| e.target == target)
             .map(|e| f(&e.handle, &e.names))

@@ -115,6 +115,14 @@ pub struct SpanCtx {
 }
 
 impl SpanCtx {
+    /// The trace and span ids as integers (as exemplars and the op seam hold them).
+    pub fn ids(&self) -> (u128, u64) {
+        (
+            u128::from_be_bytes(self.trace_id.to_bytes()),
+            u64::from_be_bytes(self.span_id.to_bytes()),
+        )
+    }
+
     /// A parent started elsewhere; `None` when the ids are invalid (zero).
     pub fn remote(trace_id: u128, span_id: u64, sampled: bool) -> Option<SpanCtx> {
         (trace_id != 0 && span_id != 0).then_some(SpanCtx {
@@ -541,11 +549,8 @@ pub fn op_span<R>(
             KeyValue::new("ferrolab.device", device.name()),
         ],
     );
-    let r = crate::telemetry::seam::in_span(
-        u128::from_be_bytes(ctx.trace_id.to_bytes()),
-        u64::from_be_bytes(ctx.span_id.to_bytes()),
-        exec,
-    );
+    let (trace_id, span_id) = ctx.ids();
+    let r = crate::telemetry::seam::in_span(trace_id, span_id, exec);
     if let Err(e) = &r {
         rec.record_error(e.kind().to_string(), e.to_string(), None);
     }
