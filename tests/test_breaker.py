@@ -786,6 +786,31 @@ def test_an_abandoned_awaitable_gives_its_permit_back() -> None:
     assert run(br, ok) == "ok"
 
 
+RETURNED = [1, None, (), ("a", "tuple"), (None,), [1, 2], ValueError("returned, not raised"), StopIteration(7)]
+
+
+@pytest.mark.parametrize("value", RETURNED, ids=[repr(v) for v in RETURNED])
+def test_an_awaited_guarded_call_returns_its_value_unchanged(value: Any) -> None:
+    # a tuple, an exception or a StopIteration returned by the coroutine must come back as that object, as from an
+    # unguarded coroutine (StopIteration's argument rules would otherwise unpack or raise it)
+    br = make()
+
+    async def plain() -> Any:
+        return value
+
+    give = br(plain)
+
+    async def main() -> tuple[Any, Any]:
+        return await give(), await br.acall(plain)
+
+    got, via_acall = asyncio.run(main())
+    assert got is value and via_acall is value
+    with pytest.raises(StopIteration) as si:
+        next(give().__await__())
+    assert si.value.value is value
+    assert br.stats()["success"] == 3
+
+
 def test_breaker_call_protocol_send_throw_close() -> None:
     br = make()
 

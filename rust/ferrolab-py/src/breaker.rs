@@ -444,7 +444,7 @@ type Pending = (Py<PyAny>, Py<PyTuple>, Option<Py<PyDict>>);
 /// One guarded asynchronous call (from ``acall`` or an ``async def`` decorated with a breaker).
 ///
 /// Await it once: the breaker admits the call when it starts, and records how it ends.
-#[pyclass(module = "ferrolab.breaker", name = "BreakerCall")]
+#[pyclass(freelist = 32, module = "ferrolab.breaker", name = "BreakerCall")]
 pub struct BreakerCall {
     breaker: Option<Py<CircuitBreaker>>,
     /// New: the call to make.
@@ -652,7 +652,8 @@ impl BreakerCall {
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.step(py, None)? {
             Sent::Yielded(v) => Ok(Some(v)),
-            Sent::Returned(v) if v.is_none() => Ok(None),
+            // NULL without an exception set is a StopIteration without a value; with one set, its value
+            Sent::Returned(v) if v.is_none() || ffi::raise_stop_iteration(&v) => Ok(None),
             Sent::Returned(v) => Err(stop_iteration(v)),
         }
     }
@@ -885,7 +886,7 @@ impl Permit {
 
 /// One ``with breaker:`` block entered in a context: its permit (taken when the block is left), and the entry of
 /// the enclosing block.
-#[pyclass(frozen, module = "ferrolab.breaker", name = "_Entry")]
+#[pyclass(frozen, freelist = 32, module = "ferrolab.breaker", name = "_Entry")]
 struct Entry {
     permit: Mutex<Option<Held>>,
     /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. Locked only to
@@ -969,7 +970,8 @@ fn live_entry<'py>(top: Bound<'py, PyAny>) -> Option<Bound<'py, Entry>> {
 }
 
 fn var_get<'py>(b: &Bound<'py, CircuitBreaker>) -> PyResult<Bound<'py, PyAny>> {
-    b.get().var_get.bind(b.py()).call1((b.py().None(),))
+    let py = b.py();
+    ffi::call_one(b.get().var_get.bind(py), &py.None().into_bound(py))
 }
 
 fn enter(b: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
@@ -980,7 +982,7 @@ fn enter(b: &Bound<'_, CircuitBreaker>) -> PyResult<()> {
     let permit = Mutex::new(Some(Held::new(b.get().core.clone(), t)));
     let prev = Mutex::new(live_entry(var_get(b)?).map(Bound::unbind));
     let entry = Bound::new(b.py(), Entry { permit, prev })?;
-    b.get().var_set.bind(b.py()).call1((entry,))?;
+    ffi::call_one(b.get().var_set.bind(b.py()), entry.as_any())?;
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //!   keyword arguments arrive as a tuple of names and an array of values ([`FastArgs`]) instead of a dict (PyO3's
 //!   `**kwargs` builds one; that dict was most of the cost of `labels(...)` and `span(...)`). Its one C entry
 //!   point, [`trampoline`], runs the Rust side under [`guard`], the one `catch_unwind` of the raw entry points;
-//! * [`send`]: `PyIter_Send`, which drives an awaited coroutine without a raised and caught `StopIteration`;
+//! * [`send`]: `PyIter_Send`, which drives an awaited coroutine without a raised and caught `StopIteration`, and
+//!   [`raise_stop_iteration`], which ends an await with a value the way CPython's own generators do;
 //! * [`call_one`]: a call with one positional argument without an argument tuple (the stable ABI of 3.11 has no
 //!   `PyObject_Vectorcall`, so PyO3 builds a tuple per call; the context-variable calls of a span are most of its
 //!   cost);
@@ -14,7 +15,7 @@
 //!   not attach to a finalized interpreter, and [`sole_reference`] (a reference count of 1).
 //!
 //! Only the stable ABI (abi3, Python >= 3.11) is used: `PyIter_Send` (3.10), `METH_FASTCALL` (3.10),
-//! `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`, `Py_REFCNT`,
+//! `PyErr_SetObject`, `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`, `Py_REFCNT`,
 //! `PyObject_CallFunctionObjArgs`. The
 //! context-variable C API (`PyContextVar_Get/Set/Reset`) is not part of it: spans call the `ContextVar`'s
 //! methods instead.
@@ -258,6 +259,26 @@ pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResul
             Ok(Sent::Returned(unsafe { Bound::from_owned_ptr(py, out) }))
         }
     }
+}
+
+/// Raises `StopIteration(value)` as CPython's generators do when they return (`_PyGen_SetStopIterationValue`) and
+/// returns `true`; `false`, with nothing raised, when `value` is a tuple or an exception (raised as an argument, it
+/// would be taken for the argument tuple or for the exception itself: the caller makes the instance instead).
+///
+/// `PyErr_SetObject(StopIteration, value)` leaves the exception unnormalized on Python 3.11, and the awaiting
+/// frame reads the value straight from it (`_PyGen_FetchStopIterationValue`): no exception object, no argument
+/// tuple. PyO3 would normalize a lazily made error when it raises it (3.11's stable ABI), so an iterator that
+/// completes with a value calls this and then returns NULL through PyO3 as for a plain `StopIteration`.
+pub fn raise_stop_iteration(value: &Bound<'_, PyAny>) -> bool {
+    if value.is_instance_of::<PyTuple>()
+        || value.is_instance_of::<pyo3::exceptions::PyBaseException>()
+    {
+        return false;
+    }
+    // SAFETY: the thread is attached (`value` is bound to it); `PyExc_StopIteration` is a live class for the
+    // interpreter's lifetime; PyErr_SetObject takes its own references to both arguments.
+    unsafe { sys::PyErr_SetObject(sys::PyExc_StopIteration, value.as_ptr()) };
+    true
 }
 
 // ---------------------------------------------------------------------------------------------------------------
