@@ -41,7 +41,7 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("args", "size", "repeat"),
-    [((), 2_000_000, 5), (("--size", "20000", "--repeat", "2"), 20_000, 2)],
+    [((), 2_000_000, 15), (("--size", "20000", "--repeat", "2"), 20_000, 2)],
     ids=["defaults", "small"],
 )
 def test_demo_prints_the_table_and_every_check_passes(args: tuple[str, ...], size: int, repeat: int) -> None:

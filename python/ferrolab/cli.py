@@ -712,8 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "match and print the timings.")
     d.add_argument("--size", type=_positive_int, default=2_000_000,
                    help="number of sensor readings (default 2,000,000)")
-    d.add_argument("--repeat", type=_positive_int, default=5,
-                   help="timed runs per step, alternating with NumPy's, after one untimed run each (best is shown)")
+    d.add_argument("--repeat", type=_positive_int, default=15,
+                   help="timed runs per step, alternating with NumPy's, after one untimed run each (best is shown; "
+                   "default 15: on a busy machine fewer runs let the scheduler decide a row)")
     d.set_defaults(func=_cmd_demo)
     i = _parser(sub, "info", help="print version, SIMD level, threads and GPU availability as JSON",
                 description="Print the version, the SIMD level the kernels run with, the thread count and the GPU "

@@ -60,7 +60,7 @@ def _np_adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, t: int,
     p += -(lr / (1 - b1**t)) * m / denom
 
 
-def run(size: int = 2_000_000, repeat: int = 5, seed: int = 7, out: Callable[[str], None] = print) -> int:
+def run(size: int = 2_000_000, repeat: int = 15, seed: int = 7, out: Callable[[str], None] = print) -> int:
     """Run the pipeline; print a table; return 0 when every check passed, else 1."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 50.0, size)
