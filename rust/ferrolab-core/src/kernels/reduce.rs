@@ -5,7 +5,7 @@
 //! (vectorized across the columns) in bands that the pool processes in parallel.
 
 use super::alloc;
-use super::dispatch::{dispatch, maybe_parallel, num_threads, Kernel, Mode};
+use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{
     norm_of, ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq,
@@ -101,24 +101,28 @@ where
         // contiguous rows
         let row_of = |o: usize| &data[o * n..(o + 1) * n];
         let mut out = alloc::with_capacity::<U>(func, "result", &c.out_shape)?;
+        if total >= PAR_REDUCE_MIN && outer < 4 * num_threads() && n >= PAR_CHUNK {
+            // few long rows (fewer than 4 per thread): each row in chunks, the calling thread taking part
+            out.extend((0..outer).map(|o| {
+                let row = row_of(o);
+                par_map(n.div_ceil(PAR_CHUNK), |k| {
+                    let at = k * PAR_CHUNK;
+                    whole(o, &row[at..(at + PAR_CHUNK).min(n)], at)
+                })
+                .into_iter()
+                .reduce(&merge)
+                .expect("non-empty row")
+            }));
+            return Ok(out);
+        }
         maybe_parallel(total, PAR_REDUCE_MIN, |par| {
-            if !par {
-                out.extend((0..outer).map(|o| whole(o, row_of(o), 0)));
-            } else if outer >= 4 * num_threads() || n < PAR_CHUNK {
+            if par {
                 (0..outer)
                     .into_par_iter()
                     .map(|o| whole(o, row_of(o), 0))
                     .collect_into_vec(&mut out);
             } else {
-                // few long rows (fewer than 4 per thread): split each row
-                out.extend((0..outer).map(|o| {
-                    let parts: Vec<U> = row_of(o)
-                        .par_chunks(PAR_CHUNK)
-                        .enumerate()
-                        .map(|(k, ch)| whole(o, ch, k * PAR_CHUNK))
-                        .collect();
-                    parts.into_iter().reduce(&merge).expect("non-empty row")
-                }));
+                out.extend((0..outer).map(|o| whole(o, row_of(o), 0)));
             }
         });
         return Ok(out);
@@ -782,18 +786,16 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
     let a = alloc::c_order("dot", "x", x)?;
     let b = alloc::c_order("dot", "y", y)?;
     let n = a.len();
-    let v = maybe_parallel(n, PAR_REDUCE_MIN, |par| {
-        if par {
-            let parts: Vec<f64> = a
-                .par_chunks(PAR_CHUNK)
-                .zip(b.par_chunks(PAR_CHUNK))
-                .map(|(p, q)| dispatch(Dot(p, q)))
-                .collect();
-            parts.into_iter().fold(0.0, plus)
-        } else {
-            dispatch(Dot(&a, &b))
-        }
-    });
+    let v = if n >= PAR_REDUCE_MIN {
+        par_map(n.div_ceil(PAR_CHUNK), |k| {
+            let r = k * PAR_CHUNK..((k + 1) * PAR_CHUNK).min(n);
+            dispatch(Dot(&a[r.clone()], &b[r]))
+        })
+        .into_iter()
+        .fold(0.0, plus)
+    } else {
+        dispatch(Dot(&a, &b))
+    };
     Ok(T::from_f64(v))
 }
 
