@@ -24,8 +24,8 @@
 //! kept the machine partly busy (docs/performance.md). rayon's idle threads spin only briefly (yielding) before
 //! they sleep.
 //!
-//! Reductions of long rows (a whole 1-D array, a few long rows) and `dot` split the work into fixed chunks with
-//! [`par_map`], where the calling thread computes chunks itself beside the pool's threads instead of handing the
+//! Reductions of long rows (a whole 1-D array, a few long rows), `dot` and the elementwise ops split the work
+//! into fixed chunks with [`par_map`] / [`par_pieces_mut`], where the calling thread computes chunks itself beside the pool's threads instead of handing the
 //! work over and sleeping until it is done ([`maybe_parallel`]): on a virtual machine each of those hand-overs and
 //! wake-ups costs about 10 µs, which at 10^5-10^6 elements was a third of the call.
 //!
@@ -347,6 +347,24 @@ pub fn par_map<U: Send>(n: usize, f: impl Fn(usize) -> U + Sync) -> Vec<U> {
     parts.into_iter().map(|(_, v)| v).collect()
 }
 
+/// `f(at, piece)` for the consecutive pieces of `buf` (`group` elements each, the last one shorter; `at` is the
+/// piece's offset), computed by the calling thread with the pool's threads as [`par_map`] does. For work whose
+/// result does not depend on how it is split (elementwise ops). When the pieces' locks cannot be allocated, the
+/// calling thread does all of it.
+pub fn par_pieces_mut<T: Send>(buf: &mut [T], group: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let group = group.max(1);
+    let mut pieces: Vec<Mutex<&mut [T]>> = Vec::new();
+    if pieces.try_reserve_exact(buf.len().div_ceil(group)).is_err() {
+        for (k, p) in buf.chunks_mut(group).enumerate() {
+            f(k * group, p);
+        }
+        return;
+    }
+    pieces.extend(buf.chunks_mut(group).map(Mutex::new));
+    // each index takes its own piece's lock once: never contended
+    par_map(pieces.len(), |k| f(k * group, &mut pieces[k].locked()));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Adapting to load
 
@@ -550,6 +568,22 @@ mod tests {
             assert!(
                 seen.locked().len() >= 2,
                 "only one thread computed the indices"
+            );
+        }
+    }
+
+    #[test]
+    fn par_pieces_mut_visits_every_element_once() {
+        for (n, group) in [(0, 4), (1, 4), (10, 3), (4096 * 5 + 7, 4096), (100, 1000)] {
+            let mut buf = vec![0usize; n];
+            par_pieces_mut(&mut buf, group, |at, piece| {
+                for (i, x) in piece.iter_mut().enumerate() {
+                    *x += at + i + 1;
+                }
+            });
+            assert!(
+                buf.iter().enumerate().all(|(i, &x)| x == i + 1),
+                "n = {n}, group = {group}"
             );
         }
     }

@@ -14,16 +14,17 @@
 //! as fast as a streamed triad) and the streamed kernels were 0-25% slower (README, "Performance").
 
 use super::alloc::{self, Zeroable};
-use super::dispatch::{dispatch, maybe_parallel, Kernel, Mode};
+use super::dispatch::{dispatch, par_pieces_mut, Kernel, Mode};
 use super::layout::fmt_shape;
 use super::{Real, PAR_ELEMWISE_MIN};
 use crate::error::{CoreError, Result};
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Elements per chunk of the elementwise driver.
 const CH: usize = 4096;
+/// Elements per piece of the parallel fill (a multiple of [`CH`]): one claimed index each ([`par_pieces_mut`]).
+const PIECE: usize = 16 * CH;
 /// Outputs of at least this many bytes are written with non-temporal stores (larger than the share of the
 /// last-level cache that one op can expect to keep: such an output would be evicted before it is read again).
 pub const STREAM_MIN_BYTES: usize = 16 << 20;
@@ -306,17 +307,17 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
         }
     };
     let fill = |buf: &mut [T]| {
-        maybe_parallel(size, PAR_ELEMWISE_MIN, |par| {
-            if par {
-                buf.par_chunks_mut(CH)
-                    .enumerate()
-                    .for_each(|(i, o)| run_chunk(i * CH, o));
-            } else {
-                for (i, o) in buf.chunks_mut(CH).enumerate() {
-                    run_chunk(i * CH, o);
-                }
+        let chunks = |at: usize, piece: &mut [T]| {
+            for (i, o) in piece.chunks_mut(CH).enumerate() {
+                run_chunk(at + i * CH, o);
             }
-        })
+        };
+        if size >= PAR_ELEMWISE_MIN {
+            // pieces of PIECE elements, the calling thread taking part
+            par_pieces_mut(buf, PIECE, chunks);
+        } else {
+            chunks(0, buf);
+        }
     };
 
     match out_direct {
