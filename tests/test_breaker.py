@@ -811,6 +811,36 @@ def test_an_awaited_guarded_call_returns_its_value_unchanged(value: Any) -> None
     assert br.stats()["success"] == 3
 
 
+def test_every_breaker_call_is_tracked_by_the_garbage_collector() -> None:
+    # a call object made after others were freed must still be visible to the cyclic GC (an object reused from a
+    # free list without being tracked would keep a cycle through it, and its permit, alive forever)
+    br = make()
+
+    async def ok() -> int:
+        return 1
+
+    for _ in range(100):
+        call = br.acall(ok)
+        assert gc.is_tracked(call)
+        call.close()
+        del call
+
+    class Holder:
+        pass
+
+    async def take(h: Holder) -> Holder:
+        return h
+
+    # a cycle through the call: holder -> call -> its argument tuple -> holder
+    h = Holder()
+    h.call = br.acall(take, h)  # type: ignore[attr-defined]
+    ref = weakref.ref(h)
+    del h
+    with pytest.warns(RuntimeWarning, match="never awaited"):
+        gc.collect()
+    assert ref() is None
+
+
 def test_breaker_call_protocol_send_throw_close() -> None:
     br = make()
 

@@ -444,7 +444,9 @@ type Pending = (Py<PyAny>, Py<PyTuple>, Option<Py<PyDict>>);
 /// One guarded asynchronous call (from ``acall`` or an ``async def`` decorated with a breaker).
 ///
 /// Await it once: the breaker admits the call when it starts, and records how it ends.
-#[pyclass(freelist = 32, module = "ferrolab.breaker", name = "BreakerCall")]
+// No `freelist`: PyO3 0.30 does not track a reused instance for the cyclic garbage collector (PyO3/pyo3#6442),
+// so a cycle through it would never be collected and its permit never given back.
+#[pyclass(module = "ferrolab.breaker", name = "BreakerCall")]
 pub struct BreakerCall {
     breaker: Option<Py<CircuitBreaker>>,
     /// New: the call to make.
@@ -652,9 +654,14 @@ impl BreakerCall {
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.step(py, None)? {
             Sent::Yielded(v) => Ok(Some(v)),
-            // NULL without an exception set is a StopIteration without a value; with one set, its value
-            Sent::Returned(v) if v.is_none() || ffi::raise_stop_iteration(&v) => Ok(None),
-            Sent::Returned(v) => Err(stop_iteration(v)),
+            // NULL without an exception set is a StopIteration without a value
+            Sent::Returned(v) if v.is_none() => Ok(None),
+            Sent::Returned(v) => {
+                if ffi::raise_stop_iteration(&v) {
+                    return Ok(None); // NULL with StopIteration(v) set
+                }
+                Err(stop_iteration(v))
+            }
         }
     }
 
@@ -886,7 +893,7 @@ impl Permit {
 
 /// One ``with breaker:`` block entered in a context: its permit (taken when the block is left), and the entry of
 /// the enclosing block.
-#[pyclass(frozen, freelist = 32, module = "ferrolab.breaker", name = "_Entry")]
+#[pyclass(frozen, module = "ferrolab.breaker", name = "_Entry")]
 struct Entry {
     permit: Mutex<Option<Held>>,
     /// The entry of the enclosing block; [`live_entry`] shortens it past entries that are done. Locked only to

@@ -14,7 +14,7 @@
 //! as fast as a streamed triad) and the streamed kernels were 0-25% slower (README, "Performance").
 
 use super::alloc::{self, Zeroable};
-use super::dispatch::{dispatch, par_pieces_mut, Kernel, Mode};
+use super::dispatch::{dispatch, num_threads, par_pieces_mut, Kernel, Mode};
 use super::layout::fmt_shape;
 use super::{Real, PAR_ELEMWISE_MIN};
 use crate::error::{CoreError, Result};
@@ -23,7 +23,8 @@ use std::borrow::Cow;
 
 /// Elements per chunk of the elementwise driver.
 const CH: usize = 4096;
-/// Elements per piece of the parallel fill (a multiple of [`CH`]): one claimed index each ([`par_pieces_mut`]).
+/// The most elements per piece of the parallel fill (a multiple of [`CH`]): one claimed index each
+/// ([`par_pieces_mut`]).
 const PIECE: usize = 16 * CH;
 /// Outputs of at least this many bytes are written with non-temporal stores (larger than the share of the
 /// last-level cache that one op can expect to keep: such an output would be evicted before it is read again).
@@ -313,8 +314,10 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
             }
         };
         if size >= PAR_ELEMWISE_MIN {
-            // pieces of PIECE elements, the calling thread taking part
-            par_pieces_mut(buf, PIECE, chunks);
+            // pieces of whole chunks, at least 4 per thread and at most PIECE elements, the calling thread taking
+            // part (the result does not depend on the split)
+            let piece = (size / (4 * num_threads())).clamp(CH, PIECE) / CH * CH;
+            par_pieces_mut(buf, piece, chunks);
         } else {
             chunks(0, buf);
         }
