@@ -330,16 +330,6 @@ fn is_awaitable(obj: &Bound<'_, PyAny>) -> bool {
     is_coroutine(obj) || obj.hasattr(intern!(obj.py(), "__await__")).unwrap_or(false)
 }
 
-/// `StopIteration(value)`, made as an instance: on Python 3.11 PyO3 normalizes a lazily built error when it raises
-/// it (a fetch and a normalization per completed call), and the awaiting frame reads an instance's value directly.
-fn stop_iteration(value: Bound<'_, PyAny>) -> PyErr {
-    let py = value.py();
-    match py.get_type::<PyStopIteration>().call1((value,)) {
-        Ok(e) => PyErr::from_value(e),
-        Err(e) => e,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // BreakerFunction: what `@breaker` returns (for functions and `async def`)
 
@@ -657,10 +647,8 @@ impl BreakerCall {
             // NULL without an exception set is a StopIteration without a value
             Sent::Returned(v) if v.is_none() => Ok(None),
             Sent::Returned(v) => {
-                if ffi::raise_stop_iteration(&v) {
-                    return Ok(None); // NULL with StopIteration(v) set
-                }
-                Err(stop_iteration(v))
+                ffi::raise_stop_iteration(&v);
+                Ok(None) // NULL with StopIteration(v) set
             }
         }
     }
@@ -674,7 +662,10 @@ impl BreakerCall {
     ) -> PyResult<Bound<'py, PyAny>> {
         match self.step(py, Some(value))? {
             Sent::Yielded(v) => Ok(v),
-            Sent::Returned(v) => Err(stop_iteration(v)),
+            Sent::Returned(v) => {
+                ffi::raise_stop_iteration(&v);
+                Err(PyErr::fetch(py))
+            }
         }
     }
 

@@ -15,10 +15,9 @@
 //!   not attach to a finalized interpreter, and [`sole_reference`] (a reference count of 1).
 //!
 //! Only the stable ABI (abi3, Python >= 3.11) is used: `PyIter_Send` (3.10), `METH_FASTCALL` (3.10),
-//! `PyErr_SetObject`, `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`, `Py_REFCNT`,
-//! `PyObject_CallFunctionObjArgs`. The
-//! context-variable C API (`PyContextVar_Get/Set/Reset`) is not part of it: spans call the `ContextVar`'s
-//! methods instead.
+//! `PyErr_SetObject`, `PyDescr_NewMethod`, `PyCFunction_NewEx`, `PyImport_GetModuleDict`, `Py_IsInitialized`,
+//! `Py_REFCNT`, `PyObject_CallFunctionObjArgs`. The context-variable C API (`PyContextVar_Get/Set/Reset`) is not
+//! part of it: spans call the `ContextVar`'s methods instead.
 
 use crate::errors;
 use pyo3::ffi as sys;
@@ -261,24 +260,36 @@ pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResul
     }
 }
 
-/// Raises `StopIteration(value)` as CPython's generators do when they return (`_PyGen_SetStopIterationValue`) and
-/// returns `true`; `false`, with nothing raised, when `value` is a tuple or an exception (raised as an argument, it
-/// would be taken for the argument tuple or for the exception itself: the caller makes the instance instead).
+/// Raises `StopIteration(value)` as CPython's generators do when they return (`_PyGen_SetStopIterationValue`).
 ///
-/// `PyErr_SetObject(StopIteration, value)` leaves the exception unnormalized on Python 3.11, and the awaiting
-/// frame reads the value straight from it (`_PyGen_FetchStopIterationValue`): no exception object, no argument
-/// tuple. PyO3 would normalize a lazily made error when it raises it (3.11's stable ABI), so an iterator that
-/// completes with a value calls this and then returns NULL through PyO3 as for a plain `StopIteration`.
-pub fn raise_stop_iteration(value: &Bound<'_, PyAny>) -> bool {
-    if value.is_instance_of::<PyTuple>()
+/// A plain value is raised as the exception's argument: `PyErr_SetObject(StopIteration, value)` leaves the
+/// exception unnormalized on Python 3.11, and the awaiting frame reads the value straight from it
+/// (`_PyGen_FetchStopIterationValue`): no exception object, no argument tuple. A tuple or an exception would be
+/// taken for the argument tuple or for the exception itself, so for them the instance is made first. An iterator's
+/// `__next__` then returns NULL through PyO3 (`Ok(None)`) as for a plain `StopIteration`: PyO3 would normalize a
+/// lazily made error when it raises it (3.11's stable ABI).
+pub fn raise_stop_iteration(value: &Bound<'_, PyAny>) {
+    let py = value.py();
+    let made;
+    let arg = if value.is_instance_of::<PyTuple>()
         || value.is_instance_of::<pyo3::exceptions::PyBaseException>()
     {
-        return false;
-    }
-    // SAFETY: the thread is attached (`value` is bound to it); `PyExc_StopIteration` is a live class for the
-    // interpreter's lifetime; PyErr_SetObject takes its own references to both arguments.
-    unsafe { sys::PyErr_SetObject(sys::PyExc_StopIteration, value.as_ptr()) };
-    true
+        match py
+            .get_type::<pyo3::exceptions::PyStopIteration>()
+            .call1((value,))
+        {
+            Ok(e) => {
+                made = e;
+                &made
+            }
+            Err(e) => return e.restore(py),
+        }
+    } else {
+        value
+    };
+    // SAFETY: the thread is attached (`py`); `PyExc_StopIteration` is a live class for the interpreter's lifetime;
+    // PyErr_SetObject takes its own references to both arguments.
+    unsafe { sys::PyErr_SetObject(sys::PyExc_StopIteration, arg.as_ptr()) };
 }
 
 // ---------------------------------------------------------------------------------------------------------------

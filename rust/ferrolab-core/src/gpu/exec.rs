@@ -10,6 +10,7 @@
 //! a machine with a device (tools/gpu_check.sh).
 
 use super::nvrtc;
+use crate::sync::MutexExt;
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
@@ -115,7 +116,7 @@ static NVRTC_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Folders where NVRTC may be found (set by the Python layer at import: the `nvidia-cuda-nvrtc` wheel, CUDA_HOME).
 pub fn set_nvrtc_dirs(dirs: Vec<PathBuf>) {
-    *NVRTC_DIRS.lock().unwrap_or_else(|p| p.into_inner()) = dirs;
+    *NVRTC_DIRS.locked() = dirs;
 }
 
 type Slot = OnceLock<Result<Arc<Device>, GpuFailure>>;
@@ -184,7 +185,7 @@ fn set_up(ordinal: usize) -> Result<Arc<Device>, GpuFailure> {
 
 /// The kernels' CUBIN for `arch`: from the disk cache, else compiled with NVRTC and cached.
 fn cubin_for(arch: &str) -> Result<Vec<u8>, GpuFailure> {
-    let dirs = NVRTC_DIRS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let dirs = NVRTC_DIRS.locked().clone();
     let nv = nvrtc::load(&dirs).map_err(|e| other("loading NVRTC", e))?;
     let key = {
         let mut h = blake3::Hasher::new();
@@ -269,7 +270,7 @@ macro_rules! launch_elementwise {
 
 impl Device {
     fn function(&self, name: &'static str) -> Result<CudaFunction, GpuFailure> {
-        let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.functions.locked();
         if let Some(func) = f.get(name) {
             return Ok(func.clone());
         }
@@ -285,7 +286,7 @@ impl Device {
     fn typed<T: GpuFloat>(&self, op: &'static str) -> Result<CudaFunction, GpuFailure> {
         static NAMES: Mutex<Vec<(&str, &str, &'static str)>> = Mutex::new(Vec::new());
         let name = {
-            let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+            let mut names = NAMES.locked();
             match names.iter().find(|(o, s, _)| *o == op && *s == T::SUFFIX) {
                 Some((_, _, n)) => *n,
                 None => {

@@ -25,9 +25,10 @@
 //! they sleep.
 //!
 //! Reductions of long rows (a whole 1-D array, a few long rows), `dot` and the elementwise ops split the work
-//! into fixed chunks with [`par_map`] / [`par_pieces_mut`], where the calling thread computes chunks itself beside the pool's threads instead of handing the
-//! work over and sleeping until it is done ([`maybe_parallel`]): on a virtual machine each of those hand-overs and
-//! wake-ups costs about 10 µs, which at 10^5-10^6 elements was a third of the call.
+//! into fixed chunks with [`par_map_chunks`] / [`par_pieces_mut`], where the calling thread computes chunks itself
+//! beside the pool's threads instead of handing the work over and sleeping until it is done ([`maybe_parallel`]):
+//! on a virtual machine each of those hand-overs and wake-ups costs about 10 µs, which at 10^5-10^6 elements was a
+//! third of the call.
 //!
 //! A process that cannot start threads (at its `RLIMIT_NPROC`, a container's pids limit, out of memory for the
 //! stacks) gets no pool: the work then runs on the calling thread, serially, with the same results, and the pool is
@@ -350,20 +351,23 @@ pub fn par_map<U: Send>(n: usize, f: impl Fn(usize) -> U + Sync) -> Vec<U> {
     parts.into_iter().map(|(_, v)| v).collect()
 }
 
+/// [`par_map`] over the consecutive ranges of `chunk` indices that cover `0..len` (the last one shorter).
+pub fn par_map_chunks<U: Send>(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(std::ops::Range<usize>) -> U + Sync,
+) -> Vec<U> {
+    par_map(len.div_ceil(chunk), |k| {
+        f(k * chunk..((k + 1) * chunk).min(len))
+    })
+}
+
 /// `f(at, piece)` for the consecutive pieces of `buf` (`group` elements each, the last one shorter; `at` is the
 /// piece's offset), computed by the calling thread with the pool's threads as [`par_map`] does. For work whose
-/// result does not depend on how it is split (elementwise ops). When the pieces' locks cannot be allocated, the
-/// calling thread does all of it.
+/// result does not depend on how it is split (elementwise ops).
 pub fn par_pieces_mut<T: Send>(buf: &mut [T], group: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let group = group.max(1);
-    let mut pieces: Vec<Mutex<&mut [T]>> = Vec::new();
-    if pieces.try_reserve_exact(buf.len().div_ceil(group)).is_err() {
-        for (k, p) in buf.chunks_mut(group).enumerate() {
-            f(k * group, p);
-        }
-        return;
-    }
-    pieces.extend(buf.chunks_mut(group).map(Mutex::new));
+    let pieces: Vec<Mutex<&mut [T]>> = buf.chunks_mut(group).map(Mutex::new).collect();
     // each index takes its own piece's lock once: never contended
     par_map(pieces.len(), |k| f(k * group, &mut pieces[k].locked()));
 }

@@ -5,7 +5,7 @@
 //! (vectorized across the columns) in bands that the pool processes in parallel.
 
 use super::alloc;
-use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map, Kernel, Mode};
+use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map_chunks, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{
     norm_of, ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq,
@@ -105,13 +105,10 @@ where
             // few long rows (fewer than 4 per thread): each row in chunks, the calling thread taking part
             out.extend((0..outer).map(|o| {
                 let row = row_of(o);
-                par_map(n.div_ceil(PAR_CHUNK), |k| {
-                    let at = k * PAR_CHUNK;
-                    whole(o, &row[at..(at + PAR_CHUNK).min(n)], at)
-                })
-                .into_iter()
-                .reduce(&merge)
-                .expect("non-empty row")
+                par_map_chunks(n, PAR_CHUNK, |r| whole(o, &row[r.clone()], r.start))
+                    .into_iter()
+                    .reduce(&merge)
+                    .expect("non-empty row")
             }));
             return Ok(out);
         }
@@ -787,12 +784,9 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
     let b = alloc::c_order("dot", "y", y)?;
     let n = a.len();
     let v = if n >= PAR_REDUCE_MIN {
-        par_map(n.div_ceil(PAR_CHUNK), |k| {
-            let r = k * PAR_CHUNK..((k + 1) * PAR_CHUNK).min(n);
-            dispatch(Dot(&a[r.clone()], &b[r]))
-        })
-        .into_iter()
-        .fold(0.0, plus)
+        par_map_chunks(n, PAR_CHUNK, |r| dispatch(Dot(&a[r.clone()], &b[r])))
+            .into_iter()
+            .fold(0.0, plus)
     } else {
         dispatch(Dot(&a, &b))
     };
