@@ -841,6 +841,76 @@ def test_every_breaker_call_is_tracked_by_the_garbage_collector() -> None:
     assert ref() is None
 
 
+def test_a_completed_call_object_is_reused_only_when_nobody_holds_it() -> None:
+    # the breaker keeps its last completed call object and makes the next call out of it, unless the caller
+    # still holds it: a kept awaitable stays completed, and every call still gets its own arguments and result
+    br = make()
+
+    @br
+    async def echo(x: Any) -> Any:
+        return x
+
+    async def main() -> None:
+        for i in range(5):
+            assert await echo(i) == i
+        kept = echo("kept")
+        assert await kept == "kept"
+        other = echo("other")
+        assert other is not kept
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await kept
+        assert await other == "other"
+        del kept, other
+        first = echo(1)
+        second = echo(2)  # the first is not completed yet: a new object
+        assert first is not second
+        assert (await second, await first) == (2, 1)
+        # a reused object is still tracked, and an unawaited one still warns when dropped
+        call = echo(3)
+        assert gc.is_tracked(call)
+        with pytest.warns(RuntimeWarning, match="never awaited"):
+            del call
+            gc.collect()
+
+    asyncio.run(main())
+    assert br.stats()["success"] == 9
+
+
+def test_reused_call_objects_keep_nested_and_failing_calls_apart() -> None:
+    br = make(failure_threshold=100)
+
+    @br
+    async def fact(n: int) -> int:
+        if n < 0:
+            raise Boom(n)
+        return 1 if n <= 1 else n * await fact(n - 1)
+
+    async def main() -> None:
+        for n in range(8):
+            assert await fact(n) == math.factorial(n)
+            with pytest.raises(Boom):
+                await fact(-n - 1)
+
+    asyncio.run(main())
+    stats = br.stats()
+    assert stats["failure"] == 8
+    assert stats["success"] == sum(max(n, 1) for n in range(8))
+
+
+def test_the_spare_call_object_does_not_keep_the_breaker_alive() -> None:
+    br = make()
+
+    async def ok() -> int:
+        return 1
+
+    guarded = br(ok)
+    asyncio.run(guarded())
+    ref = weakref.ref(br)
+    del br, guarded
+    gc.collect()
+    assert ref() is None
+
+
 def test_breaker_call_protocol_send_throw_close() -> None:
     br = make()
 

@@ -7,7 +7,8 @@
 //! (``ferrolab.breaker._decorate``: ``inspect`` picks a [`BreakerFunction`] or a guarded generator function).
 //!
 //! A [`BreakerFunction`] call is admitted with one atomic load; an ``async def`` call is a [`BreakerCall`]
-//! awaitable, and so is a plain call that returns a coroutine (guarded until awaited to its end); a generator holds
+//! awaitable (the breaker's last completed one, made anew, when nothing else holds it: [`BreakerCall::retire`]),
+//! and so is a plain call that returns a coroutine (guarded until awaited to its end); a generator holds
 //! a [`Permit`] for its whole iteration; ``with`` / ``async with`` keep the block's permit in a context variable
 //! (per thread and per asyncio task). Permits are never held across a lock; a half-open trial that is cancelled
 //! (CancelledError, GeneratorExit, KeyboardInterrupt...) or abandoned (its awaitable, generator, permit or context
@@ -79,6 +80,15 @@ struct Refs {
 }
 
 impl CircuitBreaker {
+    /// The spare call object ([`BreakerCall::retire`]) when nothing but the breaker holds it.
+    fn take_spare<'py>(&self, py: Python<'py>) -> Option<Bound<'py, BreakerCall>> {
+        let c = self.spare.take(py)?;
+        // otherwise somebody kept the awaitable: it stays theirs
+        ffi::sole_reference(&c)
+            .then(|| c.cast_into().ok())
+            .flatten()
+    }
+
     /// The injected clock's time (`None`: the core reads its native clock).
     #[inline]
     fn now(&self, py: Python<'_>) -> PyResult<Option<f64>> {
@@ -464,14 +474,47 @@ impl BreakerCall {
             args.clone().unbind(),
             kwargs.map(Bound::unbind),
         );
+        let breaker = Some(b.clone().unbind());
+        if let Some(spare) = b.get().take_spare(b.py()) {
+            if let Ok(mut c) = spare.try_borrow_mut() {
+                if c.retired() {
+                    (c.breaker, c.call, c.phase) = (breaker, Some(call), Phase::New);
+                    drop(c);
+                    return Ok(spare.into_any());
+                }
+            }
+        }
         let c = BreakerCall {
-            breaker: Some(b.clone().unbind()),
+            breaker,
             call: Some(call),
             obj: None,
             ticket: None,
             phase: Phase::New,
         };
         Ok(Bound::new(b.py(), c)?.into_any())
+    }
+
+    /// After a call completed in `__next__`: drops its reference to the breaker and leaves the object to the
+    /// breaker as its spare ([`CircuitBreaker::take_spare`]).
+    fn retire(slf: &Bound<'_, Self>) {
+        let Ok(mut c) = slf.try_borrow_mut() else {
+            return;
+        };
+        if !c.retired() {
+            return;
+        }
+        if let Some(b) = c.breaker.take() {
+            drop(c);
+            b.get().spare.put(slf.clone().into_any());
+        }
+    }
+
+    /// Completed, and holding no reference but the breaker.
+    fn retired(&self) -> bool {
+        self.phase == Phase::Done
+            && self.ticket.is_none()
+            && self.obj.is_none()
+            && self.call.is_none()
     }
 
     /// An awaitable that completes with `value` every time.
@@ -641,8 +684,12 @@ impl BreakerCall {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.step(py, None)? {
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let r = slf.try_borrow_mut()?.step(slf.py(), None);
+        if !matches!(r, Ok(Sent::Yielded(_))) {
+            BreakerCall::retire(slf);
+        }
+        match r? {
             Sent::Yielded(v) => Ok(Some(v)),
             // NULL without an exception set is a StopIteration without a value
             Sent::Returned(v) if v.is_none() => Ok(None),
@@ -1183,6 +1230,10 @@ pub struct CircuitBreaker {
     var: Py<PyAny>,
     var_get: Py<PyAny>,
     var_set: Py<PyAny>,
+    /// The last completed `BreakerCall`, made into the next call when nothing else holds it any more (an
+    /// `async def` call then allocates no object). It holds no references ([`BreakerCall::retire`]), so the
+    /// collector need not see it.
+    spare: ffi::Slot,
 }
 
 #[pymethods]
@@ -1250,6 +1301,7 @@ impl CircuitBreaker {
             var_get: var.getattr("get")?.unbind(),
             var_set: var.getattr("set")?.unbind(),
             var: var.unbind(),
+            spare: ffi::Slot::new(),
         })
     }
 
