@@ -859,6 +859,7 @@ def test_a_completed_call_object_is_reused_only_when_nobody_holds_it() -> None:
         assert other is not kept
         with pytest.raises(RuntimeError, match="already awaited"):
             await kept
+        assert repr(kept) == "<ferrolab.breaker.BreakerCall (completed)>"
         assert await other == "other"
         del kept, other
         first = echo(1)
@@ -932,6 +933,7 @@ def test_breaker_call_protocol_send_throw_close() -> None:
     assert si.value.value == ("a", "tuple")
     with pytest.raises(RuntimeError, match="already awaited"):
         aw.send(None)
+    assert repr(aw) == "<ferrolab.breaker.BreakerCall (completed)>"
 
     aw = br.acall(echo)
     assert next(aw) == "first"

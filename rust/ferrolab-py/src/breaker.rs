@@ -762,12 +762,12 @@ impl BreakerCall {
     }
 
     fn __repr__(&self) -> String {
-        match &self.breaker {
-            None => "<ferrolab.breaker.BreakerCall (completed)>".to_string(),
-            Some(b) => format!(
+        match (&self.breaker, self.phase) {
+            (Some(b), phase) if phase != Phase::Done => format!(
                 "<ferrolab.breaker.BreakerCall of circuit breaker '{}'>",
                 b.get().core.name()
             ),
+            _ => "<ferrolab.breaker.BreakerCall (completed)>".to_string(),
         }
     }
 

@@ -356,11 +356,12 @@ impl Slot {
         Slot(AtomicPtr::new(null_mut()))
     }
 
-    /// Stores `obj`, releasing what the slot held.
+    /// Stores `obj`, releasing what the slot held once `obj` is in (freeing it may run Python code, which may use
+    /// the slot).
     pub fn put(&self, obj: Bound<'_, PyAny>) {
-        let py = obj.py();
-        drop(self.take(py));
+        let old = self.take(obj.py());
         self.0.store(obj.into_ptr(), Ordering::Relaxed);
+        drop(old);
     }
 
     /// Takes the object out, leaving the slot empty.
