@@ -134,6 +134,24 @@ def test_argminmax_ties_and_nan(name, data):
     check_reduction(name, fl_fn, np_fn, x, axis)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", ["argmin", "argmax"])
+def test_argminmax_rows_of_every_short_width(name, dtype):
+    # rows of 1 to 130 values (the scalar pass, the one-mask search of up to 64 values and the block search),
+    # with ties everywhere, the extreme at every position, and NaNs in some rows
+    rng = np.random.default_rng(7)
+    fl_fn, np_fn = REDUCTIONS[name]
+    for width in range(1, 131):
+        x = rng.integers(-3, 4, size=(3 * width + 2, width)).astype(dtype)
+        for r in range(width):
+            x[r, r] = 9.0 if name == "argmax" else -9.0
+        x[width + 1 :: 7, width // 2] = np.nan
+        x[-1, -1] = np.nan
+        np.testing.assert_array_equal(fl_fn(x, axis=1), np_fn(x, axis=1), err_msg=f"width {width}")
+        for row in (x[0], x[width // 2], x[width + 1], x[-1]):
+            assert int(fl_fn(row)) == int(np_fn(row)), (width, row)
+
+
 @pytest.mark.parametrize("name", ["sum", "mean", "min", "max", "argmin", "argmax", "norm", "var", "std"])
 @pytest.mark.parametrize(
     "shape", [(100_003,), (257, 391), (3, 5, 7001), (1031, 2, 3), (640, 400), (20, 9001)]

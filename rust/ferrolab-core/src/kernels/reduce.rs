@@ -8,7 +8,8 @@ use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map_chunks, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{
-    norm_of, ArgExtreme, ArgPart, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum, SumSq,
+    norm_of, ArgExtreme, ArgPart, ArgWhole, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum,
+    SumSq,
 };
 use super::{Real, PAR_CHUNK, PAR_REDUCE_MIN};
 use crate::error::{CoreError, Result};
@@ -582,7 +583,7 @@ fn arg_merge<T: Real, const MAX: bool>(a: ArgPart<T>, b: ArgPart<T>) -> ArgPart<
 }
 
 /// Rows shorter than this are searched in one scalar pass (the block kernels' set-up costs more).
-const SHORT_ROW: usize = 64;
+const SHORT_ROW: usize = 8;
 
 /// The resolved arg-extreme part of a whole short row: the first NaN, else the first best value.
 fn short_arg_extreme<T: Real, const MAX: bool>(row: &[T]) -> ArgPart<T> {
@@ -624,18 +625,17 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
             if off == 0 && s.len() < SHORT_ROW {
                 return short_arg_extreme::<T, MAX>(s);
             }
-            let p = dispatch(ArgExtreme::<T, MAX>(s, off));
             if off == 0 && s.len() == c.n {
                 // a whole row: its index now, while the winning block is in cache (and on this row's thread)
-                let i = arg_index(s, p) as usize;
-                ArgPart {
+                let i = dispatch(ArgWhole::<T, MAX>(s));
+                return ArgPart {
+                    nan_at: s[i].is_nan().then_some(i),
+                    best: s[i],
                     block: i,
                     block_len: 1,
-                    ..p
-                }
-            } else {
-                p
+                };
             }
+            dispatch(ArgExtreme::<T, MAX>(s, off))
         },
         arg_merge::<T, MAX>,
     )?;
@@ -710,7 +710,7 @@ pub mod small {
 
     #[inline]
     pub fn arg_extreme<T: Real, const MAX: bool>(s: &[T]) -> i64 {
-        arg_index(s, dispatch(ArgExtreme::<T, MAX>(s, 0)))
+        dispatch(ArgWhole::<T, MAX>(s)) as i64
     }
 
     #[inline]

@@ -424,7 +424,9 @@ mod avx2 {
         _mm256_storeu_ps, _mm256_min_ps, _mm256_max_ps, _mm256_cmp_ps, _mm256_or_ps, _mm256_movemask_ps
     );
 
-    /// The explicit first-equal searches: 4 registers of `$w` lanes compared per step, one mask test.
+    /// The explicit first-equal searches: 4 registers of `$w` lanes compared per step, one mask test. Up to
+    /// [`SHORT_SEARCH`] values are compared all at once into one bit mask instead: no exit that depends on the
+    /// data (a short row's search would mispredict it every time).
     macro_rules! first_eq {
         ($(#[$doc:meta])* $name:ident, $t:ty, $w:literal, $set1:path, $load:path, $eq:path, $or:path,
          $mask:path) => {
@@ -435,6 +437,20 @@ mod avx2 {
             #[target_feature(enable = "avx2,fma")]
             pub(super) unsafe fn $name(x: &[$t], v: $t) -> usize {
                 let want = $set1(v);
+                if x.len() <= SHORT_SEARCH {
+                    let mut bits = 0u64;
+                    let mut regs = x.chunks_exact($w);
+                    for (k, c) in (&mut regs).enumerate() {
+                        // SAFETY: $w values inside the chunk.
+                        let m = $mask($eq(unsafe { $load(c.as_ptr()) }, want)) as u32 as u64;
+                        bits |= m << ($w * k);
+                    }
+                    let base = x.len() - regs.remainder().len();
+                    for (i, &e) in regs.remainder().iter().enumerate() {
+                        bits |= u64::from(e == v) << (base + i);
+                    }
+                    return (bits.trailing_zeros() as usize).min(x.len());
+                }
                 let mut chunks = x.chunks_exact(4 * $w);
                 let mut base = 0;
                 for c in &mut chunks {
@@ -453,6 +469,9 @@ mod avx2 {
             }
         };
     }
+
+    /// Searches of at most this many values set one mask bit per value (a `u64`).
+    const SHORT_SEARCH: usize = 64;
 
     /// Lanes equal to `b`'s (all ones) or not (zero).
     #[target_feature(enable = "avx2,fma")]
@@ -1028,6 +1047,22 @@ impl<T: Real, const MAX: bool> Kernel for ArgExtreme<'_, T, MAX> {
     }
 }
 
+/// Index of the first minimum (`MAX = false`) or maximum of a whole non-empty row, a NaN winning: the best block
+/// ([`ArgExtreme`]) and the search in it ([`first_eq`]) under one dispatch (a short row costs little more than
+/// the two calls).
+pub struct ArgWhole<'a, T, const MAX: bool>(pub &'a [T]);
+impl<T: Real, const MAX: bool> Kernel for ArgWhole<'_, T, MAX> {
+    type Output = usize;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> usize {
+        let p = ArgExtreme::<T, MAX>(self.0, 0).run::<M>();
+        match p.nan_at {
+            Some(i) => i,
+            None => p.block + first_eq::<T, M>(&self.0[p.block..p.block + p.block_len], p.best),
+        }
+    }
+}
+
 /// Runs a kernel on the best instruction set (re-exported for the reduction drivers).
 #[inline(always)]
 pub fn run<K: Kernel>(k: K) -> K::Output {
@@ -1088,7 +1123,9 @@ mod tests {
             assert_eq!(first_eq::<T, Fused>(x, v), want, "{v:?} in {x:?}");
             assert_eq!(first_eq::<T, Unfused>(x, v), want, "{v:?} in {x:?}");
         }
-        for n in [0usize, 1, 3, 4, 8, 15, 16, 17, 31, 32, 33, 64, 100, 512] {
+        for n in [
+            0usize, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 512,
+        ] {
             let x: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
             let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             for v in [0.0, 3.0, 6.0, 9.0, f64::NAN] {
