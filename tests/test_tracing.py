@@ -453,6 +453,34 @@ def test_traced_sync_async_and_bare(mem: None) -> None:
     assert spans[3]["status"] == "ERROR"
 
 
+def test_a_span_left_open_in_an_ended_context_is_collected(mem: None) -> None:
+    # an open span's reset token refers to the context that holds the span: left open (entered, never exited) in
+    # a context that ends, the span, the context and what the context holds form a cycle the collector must free
+    import contextvars
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    refs = []
+    open_before = fl.tracing.stats()["open"]
+
+    def run() -> None:
+        span = fl.tracing.span("left open")
+        span.__enter__()
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        contextvars.ContextVar("payload").set(payload)
+
+    for _ in range(50):
+        contextvars.copy_context().run(run)
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert fl.tracing.stats()["open"] == open_before
+    assert gc.is_tracked(fl.tracing.span("tracked"))
+
+
 def test_bad_arguments_name_the_function_and_argument() -> None:
     with pytest.raises(TypeError, match=r"^span\(\): argument 'name' must be str, got int$"):
         fl.tracing.span(1)  # type: ignore[arg-type]

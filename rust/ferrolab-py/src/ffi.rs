@@ -23,10 +23,10 @@ use crate::errors;
 use pyo3::ffi as sys;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
+use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
 // ---------------------------------------------------------------------------------------------------------------
 // the one guard of the raw entry points
@@ -347,39 +347,45 @@ pub fn sole_reference(obj: &Bound<'_, PyAny>) -> bool {
 
 /// At most one owned object reference, kept in a `frozen` pyclass and used only by attached threads. The
 /// interpreter serializes attached threads (the stable ABI has no free-threaded build) and nothing between a
-/// read and the write after it can run Python code, so a plain load and store suffice: no lock and no
-/// read-modify-write on the path of every span.
-pub struct Slot(AtomicPtr<sys::PyObject>);
+/// read and the write after it can run Python code, so plain loads and stores suffice: no lock and no
+/// read-modify-write on the path of every span. [`Slot::visit`] shows the object to the cyclic collector.
+pub struct Slot(UnsafeCell<Option<Py<PyAny>>>);
+
+// SAFETY: the cell is read and written only by attached threads (`take` and `put` take a `Python` token, `visit`
+// runs inside the collector, `clear` inside `tp_clear`), which the interpreter serializes; no reference into the
+// cell outlives one of these calls, and none of them runs Python code while it holds one.
+unsafe impl Sync for Slot {}
 
 impl Slot {
     pub const fn new() -> Self {
-        Slot(AtomicPtr::new(null_mut()))
+        Slot(UnsafeCell::new(None))
     }
 
     /// Stores `obj`, releasing what the slot held once `obj` is in (freeing it may run Python code, which may use
     /// the slot).
     pub fn put(&self, obj: Bound<'_, PyAny>) {
         let old = self.take(obj.py());
-        self.0.store(obj.into_ptr(), Ordering::Relaxed);
+        // SAFETY: see the `Sync` impl; the cell is empty (taken above), so the store drops nothing
+        unsafe { *self.0.get() = Some(obj.unbind()) };
         drop(old);
     }
 
     /// Takes the object out, leaving the slot empty.
     pub fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let p = self.0.load(Ordering::Relaxed);
-        self.0.store(null_mut(), Ordering::Relaxed);
-        // SAFETY: a non-null pointer in the slot is a strong reference `put` gave up (`into_ptr`); taking it out
-        // clears the slot, so the reference is owned by exactly one `Bound`
-        unsafe { Bound::from_owned_ptr_or_opt(py, p) }
+        // SAFETY: see the `Sync` impl
+        unsafe { (*self.0.get()).take() }.map(|o| o.into_bound(py))
     }
-}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let p = *self.0.get_mut();
-        if !p.is_null() {
-            // a pyclass is dropped by its deallocator, on an attached thread; `attach` then only checks that
-            Python::attach(|py| drop(self.take(py)));
-        }
+    /// Visits the object, for the `__traverse__` of the class that holds the slot.
+    pub fn visit(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        // SAFETY: see the `Sync` impl (the collector runs on an attached thread, between bytecodes)
+        visit.call(unsafe { &*self.0.get() })
+    }
+
+    /// Releases the object, for the `__clear__` of the class that holds the slot.
+    pub fn clear(&self) {
+        // SAFETY: see the `Sync` impl; the object is dropped after the cell is empty
+        let old = unsafe { (*self.0.get()).take() };
+        drop(old);
     }
 }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::IntoPyDict;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use pyo3::{intern, IntoPyObjectExt};
+use pyo3::{intern, IntoPyObjectExt, PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -369,7 +369,9 @@ fn mapping_arg<'py>(
 /// like OpenTelemetry's ``start_as_current_span``); entered once. While it is open it is the current span of its
 /// thread or asyncio task: spans opened inside it, and ``fl.ops`` calls made inside it, become its children.
 /// An exception leaving the block sets status ``ERROR``, adds an ``exception`` event, and propagates.
-#[pyclass(module = "ferrolab.tracing", name = "Span", frozen, freelist = 64)]
+// No `freelist`: PyO3 0.30 does not track an instance reused from a free list for the cyclic garbage collector
+// (PyO3/pyo3#6442), and an abandoned open span is in a cycle (below, `__traverse__`).
+#[pyclass(module = "ferrolab.tracing", name = "Span", frozen)]
 pub struct Span {
     name: Py<PyString>,
     ctx: SpanCtx,
@@ -424,6 +426,17 @@ fn exception_attrs(
 
 #[pymethods]
 impl Span {
+    /// An open span's reset token refers to the context it was entered in, which holds the span: a span left open
+    /// (entered, never exited) in a context that ends is a cycle the collector must see.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.name)?;
+        self.token.visit(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.token.clear();
+    }
+
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
         let py = slf.py();
         let this = slf.get();
