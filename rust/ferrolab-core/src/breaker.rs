@@ -29,6 +29,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::sync::MutexExt;
+use crate::telemetry::clock::CLOCK;
 use crate::telemetry::{metrics, seam};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -445,17 +446,14 @@ fn next_gen(g: u32) -> u32 {
 // ---------------------------------------------------------------------------------------------------------------
 // Clock
 
-static CLOCK: LazyLock<(quanta::Clock, u64)> = LazyLock::new(|| {
-    let c = quanta::Clock::new();
-    let base = c.raw();
-    (c, base)
-});
+/// The first reading of the native clock ([`crate::telemetry::clock`]).
+static BASE: LazyLock<u64> = LazyLock::new(|| CLOCK.raw());
 
 /// Seconds on the native monotonic clock (since its first use in this process).
 #[inline]
 pub fn monotonic() -> f64 {
-    let (c, base) = &*CLOCK;
-    c.delta_as_nanos(*base, c.raw()) as f64 * 1e-9
+    let base = *BASE;
+    CLOCK.delta_as_nanos(base, CLOCK.raw()) as f64 * 1e-9
 }
 
 /// A lazily read "now": the injected time, or the native clock read at most once.

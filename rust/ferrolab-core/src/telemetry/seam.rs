@@ -7,9 +7,7 @@ use crate::error::Result;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::LazyLock;
 
-/// The seam's clock: the CPU's time-stamp counter where it is invariant (about 10 ns a read, a quarter of
-/// `clock_gettime`), calibrated once against the monotonic clock; the monotonic clock elsewhere.
-static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
+use super::clock::CLOCK;
 
 macro_rules! ops {
     ($($v:ident => $s:literal),* $(,)?) => {
@@ -140,7 +138,7 @@ const ROW: [Cell; 2] = [CELL, CELL];
 static CELLS: [[Cell; 2]; N_OPS] = [ROW; N_OPS];
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Calibrates the seam's clock now (about a millisecond) instead of in the first op call, and reads
+/// Calibrates the seam's clock now (about 2 ms, asleep) instead of in the first op call, and reads
 /// `FERROLAB_SLOW_OP_SECONDS` (see [`set_slow_threshold`]).
 pub fn warm_up() {
     LazyLock::force(&CLOCK);
