@@ -2,8 +2,9 @@
 //! invariant (a read costs about 10 ns, a quarter of `clock_gettime`), scaled to nanoseconds by a calibration
 //! against the monotonic clock; the monotonic clock itself elsewhere.
 //!
-//! The calibration measures the counter over a 2 ms sleep (the error is the clock reads' jitter over 2 ms,
-//! about 1e-5). A busy-loop calibration until the estimate settles (the `quanta` crate's, with a 200 ms limit)
+//! The calibration measures the counter over a 2 ms sleep (the error is the clock reads' jitter over 2 ms:
+//! about 1e-5 where reading the monotonic clock takes tens of nanoseconds, up to about 1e-3 where it takes a
+//! microsecond, as with a `kvm-clock` or `hpet` clock source). A busy-loop calibration until the estimate settles (the `quanta` crate's, with a 200 ms limit)
 //! reaches that limit on a virtual machine, and every process that imports ferrolab would pay it.
 
 use std::sync::LazyLock;
@@ -117,16 +118,22 @@ mod tests {
 
     #[test]
     fn the_clock_agrees_with_the_monotonic_clock() {
+        // within 1% + 0.1 ms over 50 ms in one of three tries (a preemption between the paired reads on a
+        // loaded machine can spoil one try; a wrong scale spoils all three)
         let c = &*CLOCK;
-        let (r0, t0) = (c.raw(), Instant::now());
-        std::thread::sleep(Duration::from_millis(30));
-        let (r1, t1) = (c.raw(), Instant::now());
-        let ours = c.delta_as_nanos(r0, r1) as f64;
-        let os = t1.duration_since(t0).as_nanos() as f64;
-        assert!(
-            (ours - os).abs() < 0.01 * os + 50_000.0,
-            "{ours} ns against {os} ns"
-        );
-        assert_eq!(c.delta_as_nanos(r1, r0), 0);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (r0, t0) = (c.raw(), Instant::now());
+            std::thread::sleep(Duration::from_millis(50));
+            let (r1, t1) = (c.raw(), Instant::now());
+            let ours = c.delta_as_nanos(r0, r1) as f64;
+            let os = t1.duration_since(t0).as_nanos() as f64;
+            if (ours - os).abs() < 0.01 * os + 100_000.0 {
+                assert_eq!(c.delta_as_nanos(r1, r0), 0);
+                return;
+            }
+            seen.push((ours, os));
+        }
+        panic!("the clock disagrees with the monotonic clock (ns, ours and the OS's): {seen:?}");
     }
 }
