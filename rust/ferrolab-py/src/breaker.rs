@@ -1231,8 +1231,7 @@ pub struct CircuitBreaker {
     var_get: Py<PyAny>,
     var_set: Py<PyAny>,
     /// The last completed `BreakerCall`, made into the next call when nothing else holds it any more (an
-    /// `async def` call then allocates no object). It holds no references ([`BreakerCall::retire`]), so the
-    /// collector need not see it.
+    /// `async def` call then allocates no object; it holds no references: [`BreakerCall::retire`]).
     spare: ffi::Slot,
 }
 
@@ -1522,6 +1521,7 @@ impl CircuitBreaker {
         }
         visit.call(&i.record)?;
         visit.call(&i.ignore)?;
+        i.spare.visit(&visit)?;
         // never block the collector: a held lock means a call is in progress (the objects are reachable)
         if let Ok(r) = i.refs.try_lock() {
             for o in [&r.fallback, &r.clock, &r.last_failure, &r.aenter] {

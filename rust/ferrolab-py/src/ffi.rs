@@ -361,19 +361,21 @@ impl Slot {
         Slot(UnsafeCell::new(None))
     }
 
+    /// Replaces the object, returning the one the slot held.
+    fn swap(&self, new: Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+        // SAFETY: see the `Sync` impl; the old object is returned, not dropped, while the cell is accessed
+        unsafe { std::mem::replace(&mut *self.0.get(), new) }
+    }
+
     /// Stores `obj`, releasing what the slot held once `obj` is in (freeing it may run Python code, which may use
     /// the slot).
     pub fn put(&self, obj: Bound<'_, PyAny>) {
-        let old = self.take(obj.py());
-        // SAFETY: see the `Sync` impl; the cell is empty (taken above), so the store drops nothing
-        unsafe { *self.0.get() = Some(obj.unbind()) };
-        drop(old);
+        drop(self.swap(Some(obj.unbind())));
     }
 
     /// Takes the object out, leaving the slot empty.
     pub fn take<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        // SAFETY: see the `Sync` impl
-        unsafe { (*self.0.get()).take() }.map(|o| o.into_bound(py))
+        self.swap(None).map(|o| o.into_bound(py))
     }
 
     /// Visits the object, for the `__traverse__` of the class that holds the slot.
@@ -384,8 +386,6 @@ impl Slot {
 
     /// Releases the object, for the `__clear__` of the class that holds the slot.
     pub fn clear(&self) {
-        // SAFETY: see the `Sync` impl; the object is dropped after the cell is empty
-        let old = unsafe { (*self.0.get()).take() };
-        drop(old);
+        drop(self.swap(None));
     }
 }

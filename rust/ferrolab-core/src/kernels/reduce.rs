@@ -8,8 +8,8 @@ use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map_chunks, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{
-    norm_of, ArgExtreme, ArgPart, ArgWhole, Dot, Extreme, Moments, Neumaier, SliceMoments, Sum,
-    SumSq,
+    norm_of, ArgExtreme, ArgIndex, ArgPart, ArgWhole, Dot, Extreme, Moments, Neumaier,
+    SliceMoments, Sum, SumSq,
 };
 use super::{Real, PAR_CHUNK, PAR_REDUCE_MIN};
 use crate::error::{CoreError, Result};
@@ -653,25 +653,10 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
     Ok(c.wrap(out))
 }
 
-/// The index in `row` that the merged arg-extreme part `p` of the whole row designates: the first NaN, else the
-/// first element of the winning block equal to the best value.
+/// The index in `row` that the merged arg-extreme part `p` of the whole row designates ([`ArgIndex`]).
 #[inline]
 fn arg_index<T: Real>(row: &[T], p: ArgPart<T>) -> i64 {
-    if let Some(i) = p.nan_at {
-        return i as i64;
-    }
-    let blk = &row[p.block..p.block + p.block_len];
-    (p.block + dispatch(FirstEq(blk, p.best))) as i64
-}
-
-/// [`simd::first_eq`] under dispatch.
-struct FirstEq<'a, T>(&'a [T], T);
-impl<T: Real> Kernel for FirstEq<'_, T> {
-    type Output = usize;
-    #[inline(always)]
-    fn run<M: Mode>(self) -> usize {
-        super::simd::first_eq::<T, M>(self.0, self.1)
-    }
+    dispatch(ArgIndex(row, p)) as i64
 }
 
 /// A whole-array reduction's result: a value of the input's type, or an index (argmin, argmax).

@@ -1047,19 +1047,35 @@ impl<T: Real, const MAX: bool> Kernel for ArgExtreme<'_, T, MAX> {
     }
 }
 
+/// The index in `row` that the merged arg-extreme part `p` of the whole row designates: the first NaN, else the
+/// first element of the winning block equal to the best value.
+#[inline(always)]
+fn arg_resolve<T: Real, M: Mode>(row: &[T], p: ArgPart<T>) -> usize {
+    match p.nan_at {
+        Some(i) => i,
+        None => p.block + first_eq::<T, M>(&row[p.block..p.block + p.block_len], p.best),
+    }
+}
+
+/// [`arg_resolve`] under dispatch.
+pub struct ArgIndex<'a, T>(pub &'a [T], pub ArgPart<T>);
+impl<T: Real> Kernel for ArgIndex<'_, T> {
+    type Output = usize;
+    #[inline(always)]
+    fn run<M: Mode>(self) -> usize {
+        arg_resolve::<T, M>(self.0, self.1)
+    }
+}
+
 /// Index of the first minimum (`MAX = false`) or maximum of a whole non-empty row, a NaN winning: the best block
-/// ([`ArgExtreme`]) and the search in it ([`first_eq`]) under one dispatch (a short row costs little more than
+/// ([`ArgExtreme`]) and the search in it ([`arg_resolve`]) under one dispatch (a short row costs little more than
 /// the two calls).
 pub struct ArgWhole<'a, T, const MAX: bool>(pub &'a [T]);
 impl<T: Real, const MAX: bool> Kernel for ArgWhole<'_, T, MAX> {
     type Output = usize;
     #[inline(always)]
     fn run<M: Mode>(self) -> usize {
-        let p = ArgExtreme::<T, MAX>(self.0, 0).run::<M>();
-        match p.nan_at {
-            Some(i) => i,
-            None => p.block + first_eq::<T, M>(&self.0[p.block..p.block + p.block_len], p.best),
-        }
+        arg_resolve::<T, M>(self.0, ArgExtreme::<T, MAX>(self.0, 0).run::<M>())
     }
 }
 

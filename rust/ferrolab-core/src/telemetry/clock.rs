@@ -50,11 +50,6 @@ impl Clock {
             None => d,
         }
     }
-
-    /// Whether the time-stamp counter is used.
-    pub fn uses_counter(&self) -> bool {
-        self.tsc.is_some()
-    }
 }
 
 /// The counter's `mult`, or `None` without an invariant time-stamp counter (or an implausible measurement).
@@ -65,19 +60,18 @@ fn calibrate() -> Option<u64> {
     // a counter reading paired with a monotonic one: the counter read on both sides, retried when something
     // (an interrupt, a preemption) came between them
     let pair = || {
-        let mut best: Option<(u64, Instant, u64)> = None;
-        for _ in 0..5 {
+        let read = || {
             let (a, t, b) = (counter(), Instant::now(), counter());
-            let width = b.wrapping_sub(a);
-            if best.is_none_or(|(w, ..)| width < w) {
-                best = Some((width, t, a + width / 2));
-            }
-        }
-        best.map(|(_, t, c)| (t, c))
+            (b.wrapping_sub(a), t, a.wrapping_add(b.wrapping_sub(a) / 2))
+        };
+        let (_, t, c) = (1..5)
+            .map(|_| read())
+            .fold(read(), |best, r| if r.0 < best.0 { r } else { best });
+        (t, c)
     };
-    let (t0, c0) = pair()?;
+    let (t0, c0) = pair();
     std::thread::sleep(Duration::from_millis(2));
-    let (t1, c1) = pair()?;
+    let (t1, c1) = pair();
     let ns = t1.duration_since(t0).as_nanos() as f64;
     let ticks = c1.checked_sub(c0)? as f64;
     let per_tick = ns / ticks;
