@@ -7,6 +7,8 @@ import inspect
 import ferrolab as fl
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 M = fl.metrics
 
@@ -114,3 +116,86 @@ def test_failed_call_counted_once_when_computed_apart_from_out(op, call):
     with pytest.raises(ValueError):
         call()
     assert _errors(op) == before + 1
+
+
+def _strided(a):
+    """A copy of ``a`` that is not contiguous (every other element of a buffer twice as long)."""
+    s = np.empty(a.shape[:-1] + (2 * a.shape[-1],) if a.ndim else (2,), a.dtype)[..., ::2]
+    s[...] = a
+    return s
+
+
+def _values(draw_data, dtype, shape):
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e300 if dtype == np.float64 else 3e38]
+    v = np.random.default_rng(draw_data).standard_normal(shape).astype(dtype)
+    if v.size:
+        flat = v.reshape(-1)
+        flat[:: max(1, v.size // 3)] = specials[draw_data % len(specials)]
+    return v
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    op=st.sampled_from(["axpy", "fma", "scale", "clip", "clip_lo", "clip_nan"]),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    shape=st.sampled_from([(), (0,), (1,), (7,), (4095,), (4097,), (3, 5000), (2, 0, 3), (300_001,)]),
+    target=st.sampled_from(["fresh", "out", "out=x", "out=last"]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_flat_elementwise_path_gives_the_general_paths_bits(op, dtype, shape, target, seed):
+    """C-contiguous operands of one shape and dtype take the flat path; the same values as strided views take
+    the general path (views, chunked by broadcasting). Both run the same kernels over the same chunks, so their
+    results are identical bit for bit, in place or not, serial or parallel (300,001 elements)."""
+    arity = {"axpy": 2, "fma": 3}.get(op, 1)
+    xs = [_values(seed + k, dtype, shape) for k in range(arity)]
+    call = {
+        "axpy": lambda a, out: fl.ops.axpy(1.5, *a, out=out),
+        "fma": lambda a, out: fl.ops.fma(*a, out=out),
+        "scale": lambda a, out: fl.ops.scale(a[0], -3, out=out),
+        "clip": lambda a, out: fl.ops.clip(a[0], -0.5, 0.25, out=out),
+        "clip_lo": lambda a, out: fl.ops.clip(a[0], None, 0.5, out=out),
+        "clip_nan": lambda a, out: fl.ops.clip(a[0], float("nan"), 1.0, out=out),
+    }[op]
+    general = call([_strided(a) if a.ndim else a.reshape(1)[::1].reshape(()) for a in xs], None)
+    flat_in = [a.copy() for a in xs]
+    if target == "fresh":
+        got = call(flat_in, None)
+    else:
+        out = {"out": np.full(shape, 7, dtype), "out=x": flat_in[0], "out=last": flat_in[-1]}[target]
+        got = call(flat_in, out)
+        assert got is out
+    assert got.dtype == dtype and np.shape(got) == shape
+    assert target != "fresh" or type(got) is type(general)
+    assert np.asarray(got).tobytes() == np.asarray(general).tobytes()
+    # against NumPy: a fused multiply-add rounds once, NumPy twice (within an ulp of either term)
+    terms = {"axpy": lambda: (1.5 * xs[0], xs[1]), "fma": lambda: (xs[0] * xs[1], xs[2]),
+             "scale": lambda: (xs[0] * dtype(-3), 0), "clip": lambda: (np.clip(xs[0], -0.5, 0.25), 0),
+             "clip_lo": lambda: (np.clip(xs[0], None, 0.5), 0), "clip_nan": lambda: (np.full(shape, np.nan, dtype), 0)}
+    with np.errstate(all="ignore"):
+        p, q = terms[op]()
+        expect = p + q
+        slack = 2 * np.finfo(dtype).eps * (np.abs(p) + np.abs(q))
+        close = (got == expect) | (np.isnan(got) & np.isnan(expect)) | (np.abs(got - expect) <= slack)
+    assert np.all(close)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_flat_elementwise_path_keeps_numpys_result_types_and_errors(dtype):
+    x = np.arange(6, dtype=dtype)
+    # a NumPy scalar is strong (NEP 50): float32 with a float64 scalar gives float64, through the general path
+    r = fl.ops.scale(x, np.float64(2.0))
+    assert r.dtype == np.result_type(x, np.float64(2.0))
+    assert fl.ops.scale(x, True).dtype == dtype and fl.ops.scale(x, 2).dtype == dtype
+    r = fl.ops.scale(x, 2.0)
+    assert r.dtype == dtype and isinstance(r, np.ndarray)
+    assert isinstance(fl.ops.scale(np.array(2.0, dtype), 2.0), np.generic)  # 0-d: a NumPy scalar, as NumPy
+    ro = np.zeros(6, dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"scale\(\): argument 'out'"):
+        fl.ops.scale(x, 2.0, out=ro)
+    with pytest.raises(ValueError, match=r"axpy\(\): argument 'y'"):
+        fl.ops.axpy(1.0, x, np.ones(5, dtype))
+    with pytest.raises(ValueError, match=r"argument 'out'"):
+        fl.ops.scale(x, 2.0, out=np.zeros(5, dtype))
+    with pytest.raises(TypeError):
+        fl.ops.scale(x, 10**400)

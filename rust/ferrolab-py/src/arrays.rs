@@ -228,8 +228,11 @@ fn same_dtype(v: &[In]) -> bool {
         .all(|w| std::mem::discriminant(&w[0]) == std::mem::discriminant(&w[1]))
 }
 
-/// Element types that come back to Python as NumPy scalars or arrays.
+/// The native element types: they come back to Python as NumPy scalars or arrays.
 pub trait ToNumpy: numpy::Element + Copy {
+    /// The typed array of a [`NativeArray`] of this element type (`None` for another one).
+    fn typed<'a, 'py>(a: NativeArray<'a, 'py>) -> Option<&'a Bound<'py, PyArrayDyn<Self>>>;
+
     /// A NumPy scalar (`np.float64`, `np.float32`, `np.int64`) holding `v`.
     fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Obj<'py>> {
         let descr = numpy::dtype::<Self>(py);
@@ -247,9 +250,19 @@ pub trait ToNumpy: numpy::Element + Copy {
         }
     }
 }
-impl ToNumpy for f64 {}
-impl ToNumpy for f32 {}
-impl ToNumpy for i64 {}
+macro_rules! to_numpy {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl ToNumpy for $t {
+            fn typed<'a, 'py>(a: NativeArray<'a, 'py>) -> Option<&'a Bound<'py, PyArrayDyn<Self>>> {
+                match a {
+                    NativeArray::$variant(a) => Some(a),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+to_numpy!(f64 => F64, f32 => F32, i64 => I64);
 
 /// A result array: a NumPy scalar when 0-dimensional, else an ndarray.
 pub fn to_py<'py, T: ToNumpy>(py: Python<'py>, a: ArrayD<T>) -> PyResult<Obj<'py>> {

@@ -15,7 +15,7 @@ use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
 use ferrolab_core::gpu::exec::GpuFloat;
 use ferrolab_core::gpu::ops::{self as gops, Scalars};
-use ferrolab_core::kernels::elementwise::Input;
+use ferrolab_core::kernels::elementwise::{Flat, Input};
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::native::{Fresh, Native, Out};
 use ferrolab_core::kernels::{
@@ -28,6 +28,7 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
+use smallvec::SmallVec;
 
 /// The boundary of every op call: the one device check, then `body`; a failure is counted once ([`counted`]).
 #[inline]
@@ -518,6 +519,7 @@ fn dot_small<'py, T: Real + ToNumpy>(
 struct Ew<'a, 'py>(
     Python<'py>,
     Op,
+    &'a [&'static str],
     Vec<In<'py>>,
     Vec<bool>,
     Option<&'a Obj<'py>>,
@@ -542,6 +544,9 @@ fn elementwise<'py>(
 ) -> PyResult<Obj<'py>> {
     let func = op.name();
     let out = opt_out(out);
+    if let Some(r) = flat_elementwise(py, op, arrays, scalars, out) {
+        return r;
+    }
     // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
     // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
     // NumPy's result-type rules in `_coerce.prepare_elementwise`
@@ -605,7 +610,7 @@ fn elementwise<'py>(
     } = prepared;
     let (want, n) = (arrays[0].dtype(), arrays.len());
     let other_dtype = out.is_some_and(|o| !arrays[0].same_dtype_as(o));
-    let ew = |same, o| Ew(py, op, arrays, same, o);
+    let ew = |same, o| Ew(py, op, names, arrays, same, o);
     match out {
         Some(o) if fin.is_some() || overlap || other_dtype => {
             // compute into a fresh array, then copy into out with NumPy's same-kind casting
@@ -627,6 +632,110 @@ fn elementwise<'py>(
     }
 }
 
+/// The flat path of [`elementwise`]: float64/float32 arrays of one dtype and one shape, all C-contiguous, plain
+/// Python numbers as scalars (weak under NEP 50), and `out` (when given) one more such array that shares no
+/// memory with an input or is exactly an input's memory (computed in place). The core's [`Flat`] kernels run on
+/// the arrays' elements: no views, broadcasting or shape bookkeeping. `None` where it does not apply.
+fn flat_elementwise<'py>(
+    py: Python<'py>,
+    op: Op,
+    arrays: &[&Obj<'py>],
+    scalars: &[(&'static str, &Obj<'py>)],
+    out: Option<&Obj<'py>>,
+) -> Option<PyResult<Obj<'py>>> {
+    fn typed<'py, T: NativePy + Real>(
+        py: Python<'py>,
+        op: Op,
+        arrays: &[&Obj<'py>],
+        v: [Option<f64>; 2],
+        out: Option<&Obj<'py>>,
+    ) -> Option<PyResult<Obj<'py>>> {
+        let t = |k: usize| v[k].map(T::from_f64);
+        let flat = match op {
+            Op::Axpy => Flat::Axpy(t(0)?),
+            Op::Fma => Flat::Fma,
+            Op::Scale => Flat::Scale(t(0)?),
+            Op::Clip => Flat::Clip(
+                t(0).unwrap_or(<T as Native>::LOWEST),
+                t(1).unwrap_or(<T as Native>::HIGHEST),
+            ),
+            _ => return None,
+        };
+        fn typed<'a, 'py, T: ToNumpy>(a: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
+            T::typed(native_array(a)?)
+        }
+        let first = typed::<T>(arrays[0])?;
+        let shape = first.shape();
+        let mut inputs: SmallVec<[Option<&[T]>; 3]> = SmallVec::new();
+        for a in arrays {
+            let a = typed::<T>(a)?;
+            inputs.push(Some(flat_slice(a, true).filter(|_| a.shape() == shape)?));
+        }
+        let fresh;
+        let o = match out {
+            Some(o) => {
+                let o = typed::<T>(o)?;
+                if !(o.is_c_contiguous() && o.shape() == shape) {
+                    return None;
+                }
+                // an input at out's very memory is read from out; any other overlap takes the general path
+                let (at, bytes) = (
+                    o.data() as usize,
+                    ::std::mem::size_of_val(inputs[0].unwrap_or(&[])),
+                );
+                for i in inputs.iter_mut().filter(|_| bytes > 0) {
+                    let p = i.map_or(at, |s| s.as_ptr() as usize);
+                    if p == at {
+                        *i = None;
+                    } else if p < at + bytes && at < p + bytes {
+                        return None;
+                    }
+                }
+                o
+            }
+            None => match new_array::<T>(py, op.name(), shape, false) {
+                Ok(a) => {
+                    fresh = a;
+                    &fresh
+                }
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        Some((|| {
+            let mut rw = take_out::<T>(op.name(), "out", o.as_any())?;
+            let os = rw
+                .as_slice_mut()
+                .map_err(|e| arg_value(op.name(), "out", e.to_string()))?;
+            let shapes = || vec![shape.to_vec(); inputs.len()];
+            run(py, op, os.len(), Meta::lazy::<T>(&shapes), || {
+                flat.run(&inputs, os);
+                Ok(())
+            })?;
+            drop(rw);
+            match out {
+                Some(o) => Ok(o.clone()),
+                None => scalar_if_0d(py, o.clone().into_any()),
+            }
+        })())
+    }
+    // the scalars: plain Python numbers (NumPy scalars are strong: their dtype takes part), or None for clip
+    let mut v = [None; 2];
+    for (k, (_, s)) in scalars.iter().enumerate() {
+        v[k] = if s.is_none() {
+            None
+        } else if s.is_exact_instance_of::<PyFloat>() || s.is_exact_instance_of::<PyInt>() {
+            Some(s.extract::<f64>().ok()?)
+        } else {
+            return None;
+        };
+    }
+    match native_kind(arrays[0])? {
+        NativeKind::F64 => typed::<f64>(py, op, arrays, v, out),
+        NativeKind::F32 => typed::<f32>(py, op, arrays, v, out),
+        NativeKind::I64 => None,
+    }
+}
+
 /// A fresh result: a 0-d one as a NumPy scalar, as NumPy returns them.
 fn scalar_if_0d<'py>(py: Python<'py>, a: Obj<'py>) -> PyResult<Obj<'py>> {
     match a.cast::<PyUntypedArray>()?.ndim() {
@@ -642,7 +751,7 @@ impl<'py> Ew<'_, 'py> {
         self,
         f: impl for<'a> FnOnce(Vec<Input<'a, T>>, Out<'a, T>) -> Fresh<T> + Send,
     ) -> PyResult<Option<Obj<'py>>> {
-        let Ew(py, op, arrays, same, out) = self;
+        let Ew(py, op, names, arrays, same, out) = self;
         let func = op.name();
         let ro: Vec<Ro<'py, T>> = arrays.into_iter().map(T::unwrap).collect();
         // a fresh result ([`new_array`]: no zero-filling, huge pages for large ones, recycled from 4 MiB), in
@@ -650,8 +759,11 @@ impl<'py> Ew<'_, 'py> {
         let fresh = match out {
             Some(_) => None,
             None => {
-                let refs: Vec<(&'static str, &[usize])> =
-                    ro.iter().map(|a| ("x", a.0.shape())).collect();
+                let refs: Vec<(&'static str, &[usize])> = names
+                    .iter()
+                    .zip(&ro)
+                    .map(|(n, a)| (*n, a.0.shape()))
+                    .collect();
                 let shape = elementwise::broadcast_shapes(func, &refs).py()?;
                 let fortran = shape.len() > 1
                     && ro.iter().all(|a| {
@@ -726,7 +838,7 @@ pub fn axpy<'py>(
     };
     boundary_gpu(Op::Axpy, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.2[0], T, _a => {
+            each_dtype!(&ew.3[0], T, _a => {
                 let a = <T as NativePy>::from_py("a", "axpy", sc[0])?;
                 ew.run::<T>(move |mut v, o| {
                     let y = v.pop().expect("y");
@@ -761,7 +873,7 @@ pub fn fma<'py>(
     };
     boundary_gpu(Op::Fma, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, _: &[&Obj<'py>]| {
-            each_dtype!(&ew.2[0], T, _a => ew.run::<T>(|mut v, o| {
+            each_dtype!(&ew.3[0], T, _a => ew.run::<T>(|mut v, o| {
                 let (z, y) = (v.pop().expect("z"), v.pop().expect("y"));
                 <T as Native>::fma(v.pop().expect("x"), y, z, o)
             }))
@@ -792,7 +904,7 @@ pub fn scale<'py>(
     };
     boundary_gpu(Op::Scale, device, gpu, || {
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.2[0], T, _a => {
+            each_dtype!(&ew.3[0], T, _a => {
                 let a = <T as NativePy>::from_py("a", "scale", sc[0])?;
                 ew.run::<T>(move |mut v, o| <T as Native>::scale(v.pop().expect("x"), a, o))
             })
@@ -838,7 +950,7 @@ pub fn clip<'py>(
             ));
         }
         let call = |ew: Ew<'_, 'py>, sc: &[&Obj<'py>]| {
-            each_dtype!(&ew.2[0], T, _a => {
+            each_dtype!(&ew.3[0], T, _a => {
                 let bound = |name, v: &Obj<'py>, missing: T| match v.is_none() {
                     true => Ok(missing),
                     false => <T as NativePy>::from_py(name, "clip", v),
@@ -903,8 +1015,8 @@ fn standardize_into<'py>(
         return copy_into(py, "standardize", o, &r);
     }
     warn_ddof(py, &a, axis, ddof)?;
-    let ew = Ew(py, Op::Standardize, vec![a], vec![false], out);
-    let r = each_float!(&ew.2[0], T, _a => ew.run::<T>(move |mut v, o| match v.pop() {
+    let ew = Ew(py, Op::Standardize, &["x"], vec![a], vec![false], out);
+    let r = each_float!(&ew.3[0], T, _a => ew.run::<T>(move |mut v, o| match v.pop() {
         Some(Input::View(v)) => stats::standardize::<T>(&v, axis, ddof, o),
         _ => unreachable!("one input, not out"),
     })?);

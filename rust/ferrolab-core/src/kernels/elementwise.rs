@@ -264,10 +264,51 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
         }
     }
 
+    let stream = (out_direct.is_some() || fresh) && streams::<T>(size);
+    let data: [&[T]; K] = std::array::from_fn(|k| &*data[k]);
+    let fill = |buf: &mut [T]| fill(data, same, buf, stream, &kernel);
+
+    match out_direct {
+        Some(buf) => {
+            fill(buf);
+            Ok(None)
+        }
+        None => {
+            let mut tmp = alloc::zeroed::<T>(func, "result", &shape)?;
+            fill(&mut tmp);
+            let arr = match order {
+                Order::C => ArrayD::from_shape_vec(IxDyn(&shape), tmp),
+                Order::F => ArrayD::from_shape_vec(IxDyn(&shape).f(), tmp),
+            }
+            .expect("shape");
+            match out {
+                Some(mut o) => {
+                    o.assign(&arr);
+                    Ok(None)
+                }
+                None => Ok(Some(arr)),
+            }
+        }
+    }
+}
+
+/// Whether an output of `size` elements of `T` is written with non-temporal stores.
+fn streams<T>(size: usize) -> bool {
+    size.saturating_mul(std::mem::size_of::<T>()) >= STREAM_MIN_BYTES && stream_stores_enabled()
+}
+
+/// Fills `out` with `kernel` over chunks of the inputs `data` (each of out's length, in its memory order), in
+/// parallel above [`PAR_ELEMWISE_MIN`] and with non-temporal stores when `stream`. An input whose `same` flag is
+/// set is `out` itself (its `data` is empty): each chunk of `out` is copied to a scratch buffer and read from
+/// there before it is overwritten.
+fn fill<T: Default + Copy + Send + Sync, const K: usize>(
+    data: [&[T]; K],
+    same: [bool; K],
+    out: &mut [T],
+    stream: bool,
+    kernel: &(impl Fn(usize, [&[T]; K], &mut [T]) + Sync),
+) {
     let any_same = same.iter().any(|&s| s);
-    let stream = (out_direct.is_some() || fresh)
-        && size.saturating_mul(std::mem::size_of::<T>()) >= STREAM_MIN_BYTES
-        && stream_stores_enabled();
     let run_chunk = |off: usize, o: &mut [T]| {
         let n = o.len();
         if stream {
@@ -307,44 +348,42 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
             kernel(off, std::array::from_fn(|k| &data[k][off..off + n]), o);
         }
     };
-    let fill = |buf: &mut [T]| {
-        let chunks = |at: usize, piece: &mut [T]| {
-            for (i, o) in piece.chunks_mut(CH).enumerate() {
-                run_chunk(at + i * CH, o);
-            }
-        };
-        if size >= PAR_ELEMWISE_MIN {
-            // pieces of whole chunks, at least 4 per thread and at most PIECE elements, the calling thread taking
-            // part (the result does not depend on the split)
-            let piece = (size / (4 * num_threads())).clamp(CH, PIECE) / CH * CH;
-            par_pieces_mut(buf, piece, chunks);
-        } else {
-            chunks(0, buf);
+    let chunks = |at: usize, piece: &mut [T]| {
+        for (i, o) in piece.chunks_mut(CH).enumerate() {
+            run_chunk(at + i * CH, o);
         }
     };
-
-    match out_direct {
-        Some(buf) => {
-            fill(buf);
-            Ok(None)
-        }
-        None => {
-            let mut tmp = alloc::zeroed::<T>(func, "result", &shape)?;
-            fill(&mut tmp);
-            let arr = match order {
-                Order::C => ArrayD::from_shape_vec(IxDyn(&shape), tmp),
-                Order::F => ArrayD::from_shape_vec(IxDyn(&shape).f(), tmp),
-            }
-            .expect("shape");
-            match out {
-                Some(mut o) => {
-                    o.assign(&arr);
-                    Ok(None)
-                }
-                None => Ok(Some(arr)),
-            }
-        }
+    let size = out.len();
+    if size >= PAR_ELEMWISE_MIN {
+        // pieces of whole chunks, at least 4 per thread and at most PIECE elements, the calling thread taking
+        // part (the result does not depend on the split)
+        let piece = (size / (4 * num_threads())).clamp(CH, PIECE) / CH * CH;
+        par_pieces_mut(out, piece, chunks);
+    } else {
+        chunks(0, out);
     }
+}
+
+/// [`map_into`] for inputs that are already contiguous and of out's length (no broadcasting, no copies): each
+/// input as its elements, or `None` where it is `out` itself (computed in place).
+///
+/// # Panics
+/// If an input's length differs from out's (the caller checked the shapes).
+pub fn map_flat<T: Default + Copy + Send + Sync, const K: usize>(
+    inputs: [Option<&[T]>; K],
+    out: &mut [T],
+    kernel: impl Fn(usize, [&[T]; K], &mut [T]) + Sync,
+) {
+    let same = inputs.map(|i| i.is_none());
+    let data = inputs.map(|i| i.unwrap_or(&[]));
+    for (d, s) in data.iter().zip(same) {
+        assert!(
+            s || d.len() == out.len(),
+            "map_flat: an input's length differs from out's"
+        );
+    }
+    let stream = streams::<T>(out.len());
+    fill(data, same, out, stream, &kernel);
 }
 
 /// A copy of `v` (input `name`, possibly broadcast to the result's shape) in `order`.
@@ -429,6 +468,29 @@ impl<T: Real> Kernel for Clip<'_, T> {
     }
 }
 
+/// The chunk kernel of `a * x + y`.
+fn axpy_kernel<T: Real>(a: T) -> impl Fn(usize, [&[T]; 2], &mut [T]) + Sync {
+    move |_, [x, y], o| dispatch(Axpy { a, x, y, o })
+}
+
+/// The chunk kernel of `x * y + z`.
+fn fma_kernel<T: Real>(_: usize, [x, y, z]: [&[T]; 3], o: &mut [T]) {
+    dispatch(Fma3 { x, y, z, o })
+}
+
+/// The chunk kernel of `a * x`.
+fn scale_kernel<T: Real>(a: T) -> impl Fn(usize, [&[T]; 1], &mut [T]) + Sync {
+    move |_, [x], o| dispatch(Scale { a, x, o })
+}
+
+/// The chunk kernel of `np.clip(x, lo, hi)`: NaN bounds give NaN, `lo > hi` gives `hi`.
+fn clip_kernel<T: Real>(lo: T, hi: T) -> impl Fn(usize, [&[T]; 1], &mut [T]) + Sync {
+    move |_, [x], o| match lo.is_nan() || hi.is_nan() {
+        true => o.fill(T::NAN),
+        false => dispatch(Clip { lo, hi, x, o }),
+    }
+}
+
 /// `a * x + y` (broadcasting), into `out` when given.
 pub fn axpy<'a, T: Real>(
     a: T,
@@ -436,9 +498,7 @@ pub fn axpy<'a, T: Real>(
     y: Input<'a, T>,
     out: Option<ArrayViewMutD<T>>,
 ) -> Result<Option<ArrayD<T>>> {
-    map_into("axpy", ["x", "y"], [x, y], out, |_, [x, y], o| {
-        dispatch(Axpy { a, x, y, o })
-    })
+    map_into("axpy", ["x", "y"], [x, y], out, axpy_kernel(a))
 }
 
 /// `x * y + z` (broadcasting), into `out` when given.
@@ -448,9 +508,7 @@ pub fn fma<'a, T: Real>(
     z: Input<'a, T>,
     out: Option<ArrayViewMutD<T>>,
 ) -> Result<Option<ArrayD<T>>> {
-    map_into("fma", ["x", "y", "z"], [x, y, z], out, |_, [x, y, z], o| {
-        dispatch(Fma3 { x, y, z, o })
-    })
+    map_into("fma", ["x", "y", "z"], [x, y, z], out, fma_kernel)
 }
 
 /// `a * x`, into `out` when given.
@@ -459,9 +517,7 @@ pub fn scale<T: Real>(
     a: T,
     out: Option<ArrayViewMutD<T>>,
 ) -> Result<Option<ArrayD<T>>> {
-    map_into("scale", ["x"], [x], out, |_, [x], o| {
-        dispatch(Scale { a, x, o })
-    })
+    map_into("scale", ["x"], [x], out, scale_kernel(a))
 }
 
 /// `np.clip(x, lo, hi)`: NaN bounds give NaN, `lo > hi` gives `hi`.
@@ -471,12 +527,43 @@ pub fn clip<T: Real>(
     hi: T,
     out: Option<ArrayViewMutD<T>>,
 ) -> Result<Option<ArrayD<T>>> {
-    if lo.is_nan() || hi.is_nan() {
-        return map_into("clip", ["x"], [x], out, |_, _, o| o.fill(T::NAN));
+    map_into("clip", ["x"], [x], out, clip_kernel(lo, hi))
+}
+
+/// An elementwise op on inputs of out's length, contiguous in its memory order: [`map_flat`] with the kernel of
+/// each op (`None` inputs are `out` itself).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Flat<T> {
+    Axpy(T),
+    Fma,
+    Scale(T),
+    Clip(T, T),
+}
+
+impl<T: Real> Flat<T> {
+    /// The number of array inputs.
+    pub fn arity(&self) -> usize {
+        match self {
+            Flat::Axpy(_) => 2,
+            Flat::Fma => 3,
+            Flat::Scale(_) | Flat::Clip(..) => 1,
+        }
     }
-    map_into("clip", ["x"], [x], out, |_, [x], o| {
-        dispatch(Clip { lo, hi, x, o })
-    })
+
+    /// Runs the op into `out`.
+    ///
+    /// # Panics
+    /// If `inputs` has not [`Self::arity`] entries, or an input's length differs from out's.
+    pub fn run(self, inputs: &[Option<&[T]>], out: &mut [T]) {
+        let k = |i: usize| inputs[i];
+        assert_eq!(inputs.len(), self.arity(), "Flat::run: number of inputs");
+        match self {
+            Flat::Axpy(a) => map_flat([k(0), k(1)], out, axpy_kernel(a)),
+            Flat::Fma => map_flat([k(0), k(1), k(2)], out, fma_kernel),
+            Flat::Scale(a) => map_flat([k(0)], out, scale_kernel(a)),
+            Flat::Clip(lo, hi) => map_flat([k(0)], out, clip_kernel(lo, hi)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -504,6 +591,55 @@ mod tests {
         let bad = Array::from_vec(vec![1.0, 2.0, 3.0]).into_dyn();
         let e = axpy(1.0, Input::View(x.view()), Input::View(bad.view()), None).unwrap_err();
         assert!(e.to_string().contains("'y'"));
+    }
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn flat_ops_equal_map_into_also_in_place_and_in_parallel() {
+        for n in [0, 1, 4097, PAR_ELEMWISE_MIN + 3] {
+            let x: Vec<f64> = (0..n).map(|i| (i % 97) as f64 - 40.5).collect();
+            let y: Vec<f64> = (0..n).map(|i| (i % 13) as f64 * 0.25).collect();
+            fn view(v: &[f64]) -> Input<'_, f64> {
+                Input::View(ArrayViewD::from_shape(IxDyn(&[v.len()]), v).unwrap())
+            }
+            let ops = [
+                Flat::Axpy(1.5),
+                Flat::Fma,
+                Flat::Scale(-2.0),
+                Flat::Clip(-3.0, 0.5),
+                Flat::Clip(f64::NAN, 1.0),
+            ];
+            for op in ops {
+                let want = match op {
+                    Flat::Axpy(a) => axpy(a, view(&x), view(&y), None),
+                    Flat::Fma => fma(view(&x), view(&y), view(&x), None),
+                    Flat::Scale(a) => scale(view(&x), a, None),
+                    Flat::Clip(lo, hi) => clip(view(&x), lo, hi, None),
+                }
+                .unwrap()
+                .unwrap()
+                .into_raw_vec_and_offset()
+                .0;
+                let all: [Option<&[f64]>; 3] = [Some(&x), Some(&y), Some(&x)];
+                let mut o = vec![7.0; n];
+                op.run(&all[..op.arity()], &mut o);
+                assert_eq!(bits(&o), bits(&want));
+                // in place: x is out itself
+                let mut o = x.clone();
+                let ins: [Option<&[f64]>; 3] = [None, Some(&y), None];
+                op.run(&ins[..op.arity()], &mut o);
+                assert_eq!(bits(&o), bits(&want));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "length differs")]
+    fn flat_ops_check_the_input_lengths() {
+        Flat::Scale(2.0).run(&[Some(&[1.0, 2.0][..])], &mut [0.0; 3]);
     }
 
     #[test]
