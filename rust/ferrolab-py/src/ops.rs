@@ -19,7 +19,7 @@ use ferrolab_core::kernels::elementwise::{Flat, Input};
 use ferrolab_core::kernels::layout::Canon;
 use ferrolab_core::kernels::native::{Fresh, Native, Out};
 use ferrolab_core::kernels::{
-    alloc, distance, elementwise, int, linalg, optim, reduce, stats, Real,
+    alloc, distance, elementwise, int, layout, linalg, optim, reduce, stats, Real,
 };
 use ferrolab_core::telemetry::seam::Op;
 use ferrolab_core::Result as CoreResult;
@@ -664,8 +664,7 @@ fn flat_elementwise<'py>(
         fn typed<'a, 'py, T: ToNumpy>(a: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
             T::typed(native_array(a)?)
         }
-        let first = typed::<T>(arrays[0])?;
-        let shape = first.shape();
+        let shape = typed::<T>(arrays[0])?.shape();
         let mut inputs: SmallVec<[Option<&[T]>; 3]> = SmallVec::new();
         for a in arrays {
             let a = typed::<T>(a)?;
@@ -679,16 +678,12 @@ fn flat_elementwise<'py>(
                     return None;
                 }
                 // an input at out's very memory is read from out; any other overlap takes the general path
-                let (at, bytes) = (
-                    o.data() as usize,
-                    ::std::mem::size_of_val(inputs[0].unwrap_or(&[])),
-                );
-                for i in inputs.iter_mut().filter(|_| bytes > 0) {
-                    let p = i.map_or(at, |s| s.as_ptr() as usize);
-                    if p == at {
-                        *i = None;
-                    } else if p < at + bytes && at < p + bytes {
-                        return None;
+                let (at, bytes) = (o.data() as usize, ::std::mem::size_of_val(inputs[0]?));
+                for i in inputs.iter_mut() {
+                    match i.map(|s| layout::alias_flat(at, s.as_ptr() as usize, bytes)) {
+                        Some(Alias::Same) => *i = None,
+                        Some(Alias::Partial) => return None,
+                        _ => {}
                     }
                 }
                 o

@@ -210,9 +210,21 @@ pub enum Alias {
 
 /// How `out` shares memory with `x`.
 pub fn alias(out: &Extent, x: &Extent) -> Alias {
-    if out.lo != out.hi && (out.lo, &out.strides, &out.shape) == (x.lo, &x.strides, &x.shape) {
+    let same = (out.lo, &out.strides, &out.shape) == (x.lo, &x.strides, &x.shape);
+    overlap((out.lo, out.hi), (x.lo, x.hi), same)
+}
+
+/// [`alias`] of two arrays of one shape, element type and contiguous layout, `bytes` long, at addresses `out`
+/// and `x`: the same elements exactly when they start at the same address.
+pub fn alias_flat(out: usize, x: usize, bytes: usize) -> Alias {
+    overlap((out, out + bytes), (x, x + bytes), out == x)
+}
+
+/// The one rule of [`alias`]: byte ranges `[lo, hi)`; `same` when both address the same elements the same way.
+fn overlap(out: (usize, usize), x: (usize, usize), same: bool) -> Alias {
+    if out.0 != out.1 && same {
         Alias::Same
-    } else if out.lo < x.hi && x.lo < out.hi {
+    } else if out.0 < x.1 && x.0 < out.1 {
         Alias::Partial
     } else {
         Alias::None
@@ -232,6 +244,10 @@ mod tests {
         assert_eq!(alias(&a, &e(1008, &[10], &[8])), Alias::Partial);
         assert_eq!(alias(&a, &e(1000, &[5], &[16])), Alias::Partial);
         assert_eq!(alias(&a, &e(1080, &[10], &[8])), Alias::None);
+        assert_eq!(alias_flat(1000, 1000, 80), Alias::Same);
+        assert_eq!(alias_flat(1000, 1072, 80), Alias::Partial);
+        assert_eq!(alias_flat(1000, 1080, 80), Alias::None);
+        assert_eq!(alias_flat(1000, 1000, 0), Alias::None);
         // reversed: the same bytes, other strides
         assert_eq!(alias(&a, &e(1072, &[10], &[-8])), Alias::Partial);
         // empty arrays share nothing
