@@ -550,8 +550,6 @@ fn elementwise<'py>(
     // fast path: arrays of one native dtype and plain Python scalars (weak under NEP 50) that do not change it;
     // anything else (NumPy scalars are strong, integer arrays with a float scalar promote) goes through
     // NumPy's result-type rules in `_coerce.prepare_elementwise`
-    let plain_int = |s: &Obj<'py>| s.is_exact_instance_of::<PyInt>();
-    let plain_num = |s: &Obj<'py>| s.is_exact_instance_of::<PyFloat>() || plain_int(s);
     // the one native dtype of all arrays (`Some(None)` without arrays), `None` when they have none in common
     let kinds: Option<Vec<NativeKind>> = arrays.iter().map(|a| native_kind(a)).collect();
     let common = kinds.and_then(|k| {
@@ -632,6 +630,16 @@ fn elementwise<'py>(
     }
 }
 
+/// A plain Python `int` (not a subclass such as `bool`, not a NumPy scalar): weak under NEP 50.
+fn plain_int(s: &Obj<'_>) -> bool {
+    s.is_exact_instance_of::<PyInt>()
+}
+
+/// A plain Python `float` or `int` (see [`plain_int`]).
+fn plain_num(s: &Obj<'_>) -> bool {
+    s.is_exact_instance_of::<PyFloat>() || plain_int(s)
+}
+
 /// The flat path of [`elementwise`]: float64/float32 arrays of one dtype and one shape, all C-contiguous, plain
 /// Python numbers as scalars (weak under NEP 50), and `out` (when given) one more such array that shares no
 /// memory with an input or is exactly an input's memory (computed in place). The core's [`Flat`] kernels run on
@@ -643,7 +651,7 @@ fn flat_elementwise<'py>(
     scalars: &[(&'static str, &Obj<'py>)],
     out: Option<&Obj<'py>>,
 ) -> Option<PyResult<Obj<'py>>> {
-    fn typed<'py, T: NativePy + Real>(
+    fn flat<'py, T: NativePy + Real>(
         py: Python<'py>,
         op: Op,
         arrays: &[&Obj<'py>],
@@ -661,23 +669,26 @@ fn flat_elementwise<'py>(
             ),
             _ => return None,
         };
-        fn typed<'a, 'py, T: ToNumpy>(a: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
+        fn array<'a, 'py, T: ToNumpy>(a: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
             T::typed(native_array(a)?)
         }
-        let shape = typed::<T>(arrays[0])?.shape();
+        let shape = array::<T>(arrays[0])?.shape();
         let mut inputs: SmallVec<[Option<&[T]>; 3]> = SmallVec::new();
         for a in arrays {
-            let a = typed::<T>(a)?;
+            let a = array::<T>(a)?;
             inputs.push(Some(flat_slice(a, true).filter(|_| a.shape() == shape)?));
         }
         let fresh;
         let o = match out {
             Some(o) => {
-                let o = typed::<T>(o)?;
-                if !(o.is_c_contiguous() && o.shape() == shape) {
+                let o = array::<T>(o)?;
+                // (a misaligned out cannot be a Rust slice)
+                if !(o.is_c_contiguous() && o.is_aligned() && o.shape() == shape) {
                     return None;
                 }
-                // an input at out's very memory is read from out; any other overlap takes the general path
+                // an input at out's very memory is read from out; any other overlap takes the general path. The
+                // inputs are unregistered views (see `Ro`): this check is what keeps them apart from out's
+                // mutable slice.
                 let (at, bytes) = (o.data() as usize, ::std::mem::size_of_val(inputs[0]?));
                 for i in inputs.iter_mut() {
                     match i.map(|s| layout::alias_flat(at, s.as_ptr() as usize, bytes)) {
@@ -698,9 +709,10 @@ fn flat_elementwise<'py>(
         };
         Some((|| {
             let mut rw = take_out::<T>(op.name(), "out", o.as_any())?;
-            let os = rw
-                .as_slice_mut()
-                .map_err(|e| arg_value(op.name(), "out", e.to_string()))?;
+            let os = rw.as_slice_mut().map_err(|e| {
+                let msg = format!("cannot be written as one slice ({e})");
+                arg_value(op.name(), "out", msg)
+            })?;
             let shapes = || vec![shape.to_vec(); inputs.len()];
             run(py, op, os.len(), Meta::lazy::<T>(&shapes), || {
                 flat.run(&inputs, os);
@@ -718,16 +730,16 @@ fn flat_elementwise<'py>(
     for (k, (_, s)) in scalars.iter().enumerate() {
         v[k] = if s.is_none() {
             None
-        } else if s.is_exact_instance_of::<PyFloat>() || s.is_exact_instance_of::<PyInt>() {
+        } else if plain_num(s) {
             Some(s.extract::<f64>().ok()?)
         } else {
             return None;
         };
     }
-    match native_kind(arrays[0])? {
-        NativeKind::F64 => typed::<f64>(py, op, arrays, v, out),
-        NativeKind::F32 => typed::<f32>(py, op, arrays, v, out),
-        NativeKind::I64 => None,
+    match native_array(arrays[0])? {
+        NativeArray::F64(_) => flat::<f64>(py, op, arrays, v, out),
+        NativeArray::F32(_) => flat::<f32>(py, op, arrays, v, out),
+        NativeArray::I64(_) => None,
     }
 }
 

@@ -266,16 +266,15 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
 
     let stream = (out_direct.is_some() || fresh) && streams::<T>(size);
     let data: [&[T]; K] = std::array::from_fn(|k| &*data[k]);
-    let fill = |buf: &mut [T]| fill(data, same, buf, stream, &kernel);
 
     match out_direct {
         Some(buf) => {
-            fill(buf);
+            fill(data, same, buf, stream, &kernel);
             Ok(None)
         }
         None => {
             let mut tmp = alloc::zeroed::<T>(func, "result", &shape)?;
-            fill(&mut tmp);
+            fill(data, same, &mut tmp, stream, &kernel);
             let arr = match order {
                 Order::C => ArrayD::from_shape_vec(IxDyn(&shape), tmp),
                 Order::F => ArrayD::from_shape_vec(IxDyn(&shape).f(), tmp),
