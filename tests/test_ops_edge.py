@@ -372,6 +372,40 @@ def test_wrong_dtype_two_d_ops(kind):
         fl.ops.fma(np.ones(3), np.ones(3), bad.ravel())
 
 
+@pytest.mark.parametrize("name", sorted(X_ONLY))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.int32])
+def test_masked_arrays_are_type_errors_not_silently_unmasked(name, dtype):
+    """The kernels would read masked values as data (``sum`` of [1, --, 3] gave 104): a masked array is refused,
+    with the way out in the message, also when nothing is masked (the rule does not depend on the data)."""
+    for mask in ([0, 1, 0], np.ma.nomask):
+        x = np.ma.array(np.array([1, 100, 3], dtype=dtype), mask=mask)
+        with pytest.raises(TypeError, match=rf"{name}\(\): argument 'x' is a masked array.*x\.compressed\(\)"):
+            X_ONLY[name](x)
+
+
+def test_masked_arrays_in_any_argument_are_type_errors():
+    m = np.ma.array(np.ones((3, 3)), mask=np.eye(3))
+    good = np.ones((3, 3))
+    for name, arg, call in [
+        ("matmul", "b", lambda: fl.ops.matmul(good, m)),
+        ("cdist", "a", lambda: fl.ops.cdist(m, good)),
+        ("dot", "y", lambda: fl.ops.dot(good[0], m[0])),
+        ("axpy", "y", lambda: fl.ops.axpy(1.0, good, m)),
+        ("axpy", "y", lambda: fl.ops.axpy(1.0, good, m, out=np.empty((3, 3)))),
+        ("fma", "z", lambda: fl.ops.fma(good, good, m)),
+        ("clip", "x", lambda: fl.ops.clip(m, 0.0, 0.5)),
+        ("standardize", "x", lambda: fl.ops.standardize(m, axis=0)),
+    ]:
+        with pytest.raises(TypeError, match=rf"{name}\(\): argument '{arg}' is a masked array"):
+            call()
+    # other ndarray subclasses are computed as their data, as before
+    class Sub(np.ndarray):
+        pass
+
+    assert fl.ops.sum(np.arange(4.0).view(Sub)) == 6.0
+    np.testing.assert_array_equal(fl.ops.scale(np.arange(3.0).view(Sub), 2.0), [0.0, 2.0, 4.0])
+
+
 def test_complex_scalars_are_type_errors():
     with pytest.raises(TypeError, match=r"axpy\(\).*'a'"):
         fl.ops.axpy(1j, np.ones(3), np.ones(3))

@@ -8,6 +8,7 @@ result into NumPy's result dtype (e.g. ``uint8`` for ``np.min`` of a ``uint8`` a
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,18 @@ _SIGN = np.int64(-(2**63))
 _FLOAT_KINDS = "biuf"
 
 
+def no_mask(func: str, name: str, v: Any) -> None:
+    """``TypeError`` for a ``numpy.ma.MaskedArray``: the kernels would read its masked values as data."""
+    ma = sys.modules.get("numpy.ma")  # (no masked array exists before numpy.ma is imported)
+    if ma is not None and isinstance(v, ma.MaskedArray):
+        raise TypeError(
+            f"{func}(): argument '{name}' is a masked array, whose mask ferrolab would ignore; pass "
+            f"{name}.compressed() to drop the masked values or {name}.filled(value) to replace them"
+        )
+
+
 def _as_array(func: str, name: str, v: Any) -> np.ndarray:
+    no_mask(func, name, v)
     try:
         a = np.asarray(v)
     except MemoryError:

@@ -2,9 +2,11 @@
 
 Every function accepts any array-like of a real dtype, any shape, strides or memory order, read-only and
 zero-size arrays. ``float32`` and ``float64`` are computed natively (``float32`` stays ``float32``); integers and
-bools are converted the way NumPy converts them for that operation. Results equal NumPy's to floating-point
-tolerance, including NaN/inf handling and empty inputs. Inner loops use AVX2/FMA when the CPU has them, large
-inputs run on a bounded thread pool (``FERROLAB_NUM_THREADS``), and heavy calls release the GIL.
+bools are converted the way NumPy converts them for that operation. A ``numpy.ma.MaskedArray`` raises
+``TypeError`` (its mask would be ignored); other ndarray subclasses are computed as their data. Results equal
+NumPy's to floating-point tolerance, including NaN/inf handling and empty inputs. Inner loops use AVX2/FMA when
+the CPU has them, large inputs run on a bounded thread pool (``FERROLAB_NUM_THREADS``), and heavy calls release the
+GIL.
 
 Each function takes ``device="cpu"`` (default), ``"cuda"`` (``"cuda:N"``) or ``"auto"``. On a GPU (see
 :mod:`ferrolab.gpu`) whole-array reductions and the elementwise ops run with ``"cuda"``; other calls with ``"cuda"``
@@ -28,6 +30,7 @@ import numpy as np
 
 from . import (
     _blas,  # noqa: F401  (hands NumPy's BLAS to matmul)
+    _coerce,
     _core,
 )
 from . import gpu as _gpu  # noqa: F401  (tells the native GPU backend where NVRTC is)
@@ -149,6 +152,7 @@ def histogram(
     array([0. , 0.5, 1. ])
     """
     _check_device("histogram", device)
+    _coerce.no_mask("histogram", "x", x)
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"histogram(): argument 'x' has dtype {a.dtype}; expected a real numeric dtype")
@@ -206,6 +210,7 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     qa = np.asarray(q, dtype=np.float64)
     if np.isnan(qa).any():
         raise ValueError("quantile(): argument 'q' must not contain NaN")
+    _coerce.no_mask("quantile", "x", x)
     xa = np.asarray(x)
     if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
         raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")

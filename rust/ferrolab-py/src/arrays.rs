@@ -34,7 +34,11 @@ pub enum NativeKind {
 /// arrays it accepts: `int64` whether NumPy calls it `long` or `longlong`). `None` for anything else.
 #[inline]
 pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
-    let d = x.cast::<PyUntypedArray>().ok()?.dtype();
+    let u = x.cast::<PyUntypedArray>().ok()?;
+    if !x.is_exact_instance_of::<PyUntypedArray>() && masked(x) {
+        return None; // `_coerce` rejects it: its mask would be ignored
+    }
+    let d = u.dtype();
     if d.is_native_byteorder() == Some(false) {
         return None;
     }
@@ -44,6 +48,15 @@ pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
         (b'i', 8) => Some(NativeKind::I64),
         _ => None,
     }
+}
+
+/// Whether `x` (an ndarray subclass) is a `numpy.ma.MaskedArray` (none exists before `numpy.ma` is imported).
+#[cold]
+fn masked(x: &Obj<'_>) -> bool {
+    let class = crate::ffi::modules(x.py())
+        .and_then(|m| m.get_item("numpy.ma"))
+        .and_then(|ma| ma.map(|ma| ma.getattr("MaskedArray")).transpose());
+    matches!(class, Ok(Some(c)) if x.is_instance(&c).unwrap_or(true))
 }
 
 /// A native ndarray, typed.
@@ -63,6 +76,11 @@ pub fn native_array<'a, 'py>(x: &'a Obj<'py>) -> Option<NativeArray<'a, 'py>> {
         NativeKind::F32 => NativeArray::F32(unsafe { x.cast_unchecked() }),
         NativeKind::I64 => NativeArray::I64(unsafe { x.cast_unchecked() }),
     })
+}
+
+/// `x` as an ndarray of element type `T`, when that is its native element type ([`native_array`]).
+pub fn native_typed<'a, 'py, T: ToNumpy>(x: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
+    T::typed(native_array(x)?)
 }
 
 /// The elements of a contiguous array (C-contiguous when `c_only`) as one slice; `None` for other layouts.

@@ -2,7 +2,7 @@
 //! contiguous float32/float64 NumPy arrays, and the elementwise ops on C-contiguous arrays of one shape. Here the
 //! arrays are only borrowed and the results converted; placement, fallback and the `gpu` breaker are the core's.
 
-use crate::arrays::{flat_slice, to_py, Obj};
+use crate::arrays::{flat_slice, native_typed, to_py, Obj};
 use crate::errors::IntoPyResult;
 use crate::funnel::{run_dispatched, Meta};
 use ferrolab_core::gpu::dispatch::Requested;
@@ -42,7 +42,7 @@ pub fn reduction<'py>(
         ddof: f64,
         req: Requested,
     ) -> Option<PyResult<Obj<'py>>> {
-        let a = x.cast::<PyArrayDyn<T>>().ok()?;
+        let a = native_typed::<T>(x)?;
         let s = flat_slice(a, ops::needs_c_order(op))?;
         match ops::flat_applies(op, s.len(), ddof) {
             Ok(false) => None, // the CPU path raises or warns like NumPy
@@ -86,7 +86,7 @@ pub fn elementwise<'py>(
     scalars: Scalars,
     requested: Requested,
 ) -> Option<PyResult<Obj<'py>>> {
-    fn typed<'py, T: GpuFloat + Real + numpy::Element>(
+    fn typed<'py, T: GpuFloat + Real + crate::arrays::ToNumpy>(
         py: Python<'py>,
         op: Op,
         arrays: &[&Obj<'py>],
@@ -95,7 +95,7 @@ pub fn elementwise<'py>(
     ) -> Option<PyResult<Obj<'py>>> {
         let typed: Vec<&Bound<'py, PyArrayDyn<T>>> = arrays
             .iter()
-            .map(|x| x.cast::<PyArrayDyn<T>>().ok())
+            .map(|x| native_typed::<T>(x))
             .collect::<Option<_>>()?;
         let shape = typed[0].shape();
         if typed.iter().any(|a| a.shape() != shape) {

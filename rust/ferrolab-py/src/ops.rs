@@ -6,8 +6,8 @@
 
 use crate::arrays::{
     alias, check_device, copy_into, dtype_or_class, finish, flat_slice, native_array, native_kind,
-    new_array, opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray, NativeKind, Obj,
-    Prepared, Ro, ToNumpy,
+    native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray,
+    NativeKind, Obj, Prepared, Ro, ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
@@ -669,19 +669,16 @@ fn flat_elementwise<'py>(
             ),
             _ => return None,
         };
-        fn array<'a, 'py, T: ToNumpy>(a: &'a Obj<'py>) -> Option<&'a Bound<'py, PyArrayDyn<T>>> {
-            T::typed(native_array(a)?)
-        }
-        let shape = array::<T>(arrays[0])?.shape();
+        let shape = native_typed::<T>(arrays[0])?.shape();
         let mut inputs: SmallVec<[Option<&[T]>; 3]> = SmallVec::new();
         for a in arrays {
-            let a = array::<T>(a)?;
+            let a = native_typed::<T>(a)?;
             inputs.push(Some(flat_slice(a, true).filter(|_| a.shape() == shape)?));
         }
         let fresh;
         let o = match out {
             Some(o) => {
-                let o = array::<T>(o)?;
+                let o = native_typed::<T>(o)?;
                 // (a misaligned out cannot be a Rust slice)
                 if !(o.is_c_contiguous() && o.is_aligned() && o.shape() == shape) {
                     return None;
