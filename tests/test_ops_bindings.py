@@ -209,3 +209,27 @@ def test_the_flat_elementwise_path_keeps_numpys_result_types_and_errors(dtype):
                  lambda: fl.ops.axpy(2.0, x, x, out=odd), lambda: fl.ops.fma(x, x, x, out=odd)):
         assert call() is odd
     np.testing.assert_array_equal(odd, x * x + x)
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", ">f8", "float64", "float16", "int32", "int64", "complex128", "bool"])
+@pytest.mark.parametrize("in_dtype", ["float64", "float32", "int64"])
+def test_an_out_of_another_dtype_is_taken_as_numpys_ufuncs_take_it(in_dtype, out_dtype):
+    """NumPy writes a ufunc's result into an ``out`` of any dtype it can reach by same-kind casting (float64 into
+    float32, int64 into float64 or int32, into a byte-swapped array), and raises TypeError otherwise."""
+    x = np.arange(6, dtype=in_dtype).reshape(2, 3)
+    calls = {
+        "scale": (lambda out: fl.ops.scale(x, 2, out=out), lambda out: np.multiply(x, 2, out=out)),
+        "axpy": (lambda out: fl.ops.axpy(2, x, x, out=out), lambda out: np.add(np.multiply(x, 2), x, out=out)),
+        "clip": (lambda out: fl.ops.clip(x, 1, 4, out=out), lambda out: np.clip(x, 1, 4, out=out)),
+    }
+    for name, (mine, peer) in calls.items():
+        expect = np.zeros(x.shape, out_dtype)
+        try:
+            peer(expect)
+        except TypeError:
+            with pytest.raises(TypeError, match=rf"{name}\(\): argument 'out'"):
+                mine(np.zeros(x.shape, out_dtype))
+            continue
+        out = np.zeros(x.shape, out_dtype)
+        assert mine(out) is out
+        np.testing.assert_array_equal(out, expect)

@@ -133,20 +133,9 @@ macro_rules! each_in {
     };
 }
 
-impl<T: numpy::Element> Ro<'_, T> {
-    fn dtype(&self) -> &'static str {
-        alloc::dtype_name::<T>()
-    }
-}
-
 impl In<'_> {
     pub fn shape(&self) -> &[usize] {
         each_in!(self, a => a.0.shape())
-    }
-
-    /// NumPy's name of the input's dtype.
-    pub fn dtype(&self) -> &'static str {
-        each_in!(self, a => a.dtype())
     }
 
     /// Whether `o` is an ndarray of this input's dtype.

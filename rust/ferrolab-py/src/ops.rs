@@ -606,22 +606,13 @@ fn elementwise<'py>(
         arrays,
         finish: fin,
     } = prepared;
-    let (want, n) = (arrays[0].dtype(), arrays.len());
+    let n = arrays.len();
     let other_dtype = out.is_some_and(|o| !arrays[0].same_dtype_as(o));
     let ew = |same, o| Ew(py, op, names, arrays, same, o);
     match out {
         Some(o) if fin.is_some() || overlap || other_dtype => {
-            // compute into a fresh array, then copy into out with NumPy's same-kind casting
-            if fin.is_none() && !overlap && o.cast::<PyUntypedArray>().is_ok() {
-                let got = o.getattr("dtype")?.to_string();
-                if !(want == "float32" && got == "float64") {
-                    return Err(arg_type(
-                        func,
-                        "out",
-                        format!("has dtype {got}; expected {want}"),
-                    ));
-                }
-            }
+            // compute into a fresh array, then copy into out with NumPy's same-kind casting (an out of another
+            // dtype takes what a ufunc's out takes: float64 into float32, int64 into float64, ...)
             let r = call(ew(vec![false; n], None), sc)?.expect("fresh result");
             copy_into(py, func, o, &finish(r, &fin)?)
         }
