@@ -113,6 +113,8 @@ builtin_errors! {
     system_error => PySystemError;
     /// `NotImplementedError`.
     not_implemented => PyNotImplementedError;
+    /// `OverflowError`: a Python number too large for the type it must become (as NumPy raises it).
+    overflow_error => PyOverflowError;
 }
 
 /// The name of `o`'s type, for messages ("must be str, got int").

@@ -9,7 +9,7 @@ use crate::arrays::{
     native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray,
     NativeKind, Obj, Prepared, Ro, ToNumpy,
 };
-use crate::errors::{arg_type, arg_value, type_of, value_error, IntoPyResult};
+use crate::errors::{arg_type, arg_value, overflow_error, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
 use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
@@ -95,9 +95,14 @@ macro_rules! native_py {
             }
             #[allow(clippy::unnecessary_cast)]
             fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self> {
-                let what =
-                    |_| arg_type(func, name, format!("must be {}, got {}", $what, type_of(v)));
-                v.extract::<$scalar>().map(|x| x as $t).map_err(what)
+                v.extract::<$scalar>().map(|x| x as $t).map_err(|e| {
+                    if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(v.py()) {
+                        let e = e.value(v.py());
+                        overflow_error(format!("{func}(): argument '{name}' is too large: {e}"))
+                    } else {
+                        arg_type(func, name, format!("must be {}, got {}", $what, type_of(v)))
+                    }
+                })
             }
         }
     };
