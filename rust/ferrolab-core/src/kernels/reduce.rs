@@ -8,7 +8,7 @@ use super::alloc;
 use super::dispatch::{dispatch, maybe_parallel, num_threads, par_map_chunks, Kernel, Mode};
 use super::layout::{canon, Canon};
 use super::simd::{
-    norm_of, ArgExtreme, ArgIndex, ArgPart, ArgWhole, Dot, Extreme, Moments, Neumaier,
+    norm_of, ArgExtreme, ArgIndex, ArgPart, ArgRows, ArgWhole, Dot, Extreme, Moments, Neumaier,
     SliceMoments, Sum, SumSq,
 };
 use super::{Real, PAR_CHUNK, PAR_REDUCE_MIN};
@@ -618,6 +618,12 @@ fn arg_extreme<T: Real, const MAX: bool>(func: &'static str, c: Canon<T>) -> Res
         ));
     }
     let data: &[T] = &c.data;
+    if c.inner == 1 && c.n >= SHORT_ROW && c.outer * c.n < PAR_REDUCE_MIN {
+        // whole rows on this thread: each row's index straight into the result, under one dispatch
+        let mut out = alloc::filled::<i64>(func, "result", &c.out_shape, 0)?;
+        dispatch(ArgRows::<T, MAX>(data, c.n, &mut out));
+        return Ok(c.wrap(out));
+    }
     let parts = drive::<T, ArgPart<T>, ArgCols<T, MAX>>(
         func,
         &c,

@@ -1079,6 +1079,19 @@ impl<T: Real, const MAX: bool> Kernel for ArgWhole<'_, T, MAX> {
     }
 }
 
+/// [`ArgWhole`] of every row of `n` values in the contiguous rows `.0`, into `out` (one index per row): the rows
+/// under one dispatch, so a short row's search costs no call of its own.
+pub struct ArgRows<'a, T, const MAX: bool>(pub &'a [T], pub usize, pub &'a mut [i64]);
+impl<T: Real, const MAX: bool> Kernel for ArgRows<'_, T, MAX> {
+    type Output = ();
+    #[inline(always)]
+    fn run<M: Mode>(self) {
+        for (row, o) in self.0.chunks_exact(self.1).zip(self.2.iter_mut()) {
+            *o = ArgWhole::<T, MAX>(row).run::<M>() as i64;
+        }
+    }
+}
+
 /// Runs a kernel on the best instruction set (re-exported for the reduction drivers).
 #[inline(always)]
 pub fn run<K: Kernel>(k: K) -> K::Output {
