@@ -1227,3 +1227,59 @@ def test_var_float32_large_offset():
     err_fl = abs(float(fl.ops.var(x)) - exact)
     err_np = abs(float(np.var(x)) - exact)
     assert err_fl <= max(err_np, float(np.spacing(np.float32(exact)))), (err_fl, err_np, exact)
+
+
+def _field(shape, dtype=np.float64):
+    """Field 'a' of a packed structured array (field 'b', one byte, set to 7): strides that are not multiples of
+    the item size."""
+    s = np.zeros(shape, dtype=[("a", dtype), ("b", np.int8)])
+    s["b"] = 7
+    return s
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
+def test_fields_of_packed_structured_arrays_are_read_as_numpy_reads_them(dtype):
+    """A field view's strides (9 bytes for float64 + int8) are not multiples of its item size: an n-d view would
+    round them to whole elements and read the wrong memory (a float64 + float32 field: sum of 0..39 gave 287.9).
+    Such inputs are copied first."""
+    s = _field((6, 40), dtype)
+    s["a"] = (np.random.default_rng(3).standard_normal((6, 40)) * 10).astype(dtype)
+    x = s["a"]
+    assert not x.flags.aligned
+    for name in ["sum", "min", "max", "argmin", "argmax", "mean"]:
+        for axis in (None, 0, 1):
+            np.testing.assert_allclose(getattr(fl.ops, name)(x, axis=axis), getattr(np, name)(x, axis=axis),
+                                       rtol=1e-6, atol=1e-3 if dtype == np.float32 else 0, err_msg=f"{name} {axis}")
+    if dtype != np.int64:
+        np.testing.assert_allclose(fl.ops.scale(x, 2.0), x * 2, rtol=1e-6)
+        np.testing.assert_allclose(fl.ops.cdist(x, x), scipy_distance.cdist(x, x), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(fl.ops.dot(x[0], x[1]), np.dot(x[0], x[1]), rtol=1e-5)
+    assert (s["b"] == 7).all()
+
+
+def test_fields_of_packed_structured_arrays_as_out_are_written_in_place_of_nothing_else():
+    x = np.arange(12.0).reshape(3, 4)
+    for call, expect in [
+        (lambda o: fl.ops.scale(x, 3.0, out=o), x * 3),
+        (lambda o: fl.ops.axpy(2.0, x, x, out=o), 3 * x),
+        (lambda o: fl.ops.clip(x, 2.0, 5.0, out=o), np.clip(x, 2.0, 5.0)),
+        (lambda o: fl.ops.matmul(x[:, :3], np.eye(3, 4), out=o), x[:, :3] @ np.eye(3, 4)),
+        (lambda o: fl.ops.standardize(x, axis=0, out=o), (x - x.mean(0)) / x.std(0)),
+    ]:
+        s = _field((3, 4))
+        assert call(s["a"]) is not None
+        np.testing.assert_allclose(s["a"], expect, rtol=1e-12)
+        assert (s["b"] == 7).all(), "the other field was overwritten"
+    p = _field(5)
+    with pytest.raises(TypeError, match=r"adam_step\(\): argument 'param' must be an aligned"):
+        fl.ops.adam_step(p["a"], np.ones(5), np.zeros(5), np.zeros(5), t=1)
+
+
+def test_masked_arrays_written_by_an_op_are_type_errors():
+    m = np.ma.array(np.zeros(3), mask=[0, 1, 0])
+    with pytest.raises(TypeError, match=r"scale\(\): argument 'out' is a masked array"):
+        fl.ops.scale(np.ones(3), 2.0, out=m)
+    with pytest.raises(TypeError, match=r"adam_step\(\): argument 'grad' is a masked array"):
+        fl.ops.adam_step(np.ones(3), m, np.zeros(3), np.zeros(3), t=1)
+    with pytest.raises(TypeError, match=r"matmul\(\): argument 'out' is a masked array"):
+        fl.ops.matmul(np.ones((3, 1)), np.ones((1, 1)), out=np.ma.array(np.zeros((3, 1)), mask=[[0], [1], [0]]))

@@ -41,7 +41,9 @@ def _as_array(func: str, name: str, v: Any) -> np.ndarray:
             f"{func}(): argument '{name}' has dtype {a.dtype}; expected a real numeric dtype "
             "(float32, float64, an integer or bool)"
         )
-    return a
+    # a misaligned buffer, or strides that are not multiples of the item size (a field of a packed structured
+    # array): the kernels take a copy
+    return a if a.flags.aligned else a.copy()
 
 
 @functools.lru_cache(maxsize=32)

@@ -29,14 +29,19 @@ pub enum NativeKind {
     I64,
 }
 
-/// The native element type of ndarray `x` (any subclass of `ndarray`), read from its descriptor's kind, item
-/// size and byte order: one check instead of NumPy's type-equivalence call for each candidate dtype (the same
-/// arrays it accepts: `int64` whether NumPy calls it `long` or `longlong`). `None` for anything else.
+/// The native element type of ndarray `x`, read from its descriptor's kind, item size and byte order: one check
+/// instead of NumPy's type-equivalence call for each candidate dtype (the same arrays it accepts: `int64` whether
+/// NumPy calls it `long` or `longlong`). `None` for anything else, and for arrays the kernels cannot take as
+/// they are:
+/// - unaligned ones: a misaligned buffer, or strides that are not multiples of the item size (a field of a packed
+///   structured array), which an n-d view would round to whole elements and so read the wrong memory
+///   (`_coerce` copies them);
+/// - a `numpy.ma.MaskedArray`, whose mask would be ignored (`_coerce` rejects it). Other subclasses are native.
 #[inline]
 pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
     let u = x.cast::<PyUntypedArray>().ok()?;
-    if !x.is_exact_instance_of::<PyUntypedArray>() && masked(x) {
-        return None; // `_coerce` rejects it: its mask would be ignored
+    if !u.is_aligned() || (!x.is_exact_instance_of::<PyUntypedArray>() && masked(x)) {
+        return None;
     }
     let d = u.dtype();
     if d.is_native_byteorder() == Some(false) {
@@ -138,10 +143,14 @@ impl In<'_> {
         each_in!(self, a => a.0.shape())
     }
 
-    /// Whether `o` is an ndarray of this input's dtype.
+    /// Whether `o` is a native array ([`native_kind`]) of this input's dtype: one the kernels can write as it is.
     pub fn same_dtype_as(&self, o: &Obj<'_>) -> bool {
-        o.cast::<PyUntypedArray>()
-            .is_ok_and(|u| u.dtype().is_equiv_to(&each_in!(self, a => a.0.dtype())))
+        let kind = match self {
+            In::F64(_) => NativeKind::F64,
+            In::F32(_) => NativeKind::F32,
+            In::I64(_) => NativeKind::I64,
+        };
+        native_kind(o) == Some(kind)
     }
 }
 
@@ -296,21 +305,36 @@ pub fn dtype_or_class(o: &Obj<'_>) -> String {
 }
 
 /// A writeable array of element type `T`: argument `name` (`out`, or an array updated in place) of `func`.
-pub fn take_out<'py, T: numpy::Element>(
+pub fn take_out<'py, T: ToNumpy>(
     func: &'static str,
     name: &'static str,
     out: &Obj<'py>,
 ) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
-    let a = out.cast::<PyArrayDyn<T>>().map_err(|_| {
+    no_mask(func, name, out)?;
+    let a = native_typed::<T>(out).ok_or_else(|| {
         let (want, got) = (alloc::dtype_name::<T>(), dtype_or_class(out));
         arg_type(
             func,
             name,
-            format!("must be a numpy.ndarray of dtype {want}, got {got}"),
+            format!("must be an aligned numpy.ndarray of dtype {want}, got {got}"),
         )
     })?;
     a.try_readwrite()
         .map_err(|e| arg_value(func, name, format!("must be a writeable array ({e})")))
+}
+
+/// `TypeError` for a `numpy.ma.MaskedArray` given as argument `name` that ferrolab writes (`out`, `adam_step`'s
+/// state): it would read and write the data only, and the mask would stay as it was.
+pub fn no_mask(func: &'static str, name: &'static str, out: &Obj<'_>) -> PyResult<()> {
+    let sub = out.cast::<PyUntypedArray>().is_ok() && !out.is_exact_instance_of::<PyUntypedArray>();
+    match sub && masked(out) {
+        true => Err(arg_type(
+            func,
+            name,
+            "is a masked array, whose mask ferrolab would ignore",
+        )),
+        false => Ok(()),
+    }
 }
 
 /// `out` given and not None.
@@ -330,6 +354,7 @@ pub fn copy_into<'py>(
     out: &Obj<'py>,
     r: &Obj<'py>,
 ) -> PyResult<Obj<'py>> {
+    no_mask(func, "out", out)?;
     let kw = PyDict::new(py);
     kw.set_item(pyo3::intern!(py, "casting"), pyo3::intern!(py, "same_kind"))?;
     match COPYTO

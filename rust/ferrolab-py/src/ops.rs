@@ -1009,8 +1009,11 @@ fn standardize_into<'py>(
     out: Option<&Obj<'py>>,
 ) -> PyResult<Obj<'py>> {
     let (a, fin) = take_one(py, Op::Standardize, x, Kind::Float)?;
-    if let Some(o) = out.filter(|o| fin.is_some() || alias(o, x) != Alias::None) {
-        // out overlaps x, or x was converted (another dtype than out's): compute fresh, then copy
+    if let Some(o) =
+        out.filter(|o| fin.is_some() || alias(o, x) != Alias::None || !a.same_dtype_as(o))
+    {
+        // out overlaps x, x was converted, or out is not a native array of x's dtype: compute fresh, then copy
+        // (with NumPy's same-kind casting)
         let r = standardize_into(py, x, axis, ddof, None)?;
         return copy_into(py, "standardize", o, &r);
     }
@@ -1204,7 +1207,7 @@ fn gemm<'py, T: linalg::GemmElem + NativePy>(
         two_d("matmul", "b", y.as_array())?,
     );
     let work = va.len().saturating_mul(vb.ncols());
-    let o = match out.filter(|o| o.cast::<PyArrayDyn<T>>().is_ok()) {
+    let o = match out.filter(|o| native_typed::<T>(o).is_some()) {
         Some(o) => o.clone(),
         // a fresh result (no zero-fill, huge pages, recycled when large; [`new_array`]): gemm writes every element
         None => new_array::<T>(py, "matmul", &[va.nrows(), vb.ncols()], false)?.into_any(),
@@ -1343,7 +1346,7 @@ pub fn adam_step<'py>(
     counted(Op::AdamStep, device, body())
 }
 
-fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
+fn adam_t<'py, T: Real + NativePy + GpuFloat>(
     py: Python<'py>,
     args: [&Obj<'py>; 4],
     hp: optim::AdamParams,
@@ -1353,12 +1356,14 @@ fn adam_t<'py, T: Real + numpy::Element + GpuFloat>(
     const NAMES: [&str; 4] = ["param", "grad", "m", "v"];
     let [param, grad, m, v] = args;
     let want = |k: usize| -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-        args[k].cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
+        // (updated in place: a masked or unaligned array cannot be computed on a copy)
+        crate::arrays::no_mask("adam_step", NAMES[k], args[k])?;
+        native_typed::<T>(args[k]).cloned().ok_or_else(|| {
             let (dt, got) = (T::DTYPE, dtype_or_class(args[k]));
             arg_type(
                 "adam_step",
                 NAMES[k],
-                format!("must be a numpy.ndarray of dtype {dt} like param, got {got}"),
+                format!("must be an aligned numpy.ndarray of dtype {dt} like param, got {got}"),
             )
         })
     };
