@@ -243,3 +243,21 @@ def test_an_out_of_another_dtype_is_taken_as_numpys_ufuncs_take_it(in_dtype, out
             np.testing.assert_allclose(out, expect, rtol=1e-3 if out_dtype == "float16" else 1e-6)
         else:
             np.testing.assert_array_equal(out, expect)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64"])
+def test_inputs_broadcast_to_a_larger_out_as_in_numpy(dtype):
+    x = np.arange(3, dtype=dtype)
+    for mine, peer in [
+        (lambda o: fl.ops.scale(x, 2, out=o), lambda o: np.multiply(x, 2, out=o)),
+        (lambda o: fl.ops.axpy(2, x, x[:1], out=o), lambda o: np.add(np.multiply(x, 2), x[:1], out=o)),
+        (lambda o: fl.ops.fma(x, x, x, out=o), lambda o: np.add(np.multiply(x, x), x, out=o)),
+        (lambda o: fl.ops.clip(x, 1, 1, out=o), lambda o: np.clip(x, 1, 1, out=o)),
+    ]:
+        for out_dtype in (dtype, "float64"):
+            expect, out = np.zeros((2, 3), out_dtype), np.zeros((2, 3), out_dtype)
+            peer(expect)
+            assert mine(out) is out
+            np.testing.assert_array_equal(out, expect)
+        with pytest.raises(ValueError, match=r"argument 'out' has shape \(2, 4\)"):
+            mine(np.zeros((2, 4), dtype))

@@ -174,8 +174,13 @@ pub fn map_into<'o, T: Zeroable + Default + Send + Sync + 'static, const K: usiz
     }
     let refs: Vec<(&'static str, &[usize])> =
         shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
-    let shape = broadcast_shapes(func, &refs)?;
+    let mut shape = broadcast_shapes(func, &refs)?;
     if let Some(os) = &out_shape_given {
+        // as in NumPy, the inputs may also broadcast to a larger `out`
+        let with_out = broadcast_shapes(func, &[("x", &shape), ("out", os)]);
+        if with_out.as_ref().is_ok_and(|w| w == os) {
+            shape.clone_from(os);
+        }
         if *os != shape {
             return Err(CoreError::value(
                 func,
@@ -590,6 +595,27 @@ mod tests {
         let bad = Array::from_vec(vec![1.0, 2.0, 3.0]).into_dyn();
         let e = axpy(1.0, Input::View(x.view()), Input::View(bad.view()), None).unwrap_err();
         assert!(e.to_string().contains("'y'"));
+        // the inputs broadcast to a larger out, as in NumPy; an out they do not broadcast to is an error
+        let mut big = Array::zeros(IxDyn(&[2, 3, 4]));
+        axpy(
+            1.0,
+            Input::View(x.view()),
+            Input::View(y.view()),
+            Some(big.view_mut()),
+        )
+        .unwrap();
+        assert_eq!(big[[1, 2, 3]], 11.0 + 4.0);
+        let mut odd = Array::zeros(IxDyn(&[3, 5]));
+        let e = axpy(
+            1.0,
+            Input::View(x.view()),
+            Input::View(y.view()),
+            Some(odd.view_mut()),
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("'out' has shape (3, 5)"));
     }
 
     fn bits(v: &[f64]) -> Vec<u64> {
