@@ -40,7 +40,7 @@ pub enum NativeKind {
 #[inline]
 pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
     let u = x.cast::<PyUntypedArray>().ok()?;
-    if !u.is_aligned() || (!x.is_exact_instance_of::<PyUntypedArray>() && masked(x)) {
+    if !u.is_aligned() || masked(x) {
         return None;
     }
     let d = u.dtype();
@@ -55,9 +55,15 @@ pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
     }
 }
 
-/// Whether `x` (an ndarray subclass) is a `numpy.ma.MaskedArray` (none exists before `numpy.ma` is imported).
-#[cold]
+/// Whether `x` is a `numpy.ma.MaskedArray`: never a plain ndarray (one type comparison), else asked of
+/// `numpy.ma` (none exists before it is imported).
+#[inline]
 fn masked(x: &Obj<'_>) -> bool {
+    !x.is_exact_instance_of::<PyUntypedArray>() && masked_subclass(x)
+}
+
+#[cold]
+fn masked_subclass(x: &Obj<'_>) -> bool {
     let class = crate::ffi::modules(x.py())
         .and_then(|m| m.get_item("numpy.ma"))
         .and_then(|ma| ma.map(|ma| ma.getattr("MaskedArray")).transpose());
@@ -310,24 +316,33 @@ pub fn take_out<'py, T: ToNumpy>(
     name: &'static str,
     out: &Obj<'py>,
 ) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
-    no_mask(func, name, out)?;
-    let a = native_typed::<T>(out).ok_or_else(|| {
-        let (want, got) = (alloc::dtype_name::<T>(), dtype_or_class(out));
+    native_arg::<T>(func, name, out)?
+        .try_readwrite()
+        .map_err(|e| arg_value(func, name, format!("must be a writeable array ({e})")))
+}
+
+/// Argument `name` of `func` as a native array of element type `T` ([`native_typed`]), for an array the op works
+/// on as it is (`out`, an array updated in place): a masked array or another dtype or layout is a `TypeError`.
+pub fn native_arg<'a, 'py, T: ToNumpy>(
+    func: &'static str,
+    name: &'static str,
+    x: &'a Obj<'py>,
+) -> PyResult<&'a Bound<'py, PyArrayDyn<T>>> {
+    no_mask(func, name, x)?;
+    native_typed::<T>(x).ok_or_else(|| {
+        let (want, got) = (alloc::dtype_name::<T>(), dtype_or_class(x));
         arg_type(
             func,
             name,
             format!("must be an aligned numpy.ndarray of dtype {want}, got {got}"),
         )
-    })?;
-    a.try_readwrite()
-        .map_err(|e| arg_value(func, name, format!("must be a writeable array ({e})")))
+    })
 }
 
 /// `TypeError` for a `numpy.ma.MaskedArray` given as argument `name` that ferrolab writes (`out`, `adam_step`'s
 /// state): it would read and write the data only, and the mask would stay as it was.
 pub fn no_mask(func: &'static str, name: &'static str, out: &Obj<'_>) -> PyResult<()> {
-    let sub = out.cast::<PyUntypedArray>().is_ok() && !out.is_exact_instance_of::<PyUntypedArray>();
-    match sub && masked(out) {
+    match masked(out) {
         true => Err(arg_type(
             func,
             name,

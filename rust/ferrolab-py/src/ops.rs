@@ -5,9 +5,9 @@
 //! the test suite runs through `ferrolab.ops.__test__`).
 
 use crate::arrays::{
-    alias, check_device, copy_into, dtype_or_class, finish, flat_slice, native_array, native_kind,
-    native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind, NativeArray,
-    NativeKind, Obj, Prepared, Ro, ToNumpy,
+    alias, check_device, copy_into, dtype_or_class, finish, flat_slice, native_arg, native_array,
+    native_kind, native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind,
+    NativeArray, NativeKind, Obj, Prepared, Ro, ToNumpy,
 };
 use crate::errors::{arg_type, arg_value, overflow_error, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
@@ -675,8 +675,7 @@ fn flat_elementwise<'py>(
         let o = match out {
             Some(o) => {
                 let o = native_typed::<T>(o)?;
-                // (a misaligned out cannot be a Rust slice)
-                if !(o.is_c_contiguous() && o.is_aligned() && o.shape() == shape) {
+                if !(o.is_c_contiguous() && o.shape() == shape) {
                     return None;
                 }
                 // an input at out's very memory is read from out; any other overlap takes the general path. The
@@ -1355,18 +1354,8 @@ fn adam_t<'py, T: Real + NativePy + GpuFloat>(
 ) -> PyResult<()> {
     const NAMES: [&str; 4] = ["param", "grad", "m", "v"];
     let [param, grad, m, v] = args;
-    let want = |k: usize| -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-        // (updated in place: a masked or unaligned array cannot be computed on a copy)
-        crate::arrays::no_mask("adam_step", NAMES[k], args[k])?;
-        native_typed::<T>(args[k]).cloned().ok_or_else(|| {
-            let (dt, got) = (T::DTYPE, dtype_or_class(args[k]));
-            arg_type(
-                "adam_step",
-                NAMES[k],
-                format!("must be an aligned numpy.ndarray of dtype {dt} like param, got {got}"),
-            )
-        })
-    };
+    // (updated in place: a masked or unaligned array cannot be computed on a copy)
+    let want = |k: usize| native_arg::<T>("adam_step", NAMES[k], args[k]).cloned();
     let (pa, ga, ma, va) = (want(0)?, want(1)?, want(2)?, want(3)?);
     for (n1, a1, n2, a2) in [
         ("param", param, "m", m),
