@@ -112,6 +112,45 @@ def test_num_threads_env(tmp_path, n):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"threads": n}
 
 
+# lengths on both sides of the parallel thresholds (dot: 65,536 per input; one-array reductions: 131,072) and of
+# their chunks (dot: 16,384; the others: 65,536)
+PARALLEL_EDGES = [16_383, 16_385, 65_535, 65_536, 65_537, 100_001, 131_071, 131_072, 300_001]
+
+
+def test_parallel_reductions_give_the_same_bits_with_one_thread(tmp_path):
+    """The pieces are fixed by the length, not by the threads: one thread and the default pool agree bit for bit."""
+    code = f"""
+        import numpy as np, ferrolab as fl
+        r = np.random.default_rng(5)
+        out = {{}}
+        for n in {PARALLEL_EDGES}:
+            for dt in (np.float64, np.float32):
+                x = (r.standard_normal(n) * 3 + 1).astype(dt)
+                y = r.standard_normal(n).astype(dt)
+                tag = f"{{n}}_{{np.dtype(dt).name}}"
+                out["dot_" + tag] = fl.ops.dot(x, y)
+                for name in ("sum", "norm", "var"):
+                    out[name + "_" + tag] = getattr(fl.ops, name)(x)
+        np.savez("child.npz", **out)
+    """
+    run_python(code, {"FERROLAB_NUM_THREADS": "1"}, tmp_path)
+    child = np.load(tmp_path / "child.npz")
+    r = np.random.default_rng(5)
+    for n in PARALLEL_EDGES:
+        for dt in (np.float64, np.float32):
+            x = (r.standard_normal(n) * 3 + 1).astype(dt)
+            y = r.standard_normal(n).astype(dt)
+            tag = f"{n}_{np.dtype(dt).name}"
+            d = fl.ops.dot(x, y)
+            assert d.tobytes() == child["dot_" + tag].tobytes(), tag
+            exact = np.dot(x.astype(np.float64), y.astype(np.float64))
+            rtol = 1e-5 if dt == np.float32 else 1e-12
+            assert abs(float(d) - exact) <= rtol * float(np.dot(np.abs(x), np.abs(y)).astype(np.float64)), tag
+            for name in ("sum", "norm", "var"):
+                v = getattr(fl.ops, name)(x)
+                assert v.tobytes() == child[name + "_" + tag].tobytes(), (name, tag)
+
+
 def test_num_threads_default():
     assert fl.num_threads() >= 1
 

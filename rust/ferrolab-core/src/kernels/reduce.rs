@@ -715,6 +715,13 @@ pub mod small {
         dispatch(SliceMoments(s, s[0]))
     }
 
+    /// Whether a dot product of two slices of `n` values each takes [`dot`]: it reads two arrays, so it goes
+    /// parallel at half the length of a one-array reduction (the same bytes).
+    #[inline]
+    pub fn dot_applies(n: usize) -> bool {
+        n != 0 && 2 * n < PAR_REDUCE_MIN
+    }
+
     /// Inner product of two slices of equal length.
     #[inline]
     pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
@@ -743,6 +750,12 @@ pub fn argmax<T: Real>(x: &ArrayViewD<T>, axis: Option<isize>) -> Result<ArrayD<
 pub fn argmax_c<T: Real>(c: Canon<T>) -> Result<ArrayD<i64>> {
     arg_extreme::<T, true>("argmax", c)
 }
+
+/// Values of each input per parallel task of [`dot`]. A quarter of [`PAR_CHUNK`]: from the parallel threshold on
+/// (two arrays of 65,536 values) the work splits into enough pieces to keep both threads of a 2-core machine busy
+/// to the end (with pieces of half the size, 100,000 values were 4 pieces, 3 of them whole: one thread did twice
+/// the other's share). Fixed, so the result does not depend on the thread count.
+const DOT_CHUNK: usize = PAR_CHUNK / 4;
 
 /// Inner product of two 1-D arrays of equal length.
 pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
@@ -774,8 +787,8 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
     let a = alloc::c_order("dot", "x", x)?;
     let b = alloc::c_order("dot", "y", y)?;
     let n = a.len();
-    let v = if n >= PAR_REDUCE_MIN {
-        par_map_chunks(n, PAR_CHUNK, |r| dispatch(Dot(&a[r.clone()], &b[r])))
+    let v = if !small::dot_applies(n) {
+        par_map_chunks(n, DOT_CHUNK, |r| dispatch(Dot(&a[r.clone()], &b[r])))
             .into_iter()
             .fold(0.0, plus)
     } else {
