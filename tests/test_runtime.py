@@ -112,8 +112,8 @@ def test_num_threads_env(tmp_path, n):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"threads": n}
 
 
-# lengths on both sides of the parallel thresholds (dot: 65,536 per input; one-array reductions: 131,072) and of
-# their chunks (dot: 16,384; the others: 65,536)
+# lengths on both sides of the parallel thresholds (dot: 65,536 float64 or 131,072 float32 values per input;
+# one-array reductions: 131,072) and of their pieces (dot: 16,384; the others: 65,536)
 PARALLEL_EDGES = [16_383, 16_385, 65_535, 65_536, 65_537, 100_001, 131_071, 131_072, 300_001]
 
 

@@ -506,7 +506,7 @@ fn dot_small<'py, T: Real + ToNumpy>(
         return None;
     }
     let (sa, sb) = (flat_slice(a, false)?, flat_slice(b, false)?);
-    if sa.len() != sb.len() || !reduce::small::dot_applies(sa.len()) {
+    if sa.len() != sb.len() || !reduce::small::dot_applies::<T>(sa.len()) {
         return None;
     }
     let meta = Meta::two::<T>(a.shape(), b.shape());

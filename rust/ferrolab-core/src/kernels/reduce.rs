@@ -715,11 +715,13 @@ pub mod small {
         dispatch(SliceMoments(s, s[0]))
     }
 
-    /// Whether a dot product of two slices of `n` values each takes [`dot`]: it reads two arrays, so it goes
-    /// parallel at half the length of a one-array reduction (the same bytes).
+    /// Whether a dot product of two slices of `n` values of `T` each takes [`dot`] (on the calling thread): below
+    /// the bytes that a one-array float64 reduction reads at its parallel threshold (1 MiB). Two float64 arrays
+    /// reach that at 65,536 values (more than one core's L2 cache holds on some machines, where two cores' caches
+    /// hold it), two float32 ones at 131,072.
     #[inline]
-    pub fn dot_applies(n: usize) -> bool {
-        n != 0 && 2 * n < PAR_REDUCE_MIN
+    pub fn dot_applies<T>(n: usize) -> bool {
+        n != 0 && 2 * n * std::mem::size_of::<T>() < PAR_REDUCE_MIN * std::mem::size_of::<f64>()
     }
 
     /// Inner product of two slices of equal length.
@@ -752,9 +754,9 @@ pub fn argmax_c<T: Real>(c: Canon<T>) -> Result<ArrayD<i64>> {
 }
 
 /// Values of each input per parallel task of [`dot`]. A quarter of [`PAR_CHUNK`]: from the parallel threshold on
-/// (two arrays of 65,536 values) the work splits into enough pieces to keep both threads of a 2-core machine busy
-/// to the end (with pieces of half the size, 100,000 values were 4 pieces, 3 of them whole: one thread did twice
-/// the other's share). Fixed, so the result does not depend on the thread count.
+/// (two float64 arrays of 65,536 values, [`small::dot_applies`]) the work splits into enough pieces to keep both
+/// threads of a 2-core machine busy to the end (with pieces of twice the size, 100,000 values were 4 pieces, 3 of
+/// them whole: one thread did twice the other's share). Fixed, so the result does not depend on the thread count.
 const DOT_CHUNK: usize = PAR_CHUNK / 4;
 
 /// Inner product of two 1-D arrays of equal length.
@@ -787,7 +789,7 @@ pub fn dot<T: Real>(x: &ArrayViewD<T>, y: &ArrayViewD<T>) -> Result<T> {
     let a = alloc::c_order("dot", "x", x)?;
     let b = alloc::c_order("dot", "y", y)?;
     let n = a.len();
-    let v = if !small::dot_applies(n) {
+    let v = if !small::dot_applies::<T>(n) {
         par_map_chunks(n, DOT_CHUNK, |r| dispatch(Dot(&a[r.clone()], &b[r])))
             .into_iter()
             .fold(0.0, plus)
