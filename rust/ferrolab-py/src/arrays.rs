@@ -342,14 +342,14 @@ pub fn native_arg<'a, 'py, T: ToNumpy>(
 /// `TypeError` for a `numpy.ma.MaskedArray` given as argument `name` that ferrolab writes (`out`, `adam_step`'s
 /// state): it would read and write the data only, and the mask would stay as it was.
 pub fn no_mask(func: &'static str, name: &'static str, out: &Obj<'_>) -> PyResult<()> {
-    match masked(out) {
-        true => Err(arg_type(
+    if masked(out) {
+        return Err(arg_type(
             func,
             name,
             "is a masked array, whose mask ferrolab would ignore",
-        )),
-        false => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 /// `out` given and not None.

@@ -721,7 +721,7 @@ pub mod small {
     /// hold it), two float32 ones at 131,072.
     #[inline]
     pub fn dot_applies<T>(n: usize) -> bool {
-        n != 0 && 2 * n * std::mem::size_of::<T>() < PAR_REDUCE_MIN * std::mem::size_of::<f64>()
+        2 * n * std::mem::size_of::<T>() < PAR_REDUCE_MIN * std::mem::size_of::<f64>()
     }
 
     /// Inner product of two slices of equal length.
