@@ -8,11 +8,10 @@ np.float64(1.0)
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import breaker
+from . import _lazy, breaker
 from ._core import (
     BackupError,
     CorruptionError,
@@ -39,21 +38,11 @@ if TYPE_CHECKING:
 
 __version__ = _core_version
 
-# Submodules imported on first use (``fl.ops``, ``import ferrolab.ops`` and ``from ferrolab import ops`` all work):
-# they bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not
-# need, so that ``import ferrolab`` stays cheap.
-_SUBMODULES = frozenset({"backup", "dask", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")  # also binds it here: the next access is direct
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES)
-
+# Submodules run on first use (``fl.ops``, ``import ferrolab.ops`` and ``from ferrolab import ops`` all work): they
+# bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not need, so
+# that ``import ferrolab`` stays cheap. No module ``__getattr__``: it would slow every ``fl.ops.x`` call (see _lazy).
+_lazy.attach(globals(), ("backup", "dask", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"))
+del _lazy
 
 __all__ = [
     "__version__",
