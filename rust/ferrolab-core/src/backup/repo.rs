@@ -31,8 +31,9 @@ pub type PackList = Vec<(Id, Vec<PackedBlob>)>;
 
 /// Largest gap of other blobs that [`Repository::read_blobs`] reads over to keep one ranged read going.
 pub const RUN_GAP: u64 = 64 * 1024;
-/// Largest ranged read of [`Repository::read_blobs`].
-pub const RUN_MAX: u64 = 8 << 20;
+/// Largest ranged read of [`Repository::read_blobs`]: more than a pack ([`crate::backup::archiver::PACK_SIZE`]
+/// and its last blob), so that the blobs of a whole pack come in one read.
+pub const RUN_MAX: u64 = 32 << 20;
 
 /// An open repository.
 pub struct Repository {
@@ -324,22 +325,6 @@ impl Repository {
         Ok(blobs)
     }
 
-    /// Reads, opens, decodes and checks one blob.
-    pub fn read_blob(
-        &self,
-        idx: &Index,
-        id: &Id,
-        dctx: &mut zstd::bulk::Decompressor<'static>,
-        what: &dyn Fn() -> String,
-    ) -> BResult<Vec<u8>> {
-        let mut out = Vec::new();
-        self.read_blobs(idx, std::slice::from_ref(id), dctx, what, |b| {
-            out = b;
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
     /// Reads, opens, decodes and checks the blobs `ids`, passing each to `sink` in order. Neighbouring blobs
     /// of one pack (ascending, with gaps of at most [`RUN_GAP`] bytes, up to [`RUN_MAX`] bytes in all) come in
     /// one ranged read: on S3 one request instead of one per blob, locally one read instead of one per blob.
@@ -411,14 +396,17 @@ impl Repository {
         Ok(())
     }
 
-    /// The items of a snapshot (its tree blobs, concatenated and decoded).
+    /// The items of a snapshot (its tree blobs, concatenated and decoded). The tree blobs lie side by side in
+    /// their packs and come in few ranged reads ([`Repository::read_blobs`]): read one by one, a snapshot of
+    /// 2,000 files in 40 folders took 90 requests on S3.
     pub fn load_items(&self, snap: &Snapshot, idx: &Index) -> BResult<Vec<Item>> {
         let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
         let mut stream = Vec::new();
-        for t in snap.tree_ids()? {
-            let what = || format!("snapshot {} (metadata)", snap.id);
-            stream.extend_from_slice(&self.read_blob(idx, &t, &mut dctx, &what)?);
-        }
+        let what = || format!("snapshot {} (metadata)", snap.id);
+        self.read_blobs(idx, &snap.tree_ids()?, &mut dctx, &what, |b| {
+            stream.extend_from_slice(&b);
+            Ok(())
+        })?;
         decode_items(&stream, &format!("snapshot {}", snap.id))
     }
 

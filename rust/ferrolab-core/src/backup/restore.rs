@@ -231,6 +231,74 @@ pub fn include_items(paths: &[PathBuf]) -> Vec<Vec<u8>> {
     paths.iter().map(item).collect()
 }
 
+/// (item, first chunk, end chunk, offset in the file): the chunks of one file that one unit restores.
+type Segment = (usize, usize, usize, u64);
+
+/// The units of a restore's data: a segment is `(item, first chunk, end chunk, offset)` of one file in one unit; a
+/// unit is consecutive segments, of one or several files, that ends where a pack ends once it holds
+/// [`Units::MIN`] bytes, or at [`Units::MAX`] bytes. A data thread reads a unit's chunks in one go, one ranged read
+/// per pack, so a full restore reads each pack in one request, as restic does. (Units of 8 MiB cut across packs:
+/// the 1 GB benchmark data set took 256 GET requests against restic's 62, and SeaweedFS spent 0.8 s more CPU
+/// serving them.)
+#[derive(Default)]
+struct Units {
+    segs: Vec<Segment>,
+    units: Vec<std::ops::Range<usize>>,
+    /// first segment and raw bytes of the open unit
+    start: usize,
+    bytes: u64,
+    last_pack: Option<Id>,
+}
+
+impl Units {
+    const MIN: u64 = 4 << 20;
+    const MAX: u64 = 64 << 20;
+
+    /// Adds the data of file `item`, its chunks given as (pack, raw length); returns its number of segments.
+    fn add_file(&mut self, item: usize, chunks: impl Iterator<Item = (Option<Id>, u64)>) -> usize {
+        let before = self.segs.len();
+        let (mut first, mut off, mut seg) = (0usize, 0u64, 0u64);
+        let mut n = 0;
+        for (c, (pack, len)) in chunks.enumerate() {
+            if pack != self.last_pack && self.bytes + seg >= Self::MIN {
+                self.cut(item, &mut first, &mut off, &mut seg, c);
+                self.close();
+            }
+            self.last_pack = pack;
+            seg += len;
+            n = c + 1;
+            if self.bytes + seg >= Self::MAX {
+                self.cut(item, &mut first, &mut off, &mut seg, n);
+                self.close();
+            }
+        }
+        self.cut(item, &mut first, &mut off, &mut seg, n);
+        self.segs.len() - before
+    }
+
+    /// Ends the open segment of `item` before chunk `end` (nothing when it is empty).
+    fn cut(&mut self, item: usize, first: &mut usize, off: &mut u64, seg: &mut u64, end: usize) {
+        if end > *first {
+            self.segs.push((item, *first, end, *off));
+            self.bytes += *seg;
+            (*first, *off, *seg) = (end, *off + *seg, 0);
+        }
+    }
+
+    /// Ends the open unit (nothing when it is empty).
+    fn close(&mut self) {
+        if self.segs.len() > self.start {
+            self.units.push(self.start..self.segs.len());
+            (self.start, self.bytes) = (self.segs.len(), 0);
+        }
+    }
+
+    fn finish(mut self) -> (Vec<Segment>, Vec<std::ops::Range<usize>>) {
+        self.close();
+        (self.segs, self.units)
+    }
+}
+
 /// An order of the units (given by the file each one starts with) in which runs of consecutive units of one
 /// file are interleaved, `k` runs at a time: a file's units stay in order, files start in order, and `k` threads
 /// taking units in this order mostly write `k` different files. (ext4 serializes buffered writes to one file on
@@ -305,13 +373,7 @@ pub fn restore(
     let mut stats = RestoreStats::default();
     // 1. directories; 2. temporary files (folder threads) and their data (data threads) at once, each file
     // renamed into place when complete; 3. symlinks; 4. directory and symlink metadata, deepest first
-    // a segment: (item, first chunk, end chunk, offset) of one file, up to UNIT_BYTES; a unit: consecutive
-    // segments, of one or several files, up to UNIT_BYTES; a data thread reads a unit's chunks in one go, so
-    // the neighbouring chunks of small files come in one ranged read (on S3, one request)
-    const UNIT_BYTES: u64 = 8 << 20;
-    let mut segs: Vec<(usize, usize, usize, u64)> = Vec::new();
-    let mut units: Vec<std::ops::Range<usize>> = Vec::new();
-    let (mut unit_start, mut unit_total) = (0usize, 0u64);
+    let mut plan = Units::default();
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut temps: Vec<PathBuf> = vec![PathBuf::new(); items.len()];
     let remaining: Vec<AtomicUsize> = (0..items.len()).map(|_| AtomicUsize::new(0)).collect();
@@ -345,25 +407,14 @@ pub fn restore(
                 }
                 to_create.push(i);
                 temps[i] = dest.with_file_name(temp_name());
-                let mut off = 0u64;
-                let mut start = 0usize;
-                let mut unit_bytes = 0u64;
-                for (c, id) in it.chunks.iter().enumerate() {
-                    let len = idx.get(id).map_or(0, |(_, l)| l.raw_len as u64);
-                    unit_bytes += len;
-                    if unit_bytes >= UNIT_BYTES || c + 1 == it.chunks.len() {
-                        segs.push((i, start, c + 1, off));
-                        remaining[i].fetch_add(1, Ordering::Relaxed);
-                        unit_total += unit_bytes;
-                        if unit_total >= UNIT_BYTES {
-                            units.push(unit_start..segs.len());
-                            (unit_start, unit_total) = (segs.len(), 0);
-                        }
-                        off += unit_bytes;
-                        start = c + 1;
-                        unit_bytes = 0;
-                    }
-                }
+                let n = plan.add_file(
+                    i,
+                    it.chunks.iter().map(|id| {
+                        idx.get(id)
+                            .map_or((None, 0), |(p, l)| (Some(p), l.raw_len as u64))
+                    }),
+                );
+                remaining[i].store(n, Ordering::Relaxed);
                 total_bytes += it.size;
                 stats.files += 1;
             }
@@ -371,9 +422,7 @@ pub fn restore(
         }
         dests.push(dest);
     }
-    if unit_start < segs.len() {
-        units.push(unit_start..segs.len());
-    }
+    let (segs, units) = plan.finish();
 
     // a file is complete: metadata through its descriptor, then its temporary name becomes its name
     let finish = |i: usize, f: &File| -> BResult<()> {
@@ -693,8 +742,81 @@ pub fn restore(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_item_path, include_items, interleave_runs};
+    use super::{check_item_path, include_items, interleave_runs, Units};
+    use crate::backup::pack::Id;
     use std::path::PathBuf;
+
+    #[test]
+    fn units_end_with_packs_and_cover_every_chunk_once() {
+        const MIB: u64 = 1 << 20;
+        let pack = |n: u8| Some([n; 32] as Id);
+        // file 0: 3 chunks in pack 1, then 2 in pack 2; file 1: one chunk in pack 2, then 3 in pack 3;
+        // file 2: no data; file 3: 70 chunks of 1 MiB in pack 4 (more than Units::MAX); file 4: a chunk in pack
+        // 5 and one in pack 6
+        let files: Vec<Vec<(Option<Id>, u64)>> = vec![
+            vec![
+                (pack(1), 2 * MIB),
+                (pack(1), 2 * MIB),
+                (pack(1), MIB),
+                (pack(2), MIB),
+                (pack(2), MIB),
+            ],
+            vec![
+                (pack(2), 2 * MIB),
+                (pack(3), 3 * MIB),
+                (pack(3), MIB),
+                (pack(3), MIB),
+            ],
+            vec![],
+            vec![(pack(4), MIB); 70],
+            vec![(pack(5), MIB), (pack(6), MIB)],
+        ];
+        let mut plan = Units::default();
+        let counts: Vec<usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, c)| plan.add_file(i, c.iter().copied()))
+            .collect();
+        let (segs, units) = plan.finish();
+        // a pack begins a unit where the unit before holds Units::MIN (4 MiB); pack 4 is cut at Units::MAX
+        // (64 MiB); pack 6 follows 1 MiB of pack 5 in its unit
+        let unit_chunks: Vec<Vec<(usize, usize, usize)>> = units
+            .iter()
+            .map(|u| {
+                segs[u.clone()]
+                    .iter()
+                    .map(|&(i, a, b, _)| (i, a, b))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            unit_chunks,
+            vec![
+                vec![(0, 0, 3)],
+                vec![(0, 3, 5), (1, 0, 1)],
+                vec![(1, 1, 4)],
+                vec![(3, 0, 64)],
+                vec![(3, 64, 70)],
+                vec![(4, 0, 2)],
+            ]
+        );
+        assert_eq!(counts, vec![2, 2, 0, 2, 1]);
+        // each file's segments follow one another, at the offsets of their first chunks
+        for (i, f) in files.iter().enumerate() {
+            let mine: Vec<_> = segs.iter().filter(|s| s.0 == i).collect();
+            let (mut next, mut off) = (0, 0);
+            for &&(_, a, b, o) in &mine {
+                assert_eq!((a, o), (next, off), "file {i}");
+                off += f[a..b].iter().map(|c| c.1).sum::<u64>();
+                next = b;
+            }
+            assert_eq!(next, f.len(), "file {i}");
+        }
+        // units are consecutive and non-empty
+        assert!(units.iter().all(|u| !u.is_empty()));
+        assert!(units.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(units.last().map(|u| u.end), Some(segs.len()));
+    }
 
     #[test]
     fn interleave_runs_spreads_one_file_and_keeps_every_unit() {

@@ -565,7 +565,9 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
     let t = TempDir::new();
     let repo = repo_at(&t.0);
     let src = t.0.join("src");
-    fs::create_dir_all(src.join("small")).unwrap();
+    for d in 0..30 {
+        fs::create_dir_all(src.join("small").join(format!("d{d:02}"))).unwrap();
+    }
     // 12 MB that does not compress (about 90 chunks), and 300 small files
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let big: Vec<u8> = (0..12_000_000)
@@ -577,12 +579,10 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
         })
         .collect();
     fs::write(src.join("big.bin"), &big).unwrap();
+    // in 30 folders (the snapshot's metadata is several tree blobs)
+    let small = |i: usize| src.join("small").join(format!("d{:02}/f{i:03}", i % 30));
     for i in 0..300 {
-        fs::write(
-            src.join("small").join(format!("f{i:03}")),
-            &big[i * 1000..i * 1000 + 500 + i],
-        )
-        .unwrap();
+        fs::write(small(i), &big[i * 1000..i * 1000 + 500 + i]).unwrap();
     }
     let opts = options(&src);
     let snap = backup(&repo, &opts).unwrap();
@@ -627,17 +627,40 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
     let root = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(fs::read(root.join("big.bin")).unwrap(), big);
     for i in [0usize, 150, 299] {
+        let rel = small(i);
+        let rel = rel.strip_prefix(&src).unwrap();
         assert_eq!(
-            fs::read(root.join("small").join(format!("f{i:03}"))).unwrap(),
+            fs::read(root.join(rel)).unwrap(),
             &big[i * 1000..i * 1000 + 500 + i]
         );
     }
     let reads = counting.ranges.load(std::sync::atomic::Ordering::Relaxed);
-    let chunks = big_item.chunks.len() + 300;
-    // the reads of the snapshot's metadata and pack headers aside, data takes about one read per 8 MiB per pack
+    // the data: one ranged read per pack (the small files lie in the packs of the big one, or after them); the
+    // metadata: its tree blobs lie side by side, one read per pack that holds them
+    let trees: std::collections::HashSet<_> = snap
+        .tree_ids()
+        .unwrap()
+        .iter()
+        .map(|t| idx.get(t).unwrap().0)
+        .collect();
+    let data_packs: std::collections::HashSet<_> = items
+        .iter()
+        .flat_map(|i| i.chunks.iter().map(|c| idx.get(c).unwrap().0))
+        .collect();
+    assert!(snap.tree_ids().unwrap().len() >= 4, "{:?}", snap.tree);
     assert!(
-        reads < chunks / 4,
-        "{reads} ranged reads for {chunks} chunks in {} packs",
-        packs.len()
+        reads <= data_packs.len() + trees.len(),
+        "{reads} ranged reads: {} packs of data ({} of the big file), {} of metadata",
+        data_packs.len(),
+        packs.len(),
+        trees.len()
+    );
+    counting
+        .ranges
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted.load_items(&snap, &idx).unwrap(), items);
+    assert_eq!(
+        counting.ranges.load(std::sync::atomic::Ordering::Relaxed),
+        trees.len()
     );
 }
