@@ -62,11 +62,23 @@ def wait_for(what: str, probe: Callable[[], T | None], deadline_s: float, log: P
             got = probe()
         except (OSError, ValueError, KeyError) as e:  # not up yet / not there yet
             got, last = None, e
+        except HTTPStatusError as e:
+            if e.code != 503:  # 503 Service Unavailable: up, not ready yet (Prometheus while it opens its TSDB)
+                raise
+            got, last = None, e
         if got:
             return got
         time.sleep(0.2)  # poll interval; the deadline bounds the wait
     tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
     pytest.fail(f"timed out after {deadline_s:.0f} s waiting for {what} (last error: {last!r})\n{tail}")
+
+
+class HTTPStatusError(RuntimeError):
+    """An HTTP error status from :func:`fetch` (its response already closed)."""
+
+    def __init__(self, url: str, code: int, body: bytes) -> None:
+        super().__init__(f"GET {url}: HTTP {code}: {body!r}")
+        self.code = code
 
 
 def fetch(url: str, timeout: float = 5.0) -> bytes:
@@ -78,7 +90,7 @@ def fetch(url: str, timeout: float = 5.0) -> bytes:
         # leave its socket to the garbage collector, and filterwarnings=error turns that into a failure)
         body = e.read()[:500]
         e.close()
-        raise RuntimeError(f"GET {url}: HTTP {e.code}: {body!r}") from None
+        raise HTTPStatusError(url, e.code, body) from None
 
 
 def fetch_json(url: str) -> Any:

@@ -9,7 +9,17 @@ from pathlib import Path
 
 PKG_INIT = """
 from ferrolab import _lazy
-_lazy.attach(globals(), ("slow", "flaky", "circular"))
+_lazy.attach(globals(), ("slow", "flaky", "circular", "sub"))
+"""
+# a package whose code imports its own submodule (as ferrolab.backup does)
+SUB_INIT = """
+from ._impl import VALUE, RUNS
+RUNS.append("package")
+"""
+SUB_IMPL = """
+RUNS = []
+RUNS.append("impl")
+VALUE = 5
 """
 # runs for 0.3 s, counting its runs in a file, so that threads touching it at once would run it twice
 SLOW = """
@@ -46,6 +56,9 @@ def _run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     (pkg / "slow.py").write_text(SLOW)
     (pkg / "flaky.py").write_text(FLAKY)
     (pkg / "circular.py").write_text(CIRCULAR)
+    (pkg / "sub").mkdir(exist_ok=True)
+    (pkg / "sub" / "__init__.py").write_text(SUB_INIT)
+    (pkg / "sub" / "_impl.py").write_text(SUB_IMPL)
     code = f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
@@ -76,16 +89,34 @@ def test_threads_touching_a_pending_submodule_at_once_run_it_once(tmp_path: Path
 def test_a_failed_run_raises_and_the_next_access_runs_it_again(tmp_path: Path) -> None:
     proc = _run(tmp_path, """
         import lazypkg
+        import lazypkg.flaky  # binds it; its code runs on first use
+        from lazypkg import flaky
         try:
-            lazypkg.flaky.value
+            flaky.value
         except RuntimeError as e:
             assert str(e) == "first run fails"
         else:
             raise AssertionError("no error from the first run")
-        print(lazypkg.flaky.value)
+        assert "MARK" not in object.__getattribute__(flaky, "__dict__")  # nothing left of the failed run
+        print(flaky.value, lazypkg.flaky is flaky is sys.modules["lazypkg.flaky"])
     """)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "7"
+    assert proc.stdout.strip() == "7 True"
+
+
+def test_a_submodule_of_a_pending_package_runs_once(tmp_path: Path) -> None:
+    # the import system reads the pending package's __path__ and binds the submodule on it: neither runs the
+    # package, whose own import of the submodule then finds it done
+    proc = _run(tmp_path, """
+        import lazypkg
+        import lazypkg.sub._impl
+        impl = sys.modules["lazypkg.sub._impl"]
+        assert impl.RUNS == ["impl"]  # the package has not run yet
+        print(lazypkg.sub.VALUE, impl.RUNS, lazypkg.sub._impl is impl)
+        print(repr(lazypkg.slow))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["5 ['impl', 'package'] True", "<module 'lazypkg.slow' (not run yet)>"]
 
 
 def test_a_submodule_may_import_itself_while_it_runs(tmp_path: Path) -> None:
@@ -93,8 +124,6 @@ def test_a_submodule_may_import_itself_while_it_runs(tmp_path: Path) -> None:
         import lazypkg
         from lazypkg import circular
         print(circular.late)
-        import lazypkg.slow  # an import statement runs a pending submodule, as an eager import would
-        assert "value" in vars(sys.modules["lazypkg.slow"])
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "2"

@@ -42,7 +42,6 @@ __version__ = _core_version
 # bring NumPy (ops), asyncio (health) and urllib (metrics), which commands such as ``ferrolab backup`` do not need, so
 # that ``import ferrolab`` stays cheap. No module ``__getattr__``: it would slow every ``fl.ops.x`` call (see _lazy).
 _lazy.attach(globals(), ("backup", "dask", "gpu", "health", "metrics", "monitoring", "ops", "system", "tracing"))
-del _lazy
 
 __all__ = [
     "__version__",

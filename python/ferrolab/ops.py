@@ -32,8 +32,11 @@ from . import (
     _blas,  # noqa: F401  (hands NumPy's BLAS to matmul)
     _coerce,
     _core,
+    _lazy,
 )
-from . import gpu as _gpu  # noqa: F401  (tells the native GPU backend where NVRTC is)
+from . import gpu as _gpu
+
+_lazy.load(_gpu)  # gpu tells the native GPU backend where NVRTC is, before any op can use it
 
 __all__ = [
     "sum",

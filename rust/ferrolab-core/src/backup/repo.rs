@@ -31,9 +31,10 @@ pub type PackList = Vec<(Id, Vec<PackedBlob>)>;
 
 /// Largest gap of other blobs that [`Repository::read_blobs`] reads over to keep one ranged read going.
 pub const RUN_GAP: u64 = 64 * 1024;
-/// Largest ranged read of [`Repository::read_blobs`]: more than a pack ([`crate::backup::archiver::PACK_SIZE`]
-/// and its last blob), so that the blobs of a whole pack come in one read.
-pub const RUN_MAX: u64 = 32 << 20;
+/// Largest ranged read of [`Repository::read_blobs`]: a whole pack ([`crate::backup::archiver::PACK_SIZE`] and
+/// its last blob, at most 512 KiB of data), so that the blobs of a pack come in one read. A restore's data thread
+/// holds one such read at a time.
+pub const RUN_MAX: u64 = crate::backup::archiver::PACK_SIZE as u64 + (1 << 20);
 
 /// An open repository.
 pub struct Repository {

@@ -236,12 +236,14 @@ type Segment = (usize, usize, usize, u64);
 
 /// The units of a restore's data: a segment is `(item, first chunk, end chunk, offset)` of one file in one unit; a
 /// unit is consecutive segments, of one or several files, that ends where a pack ends once it holds
-/// [`Units::MIN`] bytes, or at [`Units::MAX`] bytes. A data thread reads a unit's chunks in one go, one ranged read
-/// per pack, so a full restore reads each pack in one request, as restic does. (Units of 8 MiB cut across packs:
-/// the 1 GB benchmark data set took 256 GET requests against restic's 62, and SeaweedFS spent 0.8 s more CPU
-/// serving them.)
-#[derive(Default)]
+/// [`Units::MIN`] bytes, or at `max` bytes. A data thread reads a unit's chunks in one go, one ranged read per
+/// pack, so a full restore reads each pack in one request, as restic does. (Units of 8 MiB cut across packs: the
+/// 1 GB benchmark data set took 256 GET requests against restic's 62, and SeaweedFS spent 0.8 s more CPU serving
+/// them.)
 struct Units {
+    /// bytes from which a unit ends whatever the pack: [`Units::MAX`], or less in a small restore, so that every
+    /// data thread gets about two units
+    max: u64,
     segs: Vec<Segment>,
     units: Vec<std::ops::Range<usize>>,
     /// first segment and raw bytes of the open unit
@@ -253,6 +255,18 @@ struct Units {
 impl Units {
     const MIN: u64 = 4 << 20;
     const MAX: u64 = 64 << 20;
+
+    /// Units for a restore of `total` bytes by `threads` data threads.
+    fn new(total: u64, threads: usize) -> Units {
+        Units {
+            max: (total / (2 * threads.max(1) as u64)).clamp(Self::MIN, Self::MAX),
+            segs: Vec::new(),
+            units: Vec::new(),
+            start: 0,
+            bytes: 0,
+            last_pack: None,
+        }
+    }
 
     /// Adds the data of file `item`, its chunks given as (pack, raw length); returns its number of segments.
     fn add_file(&mut self, item: usize, chunks: impl Iterator<Item = (Option<Id>, u64)>) -> usize {
@@ -267,7 +281,7 @@ impl Units {
             self.last_pack = pack;
             seg += len;
             n = c + 1;
-            if self.bytes + seg >= Self::MAX {
+            if self.bytes + seg >= self.max {
                 self.cut(item, &mut first, &mut off, &mut seg, n);
                 self.close();
             }
@@ -373,7 +387,18 @@ pub fn restore(
     let mut stats = RestoreStats::default();
     // 1. directories; 2. temporary files (folder threads) and their data (data threads) at once, each file
     // renamed into place when complete; 3. symlinks; 4. directory and symlink metadata, deepest first
-    let mut plan = Units::default();
+    // twice the cores: half of a restore is waiting on the file system (creating and writing files)
+    let nthreads = std::env::var("FERROLAB_RESTORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 16);
+    let data: u64 = items
+        .iter()
+        .filter(|it| it.kind == Kind::File)
+        .map(|it| it.size)
+        .sum();
+    let mut plan = Units::new(data, nthreads);
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut temps: Vec<PathBuf> = vec![PathBuf::new(); items.len()];
     let remaining: Vec<AtomicUsize> = (0..items.len()).map(|_| AtomicUsize::new(0)).collect();
@@ -471,12 +496,6 @@ pub fn restore(
     let ready: Vec<AtomicBool> = (0..items.len()).map(|_| AtomicBool::new(false)).collect();
     let waiting = AtomicBool::new(false);
     let gate = (Mutex::new(()), Condvar::new());
-    // twice the cores: half of a restore is waiting on the file system (creating and writing files)
-    let nthreads = std::env::var("FERROLAB_RESTORE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .clamp(1, 16);
     // the order the data threads take the units in: neighbouring units of one large file spread apart, so that
     // threads writing at the same time mostly write different files
     let order = interleave_runs(
@@ -771,7 +790,7 @@ mod tests {
             vec![(pack(4), MIB); 70],
             vec![(pack(5), MIB), (pack(6), MIB)],
         ];
-        let mut plan = Units::default();
+        let mut plan = Units::new(u64::MAX, 1); // units of at most Units::MAX
         let counts: Vec<usize> = files
             .iter()
             .enumerate()
@@ -816,6 +835,13 @@ mod tests {
         assert!(units.iter().all(|u| !u.is_empty()));
         assert!(units.windows(2).all(|w| w[0].end == w[1].start));
         assert_eq!(units.last().map(|u| u.end), Some(segs.len()));
+
+        // a small restore: 40 MiB in one pack, 4 threads: units of 5 MiB, two per thread
+        let mut plan = Units::new(40 * MIB, 4);
+        assert_eq!(plan.add_file(0, std::iter::repeat_n((pack(1), MIB), 40)), 8);
+        let (segs, units) = plan.finish();
+        assert_eq!(units.len(), 8);
+        assert!(segs.iter().all(|s| s.2 - s.1 == 5));
     }
 
     #[test]
