@@ -667,3 +667,37 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
         tree_packs.len()
     );
 }
+
+#[test]
+fn a_truncated_pack_is_reported_with_the_first_blob_past_its_end() {
+    // the snapshot's tree blobs come in one ranged read; the pack that holds them is cut inside the last one
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let src = t.0.join("src");
+    for d in 0..30 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..10 {
+            fs::write(dir.join(format!("f{i}")), format!("{d} {i}")).unwrap();
+        }
+    }
+    let snap = backup(&repo, &options(&src)).unwrap();
+    let (idx, _, _) = repo.load_index().unwrap();
+    let trees = snap.tree_ids().unwrap();
+    assert!(trees.len() >= 3, "{} tree blobs", trees.len());
+    let (pack, first) = idx.get(&trees[0]).unwrap();
+    let (last_pack, last) = idx.get(trees.last().unwrap()).unwrap();
+    assert_eq!(pack, last_pack, "the tree blobs share a pack");
+    let file = t.0.join("repo").join(pack_key(&pack));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(last.offset as u64 + 10)
+        .unwrap();
+    let err = repo.load_items(&snap, &idx).unwrap_err().to_string();
+    assert!(err.contains(&hex(trees.last().unwrap())), "{err}");
+    assert!(!err.contains(&hex(&trees[0])), "{err}");
+    assert!(err.contains("missing or truncated"), "{err}");
+    assert!(first.offset < last.offset);
+}
