@@ -250,6 +250,10 @@ struct Units {
     start: usize,
     bytes: u64,
     last_pack: Option<Id>,
+    /// first chunk, offset in the file and raw bytes of the open segment (of the file being added)
+    first: usize,
+    off: u64,
+    seg: u64,
 }
 
 impl Units {
@@ -265,37 +269,40 @@ impl Units {
             start: 0,
             bytes: 0,
             last_pack: None,
+            first: 0,
+            off: 0,
+            seg: 0,
         }
     }
 
     /// Adds the data of file `item`, its chunks given as (pack, raw length); returns its number of segments.
     fn add_file(&mut self, item: usize, chunks: impl Iterator<Item = (Option<Id>, u64)>) -> usize {
         let before = self.segs.len();
-        let (mut first, mut off, mut seg) = (0usize, 0u64, 0u64);
+        (self.first, self.off, self.seg) = (0, 0, 0);
         let mut n = 0;
         for (c, (pack, len)) in chunks.enumerate() {
-            if pack != self.last_pack && self.bytes + seg >= Self::MIN {
-                self.cut(item, &mut first, &mut off, &mut seg, c);
+            if pack != self.last_pack && self.bytes + self.seg >= Self::MIN {
+                self.cut(item, c);
                 self.close();
             }
             self.last_pack = pack;
-            seg += len;
+            self.seg += len;
             n = c + 1;
-            if self.bytes + seg >= self.max {
-                self.cut(item, &mut first, &mut off, &mut seg, n);
+            if self.bytes + self.seg >= self.max {
+                self.cut(item, n);
                 self.close();
             }
         }
-        self.cut(item, &mut first, &mut off, &mut seg, n);
+        self.cut(item, n);
         self.segs.len() - before
     }
 
     /// Ends the open segment of `item` before chunk `end` (nothing when it is empty).
-    fn cut(&mut self, item: usize, first: &mut usize, off: &mut u64, seg: &mut u64, end: usize) {
-        if end > *first {
-            self.segs.push((item, *first, end, *off));
-            self.bytes += *seg;
-            (*first, *off, *seg) = (end, *off + *seg, 0);
+    fn cut(&mut self, item: usize, end: usize) {
+        if end > self.first {
+            self.segs.push((item, self.first, end, self.off));
+            self.bytes += self.seg;
+            (self.first, self.off, self.seg) = (end, self.off + self.seg, 0);
         }
     }
 
@@ -393,16 +400,15 @@ pub fn restore(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, 16);
-    let data: u64 = items
+    let total_bytes: u64 = items
         .iter()
         .filter(|it| it.kind == Kind::File)
         .map(|it| it.size)
         .sum();
-    let mut plan = Units::new(data, nthreads);
+    let mut plan = Units::new(total_bytes, nthreads);
     let mut dests: Vec<PathBuf> = Vec::with_capacity(items.len());
     let mut temps: Vec<PathBuf> = vec![PathBuf::new(); items.len()];
     let remaining: Vec<AtomicUsize> = (0..items.len()).map(|_| AtomicUsize::new(0)).collect();
-    let mut total_bytes = 0u64;
     let mut checked: HashSet<PathBuf> = HashSet::new();
     let mut to_create: Vec<usize> = Vec::new();
     for (i, it) in items.iter().enumerate() {
@@ -440,7 +446,6 @@ pub fn restore(
                     }),
                 );
                 remaining[i].store(n, Ordering::Relaxed);
-                total_bytes += it.size;
                 stats.files += 1;
             }
             Kind::Symlink => stats.symlinks += 1,

@@ -560,14 +560,23 @@ impl crate::backup::store::Store for CountingStore {
     }
 }
 
+/// 300 files `content(i)` in 30 folders under `root` (a snapshot's metadata of several tree blobs); their paths.
+fn small_files(root: &Path, content: impl Fn(usize) -> Vec<u8>) -> Vec<PathBuf> {
+    (0..300)
+        .map(|i| {
+            let f = root.join(format!("d{:02}/f{i:03}", i % 30));
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, content(i)).unwrap();
+            f
+        })
+        .collect()
+}
+
 #[test]
 fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
     let t = TempDir::new();
     let repo = repo_at(&t.0);
     let src = t.0.join("src");
-    for d in 0..30 {
-        fs::create_dir_all(src.join("small").join(format!("d{d:02}"))).unwrap();
-    }
     // 12 MB that does not compress (about 90 chunks), and 300 small files
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let big: Vec<u8> = (0..12_000_000)
@@ -578,12 +587,10 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
             x as u8
         })
         .collect();
+    let small = small_files(&src.join("small"), |i| {
+        big[i * 1000..i * 1000 + 500 + i].to_vec()
+    });
     fs::write(src.join("big.bin"), &big).unwrap();
-    // in 30 folders (the snapshot's metadata is several tree blobs)
-    let small = |i: usize| src.join("small").join(format!("d{:02}/f{i:03}", i % 30));
-    for i in 0..300 {
-        fs::write(small(i), &big[i * 1000..i * 1000 + 500 + i]).unwrap();
-    }
     let opts = options(&src);
     let snap = backup(&repo, &opts).unwrap();
     let (idx, _, _) = repo.load_index().unwrap();
@@ -627,8 +634,7 @@ fn packs_hold_a_files_chunks_in_order_and_restore_reads_them_in_few_ranges() {
     let root = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(fs::read(root.join("big.bin")).unwrap(), big);
     for i in [0usize, 150, 299] {
-        let rel = small(i);
-        let rel = rel.strip_prefix(&src).unwrap();
+        let rel = small[i].strip_prefix(&src).unwrap();
         assert_eq!(
             fs::read(root.join(rel)).unwrap(),
             &big[i * 1000..i * 1000 + 500 + i]
@@ -674,13 +680,7 @@ fn a_truncated_pack_is_reported_with_the_first_blob_past_its_end() {
     let t = TempDir::new();
     let repo = repo_at(&t.0);
     let src = t.0.join("src");
-    for d in 0..30 {
-        let dir = src.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for i in 0..10 {
-            fs::write(dir.join(format!("f{i}")), format!("{d} {i}")).unwrap();
-        }
-    }
+    small_files(&src, |i| i.to_string().into_bytes());
     let snap = backup(&repo, &options(&src)).unwrap();
     let (idx, _, _) = repo.load_index().unwrap();
     let trees = snap.tree_ids().unwrap();
