@@ -40,6 +40,7 @@ lint: stubs
 
 stubs:
 	$(PYTHON) -m mypy.stubtest ferrolab._core
+	$(PYTHON) -m mypy python/ferrolab
 
 bench:
 	$(PYTHON) benches/bench_ops.py --json bench-results/bench_ops.json

@@ -791,6 +791,9 @@ def test_histogram_misc():
         fl.ops.histogram(np.ones(3), bins=np.array([1.0, 0.0, 2.0]))  # not monotonic
     with pytest.raises(TypeError, match=r"histogram\(\).*'bins'"):
         fl.ops.histogram(np.ones(3), bins=2.5)
+    for huge in (2**63, 10**400):  # more bins than an index can count: named, not NumPy's bare message
+        with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is \d+, more bins than"):
+            fl.ops.histogram(np.ones(3), bins=huge)
     with pytest.raises(TypeError, match=r"histogram\(\).*'x'"):
         fl.ops.histogram(np.array([1j]))
 

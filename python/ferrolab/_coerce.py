@@ -142,6 +142,7 @@ def _prepare(
             if type(s) is int and not (rmin <= s <= rmax):
                 raise OverflowError(f"{func}(): argument '{name}' is {s}: Python integer {s} out of bounds for {rt}")
     if rt.kind == "f":
+        target: np.dtype[Any]
         if rt.itemsize < 4:  # float16: compute in float32, return float16 like NumPy
             target = np.dtype(np.float32)
             if kind != "index":

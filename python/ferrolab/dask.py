@@ -532,8 +532,7 @@ def histogram(
         edges = dask.delayed(edges_np)
         uniform = False
     else:
-        _ops._check_bin_count(bins, "an int or a 1-D array of edges")
-        nb = int(bins)
+        nb = _ops._check_bin_count(bins, "an int or a 1-D array of edges")
         uniform = True
         if range is not None:
             first, last = _ops._check_range(range)
@@ -806,7 +805,7 @@ class _WorkerPluginImpl:
         try:
             import prometheus_client
         except ImportError:
-            prometheus_client = None
+            prometheus_client = None  # type: ignore[assignment]
         if prometheus_client is not None and http is not None:
             worker._ferrolab_bridge = fl.metrics.bridge_to_prometheus_client(prometheus_client.REGISTRY)
             worker._ferrolab_metrics_url = f"http://{worker.ip}:{http.port}/metrics"

@@ -113,12 +113,15 @@ def _check_device(func: str, device: str) -> None:
     _core.check_device(func, device)
 
 
-def _check_bin_count(bins: Any, expected: str) -> None:
-    """``histogram``'s check of an integer ``bins`` (also used by ``fl.dask.histogram``)."""
+def _check_bin_count(bins: Any, expected: str) -> int:
+    """``histogram``'s check of an integer ``bins`` (also used by ``fl.dask.histogram``): the count as an int."""
     if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool):
         raise TypeError(f"histogram(): argument 'bins' must be {expected}, got {bins!r}")
     if bins < 1:
         raise ValueError(f"histogram(): argument 'bins' must be a positive integer, got {bins}")
+    if bins >= np.iinfo(np.intp).max:
+        raise ValueError(f"histogram(): argument 'bins' is {bins}, more bins than an array can hold")
+    return int(bins)
 
 
 def _check_range(range: Any) -> tuple[Any, Any]:
@@ -166,7 +169,7 @@ def histogram(
             raise ValueError(f"histogram(): argument 'bins' is invalid: {e}") from e
         uniform = False
     else:
-        _check_bin_count(bins, "an int, a 1-D array of edges or a str")
+        n_bins = _check_bin_count(bins, "an int, a 1-D array of edges or a str")
         if range is not None:
             first, last = _check_range(range)
         elif a.size == 0:
@@ -182,7 +185,7 @@ def histogram(
         bin_type = np.result_type(first, last, a)
         if np.issubdtype(bin_type, np.integer):
             bin_type = np.result_type(bin_type, float)
-        edges = np.linspace(first, last, bins + 1, endpoint=True, dtype=bin_type)
+        edges = np.linspace(first, last, n_bins + 1, endpoint=True, dtype=bin_type)
         uniform = True
     counts = _core.histogram_counts(a, edges, uniform)
     return counts, edges

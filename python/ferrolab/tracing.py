@@ -134,9 +134,9 @@ def configure(
     for arg, value in (("service_name", service_name),):
         if not isinstance(value, str):
             raise TypeError(f"configure(): argument '{arg}' must be str, got {type(value).__name__}")
-    for arg, value in (("service_version", service_version), ("environment", environment), ("endpoint", endpoint)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"configure(): argument '{arg}' must be str or None, got {type(value).__name__}")
+    for arg, optional in (("service_version", service_version), ("environment", environment), ("endpoint", endpoint)):
+        if optional is not None and not isinstance(optional, str):
+            raise TypeError(f"configure(): argument '{arg}' must be str or None, got {type(optional).__name__}")
     if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, int | float):
         raise TypeError(f"configure(): argument 'sample_ratio' must be a float, got {type(sample_ratio).__name__}")
     ratio = float(sample_ratio)
