@@ -37,8 +37,17 @@ pub enum NativeKind {
 ///   structured array), which an n-d view would round to whole elements and so read the wrong memory
 ///   (`_coerce` copies them);
 /// - a `numpy.ma.MaskedArray`, whose mask would be ignored (`_coerce` rejects it). Other subclasses are native.
+///
+/// An exact `numpy.ndarray` of float64, float32 or int64 takes a shorter path ([`exact_kind`]) to the same
+/// answer: about 100 of the 1,200 instructions of a small `fl.ops.argmin` call went to the general one.
 #[inline]
 pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
+    if is_exact_ndarray(x) {
+        // SAFETY: `x` is exactly an ndarray (checked), which is all the untyped array's type check requires.
+        if let Some(k) = exact_kind(unsafe { x.cast_unchecked::<PyUntypedArray>() }) {
+            return k;
+        }
+    }
     let u = x.cast::<PyUntypedArray>().ok()?;
     if !u.is_aligned() || masked(x) {
         return None;
@@ -55,11 +64,49 @@ pub fn native_kind(x: &Obj<'_>) -> Option<NativeKind> {
     }
 }
 
+/// Whether `x` is exactly a `numpy.ndarray` (not a subclass): one pointer comparison with ndarray's type object,
+/// which is looked up once (NumPy's C API table) and lives as long as the process (NumPy never frees its static
+/// types).
+#[inline]
+pub fn is_exact_ndarray(x: &Obj<'_>) -> bool {
+    use pyo3::PyTypeInfo;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+    static NDARRAY: AtomicPtr<pyo3::ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+    let mut t = NDARRAY.load(Ordering::Relaxed);
+    if t.is_null() {
+        t = PyUntypedArray::type_object(x.py()).as_type_ptr();
+        NDARRAY.store(t, Ordering::Relaxed);
+    }
+    x.get_type_ptr() == t
+}
+
+/// [`native_kind`] of an exact ndarray whose descriptor's type number is one of the three native types' (field
+/// reads only): `Some(None)` for an unaligned one, `None` (the general path decides) for any other type number
+/// or a byte order other than the native one.
+#[inline]
+fn exact_kind(u: &Bound<'_, PyUntypedArray>) -> Option<Option<NativeKind>> {
+    use numpy::npyffi::NPY_TYPES;
+    let d = u.dtype();
+    let kind = match d.num() {
+        n if n == NPY_TYPES::NPY_DOUBLE as i32 => NativeKind::F64,
+        n if n == NPY_TYPES::NPY_FLOAT as i32 => NativeKind::F32,
+        n if n == NPY_TYPES::NPY_LONGLONG as i32 => NativeKind::I64,
+        n if n == NPY_TYPES::NPY_LONG as i32 && std::mem::size_of::<std::ffi::c_long>() == 8 => {
+            NativeKind::I64
+        }
+        _ => return None,
+    };
+    if d.is_native_byteorder() != Some(true) {
+        return None;
+    }
+    Some(u.is_aligned().then_some(kind))
+}
+
 /// Whether `x` is a `numpy.ma.MaskedArray`: never a plain ndarray (one type comparison), else asked of
 /// `numpy.ma` (none exists before it is imported).
 #[inline]
 fn masked(x: &Obj<'_>) -> bool {
-    !x.is_exact_instance_of::<PyUntypedArray>() && masked_subclass(x)
+    !is_exact_ndarray(x) && masked_subclass(x)
 }
 
 #[cold]
@@ -255,9 +302,12 @@ pub trait ToNumpy: numpy::Element + Copy {
     /// The typed array of a [`NativeArray`] of this element type (`None` for another one).
     fn typed<'a, 'py>(a: NativeArray<'a, 'py>) -> Option<&'a Bound<'py, PyArrayDyn<Self>>>;
 
+    /// The type's descriptor, looked up once (NumPy's built-in descriptors live as long as the process).
+    fn descr(py: Python<'_>) -> &Bound<'_, numpy::PyArrayDescr>;
+
     /// A NumPy scalar (`np.float64`, `np.float32`, `np.int64`) holding `v`.
     fn scalar<'py>(py: Python<'py>, v: Self) -> PyResult<Obj<'py>> {
-        let descr = numpy::dtype::<Self>(py);
+        let descr = Self::descr(py);
         let mut v = v;
         // SAFETY: PyArray_Scalar copies `itemsize` bytes from `v`, which is a value of the descriptor's type;
         // the descriptor is borrowed (not stolen) and stays alive for the call.
@@ -280,6 +330,11 @@ macro_rules! to_numpy {
                     NativeArray::$variant(a) => Some(a),
                     _ => None,
                 }
+            }
+
+            fn descr(py: Python<'_>) -> &Bound<'_, numpy::PyArrayDescr> {
+                static DESCR: PyOnceLock<Py<numpy::PyArrayDescr>> = PyOnceLock::new();
+                DESCR.get_or_init(py, || numpy::dtype::<$t>(py).unbind()).bind(py)
             }
         }
     )*};
