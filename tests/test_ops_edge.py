@@ -441,6 +441,19 @@ def test_bad_axis_is_value_error(name, shape, axis, dtype):
             AXIS_OPS[name](x, axis)
 
 
+@pytest.mark.parametrize("name", sorted(AXIS_OPS))
+def test_axis_of_another_type_is_named_in_the_error(name):
+    # the function and the argument are named in the message, as for array arguments
+    x = np.ones((3, 4))
+    for axis in ("0", 1.0, [0], True):
+        with pytest.raises(TypeError, match=rf"{name}\(\): argument 'axis' must be an int or None, got"):
+            AXIS_OPS[name](x, axis)
+    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'axis' is {2**70}, out of bounds"):
+        AXIS_OPS[name](x, 2**70)
+    # NumPy integers are ints here, as in NumPy
+    assert np.array_equal(AXIS_OPS[name](x, np.int64(1)), AXIS_OPS[name](x, 1), equal_nan=True)
+
+
 def test_ragged_input_is_value_error():
     with pytest.raises(ValueError, match=r"sum\(\).*'x'"):
         fl.ops.sum([[1.0, 2.0], [3.0]])

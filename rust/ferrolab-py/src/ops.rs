@@ -111,6 +111,41 @@ native_py!(f64, F64, f64, "a real number");
 native_py!(f32, F32, f64, "a real number");
 native_py!(i64, I64, i64, "an integer here");
 
+/// Argument `axis` of `op` as the kernels take it: None, or an int (any object with `__index__` but a bool, as
+/// NumPy accepts). Another type is a TypeError and an int beyond the platform's index a ValueError, both naming the
+/// function and the argument (PyO3's own conversion named neither in its message). A failure is counted like
+/// every failed call.
+fn axis_arg(op: Op, device: &str, axis: Option<&Obj<'_>>) -> PyResult<Option<isize>> {
+    let Some(a) = axis.filter(|a| !a.is_none()) else {
+        return Ok(None);
+    };
+    if a.is_instance_of::<pyo3::types::PyBool>() {
+        // NumPy refuses a bool axis too
+        let r = Err(arg_type(
+            op.name(),
+            "axis",
+            "must be an int or None, got bool",
+        ));
+        return counted(op, device, r);
+    }
+    let r = a.extract::<isize>().map(Some).map_err(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(a.py()) {
+            arg_value(
+                op.name(),
+                "axis",
+                format!("is {a}, out of bounds for any array"),
+            )
+        } else {
+            arg_type(
+                op.name(),
+                "axis",
+                format!("must be an int or None, got {}", type_of(a)),
+            )
+        }
+    });
+    counted(op, device, r)
+}
+
 /// The one array input `x` of `op`, converted, and the optional `finish` callable.
 fn take_one<'py>(
     py: Python<'py>,
@@ -280,9 +315,10 @@ macro_rules! reduction {
         pub fn $name<'py>(
             py: Python<'py>,
             x: &Obj<'py>,
-            axis: Option<isize>,
+            axis: Option<&Obj<'py>>,
             device: &str,
         ) -> PyResult<Obj<'py>> {
+            let axis = axis_arg($op, device, axis)?;
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, 0.0, req), || {
                 if let Some(r) = flat_fast(py, $op, x, axis, 0.0) {
                     return r;
@@ -413,10 +449,11 @@ macro_rules! moment {
         pub fn $name<'py>(
             py: Python<'py>,
             x: &Obj<'py>,
-            axis: Option<isize>,
+            axis: Option<&Obj<'py>>,
             ddof: f64,
             device: &str,
         ) -> PyResult<Obj<'py>> {
+            let axis = axis_arg($op, device, axis)?;
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, ddof, req), || {
                 if let Some(r) = flat_fast(py, $op, x, axis, ddof) {
                     return r;
@@ -986,11 +1023,12 @@ pub fn clip<'py>(
 pub fn standardize<'py>(
     py: Python<'py>,
     x: &Obj<'py>,
-    axis: Option<isize>,
+    axis: Option<&Obj<'py>>,
     ddof: f64,
     out: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
+    let axis = axis_arg(Op::Standardize, device, axis)?;
     let gpu = |req| {
         let s = axis.is_none().then_some(Scalars::Standardize(ddof));
         gpu_elementwise(py, Op::Standardize, &[x], s, out, req)
@@ -1059,9 +1097,10 @@ pub fn quantile<'py>(
     py: Python<'py>,
     x: &Obj<'py>,
     q: Vec<f64>,
-    axis: Option<isize>,
+    axis: Option<&Obj<'py>>,
     device: &str,
 ) -> PyResult<Obj<'py>> {
+    let axis = axis_arg(Op::Quantile, device, axis)?;
     boundary(Op::Quantile, device, || {
         let (a, fin) = take_one(py, Op::Quantile, x, Kind::Float)?;
         let r = each_float!(a, T, a => red(py, Op::Quantile, &a, |v| stats::quantile::<T>(&v, &q, axis))?);
