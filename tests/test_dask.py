@@ -211,7 +211,7 @@ def test_errors_name_function_and_argument() -> None:
         fl.dask.std(da.from_array(np.array(["a"])))
     with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins'"):
         fl.dask.histogram(x, bins=0)
-    with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is \d+, more bins than"):
+    with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is too large: more bins than"):
         fl.dask.histogram(x, bins=10**400)
     with pytest.raises(ValueError, match=r"min\(\): zero-size array"):
         fl.dask.min(da.ones(0, chunks=1)).compute()

@@ -444,14 +444,23 @@ def test_bad_axis_is_value_error(name, shape, axis, dtype):
 @pytest.mark.parametrize("name", sorted(AXIS_OPS))
 def test_axis_of_another_type_is_named_in_the_error(name):
     # the function and the argument are named in the message, as for array arguments
-    x = np.ones((3, 4))
+    x = np.arange(12.0).reshape(3, 4) ** 2
     for axis in ("0", 1.0, [0], True):
         with pytest.raises(TypeError, match=rf"{name}\(\): argument 'axis' must be an int or None, got"):
             AXIS_OPS[name](x, axis)
-    with pytest.raises(ValueError, match=rf"{name}\(\): argument 'axis' is {2**70}, out of bounds"):
-        AXIS_OPS[name](x, 2**70)
-    # NumPy integers are ints here, as in NumPy
-    assert np.array_equal(AXIS_OPS[name](x, np.int64(1)), AXIS_OPS[name](x, 1), equal_nan=True)
+    for huge in (2**70, 10**5000):  # the second has no str() (CPython's 4,300-digit limit)
+        with pytest.raises(ValueError, match=rf"{name}\(\): argument 'axis' is an int beyond any array's"):
+            AXIS_OPS[name](x, huge)
+
+    class BadIndex:
+        def __index__(self):
+            raise KeyError("from __index__")
+
+    with pytest.raises(KeyError, match="from __index__"):  # not turned into a TypeError
+        AXIS_OPS[name](x, BadIndex())
+    # NumPy integers are ints here, as in NumPy, and the axis is the one given
+    assert np.array_equal(AXIS_OPS[name](x, np.int64(1)), AXIS_OPS[name](x, 1))
+    assert not np.array_equal(AXIS_OPS[name](x, 0), AXIS_OPS[name](x, 1))
 
 
 def test_ragged_input_is_value_error():
@@ -804,8 +813,8 @@ def test_histogram_misc():
         fl.ops.histogram(np.ones(3), bins=np.array([1.0, 0.0, 2.0]))  # not monotonic
     with pytest.raises(TypeError, match=r"histogram\(\).*'bins'"):
         fl.ops.histogram(np.ones(3), bins=2.5)
-    for huge in (2**63, 10**400):  # more bins than an index can count: named, not NumPy's bare message
-        with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is \d+, more bins than"):
+    for huge in (2**63, 10**400, 10**5000):  # more bins than an index can count: named, not NumPy's bare message
+        with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is too large: more bins than"):
             fl.ops.histogram(np.ones(3), bins=huge)
     with pytest.raises(TypeError, match=r"histogram\(\).*'x'"):
         fl.ops.histogram(np.array([1j]))

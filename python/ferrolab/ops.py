@@ -120,7 +120,8 @@ def _check_bin_count(bins: Any, expected: str) -> int:
     if bins < 1:
         raise ValueError(f"histogram(): argument 'bins' must be a positive integer, got {bins}")
     if bins >= np.iinfo(np.intp).max:
-        raise ValueError(f"histogram(): argument 'bins' is {bins}, more bins than an array can hold")
+        # not the value itself: an int of more than 4,300 digits has no str()
+        raise ValueError("histogram(): argument 'bins' is too large: more bins than an array can hold")
     return int(bins)
 
 

@@ -112,37 +112,51 @@ native_py!(f32, F32, f64, "a real number");
 native_py!(i64, I64, i64, "an integer here");
 
 /// Argument `axis` of `op` as the kernels take it: None, or an int (any object with `__index__` but a bool, as
-/// NumPy accepts). Another type is a TypeError and an int beyond the platform's index a ValueError, both naming the
-/// function and the argument (PyO3's own conversion named neither in its message). A failure is counted like
-/// every failed call.
+/// NumPy accepts). Another type is a TypeError and an int beyond the platform's index a ValueError, both naming
+/// the function and the argument (PyO3's own conversion named neither in its message), with the conversion's
+/// error as their cause; any other error of the conversion (one raised by an `__index__`) passes unchanged. A
+/// failure is counted like every failed call.
+#[inline(always)]
 fn axis_arg(op: Op, device: &str, axis: Option<&Obj<'_>>) -> PyResult<Option<isize>> {
-    let Some(a) = axis.filter(|a| !a.is_none()) else {
+    match axis {
+        None => Ok(None),
+        Some(a) => axis_of(op, device, a),
+    }
+}
+
+/// [`axis_arg`] of an axis given (None included), out of line: the default costs the call nothing.
+#[inline(never)]
+fn axis_of(op: Op, device: &str, a: &Obj<'_>) -> PyResult<Option<isize>> {
+    use pyo3::exceptions::{PyOverflowError, PyTypeError};
+    if a.is_none() {
         return Ok(None);
-    };
-    if a.is_instance_of::<pyo3::types::PyBool>() {
+    }
+    let py = a.py();
+    let r = if a.is_instance_of::<pyo3::types::PyBool>() {
         // NumPy refuses a bool axis too
-        let r = Err(arg_type(
+        Err(arg_type(
             op.name(),
             "axis",
             "must be an int or None, got bool",
-        ));
-        return counted(op, device, r);
-    }
-    let r = a.extract::<isize>().map(Some).map_err(|e| {
-        if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(a.py()) {
-            arg_value(
-                op.name(),
-                "axis",
-                format!("is {a}, out of bounds for any array"),
-            )
-        } else {
-            arg_type(
-                op.name(),
-                "axis",
-                format!("must be an int or None, got {}", type_of(a)),
-            )
-        }
-    });
+        ))
+    } else {
+        a.extract::<isize>().map(Some).map_err(|e| {
+            let named = if e.is_instance_of::<PyOverflowError>(py) {
+                // not the value itself: an int of more than 4,300 digits has no str()
+                arg_value(op.name(), "axis", "is an int beyond any array's dimensions")
+            } else if e.is_instance_of::<PyTypeError>(py) {
+                arg_type(
+                    op.name(),
+                    "axis",
+                    format!("must be an int or None, got {}", type_of(a)),
+                )
+            } else {
+                return e;
+            };
+            named.set_cause(py, Some(e));
+            named
+        })
+    };
     counted(op, device, r)
 }
 

@@ -1228,6 +1228,33 @@ mod tests {
             let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             check(&x);
             check(&xf);
+            // zeros of both signs as the extreme: the minimum of non-negative values, the maximum of non-positive
+            // ones, and rows of zeros only (each sign first)
+            let zeros = |sign: f64, first_neg: bool| -> Vec<f64> {
+                (0..n)
+                    .map(|i| match i % 7 {
+                        1 | 4 => {
+                            if (i % 2 == 1) == first_neg {
+                                -0.0
+                            } else {
+                                0.0
+                            }
+                        }
+                        _ => sign * (1.0 + (i % 5) as f64),
+                    })
+                    .collect()
+            };
+            for z in [
+                zeros(1.0, true),
+                zeros(1.0, false),
+                zeros(-1.0, true),
+                zeros(-1.0, false),
+                zeros(0.0, true),
+                zeros(0.0, false),
+            ] {
+                check(&z);
+                check(&z.iter().map(|&v| v as f32).collect::<Vec<f32>>());
+            }
             for at in [0, n / 3, n - 1] {
                 for special in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0] {
                     let mut y = x.clone();
