@@ -132,24 +132,23 @@ fn axis_of(op: Op, device: &str, a: &Obj<'_>) -> PyResult<Option<isize>> {
         return Ok(None);
     }
     let py = a.py();
-    let r = if a.is_instance_of::<pyo3::types::PyBool>() {
-        // NumPy refuses a bool axis too
-        Err(arg_type(
+    let wrong_type = || {
+        let got = type_of(a);
+        arg_type(
             op.name(),
             "axis",
-            "must be an int or None, got bool",
-        ))
+            format!("must be an int or None, got {got}"),
+        )
+    };
+    let r = if a.is_instance_of::<pyo3::types::PyBool>() {
+        Err(wrong_type()) // NumPy refuses a bool axis too
     } else {
         a.extract::<isize>().map(Some).map_err(|e| {
             let named = if e.is_instance_of::<PyOverflowError>(py) {
                 // not the value itself: an int of more than 4,300 digits has no str()
                 arg_value(op.name(), "axis", "is an int beyond any array's dimensions")
             } else if e.is_instance_of::<PyTypeError>(py) {
-                arg_type(
-                    op.name(),
-                    "axis",
-                    format!("must be an int or None, got {}", type_of(a)),
-                )
+                wrong_type()
             } else {
                 return e;
             };

@@ -372,14 +372,15 @@ impl Repository {
                 {
                     // the chunk named: of a truncated pack, the first of the run that cannot be read on its own
                     // (the run's first when the whole pack is missing)
-                    let truncated = source.kind() == std::io::ErrorKind::UnexpectedEof;
-                    let culprit = run
-                        .iter()
-                        .find(|(_, l)| {
-                            let (o, n) = (l.offset as u64, l.length as u64);
-                            truncated && self.store.get_range(&pack_key(&pack), o, n).is_err()
-                        })
-                        .map_or(run[0].0, |r| r.0);
+                    let unreadable = |l: &&(Id, index::Location)| {
+                        let (o, n) = (l.1.offset as u64, l.1.length as u64);
+                        self.store.get_range(&pack_key(&pack), o, n).is_err()
+                    };
+                    let culprit = match source.kind() {
+                        std::io::ErrorKind::UnexpectedEof => run.iter().find(unreadable),
+                        _ => None,
+                    }
+                    .map_or(run[0].0, |r| r.0);
                     return Err(corrupt(format!(
                         "{}: chunk {} in pack {}: the pack is missing or truncated ({context}: {source})",
                         what(),
