@@ -463,6 +463,140 @@ def test_axis_of_another_type_is_named_in_the_error(name):
     assert not np.array_equal(AXIS_OPS[name](x, 0), AXIS_OPS[name](x, 1))
 
 
+_V = np.arange(1.0, 7.0)
+_M = np.arange(6.0).reshape(3, 2)
+
+
+def _adam(**kw):
+    """One Adam step from fixed state: the updated parameters."""
+    t = kw.pop("t", 1)
+    p = _V.copy()
+    assert fl.ops.adam_step(p, _V, np.full(6, 0.5), np.full(6, 2.0), t, **kw) is None
+    return p
+
+
+# every native op with a keyword it takes: (call with that keyword, the op's name)
+DEVICE_OPS = {
+    "sum": lambda **kw: fl.ops.sum(_V, **kw),
+    "mean": lambda **kw: fl.ops.mean(_V, **kw),
+    "min": lambda **kw: fl.ops.min(_V, **kw),
+    "max": lambda **kw: fl.ops.max(_V, **kw),
+    "argmin": lambda **kw: fl.ops.argmin(_V, **kw),
+    "argmax": lambda **kw: fl.ops.argmax(_V, **kw),
+    "var": lambda **kw: fl.ops.var(_V, **kw),
+    "std": lambda **kw: fl.ops.std(_V, **kw),
+    "norm": lambda **kw: fl.ops.norm(_V, **kw),
+    "dot": lambda **kw: fl.ops.dot(_V, _V, **kw),
+    "axpy": lambda **kw: fl.ops.axpy(2.0, _V, _V, **kw),
+    "fma": lambda **kw: fl.ops.fma(_V, _V, _V, **kw),
+    "scale": lambda **kw: fl.ops.scale(_V, 2.0, **kw),
+    "clip": lambda **kw: fl.ops.clip(_V, 0.0, 1.0, **kw),
+    "standardize": lambda **kw: fl.ops.standardize(_V, **kw),
+    "zscore_anomalies": lambda **kw: fl.ops.zscore_anomalies(np.r_[np.zeros(6), 1.0], **kw),  # z of 2.45
+    "matmul": lambda **kw: fl.ops.matmul(_M, _M.T, **kw),
+    "cdist": lambda **kw: fl.ops.cdist(_M, _M, **kw),
+    "adam_step": _adam,
+    "histogram": lambda **kw: fl.ops.histogram(_V, **kw),
+    "quantile": lambda **kw: fl.ops.quantile(_V, 0.5, **kw),
+}
+
+# (op, argument, a valid value, what the message says it must be)
+SCALAR_ARGS = [
+    ("var", "ddof", 1, "a real number"),
+    ("std", "ddof", 1, "a real number"),
+    ("standardize", "ddof", 1, "a real number"),
+    ("zscore_anomalies", "threshold", 2.0, "a real number"),
+    ("adam_step", "lr", 0.1, "a real number"),
+    ("adam_step", "beta1", 0.8, "a real number"),
+    ("adam_step", "beta2", 0.9, "a real number"),
+    ("adam_step", "eps", 1e-6, "a real number"),
+    ("adam_step", "weight_decay", 0.01, "a real number"),
+    ("adam_step", "t", 2, "an int"),
+    ("adam_step", "decoupled", True, "a bool"),
+    ("cdist", "metric", "cosine", "a str"),
+]
+
+
+def _errors(op):
+    return sum(s["errors"] for s in fl._core.op_stats() if s["operation"] == op)
+
+
+@pytest.mark.parametrize("name", sorted(DEVICE_OPS))
+def test_device_of_another_type_is_named_in_the_error(name):
+    call = DEVICE_OPS[name]
+    for device in (0, None, b"cpu", ["cpu"]):
+        before = _errors(name)
+        got = type(device).__name__
+        with pytest.raises(TypeError, match=rf"^{name}\(\): argument 'device' must be a str, got {got}\b"):
+            call(device=device)
+        assert _errors(name) == before + 1  # counted once, as every failed call
+    call(device="cpu")
+
+
+@pytest.mark.parametrize("name,arg,good,what", SCALAR_ARGS)
+def test_scalar_argument_of_another_type_is_named_in_the_error(name, arg, good, what):
+    call = DEVICE_OPS[name]
+    wrong = ["0.5", None, [1.0], object()]
+    if what == "an int":
+        wrong.append(1.0)  # a float is no step count (PyO3 and Python's int arguments refuse it too)
+    if what == "a bool":
+        wrong.append(1)
+    if what == "a str":
+        wrong = [3, None, b"cosine"]
+    for v in wrong:
+        before = _errors(name)
+        with pytest.raises(TypeError, match=rf"^{name}\(\): argument '{arg}' must be {what}, got {type(v).__name__}\b"):
+            call(**{arg: v})
+        assert _errors(name) == before + 1
+    if what in ("a real number", "an int"):
+        with pytest.raises(OverflowError, match=rf"^{name}\(\): argument '{arg}' is too large"):
+            call(**{arg: 10**400})
+    # the types NumPy users pass are taken, and the value given is the one used
+    call(**{arg: good})
+    if what == "a real number":
+        for v in (np.float32(good), np.int64(round(good)) if float(good).is_integer() else np.float64(good)):
+            np.testing.assert_array_equal(call(**{arg: v}), call(**{arg: float(v)}))
+        assert not np.array_equal(call(**{arg: good}), call())  # the argument is not ignored
+    if what == "an int":
+        call(**{arg: np.int64(good)})
+    if what == "a bool":
+        call(**{arg: np.True_})
+
+
+def test_ddof_and_threshold_given_are_the_ones_used():
+    assert fl.ops.var(_V, ddof=1) == pytest.approx(np.var(_V, ddof=1))
+    assert fl.ops.std(_V, ddof=np.int64(2)) == pytest.approx(np.std(_V, ddof=2))
+    z = np.zeros(100)
+    z[7] = 4.0
+    assert fl.ops.zscore_anomalies(z, threshold=100.0).size == 0
+    assert fl.ops.zscore_anomalies(z, threshold=np.float32(3.0)).tolist() == [7]
+
+
+@pytest.mark.parametrize("q,cls,msg", [
+    ("z", TypeError, "must be a number or an array of numbers, got str"),
+    (None, TypeError, "must be a number or an array of numbers, got NoneType"),
+    ({}, TypeError, "must be a number or an array of numbers, got dict"),
+    (["a", 0.5], ValueError, "could not be converted to float64"),
+    ([[0.1], [0.2, 0.3]], ValueError, "could not be converted to float64"),
+])
+def test_quantile_q_of_another_type_is_named_in_the_error(q, cls, msg):
+    with pytest.raises(cls, match=rf"^quantile\(\): argument 'q' {msg}"):
+        fl.ops.quantile(_V, q)
+
+
+@pytest.mark.parametrize("rng,cls,msg", [
+    (5, TypeError, r"must be a pair \(min, max\), got int"),
+    ((1, 2, 3), ValueError, r"must be a pair \(min, max\): it has another length"),
+    ([1], ValueError, r"must be a pair \(min, max\): it has another length"),
+    (("a", "b"), TypeError, r"must be a pair of real numbers, got \(str, str\)"),
+    ((0, np.inf), ValueError, r"\[0, inf\] is not finite"),
+    ((2, 1), ValueError, "has max < min"),
+])
+def test_histogram_range_errors_name_the_argument(rng, cls, msg):
+    with pytest.raises(cls, match=rf"^histogram\(\): argument 'range' {msg}"):
+        fl.ops.histogram(_V, range=rng)
+
+
 def test_ragged_input_is_value_error():
     with pytest.raises(ValueError, match=r"sum\(\).*'x'"):
         fl.ops.sum([[1.0, 2.0], [3.0]])

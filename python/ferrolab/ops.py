@@ -127,11 +127,22 @@ def _check_bin_count(bins: Any, expected: str) -> int:
 
 def _check_range(range: Any) -> tuple[Any, Any]:
     """``histogram``'s check of an explicit ``range``: ``(first, last)``, finite and ordered."""
-    first, last = range
+    try:
+        first, last = range
+    except TypeError:
+        got = type(range).__name__
+        raise TypeError(f"histogram(): argument 'range' must be a pair (min, max), got {got}") from None
+    except ValueError:
+        raise ValueError("histogram(): argument 'range' must be a pair (min, max): it has another length") from None
+    try:
+        finite = bool(np.isfinite(first) and np.isfinite(last))
+    except TypeError:
+        got = f"({type(first).__name__}, {type(last).__name__})"
+        raise TypeError(f"histogram(): argument 'range' must be a pair of real numbers, got {got}") from None
+    if not finite:
+        raise ValueError(f"histogram(): argument 'range' [{first}, {last}] is not finite")
     if first > last:
         raise ValueError("histogram(): argument 'range' has max < min")
-    if not (np.isfinite(first) and np.isfinite(last)):
-        raise ValueError(f"histogram(): argument 'range' [{first}, {last}] is not finite")
     return first, last
 
 
@@ -214,7 +225,15 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     array([1., 5.])
     """
     _check_device("quantile", device)
-    qa = np.asarray(q, dtype=np.float64)
+    try:
+        if q is None:
+            raise TypeError("None is not a number")
+        qa = np.asarray(q, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        if isinstance(q, (str, bytes)) or not isinstance(e, ValueError):
+            got = type(q).__name__
+            raise TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, got {got}") from e
+        raise ValueError(f"quantile(): argument 'q' could not be converted to float64: {e}") from e
     if np.isnan(qa).any():
         raise ValueError("quantile(): argument 'q' must not contain NaN")
     _coerce.no_mask("quantile", "x", x)

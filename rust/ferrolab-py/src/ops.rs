@@ -159,6 +159,88 @@ fn axis_of(op: Op, device: &str, a: &Obj<'_>) -> PyResult<Option<isize>> {
     counted(op, device, r)
 }
 
+/// The scalar arguments of the ops, given to PyO3's `from_py_with` as `name::<{ Op::X as u8 }>`: a wrong type
+/// is a TypeError and a number beyond the type an OverflowError, both naming the function and the argument
+/// (PyO3's own conversion named neither in its message, only the argument in a note). A default costs nothing
+/// (PyO3 calls these only for an argument given). A failure is counted like every failed call, under the
+/// default device: the `device` argument may not have been converted yet.
+macro_rules! scalar_args {
+    ($($(#[$doc:meta])* $f:ident -> $t:ty = $arg:literal, $conv:expr;)*) => {$(
+        $(#[$doc])*
+        fn $f<const OP: u8>(v: &Obj<'_>) -> PyResult<$t> {
+            let op = Op::ALL[OP as usize];
+            counted(op, "cpu", $conv(op.name(), $arg, v))
+        }
+    )*};
+}
+
+scalar_args! {
+    /// `ddof` of the variance: a real number, as NumPy takes it.
+    ddof_arg -> f64 = "ddof", real_of;
+    /// `threshold` of `zscore_anomalies`.
+    threshold_arg -> f64 = "threshold", real_of;
+    /// Adam's step count.
+    t_arg -> i64 = "t", int_of;
+    lr_arg -> f64 = "lr", real_of;
+    beta1_arg -> f64 = "beta1", real_of;
+    beta2_arg -> f64 = "beta2", real_of;
+    eps_arg -> f64 = "eps", real_of;
+    weight_decay_arg -> f64 = "weight_decay", real_of;
+    decoupled_arg -> bool = "decoupled", bool_of;
+}
+
+/// `device`, as [`scalar_args`] converts the others (a str borrowed from the argument).
+fn device_arg<'a, const OP: u8>(v: &'a Obj<'_>) -> PyResult<&'a str> {
+    let op = Op::ALL[OP as usize];
+    counted(op, "cpu", str_of(op.name(), "device", v))
+}
+
+/// `metric` of `cdist`, as [`device_arg`].
+fn metric_arg<'a>(v: &'a Obj<'_>) -> PyResult<&'a str> {
+    counted(Op::Cdist, "cpu", str_of("cdist", "metric", v))
+}
+
+/// A real number (any object with `__float__` or `__index__`).
+fn real_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<f64> {
+    f64::from_py(arg, func, v)
+}
+
+/// An int (any object with `__index__`, as Python's own int arguments).
+fn int_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<i64> {
+    v.extract::<i64>().map_err(|e| {
+        let py = v.py();
+        let named = if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
+            overflow_error(format!(
+                "{func}(): argument '{arg}' is too large for a 64-bit int"
+            ))
+        } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
+            arg_type(func, arg, format!("must be an int, got {}", type_of(v)))
+        } else {
+            return e; // raised by the object's own __index__
+        };
+        named.set_cause(py, Some(e));
+        named
+    })
+}
+
+/// A bool (Python's or NumPy's; an int is refused, as PyO3 does).
+fn bool_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<bool> {
+    v.extract::<bool>()
+        .map_err(|_| arg_type(func, arg, format!("must be a bool, got {}", type_of(v))))
+}
+
+/// A str.
+fn str_of<'a>(func: &'static str, arg: &'static str, v: &'a Obj<'_>) -> PyResult<&'a str> {
+    match v.cast::<pyo3::types::PyString>() {
+        Ok(s) => s.to_str(),
+        Err(_) => Err(arg_type(
+            func,
+            arg,
+            format!("must be a str, got {}", type_of(v)),
+        )),
+    }
+}
+
 /// The one array input `x` of `op`, converted, and the optional `finish` callable.
 fn take_one<'py>(
     py: Python<'py>,
@@ -329,7 +411,7 @@ macro_rules! reduction {
             py: Python<'py>,
             x: &Obj<'py>,
             axis: Option<&Obj<'py>>,
-            device: &str,
+            #[pyo3(from_py_with = device_arg::<{ $op as u8 }>)] device: &str,
         ) -> PyResult<Obj<'py>> {
             let axis = axis_arg($op, device, axis)?;
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, 0.0, req), || {
@@ -463,8 +545,8 @@ macro_rules! moment {
             py: Python<'py>,
             x: &Obj<'py>,
             axis: Option<&Obj<'py>>,
-            ddof: f64,
-            device: &str,
+            #[pyo3(from_py_with = ddof_arg::<{ $op as u8 }>)] ddof: f64,
+            #[pyo3(from_py_with = device_arg::<{ $op as u8 }>)] device: &str,
         ) -> PyResult<Obj<'py>> {
             let axis = axis_arg($op, device, axis)?;
             boundary_gpu($op, device, |req| crate::gpu_ops::reduction(py, $op, x, axis, ddof, req), || {
@@ -523,7 +605,12 @@ moment! {
 /// np.float64(32.0)
 #[pyfunction]
 #[pyo3(signature = (x, y, *, device="cpu"))]
-pub fn dot<'py>(py: Python<'py>, x: &Obj<'py>, y: &Obj<'py>, device: &str) -> PyResult<Obj<'py>> {
+pub fn dot<'py>(
+    py: Python<'py>,
+    x: &Obj<'py>,
+    y: &Obj<'py>,
+    #[pyo3(from_py_with = device_arg::<{ Op::Dot as u8 }>)] device: &str,
+) -> PyResult<Obj<'py>> {
     boundary(Op::Dot, device, || {
         let small = match (native_array(x), native_array(y)) {
             (Some(NativeArray::F64(a)), Some(NativeArray::F64(b))) => dot_small(py, a, b),
@@ -879,7 +966,7 @@ pub fn axpy<'py>(
     x: &Obj<'py>,
     y: &Obj<'py>,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Axpy as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
         let a = crate::gpu_ops::plain_number(a).map(Scalars::Axpy);
@@ -914,7 +1001,7 @@ pub fn fma<'py>(
     y: &Obj<'py>,
     z: &Obj<'py>,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Fma as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
         let s = Some(Scalars::Fma);
@@ -945,7 +1032,7 @@ pub fn scale<'py>(
     x: &Obj<'py>,
     a: &Obj<'py>,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Scale as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
         let a = crate::gpu_ops::plain_number(a).map(Scalars::Scale);
@@ -977,7 +1064,7 @@ pub fn clip<'py>(
     lo: &Obj<'py>,
     hi: &Obj<'py>,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Clip as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let gpu = |req| {
         let bound = |v: &Obj<'py>| match v.is_none() {
@@ -1037,9 +1124,9 @@ pub fn standardize<'py>(
     py: Python<'py>,
     x: &Obj<'py>,
     axis: Option<&Obj<'py>>,
-    ddof: f64,
+    #[pyo3(from_py_with = ddof_arg::<{ Op::Standardize as u8 }>)] ddof: f64,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Standardize as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let axis = axis_arg(Op::Standardize, device, axis)?;
     let gpu = |req| {
@@ -1092,8 +1179,8 @@ fn standardize_into<'py>(
 pub fn zscore_anomalies<'py>(
     py: Python<'py>,
     x: &Obj<'py>,
-    threshold: f64,
-    device: &str,
+    #[pyo3(from_py_with = threshold_arg::<{ Op::ZscoreAnomalies as u8 }>)] threshold: f64,
+    #[pyo3(from_py_with = device_arg::<{ Op::ZscoreAnomalies as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     boundary(Op::ZscoreAnomalies, device, || {
         let (a, _) = take_one(py, Op::ZscoreAnomalies, x, Kind::Float)?;
@@ -1111,7 +1198,7 @@ pub fn quantile<'py>(
     x: &Obj<'py>,
     q: Vec<f64>,
     axis: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Quantile as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     let axis = axis_arg(Op::Quantile, device, axis)?;
     boundary(Op::Quantile, device, || {
@@ -1205,7 +1292,7 @@ pub fn matmul<'py>(
     a: &Obj<'py>,
     b: &Obj<'py>,
     out: Option<&Obj<'py>>,
-    device: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Matmul as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     boundary(Op::Matmul, device, || matmul_into(py, a, b, opt_out(out)))
 }
@@ -1316,8 +1403,8 @@ pub fn cdist<'py>(
     py: Python<'py>,
     a: &Obj<'py>,
     b: &Obj<'py>,
-    metric: &str,
-    device: &str,
+    #[pyo3(from_py_with = metric_arg)] metric: &str,
+    #[pyo3(from_py_with = device_arg::<{ Op::Cdist as u8 }>)] device: &str,
 ) -> PyResult<Obj<'py>> {
     boundary(Op::Cdist, device, || {
         let m = distance::Metric::parse(metric).py()?;
@@ -1366,14 +1453,14 @@ pub fn adam_step<'py>(
     grad: &Obj<'py>,
     m: &Obj<'py>,
     v: &Obj<'py>,
-    t: i64,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    decoupled: bool,
-    device: &str,
+    #[pyo3(from_py_with = t_arg::<{ Op::AdamStep as u8 }>)] t: i64,
+    #[pyo3(from_py_with = lr_arg::<{ Op::AdamStep as u8 }>)] lr: f64,
+    #[pyo3(from_py_with = beta1_arg::<{ Op::AdamStep as u8 }>)] beta1: f64,
+    #[pyo3(from_py_with = beta2_arg::<{ Op::AdamStep as u8 }>)] beta2: f64,
+    #[pyo3(from_py_with = eps_arg::<{ Op::AdamStep as u8 }>)] eps: f64,
+    #[pyo3(from_py_with = weight_decay_arg::<{ Op::AdamStep as u8 }>)] weight_decay: f64,
+    #[pyo3(from_py_with = decoupled_arg::<{ Op::AdamStep as u8 }>)] decoupled: bool,
+    #[pyo3(from_py_with = device_arg::<{ Op::AdamStep as u8 }>)] device: &str,
 ) -> PyResult<()> {
     let body = || {
         let req = match dispatch::parse("adam_step", device).py()? {

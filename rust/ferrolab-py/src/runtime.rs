@@ -35,10 +35,17 @@ fn op_stats(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 }
 
 /// Checks `device` for `func` (the one device check): returns the device that runs it ("cpu" or "cuda"); raises
-/// `DeviceUnavailableError` with the reason for a GPU that cannot run, `ValueError` for an unknown device.
+/// `DeviceUnavailableError` with the reason for a GPU that cannot run, `ValueError` for an unknown device,
+/// `TypeError` for a device that is not a str.
 #[pyfunction]
-fn check_device(func: &str, device: &str) -> PyResult<&'static str> {
-    ferrolab_core::device::select(func, device)
+fn check_device(func: &str, device: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    let Ok(device) = device.cast::<pyo3::types::PyString>() else {
+        let got = crate::errors::type_of(device);
+        return Err(crate::errors::type_error(format!(
+            "{func}(): argument 'device' must be a str, got {got}"
+        )));
+    };
+    ferrolab_core::device::select(func, device.to_str()?)
         .map(|d| d.name())
         .py()
 }
