@@ -153,6 +153,21 @@ def test_elementwise_odd_dtypes(dtype):
         _assert_like(fl.ops.clip(x, 2.5, None), np.clip(x, 2.5, None))
 
 
+MIXED = ["float64", "float32", "float16", "int64", "int32", "uint8", "bool"]
+
+
+@pytest.mark.parametrize("xd", MIXED)
+@pytest.mark.parametrize("yd", MIXED)
+def test_elementwise_mixed_dtypes_give_numpys_expression_types(xd, yd):
+    # axpy is `a * x + y` as NumPy evaluates it: `a * x` first (a float `a` with a uint8 or bool `x` is float64
+    # before a float32 `y` joins), with Python and NumPy scalars, and a Python scalar `x`
+    x, y = _small(xd, (2, 3), seed=1), _small(yd, (2, 3), seed=2)
+    for a in (1.5, 2, True, np.float32(1.5), np.int8(2)):
+        _assert_like(fl.ops.axpy(a, x, y), a * x + y)
+        _assert_like(fl.ops.axpy(a, 3, y), a * 3 + y)
+    _assert_like(fl.ops.fma(x, y, x), x * y + x)
+
+
 @pytest.mark.parametrize("dtype", ODD_DTYPES)
 def test_stats_odd_dtypes(dtype):
     x = _small(dtype, (6, 5), hi=4 if dtype != "bool" else 2)

@@ -133,7 +133,12 @@ def _prepare(
             raise TypeError(f"{func}(): argument '{name}' must be a real number, got {type(s).__name__}")
     # Python scalars passed where arrays go stay weak (NEP 50), like NumPy's own operators
     typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays, strict=True)]
-    rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
+    if func == "axpy" and weak and not isinstance(values[0], (bool, int, float)):
+        # ``a * x + y`` as NumPy evaluates it: ``a * x`` first, so a float ``a`` with an integer or bool ``x`` is
+        # float64 (and an int ``a`` with a bool ``x`` int64) before ``y`` joins
+        rt = np.result_type(np.result_type(typing[0], *weak), typing[1])
+    else:
+        rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
     finish: Callable[[Any], Any] | None = None
     if rt.kind in "iu" and any(type(s) is int for s in scalars):
         # a weak Python int must fit the integer result dtype, as in NumPy (`np.int8(1) * 1000` raises)
