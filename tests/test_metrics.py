@@ -329,6 +329,105 @@ def test_histogram_may_not_use_le_and_labelnames_must_be_a_sequence_of_str() -> 
         M.Counter(unique("labels"), "Bad.", [1, 2])
 
 
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda r: M.Counter(3, "Bad.", registry=r), r"Counter\(\): argument 'name' must be a str, got int"),
+        (lambda r: M.Gauge(unique("a"), None, registry=r),
+         r"Gauge\(\): argument 'documentation' must be a str, got NoneType"),
+        (lambda r: M.Summary(unique("a"), "B.", namespace=1, registry=r),
+         r"Summary\(\): argument 'namespace' must be a str"),
+        (lambda r: M.Info(unique("a"), "B.", subsystem=[], registry=r),
+         r"Info\(\): argument 'subsystem' must be a str"),
+        (lambda r: M.Enum(unique("a"), "B.", unit=b"s", registry=r),
+         r"Enum\(\): argument 'unit' must be a str, got bytes"),
+        (lambda r: M.Gauge(unique("a"), "B.", multiprocess_mode=0, registry=r),
+         r"Gauge\(\): argument 'multiprocess_mode'"),
+        (lambda r: M.Histogram(unique("a"), "B.", buckets="ab", registry=r),
+         r"Histogram\(\): argument 'buckets' must be a sequence of real numbers, got str"),
+        (lambda r: M.Histogram(unique("a"), "B.", buckets=5, registry=r), r"argument 'buckets' .* got int"),
+        (lambda r: M.Histogram(unique("a"), "B.", buckets=[1.0, "x"], registry=r),
+         r"Histogram\(\): argument 'buckets' must be a sequence of real numbers: item 1 is of type str"),
+        (lambda r: M.Enum(unique("a"), "B.", states=["on", 3], registry=r),
+         r"Enum\(\): argument 'states' must be a sequence of str: item 1 is of type int"),
+        (lambda r: M.Counter(unique("a"), "B.", registry=r).inc("1"),
+         r"inc\(\): argument 'amount' must be a real number, got str"),
+        (lambda r: M.Gauge(unique("a"), "B.", registry=r).inc(None),
+         r"inc\(\): argument 'amount' must be a real number"),
+        (lambda r: M.Gauge(unique("a"), "B.", registry=r).dec("1"),
+         r"dec\(\): argument 'amount' must be a real number"),
+        (lambda r: M.Gauge(unique("a"), "B.", registry=r).set([1]),
+         r"set\(\): argument 'value' must be a real number, got list"),
+        (lambda r: M.Histogram(unique("a"), "B.", registry=r).observe("x"),
+         r"observe\(\): argument 'amount' must be a real"),
+        (lambda r: M.Summary(unique("a"), "B.", registry=r).observe(None),
+         r"observe\(\): argument 'amount' must be a real"),
+    ],
+)
+def test_arguments_of_another_type_name_the_call_and_the_argument(call, message) -> None:
+    with pytest.raises(TypeError, match=message):
+        call(M.CollectorRegistry())
+
+
+def test_values_of_numpy_types_and_too_large_ints() -> None:
+    r = M.CollectorRegistry()
+    cn, gn, hn = unique("c"), unique("g"), unique("h")
+    c, g = M.Counter(cn, "C.", registry=r), M.Gauge(gn, "G.", registry=r)
+    h = M.Histogram(hn, "H.", buckets=np.array([0.5, 2.0]), registry=r)
+    c.inc(np.float32(2.0))
+    g.set(np.int64(3))
+    h.observe(np.float64(1.0))
+    assert r.get_sample_value(f"{cn}_total") == 2.0 and r.get_sample_value(gn) == 3.0
+    assert h._upper_bounds == [0.5, 2.0, math.inf]
+    assert r.get_sample_value(f"{hn}_bucket", {"le": "2.0"}) == 1.0
+    with pytest.raises(OverflowError, match=r"set\(\): argument 'value' is too large"):
+        g.set(10**400)
+
+
+# label tuples whose values, written one after the other, give the same bytes ("GET" / "user10" / "2:ab3:x")
+CONCATENATING = [("GET", ""), ("", "GET"), ("user1", "0"), ("user", "10"), ("2:ab", "3:x"), ("2:ab3:x", "")]
+
+
+@pytest.mark.parametrize("kind", ["counter", "gauge", "histogram", "summary"])
+def test_label_values_that_concatenate_alike_are_separate_series(kind) -> None:
+    r = M.CollectorRegistry()
+    name = unique(kind)
+    cls = {"counter": M.Counter, "gauge": M.Gauge, "histogram": M.Histogram, "summary": M.Summary}[kind]
+    m = cls(name, "Doc.", ["a", "b"], registry=r)
+    peer_reg = pc.CollectorRegistry()
+    peer = getattr(pc, cls.__name__)(name, "Doc.", ["a", "b"], registry=peer_reg)
+    for k, values in enumerate(CONCATENATING):
+        for target in (m, peer):
+            child = target.labels(*values)
+            child.observe(k + 0.5) if kind in ("histogram", "summary") else child.inc(k + 1)
+    sample = {"counter": f"{name}_total", "gauge": name, "histogram": f"{name}_sum", "summary": f"{name}_sum"}[kind]
+    for k, (a, b) in enumerate(CONCATENATING):
+        expected = peer_reg.get_sample_value(sample, {"a": a, "b": b})
+        assert expected == (k + 0.5 if kind in ("histogram", "summary") else k + 1)
+        assert r.get_sample_value(sample, {"a": a, "b": b}) == expected
+    text = M.exposition(r)
+    assert 'a="2:ab",b="3:x"' in text and 'a="",b="GET"' in text  # the values as given
+    m.remove("user", "10")
+    assert r.get_sample_value(sample, {"a": "user", "b": "10"}) is None
+    assert r.get_sample_value(sample, {"a": "user1", "b": "0"}) is not None
+
+
+def test_enum_label_values_that_concatenate_alike_are_separate_series() -> None:
+    r = M.CollectorRegistry()
+    name = unique("enum")
+    e = M.Enum(name, "Doc.", ["a"], states=["on", "xon"], registry=r)
+    e.labels("").state("xon")  # the series ("", "xon") and ("x", "on") must not meet
+    e.labels("x").state("on")
+    assert r.get_sample_value(name, {"a": "", name: "xon"}) == 1.0
+    assert r.get_sample_value(name, {"a": "", name: "on"}) == 0.0
+    assert r.get_sample_value(name, {"a": "x", name: "on"}) == 1.0
+    assert r.get_sample_value(name, {"a": "x", name: "xon"}) == 0.0
+    # each series' states in the order given, as prometheus_client lists them
+    lines = [ln for ln in M.exposition(r).splitlines() if ln.startswith(name + "{")]
+    assert lines == [f'{name}{{a="",{name}="on"}} 0.0', f'{name}{{a="",{name}="xon"}} 1.0',
+                     f'{name}{{a="x",{name}="on"}} 1.0', f'{name}{{a="x",{name}="xon"}} 0.0']
+
+
 def test_le_is_a_valid_label_for_counters_and_gauges(make) -> None:
     name = unique("bounds")
     g = make(M.Gauge, name, "Le.", ["le"])

@@ -117,6 +117,59 @@ builtin_errors! {
     overflow_error => PyOverflowError;
 }
 
+/// Argument `arg` of `func` converted to `T` (a number): a wrong type is a TypeError ("must be {what}, got str")
+/// and a number beyond `T` an OverflowError, both naming the function and the argument (PyO3's own conversion
+/// names neither in its message).
+#[inline]
+pub fn scalar_arg<'py, T>(
+    func: &'static str,
+    arg: &'static str,
+    what: &'static str,
+    v: &Bound<'py, PyAny>,
+) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    match v.extract::<T>() {
+        Ok(x) => Ok(x),
+        Err(e) => Err(scalar_arg_error(func, arg, what, v, e)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn scalar_arg_error(
+    func: &'static str,
+    arg: &'static str,
+    what: &'static str,
+    v: &Bound<'_, PyAny>,
+    e: PyErr,
+) -> PyErr {
+    let py = v.py();
+    if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
+        let e = e.value(py);
+        overflow_error(format!("{func}(): argument '{arg}' is too large: {e}"))
+    } else {
+        arg_type(func, arg, format!("must be {what}, got {}", type_of(v)))
+    }
+}
+
+/// A str argument, as [`scalar_arg`] converts numbers.
+pub fn str_arg<'a>(
+    func: &'static str,
+    arg: &'static str,
+    v: &'a Bound<'_, PyAny>,
+) -> PyResult<&'a str> {
+    match v.cast::<pyo3::types::PyString>() {
+        Ok(s) => s.to_str(),
+        Err(_) => Err(arg_type(
+            func,
+            arg,
+            format!("must be a str, got {}", type_of(v)),
+        )),
+    }
+}
+
 /// The name of `o`'s type, for messages ("must be str, got int").
 pub fn type_of(o: &Bound<'_, PyAny>) -> String {
     o.get_type()

@@ -710,12 +710,97 @@ fn py_time(py: Python<'_>) -> PyResult<f64> {
     time.bind(py).getattr("time")?.call0()?.extract()
 }
 
+/// The numbers the value methods take, converted so that a wrong one names the method and the argument
+/// ("inc(): argument 'amount' must be a real number, got str"); PyO3's own conversion named neither.
+macro_rules! value_args {
+    ($($f:ident: $method:literal, $arg:literal;)*) => {$(
+        #[inline]
+        fn $f(v: &Bound<'_, PyAny>) -> PyResult<f64> {
+            errors::scalar_arg($method, $arg, "a real number", v)
+        }
+    )*};
+}
+
+value_args! {
+    inc_amount: "inc", "amount";
+    dec_amount: "dec", "amount";
+    set_value: "set", "value";
+    observe_amount: "observe", "amount";
+}
+
+/// A metric class's name, for its constructor's errors ("Counter(): argument 'name' must be a str, got int").
+trait ClassName {
+    const NAME: &'static str;
+}
+
+/// The constructors' str arguments, converted as [`value_args`] converts numbers.
+macro_rules! str_args {
+    ($($f:ident: $arg:literal;)*) => {$(
+        fn $f<'a, C: ClassName>(v: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+            errors::str_arg(C::NAME, $arg, v)
+        }
+    )*};
+}
+
+str_args! {
+    name_arg: "name";
+    documentation_arg: "documentation";
+    namespace_arg: "namespace";
+    subsystem_arg: "subsystem";
+    unit_arg: "unit";
+    multiprocess_mode: "multiprocess_mode";
+}
+
+/// `Histogram(buckets=...)`: None (the default buckets) or a sequence of real numbers.
+fn buckets<C: ClassName>(v: &Bound<'_, PyAny>) -> PyResult<Option<Vec<f64>>> {
+    seq_arg(C::NAME, "buckets", "real numbers", v)
+}
+
+/// `Enum(states=...)`: None or a sequence of str.
+fn states<C: ClassName>(v: &Bound<'_, PyAny>) -> PyResult<Option<Vec<String>>> {
+    seq_arg(C::NAME, "states", "str", v)
+}
+
+/// None, or a sequence of `T` (`of` in the message): a str, another type or an element of another type is a
+/// TypeError naming the function and the argument.
+fn seq_arg<'py, T>(
+    func: &'static str,
+    arg: &'static str,
+    of: &str,
+    v: &Bound<'py, PyAny>,
+) -> PyResult<Option<Vec<T>>>
+where
+    T: for<'a> FromPyObject<'a, 'py>,
+{
+    if v.is_none() {
+        return Ok(None);
+    }
+    if let Ok(items) = v.extract::<Vec<T>>() {
+        return Ok(Some(items));
+    }
+    let msg = match v.extract::<Vec<Bound<'py, PyAny>>>() {
+        Ok(items) => match items.iter().position(|i| i.extract::<T>().is_err()) {
+            Some(k) => {
+                let got = errors::type_of(&items[k]);
+                format!("must be a sequence of {of}: item {k} is of type {got}")
+            }
+            None => format!("must be a sequence of {of}"),
+        },
+        Err(_) => format!("must be a sequence of {of}, got {}", errors::type_of(v)),
+    };
+    Err(errors::arg_type(func, arg, msg))
+}
+
 /// A metric class (`$cls`, of kind `$kind`) and its methods: the constructor takes prometheus_client's naming
 /// arguments plus the class's own `$extra` ones; `$args`, which sees those, checks them and gives the
 /// `(buckets, states)` of the native metric.
 macro_rules! metric_class {
     ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*], $args:block,
      { $($methods:tt)* }) => {
+        impl ClassName for $cls {
+            const NAME: &'static str = stringify!($cls);
+        }
+
         #[pymethods]
         impl $cls {
             #[new]
@@ -724,14 +809,14 @@ macro_rules! metric_class {
             #[allow(clippy::too_many_arguments)]
             fn new(
                 py: Python<'_>,
-                name: &str,
-                documentation: &str,
+                #[pyo3(from_py_with = name_arg::<$cls>)] name: &str,
+                #[pyo3(from_py_with = documentation_arg::<$cls>)] documentation: &str,
                 labelnames: Option<&Bound<'_, PyAny>>,
-                namespace: &str,
-                subsystem: &str,
-                unit: &str,
+                #[pyo3(from_py_with = namespace_arg::<$cls>)] namespace: &str,
+                #[pyo3(from_py_with = subsystem_arg::<$cls>)] subsystem: &str,
+                #[pyo3(from_py_with = unit_arg::<$cls>)] unit: &str,
                 registry: RegistryArg,
-                $($extra: $ty),*
+                $(#[pyo3(from_py_with = $extra::<$cls>)] $extra: $ty),*
             ) -> PyResult<PyClassInitializer<Self>> {
                 let (buckets, states): (Option<Vec<f64>>, Option<Vec<String>>) = $args;
                 let names = Names { name, documentation, namespace, subsystem, unit };
@@ -782,7 +867,7 @@ metric_class! {
     #[pyo3(signature = (amount=1.0, exemplar=None))]
     fn inc(
         slf: &Bound<'_, Self>,
-        amount: f64,
+        #[pyo3(from_py_with = inc_amount)] amount: f64,
         exemplar: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         if amount.is_nan() || amount < 0.0 {
@@ -876,20 +961,29 @@ metric_class! {
     {
     /// Adds ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
-    fn inc(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+    fn inc(
+        slf: &Bound<'_, Self>,
+        #[pyo3(from_py_with = inc_amount)] amount: f64,
+    ) -> PyResult<()> {
         gauge(slf)?.add(amount);
         Ok(())
     }
 
     /// Subtracts ``amount`` (default 1).
     #[pyo3(signature = (amount=1.0))]
-    fn dec(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+    fn dec(
+        slf: &Bound<'_, Self>,
+        #[pyo3(from_py_with = dec_amount)] amount: f64,
+    ) -> PyResult<()> {
         gauge(slf)?.sub(amount);
         Ok(())
     }
 
     /// Sets the value.
-    fn set(slf: &Bound<'_, Self>, value: f64) -> PyResult<()> {
+    fn set(
+        slf: &Bound<'_, Self>,
+        #[pyo3(from_py_with = set_value)] value: f64,
+    ) -> PyResult<()> {
         gauge(slf)?.set(value);
         Ok(())
     }
@@ -974,7 +1068,7 @@ metric_class! {
     #[pyo3(signature = (amount, exemplar=None))]
     fn observe(
         slf: &Bound<'_, Self>,
-        amount: f64,
+        #[pyo3(from_py_with = observe_amount)] amount: f64,
         exemplar: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let m = slf.as_super().get();
@@ -1012,7 +1106,10 @@ metric_class! {
     { (None, None) },
     {
     /// Records one observation.
-    fn observe(slf: &Bound<'_, Self>, amount: f64) -> PyResult<()> {
+    fn observe(
+        slf: &Bound<'_, Self>,
+        #[pyo3(from_py_with = observe_amount)] amount: f64,
+    ) -> PyResult<()> {
         slf.as_super().get().child()?.as_histogram().observe(amount);
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::arrays::{
     native_kind, native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind,
     NativeArray, NativeKind, Obj, Prepared, Ro, ToNumpy,
 };
-use crate::errors::{arg_type, arg_value, overflow_error, type_of, value_error, IntoPyResult};
+use crate::errors::{arg_type, arg_value, scalar_arg, str_arg, type_of, value_error, IntoPyResult};
 use crate::funnel::{counted, run, run_helper, Meta};
 use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
@@ -95,14 +95,7 @@ macro_rules! native_py {
             }
             #[allow(clippy::unnecessary_cast)]
             fn from_py(name: &'static str, func: &'static str, v: &Obj<'_>) -> PyResult<Self> {
-                v.extract::<$scalar>().map(|x| x as $t).map_err(|e| {
-                    if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(v.py()) {
-                        let e = e.value(v.py());
-                        overflow_error(format!("{func}(): argument '{name}' is too large: {e}"))
-                    } else {
-                        arg_type(func, name, format!("must be {}, got {}", $what, type_of(v)))
-                    }
-                })
+                scalar_arg::<$scalar>(func, name, $what, v).map(|x| x as $t)
             }
         }
     };
@@ -192,53 +185,27 @@ scalar_args! {
 /// `device`, as [`scalar_args`] converts the others (a str borrowed from the argument).
 fn device_arg<'a, const OP: u8>(v: &'a Obj<'_>) -> PyResult<&'a str> {
     let op = Op::ALL[OP as usize];
-    counted(op, "cpu", str_of(op.name(), "device", v))
+    counted(op, "cpu", str_arg(op.name(), "device", v))
 }
 
 /// `metric` of `cdist`, as [`device_arg`].
 fn metric_arg<'a>(v: &'a Obj<'_>) -> PyResult<&'a str> {
-    counted(Op::Cdist, "cpu", str_of("cdist", "metric", v))
+    counted(Op::Cdist, "cpu", str_arg("cdist", "metric", v))
 }
 
 /// A real number (any object with `__float__` or `__index__`).
 fn real_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<f64> {
-    f64::from_py(arg, func, v)
+    scalar_arg(func, arg, "a real number", v)
 }
 
 /// An int (any object with `__index__`, as Python's own int arguments).
 fn int_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<i64> {
-    v.extract::<i64>().map_err(|e| {
-        let py = v.py();
-        let named = if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
-            overflow_error(format!(
-                "{func}(): argument '{arg}' is too large for a 64-bit int"
-            ))
-        } else if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) {
-            arg_type(func, arg, format!("must be an int, got {}", type_of(v)))
-        } else {
-            return e; // raised by the object's own __index__
-        };
-        named.set_cause(py, Some(e));
-        named
-    })
+    scalar_arg(func, arg, "an int", v)
 }
 
-/// A bool (Python's or NumPy's; an int is refused, as PyO3 does).
+/// A bool (Python's or NumPy's; an int is refused, as PyO3 refuses it).
 fn bool_of(func: &'static str, arg: &'static str, v: &Obj<'_>) -> PyResult<bool> {
-    v.extract::<bool>()
-        .map_err(|_| arg_type(func, arg, format!("must be a bool, got {}", type_of(v))))
-}
-
-/// A str.
-fn str_of<'a>(func: &'static str, arg: &'static str, v: &'a Obj<'_>) -> PyResult<&'a str> {
-    match v.cast::<pyo3::types::PyString>() {
-        Ok(s) => s.to_str(),
-        Err(_) => Err(arg_type(
-            func,
-            arg,
-            format!("must be a str, got {}", type_of(v)),
-        )),
-    }
+    scalar_arg(func, arg, "a bool", v)
 }
 
 /// The one array input `x` of `op`, converted, and the optional `finish` callable.

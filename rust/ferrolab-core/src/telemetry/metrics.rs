@@ -769,6 +769,11 @@ struct UserCollector {
     created: Arc<Mutex<CreatedTimes>>,
     /// A summary's histogram of one bucket is exposed as a summary: its count and sum.
     summary: bool,
+    /// Whether `inner` is one of the crate's vectors, whose label values are [`stored`] with their lengths.
+    stored_labels: bool,
+    /// An enum's states: its series are listed by their other labels, then in the order of the states (as
+    /// prometheus_client lists them); empty for the other kinds, whose series are in no particular order.
+    states: Vec<String>,
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
 }
 
@@ -779,6 +784,37 @@ impl Collector for UserCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut mfs = self.inner.collect();
+        if self.stored_labels {
+            for mf in &mut mfs {
+                for m in mf.mut_metric() {
+                    for l in m.mut_label() {
+                        let v = shown(l.value()).to_string();
+                        l.set_value(v);
+                    }
+                }
+            }
+        }
+        if !self.states.is_empty() {
+            for mf in &mut mfs {
+                let state_label = mf.name().to_string();
+                mf.mut_metric().sort_by_cached_key(|m| {
+                    let mut others = Vec::new();
+                    let mut state = usize::MAX;
+                    for l in m.get_label() {
+                        if l.name() == state_label {
+                            state = self
+                                .states
+                                .iter()
+                                .position(|s| s == l.value())
+                                .unwrap_or(usize::MAX);
+                        } else {
+                            others.push(l.value().to_string());
+                        }
+                    }
+                    (others, state)
+                });
+            }
+        }
         if self.summary {
             for mf in &mut mfs {
                 mf.set_field_type(MetricType::SUMMARY);
@@ -824,6 +860,26 @@ impl Collector for UserCollector {
         }
         mfs
     }
+}
+
+/// Label values as the `prometheus` crate's vectors store them. The crate finds a series by a hash of its values
+/// written one after the other, without separators, and keeps one series per hash: ("GET", "") and ("", "GET"),
+/// or ("user1", "0") and ("user", "10"), would be one series, their updates merged. Each value is stored behind
+/// its length in bytes ("3:GET"), so different tuples write different bytes; [`UserCollector`] shows the values
+/// without the lengths.
+fn stored<V: AsRef<str>>(values: &[V]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| {
+            let v = v.as_ref();
+            format!("{}:{v}", v.len())
+        })
+        .collect()
+}
+
+/// A label value as [`stored`] wrote it, without the length.
+fn shown(stored: &str) -> &str {
+    stored.split_once(':').map_or(stored, |(_, v)| v)
 }
 
 #[derive(Clone)]
@@ -1196,7 +1252,7 @@ impl Family {
             let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
             vals.push(st);
             let g = v
-                .get_metric_with_label_values(&vals)
+                .get_metric_with_label_values(&stored(&vals))
                 .map_err(|e| CoreError::value("state", "labelvalues", e))?;
             g.set(if i == j { 1.0 } else { 0.0 });
         }
@@ -1236,6 +1292,12 @@ impl Family {
             inner,
             created: self.created.clone(),
             summary: self.kind == Kind::Summary,
+            stored_labels: !matches!(self.vec, Vecs::Info(_)),
+            states: if self.kind == Kind::Enum {
+                self.states.clone()
+            } else {
+                Vec::new()
+            },
             functions: self.functions.clone(),
         })
     }
@@ -1409,13 +1471,14 @@ impl Family {
                 values.iter().map(|v| v.as_ref().to_string()).collect(),
             ));
         }
+        let values = stored(values);
         Ok(match &self.vec {
             Vecs::Counter(v) => {
-                Child::Counter(v.get_metric_with_label_values(values).map_err(err)?)
+                Child::Counter(v.get_metric_with_label_values(&values).map_err(err)?)
             }
-            Vecs::Gauge(v) => Child::Gauge(v.get_metric_with_label_values(values).map_err(err)?),
+            Vecs::Gauge(v) => Child::Gauge(v.get_metric_with_label_values(&values).map_err(err)?),
             Vecs::Histogram(v) => {
-                Child::Histogram(v.get_metric_with_label_values(values).map_err(err)?)
+                Child::Histogram(v.get_metric_with_label_values(&values).map_err(err)?)
             }
             Vecs::Info(_) => unreachable!("info series are handled above"),
         })
@@ -1436,14 +1499,14 @@ impl Family {
             for st in &self.states {
                 let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
                 vals.push(st);
-                let _ = v.remove_label_values(&vals);
+                let _ = v.remove_label_values(&stored(&vals));
             }
             return;
         }
         let _ = match &self.vec {
-            Vecs::Counter(v) => v.remove_label_values(values),
-            Vecs::Gauge(v) => v.remove_label_values(values),
-            Vecs::Histogram(v) => v.remove_label_values(values),
+            Vecs::Counter(v) => v.remove_label_values(&stored(values)),
+            Vecs::Gauge(v) => v.remove_label_values(&stored(values)),
+            Vecs::Histogram(v) => v.remove_label_values(&stored(values)),
             Vecs::Info(v) => {
                 let mut series = v.series.writing();
                 series.retain(|(vals, _)| {
@@ -1782,6 +1845,44 @@ impl Collector for Builtin {
 mod tests {
     use super::*;
     use crate::telemetry::seam::{record, Device, Op};
+
+    #[test]
+    fn label_values_that_concatenate_alike_are_separate_series() {
+        let labels = ["a".to_string(), "b".to_string()];
+        let f = Family::new(Kind::Counter, "concat_test", "Doc.", &labels, None).unwrap();
+        let tuples = [
+            ["GET", ""],
+            ["", "GET"],
+            ["user1", "0"],
+            ["user", "10"],
+            ["2:ab", "3:x"],
+        ];
+        for (k, t) in tuples.iter().enumerate() {
+            f.child(t).unwrap().as_counter().inc_by((k + 1) as f64);
+        }
+        let mfs = f.collect_families();
+        let mut got: Vec<(Vec<String>, f64)> = mfs[0]
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let vals = m
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect();
+                (vals, m.get_counter().get_value())
+            })
+            .collect();
+        got.sort_by(|x, y| x.1.total_cmp(&y.1));
+        let want: Vec<(Vec<String>, f64)> = tuples
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.iter().map(|v| v.to_string()).collect(), (k + 1) as f64))
+            .collect();
+        assert_eq!(got, want);
+        f.remove(&["user", "10"]);
+        assert_eq!(f.collect_families()[0].get_metric().len(), 4);
+    }
 
     #[test]
     fn label_cache_hands_out_the_first_object_per_values() {
