@@ -1457,3 +1457,13 @@ def test_masked_arrays_written_by_an_op_are_type_errors():
         fl.ops.adam_step(np.ones(3), m, np.zeros(3), np.zeros(3), t=1)
     with pytest.raises(TypeError, match=r"matmul\(\): argument 'out' is a masked array"):
         fl.ops.matmul(np.ones((3, 1)), np.ones((1, 1)), out=np.ma.array(np.zeros((3, 1)), mask=[[0], [1], [0]]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "int64", "int16", "uint8", "uint64"])
+def test_clip_with_both_bounds_none_is_a_copy_as_in_numpy(dtype):
+    # NumPy >= 2.1 takes clip(x, None, None) and returns a copy (NumPy 1.26 raised ValueError)
+    x = np.array([0, 1, 7, 3], dtype=dtype)
+    r = fl.ops.clip(x, None, None)
+    assert r.dtype == x.dtype and np.array_equal(r, x) and not np.shares_memory(r, x)
+    out = np.zeros_like(x)
+    assert fl.ops.clip(x, None, None, out=out) is out and np.array_equal(out, x)
