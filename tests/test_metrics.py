@@ -362,6 +362,10 @@ def test_histogram_may_not_use_le_and_labelnames_must_be_a_sequence_of_str() -> 
          r"observe\(\): argument 'amount' must be a real"),
         (lambda r: M.Summary(unique("a"), "B.", registry=r).observe(None),
          r"observe\(\): argument 'amount' must be a real"),
+        (lambda r: M.Enum(unique("a"), "B.", states=["x"], registry=r).state(3),
+         r"state\(\): argument 'state' must be a str, got int"),
+        (lambda r: M.Info(unique("a"), "B.", registry=r).info([("k", "v")]),
+         r"info\(\): argument 'val' must be a dict of str to str, got list"),
     ],
 )
 def test_arguments_of_another_type_name_the_call_and_the_argument(call, message) -> None:
@@ -382,6 +386,15 @@ def test_values_of_numpy_types_and_too_large_ints() -> None:
     assert r.get_sample_value(f"{hn}_bucket", {"le": "2.0"}) == 1.0
     with pytest.raises(OverflowError, match=r"set\(\): argument 'value' is too large"):
         g.set(10**400)
+    with pytest.raises(TypeError, match=r"Histogram\(\): argument 'buckets' .*: item 1 is too large"):
+        M.Histogram(unique("h"), "H.", buckets=[1.0, 10**400], registry=r)
+
+    class Odd:
+        def __float__(self):
+            raise KeyError("from __float__")
+
+    with pytest.raises(KeyError, match="from __float__"):  # the object's own error is passed on as it is
+        g.set(Odd())
 
 
 # label tuples whose values, written one after the other, give the same bytes ("GET" / "user10" / "2:ab3:x")

@@ -162,10 +162,14 @@ def test_elementwise_mixed_dtypes_give_numpys_expression_types(xd, yd):
     # axpy is `a * x + y` as NumPy evaluates it: `a * x` first (a float `a` with a uint8 or bool `x` is float64
     # before a float32 `y` joins), with Python and NumPy scalars, and a Python scalar `x`
     x, y = _small(xd, (2, 3), seed=1), _small(yd, (2, 3), seed=2)
-    for a in (1.5, 2, True, np.float32(1.5), np.int8(2)):
+    for a in (1.5, 2, True, np.float32(1.5), np.int8(2), np.True_):
         _assert_like(fl.ops.axpy(a, x, y), a * x + y)
         _assert_like(fl.ops.axpy(a, 3, y), a * 3 + y)
-    _assert_like(fl.ops.fma(x, y, x), x * y + x)
+        _assert_like(fl.ops.axpy(a, 1.5, y), a * 1.5 + y)
+        # fma is `x * y + z` the same way: the product first
+        _assert_like(fl.ops.fma(a, x, y), a * x + y)
+        _assert_like(fl.ops.fma(x, a, y), x * a + y)
+        _assert_like(fl.ops.fma(a, 1.5, y), a * 1.5 + y)
 
 
 @pytest.mark.parametrize("dtype", ODD_DTYPES)
@@ -591,7 +595,12 @@ def test_ddof_and_threshold_given_are_the_ones_used():
     ("z", TypeError, "must be a number or an array of numbers, got str"),
     (None, TypeError, "must be a number or an array of numbers, got NoneType"),
     ({}, TypeError, "must be a number or an array of numbers, got dict"),
-    (["a", 0.5], ValueError, "could not be converted to float64"),
+    (["a", 0.5], TypeError, "must be a number or an array of numbers, not of strings"),
+    ("0.5", TypeError, "must be a number or an array of numbers, got str"),  # NumPy refuses it too
+    (["0.1"], TypeError, "must be a number or an array of numbers, not of strings"),
+    (np.array([0.5 + 1j]), TypeError, "must be a number or an array of numbers, not of complex numbers"),
+    (10**400, OverflowError, "is too large"),
+    ([0.5, 10**400], OverflowError, "is too large"),
     ([[0.1], [0.2, 0.3]], ValueError, "could not be converted to float64"),
 ])
 def test_quantile_q_of_another_type_is_named_in_the_error(q, cls, msg):
@@ -606,6 +615,7 @@ def test_quantile_q_of_another_type_is_named_in_the_error(q, cls, msg):
     (("a", "b"), TypeError, r"must be a pair of real numbers, got \(str, str\)"),
     ((0, np.inf), ValueError, r"\[0, inf\] is not finite"),
     ((2, 1), ValueError, "has max < min"),
+    ((0, 10**400), OverflowError, "is too large for float64"),
 ])
 def test_histogram_range_errors_name_the_argument(rng, cls, msg):
     with pytest.raises(cls, match=rf"^histogram\(\): argument 'range' {msg}"):

@@ -116,6 +116,14 @@ def prepare_elementwise(
     return _prepare(func, arrays, values, "same", sc, scalar_names)
 
 
+def _product_type(p: Any, q: Any) -> Any:
+    """What NumPy's ``p * q`` promotes like: a Python number (weak, NEP 50) when both are Python numbers, else the
+    product's dtype."""
+    if type(p) in (bool, int, float) and type(q) in (bool, int, float):
+        return 0.0 if float in (type(p), type(q)) else 0
+    return np.result_type(p, q)
+
+
 def _prepare(
     func: str,
     arrays: list[np.ndarray],
@@ -133,10 +141,12 @@ def _prepare(
             raise TypeError(f"{func}(): argument '{name}' must be a real number, got {type(s).__name__}")
     # Python scalars passed where arrays go stay weak (NEP 50), like NumPy's own operators
     typing = [v if isinstance(v, (bool, int, float)) else a for v, a in zip(values, arrays, strict=True)]
-    if func == "axpy" and weak and not isinstance(values[0], (bool, int, float)):
+    if func == "axpy" and weak:
         # ``a * x + y`` as NumPy evaluates it: ``a * x`` first, so a float ``a`` with an integer or bool ``x`` is
         # float64 (and an int ``a`` with a bool ``x`` int64) before ``y`` joins
-        rt = np.result_type(np.result_type(typing[0], *weak), typing[1])
+        rt = np.result_type(_product_type(weak[0], typing[0]), typing[1])
+    elif func == "fma":
+        rt = np.result_type(_product_type(typing[0], typing[1]), typing[2])  # ``x * y + z``
     else:
         rt = np.result_type(*typing, *weak) if arrays else np.dtype(np.float64)
     finish: Callable[[Any], Any] | None = None
@@ -160,6 +170,8 @@ def _prepare(
         target = np.dtype(np.float64)
     else:
         target = np.dtype(np.int64)
+        # a NumPy bool scalar has no __index__: an integer kernel takes it as the int it promotes to
+        scalars = [int(s) if isinstance(s, np.bool_) else s for s in scalars]
         if kind == "sum":
             if rt.kind == "u":
                 finish = _cast(np.dtype(np.uint64))

@@ -137,6 +137,8 @@ def _check_range(range: Any) -> tuple[Any, Any]:
     try:
         finite = bool(np.isfinite(first) and np.isfinite(last))
     except TypeError:
+        if isinstance(first, int) and isinstance(last, int):  # a Python int beyond float64
+            raise OverflowError("histogram(): argument 'range' is too large for float64") from None
         got = f"({type(first).__name__}, {type(last).__name__})"
         raise TypeError(f"histogram(): argument 'range' must be a pair of real numbers, got {got}") from None
     if not finite:
@@ -225,15 +227,22 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     array([1., 5.])
     """
     _check_device("quantile", device)
+    not_numbers = f"quantile(): argument 'q' must be a number or an array of numbers, got {type(q).__name__}"
+    if q is None or isinstance(q, (str, bytes)):
+        raise TypeError(not_numbers)  # as NumPy, also a str that spells a number
     try:
-        if q is None:
-            raise TypeError("None is not a number")
-        qa = np.asarray(q, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        if isinstance(q, (str, bytes)) or not isinstance(e, ValueError):
-            got = type(q).__name__
-            raise TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, got {got}") from e
+        raw = np.asarray(q)
+    except ValueError as e:  # ragged
         raise ValueError(f"quantile(): argument 'q' could not be converted to float64: {e}") from e
+    if raw.dtype.kind in "USVMmc":
+        kind = {"c": "complex numbers", "M": "dates", "m": "time spans"}.get(raw.dtype.kind, "strings")
+        raise TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, not of {kind}")
+    try:
+        qa = raw.astype(np.float64)  # an object array: ints beyond float64 overflow, other objects are refused
+    except OverflowError as e:
+        raise OverflowError(f"quantile(): argument 'q' is too large: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise TypeError(not_numbers) from e
     if np.isnan(qa).any():
         raise ValueError("quantile(): argument 'q' must not contain NaN")
     _coerce.no_mask("quantile", "x", x)

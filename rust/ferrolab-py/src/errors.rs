@@ -146,12 +146,16 @@ fn scalar_arg_error(
     e: PyErr,
 ) -> PyErr {
     let py = v.py();
-    if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
-        let e = e.value(py);
-        overflow_error(format!("{func}(): argument '{arg}' is too large: {e}"))
-    } else {
+    let named = if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
+        let msg = e.value(py).to_string();
+        overflow_error(format!("{func}(): argument '{arg}' is too large: {msg}"))
+    } else if e.is_instance_of::<PyTypeError>(py) {
         arg_type(func, arg, format!("must be {what}, got {}", type_of(v)))
-    }
+    } else {
+        return e; // raised by the object's own __float__ or __index__ (or an interrupt): passed on as it is
+    };
+    named.set_cause(py, Some(e));
+    named
 }
 
 /// A str argument, as [`scalar_arg`] converts numbers.

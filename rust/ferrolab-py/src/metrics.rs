@@ -751,6 +751,11 @@ str_args! {
     multiprocess_mode: "multiprocess_mode";
 }
 
+/// `Enum.state(state)`.
+fn state_arg<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    errors::str_arg("state", "state", v)
+}
+
 /// `Histogram(buckets=...)`: None (the default buckets) or a sequence of real numbers.
 fn buckets<C: ClassName>(v: &Bound<'_, PyAny>) -> PyResult<Option<Vec<f64>>> {
     seq_arg(C::NAME, "buckets", "real numbers", v)
@@ -770,7 +775,7 @@ fn seq_arg<'py, T>(
     v: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Vec<T>>>
 where
-    T: for<'a> FromPyObject<'a, 'py>,
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
 {
     if v.is_none() {
         return Ok(None);
@@ -779,8 +784,15 @@ where
         return Ok(Some(items));
     }
     let msg = match v.extract::<Vec<Bound<'py, PyAny>>>() {
-        Ok(items) => match items.iter().position(|i| i.extract::<T>().is_err()) {
-            Some(k) => {
+        Ok(items) => match items
+            .iter()
+            .enumerate()
+            .find_map(|(k, i)| Some((k, i.extract::<T>().err()?)))
+        {
+            Some((k, e)) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(v.py()) => {
+                format!("must be a sequence of {of}: item {k} is too large")
+            }
+            Some((k, _)) => {
                 let got = errors::type_of(&items[k]);
                 format!("must be a sequence of {of}: item {k} is of type {got}")
             }
@@ -1140,7 +1152,7 @@ metric_class! {
     { (None, Some(states.unwrap_or_default())) },
     {
     /// Sets the current state; a ``ValueError`` when it is not one of ``states``.
-    fn state(slf: &Bound<'_, Self>, state: &str) -> PyResult<()> {
+    fn state(slf: &Bound<'_, Self>, #[pyo3(from_py_with = state_arg)] state: &str) -> PyResult<()> {
         let m = slf.as_super().get();
         m.shared.family.enum_state(m.child()?.keyed(), state).py()
     }
@@ -1166,7 +1178,11 @@ metric_class! {
     { (None, None) },
     {
     /// Replaces the key-value pairs (a dict of str to str; the keys may not be the metric's label names).
-    fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyDict>) -> PyResult<()> {
+    fn info(slf: &Bound<'_, Self>, val: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Ok(val) = val.cast::<PyDict>() else {
+            let got = errors::type_of(val);
+            return Err(errors::arg_type("info", "val", format!("must be a dict of str to str, got {got}")));
+        };
         let not_str = || errors::arg_value("info", "val", "must map str keys to str values");
         let pairs = str_pairs(val, Some(&not_str))?;
         let m = slf.as_super().get();

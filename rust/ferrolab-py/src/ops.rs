@@ -1041,7 +1041,7 @@ pub fn clip<'py>(
                 .map(Some),
         };
         let s = match (bound(lo), bound(hi)) {
-            (Some(l), Some(h)) if l.is_some() || h.is_some() => Some(Scalars::Clip(l, h)),
+            (Some(l), Some(h)) => Some(Scalars::Clip(l, h)), // both None: a copy, as on the CPU
             _ => None,
         };
         gpu_elementwise(py, Op::Clip, &[x], s, out, req)

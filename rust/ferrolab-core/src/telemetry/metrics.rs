@@ -771,8 +771,9 @@ struct UserCollector {
     summary: bool,
     /// Whether `inner` is one of the crate's vectors, whose label values are [`stored`] with their lengths.
     stored_labels: bool,
-    /// An enum's states: its series are listed by their other labels, then in the order of the states (as
-    /// prometheus_client lists them); empty for the other kinds, whose series are in no particular order.
+    /// An enum's states: its series are listed by their other labels, then in the order of the states (the
+    /// order prometheus_client gives the states of one label set; it lists label sets in the order they were
+    /// made); empty for the other kinds, whose series are in no particular order.
     states: Vec<String>,
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
 }
@@ -866,7 +867,9 @@ impl Collector for UserCollector {
 /// written one after the other, without separators, and keeps one series per hash: ("GET", "") and ("", "GET"),
 /// or ("user1", "0") and ("user", "10"), would be one series, their updates merged. Each value is stored behind
 /// its length in bytes ("3:GET"), so different tuples write different bytes; [`UserCollector`] shows the values
-/// without the lengths.
+/// without the lengths. Two tuples whose stored bytes have the same 64-bit FNV-1a hash would still share a
+/// series: chance makes that negligible, but label values chosen by an adversary (from untrusted input) could
+/// be crafted to collide.
 fn stored<V: AsRef<str>>(values: &[V]) -> Vec<String> {
     values
         .iter()
