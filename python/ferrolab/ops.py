@@ -227,9 +227,11 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     array([1., 5.])
     """
     _check_device("quantile", device)
-    not_numbers = f"quantile(): argument 'q' must be a number or an array of numbers, got {type(q).__name__}"
+    def not_numbers() -> TypeError:
+        return TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, got {type(q).__name__}")
+
     if q is None or isinstance(q, (str, bytes)):
-        raise TypeError(not_numbers)  # as NumPy, also a str that spells a number
+        raise not_numbers()  # as NumPy, also a str that spells a number
     try:
         raw = np.asarray(q)
     except ValueError as e:  # ragged
@@ -238,11 +240,12 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
         kind = {"c": "complex numbers", "M": "dates", "m": "time spans"}.get(raw.dtype.kind, "strings")
         raise TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, not of {kind}")
     try:
-        qa = raw.astype(np.float64)  # an object array: ints beyond float64 overflow, other objects are refused
+        # one conversion for float64 input; an object array: ints beyond float64 overflow, other objects are refused
+        qa = raw.astype(np.float64, copy=False)
     except OverflowError as e:
         raise OverflowError(f"quantile(): argument 'q' is too large: {e}") from e
     except (TypeError, ValueError) as e:
-        raise TypeError(not_numbers) from e
+        raise not_numbers() from e
     if np.isnan(qa).any():
         raise ValueError("quantile(): argument 'q' must not contain NaN")
     _coerce.no_mask("quantile", "x", x)

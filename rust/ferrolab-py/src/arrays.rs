@@ -81,8 +81,8 @@ pub fn is_exact_ndarray(x: &Obj<'_>) -> bool {
 }
 
 /// [`native_kind`] of an exact ndarray whose descriptor's type number is one of the three native types' (its
-/// fields read, no type checks): `Some(None)` for an unaligned one, `None` (the general path decides) for any other type number
-/// or a byte order other than the native one.
+/// fields read, no type checks): `Some(None)` for an unaligned one, `None` (the general path decides) for any
+/// other type number or a byte order other than the native one.
 #[inline]
 fn exact_kind(u: &Bound<'_, PyUntypedArray>) -> Option<Option<NativeKind>> {
     use numpy::npyffi::NPY_TYPES;

@@ -145,14 +145,30 @@ fn scalar_arg_error(
     v: &Bound<'_, PyAny>,
     e: PyErr,
 ) -> PyErr {
-    let py = v.py();
+    renamed(
+        v.py(),
+        e,
+        |e| overflow_error(format!("{func}(): argument '{arg}' is too large: {e}")),
+        || arg_type(func, arg, format!("must be {what}, got {}", type_of(v))),
+    )
+}
+
+/// The error `e` of converting an argument, renamed: an OverflowError becomes `overflow(message of e)`, a
+/// TypeError `wrong_type()`, each with `e` as its cause; any other error (raised by the object's own
+/// `__float__` or `__index__`, or an interrupt) is passed on as it is.
+#[cold]
+pub fn renamed(
+    py: Python<'_>,
+    e: PyErr,
+    overflow: impl FnOnce(String) -> PyErr,
+    wrong_type: impl FnOnce() -> PyErr,
+) -> PyErr {
     let named = if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(py) {
-        let msg = e.value(py).to_string();
-        overflow_error(format!("{func}(): argument '{arg}' is too large: {msg}"))
+        overflow(e.value(py).to_string())
     } else if e.is_instance_of::<PyTypeError>(py) {
-        arg_type(func, arg, format!("must be {what}, got {}", type_of(v)))
+        wrong_type()
     } else {
-        return e; // raised by the object's own __float__ or __index__ (or an interrupt): passed on as it is
+        return e;
     };
     named.set_cause(py, Some(e));
     named

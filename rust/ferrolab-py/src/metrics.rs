@@ -804,8 +804,8 @@ where
 }
 
 /// A metric class (`$cls`, of kind `$kind`) and its methods: the constructor takes prometheus_client's naming
-/// arguments plus the class's own `$extra` ones; `$args`, which sees those, checks them and gives the
-/// `(buckets, states)` of the native metric.
+/// arguments plus the class's own `$extra` ones (each converted by the function of its name, e.g. [`buckets`]);
+/// `$args`, which sees those, checks them and gives the `(buckets, states)` of the native metric.
 macro_rules! metric_class {
     ($cls:ident, $kind:expr, [$($extra:ident: $ty:ty = $default:tt),*], $args:block,
      { $($methods:tt)* }) => {

@@ -9,7 +9,9 @@ use crate::arrays::{
     native_kind, native_typed, new_array, opt_out, take, take_out, to_py, Alias, In, Kind,
     NativeArray, NativeKind, Obj, Prepared, Ro, ToNumpy,
 };
-use crate::errors::{arg_type, arg_value, scalar_arg, str_arg, type_of, value_error, IntoPyResult};
+use crate::errors::{
+    arg_type, arg_value, renamed, scalar_arg, str_arg, type_of, value_error, IntoPyResult,
+};
 use crate::funnel::{counted, run, run_helper, Meta};
 use crate::gpu_ops::reduced_py;
 use ferrolab_core::gpu::dispatch::{self, Requested};
@@ -120,11 +122,9 @@ fn axis_arg(op: Op, device: &str, axis: Option<&Obj<'_>>) -> PyResult<Option<isi
 /// [`axis_arg`] of an axis given (None included), out of line: the default costs the call nothing.
 #[inline(never)]
 fn axis_of(op: Op, device: &str, a: &Obj<'_>) -> PyResult<Option<isize>> {
-    use pyo3::exceptions::{PyOverflowError, PyTypeError};
     if a.is_none() {
         return Ok(None);
     }
-    let py = a.py();
     let wrong_type = || {
         let got = type_of(a);
         arg_type(
@@ -137,16 +137,10 @@ fn axis_of(op: Op, device: &str, a: &Obj<'_>) -> PyResult<Option<isize>> {
         Err(wrong_type()) // NumPy refuses a bool axis too
     } else {
         a.extract::<isize>().map(Some).map_err(|e| {
-            let named = if e.is_instance_of::<PyOverflowError>(py) {
-                // not the value itself: an int of more than 4,300 digits has no str()
-                arg_value(op.name(), "axis", "is an int beyond any array's dimensions")
-            } else if e.is_instance_of::<PyTypeError>(py) {
-                wrong_type()
-            } else {
-                return e;
-            };
-            named.set_cause(py, Some(e));
-            named
+            // not the value itself: an int of more than 4,300 digits has no str()
+            let beyond =
+                |_| arg_value(op.name(), "axis", "is an int beyond any array's dimensions");
+            renamed(a.py(), e, beyond, wrong_type)
         })
     };
     counted(op, device, r)
