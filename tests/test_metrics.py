@@ -100,6 +100,18 @@ def pc_samples(registry: pc.CollectorRegistry, family: str) -> list[Sample]:
     return sorted(out, key=_sample_key)
 
 
+def series_order(text: str, family: str) -> list[tuple[tuple[str, str], ...]]:
+    """The label sets of ``family``'s series in the order an exposition lists them (``le`` left out)."""
+    seen: list[tuple[tuple[str, str], ...]] = []
+    for fam in text_string_to_metric_families(text):
+        if fam.name == family:
+            for s in fam.samples:
+                key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                if key not in seen:
+                    seen.append(key)
+    return seen
+
+
 def assert_same_samples(mine: list[Sample], peer: list[Sample]) -> None:
     assert [_sample_key(s) for s in mine] == [_sample_key(s) for s in peer], "different series"
     for a, b in zip(mine, peer, strict=True):
@@ -225,6 +237,10 @@ def test_parity_labelled(kind: str, data: st.DataObject) -> None:
         assert {s[1] for s in fl_samples(name) if not s[0].endswith(("_bucket",))} == {
             (("code", c), ("method", m)) for m, c in live
         }
+        # the series in the order they were made, a removed and remade one last, as prometheus_client lists them
+        order = series_order(M.exposition(), name)
+        assert order == series_order(pc.generate_latest(registry).decode(), name)
+        assert order == [(("code", c), ("method", m)) for m, c in live]
     finally:
         drop(mine)
 

@@ -17,9 +17,10 @@
 use super::{openmetrics, seam};
 use crate::error::{CoreError, Result};
 use crate::sync::{MutexExt, RwLockExt};
+use indexmap::IndexMap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, Opts};
+use prometheus::{HistogramOpts, Opts};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -236,8 +237,9 @@ impl Registry {
         out
     }
 
-    /// Collects every family, sorted by name (the series of a family are in no particular order: Prometheus does
-    /// not need one, and sorting 10,000 series would cost a third of the exposition).
+    /// Collects every family, sorted by name. The series of a family are not sorted (Prometheus does not need it,
+    /// and sorting 10,000 series would cost a third of the exposition): a user metric lists them in the order they
+    /// were made, as prometheus_client does.
     pub fn gather(&self) -> Vec<MetricFamily> {
         // collected outside the lock: a gauge's function (`set_function`) may wait for the GIL, whose holder may
         // be registering a metric
@@ -769,12 +771,6 @@ struct UserCollector {
     created: Arc<Mutex<CreatedTimes>>,
     /// A summary's histogram of one bucket is exposed as a summary: its count and sum.
     summary: bool,
-    /// Whether `inner` is one of the crate's vectors, whose label values are [`stored`] with their lengths.
-    stored_labels: bool,
-    /// An enum's states: its series are listed by their other labels, then in the order of the states (the
-    /// order prometheus_client gives the states of one label set; it lists label sets in the order they were
-    /// made); empty for the other kinds, whose series are in no particular order.
-    states: Vec<String>,
     functions: Arc<RwLock<HashMap<String, GaugeFn>>>,
 }
 
@@ -785,37 +781,6 @@ impl Collector for UserCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut mfs = self.inner.collect();
-        if self.stored_labels {
-            for mf in &mut mfs {
-                for m in mf.mut_metric() {
-                    for l in m.mut_label() {
-                        let v = shown(l.value()).to_string();
-                        l.set_value(v);
-                    }
-                }
-            }
-        }
-        if !self.states.is_empty() {
-            for mf in &mut mfs {
-                let state_label = mf.name().to_string();
-                mf.mut_metric().sort_by_cached_key(|m| {
-                    let mut others = Vec::new();
-                    let mut state = usize::MAX;
-                    for l in m.get_label() {
-                        if l.name() == state_label {
-                            state = self
-                                .states
-                                .iter()
-                                .position(|s| s == l.value())
-                                .unwrap_or(usize::MAX);
-                        } else {
-                            others.push(l.value().to_string());
-                        }
-                    }
-                    (others, state)
-                });
-            }
-        }
         if self.summary {
             for mf in &mut mfs {
                 mf.set_field_type(MetricType::SUMMARY);
@@ -863,38 +828,128 @@ impl Collector for UserCollector {
     }
 }
 
-/// Label values as the `prometheus` crate's vectors store them. The crate finds a series by a hash of its values
-/// written one after the other, without separators, and keeps one series per hash: ("GET", "") and ("", "GET"),
-/// or ("user1", "0") and ("user", "10"), would be one series, their updates merged. Each value is stored behind
-/// its length in bytes ("3:GET"), so different tuples write different bytes; [`UserCollector`] shows the values
-/// without the lengths. Two tuples whose stored bytes have the same 64-bit FNV-1a hash would still share a
-/// series: chance makes that negligible, but label values chosen by an adversary (from untrusted input) could
-/// be crafted to collide.
-fn stored<V: AsRef<str>>(values: &[V]) -> Vec<String> {
-    values
-        .iter()
-        .map(|v| {
-            let v = v.as_ref();
-            format!("{}:{v}", v.len())
-        })
-        .collect()
+/// The series of a counter, gauge or histogram family, by their label values, in the order they were made (the
+/// order prometheus_client lists them in). The `prometheus` crate's own vectors are not used: they find a series
+/// by a 64-bit hash of its label values written one after the other, without separators, and keep one series per
+/// hash, so ("GET", "") and ("", "GET"), or any two tuples whose hashes collide, would be one series with their
+/// updates merged. Here a series is found by its values themselves (a map with SipHash and equality checks).
+struct SeriesSet<M> {
+    desc: Desc,
+    field_type: MetricType,
+    /// Makes a new series: an unlabelled metric of the family's name and help (its labels are set at collection).
+    make: Box<dyn Fn() -> prometheus::Result<M> + Send + Sync>,
+    series: RwLock<IndexMap<Box<[String]>, M>>,
 }
 
-/// A label value as [`stored`] wrote it, without the length.
-fn shown(stored: &str) -> &str {
-    stored.split_once(':').map_or(stored, |(_, v)| v)
+impl<M: prometheus::core::Metric> SeriesSet<M> {
+    fn new(
+        name: &str,
+        help: &str,
+        labels: &[String],
+        field_type: MetricType,
+        make: Box<dyn Fn() -> prometheus::Result<M> + Send + Sync>,
+    ) -> prometheus::Result<Arc<Self>> {
+        let desc = Desc::new(
+            name.to_string(),
+            help.to_string(),
+            labels.to_vec(),
+            HashMap::new(),
+        )?;
+        // a series made now reports what would stop every later one (a histogram's buckets, say)
+        make()?;
+        Ok(Arc::new(SeriesSet {
+            desc,
+            field_type,
+            make,
+            series: RwLock::new(IndexMap::new()),
+        }))
+    }
+
+    /// The series for `values`, made on first use.
+    fn get<V: AsRef<str>>(&self, values: &[V]) -> prometheus::Result<M> {
+        let expect = self.desc.variable_labels.len();
+        if values.len() != expect {
+            let got = values.len();
+            return Err(prometheus::Error::InconsistentCardinality { expect, got });
+        }
+        let key: Box<[String]> = values.iter().map(|v| v.as_ref().to_owned()).collect();
+        if let Some(m) = self.series.reading().get(&key) {
+            return Ok(m.clone());
+        }
+        let mut series = self.series.writing();
+        if let Some(m) = series.get(&key) {
+            return Ok(m.clone());
+        }
+        let m = (self.make)()?;
+        series.insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// Removes the series for `values` (the others keep their order).
+    fn remove<V: AsRef<str>>(&self, values: &[V]) {
+        let key: Box<[String]> = values.iter().map(|v| v.as_ref().to_owned()).collect();
+        self.series.writing().shift_remove(&key);
+    }
+
+    fn clear(&self) {
+        self.series.writing().clear();
+    }
+}
+
+impl<M: prometheus::core::Metric> Collector for SeriesSet<M> {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let names = &self.desc.variable_labels;
+        let series = self.series.reading();
+        let metrics: Vec<proto::Metric> = series
+            .iter()
+            .map(|(values, m)| {
+                let mut pairs: Vec<(&str, &str)> = names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(values.iter().map(String::as_str))
+                    .collect();
+                pairs.sort_unstable();
+                let mut pm = m.metric();
+                pm.set_label(labels(&pairs));
+                pm
+            })
+            .collect();
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.desc.fq_name.clone());
+        mf.set_help(self.desc.help.clone());
+        mf.set_field_type(self.field_type);
+        mf.set_metric(metrics);
+        vec![mf]
+    }
 }
 
 #[derive(Clone)]
 enum Vecs {
-    Counter(CounterVec),
-    Gauge(GaugeVec),
-    Histogram(HistogramVec),
+    Counter(Arc<SeriesSet<prometheus::Counter>>),
+    Gauge(Arc<SeriesSet<prometheus::Gauge>>),
+    Histogram(Arc<SeriesSet<prometheus::Histogram>>),
     Info(Arc<InfoStore>),
 }
 
 /// One info series: its label values and its key-value pairs.
 type InfoSeries = (Vec<String>, Vec<(String, String)>);
+
+/// The collector of a counter, gauge or histogram family.
+struct SetCollector<M>(Arc<SeriesSet<M>>);
+
+impl<M: prometheus::core::Metric> Collector for SetCollector<M> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
 
 /// The collector of an info family.
 struct InfoCollector(Arc<InfoStore>);
@@ -1105,15 +1160,31 @@ impl Family {
             ));
         }
         let help = if help.is_empty() { name } else { help };
-        let names: Vec<&str> = labels.iter().map(String::as_str).collect();
         let err = |e: prometheus::Error| CoreError::value(func, "name", e);
         let mut bounds = Vec::new();
         let vec = match kind {
-            Kind::Counter => Vecs::Counter(
-                CounterVec::new(Opts::new(format!("{name}_total"), help), &names).map_err(err)?,
-            ),
+            Kind::Counter => {
+                let total = format!("{name}_total");
+                let opts = Opts::new(total.clone(), help);
+                let set = SeriesSet::new(
+                    &total,
+                    help,
+                    labels,
+                    MetricType::COUNTER,
+                    Box::new(move || prometheus::Counter::with_opts(opts.clone())),
+                );
+                Vecs::Counter(set.map_err(err)?)
+            }
             Kind::Gauge | Kind::Enum => {
-                Vecs::Gauge(GaugeVec::new(Opts::new(name, help), &names).map_err(err)?)
+                let opts = Opts::new(name, help);
+                let set = SeriesSet::new(
+                    name,
+                    help,
+                    labels,
+                    MetricType::GAUGE,
+                    Box::new(move || prometheus::Gauge::with_opts(opts.clone())),
+                );
+                Vecs::Gauge(set.map_err(err)?)
             }
             Kind::Info => {
                 let exposed = format!("{name}_info");
@@ -1132,25 +1203,26 @@ impl Family {
                     series: RwLock::new(Vec::new()),
                 }))
             }
-            Kind::Histogram => {
-                let b = match buckets {
-                    None => DEFAULT_BUCKETS.to_vec(),
-                    Some(b) => check_buckets(b)?,
+            Kind::Histogram | Kind::Summary => {
+                let b = match (kind, buckets) {
+                    // a count and a sum: a histogram of one bucket, exposed as a summary (see `UserCollector`)
+                    (Kind::Summary, _) => vec![f64::MAX],
+                    (_, None) => DEFAULT_BUCKETS.to_vec(),
+                    (_, Some(b)) => check_buckets(b)?,
                 };
-                bounds = b.clone();
-                Vecs::Histogram(
-                    HistogramVec::new(HistogramOpts::new(name, help).buckets(b), &names)
-                        .map_err(err)?,
-                )
+                if kind == Kind::Histogram {
+                    bounds = b.clone();
+                }
+                let opts = HistogramOpts::new(name, help).buckets(b);
+                let set = SeriesSet::new(
+                    name,
+                    help,
+                    labels,
+                    MetricType::HISTOGRAM,
+                    Box::new(move || prometheus::Histogram::with_opts(opts.clone())),
+                );
+                Vecs::Histogram(set.map_err(err)?)
             }
-            // a count and a sum: a histogram of one bucket, exposed as a summary (see `UserCollector`)
-            Kind::Summary => Vecs::Histogram(
-                HistogramVec::new(
-                    HistogramOpts::new(name, help).buckets(vec![f64::MAX]),
-                    &names,
-                )
-                .map_err(err)?,
-            ),
         };
         let full = if kind == Kind::Counter {
             format!("{name}_total")
@@ -1255,7 +1327,7 @@ impl Family {
             let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
             vals.push(st);
             let g = v
-                .get_metric_with_label_values(&stored(&vals))
+                .get(&vals)
                 .map_err(|e| CoreError::value("state", "labelvalues", e))?;
             g.set(if i == j { 1.0 } else { 0.0 });
         }
@@ -1286,21 +1358,15 @@ impl Family {
 
     fn collector(&self) -> Box<dyn Collector> {
         let inner: Box<dyn Collector> = match &self.vec {
-            Vecs::Counter(v) => Box::new(v.clone()),
-            Vecs::Gauge(v) => Box::new(v.clone()),
-            Vecs::Histogram(v) => Box::new(v.clone()),
+            Vecs::Counter(v) => Box::new(SetCollector(v.clone())),
+            Vecs::Gauge(v) => Box::new(SetCollector(v.clone())),
+            Vecs::Histogram(v) => Box::new(SetCollector(v.clone())),
             Vecs::Info(v) => Box::new(InfoCollector(v.clone())),
         };
         Box::new(UserCollector {
             inner,
             created: self.created.clone(),
             summary: self.kind == Kind::Summary,
-            stored_labels: !matches!(self.vec, Vecs::Info(_)),
-            states: if self.kind == Kind::Enum {
-                self.states.clone()
-            } else {
-                Vec::new()
-            },
             functions: self.functions.clone(),
         })
     }
@@ -1474,15 +1540,10 @@ impl Family {
                 values.iter().map(|v| v.as_ref().to_string()).collect(),
             ));
         }
-        let values = stored(values);
         Ok(match &self.vec {
-            Vecs::Counter(v) => {
-                Child::Counter(v.get_metric_with_label_values(&values).map_err(err)?)
-            }
-            Vecs::Gauge(v) => Child::Gauge(v.get_metric_with_label_values(&values).map_err(err)?),
-            Vecs::Histogram(v) => {
-                Child::Histogram(v.get_metric_with_label_values(&values).map_err(err)?)
-            }
+            Vecs::Counter(v) => Child::Counter(v.get(values).map_err(err)?),
+            Vecs::Gauge(v) => Child::Gauge(v.get(values).map_err(err)?),
+            Vecs::Histogram(v) => Child::Histogram(v.get(values).map_err(err)?),
             Vecs::Info(_) => unreachable!("info series are handled above"),
         })
     }
@@ -1502,14 +1563,14 @@ impl Family {
             for st in &self.states {
                 let mut vals: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
                 vals.push(st);
-                let _ = v.remove_label_values(&stored(&vals));
+                v.remove(&vals);
             }
             return;
         }
-        let _ = match &self.vec {
-            Vecs::Counter(v) => v.remove_label_values(&stored(values)),
-            Vecs::Gauge(v) => v.remove_label_values(&stored(values)),
-            Vecs::Histogram(v) => v.remove_label_values(&stored(values)),
+        match &self.vec {
+            Vecs::Counter(v) => v.remove(values),
+            Vecs::Gauge(v) => v.remove(values),
+            Vecs::Histogram(v) => v.remove(values),
             Vecs::Info(v) => {
                 let mut series = v.series.writing();
                 series.retain(|(vals, _)| {
@@ -1518,9 +1579,8 @@ impl Family {
                         .map(String::as_str)
                         .eq(values.iter().map(AsRef::as_ref))
                 });
-                Ok(())
             }
-        };
+        }
     }
 
     /// Removes every series of a labelled family (an unlabelled one keeps its single series, as in
@@ -1530,9 +1590,9 @@ impl Family {
             openmetrics::forget(&self.name, None);
             self.created.locked().clear();
             match &self.vec {
-                Vecs::Counter(v) => v.reset(),
-                Vecs::Gauge(v) => v.reset(),
-                Vecs::Histogram(v) => v.reset(),
+                Vecs::Counter(v) => v.clear(),
+                Vecs::Gauge(v) => v.clear(),
+                Vecs::Histogram(v) => v.clear(),
                 Vecs::Info(v) => v.series.writing().clear(),
             }
         }
@@ -1850,7 +1910,7 @@ mod tests {
     use crate::telemetry::seam::{record, Device, Op};
 
     #[test]
-    fn label_values_that_concatenate_alike_are_separate_series() {
+    fn label_values_that_concatenate_alike_are_separate_series_in_creation_order() {
         let labels = ["a".to_string(), "b".to_string()];
         let f = Family::new(Kind::Counter, "concat_test", "Doc.", &labels, None).unwrap();
         let tuples = [
@@ -1863,28 +1923,40 @@ mod tests {
         for (k, t) in tuples.iter().enumerate() {
             f.child(t).unwrap().as_counter().inc_by((k + 1) as f64);
         }
-        let mfs = f.collect_families();
-        let mut got: Vec<(Vec<String>, f64)> = mfs[0]
-            .get_metric()
-            .iter()
-            .map(|m| {
-                let vals = m
-                    .get_label()
-                    .iter()
-                    .map(|l| l.value().to_string())
-                    .collect();
-                (vals, m.get_counter().get_value())
-            })
-            .collect();
-        got.sort_by(|x, y| x.1.total_cmp(&y.1));
-        let want: Vec<(Vec<String>, f64)> = tuples
+        let series = |f: &Family| -> Vec<(Vec<String>, f64)> {
+            f.collect_families()[0]
+                .get_metric()
+                .iter()
+                .map(|m| {
+                    let vals = m
+                        .get_label()
+                        .iter()
+                        .map(|l| l.value().to_string())
+                        .collect();
+                    (vals, m.get_counter().get_value())
+                })
+                .collect()
+        };
+        let mut want: Vec<(Vec<String>, f64)> = tuples
             .iter()
             .enumerate()
             .map(|(k, t)| (t.iter().map(|v| v.to_string()).collect(), (k + 1) as f64))
             .collect();
-        assert_eq!(got, want);
+        assert_eq!(series(&f), want);
+        // a removed series is gone; made again, it starts from zero and comes last (as in prometheus_client)
         f.remove(&["user", "10"]);
-        assert_eq!(f.collect_families()[0].get_metric().len(), 4);
+        let again = want.remove(3);
+        assert_eq!(series(&f), want);
+        f.child(&["user", "10"]).unwrap().as_counter().inc();
+        want.push((again.0, 1.0));
+        assert_eq!(series(&f), want);
+        f.clear();
+        assert!(series(&f).is_empty());
+        let err = f
+            .child(&["only one"])
+            .err()
+            .expect("two label values are needed");
+        assert!(err.to_string().contains("labelvalues"), "{err}");
     }
 
     #[test]
