@@ -10,6 +10,7 @@ import sys
 
 import ferrolab as fl
 import pytest
+from ferrolab.demo import ADAM_STEPS
 
 TIMEOUT_S = 300
 
@@ -21,7 +22,6 @@ STEPS = [
     "var + std",
     "matmul 2048x256 @ 256x128",
     "cdist 2048x64 (euclidean)",
-    "50 Adam steps (linear model)",
 ]
 # operations the steps call through the instrumentation seam (a step may call some more than once per repetition)
 OPERATIONS = {"standardize", "zscore_anomalies", "quantile", "histogram", "var", "std", "matmul", "cdist", "adam_step"}
@@ -54,23 +54,24 @@ def test_demo_prints_the_table_and_every_check_passes(args: tuple[str, ...], siz
     assert lines[0] == f"ferrolab demo: {size:,} sensor readings, simd={fl.simd_level()}, threads={fl.num_threads()}"
     assert re.fullmatch(r"step\s+ferrolab ms\s+numpy ms\s+speed-up\s+check", lines[1]), lines[1]
 
-    rows = lines[2 : 2 + len(STEPS)]
-    assert len(rows) == len(STEPS), where
-    for name, row in zip(STEPS, rows, strict=True):
+    steps = [*STEPS, f"{ADAM_STEPS} Adam steps ({size // 2:,} params)"]
+    rows = lines[2 : 2 + len(steps)]
+    assert len(rows) == len(steps), where
+    for name, row in zip(steps, rows, strict=True):
         assert re.fullmatch(rf"{re.escape(name)}\s+{NUMBER}\s+{NUMBER}\s+{RATIO}\s+ok", row), row
 
-    calls_line = lines[2 + len(STEPS)]
+    calls_line = lines[2 + len(steps)]
     assert calls_line.startswith("instrumented calls: "), calls_line
     calls = dict(item.split("=") for item in calls_line.removeprefix("instrumented calls: ").split(", "))
     counts = {k: int(v) for k, v in calls.items()}
     assert OPERATIONS <= set(counts), counts
     # every step runs once untimed (its result is checked) and `repeat` times timed on the ferrolab side; the Adam
-    # step calls adam_step 50 times per run
+    # step calls adam_step ADAM_STEPS times per run
     runs = repeat + 1
-    assert counts["adam_step"] == 50 * runs, counts
+    assert counts["adam_step"] == ADAM_STEPS * runs, counts
     assert all(counts[op] >= runs and counts[op] % runs == 0 for op in OPERATIONS), counts
 
-    assert lines[3 + len(STEPS) :] == ["all results match NumPy"], where
+    assert lines[3 + len(steps) :] == ["all results match NumPy"], where
 
 
 def test_demo_rejects_an_unknown_option() -> None:
