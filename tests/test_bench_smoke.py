@@ -125,6 +125,18 @@ def test_bench_metrics_smoke(tmp_path: Path) -> None:
     assert "slow clients" in proc.stdout and "gzip of the exposition" in proc.stdout
 
 
+def test_bench_metrics_cases_option_takes_names_that_hold_commas() -> None:
+    sys.path.insert(0, str(REPO / "benches"))
+    try:
+        import bench_metrics
+    finally:
+        sys.path.remove(str(REPO / "benches"))
+    wanted, unknown = bench_metrics.parse_cases('labels("GET", "200").inc(),labels(method=, code=).inc(), gzip,nope,,')
+    assert wanted == ['labels("GET", "200").inc()', "labels(method=, code=).inc()", "gzip"]
+    assert unknown == ["nope"]
+    assert bench_metrics.parse_cases("labels(method=") == ([], ["labels(method="])
+
+
 BENCH_GPU = REPO / "benches" / "bench_gpu.py"
 
 
