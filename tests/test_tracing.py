@@ -287,6 +287,159 @@ def test_span_status_events_and_record_exception(mem: None) -> None:
         s.set_status("bad")
 
 
+def test_status_rules_of_opentelemetry(mem: None) -> None:
+    # OK is final, also against an exception leaving the block (which still adds its event)
+    with pytest.raises(ValueError):
+        with fl.tracing.span("ok_then_raise") as s:
+            s.set_status("ok")
+            raise ValueError("x")
+    # setting UNSET is ignored
+    with fl.tracing.span("error_then_unset") as s:
+        s.set_status("error", "bad")
+        s.set_status("unset")
+    with fl.tracing.span("error_without_description") as s:
+        s.set_status("error")
+    spans = by_name(fl.tracing.finished_spans())
+    assert spans["ok_then_raise"]["status"] == "OK"
+    assert [e["name"] for e in spans["ok_then_raise"]["events"]] == ["exception"]
+    assert (spans["error_then_unset"]["status"], spans["error_then_unset"]["status_description"]) == ("ERROR", "bad")
+    assert spans["error_without_description"]["status_description"] is None  # as opentelemetry-python
+
+
+class QualifiedError(Exception):
+    pass
+
+
+def test_exception_type_is_qualified_and_a_busy_span_keeps_its_exception_event(mem: None) -> None:
+    with pytest.raises(QualifiedError):
+        with fl.tracing.span("busy") as s:
+            for i in range(130):
+                s.add_event(f"tick{i}")
+            raise QualifiedError("boom")
+    (d,) = fl.tracing.finished_spans()
+    # the newest 128 events, as the OpenTelemetry SDKs keep them: the exception is the last
+    assert len(d["events"]) == 128
+    assert d["events"][0]["name"] == "tick3" and d["events"][-1]["name"] == "exception"
+    attrs = d["events"][-1]["attributes"]
+    assert attrs["exception.type"] == f"{__name__}.QualifiedError"  # module and qualname, as opentelemetry-python
+    assert d["status_description"] == "QualifiedError: boom"
+
+
+def test_exceptions_that_are_not_errors_leave_the_status(mem: None) -> None:
+    def gen() -> Iterator[int]:
+        with fl.tracing.span("generator"):
+            yield 1
+            yield 2
+
+    for _ in gen():
+        break  # GeneratorExit closes the span
+
+    @fl.tracing.traced
+    def leave() -> None:
+        sys.exit(0)
+
+    with pytest.raises(SystemExit):
+        leave()
+
+    @fl.tracing.traced("cancelled")
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow(), 0.01)
+
+    asyncio.run(main())
+    spans = by_name(fl.tracing.finished_spans())
+    for name in ("generator", "test_exceptions_that_are_not_errors_leave_the_status.<locals>.leave", "cancelled"):
+        assert spans[name]["status"] == "UNSET", name
+        assert spans[name]["events"] == [], name
+
+
+def test_str_subclass_attributes_keep_their_string_value(mem: None) -> None:
+    import enum
+
+    class Color(str, enum.Enum):  # noqa: UP042 (its str() is not its value, unlike a StrEnum's)
+        RED = "red"
+
+    with fl.tracing.span("a", color=Color.RED, colors=[Color.RED, "blue"]) as s:
+        s.set_attribute("late", Color.RED)
+    (d,) = fl.tracing.finished_spans()
+    assert d["attributes"] == {"color": "red", "colors": ("red", "blue"), "late": "red"}
+
+
+def test_traced_methods_descriptors_callables_and_names(mem: None) -> None:
+    import functools
+
+    class C:
+        @fl.tracing.traced
+        @staticmethod
+        def s(x: int) -> int:
+            return x
+
+        @staticmethod
+        @fl.tracing.traced
+        def s2(x: int) -> int:
+            return x
+
+        @fl.tracing.traced
+        @classmethod
+        def c(cls) -> str:
+            return cls.__name__
+
+        @fl.tracing.traced("named")
+        @classmethod
+        def c2(cls) -> str:
+            return cls.__name__
+
+    assert C().s(1) == 1 and C.s(2) == 2 and C().s2(3) == 3
+    assert C.c() == "C" and C().c2() == "C"
+
+    class Job:
+        def __call__(self) -> int:
+            return 1
+
+    class AsyncJob:
+        async def __call__(self) -> int:
+            await asyncio.sleep(0.02)
+            return 2
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert fl.tracing.traced(Job())() == 1
+    assert fl.tracing.traced(functools.partial(add, 1))(2) == 3
+    assert asyncio.run(fl.tracing.traced("async_job")(AsyncJob())()) == 2
+    spans = fl.tracing.finished_spans()
+    names = [d["name"] for d in spans]
+    assert names == [
+        "test_traced_methods_descriptors_callables_and_names.<locals>.C.s",
+        "test_traced_methods_descriptors_callables_and_names.<locals>.C.s",
+        "test_traced_methods_descriptors_callables_and_names.<locals>.C.s2",
+        "test_traced_methods_descriptors_callables_and_names.<locals>.C.c",
+        "named",
+        "test_traced_methods_descriptors_callables_and_names.<locals>.Job",
+        "test_traced_methods_descriptors_callables_and_names.<locals>.add",
+        "async_job",
+    ]
+    # the span of an async callable covers the await, not only making the coroutine
+    assert spans[-1]["end_time_ns"] - spans[-1]["start_time_ns"] >= 15_000_000
+
+
+def test_a_span_exited_in_another_context_is_no_longer_current(mem: None) -> None:
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    a = fl.tracing.span("A")
+    ctx.run(a.__enter__)
+    a.__exit__(None, None, None)
+    assert ctx.run(fl.tracing.current_span) is None
+    with fl.tracing.span("elsewhere"):  # another span open anywhere must not make the closed one a parent
+        child = ctx.run(lambda: fl.tracing.span("B").__enter__())
+        child.__exit__(None, None, None)
+    assert child.parent_span_id is None
+
+
 def test_unsampled_spans_record_nothing() -> None:
     fl.tracing.configure("test-service", sample_ratio=0.0)
     try:
@@ -541,6 +694,20 @@ def test_bad_arguments_name_the_function_and_argument() -> None:
         fl.tracing.traced()(gen)
     with pytest.raises(ValueError, match=r"shutdown\(\): argument 'timeout'"):
         fl.tracing.shutdown(-1)
+    for wrong in (None, "5", "abc"):
+        with pytest.raises(TypeError, match=r"^shutdown\(\): argument 'timeout' must be a number"):
+            fl.tracing.shutdown(wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^shutdown\(\): argument 'timeout' is inf"):
+        fl.tracing.shutdown(10**400)
+    with pytest.raises(ValueError, match=r"^configure\(\): argument 'sample_ratio' is an int of 1329 bits"):
+        fl.tracing.configure("s", sample_ratio=10**400)
+    with pytest.raises(TypeError, match=r"^finished_spans\(\): argument 'clear' must be a bool, got int"):
+        fl.tracing.finished_spans(clear=1)  # type: ignore[arg-type]
+    with fl.tracing.span("unsampled, not configured") as s:
+        with pytest.raises(TypeError, match=r"^Span.set_status\(\): argument 'status' must be a str, got int"):
+            s.set_status(1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^Span.set_status\(\): argument 'description' must be a str"):
+            s.set_status("error", 5)  # type: ignore[arg-type]
 
 
 def test_memory_buffer_keeps_the_newest_10000() -> None:
@@ -614,6 +781,16 @@ def test_otlp_export_names_attributes_links_resource() -> None:
     assert res["service.version"] == "1.2.3"
     assert res["deployment.environment"] == "test"
     assert req["scope"] == "ferrolab"
+
+
+def test_otlp_endpoint_with_a_query_gets_the_path_before_it() -> None:
+    with Receiver() as rcv:
+        fl.tracing.configure("q", endpoint=rcv.url + "?tenant=a")
+        assert fl.tracing.stats()["endpoint"] == rcv.url + "/v1/traces?tenant=a"
+        with fl.tracing.span("x"):
+            pass
+        assert fl.tracing.flush()
+        assert rcv.paths == ["/v1/traces?tenant=a"]
 
 
 def test_otlp_over_https_with_headers(tmp_path, monkeypatch) -> None:

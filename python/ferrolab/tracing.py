@@ -37,6 +37,7 @@ import atexit
 import functools
 import inspect
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
@@ -137,9 +138,15 @@ def configure(
     for arg, optional in (("service_version", service_version), ("environment", environment), ("endpoint", endpoint)):
         if optional is not None and not isinstance(optional, str):
             raise TypeError(f"configure(): argument '{arg}' must be str or None, got {type(optional).__name__}")
-    if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, int | float):
+    if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, numbers.Real):
         raise TypeError(f"configure(): argument 'sample_ratio' must be a float, got {type(sample_ratio).__name__}")
-    ratio = float(sample_ratio)
+    try:
+        ratio = float(sample_ratio)
+    except OverflowError:
+        raise ValueError(
+            f"configure(): argument 'sample_ratio' is an int of {int(sample_ratio).bit_length()} bits; expected a "
+            "number in [0, 1]"
+        ) from None
     if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
         raise ValueError(f"configure(): argument 'sample_ratio' is {sample_ratio!r}; expected a number in [0, 1]")
     hdrs: list[tuple[str, str]] = []
@@ -173,12 +180,15 @@ def traced(name: Any = None) -> Any:
     """Decorator: each call of the function runs inside a span.
 
     Works for plain and ``async`` functions (the span covers the whole coroutine, in the task that awaits
-    it). Use as ``@traced()``, ``@traced("name")`` or bare ``@traced``.
+    it), methods, ``staticmethod`` and ``classmethod`` objects (either order of the decorators), and other
+    callables. Use as ``@traced()``, ``@traced("name")`` or bare ``@traced``.
 
     Parameters
     ----------
     name : str, optional
-        The span name; default: the function's ``__qualname__``.
+        The span name; default: the function's ``__qualname__`` (of the wrapped function for a
+        ``functools.partial``, of the class for another callable object: never its ``repr``, which may hold a
+        memory address and so make every process's spans differ).
 
     Raises
     ------
@@ -201,12 +211,15 @@ def traced(name: Any = None) -> Any:
     >>> [d["name"] for d in fl.tracing.finished_spans()]
     ['load', 'fetch']
     """
-    if callable(name) and not isinstance(name, str):
-        return traced(None)(name)
+    if isinstance(name, staticmethod | classmethod) or (callable(name) and not isinstance(name, str)):
+        return traced(None)(name)  # type: ignore[arg-type]
     if name is not None and not isinstance(name, str):
         raise TypeError(f"traced(): argument 'name' must be str or None, got {type(name).__name__}")
 
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+    def decorate(fn: Any) -> Any:
+        if isinstance(fn, staticmethod | classmethod):
+            # the function inside, traced, in a new descriptor of the same kind
+            return type(fn)(decorate(fn.__func__))
         if not callable(fn):
             raise TypeError(f"traced(): can only decorate a callable, got {type(fn).__name__}")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -214,24 +227,33 @@ def traced(name: Any = None) -> Any:
                 f"traced(): {getattr(fn, '__qualname__', fn)!r} is a generator function; a span around it would "
                 "only cover creating the generator: open fl.tracing.span() inside it instead"
             )
-        span_name = name if name is not None else getattr(fn, "__qualname__", None) or repr(fn)
-        if inspect.iscoroutinefunction(fn):
+        span_name = name if name is not None else _default_name(fn)
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
 
             @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with span(span_name):
-                    return await fn(*args, **kwargs)  # type: ignore[misc]
+                    return await fn(*args, **kwargs)
 
-            return async_wrapper  # type: ignore[return-value]
+            return async_wrapper
 
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             with span(span_name):
                 return fn(*args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+def _default_name(fn: Any) -> str:
+    """A callable's span name: its ``__qualname__``, that of the function a ``functools.partial`` wraps, else
+    that of its class."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    qualname = getattr(fn, "__qualname__", None)
+    return qualname if isinstance(qualname, str) and qualname else type(fn).__qualname__
 
 
 def current_span() -> Span | None:
@@ -317,6 +339,13 @@ def shutdown(timeout: float = 5.0) -> bool:
     bool
         True when everything was delivered.
 
+    Raises
+    ------
+    TypeError
+        ``timeout`` is not a number.
+    ValueError
+        ``timeout`` is negative or not finite.
+
     Examples
     --------
     >>> import ferrolab as fl
@@ -331,7 +360,13 @@ def shutdown(timeout: float = 5.0) -> bool:
     >>> [d["name"] for d in fl.tracing.finished_spans()]
     ['last']
     """
-    return _core.tracing_shutdown(float(timeout))
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"shutdown(): argument 'timeout' must be a number of seconds, got {type(timeout).__name__}")
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int beyond float's range: refused as not finite
+        seconds = math.inf
+    return _core.tracing_shutdown(seconds)
 
 
 def stats() -> dict[str, Any]:

@@ -64,18 +64,18 @@ fn cv_reset(py: Python<'_>, token: &Bound<'_, PyAny>) -> bool {
     }
 }
 
-/// The current ferrolab span object of this context, if any.
+/// The current ferrolab span object of this context, if any: an open span (a span exited in another context than
+/// it was entered in stays in the variable of the context it was entered in, but is no longer current there).
 fn current_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-    Ok(cv_get(py)?.and_then(|c| c.cast_into::<Span>().ok()))
+    Ok(cv_get(py)?
+        .and_then(|c| c.cast_into::<Span>().ok())
+        .filter(|s| s.get().open.load(Ordering::Relaxed)))
 }
 
 /// The identity of the current ferrolab span when it is open and sampled (for the op seam's child spans).
 pub fn current_recording(py: Python<'_>) -> Option<SpanCtx> {
     let s = current_object(py).ok()??;
     let s = s.get();
-    if !s.open.load(Ordering::Relaxed) {
-        return None;
-    }
     s.ctx.sampled.then_some(s.ctx)
 }
 
@@ -222,6 +222,14 @@ fn int_of(func: &str, key: &str, v: &Bound<'_, PyAny>) -> PyResult<i64> {
     })
 }
 
+/// The string data of a `str` (of a subclass too, such as a `str`-valued enum member, whose `__str__` may say
+/// something else), a lone surrogate replaced by U+FFFD.
+fn str_data(v: &Bound<'_, PyAny>) -> String {
+    v.cast::<PyString>()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// One attribute value; `convert == false` only validates (returns `None`).
 fn attr_value(
     func: &str,
@@ -231,7 +239,7 @@ fn attr_value(
 ) -> PyResult<Option<Value>> {
     if let Some(k) = scalar_kind(v) {
         return Ok(match k {
-            Scalar::Str => convert.then(|| Value::from(v.to_string())),
+            Scalar::Str => convert.then(|| Value::from(str_data(v))),
             Scalar::Bool => convert.then(|| Value::Bool(v.is_truthy().unwrap_or(false))),
             Scalar::Int => {
                 let i = int_of(func, key, v)?;
@@ -286,7 +294,7 @@ fn attr_value(
             Scalar::Str => Array::String(
                 items
                     .iter()
-                    .map(|i| StringValue::from(i.to_string()))
+                    .map(|i| StringValue::from(str_data(i)))
                     .collect(),
             ),
             Scalar::Bool => Array::Bool(
@@ -397,16 +405,23 @@ impl Span {
     }
 }
 
+/// An exception's `exception.type` (the qualified name: `module.QualName`, only `QualName` for a builtin, as
+/// opentelemetry-python writes it), its type's short name (for the status description), its message and its
+/// formatted traceback.
 fn exception_attrs(
     py: Python<'_>,
     exc_type: &Bound<'_, PyAny>,
     exc: &Bound<'_, PyAny>,
     tb: &Bound<'_, PyAny>,
-) -> (String, String, Option<String>) {
-    let kind = exc_type
-        .getattr(intern!(py, "__name__"))
-        .and_then(|n| n.extract::<String>())
-        .unwrap_or_else(|_| type_of(exc));
+) -> (String, String, String, Option<String>) {
+    let attr =
+        |n: &Bound<'_, PyString>| exc_type.getattr(n).and_then(|v| v.extract::<String>()).ok();
+    let short = attr(intern!(py, "__name__")).unwrap_or_else(|| type_of(exc));
+    let qualname = attr(intern!(py, "__qualname__")).unwrap_or_else(|| short.clone());
+    let kind = match attr(intern!(py, "__module__")) {
+        Some(m) if !m.is_empty() && m != "builtins" => format!("{m}.{qualname}"),
+        _ => qualname,
+    };
     let message = if exc.is_none() {
         String::new()
     } else {
@@ -421,7 +436,19 @@ fn exception_attrs(
             Ok(lines.concat())
         })
         .ok();
-    (kind, message, stack)
+    (kind, short, message, stack)
+}
+
+/// Whether an exception leaving a span is an error: an `Exception`, not a `GeneratorExit`, `KeyboardInterrupt`,
+/// `SystemExit` or `asyncio.CancelledError` (as opentelemetry-python's `start_as_current_span` decides).
+fn is_error(exc_type: &Bound<'_, PyAny>) -> bool {
+    exc_type
+        .cast::<pyo3::types::PyType>()
+        .map(|t| {
+            t.is_subclass_of::<pyo3::exceptions::PyException>()
+                .unwrap_or(true)
+        })
+        .unwrap_or(true)
 }
 
 #[pymethods]
@@ -480,15 +507,15 @@ impl Span {
             cv_reset(py, &t);
         }
         if let Some(mut rec) = rec {
-            if let Some(et) = exc_type.filter(|e| !e.is_none()) {
+            if let Some(et) = exc_type.filter(|e| !e.is_none() && is_error(e)) {
                 let none = py.None().into_bound(py);
-                let (kind, message, stack) = exception_attrs(
+                let (kind, short, message, stack) = exception_attrs(
                     py,
                     et,
                     exc_value.unwrap_or(&none),
                     traceback.unwrap_or(&none),
                 );
-                rec.record_error(kind, message, stack);
+                rec.record_error(kind, &short, message, stack);
             }
             rec.end();
         }
@@ -551,7 +578,7 @@ impl Span {
             return Ok(());
         }
         let tb = exception.getattr(intern!(py, "__traceback__"))?;
-        let (kind, message, stack) =
+        let (kind, _, message, stack) =
             exception_attrs(py, exception.get_type().as_any(), exception, &tb);
         let mut attrs = vec![
             KeyValue::new("exception.type", kind),
@@ -566,7 +593,11 @@ impl Span {
 
     /// Sets the status: ``"ok"``, ``"error"`` (with an optional ``description``) or ``"unset"``.
     #[pyo3(signature = (status, description=None))]
-    fn set_status(&self, status: &str, description: Option<String>) -> PyResult<()> {
+    fn set_status(
+        &self,
+        #[pyo3(from_py_with = status_arg)] status: &str,
+        #[pyo3(from_py_with = description_arg)] description: Option<String>,
+    ) -> PyResult<()> {
         let s = core_tr::parse_status("Span.set_status", status, description).py()?;
         self.with_rec(|r| r.set_status(s));
         Ok(())
@@ -621,6 +652,21 @@ impl Span {
 
 // ----------------------------------------------------------------------------------------------------------
 // module functions
+
+fn status_arg<'a>(v: &'a Bound<'_, PyAny>) -> PyResult<&'a str> {
+    errors::str_arg("Span.set_status", "status", v)
+}
+
+fn description_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    errors::str_arg("Span.set_status", "description", v).map(|d| Some(d.to_owned()))
+}
+
+fn clear_arg(v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    errors::scalar_arg("finished_spans", "clear", "a bool", v)
+}
 
 /// Builds a span named `name` (any object: checked here); `attributes` is called only for a sampled span.
 fn new_span_object<'py>(
@@ -814,7 +860,10 @@ fn attrs_to_py<'py>(py: Python<'py>, attrs: &[KeyValue]) -> PyResult<Bound<'py, 
 /// The spans kept in memory (``endpoint=None``), oldest first, as dicts.
 #[pyfunction]
 #[pyo3(name = "tracing_finished_spans", signature = (clear=false))]
-fn finished_spans(py: Python<'_>, clear: bool) -> PyResult<Vec<Bound<'_, PyDict>>> {
+fn finished_spans(
+    py: Python<'_>,
+    #[pyo3(from_py_with = clear_arg)] clear: bool,
+) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let spans = core_tr::finished_spans(clear);
     spans
         .iter()

@@ -388,22 +388,32 @@ impl Recording {
     }
 
     /// Adds an event now.
+    /// A span keeps its newest [`MAX_EVENTS`] events (as the OpenTelemetry SDKs do): the oldest one goes, and is
+    /// counted as dropped, to make room for a new one (an `exception` event at the end of a busy span is kept).
     pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
         if self.events.len() >= MAX_EVENTS {
+            self.events.remove(0);
             self.dropped_events += 1;
-            return;
         }
         self.events
             .push(Event::new(name, SystemTime::now(), attributes, 0));
     }
 
-    /// Status `Error` with `description`, and an `exception` event with the OpenTelemetry semantic
-    /// attributes (`exception.type`, `exception.message`, `exception.stacktrace` when given).
-    pub fn record_error(&mut self, kind: String, message: String, stacktrace: Option<String>) {
+    /// An `exception` event with the OpenTelemetry semantic attributes (`exception.type`: `kind`, the qualified
+    /// type name; `exception.message`; `exception.stacktrace` when given), and status `Error` described as
+    /// `"{name}: {message}"` (`name`, the type's short name, alone for an empty message), unless the status is
+    /// already `Ok` (final).
+    pub fn record_error(
+        &mut self,
+        kind: String,
+        name: &str,
+        message: String,
+        stacktrace: Option<String>,
+    ) {
         let description = if message.is_empty() {
-            kind.clone()
+            name.to_string()
         } else {
-            format!("{kind}: {message}")
+            format!("{name}: {message}")
         };
         let mut attrs = vec![
             KeyValue::new("exception.type", kind),
@@ -413,12 +423,12 @@ impl Recording {
             attrs.push(KeyValue::new("exception.stacktrace", st));
         }
         self.add_event("exception", attrs);
-        self.status = Status::error(description);
+        self.set_status(Status::error(description));
     }
 
-    /// Sets the status (`Ok` is final, as in OpenTelemetry).
+    /// Sets the status as OpenTelemetry specifies: `Ok` is final, and setting `Unset` is ignored.
     pub fn set_status(&mut self, status: Status) {
-        if self.status != Status::Ok {
+        if self.status != Status::Ok && status != Status::Unset {
             self.status = status;
         }
     }
@@ -552,7 +562,8 @@ pub fn op_span<R>(
     let (trace_id, span_id) = ctx.ids();
     let r = crate::telemetry::seam::in_span(trace_id, span_id, exec);
     if let Err(e) = &r {
-        rec.record_error(e.kind().to_string(), e.to_string(), None);
+        let kind = e.kind().to_string();
+        rec.record_error(kind.clone(), &kind, e.to_string(), None);
     }
     rec.end();
     r
@@ -742,7 +753,10 @@ pub fn traces_url(endpoint: &str) -> Result<String> {
     }
     let path = uri.path();
     Ok(if path.is_empty() || path == "/" {
-        format!("{}/v1/traces", ep.trim_end_matches('/'))
+        // the signal's path goes before a query (`http://c:4318?tenant=a` -> `http://c:4318/v1/traces?tenant=a`)
+        let base = ep.split_once('?').map_or(ep, |(b, _)| b);
+        let query = uri.query().map_or(String::new(), |q| format!("?{q}"));
+        format!("{}/v1/traces{query}", base.trim_end_matches('/'))
     } else {
         ep.to_string()
     })
@@ -1031,7 +1045,11 @@ impl FinishedSpan {
         let (status, status_description) = match &s.status {
             Status::Unset => ("UNSET", None),
             Status::Ok => ("OK", None),
-            Status::Error { description } => ("ERROR", Some(description.to_string())),
+            // no description is None, as opentelemetry-python shows it
+            Status::Error { description } => (
+                "ERROR",
+                Some(description.to_string()).filter(|d| !d.is_empty()),
+            ),
         };
         FinishedSpan {
             name: s.name.to_string(),
@@ -1251,6 +1269,51 @@ mod tests {
     }
 
     #[test]
+    fn status_rules_and_the_newest_events_as_in_opentelemetry() {
+        let _g = SERIAL.locked();
+        configure(Config::new("t")).unwrap();
+        let ended = |f: &dyn Fn(&mut Recording)| {
+            let mut r = Recording::start(new_span(None), None, "s", vec![]);
+            f(&mut r);
+            r.end();
+            finished_spans(true).pop().unwrap()
+        };
+        // Ok is final: an exception afterwards adds its event but leaves the status
+        let s = ended(&|r| {
+            r.set_status(Status::Ok);
+            r.record_error("mod.E".into(), "E", "x".into(), None);
+        });
+        assert_eq!(s.status, Status::Ok);
+        assert_eq!(s.events.events[0].name, "exception");
+        // setting Unset is ignored
+        let s = ended(&|r| {
+            r.set_status(Status::error("bad"));
+            r.set_status(Status::Unset);
+        });
+        assert_eq!(s.status, Status::error("bad"));
+        // an error's description uses the short name; exception.type the qualified one
+        let s = ended(&|r| r.record_error("mod.E".into(), "E", "x".into(), None));
+        assert_eq!(s.status, Status::error("E: x"));
+        assert_eq!(
+            s.events.events[0].attributes[0],
+            KeyValue::new("exception.type", "mod.E")
+        );
+        // the newest MAX_EVENTS events are kept: the exception at the end of a busy span survives
+        let s = ended(&|r| {
+            for i in 0..MAX_EVENTS + 5 {
+                r.add_event(format!("tick{i}"), vec![]);
+            }
+            r.record_error("E".into(), "E", String::new(), None);
+        });
+        assert_eq!(s.events.len(), MAX_EVENTS);
+        assert_eq!(s.events.dropped_count, 6);
+        assert_eq!(s.events.events[0].name, "tick6");
+        assert_eq!(s.events.events[MAX_EVENTS - 1].name, "exception");
+        assert_eq!(s.status, Status::error("E"));
+        shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
     fn memory_pipeline_keeps_the_newest_spans() {
         let _g = SERIAL.locked();
         configure(Config {
@@ -1267,7 +1330,7 @@ mod tests {
             let c = new_span(Some(&root));
             let mut rec = Recording::start(c, Some(&root), format!("child{i}"), vec![]);
             if i == 3 {
-                rec.record_error("ValueError".into(), "bad".into(), None);
+                rec.record_error("ValueError".into(), "ValueError", "bad".into(), None);
             }
             rec.end();
         }
@@ -1404,6 +1467,19 @@ mod tests {
         assert_eq!(
             traces_url("https://collector:4318").unwrap(),
             "https://collector:4318/v1/traces"
+        );
+        // the signal's path goes before a query
+        assert_eq!(
+            traces_url("http://c:4318?tenant=a").unwrap(),
+            "http://c:4318/v1/traces?tenant=a"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/?tenant=a&x=1").unwrap(),
+            "http://c:4318/v1/traces?tenant=a&x=1"
+        );
+        assert_eq!(
+            traces_url("http://c:4318/custom?tenant=a").unwrap(),
+            "http://c:4318/custom?tenant=a"
         );
         assert!(traces_url("ftp://collector:4318").is_err());
         assert!(traces_url("localhost:4318").is_err());
