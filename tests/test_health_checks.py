@@ -154,6 +154,19 @@ def test_http(web):
         health.http("ftp://example.invalid/")
 
 
+def test_builtin_checks_name_the_function_and_argument_of_a_bad_one() -> None:
+    for bad in (5, None, b"/"):
+        with pytest.raises(TypeError, match=r"^disk\(\): argument 'path' must be a str or os.PathLike\[str\]"):
+            health.disk(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^backup_fresh\(\): argument 'repo' must be a str or os.PathLike"):
+        health.backup_fresh(5, 60)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^process\(\): argument 'name' must be a str, not int"):
+        health.process(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^process\(\): argument 'name' is empty"):
+        health.process("")
+    assert health.disk(Path("/"), min_free_percent=0)().status is Status.HEALTHY
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="platform: no /proc")
 def test_process():
     me = Path(f"/proc/{os.getpid()}/comm").read_text().strip()

@@ -78,6 +78,69 @@ def test_bad_arguments() -> None:
         Monitor().add_threshold("x")
 
 
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: Monitor(interval=1e20), ValueError, r"^Monitor\(\): argument 'interval' is 10+ seconds, more than"),
+        (lambda: Monitor(interval=1e-12), ValueError, r"^Monitor\(\): argument 'interval' .* at least 0.001"),
+        (lambda: Monitor(interval=float("nan")), ValueError, r"^Monitor\(\): argument 'interval' is nan"),
+        (lambda: Monitor(interval="a"), TypeError, r"^Monitor\(\): argument 'interval' must be a number, got str"),
+        (lambda: Monitor(interval=None), TypeError, r"^Monitor\(\): argument 'interval' must be a number"),
+        (lambda: Monitor(window=2.7), TypeError, r"^Monitor\(\): argument 'window' must be an int, got float"),
+        (lambda: Monitor(window="5"), TypeError, r"^Monitor\(\): argument 'window' must be an int, got str"),
+        (lambda: Monitor(window=True), TypeError, r"^Monitor\(\): argument 'window' must be an int, got bool"),
+        (lambda: Monitor().summary(-1), ValueError, r"^summary\(\): argument 'seconds' is -1.0; expected"),
+        (lambda: Monitor().summary(float("nan")), ValueError, r"^summary\(\): argument 'seconds' is nan"),
+        (lambda: Monitor().summary("a"), TypeError, r"^summary\(\): argument 'seconds' must be a number"),
+        (lambda: Monitor().anomalies("x", sigma=-1), ValueError, r"^anomalies\(\): argument 'sigma' is -1.0"),
+        (lambda: Monitor().anomalies("x", sigma=0), ValueError, r"^anomalies\(\): argument 'sigma' is 0.0"),
+        (lambda: Monitor().anomalies("x", sigma=float("nan")), ValueError, r"^anomalies\(\): argument 'sigma'"),
+        (lambda: Monitor().anomalies("x", sigma="a"), TypeError, r"^anomalies\(\): argument 'sigma' must be"),
+        (lambda: Monitor().anomalies("x", window=0), ValueError, r"^anomalies\(\): argument 'window' is 0"),
+        (lambda: Monitor().forecast("x", "a"), TypeError, r"^forecast\(\): argument 'horizon' must be a number"),
+        (lambda: Monitor().forecast("x", float("nan")), ValueError, r"^forecast\(\): argument 'horizon' is nan"),
+        (lambda: Monitor().time_to("x", "a"), TypeError, r"^time_to\(\): argument 'value' must be a number"),
+        (lambda: Monitor().history(5), TypeError, r"^history\(\): argument 'metric' must be a str, got int"),
+        (lambda: Monitor().add_threshold(5, warning=1), TypeError, r"^add_threshold\(\): argument 'metric'"),
+        (lambda: Monitor().add_threshold("x", warning="90"), TypeError, r"^add_threshold\(\): argument 'warning'"),
+        (lambda: Monitor().add_threshold("x", critical=float("nan")), ValueError, r"argument 'critical' is nan"),
+        (lambda: Monitor().add_threshold("x", warning=90, critical=80), ValueError, r"'warning' is 90, above"),
+        (lambda: Monitor().add_threshold("x", warning=1, cooldown=-1), ValueError, r"argument 'cooldown' is -1"),
+        (lambda: Monitor().add_threshold("x", warning=1, cooldown="a"), TypeError, r"argument 'cooldown' must be"),
+    ],
+)
+def test_bad_arguments_name_the_function_and_argument(call, error, message) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_huge_window_keeps_everything_and_long_interval_is_taken() -> None:
+    m = Monitor(interval=1e9, window=10**20)
+    assert m.interval == 1e9 and m.window == sys.maxsize
+
+
+def test_a_failing_threshold_does_not_stop_the_others(monkeypatch, caplog) -> None:
+    m = Monitor()
+    seen: list[str] = []
+    m.add_threshold("x", warning=1.0, callback=lambda e: seen.append(e.metric))
+    m.add_threshold("y", warning=1.0, callback=lambda e: seen.append(e.metric))
+    m._feed("x", 0.0, 5.0)
+    m._feed("y", 0.0, 5.0)
+    real = m._core
+
+    class Core:
+        def since(self, metric: str, count: int):
+            if metric == "x":
+                raise RuntimeError("broken")
+            return real.since(metric, count)
+
+    monkeypatch.setattr(m, "_core", Core())
+    with caplog.at_level(logging.ERROR, logger="ferrolab.system"):
+        m._dispatch()
+    assert seen == ["y"]
+    assert "evaluating the threshold on x failed" in caplog.text
+
+
 def test_summary_over_the_last_seconds() -> None:
     m = Monitor()
     for i in range(10):

@@ -46,6 +46,15 @@ class _Check:
         return f"<ferrolab.health check {self._label}>"
 
 
+def _path(func: str, name: str, value: Any) -> str:
+    """A str path from a str or an ``os.PathLike`` giving one; else a TypeError naming ``func`` and ``name``."""
+    if isinstance(value, str | os.PathLike):
+        where = os.fspath(value)
+        if isinstance(where, str):
+            return where
+    raise TypeError(f"{func}(): argument {name!r} must be a str or os.PathLike[str], not {type(value).__name__}")
+
+
 def _number(func: str, name: str, value: Any, *, lo: float = 0.0, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{func}(): argument {name!r} must be a number, not {type(value).__name__}")
@@ -106,9 +115,7 @@ def disk(path: str | os.PathLike[str] = "/", min_free_percent: float = 10.0) -> 
     >>> health.disk("/", min_free_percent=100)().message.startswith("disk / ")
     True
     """
-    where = os.fspath(path)
-    if not isinstance(where, str):
-        raise TypeError(f"disk(): argument 'path' must be a str or os.PathLike[str], not {type(where).__name__}")
+    where = _path("disk", "path", path)
     limit = _number("disk", "min_free_percent", min_free_percent, hi=100.0)
 
     def check() -> CheckResult:
@@ -271,7 +278,7 @@ def backup_fresh(
     True
     Status.HEALTHY
     """
-    url = os.fspath(repo)
+    url = _path("backup_fresh", "repo", repo)
     limit = _number("backup_fresh", "max_age_seconds", max_age_seconds, lo=0.0)
 
     def check() -> CheckResult:
@@ -392,8 +399,10 @@ def process(name: str) -> Callable[[], CheckResult]:
     >>> health.process("no-such-program-here")().message
     "no process named 'no-such-program-here' is running"
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError("process(): argument 'name' must be a non-empty str")
+    if not isinstance(name, str):
+        raise TypeError(f"process(): argument 'name' must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("process(): argument 'name' is empty; expected a process name")
 
     def check() -> CheckResult:
         if not os.path.isdir("/proc"):

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -149,6 +151,37 @@ class Prediction:
     message: str
 
 
+def _number(func: str, arg: str, v: Any, *, finite: bool = True) -> float:
+    """``v`` as a float: a real number (not a bool), else TypeError; NaN (and, with ``finite``, an infinity or an
+    int beyond float's range) is a ValueError. Both name ``func`` and ``arg``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{func}(): argument '{arg}' must be a number, got {type(v).__name__}")
+    try:
+        x = float(v)
+    except OverflowError:  # an int too large for a float
+        x = math.inf if isinstance(v, numbers.Integral) and int(v) > 0 else -math.inf
+    if math.isnan(x) or (finite and math.isinf(x)):
+        raise ValueError(f"{func}(): argument '{arg}' is {x}; expected a finite number")
+    return x
+
+
+def _count(func: str, arg: str, v: Any, least: int) -> int:
+    """``v`` as an int of at least ``least``: an integer (not a bool), else TypeError; a smaller one is a
+    ValueError. Both name ``func`` and ``arg``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{func}(): argument '{arg}' must be an int, got {type(v).__name__}")
+    n = int(v)
+    if n < least:
+        raise ValueError(f"{func}(): argument '{arg}' is {n}; expected at least {least}")
+    return n
+
+
+def _metric_name(func: str, metric: Any) -> str:
+    if not isinstance(metric, str):
+        raise TypeError(f"{func}(): argument 'metric' must be a str, got {type(metric).__name__}")
+    return metric
+
+
 def _human(seconds: float) -> tuple[float, str]:
     for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
         if abs(seconds) >= size:
@@ -201,9 +234,16 @@ class Monitor:
     Parameters
     ----------
     interval : float
-        Seconds between samples (> 0).
+        Seconds between samples (at least 0.001).
     window : int
-        Samples kept per metric (the ring buffer's length).
+        Samples kept per metric (the ring buffer's length; at least 1).
+
+    Raises
+    ------
+    TypeError
+        ``interval`` is not a number or ``window`` not an int.
+    ValueError
+        ``interval`` is below 0.001 s, NaN or infinite, or ``window`` is below 1.
 
     Examples
     --------
@@ -218,9 +258,9 @@ class Monitor:
     """
 
     def __init__(self, interval: float = 1.0, window: int = 3600) -> None:
-        if int(window) < 1:
-            raise ValueError(f"Monitor(): argument 'window' is {window!r}; expected at least 1 sample")
-        self._core = _core._Monitor(float(interval), int(window))
+        every = _number("Monitor", "interval", interval, finite=False)  # the core names a bad value in seconds
+        keep = min(_count("Monitor", "window", window, 1), sys.maxsize)  # more than memory holds: keep all
+        self._core = _core._Monitor(every, keep)
         self._thresholds: list[_Threshold] = []
         self._lock = threading.Lock()
         self._dispatch_lock = threading.RLock()  # one evaluation of the thresholds at a time
@@ -316,7 +356,7 @@ class Monitor:
         >>> m.history("x")
         (array([1., 2.]), array([5., 7.]))
         """
-        h = self._core.history(metric)
+        h = self._core.history(_metric_name("history", metric))
         if h is None:
             raise KeyError(f"Monitor has no samples of {metric!r}; it has {self.metrics}")
         return h
@@ -336,6 +376,9 @@ class Monitor:
         >>> m.summary()["x"]
         {'current': 6.0, 'mean': 3.0, 'min': 1.0, 'max': 6.0}
         """
+        seconds = _number("summary", "seconds", seconds, finite=False)
+        if seconds < 0:
+            raise ValueError(f"summary(): argument 'seconds' is {seconds}; expected a number >= 0")
         out: dict[str, dict[str, float]] = {}
         for name in self.metrics:
             t, v = self.history(name)
@@ -355,6 +398,7 @@ class Monitor:
 
         Each sample is compared with the mean and standard deviation (``fl.ops``) of the ``window`` samples before
         it; the first ``window`` samples are never anomalies. Returns ``(timestamps, values)`` of the anomalies.
+        ``sigma`` must be a positive number and ``window`` an int of at least 2 (else TypeError or ValueError).
 
         Examples
         --------
@@ -369,8 +413,11 @@ class Monitor:
         """
         from . import ops
 
+        sigma = _number("anomalies", "sigma", sigma)
+        if sigma <= 0:
+            raise ValueError(f"anomalies(): argument 'sigma' is {sigma}; expected a number > 0")
+        window = _count("anomalies", "window", window, 2)
         t, v = self.history(metric)
-        window = max(2, int(window))
         if len(v) <= window:
             return t[:0], v[:0]
         rows = np.lib.stride_tricks.sliding_window_view(v[:-1], window)
@@ -396,6 +443,14 @@ class Monitor:
         ``cooldown`` seconds (of sample time) passed since it last fired. Callbacks run on the monitor's Python
         thread; an exception in one is logged and ignored. Without a callback, crossings are logged as warnings.
 
+        Raises
+        ------
+        TypeError
+            ``metric`` is not a str, a level or ``cooldown`` not a number, or ``callback`` not callable.
+        ValueError
+            Neither level is given, a level is NaN, ``warning`` is above ``critical``, or ``cooldown`` is
+            negative or infinite.
+
         Examples
         --------
         >>> import time, ferrolab as fl
@@ -407,11 +462,22 @@ class Monitor:
         >>> [(e.level, e.value) for e in seen]
         [('warning', 85.0), ('critical', 97.0)]
         """
+        metric = _metric_name("add_threshold", metric)
         if warning is None and critical is None:
             raise ValueError("add_threshold(): give warning, critical or both")
+        warn = None if warning is None else _number("add_threshold", "warning", warning, finite=False)
+        crit = None if critical is None else _number("add_threshold", "critical", critical, finite=False)
+        if warn is not None and crit is not None and warn > crit:
+            raise ValueError(
+                f"add_threshold(): argument 'warning' is {warn:g}, above 'critical' ({crit:g}); the warning level "
+                "must not be above the critical one"
+            )
+        pause = _number("add_threshold", "cooldown", cooldown)
+        if pause < 0:
+            raise ValueError(f"add_threshold(): argument 'cooldown' is {pause:g}; expected seconds >= 0")
         if callback is not None and not callable(callback):
             raise TypeError(f"add_threshold(): argument 'callback' must be callable, not {type(callback).__name__}")
-        th = _Threshold(metric, warning, critical, float(cooldown), callback)
+        th = _Threshold(metric, warn, crit, pause, callback)
         with self._lock:
             self._thresholds.append(th)
         if self.running:
@@ -423,7 +489,10 @@ class Monitor:
             ths = list(self._thresholds)
         with self._dispatch_lock:
             for th in ths:
-                self._dispatch_one(th)
+                try:
+                    self._dispatch_one(th)
+                except Exception:  # one threshold's failure must not stop the others (nor the callback thread)
+                    _log.exception("evaluating the threshold on %s failed", th.metric)
 
     def _dispatch_one(self, th: _Threshold) -> None:
         th.count, new = self._core.since(th.metric, th.count)
@@ -498,6 +567,7 @@ class Monitor:
         >>> round(p.estimate, 6), p.low <= p.estimate <= p.high
         (29.0, True)
         """
+        horizon = _number("forecast", "horizon", horizon)
         a, b, s, xm, sxx, _, n = self._fit(metric)
         est = a + b * horizon
         half = 1.96 * s * math.sqrt(1.0 / n + (horizon - xm) ** 2 / sxx)
@@ -522,6 +592,7 @@ class Monitor:
         >>> p.message
         'disk_percent:/ reaches 100 in 6.0 days (6.0-6.0)'
         """
+        value = _number("time_to", "value", value)
         a, b, s, xm, sxx, _, n = self._fit(metric)
         se_b = s / math.sqrt(sxx)
         now = a  # the trend's value at the latest sample (x = 0)

@@ -246,6 +246,10 @@ fn run(inner: Arc<Inner>, interval: Duration) {
     inner.running.store(false, Ordering::Release);
 }
 
+/// The shortest sampling interval [`Monitor::checked`] takes, in seconds: each sample reads /proc and the mounts,
+/// so a shorter interval would keep a core busy with sampling alone.
+pub const MIN_INTERVAL_S: f64 = 0.001;
+
 impl Monitor {
     /// [`Monitor::new`] for `interval` seconds, checked: a `ValueError` naming the argument unless `interval` is a
     /// positive number of seconds and `window` at least 1.
@@ -257,10 +261,25 @@ impl Monitor {
                 format!("is {interval}; expected a positive number of seconds"),
             );
         }
+        if interval < MIN_INTERVAL_S {
+            return bad(
+                "interval",
+                format!(
+                    "is {interval} seconds; expected at least {MIN_INTERVAL_S} (a shorter interval would keep the \
+                     sampler busy without rest)"
+                ),
+            );
+        }
+        let Ok(every) = Duration::try_from_secs_f64(interval) else {
+            return bad(
+                "interval",
+                format!("is {interval} seconds, more than a duration can hold"),
+            );
+        };
         if window == 0 {
             return bad("window", "is 0; expected at least 1 sample".into());
         }
-        Ok(Monitor::new(Duration::from_secs_f64(interval), window))
+        Ok(Monitor::new(every, window))
     }
 
     /// A stopped monitor sampling every `interval` and keeping `window` samples per metric.
@@ -452,6 +471,12 @@ mod tests {
         assert_eq!(
             err(1.0, 0),
             "Monitor(): argument 'window' is 0; expected at least 1 sample"
+        );
+        assert!(err(1e-12, 5).contains("expected at least 0.001"));
+        assert!(err(1e20, 5).contains("more than a duration can hold"));
+        assert_eq!(
+            Monitor::checked(1e9, 1).unwrap().interval(),
+            Duration::from_secs(1_000_000_000)
         );
         let m = Monitor::checked(0.5, 3).unwrap();
         assert_eq!((m.interval(), m.window()), (Duration::from_millis(500), 3));
