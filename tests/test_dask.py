@@ -156,6 +156,67 @@ def test_quantile_refines_past_one_histogram(monkeypatch: pytest.MonkeyPatch) ->
     np.testing.assert_array_equal(fl.dask.quantile(x, qs).compute(scheduler="threads"), np.quantile(a, qs))
 
 
+@pytest.mark.parametrize("kind", ["ulps", "big_ints", "uint64"])
+def test_quantile_refines_values_a_few_ulps_apart_and_huge_integers(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Brackets narrower than their bins (values a few ulps apart), and integers beyond 2**53 (several to one
+    float64), stay exact through the refinements: no wrap-around near the int64 limits, no lost values."""
+    monkeypatch.setattr(fl.dask, "QUANTILE_GATHER", 2)
+    monkeypatch.setattr(fl.dask, "QUANTILE_BINS", 4)
+    rng = np.random.default_rng(11)
+    qs = [0.0, 0.1, 0.25, 0.5, 0.77, 1.0]
+    for _ in range(8):
+        n = int(rng.integers(5, 150))
+        if kind == "ulps":
+            a = 1.0 + np.finfo(np.float64).eps * rng.integers(0, int(rng.integers(1, 12)), n)
+        elif kind == "big_ints":
+            base = int(rng.choice([2**53, 2**62, -(2**62), 2**63 - 200]))
+            a = np.concatenate([base + rng.integers(-100, 100, n), [2**63 - 1, -(2**63)]]).astype(np.int64)
+        else:
+            a = (2**64 - 1 - rng.integers(0, 300, n).astype(np.uint64)).astype(np.uint64)
+        for chunks in (1, 7, 200):
+            x = da.from_array(a, chunks=chunks)
+            got = fl.dask.quantile(x, qs).compute(scheduler="sync")
+            np.testing.assert_array_equal(got, np.quantile(a, qs), err_msg=f"{kind} {chunks}")
+
+
+def test_quantile_result_dtypes_follow_numpy() -> None:
+    """float32 q keeps float32 data float32; integer q keeps the data's dtype (the minimum or maximum, exactly)."""
+    for dtype in (np.int8, np.uint64, np.int64, np.float16, np.float32, np.float64):
+        a = np.array([[1, 7, 3], [100, 0, 5]], dtype=dtype)
+        x = da.from_array(a, chunks=1)
+        for q in (0.5, np.float32(0.5), np.float16(0.25), [0, 1], np.array([1, 0], np.int8), True, [0.5]):
+            for axis in (None, 0, 1):
+                want = np.quantile(a, q, axis=axis)
+                got = fl.dask.quantile(x, q, axis=axis)
+                assert got.dtype == want.dtype, (dtype, q, axis)
+                np.testing.assert_array_equal(got.compute(), want)
+    big = np.array([2**63 - 1, -(2**63), 5])
+    ends = fl.dask.quantile(da.from_array(big, chunks=2), [1, 0]).compute()
+    np.testing.assert_array_equal(ends, [2**63 - 1, -(2**63)])
+
+
+def test_unknown_chunk_sizes_and_0d() -> None:
+    a = np.array([0.0] * 10 + [100.0])
+    x = da.from_array(a, chunks=4)
+    y = x[x > -1]  # chunk sizes unknown until computed
+    assert np.isnan(y.shape[0])
+    np.testing.assert_array_equal(fl.dask.zscore_anomalies(y).compute(), [10])
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=(7, 9, 5))
+    b[3, 4, 2], b[0, 0, 0] = 50.0, -60.0
+    xb = da.from_array(b, chunks=(2, 3, 5))
+    for z in (xb, xb[xb[:, 0, 0] > -100]):
+        np.testing.assert_array_equal(fl.dask.zscore_anomalies(z, 4).compute(), fl.ops.zscore_anomalies(b, 4))
+    m = np.arange(12.0).reshape(6, 2)
+    mu = da.from_array(m, chunks=2)
+    mu = mu[mu[:, 0] > -1]
+    for q in (0.5, [0.5], [[0.25, 0.5], [0.75, 1.0]]):
+        np.testing.assert_array_equal(fl.dask.quantile(mu, q, axis=1).compute(), np.quantile(m, q, axis=1))
+    zero_d = da.from_array(np.array(3.0))
+    assert np.isnan(fl.dask.standardize(zero_d).compute())
+    assert fl.dask.zscore_anomalies(zero_d).compute().size == 0
+
+
 def test_nan_and_inf() -> None:
     a = np.arange(20.0)
     a[7] = np.nan
@@ -207,12 +268,18 @@ def test_errors_name_function_and_argument() -> None:
         fl.dask.quantile(x, 1.5)
     with pytest.raises(ValueError, match=r"quantile\(\): argument 'q'"):
         fl.dask.quantile(x, np.nan)
+    for q in (None, "a", 0.5j):
+        with pytest.raises(TypeError, match=r"^quantile\(\): argument 'q' must be a number or an array of numbers"):
+            fl.dask.quantile(x, q)
     with pytest.raises(TypeError, match=r"std\(\): argument 'x' has dtype"):
         fl.dask.std(da.from_array(np.array(["a"])))
     with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins'"):
         fl.dask.histogram(x, bins=0)
     with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is too large: more bins than"):
         fl.dask.histogram(x, bins=10**400)
+    ulps = da.from_array(1.0 + np.finfo(np.float64).eps * np.arange(2.0), chunks=1)
+    with pytest.raises(ValueError, match=r"histogram\(\): argument 'bins' is 3: too many bins for the data range"):
+        fl.dask.histogram(ulps, bins=3)[0].compute()
     with pytest.raises(ValueError, match=r"min\(\): zero-size array"):
         fl.dask.min(da.ones(0, chunks=1)).compute()
     with pytest.raises(TypeError, match=r"setup\(\): argument 'client'"):

@@ -925,6 +925,26 @@ def test_histogram_values_on_edges(dtype):
         _hist_equal(xe, bins=edges)
 
 
+def test_histogram_of_ranges_a_few_ulps_wide_bins_as_numpy():
+    """Bins about one ulp wide (a narrow range at a large magnitude): the rounded edges decide, as in NumPy; the
+    arithmetic estimate alone put a value on an interior edge into the bin below."""
+    u = np.finfo(np.float64).eps
+    x = 1.0 + u * np.arange(20.0)
+    _hist_equal(x, bins=4, range=(1.0 + 5 * u, 1.0 + 14 * u))
+    for lo, width, bins in [(-7.7e6, 1e-7, 86), (-7.7e6, 1e-7, 92), (123.456e6, 1e-6, 40), (1e300, 1e285, 7)]:
+        edges = np.linspace(lo, lo + width, bins + 1)
+        xe = np.concatenate([edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf)])
+        _hist_equal(xe, bins=bins, range=(lo, lo + width))
+    # a range too narrow for its bins at its magnitude: refused, as NumPy refuses it
+    lo = 123.456e6
+    with pytest.raises(ValueError, match=r"Too many bins"):
+        np.histogram(np.array([lo]), 40, range=(lo, lo + 1e-7))
+    with pytest.raises(ValueError, match=r"^histogram\(\): argument 'bins' is 40: too many bins for the data range"):
+        fl.ops.histogram(np.array([lo]), 40, range=(lo, lo + 1e-7))
+    with pytest.raises(ValueError, match=r"^histogram\(\): argument 'bins' is 3: too many bins"):
+        fl.ops.histogram(1.0 + u * np.arange(2.0), 3)  # the autodetected range is one ulp wide
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_histogram_large_uniform(dtype):
     x = RNG.uniform(-3, 7, 1_000_003).astype(dtype)
@@ -1003,6 +1023,22 @@ def test_quantile_large(dtype):
     for axis in [0, 1]:
         assert_result(fl.ops.quantile(m, [0.3, 0.5], axis=axis), np.quantile(m, [0.3, 0.5], axis=axis),
                       atol=8 * eps_of(dtype) * finite_scale(m))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int64, np.uint64, np.float16, np.float32, np.float64])
+def test_quantile_result_dtype_follows_numpy(dtype):
+    """A NumPy float32 (or float16) q keeps float32 data float32; an integer q keeps the data's dtype (the
+    minimum or maximum, exactly: also int64 values beyond 2**53)."""
+    x = np.array([[1, 7, 3], [100, 0, 5]], dtype=dtype)
+    for q in (0.5, 1, np.float16(0.25), np.float32(0.5), np.float64(0.5), [0, 1], np.array([1, 0], np.int8), True,
+              [0.5], np.array([0.5, 0.25], np.float32)):
+        for axis in (None, 0, 1):
+            want = np.quantile(x, q, axis=axis)
+            got = fl.ops.quantile(x, q, axis=axis)
+            assert np.asarray(got).dtype == np.asarray(want).dtype, (q, axis)
+            np.testing.assert_array_equal(got, want)
+    big = np.array([2**63 - 1, -(2**63), 5])
+    np.testing.assert_array_equal(fl.ops.quantile(big, [1, 0]), [2**63 - 1, -(2**63)])
 
 
 def test_quantile_nan_slices():

@@ -190,3 +190,14 @@ def _prepare(
             scalars = [None if s is None else int(np.array(s, dtype=np.uint64).view(np.int64)) for s in scalars]
     converted = tuple(a.astype(target, copy=False) for a in arrays)
     return converted, finish, scalars
+
+
+def finite_sized_bins(func: str, edges: np.ndarray) -> None:
+    """NumPy's check of equal-width edges: a range too narrow for the bins (at its magnitude) gives repeated edges,
+    which NumPy refuses rather than counting into bins of no width."""
+    if np.any(edges[:-1] >= edges[1:]):
+        n = edges.size - 1
+        raise ValueError(
+            f"{func}(): argument 'bins' is {n}: too many bins for the data range, which cannot hold {n} "
+            "finite-sized bins"
+        )

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _coerce, _core
 from . import ops as _ops
 
 __all__ = [
@@ -418,7 +418,7 @@ def standardize(x: Any, axis: int | None = None, ddof: float = 0) -> Any:
         stats = da.expand_dims(stats, axis)
 
     def apply(b: np.ndarray, s: np.ndarray) -> np.ndarray:
-        out = np.subtract(b, s["mean"], dtype=dtype)
+        out = np.asarray(np.subtract(b, s["mean"], dtype=dtype))  # an array also for a 0-d block
         with np.errstate(invalid="ignore", divide="ignore"):
             np.divide(out, s["std"], out=out)
         return out
@@ -452,26 +452,33 @@ def zscore_anomalies(x: Any, threshold: float = 3.0) -> Any:
         return out
 
     stats = _moments(x, None, sdt, both, op="zscore_anomalies")
-    offsets = [np.cumsum((0,) + c[:-1]) for c in x.chunks]
-    shape = x.shape
+    indices = list(np.ndindex(*x.numblocks))
 
-    def hits(b: np.ndarray, s: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    def hits(b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The block's hits as local indices (one row per dimension), and the block's shape."""
         with np.errstate(invalid="ignore", divide="ignore"):
             local = np.nonzero(np.atleast_1d(np.abs(b - s["mean"]) / s["std"] > threshold))
-        if b.ndim == 0:
-            return local[0].astype(np.int64)
-        glob = tuple(li + offsets[d][index[d]] for d, li in enumerate(local))
-        return np.ravel_multi_index(glob, shape).astype(np.int64)
+        return np.array(local, dtype=np.int64).reshape(len(local), -1), b.shape
 
-    def gather(parts: list[np.ndarray]) -> np.ndarray:
-        return np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+    def gather(parts: list[tuple[np.ndarray, tuple[int, ...]]]) -> np.ndarray:
+        """Flat indices: the blocks' offsets come from their shapes (also where the chunk sizes were unknown)."""
+        if x.ndim == 0:
+            return parts[0][0][0]
+        sizes = [[0] * n for n in x.numblocks]
+        for (_, bshape), idx in zip(parts, indices, strict=True):
+            for d, n in enumerate(bshape):
+                sizes[d][idx[d]] = n
+        offsets = [np.cumsum([0] + sz[:-1]) for sz in sizes]
+        shape = tuple(builtins.sum(sz) for sz in sizes)
+        flat = [
+            np.ravel_multi_index(tuple(loc[d] + offsets[d][idx[d]] for d in range(x.ndim)), shape)
+            for (loc, _), idx in zip(parts, indices, strict=True)
+            if loc.shape[1]
+        ]
+        return np.sort(np.concatenate(flat)).astype(np.int64) if flat else np.empty(0, dtype=np.int64)
 
     blocks = x.to_delayed().ravel()
-    indices = list(np.ndindex(*x.numblocks))
-    parts = [
-        dask.delayed(_Traced("zscore_anomalies", hits), pure=True)(b, stats, idx)
-        for b, idx in zip(blocks, indices, strict=True)
-    ]
+    parts = [dask.delayed(_Traced("zscore_anomalies", hits), pure=True)(b, stats) for b in blocks]
     out = dask.delayed(gather, pure=True)(parts)
     return da.from_delayed(out, shape=(np.nan,), dtype=np.int64, meta=np.empty(0, dtype=np.int64))
 
@@ -576,16 +583,24 @@ def _uniform_edges(first: Any, last: Any, bins: int, dtype: np.dtype, auto: bool
     bin_type = np.result_type(first, last, np.empty(0, dtype=dtype))
     if np.issubdtype(bin_type, np.integer) or bin_type.kind == "b":
         bin_type = np.result_type(bin_type, float)
-    return np.linspace(first, last, bins + 1, endpoint=True, dtype=bin_type)
+    edges = np.linspace(first, last, bins + 1, endpoint=True, dtype=bin_type)
+    _coerce.finite_sized_bins("histogram", edges)
+    return edges
 
 
 # --------------------------------------------------------------------------------------------------- quantile
 
 
-def _q_plan(mm: tuple[float, float, bool, int], q: np.ndarray) -> dict[str, Any]:
-    """The ranks wanted for each q (NumPy's linear method) and a first bracket [min, max] for each."""
+# Integers from this magnitude on are not all exact as float64: several share one float, so a rank narrowed to one
+# float value is gathered (its integers selected from the data) instead of being taken as that float.
+_EXACT_INT = float(2**53)
+
+
+def _q_plan(mm: tuple[float, float, bool, int], q: np.ndarray, ints: bool = False) -> dict[str, Any]:
+    """The ranks wanted for each q (NumPy's linear method) and a first bracket [min, max] for each (``ints``:
+    the data are integers, see :data:`_EXACT_INT`)."""
     lo, hi, nan, n = mm
-    plan: dict[str, Any] = {"n": n, "nan": nan, "q": q}
+    plan: dict[str, Any] = {"n": n, "nan": nan, "q": q, "ints": ints}
     if nan or n == 0:
         plan["ranks"] = {}
         return plan
@@ -603,8 +618,10 @@ def _q_plan(mm: tuple[float, float, bool, int], q: np.ndarray) -> dict[str, Any]
     ranks: dict[int, dict[str, Any]] = {}
     for k in sorted(set(prev.tolist()) | set(nxt.tolist())):
         # bracket: values v with lo <= v <= hi; `below` values are < lo; count is unknown (-1) at first
-        if lo == hi:
+        if lo == hi and not (ints and abs(lo) >= _EXACT_INT):
             ranks[k] = {"value": lo}
+        elif lo == hi:
+            ranks[k] = {"lo": lo, "hi": hi, "below": 0, "count": n, "gather": True}
         elif not finite:  # an infinity: no histogram over the range, gather everything (correct, not fast)
             ranks[k] = {"lo": -np.inf, "hi": np.inf, "below": 0, "count": n, "gather": True}
         else:
@@ -624,22 +641,35 @@ def _q_brackets(plan: dict[str, Any]) -> list[tuple[float, float, bool]]:
     return seen
 
 
+def _q_edges(lo: float, hi: float) -> np.ndarray:
+    """The edges of a bracket's histogram (as ``fl.ops.histogram(range=(lo, hi))`` makes them). A bracket a few
+    ulps wide has repeated edges: its bins of no width count nothing, and the others still narrow the rank down."""
+    return np.linspace(lo, hi, QUANTILE_BINS + 1, endpoint=True, dtype=np.float64)
+
+
 def _q_part(b: np.ndarray, plan: dict[str, Any]) -> list[np.ndarray]:
     """One chunk's share of a step: a histogram or the values of each open bracket."""
     out = []
     if b.size == 0:
         return [np.empty(0) for _ in _q_brackets(plan)]
     f = b.astype(np.float64, copy=False).ravel()
+    # integers are gathered as they are (as float64, those beyond 2**53 would lose their low bits)
+    src = b.ravel() if b.dtype.kind in "iu" else None
     for lo, hi, gather in _q_brackets(plan):
         if gather:
-            out.append(_select(f, lo, hi) if np.isfinite(lo) or np.isfinite(hi) else f.copy())
+            if np.isfinite(lo) or np.isfinite(hi):
+                out.append(_select(f, lo, hi, src))
+            else:
+                out.append((f if src is None else src).copy())
         else:
-            out.append(_ops.histogram(f, bins=QUANTILE_BINS, range=(lo, hi))[0])
+            out.append(np.asarray(_core.histogram_counts(f, _q_edges(lo, hi), True)))
     return out
 
 
-def _select(f: np.ndarray, lo: float, hi: float, step: int = 1 << 16) -> np.ndarray:
-    """``f[(f >= lo) & (f <= hi)]`` in cache-sized pieces (one read of ``f`` from memory, not several)."""
+def _select(f: np.ndarray, lo: float, hi: float, src: np.ndarray | None = None, step: int = 1 << 16) -> np.ndarray:
+    """``f[(f >= lo) & (f <= hi)]`` in cache-sized pieces (one read of ``f`` from memory, not several); with
+    ``src`` (the values ``f`` was converted from), the matching values of ``src``."""
+    src = f if src is None else src
     out = []
     m1 = np.empty(builtins.min(step, f.size), dtype=bool)
     m2 = np.empty_like(m1)
@@ -650,8 +680,8 @@ def _select(f: np.ndarray, lo: float, hi: float, step: int = 1 << 16) -> np.ndar
         np.less_equal(s, hi, out=b)
         np.logical_and(a, b, out=a)
         if a.any():
-            out.append(s[a])
-    return np.concatenate(out) if out else f[:0].copy()
+            out.append(src[i : i + step][a])
+    return np.concatenate(out) if out else src[:0].copy()
 
 
 def _q_step(plan: dict[str, Any], parts: list[list[np.ndarray]], last: bool) -> dict[str, Any]:
@@ -674,16 +704,19 @@ def _q_step(plan: dict[str, Any], parts: list[list[np.ndarray]], last: bool) -> 
             continue
         i = brackets.index((r["lo"], r["hi"], r["gather"]))
         if r["gather"]:
-            ranks[k] = {"value": float(merged[i][k - r["below"]])}
+            ranks[k] = {"value": merged[i][k - r["below"]]}  # as gathered: an integer stays exact
             continue
         counts = merged[i]
-        edges = np.linspace(r["lo"], r["hi"], QUANTILE_BINS + 1, endpoint=True, dtype=np.float64)
+        edges = _q_edges(r["lo"], r["hi"])
         cum = r["below"] + np.cumsum(counts)
         j = int(np.searchsorted(cum, k, side="right"))
         lo = float(edges[j])
         hi = float(edges[j + 1]) if j == QUANTILE_BINS - 1 else float(np.nextafter(edges[j + 1], -np.inf))
         below = int(r["below"] + counts[:j].sum())
-        if lo >= hi:
+        if lo >= hi and plan["ints"] and abs(lo) >= _EXACT_INT:
+            # one float value, but maybe several integers: gather the bin's values
+            ranks[k] = {"lo": lo, "hi": lo, "below": below, "count": int(counts[j]), "gather": True}
+        elif lo >= hi:
             ranks[k] = {"value": lo}
         else:
             cnt = int(counts[j])
@@ -698,8 +731,12 @@ def _q_finish(plan: dict[str, Any], dtype: np.dtype, weak: bool, rt: np.dtype) -
         res = np.asarray(_ops.quantile(sample, qa.ravel())).reshape(qa.shape)
         return res.astype(rt, copy=False)
     vals = {k: r["value"] for k, r in plan["ranks"].items()}
-    a = np.array([vals[int(k)] for k in plan["prev"]]).astype(dtype)
-    b = np.array([vals[int(k)] for k in plan["next"]]).astype(dtype)
+    if dtype.kind in "iu":  # exact integers (a float value here is an integer below 2**53)
+        a = np.array([int(vals[int(k)]) for k in plan["prev"]], dtype=dtype)
+        b = np.array([int(vals[int(k)]) for k in plan["next"]], dtype=dtype)
+    else:
+        a = np.array([vals[int(k)] for k in plan["prev"]]).astype(dtype)
+        b = np.array([vals[int(k)] for k in plan["next"]]).astype(dtype)
     t = plan["gamma"]
     # NumPy's _lerp, operation for operation; a Python float q makes gamma a (weak) Python float there
     ge = t >= 0.5
@@ -727,38 +764,36 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
     axis = _axis("quantile", x, axis)
     import dask
 
-    qa = np.asarray(q, dtype=np.float64)
-    if np.isnan(qa).any():
-        raise ValueError("quantile(): argument 'q' must not contain NaN")
-    if ((qa < 0) | (qa > 1)).any():
-        raise ValueError("quantile(): argument 'q' must be in the range [0, 1]")
-    weak = isinstance(q, (int, float)) and not isinstance(q, np.generic)
-    rt = np.result_type(np.empty(0, dtype=x.dtype), q if weak else qa)
-    if rt.kind != "f":
-        rt = np.dtype(np.float64)
+    qa, q_ints, weak = _ops._quantile_q("quantile", q)
+    rt = _ops._quantile_dtype(x.dtype, q, qa, q_ints, weak)
+    if rt.kind in "iu":
+        # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy)
+        ends = [max(x, axis) if v else min(x, axis) for v in qa.ravel().tolist()]
+        out = da.stack(ends).astype(rt)
+        return out.reshape(qa.shape + out.shape[1:])
 
     if axis is not None:
         xr = x.rechunk({axis: -1})
         rest = tuple(c for i, c in enumerate(xr.chunks) if i != axis)
 
         def block(b: np.ndarray) -> np.ndarray:
-            r = np.asarray(_ops.quantile(b, qa.ravel(), axis=axis))
-            return r.astype(rt, copy=False)
+            # q as given: each block computes what fl.ops.quantile computes (its dtype too), of shape q + rest
+            return np.asarray(_ops.quantile(b, q, axis=axis)).astype(rt, copy=False)
 
-        out = da.map_blocks(
+        # q's axes come first, made by the blocks themselves (no reshape: it fails on unknown chunk sizes)
+        return da.map_blocks(
             _Traced("quantile", block),
             xr,
             drop_axis=axis,
-            new_axis=0,
-            chunks=((qa.size,),) + rest,
+            new_axis=list(range(qa.ndim)),
+            chunks=tuple((n,) for n in qa.shape) + rest,
             dtype=rt,
-            meta=np.empty((0,) * (x.ndim), dtype=rt),
+            meta=np.empty((0,) * (qa.ndim + x.ndim - 1), dtype=rt),
         )
-        return out.reshape(qa.shape + out.shape[1:]) if qa.ndim != 1 else out
 
     dtype = x.dtype
     blocks = x.to_delayed().ravel()
-    plan = dask.delayed(_q_plan, pure=True)(_minmax_delayed(x), qa.ravel())
+    plan = dask.delayed(_q_plan, pure=True)(_minmax_delayed(x), qa.ravel(), x.dtype.kind in "iu")
     q_part = _Traced("quantile", _q_part)
     for step in range(QUANTILE_STEPS):
         parts = [dask.delayed(q_part, pure=True)(b, plan) for b in blocks]

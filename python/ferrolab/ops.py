@@ -200,6 +200,7 @@ def histogram(
         if np.issubdtype(bin_type, np.integer):
             bin_type = np.result_type(bin_type, float)
         edges = np.linspace(first, last, n_bins + 1, endpoint=True, dtype=bin_type)
+        _coerce.finite_sized_bins("histogram", edges)
         uniform = True
     counts = _core.histogram_counts(a, edges, uniform)
     return counts, edges
@@ -227,42 +228,63 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     array([1., 5.])
     """
     _check_device("quantile", device)
+    qa, q_ints, weak = _quantile_q("quantile", q)
+    _coerce.no_mask("quantile", "x", x)
+    xa = np.asarray(x)
+    if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
+        raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")
+    rt = _quantile_dtype(xa.dtype, q, qa, q_ints, weak)
+    if rt.kind in "iu":
+        # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy)
+        ends = {0.0: min(xa, axis=axis, device=device), 1.0: max(xa, axis=axis, device=device)}
+        res = np.stack([np.asarray(ends[float(v)]) for v in qa.ravel()]).astype(rt, copy=False)
+    else:
+        work = rt if rt.itemsize >= 4 else np.dtype(np.float32)
+        res = _quantile(xa.astype(work, copy=False), qa.ravel().tolist(), axis, device)
+        res = np.asarray(res).astype(rt, copy=False)
+    if qa.ndim == 0:
+        return res[0][()] if res.ndim > 0 else res[()]
+    return np.reshape(res, qa.shape + res.shape[1:])
+
+
+def _quantile_q(func: str, q: Any) -> tuple[np.ndarray, bool, bool]:
+    """``q`` of ``func`` checked (numbers in [0, 1], no NaN) as float64, whether it is of integers (or bools), and
+    whether it is a Python scalar (weak under NEP 50)."""
+
     def not_numbers() -> TypeError:
-        return TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, got {type(q).__name__}")
+        return TypeError(f"{func}(): argument 'q' must be a number or an array of numbers, got {type(q).__name__}")
 
     if q is None or isinstance(q, (str, bytes)):
         raise not_numbers()  # as NumPy, also a str that spells a number
     try:
         raw = np.asarray(q)
     except ValueError as e:  # ragged
-        raise ValueError(f"quantile(): argument 'q' could not be converted to float64: {e}") from e
+        raise ValueError(f"{func}(): argument 'q' could not be converted to float64: {e}") from e
     if raw.dtype.kind in "USVMmc":
         kind = {"c": "complex numbers", "M": "dates", "m": "time spans"}.get(raw.dtype.kind, "strings")
-        raise TypeError(f"quantile(): argument 'q' must be a number or an array of numbers, not of {kind}")
+        raise TypeError(f"{func}(): argument 'q' must be a number or an array of numbers, not of {kind}")
     try:
         # one conversion for float64 input; an object array: ints beyond float64 overflow, other objects are refused
         qa = raw.astype(np.float64, copy=False)
     except OverflowError as e:
-        raise OverflowError(f"quantile(): argument 'q' is too large: {e}") from e
+        raise OverflowError(f"{func}(): argument 'q' is too large: {e}") from e
     except (TypeError, ValueError) as e:
         raise not_numbers() from e
     if np.isnan(qa).any():
-        raise ValueError("quantile(): argument 'q' must not contain NaN")
-    _coerce.no_mask("quantile", "x", x)
-    xa = np.asarray(x)
-    if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
-        raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")
-    # NumPy's result type: Python scalars are weak (NEP 50), NumPy scalars and arrays of q are float64
+        raise ValueError(f"{func}(): argument 'q' must not contain NaN")
+    if ((qa < 0) | (qa > 1)).any():
+        raise ValueError(f"{func}(): argument 'q' must be in the range [0, 1]")
     weak = isinstance(q, (int, float)) and not isinstance(q, np.generic)
-    rt = np.result_type(xa, q if weak else qa)
-    if rt.kind != "f":
-        rt = np.dtype(np.float64)
-    work = rt if rt.itemsize >= 4 else np.dtype(np.float32)
-    res = _quantile(xa.astype(work, copy=False), qa.ravel().tolist(), axis, device)
-    res = np.asarray(res).astype(rt, copy=False)
-    if qa.ndim == 0:
-        return res[0][()] if res.ndim > 0 else res[()]
-    return np.reshape(res, qa.shape + res.shape[1:])
+    return qa, raw.dtype.kind in "biu", weak
+
+
+def _quantile_dtype(xdtype: np.dtype, q: Any, qa: np.ndarray, q_ints: bool, weak: bool) -> np.dtype:
+    """NumPy's result dtype of ``quantile`` (``xdtype`` real): integer q keeps the data's dtype; float q promotes
+    with it, a Python float weakly (NEP 50), a NumPy one (float32 too) strongly."""
+    if q_ints:
+        return np.dtype(xdtype)
+    rt = np.result_type(np.empty(0, dtype=xdtype), q) if weak else np.result_type(xdtype, np.asarray(q).dtype)
+    return rt if rt.kind == "f" else np.dtype(np.float64)
 
 
 # doctest does not look into builtins' docstrings: run the native ops' examples from here

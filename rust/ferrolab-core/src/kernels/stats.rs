@@ -702,8 +702,11 @@ impl<T: Real> Kernel for Count<'_, T> {
 /// NumPy's equal-width bin computation (arithmetic estimate, then one correction step against the edges);
 /// values outside `[first, last]` and NaNs get index `nb` (not counted).
 ///
-/// The correction can only change the estimate when the scaled position lies within a few ulps of an integer;
-/// the vectorized first loop flags such values and only those take the exact, edge-comparing path.
+/// The correction can only change the estimate when the scaled position lies near an integer: within a few ulps,
+/// plus what the rounding of the edges themselves moves them by, which grows with the range's magnitude over its
+/// width (a range of a few ulps at 7.7e6 has bins about one ulp wide, so an edge may lie a third of a bin from
+/// its arithmetic position). The vectorized first loop flags such values and only those take the exact,
+/// edge-comparing path.
 #[inline(always)]
 fn uniform_indices<T: Real>(
     c: &[T],
@@ -715,7 +718,10 @@ fn uniform_indices<T: Real>(
     nb: usize,
 ) {
     let nbf = T::from_f64(nb as f64);
-    let delta = T::from_f64(nb as f64 * 64.0) * T::EPSILON + T::EPSILON;
+    // edges are rounded to the ulp of the range's magnitude: in bin units, up to about eps * magnitude / width * nb
+    let (a, b) = (first.abs(), last.abs());
+    let coarse = if a > b { a } else { b } / norm;
+    let delta = (T::from_f64(nb as f64 * 64.0) * (T::ONE + coarse) + T::ONE) * T::EPSILON;
     let hi = nb as i32 - 1;
     let mut near = false;
     for (k, &v) in c.iter().enumerate() {
@@ -806,6 +812,29 @@ mod tests {
         w[77] = f64::NAN;
         let a = Array::from_vec(w).into_dyn();
         assert!(quantile(&a.view(), &[0.5], None).unwrap()[[0]].is_nan());
+    }
+
+    #[test]
+    fn histogram_of_a_range_few_ulps_wide_bins_by_the_edges() {
+        // bins about one ulp wide: the rounded edges, not the arithmetic positions, decide (as in NumPy)
+        let u = f64::EPSILON;
+        let (lo, hi) = (1.0 + 5.0 * u, 1.0 + 14.0 * u);
+        let edges: Vec<f64> = (0..=4).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect();
+        let b = Bins {
+            edges: &edges,
+            uniform: true,
+        };
+        for k in 5..=14 {
+            let v = 1.0 + k as f64 * u;
+            let a = Array::from_vec(vec![v]).into_dyn();
+            let counts = histogram_counts(&a.view(), &b).unwrap();
+            let want = edges[..4].iter().rposition(|&e| v >= e).unwrap().min(3);
+            assert_eq!(
+                counts.iter().position(|&c| c == 1),
+                Some(want),
+                "{k}: {edges:?}"
+            );
+        }
     }
 
     #[test]
