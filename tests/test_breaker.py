@@ -1198,6 +1198,12 @@ BAD_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"slow_call_duration": 1, "slow_call_rate": 2}, ValueError, "slow_call_rate"),
     ({"reset_timeout": -1}, ValueError, "reset_timeout"),
     ({"reset_timeout": math.nan}, ValueError, "reset_timeout"),
+    # ints beyond int64 keep their sign: a huge negative number of seconds is negative, not "very long"
+    ({"reset_timeout": -(10**30)}, ValueError, "reset_timeout"),
+    ({"window_seconds": -(10**30)}, ValueError, "window_seconds"),
+    ({"slow_call_duration": -(10**30)}, ValueError, "slow_call_duration"),
+    ({"window": -(10**30)}, ValueError, "window"),
+    ({"window": 2**32}, ValueError, "window"),
     ({"max_reset_timeout": 1}, ValueError, "max_reset_timeout"),
     ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls"),
     ({"half_open_max_calls": 70000}, ValueError, "half_open_max_calls"),

@@ -69,7 +69,9 @@ def test_unwritable_json_exits_1(tmp_path, capsys) -> None:
 
 
 def test_usage_errors_exit_2_in_a_subprocess() -> None:
-    for args in (["bench", "--quick", "--no-such-option"], ["bench", "--seed", "x"], ["bench", "extra"]):
+    bad = (["bench", "--quick", "--no-such-option"], ["bench", "--seed", "x"], ["bench", "--smoke", "--seed", "-1"],
+           ["bench", "extra"])
+    for args in bad:
         proc = subprocess.run([sys.executable, "-m", "ferrolab", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "usage: ferrolab" in proc.stderr and "Traceback" not in proc.stderr

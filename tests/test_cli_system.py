@@ -26,8 +26,18 @@ def test_json(capsys):
 
 
 def test_watch_rejects_non_positive(capsys):
-    assert cli.main(["system", "--watch", "0"]) == 2
-    assert "--watch" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf", "1e10"):  # beyond 1e9 s, time.sleep would overflow time_t
+        assert cli.main(["system", "--watch", bad]) == 2, bad
+        assert "--watch needs a positive number of seconds up to 1e+09" in capsys.readouterr().err
+
+
+def test_watch_into_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(
+        f"{sys.executable} -m ferrolab system --watch 0.05 | head -1",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.stdout.count("\n") == 1, proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="platform: needs POSIX SIGINT")

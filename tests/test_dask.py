@@ -179,6 +179,20 @@ def test_quantile_refines_values_a_few_ulps_apart_and_huge_integers(monkeypatch:
             np.testing.assert_array_equal(got, np.quantile(a, qs), err_msg=f"{kind} {chunks}")
 
 
+def test_quantile_refinement_with_empty_chunks_and_a_span_beyond_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fl.dask, "QUANTILE_GATHER", 2)
+    monkeypatch.setattr(fl.dask, "QUANTILE_BINS", 4)
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=200)
+    x = da.from_array(a, chunks=20)
+    y = x[x > 0.5]  # some chunks become empty (and the sizes unknown)
+    qs = [0.0, 0.3, 0.5, 1.0]
+    np.testing.assert_array_equal(fl.dask.quantile(y, qs).compute(scheduler="sync"), np.quantile(a[a > 0.5], qs))
+    wide = np.array([-1.7e308, 1.7e308, 0.0, 1.0, 2.0])  # finite, but max - min is beyond float64
+    got = fl.dask.quantile(da.from_array(wide, chunks=2), qs).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, np.quantile(wide, qs))
+
+
 def test_quantile_result_dtypes_follow_numpy() -> None:
     """float32 q keeps float32 data float32; integer q keeps the data's dtype (the minimum or maximum, exactly)."""
     for dtype in (np.int8, np.uint64, np.int64, np.float16, np.float32, np.float64):
@@ -212,6 +226,14 @@ def test_unknown_chunk_sizes_and_0d() -> None:
     mu = mu[mu[:, 0] > -1]
     for q in (0.5, [0.5], [[0.25, 0.5], [0.75, 1.0]]):
         np.testing.assert_array_equal(fl.dask.quantile(mu, q, axis=1).compute(), np.quantile(m, q, axis=1))
+    ints = np.arange(12).reshape(6, 2)
+    iu = da.from_array(ints, chunks=2)
+    iu = iu[iu[:, 0] > -1]
+    for q in (1, [0, 1]):  # integer q on integers: NumPy's dtype, also on unknown chunk sizes
+        got = fl.dask.quantile(iu, q, axis=1)
+        want = np.quantile(ints, q, axis=1)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.compute(), want)
     zero_d = da.from_array(np.array(3.0))
     assert np.isnan(fl.dask.standardize(zero_d).compute())
     assert fl.dask.zscore_anomalies(zero_d).compute().size == 0

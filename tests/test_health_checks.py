@@ -165,6 +165,8 @@ def test_builtin_checks_name_the_function_and_argument_of_a_bad_one() -> None:
     with pytest.raises(ValueError, match=r"^process\(\): argument 'name' is empty"):
         health.process("")
     assert health.disk(Path("/"), min_free_percent=0)().status is Status.HEALTHY
+    with pytest.raises(ValueError, match=r"^disk\(\): argument 'min_free_percent' must be in \[0, 100\], got an int"):
+        health.disk("/", min_free_percent=10**400)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="platform: no /proc")

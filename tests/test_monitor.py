@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from fractions import Fraction
 
 import ferrolab as fl
 import numpy as np
@@ -81,11 +82,12 @@ def test_bad_arguments() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: Monitor(interval=1e20), ValueError, r"^Monitor\(\): argument 'interval' is 10+ seconds, more than"),
+        (lambda: Monitor(interval=1e20), ValueError, r"argument 'interval' is 10+ seconds; expected at most 1e9"),
         (lambda: Monitor(interval=1e-12), ValueError, r"^Monitor\(\): argument 'interval' .* at least 0.001"),
         (lambda: Monitor(interval=float("nan")), ValueError, r"^Monitor\(\): argument 'interval' is nan"),
         (lambda: Monitor(interval="a"), TypeError, r"^Monitor\(\): argument 'interval' must be a number, got str"),
         (lambda: Monitor(interval=None), TypeError, r"^Monitor\(\): argument 'interval' must be a number"),
+        (lambda: Monitor(interval=1e19), ValueError, r"^Monitor\(\): argument 'interval' .* expected at most 1e9"),
         (lambda: Monitor(window=2.7), TypeError, r"^Monitor\(\): argument 'window' must be an int, got float"),
         (lambda: Monitor(window="5"), TypeError, r"^Monitor\(\): argument 'window' must be an int, got str"),
         (lambda: Monitor(window=True), TypeError, r"^Monitor\(\): argument 'window' must be an int, got bool"),
@@ -106,6 +108,7 @@ def test_bad_arguments() -> None:
         (lambda: Monitor().add_threshold("x", critical=float("nan")), ValueError, r"argument 'critical' is nan"),
         (lambda: Monitor().add_threshold("x", warning=90, critical=80), ValueError, r"'warning' is 90, above"),
         (lambda: Monitor().add_threshold("x", warning=1, cooldown=-1), ValueError, r"argument 'cooldown' is -1"),
+        (lambda: Monitor(interval=Fraction(10**400)), ValueError, r"argument 'interval' is inf"),
         (lambda: Monitor().add_threshold("x", warning=1, cooldown="a"), TypeError, r"argument 'cooldown' must be"),
     ],
 )
@@ -117,6 +120,10 @@ def test_bad_arguments_name_the_function_and_argument(call, error, message) -> N
 def test_huge_window_keeps_everything_and_long_interval_is_taken() -> None:
     m = Monitor(interval=1e9, window=10**20)
     assert m.interval == 1e9 and m.window == sys.maxsize
+    m.start()  # the longest interval must not overflow the sampler's clock
+    assert m.running
+    m.stop()
+    assert Monitor(window=3600.0).window == 3600  # an integral float is an int, as before
 
 
 def test_a_failing_threshold_does_not_stop_the_others(monkeypatch, caplog) -> None:

@@ -438,6 +438,17 @@ def test_a_span_exited_in_another_context_is_no_longer_current(mem: None) -> Non
         child = ctx.run(lambda: fl.tracing.span("B").__enter__())
         child.__exit__(None, None, None)
     assert child.parent_span_id is None
+    # under an open parent P, a child closed elsewhere gives way to P: the trace goes on
+    ctx2 = contextvars.copy_context()
+    p = fl.tracing.span("P")
+    ctx2.run(p.__enter__)
+    c = ctx2.run(lambda: fl.tracing.span("C"))
+    ctx2.run(c.__enter__)
+    c.__exit__(None, None, None)
+    d = ctx2.run(lambda: fl.tracing.span("D").__enter__())
+    d.__exit__(None, None, None)
+    ctx2.run(lambda: p.__exit__(None, None, None))
+    assert (d.parent_span_id, d.trace_id) == (p.span_id, p.trace_id)
 
 
 def test_unsampled_spans_record_nothing() -> None:

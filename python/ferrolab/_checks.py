@@ -58,9 +58,13 @@ def _path(func: str, name: str, value: Any) -> str:
 def _number(func: str, name: str, value: Any, *, lo: float = 0.0, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{func}(): argument {name!r} must be a number, not {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # beyond float's range (a huge int): outside any range asked for
+        v = math.inf
     if not (math.isfinite(v) and lo <= v <= hi):
-        raise ValueError(f"{func}(): argument {name!r} must be in [{lo:g}, {hi:g}], got {value!r}")
+        shown = repr(value) if math.isfinite(v) or not isinstance(value, int) else "an int beyond float's range"
+        raise ValueError(f"{func}(): argument {name!r} must be in [{lo:g}, {hi:g}], got {shown}")
     return v
 
 

@@ -115,8 +115,8 @@ def _cmd_system(args: argparse.Namespace) -> int:
         s = system.snapshot()
         print(json.dumps(s, indent=2) if args.json else _system_table(s))
         return 0
-    if not (args.watch > 0):
-        print("ferrolab system: --watch needs a positive number of seconds", file=sys.stderr)
+    if not (0 < args.watch <= MAX_SECONDS):
+        print(f"ferrolab system: --watch needs a positive number of seconds up to {MAX_SECONDS:g}", file=sys.stderr)
         return 2
     tty = sys.stdout.isatty() and not args.json
     system.snapshot()  # the first CPU figure is then the usage over the first interval
@@ -131,6 +131,9 @@ def _cmd_system(args: argparse.Namespace) -> int:
             else:
                 print(_system_line(s), flush=True)
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, also at interpreter exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
@@ -637,13 +640,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The longest wait a command takes, in seconds (about 31 years): longer ones overflow the platform's time_t in
+# `time.sleep` and `Event.wait`.
+MAX_SECONDS = 1e9
+
+
 def _positive_float(text: str) -> float:
+    expected = f"expected a positive number of seconds up to {MAX_SECONDS:g}, got {text!r}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(expected) from None
+    if not (0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(expected)
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -814,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quick", action="store_true", help="one size per op, about 10-20 s")
     bn.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny inputs: for tests only
     bn.add_argument("--json", metavar="PATH", help="also write the machine, the settings and every row as JSON")
-    bn.add_argument("--seed", type=int, default=20240601, help="seed of the random inputs")
+    bn.add_argument("--seed", type=_seed, default=20240601, help="seed of the random inputs (an integer >= 0)")
     bn.set_defaults(func=_cmd_bench)
     return p
 

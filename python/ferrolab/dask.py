@@ -614,7 +614,8 @@ def _q_plan(mm: tuple[float, float, bool, int], q: np.ndarray, ints: bool = Fals
     below = vi < 0
     prev[below], nxt[below] = 0, 0
     plan["prev"], plan["next"] = prev, nxt
-    finite = bool(np.isfinite(lo) and np.isfinite(hi))
+    # an infinity, or finite values spanning more than float64 holds (their histogram's edges would be NaN)
+    finite = bool(np.isfinite(lo) and np.isfinite(hi) and np.isfinite(hi - lo))
     ranks: dict[int, dict[str, Any]] = {}
     for k in sorted(set(prev.tolist()) | set(nxt.tolist())):
         # bracket: values v with lo <= v <= hi; `below` values are < lo; count is unknown (-1) at first
@@ -642,16 +643,18 @@ def _q_brackets(plan: dict[str, Any]) -> list[tuple[float, float, bool]]:
 
 
 def _q_edges(lo: float, hi: float) -> np.ndarray:
-    """The edges of a bracket's histogram (as ``fl.ops.histogram(range=(lo, hi))`` makes them). A bracket a few
-    ulps wide has repeated edges: its bins of no width count nothing, and the others still narrow the rank down."""
+    """The edges of a bracket's histogram: NumPy's ``linspace``, which ``fl.ops.histogram(range=(lo, hi))``
+    would refuse for a bracket a few ulps wide (repeated edges). The counting kernel bins by these edges exactly,
+    also then: a value equal to a repeated edge may land in a bin of no width, whose bracket ``_q_step`` resolves
+    to that edge's value (``lo >= hi``), which is the value itself."""
     return np.linspace(lo, hi, QUANTILE_BINS + 1, endpoint=True, dtype=np.float64)
 
 
 def _q_part(b: np.ndarray, plan: dict[str, Any]) -> list[np.ndarray]:
     """One chunk's share of a step: a histogram or the values of each open bracket."""
     out = []
-    if b.size == 0:
-        return [np.empty(0) for _ in _q_brackets(plan)]
+    if b.size == 0:  # nothing gathered, no value counted
+        return [np.empty(0) if gather else np.zeros(QUANTILE_BINS, np.int64) for _lo, _hi, gather in _q_brackets(plan)]
     f = b.astype(np.float64, copy=False).ravel()
     # integers are gathered as they are (as float64, those beyond 2**53 would lose their low bits)
     src = b.ravel() if b.dtype.kind in "iu" else None
@@ -766,9 +769,10 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
 
     qa, q_ints, weak = _ops._quantile_q("quantile", q)
     rt = _ops._quantile_dtype(x.dtype, q, qa, q_ints, weak)
-    if rt.kind in "iu":
-        # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy)
-        ends = [max(x, axis) if v else min(x, axis) for v in qa.ravel().tolist()]
+    if rt.kind in "iu" and axis is None:
+        # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy);
+        # with an axis, the blocks' fl.ops.quantile does the same
+        ends = [max(x) if v else min(x) for v in qa.ravel().tolist()]
         out = da.stack(ends).astype(rt)
         return out.reshape(qa.shape + out.shape[1:])
 

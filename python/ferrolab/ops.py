@@ -234,9 +234,9 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
         raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")
     rt = _quantile_dtype(xa.dtype, q, qa, q_ints, weak)
-    if rt.kind in "iu":
+    if rt.kind in "iu" and xa.size:
         # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy)
-        ends = {0.0: min(xa, axis=axis, device=device), 1.0: max(xa, axis=axis, device=device)}
+        ends = {float(v): (max if v else min)(xa, axis=axis, device=device) for v in set(qa.ravel().tolist())}
         res = np.stack([np.asarray(ends[float(v)]) for v in qa.ravel()]).astype(rt, copy=False)
     else:
         work = rt if rt.itemsize >= 4 else np.dtype(np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import operator
 import os
 import sys
 import threading
@@ -158,17 +159,18 @@ def _number(func: str, arg: str, v: Any, *, finite: bool = True) -> float:
         raise TypeError(f"{func}(): argument '{arg}' must be a number, got {type(v).__name__}")
     try:
         x = float(v)
-    except OverflowError:  # an int too large for a float
-        x = math.inf if isinstance(v, numbers.Integral) and int(v) > 0 else -math.inf
+    except OverflowError:  # a number too large for a float (an int, a Fraction)
+        x = math.inf if operator.gt(v, 0) else -math.inf
     if math.isnan(x) or (finite and math.isinf(x)):
         raise ValueError(f"{func}(): argument '{arg}' is {x}; expected a finite number")
     return x
 
 
 def _count(func: str, arg: str, v: Any, least: int) -> int:
-    """``v`` as an int of at least ``least``: an integer (not a bool), else TypeError; a smaller one is a
-    ValueError. Both name ``func`` and ``arg``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    """``v`` as an int of at least ``least``: an integer or an integral float (not a bool), else TypeError; a
+    smaller one is a ValueError. Both name ``func`` and ``arg``."""
+    integral_float = isinstance(v, float) and v.is_integer()
+    if isinstance(v, bool) or not (isinstance(v, numbers.Integral) or integral_float):
         raise TypeError(f"{func}(): argument '{arg}' must be an int, got {type(v).__name__}")
     n = int(v)
     if n < least:
@@ -234,7 +236,7 @@ class Monitor:
     Parameters
     ----------
     interval : float
-        Seconds between samples (at least 0.001).
+        Seconds between samples (from 0.001 to 1e9).
     window : int
         Samples kept per metric (the ring buffer's length; at least 1).
 
@@ -243,7 +245,7 @@ class Monitor:
     TypeError
         ``interval`` is not a number or ``window`` not an int.
     ValueError
-        ``interval`` is below 0.001 s, NaN or infinite, or ``window`` is below 1.
+        ``interval`` is below 0.001 s or above 1e9 s, or NaN, or ``window`` is below 1.
 
     Examples
     --------
@@ -449,7 +451,7 @@ class Monitor:
             ``metric`` is not a str, a level or ``cooldown`` not a number, or ``callback`` not callable.
         ValueError
             Neither level is given, a level is NaN, ``warning`` is above ``critical``, or ``cooldown`` is
-            negative or infinite.
+            negative or NaN (``inf``: each level fires once).
 
         Examples
         --------
@@ -472,7 +474,7 @@ class Monitor:
                 f"add_threshold(): argument 'warning' is {warn:g}, above 'critical' ({crit:g}); the warning level "
                 "must not be above the critical one"
             )
-        pause = _number("add_threshold", "cooldown", cooldown)
+        pause = _number("add_threshold", "cooldown", cooldown, finite=False)  # inf: each level fires once
         if pause < 0:
             raise ValueError(f"add_threshold(): argument 'cooldown' is {pause:g}; expected seconds >= 0")
         if callback is not None and not callable(callback):

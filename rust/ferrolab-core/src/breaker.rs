@@ -365,7 +365,16 @@ impl Arg {
         match *self {
             Arg::None if none_ok => Ok(None),
             Arg::Int(v) => u32::try_from(v).map(Some).map_err(|_| {
-                CoreError::value(FUNC, arg, format!("is {v}; expected a positive int"))
+                let shown = if v == i64::MIN || v == i64::MAX {
+                    "at or beyond the limits of int64".to_string() // saturated by the binding
+                } else {
+                    v.to_string()
+                };
+                CoreError::value(
+                    FUNC,
+                    arg,
+                    format!("is {shown}; expected an int in [0, {}]", u32::MAX),
+                )
             }),
             _ => Err(self.type_err(arg, if none_ok { "an int or None" } else { "an int" })),
         }
@@ -1560,8 +1569,17 @@ mod tests {
         );
         assert_eq!(
             msg("window", Arg::Int(-1)),
-            "CircuitBreaker(): argument 'window' is -1; expected a positive int"
+            "CircuitBreaker(): argument 'window' is -1; expected an int in [0, 4294967295]"
         );
+        assert_eq!(
+            msg("window", Arg::Int(i64::MIN)),
+            "CircuitBreaker(): argument 'window' is at or beyond the limits of int64; expected an int in \
+             [0, 4294967295]"
+        );
+        // a huge negative number of seconds is negative (the binding saturates it to i64::MIN)
+        let mut neg = c.clone();
+        neg.set("reset_timeout", Arg::Int(i64::MIN)).unwrap();
+        assert!(matches!(neg.validate(), Err(CoreError::Value { .. })));
         assert_eq!(
             msg("metrics", Arg::Int(1)),
             "CircuitBreaker(): argument 'metrics' must be a bool or None, got int"

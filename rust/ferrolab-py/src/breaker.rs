@@ -1071,7 +1071,14 @@ fn arg(o: &Bound<'_, PyAny>) -> Arg {
     } else if let Ok(b) = o.cast::<PyBool>() {
         Arg::Bool(b.is_true())
     } else if o.is_instance_of::<PyInt>() {
-        Arg::Int(o.extract().unwrap_or(i64::MAX))
+        // saturated to the i64 range, keeping the sign (a huge negative int stays negative)
+        Arg::Int(o.extract().unwrap_or_else(|_| {
+            if o.lt(0).unwrap_or(false) {
+                i64::MIN
+            } else {
+                i64::MAX
+            }
+        }))
     } else if let Ok(f) = o.cast::<PyFloat>().map(|f| f.value()) {
         Arg::Float(f)
     } else {

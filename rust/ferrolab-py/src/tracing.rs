@@ -64,12 +64,15 @@ fn cv_reset(py: Python<'_>, token: &Bound<'_, PyAny>) -> bool {
     }
 }
 
-/// The current ferrolab span object of this context, if any: an open span (a span exited in another context than
-/// it was entered in stays in the variable of the context it was entered in, but is no longer current there).
+/// The ferrolab span object in this context's variable, open or not (a span exited in another context than it
+/// was entered in stays in the variable of the context it was entered in).
+fn stored_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
+    Ok(cv_get(py)?.and_then(|c| c.cast_into::<Span>().ok()))
+}
+
+/// The current ferrolab span object of this context, if any: only an open span is current.
 fn current_object<'py>(py: Python<'py>) -> PyResult<Option<Bound<'py, Span>>> {
-    Ok(cv_get(py)?
-        .and_then(|c| c.cast_into::<Span>().ok())
-        .filter(|s| s.get().open.load(Ordering::Relaxed)))
+    Ok(stored_object(py)?.filter(|s| s.get().open.load(Ordering::Relaxed)))
 }
 
 /// The identity of the current ferrolab span when it is open and sampled (for the op seam's child spans).
@@ -170,11 +173,18 @@ fn otel_parent(py: Python<'_>) -> Option<SpanCtx> {
 /// keeps it above 0: the lookup then always runs).
 static OPEN_SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// The parent of a span opened now: the current ferrolab span, else the current opentelemetry-python span.
+/// The parent of a span opened now: the current ferrolab span, else the current opentelemetry-python span. A span
+/// closed elsewhere but still in this context's variable gives way to its own parent (the trace goes on).
 fn parent_ctx(py: Python<'_>) -> PyResult<Option<SpanCtx>> {
     if OPEN_SPANS.load(Ordering::Relaxed) > 0 {
-        if let Some(s) = current_object(py)? {
-            return Ok(Some(s.get().ctx));
+        if let Some(s) = stored_object(py)? {
+            let s = s.get();
+            if s.open.load(Ordering::Relaxed) {
+                return Ok(Some(s.ctx));
+            }
+            if let Some(p) = s.parent {
+                return Ok(Some(p));
+            }
         }
     }
     Ok(otel_parent(py))

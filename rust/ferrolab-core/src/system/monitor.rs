@@ -250,6 +250,10 @@ fn run(inner: Arc<Inner>, interval: Duration) {
 /// so a shorter interval would keep a core busy with sampling alone.
 pub const MIN_INTERVAL_S: f64 = 0.001;
 
+/// The longest sampling interval [`Monitor::checked`] takes, in seconds: the sampler adds the interval to an
+/// `Instant`, which a much longer one would overflow.
+pub const MAX_INTERVAL_S: f64 = 1e9;
+
 impl Monitor {
     /// [`Monitor::new`] for `interval` seconds, checked: a `ValueError` naming the argument unless `interval` is a
     /// positive number of seconds and `window` at least 1.
@@ -270,12 +274,15 @@ impl Monitor {
                 ),
             );
         }
-        let Ok(every) = Duration::try_from_secs_f64(interval) else {
+        if interval > MAX_INTERVAL_S {
             return bad(
                 "interval",
-                format!("is {interval} seconds, more than a duration can hold"),
+                format!(
+                    "is {interval} seconds; expected at most {MAX_INTERVAL_S:e} (about 31 years)"
+                ),
             );
-        };
+        }
+        let every = Duration::from_secs_f64(interval);
         if window == 0 {
             return bad("window", "is 0; expected at least 1 sample".into());
         }
@@ -473,7 +480,8 @@ mod tests {
             "Monitor(): argument 'window' is 0; expected at least 1 sample"
         );
         assert!(err(1e-12, 5).contains("expected at least 0.001"));
-        assert!(err(1e20, 5).contains("more than a duration can hold"));
+        assert!(err(1e20, 5).contains("expected at most 1e9"));
+        assert!(err(1.1e9, 5).contains("expected at most 1e9"));
         assert_eq!(
             Monitor::checked(1e9, 1).unwrap().interval(),
             Duration::from_secs(1_000_000_000)

@@ -348,7 +348,7 @@ pub struct Recording {
     name: Cow<'static, str>,
     start: SystemTime,
     attributes: Vec<KeyValue>,
-    events: Vec<Event>,
+    events: std::collections::VecDeque<Event>,
     dropped_events: u32,
     status: Status,
 }
@@ -369,7 +369,7 @@ impl Recording {
             name: name.into(),
             start: SystemTime::now(),
             attributes,
-            events: Vec::new(),
+            events: std::collections::VecDeque::new(),
             dropped_events: 0,
             status: Status::Unset,
         }
@@ -392,11 +392,11 @@ impl Recording {
     /// counted as dropped, to make room for a new one (an `exception` event at the end of a busy span is kept).
     pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
         if self.events.len() >= MAX_EVENTS {
-            self.events.remove(0);
+            self.events.pop_front();
             self.dropped_events += 1;
         }
         self.events
-            .push(Event::new(name, SystemTime::now(), attributes, 0));
+            .push_back(Event::new(name, SystemTime::now(), attributes, 0));
     }
 
     /// An `exception` event with the OpenTelemetry semantic attributes (`exception.type`: `kind`, the qualified
@@ -436,7 +436,7 @@ impl Recording {
     /// Ends the span now and hands it to the pipeline (never blocks on the network).
     pub fn end(mut self) {
         let mut events = SpanEvents::default();
-        events.events = std::mem::take(&mut self.events);
+        events.events = std::mem::take(&mut self.events).into();
         events.dropped_count = self.dropped_events;
         let data = SpanData {
             span_context: SpanContext::new(
