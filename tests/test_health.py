@@ -86,6 +86,13 @@ def test_bool_results():
     assert "False" in r.message
     assert run_one(lambda: (True, "fine")).status is H
     assert run_one(lambda: (False, "bad")).message == "bad"
+    # a NumPy comparison's result is a bool too
+    import numpy as np
+
+    assert run_one(lambda: np.float64(3.0) < 5).status is H
+    assert run_one(lambda: np.True_).status is H
+    assert run_one(lambda: np.False_).status is U
+    assert run_one(lambda: (np.bool_(True), "fine")).status is H
 
 
 def test_async_check():

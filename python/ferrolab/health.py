@@ -319,18 +319,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _is_bool(value: Any) -> bool:
+    """A bool, or NumPy's (what a comparison of NumPy values returns, e.g. ``np.float64(x) < limit``)."""
+    t = type(value)
+    return isinstance(value, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"))
+
+
 def _coerce(value: Any) -> tuple[Status, str, Mapping[str, Any] | None]:
     """What a check returned, as (status, message, details); anything unexpected is unhealthy."""
     if isinstance(value, CheckResult):
         return value.status, value.message, value.details
     if isinstance(value, Status):
         return value, "", None
-    if isinstance(value, bool):
+    if _is_bool(value):
         return (Status.HEALTHY, "", None) if value else (Status.UNHEALTHY, "check returned False", None)
     if isinstance(value, tuple) and len(value) in (2, 3):
         status, message = value[0], value[1]
         details = value[2] if len(value) == 3 else None
-        if isinstance(status, bool):
+        if _is_bool(status):
             status = Status.HEALTHY if status else Status.UNHEALTHY
         details_ok = details is None or isinstance(details, Mapping)
         if isinstance(status, Status) and isinstance(message, str) and details_ok:
