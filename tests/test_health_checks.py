@@ -152,6 +152,9 @@ def test_http(web):
     assert health.http(f"{web}/204", expect_status=204)().status is Status.HEALTHY
     with pytest.raises(ValueError):
         health.http("ftp://example.invalid/")
+    for bad in (-1, 99, 600, 999):
+        with pytest.raises(ValueError, match=r"^http\(\): argument 'expect_status' is -?\d+; expected an HTTP status"):
+            health.http(f"{web}/200", expect_status=bad)
 
 
 def test_builtin_checks_name_the_function_and_argument_of_a_bad_one() -> None:

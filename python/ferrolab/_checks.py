@@ -349,6 +349,8 @@ def http(url: str, timeout: float = 5.0, expect_status: int = 200) -> Callable[[
     wait = _number("http", "timeout", timeout, lo=0.001)
     if isinstance(expect_status, bool) or not isinstance(expect_status, int):
         raise TypeError(f"http(): argument 'expect_status' must be an int, not {type(expect_status).__name__}")
+    if not 100 <= expect_status <= 599:  # no response has another status: the check could never pass
+        raise ValueError(f"http(): argument 'expect_status' is {expect_status}; expected an HTTP status in [100, 599]")
 
     def check() -> CheckResult:
         t0 = time.perf_counter()
