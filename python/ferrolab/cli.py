@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -630,14 +630,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --- argument types: a bad value is a usage error (exit status 2) -----------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least``."""
+
+    def parse(text: str) -> int:
+        expected = f"expected an integer >= {least}, got {text!r}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(expected) from None
+        if value < least:
+            raise argparse.ArgumentTypeError(expected)
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0)
 
 
 # The longest wait a command takes, in seconds (about 31 years): longer ones overflow the platform's time_t in
@@ -653,16 +663,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(expected) from None
     if not (0 < value <= MAX_SECONDS):
         raise argparse.ArgumentTypeError(expected)
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
