@@ -11,7 +11,6 @@ half-open breaker and a missing GPU are warnings. ``backup_fresh``, ``http`` and
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 import urllib.error
@@ -19,6 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from . import _coerce
 
 if TYPE_CHECKING:
     from .health import CheckResult
@@ -56,12 +57,7 @@ def _path(func: str, name: str, value: Any) -> str:
 
 
 def _number(func: str, name: str, value: Any, *, lo: float = 0.0, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{func}(): argument {name!r} must be a number, not {type(value).__name__}")
-    try:
-        v = float(value)
-    except OverflowError:  # beyond float's range (a huge int): outside any range asked for
-        v = math.inf
+    v = _coerce.real_arg(func, name, value)  # beyond float's range: an infinity, outside any range asked for
     if not (math.isfinite(v) and lo <= v <= hi):
         shown = repr(value) if math.isfinite(v) or not isinstance(value, int) else "an int beyond float's range"
         raise ValueError(f"{func}(): argument {name!r} must be in [{lo:g}, {hi:g}], got {shown}")

@@ -8,6 +8,9 @@ result into NumPy's result dtype (e.g. ``uint8`` for ``np.min`` of a ``uint8`` a
 from __future__ import annotations
 
 import functools
+import math
+import numbers
+import operator
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -201,3 +204,14 @@ def finite_sized_bins(func: str, edges: np.ndarray) -> None:
             f"{func}(): argument 'bins' is {n}: too many bins for the data range, which cannot hold {n} "
             "finite-sized bins"
         )
+
+
+def real_arg(func: str, arg: str, v: Any, what: str = "a number") -> float:
+    """Argument ``arg`` of ``func`` as a float: a real number (not a bool), else a TypeError naming both; a number
+    beyond float's range (a huge int, a Fraction) is an infinity of its sign, for the caller's range check."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{func}(): argument '{arg}' must be {what}, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if operator.gt(v, 0) else -math.inf

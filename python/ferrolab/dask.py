@@ -768,7 +768,7 @@ def quantile(x: Any, q: Any, axis: int | None = None) -> Any:
     import dask
 
     qa, q_ints, weak = _ops._quantile_q("quantile", q)
-    rt = _ops._quantile_dtype(x.dtype, q, qa, q_ints, weak)
+    rt = _ops._quantile_dtype(x.dtype, q, q_ints, weak)
     if rt.kind in "iu" and axis is None:
         # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy);
         # with an axis, the blocks' fl.ops.quantile does the same

@@ -233,7 +233,7 @@ def quantile(x: ArrayLike, q: ArrayLike, axis: int | None = None, *, device: str
     xa = np.asarray(x)
     if xa.dtype.kind not in "biuf" or xa.dtype.kind == "b":
         raise TypeError(f"quantile(): argument 'x' has dtype {xa.dtype}; expected a real numeric dtype")
-    rt = _quantile_dtype(xa.dtype, q, qa, q_ints, weak)
+    rt = _quantile_dtype(xa.dtype, q, q_ints, weak)
     if rt.kind in "iu" and xa.size:
         # integer q (0 or 1) on integer data: the minimum or the maximum, exactly and in the data's dtype (NumPy)
         ends = {float(v): (max if v else min)(xa, axis=axis, device=device) for v in set(qa.ravel().tolist())}
@@ -278,7 +278,7 @@ def _quantile_q(func: str, q: Any) -> tuple[np.ndarray, bool, bool]:
     return qa, raw.dtype.kind in "biu", weak
 
 
-def _quantile_dtype(xdtype: np.dtype, q: Any, qa: np.ndarray, q_ints: bool, weak: bool) -> np.dtype:
+def _quantile_dtype(xdtype: np.dtype, q: Any, q_ints: bool, weak: bool) -> np.dtype:
     """NumPy's result dtype of ``quantile`` (``xdtype`` real): integer q keeps the data's dtype; float q promotes
     with it, a Python float weakly (NEP 50), a NumPy one (float32 too) strongly."""
     if q_ints:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import operator
 import os
 import sys
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _coerce, _core
 
 __all__ = ["Monitor", "Prediction", "ThresholdEvent", "register_metrics", "snapshot"]
 
@@ -155,12 +154,7 @@ class Prediction:
 def _number(func: str, arg: str, v: Any, *, finite: bool = True) -> float:
     """``v`` as a float: a real number (not a bool), else TypeError; NaN (and, with ``finite``, an infinity or an
     int beyond float's range) is a ValueError. Both name ``func`` and ``arg``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{func}(): argument '{arg}' must be a number, got {type(v).__name__}")
-    try:
-        x = float(v)
-    except OverflowError:  # a number too large for a float (an int, a Fraction)
-        x = math.inf if operator.gt(v, 0) else -math.inf
+    x = _coerce.real_arg(func, arg, v)
     if math.isnan(x) or (finite and math.isinf(x)):
         raise ValueError(f"{func}(): argument '{arg}' is {x}; expected a finite number")
     return x

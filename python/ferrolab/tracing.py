@@ -37,12 +37,11 @@ import atexit
 import functools
 import inspect
 import math
-import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
-from . import _core
+from . import _coerce, _core
 
 __all__ = [
     "Span",
@@ -138,17 +137,12 @@ def configure(
     for arg, optional in (("service_version", service_version), ("environment", environment), ("endpoint", endpoint)):
         if optional is not None and not isinstance(optional, str):
             raise TypeError(f"configure(): argument '{arg}' must be str or None, got {type(optional).__name__}")
-    if isinstance(sample_ratio, bool) or not isinstance(sample_ratio, numbers.Real):
-        raise TypeError(f"configure(): argument 'sample_ratio' must be a float, got {type(sample_ratio).__name__}")
-    try:
-        ratio = float(sample_ratio)
-    except OverflowError:
-        raise ValueError(
-            f"configure(): argument 'sample_ratio' is an int of {int(sample_ratio).bit_length()} bits; expected a "
-            "number in [0, 1]"
-        ) from None
+    ratio = _coerce.real_arg("configure", "sample_ratio", sample_ratio, "a float")
     if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
-        raise ValueError(f"configure(): argument 'sample_ratio' is {sample_ratio!r}; expected a number in [0, 1]")
+        # an int beyond float's range has too many digits to show
+        beyond = isinstance(sample_ratio, int) and math.isinf(ratio)
+        shown = f"an int of {int(sample_ratio).bit_length()} bits" if beyond else repr(sample_ratio)
+        raise ValueError(f"configure(): argument 'sample_ratio' is {shown}; expected a number in [0, 1]")
     hdrs: list[tuple[str, str]] = []
     if headers is not None:
         if not isinstance(headers, Mapping):
@@ -360,13 +354,8 @@ def shutdown(timeout: float = 5.0) -> bool:
     >>> [d["name"] for d in fl.tracing.finished_spans()]
     ['last']
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"shutdown(): argument 'timeout' must be a number of seconds, got {type(timeout).__name__}")
-    try:
-        seconds = float(timeout)
-    except OverflowError:  # an int beyond float's range: refused as not finite
-        seconds = math.inf
-    return _core.tracing_shutdown(seconds)
+    # an int beyond float's range is an infinity: refused as not finite
+    return _core.tracing_shutdown(_coerce.real_arg("shutdown", "timeout", timeout, "a number of seconds"))
 
 
 def stats() -> dict[str, Any]:

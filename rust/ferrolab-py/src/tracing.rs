@@ -590,14 +590,7 @@ impl Span {
         let tb = exception.getattr(intern!(py, "__traceback__"))?;
         let (kind, _, message, stack) =
             exception_attrs(py, exception.get_type().as_any(), exception, &tb);
-        let mut attrs = vec![
-            KeyValue::new("exception.type", kind),
-            KeyValue::new("exception.message", message),
-        ];
-        if let Some(s) = stack {
-            attrs.push(KeyValue::new("exception.stacktrace", s));
-        }
-        self.with_rec(|r| r.add_event("exception", attrs));
+        self.with_rec(|r| r.record_exception(kind, message, stack));
         Ok(())
     }
 

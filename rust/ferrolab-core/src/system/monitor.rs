@@ -486,6 +486,12 @@ mod tests {
             Monitor::checked(1e9, 1).unwrap().interval(),
             Duration::from_secs(1_000_000_000)
         );
+        // what the bound protects: the sampler's next deadline (`Instant` + interval) does not overflow, not even
+        // a hundred deadlines ahead
+        let longest = Duration::from_secs_f64(MAX_INTERVAL_S);
+        assert!((0..100u32)
+            .try_fold(Instant::now(), |t, _| t.checked_add(longest))
+            .is_some());
         let m = Monitor::checked(0.5, 3).unwrap();
         assert_eq!((m.interval(), m.window()), (Duration::from_millis(500), 3));
     }

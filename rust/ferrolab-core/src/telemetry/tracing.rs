@@ -400,9 +400,20 @@ impl Recording {
     }
 
     /// An `exception` event with the OpenTelemetry semantic attributes (`exception.type`: `kind`, the qualified
-    /// type name; `exception.message`; `exception.stacktrace` when given), and status `Error` described as
-    /// `"{name}: {message}"` (`name`, the type's short name, alone for an empty message), unless the status is
-    /// already `Ok` (final).
+    /// type name; `exception.message`; `exception.stacktrace` when given); the status is not changed.
+    pub fn record_exception(&mut self, kind: String, message: String, stacktrace: Option<String>) {
+        let mut attrs = vec![
+            KeyValue::new("exception.type", kind),
+            KeyValue::new("exception.message", message),
+        ];
+        if let Some(st) = stacktrace {
+            attrs.push(KeyValue::new("exception.stacktrace", st));
+        }
+        self.add_event("exception", attrs);
+    }
+
+    /// [`record_exception`](Self::record_exception), and status `Error` described as `"{name}: {message}"`
+    /// (`name`, the type's short name, alone for an empty message), unless the status is already `Ok` (final).
     pub fn record_error(
         &mut self,
         kind: String,
@@ -415,14 +426,7 @@ impl Recording {
         } else {
             format!("{name}: {message}")
         };
-        let mut attrs = vec![
-            KeyValue::new("exception.type", kind),
-            KeyValue::new("exception.message", message),
-        ];
-        if let Some(st) = stacktrace {
-            attrs.push(KeyValue::new("exception.stacktrace", st));
-        }
-        self.add_event("exception", attrs);
+        self.record_exception(kind, message, stacktrace);
         self.set_status(Status::error(description));
     }
 
