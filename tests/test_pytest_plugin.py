@@ -93,3 +93,21 @@ def test_setup_error_is_reported(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(errors=1)
     (rec,) = json.loads(out.read_text())["tests"]
     assert rec["outcome"] == "error" and "no credentials" in rec["message"]
+
+
+def test_report_under_xdist_has_every_workers_tests(pytester: pytest.Pytester) -> None:
+    # with pytest-xdist the tests run in worker processes: the controller writes the report (the workers write
+    # nothing), and it holds every test, its outcome and its health report
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install pytest-xdist)")
+    pytester.makepyfile(test_inner_ops_checks=TESTS)
+    out = pytester.path / "ops.json"
+    result = pytester.runpytest_subprocess(*_plugin_args(), "-p", "xdist", "-n", "2", f"--ops-report={out}")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    doc = json.loads(out.read_text())
+    assert doc["summary"] == {"passed": 2, "failed": 1, "skipped": 1}
+    tests = {t["name"].split("::")[-1]: t for t in doc["tests"]}
+    assert set(tests) == {"test_health_ok", "test_system", "test_fails", "test_skipped"}
+    assert tests["test_health_ok"]["health"]["checks"]["db"]["message"] == "slow replica"
+    assert tests["test_fails"]["outcome"] == "failed" and "not healthy: warning" in tests["test_fails"]["message"]
+    assert tests["test_skipped"]["message"] == "no database here"
+    assert tests["test_system"]["health"] is None

@@ -118,3 +118,21 @@ def test_ops_push_and_report_together(pytester: pytest.Pytester, pushgateway) ->
     assert out.is_file()
     g = _group(pushgateway, "fltest_ops_push_both")
     assert g is not None and _values(g, "ferrolab_ops_check_success") == {"test_inner_push_both.py::test_ok": 1.0}
+
+
+def test_ops_push_under_xdist_pushes_every_workers_checks(pytester: pytest.Pytester, pushgateway) -> None:  # noqa: F811
+    # the workers push nothing (each would replace the group with its share); the controller pushes all checks
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install pytest-xdist)")
+    pytester.makepyfile(test_inner_push_checks=CHECKS)
+    job = "fltest_ops_push_xdist"
+    result = pytester.runpytest_subprocess(
+        *_plugin_args(), "-p", "xdist", "-n", "2", f"--ops-push={pushgateway}", f"--ops-push-job={job}"
+    )
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*ferrolab --ops-push: 2 check result(s) pushed to*"])
+    g = _group(pushgateway, job)
+    assert g is not None
+    assert _values(g, "ferrolab_ops_check_success") == {
+        "test_inner_push_checks.py::test_disk_ok": 1.0,
+        "test_inner_push_checks.py::test_db_reachable": 0.0,
+    }

@@ -15,6 +15,9 @@ Options
     The shipped alert rules ``FerrolabOpsCheckFailed`` and ``FerrolabOpsChecksNotRunning`` fire on them. A push
     that fails is reported and makes the exit status 1 (a cron job then notices it).
     ``--ops-push-job NAME``: the ``job`` label of the pushed group (default ``ferrolab_ops``).
+pytest-xdist
+    With ``-n N`` the report and the push come from the controller and hold the checks of every worker (the
+    workers write and push nothing).
 
 Examples
 --------
@@ -60,6 +63,7 @@ _SUCCESS = {"passed": 1, "xfailed": 1, "failed": 0, "error": 0}
 
 _HEALTH = pytest.StashKey[Any]()
 _RECORDS = pytest.StashKey[dict[str, dict[str, Any]]]()
+_RECORDER = "ferrolab-ops-recorder"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -89,7 +93,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "ops: an operational check (ferrolab plugin; reported by --ops-report)"
     )
-    config.stash[_RECORDS] = {}
+    recorder = config.pluginmanager.get_plugin(_RECORDER)
+    if recorder is None:
+        recorder = _Recorder({})
+        config.pluginmanager.register(recorder, _RECORDER)
+    config.stash[_RECORDS] = recorder.records
 
 
 @pytest.fixture
@@ -121,29 +129,46 @@ def _message(report: pytest.TestReport) -> str:
     return report.longreprtext
 
 
+#: Name of the attribute an ``ops`` test's reports carry: ``{"health": <the report's to_dict() or None>}``. A report
+#: attribute travels with the report from a pytest-xdist worker to the controller (xdist serializes the
+#: attributes of a report), so the controller, which writes the JSON report and pushes, sees every worker's tests.
+_REPORT_ATTR = "ferrolab_ops"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if item.get_closest_marker("ops") is None:
-        return report
-    records = item.config.stash.get(_RECORDS, None)
-    if records is None:
-        return report
-    rec = records.setdefault(
-        item.nodeid, {"name": item.nodeid, "outcome": "passed", "duration": 0.0, "message": "", "health": None}
-    )
-    rec["duration"] += report.duration
-    if report.failed:
-        rec["outcome"] = "failed" if report.when == "call" else "error"
-        rec["message"] = rec["message"] or _message(report)
-    elif report.skipped and rec["outcome"] == "passed":
-        xfail = hasattr(report, "wasxfail")
-        rec["outcome"] = "xfailed" if xfail else "skipped"
-        rec["message"] = report.wasxfail if xfail else _message(report)
-    health = item.stash.get(_HEALTH, None)
-    if health is not None:
-        rec["health"] = health.to_dict()
+    if item.get_closest_marker("ops") is not None:
+        health = item.stash.get(_HEALTH, None)
+        setattr(report, _REPORT_ATTR, {"health": None if health is None else health.to_dict()})
     return report
+
+
+class _Recorder:
+    """Adds each phase of an ``ops`` test to its record, in the process that reports the test: the only process
+    without pytest-xdist, the controller with it (registered as a plugin, so the hook sees the config's records)."""
+
+    def __init__(self, records: dict[str, dict[str, Any]]) -> None:
+        self.records = records
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        ops = getattr(report, _REPORT_ATTR, None)
+        if not isinstance(ops, dict):
+            return
+        rec = self.records.setdefault(
+            report.nodeid,
+            {"name": report.nodeid, "outcome": "passed", "duration": 0.0, "message": "", "health": None},
+        )
+        rec["duration"] += report.duration
+        if report.failed:
+            rec["outcome"] = "failed" if report.when == "call" else "error"
+            rec["message"] = rec["message"] or _message(report)
+        elif report.skipped and rec["outcome"] == "passed":
+            xfail = hasattr(report, "wasxfail")
+            rec["outcome"] = "xfailed" if xfail else "skipped"
+            rec["message"] = report.wasxfail if xfail else _message(report)
+        if ops.get("health") is not None:
+            rec["health"] = ops["health"]
 
 
 def _label_value(value: str) -> str:
@@ -211,7 +236,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line, red=not ok, bold=not ok)
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker: it sends its reports to the controller, which writes the report and pushes."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _is_xdist_worker(session.config):
+        return
     records = list(session.config.stash.get(_RECORDS, {}).values())
     gateway = session.config.getoption("--ops-push", None)
     if gateway:
