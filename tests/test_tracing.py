@@ -942,6 +942,47 @@ def test_forked_child_exports_through_its_own_pipeline() -> None:
     assert names == ["in-child", "parent-before-fork"]
 
 
+FORKED_SHUTDOWN = """
+import os, sys, time, ferrolab as fl
+fl.tracing.configure("forked", endpoint=sys.argv[1])
+with fl.tracing.span("parent"):
+    pass
+fl.tracing.flush()
+results = {}
+for mode in ("span+shutdown", "shutdown", "span+exit"):
+    pid = os.fork()
+    if pid == 0:
+        if mode.startswith("span"):
+            with fl.tracing.span("child"):
+                pass
+        if mode.endswith("shutdown"):
+            t0 = time.monotonic()
+            ok = fl.tracing.shutdown(3.0)
+            os._exit(0 if ok and time.monotonic() - t0 < 2.5 else 3)
+        sys.exit(0)  # the atexit hook shuts the pipeline down
+    _, status = os.waitpid(pid, 0)
+    results[mode] = os.waitstatus_to_exitcode(status)
+print(results)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason=PLATFORM + "needs fork")
+def test_forked_child_shuts_down_without_the_parents_thread(tmp_path: Path) -> None:
+    # the pipeline inherited through fork has no export thread: shutting it down (explicitly, at exit, after a
+    # rebuild) neither waits for it nor joins a thread id of the parent (a PanicException in the SDK before)
+    script = tmp_path / "forked_shutdown.py"
+    script.write_text(FORKED_SHUTDOWN)
+    with Receiver() as rcv:
+        proc = subprocess.run(
+            [sys.executable, str(script), rcv.url], capture_output=True, text=True, timeout=120
+        )
+        names = sorted(s["name"] for s in rcv.spans())
+    assert "panicked" not in proc.stderr and "PanicException" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "{'span+shutdown': 0, 'shutdown': 0, 'span+exit': 0}", proc.stdout
+    assert names == ["child", "child", "parent"]
+
+
 @contextmanager
 def _no_span_open() -> Iterator[None]:
     yield

@@ -921,13 +921,30 @@ fn current_pipeline() -> Option<Arc<Pipeline>> {
         Some(cur) => match Pipeline::build(cur.config.clone()) {
             Ok(np) => {
                 let np = Arc::new(np);
-                *w = Some(np.clone());
+                if let Some(old) = w.replace(np.clone()) {
+                    retire(old, Duration::ZERO);
+                }
                 Some(np)
             }
             Err(_) => None,
         },
         None => None,
     }
+}
+
+/// Ends a pipeline that is no longer installed: shuts it down (waiting at most `timeout`) when this process
+/// made it; true when everything was delivered.
+///
+/// A pipeline inherited through `fork` is left alone and never dropped (true: its spans are the parent's, which
+/// exports them): its export thread did not survive the fork, so a shutdown would wait for nobody, and dropping
+/// its thread handle would detach a thread id that a thread of this process can have by now (glibc reuses the
+/// dead threads' stacks), which then cannot be joined (a panic in the SDK's shutdown).
+fn retire(old: Arc<Pipeline>, timeout: Duration) -> bool {
+    if old.fork_gen != FORK_GEN.load(Ordering::Relaxed) {
+        std::mem::forget(old);
+        return true;
+    }
+    old.shutdown(timeout)
 }
 
 extern "C" fn after_fork_child() {
@@ -973,7 +990,7 @@ pub fn configure(config: Config) -> Result<()> {
         w.replace(pipeline)
     };
     if let Some(old) = old {
-        old.shutdown(Duration::from_secs(5));
+        retire(old, Duration::from_secs(5));
     }
     Ok(())
 }
@@ -996,7 +1013,7 @@ pub fn shutdown(timeout: Duration) -> bool {
         w.take()
     };
     match old {
-        Some(p) => p.shutdown(timeout),
+        Some(p) => retire(p, timeout),
         None => true,
     }
 }
