@@ -5,7 +5,7 @@
 //! it was not refreshed for [`STALE_AFTER`]; holders refresh their lock every [`REFRESH_EVERY`]. Taking a
 //! lock writes it first and then lists the others, so two conflicting lockers cannot both succeed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -58,12 +58,27 @@ impl LockInfo {
 }
 
 /// A held lock; released (deleted) on drop.
+///
+/// A keeper thread rewrites it with a fresh time every [`REFRESH_EVERY`] for as long as it is held, whatever the
+/// holder is doing (walking a tree, loading the index, pruning, restoring, verifying): a lock held for longer than
+/// [`STALE_AFTER`] is never taken for stale while its holder runs.
 pub struct Lock {
     store: Arc<dyn Store>,
-    key: Arc<MasterKey>,
     name: String,
-    info: LockInfo,
-    refreshed: Instant,
+    keeper: Option<Keeper>,
+}
+
+/// The refreshing thread of a [`Lock`] and its stop signal.
+struct Keeper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    state: Arc<Mutex<Refresh>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// When the lock was last written, and the last refresh error (cleared by a successful refresh).
+struct Refresh {
+    written: Instant,
+    error: Option<String>,
 }
 
 fn decode(key: &MasterKey, name: &str, data: &[u8]) -> Option<LockInfo> {
@@ -71,9 +86,26 @@ fn decode(key: &MasterKey, name: &str, data: &[u8]) -> Option<LockInfo> {
     serde_json::from_slice(&plain).ok()
 }
 
+fn write_lock(store: &dyn Store, key: &MasterKey, name: &str, info: &LockInfo) -> BResult<()> {
+    store.put(
+        &format!("locks/{name}"),
+        &key.seal_object("lock", name, &serde_json::to_vec(info).expect("json")),
+    )
+}
+
 impl Lock {
     /// Takes a shared or exclusive lock, removing stale locks on the way.
     pub fn acquire(store: Arc<dyn Store>, key: Arc<MasterKey>, exclusive: bool) -> BResult<Lock> {
+        Lock::acquire_refreshing(store, key, exclusive, REFRESH_EVERY)
+    }
+
+    /// [`Lock::acquire`], refreshed every `every`.
+    pub fn acquire_refreshing(
+        store: Arc<dyn Store>,
+        key: Arc<MasterKey>,
+        exclusive: bool,
+        every: Duration,
+    ) -> BResult<Lock> {
         let host = hostname();
         let info = LockInfo {
             exclusive,
@@ -82,16 +114,11 @@ impl Lock {
             time: now(),
         };
         let name = random_id();
-        store.put(
-            &format!("locks/{name}"),
-            &key.seal_object("lock", &name, &serde_json::to_vec(&info).expect("json")),
-        )?;
-        let lock = Lock {
+        write_lock(&*store, &key, &name, &info)?;
+        let mut lock = Lock {
             store: store.clone(),
-            key: key.clone(),
             name: name.clone(),
-            info,
-            refreshed: Instant::now(),
+            keeper: None,
         };
         for e in store.list("locks")? {
             if e.name == name {
@@ -134,30 +161,105 @@ impl Lock {
                 // `lock` is dropped here, deleting our own lock object
             }
         }
+        lock.keeper = Some(Keeper::start(store, key, name, info, every)?);
         Ok(lock)
     }
 
-    /// Rewrites the lock with a fresh time if it is due.
-    pub fn refresh_if_due(&mut self) -> BResult<()> {
-        if self.refreshed.elapsed() < REFRESH_EVERY {
+    /// An error when the lock could not be refreshed for so long that another process may take it for stale
+    /// (an operation that deletes data checks this before it does).
+    pub fn check(&self) -> BResult<()> {
+        let Some(k) = &self.keeper else {
             return Ok(());
+        };
+        let st = k.state.lock().unwrap_or_else(|e| e.into_inner());
+        // a margin of one refresh interval before others may call it stale
+        if st.written.elapsed() + REFRESH_EVERY >= STALE_AFTER {
+            return Err(CoreError::backup(
+                BackupErrorKind::Locked,
+                format!(
+                    "lost the lock on repository {}: it could not be refreshed for {:.0} s ({})",
+                    self.store.url(),
+                    st.written.elapsed().as_secs_f64(),
+                    st.error.as_deref().unwrap_or("no error recorded")
+                ),
+            ));
         }
-        self.info.time = now();
-        self.store.put(
-            &format!("locks/{}", self.name),
-            &self.key.seal_object(
-                "lock",
-                &self.name,
-                &serde_json::to_vec(&self.info).expect("json"),
-            ),
-        )?;
-        self.refreshed = Instant::now();
         Ok(())
+    }
+}
+
+impl Keeper {
+    fn start(
+        store: Arc<dyn Store>,
+        key: Arc<MasterKey>,
+        name: String,
+        mut info: LockInfo,
+        every: Duration,
+    ) -> BResult<Keeper> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let state = Arc::new(Mutex::new(Refresh {
+            written: Instant::now(),
+            error: None,
+        }));
+        let (stop2, state2) = (stop.clone(), state.clone());
+        let thread = std::thread::Builder::new()
+            .name("ferrolab-lock".into())
+            .spawn(move || {
+                let (flag, cv) = &*stop2;
+                let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    let (g, _) = cv
+                        .wait_timeout_while(stopped, every, |s| !*s)
+                        .unwrap_or_else(|e| e.into_inner());
+                    stopped = g;
+                    if *stopped {
+                        return;
+                    }
+                    info.time = now();
+                    let r = write_lock(&*store, &key, &name, &info);
+                    let mut st = state2.lock().unwrap_or_else(|e| e.into_inner());
+                    match r {
+                        Ok(()) => {
+                            st.written = Instant::now();
+                            st.error = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                target: "ferrolab.backup",
+                                repository = %store.url(),
+                                lock = %name,
+                                error = %e,
+                                "could not refresh the repository lock (retrying)"
+                            );
+                            st.error = Some(e.to_string());
+                        }
+                    }
+                }
+            })
+            .map_err(|e| CoreError::io("lock: start the refresh thread", e))?;
+        Ok(Keeper {
+            stop,
+            state,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        let (flag, cv) = &*self.stop;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        // stop refreshing first, so that no refresh rewrites the lock after its deletion
+        self.keeper.take();
         let _ = self.store.delete(&format!("locks/{}", self.name));
     }
 }

@@ -53,7 +53,7 @@ pub fn forget(repo: &Repository, ids: &[String]) -> BResult<()> {
 
 /// Removes unused data.
 pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<PruneStats> {
-    let _lock = Lock::acquire(repo.store.clone(), repo.key.clone(), true)?;
+    let lock = Lock::acquire(repo.store.clone(), repo.key.clone(), true)?;
     let (idx, bad_idx, _) = repo.load_index()?;
     let (snaps, bad) = repo.load_snapshots()?;
     if let Some((name, e)) = bad.first() {
@@ -172,6 +172,8 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
         index::put(&*repo.store, &repo.key, part)?;
     }
     repo.store.sync()?;
+    // nothing is deleted unless the exclusive lock still holds (no backup can have started meanwhile)
+    lock.check()?;
     // only index objects that decoded are replaced; damaged ones stay for verify to report (their packs were
     // recovered from the pack headers and are in the new index)
     for name in &idx.files {

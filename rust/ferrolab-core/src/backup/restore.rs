@@ -9,7 +9,7 @@
 //! Every chunk is authenticated and its id re-checked before it is written, and a file gets its name only
 //! once it is complete.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -145,17 +145,37 @@ fn set_owner(path: &Path, it: &Item) {
 
 /// Selects the items under `include` paths (relative to `/`); None selects all.
 pub fn select<'a>(items: &'a [Item], include: Option<&[Vec<u8>]>) -> Vec<&'a Item> {
-    match include {
-        None => items.iter().collect(),
-        Some(inc) => items
-            .iter()
-            .filter(|it| {
-                inc.iter().any(|p| {
-                    it.path == *p || (it.path.starts_with(p) && it.path.get(p.len()) == Some(&b'/'))
-                })
-            })
-            .collect(),
+    let wanted = |it: &Item| match include {
+        None => true,
+        // an empty include path (`/`) is the whole snapshot
+        Some(inc) => inc.iter().any(|p| {
+            p.is_empty()
+                || it.path == *p
+                || (it.path.starts_with(p) && it.path.get(p.len()) == Some(&b'/'))
+        }),
+    };
+    let mut seen: HashMap<&[u8], &Item> = HashMap::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        // the root directory of a backup of `/` (path "") is the target itself
+        if it.path.is_empty() && it.kind == Kind::Dir {
+            continue;
+        }
+        if !wanted(it) {
+            continue;
+        }
+        // an item listed twice alike (snapshots of overlapping paths made before those were merged) is restored
+        // once; two different items of one path stay, for `check_items` to refuse
+        match seen.get(it.path.as_slice()) {
+            Some(prev) if **prev == *it => continue,
+            Some(_) => {}
+            None => {
+                seen.insert(&it.path, it);
+            }
+        }
+        out.push(it);
     }
+    out
 }
 
 /// A temporary name for a file being restored, in the file's own folder (renamed to the file's name once all
@@ -185,6 +205,16 @@ fn apply_meta(f: &File, it: &Item) -> std::io::Result<()> {
 
 /// Checks a snapshot's items before anything is written: safe paths, each path once, file sizes that match
 /// their chunks.
+/// What a full restore of a snapshot's items would refuse (for `verify`, which must not pass a snapshot that
+/// cannot be restored).
+pub fn check_restorable(
+    all: &[Item],
+    idx: &crate::backup::index::Index,
+    snap: &str,
+) -> BResult<()> {
+    check_items(&select(all, None), idx, snap)
+}
+
 fn check_items(items: &[&Item], idx: &crate::backup::index::Index, snap: &str) -> BResult<()> {
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(items.len());
     for it in items {

@@ -312,6 +312,14 @@ fn crafted_duplicate_paths_are_refused_in_every_order() {
             }
         }
         let id = craft(&repo, &mut items, b"evil");
+        if a == b {
+            // listed twice alike (as snapshots of overlapping paths were): restored once
+            restore(&repo, &id, &target, None, None).unwrap();
+            assert!(fs::symlink_metadata(target.join("b/f")).is_ok());
+            assert_eq!(fs::read(&victim).unwrap(), b"keep");
+            assert_eq!(mode_of(&victim) & 0o7777, 0o644, "{a:?} twice");
+            continue;
+        }
         let e = restore(&repo, &id, &target, None, None).unwrap_err();
         assert!(is_corruption(&e), "{a:?} then {b:?}: {e}");
         assert!(e.to_string().contains("more than once"), "{e}");
@@ -319,6 +327,16 @@ fn crafted_duplicate_paths_are_refused_in_every_order() {
             !target.join("b").exists(),
             "nothing is written before the check"
         );
+        // verify reports what restore refuses
+        let rep = crate::backup::verify::verify(&repo, false, None, None).unwrap();
+        assert!(
+            rep.errors
+                .iter()
+                .any(|er| er.item.contains(&id) && er.message.contains("more than once")),
+            "{a:?} then {b:?}: {:?}",
+            rep.errors.iter().map(|e| &e.message).collect::<Vec<_>>()
+        );
+        repo.store.delete(&format!("snapshots/{id}")).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
         assert_eq!(mode_of(&victim) & 0o7777, 0o644, "{a:?} then {b:?}");
     }
@@ -700,4 +718,153 @@ fn a_truncated_pack_is_reported_with_the_first_blob_past_its_end() {
     assert!(!err.contains(&hex(&trees[0])), "{err}");
     assert!(err.contains("missing or truncated"), "{err}");
     assert!(first.offset < last.offset);
+}
+
+#[test]
+fn overlapping_roots_are_walked_once_and_the_snapshot_restores() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let src = t.0.join("data");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    fs::write(src.join("top.txt"), b"top").unwrap();
+    fs::write(src.join("sub/inner.txt"), b"inner").unwrap();
+    fs::write(src.join("sub/deeper/x.txt"), b"x").unwrap();
+    let mut opts = options(&src);
+    opts.paths = vec![
+        src.join("sub"),
+        src.clone(),
+        src.join("sub/deeper"),
+        src.clone(),
+    ];
+    let snap = backup(&repo, &opts).unwrap();
+    assert_eq!(snap.files, 3);
+    assert_eq!(snap.paths, vec![src.to_str().unwrap().to_string()]);
+    let target = t.0.join("out");
+    restore(&repo, &snap.id, &target, None, None).unwrap();
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(
+        fs::read(target.join(rel).join("sub/inner.txt")).unwrap(),
+        b"inner"
+    );
+    let rep = crate::backup::verify::verify(&repo, true, None, None).unwrap();
+    assert!(
+        rep.errors.is_empty(),
+        "{:?}",
+        rep.errors.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_root_directory_of_a_backup_of_slash_is_the_target() {
+    // a backup of `/` stores the root directory as the item with the empty path
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let mut items = vec![
+        item(b"", Kind::Dir, b""),
+        item(b"etc", Kind::Dir, b""),
+        item(b"etc/hosts", Kind::File, b""),
+    ];
+    let id = craft(&repo, &mut items, b"127.0.0.1 localhost\n");
+    let target = t.0.join("out");
+    let stats = restore(&repo, &id, &target, None, None).unwrap();
+    assert_eq!((stats.files, stats.dirs), (1, 1));
+    assert_eq!(
+        fs::read(target.join("etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+    // include "/" (the empty item path) is everything
+    let again = t.0.join("again");
+    let stats = restore(&repo, &id, &again, Some(&[Vec::new()]), None).unwrap();
+    assert_eq!((stats.files, stats.dirs), (1, 1));
+    let rep = crate::backup::verify::verify(&repo, true, None, None).unwrap();
+    assert!(
+        rep.errors.is_empty(),
+        "{:?}",
+        rep.errors.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+    // an empty path that is not a directory is still refused
+    let mut bad = vec![item(b"", Kind::File, b"")];
+    let id = craft(&repo, &mut bad, b"x");
+    let e = restore(&repo, &id, &t.0.join("bad"), None, None).unwrap_err();
+    assert!(
+        is_refusal(&e) && e.to_string().contains("empty path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn special_files_are_skipped_with_a_warning() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let src = t.0.join("data");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("plain.txt"), b"plain").unwrap();
+    let fifo = src.join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let snap = backup(&repo, &options(&src)).unwrap();
+    assert_eq!(snap.files, 1);
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.contains("pipe") && w.contains("a FIFO")),
+        "{:?}",
+        snap.warnings
+    );
+    let target = t.0.join("out");
+    restore(&repo, &snap.id, &target, None, None).unwrap();
+    let rel = src.strip_prefix("/").unwrap();
+    assert!(target.join(rel).join("plain.txt").exists());
+    assert!(fs::symlink_metadata(target.join(rel).join("pipe")).is_err());
+}
+
+#[test]
+fn a_held_lock_is_refreshed_until_it_is_released() {
+    use crate::backup::lock::{Lock, LockInfo};
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let read = |repo: &Repository| -> Vec<LockInfo> {
+        repo.store
+            .list("locks")
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let data = repo.store.get(&format!("locks/{}", e.name)).unwrap();
+                let plain = repo.key.open_object("lock", &e.name, &data).unwrap();
+                serde_json::from_slice(&plain).unwrap()
+            })
+            .collect()
+    };
+    let lock = Lock::acquire_refreshing(
+        repo.store.clone(),
+        repo.key.clone(),
+        true,
+        std::time::Duration::from_millis(20),
+    )
+    .unwrap();
+    let first = read(&repo);
+    assert_eq!(first.len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let [now] = read(&repo).as_slice() {
+            if now.time > first[0].time {
+                assert!(now.exclusive);
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never refreshed"
+        );
+    }
+    lock.check().unwrap();
+    drop(lock);
+    assert!(
+        read(&repo).is_empty(),
+        "released: no refresh writes it again"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(read(&repo).is_empty());
 }

@@ -172,6 +172,13 @@ pub fn verify(
                 continue;
             }
         };
+        if let Err(e) = crate::backup::restore::check_restorable(&items, &idx, &s.id) {
+            rep.errors.push(VerifyError {
+                item: format!("snapshot {}", s.id),
+                kind: "tree",
+                message: e.to_string(),
+            });
+        }
         for it in &items {
             for (n, c) in it.chunks.iter().enumerate() {
                 let o = owners.entry(*c).or_default();
