@@ -14,7 +14,9 @@ import random
 import re
 import shutil
 import stat
-from datetime import UTC, datetime, timedelta
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import ferrolab as fl
@@ -580,7 +582,8 @@ def test_verify_names_a_damaged_index_and_snapshot_object(three: Damaged) -> Non
     flip_byte(objects(three.path, "snapshots")[snap.id], 50)
     report = three.repo.verify(read_data=False)
     assert {e.item for e in report.errors} == {f"index {index_id}", f"snapshot {snap.id}"}, str(report)
-    assert [s.id for s in three.repo.snapshots()] == [s.id for s in three.snaps[1:]]
+    with pytest.warns(RuntimeWarning, match=f"snapshot {snap.short_id} cannot be read"):  # reported, not hidden
+        assert [s.id for s in three.repo.snapshots()] == [s.id for s in three.snaps[1:]]
     with pytest.raises(fl.backup.CorruptionError, match=snap.id):
         three.repo.restore(snap, target=three.path.parent / "bad")
 
@@ -971,3 +974,309 @@ def test_a_backup_of_a_file_and_of_a_symlink_root(tmp_path) -> None:
     assert (stat.S_IMODE(st_.st_mode), st_.st_mtime_ns) == (0o600, 1_234_567_890_123_456_789)
     assert os.readlink(os.path.join(restored, "link")) == "notes.txt"
     assert file_digest(os.path.join(restored, "notes.txt")) == file_digest(tmp_path / "notes.txt")
+
+
+# --- times that datetime cannot show ----------------------------------------------------------------------------
+@pytest.mark.parametrize("when", [1_700_000_000_000, 1e20, -1e20, -62_135_596_800])
+def test_backup_refuses_a_time_out_of_range_before_writing_anything(tmp_path, when: float) -> None:
+    """``time=time.time() * 1000`` (milliseconds by mistake) used to store a snapshot that no listing could read."""
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    repo = new_repo(tmp_path / "repo")
+    snap = repo.backup(src)
+    before = repo_files(tmp_path / "repo")
+    with pytest.raises(ValueError, match=r"backup\(\): argument 'time' is .*expected a time from 0001-01-02 to "
+                                         r"9999-12-30"):
+        repo.backup(src, time=when)
+    assert repo_files(tmp_path / "repo") == before
+    assert [s.id for s in repo.snapshots()] == [snap.id]
+
+
+def test_backup_names_milliseconds_and_accepts_the_ends_of_the_range(tmp_path) -> None:
+    src = tmp_path / "src"
+    write(src / "a", b"a")
+    repo = new_repo(tmp_path / "repo")
+    with pytest.raises(ValueError, match="milliseconds"):
+        repo.backup(src, time=1_700_000_000_123)
+    with pytest.raises(ValueError, match=r"backup\(\): argument 'time'"):
+        repo.backup(src, time=datetime(9999, 12, 31, 12, tzinfo=UTC))
+    oldest = repo.backup(src, time=datetime(1, 1, 2, tzinfo=UTC))
+    newest = repo.backup(src, time=datetime(9999, 12, 30, tzinfo=UTC))
+    assert [s.time for s in repo.snapshots()] == [oldest.time, newest.time]
+    assert oldest.time.year == 1 and newest.time.year == 9999
+
+
+@pytest.mark.parametrize("stored", [1e20, 1_700_000_000_000.0, -1e20])
+def test_a_stored_time_out_of_range_does_not_break_the_other_snapshots(tmp_path, capsys, monkeypatch, caplog,
+                                                                       stored: float) -> None:
+    """A snapshot written by an older version with such a time (here through the native call, which does not
+    check it) is listed with its time clamped to the range, and every command still works."""
+    src = tmp_path / "src"
+    write(src / "doc.txt", b"good")
+    repo = new_repo(tmp_path / "repo")
+    good = repo.backup(src, time=1_700_000_000)
+    write(src / "doc.txt", b"odd time")
+    odd_id = repo._native.backup([str(src)], time=stored)["id"]
+
+    with caplog.at_level("WARNING", logger="ferrolab.backup"):
+        snaps = repo.snapshots()
+    odd = next(s for s in snaps if s.id == odd_id)
+    expected = fl.backup._TIME_MAX if stored > 0 else fl.backup._TIME_MIN
+    assert odd.time == expected and odd.time.tzinfo is not None
+    assert any(odd_id[:8] in r.getMessage() and "outside years 1 to 9999" in r.getMessage() for r in caplog.records)
+    assert {s.id for s in snaps} == {good.id, odd_id}
+    assert json.dumps(odd.to_dict())  # JSON-ready
+
+    assert repo.restore(good.id, target=tmp_path / "by-id")["files"] == 1
+    latest = repo.restore("latest", target=tmp_path / "latest")
+    assert latest["files"] == 1
+    assert repo.restore(target=tmp_path / "at", at="2024-01-01T00:00:00Z")["files"] == 1
+    monkeypatch.setenv("FERROLAB_PASSWORD", PASSWORD)
+    assert cli.main(["backup", "-r", str(tmp_path / "repo"), "list"]) == 0
+    out = capsys.readouterr().out
+    assert good.short_id in out and odd_id[:8] in out
+    assert cli.main(["backup", "-r", str(tmp_path / "repo"), "restore", good.short_id,
+                     "--target", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    result = repo.forget(keep_last=1, dry_run=True)
+    assert [s.id for s in result.keep] == [odd_id if stored > 0 else good.id]
+
+
+def test_a_stored_time_that_is_not_a_number_reads_as_the_oldest() -> None:
+    t = fl.backup.Snapshot._from_native({"id": "ab" * 32, "time": float("nan")}).time
+    assert t == fl.backup._TIME_MIN
+    assert fl.backup.Snapshot._from_native({"id": "ab" * 32, "time": None}).time == fl.backup._TIME_MIN
+    for tz in (timezone(timedelta(hours=23, minutes=59)), timezone(timedelta(hours=-23, minutes=-59))):
+        fl.backup._TIME_MIN.astimezone(tz)  # the ends of the range can be shown in every time zone
+        fl.backup._TIME_MAX.astimezone(tz)
+
+
+# --- what a backup could not read ---------------------------------------------------------------------------------
+def special_tree(root: Any) -> list[str]:
+    """A tree with a FIFO and a socket beside a file: neither is backed up, as root too; their paths."""
+    import socket
+
+    write(root / "ok.txt", b"ok")
+    fifo = os.path.join(os.fspath(root), "fifo")
+    os.mkfifo(fifo)
+    sock_path = os.path.join(os.fspath(root), "sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(sock_path)
+    return [fifo, sock_path]
+
+
+def test_items_a_backup_could_not_store_are_reported(tmp_path, caplog) -> None:
+    src = tmp_path / "src"
+    skipped = special_tree(src)
+    repo = new_repo(tmp_path / "repo")
+    with caplog.at_level("WARNING", logger="ferrolab.backup"):
+        snap = repo.backup(src)
+    assert snap.files == 1
+    assert isinstance(snap.warnings, tuple) and len(snap.warnings) == 2
+    for path in skipped:
+        assert any(w.startswith(os.path.realpath(path) + ":") or w.startswith(path + ":") for w in snap.warnings), \
+            snap.warnings
+        assert any(path.rsplit("/", 1)[1] in r.getMessage() and r.levelname == "WARNING" and r.name ==
+                   "ferrolab.backup" for r in caplog.records)
+    assert snap.to_dict()["warnings"] == list(snap.warnings)
+    (listed,) = repo.snapshots()  # stored in the snapshot: read back too
+    assert listed.warnings == snap.warnings
+    clean = repo.backup(src / "ok.txt")
+    assert clean.warnings == ()
+
+
+def without_read_override(tmp_path: Any, *argv: str) -> list[str]:
+    """``argv`` run so that file permissions apply: as is for a user, and as root through ``setpriv`` without the
+    capabilities that let root read anything (skips when that is not possible here)."""
+    if os.geteuid() != 0:
+        return list(argv)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: permissions do not stop root from reading")
+    wrapped = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *argv]
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x")
+    probe.chmod(0)
+    r = subprocess.run([*wrapped[:3], "cat", str(probe)], capture_output=True)
+    probe.unlink()
+    if r.returncode == 0:
+        pytest.skip("running as root and setpriv cannot drop CAP_DAC_OVERRIDE here")
+    return wrapped
+
+
+def test_a_file_and_a_folder_without_permission_are_reported(tmp_path) -> None:
+    """The report of the bug: chmod 000 items were left out, the command said nothing and exited 0."""
+    src = tmp_path / "src"
+    write(src / "ok.txt", b"ok")
+    write(src / "secret.key", b"k")
+    write(src / "private" / "db.sqlite", b"x")
+    repo = new_repo(tmp_path / "repo")
+    os.chmod(src / "secret.key", 0)
+    os.chmod(src / "private", 0)
+    try:
+        argv = without_read_override(tmp_path, sys.executable, "-m", "ferrolab", "backup", "-r",
+                                     str(tmp_path / "repo"), "create", "--no-progress", str(src))
+        r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "FERROLAB_PASSWORD": PASSWORD},
+                           timeout=120)
+    finally:
+        os.chmod(src / "private", 0o700)
+        os.chmod(src / "secret.key", 0o600)
+    assert r.returncode == 3, r.stderr
+    for name in ("secret.key", "private"):
+        assert re.search(rf"warning: \S*{re.escape(name)}: Permission denied", r.stderr), r.stderr
+    (snap,) = repo.snapshots()
+    assert snap.files == 1 and len(snap.warnings) == 2
+    assert all("Permission denied" in w for w in snap.warnings)
+
+
+def test_the_command_prints_what_it_could_not_read_and_exits_3(tmp_path, capsys, monkeypatch) -> None:
+    src = tmp_path / "src"
+    skipped = special_tree(src)
+    new_repo(tmp_path / "repo")
+    monkeypatch.setenv("FERROLAB_PASSWORD", PASSWORD)
+    code = cli.main(["backup", "-r", str(tmp_path / "repo"), "create", str(src)])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "saved" in out
+    for path in skipped:
+        assert f"ferrolab backup create: warning: {path}" in err or os.path.realpath(path) in err
+    assert "could not be read" in err and "exit status 3" in err
+    code = cli.main(["backup", "-r", str(tmp_path / "repo"), "create", "--json", str(src)])
+    out, err = capsys.readouterr()
+    assert code == 3 and len(json.loads(out)["warnings"]) == 2 and "fifo" in err
+    assert cli.main(["backup", "-r", str(tmp_path / "repo"), "create", str(src / "ok.txt")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# --- snapshot objects that cannot be read -------------------------------------------------------------------------
+class TwoVersions(NamedTuple):
+    repo: Repository
+    path: Any
+    src: Any
+    old: fl.backup.Snapshot
+    new: fl.backup.Snapshot
+
+
+@pytest.fixture
+def newest_damaged(tmp_path) -> TwoVersions:
+    """Two snapshots of one file (``version 1``, ``version 2``); a bit of the newest snapshot object is flipped."""
+    src = tmp_path / "src"
+    write(src / "doc.txt", b"version 1")
+    repo = new_repo(tmp_path / "repo")
+    old = repo.backup(src, time=1_700_000_000)
+    write(src / "doc.txt", b"version 2")
+    new = repo.backup(src, time=1_700_086_400)
+    flip_byte(objects(tmp_path / "repo", "snapshots")[new.id], 40)
+    return TwoVersions(repo, tmp_path / "repo", src, old, new)
+
+
+def test_snapshots_reports_a_damaged_snapshot_object(newest_damaged: TwoVersions, caplog) -> None:
+    d = newest_damaged
+    with caplog.at_level("ERROR", logger="ferrolab.backup"), \
+            pytest.warns(RuntimeWarning, match=f"snapshot {d.new.short_id} cannot be read"):
+        snaps = d.repo.snapshots()
+    assert [s.id for s in snaps] == [d.old.id]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"snapshots/{d.new.id} cannot be read" in errors[0], errors
+
+
+def test_restore_latest_or_at_refuses_when_a_snapshot_is_damaged(newest_damaged: TwoVersions) -> None:
+    """It used to restore the older snapshot (``version 1``) without a word."""
+    d = newest_damaged
+    out = d.path.parent / "out"
+    with pytest.raises(fl.backup.CorruptionError, match=f"latest.*{d.new.short_id}.*explicit snapshot id"):
+        d.repo.restore("latest", target=out)
+    with pytest.raises(fl.backup.CorruptionError, match=f"{d.new.short_id}.*explicit snapshot id"):
+        d.repo.restore(target=out, at="2024-01-01T00:00:00Z")
+    for spec in (d.new.id, d.new.id[:6], d.new.id.upper()):
+        with pytest.raises(fl.backup.CorruptionError, match=f"snapshot {d.new.short_id} cannot be read"):
+            d.repo.restore(spec, target=out)
+    assert not out.exists()
+    with pytest.warns(RuntimeWarning, match=d.new.short_id):  # an explicit, readable one still restores
+        d.repo.restore(d.old.id, target=out)
+    assert list(out.rglob("doc.txt"))[0].read_bytes() == b"version 1"
+    with pytest.raises(ValueError, match="no snapshot 'ffffffff'"):
+        d.repo.restore("ffffffff", target=out)
+
+
+def test_a_prefix_of_a_readable_and_a_damaged_snapshot_is_ambiguous() -> None:
+    readable = [fl.backup.Snapshot("ab" + "0" * 62, datetime(2024, 5, 1, tzinfo=UTC))]
+    damaged = [("ab00" + "1" * 60, "authentication failed")]
+    with pytest.raises(ValueError, match=r"ambiguous \(2 snapshots: ab000000, ab001111 \(damaged\)\)"):
+        fl.backup._select_snapshot("restore", readable, "ab00", damaged=damaged)
+    assert fl.backup._select_snapshot("restore", readable, "ab000", damaged=damaged) == readable[0]
+    with pytest.raises(fl.backup.CorruptionError, match="snapshot ab001111 cannot be read .authentication failed."):
+        fl.backup._select_snapshot("restore", readable, "ab001", damaged=damaged)
+
+
+def test_forget_reports_damaged_snapshots_and_leaves_them(newest_damaged: TwoVersions) -> None:
+    d = newest_damaged
+    with pytest.warns(RuntimeWarning, match=d.new.short_id):
+        result = d.repo.forget(keep_last=1)
+    assert [s.id for s in result.keep] == [d.old.id] and result.remove == []
+    assert d.new.id in objects(d.path, "snapshots")
+
+
+def test_the_commands_report_damaged_snapshots(newest_damaged: TwoVersions, capsys, monkeypatch) -> None:
+    d = newest_damaged
+    monkeypatch.setenv("FERROLAB_PASSWORD", PASSWORD)
+    repo = ["backup", "-r", str(d.path)]
+    assert cli.main([*repo, "list"]) == 1
+    out, err = capsys.readouterr()
+    assert d.old.short_id in out and d.new.short_id not in out
+    assert f"snapshot {d.new.id} cannot be read" in err and "verify" in err
+    assert cli.main([*repo, "list", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert [s["id"] for s in json.loads(out)] == [d.old.id] and d.new.id in err
+    target = str(d.path.parent / "cli")
+    assert cli.main([*repo, "restore", "--target", target]) == 1
+    assert "CorruptionError" in capsys.readouterr().err
+    assert cli.main([*repo, "restore", d.new.short_id, "--target", target]) == 1
+    assert f"snapshot {d.new.short_id} cannot be read" in capsys.readouterr().err
+    assert cli.main([*repo, "restore", d.old.short_id, "--target", target]) == 0
+    assert d.new.id in capsys.readouterr().err
+    assert cli.main([*repo, "forget", "--keep-last", "1", "--dry-run"]) == 0
+    assert f"warning: ferrolab.backup: {d.path}: snapshot {d.new.short_id}" in capsys.readouterr().err
+
+
+# --- argument errors found with a repository ----------------------------------------------------------------------
+@pytest.fixture
+def small_repo(tmp_path) -> Repository:
+    write(tmp_path / "src" / "a", b"a")
+    repo = new_repo(tmp_path / "repo")
+    repo.backup(tmp_path / "src")
+    return repo
+
+
+def test_forget_names_itself_for_bad_tags_and_keep_within(small_repo: Repository) -> None:
+    with pytest.raises(TypeError, match=r"forget\(\): argument 'tags'"):  # said snapshots()
+        small_repo.forget(keep_last=1, tags=1)
+    with pytest.raises(ValueError, match=r"forget\(\): argument 'keep_within'"):  # a bare OverflowError
+        small_repo.forget(keep_within=1e300)
+
+
+def test_restore_refuses_a_nul_in_the_target(small_repo: Repository, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"restore\(\): argument 'target' contains a NUL"):  # OSError errno 0
+        small_repo.restore(target=str(tmp_path / "o\0x"))
+
+
+def test_init_and_open_refuse_unsupported_schemes_and_nul(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("ftp://host/x", "http://host/x", "sftp://user@host/x"):
+        with pytest.raises(ValueError, match=r"init\(\): argument 'url' has the unsupported scheme"):
+            Repository.init(url, password=PASSWORD)
+        with pytest.raises(ValueError, match=r"open\(\): argument 'url' has the unsupported scheme"):
+            Repository.open(url, password=PASSWORD)
+    assert os.listdir(tmp_path) == []  # init('ftp://host/x') made ./ftp:/host/x
+    with pytest.raises(ValueError, match=r"init\(\): argument 'url' contains a NUL"):
+        Repository.init(str(tmp_path / "r\0x"), password=PASSWORD)
+    repo = Repository.init(f"FILE://{tmp_path / 'repo'}", password=PASSWORD)
+    assert Repository.open(f"file://{tmp_path / 'repo'}", password=PASSWORD).id == repo.id
+
+
+def test_open_on_a_regular_file_is_repository_not_found(tmp_path) -> None:
+    (tmp_path / "plain-file").write_bytes(b"not a repository")
+    for url in (tmp_path / "plain-file", f"file://{tmp_path}/plain-file"):
+        with pytest.raises(fl.backup.RepositoryNotFound, match="not a directory"):  # was NotADirectoryError
+            Repository.open(url, password=PASSWORD)
+    assert (tmp_path / "plain-file").read_bytes() == b"not a repository"

@@ -125,6 +125,24 @@ def test_url_types(tmp_path) -> None:
     assert B._local_url("open", "s3://bucket/a/b") == "s3://bucket/a/b"
 
 
+def test_url_schemes_and_nul(tmp_path, monkeypatch) -> None:
+    """Only local paths, file:// and s3:// are repositories: 'ftp://host/x' used to create ./ftp:/host/x."""
+    monkeypatch.chdir(tmp_path)
+    assert B._local_url("init", "file:///srv/backups") == "file:///srv/backups"
+    assert B._local_url("init", "S3://bucket/p") == "s3://bucket/p"
+    assert B._local_path("file:///srv/backups") == "/srv/backups" and B._local_path("s3://b/p") is None
+    for url in ("ftp://host/x", "https://host/x", "gs://bucket/x"):
+        scheme = url.split(":")[0]
+        with pytest.raises(ValueError, match=rf"init\(\): argument 'url' has the unsupported scheme '{scheme}://'"):
+            Repository.init(url, password="pw")
+    with pytest.raises(ValueError, match=r"open\(\): argument 'url' is 'file://' without a path"):
+        Repository.open("file://", password="pw")
+    for bad in ("/srv/ba\0ck", tmp_path / "r\0x"):
+        with pytest.raises(ValueError, match=r"init\(\): argument 'url' contains a NUL character"):
+            Repository.init(bad, password="pw")
+    assert os.listdir(tmp_path) == []
+
+
 def test_repository_cannot_be_constructed_directly() -> None:
     with pytest.raises(TypeError, match=r"Repository\.init\(\) or Repository\.open\(\)"):
         Repository(object())
@@ -193,6 +211,19 @@ def test_timestamps() -> None:
         B._timestamp("backup", "time", "2024-05-01")
     with pytest.raises(ValueError, match="'time'"):
         B._timestamp("backup", "time", float("nan"))
+    with pytest.raises(ValueError, match=r"backup\(\): argument 'time' is datetime.datetime\(1, 1, 1, 0, 0\)"):
+        B._timestamp("backup", "time", datetime.min)  # a naive year 1 has no local time east of UTC
+
+
+def test_snapshot_times_must_fit_datetime() -> None:
+    lo, hi = B._TIME_MIN.timestamp(), B._TIME_MAX.timestamp()
+    assert B._snapshot_timestamp("backup", "time", lo) == lo and B._snapshot_timestamp("backup", "time", hi) == hi
+    assert B._snapshot_timestamp("backup", "time", B._TIME_MAX) == hi
+    for bad in (hi + 1, lo - 1, 1e20, -1e20, 2**70):
+        with pytest.raises(ValueError, match=r"backup\(\): argument 'time' is .* expected a time from 0001-01-02"):
+            B._snapshot_timestamp("backup", "time", bad)
+    with pytest.raises(ValueError, match=r"milliseconds\? it takes seconds"):
+        B._snapshot_timestamp("backup", "time", 1_714_521_600_000)
 
 
 # --- choosing the snapshot to restore --------------------------------------------------------------------------
@@ -309,6 +340,22 @@ def test_snapshot_from_native_dict() -> None:
         s.id = "x"  # frozen
     assert hash(s) == hash(Snapshot._from_native(raw)) and s == Snapshot._from_native(raw)
     assert "4096" not in repr(s) and "abab" in repr(s)
+    assert s.warnings == () and d["warnings"] == []
+    w = Snapshot._from_native({**raw, "warnings": ["/srv/data/key: Permission denied (os error 13)"]})
+    assert w.warnings == ("/srv/data/key: Permission denied (os error 13)",) and "Permission" not in repr(w)
+    assert w.to_dict()["warnings"] == ["/srv/data/key: Permission denied (os error 13)"]
+
+
+@pytest.mark.parametrize("stored, end", [(1e20, "max"), (1_714_521_600_000, "max"), (-1e20, "min"),
+                                         (float("nan"), "min"), ("garbage", "min")])
+def test_a_stored_time_out_of_range_is_clamped(stored, end, caplog) -> None:
+    """Written by an older version (``backup(time=<milliseconds>)``) or crafted, it used to break every listing."""
+    expected = {"max": datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC), "min": datetime(1, 1, 2, tzinfo=UTC)}[end]
+    with caplog.at_level("WARNING", logger="ferrolab.backup"):
+        s = Snapshot._from_native({"id": "cd" * 32, "time": stored})
+    assert s.time == expected and s.time.tzinfo is UTC
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "cdcdcdcd" in caplog.records[0].getMessage()
+    assert json.loads(json.dumps(s.to_dict()))["time"] == expected.isoformat()
 
 
 def test_verify_report() -> None:
@@ -428,3 +475,11 @@ def test_module_surface() -> None:
             assert getattr(B, name) is cls and issubclass(cls, fl.FerrolabError) and name in fl.__all__
             assert name == "BackupError" or issubclass(cls, fl.BackupError)
     assert sys.modules["ferrolab.backup"] is B
+
+
+def test_keep_within_seconds_beyond_timedelta_is_a_value_error() -> None:
+    """``forget(keep_within=1e300)`` used to raise a bare OverflowError from timedelta."""
+    for huge in (1e300, 10**20, float(timedelta.max.total_seconds()) * 2):
+        with pytest.raises(ValueError, match=r"forget\(\): argument 'keep_within' is .* seconds; expected at most"):
+            B._make_policy("forget", keep_within=huge)
+    assert B._make_policy("forget", keep_within=86_400).within == timedelta(days=1)

@@ -270,3 +270,14 @@ def test_submodules_load_on_first_use() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_help_documents_exit_status_3_and_damaged_snapshots(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["backup", "--help"])
+    out = capsys.readouterr().out
+    assert "3 create saved a snapshot but some files or directories could not be read" in " ".join(out.split())
+    with pytest.raises(SystemExit):
+        cli.main(["backup", "create", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "printed on stderr and the exit status is 3" in out and "list found snapshots that cannot be read" in out

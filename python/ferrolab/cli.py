@@ -345,18 +345,39 @@ def _backup_create(args: argparse.Namespace) -> int:
         print(f"snapshot {snap.short_id} saved: {snap.files} files, {snap.dirs} directories, "
               f"{_format_bytes(snap.bytes)} ({_format_bytes(snap.added_bytes)} added to the repository) "
               f"in {snap.duration:.2f} s")
+    if snap.warnings:  # like restic: exit 3 when the snapshot lacks some of the source data
+        for warning in snap.warnings:
+            print(f"ferrolab backup create: warning: {warning}", file=sys.stderr)
+        n = len(snap.warnings)
+        items = "1 item" if n == 1 else f"{n} items"
+        print(f"ferrolab backup create: snapshot {snap.short_id} created, but {items} could not be read and "
+              f"{'is' if n == 1 else 'are'} not in it (exit status 3)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _print_damaged(command: str, damaged: Sequence[tuple[str, str]]) -> None:
+    for name, why in damaged:
+        print(f"ferrolab backup {command}: snapshot {name} cannot be read (damaged?): {why}", file=sys.stderr)
 
 
 def _backup_list(args: argparse.Namespace) -> int:
     repo = _backup_open(args)
-    snaps = repo.snapshots(_split_tags(args.tag) or None)
+    snaps, damaged = repo._load()
+    wanted = set(_split_tags(args.tag))
+    snaps = [s for s in snaps if wanted.issubset(s.tags)]
     if args.json:
         print(json.dumps([s.to_dict() for s in snaps], indent=2))
-        return 0
-    if snaps:
-        print(_snapshot_rows(snaps))
-    print(f"{len(snaps)} snapshot{'' if len(snaps) == 1 else 's'}")
+    else:
+        if snaps:
+            print(_snapshot_rows(snaps))
+        print(f"{len(snaps)} snapshot{'' if len(snaps) == 1 else 's'}")
+    if damaged:  # listed on stderr (their tags are unknown), and the exit status says so
+        _print_damaged("list", damaged)
+        n = len(damaged)
+        print(f"ferrolab backup list: {n} snapshot{'' if n == 1 else 's'} cannot be read and "
+              f"{'is' if n == 1 else 'are'} not listed; run 'ferrolab backup verify' for details", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -368,7 +389,10 @@ def _backup_restore(args: argparse.Namespace) -> int:
     if args.at is not None:
         _parse_at("restore", args.at)  # a bad time is a usage error before any password is asked
     repo = _backup_open(args)
-    snap = _select_snapshot("restore", repo.snapshots(), args.snapshot or "latest", args.at)
+    snaps, damaged = repo._load()
+    # a damaged snapshot refuses 'latest' and --at (CorruptionError, exit 1): it may be the one meant
+    snap = _select_snapshot("restore", snaps, args.snapshot or "latest", args.at, damaged)
+    _print_damaged("restore", damaged)
     counts = repo.restore(snap, target=args.target, include=args.include or None, progress=_backup_progress(args))
     print(f"restored snapshot {snap.short_id} ({_local_time(snap)}) into {os.path.abspath(args.target)}: "
           f"{counts.get('files', 0)} files, {counts.get('dirs', 0)} directories, {counts.get('symlinks', 0)} "
@@ -455,6 +479,8 @@ def _backup_unlock(args: argparse.Namespace) -> int:
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:
+    import warnings
+
     from . import FerrolabError
 
     func = getattr(args, "backup_func", None)
@@ -462,7 +488,13 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         args.backup_parser.print_help(sys.stderr)
         return 2
     try:
-        return int(func(args))
+        with warnings.catch_warnings(record=True) as caught:  # the library's warnings, printed as ours
+            warnings.simplefilter("always", RuntimeWarning)  # e.g. snapshots that cannot be read (forget)
+            try:
+                return int(func(args))
+            finally:
+                for w in caught:
+                    print(f"ferrolab backup {args.backup_command}: warning: {w.message}", file=sys.stderr)
     except _UsageError as exc:
         print(f"ferrolab backup {args.backup_command}: {exc}", file=sys.stderr)
         return 2
@@ -488,8 +520,10 @@ The repository is a local directory or s3://bucket/prefix (credentials from the 
 whose bytes are the key), FERROLAB_PASSWORD, FERROLAB_PASSWORD_FILE, or is asked for when stdin is a terminal.
 Options before the command apply to it as well (ferrolab backup -r DIR list == ferrolab backup list -r DIR).
 
-exit status: 0 ok, 1 failed (verify found damage; a repository error such as WrongPassword or LockedError),
-2 usage error (bad arguments, no repository or password)."""
+exit status: 0 ok, 1 failed (verify found damage; list found snapshots that cannot be read; a repository error
+such as WrongPassword, LockedError or CorruptionError), 2 usage error (bad arguments, no repository or password),
+3 create saved a snapshot but some files or directories could not be read (each is printed on stderr; like
+restic)."""
 
 _BACKUP_EPILOG = """\
 examples:
@@ -503,8 +537,9 @@ examples:
   ferrolab backup verify"""
 
 
-_BACKUP_EXIT = ("exit status: 0 ok, 1 failed (verify found damage; a repository error such as WrongPassword or "
-                "LockedError), 2 usage error.")
+_BACKUP_EXIT = ("exit status: 0 ok, 1 failed (verify found damage; list found snapshots that cannot be read; a "
+                "repository error such as WrongPassword, LockedError or CorruptionError), 2 usage error, 3 create "
+                "saved a snapshot but some files could not be read.")
 
 _BACKUP_EXAMPLES = {
     "init": ["ferrolab backup -r /srv/backups --password-file /etc/ferrolab/password init"],
@@ -562,7 +597,9 @@ def _add_backup_parser(sub: Any) -> None:
                    help="zstd level, 1 (fastest) to 22 (smallest); default 3")
     c = command("create", _backup_create, "back up files and directories into a new snapshot",
                 "Back up PATHs into a new snapshot. Unchanged files (size, mtime, inode) are not read again; "
-                "new data is deduplicated against the whole repository.")
+                "new data is deduplicated against the whole repository. Files and directories that cannot be read "
+                "(permission denied; FIFOs, sockets and devices are not backed up either) are left out: each is "
+                "printed on stderr and the exit status is 3 (the snapshot is saved).")
     c.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to back up")
     c.add_argument("--tag", action="append", default=[], metavar="TAG",
                    help="tag the snapshot (repeatable; commas separate tags)")

@@ -41,7 +41,10 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
+import warnings as _warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,9 +54,13 @@ from .. import _core
 # The checks, the retention policy, the progress bars and the metrics live in private modules; the helpers that
 # the CLI, the tests and the doctests use are re-exported here (``from ferrolab.backup import _parse_at``):
 # ``_args`` (argument checks), ``_policy`` (retention), ``_bars`` (progress bars), ``_series`` (metrics).
+from ._args import _TIME_MAX as _TIME_MAX
+from ._args import _TIME_MIN as _TIME_MIN
 from ._args import S3_KEYS as S3_KEYS
 from ._args import _credentials as _credentials
+from ._args import _damaged_text as _damaged_text
 from ._args import _include_paths as _include_paths
+from ._args import _local_path as _local_path
 from ._args import _local_url as _local_url
 from ._args import _native_s3 as _native_s3
 from ._args import _parse_at as _parse_at
@@ -62,6 +69,7 @@ from ._args import _read_first_line as _read_first_line
 from ._args import _redact_url as _redact_url
 from ._args import _s3_options as _s3_options
 from ._args import _select_snapshot as _select_snapshot
+from ._args import _snapshot_timestamp as _snapshot_timestamp
 from ._args import _str_list as _str_list
 from ._args import _tags as _tags
 from ._args import _timestamp as _timestamp
@@ -92,6 +100,7 @@ else:
     __all__ += ["BackupError", "CorruptionError", "LockedError", "RepositoryNotFound", "WrongPassword"]
 
 _PRIVATE = object()
+_log = logging.getLogger(__name__)  # "ferrolab.backup", where the native backup events go too
 
 
 # --- snapshots and reports -------------------------------------------------------------------------------------
@@ -104,7 +113,10 @@ class Snapshot:
     id : str
         64 hex digits; :attr:`short_id` is its first 8.
     time : datetime.datetime
-        When the backup started (timezone-aware, UTC).
+        When the backup started (timezone-aware, UTC). A stored time outside years 1 to 9999 (which this version
+        refuses to write, but an older one wrote for ``backup(time=<milliseconds>)``, or a crafted one) reads as
+        0001-01-02 or 9999-12-30T23:59:59 UTC, the nearest end of the range every time zone can show, with a
+        warning logged, so that the snapshot can still be listed, restored and forgotten.
     paths : tuple of str
         The absolute paths that were backed up.
     tags : tuple of str
@@ -119,6 +131,12 @@ class Snapshot:
         Id of the snapshot this one was compared with to skip unchanged files.
     duration : float
         Seconds the backup took.
+    warnings : tuple of str
+        What the backup could not store, one message per item (``"/srv/data/secret.key: Permission denied (os
+        error 13)"``, a directory that could not be listed, a FIFO, socket or device, which are not backed up):
+        the snapshot lacks those items. Stored in the snapshot, so snapshots read back by
+        :meth:`Repository.snapshots` carry them too; :meth:`Repository.backup` also logs each one on the
+        ``ferrolab.backup`` logger (level WARNING), and ``ferrolab backup create`` prints them and exits 3.
     """
 
     id: str
@@ -132,6 +150,7 @@ class Snapshot:
     added_bytes: int = dataclasses.field(default=0, repr=False)
     parent: str | None = dataclasses.field(default=None, repr=False)
     duration: float = dataclasses.field(default=0.0, repr=False)
+    warnings: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def short_id(self) -> str:
@@ -140,9 +159,10 @@ class Snapshot:
 
     @classmethod
     def _from_native(cls, d: Mapping[str, Any]) -> Snapshot:
+        sid = str(d["id"])
         return cls(
-            id=str(d["id"]),
-            time=datetime.fromtimestamp(float(d["time"]), tz=UTC),
+            id=sid,
+            time=_snapshot_time(sid, d.get("time")),
             paths=tuple(d.get("paths") or ()),
             tags=tuple(d.get("tags") or ()),
             hostname=str(d.get("hostname") or ""),
@@ -152,6 +172,7 @@ class Snapshot:
             added_bytes=int(d.get("added_bytes") or 0),
             parent=d.get("parent") or None,
             duration=float(d.get("duration") or 0.0),
+            warnings=tuple(str(w) for w in d.get("warnings") or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,8 +190,30 @@ class Snapshot:
         d["time"] = self.time.isoformat()
         d["paths"] = list(self.paths)
         d["tags"] = list(self.tags)
+        d["warnings"] = list(self.warnings)
         d["short_id"] = self.short_id
         return d
+
+
+def _snapshot_time(sid: str, value: Any) -> datetime:
+    """A stored snapshot time as an aware datetime, clamped to ``_TIME_MIN.._TIME_MAX`` (see :attr:`Snapshot.time`).
+
+    Examples
+    --------
+    >>> from ferrolab.backup import _snapshot_time
+    >>> _snapshot_time("ab" * 32, 1_700_000_000).isoformat(), _snapshot_time("ab" * 32, 1e20).year
+    ('2023-11-14T22:13:20+00:00', 9999)
+    """
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if _TIME_MIN.timestamp() <= t <= _TIME_MAX.timestamp():
+        return datetime.fromtimestamp(t, tz=UTC)
+    clamped = _TIME_MAX if t > 0 else _TIME_MIN  # NaN too: the oldest, never "latest"
+    _log.warning("snapshot %s records the time %r, outside years 1 to 9999; it is shown as %s", sid[:8], value,
+                 clamped.isoformat(), extra={"snapshot": sid})
+    return clamped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +377,8 @@ class Repository:
         Parameters
         ----------
         url : str or os.PathLike
-            A local directory (made absolute; it must not exist or be empty) or ``s3://bucket/prefix``.
+            A local directory (made absolute; it must not exist or be empty), ``file:///path`` or
+            ``s3://bucket/prefix``; another scheme (``ftp://``...) raises ValueError.
         password : str or bytes, optional
             The password (a str is UTF-8 encoded). Give this or ``key_file``; with neither, the environment
             variable ``FERROLAB_PASSWORD`` is used, else the first line of the file named by
@@ -354,7 +398,8 @@ class Repository:
         Raises
         ------
         ValueError
-            No password and no key file, both, an empty one, ``compression`` outside 1..22, a bad ``s3`` key.
+            No password and no key file, both, an empty one, ``compression`` outside 1..22, a bad ``s3`` key, a URL
+            with an unsupported scheme or a NUL character.
         TypeError
             An argument has the wrong type.
         BackupError
@@ -394,7 +439,7 @@ class Repository:
         Raises
         ------
         RepositoryNotFound
-            There is no repository at ``url``.
+            There is no repository at ``url`` (nothing there, or a file that is not a directory).
         WrongPassword
             The password or key file does not unlock it.
 
@@ -412,6 +457,9 @@ class Repository:
         target = _local_url("open", url)
         s3_opts = _native_s3(_s3_options("open", s3, target))
         secret, key = _credentials("open", password, key_file)
+        local = _local_path(target)
+        if local is not None and os.path.exists(local) and not os.path.isdir(local):
+            raise RepositoryNotFound(f"no repository at {target} (it is a file, not a directory)")
         native = _native_class().open(target, password=secret, key_file=key, s3=s3_opts)
         return cls(native, _token=_PRIVATE)
 
@@ -452,7 +500,12 @@ class Repository:
         tags : str or iterable of str, optional
             Labels for :meth:`snapshots` and :meth:`forget` (no commas).
         exclude : str or iterable of str, optional
-            Glob patterns of paths to leave out (``"*.tmp"``, ``"**/__pycache__"``, ``"/srv/data/cache"``).
+            Glob patterns of paths to leave out, matched as restic matches them: a pattern without ``/`` matches a
+            name at any depth (``"*.tmp"``, ``"__pycache__"``), an absolute one the whole path
+            (``"/srv/data/cache"``), a relative one with ``/`` the last components at any depth (``"cache/*.tmp"``
+            leaves out ``/srv/app/cache/x.tmp``). ``*`` and ``?`` do not match ``/``, ``**`` matches anything,
+            ``[...]`` is a class. An excluded directory is left out with all it holds. Paths inside another given
+            path are covered by it (stored once).
         progress : bool or callable, optional
             ``True`` draws a progress bar on stderr; a callable gets dicts
             ``{"phase", "done_bytes", "total_bytes", "done_files", "total_files"}`` (totals 0 while unknown), at
@@ -461,10 +514,15 @@ class Repository:
             Host name recorded in the snapshot (default: this machine's).
         time : datetime or float, optional
             Time recorded in the snapshot (default: now), e.g. to import older data; a naive datetime is local.
+            Seconds since the epoch (not milliseconds); a time outside years 1 to 9999 (strictly 0001-01-02 to
+            9999-12-30 UTC) raises ValueError before anything is written.
 
         Returns
         -------
         Snapshot
+            Items that could not be read (permission denied, a FIFO...) are left out of it, each named in
+            :attr:`Snapshot.warnings` and logged as a warning on the ``ferrolab.backup`` logger; the backup
+            does not fail for them.
 
         Examples
         --------
@@ -487,7 +545,7 @@ class Repository:
             raise TypeError(f"backup(): argument 'host' must be a str or None, got {_type_name(host)}")
         if host is not None and not host.strip():
             raise ValueError("backup(): argument 'host' is empty")
-        when = None if time is None else _timestamp("backup", "time", time)
+        when = None if time is None else _snapshot_timestamp("backup", "time", time)
         callback, close = _progress("backup", progress)
         try:
             with _Timed("backup"):
@@ -496,11 +554,37 @@ class Repository:
         finally:
             close()
         snap = Snapshot._from_native(raw)
+        for warning in snap.warnings:
+            _log.warning("backup %s of %s: not backed up: %s", snap.short_id, self._label, warning,
+                         extra={"snapshot": snap.id, "repository": self._label})
         _record_backup(self._label, snap.bytes, snap.added_bytes, snap.time.timestamp())
         return snap
 
+    def _load(self) -> tuple[list[Snapshot], list[tuple[str, str]]]:
+        """``(snapshots, damaged)``: the readable snapshots, oldest first, and ``(id, why)`` of each snapshot object
+        that cannot be decrypted or decoded (sorted by id); nothing reported."""
+        load = getattr(self._native, "load_snapshots", None)
+        # test doubles of the native class may have only snapshots() (which drops damaged objects)
+        raw, bad = load() if load is not None else (self._native.snapshots(), [])
+        snaps = [Snapshot._from_native(d) for d in raw]
+        snaps.sort(key=lambda s: (s.time, s.id))
+        return snaps, sorted((str(name), str(why).removeprefix(f"snapshot {name}: ")) for name, why in bad)
+
+    def _report_damaged(self, damaged: list[tuple[str, str]], stacklevel: int = 3) -> None:
+        """Log an error for each damaged snapshot object and warn (RuntimeWarning) about them all."""
+        for name, why in damaged:
+            _log.error("snapshot object %s/snapshots/%s cannot be read: %s", self._label, name, why,
+                       extra={"snapshot": name, "repository": self._label})
+        _warnings.warn(f"ferrolab.backup: {self._label}: {_damaged_text(damaged)} (left out; run verify() for "
+                       "details)", RuntimeWarning, stacklevel=stacklevel)
+
     def snapshots(self, tags: str | Iterable[str] | None = None) -> list[Snapshot]:
         """The snapshots, oldest first (by time, then id).
+
+        A snapshot object that cannot be decrypted or decoded (damaged, or not written with this repository's key)
+        is not listed, but not hidden either: each one is logged as an error on the ``ferrolab.backup`` logger
+        (naming its object ``snapshots/<id>`` and why) and a :class:`RuntimeWarning` names them all.
+        :meth:`restore` then refuses ``"latest"`` and ``at`` (the damaged one may be the one meant).
 
         Parameters
         ----------
@@ -519,11 +603,15 @@ class Repository:
         ...     print([s.id for s in repo.snapshots()] == [a.id, b.id], repo.snapshots("release") == [b])
         True True
         """
-        wanted = set(_str_list("snapshots", "tags", tags))
-        snaps = [Snapshot._from_native(d) for d in self._native.snapshots()]
+        return self._snapshots("snapshots", tags)
+
+    def _snapshots(self, func: str, tags: str | Iterable[str] | None) -> list[Snapshot]:
+        wanted = set(_str_list(func, "tags", tags))
+        snaps, damaged = self._load()
+        if damaged:
+            self._report_damaged(damaged, stacklevel=4)
         if wanted:
             snaps = [s for s in snaps if wanted.issubset(s.tags)]
-        snaps.sort(key=lambda s: (s.time, s.id))
         return snaps
 
     def restore(
@@ -559,7 +647,11 @@ class Repository:
         Raises
         ------
         ValueError
-            No such snapshot, an ambiguous prefix, or no snapshot at or before ``at``.
+            No such snapshot, an ambiguous prefix, no snapshot at or before ``at``, a NUL character in ``target``.
+        CorruptionError
+            ``snapshot`` names a snapshot object that cannot be read; or ``"latest"`` or ``at`` is asked for while
+            any snapshot object cannot be read (it may be the one meant: rather than silently restoring an older
+            one, this names the damaged ones; pass an explicit snapshot id to restore another).
 
         Examples
         --------
@@ -582,10 +674,15 @@ class Repository:
         if not isinstance(target, str | os.PathLike):
             raise TypeError(f"restore(): argument 'target' must be a path, got {_type_name(target)}")
         target_path = os.path.abspath(os.fspath(target))
+        if "\0" in str(target_path):
+            raise ValueError(f"restore(): argument 'target' contains a NUL character: {target_path!r}")
         if isinstance(snapshot, Snapshot) and at is None:
             snap = snapshot  # already resolved: no need to list the snapshots again
         else:
-            snap = _select_snapshot("restore", self.snapshots(), snapshot, at)
+            snaps, damaged = self._load()
+            snap = _select_snapshot("restore", snaps, snapshot, at, damaged)  # CorruptionError before warning
+            if damaged:
+                self._report_damaged(damaged)
         wanted = _include_paths("restore", snap, include)
         callback, close = _progress("restore", progress)
         try:
@@ -680,7 +777,8 @@ class Repository:
         keep the newest snapshot of each of the last N hours, days, ISO weeks, months or years (local time) that
         have snapshots (and, while counts are left, the oldest snapshot); ``keep_within`` keeps every snapshot
         taken within that duration before the group's newest one. A snapshot is kept when any rule keeps it.
-        Only the snapshot objects are deleted; :meth:`prune` then frees the data nothing uses any more.
+        Only the snapshot objects are deleted; :meth:`prune` then frees the data nothing uses any more. Snapshot
+        objects that cannot be read are reported as by :meth:`snapshots` and neither kept nor removed.
 
         Parameters
         ----------
@@ -731,8 +829,9 @@ class Repository:
         if not isinstance(dry_run, bool):
             raise TypeError(f"forget(): argument 'dry_run' must be a bool, got {_type_name(dry_run)}")
         keys = _group_by("forget", group_by)
+        tag_list = _str_list("forget", "tags", tags)
         groups: dict[tuple[Any, ...], list[Snapshot]] = {}
-        for snap in self.snapshots(tags):
+        for snap in self._snapshots("forget", tag_list):
             groups.setdefault(_group_key(snap, keys), []).append(snap)
         now = datetime.now(UTC)
         keep: list[Snapshot] = []

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,17 +29,52 @@ def _type_name(x: Any) -> str:
     return type(x).__name__
 
 
+#: URL schemes a repository can have (besides a plain local path).
+_SCHEMES = ("s3", "file")
+
+
 def _local_url(func: str, url: Any) -> str:
-    """``url`` as a str: URLs with a scheme unchanged, local paths made absolute."""
+    """``url`` as a str: ``s3://`` and ``file://`` URLs unchanged (the scheme lower-cased), local paths made
+    absolute; ValueError for another scheme (which would otherwise become a local directory named ``ftp:``) or a
+    NUL character.
+
+    Examples
+    --------
+    >>> from ferrolab.backup import _local_url
+    >>> _local_url("init", "S3://bucket/prefix"), _local_url("open", "/srv/backups")
+    ('s3://bucket/prefix', '/srv/backups')
+    >>> try:
+    ...     _local_url("init", "ftp://host/x")
+    ... except ValueError as e:
+    ...     print(str(e)[:55])
+    init(): argument 'url' has the unsupported scheme 'ftp:
+    """
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if not isinstance(url, str):
         raise TypeError(f"{func}(): argument 'url' must be a str or os.PathLike, got {_type_name(url)}")
     if not url:
         raise ValueError(f"{func}(): argument 'url' is empty")
-    if _SCHEME.match(url):
+    if "\0" in url:
+        raise ValueError(f"{func}(): argument 'url' contains a NUL character: {url!r}")
+    m = _SCHEME.match(url)
+    if m:
+        scheme = m.group()[:-3]
+        if scheme.lower() not in _SCHEMES:
+            raise ValueError(f"{func}(): argument 'url' has the unsupported scheme '{scheme}://'; expected a local "
+                             "path, file:///path or s3://bucket/prefix")
+        url = scheme.lower() + url[len(scheme):]
+        if url.startswith("file://") and not url[len("file://"):]:
+            raise ValueError(f"{func}(): argument 'url' is 'file://' without a path")
         return url
     return os.path.abspath(url)
+
+
+def _local_path(url: str) -> str | None:
+    """The directory of a local repository URL (from :func:`_local_url`); None for ``s3://``."""
+    if url.startswith("s3://"):
+        return None
+    return url.removeprefix("file://")
 
 
 def _redact_url(url: str) -> str:
@@ -193,12 +228,46 @@ def _paths(func: str, paths: Any) -> list[str]:
 def _timestamp(func: str, arg: str, value: Any) -> float:
     """Seconds since the epoch from a datetime (naive = local time) or a number."""
     if isinstance(value, datetime):
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError):  # a naive datetime.min/max has no local time
+            raise ValueError(f"{func}(): argument '{arg}' is {value!r}, which has no time in seconds since the "
+                             "epoch") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{func}(): argument '{arg}' must be a datetime or a number, got {_type_name(value)}")
     if not math.isfinite(value):
         raise ValueError(f"{func}(): argument '{arg}' is {value!r}; expected a finite number")
     return float(value)
+
+
+#: The times a snapshot may record: years 1 to 9999 with a day to spare at each end, so that every one can be shown
+#: in any time zone. ``backup(time=...)`` refuses others; a stored time outside (written by an older version, or
+#: crafted) reads as the nearest end (see :meth:`Snapshot.time`).
+_TIME_MIN = datetime(1, 1, 2, tzinfo=UTC)
+_TIME_MAX = datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC)
+
+
+def _snapshot_timestamp(func: str, arg: str, value: Any) -> float:
+    """:func:`_timestamp`, refusing a time outside ``_TIME_MIN..._TIME_MAX`` (``datetime`` could not show it).
+
+    Examples
+    --------
+    >>> from ferrolab.backup._args import _snapshot_timestamp
+    >>> _snapshot_timestamp("backup", "time", 1_700_000_000)
+    1700000000.0
+    >>> try:
+    ...     _snapshot_timestamp("backup", "time", 1_700_000_000_000)
+    ... except ValueError as e:
+    ...     print(e)  # doctest: +ELLIPSIS
+    backup(): argument 'time' is 1700000000000; expected ... from 0001-01-02 to 9999-12-30 ... (milliseconds? ...)
+    """
+    when = _timestamp(func, arg, value)
+    lo, hi = _TIME_MIN.timestamp(), _TIME_MAX.timestamp()
+    if not lo <= when <= hi:
+        hint = " (milliseconds? it takes seconds)" if lo <= when / 1000 <= hi else ""
+        raise ValueError(f"{func}(): argument '{arg}' is {value!r}; expected a time from {_TIME_MIN.date()} to "
+                         f"{_TIME_MAX.date()} (UTC): seconds since the epoch from {lo:.0f} to {hi:.0f}{hint}")
+    return when
 
 
 def _parse_at(func: str, at: Any) -> datetime:
@@ -223,8 +292,18 @@ def _parse_at(func: str, at: Any) -> datetime:
     return at.astimezone() if at.tzinfo is None else at
 
 
-def _select_snapshot(func: str, snapshots: Sequence[Snapshot], spec: Any = "latest", at: Any = None) -> Snapshot:
+def _select_snapshot(
+    func: str,
+    snapshots: Sequence[Snapshot],
+    spec: Any = "latest",
+    at: Any = None,
+    damaged: Sequence[tuple[str, str]] = (),
+) -> Snapshot:
     """The snapshot that ``spec`` (``"latest"``, an id, a unique id prefix or a Snapshot) or ``at`` names.
+
+    ``damaged`` lists ``(id, why)`` of the snapshot objects that cannot be read: with any, ``"latest"`` and ``at``
+    raise :class:`CorruptionError` (a damaged snapshot may be the one meant: the newest readable one is not
+    silently taken instead), and so does an id or prefix that names a damaged snapshot.
 
     Examples
     --------
@@ -238,19 +317,25 @@ def _select_snapshot(func: str, snapshots: Sequence[Snapshot], spec: Any = "late
     >>> _select_snapshot("restore", snaps, at="2024-05-01T12:00:00+00:00").short_id
     'aaaaaaaa'
     """
-    from . import Snapshot  # at call time: the package has finished loading
+    from . import CorruptionError, Snapshot  # at call time: the package has finished loading
 
     ordered = sorted(snapshots, key=lambda s: (s.time, s.id))
     if at is not None:
         if not (spec is None or spec == "latest"):
             raise ValueError(f"{func}(): give either argument 'snapshot' or argument 'at', not both")
         when = _parse_at(func, at)
+        if damaged:
+            raise CorruptionError(f"{func}(): cannot tell which snapshot was current at {when.isoformat()}: "
+                                  f"{_damaged_text(damaged)}; pass an explicit snapshot id instead of 'at'")
         before = [s for s in ordered if s.time <= when]
         if not before:
             first = f"; the oldest is from {ordered[0].time.astimezone().isoformat()}" if ordered else ""
             raise ValueError(f"{func}(): argument 'at' is {when.isoformat()}: no snapshot at or before it{first}")
         return before[-1]
     if spec is None or spec == "latest":
+        if damaged:
+            raise CorruptionError(f"{func}(): cannot tell which snapshot is the latest: {_damaged_text(damaged)}; "
+                                  "pass an explicit snapshot id instead of 'latest'")
         if not ordered:
             raise ValueError(f"{func}(): the repository has no snapshots")
         return ordered[-1]
@@ -263,13 +348,35 @@ def _select_snapshot(func: str, snapshots: Sequence[Snapshot], spec: Any = "late
         raise ValueError(f"{func}(): argument 'snapshot' is {spec!r}; expected 'latest', a snapshot id or a prefix "
                          "of at least 4 hex digits")
     found = [s for s in ordered if s.id.startswith(key)]
-    if not found:
+    bad = [(name, why) for name, why in damaged if name.startswith(key)]
+    if not found and not bad:
         raise ValueError(f"{func}(): argument 'snapshot': no snapshot {spec!r} in the repository")
-    if len(found) > 1:
-        ids = ", ".join(s.short_id for s in found[:5]) + (", ..." if len(found) > 5 else "")
-        raise ValueError(f"{func}(): argument 'snapshot': the prefix {spec!r} is ambiguous ({len(found)} snapshots: "
+    if len(found) + len(bad) > 1:
+        names = [s.short_id for s in found] + [f"{name[:8]} (damaged)" for name, _ in bad]
+        ids = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(f"{func}(): argument 'snapshot': the prefix {spec!r} is ambiguous ({len(names)} snapshots: "
                          f"{ids})")
+    if bad:
+        raise CorruptionError(f"{func}(): argument 'snapshot': {_damaged_text(bad)}")
     return found[0]
+
+
+def _damaged_text(damaged: Sequence[tuple[str, str]]) -> str:
+    """What ``(id, why)`` of damaged snapshot objects says, in a message.
+
+    Examples
+    --------
+    >>> from ferrolab.backup._args import _damaged_text
+    >>> _damaged_text([("ab" * 32, "authentication failed")])
+    'snapshot abababab cannot be read (authentication failed)'
+    >>> _damaged_text([("ab" * 32, "truncated"), ("cd" * 32, "not JSON")])
+    '2 snapshots cannot be read: abababab (truncated), cdcdcdcd (not JSON)'
+    """
+    if len(damaged) == 1:
+        name, why = damaged[0]
+        return f"snapshot {name[:8]} cannot be read ({why})"
+    items = ", ".join(f"{name[:8]} ({why})" for name, why in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+    return f"{len(damaged)} snapshots cannot be read: {items}"
 
 
 def _snapshot_root(snapshot: Snapshot) -> str:

@@ -114,7 +114,11 @@ def _make_policy(func: str = "forget", **kwargs: Any) -> _Policy:
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 if not math.isfinite(value) or value < 0:
                     raise ValueError(f"{func}(): argument 'keep_within' is {value!r}; expected seconds >= 0")
-                within = timedelta(seconds=value)
+                try:
+                    within = timedelta(seconds=value)
+                except OverflowError:
+                    raise ValueError(f"{func}(): argument 'keep_within' is {value!r} seconds; expected at most "
+                                     f"{timedelta.max.total_seconds():.0f} (timedelta.max)") from None
             else:
                 raise TypeError(f"{func}(): argument 'keep_within' must be a timedelta, seconds or a duration str "
                                 f"such as '2y5m7d3h', got {_type_name(value)}")

@@ -171,9 +171,29 @@ impl BackupRepository {
         snapshot_dict(py, &snap)
     }
 
+    /// The snapshots that can be read (see `load_snapshots` for the ones that cannot).
     fn snapshots<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let (snaps, _bad) = py.detach(|| self.repo.load_snapshots()).py()?;
         snaps.iter().map(|s| snapshot_dict(py, s)).collect()
+    }
+
+    /// `(snapshots, damaged)`: the snapshots that can be read, and `(object name, why)` for each snapshot object
+    /// that cannot be decrypted or decoded (`ferrolab.backup` reports them instead of hiding them).
+    #[allow(clippy::type_complexity)]
+    fn load_snapshots<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Vec<Bound<'py, PyDict>>, Vec<(String, String)>)> {
+        let (snaps, bad) = py.detach(|| self.repo.load_snapshots()).py()?;
+        let snaps = snaps
+            .iter()
+            .map(|s| snapshot_dict(py, s))
+            .collect::<PyResult<Vec<_>>>()?;
+        let bad = bad
+            .into_iter()
+            .map(|(name, err)| (name, err.to_string()))
+            .collect();
+        Ok((snaps, bad))
     }
 
     #[pyo3(signature = (snapshot_id, target, *, include=None, progress=None))]
