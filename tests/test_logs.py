@@ -244,3 +244,44 @@ def test_silent_until_the_application_configures_logging() -> None:
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "slow operation" not in r.stderr
+
+
+class Flaky(logging.Handler):
+    """Raises on its first record, as a buggy handler does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.calls = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("handler bug")
+
+
+def test_a_raising_handler_costs_only_its_record(caught: Collect, capsys) -> None:
+    from ferrolab import _logs
+
+    flaky = Flaky()
+    ops = logging.getLogger("ferrolab.ops")
+    ops.addHandler(flaky)
+    try:
+        # one batch as the native log thread hands it over: the first record's handling raises
+        _logs.emit([(logging.WARNING, "ferrolab.ops", f"event {i}", {"i": i}, 1.0e9 + i) for i in range(5)])
+        # (and through the native thread)
+        flaky.calls = 0
+        _core._log_slow_op_seconds(0.0)
+        for _ in range(20):
+            fl.ops.sum(X)
+        _core._log_slow_op_seconds(None)
+        slow = delivered(caught, "ferrolab.ops", "slow operation")
+    finally:
+        ops.removeHandler(flaky)
+    got = [r.getMessage() for r in caught.records if r.getMessage().startswith("event")]
+    # as with plain logging calls: the failing record stops at the handler that raised, the others arrive
+    assert got == [f"event {i}" for i in range(1, 5)]
+    assert [r.i for r in caught.records if r.getMessage().startswith("event")] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    assert len(slow) == 19 and flaky.calls == 20
+    # reported as logging reports a handler's failure
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err and "RuntimeError: handler bug" in err and "event 0" in err

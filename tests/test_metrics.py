@@ -135,11 +135,12 @@ OBSERVED = st.one_of(
     st.sampled_from([0.0, 0.005, 0.01, 0.1, 1.0, 2.5, 10.0, 11.0, -1.0]),
     st.floats(-1.0, 20.0, allow_nan=False, allow_infinity=False),
 )
-# Non-negative bounds only: with a negative lowest bound prometheus_client leaves out _sum (OpenMetrics), ferrolab
-# (like the Go client) always writes it.
+# With a negative lowest bound both leave out _sum (prometheus_client's rule, in every format).
 BUCKETS = st.one_of(
     st.none(),
-    st.lists(st.floats(0, 100, allow_nan=False, allow_infinity=False), min_size=1, max_size=8, unique=True).map(sorted),
+    st.lists(st.floats(-100, 100, allow_nan=False, allow_infinity=False), min_size=1, max_size=8, unique=True).map(
+        sorted
+    ),
 )
 
 
@@ -1414,3 +1415,55 @@ def test_remove_by_labels_timer_labels_and_signatures() -> None:
     assert inspect.getfullargspec(f).args == ["a", "b"]
     assert f(5) == 5
     assert [m.name for m in h.describe()] == ["own_timer"] and h.describe()[0].samples == []
+
+
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.floats(1e5, 1e17),
+    st.integers(-(10**17), 10**17).map(float),
+    st.sampled_from([1e6, 1e7, 1e9, 1e10, 1e11, 1.5e12, 1e15, 9999999999999998.0, 1e16, 1234567.0, 5e-324, -0.0]),
+)
+
+
+@given(FLOATS)
+def test_floats_are_written_as_prometheus_client_writes_them(v: float) -> None:
+    from prometheus_client.utils import floatToGoString
+
+    assert fl._core._go_float(v) == floatToGoString(v)
+
+
+def test_large_bucket_bounds_and_values_as_prometheus_client(make) -> None:
+    name = unique("big")
+    buckets = [1e6, 2.5e9, 1e10, 1.5e12, 1e15]
+    h = make(M.Histogram, name, "Big.", buckets=buckets)
+    registry = pc.CollectorRegistry()
+    p = pc.Histogram(name, "Big.", buckets=buckets, registry=registry)
+    g = make(M.Gauge, unique("big_gauge"), "Big.")
+    for m in (h, p):
+        m.observe(3e10)
+    g.set(12345678901.5)
+    text = M.exposition()
+    peer = pc.generate_latest(registry).decode()
+    mine = [line for line in text.splitlines() if line.startswith(f"{name}_bucket")]
+    assert mine == [line for line in peer.splitlines() if line.startswith(f"{name}_bucket")]
+    assert f'{name}_bucket{{le="1e+10"}} 0.0' in mine
+    assert f"{name}_sum 3e+10" in text
+    assert f"{g.name} 1.23456789015e+10" in text
+
+
+@pytest.mark.parametrize("func", [M.push, M.pushadd, M.delete_from_gateway])
+def test_push_errors_do_not_show_the_gateway_password(func) -> None:
+    import traceback
+
+    with pytest.raises(OSError) as e:
+        func("http://ci:hunter2@127.0.0.1:9", "nightly", timeout=5)
+    assert "http://ci:***@127.0.0.1:9/metrics/job/nightly" in str(e.value)
+    chain: list[BaseException] = []
+    exc: BaseException | None = e.value
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert len(chain) > 1 and not any("hunter2" in "".join(traceback.format_exception_only(x)) for x in chain)
+    assert M._redact("https://u:p%40ss@gw:9091/a?b=c@d") == "https://u:***@gw:9091/a?b=c@d"
+    assert M._redact("http://token@gw/x") == "http://token@gw/x"
+    assert M._redact("gw:9091/metrics") == "gw:9091/metrics"

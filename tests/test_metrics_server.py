@@ -165,8 +165,11 @@ def test_metrics_route(server) -> None:
         assert fams[name].samples[0].value == 3.0
         prefix = M.settings()["prefix"]
         assert f"{prefix}_memory_usage_bytes" in fams
-        status, headers, body = http_get(server, "/metrics?name[]=ignored")
+        status, headers, body = http_get(server, "/metrics?other=ignored")
         assert status == 200 and name.encode() in body
+        # name[] filters, as prometheus_client's endpoint does (test_metrics_name_filter_as_prometheus_client_...)
+        status, headers, body = http_get(server, "/metrics?name[]=absent")
+        assert status == 200 and body == b""
     finally:
         M.REGISTRY.unregister(c)
 
@@ -675,3 +678,166 @@ def test_slow_and_idle_clients_do_not_starve_scrapes() -> None:
     if threads_before is not None and threads_during is not None:
         # the server's 2 I/O threads + at most 4 handler threads + the load thread (+ slack for the runtime)
         assert threads_during - threads_before <= 2 + 4 + 1 + 2, (threads_before, threads_during)
+
+
+# --- per-request limits, health checks beside scrapes, name[] ------------------------------------------------------
+
+
+def test_keep_alive_quick_replies_do_not_leave_a_head_deadline_behind() -> None:
+    # 401, 404 and the index return at once; before, the head deadline of such a request stayed armed and the idle
+    # connection later got an unrequested 408, which the next request then read as its answer
+    with M.serve(port=0, token="s3cret", header_timeout=0.5) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT)
+        auth = {"Authorization": "Bearer s3cret"}
+        try:
+            for path, headers, want in [("/metrics", {}, 401), ("/nope", auth, 404), ("/", auth, 200)]:
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+                r.read()
+                assert r.status == want, path
+                time.sleep(1.0)  # idle past the header timeout: no request is in progress
+            conn.request("GET", "/metrics", headers=auth)
+            r = conn.getresponse()
+            assert r.status == 200 and b"ferrolab_" in r.read()
+        finally:
+            conn.close()
+        assert srv.stats()["timeouts"] == 0
+
+
+def test_head_bytes_are_counted_per_request_on_keep_alive() -> None:
+    with M.serve(port=0, token="s3cret") as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT)
+        headers = {"Authorization": "Bearer s3cret", "Cookie": "x" * 3000}
+        try:
+            for i in range(12):  # 36 KB of heads in all, each far below max_header_bytes (16 KiB)
+                conn.request("GET", "/" if i % 2 else "/nope", headers=headers)
+                r = conn.getresponse()
+                r.read()
+                assert r.status == (200 if i % 2 else 404), i
+        finally:
+            conn.close()
+        assert srv.stats()["bad_requests"] == 0
+
+
+def test_slow_health_checks_do_not_hold_up_a_scrape() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck() -> Any:
+        entered.set()
+        release.wait(WAIT)
+        return health.Status.HEALTHY
+
+    name = unique("stuck")
+    health.register(name, stuck, timeout=WAIT)
+    answers: list[int] = []
+    with M.serve(port=0) as srv:  # workers=4
+        clients = [threading.Thread(target=lambda: answers.append(get(srv, "/health").status)) for _ in range(6)]
+        try:
+            for t in clients:
+                t.start()
+            entered.wait(WAIT)
+            wait_for(lambda: srv.stats()["requests"] >= 6)
+            time.sleep(0.2)  # the health requests reach the handler threads
+            # every /health request waits for the stuck check; a scrape is answered all the same
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                r = Response(read_response(s, timeout=10))
+            assert r.status == 200 and r.complete() and b"ferrolab_" in r.body
+            assert not release.is_set() and answers == []
+        finally:
+            release.set()
+            for t in clients:
+                t.join(WAIT)
+            health.unregister(name)
+    assert answers == [200] * 6
+
+
+def test_metrics_name_filter_as_prometheus_client_serves_it() -> None:
+    import prometheus_client as pc
+    from prometheus_client.exposition import make_wsgi_app
+
+    name_a, name_b = unique("filt_a"), unique("filt_b")
+    ca, gb = M.Counter(name_a, "A."), M.Gauge(name_b, "B.", ["k"])
+    peer = pc.CollectorRegistry()
+    pa, pb = pc.Counter(name_a, "A.", registry=peer), pc.Gauge(name_b, "B.", ["k"], registry=peer)
+    try:
+        for m in (ca, pa):
+            m.inc(3)
+        for m in (gb, pb):
+            m.labels("v").set(1e10)
+        app = make_wsgi_app(peer)
+
+        def peer_get(query: str, accept: str = "") -> str:
+            env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": query, "HTTP_ACCEPT": accept}
+            body = b"".join(app(env, lambda *a: None))
+            return body.decode()
+
+        def strip_created(text: str) -> list[str]:
+            # creation times differ between the two libraries, and prometheus_client's restricted registry
+            # yields its families in set order
+            return sorted(line for line in text.splitlines() if "_created" not in line)
+
+        with M.serve(port=0) as srv:
+            for query in [
+                f"name[]={name_a}_total",
+                f"name%5B%5D={name_a}_total&name[]={name_b}&other=1",
+                f"name[]={name_a}_created",
+                f"name[]={name_a}",  # a counter's samples are <name>_total: nothing
+            ]:
+                status, _, body = http_get(srv, "/metrics?" + query)
+                assert status == 200
+                assert strip_created(body.decode()) == strip_created(peer_get(query)), query
+                om = "application/openmetrics-text; version=1.0.0"
+                status, _, body = http_get(srv, "/metrics?" + query, {"Accept": om})
+                assert status == 200 and body.decode().endswith("# EOF\n")
+                assert strip_created(body.decode()) == strip_created(peer_get(query, om)), query
+            # no name[] (or only empty ones): everything
+            for query in ["", "name[]=", "x=1"]:
+                body = http_get(srv, "/metrics?" + query)[2].decode()
+                assert f"{name_a}_total 3.0" in body and "ferrolab_" in body
+    finally:
+        for m in (ca, gb):
+            M.REGISTRY.unregister(m)
+
+
+def test_tls_server_at_the_cap_closes_instead_of_answering_in_plain_text(tmp_path) -> None:
+    import ssl
+
+    from certs import make_certs
+
+    certs = make_certs(tmp_path)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck() -> Any:
+        entered.set()
+        release.wait(WAIT)
+        return health.Status.HEALTHY
+
+    name = unique("tls_stuck")
+    health.register(name, stuck, timeout=WAIT)
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    with M.serve(port=0, tls_cert=certs.cert, tls_key=certs.key, max_connections=1) as srv:
+        busy = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=WAIT, context=ctx)
+        answer: list[int] = []
+
+        def ask() -> None:
+            busy.request("GET", "/health")
+            answer.append(busy.getresponse().status)
+
+        t = threading.Thread(target=ask)
+        try:
+            t.start()
+            entered.wait(WAIT)
+            # the only connection is busy answering: a new one is refused, without plain text on a TLS port
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT) as s:
+                got = read_all(s)
+            assert got == b""
+            assert srv.stats()["rejected"] == 1
+        finally:
+            release.set()
+            t.join(WAIT)
+            busy.close()
+            health.unregister(name)
+    assert answer == [200]

@@ -221,6 +221,60 @@ def test_values_and_labels_round_trip_through_the_parser(values: list[float], la
         M.REGISTRY.unregister(g)
 
 
+def _peer_om(registry: Any) -> str:
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    return generate_latest(registry).decode()
+
+
+def _names(text: str, family: str) -> list[str]:
+    """The sample names of ``family`` in an OpenMetrics text, in order, read from its lines (prometheus_client's
+    parser refuses a histogram with negative buckets whether or not it has a ``_sum``, its own output included)."""
+    names = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")]
+    return [n for n in names if n.rpartition("_")[0] == family or n == family]
+
+
+def test_summary_has_created_in_openmetrics_as_prometheus_client(metrics) -> None:
+    import prometheus_client as pc
+
+    name = unique("summary")
+    s = metrics(M.Summary, name, "A summary.")
+    s.observe(2.5)
+    peer = pc.CollectorRegistry()
+    pc.Summary(name, "A summary.", registry=peer).observe(2.5)
+    mine = families()[name]
+    assert [x.name for x in mine.samples] == _names(_peer_om(peer), name)
+    assert [x.name for x in mine.samples] == [f"{name}_count", f"{name}_sum", f"{name}_created"]
+    assert mine.samples[2].value > 1.6e9
+    # and in the text format, as before
+    assert f"{name}_created " in M.exposition()
+
+
+@pytest.mark.parametrize("buckets", [[-5.0, 0.0, 5.0], [-1.0], [0.0, 1.0]])
+def test_histogram_sum_with_negative_buckets_as_prometheus_client(metrics, buckets: list[float]) -> None:
+    import prometheus_client as pc
+    from prometheus_client import generate_latest as pc_text
+    from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+    name = unique("neg_hist")
+    h = metrics(M.Histogram, name, "Negative buckets.", buckets=buckets)
+    peer = pc.CollectorRegistry()
+    p = pc.Histogram(name, "Negative buckets.", buckets=buckets, registry=peer)
+    for v in (-3.0, 0.5, 7.0):
+        h.observe(v)
+        p.observe(v)
+    # OpenMetrics: the same samples
+    om = M.exposition(openmetrics=True)
+    assert _names(om, name) == _names(_peer_om(peer), name)
+    assert (f"{name}_sum" in om) == (buckets[0] >= 0) and f"{name}_count" in om
+    # the text format and collect()
+    text_names = [x.name for f in parse_text(M.exposition()) if f.name == name for x in f.samples]
+    peer_text = [x.name for f in parse_text(pc_text(peer).decode()) if f.name == name for x in f.samples]
+    assert text_names == peer_text
+    assert [x.name for f in h.collect() for x in f.samples] == [x.name for f in p.collect() for x in f.samples]
+    assert (M.REGISTRY.get_sample_value(f"{name}_sum") is None) == (buckets[0] < 0)
+
+
 # --- the endpoint ---------------------------------------------------------------------------------------------------
 
 

@@ -368,9 +368,13 @@ def serve(
     503 (unhealthy); ``/ready`` answers 200 while the server runs.
     The server (hyper on two native I/O threads) binds 127.0.0.1 unless told otherwise and keeps connections
     alive; slow or idle clients hold no thread, so they cannot starve a scrape. At most ``max_connections`` are
-    open: a new one closes the connection idle the longest (503 only when all are busy answering). A request head
+    open: a new one closes the connection idle the longest (503 only when all are busy answering; with TLS such a
+    connection is closed without an answer, since plain text before the handshake would be garbage). A request head
     must arrive within ``header_timeout`` seconds (408) and fit in ``max_header_bytes`` (431); only GET and HEAD
-    are answered (405). The handlers (rendering, ``/health``) run on at most ``workers`` threads.
+    are answered (405); the head deadline and size limit apply to each request of a keep-alive connection. The
+    handlers (rendering, ``/health``) run on at most ``workers`` threads (at least two), ``/health`` on at most
+    ``workers - 1`` of them at once, so a scrape never waits behind slow health checks. ``/metrics?name[]=x``
+    (repeatable) exposes just the samples named, as prometheus_client's endpoint does.
 
     Parameters
     ----------
@@ -518,6 +522,26 @@ def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, A
     return url
 
 
+def _redact(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (for messages).
+
+    Examples
+    --------
+    >>> from ferrolab.metrics import _redact
+    >>> _redact("http://ci:hunter2@127.0.0.1:9091/metrics/job/j"), _redact("http://127.0.0.1:9091")
+    ('http://ci:***@127.0.0.1:9091/metrics/job/j', 'http://127.0.0.1:9091')
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}://{user}:***@{host}{rest[end:]}"
+
+
 def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) -> None:
     import urllib.error  # imported here: most processes never push
     import urllib.request
@@ -525,14 +549,15 @@ def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) 
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", CONTENT_TYPE_LATEST)
+    shown = _redact(url)  # messages never carry the gateway's password
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as e:
         detail = e.read().decode(errors="replace").strip()
-        raise OSError(f"{func}(): {method} {url} answered {e.code} {e.reason}: {detail}") from e
+        raise OSError(f"{func}(): {method} {shown} answered {e.code} {e.reason}: {detail}") from e
     except urllib.error.URLError as e:
-        raise OSError(f"{func}(): cannot reach {url}: {e.reason}") from e
+        raise OSError(f"{func}(): cannot reach {shown}: {e.reason}") from e
 
 
 def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0) -> None:

@@ -226,7 +226,8 @@ def _push(session: pytest.Session, gateway: str, records: list[dict[str, Any]]) 
             print(f"ferrolab --ops-push: {exc}", file=sys.stderr)
         return
     n = sum(1 for r in records if r["outcome"] in _SUCCESS)
-    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {url}")
+    shown = metrics._redact(url)  # no gateway password in the summary line
+    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {shown}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

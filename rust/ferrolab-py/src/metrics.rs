@@ -1428,13 +1428,16 @@ impl Handler for PyHandler {
     fn handle(&self, route: Route) -> Reply {
         match route {
             // collectors written in Python (e.g. prometheus_client's registry) need the interpreter
-            Route::Metrics { openmetrics } => Reply::metrics(openmetrics, || {
-                if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {
-                    return Ok(String::new());
-                }
-                Python::attach(|py| foreign_exposition(py, &RegRef::Global, None, openmetrics))
-                    .map_err(|e| e.to_string())
-            }),
+            Route::Metrics { openmetrics, names } => {
+                let only = names.as_deref();
+                Reply::metrics(openmetrics, only, || {
+                    if !GLOBAL_FOREIGN.any() || !ffi::interpreter_alive() {
+                        return Ok(String::new());
+                    }
+                    Python::attach(|py| foreign_exposition(py, &RegRef::Global, only, openmetrics))
+                        .map_err(|e| e.to_string())
+                })
+            }
             Route::Ready => Reply::json(200, "{\"status\":\"ready\"}"),
             Route::Health => {
                 if !ffi::interpreter_alive() {

@@ -519,17 +519,20 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
                         l.push(("le".into(), "+Inf".into()));
                         push(format!("{base}_bucket"), l, h.get_sample_count() as f64);
                     }
-                    Some((h.get_sample_count(), h.get_sample_sum()))
+                    let sum = histogram_has_sum(h).then(|| h.get_sample_sum());
+                    Some((h.get_sample_count(), sum))
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
-                    Some((s.sample_count(), s.sample_sum()))
+                    Some((s.sample_count(), Some(s.sample_sum())))
                 }
                 MetricType::UNTYPED => None,
             };
             if let Some((count, sum)) = count_sum {
                 push(format!("{base}_count"), labels.clone(), count as f64);
-                push(format!("{base}_sum"), labels.clone(), sum);
+                if let Some(sum) = sum {
+                    push(format!("{base}_sum"), labels.clone(), sum);
+                }
             }
             if let Some(t) = created_at.filter(|_| {
                 matches!(
@@ -550,6 +553,14 @@ pub fn families(mfs: &[MetricFamily], only: Option<&[String]>) -> Vec<FamilyView
         }
     }
     out
+}
+
+/// Whether a histogram exposes its `_sum`: not when its first bucket bound is negative (the sum of observations
+/// is then no counter), as prometheus_client leaves it out in every format.
+pub fn histogram_has_sum(h: &proto::Histogram) -> bool {
+    h.get_bucket()
+        .first()
+        .is_none_or(|b| b.upper_bound() >= 0.0)
 }
 
 /// The creation time (Unix seconds) a user family's series carries in its `timestamp_ms` (see

@@ -223,7 +223,7 @@ pub fn go_float(d: f64) -> String {
                 let digits = format!("{}{}", &s[1..dot], &s[dot + 1..]);
                 let mantissa = format!("{}.{}", &s[..1], digits);
                 let mantissa = mantissa.trim_end_matches(['0', '.']);
-                return format!("{mantissa}e+0{}", dot - 1);
+                return format!("{mantissa}e+{:02}", dot - 1);
             }
         }
     }
@@ -283,7 +283,7 @@ pub fn push_go_float_ms(out: &mut String, ms: i64) {
             out.push(*d as char);
         }
     }
-    let _ = write!(out, "e+0{}", int_len - 1);
+    let _ = write!(out, "e+{:02}", int_len - 1);
 }
 
 /// Python's `repr` of a finite float: the shortest digits that round-trip, in fixed notation with at least one
@@ -567,7 +567,7 @@ pub fn render_text(families: &[MetricFamily], only: Option<&[String]>, capacity:
                             h.get_sample_count() as f64,
                         );
                     }
-                    if keep(&sum_n) {
+                    if keep(&sum_n) && metrics::histogram_has_sum(h) {
                         text_line(&mut body, &sum_n, labels, None, h.get_sample_sum());
                     }
                 }
@@ -709,8 +709,10 @@ pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String
                         );
                     }
                     sample(&mut out, name, "_count", m.get_label(), None, &n, None);
-                    let sum = go_float(h.get_sample_sum());
-                    sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                    if metrics::histogram_has_sum(h) {
+                        let sum = go_float(h.get_sample_sum());
+                        sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                    }
                     if created && m.timestamp_ms() != 0 {
                         let t = go_float(metrics::created_of(m));
                         sample(&mut out, name, "_created", m.get_label(), None, &t, None);
@@ -732,6 +734,10 @@ pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String
                     sample(&mut out, name, "_count", m.get_label(), None, &n, None);
                     let sum = go_float(sm.sample_sum());
                     sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
+                    if created && m.timestamp_ms() != 0 {
+                        let t = go_float(metrics::created_of(m));
+                        sample(&mut out, name, "_created", m.get_label(), None, &t, None);
+                    }
                 }
             }
             // the registry's collectors make no untyped families
@@ -775,6 +781,11 @@ fn restrict(text: &str, keep: impl Fn(&str) -> bool) -> String {
 
 /// Renders the process-wide registry in OpenMetrics 1.0 (see [`render`]).
 pub fn exposition() -> Result<String> {
+    exposition_only(None)
+}
+
+/// [`exposition`], with `only`: just the samples of those names (see [`render_only`]).
+pub fn exposition_only(only: Option<&[String]>) -> Result<String> {
     let mfs = metrics::registry().gather();
     if mfs.iter().any(|mf| mf.name().is_empty()) {
         return Err(CoreError::value(
@@ -783,7 +794,7 @@ pub fn exposition() -> Result<String> {
             "a family has no name",
         ));
     }
-    Ok(render(&mfs))
+    Ok(render_only(&mfs, only))
 }
 
 #[cfg(test)]
@@ -813,6 +824,70 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(go_float(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn large_floats_have_two_exponent_digits_as_prometheus_client_writes_them() {
+        let cases = [
+            (1e10, "1e+10"),
+            (1.5e12, "1.5e+12"),
+            (123456789012.0, "1.23456789012e+11"),
+            (1e15, "1e+15"),
+            (9999999999999998.0, "9.999999999999998e+15"),
+            (9999999.0, "9.999999e+06"),
+            (-1e10, "-10000000000.0"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(go_float(v), want, "{v}");
+        }
+        for ms in [
+            12_345_678_901_234i64,
+            10_000_000_000_000,
+            999_999_999_999_999,
+        ] {
+            assert_eq!(go_float_ms(ms), go_float(ms as f64 / 1000.0), "{ms}");
+        }
+        assert_eq!(go_float_ms(12_345_678_901_234), "1.2345678901234e+10");
+    }
+
+    #[test]
+    fn summaries_have_created_and_negative_histograms_no_sum() {
+        use metrics::{Child, Family, Kind};
+        let reg = metrics::Registry::new();
+        let sm = Family::new(Kind::Summary, "om_t_summary", "S", &[], None).unwrap();
+        sm.register_in(&reg, "Summary").unwrap();
+        let neg = Family::new(Kind::Histogram, "om_t_neg", "N", &[], Some(&[-1.0, 1.0])).unwrap();
+        neg.register_in(&reg, "Histogram").unwrap();
+        for f in [&sm, &neg] {
+            match f.child_at::<&str>(&[], 123.456).unwrap() {
+                Child::Histogram(h) => h.observe(-2.0),
+                _ => unreachable!(),
+            }
+        }
+        let om = reg.openmetrics(None);
+        assert!(
+            om.contains("om_t_summary_sum -2.0\nom_t_summary_created 123.456\n"),
+            "{om}"
+        );
+        assert!(
+            om.contains("om_t_neg_count 1\nom_t_neg_created 123.456\n"),
+            "{om}"
+        );
+        assert!(!om.contains("om_t_neg_sum"), "{om}");
+        let text = reg.exposition(None);
+        assert!(
+            text.contains("om_t_neg_count 1.0\n") && !text.contains("om_t_neg_sum"),
+            "{text}"
+        );
+        assert!(text.contains("om_t_summary_sum -2.0\n"), "{text}");
+        let names: Vec<String> = reg
+            .families(None)
+            .into_iter()
+            .flat_map(|f| f.samples.into_iter().map(|s| s.0))
+            .collect();
+        assert!(names.contains(&"om_t_neg_count".to_string()), "{names:?}");
+        assert!(!names.contains(&"om_t_neg_sum".to_string()), "{names:?}");
+        assert!(names.contains(&"om_t_summary_sum".to_string()), "{names:?}");
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The embedded HTTP server behind `fl.metrics.serve()`: `GET /metrics`, `/health`, `/ready`.
 //!
 //! hyper's HTTP/1.1 server on a small tokio runtime of its own (two I/O threads; the [`Handler`] runs on at most
-//! `workers` blocking threads), built so that no client can starve a scrape:
+//! `workers` blocking threads, at least two), built so that no client can starve a scrape:
 //!
+//! * `/health` runs on at most `workers - 1` of those threads at once (further health requests wait, holding no
+//!   thread), so a scrape never waits for a thread behind slow health checks;
 //! * connections cost a few KiB of memory and no thread: slow or idle clients do not hold a worker;
 //! * at most `max_connections` are open; at the cap a new connection closes the connection that has waited longest
 //!   without a request in progress (an idle keep-alive or a client still dripping its request head), and only when
-//!   every connection is busy answering is the new one refused with `503` (`Retry-After: 1`);
-//! * the request head must arrive within `header_timeout` of its first byte (`408` and close otherwise) and fit in
-//!   `max_header_bytes` and 64 header lines (`431`); malformed requests get `400`; a reply must be written within
+//!   every connection is busy answering is the new one refused with `503` (`Retry-After: 1`; with TLS it is
+//!   closed without an answer);
+//! * each request head must arrive within `header_timeout` of its first byte (`408` and close otherwise) and fit in
+//!   `max_header_bytes` and 64 header lines (`431`), both counted afresh for every request of a keep-alive
+//!   connection; malformed requests get `400`; a reply must be written within
 //!   `write_timeout`; a keep-alive connection with no request for `idle_timeout` is closed;
 //! * only `GET` and `HEAD` (`405` otherwise; request bodies are never read: the connection closes after the reply);
 //! * with a token, requests need `Authorization: Bearer <token>`, compared in constant time; with `basic_auth`
@@ -18,7 +22,7 @@
 //! * optional TLS (rustls with the ring provider; TLS 1.2/1.3, ALPN `http/1.1`), the handshake bounded by
 //!   `header_timeout`;
 //! * `/metrics` replies are gzip-compressed when the client accepts it (Prometheus does); the route tells the
-//!   handler whether the client asked for OpenMetrics;
+//!   handler whether the client asked for OpenMetrics and which `name[]` it asked for (prometheus_client's filter);
 //! * [`Server::stop`] stops accepting, lets requests in progress finish (at most `STOP_GRACE`), closes every
 //!   connection and ends the runtime's threads.
 //!
@@ -56,11 +60,14 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 const GZIP_MIN_BYTES: usize = 1024;
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// The exposition; `openmetrics` when the request's `Accept` asks for `application/openmetrics-text`.
+    /// The exposition; `openmetrics` when the request's `Accept` asks for `application/openmetrics-text`;
+    /// `names`: the `name[]` query parameters (URL-decoded, as prometheus_client's endpoint reads them), when
+    /// any: just the samples of those names.
     Metrics {
         openmetrics: bool,
+        names: Option<Vec<String>>,
     },
     Health,
     Ready,
@@ -103,21 +110,22 @@ impl Reply {
         )
     }
 
-    /// `/metrics`: the process-wide registry's exposition (OpenMetrics when `openmetrics`) followed by the text
-    /// of collectors outside the core that `extra` renders (empty when there are none); 500 with the message when
-    /// either fails.
+    /// `/metrics`: the process-wide registry's exposition (OpenMetrics when `openmetrics`; with `only`, just the
+    /// samples of those names) followed by the text of collectors outside the core that `extra` renders (empty
+    /// when there are none); 500 with the message when either fails.
     pub fn metrics(
         openmetrics: bool,
+        only: Option<&[String]>,
         extra: impl FnOnce() -> std::result::Result<String, String>,
     ) -> Reply {
         let (body, ctype) = if openmetrics {
             (
-                super::openmetrics::exposition(),
+                super::openmetrics::exposition_only(only),
                 super::openmetrics::CONTENT_TYPE,
             )
         } else {
             (
-                super::metrics::exposition(),
+                Ok(super::metrics::registry().exposition(only)),
                 super::metrics::TEXT_CONTENT_TYPE,
             )
         };
@@ -153,7 +161,8 @@ pub struct Config {
     /// user → bcrypt hash (`$2b$...`); empty: no basic auth.
     pub basic_auth: Vec<(String, String)>,
     pub tls: Option<TlsFiles>,
-    /// Threads that run the handler (rendering, `/health`) and bcrypt.
+    /// Threads that run the handler (rendering, `/health`) and bcrypt (at least two are started); `/health` uses
+    /// at most `workers - 1` of them at once.
     pub workers: usize,
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -221,6 +230,9 @@ impl Counters {
 struct ConnState {
     /// a request is being answered (from its head until its reply is written)
     busy: AtomicBool,
+    /// replies written so far: the I/O wrapper starts the next request's head deadline and byte budget when it
+    /// changes (a quick reply can come and go between two reads, never showing `busy`)
+    replies: AtomicU64,
     /// milliseconds since the server started: accepted or last reply written (the eviction order)
     since: AtomicU64,
     /// close at the next chance (evicted, or the server stops)
@@ -251,6 +263,9 @@ struct Shared {
     next_id: AtomicU64,
     epoch: Instant,
     auth: Option<BasicAuth>,
+    /// `/health` requests answered at once: fewer than the blocking threads, so that a scrape never waits for
+    /// a thread behind slow health checks
+    health_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -300,9 +315,10 @@ impl Server {
                 )
             })?
             .collect();
+        let (threads, health_slots) = blocking_threads(cfg.workers);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .max_blocking_threads(cfg.workers)
+            .max_blocking_threads(threads)
             .thread_name("ferrolab-http")
             .enable_io()
             .enable_time()
@@ -330,6 +346,7 @@ impl Server {
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
             auth,
+            health_slots: Arc::new(tokio::sync::Semaphore::new(health_slots)),
         });
         rt.spawn(accept_loop(listener, shared.clone(), tls));
         Ok(Server {
@@ -382,6 +399,13 @@ impl Drop for Server {
     }
 }
 
+/// The blocking threads of a server with `workers`, and how many of them `/health` may use at once: at least one
+/// is always left for `/metrics` (and `/ready`), so the pool has at least two.
+fn blocking_threads(workers: usize) -> (usize, usize) {
+    let threads = workers.max(2);
+    (threads, threads - 1)
+}
+
 fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
     for a in addrs {
@@ -425,7 +449,7 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let Some((id, st)) = admit(&sh, &tcp) else {
+        let Some((id, st)) = admit(&sh, &tcp, tls.is_some()) else {
             continue;
         };
         sh.counters.open.fetch_add(1, Ordering::Relaxed);
@@ -484,8 +508,10 @@ fn trouble(kind: Trouble) {
 }
 
 /// Registers a new connection, making room at the cap by closing the connection that has waited longest
-/// without a request in progress; refuses it with 503 when every connection is busy.
-fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
+/// without a request in progress; refuses it with 503 when every connection is busy (with TLS it is closed without
+/// an answer: a plain-text reply before the handshake would be garbage to the client, and a handshake is what the
+/// cap saves).
+fn admit(sh: &Arc<Shared>, tcp: &TcpStream, tls: bool) -> Option<(u64, Arc<ConnState>)> {
     let mut conns = sh.conns.locked();
     let open = conns
         .values()
@@ -505,6 +531,9 @@ fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
                 drop(conns);
                 sh.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 trouble(Trouble::Rejected);
+                if tls {
+                    return None;
+                }
                 let _ = tcp.try_write(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
                       Content-Length: 12\r\nConnection: close\r\nRetry-After: 1\r\n\r\nserver busy\n",
@@ -516,6 +545,7 @@ fn admit(sh: &Arc<Shared>, tcp: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let st = Arc::new(ConnState {
         busy: AtomicBool::new(false),
+        replies: AtomicU64::new(0),
         since: AtomicU64::new(sh.now_ms()),
         closing: AtomicBool::new(sh.stop.load(Ordering::SeqCst)),
         answered: AtomicBool::new(false),
@@ -580,6 +610,8 @@ struct Guarded<S> {
     sh: Arc<Shared>,
     phase: Phase,
     head_bytes: usize,
+    /// [`ConnState::replies`] as this wrapper last saw it
+    replies_seen: u64,
     deadline: Pin<Box<Sleep>>,
     write_deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -593,6 +625,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
             sh,
             phase: Phase::Idle,
             head_bytes: 0,
+            replies_seen: 0,
             deadline: Box::pin(tokio::time::sleep(idle)),
             write_deadline: None,
         }
@@ -652,6 +685,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             match w.as_ref() {
                 Some(old) if old.will_wake(cx.waker()) => {}
                 _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        // a reply was written since the last read: whatever phase this connection was seen in, the request is
+        // over, and the next one gets a fresh head deadline and byte budget (a reply that returns at once, a 404
+        // or a 401, is written and dropped before any read sees `busy`)
+        let replies = this.st.replies.load(Ordering::SeqCst);
+        if replies != this.replies_seen {
+            this.replies_seen = replies;
+            if this.phase != Phase::Idle {
+                this.phase = Phase::Busy;
             }
         }
         let busy = this.st.busy.load(Ordering::SeqCst);
@@ -779,6 +822,7 @@ impl Body for ReplyBody {
 impl Drop for ReplyBody {
     fn drop(&mut self) {
         self.st.since.store(self.sh.now_ms(), Ordering::Relaxed);
+        self.st.replies.fetch_add(1, Ordering::SeqCst);
         self.st.busy.store(false, Ordering::SeqCst);
         // the connection may be waiting for its next head: let it see the phase change
         if let Some(w) = self.st.waker.locked().take() {
@@ -860,6 +904,7 @@ async fn respond(
                 .get_all(header::ACCEPT)
                 .iter()
                 .any(|v| contains_ci(v.as_bytes(), b"application/openmetrics-text")),
+            names: query_names(req.uri().query()),
         }),
         "/health" | "/healthz" => Some(Route::Health),
         "/ready" | "/readyz" => Some(Route::Ready),
@@ -878,9 +923,16 @@ async fn respond(
             if matches!(route, Route::Metrics { .. }) {
                 extra.push((header::VARY, "Accept-Encoding"));
             }
+            // a health check waits for a slot (holding no thread) instead of taking the scrape's thread; the
+            // slot goes with the check, so a client that leaves does not free it while the check still runs
+            let slot = match route {
+                Route::Health => sh.health_slots.clone().acquire_owned().await.ok(),
+                _ => None,
+            };
             let handler = sh.handler.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let r = handler.handle(route);
+                drop(slot);
                 if gzip && r.status == 200 && r.body.len() >= GZIP_MIN_BYTES {
                     (gzip_bytes(&r.body).map(|body| Reply { body, ..r.clone() }), r)
                 } else {
@@ -911,6 +963,42 @@ async fn respond(
         None => Reply::text(404, "not found"),
     };
     Ok(reply_into(reply, &extra, &sh, &st))
+}
+
+/// The `name[]` parameters of a query string, decoded as prometheus_client's endpoint reads them (`parse_qs`:
+/// `+` is a space, `%XX` a byte, invalid UTF-8 replaced; empty values ignored); `None` when there are none.
+fn query_names(query: Option<&str>) -> Option<Vec<String>> {
+    let names: Vec<String> = query?
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (!v.is_empty() && url_decode(k) == "name[]").then(|| url_decode(v))
+        })
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// `application/x-www-form-urlencoded` decoding (Python's `unquote_plus`, invalid escapes kept as they are).
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// gzip at the fastest level (the exposition compresses well even so).
@@ -1146,7 +1234,7 @@ mod tests {
     impl Handler for H {
         fn handle(&self, route: Route) -> Reply {
             match route {
-                Route::Metrics { openmetrics } => {
+                Route::Metrics { openmetrics, .. } => {
                     let mut body = format!("om {}\n", openmetrics as u8);
                     body.push_str(&"m_total 1\n".repeat(500));
                     Reply::new(200, "text/plain", body)
@@ -1346,6 +1434,133 @@ mod tests {
         assert_eq!(idle[0].read_to_end(&mut out).unwrap_or(0), 0);
         assert_eq!(srv.counters().evicted.load(Ordering::Relaxed), 1);
         idle.clear();
+    }
+
+    /// Reads one reply (head and `Content-Length` body) from a keep-alive connection.
+    fn read_reply(s: &mut StdStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn server_keep_alive_head_deadline_and_budget_are_per_request() {
+        let srv = start_with(|c| c.token = Some("s3cret".into()));
+        let a = srv.local_addr();
+        let mut s = StdStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // replies that return at once (401, 404, the index), each followed by an idle pause longer than the
+        // header timeout: the connection stays quiet and the next request gets its own answer
+        let auth = "Authorization: Bearer s3cret\r\n";
+        for (path, headers, want) in [
+            ("/metrics", "", "HTTP/1.1 401"),
+            ("/nope", auth, "HTTP/1.1 404"),
+            ("/", auth, "HTTP/1.1 200"),
+            ("/ready", auth, "HTTP/1.1 200"),
+        ] {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
+                .unwrap();
+            let r = read_reply(&mut s);
+            assert!(r.starts_with(want), "{path}: {r}");
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        assert_eq!(srv.counters().timeouts.load(Ordering::Relaxed), 0);
+        // header bytes do not add up across the requests of a connection
+        let mut s = StdStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let pad = "x".repeat(3000);
+        for i in 0..10 {
+            let path = if i % 2 == 0 { "/" } else { "/nope" };
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Cookie: {pad}\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            let r = read_reply(&mut s);
+            assert!(!r.starts_with("HTTP/1.1 431"), "request {i}: {r}");
+        }
+        assert_eq!(srv.counters().bad_requests.load(Ordering::Relaxed), 0);
+    }
+
+    /// `/health` blocks until released; `/metrics` answers at once.
+    struct SlowHealth(Arc<(Mutex<bool>, std::sync::Condvar)>);
+    impl Handler for SlowHealth {
+        fn handle(&self, route: Route) -> Reply {
+            if route == Route::Health {
+                let (m, cv) = &*self.0;
+                let mut open = m.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            Reply::text(200, "ok")
+        }
+    }
+
+    #[test]
+    fn server_scrape_does_not_wait_behind_slow_health_checks() {
+        for workers in [1, 4] {
+            let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+            let cfg = Config {
+                port: 0,
+                workers,
+                ..Config::default()
+            };
+            let srv = Server::start(cfg, Arc::new(SlowHealth(gate.clone()))).unwrap();
+            let a = srv.local_addr();
+            let health: Vec<_> = (0..workers + 2)
+                .map(|_| std::thread::spawn(move || get(a, "/health", "")))
+                .collect();
+            std::thread::sleep(Duration::from_millis(200));
+            // every health check is stuck; a scrape is still answered (old: it waited for a thread)
+            let mut s = StdStream::connect(a).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            let r = String::from_utf8_lossy(&out);
+            assert!(r.starts_with("HTTP/1.1 200"), "workers={workers}: {r:?}");
+            *gate.0.lock().unwrap() = true;
+            gate.1.notify_all();
+            for h in health {
+                assert!(h.join().unwrap().starts_with("HTTP/1.1 200"));
+            }
+        }
+        assert_eq!(blocking_threads(1), (2, 1));
+        assert_eq!(blocking_threads(4), (4, 3));
+    }
+
+    #[test]
+    fn metrics_query_names_as_prometheus_client_reads_them() {
+        assert_eq!(query_names(None), None);
+        assert_eq!(query_names(Some("x=1&name[]=")), None);
+        assert_eq!(
+            query_names(Some(
+                "name[]=a_total&x=1&name%5B%5D=b%3Ac+d&name[]=%zz%e2%82%ac"
+            )),
+            Some(vec!["a_total".into(), "b:c d".into(), "%zz€".into()])
+        );
+        assert_eq!(url_decode("100%"), "100%");
+        assert_eq!(url_decode("%4"), "%4");
     }
 
     #[test]
