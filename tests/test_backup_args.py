@@ -346,11 +346,15 @@ def test_snapshot_from_native_dict() -> None:
     assert w.to_dict()["warnings"] == ["/srv/data/key: Permission denied (os error 13)"]
 
 
-@pytest.mark.parametrize("stored, end", [(1e20, "max"), (1_714_521_600_000, "max"), (-1e20, "min"),
-                                         (float("nan"), "min"), ("garbage", "min")])
+@pytest.mark.parametrize("stored, end", [(1e20, "min"), (1_714_521_600_000, "ms"), (-1e20, "min"),
+                                         (float("nan"), "min"), ("garbage", "min"), (2.5e14, "ms"),
+                                         (2.6e17, "min")])
 def test_a_stored_time_out_of_range_is_clamped(stored, end, caplog) -> None:
-    """Written by an older version (``backup(time=<milliseconds>)``) or crafted, it used to break every listing."""
-    expected = {"max": datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC), "min": datetime(1, 1, 2, tzinfo=UTC)}[end]
+    """Written by an older version (``backup(time=<milliseconds>)``) or crafted, it used to break every listing; a
+    crafted one must not become the newest (it would hide real snapshots from "latest" and keep a stale backup
+    looking fresh), so only milliseconds are read as a time and the rest as the oldest."""
+    expected = {"ms": datetime.fromtimestamp(float(stored) / 1000, UTC) if end == "ms" else None,
+                "min": datetime(1, 1, 2, tzinfo=UTC)}[end]
     with caplog.at_level("WARNING", logger="ferrolab.backup"):
         s = Snapshot._from_native({"id": "cd" * 32, "time": stored})
     assert s.time == expected and s.time.tzinfo is UTC

@@ -58,6 +58,19 @@ def test_a_backup_of_the_root_directory_restores(tmp_path: Path, repo: fl.backup
     assert repo.verify().ok
     counts = repo.restore(snap, target=tmp_path / "out")
     assert counts == {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+    # include "/" is the whole snapshot, here just its root directory (not "matches nothing")
+    assert repo.restore(snap, target=tmp_path / "again", include="/") == counts
+
+
+def test_an_inner_path_the_outer_walk_excludes_is_still_stored(tmp_path: Path, repo: fl.backup.Repository) -> None:
+    # a path given explicitly is not dropped by the other path's exclude patterns
+    data = tmp_path / "data"
+    _tree(data)
+    snap = repo.backup([data, data / "sub"], exclude="sub")
+    out = tmp_path / "out"
+    repo.restore(snap, target=out)
+    restored = set(_files(out / data.relative_to("/")))
+    assert restored == {"top.txt", "sub/x.txt", "sub/y.log", "sub/deeper/z.txt"}
 
 
 @pytest.mark.parametrize(
@@ -70,6 +83,8 @@ def test_a_backup_of_the_root_directory_restores(tmp_path: Path, repo: fl.backup
         ("**/sub/*.txt", ["deep/sub/w.txt", "sub/x.txt"]),
         ("*.log", ["sub/y.log"]),
         ("deeper", ["sub/deeper/z.txt"]),
+        ("sub/deeper/", ["sub/deeper/z.txt"]),  # cleaned as restic cleans patterns
+        ("./deeper", ["sub/deeper/z.txt"]),
     ],
 )
 def test_exclude_patterns_match_like_restic(

@@ -111,3 +111,19 @@ def test_report_under_xdist_has_every_workers_tests(pytester: pytest.Pytester) -
     assert tests["test_fails"]["outcome"] == "failed" and "not healthy: warning" in tests["test_fails"]["message"]
     assert tests["test_skipped"]["message"] == "no database here"
     assert tests["test_system"]["health"] is None
+
+
+def test_a_check_whose_xdist_worker_crashes_is_not_reported_as_passed(pytester: pytest.Pytester) -> None:
+    # xdist reports the crash itself, in a report without the plugin's attribute: it still counts for the check
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install pytest-xdist)")
+    pytester.makepyfile(
+        test_inner_crash="import os, pytest\n\n@pytest.mark.ops\ndef test_ok():\n    pass\n\n"
+        "@pytest.mark.ops\ndef test_crash():\n    os._exit(1)\n"
+    )
+    out = pytester.path / "ops.json"
+    result = pytester.runpytest_subprocess(*_plugin_args(), "-p", "xdist", "-n", "2", f"--ops-report={out}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    tests = {t["name"].split("::")[-1]: t for t in json.loads(out.read_text())["tests"]}
+    assert tests["test_ok"]["outcome"] == "passed"
+    assert tests["test_crash"]["outcome"] in ("failed", "error"), tests["test_crash"]
+    assert "crashed" in tests["test_crash"]["message"]

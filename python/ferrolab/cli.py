@@ -350,7 +350,7 @@ def _backup_create(args: argparse.Namespace) -> int:
             print(f"ferrolab backup create: warning: {warning}", file=sys.stderr)
         n = len(snap.warnings)
         items = "1 item" if n == 1 else f"{n} items"
-        print(f"ferrolab backup create: snapshot {snap.short_id} created, but {items} could not be read and "
+        print(f"ferrolab backup create: snapshot {snap.short_id} created, but {items} could not be backed up and "
               f"{'is' if n == 1 else 'are'} not in it (exit status 3)", file=sys.stderr)
         return 3
     return 0

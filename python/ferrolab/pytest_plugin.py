@@ -153,7 +153,9 @@ class _Recorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         ops = getattr(report, _REPORT_ATTR, None)
-        if not isinstance(ops, dict):
+        # a report without the attribute still counts for a check already recorded: pytest-xdist's own report of a
+        # worker that crashed while running it
+        if not isinstance(ops, dict) and report.nodeid not in self.records:
             return
         rec = self.records.setdefault(
             report.nodeid,
@@ -167,7 +169,7 @@ class _Recorder:
             xfail = hasattr(report, "wasxfail")
             rec["outcome"] = "xfailed" if xfail else "skipped"
             rec["message"] = report.wasxfail if xfail else _message(report)
-        if ops.get("health") is not None:
+        if isinstance(ops, dict) and ops.get("health") is not None:
             rec["health"] = ops["health"]
 
 

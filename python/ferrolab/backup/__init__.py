@@ -113,10 +113,10 @@ class Snapshot:
     id : str
         64 hex digits; :attr:`short_id` is its first 8.
     time : datetime.datetime
-        When the backup started (timezone-aware, UTC). A stored time outside years 1 to 9999 (which this version
-        refuses to write, but an older one wrote for ``backup(time=<milliseconds>)``, or a crafted one) reads as
-        0001-01-02 or 9999-12-30T23:59:59 UTC, the nearest end of the range every time zone can show, with a
-        warning logged, so that the snapshot can still be listed, restored and forgotten.
+        When the backup started (timezone-aware, UTC). This version refuses to write a time outside years 1 to
+        9999; an older one wrote it for ``backup(time=<milliseconds>)``, which reads back as milliseconds. Any
+        other stored time outside that range (crafted or damaged) reads as 0001-01-02 UTC, the oldest, so that it
+        never becomes ``"latest"`` or keeps a stale backup looking fresh; a warning is logged for both.
     paths : tuple of str
         The absolute paths that were backed up.
     tags : tuple of str
@@ -196,24 +196,34 @@ class Snapshot:
 
 
 def _snapshot_time(sid: str, value: Any) -> datetime:
-    """A stored snapshot time as an aware datetime, clamped to ``_TIME_MIN.._TIME_MAX`` (see :attr:`Snapshot.time`).
+    """A stored snapshot time as an aware datetime (see :attr:`Snapshot.time`): a time beyond year 9999 that is one
+    in milliseconds is read as milliseconds; any other time outside ``_TIME_MIN.._TIME_MAX`` reads as ``_TIME_MIN``.
 
     Examples
     --------
     >>> from ferrolab.backup import _snapshot_time
-    >>> _snapshot_time("ab" * 32, 1_700_000_000).isoformat(), _snapshot_time("ab" * 32, 1e20).year
-    ('2023-11-14T22:13:20+00:00', 9999)
+    >>> _snapshot_time("ab" * 32, 1_700_000_000).isoformat(), _snapshot_time("ab" * 32, 1_700_000_000_000).isoformat()
+    ('2023-11-14T22:13:20+00:00', '2023-11-14T22:13:20+00:00')
+    >>> _snapshot_time("ab" * 32, 1e20).year
+    1
     """
     try:
         t = float(value)
     except (TypeError, ValueError):
         t = math.nan
-    if _TIME_MIN.timestamp() <= t <= _TIME_MAX.timestamp():
+    lo, hi = _TIME_MIN.timestamp(), _TIME_MAX.timestamp()
+    if lo <= t <= hi:
         return datetime.fromtimestamp(t, tz=UTC)
-    clamped = _TIME_MAX if t > 0 else _TIME_MIN  # NaN too: the oldest, never "latest"
-    _log.warning("snapshot %s records the time %r, outside years 1 to 9999; it is shown as %s", sid[:8], value,
-                 clamped.isoformat(), extra={"snapshot": sid})
-    return clamped
+    if hi < t and lo <= t / 1000 <= hi:
+        # what older versions stored for backup(time=time.time() * 1000)
+        shown = datetime.fromtimestamp(t / 1000, tz=UTC)
+        _log.warning("snapshot %s records the time %r, beyond year 9999; read as milliseconds: %s", sid[:8], value,
+                     shown.isoformat(), extra={"snapshot": sid})
+        return shown
+    # never the newest: a bogus time must not become "latest", keep the snapshot from forget or a stale backup fresh
+    _log.warning("snapshot %s records the time %r, outside years 1 to 9999; it is shown as %s (the oldest)", sid[:8],
+                 value, _TIME_MIN.isoformat(), extra={"snapshot": sid})
+    return _TIME_MIN
 
 
 @dataclasses.dataclass(frozen=True)

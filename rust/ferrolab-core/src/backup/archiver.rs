@@ -238,18 +238,47 @@ pub fn normalize_root(p: &Path) -> BResult<PathBuf> {
 }
 
 /// The roots to walk, sorted: each once, and none inside another (the walk of `/data` covers `/data/sub`; walking
-/// both would store everything below `/data/sub` twice, which a restore refuses as a damaged snapshot).
-pub fn outermost(mut roots: Vec<PathBuf>) -> Vec<PathBuf> {
+/// both would store everything below `/data/sub` twice, which a restore refuses as a damaged snapshot), unless
+/// the outer walk leaves the inner root out (`exclude` matches it or a directory between them): a path given
+/// explicitly is never dropped by another one's exclude patterns.
+pub fn outermost(mut roots: Vec<PathBuf>, exclude: &[String]) -> Vec<PathBuf> {
     roots.sort();
     roots.dedup();
     let mut kept: Vec<PathBuf> = Vec::with_capacity(roots.len());
     for r in roots {
         // sorted: a root's ancestors among the roots come before it (`Path::starts_with` compares components)
-        if !kept.iter().any(|k| r.starts_with(k)) {
+        let covered = kept.iter().any(|k| {
+            r.starts_with(k)
+                && !r
+                    .ancestors()
+                    .take_while(|a| a != k)
+                    .any(|a| excluded(exclude, a))
+        });
+        if !covered {
             kept.push(r);
         }
     }
     kept
+}
+
+/// Exclude patterns as restic cleans them (`filepath.Clean`): no leading `./`, no trailing or doubled `/`.
+pub fn clean_patterns(patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| {
+            let mut s = p.clone();
+            while s.contains("//") {
+                s = s.replace("//", "/");
+            }
+            while let Some(rest) = s.strip_prefix("./") {
+                s = rest.to_string();
+            }
+            while s.len() > 1 && s.ends_with('/') {
+                s.pop();
+            }
+            s
+        })
+        .collect()
 }
 
 /// One entry the walk found: its absolute path and metadata, a symlink's target (or why it could not be read),
@@ -732,11 +761,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
     if opts.paths.is_empty() {
         return Err(CoreError::value("backup", "paths", "is empty"));
     }
+    let exclude = clean_patterns(&opts.exclude);
     let mut roots = Vec::new();
     for p in &opts.paths {
         roots.push(normalize_root(p)?);
     }
-    let roots = outermost(roots);
+    let roots = outermost(roots, &exclude);
     let root_bytes: Vec<Vec<u8>> = roots
         .iter()
         .map(|r| r.as_os_str().as_bytes().to_vec())
@@ -752,7 +782,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions<'_>) -> BResult<Snapshot> 
         return Err(crate::backup::repo::cancelled("backup"));
     }
     let walker = {
-        let (roots, exclude) = (roots.clone(), opts.exclude.clone());
+        let roots = roots.clone();
         std::thread::Builder::new()
             .name("ferrolab-walk".into())
             .spawn(move || -> BResult<_> {
@@ -1229,16 +1259,31 @@ mod tests {
     #[test]
     fn outermost_roots() {
         let p = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let ex = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let roots = p(&["/data/sub", "/data", "/data-x", "/data/sub/deeper", "/data"]);
+        assert_eq!(super::outermost(roots, &[]), p(&["/data", "/data-x"]));
+        assert_eq!(super::outermost(p(&["/etc", "/", "/home"]), &[]), p(&["/"]));
+        // an inner root the outer walk would leave out is walked on its own
+        let both = p(&["/data", "/data/sub"]);
+        assert_eq!(super::outermost(both.clone(), &ex(&["sub"])), both);
+        let keep = p(&["/data", "/data/cache/keep"]);
+        assert_eq!(super::outermost(keep.clone(), &ex(&["/data/cache"])), keep);
+        assert_eq!(super::outermost(both, &ex(&["*.tmp"])), p(&["/data"]));
+    }
+
+    #[test]
+    fn patterns_are_cleaned_like_restic() {
+        let ex = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            super::outermost(p(&[
-                "/data/sub",
-                "/data",
-                "/data-x",
-                "/data/sub/deeper",
-                "/data"
+            super::clean_patterns(&ex(&[
+                "cache/",
+                "./cache",
+                "/abs/cache/",
+                "a//b",
+                "/",
+                "*.tmp"
             ])),
-            p(&["/data", "/data-x"])
+            ex(&["cache", "cache", "/abs/cache", "a/b", "/", "*.tmp"])
         );
-        assert_eq!(super::outermost(p(&["/etc", "/", "/home"])), p(&["/"]));
     }
 }

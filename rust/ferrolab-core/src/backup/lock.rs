@@ -75,10 +75,14 @@ struct Keeper {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// When the lock was last written, and the last refresh error (cleared by a successful refresh).
+/// When the lock was last written (monotonic and wall-clock time: other hosts judge staleness by the wall clock,
+/// which keeps running while this machine is suspended), the last refresh error (cleared by a successful refresh),
+/// and whether another process removed the lock (it is then never written again).
 struct Refresh {
     written: Instant,
+    written_wall: f64,
     error: Option<String>,
+    removed: bool,
 }
 
 fn decode(key: &MasterKey, name: &str, data: &[u8]) -> Option<LockInfo> {
@@ -165,24 +169,46 @@ impl Lock {
         Ok(lock)
     }
 
-    /// An error when the lock could not be refreshed for so long that another process may take it for stale
-    /// (an operation that deletes data checks this before it does).
+    /// An error when the lock may be lost: another process removed it, or it could not be refreshed for so long
+    /// (by this process's clock or by the wall clock) that another process may take it for stale. Cheap (no store
+    /// access): a backup calls it as it goes.
     pub fn check(&self) -> BResult<()> {
         let Some(k) = &self.keeper else {
             return Ok(());
         };
         let st = k.state.lock().unwrap_or_else(|e| e.into_inner());
-        // a margin of one refresh interval before others may call it stale
-        if st.written.elapsed() + REFRESH_EVERY >= STALE_AFTER {
-            return Err(CoreError::backup(
+        let lost = |why: String| {
+            Err(CoreError::backup(
                 BackupErrorKind::Locked,
-                format!(
-                    "lost the lock on repository {}: it could not be refreshed for {:.0} s ({})",
-                    self.store.url(),
-                    st.written.elapsed().as_secs_f64(),
-                    st.error.as_deref().unwrap_or("no error recorded")
-                ),
+                format!("lost the lock on repository {}: {why}", self.store.url()),
+            ))
+        };
+        if st.removed {
+            return lost("another process removed it (took it for stale)".into());
+        }
+        // a margin of one refresh interval before others may call it stale
+        let age = st
+            .written
+            .elapsed()
+            .as_secs_f64()
+            .max(now() - st.written_wall);
+        if age + REFRESH_EVERY.as_secs_f64() >= STALE_AFTER.as_secs_f64() {
+            return lost(format!(
+                "it could not be refreshed for {age:.0} s ({})",
+                st.error.as_deref().unwrap_or("no error recorded")
             ));
+        }
+        Ok(())
+    }
+
+    /// [`Lock::check`], and the lock object still in the store (what prune confirms before it deletes anything).
+    pub fn confirm(&self) -> BResult<()> {
+        self.check()?;
+        if self.keeper.is_some() && !self.store.exists(&format!("locks/{}", self.name))? {
+            if let Some(k) = &self.keeper {
+                k.state.lock().unwrap_or_else(|e| e.into_inner()).removed = true;
+            }
+            return self.check();
         }
         Ok(())
     }
@@ -199,7 +225,9 @@ impl Keeper {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let state = Arc::new(Mutex::new(Refresh {
             written: Instant::now(),
+            written_wall: info.time,
             error: None,
+            removed: false,
         }));
         let (stop2, state2) = (stop.clone(), state.clone());
         let thread = std::thread::Builder::new()
@@ -215,12 +243,24 @@ impl Keeper {
                     if *stopped {
                         return;
                     }
+                    // a lock another process removed (as stale) is lost: writing it again would hide that
+                    if let Ok(false) = store.exists(&format!("locks/{name}")) {
+                        tracing::warn!(
+                            target: "ferrolab.backup",
+                            repository = %store.url(),
+                            lock = %name,
+                            "the repository lock was removed by another process"
+                        );
+                        state2.lock().unwrap_or_else(|e| e.into_inner()).removed = true;
+                        return;
+                    }
                     info.time = now();
                     let r = write_lock(&*store, &key, &name, &info);
                     let mut st = state2.lock().unwrap_or_else(|e| e.into_inner());
                     match r {
                         Ok(()) => {
                             st.written = Instant::now();
+                            st.written_wall = info.time;
                             st.error = None;
                         }
                         Err(e) => {

@@ -173,7 +173,7 @@ pub fn prune(repo: &Repository, progress: Option<ProgressFn<'_>>) -> BResult<Pru
     }
     repo.store.sync()?;
     // nothing is deleted unless the exclusive lock still holds (no backup can have started meanwhile)
-    lock.check()?;
+    lock.confirm()?;
     // only index objects that decoded are replaced; damaged ones stay for verify to report (their packs were
     // recovered from the pack headers and are in the new index)
     for name in &idx.files {

@@ -2,9 +2,11 @@
 //!
 //! Every item lands at `target/<its absolute path without the leading slash>` (as restic does). Paths are
 //! checked before anything is written: an item path that is absolute, empty, or has `.`/`..` components is
-//! refused even if the repository was crafted to contain one; while writing, a parent that is a symlink is
-//! refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are created last; a
-//! snapshot naming one path twice is refused. Owners, modes and times are applied through the descriptor of
+//! refused even if the repository was crafted to contain one (the one exception: the directory with the empty
+//! path, the root of a backup of `/`, which is the target itself and is not written); while writing, a parent
+//! that is a symlink is refused (never written through), files are opened with `O_NOFOLLOW`, and symlinks are
+//! created last; a snapshot naming one path twice is refused, unless both items are identical (as snapshots of
+//! overlapping paths made by older versions list them), when it is restored once. Owners, modes and times are applied through the descriptor of
 //! what was written (or without following a symlink), never through a path that could lead elsewhere.
 //! Every chunk is authenticated and its id re-checked before it is written, and a file gets its name only
 //! once it is complete.
@@ -203,8 +205,6 @@ fn apply_meta(f: &File, it: &Item) -> std::io::Result<()> {
     f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
 }
 
-/// Checks a snapshot's items before anything is written: safe paths, each path once, file sizes that match
-/// their chunks.
 /// What a full restore of a snapshot's items would refuse (for `verify`, which must not pass a snapshot that
 /// cannot be restored).
 pub fn check_restorable(
@@ -215,6 +215,8 @@ pub fn check_restorable(
     check_items(&select(all, None), idx, snap)
 }
 
+/// Checks the items a restore writes (after [`select`]) before anything is written: safe paths, each path once,
+/// file sizes that match their chunks.
 fn check_items(items: &[&Item], idx: &crate::backup::index::Index, snap: &str) -> BResult<()> {
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(items.len());
     for it in items {
@@ -398,7 +400,8 @@ pub fn restore(
     let all = repo.load_items(&snap, &idx)?;
     let items = select(&all, include);
     if let Some(inc) = include {
-        if items.is_empty() {
+        // "/" (the empty path) is the whole snapshot, even one that holds only its root directory
+        if items.is_empty() && !inc.iter().any(|p| p.is_empty()) {
             let shown: Vec<String> = inc
                 .iter()
                 .map(|p| format!("/{}", String::from_utf8_lossy(p)))

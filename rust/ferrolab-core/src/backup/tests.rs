@@ -860,6 +860,7 @@ fn a_held_lock_is_refreshed_until_it_is_released() {
         );
     }
     lock.check().unwrap();
+    lock.confirm().unwrap();
     drop(lock);
     assert!(
         read(&repo).is_empty(),
@@ -867,4 +868,32 @@ fn a_held_lock_is_refreshed_until_it_is_released() {
     );
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(read(&repo).is_empty());
+
+    // a lock another process removed (took for stale) is lost: confirm() says so at once, check() once the keeper
+    // has noticed, and the keeper does not write it again
+    let lock = Lock::acquire_refreshing(
+        repo.store.clone(),
+        repo.key.clone(),
+        true,
+        std::time::Duration::from_millis(20),
+    )
+    .unwrap();
+    for e in repo.store.list("locks").unwrap() {
+        repo.store.delete(&format!("locks/{}", e.name)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lock.check().is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keeper never noticed"
+        );
+    }
+    let e = lock.confirm().unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        read(&repo).is_empty(),
+        "a removed lock is not written again"
+    );
 }
