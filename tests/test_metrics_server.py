@@ -719,17 +719,29 @@ def test_head_bytes_are_counted_per_request_on_keep_alive() -> None:
         assert srv.stats()["bad_requests"] == 0
 
 
-def test_slow_health_checks_do_not_hold_up_a_scrape() -> None:
-    release = threading.Event()
-    entered = threading.Event()
+class StuckCheck:
+    """A health check registered under a unique name that blocks until :attr:`release` is set (or WAIT passes);
+    :attr:`entered` is set when it starts. Unregister with :meth:`remove`, after setting :attr:`release`."""
 
-    def stuck() -> Any:
-        entered.set()
-        release.wait(WAIT)
+    def __init__(self, prefix: str) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.name = unique(prefix)
+        health.register(self.name, self._run, timeout=WAIT)
+
+    def _run(self) -> Any:
+        self.entered.set()
+        self.release.wait(WAIT)
         return health.Status.HEALTHY
 
-    name = unique("stuck")
-    health.register(name, stuck, timeout=WAIT)
+    def remove(self) -> None:
+        self.release.set()
+        health.unregister(self.name)
+
+
+def test_slow_health_checks_do_not_hold_up_a_scrape() -> None:
+    check = StuckCheck("stuck")
+    release, entered = check.release, check.entered
     answers: list[int] = []
     with M.serve(port=0) as srv:  # workers=4
         clients = [threading.Thread(target=lambda: answers.append(get(srv, "/health").status)) for _ in range(6)]
@@ -749,7 +761,7 @@ def test_slow_health_checks_do_not_hold_up_a_scrape() -> None:
             release.set()
             for t in clients:
                 t.join(WAIT)
-            health.unregister(name)
+            check.remove()
     assert answers == [200] * 6
 
 
@@ -807,16 +819,7 @@ def test_tls_server_at_the_cap_closes_instead_of_answering_in_plain_text(tmp_pat
     from certs import make_certs
 
     certs = make_certs(tmp_path)
-    release = threading.Event()
-    entered = threading.Event()
-
-    def stuck() -> Any:
-        entered.set()
-        release.wait(WAIT)
-        return health.Status.HEALTHY
-
-    name = unique("tls_stuck")
-    health.register(name, stuck, timeout=WAIT)
+    check = StuckCheck("tls_stuck")
     ctx = ssl.create_default_context(cafile=str(certs.ca))
     with M.serve(port=0, tls_cert=certs.cert, tls_key=certs.key, max_connections=1) as srv:
         busy = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=WAIT, context=ctx)
@@ -829,15 +832,15 @@ def test_tls_server_at_the_cap_closes_instead_of_answering_in_plain_text(tmp_pat
         t = threading.Thread(target=ask)
         try:
             t.start()
-            entered.wait(WAIT)
+            check.entered.wait(WAIT)
             # the only connection is busy answering: a new one is refused, without plain text on a TLS port
             with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT) as s:
                 got = read_all(s)
             assert got == b""
             assert srv.stats()["rejected"] == 1
         finally:
-            release.set()
+            check.release.set()
             t.join(WAIT)
             busy.close()
-            health.unregister(name)
+            check.remove()
     assert answer == [200]
