@@ -428,8 +428,8 @@ class _FakeNative:
         self._snapshots = snapshots
         self.forgotten: list[list[str]] = []
 
-    def snapshots(self) -> list[dict]:
-        return [{**s.to_dict(), "time": s.time.timestamp()} for s in self._snapshots]
+    def load_snapshots(self) -> tuple[list[dict], list[tuple[str, str]]]:
+        return [{**s.to_dict(), "time": s.time.timestamp()} for s in self._snapshots], []
 
     def forget(self, ids: list[str]) -> None:
         self.forgotten.append(list(ids))

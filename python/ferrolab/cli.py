@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
 
@@ -362,10 +362,11 @@ def _print_damaged(command: str, damaged: Sequence[tuple[str, str]]) -> None:
 
 
 def _backup_list(args: argparse.Namespace) -> int:
+    from .backup import _tagged
+
     repo = _backup_open(args)
     snaps, damaged = repo._load()
-    wanted = set(_split_tags(args.tag))
-    snaps = [s for s in snaps if wanted.issubset(s.tags)]
+    snaps = _tagged(snaps, _split_tags(args.tag))
     if args.json:
         print(json.dumps([s.to_dict() for s in snaps], indent=2))
     else:
@@ -667,24 +668,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --- argument types: a bad value is a usage error (exit status 2) -----------------------------------------------
-def _int_at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``least``."""
+_N = TypeVar("_N", int, float)
 
-    def parse(text: str) -> int:
-        expected = f"expected an integer >= {least}, got {text!r}"
+
+def _arg_type(convert: Callable[[str], _N], ok: Callable[[_N], bool], expected: str) -> Callable[[str], _N]:
+    """An argparse type: ``convert(text)`` when it converts and ``ok`` holds, else a usage error naming ``expected``."""
+
+    def parse(text: str) -> _N:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(expected) from None
-        if value < least:
-            raise argparse.ArgumentTypeError(expected)
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1)
-_seed = _int_at_least(0)
+_positive_int = _arg_type(int, lambda v: v >= 1, "an integer >= 1")
+_seed = _arg_type(int, lambda v: v >= 0, "an integer >= 0")
 
 
 # The longest wait a command takes, in seconds (about 31 years): longer ones overflow the platform's time_t in
@@ -692,15 +695,8 @@ _seed = _int_at_least(0)
 MAX_SECONDS = 1e9
 
 
-def _positive_float(text: str) -> float:
-    expected = f"expected a positive number of seconds up to {MAX_SECONDS:g}, got {text!r}"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(expected) from None
-    if not (0 < value <= MAX_SECONDS):
-        raise argparse.ArgumentTypeError(expected)
-    return value
+_positive_float = _arg_type(float, lambda v: 0 < v <= MAX_SECONDS,
+                            f"a positive number of seconds up to {MAX_SECONDS:g}")
 
 
 def _port(text: str) -> int:

@@ -531,15 +531,14 @@ def _redact(url: str) -> str:
     >>> _redact("http://ci:hunter2@127.0.0.1:9091/metrics/job/j"), _redact("http://127.0.0.1:9091")
     ('http://ci:***@127.0.0.1:9091/metrics/job/j', 'http://127.0.0.1:9091')
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
-    userinfo, at, host = rest[:end].rpartition("@")
+    import urllib.parse  # imported here: most processes never push
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
     if not at or not colon:
         return url
-    return f"{scheme}://{user}:***@{host}{rest[end:]}"
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) -> None:

@@ -195,6 +195,12 @@ class Snapshot:
         return d
 
 
+def _tagged(snaps: list[Snapshot], tags: Iterable[str]) -> list[Snapshot]:
+    """The snapshots that have all of ``tags`` (all of them when there are none)."""
+    wanted = set(tags)
+    return [s for s in snaps if wanted.issubset(s.tags)]
+
+
 def _snapshot_time(sid: str, value: Any) -> datetime:
     """A stored snapshot time as an aware datetime (see :attr:`Snapshot.time`): a time beyond year 9999 that is one
     in milliseconds is read as milliseconds; any other time outside ``_TIME_MIN.._TIME_MAX`` reads as ``_TIME_MIN``.
@@ -573,9 +579,7 @@ class Repository:
     def _load(self) -> tuple[list[Snapshot], list[tuple[str, str]]]:
         """``(snapshots, damaged)``: the readable snapshots, oldest first, and ``(id, why)`` of each snapshot object
         that cannot be decrypted or decoded (sorted by id); nothing reported."""
-        load = getattr(self._native, "load_snapshots", None)
-        # test doubles of the native class may have only snapshots() (which drops damaged objects)
-        raw, bad = load() if load is not None else (self._native.snapshots(), [])
+        raw, bad = self._native.load_snapshots()
         snaps = [Snapshot._from_native(d) for d in raw]
         snaps.sort(key=lambda s: (s.time, s.id))
         return snaps, sorted((str(name), str(why).removeprefix(f"snapshot {name}: ")) for name, why in bad)
@@ -616,13 +620,11 @@ class Repository:
         return self._snapshots("snapshots", tags)
 
     def _snapshots(self, func: str, tags: str | Iterable[str] | None) -> list[Snapshot]:
-        wanted = set(_str_list(func, "tags", tags))
+        wanted = _str_list(func, "tags", tags)
         snaps, damaged = self._load()
         if damaged:
             self._report_damaged(damaged, stacklevel=4)
-        if wanted:
-            snaps = [s for s in snaps if wanted.issubset(s.tags)]
-        return snaps
+        return _tagged(snaps, wanted)
 
     def restore(
         self,

@@ -242,7 +242,7 @@ def _timestamp(func: str, arg: str, value: Any) -> float:
 
 #: The times a snapshot may record: years 1 to 9999 with a day to spare at each end, so that every one can be shown
 #: in any time zone. ``backup(time=...)`` refuses others; a stored time outside (written by an older version, or
-#: crafted) reads as the nearest end (see :meth:`Snapshot.time`).
+#: crafted) reads as milliseconds when it is one, else as ``_TIME_MIN`` (see :attr:`Snapshot.time`).
 _TIME_MIN = datetime(1, 1, 2, tzinfo=UTC)
 _TIME_MAX = datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC)
 

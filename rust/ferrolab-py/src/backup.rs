@@ -171,12 +171,6 @@ impl BackupRepository {
         snapshot_dict(py, &snap)
     }
 
-    /// The snapshots that can be read (see `load_snapshots` for the ones that cannot).
-    fn snapshots<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let (snaps, _bad) = py.detach(|| self.repo.load_snapshots()).py()?;
-        snaps.iter().map(|s| snapshot_dict(py, s)).collect()
-    }
-
     /// `(snapshots, damaged)`: the snapshots that can be read, and `(object name, why)` for each snapshot object
     /// that cannot be decrypted or decoded (`ferrolab.backup` reports them instead of hiding them).
     #[allow(clippy::type_complexity)]

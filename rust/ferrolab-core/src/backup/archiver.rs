@@ -102,12 +102,14 @@ pub fn glob_match(pat: &[u8], text: &[u8]) -> bool {
     }
     impl M<'_> {
         fn at(&mut self, pi: usize, ti: usize) -> bool {
+            // no table (fewer than two stars: plain backtracking is already polynomial) or the end of the pattern
+            let memo = !self.failed.is_empty() && pi < self.p.len();
             let slot = pi * (self.t.len() + 1) + ti;
-            if pi < self.p.len() && self.failed[slot] {
+            if memo && self.failed[slot] {
                 return false;
             }
             let r = self.step(pi, ti);
-            if !r && pi < self.p.len() {
+            if !r && memo {
                 self.failed[slot] = true;
             }
             r
@@ -166,10 +168,17 @@ pub fn glob_match(pat: &[u8], text: &[u8]) -> bool {
             }
         }
     }
+    // the table costs an allocation per call (per path and pattern): only patterns that can backtrack
+    // exponentially, with two stars or more, get one
+    let stars = pat.iter().filter(|&&c| c == b'*').count();
     let mut m = M {
         p: pat,
         t: text,
-        failed: vec![false; pat.len() * (text.len() + 1)],
+        failed: if stars >= 2 {
+            vec![false; pat.len() * (text.len() + 1)]
+        } else {
+            Vec::new()
+        },
     };
     m.at(0, 0)
 }

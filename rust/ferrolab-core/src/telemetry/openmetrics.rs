@@ -389,6 +389,14 @@ fn write_exemplar(out: &mut String, ex: &Exemplar) {
     let _ = write!(out, " {:.3}", ex.timestamp);
 }
 
+/// The `_created` sample of series `m` of family `name`, when the series carries its creation time.
+fn created_sample(out: &mut String, name: &str, m: &Metric) {
+    if m.timestamp_ms() != 0 {
+        let t = go_float(metrics::created_of(m));
+        sample(out, name, "_created", m.get_label(), None, &t, None);
+    }
+}
+
 fn sample(
     out: &mut String,
     name: &str,
@@ -658,9 +666,8 @@ pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String
                         &v,
                         ex.as_ref(),
                     );
-                    if created && m.timestamp_ms() != 0 {
-                        let t = go_float(metrics::created_of(m));
-                        sample(&mut out, base, "_created", m.get_label(), None, &t, None);
+                    if created {
+                        created_sample(&mut out, base, m);
                     }
                 }
             }
@@ -713,9 +720,8 @@ pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String
                         let sum = go_float(h.get_sample_sum());
                         sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
                     }
-                    if created && m.timestamp_ms() != 0 {
-                        let t = go_float(metrics::created_of(m));
-                        sample(&mut out, name, "_created", m.get_label(), None, &t, None);
+                    if created {
+                        created_sample(&mut out, name, m);
                     }
                 }
             }
@@ -734,9 +740,8 @@ pub fn render_only(families: &[MetricFamily], only: Option<&[String]>) -> String
                     sample(&mut out, name, "_count", m.get_label(), None, &n, None);
                     let sum = go_float(sm.sample_sum());
                     sample(&mut out, name, "_sum", m.get_label(), None, &sum, None);
-                    if created && m.timestamp_ms() != 0 {
-                        let t = go_float(metrics::created_of(m));
-                        sample(&mut out, name, "_created", m.get_label(), None, &t, None);
+                    if created {
+                        created_sample(&mut out, name, m);
                     }
                 }
             }
