@@ -206,10 +206,11 @@ fn shuffle8(src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Inverse of [`shuffle8`].
-fn unshuffle8(src: &[u8], dst: &mut [u8]) {
+/// Inverse of [`shuffle8`], appended to `dst` (written once: no zero-filled buffer first).
+fn unshuffle8(src: &[u8], dst: &mut Vec<u8>) {
     let n = src.len() / 8;
     let blocks = n / 8;
+    dst.reserve(n * 8);
     for bi in 0..blocks {
         let mut r = [0u64; 8];
         for (k, v) in r.iter_mut().enumerate() {
@@ -217,15 +218,14 @@ fn unshuffle8(src: &[u8], dst: &mut [u8]) {
             *v = u64::from_le_bytes(src[o..o + 8].try_into().unwrap());
         }
         transpose8(&mut r);
+        let mut block = [0u8; 64];
         for (j, v) in r.iter().enumerate() {
-            let o = (bi * 8 + j) * 8;
-            dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
+            block[j * 8..j * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
+        dst.extend_from_slice(&block);
     }
     for i in blocks * 8..n {
-        for k in 0..8 {
-            dst[i * 8 + k] = src[k * n + i];
-        }
+        dst.extend((0..8).map(|k| src[k * n + i]));
     }
 }
 
@@ -260,12 +260,12 @@ fn unshuffle(data: &[u8], elem: usize, head: usize, out: &mut Vec<u8>) {
     let n = (data.len() - head) / elem;
     out.extend_from_slice(&data[..head]);
     let body = &data[head..head + n * elem];
-    let start = out.len();
-    out.resize(start + n * elem, 0);
-    let dst = &mut out[start..];
     if elem == 8 {
-        unshuffle8(body, dst);
+        unshuffle8(body, out);
     } else {
+        let start = out.len();
+        out.resize(start + n * elem, 0);
+        let dst = &mut out[start..];
         for k in 0..elem {
             let lane = &body[k * n..(k + 1) * n];
             for (i, s) in lane.iter().enumerate() {
@@ -582,7 +582,7 @@ mod tests {
                     assert_eq!(dst[k * n + i], src[i * 8 + k]);
                 }
             }
-            let mut back = vec![0u8; n * 8];
+            let mut back = Vec::new();
             unshuffle8(&dst, &mut back);
             assert_eq!(back, src);
         }

@@ -223,6 +223,38 @@ impl MasterKey {
             )
         })
     }
+
+    /// Opens a sealed object in place: its ciphertext is authenticated, then decrypted where it lies, and the
+    /// plaintext is returned as part of `sealed` (no copy). `None` when it does not authenticate; the buffer is
+    /// then left as it was (the tag is checked before anything is decrypted).
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8], aad: &[u8]) -> Option<&'a [u8]> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return None;
+        }
+        let (nonce, rest) = sealed.split_at_mut(24);
+        let at = rest.len() - 16;
+        let (ct, tag) = rest.split_at_mut(at);
+        decrypt(&self.cipher, nonce, ct, tag, aad)?;
+        Some(ct)
+    }
+}
+
+/// Authenticates the ciphertext `ct` (with its stored `nonce` and `tag`), then decrypts it in place.
+fn decrypt(
+    cipher: &XChaCha20Poly1305,
+    nonce: &[u8],
+    ct: &mut [u8],
+    tag: &[u8],
+    aad: &[u8],
+) -> Option<()> {
+    cipher
+        .decrypt_inout_detached(
+            &XNonce::try_from(nonce).ok()?,
+            aad,
+            ct.into(),
+            tag.try_into().ok()?,
+        )
+        .ok()
 }
 
 fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
@@ -232,14 +264,7 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], aad: &[u8]) -> Option<Ve
     let (nonce, rest) = sealed.split_at(24);
     let (ct, tag) = rest.split_at(rest.len() - 16);
     let mut buf = ct.to_vec();
-    cipher
-        .decrypt_inout_detached(
-            &XNonce::try_from(nonce).ok()?,
-            aad,
-            (&mut buf[..]).into(),
-            tag.try_into().ok()?,
-        )
-        .ok()?;
+    decrypt(cipher, nonce, &mut buf, tag, aad)?;
     Some(buf)
 }
 
@@ -499,6 +524,34 @@ mod tests {
             assert!(k.open(&t, b"ad", &"x").is_err(), "flip at {i} accepted");
         }
         assert!(k.open(&s[..10], b"ad", &"x").is_err());
+    }
+
+    #[test]
+    fn open_in_place_decrypts_where_it_lies_and_leaves_a_forgery_untouched() {
+        let k = MasterKey::generate();
+        let s = k.seal(b"hello world", b"ad");
+        let mut buf = s.clone();
+        assert_eq!(k.open_in_place(&mut buf, b"ad").unwrap(), b"hello world");
+        assert_eq!(&buf[24..24 + 11], b"hello world");
+        let mut other = s.clone();
+        assert!(k.open_in_place(&mut other, b"other").is_none());
+        assert_eq!(
+            other, s,
+            "a buffer that does not authenticate is left as it was"
+        );
+        for i in 0..s.len() {
+            let mut t = s.clone();
+            t[i] ^= 1;
+            let forged = t.clone();
+            assert!(
+                k.open_in_place(&mut t, b"ad").is_none(),
+                "flip at {i} accepted"
+            );
+            assert_eq!(t, forged);
+        }
+        assert!(k
+            .open_in_place(&mut s.clone()[..SEAL_OVERHEAD - 1], b"ad")
+            .is_none());
     }
 
     #[test]

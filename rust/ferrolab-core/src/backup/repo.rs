@@ -362,7 +362,7 @@ impl Repository {
                 run.push((*id, l));
             }
             i += run.len();
-            let data = match self.store.get_range(&pack_key(&pack), start, end - start) {
+            let mut data = match self.store.get_range(&pack_key(&pack), start, end - start) {
                 Ok(d) => d,
                 Err(CoreError::Io { source, context })
                     if matches!(
@@ -392,16 +392,18 @@ impl Repository {
             };
             for (id, loc) in run {
                 let at = (loc.offset as u64 - start) as usize;
-                let sealed = &data[at..at + loc.length as usize];
-                let plain = decode_blob(&self.key, &id, sealed, loc.raw_len as usize, dctx)
-                    .map_err(|m| {
-                        corrupt(format!(
-                            "{}: chunk {} in pack {}: {m}",
-                            what(),
-                            hex(&id),
-                            hex(&pack)
-                        ))
-                    })?;
+                // the run's blobs are disjoint (offsets increase), so each can be decrypted where it lies
+                let sealed = &mut data[at..at + loc.length as usize];
+                let plain =
+                    decode_blob_in_place(&self.key, &id, sealed, loc.raw_len as usize, dctx)
+                        .map_err(|m| {
+                            corrupt(format!(
+                                "{}: chunk {} in pack {}: {m}",
+                                what(),
+                                hex(&id),
+                                hex(&pack)
+                            ))
+                        })?;
                 sink(plain)?;
             }
         }
@@ -444,8 +446,36 @@ pub fn decode_blob(
 ) -> Result<Vec<u8>, String> {
     let payload = key
         .open(sealed, id, &"blob")
-        .map_err(|_| "authentication failed (the data was modified or damaged)".to_string())?;
-    let plain = chunker::decode(&payload, raw_len, dctx)?;
+        .map_err(|_| BLOB_AUTH_FAILED.to_string())?;
+    decoded_blob(key, id, &payload, raw_len, dctx)
+}
+
+/// [`decode_blob`] decrypting `sealed` in place (its bytes are the plaintext payload afterwards): a restore
+/// reads each blob once and needs no copy of its ciphertext.
+pub fn decode_blob_in_place(
+    key: &MasterKey,
+    id: &Id,
+    sealed: &mut [u8],
+    raw_len: usize,
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<Vec<u8>, String> {
+    let payload = key
+        .open_in_place(sealed, id)
+        .ok_or_else(|| BLOB_AUTH_FAILED.to_string())?;
+    decoded_blob(key, id, payload, raw_len, dctx)
+}
+
+const BLOB_AUTH_FAILED: &str = "authentication failed (the data was modified or damaged)";
+
+/// The plaintext of an authenticated blob payload, checked against the blob's id.
+fn decoded_blob(
+    key: &MasterKey,
+    id: &Id,
+    payload: &[u8],
+    raw_len: usize,
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<Vec<u8>, String> {
+    let plain = chunker::decode(payload, raw_len, dctx)?;
     if key.blob_id(&plain) != *id {
         return Err("content does not match its id".into());
     }

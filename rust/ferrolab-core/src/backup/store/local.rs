@@ -9,8 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -314,9 +313,17 @@ impl Store for LocalStore {
                 ),
             ));
         }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)
+        // read into the buffer's spare capacity: zero-filling it first (`vec![0; len]`) cost a memset of every
+        // byte a restore reads
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut f = f;
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.take(len).read_to_end(&mut buf))
             .map_err(|e| self.io(&what, key, e))?;
+        if buf.len() as u64 != len {
+            let e = std::io::Error::new(ErrorKind::UnexpectedEof, "the object ended early");
+            return Err(self.io(&what, key, e));
+        }
         Ok(buf)
     }
 
