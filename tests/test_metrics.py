@@ -1467,3 +1467,74 @@ def test_push_errors_do_not_show_the_gateway_password(func) -> None:
     assert M._redact("https://u:p%40ss@gw:9091/a?b=c@d") == "https://u:***@gw:9091/a?b=c@d"
     assert M._redact("http://token@gw/x") == "http://token@gw/x"
     assert M._redact("gw:9091/metrics") == "gw:9091/metrics"
+
+
+def _exception_chain_text(e: BaseException) -> str:
+    """Every exception of ``e``'s chain, as ``traceback`` prints each one."""
+    import traceback
+
+    parts = []
+    exc: BaseException | None = e
+    while exc is not None:
+        parts.append("".join(traceback.format_exception_only(exc)))
+        exc = exc.__cause__ or exc.__context__
+    return "".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("gateway", "shown"),
+    [
+        # a password with an unencoded "/", "?" or "#" ends the URL's authority early (host "ci", port "se")
+        ("http://ci:pw1/t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
+        ("http://ci:pw1?t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
+        ("http://ci:pw1#t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
+    ],
+)
+def test_a_password_with_reserved_characters_never_shows(gateway, shown) -> None:
+    with pytest.raises(OSError) as e:
+        M.push(gateway, "nightly", timeout=5)
+    assert shown in str(e.value)
+    assert "pw1" not in _exception_chain_text(e.value)
+    assert "t0p" not in _exception_chain_text(e.value)
+
+
+def test_an_invalid_gateway_url_is_a_value_error_without_the_password() -> None:
+    # http.client.InvalidURL (quoting the URL) for a control character
+    with pytest.raises(ValueError, match=r"push\(\): argument 'gateway' is not a valid URL") as e:
+        M.push("http://ci:hunter2@127.0.0.1:9/x\ny", "nightly", timeout=5)
+    assert "hunter2" not in _exception_chain_text(e.value)
+    assert "***" in str(e.value)
+
+
+def test_gateway_credentials_are_sent_as_basic_auth() -> None:
+    import base64
+    import http.server
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        port = srv.server_address[1]
+        M.push(f"http://ci:p%40ss@127.0.0.1:{port}", "nightly", timeout=10)
+        M.push(f"http://ci:p/w?d@127.0.0.1:{port}", "nightly", timeout=10)  # reserved characters, unencoded
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(10)
+    assert seen == [
+        ("/metrics/job/nightly", "Basic " + base64.b64encode(b"ci:p@ss").decode()),
+        ("/metrics/job/nightly", "Basic " + base64.b64encode(b"ci:p/w?d").decode()),
+    ]

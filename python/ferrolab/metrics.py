@@ -531,24 +531,40 @@ def _redact(url: str) -> str:
     >>> _redact("http://ci:hunter2@127.0.0.1:9091/metrics/job/j"), _redact("http://127.0.0.1:9091")
     ('http://ci:***@127.0.0.1:9091/metrics/job/j', 'http://127.0.0.1:9091')
     """
-    import urllib.parse  # imported here: most processes never push
+    from ._urls import split_userinfo
 
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    if not at or not colon:
+    found = split_userinfo(url)
+    if found is None:
         return url
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    scheme, userinfo, rest = found
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{user}:***@{rest}" if colon else url
 
 
 def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) -> None:
-    import urllib.error  # imported here: most processes never push
+    import base64  # imported here: most processes never push
+    import http.client
+    import urllib.error
+    import urllib.parse
     import urllib.request
 
+    from ._urls import split_userinfo
+
+    shown = _redact(url)  # messages never carry the gateway's password
+    found = split_userinfo(url)
+    auth = None
+    if found is not None:
+        # credentials go in an Authorization header (urllib would take them for part of the host name)
+        scheme, userinfo, rest = found
+        url = scheme + rest
+        user, _, password = (urllib.parse.unquote(p) for p in userinfo.partition(":"))
+        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("Content-Type", CONTENT_TYPE_LATEST)
-    shown = _redact(url)  # messages never carry the gateway's password
+    if auth is not None:
+        req.add_header("Authorization", auth)
+    invalid = ""
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read()
@@ -557,6 +573,10 @@ def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) 
         raise OSError(f"{func}(): {method} {shown} answered {e.code} {e.reason}: {detail}") from e
     except urllib.error.URLError as e:
         raise OSError(f"{func}(): cannot reach {shown}: {e.reason}") from e
+    except (ValueError, http.client.InvalidURL) as e:  # their messages quote the URL or parts of it
+        invalid = type(e).__name__
+    if invalid:  # raised here, outside the handler, so that the original is not chained to it
+        raise ValueError(f"{func}(): argument 'gateway' is not a valid URL ({invalid}): {shown}")
 
 
 def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0) -> None:
@@ -566,6 +586,9 @@ def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, 
     ----------
     gateway : str
         The Pushgateway's address, e.g. ``"http://127.0.0.1:9091"`` (``http://`` is assumed when missing).
+        Credentials in it (``"https://user:password@gw:9091"``, percent-encoded where needed) are sent as HTTP
+        basic authentication, as a gateway started with ``--web.config.file`` asks; messages show the password as
+        ``***``.
     job : str
         The ``job`` label of the group.
     grouping_key : mapping, optional
@@ -577,6 +600,8 @@ def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, 
     ------
     OSError
         The gateway cannot be reached or rejects the push (the message has its answer).
+    ValueError
+        ``gateway`` is not a valid URL.
     """
     url = _gateway_url("push", gateway, job, grouping_key)
     _send("push", "PUT", url, exposition().encode(), timeout)

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from .._urls import split_userinfo
+
 if TYPE_CHECKING:
     from . import Snapshot
 
@@ -88,10 +90,11 @@ def _redact_url(url: str) -> str:
     """
     if not _SCHEME.match(url):
         return url
-    scheme, rest = url.split("://", 1)
-    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    scheme, _, rest = url.partition("://")
+    found = split_userinfo(url)
+    if found is not None:
+        rest = found[2]
+    return f"{scheme}://{re.split(r'[?#]', rest, maxsplit=1)[0]}"
 
 
 def _read_first_line(path: str | os.PathLike[str]) -> bytes:
