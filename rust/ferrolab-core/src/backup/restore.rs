@@ -381,6 +381,17 @@ fn interleave_runs(first_file: &[usize], k: usize) -> Vec<usize> {
     order
 }
 
+/// Refuses to put a file or symlink at `dest` where the target has a directory (it is never replaced).
+fn no_dir_at(dest: &Path) -> BResult<()> {
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_dir()) {
+        return Err(refuse(format!(
+            "restore: {} exists and is a directory",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Restores snapshot `snapshot_id` into `target`.
 ///
 /// Each file is written under a temporary name in its folder, gets its owner, mode and times through its
@@ -463,12 +474,7 @@ pub fn restore(
                 stats.dirs += 1;
             }
             Kind::File => {
-                if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_dir()) {
-                    return Err(refuse(format!(
-                        "restore: {} exists and is a directory",
-                        dest.display()
-                    )));
-                }
+                no_dir_at(&dest)?;
                 to_create.push(i);
                 temps[i] = dest.with_file_name(temp_name());
                 let n = plan.add_file(
@@ -481,7 +487,11 @@ pub fn restore(
                 remaining[i].store(n, Ordering::Relaxed);
                 stats.files += 1;
             }
-            Kind::Symlink => stats.symlinks += 1,
+            Kind::Symlink => {
+                // refused now, before any file is written (the symlinks themselves come last)
+                no_dir_at(&dest)?;
+                stats.symlinks += 1
+            }
         }
         dests.push(dest);
     }
@@ -738,13 +748,8 @@ pub fn restore(
     for (i, it) in items.iter().enumerate() {
         if it.kind == Kind::Symlink {
             let dest = ensure_parents(&target, &it.path, &mut checked)?;
-            if let Ok(m) = fs::symlink_metadata(&dest) {
-                if m.file_type().is_dir() {
-                    return Err(refuse(format!(
-                        "restore: {} exists and is a directory",
-                        dest.display()
-                    )));
-                }
+            if fs::symlink_metadata(&dest).is_ok() {
+                no_dir_at(&dest)?; // (checked before the data too; again in case one appeared since)
                 fs::remove_file(&dest).map_err(|e| {
                     CoreError::io(format!("restore: replace {}", dest.display()), e)
                 })?;

@@ -165,6 +165,23 @@ fn crafted_traversal_paths_are_refused_before_writing() {
 }
 
 #[test]
+fn a_symlink_over_an_existing_directory_is_refused_before_any_file_is_written() {
+    let t = TempDir::new();
+    let repo = repo_at(&t.0);
+    let target = t.0.join("target");
+    fs::create_dir_all(target.join("l")).unwrap();
+    let mut items = vec![item(b"a", Kind::File, b""), item(b"l", Kind::Symlink, b"a")];
+    let id = craft(&repo, &mut items, b"x");
+    let e = restore(&repo, &id, &target, None, None).unwrap_err();
+    assert!(e.to_string().contains("exists and is a directory"), "{e}");
+    assert!(
+        !target.join("a").exists(),
+        "a file was written before the refusal"
+    );
+    assert!(target.join("l").is_dir(), "the directory is left as it was");
+}
+
+#[test]
 fn crafted_symlink_then_file_through_it_does_not_escape() {
     let t = TempDir::new();
     let repo = repo_at(&t.0);
