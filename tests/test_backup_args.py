@@ -157,6 +157,12 @@ def test_repository_cannot_be_constructed_directly() -> None:
         ("s3://user@bucket", "s3://bucket"),
         ("s3://bucket/p?X-Amz-Signature=abc#frag", "s3://bucket/p"),
         ("/dir/with@sign", "/dir/with@sign"),
+        # secrets with an unencoded "/" (AWS secret keys have them), and "@" in the path
+        ("s3://AKIA:ab/cd@bucket/pre@fix", "s3://bucket/pre@fix"),
+        ("s3://AKIA:/cd@bucket/p", "s3://bucket/p"),
+        ("s3://AKIA:12/cd@bucket/p", "s3://bucket/p"),
+        ("s3://bucket/prefix?x=a@b", "s3://bucket/prefix"),
+        ("s3://bucket/backups@host1", "s3://bucket/backups@host1"),
     ],
 )
 def test_repository_label_has_no_credentials(url, label) -> None:

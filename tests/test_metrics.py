@@ -1464,9 +1464,13 @@ def test_push_errors_do_not_show_the_gateway_password(func) -> None:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
     assert len(chain) > 1 and not any("hunter2" in "".join(traceback.format_exception_only(x)) for x in chain)
-    assert M._redact("https://u:p%40ss@gw:9091/a?b=c@d") == "https://u:***@gw:9091/a?b=c@d"
-    assert M._redact("http://token@gw/x") == "http://token@gw/x"
-    assert M._redact("gw:9091/metrics") == "gw:9091/metrics"
+    gateways = ("https://u:p%40ss@gw:9091", "http://token@gw", "gw:9091")
+    shown = [M._gateway_url("push", g, "j", None).shown for g in gateways]
+    assert shown == [
+        "https://u:***@gw:9091/metrics/job/j",
+        "http://***@gw/metrics/job/j",  # a user name without a password is a token
+        "http://gw:9091/metrics/job/j",
+    ]
 
 
 def _exception_chain_text(e: BaseException) -> str:
@@ -1484,15 +1488,18 @@ def _exception_chain_text(e: BaseException) -> str:
 @pytest.mark.parametrize(
     ("gateway", "shown"),
     [
-        # a password with an unencoded "/", "?" or "#" ends the URL's authority early (host "ci", port "se")
-        ("http://ci:pw1/t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
-        ("http://ci:pw1?t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
-        ("http://ci:pw1#t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job/nightly"),
+        # a password with an unencoded "/", "?" or "#" would end the URL's authority early (host "ci", port "pw1")
+        ("http://ci:pw1/t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job@base64/YS9i"),
+        ("http://ci:pw1?t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job@base64/YS9i"),
+        ("http://ci:pw1#t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job@base64/YS9i"),
+        ("http://ci:/pw1t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job@base64/YS9i"),
+        ("http://ci:1234/pw1t0p@127.0.0.1:9", "http://ci:***@127.0.0.1:9/metrics/job@base64/YS9i"),
     ],
 )
 def test_a_password_with_reserved_characters_never_shows(gateway, shown) -> None:
+    # the job "a/b" puts an "@" in the path, which must not move the split of the credentials
     with pytest.raises(OSError) as e:
-        M.push(gateway, "nightly", timeout=5)
+        M.push(gateway, "a/b", timeout=5)
     assert shown in str(e.value)
     assert "pw1" not in _exception_chain_text(e.value)
     assert "t0p" not in _exception_chain_text(e.value)
@@ -1529,12 +1536,61 @@ def test_gateway_credentials_are_sent_as_basic_auth() -> None:
     try:
         port = srv.server_address[1]
         M.push(f"http://ci:p%40ss@127.0.0.1:{port}", "nightly", timeout=10)
-        M.push(f"http://ci:p/w?d@127.0.0.1:{port}", "nightly", timeout=10)  # reserved characters, unencoded
+        # reserved characters, unencoded, and a job whose encoding puts an "@" in the path
+        M.push(f"http://ci:p/w?d@127.0.0.1:{port}", "a/b", {"instance": ""}, timeout=10)
     finally:
         srv.shutdown()
         srv.server_close()
         t.join(10)
     assert seen == [
         ("/metrics/job/nightly", "Basic " + base64.b64encode(b"ci:p@ss").decode()),
-        ("/metrics/job/nightly", "Basic " + base64.b64encode(b"ci:p/w?d").decode()),
+        ("/metrics/job@base64/YS9i/instance@base64/=", "Basic " + base64.b64encode(b"ci:p/w?d").decode()),
     ]
+    with pytest.raises(ValueError, match="':' in its user name"):
+        M.push("http://c%3Ai:pw@127.0.0.1:9", "nightly", timeout=5)
+
+
+def test_a_redirect_is_an_error_and_the_credentials_stay_with_the_gateway() -> None:
+    import http.server
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.command, self.headers.get("Authorization")))
+            if self.server is gateway:
+                self.send_response(303)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/elsewhere")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = _answer  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (gateway, other)]
+    for t in threads:
+        t.start()
+    try:
+        answered = r"pushadd\(\): POST http://ci:\*\*\*@127.0.0.1:\d+/metrics/job/j answered 303"
+        with pytest.raises(OSError, match=answered):
+            M.pushadd(f"http://ci:hunter2@127.0.0.1:{gateway.server_address[1]}", "j", timeout=10)
+    finally:
+        for s in (gateway, other):
+            s.shutdown()
+            s.server_close()
+        for t in threads:
+            t.join(10)
+    assert [c for c, _ in seen] == ["POST"], "the redirect was followed"
+
+
+@pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), (float("nan"), ValueError), ("5", TypeError)])
+def test_push_timeout_is_checked(timeout, error) -> None:
+    with pytest.raises(error, match=r"push\(\): argument 'timeout'"):
+        M.push("http://127.0.0.1:9", "j", timeout=timeout)

@@ -29,6 +29,7 @@ import base64
 import copy
 import functools
 import inspect
+import math
 import os
 import sys
 import threading
@@ -505,7 +506,15 @@ def _escape(name: str, value: str) -> str:
     return f"/{name}/{urllib.parse.quote(value, safe='')}"
 
 
-def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, Any] | None) -> str:
+class _Gateway(NamedTuple):
+    """Where a push goes: the URL without credentials, the URL as messages show it, the Authorization header."""
+
+    url: str
+    shown: str
+    auth: str | None
+
+
+def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, Any] | None) -> _Gateway:
     if not isinstance(gateway, str) or not gateway:
         raise TypeError(f"{func}(): argument 'gateway' must be a non-empty str")
     if not isinstance(job, str) or not job:
@@ -514,69 +523,83 @@ def _gateway_url(func: str, gateway: str, job: str, grouping_key: Mapping[str, A
         raise TypeError(f"{func}(): argument 'grouping_key' must be a mapping of label names to values")
     if "://" not in gateway:
         gateway = "http://" + gateway
-    url = gateway.rstrip("/") + "/metrics" + _escape("job", job)
+    path = "/metrics" + _escape("job", job)
     for k, v in (grouping_key or {}).items():
         if not isinstance(k, str) or not _exposition.is_legacy(k, metric=False):
             raise ValueError(f"{func}(): argument 'grouping_key' has the invalid label name {k!r}")
-        url += _escape(k, v)
-    return url
+        path += _escape(k, v)
+    base, shown, auth = _credentials(func, gateway)
+    return _Gateway(base.rstrip("/") + path, shown.rstrip("/") + path, auth)
 
 
-def _redact(url: str) -> str:
-    """``url`` with the password of its userinfo replaced by ``***`` (for messages).
+def _credentials(func: str, gateway: str) -> tuple[str, str, str | None]:
+    """``gateway`` without its credentials, as messages show it, and the basic-auth header of the credentials.
+
+    Everything before the address's last ``@`` is credentials (``user:password``, percent-encoded where needed),
+    also when the password holds a ``/``, ``?`` or ``#``, which would otherwise end the URL's authority early (the
+    path is added only after this split, so a job or label value with an ``@`` cannot move it). The password, and a
+    user name given without one (a token), show as ``***``.
 
     Examples
     --------
-    >>> from ferrolab.metrics import _redact
-    >>> _redact("http://ci:hunter2@127.0.0.1:9091/metrics/job/j"), _redact("http://127.0.0.1:9091")
-    ('http://ci:***@127.0.0.1:9091/metrics/job/j', 'http://127.0.0.1:9091')
+    >>> from ferrolab.metrics import _credentials
+    >>> _credentials("push", "http://ci:pa/ss@127.0.0.1:9091")[:2], _credentials("push", "http://gw:9091")
+    (('http://127.0.0.1:9091', 'http://ci:***@127.0.0.1:9091'), ('http://gw:9091', 'http://gw:9091', None))
     """
-    from ._urls import split_userinfo
+    import urllib.parse  # imported here: most processes never push
 
-    found = split_userinfo(url)
-    if found is None:
-        return url
-    scheme, userinfo, rest = found
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}{user}:***@{rest}" if colon else url
+    scheme, sep, rest = gateway.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return gateway, gateway, None
+    raw_user, colon, raw_password = userinfo.partition(":")
+    user, password = urllib.parse.unquote(raw_user), urllib.parse.unquote(raw_password)
+    if ":" in user:  # RFC 7617: the server splits user and password at the first colon
+        raise ValueError(
+            f"{func}(): argument 'gateway' has a ':' in its user name, which basic authentication cannot carry"
+        )
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    shown = f"{scheme}{sep}{raw_user}:***@{host}" if colon else f"{scheme}{sep}***@{host}"
+    return f"{scheme}{sep}{host}", shown, f"Basic {token}"
 
 
-def _send(func: str, method: str, url: str, body: bytes | None, timeout: float) -> None:
-    import base64  # imported here: most processes never push
-    import http.client
+def _send(func: str, method: str, target: _Gateway, body: bytes | None, timeout: float) -> None:
+    import http.client  # imported here: most processes never push
     import urllib.error
-    import urllib.parse
     import urllib.request
 
-    from ._urls import split_userinfo
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{func}(): argument 'timeout' must be a number of seconds, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"{func}(): argument 'timeout' must be a positive number of seconds, got {timeout!r}")
 
-    shown = _redact(url)  # messages never carry the gateway's password
-    found = split_userinfo(url)
-    auth = None
-    if found is not None:
-        # credentials go in an Authorization header (urllib would take them for part of the host name)
-        scheme, userinfo, rest = found
-        url = scheme + rest
-        user, _, password = (urllib.parse.unquote(p) for p in userinfo.partition(":"))
-        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    req = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        req.add_header("Content-Type", CONTENT_TYPE_LATEST)
-    if auth is not None:
-        req.add_header("Authorization", auth)
-    invalid = ""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        # a redirect would send the credentials to another address (and urllib turns a POST into a GET there)
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    invalid = ""  # the errors of an invalid URL quote the URL (with its credentials): raised after the handler
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            resp.read()
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode(errors="replace").strip()
-        raise OSError(f"{func}(): {method} {shown} answered {e.code} {e.reason}: {detail}") from e
-    except urllib.error.URLError as e:
-        raise OSError(f"{func}(): cannot reach {shown}: {e.reason}") from e
-    except (ValueError, http.client.InvalidURL) as e:  # their messages quote the URL or parts of it
+        req = urllib.request.Request(target.url, data=body, method=method)
+    except ValueError as e:
         invalid = type(e).__name__
-    if invalid:  # raised here, outside the handler, so that the original is not chained to it
-        raise ValueError(f"{func}(): argument 'gateway' is not a valid URL ({invalid}): {shown}")
+    else:
+        if body is not None:
+            req.add_header("Content-Type", CONTENT_TYPE_LATEST)
+        if target.auth is not None:
+            req.add_header("Authorization", target.auth)
+        try:
+            with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout) as resp:
+                resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace").strip()
+            raise OSError(f"{func}(): {method} {target.shown} answered {e.code} {e.reason}: {detail}") from e
+        except urllib.error.URLError as e:
+            raise OSError(f"{func}(): cannot reach {target.shown}: {e.reason}") from e
+        except http.client.InvalidURL as e:
+            invalid = type(e).__name__
+    if invalid:
+        raise ValueError(f"{func}(): argument 'gateway' is not a valid URL ({invalid}): {target.shown}")
 
 
 def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0) -> None:
@@ -586,9 +609,9 @@ def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, 
     ----------
     gateway : str
         The Pushgateway's address, e.g. ``"http://127.0.0.1:9091"`` (``http://`` is assumed when missing).
-        Credentials in it (``"https://user:password@gw:9091"``, percent-encoded where needed) are sent as HTTP
-        basic authentication, as a gateway started with ``--web.config.file`` asks; messages show the password as
-        ``***``.
+        Credentials in it (``"https://user:password@gw:9091"``; everything before its last ``@``, percent-encoded
+        where needed) are sent as HTTP basic authentication, as a gateway started with ``--web.config.file`` asks;
+        messages show the password as ``***``. A redirect is an error (it would carry the credentials elsewhere).
     job : str
         The ``job`` label of the group.
     grouping_key : mapping, optional
@@ -599,23 +622,21 @@ def push(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, 
     Raises
     ------
     OSError
-        The gateway cannot be reached or rejects the push (the message has its answer).
+        The gateway cannot be reached, rejects the push or redirects it (the message has its answer).
     ValueError
-        ``gateway`` is not a valid URL.
+        ``gateway`` is not a valid URL, or ``timeout`` is not positive.
     """
-    url = _gateway_url("push", gateway, job, grouping_key)
-    _send("push", "PUT", url, exposition().encode(), timeout)
+    _send("push", "PUT", _gateway_url("push", gateway, job, grouping_key), exposition().encode(), timeout)
 
 
 def pushadd(gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0) -> None:
     """Like :func:`push` but only replaces the metrics with the same names in the group (HTTP POST)."""
-    url = _gateway_url("pushadd", gateway, job, grouping_key)
-    _send("pushadd", "POST", url, exposition().encode(), timeout)
+    _send("pushadd", "POST", _gateway_url("pushadd", gateway, job, grouping_key), exposition().encode(), timeout)
 
 
 def delete_from_gateway(
     gateway: str, job: str, grouping_key: Mapping[str, Any] | None = None, timeout: float = 30.0
 ) -> None:
     """Delete this job's group from a Pushgateway (HTTP DELETE)."""
-    url = _gateway_url("delete_from_gateway", gateway, job, grouping_key)
-    _send("delete_from_gateway", "DELETE", url, None, timeout)
+    target = _gateway_url("delete_from_gateway", gateway, job, grouping_key)
+    _send("delete_from_gateway", "DELETE", target, None, timeout)

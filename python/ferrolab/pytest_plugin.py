@@ -218,8 +218,8 @@ def _push(session: pytest.Session, gateway: str, records: list[dict[str, Any]]) 
 
     job = session.config.getoption("--ops-push-job") or DEFAULT_PUSH_JOB
     try:
-        url = metrics._gateway_url("push", gateway, job, {"instance": socket.gethostname()})
-        metrics._send("push", "PUT", url, push_text(records, time.time()).encode(), 30.0)
+        target = metrics._gateway_url("push", gateway, job, {"instance": socket.gethostname()})
+        metrics._send("push", "PUT", target, push_text(records, time.time()).encode(), 30.0)
     except (OSError, TypeError, ValueError) as exc:
         session.config.stash[_PUSH_RESULT] = (False, f"ferrolab --ops-push: {exc}")
         if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
@@ -228,8 +228,8 @@ def _push(session: pytest.Session, gateway: str, records: list[dict[str, Any]]) 
             print(f"ferrolab --ops-push: {exc}", file=sys.stderr)
         return
     n = sum(1 for r in records if r["outcome"] in _SUCCESS)
-    shown = metrics._redact(url)  # no gateway password in the summary line
-    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {shown}")
+    # no gateway password in the summary line
+    session.config.stash[_PUSH_RESULT] = (True, f"ferrolab --ops-push: {n} check result(s) pushed to {target.shown}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._urls import split_userinfo
-
 if TYPE_CHECKING:
     from . import Snapshot
 
@@ -82,18 +80,30 @@ def _local_path(url: str) -> str | None:
 def _redact_url(url: str) -> str:
     """``url`` without credentials, query or fragment (for metric labels and reprs).
 
+    The credentials end at the authority's last ``@``. A password holding an unencoded ``/``, ``?`` or ``#`` ends the
+    authority early (``s3://KEY:ab/cd@bucket`` parses as host ``KEY`` with port ``ab``; AWS secret keys hold ``/``):
+    when the authority has a ``:`` and an ``@`` follows, everything up to that ``@`` is taken for credentials too,
+    except in an ``http(s)`` URL whose port is a number.
+
     Examples
     --------
     >>> from ferrolab.backup import _redact_url
     >>> _redact_url("s3://AKIA:secret@bucket/prefix?token=x"), _redact_url("/srv/backups")
     ('s3://bucket/prefix', '/srv/backups')
+    >>> _redact_url("s3://AKIA:se/cret@bucket/pre@fix")
+    's3://bucket/pre@fix'
     """
     if not _SCHEME.match(url):
         return url
-    scheme, _, rest = url.partition("://")
-    found = split_userinfo(url)
-    if found is not None:
-        rest = found[2]
+    scheme, rest = url.split("://", 1)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        rest = rest[authority.rindex("@") + 1 :]
+    elif ":" in authority and "@" in rest[end:]:
+        port = authority.rpartition(":")[2]
+        if not (scheme.lower() in ("http", "https") and port.isdigit()):
+            rest = rest[rest.index("@", end) + 1 :]
     return f"{scheme}://{re.split(r'[?#]', rest, maxsplit=1)[0]}"
 
 
