@@ -1279,7 +1279,8 @@ def test_init_and_open_refuse_unsupported_schemes_and_nul(tmp_path, monkeypatch)
 
 def test_open_on_a_regular_file_is_repository_not_found(tmp_path) -> None:
     (tmp_path / "plain-file").write_bytes(b"not a repository")
-    for url in (tmp_path / "plain-file", f"file://{tmp_path}/plain-file"):
+    below = tmp_path / "plain-file" / "sub"  # a folder on the path is a file
+    for url in (tmp_path / "plain-file", f"file://{tmp_path}/plain-file", below, f"file://{below}/deeper"):
         with pytest.raises(fl.backup.RepositoryNotFound, match="not a directory"):  # was NotADirectoryError
             Repository.open(url, password=PASSWORD)
     assert (tmp_path / "plain-file").read_bytes() == b"not a repository"

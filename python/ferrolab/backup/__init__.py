@@ -473,9 +473,6 @@ class Repository:
         target = _local_url("open", url)
         s3_opts = _native_s3(_s3_options("open", s3, target))
         secret, key = _credentials("open", password, key_file)
-        local = _local_path(target)
-        if local is not None and os.path.exists(local) and not os.path.isdir(local):
-            raise RepositoryNotFound(f"no repository at {target} (it is a file, not a directory)")
         native = _native_class().open(target, password=secret, key_file=key, s3=s3_opts)
         return cls(native, _token=_PRIVATE)
 

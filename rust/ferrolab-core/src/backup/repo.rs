@@ -87,6 +87,8 @@ pub(crate) fn corrupt(msg: impl std::fmt::Display) -> CoreError {
     CoreError::backup(BackupErrorKind::Corruption, msg)
 }
 
+const FILE_IN_THE_WAY: &str = "the path, or a folder on it, is a file, not a directory";
+
 fn is_not_found(e: &CoreError) -> bool {
     matches!(e, CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
@@ -147,15 +149,26 @@ impl Repository {
 
     /// Opens the repository at `url` with `secret`.
     pub fn open(url: &str, secret: Secret<'_>, s3: Option<&S3Options>) -> BResult<Self> {
-        let store: Arc<dyn Store> = Arc::from(open_store(url, s3)?);
+        let not_found = |why: &str| {
+            CoreError::backup(
+                BackupErrorKind::RepositoryNotFound,
+                format!("no repository at {url} ({why})"),
+            )
+        };
+        // a local path that is, or lies below, a regular file
+        let file_in_the_way = |e: &CoreError| {
+            matches!(e, CoreError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotADirectory)
+        };
+        let store: Arc<dyn Store> = match open_store(url, s3) {
+            Ok(s) => Arc::from(s),
+            Err(e) if file_in_the_way(&e) => return Err(not_found(FILE_IN_THE_WAY)),
+            Err(e) => return Err(e),
+        };
         let sealed_config = match store.get("config") {
             Ok(c) => c,
-            Err(e) if is_not_found(&e) => {
-                return Err(CoreError::backup(
-                    BackupErrorKind::RepositoryNotFound,
-                    format!("no repository at {url} (no config object)"),
-                ))
-            }
+            Err(e) if is_not_found(&e) => return Err(not_found("no config object")),
+            Err(e) if file_in_the_way(&e) => return Err(not_found(FILE_IN_THE_WAY)),
             Err(e) => return Err(e),
         };
         // keys are tried cheapest first, within a total Argon2 budget, so planted keys with costly (but

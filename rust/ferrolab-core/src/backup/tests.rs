@@ -914,3 +914,26 @@ fn a_held_lock_is_refreshed_until_it_is_released() {
         "a removed lock is not written again"
     );
 }
+
+#[test]
+fn opening_a_file_or_a_path_below_one_is_repository_not_found() {
+    let t = TempDir::new();
+    let file = t.0.join("plainfile");
+    fs::write(&file, b"x").unwrap();
+    for url in [file.clone(), file.join("sub"), file.join("sub/deeper")] {
+        let e = Repository::open(url.to_str().unwrap(), Secret::Password(b"pw"), None)
+            .err()
+            .expect("no repository there");
+        assert!(
+            matches!(
+                e,
+                CoreError::Backup {
+                    kind: BackupErrorKind::RepositoryNotFound,
+                    ..
+                }
+            ),
+            "{url:?}: {e:?}"
+        );
+        assert!(e.to_string().contains("is a file, not a directory"), "{e}");
+    }
+}
