@@ -578,26 +578,21 @@ def _send(func: str, method: str, target: _Gateway, body: bytes | None, timeout:
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
             return None
 
+    headers = {} if body is None else {"Content-Type": CONTENT_TYPE_LATEST}
+    if target.auth is not None:
+        headers["Authorization"] = target.auth
     invalid = ""  # the errors of an invalid URL quote the URL (with its credentials): raised after the handler
     try:
-        req = urllib.request.Request(target.url, data=body, method=method)
-    except ValueError as e:
+        req = urllib.request.Request(target.url, data=body, headers=headers, method=method)
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace").strip()
+        raise OSError(f"{func}(): {method} {target.shown} answered {e.code} {e.reason}: {detail}") from e
+    except urllib.error.URLError as e:
+        raise OSError(f"{func}(): cannot reach {target.shown}: {e.reason}") from e
+    except (ValueError, http.client.InvalidURL) as e:  # (the timeout, the other ValueError, is checked above)
         invalid = type(e).__name__
-    else:
-        if body is not None:
-            req.add_header("Content-Type", CONTENT_TYPE_LATEST)
-        if target.auth is not None:
-            req.add_header("Authorization", target.auth)
-        try:
-            with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout) as resp:
-                resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace").strip()
-            raise OSError(f"{func}(): {method} {target.shown} answered {e.code} {e.reason}: {detail}") from e
-        except urllib.error.URLError as e:
-            raise OSError(f"{func}(): cannot reach {target.shown}: {e.reason}") from e
-        except http.client.InvalidURL as e:
-            invalid = type(e).__name__
     if invalid:
         raise ValueError(f"{func}(): argument 'gateway' is not a valid URL ({invalid}): {target.shown}")
 

@@ -87,8 +87,6 @@ pub(crate) fn corrupt(msg: impl std::fmt::Display) -> CoreError {
     CoreError::backup(BackupErrorKind::Corruption, msg)
 }
 
-const FILE_IN_THE_WAY: &str = "the path, or a folder on it, is a file, not a directory";
-
 fn is_not_found(e: &CoreError) -> bool {
     matches!(e, CoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
@@ -155,20 +153,18 @@ impl Repository {
                 format!("no repository at {url} ({why})"),
             )
         };
-        // a local path that is, or lies below, a regular file
-        let file_in_the_way = |e: &CoreError| {
-            matches!(e, CoreError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::NotADirectory)
-        };
-        let store: Arc<dyn Store> = match open_store(url, s3) {
-            Ok(s) => Arc::from(s),
-            Err(e) if file_in_the_way(&e) => return Err(not_found(FILE_IN_THE_WAY)),
-            Err(e) => return Err(e),
-        };
+        let store: Arc<dyn Store> = Arc::from(open_store(url, s3)?);
         let sealed_config = match store.get("config") {
             Ok(c) => c,
             Err(e) if is_not_found(&e) => return Err(not_found("no config object")),
-            Err(e) if file_in_the_way(&e) => return Err(not_found(FILE_IN_THE_WAY)),
+            // a local path that is, or lies below, a regular file (the local store opens nothing before this)
+            Err(CoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                return Err(not_found(
+                    "the path, or a folder on it, is a file, not a directory",
+                ))
+            }
             Err(e) => return Err(e),
         };
         // keys are tried cheapest first, within a total Argon2 budget, so planted keys with costly (but
@@ -457,10 +453,7 @@ pub fn decode_blob(
     raw_len: usize,
     dctx: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<Vec<u8>, String> {
-    let payload = key
-        .open(sealed, id, &"blob")
-        .map_err(|_| BLOB_AUTH_FAILED.to_string())?;
-    decoded_blob(key, id, &payload, raw_len, dctx)
+    decode_blob_in_place(key, id, &mut sealed.to_vec(), raw_len, dctx)
 }
 
 /// [`decode_blob`] decrypting `sealed` in place (its bytes are the plaintext payload afterwards): a restore
@@ -474,20 +467,7 @@ pub fn decode_blob_in_place(
 ) -> Result<Vec<u8>, String> {
     let payload = key
         .open_in_place(sealed, id)
-        .ok_or_else(|| BLOB_AUTH_FAILED.to_string())?;
-    decoded_blob(key, id, payload, raw_len, dctx)
-}
-
-const BLOB_AUTH_FAILED: &str = "authentication failed (the data was modified or damaged)";
-
-/// The plaintext of an authenticated blob payload, checked against the blob's id.
-fn decoded_blob(
-    key: &MasterKey,
-    id: &Id,
-    payload: &[u8],
-    raw_len: usize,
-    dctx: &mut zstd::bulk::Decompressor<'static>,
-) -> Result<Vec<u8>, String> {
+        .ok_or("authentication failed (the data was modified or damaged)")?;
     let plain = chunker::decode(payload, raw_len, dctx)?;
     if key.blob_id(&plain) != *id {
         return Err("content does not match its id".into());

@@ -748,11 +748,13 @@ pub fn restore(
     for (i, it) in items.iter().enumerate() {
         if it.kind == Kind::Symlink {
             let dest = ensure_parents(&target, &it.path, &mut checked)?;
-            if fs::symlink_metadata(&dest).is_ok() {
-                no_dir_at(&dest)?; // (checked before the data too; again in case one appeared since)
-                fs::remove_file(&dest).map_err(|e| {
-                    CoreError::io(format!("restore: replace {}", dest.display()), e)
-                })?;
+            no_dir_at(&dest)?; // (checked before the data too; again in case one appeared since)
+            match fs::remove_file(&dest) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    let what = format!("restore: replace {}", dest.display());
+                    return Err(CoreError::io(what, e));
+                }
+                _ => {}
             }
             std::os::unix::fs::symlink(OsStr::from_bytes(&it.target), &dest)
                 .map_err(|e| CoreError::io(format!("restore: symlink {}", dest.display()), e))?;

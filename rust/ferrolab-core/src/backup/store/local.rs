@@ -302,7 +302,7 @@ impl Store for LocalStore {
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Vec<u8>> {
         let what = format!("read {len} bytes at offset {offset} of");
-        let (f, size) = self.open_object(key)?;
+        let (mut f, size) = self.open_object(key)?;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(self.io(
                 &what,
@@ -316,7 +316,6 @@ impl Store for LocalStore {
         // read into the buffer's spare capacity: zero-filling it first (`vec![0; len]`) cost a memset of every
         // byte a restore reads
         let mut buf = Vec::with_capacity(len as usize);
-        let mut f = f;
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.take(len).read_to_end(&mut buf))
             .map_err(|e| self.io(&what, key, e))?;
